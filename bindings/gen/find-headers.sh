@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Prints the include folders that hold cuda.h, cublas_v2.h, cublasLt.h, cudnn.h and cblas.h, one a line.
+# Order: $DISTILL4J_INCLUDE (colon-separated), $CUDA_HOME/include, /usr/local/cuda*/include, NVIDIA's
+# Python wheels (nvidia/cu13/include, nvidia/cudnn/include) in the active and usual site-packages,
+# the OpenBLAS natives jar's include/ (extracted into target/), and /usr/include.
+set -uo pipefail
+cands=()
+IFS=: read -ra extra <<< "${DISTILL4J_INCLUDE:-}"
+cands+=("${extra[@]}")
+[ -n "${CUDA_HOME:-}" ] && cands+=("$CUDA_HOME/include")
+for d in /usr/local/cuda/include /usr/local/cuda-*/include; do cands+=("$d"); done
+sites=()
+for py in python3 "${VIRTUAL_ENV:-/nonexistent}/bin/python3"; do
+  command -v "$py" >/dev/null 2>&1 || continue
+  s="$("$py" -c 'import site,sys; print("\n".join(site.getsitepackages()+[site.getusersitepackages()]))' 2>/dev/null)" || continue
+  while IFS= read -r l; do sites+=("$l"); done <<< "$s"
+done
+for s in "${sites[@]}" "${DISTILL4J_PYTHON_SITE:-/nonexistent}"; do
+  cands+=("$s/nvidia/cu13/include" "$s/nvidia/cudnn/include")
+done
+jar="$(ls ~/.m2/repository/org/bytedeco/openblas/*/openblas-*-linux-x86_64.jar 2>/dev/null | sort -V | tail -1)"
+if [ -n "$jar" ]; then
+  out="${TMPDIR:-/tmp}/distill4j-openblas-include"
+  if [ ! -f "$out/cblas.h" ]; then
+    mkdir -p "$out" && (cd "$out" && unzip -o -q -j "$jar" 'org/bytedeco/openblas/linux-x86_64/include/*' 2>/dev/null)
+  fi
+  cands+=("$out")
+fi
+cands+=(/usr/include /usr/include/x86_64-linux-gnu /usr/include/openblas)
+seen=""
+for h in cuda.h cublas_v2.h cublasLt.h cudnn.h cblas.h; do
+  for d in "${cands[@]}"; do
+    if [ -n "$d" ] && [ -f "$d/$h" ]; then
+      case ":$seen:" in *":$d:"*) ;; *) echo "$d"; seen="$seen:$d";; esac
+      break
+    fi
+  done
+done

@@ -1,0 +1,18 @@
+package org.distill4j.bindings;
+
+import java.util.List;
+import org.distill4j.bindings.abi.HeaderSpec;
+import org.distill4j.bindings.blas.cblas_h;
+import org.distill4j.bindings.cublas.cublasLt_h;
+import org.distill4j.bindings.cublas.cublas_h;
+import org.distill4j.bindings.cuda.cuda_h;
+import org.distill4j.bindings.cudnn.cudnn_h;
+
+/** Every header Distill4J binds, in dependency order. */
+public final class BoundHeaders {
+    private BoundHeaders() {}
+
+    public static List<HeaderSpec> all() {
+        return List.of(cuda_h.SPEC, cublas_h.SPEC, cublasLt_h.SPEC, cudnn_h.SPEC, cblas_h.SPEC);
+    }
+}

@@ -1,0 +1,8 @@
+/** Distill4J's library layer: device memory and contexts, backends, and the system report. */
+module org.distill4j.core {
+    requires transitive org.distill4j.bindings;
+    exports org.distill4j.core;
+    exports org.distill4j.core.cuda;
+    exports org.distill4j.core.cpu;
+    exports org.distill4j.core.info;
+}
