@@ -93,7 +93,7 @@ public final class NativeLibraries {
         return lib;
     }
 
-    private static NativeLibrary open(Library library) {
+    static NativeLibrary open(Library library) { // package-private: tests open without the cache
         List<String> searched = new ArrayList<>();
         // cuBLAS needs cuBLASLt: open it first so that a cuBLAS found in a folder without it (or
         // with RUNPATH not pointing at it) still resolves, and so its absence is named clearly.

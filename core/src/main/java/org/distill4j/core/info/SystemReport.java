@@ -22,8 +22,11 @@ import org.distill4j.kernels.KernelImage;
 public record SystemReport(String java, List<Library> libraries, String driver, List<DeviceInfo> devices, String noGpuReason,
                            String kernels, String cpuBlas) {
 
-    /** One native library: found (path, version) or not (why, with every place searched). */
-    public record Library(String name, String soname, boolean found, String detail) {}
+    /**
+     * One native library: found (detail = path and version) or not (detail = why and what to
+     * install, searched = every place looked at, in order).
+     */
+    public record Library(String name, String soname, boolean found, String detail, List<String> searched) {}
 
     public static SystemReport gather() {
         String java = System.getProperty("java.vm.name") + " " + System.getProperty("java.runtime.version")
@@ -32,9 +35,12 @@ public record SystemReport(String java, List<Library> libraries, String driver, 
         for (NativeLibraries.Library l : NativeLibraries.Library.values()) {
             NativeLibrary lib = NativeLibraries.forBindings(l);
             if (lib.isLoaded()) {
-                libs.add(new Library(l.displayName(), l.soname(), true, lib.path().orElseThrow() + versionOf(l)));
+                libs.add(new Library(l.displayName(), l.soname(), true, lib.path().orElseThrow() + versionOf(l), List.of()));
             } else {
-                libs.add(new Library(l.displayName(), l.soname(), false, lib.failure().orElseThrow().getMessage()));
+                var failure = lib.failure().orElseThrow();
+                String why = failure.getMessage();
+                int cut = why.indexOf(" Searched: ");
+                libs.add(new Library(l.displayName(), l.soname(), false, cut > 0 ? why.substring(0, cut) : why, failure.searched()));
             }
         }
         String driver = "not loaded";
@@ -47,7 +53,9 @@ public record SystemReport(String java, List<Library> libraries, String driver, 
             if (devices.isEmpty()) noGpu = "the driver reports no devices";
         } catch (BackendUnavailableException e) {
             noGpu = e.getMessage().startsWith("no GPU: ") ? e.getMessage().substring("no GPU: ".length()) : e.getMessage();
-            if (NativeLibraries.forBindings(NativeLibraries.Library.CUDA_DRIVER).isLoaded()) {
+            if (!NativeLibraries.forBindings(NativeLibraries.Library.CUDA_DRIVER).isLoaded()) {
+                noGpu = "the CUDA driver (libcuda.so.1) is not installed (see native libraries above)";
+            } else {
                 try {
                     int v = CudaContext.driverVersion();
                     driver = "CUDA " + v / 1000 + "." + (v % 1000) / 10;
@@ -94,7 +102,8 @@ public record SystemReport(String java, List<Library> libraries, String driver, 
         out.add("cpu:      " + Runtime.getRuntime().availableProcessors() + " cores, gemm on " + cpuBlas);
         out.add("native libraries:");
         for (Library l : libraries) {
-            out.add(String.format("  %-10s %-18s %s", l.name(), l.soname(), l.found() ? "found: " + l.detail() : "MISSING: " + l.detail()));
+            out.add(String.format("  %-11s %-18s %s", l.name(), l.soname(), l.found() ? l.detail() : "MISSING: " + l.detail()));
+            for (String place : l.searched()) out.add(String.format("  %-11s %-18s   searched %s", "", "", place));
         }
         out.add("cuda:     driver " + driver);
         if (devices.isEmpty()) {

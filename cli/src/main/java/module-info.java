@@ -1,0 +1,8 @@
+/** The {@code distill} command-line tool: a thin picocli layer over the core library. */
+module org.distill4j.cli {
+    requires org.distill4j.core;
+    requires info.picocli;
+    // picocli fills @Option/@Command fields reflectively.
+    opens org.distill4j.cli to info.picocli;
+    exports org.distill4j.cli;
+}

@@ -1,0 +1,65 @@
+package org.distill4j.cli;
+
+import java.io.PrintWriter;
+import java.util.concurrent.Callable;
+import org.distill4j.core.info.SystemReport;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+
+/**
+ * {@code distill}: the command-line tool. Each subcommand is a thin layer over the library.
+ * Exit codes: 0 success, 1 the work failed, 2 bad input or usage (one line, no stack trace
+ * unless {@code --verbose}).
+ */
+@Command(name = "distill", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
+    description = "Knowledge distillation for Java, on CUDA or the CPU.",
+    subcommands = {InfoCommand.class, CommandLine.HelpCommand.class},
+    footer = {"", "Examples:", "  distill info            what this machine offers (libraries, GPUs, kernels)"})
+public final class Main implements Callable<Integer> {
+    @Option(names = "--verbose", description = "print stack traces on errors", scope = CommandLine.ScopeType.INHERIT)
+    boolean verbose;
+
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    /** Instantiated by {@link #run}; public for picocli and for embedding the tool. */
+    public Main() {}
+
+    @Override
+    public Integer call() {
+        spec.commandLine().usage(spec.commandLine().getOut());
+        return 0;
+    }
+
+    public static void main(String[] args) {
+        System.exit(run(args, new PrintWriter(System.out, true), new PrintWriter(System.err, true)));
+    }
+
+    /** Runs the tool as {@code main} would, writing to the given streams; returns the exit code. */
+    public static int run(String[] args, PrintWriter out, PrintWriter err) {
+        CommandLine cli = new CommandLine(new Main());
+        cli.setOut(out);
+        cli.setErr(err);
+        cli.setExecutionExceptionHandler((e, cmd, parsed) -> {
+            boolean verbose = parsed.matchedOption("--verbose") != null
+                || (parsed.subcommand() != null && parsed.subcommand().matchedOption("--verbose") != null);
+            if (verbose) e.printStackTrace(err);
+            String msg = e.getMessage() == null ? e.getClass().getSimpleName() : e.getMessage();
+            err.println("distill " + cmd.getCommandName() + ": " + msg.lines().findFirst().orElse(msg));
+            return e instanceof IllegalArgumentException ? 2 : 1;
+        });
+        cli.setParameterExceptionHandler((e, a) -> {
+            err.println("distill: " + e.getMessage() + " (see distill --help)");
+            return 2;
+        });
+        return cli.execute(args);
+    }
+
+    static final class Version implements CommandLine.IVersionProvider {
+        @Override
+        public String[] getVersion() {
+            return new String[] {"Distill4J " + SystemReport.version()};
+        }
+    }
+}
