@@ -37,6 +37,7 @@ class GpuFoundationTest {
         try {
             gpu = CudaBackend.create(0);
         } catch (BackendUnavailableException e) {
+            System.out.println("GPU tests skipped: " + e.getMessage());
             Assumptions.abort("GPU tests skipped: " + e.getMessage());
         }
         System.out.println("gpu: " + gpu.context().device());
