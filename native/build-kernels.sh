@@ -17,15 +17,20 @@ mkdir -p "$res"
 props="$res/kernels.properties"
 ARCHS="${DISTILL_CUDA_ARCHS:-80 86 89 90 100 120}"
 
-nvcc_bin="${NVCC:-}"
-if [ -z "$nvcc_bin" ]; then
+nvcc_bin=""
+if [ -n "${NVCC:-}" ]; then
+  [ -x "$NVCC" ] && nvcc_bin="$NVCC"   # an explicit NVCC that is not executable means "no nvcc"
+else
   for c in "$(command -v nvcc 2>/dev/null || true)" "${CUDA_HOME:-/nonexistent}/bin/nvcc" /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc; do
     [ -n "$c" ] && [ -x "$c" ] && { nvcc_bin="$c"; break; }
   done
 fi
 if [ -z "$nvcc_bin" ]; then
   rm -f "$res/distill4j.fatbin"
-  printf 'built=false\nreason=nvcc not found (looked on PATH, $NVCC, $CUDA_HOME/bin, /usr/local/cuda*/bin)\n' > "$props"
+  if [ -n "${NVCC:-}" ]; then reason="nvcc not found (NVCC=$NVCC is not executable)"
+  else reason="nvcc not found (looked on PATH, \$CUDA_HOME/bin, /usr/local/cuda*/bin)"; fi
+  printf 'built=false\nreason=%s\n' "$reason" > "$props"
+  rm -f "$target/kernels.stamp"
   echo "[native] nvcc not found: kernels NOT built (the CPU backend is unaffected)"
   exit 0
 fi
@@ -56,6 +61,7 @@ report="$target/ptxas-report.txt"
   || { cat "$report.tmp" >&2; rm -f "$tmp"; exit 1; }
 mv "$report.tmp" "$report"
 mv "$tmp" "$fatbin"
+cp "$report" "$res/ptxas-report.txt"   # ships in the jar beside the fatbin
 
 spills="$(grep -E '[1-9][0-9]* bytes spill (stores|loads)' "$report" || true)"
 if [ -n "$spills" ]; then

@@ -331,6 +331,18 @@ def generate(spec, includes, spec_rel):
     return "\n".join(o) + "\n"
 
 
+def jextract_args(spec):
+    """The jextract @argfile that asks real jextract for the same symbols (bindings/jextract/)."""
+    lines = [f"--target-package {spec.package}", f"--header-class-name {spec.cls}"]
+    soname = {"CUDA_DRIVER": "libcuda.so.1", "CUBLAS": "libcublas.so.13", "CUBLASLT": "libcublasLt.so.13",
+              "CUDNN": "libcudnn.so.9", "OPENBLAS": "libopenblas.so.0"}[spec.library]
+    lines.append(f"--library :{soname}")
+    lines += [f"--include-function {f[0]}" for f in spec.functions]
+    lines += [f"--include-constant {c}" for c in spec.constants]
+    lines += [f"--include-typedef {s[0]}" for s in spec.structs]
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("specs", nargs="+")
@@ -345,16 +357,20 @@ def main():
         rel = os.path.relpath(os.path.abspath(p), root)
         java = generate(spec, a.includes, rel)
         target = os.path.join(a.out, *spec.package.split("."), spec.cls + ".java")
+        argfile = os.path.join(root, "bindings", "jextract", spec.cls + ".args")
+        outputs = [(target, java), (argfile, jextract_args(spec))]
         if a.check:
-            old = open(target).read() if os.path.exists(target) else ""
-            if old != java:
-                stale.append(target)
+            for path, text in outputs:
+                old = open(path).read() if os.path.exists(path) else ""
+                if old != text:
+                    stale.append(path)
             continue
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = target + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(java)
-        os.replace(tmp, target)
+        for path, text in outputs:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
         print(f"bindgen: {rel} -> {os.path.relpath(target, root)} ({len(spec.functions)} functions, "
               f"{len(spec.constants)} constants, {len(spec.structs)} structs)")
     if stale:
