@@ -14,8 +14,12 @@ import java.util.concurrent.TimeUnit;
 final class Headers {
     private Headers() {}
 
+    /** The bindings module's folder: Maven's basedir, or ./bindings when run from the repository root (GPU machine). */
     static Path moduleDir() {
-        return Path.of(System.getProperty("basedir", ".")).toAbsolutePath();
+        String basedir = System.getProperty("basedir");
+        if (basedir != null) return Path.of(basedir).toAbsolutePath();
+        Path fromRoot = Path.of("bindings").toAbsolutePath();
+        return Files.isDirectory(fromRoot.resolve("gen")) ? fromRoot : Path.of(".").toAbsolutePath();
     }
 
     /** header file name -> folder holding it, for the headers that are present on this machine. */

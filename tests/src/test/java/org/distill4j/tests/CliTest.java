@@ -57,7 +57,10 @@ class CliTest {
      */
     @Test
     void theCliRunsOnTheModulePathWithoutWarnings() throws Exception {
-        Path cliTarget = Path.of(System.getProperty("basedir", "."), "..", "cli", "target").normalize().toAbsolutePath();
+        // From Maven: tests/../cli/target; from the repository root (GPU machine): cli/target.
+        Path cliTarget = System.getProperty("basedir") != null
+            ? Path.of(System.getProperty("basedir"), "..", "cli", "target").normalize().toAbsolutePath()
+            : Path.of("cli", "target").toAbsolutePath();
         Assumptions.assumeTrue(Files.isDirectory(cliTarget.resolve("lib")), "cli/target/lib not built yet");
         List<String> modulePath = new ArrayList<>(), classPath = new ArrayList<>();
         try (Stream<Path> jars = Files.list(cliTarget)) {
