@@ -1,0 +1,200 @@
+package org.distill4j.core;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.util.List;
+
+/**
+ * The ops a distillation step needs, on one device. {@link org.distill4j.core.cpu.CpuBackend} is the
+ * reference (and the oracle for GPU tests); {@link org.distill4j.core.cuda.CudaBackend} maps each op
+ * onto cuBLAS, cuDNN or our kernels, asynchronously on its stream.
+ *
+ * <p>Conventions: tensors are row-major float32 unless stated; "rows" of a tensor are its elements
+ * grouped by the last dimension; outputs are written, never allocated, so steady-state steps
+ * allocate nothing; shape or dtype mismatches throw IllegalArgumentException naming the op and
+ * the shapes; ops on a closed tensor throw IllegalStateException.
+ */
+public interface Backend extends AutoCloseable {
+    /** "cpu" or "cuda:0". */
+    String name();
+
+    // ---- memory
+
+    /** A tensor owning fresh memory (freed by {@link Tensor#close()}); contents undefined. */
+    Tensor empty(DType dtype, long... shape);
+
+    /** A tensor whose memory lives until {@code arena} closes; contents undefined. */
+    Tensor empty(Arena arena, DType dtype, long... shape);
+
+    default Tensor zeros(DType dtype, long... shape) {
+        Tensor t = empty(dtype, shape);
+        zero(t);
+        return t;
+    }
+
+    default Tensor fromArray(float[] values, long... shape) {
+        return empty(DType.F32, shape).copyFrom(values);
+    }
+
+    /** For views: the storage segment {@code byteOffset} bytes into {@code data}, {@code bytes} long, same lifetime. */
+    MemorySegment offset(MemorySegment data, long byteOffset, long bytes);
+
+    float[] read(Tensor t);
+
+    void write(Tensor t, float[] values);
+
+    long[] readLongs(Tensor t);
+
+    void writeLongs(Tensor t, long[] values);
+
+    /** dst = src, same shape and dtype. */
+    void copy(Tensor src, Tensor dst);
+
+    /** Sets every byte to zero (0.0f for F32). */
+    void zero(Tensor t);
+
+    /** Waits for all enqueued work (a no-op on the CPU). */
+    void synchronize();
+
+    // ---- gemm
+
+    /**
+     * C = alpha op(A) op(B) + beta C. 2-D: A [m,k] (or [k,m] transposed), B [k,n] (or [n,k]), C [m,n].
+     * 3-D: the same per batch, all three with the same leading batch dimension (strided-batched).
+     */
+    void gemm(boolean transA, boolean transB, float alpha, Tensor a, Tensor b, float beta, Tensor c);
+
+    // ---- bias
+
+    /** y += bias along the feature axis: y [N, F] with bias [F], or y [N, C, ...] with bias [C]. */
+    void biasAdd(Tensor y, Tensor bias);
+
+    /** dbias (+)= the sum of dy over every axis but the feature axis (see {@link #biasAdd}). */
+    void biasGrad(Tensor dy, Tensor dbias, boolean accumulate);
+
+    // ---- activations
+
+    /** y = f(x), elementwise; {@code param} is LeakyReLU's slope, ignored otherwise. y may be x. */
+    void activation(Activation kind, float param, Tensor x, Tensor y);
+
+    /** dx = f'(x) dy. Needs x (and y = f(x), used where cheaper: tanh, sigmoid). dx may be dy. */
+    void activationBackward(Activation kind, float param, Tensor x, Tensor y, Tensor dy, Tensor dx);
+
+    // ---- softmax over the last dimension
+
+    void softmax(Tensor x, Tensor y);
+
+    void logSoftmax(Tensor x, Tensor y);
+
+    /** dx = y * (dy - sum(dy * y)) with y = softmax(x). */
+    void softmaxBackward(Tensor y, Tensor dy, Tensor dx);
+
+    /** dx = dy - exp(y) * sum(dy) with y = log_softmax(x). */
+    void logSoftmaxBackward(Tensor y, Tensor dy, Tensor dx);
+
+    /**
+     * Fused cross-entropy over logits [N, C] and I64 labels [N], as torch.nn.functional.cross_entropy
+     * with reduction="mean": rows whose label is {@code ignoreIndex} do not count; label smoothing
+     * eps mixes the one-hot target with the uniform one. Writes the mean loss into {@code loss}
+     * (one element) and, when {@code gradLogits} is not null, dL/dlogits in the same pass.
+     * A label outside [0, C) that is not ignoreIndex is an error.
+     */
+    void crossEntropy(Tensor logits, Tensor labels, int ignoreIndex, float labelSmoothing, Tensor loss, Tensor gradLogits);
+
+    // ---- reductions over a [rows, cols] view
+
+    /** out[r] = reduce over the last dimension of x. */
+    void reduceRows(Reduction kind, Tensor x, Tensor out);
+
+    /** out[c] = reduce over all rows of x (x viewed as [rows, cols]). */
+    void reduceCols(Reduction kind, Tensor x, Tensor out);
+
+    // ---- elementwise
+
+    /** y += alpha x. */
+    void axpy(float alpha, Tensor x, Tensor y);
+
+    /** x *= alpha. */
+    void scale(float alpha, Tensor x);
+
+    /** out = a * b. */
+    void mul(Tensor a, Tensor b, Tensor out);
+
+    /** out = a + b. */
+    void add(Tensor a, Tensor b, Tensor out);
+
+    void fill(Tensor x, float value);
+
+    // ---- classification
+
+    /** out[r] (I64) = index of the largest value of row r (the first one on ties). */
+    void argmax(Tensor x, Tensor out);
+
+    /** out (I64, one element) += number of rows whose argmax equals the label; ignoreIndex rows do not count. */
+    void correctCount(Tensor logits, Tensor labels, int ignoreIndex, Tensor out);
+
+    // ---- dropout with a counter-based RNG (Philox4x32-10): the same mask on every backend
+
+    /**
+     * y = x * keep / (1 - p), keep = (u >= p) with u = Philox(seed, offset + i) in [0, 1). The mask is
+     * never stored: the backward regenerates it from (seed, offset).
+     */
+    void dropout(float p, long seed, long offset, Tensor x, Tensor y);
+
+    void dropoutBackward(float p, long seed, long offset, Tensor dy, Tensor dx);
+
+    /** x = low + (high - low) u, u = Philox(seed, offset + i) in [0, 1): the same values on every backend. */
+    void uniform(Tensor x, float low, float high, long seed, long offset);
+
+    // ---- convolution (NCHW, weight [K, C, R, S], no bias: add it with biasAdd)
+
+    void conv2d(Tensor x, Tensor w, Conv2dParams p, Tensor y);
+
+    void conv2dBackwardData(Tensor dy, Tensor w, Conv2dParams p, Tensor dx);
+
+    void conv2dBackwardFilter(Tensor x, Tensor dy, Conv2dParams p, Tensor dw, boolean accumulate);
+
+    // ---- pooling (NCHW)
+
+    void pool2d(PoolMode mode, Pool2dParams p, Tensor x, Tensor y);
+
+    /** dx = d pool / dx applied to dy. Max pooling routes each gradient to the first maximum of its window. */
+    void pool2dBackward(PoolMode mode, Pool2dParams p, Tensor x, Tensor y, Tensor dy, Tensor dx);
+
+    /** AdaptiveAvgPool2d(1): y [N, C, 1, 1] = mean of x [N, C, H, W] over H, W. */
+    void globalAvgPool(Tensor x, Tensor y);
+
+    void globalAvgPoolBackward(Tensor dy, Tensor dx);
+
+    // ---- batch normalization over x [N, C, ...] (channel axis 1), as torch.nn.BatchNorm1d/2d
+
+    /**
+     * Training mode: normalises with the batch's mean and biased variance; updates the running
+     * statistics as PyTorch does (running = (1 - momentum) running + momentum batch, with the
+     * unbiased variance); saves mean and 1/sqrt(var + eps) per channel for the backward.
+     */
+    void batchNormTrain(Tensor x, Tensor gamma, Tensor beta, Tensor runningMean, Tensor runningVar, float momentum, float eps,
+                        Tensor y, Tensor saveMean, Tensor saveInvStd);
+
+    /** Eval mode: normalises with the running statistics. */
+    void batchNormEval(Tensor x, Tensor gamma, Tensor beta, Tensor runningMean, Tensor runningVar, float eps, Tensor y);
+
+    /** Gradients of batchNormTrain: dx, and dgamma/dbeta (overwritten). */
+    void batchNormBackward(Tensor x, Tensor dy, Tensor gamma, Tensor saveMean, Tensor saveInvStd, Tensor dx, Tensor dgamma, Tensor dbeta);
+
+    // ---- fused optimizer updates over all parameters
+
+    /** One SGD step (step counts from 1; momentum buffers are initialised from the gradient on step 1). */
+    void sgdStep(Optimizers.Sgd config, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> momentum);
+
+    /** One AdamW step (step counts from 1, for bias correction). */
+    void adamwStep(Optimizers.AdamW config, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> m, List<Tensor> v);
+
+    // ---- checks
+
+    /** True when any element of any tensor is NaN or infinite (synchronises on a GPU). */
+    boolean hasNonFinite(Tensor... tensors);
+
+    @Override
+    void close();
+}

@@ -1,0 +1,3 @@
+package org.distill4j.core;
+
+public enum PoolMode { MAX, AVG }

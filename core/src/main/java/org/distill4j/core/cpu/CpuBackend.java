@@ -1,0 +1,866 @@
+package org.distill4j.core.cpu;
+
+import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.util.List;
+import java.util.function.LongConsumer;
+import java.util.stream.LongStream;
+import org.distill4j.core.Activation;
+import org.distill4j.core.Backend;
+import org.distill4j.core.Conv2dParams;
+import org.distill4j.core.DType;
+import org.distill4j.core.Optimizers;
+import org.distill4j.core.Philox;
+import org.distill4j.core.Pool2dParams;
+import org.distill4j.core.PoolMode;
+import org.distill4j.core.Reduction;
+import org.distill4j.core.Shapes;
+import org.distill4j.core.SpecialFunctions;
+import org.distill4j.core.Tensor;
+
+/**
+ * The reference backend: plain Java over off-heap float32 segments, gemm through OpenBLAS (see
+ * CpuBlas), parallel across rows, planes or channels with the common fork-join pool. Sums
+ * accumulate in double. This is the oracle the CUDA backend is tested against, so every op is
+ * written to be obviously correct first.
+ */
+public final class CpuBackend implements Backend {
+    /** Work below this many element-operations runs on the calling thread. */
+    private static final long PARALLEL_THRESHOLD = 1 << 15;
+
+    private static final CpuBackend INSTANCE = new CpuBackend();
+
+    private CpuBackend() {}
+
+    /** The CPU backend (stateless, shared). */
+    public static CpuBackend get() {
+        return INSTANCE;
+    }
+
+    @Override
+    public String name() {
+        return "cpu";
+    }
+
+    // ---- helpers
+
+    private static float f(MemorySegment s, long i) {
+        return s.getAtIndex(JAVA_FLOAT, i);
+    }
+
+    private static void set(MemorySegment s, long i, float v) {
+        s.setAtIndex(JAVA_FLOAT, i, v);
+    }
+
+    /** Runs body(i) for i in [0, n), in parallel when n * costPerItem is large enough to pay for it. */
+    private static void parallel(long n, long costPerItem, LongConsumer body) {
+        if (n <= 1 || n * costPerItem < PARALLEL_THRESHOLD) {
+            for (long i = 0; i < n; i++) body.accept(i);
+        } else {
+            LongStream.range(0, n).parallel().forEach(body);
+        }
+    }
+
+    private void f32(String op, Tensor... ts) {
+        Shapes.alive(op, ts);
+        Shapes.backend(op, this, ts);
+        Shapes.dtype(op, DType.F32, ts);
+    }
+
+    // ---- memory
+
+    @Override
+    public Tensor empty(DType dtype, long... shape) {
+        Arena arena = Arena.ofShared();
+        try {
+            return Tensor.wrap(this, dtype, shape, arena.allocate(Math.max(1, Tensor.numel(shape) * dtype.bytes()), 64)
+                .asSlice(0, Tensor.numel(shape) * dtype.bytes()), arena);
+        } catch (RuntimeException | OutOfMemoryError e) {
+            arena.close();
+            throw e;
+        }
+    }
+
+    @Override
+    public Tensor empty(Arena arena, DType dtype, long... shape) {
+        long bytes = Tensor.numel(shape) * dtype.bytes();
+        return Tensor.wrap(this, dtype, shape, arena.allocate(Math.max(1, bytes), 64).asSlice(0, bytes), null);
+    }
+
+    @Override
+    public MemorySegment offset(MemorySegment data, long byteOffset, long bytes) {
+        return data.asSlice(byteOffset, bytes);
+    }
+
+    @Override
+    public float[] read(Tensor t) {
+        f32("read", t);
+        return t.data().toArray(JAVA_FLOAT);
+    }
+
+    @Override
+    public void write(Tensor t, float[] values) {
+        f32("write", t);
+        MemorySegment.copy(values, 0, t.data(), JAVA_FLOAT, 0, values.length);
+    }
+
+    @Override
+    public long[] readLongs(Tensor t) {
+        Shapes.alive("readLongs", t);
+        Shapes.dtype("readLongs", DType.I64, t);
+        return t.data().toArray(JAVA_LONG);
+    }
+
+    @Override
+    public void writeLongs(Tensor t, long[] values) {
+        Shapes.alive("writeLongs", t);
+        Shapes.dtype("writeLongs", DType.I64, t);
+        MemorySegment.copy(values, 0, t.data(), JAVA_LONG, 0, values.length);
+    }
+
+    @Override
+    public void copy(Tensor src, Tensor dst) {
+        Shapes.alive("copy", src, dst);
+        Shapes.same("copy", src, dst);
+        if (src.dtype() != dst.dtype()) throw new IllegalArgumentException("copy: dtypes differ: " + src.describe() + " vs " + dst.describe());
+        MemorySegment.copy(src.data(), 0, dst.data(), 0, src.byteSize());
+    }
+
+    @Override
+    public void zero(Tensor t) {
+        Shapes.alive("zero", t);
+        t.data().fill((byte) 0);
+    }
+
+    @Override
+    public void synchronize() {
+        // Every CPU op has finished when it returns.
+    }
+
+    // ---- gemm
+
+    @Override
+    public void gemm(boolean transA, boolean transB, float alpha, Tensor a, Tensor b, float beta, Tensor c) {
+        f32("gemm", a, b, c);
+        GemmShape g = GemmShape.of(transA, transB, a, b, c);
+        for (int i = 0; i < g.batch(); i++) {
+            MemorySegment as = a.data().asSlice((long) i * g.m() * g.k() * 4, (long) g.m() * g.k() * 4);
+            MemorySegment bs = b.data().asSlice((long) i * g.k() * g.n() * 4, (long) g.k() * g.n() * 4);
+            MemorySegment cs = c.data().asSlice((long) i * g.m() * g.n() * 4, (long) g.m() * g.n() * 4);
+            CpuBlas.sgemm(transA, transB, g.m(), g.n(), g.k(), alpha, as, transA ? g.m() : g.k(), bs, transB ? g.k() : g.n(), beta, cs, g.n());
+        }
+    }
+
+    // ---- bias
+
+    /** [outer, features, inner] of a tensor whose feature axis is the last (rank 2) or axis 1 (rank >= 3). */
+    private static long[] featureLayout(Tensor y) {
+        long[] s = y.shape();
+        if (s.length < 2) throw new IllegalArgumentException("bias: expected rank >= 2, got " + y.describe());
+        if (s.length == 2) return new long[] {s[0], s[1], 1};
+        long inner = 1;
+        for (int i = 2; i < s.length; i++) inner *= s[i];
+        return new long[] {s[0], s[1], inner};
+    }
+
+    @Override
+    public void biasAdd(Tensor y, Tensor bias) {
+        f32("biasAdd", y, bias);
+        long[] l = featureLayout(y);
+        if (bias.numel() != l[1]) throw new IllegalArgumentException("biasAdd: bias " + bias.describe() + " does not match " + y.describe());
+        MemorySegment ys = y.data(), bs = bias.data();
+        parallel(l[0] * l[1], l[2], oc -> {
+            float b = f(bs, oc % l[1]);
+            long base = oc * l[2];
+            for (long i = 0; i < l[2]; i++) set(ys, base + i, f(ys, base + i) + b);
+        });
+    }
+
+    @Override
+    public void biasGrad(Tensor dy, Tensor dbias, boolean accumulate) {
+        f32("biasGrad", dy, dbias);
+        long[] l = featureLayout(dy);
+        if (dbias.numel() != l[1]) throw new IllegalArgumentException("biasGrad: dbias " + dbias.describe() + " does not match " + dy.describe());
+        MemorySegment ds = dy.data(), bs = dbias.data();
+        parallel(l[1], l[0] * l[2], c -> {
+            double sum = 0;
+            for (long o = 0; o < l[0]; o++) {
+                long base = (o * l[1] + c) * l[2];
+                for (long i = 0; i < l[2]; i++) sum += f(ds, base + i);
+            }
+            set(bs, c, (float) (accumulate ? f(bs, c) + sum : sum));
+        });
+    }
+
+    // ---- activations
+
+    private static final double SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
+    private static final double INV_SQRT_2 = 1 / Math.sqrt(2);
+    private static final double INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
+
+    static double activate(Activation kind, double param, double x) {
+        return switch (kind) {
+            case RELU -> x > 0 ? x : 0;
+            case LEAKY_RELU -> x > 0 ? x : param * x;
+            case GELU -> 0.5 * x * SpecialFunctions.erfc(-x * INV_SQRT_2);
+            case GELU_TANH -> 0.5 * x * (1 + Math.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)));
+            case TANH -> Math.tanh(x);
+            case SIGMOID -> 1 / (1 + Math.exp(-x));
+        };
+    }
+
+    static double derivative(Activation kind, double param, double x, double y) {
+        return switch (kind) {
+            case RELU -> x > 0 ? 1 : 0;
+            case LEAKY_RELU -> x > 0 ? 1 : param;
+            case GELU -> 0.5 * SpecialFunctions.erfc(-x * INV_SQRT_2) + x * INV_SQRT_2PI * Math.exp(-0.5 * x * x);
+            case GELU_TANH -> {
+                double t = Math.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x));
+                yield 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x);
+            }
+            case TANH -> 1 - y * y;
+            case SIGMOID -> y * (1 - y);
+        };
+    }
+
+    @Override
+    public void activation(Activation kind, float param, Tensor x, Tensor y) {
+        f32("activation(" + kind + ")", x, y);
+        Shapes.same("activation(" + kind + ")", x, y);
+        MemorySegment xs = x.data(), ys = y.data();
+        parallel(x.rows(), x.cols() * 8, r -> {
+            long base = r * x.cols();
+            for (long i = base; i < base + x.cols(); i++) set(ys, i, (float) activate(kind, param, f(xs, i)));
+        });
+    }
+
+    @Override
+    public void activationBackward(Activation kind, float param, Tensor x, Tensor y, Tensor dy, Tensor dx) {
+        String op = "activationBackward(" + kind + ")";
+        f32(op, x, y, dy, dx);
+        Shapes.same(op, x, dy);
+        Shapes.same(op, y, dy);
+        Shapes.same(op, dx, dy);
+        MemorySegment xs = x.data(), ys = y.data(), dys = dy.data(), dxs = dx.data();
+        parallel(x.rows(), x.cols() * 8, r -> {
+            long base = r * x.cols();
+            for (long i = base; i < base + x.cols(); i++) {
+                set(dxs, i, (float) (derivative(kind, param, f(xs, i), f(ys, i)) * f(dys, i)));
+            }
+        });
+    }
+
+    // ---- softmax
+
+    private void rowwise(String op, Tensor x, Tensor y, boolean log) {
+        f32(op, x, y);
+        Shapes.same(op, x, y);
+        MemorySegment xs = x.data(), ys = y.data();
+        long c = x.cols();
+        parallel(x.rows(), c * 4, r -> {
+            long base = r * c;
+            double max = Double.NEGATIVE_INFINITY;
+            for (long i = base; i < base + c; i++) max = Math.max(max, f(xs, i));
+            double sum = 0;
+            for (long i = base; i < base + c; i++) sum += Math.exp(f(xs, i) - max);
+            double logSum = Math.log(sum);
+            for (long i = base; i < base + c; i++) {
+                double z = f(xs, i) - max;
+                set(ys, i, (float) (log ? z - logSum : Math.exp(z) / sum));
+            }
+        });
+    }
+
+    @Override
+    public void softmax(Tensor x, Tensor y) {
+        rowwise("softmax", x, y, false);
+    }
+
+    @Override
+    public void logSoftmax(Tensor x, Tensor y) {
+        rowwise("logSoftmax", x, y, true);
+    }
+
+    @Override
+    public void softmaxBackward(Tensor y, Tensor dy, Tensor dx) {
+        f32("softmaxBackward", y, dy, dx);
+        Shapes.same("softmaxBackward", y, dy);
+        Shapes.same("softmaxBackward", y, dx);
+        MemorySegment ys = y.data(), dys = dy.data(), dxs = dx.data();
+        long c = y.cols();
+        parallel(y.rows(), c * 3, r -> {
+            long base = r * c;
+            double dot = 0;
+            for (long i = base; i < base + c; i++) dot += (double) f(dys, i) * f(ys, i);
+            for (long i = base; i < base + c; i++) set(dxs, i, (float) (f(ys, i) * (f(dys, i) - dot)));
+        });
+    }
+
+    @Override
+    public void logSoftmaxBackward(Tensor y, Tensor dy, Tensor dx) {
+        f32("logSoftmaxBackward", y, dy, dx);
+        Shapes.same("logSoftmaxBackward", y, dy);
+        Shapes.same("logSoftmaxBackward", y, dx);
+        MemorySegment ys = y.data(), dys = dy.data(), dxs = dx.data();
+        long c = y.cols();
+        parallel(y.rows(), c * 3, r -> {
+            long base = r * c;
+            double sum = 0;
+            for (long i = base; i < base + c; i++) sum += f(dys, i);
+            for (long i = base; i < base + c; i++) set(dxs, i, (float) (f(dys, i) - Math.exp(f(ys, i)) * sum));
+        });
+    }
+
+    // ---- cross-entropy
+
+    @Override
+    public void crossEntropy(Tensor logits, Tensor labels, int ignoreIndex, float labelSmoothing, Tensor loss, Tensor gradLogits) {
+        String op = "crossEntropy";
+        f32(op, logits, loss, gradLogits);
+        Shapes.alive(op, labels);
+        Shapes.dtype(op, DType.I64, labels);
+        Shapes.rank(op, logits, 2);
+        long n = logits.size(0), c = logits.size(1);
+        Shapes.expect(op + " labels", labels, n);
+        if (loss.numel() != 1) throw new IllegalArgumentException(op + ": loss must have one element, got " + loss.describe());
+        if (gradLogits != null) Shapes.same(op + " gradLogits", logits, gradLogits);
+        if (labelSmoothing < 0 || labelSmoothing > 1) throw new IllegalArgumentException(op + ": label smoothing must be in [0, 1], got " + labelSmoothing);
+        MemorySegment xs = logits.data(), ls = labels.data();
+        long counted = 0;
+        for (long r = 0; r < n; r++) {
+            long y = ls.getAtIndex(JAVA_LONG, r);
+            if (y == ignoreIndex) continue;
+            if (y < 0 || y >= c) throw new IllegalArgumentException(op + ": label " + y + " at row " + r + " is outside [0, " + c + ")");
+            counted++;
+        }
+        double[] rowLoss = new double[Shapes.toInt(op, n)];
+        double eps = labelSmoothing, scale = counted == 0 ? 0 : 1.0 / counted;
+        MemorySegment gs = gradLogits == null ? null : gradLogits.data();
+        parallel(n, c * 4, r -> {
+            long y = ls.getAtIndex(JAVA_LONG, r);
+            long base = r * c;
+            if (y == ignoreIndex) {
+                if (gs != null) for (long i = base; i < base + c; i++) set(gs, i, 0f);
+                return;
+            }
+            double max = Double.NEGATIVE_INFINITY;
+            for (long i = base; i < base + c; i++) max = Math.max(max, f(xs, i));
+            double sum = 0, sumZ = 0;
+            for (long i = base; i < base + c; i++) {
+                double z = f(xs, i) - max;
+                sum += Math.exp(z);
+                sumZ += z;
+            }
+            double logSum = Math.log(sum);
+            double nllTarget = -((f(xs, base + y) - max) - logSum);
+            double nllMean = -(sumZ / c - logSum);
+            rowLoss[(int) r] = (1 - eps) * nllTarget + eps * nllMean;
+            if (gs != null) {
+                for (long i = base; i < base + c; i++) {
+                    double p = Math.exp(f(xs, i) - max - logSum);
+                    double target = (i - base == y ? 1 - eps : 0) + eps / c;
+                    set(gs, i, (float) ((p - target) * scale));
+                }
+            }
+        });
+        double total = 0;
+        for (double l : rowLoss) total += l;
+        set(loss.data(), 0, counted == 0 ? Float.NaN : (float) (total * scale));
+    }
+
+    // ---- reductions
+
+    @Override
+    public void reduceRows(Reduction kind, Tensor x, Tensor out) {
+        f32("reduceRows", x, out);
+        if (out.numel() != x.rows()) throw new IllegalArgumentException("reduceRows: out " + out.describe() + " needs " + x.rows() + " elements for " + x.describe());
+        MemorySegment xs = x.data(), os = out.data();
+        long c = x.cols();
+        parallel(x.rows(), c, r -> {
+            double acc = kind == Reduction.MAX ? Double.NEGATIVE_INFINITY : 0;
+            for (long i = r * c; i < (r + 1) * c; i++) acc = kind == Reduction.MAX ? Math.max(acc, f(xs, i)) : acc + f(xs, i);
+            set(os, r, (float) (kind == Reduction.MEAN ? acc / c : acc));
+        });
+    }
+
+    @Override
+    public void reduceCols(Reduction kind, Tensor x, Tensor out) {
+        f32("reduceCols", x, out);
+        if (out.numel() != x.cols()) throw new IllegalArgumentException("reduceCols: out " + out.describe() + " needs " + x.cols() + " elements for " + x.describe());
+        MemorySegment xs = x.data(), os = out.data();
+        long c = x.cols(), rows = x.rows();
+        parallel(c, rows, j -> {
+            double acc = kind == Reduction.MAX ? Double.NEGATIVE_INFINITY : 0;
+            for (long r = 0; r < rows; r++) acc = kind == Reduction.MAX ? Math.max(acc, f(xs, r * c + j)) : acc + f(xs, r * c + j);
+            set(os, j, (float) (kind == Reduction.MEAN ? acc / rows : acc));
+        });
+    }
+
+    // ---- elementwise
+
+    private interface Binary { float apply(float a, float b); }
+
+    private void elementwise(String op, Tensor a, Tensor b, Tensor out, Binary fn) {
+        f32(op, a, b, out);
+        Shapes.same(op, a, b);
+        Shapes.same(op, a, out);
+        MemorySegment as = a.data(), bs = b.data(), os = out.data();
+        long n = a.numel(), chunk = 1 << 14;
+        parallel((n + chunk - 1) / chunk, chunk, k -> {
+            for (long i = k * chunk; i < Math.min(n, (k + 1) * chunk); i++) set(os, i, fn.apply(f(as, i), f(bs, i)));
+        });
+    }
+
+    @Override
+    public void axpy(float alpha, Tensor x, Tensor y) {
+        elementwise("axpy", x, y, y, (xv, yv) -> Math.fma(alpha, xv, yv));
+    }
+
+    @Override
+    public void scale(float alpha, Tensor x) {
+        elementwise("scale", x, x, x, (xv, unused) -> alpha * xv);
+    }
+
+    @Override
+    public void mul(Tensor a, Tensor b, Tensor out) {
+        elementwise("mul", a, b, out, (x, y) -> x * y);
+    }
+
+    @Override
+    public void add(Tensor a, Tensor b, Tensor out) {
+        elementwise("add", a, b, out, Float::sum);
+    }
+
+    @Override
+    public void fill(Tensor x, float value) {
+        f32("fill", x);
+        x.data().elements(JAVA_FLOAT).forEach(e -> e.set(JAVA_FLOAT, 0, value));
+    }
+
+    // ---- classification
+
+    private static long argmaxRow(MemorySegment xs, long base, long c) {
+        long best = 0;
+        float bestValue = f(xs, base);
+        for (long i = 1; i < c; i++) {
+            float v = f(xs, base + i);
+            if (v > bestValue || (Float.isNaN(v) && !Float.isNaN(bestValue))) {
+                best = i;
+                bestValue = v;
+            }
+        }
+        return best;
+    }
+
+    @Override
+    public void argmax(Tensor x, Tensor out) {
+        f32("argmax", x);
+        Shapes.alive("argmax", out);
+        Shapes.dtype("argmax", DType.I64, out);
+        if (out.numel() != x.rows()) throw new IllegalArgumentException("argmax: out " + out.describe() + " needs " + x.rows() + " elements for " + x.describe());
+        MemorySegment xs = x.data(), os = out.data();
+        long c = x.cols();
+        parallel(x.rows(), c, r -> os.setAtIndex(JAVA_LONG, r, argmaxRow(xs, r * c, c)));
+    }
+
+    @Override
+    public void correctCount(Tensor logits, Tensor labels, int ignoreIndex, Tensor out) {
+        f32("correctCount", logits);
+        Shapes.alive("correctCount", labels, out);
+        Shapes.dtype("correctCount", DType.I64, labels, out);
+        Shapes.rank("correctCount", logits, 2);
+        Shapes.expect("correctCount labels", labels, logits.size(0));
+        if (out.numel() != 1) throw new IllegalArgumentException("correctCount: out must have one element, got " + out.describe());
+        MemorySegment xs = logits.data(), ls = labels.data();
+        long c = logits.cols(), count = 0;
+        for (long r = 0; r < logits.size(0); r++) {
+            long y = ls.getAtIndex(JAVA_LONG, r);
+            if (y != ignoreIndex && argmaxRow(xs, r * c, c) == y) count++;
+        }
+        out.data().setAtIndex(JAVA_LONG, 0, out.data().getAtIndex(JAVA_LONG, 0) + count);
+    }
+
+    // ---- dropout and random
+
+    private static void checkP(String op, float p) {
+        if (!(p >= 0 && p < 1)) throw new IllegalArgumentException(op + ": p must be in [0, 1), got " + p);
+    }
+
+    @Override
+    public void dropout(float p, long seed, long offset, Tensor x, Tensor y) {
+        checkP("dropout", p);
+        float scale = 1 / (1 - p);
+        MemorySegment ys = y.data();
+        elementwise("dropout", x, y, y, (xv, unused) -> xv);
+        parallelIndex(y.numel(), i -> set(ys, i, Philox.uniform(seed, offset + i) >= p ? f(ys, i) * scale : 0f));
+    }
+
+    @Override
+    public void dropoutBackward(float p, long seed, long offset, Tensor dy, Tensor dx) {
+        dropout(p, seed, offset, dy, dx); // the same mask and scale: d(x * m / (1 - p))/dx = m / (1 - p)
+    }
+
+    @Override
+    public void uniform(Tensor x, float low, float high, long seed, long offset) {
+        f32("uniform", x);
+        MemorySegment xs = x.data();
+        parallelIndex(x.numel(), i -> set(xs, i, low + (high - low) * Philox.uniform(seed, offset + i)));
+    }
+
+    private static void parallelIndex(long n, LongConsumer body) {
+        long chunk = 1 << 12;
+        parallel((n + chunk - 1) / chunk, chunk * 8, k -> {
+            for (long i = k * chunk; i < Math.min(n, (k + 1) * chunk); i++) body.accept(i);
+        });
+    }
+
+    // ---- convolution: im2col + gemm
+
+    private record ConvShape(int n, int c, int h, int w, int k, int r, int s, int oh, int ow) {
+        int crs() { return c * r * s; }
+        int ohw() { return oh * ow; }
+    }
+
+    private static ConvShape convShape(String op, Tensor x, Tensor w, Conv2dParams p, Tensor y) {
+        Shapes.rank(op, x, 4);
+        Shapes.rank(op, w, 4);
+        Shapes.rank(op, y, 4);
+        long[] xs = x.shape(), ws = w.shape(), ys = y.shape();
+        if (xs[1] != ws[1]) {
+            throw new IllegalArgumentException(op + ": input channels differ: x " + java.util.Arrays.toString(xs) + " vs weight " + java.util.Arrays.toString(ws));
+        }
+        int oh = p.outH(xs[2], ws[2]), ow = p.outW(xs[3], ws[3]);
+        if (oh < 1 || ow < 1) throw new IllegalArgumentException(op + ": kernel " + java.util.Arrays.toString(ws) + " larger than padded input " + java.util.Arrays.toString(xs));
+        long[] expected = {xs[0], ws[0], oh, ow};
+        if (!java.util.Arrays.equals(ys, expected)) {
+            throw new IllegalArgumentException(op + ": output shape " + java.util.Arrays.toString(ys) + ", expected " + java.util.Arrays.toString(expected)
+                + " for x " + java.util.Arrays.toString(xs) + " and weight " + java.util.Arrays.toString(ws));
+        }
+        return new ConvShape((int) xs[0], (int) xs[1], (int) xs[2], (int) xs[3], (int) ws[0], (int) ws[2], (int) ws[3], oh, ow);
+    }
+
+    /** col [C*R*S, OH*OW] of image {@code img} (offset in elements into x). */
+    private static void im2col(MemorySegment x, long img, ConvShape g, Conv2dParams p, MemorySegment col) {
+        for (int ci = 0; ci < g.c(); ci++) for (int u = 0; u < g.r(); u++) for (int v = 0; v < g.s(); v++) {
+            long row = ((long) (ci * g.r() + u) * g.s() + v) * g.ohw();
+            for (int i = 0; i < g.oh(); i++) {
+                int yy = i * p.strideH() - p.padH() + u;
+                for (int j = 0; j < g.ow(); j++) {
+                    int xx = j * p.strideW() - p.padW() + v;
+                    boolean inside = yy >= 0 && yy < g.h() && xx >= 0 && xx < g.w();
+                    set(col, row + (long) i * g.ow() + j, inside ? f(x, img + ((long) ci * g.h() + yy) * g.w() + xx) : 0f);
+                }
+            }
+        }
+    }
+
+    /** dx image += col2im(dcol). */
+    private static void col2im(MemorySegment dcol, ConvShape g, Conv2dParams p, MemorySegment dx, long img) {
+        for (int ci = 0; ci < g.c(); ci++) for (int u = 0; u < g.r(); u++) for (int v = 0; v < g.s(); v++) {
+            long row = ((long) (ci * g.r() + u) * g.s() + v) * g.ohw();
+            for (int i = 0; i < g.oh(); i++) {
+                int yy = i * p.strideH() - p.padH() + u;
+                if (yy < 0 || yy >= g.h()) continue;
+                for (int j = 0; j < g.ow(); j++) {
+                    int xx = j * p.strideW() - p.padW() + v;
+                    if (xx < 0 || xx >= g.w()) continue;
+                    long at = img + ((long) ci * g.h() + yy) * g.w() + xx;
+                    set(dx, at, f(dx, at) + f(dcol, row + (long) i * g.ow() + j));
+                }
+            }
+        }
+    }
+
+    @Override
+    public void conv2d(Tensor x, Tensor w, Conv2dParams p, Tensor y) {
+        f32("conv2d", x, w, y);
+        ConvShape g = convShape("conv2d", x, w, p, y);
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment col = arena.allocate((long) g.crs() * g.ohw() * 4, 64);
+            for (int b = 0; b < g.n(); b++) {
+                im2col(x.data(), (long) b * g.c() * g.h() * g.w(), g, p, col);
+                MemorySegment yb = y.data().asSlice((long) b * g.k() * g.ohw() * 4, (long) g.k() * g.ohw() * 4);
+                CpuBlas.sgemm(false, false, g.k(), g.ohw(), g.crs(), 1f, w.data(), g.crs(), col, g.ohw(), 0f, yb, g.ohw());
+            }
+        }
+    }
+
+    @Override
+    public void conv2dBackwardData(Tensor dy, Tensor w, Conv2dParams p, Tensor dx) {
+        f32("conv2dBackwardData", dy, w, dx);
+        ConvShape g = convShape("conv2dBackwardData", dx, w, p, dy);
+        dx.data().fill((byte) 0);
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment dcol = arena.allocate((long) g.crs() * g.ohw() * 4, 64);
+            for (int b = 0; b < g.n(); b++) {
+                MemorySegment dyb = dy.data().asSlice((long) b * g.k() * g.ohw() * 4, (long) g.k() * g.ohw() * 4);
+                CpuBlas.sgemm(true, false, g.crs(), g.ohw(), g.k(), 1f, w.data(), g.crs(), dyb, g.ohw(), 0f, dcol, g.ohw());
+                col2im(dcol, g, p, dx.data(), (long) b * g.c() * g.h() * g.w());
+            }
+        }
+    }
+
+    @Override
+    public void conv2dBackwardFilter(Tensor x, Tensor dy, Conv2dParams p, Tensor dw, boolean accumulate) {
+        f32("conv2dBackwardFilter", x, dy, dw);
+        ConvShape g = convShape("conv2dBackwardFilter", x, dw, p, dy);
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment col = arena.allocate((long) g.crs() * g.ohw() * 4, 64);
+            for (int b = 0; b < g.n(); b++) {
+                im2col(x.data(), (long) b * g.c() * g.h() * g.w(), g, p, col);
+                MemorySegment dyb = dy.data().asSlice((long) b * g.k() * g.ohw() * 4, (long) g.k() * g.ohw() * 4);
+                float beta = (b == 0 && !accumulate) ? 0f : 1f;
+                CpuBlas.sgemm(false, true, g.k(), g.crs(), g.ohw(), 1f, dyb, g.ohw(), col, g.ohw(), beta, dw.data(), g.crs());
+            }
+        }
+    }
+
+    // ---- pooling
+
+    private static void poolShapes(String op, Pool2dParams p, Tensor x, Tensor y) {
+        Shapes.rank(op, x, 4);
+        long[] xs = x.shape();
+        long[] expected = {xs[0], xs[1], p.outH(xs[2]), p.outW(xs[3])};
+        if (expected[2] < 1 || expected[3] < 1) throw new IllegalArgumentException(op + ": window larger than padded input " + x.describe());
+        Shapes.expect(op + " output", y, expected);
+    }
+
+    @Override
+    public void pool2d(PoolMode mode, Pool2dParams p, Tensor x, Tensor y) {
+        String op = "pool2d(" + mode + ")";
+        f32(op, x, y);
+        poolShapes(op, p, x, y);
+        long h = x.size(2), w = x.size(3), oh = y.size(2), ow = y.size(3);
+        MemorySegment xs = x.data(), ys = y.data();
+        float divisor = p.kernelH() * p.kernelW();
+        parallel(x.size(0) * x.size(1), oh * ow * p.kernelH() * p.kernelW(), plane -> {
+            for (long i = 0; i < oh; i++) for (long j = 0; j < ow; j++) {
+                double acc = mode == PoolMode.MAX ? Double.NEGATIVE_INFINITY : 0;
+                for (int u = 0; u < p.kernelH(); u++) for (int v = 0; v < p.kernelW(); v++) {
+                    long yy = i * p.strideH() - p.padH() + u, xx = j * p.strideW() - p.padW() + v;
+                    if (yy < 0 || yy >= h || xx < 0 || xx >= w) continue;
+                    float val = f(xs, (plane * h + yy) * w + xx);
+                    acc = mode == PoolMode.MAX ? (val > acc || Float.isNaN(val) ? val : acc) : acc + val;
+                }
+                set(ys, (plane * oh + i) * ow + j, (float) (mode == PoolMode.MAX ? acc : acc / divisor));
+            }
+        });
+    }
+
+    @Override
+    public void pool2dBackward(PoolMode mode, Pool2dParams p, Tensor x, Tensor y, Tensor dy, Tensor dx) {
+        String op = "pool2dBackward(" + mode + ")";
+        f32(op, x, y, dy, dx);
+        poolShapes(op, p, x, y);
+        Shapes.same(op, y, dy);
+        Shapes.same(op, x, dx);
+        long h = x.size(2), w = x.size(3), oh = y.size(2), ow = y.size(3);
+        MemorySegment xs = x.data(), dys = dy.data(), dxs = dx.data();
+        float divisor = p.kernelH() * p.kernelW();
+        parallel(x.size(0) * x.size(1), oh * ow * p.kernelH() * p.kernelW(), plane -> {
+            for (long i = plane * h * w; i < (plane + 1) * h * w; i++) set(dxs, i, 0f);
+            for (long i = 0; i < oh; i++) for (long j = 0; j < ow; j++) {
+                float g = f(dys, (plane * oh + i) * ow + j);
+                long best = -1;
+                float bestValue = Float.NEGATIVE_INFINITY;
+                for (int u = 0; u < p.kernelH(); u++) for (int v = 0; v < p.kernelW(); v++) {
+                    long yy = i * p.strideH() - p.padH() + u, xx = j * p.strideW() - p.padW() + v;
+                    if (yy < 0 || yy >= h || xx < 0 || xx >= w) continue;
+                    long at = (plane * h + yy) * w + xx;
+                    if (mode == PoolMode.AVG) {
+                        set(dxs, at, f(dxs, at) + g / divisor);
+                    } else {
+                        float val = f(xs, at);
+                        if (best < 0 || val > bestValue || (Float.isNaN(val) && !Float.isNaN(bestValue))) {
+                            best = at;
+                            bestValue = val;
+                        }
+                    }
+                }
+                if (mode == PoolMode.MAX && best >= 0) set(dxs, best, f(dxs, best) + g);
+            }
+        });
+    }
+
+    @Override
+    public void globalAvgPool(Tensor x, Tensor y) {
+        f32("globalAvgPool", x, y);
+        Shapes.rank("globalAvgPool", x, 4);
+        Shapes.expect("globalAvgPool output", y, x.size(0), x.size(1), 1, 1);
+        reduceRows(Reduction.MEAN, x.view(x.size(0) * x.size(1), x.size(2) * x.size(3)), y.view(x.size(0) * x.size(1)));
+    }
+
+    @Override
+    public void globalAvgPoolBackward(Tensor dy, Tensor dx) {
+        f32("globalAvgPoolBackward", dy, dx);
+        Shapes.rank("globalAvgPoolBackward", dx, 4);
+        Shapes.expect("globalAvgPoolBackward dy", dy, dx.size(0), dx.size(1), 1, 1);
+        long hw = dx.size(2) * dx.size(3);
+        MemorySegment dys = dy.data(), dxs = dx.data();
+        parallel(dx.size(0) * dx.size(1), hw, plane -> {
+            float g = f(dys, plane) / hw;
+            for (long i = plane * hw; i < (plane + 1) * hw; i++) set(dxs, i, g);
+        });
+    }
+
+    // ---- batch normalization
+
+    /** [N, C, inner]: channel axis 1, everything after it flattened. */
+    private static long[] bnLayout(String op, Tensor x, Tensor... perChannel) {
+        long[] s = x.shape();
+        if (s.length < 2) throw new IllegalArgumentException(op + ": expected [N, C, ...], got " + x.describe());
+        long inner = 1;
+        for (int i = 2; i < s.length; i++) inner *= s[i];
+        for (Tensor t : perChannel) {
+            if (t != null && t.numel() != s[1]) throw new IllegalArgumentException(op + ": per-channel tensor " + t.describe() + " does not match " + s[1] + " channels of " + x.describe());
+        }
+        return new long[] {s[0], s[1], inner};
+    }
+
+    @Override
+    public void batchNormTrain(Tensor x, Tensor gamma, Tensor beta, Tensor runningMean, Tensor runningVar, float momentum, float eps,
+                               Tensor y, Tensor saveMean, Tensor saveInvStd) {
+        String op = "batchNormTrain";
+        f32(op, x, gamma, beta, runningMean, runningVar, y, saveMean, saveInvStd);
+        Shapes.same(op, x, y);
+        long[] l = bnLayout(op, x, gamma, beta, runningMean, runningVar, saveMean, saveInvStd);
+        long count = l[0] * l[2];
+        if (count < 2) throw new IllegalArgumentException(op + ": needs more than one value per channel, got " + x.describe() + " (as PyTorch)");
+        MemorySegment xs = x.data(), ys = y.data();
+        parallel(l[1], count * 3, c -> {
+            double sum = 0;
+            for (long n = 0; n < l[0]; n++) for (long i = 0; i < l[2]; i++) sum += f(xs, (n * l[1] + c) * l[2] + i);
+            double mean = sum / count, sq = 0;
+            for (long n = 0; n < l[0]; n++) for (long i = 0; i < l[2]; i++) {
+                double d = f(xs, (n * l[1] + c) * l[2] + i) - mean;
+                sq += d * d;
+            }
+            double var = sq / count, invStd = 1 / Math.sqrt(var + eps);
+            double g = f(gamma.data(), c), b = f(beta.data(), c);
+            for (long n = 0; n < l[0]; n++) for (long i = 0; i < l[2]; i++) {
+                long at = (n * l[1] + c) * l[2] + i;
+                set(ys, at, (float) ((f(xs, at) - mean) * invStd * g + b));
+            }
+            set(runningMean.data(), c, (float) ((1 - momentum) * f(runningMean.data(), c) + momentum * mean));
+            set(runningVar.data(), c, (float) ((1 - momentum) * f(runningVar.data(), c) + momentum * var * count / (count - 1)));
+            set(saveMean.data(), c, (float) mean);
+            set(saveInvStd.data(), c, (float) invStd);
+        });
+    }
+
+    @Override
+    public void batchNormEval(Tensor x, Tensor gamma, Tensor beta, Tensor runningMean, Tensor runningVar, float eps, Tensor y) {
+        String op = "batchNormEval";
+        f32(op, x, gamma, beta, runningMean, runningVar, y);
+        Shapes.same(op, x, y);
+        long[] l = bnLayout(op, x, gamma, beta, runningMean, runningVar);
+        MemorySegment xs = x.data(), ys = y.data();
+        parallel(l[0] * l[1], l[2], nc -> {
+            long c = nc % l[1];
+            double invStd = 1 / Math.sqrt(f(runningVar.data(), c) + eps), mean = f(runningMean.data(), c);
+            double g = f(gamma.data(), c), b = f(beta.data(), c);
+            for (long i = nc * l[2]; i < (nc + 1) * l[2]; i++) set(ys, i, (float) ((f(xs, i) - mean) * invStd * g + b));
+        });
+    }
+
+    @Override
+    public void batchNormBackward(Tensor x, Tensor dy, Tensor gamma, Tensor saveMean, Tensor saveInvStd, Tensor dx, Tensor dgamma, Tensor dbeta) {
+        String op = "batchNormBackward";
+        f32(op, x, dy, gamma, saveMean, saveInvStd, dx, dgamma, dbeta);
+        Shapes.same(op, x, dy);
+        Shapes.same(op, x, dx);
+        long[] l = bnLayout(op, x, gamma, saveMean, saveInvStd, dgamma, dbeta);
+        long count = l[0] * l[2];
+        MemorySegment xs = x.data(), dys = dy.data(), dxs = dx.data();
+        parallel(l[1], count * 3, c -> {
+            double mean = f(saveMean.data(), c), invStd = f(saveInvStd.data(), c), g = f(gamma.data(), c);
+            double sumDy = 0, sumDyXhat = 0;
+            for (long n = 0; n < l[0]; n++) for (long i = 0; i < l[2]; i++) {
+                long at = (n * l[1] + c) * l[2] + i;
+                double d = f(dys, at);
+                sumDy += d;
+                sumDyXhat += d * (f(xs, at) - mean) * invStd;
+            }
+            for (long n = 0; n < l[0]; n++) for (long i = 0; i < l[2]; i++) {
+                long at = (n * l[1] + c) * l[2] + i;
+                double xhat = (f(xs, at) - mean) * invStd;
+                set(dxs, at, (float) (g * invStd / count * (count * f(dys, at) - sumDy - xhat * sumDyXhat)));
+            }
+            set(dgamma.data(), c, (float) sumDyXhat);
+            set(dbeta.data(), c, (float) sumDy);
+        });
+    }
+
+    // ---- optimizers
+
+    private void sameLists(String op, List<Tensor> params, List<List<Tensor>> others) {
+        for (List<Tensor> o : others) {
+            if (o.size() != params.size()) throw new IllegalArgumentException(op + ": " + params.size() + " parameters but " + o.size() + " state tensors");
+        }
+        for (int i = 0; i < params.size(); i++) {
+            f32(op, params.get(i));
+            for (List<Tensor> o : others) {
+                f32(op, o.get(i));
+                Shapes.same(op + " (parameter " + i + ")", params.get(i), o.get(i));
+            }
+        }
+    }
+
+    @Override
+    public void sgdStep(Optimizers.Sgd cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> momentum) {
+        boolean useMomentum = cfg.momentum() != 0;
+        sameLists("sgdStep", params, useMomentum ? List.of(grads, momentum) : List.of(grads));
+        for (int t = 0; t < params.size(); t++) {
+            MemorySegment p = params.get(t).data(), g = grads.get(t).data(), m = useMomentum ? momentum.get(t).data() : null;
+            parallelIndex(params.get(t).numel(), i -> {
+                float d = f(g, i) + cfg.weightDecay() * f(p, i);
+                if (useMomentum) {
+                    float buf = step == 1 ? d : cfg.momentum() * f(m, i) + (1 - cfg.dampening()) * d;
+                    set(m, i, buf);
+                    d = cfg.nesterov() ? d + cfg.momentum() * buf : buf;
+                }
+                set(p, i, f(p, i) - cfg.lr() * d);
+            });
+        }
+    }
+
+    @Override
+    public void adamwStep(Optimizers.AdamW cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> m, List<Tensor> v) {
+        if (step < 1) throw new IllegalArgumentException("adamwStep: step counts from 1, got " + step);
+        sameLists("adamwStep", params, List.of(grads, m, v));
+        double bc1 = 1 - Math.pow(cfg.beta1(), step), bc2 = 1 - Math.pow(cfg.beta2(), step);
+        float decay = 1 - cfg.lr() * cfg.weightDecay();
+        for (int t = 0; t < params.size(); t++) {
+            MemorySegment p = params.get(t).data(), g = grads.get(t).data(), ms = m.get(t).data(), vs = v.get(t).data();
+            parallelIndex(params.get(t).numel(), i -> {
+                float gi = f(g, i);
+                float mi = cfg.beta1() * f(ms, i) + (1 - cfg.beta1()) * gi;
+                float vi = cfg.beta2() * f(vs, i) + (1 - cfg.beta2()) * gi * gi;
+                set(ms, i, mi);
+                set(vs, i, vi);
+                double update = (mi / bc1) / (Math.sqrt(vi / bc2) + cfg.eps());
+                set(p, i, (float) (f(p, i) * decay - cfg.lr() * update));
+            });
+        }
+    }
+
+    // ---- checks
+
+    @Override
+    public boolean hasNonFinite(Tensor... tensors) {
+        for (Tensor t : tensors) {
+            f32("hasNonFinite", t);
+            MemorySegment s = t.data();
+            for (long i = 0; i < t.numel(); i++) if (!Float.isFinite(f(s, i))) return true;
+        }
+        return false;
+    }
+
+    @Override
+    public void close() {
+        // Shared and stateless: nothing to release.
+    }
+}
