@@ -35,7 +35,13 @@ if [ -z "$nvcc_bin" ]; then
   exit 0
 fi
 
-srcs=("$src"/*.cu)
+# One translation unit (distill4j.cu) includes every kernel file; check none was forgotten.
+srcs=("$src/distill4j.cu")
+for f in "$src"/*.cu; do
+  b="$(basename "$f")"
+  [ "$b" = distill4j.cu ] && continue
+  grep -q "#include \"$b\"" "$src/distill4j.cu" || { echo "[native] $b is not included by distill4j.cu" >&2; exit 1; }
+done
 fatbin="$res/distill4j.fatbin"
 stamp="$target/kernels.stamp"
 # Rebuild only when a source, header or this script is newer than the last build.
@@ -54,7 +60,7 @@ for a in $ARCHS; do
   fi
 done
 version="$("$nvcc_bin" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
-echo "[native] nvcc $version: ${#srcs[@]} source(s) -> distill4j.fatbin for sm_{${ARCHS// /,}} + compute_$last"
+echo "[native] nvcc $version: $(ls "$src"/*.cu | wc -l) source file(s) -> distill4j.fatbin for sm_{${ARCHS// /,}} + compute_$last"
 tmp="$fatbin.tmp.$$"
 report="$target/ptxas-report.txt"
 "$nvcc_bin" -fatbin -O3 -std=c++17 -Xptxas -v -I"$src" "${gencode[@]}" -o "$tmp" "${srcs[@]}" 2> "$report.tmp" \

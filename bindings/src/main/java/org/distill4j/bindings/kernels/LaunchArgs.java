@@ -33,6 +33,9 @@ public final class LaunchArgs {
         return slot(arena.allocateFrom(ADDRESS, deviceBuffer));
     }
 
+    /** A NULL device pointer (an optional output the kernel skips). */
+    public LaunchArgs nullPointer() { return slot(arena.allocateFrom(ADDRESS, MemorySegment.NULL)); }
+
     public LaunchArgs f32(float v) { return slot(arena.allocateFrom(JAVA_FLOAT, v)); }
 
     public LaunchArgs i32(int v) { return slot(arena.allocateFrom(JAVA_INT, v)); }

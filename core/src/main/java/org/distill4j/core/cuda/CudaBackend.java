@@ -3,9 +3,11 @@ package org.distill4j.core.cuda;
 import static java.lang.foreign.ValueLayout.ADDRESS;
 import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
 import static java.lang.foreign.ValueLayout.JAVA_INT;
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.util.List;
 import org.distill4j.bindings.NativeLibraries;
 import org.distill4j.bindings.NativeLibraryException;
 import org.distill4j.bindings.cublas.CublasException;
@@ -14,17 +16,34 @@ import org.distill4j.bindings.cudnn.CudnnException;
 import org.distill4j.bindings.cudnn.cudnn_h;
 import org.distill4j.bindings.kernels.ElementwiseKernels;
 import org.distill4j.bindings.kernels.KernelModule;
+import org.distill4j.bindings.kernels.OpKernels;
+import org.distill4j.core.Activation;
+import org.distill4j.core.Backend;
 import org.distill4j.core.BackendUnavailableException;
+import org.distill4j.core.Conv2dParams;
+import org.distill4j.core.DType;
+import org.distill4j.core.Optimizers;
+import org.distill4j.core.Pool2dParams;
+import org.distill4j.core.PoolMode;
+import org.distill4j.core.Reduction;
+import org.distill4j.core.Shapes;
+import org.distill4j.core.Tensor;
+import org.distill4j.core.cpu.GemmShape;
 
 /**
- * The CUDA backend: one GPU's context and stream, a cuBLAS handle, a cuDNN handle and our kernels,
- * all ordered on the context's stream. Ops enqueue work and return; only reads synchronise.
+ * The CUDA backend: one GPU's context and stream, a cuBLAS handle, a cuDNN handle and our
+ * kernels, all ordered on the context's stream. Ops enqueue work and return; reading a value back
+ * (toFloatArray, item, hasNonFinite) is what synchronises.
  *
- * <p>This class holds the device plumbing every op needs (the foundation); the full op set of
- * the Backend interface builds on it.
+ * <p>Every op checks shapes on the host exactly as {@link org.distill4j.core.cpu.CpuBackend} does.
+ * Differences from the CPU oracle, by design: gemm and convolutions use TF32 tensor cores unless
+ * {@link MathMode#STRICT_FP32} is selected; crossEntropy cannot throw for an out-of-range label
+ * without synchronising, so it writes NaN as the loss instead; batch normalization needs
+ * eps >= CUDNN_BN_MIN_EPSILON (1e-5).
  */
-public final class CudaBackend implements AutoCloseable {
-    /** cuBLAS math: TF32 tensor cores (default on sm_80+, as PyTorch's allow_tf32) or strict FP32. */
+@SuppressWarnings("restricted") // FFM: views of device buffers are zero-length segments at an offset
+public final class CudaBackend implements Backend {
+    /** cuBLAS/cuDNN math: TF32 tensor cores (default on sm_80+, as PyTorch's allow_tf32) or strict FP32. */
     public enum MathMode { TF32, STRICT_FP32 }
 
     private final CudaContext context;
@@ -32,7 +51,11 @@ public final class CudaBackend implements AutoCloseable {
     private final MemorySegment cudnn;
     private final KernelModule module;
     private final ElementwiseKernels elementwise;
+    private final OpKernels ops;
+    private final Arena scratchArena = Arena.ofShared();
+    private final DeviceBuffer flags; // 16 bytes of device scratch: counters and flags
     private MathMode mathMode;
+    private boolean closed;
 
     private CudaBackend(CudaContext context, MemorySegment cublas, MemorySegment cudnn, KernelModule module) {
         this.context = context;
@@ -40,6 +63,8 @@ public final class CudaBackend implements AutoCloseable {
         this.cudnn = cudnn;
         this.module = module;
         this.elementwise = new ElementwiseKernels(module, context.device().multiprocessors());
+        this.ops = new OpKernels(module, context.device().multiprocessors());
+        this.flags = context.allocate(scratchArena, 16);
     }
 
     /**
@@ -87,108 +112,667 @@ public final class CudaBackend implements AutoCloseable {
 
     public MathMode mathMode() { return mathMode; }
 
+    @Override
+    public String name() { return "cuda:" + context.device().ordinal(); }
+
     /** Selects TF32 tensor-op math or strict FP32 for cuBLAS and cuDNN. */
     public void setMathMode(MathMode mode) {
         context.makeCurrent();
-        CublasException.check(cublas_h.cublasSetMathMode(cublas, mode == MathMode.TF32 ? cublas_h.CUBLAS_TF32_TENSOR_OP_MATH : cublas_h.CUBLAS_PEDANTIC_MATH),
-            "cublasSetMathMode");
+        CublasException.check(cublas_h.cublasSetMathMode(cublas,
+            mode == MathMode.TF32 ? cublas_h.CUBLAS_TF32_TENSOR_OP_MATH : cublas_h.CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
         this.mathMode = mode;
     }
 
-    /**
-     * Row-major C[m,n] = alpha * op(A) op(B) + beta * C, with op(A) [m,k] and op(B) [k,n], leading
-     * dimensions in elements (row-major: the row length of the stored matrix).
-     *
-     * <p>cuBLAS is column-major; a row-major matrix is its transpose in column-major, so we ask
-     * cuBLAS for C^T = op(B)^T op(A)^T, which swaps the operands and m/n and needs no copy.
-     */
-    public void sgemm(boolean transA, boolean transB, int m, int n, int k, float alpha, DeviceBuffer a, int lda,
-                      DeviceBuffer b, int ldb, float beta, DeviceBuffer c, int ldc) {
+    private MemorySegment s() {
+        return context.stream();
+    }
+
+    private void check(String op, DType dtype, Tensor... ts) {
+        Shapes.alive(op, ts);
+        Shapes.backend(op, this, ts);
+        Shapes.dtype(op, dtype, ts);
         context.makeCurrent();
-        try (Arena arena = Arena.ofConfined()) {
-            CublasException.check(cublas_h.cublasSgemm_v2(cublas,
-                transB ? cublas_h.CUBLAS_OP_T : cublas_h.CUBLAS_OP_N, transA ? cublas_h.CUBLAS_OP_T : cublas_h.CUBLAS_OP_N,
-                n, m, k, arena.allocateFrom(JAVA_FLOAT, alpha), b.address(), ldb, a.address(), lda,
-                arena.allocateFrom(JAVA_FLOAT, beta), c.address(), ldc), "cublasSgemm");
+    }
+
+    private void f32(String op, Tensor... ts) {
+        check(op, DType.F32, ts);
+    }
+
+    private static MemorySegment p(Tensor t) {
+        return t == null ? MemorySegment.NULL : t.data();
+    }
+
+    // ---- memory
+
+    @Override
+    public Tensor empty(DType dtype, long... shape) {
+        Arena arena = Arena.ofShared();
+        try {
+            long bytes = Tensor.numel(shape) * dtype.bytes();
+            return Tensor.wrap(this, dtype, shape, context.allocate(arena, Math.max(bytes, 16)).address(), arena);
+        } catch (RuntimeException e) {
+            arena.close();
+            throw e;
         }
     }
 
-    /**
-     * NCHW float32 convolution (cross-correlation, as PyTorch's Conv2d): y[n,k,oh,ow] from x[n,c,h,w]
-     * and w[k,c,r,s], zero padding and stride per axis, no bias. cuDNN picks the algorithm by its
-     * heuristics (the first that succeeds); its workspace is allocated for the call.
-     *
-     * @return the output height and width
-     */
-    public int[] conv2dForward(DeviceBuffer x, int n, int c, int h, int w, DeviceBuffer weight, int k, int r, int s,
-                               int padH, int padW, int strideH, int strideW, DeviceBuffer y) {
-        context.makeCurrent();
+    @Override
+    public Tensor empty(Arena arena, DType dtype, long... shape) {
+        long bytes = Tensor.numel(shape) * dtype.bytes();
+        return Tensor.wrap(this, dtype, shape, context.allocate(arena, Math.max(bytes, 16)).address(), null);
+    }
+
+    @Override
+    public MemorySegment offset(MemorySegment data, long byteOffset, long bytes) {
+        return data.reinterpret(byteOffset + bytes).asSlice(byteOffset, 0);
+    }
+
+    private DeviceBuffer buffer(Tensor t) {
+        return new DeviceBuffer(t.data(), t.byteSize());
+    }
+
+    @Override
+    public float[] read(Tensor t) {
+        f32("read", t);
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment host = a.allocate(Math.max(1, t.byteSize()), 16).asSlice(0, t.byteSize());
+            if (t.byteSize() > 0) context.copyToHost(host, buffer(t), 0);
+            return host.toArray(JAVA_FLOAT);
+        }
+    }
+
+    @Override
+    public void write(Tensor t, float[] values) {
+        f32("write", t);
+        if (values.length == 0) return;
+        try (Arena a = Arena.ofConfined()) {
+            context.copyToDevice(buffer(t), 0, a.allocateFrom(JAVA_FLOAT, values));
+        }
+    }
+
+    @Override
+    public long[] readLongs(Tensor t) {
+        check("readLongs", DType.I64, t);
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment host = a.allocate(Math.max(1, t.byteSize()), 16).asSlice(0, t.byteSize());
+            if (t.byteSize() > 0) context.copyToHost(host, buffer(t), 0);
+            return host.toArray(JAVA_LONG);
+        }
+    }
+
+    @Override
+    public void writeLongs(Tensor t, long[] values) {
+        check("writeLongs", DType.I64, t);
+        if (values.length == 0) return;
+        try (Arena a = Arena.ofConfined()) {
+            context.copyToDevice(buffer(t), 0, a.allocateFrom(JAVA_LONG, values));
+        }
+    }
+
+    @Override
+    public void copy(Tensor src, Tensor dst) {
+        Shapes.alive("copy", src, dst);
+        Shapes.same("copy", src, dst);
+        if (src.dtype() != dst.dtype()) throw new IllegalArgumentException("copy: dtypes differ: " + src.describe() + " vs " + dst.describe());
+        if (src.byteSize() > 0) context.copy(buffer(dst), 0, buffer(src), 0, src.byteSize());
+    }
+
+    @Override
+    public void zero(Tensor t) {
+        Shapes.alive("zero", t);
+        if (t.byteSize() > 0) context.zero(buffer(t));
+    }
+
+    @Override
+    public void synchronize() {
+        context.synchronize();
+    }
+
+    // ---- gemm (row-major on column-major cuBLAS: C^T = op(B)^T op(A)^T, operands and m/n swapped)
+
+    @Override
+    public void gemm(boolean transA, boolean transB, float alpha, Tensor a, Tensor b, float beta, Tensor c) {
+        f32("gemm", a, b, c);
+        GemmShape g = GemmShape.of(transA, transB, a, b, c);
+        int lda = transA ? g.m() : g.k(), ldb = transB ? g.k() : g.n();
         try (Arena arena = Arena.ofConfined()) {
-            MemorySegment xd = tensor4d(arena, n, c, h, w);
-            MemorySegment wd = out(arena, "cudnnCreateFilterDescriptor", p -> cudnn_h.cudnnCreateFilterDescriptor(p));
-            MemorySegment cd = out(arena, "cudnnCreateConvolutionDescriptor", p -> cudnn_h.cudnnCreateConvolutionDescriptor(p));
-            MemorySegment yd = null;
-            try {
-                CudnnException.check(cudnn_h.cudnnSetFilter4dDescriptor(wd, cudnn_h.CUDNN_DATA_FLOAT, cudnn_h.CUDNN_TENSOR_NCHW, k, c, r, s), "cudnnSetFilter4dDescriptor");
-                CudnnException.check(cudnn_h.cudnnSetConvolution2dDescriptor(cd, padH, padW, strideH, strideW, 1, 1,
-                    cudnn_h.CUDNN_CROSS_CORRELATION, cudnn_h.CUDNN_DATA_FLOAT), "cudnnSetConvolution2dDescriptor");
-                CudnnException.check(cudnn_h.cudnnSetConvolutionMathType(cd, mathMode == MathMode.TF32 ? cudnn_h.CUDNN_TENSOR_OP_MATH : cudnn_h.CUDNN_FMA_MATH),
-                    "cudnnSetConvolutionMathType");
-                MemorySegment dims = arena.allocate(JAVA_INT, 4);
-                CudnnException.check(cudnn_h.cudnnGetConvolution2dForwardOutputDim(cd, xd, wd, dims, dims.asSlice(4), dims.asSlice(8), dims.asSlice(12)),
-                    "cudnnGetConvolution2dForwardOutputDim");
-                int oh = dims.getAtIndex(JAVA_INT, 2), ow = dims.getAtIndex(JAVA_INT, 3);
-                long needed = (long) n * k * oh * ow * Float.BYTES;
-                if (y.byteSize() < needed) {
-                    throw new IllegalArgumentException("conv2d output buffer holds " + y.byteSize() + " bytes, needs " + needed
-                        + " for [" + n + "," + k + "," + oh + "," + ow + "]");
-                }
-                yd = tensor4d(arena, n, k, oh, ow);
-                int count = cudnn_h.CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
-                MemorySegment perf = arena.allocate(cudnn_h.cudnnConvolutionFwdAlgoPerf_t.LAYOUT, count);
-                MemorySegment returned = arena.allocate(JAVA_INT);
-                CudnnException.check(cudnn_h.cudnnGetConvolutionForwardAlgorithm_v7(cudnn, xd, wd, cd, yd, count, returned, perf),
-                    "cudnnGetConvolutionForwardAlgorithm_v7");
-                int algo = -1;
-                long workspace = 0;
-                long stride = cudnn_h.cudnnConvolutionFwdAlgoPerf_t.LAYOUT.byteSize();
-                for (int i = 0; i < returned.get(JAVA_INT, 0); i++) {
-                    MemorySegment p = perf.asSlice(i * stride, stride);
-                    if (cudnn_h.cudnnConvolutionFwdAlgoPerf_t.status(p) == cudnn_h.CUDNN_STATUS_SUCCESS) {
-                        algo = cudnn_h.cudnnConvolutionFwdAlgoPerf_t.algo(p);
-                        workspace = cudnn_h.cudnnConvolutionFwdAlgoPerf_t.memory(p);
-                        break;
-                    }
-                }
-                if (algo < 0) throw new IllegalStateException("cuDNN has no forward algorithm for this convolution");
-                try (Arena ws = Arena.ofConfined()) {
-                    MemorySegment wsPtr = workspace > 0 ? context.allocate(ws, workspace).address() : MemorySegment.NULL;
-                    CudnnException.check(cudnn_h.cudnnConvolutionForward(cudnn, arena.allocateFrom(JAVA_FLOAT, 1f), xd, x.address(), wd,
-                        weight.address(), cd, algo, wsPtr, workspace, arena.allocateFrom(JAVA_FLOAT, 0f), yd, y.address()),
-                        "cudnnConvolutionForward");
-                }
-                return new int[] {oh, ow};
-            } finally {
-                cudnn_h.cudnnDestroyTensorDescriptor(xd);
-                if (yd != null) cudnn_h.cudnnDestroyTensorDescriptor(yd);
-                cudnn_h.cudnnDestroyFilterDescriptor(wd);
-                cudnn_h.cudnnDestroyConvolutionDescriptor(cd);
+            MemorySegment al = arena.allocateFrom(JAVA_FLOAT, alpha), be = arena.allocateFrom(JAVA_FLOAT, beta);
+            int opB = transB ? cublas_h.CUBLAS_OP_T : cublas_h.CUBLAS_OP_N, opA = transA ? cublas_h.CUBLAS_OP_T : cublas_h.CUBLAS_OP_N;
+            if (g.batch() == 1) {
+                CublasException.check(cublas_h.cublasSgemm_v2(cublas, opB, opA, g.n(), g.m(), g.k(), al, b.data(), ldb, a.data(), lda, be, c.data(), g.n()),
+                    "cublasSgemm");
+            } else {
+                CublasException.check(cublas_h.cublasSgemmStridedBatched(cublas, opB, opA, g.n(), g.m(), g.k(), al, b.data(), ldb, (long) g.k() * g.n(),
+                    a.data(), lda, (long) g.m() * g.k(), be, c.data(), g.n(), (long) g.m() * g.n(), g.batch()), "cublasSgemmStridedBatched");
             }
         }
     }
 
-    private static MemorySegment tensor4d(Arena arena, int n, int c, int h, int w) {
-        MemorySegment d = out(arena, "cudnnCreateTensorDescriptor", p -> cudnn_h.cudnnCreateTensorDescriptor(p));
-        CudnnException.check(cudnn_h.cudnnSetTensor4dDescriptor(d, cudnn_h.CUDNN_TENSOR_NCHW, cudnn_h.CUDNN_DATA_FLOAT, n, c, h, w), "cudnnSetTensor4dDescriptor");
-        return d;
+    // ---- bias
+
+    private static long[] featureLayout(String op, Tensor y) {
+        long[] s = y.shape();
+        if (s.length < 2) throw new IllegalArgumentException(op + ": expected rank >= 2, got " + y.describe());
+        if (s.length == 2) return new long[] {s[0], s[1], 1};
+        return new long[] {s[0], s[1], y.numel() / s[0] / Math.max(1, s[1])};
     }
 
-    private interface Creator { int create(MemorySegment out); }
+    @Override
+    public void biasAdd(Tensor y, Tensor bias) {
+        f32("biasAdd", y, bias);
+        long[] l = featureLayout("biasAdd", y);
+        if (bias.numel() != l[1]) throw new IllegalArgumentException("biasAdd: bias " + bias.describe() + " does not match " + y.describe());
+        ops.biasAdd(y.data(), bias.data(), l[1], l[2], y.numel(), s());
+    }
 
-    private static MemorySegment out(Arena arena, String call, Creator creator) {
-        MemorySegment p = arena.allocate(ADDRESS);
-        CudnnException.check(creator.create(p), call);
-        return p.get(ADDRESS, 0);
+    @Override
+    public void biasGrad(Tensor dy, Tensor dbias, boolean accumulate) {
+        f32("biasGrad", dy, dbias);
+        long[] l = featureLayout("biasGrad", dy);
+        if (dbias.numel() != l[1]) throw new IllegalArgumentException("biasGrad: dbias " + dbias.describe() + " does not match " + dy.describe());
+        ops.biasGrad(dy.data(), dbias.data(), l[0], l[1], l[2], accumulate, s());
+    }
+
+    // ---- activations
+
+    @Override
+    public void activation(Activation kind, float param, Tensor x, Tensor y) {
+        f32("activation(" + kind + ")", x, y);
+        Shapes.same("activation(" + kind + ")", x, y);
+        ops.activation(kind.ordinal(), param, x.data(), y.data(), x.numel(), s());
+    }
+
+    @Override
+    public void activationBackward(Activation kind, float param, Tensor x, Tensor y, Tensor dy, Tensor dx) {
+        String op = "activationBackward(" + kind + ")";
+        f32(op, x, y, dy, dx);
+        Shapes.same(op, x, dy);
+        Shapes.same(op, y, dy);
+        Shapes.same(op, dx, dy);
+        ops.activationBackward(kind.ordinal(), param, x.data(), y.data(), dy.data(), dx.data(), x.numel(), s());
+    }
+
+    // ---- softmax
+
+    @Override
+    public void softmax(Tensor x, Tensor y) {
+        f32("softmax", x, y);
+        Shapes.same("softmax", x, y);
+        ops.softmax(x.data(), y.data(), x.rows(), x.cols(), false, s());
+    }
+
+    @Override
+    public void logSoftmax(Tensor x, Tensor y) {
+        f32("logSoftmax", x, y);
+        Shapes.same("logSoftmax", x, y);
+        ops.softmax(x.data(), y.data(), x.rows(), x.cols(), true, s());
+    }
+
+    @Override
+    public void softmaxBackward(Tensor y, Tensor dy, Tensor dx) {
+        f32("softmaxBackward", y, dy, dx);
+        Shapes.same("softmaxBackward", y, dy);
+        Shapes.same("softmaxBackward", y, dx);
+        ops.softmaxBackward(y.data(), dy.data(), dx.data(), y.rows(), y.cols(), false, s());
+    }
+
+    @Override
+    public void logSoftmaxBackward(Tensor y, Tensor dy, Tensor dx) {
+        f32("logSoftmaxBackward", y, dy, dx);
+        Shapes.same("logSoftmaxBackward", y, dy);
+        Shapes.same("logSoftmaxBackward", y, dx);
+        ops.softmaxBackward(y.data(), dy.data(), dx.data(), y.rows(), y.cols(), true, s());
+    }
+
+    // ---- cross-entropy: count, rows, finish (three launches, no host synchronisation)
+
+    @Override
+    public void crossEntropy(Tensor logits, Tensor labels, int ignoreIndex, float labelSmoothing, Tensor loss, Tensor gradLogits) {
+        String op = "crossEntropy";
+        f32(op, logits, loss, gradLogits);
+        check(op, DType.I64, labels);
+        Shapes.rank(op, logits, 2);
+        long n = logits.size(0), c = logits.size(1);
+        Shapes.expect(op + " labels", labels, n);
+        if (loss.numel() != 1) throw new IllegalArgumentException(op + ": loss must have one element, got " + loss.describe());
+        if (gradLogits != null) Shapes.same(op + " gradLogits", logits, gradLogits);
+        if (labelSmoothing < 0 || labelSmoothing > 1) throw new IllegalArgumentException(op + ": label smoothing must be in [0, 1], got " + labelSmoothing);
+        try (Arena arena = Arena.ofShared()) {
+            DeviceBuffer rowLoss = context.allocate(arena, Math.max(4, n * 4));
+            context.zero(flags);
+            ops.ceCount(labels.data(), n, c, ignoreIndex, flags.address(), s());
+            ops.ceRows(logits.data(), labels.data(), n, c, ignoreIndex, labelSmoothing, flags.address(), rowLoss.address(), p(gradLogits), s());
+            ops.ceFinish(rowLoss.address(), n, flags.address(), loss.data(), s());
+        } // rowLoss is freed on the stream, after the kernels that use it
+    }
+
+    // ---- reductions
+
+    @Override
+    public void reduceRows(Reduction kind, Tensor x, Tensor out) {
+        f32("reduceRows", x, out);
+        if (out.numel() != x.rows()) throw new IllegalArgumentException("reduceRows: out " + out.describe() + " needs " + x.rows() + " elements for " + x.describe());
+        ops.reduceRows(kind.ordinal(), x.data(), out.data(), x.rows(), x.cols(), s());
+    }
+
+    @Override
+    public void reduceCols(Reduction kind, Tensor x, Tensor out) {
+        f32("reduceCols", x, out);
+        if (out.numel() != x.cols()) throw new IllegalArgumentException("reduceCols: out " + out.describe() + " needs " + x.cols() + " elements for " + x.describe());
+        ops.reduceCols(kind.ordinal(), x.data(), out.data(), x.rows(), x.cols(), s());
+    }
+
+    // ---- elementwise
+
+    @Override
+    public void axpy(float alpha, Tensor x, Tensor y) {
+        f32("axpy", x, y);
+        Shapes.same("axpy", x, y);
+        elementwise.axpy(alpha, x.data(), y.data(), x.numel(), s());
+    }
+
+    @Override
+    public void scale(float alpha, Tensor x) {
+        f32("scale", x);
+        elementwise.scale(alpha, x.data(), x.numel(), s());
+    }
+
+    @Override
+    public void mul(Tensor a, Tensor b, Tensor out) {
+        f32("mul", a, b, out);
+        Shapes.same("mul", a, b);
+        Shapes.same("mul", a, out);
+        ops.binary(1, a.data(), b.data(), out.data(), a.numel(), s());
+    }
+
+    @Override
+    public void add(Tensor a, Tensor b, Tensor out) {
+        f32("add", a, b, out);
+        Shapes.same("add", a, b);
+        Shapes.same("add", a, out);
+        ops.binary(0, a.data(), b.data(), out.data(), a.numel(), s());
+    }
+
+    @Override
+    public void fill(Tensor x, float value) {
+        f32("fill", x);
+        elementwise.fill(x.data(), value, x.numel(), s());
+    }
+
+    // ---- classification
+
+    @Override
+    public void argmax(Tensor x, Tensor out) {
+        f32("argmax", x);
+        check("argmax", DType.I64, out);
+        if (out.numel() != x.rows()) throw new IllegalArgumentException("argmax: out " + out.describe() + " needs " + x.rows() + " elements for " + x.describe());
+        ops.argmax(x.data(), out.data(), x.rows(), x.cols(), s());
+    }
+
+    @Override
+    public void correctCount(Tensor logits, Tensor labels, int ignoreIndex, Tensor out) {
+        f32("correctCount", logits);
+        check("correctCount", DType.I64, labels, out);
+        Shapes.rank("correctCount", logits, 2);
+        Shapes.expect("correctCount labels", labels, logits.size(0));
+        if (out.numel() != 1) throw new IllegalArgumentException("correctCount: out must have one element, got " + out.describe());
+        ops.correctCount(logits.data(), labels.data(), logits.size(0), logits.size(1), ignoreIndex, out.data(), s());
+    }
+
+    // ---- dropout and random
+
+    @Override
+    public void dropout(float p, long seed, long offset, Tensor x, Tensor y) {
+        if (!(p >= 0 && p < 1)) throw new IllegalArgumentException("dropout: p must be in [0, 1), got " + p);
+        f32("dropout", x, y);
+        Shapes.same("dropout", x, y);
+        ops.dropout(p, seed, offset, x.data(), y.data(), x.numel(), s());
+    }
+
+    @Override
+    public void dropoutBackward(float p, long seed, long offset, Tensor dy, Tensor dx) {
+        dropout(p, seed, offset, dy, dx);
+    }
+
+    @Override
+    public void uniform(Tensor x, float low, float high, long seed, long offset) {
+        f32("uniform", x);
+        ops.uniform(low, high, seed, offset, x.data(), x.numel(), s());
+    }
+
+    // ---- cuDNN descriptors, created per call and destroyed in the same call
+
+    private final class Descriptors implements AutoCloseable {
+        private final java.util.ArrayList<Runnable> destroy = new java.util.ArrayList<>();
+        private final Arena arena = Arena.ofConfined();
+
+        MemorySegment tensor(long n, long c, long h, long w) {
+            MemorySegment d = create(p -> cudnn_h.cudnnCreateTensorDescriptor(p), "cudnnCreateTensorDescriptor");
+            destroy.add(() -> cudnn_h.cudnnDestroyTensorDescriptor(d));
+            CudnnException.check(cudnn_h.cudnnSetTensor4dDescriptor(d, cudnn_h.CUDNN_TENSOR_NCHW, cudnn_h.CUDNN_DATA_FLOAT,
+                (int) n, (int) c, (int) h, (int) w), "cudnnSetTensor4dDescriptor");
+            return d;
+        }
+
+        MemorySegment filter(long k, long c, long r, long s) {
+            MemorySegment d = create(p -> cudnn_h.cudnnCreateFilterDescriptor(p), "cudnnCreateFilterDescriptor");
+            destroy.add(() -> cudnn_h.cudnnDestroyFilterDescriptor(d));
+            CudnnException.check(cudnn_h.cudnnSetFilter4dDescriptor(d, cudnn_h.CUDNN_DATA_FLOAT, cudnn_h.CUDNN_TENSOR_NCHW,
+                (int) k, (int) c, (int) r, (int) s), "cudnnSetFilter4dDescriptor");
+            return d;
+        }
+
+        MemorySegment convolution(Conv2dParams p) {
+            MemorySegment d = create(q -> cudnn_h.cudnnCreateConvolutionDescriptor(q), "cudnnCreateConvolutionDescriptor");
+            destroy.add(() -> cudnn_h.cudnnDestroyConvolutionDescriptor(d));
+            CudnnException.check(cudnn_h.cudnnSetConvolution2dDescriptor(d, p.padH(), p.padW(), p.strideH(), p.strideW(), 1, 1,
+                cudnn_h.CUDNN_CROSS_CORRELATION, cudnn_h.CUDNN_DATA_FLOAT), "cudnnSetConvolution2dDescriptor");
+            CudnnException.check(cudnn_h.cudnnSetConvolutionMathType(d,
+                mathMode == MathMode.TF32 ? cudnn_h.CUDNN_TENSOR_OP_MATH : cudnn_h.CUDNN_FMA_MATH), "cudnnSetConvolutionMathType");
+            return d;
+        }
+
+        MemorySegment pooling(PoolMode mode, Pool2dParams p) {
+            MemorySegment d = create(q -> cudnn_h.cudnnCreatePoolingDescriptor(q), "cudnnCreatePoolingDescriptor");
+            destroy.add(() -> cudnn_h.cudnnDestroyPoolingDescriptor(d));
+            int m = mode == PoolMode.MAX ? cudnn_h.CUDNN_POOLING_MAX_DETERMINISTIC : cudnn_h.CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING;
+            CudnnException.check(cudnn_h.cudnnSetPooling2dDescriptor(d, m, cudnn_h.CUDNN_PROPAGATE_NAN, p.kernelH(), p.kernelW(), p.padH(), p.padW(),
+                p.strideH(), p.strideW()), "cudnnSetPooling2dDescriptor");
+            return d;
+        }
+
+        MemorySegment f(float v) {
+            return arena.allocateFrom(JAVA_FLOAT, v);
+        }
+
+
+        private MemorySegment create(java.util.function.ToIntFunction<MemorySegment> creator, String call) {
+            MemorySegment out = arena.allocate(ADDRESS);
+            CudnnException.check(creator.applyAsInt(out), call);
+            return out.get(ADDRESS, 0);
+        }
+
+        @Override
+        public void close() {
+            for (int i = destroy.size() - 1; i >= 0; i--) destroy.get(i).run();
+            arena.close();
+        }
+    }
+
+    /** A workspace for one cuDNN call, freed (stream-ordered) when {@code arena} closes. */
+    private MemorySegment workspace(Arena arena, long bytes) {
+        return bytes > 0 ? context.allocate(arena, bytes).address() : MemorySegment.NULL;
+    }
+
+    private record Conv(long n, long c, long h, long w, long k, long r, long s, int oh, int ow) {}
+
+    private static Conv convShape(String op, Tensor x, Tensor w, Conv2dParams p, Tensor y) {
+        Shapes.rank(op, x, 4);
+        Shapes.rank(op, w, 4);
+        Shapes.rank(op, y, 4);
+        if (x.size(1) != w.size(1)) {
+            throw new IllegalArgumentException(op + ": input channels differ: x " + java.util.Arrays.toString(x.shape()) + " vs weight "
+                + java.util.Arrays.toString(w.shape()));
+        }
+        int oh = p.outH(x.size(2), w.size(2)), ow = p.outW(x.size(3), w.size(3));
+        if (oh < 1 || ow < 1) throw new IllegalArgumentException(op + ": kernel " + java.util.Arrays.toString(w.shape()) + " larger than padded input "
+            + java.util.Arrays.toString(x.shape()));
+        Shapes.expect(op + " output", y, x.size(0), w.size(0), oh, ow);
+        return new Conv(x.size(0), x.size(1), x.size(2), x.size(3), w.size(0), w.size(2), w.size(3), oh, ow);
+    }
+
+    @Override
+    public void conv2d(Tensor x, Tensor w, Conv2dParams p, Tensor y) {
+        f32("conv2d", x, w, y);
+        Conv g = convShape("conv2d", x, w, p, y);
+        try (Descriptors d = new Descriptors(); Arena ws = Arena.ofShared()) {
+            MemorySegment xd = d.tensor(g.n(), g.c(), g.h(), g.w()), wd = d.filter(g.k(), g.c(), g.r(), g.s()), cd = d.convolution(p);
+            MemorySegment yd = d.tensor(g.n(), g.k(), g.oh(), g.ow());
+            int count = cudnn_h.CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
+            MemorySegment perf = d.arena.allocate(cudnn_h.cudnnConvolutionFwdAlgoPerf_t.LAYOUT, count);
+            MemorySegment returned = d.arena.allocate(JAVA_INT);
+            CudnnException.check(cudnn_h.cudnnGetConvolutionForwardAlgorithm_v7(cudnn, xd, wd, cd, yd, count, returned, perf),
+                "cudnnGetConvolutionForwardAlgorithm_v7");
+            long stride = cudnn_h.cudnnConvolutionFwdAlgoPerf_t.LAYOUT.byteSize();
+            for (int i = 0; i < returned.get(JAVA_INT, 0); i++) {
+                MemorySegment q = perf.asSlice(i * stride, stride);
+                if (cudnn_h.cudnnConvolutionFwdAlgoPerf_t.status(q) != cudnn_h.CUDNN_STATUS_SUCCESS) continue;
+                long bytes = cudnn_h.cudnnConvolutionFwdAlgoPerf_t.memory(q);
+                CudnnException.check(cudnn_h.cudnnConvolutionForward(cudnn, d.f(1f), xd, x.data(), wd, w.data(), cd,
+                    cudnn_h.cudnnConvolutionFwdAlgoPerf_t.algo(q), workspace(ws, bytes), bytes, d.f(0f), yd, y.data()), "cudnnConvolutionForward");
+                return;
+            }
+            throw new IllegalStateException("conv2d: cuDNN offers no forward algorithm for x " + java.util.Arrays.toString(x.shape()));
+        }
+    }
+
+    @Override
+    public void conv2dBackwardData(Tensor dy, Tensor w, Conv2dParams p, Tensor dx) {
+        f32("conv2dBackwardData", dy, w, dx);
+        Conv g = convShape("conv2dBackwardData", dx, w, p, dy);
+        try (Descriptors d = new Descriptors(); Arena ws = Arena.ofShared()) {
+            MemorySegment dxd = d.tensor(g.n(), g.c(), g.h(), g.w()), wd = d.filter(g.k(), g.c(), g.r(), g.s()), cd = d.convolution(p);
+            MemorySegment dyd = d.tensor(g.n(), g.k(), g.oh(), g.ow());
+            int count = cudnn_h.CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
+            MemorySegment perf = d.arena.allocate(cudnn_h.cudnnConvolutionBwdDataAlgoPerf_t.LAYOUT, count);
+            MemorySegment returned = d.arena.allocate(JAVA_INT);
+            CudnnException.check(cudnn_h.cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnn, wd, dyd, cd, dxd, count, returned, perf),
+                "cudnnGetConvolutionBackwardDataAlgorithm_v7");
+            long stride = cudnn_h.cudnnConvolutionBwdDataAlgoPerf_t.LAYOUT.byteSize();
+            for (int i = 0; i < returned.get(JAVA_INT, 0); i++) {
+                MemorySegment q = perf.asSlice(i * stride, stride);
+                if (cudnn_h.cudnnConvolutionBwdDataAlgoPerf_t.status(q) != cudnn_h.CUDNN_STATUS_SUCCESS) continue;
+                long bytes = cudnn_h.cudnnConvolutionBwdDataAlgoPerf_t.memory(q);
+                CudnnException.check(cudnn_h.cudnnConvolutionBackwardData(cudnn, d.f(1f), wd, w.data(), dyd, dy.data(), cd,
+                    cudnn_h.cudnnConvolutionBwdDataAlgoPerf_t.algo(q), workspace(ws, bytes), bytes, d.f(0f), dxd, dx.data()),
+                    "cudnnConvolutionBackwardData");
+                return;
+            }
+            throw new IllegalStateException("conv2dBackwardData: cuDNN offers no algorithm for dx " + java.util.Arrays.toString(dx.shape()));
+        }
+    }
+
+    @Override
+    public void conv2dBackwardFilter(Tensor x, Tensor dy, Conv2dParams p, Tensor dw, boolean accumulate) {
+        f32("conv2dBackwardFilter", x, dy, dw);
+        Conv g = convShape("conv2dBackwardFilter", x, dw, p, dy);
+        try (Descriptors d = new Descriptors(); Arena ws = Arena.ofShared()) {
+            MemorySegment xd = d.tensor(g.n(), g.c(), g.h(), g.w()), dwd = d.filter(g.k(), g.c(), g.r(), g.s()), cd = d.convolution(p);
+            MemorySegment dyd = d.tensor(g.n(), g.k(), g.oh(), g.ow());
+            int count = cudnn_h.CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
+            MemorySegment perf = d.arena.allocate(cudnn_h.cudnnConvolutionBwdFilterAlgoPerf_t.LAYOUT, count);
+            MemorySegment returned = d.arena.allocate(JAVA_INT);
+            CudnnException.check(cudnn_h.cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnn, xd, dyd, cd, dwd, count, returned, perf),
+                "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
+            long stride = cudnn_h.cudnnConvolutionBwdFilterAlgoPerf_t.LAYOUT.byteSize();
+            for (int i = 0; i < returned.get(JAVA_INT, 0); i++) {
+                MemorySegment q = perf.asSlice(i * stride, stride);
+                if (cudnn_h.cudnnConvolutionBwdFilterAlgoPerf_t.status(q) != cudnn_h.CUDNN_STATUS_SUCCESS) continue;
+                long bytes = cudnn_h.cudnnConvolutionBwdFilterAlgoPerf_t.memory(q);
+                CudnnException.check(cudnn_h.cudnnConvolutionBackwardFilter(cudnn, d.f(1f), xd, x.data(), dyd, dy.data(), cd,
+                    cudnn_h.cudnnConvolutionBwdFilterAlgoPerf_t.algo(q), workspace(ws, bytes), bytes, d.f(accumulate ? 1f : 0f), dwd, dw.data()),
+                    "cudnnConvolutionBackwardFilter");
+                return;
+            }
+            throw new IllegalStateException("conv2dBackwardFilter: cuDNN offers no algorithm for dw " + java.util.Arrays.toString(dw.shape()));
+        }
+    }
+
+    // ---- pooling (cuDNN)
+
+    private static void poolShapes(String op, Pool2dParams p, Tensor x, Tensor y) {
+        Shapes.rank(op, x, 4);
+        long oh = p.outH(x.size(2)), ow = p.outW(x.size(3));
+        if (oh < 1 || ow < 1) throw new IllegalArgumentException(op + ": window larger than padded input " + x.describe());
+        Shapes.expect(op + " output", y, x.size(0), x.size(1), oh, ow);
+    }
+
+    @Override
+    public void pool2d(PoolMode mode, Pool2dParams p, Tensor x, Tensor y) {
+        String op = "pool2d(" + mode + ")";
+        f32(op, x, y);
+        poolShapes(op, p, x, y);
+        try (Descriptors d = new Descriptors()) {
+            CudnnException.check(cudnn_h.cudnnPoolingForward(cudnn, d.pooling(mode, p), d.f(1f), d.tensor(x.size(0), x.size(1), x.size(2), x.size(3)),
+                x.data(), d.f(0f), d.tensor(y.size(0), y.size(1), y.size(2), y.size(3)), y.data()), "cudnnPoolingForward");
+        }
+    }
+
+    @Override
+    public void pool2dBackward(PoolMode mode, Pool2dParams p, Tensor x, Tensor y, Tensor dy, Tensor dx) {
+        String op = "pool2dBackward(" + mode + ")";
+        f32(op, x, y, dy, dx);
+        poolShapes(op, p, x, y);
+        Shapes.same(op, y, dy);
+        Shapes.same(op, x, dx);
+        try (Descriptors d = new Descriptors()) {
+            MemorySegment xd = d.tensor(x.size(0), x.size(1), x.size(2), x.size(3)), yd = d.tensor(y.size(0), y.size(1), y.size(2), y.size(3));
+            CudnnException.check(cudnn_h.cudnnPoolingBackward(cudnn, d.pooling(mode, p), d.f(1f), yd, y.data(), yd, dy.data(), xd, x.data(),
+                d.f(0f), xd, dx.data()), "cudnnPoolingBackward");
+        }
+    }
+
+    @Override
+    public void globalAvgPool(Tensor x, Tensor y) {
+        f32("globalAvgPool", x, y);
+        Shapes.rank("globalAvgPool", x, 4);
+        Shapes.expect("globalAvgPool output", y, x.size(0), x.size(1), 1, 1);
+        ops.reduceRows(Reduction.MEAN.ordinal(), x.data(), y.data(), x.size(0) * x.size(1), x.size(2) * x.size(3), s());
+    }
+
+    @Override
+    public void globalAvgPoolBackward(Tensor dy, Tensor dx) {
+        f32("globalAvgPoolBackward", dy, dx);
+        Shapes.rank("globalAvgPoolBackward", dx, 4);
+        Shapes.expect("globalAvgPoolBackward dy", dy, dx.size(0), dx.size(1), 1, 1);
+        ops.broadcastMeanGrad(dy.data(), dx.data(), dx.size(2) * dx.size(3), dx.numel(), s());
+    }
+
+    // ---- batch normalization (cuDNN, spatial mode over x viewed as [N, C, inner, 1])
+
+    private static long[] bnLayout(String op, Tensor x, Tensor... perChannel) {
+        long[] s = x.shape();
+        if (s.length < 2) throw new IllegalArgumentException(op + ": expected [N, C, ...], got " + x.describe());
+        for (Tensor t : perChannel) {
+            if (t != null && t.numel() != s[1]) throw new IllegalArgumentException(op + ": per-channel tensor " + t.describe() + " does not match "
+                + s[1] + " channels of " + x.describe());
+        }
+        return new long[] {s[0], s[1], x.numel() / s[0] / Math.max(1, s[1])};
+    }
+
+    private static void bnEps(String op, float eps) {
+        if (eps < cudnnBnMinEpsilon()) {
+            throw new IllegalArgumentException(op + ": eps " + eps + " is below cuDNN's minimum " + cudnnBnMinEpsilon());
+        }
+    }
+
+    private static double cudnnBnMinEpsilon() {
+        return 1e-5 - 1e-12; // CUDNN_BN_MIN_EPSILON is 1e-5 (checked against cudnn.h by the ABI check)
+    }
+
+    private MemorySegment bnDescriptor(Descriptors d, MemorySegment xd) {
+        MemorySegment bn = d.create(q -> cudnn_h.cudnnCreateTensorDescriptor(q), "cudnnCreateTensorDescriptor");
+        d.destroy.add(() -> cudnn_h.cudnnDestroyTensorDescriptor(bn));
+        CudnnException.check(cudnn_h.cudnnDeriveBNTensorDescriptor(bn, xd, cudnn_h.CUDNN_BATCHNORM_SPATIAL), "cudnnDeriveBNTensorDescriptor");
+        return bn;
+    }
+
+    @Override
+    public void batchNormTrain(Tensor x, Tensor gamma, Tensor beta, Tensor runningMean, Tensor runningVar, float momentum, float eps,
+                               Tensor y, Tensor saveMean, Tensor saveInvStd) {
+        String op = "batchNormTrain";
+        f32(op, x, gamma, beta, runningMean, runningVar, y, saveMean, saveInvStd);
+        Shapes.same(op, x, y);
+        long[] l = bnLayout(op, x, gamma, beta, runningMean, runningVar, saveMean, saveInvStd);
+        if (l[0] * l[2] < 2) throw new IllegalArgumentException(op + ": needs more than one value per channel, got " + x.describe() + " (as PyTorch)");
+        bnEps(op, eps);
+        try (Descriptors d = new Descriptors()) {
+            MemorySegment xd = d.tensor(l[0], l[1], l[2], 1), bn = bnDescriptor(d, xd);
+            CudnnException.check(cudnn_h.cudnnBatchNormalizationForwardTraining(cudnn, cudnn_h.CUDNN_BATCHNORM_SPATIAL, d.f(1f), d.f(0f), xd, x.data(),
+                xd, y.data(), bn, gamma.data(), beta.data(), momentum, runningMean.data(), runningVar.data(), eps, saveMean.data(), saveInvStd.data()),
+                "cudnnBatchNormalizationForwardTraining");
+        }
+    }
+
+    @Override
+    public void batchNormEval(Tensor x, Tensor gamma, Tensor beta, Tensor runningMean, Tensor runningVar, float eps, Tensor y) {
+        String op = "batchNormEval";
+        f32(op, x, gamma, beta, runningMean, runningVar, y);
+        Shapes.same(op, x, y);
+        long[] l = bnLayout(op, x, gamma, beta, runningMean, runningVar);
+        bnEps(op, eps);
+        try (Descriptors d = new Descriptors()) {
+            MemorySegment xd = d.tensor(l[0], l[1], l[2], 1), bn = bnDescriptor(d, xd);
+            CudnnException.check(cudnn_h.cudnnBatchNormalizationForwardInference(cudnn, cudnn_h.CUDNN_BATCHNORM_SPATIAL, d.f(1f), d.f(0f), xd, x.data(),
+                xd, y.data(), bn, gamma.data(), beta.data(), runningMean.data(), runningVar.data(), eps), "cudnnBatchNormalizationForwardInference");
+        }
+    }
+
+    @Override
+    public void batchNormBackward(Tensor x, Tensor dy, Tensor gamma, Tensor saveMean, Tensor saveInvStd, Tensor dx, Tensor dgamma, Tensor dbeta) {
+        String op = "batchNormBackward";
+        f32(op, x, dy, gamma, saveMean, saveInvStd, dx, dgamma, dbeta);
+        Shapes.same(op, x, dy);
+        Shapes.same(op, x, dx);
+        long[] l = bnLayout(op, x, gamma, saveMean, saveInvStd, dgamma, dbeta);
+        try (Descriptors d = new Descriptors()) {
+            MemorySegment xd = d.tensor(l[0], l[1], l[2], 1), bn = bnDescriptor(d, xd);
+            // epsilon is unused when the saved statistics are passed; cuDNN still validates it.
+            CudnnException.check(cudnn_h.cudnnBatchNormalizationBackward(cudnn, cudnn_h.CUDNN_BATCHNORM_SPATIAL, d.f(1f), d.f(0f), d.f(1f), d.f(0f),
+                xd, x.data(), xd, dy.data(), xd, dx.data(), bn, gamma.data(), dgamma.data(), dbeta.data(), 1e-5, saveMean.data(), saveInvStd.data()),
+                "cudnnBatchNormalizationBackward");
+        }
+    }
+
+    // ---- optimizers
+
+    private void sameLists(String op, List<Tensor> params, List<List<Tensor>> others) {
+        for (List<Tensor> o : others) {
+            if (o.size() != params.size()) throw new IllegalArgumentException(op + ": " + params.size() + " parameters but " + o.size() + " state tensors");
+        }
+        for (int i = 0; i < params.size(); i++) {
+            f32(op, params.get(i));
+            for (List<Tensor> o : others) {
+                f32(op, o.get(i));
+                Shapes.same(op + " (parameter " + i + ")", params.get(i), o.get(i));
+            }
+        }
+    }
+
+    @Override
+    public void sgdStep(Optimizers.Sgd cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> momentum) {
+        boolean useMomentum = cfg.momentum() != 0;
+        sameLists("sgdStep", params, useMomentum ? List.of(grads, momentum) : List.of(grads));
+        for (int t = 0; t < params.size(); t++) {
+            ops.sgd(params.get(t).data(), grads.get(t).data(), useMomentum ? momentum.get(t).data() : MemorySegment.NULL, cfg.lr(), cfg.momentum(),
+                cfg.dampening(), cfg.nesterov(), cfg.weightDecay(), step == 1, params.get(t).numel(), s());
+        }
+    }
+
+    @Override
+    public void adamwStep(Optimizers.AdamW cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> m, List<Tensor> v) {
+        if (step < 1) throw new IllegalArgumentException("adamwStep: step counts from 1, got " + step);
+        sameLists("adamwStep", params, List.of(grads, m, v));
+        float bc1 = (float) (1 - Math.pow(cfg.beta1(), step)), bc2 = (float) (1 - Math.pow(cfg.beta2(), step));
+        float decay = 1 - cfg.lr() * cfg.weightDecay();
+        for (int t = 0; t < params.size(); t++) {
+            ops.adamw(params.get(t).data(), grads.get(t).data(), m.get(t).data(), v.get(t).data(), cfg.lr(), cfg.beta1(), cfg.beta2(), cfg.eps(),
+                decay, bc1, bc2, params.get(t).numel(), s());
+        }
+    }
+
+    // ---- checks
+
+    @Override
+    public boolean hasNonFinite(Tensor... tensors) {
+        f32("hasNonFinite", tensors);
+        context.zero(flags);
+        for (Tensor t : tensors) ops.nonFinite(t.data(), t.numel(), flags.address(), s());
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment host = a.allocate(JAVA_INT);
+            context.copyToHost(host, flags.slice(0, 4), 0);
+            return host.get(JAVA_INT, 0) != 0;
+        }
     }
 
     /**
@@ -206,11 +790,15 @@ public final class CudaBackend implements AutoCloseable {
 
     @Override
     public void close() {
+        if (closed) return;
+        closed = true;
         context.makeCurrent();
         context.synchronize();
+        scratchArena.close();
         module.close();
         cudnn_h.cudnnDestroy(cudnn);
         cublas_h.cublasDestroy_v2(cublas);
         context.close();
     }
+
 }

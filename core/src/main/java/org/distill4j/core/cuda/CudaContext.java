@@ -171,8 +171,12 @@ public final class CudaContext implements AutoCloseable {
         long ptr;
         try (Arena tmp = Arena.ofConfined()) {
             MemorySegment out = tmp.allocate(JAVA_LONG);
-            if (streamOrdered) check(cuMemAllocAsync(out, bytes, stream), "cuMemAllocAsync(" + bytes + " bytes)");
-            else check(cuMemAlloc_v2(out, bytes), "cuMemAlloc(" + bytes + " bytes)");
+            int r = streamOrdered ? cuMemAllocAsync(out, bytes, stream) : cuMemAlloc_v2(out, bytes);
+            if (r == CUDA_ERROR_OUT_OF_MEMORY) {
+                long[] mem = memoryInfo();
+                throw new DeviceOutOfMemoryException(device, bytes, mem[0], mem[1]);
+            }
+            check(r, (streamOrdered ? "cuMemAllocAsync(" : "cuMemAlloc(") + bytes + " bytes)");
             ptr = out.get(JAVA_LONG, 0);
         }
         // The cleanup runs when the arena closes, on the closing thread: make the context current
