@@ -264,12 +264,20 @@ public final class CpuBackend implements Backend {
             long base = r * c;
             double max = Double.NEGATIVE_INFINITY;
             for (long i = base; i < base + c; i++) max = Math.max(max, f(xs, i));
+            // One exp per element: softmax keeps exp(x - max) in y and rescales it; log-softmax
+            // only needs the sum. (y may alias x: each element is read before it is written.)
             double sum = 0;
-            for (long i = base; i < base + c; i++) sum += Math.exp(f(xs, i) - max);
-            double logSum = Math.log(sum);
             for (long i = base; i < base + c; i++) {
-                double z = f(xs, i) - max;
-                set(ys, i, (float) (log ? z - logSum : Math.exp(z) / sum));
+                double e = Math.exp(f(xs, i) - max);
+                sum += e;
+                if (!log) set(ys, i, (float) e);
+            }
+            if (log) {
+                double shift = max + Math.log(sum);
+                for (long i = base; i < base + c; i++) set(ys, i, (float) (f(xs, i) - shift));
+            } else {
+                float inv = (float) (1 / sum);
+                for (long i = base; i < base + c; i++) set(ys, i, f(ys, i) * inv);
             }
         });
     }
