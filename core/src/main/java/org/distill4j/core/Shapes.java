@@ -1,6 +1,7 @@
 package org.distill4j.core;
 
 import java.util.Arrays;
+import java.util.List;
 
 /** Argument checks shared by the backends: every failure names the op and the shapes involved. */
 public final class Shapes {
@@ -46,5 +47,72 @@ public final class Shapes {
     public static int toInt(String op, long v) {
         if (v > Integer.MAX_VALUE) throw new IllegalArgumentException(op + ": dimension " + v + " exceeds 2^31 - 1");
         return (int) v;
+    }
+
+    /** [outer, features, inner] of a tensor whose feature axis is the last (rank 2) or axis 1 (rank >= 3). */
+    public static long[] featureLayout(String op, Tensor y) {
+        long[] s = y.shape();
+        if (s.length < 2) throw new IllegalArgumentException(op + ": expected rank >= 2, got " + y.describe());
+        if (s.length == 2) return new long[] {s[0], s[1], 1};
+        return new long[] {s[0], s[1], y.numel() / s[0] / Math.max(1, s[1])};
+    }
+
+    /** [N, C, inner] of x [N, C, ...] (channel axis 1); every per-channel tensor must hold C elements. */
+    public static long[] channelLayout(String op, Tensor x, Tensor... perChannel) {
+        long[] s = x.shape();
+        if (s.length < 2) throw new IllegalArgumentException(op + ": expected [N, C, ...], got " + x.describe());
+        for (Tensor t : perChannel) {
+            if (t != null && t.numel() != s[1]) {
+                throw new IllegalArgumentException(op + ": per-channel tensor " + t.describe() + " does not match " + s[1] + " channels of " + x.describe());
+            }
+        }
+        return new long[] {s[0], s[1], x.numel() / Math.max(1, s[0]) / Math.max(1, s[1])};
+    }
+
+    /** Checks y is the pooled shape of x [N, C, H, W]. */
+    public static void pool(String op, Pool2dParams p, Tensor x, Tensor y) {
+        rank(op, x, 4);
+        long oh = p.outH(x.size(2)), ow = p.outW(x.size(3));
+        if (oh < 1 || ow < 1) throw new IllegalArgumentException(op + ": window larger than padded input " + x.describe());
+        expect(op + " output", y, x.size(0), x.size(1), oh, ow);
+    }
+
+    /** Checks x [N, C, H, W], w [K, C, R, S] and y [N, K, OH, OW] chain, and returns the geometry. */
+    public static ConvGeometry conv(String op, Tensor x, Tensor w, Conv2dParams p, Tensor y) {
+        rank(op, x, 4);
+        rank(op, w, 4);
+        rank(op, y, 4);
+        long[] xs = x.shape(), ws = w.shape();
+        if (xs[1] != ws[1]) {
+            throw new IllegalArgumentException(op + ": input channels differ: x " + Arrays.toString(xs) + " vs weight " + Arrays.toString(ws));
+        }
+        int oh = p.outH(xs[2], ws[2]), ow = p.outW(xs[3], ws[3]);
+        if (oh < 1 || ow < 1) throw new IllegalArgumentException(op + ": kernel " + Arrays.toString(ws) + " larger than padded input " + Arrays.toString(xs));
+        long[] expected = {xs[0], ws[0], oh, ow};
+        if (!Arrays.equals(y.shape(), expected)) {
+            throw new IllegalArgumentException(op + ": output shape " + Arrays.toString(y.shape()) + ", expected " + Arrays.toString(expected)
+                + " for x " + Arrays.toString(xs) + " and weight " + Arrays.toString(ws));
+        }
+        return new ConvGeometry(toInt(op, xs[0]), toInt(op, xs[1]), toInt(op, xs[2]), toInt(op, xs[3]), toInt(op, ws[0]), toInt(op, ws[2]),
+            toInt(op, ws[3]), oh, ow);
+    }
+
+    /** Optimizer state: one F32 tensor of the parameter's shape per parameter, in every list, all on {@code backend}. */
+    public static void optimizerState(String op, Backend backend, List<Tensor> params, List<List<Tensor>> state) {
+        for (List<Tensor> o : state) {
+            if (o.size() != params.size()) throw new IllegalArgumentException(op + ": " + params.size() + " parameters but " + o.size() + " state tensors");
+        }
+        for (int i = 0; i < params.size(); i++) {
+            Tensor p = params.get(i);
+            alive(op, p);
+            backend(op, backend, p);
+            dtype(op, DType.F32, p);
+            for (List<Tensor> o : state) {
+                alive(op, o.get(i));
+                backend(op, backend, o.get(i));
+                dtype(op, DType.F32, o.get(i));
+                same(op + " (parameter " + i + ")", p, o.get(i));
+            }
+        }
     }
 }

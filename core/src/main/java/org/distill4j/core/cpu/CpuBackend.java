@@ -11,6 +11,7 @@ import java.util.stream.LongStream;
 import org.distill4j.core.Activation;
 import org.distill4j.core.Backend;
 import org.distill4j.core.Conv2dParams;
+import org.distill4j.core.ConvGeometry;
 import org.distill4j.core.DType;
 import org.distill4j.core.Optimizers;
 import org.distill4j.core.Philox;
@@ -156,20 +157,10 @@ public final class CpuBackend implements Backend {
 
     // ---- bias
 
-    /** [outer, features, inner] of a tensor whose feature axis is the last (rank 2) or axis 1 (rank >= 3). */
-    private static long[] featureLayout(Tensor y) {
-        long[] s = y.shape();
-        if (s.length < 2) throw new IllegalArgumentException("bias: expected rank >= 2, got " + y.describe());
-        if (s.length == 2) return new long[] {s[0], s[1], 1};
-        long inner = 1;
-        for (int i = 2; i < s.length; i++) inner *= s[i];
-        return new long[] {s[0], s[1], inner};
-    }
-
     @Override
     public void biasAdd(Tensor y, Tensor bias) {
         f32("biasAdd", y, bias);
-        long[] l = featureLayout(y);
+        long[] l = Shapes.featureLayout("biasAdd", y);
         if (bias.numel() != l[1]) throw new IllegalArgumentException("biasAdd: bias " + bias.describe() + " does not match " + y.describe());
         MemorySegment ys = y.data(), bs = bias.data();
         parallel(l[0] * l[1], l[2], oc -> {
@@ -182,7 +173,7 @@ public final class CpuBackend implements Backend {
     @Override
     public void biasGrad(Tensor dy, Tensor dbias, boolean accumulate) {
         f32("biasGrad", dy, dbias);
-        long[] l = featureLayout(dy);
+        long[] l = Shapes.featureLayout("biasGrad", dy);
         if (dbias.numel() != l[1]) throw new IllegalArgumentException("biasGrad: dbias " + dbias.describe() + " does not match " + dy.describe());
         MemorySegment ds = dy.data(), bs = dbias.data();
         parallel(l[1], l[0] * l[2], c -> {
@@ -527,31 +518,8 @@ public final class CpuBackend implements Backend {
 
     // ---- convolution: im2col + gemm
 
-    private record ConvShape(int n, int c, int h, int w, int k, int r, int s, int oh, int ow) {
-        int crs() { return c * r * s; }
-        int ohw() { return oh * ow; }
-    }
-
-    private static ConvShape convShape(String op, Tensor x, Tensor w, Conv2dParams p, Tensor y) {
-        Shapes.rank(op, x, 4);
-        Shapes.rank(op, w, 4);
-        Shapes.rank(op, y, 4);
-        long[] xs = x.shape(), ws = w.shape(), ys = y.shape();
-        if (xs[1] != ws[1]) {
-            throw new IllegalArgumentException(op + ": input channels differ: x " + java.util.Arrays.toString(xs) + " vs weight " + java.util.Arrays.toString(ws));
-        }
-        int oh = p.outH(xs[2], ws[2]), ow = p.outW(xs[3], ws[3]);
-        if (oh < 1 || ow < 1) throw new IllegalArgumentException(op + ": kernel " + java.util.Arrays.toString(ws) + " larger than padded input " + java.util.Arrays.toString(xs));
-        long[] expected = {xs[0], ws[0], oh, ow};
-        if (!java.util.Arrays.equals(ys, expected)) {
-            throw new IllegalArgumentException(op + ": output shape " + java.util.Arrays.toString(ys) + ", expected " + java.util.Arrays.toString(expected)
-                + " for x " + java.util.Arrays.toString(xs) + " and weight " + java.util.Arrays.toString(ws));
-        }
-        return new ConvShape((int) xs[0], (int) xs[1], (int) xs[2], (int) xs[3], (int) ws[0], (int) ws[2], (int) ws[3], oh, ow);
-    }
-
     /** col [C*R*S, OH*OW] of image {@code img} (offset in elements into x). */
-    private static void im2col(MemorySegment x, long img, ConvShape g, Conv2dParams p, MemorySegment col) {
+    private static void im2col(MemorySegment x, long img, ConvGeometry g, Conv2dParams p, MemorySegment col) {
         for (int ci = 0; ci < g.c(); ci++) for (int u = 0; u < g.r(); u++) for (int v = 0; v < g.s(); v++) {
             long row = ((long) (ci * g.r() + u) * g.s() + v) * g.ohw();
             for (int i = 0; i < g.oh(); i++) {
@@ -566,7 +534,7 @@ public final class CpuBackend implements Backend {
     }
 
     /** dx image += col2im(dcol). */
-    private static void col2im(MemorySegment dcol, ConvShape g, Conv2dParams p, MemorySegment dx, long img) {
+    private static void col2im(MemorySegment dcol, ConvGeometry g, Conv2dParams p, MemorySegment dx, long img) {
         for (int ci = 0; ci < g.c(); ci++) for (int u = 0; u < g.r(); u++) for (int v = 0; v < g.s(); v++) {
             long row = ((long) (ci * g.r() + u) * g.s() + v) * g.ohw();
             for (int i = 0; i < g.oh(); i++) {
@@ -585,7 +553,7 @@ public final class CpuBackend implements Backend {
     @Override
     public void conv2d(Tensor x, Tensor w, Conv2dParams p, Tensor y) {
         f32("conv2d", x, w, y);
-        ConvShape g = convShape("conv2d", x, w, p, y);
+        ConvGeometry g = Shapes.conv("conv2d", x, w, p, y);
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment col = arena.allocate((long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
@@ -599,7 +567,7 @@ public final class CpuBackend implements Backend {
     @Override
     public void conv2dBackwardData(Tensor dy, Tensor w, Conv2dParams p, Tensor dx) {
         f32("conv2dBackwardData", dy, w, dx);
-        ConvShape g = convShape("conv2dBackwardData", dx, w, p, dy);
+        ConvGeometry g = Shapes.conv("conv2dBackwardData", dx, w, p, dy);
         dx.data().fill((byte) 0);
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment dcol = arena.allocate((long) g.crs() * g.ohw() * 4, 64);
@@ -614,7 +582,7 @@ public final class CpuBackend implements Backend {
     @Override
     public void conv2dBackwardFilter(Tensor x, Tensor dy, Conv2dParams p, Tensor dw, boolean accumulate) {
         f32("conv2dBackwardFilter", x, dy, dw);
-        ConvShape g = convShape("conv2dBackwardFilter", x, dw, p, dy);
+        ConvGeometry g = Shapes.conv("conv2dBackwardFilter", x, dw, p, dy);
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment col = arena.allocate((long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
@@ -628,19 +596,11 @@ public final class CpuBackend implements Backend {
 
     // ---- pooling
 
-    private static void poolShapes(String op, Pool2dParams p, Tensor x, Tensor y) {
-        Shapes.rank(op, x, 4);
-        long[] xs = x.shape();
-        long[] expected = {xs[0], xs[1], p.outH(xs[2]), p.outW(xs[3])};
-        if (expected[2] < 1 || expected[3] < 1) throw new IllegalArgumentException(op + ": window larger than padded input " + x.describe());
-        Shapes.expect(op + " output", y, expected);
-    }
-
     @Override
     public void pool2d(PoolMode mode, Pool2dParams p, Tensor x, Tensor y) {
         String op = "pool2d(" + mode + ")";
         f32(op, x, y);
-        poolShapes(op, p, x, y);
+        Shapes.pool(op, p, x, y);
         long h = x.size(2), w = x.size(3), oh = y.size(2), ow = y.size(3);
         MemorySegment xs = x.data(), ys = y.data();
         float divisor = p.kernelH() * p.kernelW();
@@ -662,7 +622,7 @@ public final class CpuBackend implements Backend {
     public void pool2dBackward(PoolMode mode, Pool2dParams p, Tensor x, Tensor y, Tensor dy, Tensor dx) {
         String op = "pool2dBackward(" + mode + ")";
         f32(op, x, y, dy, dx);
-        poolShapes(op, p, x, y);
+        Shapes.pool(op, p, x, y);
         Shapes.same(op, y, dy);
         Shapes.same(op, x, dx);
         long h = x.size(2), w = x.size(3), oh = y.size(2), ow = y.size(3);
@@ -716,25 +676,13 @@ public final class CpuBackend implements Backend {
 
     // ---- batch normalization
 
-    /** [N, C, inner]: channel axis 1, everything after it flattened. */
-    private static long[] bnLayout(String op, Tensor x, Tensor... perChannel) {
-        long[] s = x.shape();
-        if (s.length < 2) throw new IllegalArgumentException(op + ": expected [N, C, ...], got " + x.describe());
-        long inner = 1;
-        for (int i = 2; i < s.length; i++) inner *= s[i];
-        for (Tensor t : perChannel) {
-            if (t != null && t.numel() != s[1]) throw new IllegalArgumentException(op + ": per-channel tensor " + t.describe() + " does not match " + s[1] + " channels of " + x.describe());
-        }
-        return new long[] {s[0], s[1], inner};
-    }
-
     @Override
     public void batchNormTrain(Tensor x, Tensor gamma, Tensor beta, Tensor runningMean, Tensor runningVar, float momentum, float eps,
                                Tensor y, Tensor saveMean, Tensor saveInvStd) {
         String op = "batchNormTrain";
         f32(op, x, gamma, beta, runningMean, runningVar, y, saveMean, saveInvStd);
         Shapes.same(op, x, y);
-        long[] l = bnLayout(op, x, gamma, beta, runningMean, runningVar, saveMean, saveInvStd);
+        long[] l = Shapes.channelLayout(op, x, gamma, beta, runningMean, runningVar, saveMean, saveInvStd);
         long count = l[0] * l[2];
         if (count < 2) throw new IllegalArgumentException(op + ": needs more than one value per channel, got " + x.describe() + " (as PyTorch)");
         MemorySegment xs = x.data(), ys = y.data();
@@ -764,7 +712,7 @@ public final class CpuBackend implements Backend {
         String op = "batchNormEval";
         f32(op, x, gamma, beta, runningMean, runningVar, y);
         Shapes.same(op, x, y);
-        long[] l = bnLayout(op, x, gamma, beta, runningMean, runningVar);
+        long[] l = Shapes.channelLayout(op, x, gamma, beta, runningMean, runningVar);
         MemorySegment xs = x.data(), ys = y.data();
         parallel(l[0] * l[1], l[2], nc -> {
             long c = nc % l[1];
@@ -780,7 +728,7 @@ public final class CpuBackend implements Backend {
         f32(op, x, dy, gamma, saveMean, saveInvStd, dx, dgamma, dbeta);
         Shapes.same(op, x, dy);
         Shapes.same(op, x, dx);
-        long[] l = bnLayout(op, x, gamma, saveMean, saveInvStd, dgamma, dbeta);
+        long[] l = Shapes.channelLayout(op, x, gamma, saveMean, saveInvStd, dgamma, dbeta);
         long count = l[0] * l[2];
         MemorySegment xs = x.data(), dys = dy.data(), dxs = dx.data();
         parallel(l[1], count * 3, c -> {
@@ -804,23 +752,10 @@ public final class CpuBackend implements Backend {
 
     // ---- optimizers
 
-    private void sameLists(String op, List<Tensor> params, List<List<Tensor>> others) {
-        for (List<Tensor> o : others) {
-            if (o.size() != params.size()) throw new IllegalArgumentException(op + ": " + params.size() + " parameters but " + o.size() + " state tensors");
-        }
-        for (int i = 0; i < params.size(); i++) {
-            f32(op, params.get(i));
-            for (List<Tensor> o : others) {
-                f32(op, o.get(i));
-                Shapes.same(op + " (parameter " + i + ")", params.get(i), o.get(i));
-            }
-        }
-    }
-
     @Override
     public void sgdStep(Optimizers.Sgd cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> momentum) {
         boolean useMomentum = cfg.momentum() != 0;
-        sameLists("sgdStep", params, useMomentum ? List.of(grads, momentum) : List.of(grads));
+        Shapes.optimizerState("sgdStep", this, params, useMomentum ? List.of(grads, momentum) : List.of(grads));
         for (int t = 0; t < params.size(); t++) {
             MemorySegment p = params.get(t).data(), g = grads.get(t).data(), m = useMomentum ? momentum.get(t).data() : null;
             parallelIndex(params.get(t).numel(), i -> {
@@ -838,7 +773,7 @@ public final class CpuBackend implements Backend {
     @Override
     public void adamwStep(Optimizers.AdamW cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> m, List<Tensor> v) {
         if (step < 1) throw new IllegalArgumentException("adamwStep: step counts from 1, got " + step);
-        sameLists("adamwStep", params, List.of(grads, m, v));
+        Shapes.optimizerState("adamwStep", this, params, List.of(grads, m, v));
         double bc1 = 1 - Math.pow(cfg.beta1(), step), bc2 = 1 - Math.pow(cfg.beta2(), step);
         float decay = 1 - cfg.lr() * cfg.weightDecay();
         for (int t = 0; t < params.size(); t++) {

@@ -21,6 +21,7 @@ import org.distill4j.core.Activation;
 import org.distill4j.core.Backend;
 import org.distill4j.core.BackendUnavailableException;
 import org.distill4j.core.Conv2dParams;
+import org.distill4j.core.ConvGeometry;
 import org.distill4j.core.DType;
 import org.distill4j.core.Optimizers;
 import org.distill4j.core.Pool2dParams;
@@ -250,17 +251,10 @@ public final class CudaBackend implements Backend {
 
     // ---- bias
 
-    private static long[] featureLayout(String op, Tensor y) {
-        long[] s = y.shape();
-        if (s.length < 2) throw new IllegalArgumentException(op + ": expected rank >= 2, got " + y.describe());
-        if (s.length == 2) return new long[] {s[0], s[1], 1};
-        return new long[] {s[0], s[1], y.numel() / s[0] / Math.max(1, s[1])};
-    }
-
     @Override
     public void biasAdd(Tensor y, Tensor bias) {
         f32("biasAdd", y, bias);
-        long[] l = featureLayout("biasAdd", y);
+        long[] l = Shapes.featureLayout("biasAdd", y);
         if (bias.numel() != l[1]) throw new IllegalArgumentException("biasAdd: bias " + bias.describe() + " does not match " + y.describe());
         ops.biasAdd(y.data(), bias.data(), l[1], l[2], y.numel(), s());
     }
@@ -268,7 +262,7 @@ public final class CudaBackend implements Backend {
     @Override
     public void biasGrad(Tensor dy, Tensor dbias, boolean accumulate) {
         f32("biasGrad", dy, dbias);
-        long[] l = featureLayout("biasGrad", dy);
+        long[] l = Shapes.featureLayout("biasGrad", dy);
         if (dbias.numel() != l[1]) throw new IllegalArgumentException("biasGrad: dbias " + dbias.describe() + " does not match " + dy.describe());
         ops.biasGrad(dy.data(), dbias.data(), l[0], l[1], l[2], accumulate, s());
     }
@@ -504,27 +498,10 @@ public final class CudaBackend implements Backend {
         return bytes > 0 ? context.allocate(arena, bytes).address() : MemorySegment.NULL;
     }
 
-    private record Conv(long n, long c, long h, long w, long k, long r, long s, int oh, int ow) {}
-
-    private static Conv convShape(String op, Tensor x, Tensor w, Conv2dParams p, Tensor y) {
-        Shapes.rank(op, x, 4);
-        Shapes.rank(op, w, 4);
-        Shapes.rank(op, y, 4);
-        if (x.size(1) != w.size(1)) {
-            throw new IllegalArgumentException(op + ": input channels differ: x " + java.util.Arrays.toString(x.shape()) + " vs weight "
-                + java.util.Arrays.toString(w.shape()));
-        }
-        int oh = p.outH(x.size(2), w.size(2)), ow = p.outW(x.size(3), w.size(3));
-        if (oh < 1 || ow < 1) throw new IllegalArgumentException(op + ": kernel " + java.util.Arrays.toString(w.shape()) + " larger than padded input "
-            + java.util.Arrays.toString(x.shape()));
-        Shapes.expect(op + " output", y, x.size(0), w.size(0), oh, ow);
-        return new Conv(x.size(0), x.size(1), x.size(2), x.size(3), w.size(0), w.size(2), w.size(3), oh, ow);
-    }
-
     @Override
     public void conv2d(Tensor x, Tensor w, Conv2dParams p, Tensor y) {
         f32("conv2d", x, w, y);
-        Conv g = convShape("conv2d", x, w, p, y);
+        ConvGeometry g = Shapes.conv("conv2d", x, w, p, y);
         try (Descriptors d = new Descriptors(); Arena ws = Arena.ofShared()) {
             MemorySegment xd = d.tensor(g.n(), g.c(), g.h(), g.w()), wd = d.filter(g.k(), g.c(), g.r(), g.s()), cd = d.convolution(p);
             MemorySegment yd = d.tensor(g.n(), g.k(), g.oh(), g.ow());
@@ -549,7 +526,7 @@ public final class CudaBackend implements Backend {
     @Override
     public void conv2dBackwardData(Tensor dy, Tensor w, Conv2dParams p, Tensor dx) {
         f32("conv2dBackwardData", dy, w, dx);
-        Conv g = convShape("conv2dBackwardData", dx, w, p, dy);
+        ConvGeometry g = Shapes.conv("conv2dBackwardData", dx, w, p, dy);
         try (Descriptors d = new Descriptors(); Arena ws = Arena.ofShared()) {
             MemorySegment dxd = d.tensor(g.n(), g.c(), g.h(), g.w()), wd = d.filter(g.k(), g.c(), g.r(), g.s()), cd = d.convolution(p);
             MemorySegment dyd = d.tensor(g.n(), g.k(), g.oh(), g.ow());
@@ -575,7 +552,7 @@ public final class CudaBackend implements Backend {
     @Override
     public void conv2dBackwardFilter(Tensor x, Tensor dy, Conv2dParams p, Tensor dw, boolean accumulate) {
         f32("conv2dBackwardFilter", x, dy, dw);
-        Conv g = convShape("conv2dBackwardFilter", x, dw, p, dy);
+        ConvGeometry g = Shapes.conv("conv2dBackwardFilter", x, dw, p, dy);
         try (Descriptors d = new Descriptors(); Arena ws = Arena.ofShared()) {
             MemorySegment xd = d.tensor(g.n(), g.c(), g.h(), g.w()), dwd = d.filter(g.k(), g.c(), g.r(), g.s()), cd = d.convolution(p);
             MemorySegment dyd = d.tensor(g.n(), g.k(), g.oh(), g.ow());
@@ -600,18 +577,11 @@ public final class CudaBackend implements Backend {
 
     // ---- pooling (cuDNN)
 
-    private static void poolShapes(String op, Pool2dParams p, Tensor x, Tensor y) {
-        Shapes.rank(op, x, 4);
-        long oh = p.outH(x.size(2)), ow = p.outW(x.size(3));
-        if (oh < 1 || ow < 1) throw new IllegalArgumentException(op + ": window larger than padded input " + x.describe());
-        Shapes.expect(op + " output", y, x.size(0), x.size(1), oh, ow);
-    }
-
     @Override
     public void pool2d(PoolMode mode, Pool2dParams p, Tensor x, Tensor y) {
         String op = "pool2d(" + mode + ")";
         f32(op, x, y);
-        poolShapes(op, p, x, y);
+        Shapes.pool(op, p, x, y);
         try (Descriptors d = new Descriptors()) {
             CudnnException.check(cudnn_h.cudnnPoolingForward(cudnn, d.pooling(mode, p), d.f(1f), d.tensor(x.size(0), x.size(1), x.size(2), x.size(3)),
                 x.data(), d.f(0f), d.tensor(y.size(0), y.size(1), y.size(2), y.size(3)), y.data()), "cudnnPoolingForward");
@@ -622,7 +592,7 @@ public final class CudaBackend implements Backend {
     public void pool2dBackward(PoolMode mode, Pool2dParams p, Tensor x, Tensor y, Tensor dy, Tensor dx) {
         String op = "pool2dBackward(" + mode + ")";
         f32(op, x, y, dy, dx);
-        poolShapes(op, p, x, y);
+        Shapes.pool(op, p, x, y);
         Shapes.same(op, y, dy);
         Shapes.same(op, x, dx);
         try (Descriptors d = new Descriptors()) {
@@ -650,16 +620,6 @@ public final class CudaBackend implements Backend {
 
     // ---- batch normalization (cuDNN, spatial mode over x viewed as [N, C, inner, 1])
 
-    private static long[] bnLayout(String op, Tensor x, Tensor... perChannel) {
-        long[] s = x.shape();
-        if (s.length < 2) throw new IllegalArgumentException(op + ": expected [N, C, ...], got " + x.describe());
-        for (Tensor t : perChannel) {
-            if (t != null && t.numel() != s[1]) throw new IllegalArgumentException(op + ": per-channel tensor " + t.describe() + " does not match "
-                + s[1] + " channels of " + x.describe());
-        }
-        return new long[] {s[0], s[1], x.numel() / s[0] / Math.max(1, s[1])};
-    }
-
     private static void bnEps(String op, float eps) {
         if (eps < cudnnBnMinEpsilon()) {
             throw new IllegalArgumentException(op + ": eps " + eps + " is below cuDNN's minimum " + cudnnBnMinEpsilon());
@@ -683,7 +643,7 @@ public final class CudaBackend implements Backend {
         String op = "batchNormTrain";
         f32(op, x, gamma, beta, runningMean, runningVar, y, saveMean, saveInvStd);
         Shapes.same(op, x, y);
-        long[] l = bnLayout(op, x, gamma, beta, runningMean, runningVar, saveMean, saveInvStd);
+        long[] l = Shapes.channelLayout(op, x, gamma, beta, runningMean, runningVar, saveMean, saveInvStd);
         if (l[0] * l[2] < 2) throw new IllegalArgumentException(op + ": needs more than one value per channel, got " + x.describe() + " (as PyTorch)");
         bnEps(op, eps);
         try (Descriptors d = new Descriptors()) {
@@ -699,7 +659,7 @@ public final class CudaBackend implements Backend {
         String op = "batchNormEval";
         f32(op, x, gamma, beta, runningMean, runningVar, y);
         Shapes.same(op, x, y);
-        long[] l = bnLayout(op, x, gamma, beta, runningMean, runningVar);
+        long[] l = Shapes.channelLayout(op, x, gamma, beta, runningMean, runningVar);
         bnEps(op, eps);
         try (Descriptors d = new Descriptors()) {
             MemorySegment xd = d.tensor(l[0], l[1], l[2], 1), bn = bnDescriptor(d, xd);
@@ -714,7 +674,7 @@ public final class CudaBackend implements Backend {
         f32(op, x, dy, gamma, saveMean, saveInvStd, dx, dgamma, dbeta);
         Shapes.same(op, x, dy);
         Shapes.same(op, x, dx);
-        long[] l = bnLayout(op, x, gamma, saveMean, saveInvStd, dgamma, dbeta);
+        long[] l = Shapes.channelLayout(op, x, gamma, saveMean, saveInvStd, dgamma, dbeta);
         try (Descriptors d = new Descriptors()) {
             MemorySegment xd = d.tensor(l[0], l[1], l[2], 1), bn = bnDescriptor(d, xd);
             // epsilon is unused when the saved statistics are passed; cuDNN still validates it.
@@ -726,23 +686,11 @@ public final class CudaBackend implements Backend {
 
     // ---- optimizers
 
-    private void sameLists(String op, List<Tensor> params, List<List<Tensor>> others) {
-        for (List<Tensor> o : others) {
-            if (o.size() != params.size()) throw new IllegalArgumentException(op + ": " + params.size() + " parameters but " + o.size() + " state tensors");
-        }
-        for (int i = 0; i < params.size(); i++) {
-            f32(op, params.get(i));
-            for (List<Tensor> o : others) {
-                f32(op, o.get(i));
-                Shapes.same(op + " (parameter " + i + ")", params.get(i), o.get(i));
-            }
-        }
-    }
-
     @Override
     public void sgdStep(Optimizers.Sgd cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> momentum) {
         boolean useMomentum = cfg.momentum() != 0;
-        sameLists("sgdStep", params, useMomentum ? List.of(grads, momentum) : List.of(grads));
+        Shapes.optimizerState("sgdStep", this, params, useMomentum ? List.of(grads, momentum) : List.of(grads));
+        context.makeCurrent();
         for (int t = 0; t < params.size(); t++) {
             ops.sgd(params.get(t).data(), grads.get(t).data(), useMomentum ? momentum.get(t).data() : MemorySegment.NULL, cfg.lr(), cfg.momentum(),
                 cfg.dampening(), cfg.nesterov(), cfg.weightDecay(), step == 1, params.get(t).numel(), s());
@@ -752,7 +700,8 @@ public final class CudaBackend implements Backend {
     @Override
     public void adamwStep(Optimizers.AdamW cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> m, List<Tensor> v) {
         if (step < 1) throw new IllegalArgumentException("adamwStep: step counts from 1, got " + step);
-        sameLists("adamwStep", params, List.of(grads, m, v));
+        Shapes.optimizerState("adamwStep", this, params, List.of(grads, m, v));
+        context.makeCurrent();
         float bc1 = (float) (1 - Math.pow(cfg.beta1(), step)), bc2 = (float) (1 - Math.pow(cfg.beta2(), step));
         float decay = 1 - cfg.lr() * cfg.weightDecay();
         for (int t = 0; t < params.size(); t++) {
