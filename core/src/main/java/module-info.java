@@ -5,4 +5,6 @@ module org.distill4j.core {
     exports org.distill4j.core.cuda;
     exports org.distill4j.core.cpu;
     exports org.distill4j.core.info;
+    exports org.distill4j.core.loss;
+    exports org.distill4j.core.io;
 }

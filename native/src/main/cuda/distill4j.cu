@@ -3,3 +3,4 @@
 // folder must be included here (the build checks).
 #include "elementwise.cu"
 #include "ops.cu"
+#include "distill_loss.cu"

@@ -101,6 +101,27 @@ public interface Backend extends AutoCloseable {
      */
     void crossEntropy(Tensor logits, Tensor labels, int ignoreIndex, float labelSmoothing, Tensor loss, Tensor gradLogits);
 
+    // ---- the fused distillation loss
+
+    /**
+     * The distillation loss and its gradient in one call (docs/distillation-loss.md):
+     * L = sum over counted rows of [alpha T^2 D(p_t, p_s) + (1 - alpha) CE(s, y)] / normalizer.
+     *
+     * @param student    logits s [N, C] (F32)
+     * @param teacher    logits t [N, C] (F32); -inf entries carry no mass (top-k teachers, see TopKTeacher)
+     * @param labels     I64 [N], or null: then every row counts and alpha must be 1
+     * @param normalizer 0: divide by the rows counted in this call; n > 0: divide by n, a global row
+     *                   count, so that accumulated micro-batches give the full batch's gradient
+     * @param loss       F32 with 1 element (the loss) or 3 ([loss, soft term, hard term], each
+     *                   already weighted and normalised)
+     * @param grad       dL/ds [N, C]; null for none; may be {@code student} itself (in place)
+     */
+    void distillationLoss(Tensor student, Tensor teacher, Tensor labels, org.distill4j.core.loss.DistillationLoss config, long normalizer,
+                          Tensor loss, Tensor grad);
+
+    /** dense[N, C] = -inf everywhere but dense[r, indices[r, j]] = values[r, j] (indices I64 [N, k], values F32 [N, k]). */
+    void scatterTopK(Tensor indices, Tensor values, Tensor dense);
+
     // ---- reductions over a [rows, cols] view
 
     /** out[r] = reduce over the last dimension of x. */

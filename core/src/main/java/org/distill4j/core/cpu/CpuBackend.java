@@ -21,6 +21,9 @@ import org.distill4j.core.Reduction;
 import org.distill4j.core.Shapes;
 import org.distill4j.core.SpecialFunctions;
 import org.distill4j.core.Tensor;
+import org.distill4j.core.loss.DistillationLoss;
+import org.distill4j.core.loss.Divergence;
+import org.distill4j.core.loss.LossChecks;
 
 /**
  * The reference backend: plain Java over off-heap float32 segments, gemm through OpenBLAS (see
@@ -368,6 +371,41 @@ public final class CpuBackend implements Backend {
         double total = 0;
         for (double l : rowLoss) total += l;
         set(loss.data(), 0, counted == 0 ? Float.NaN : (float) (total * scale));
+    }
+
+    // ---- the fused distillation loss
+
+    @Override
+    public void distillationLoss(Tensor student, Tensor teacher, Tensor labels, DistillationLoss config, long normalizer, Tensor loss, Tensor grad) {
+        LossChecks.distillation(this, student, teacher, labels, config, normalizer, loss, grad);
+        if (config.effectiveDivergence() == Divergence.REVERSE_KL || config.effectiveDivergence() == Divergence.MSE) {
+            // -inf teacher logits (a top-k teacher) make reverse KL infinite and MSE undefined.
+            MemorySegment t = teacher.data();
+            for (long i = 0; i < teacher.numel(); i++) {
+                if (f(t, i) == Float.NEGATIVE_INFINITY) {
+                    throw new IllegalArgumentException("distillationLoss: " + config.effectiveDivergence() + " needs the teacher's full logits; "
+                        + "element " + i + " is -inf (top-k teachers support kl and jsd)");
+                }
+            }
+        }
+        double[] r = CpuDistillationLoss.compute(student.data(), teacher.data(), labels == null ? null : labels.data(),
+            Shapes.toInt("distillationLoss", student.size(0)), Shapes.toInt("distillationLoss", student.size(1)), config, normalizer,
+            grad == null ? null : grad.data());
+        MemorySegment ls = loss.data();
+        for (int i = 0; i < loss.numel(); i++) set(ls, i, (float) r[i]);
+    }
+
+    @Override
+    public void scatterTopK(Tensor indices, Tensor values, Tensor dense) {
+        LossChecks.topK(this, indices, values, dense);
+        MemorySegment is = indices.data(), vs = values.data(), ds = dense.data();
+        long k = indices.size(1), c = dense.size(1);
+        for (long i = 0; i < dense.numel(); i++) set(ds, i, Float.NEGATIVE_INFINITY);
+        for (long r = 0; r < indices.size(0); r++) for (long j = 0; j < k; j++) {
+            long idx = is.getAtIndex(JAVA_LONG, r * k + j);
+            if (idx < 0 || idx >= c) throw new IllegalArgumentException("scatterTopK: index " + idx + " at row " + r + " is outside [0, " + c + ")");
+            set(ds, r * c + idx, f(vs, r * k + j));
+        }
     }
 
     // ---- reductions

@@ -30,6 +30,9 @@ import org.distill4j.core.Reduction;
 import org.distill4j.core.Shapes;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.cpu.GemmShape;
+import org.distill4j.core.loss.DistillationLoss;
+import org.distill4j.core.loss.Divergence;
+import org.distill4j.core.loss.LossChecks;
 
 /**
  * The CUDA backend: one GPU's context and stream, a cuBLAS handle, a cuDNN handle and our
@@ -338,6 +341,41 @@ public final class CudaBackend implements Backend {
             ops.ceRows(logits.data(), labels.data(), n, c, ignoreIndex, labelSmoothing, flags.address(), rowLoss.address(), p(gradLogits), s());
             ops.ceFinish(rowLoss.address(), n, flags.address(), loss.data(), s());
         } // rowLoss is freed on the stream, after the kernels that use it
+    }
+
+    // ---- the fused distillation loss: [count] + rows + finish, no host synchronisation
+
+    @Override
+    public void distillationLoss(Tensor student, Tensor teacher, Tensor labels, DistillationLoss config, long normalizer, Tensor loss, Tensor grad) {
+        LossChecks.distillation(this, student, teacher, labels, config, normalizer, loss, grad);
+        context.makeCurrent();
+        long n = student.size(0), c = student.size(1);
+        Divergence div = config.effectiveDivergence();
+        try (Arena arena = Arena.ofShared()) {
+            DeviceBuffer terms = context.allocate(arena, Math.max(8, n * 8));
+            context.zero(flags);
+            float norm = normalizer > 0 ? normalizer : 0f;
+            if (labels != null) ops.ceCount(labels.data(), n, c, config.ignoreIndex(), flags.address(), s());
+            else if (norm == 0f) norm = n; // without labels every row counts
+            ops.distillRows(student.data(), teacher.data(), p(labels), n, c, div.ordinal(), config.temperature(), config.alpha(), config.beta(),
+                config.ignoreIndex(), flags.address(), norm, terms.address(), p(grad), s());
+            ops.distillFinish(terms.address(), n, flags.address(), norm, loss.data(), (int) loss.numel(), s());
+        }
+    }
+
+    @Override
+    public void scatterTopK(Tensor indices, Tensor values, Tensor dense) {
+        LossChecks.topK(this, indices, values, dense);
+        context.makeCurrent();
+        context.zero(flags);
+        ops.scatterTopK(indices.data(), values.data(), dense.data(), indices.size(0), indices.size(1), dense.size(1), flags.address(), s());
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment host = a.allocate(JAVA_INT);
+            context.copyToHost(host, flags.slice(0, 4), 0);
+            if (host.get(JAVA_INT, 0) != 0) {
+                throw new IllegalArgumentException("scatterTopK: an index in " + indices.describe() + " is outside [0, " + dense.size(1) + ")");
+            }
+        }
     }
 
     // ---- reductions

@@ -1,0 +1,134 @@
+package org.distill4j.core.cpu;
+
+import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
+
+import java.lang.foreign.MemorySegment;
+import java.util.stream.IntStream;
+import org.distill4j.core.loss.DistillationLoss;
+import org.distill4j.core.loss.Divergence;
+
+/**
+ * The fused distillation loss on the CPU: one task per row, all arithmetic in double, everything
+ * in log space (log p = s/T - lse(s/T), never log(exp(...))), so logits of +-1e4 at T = 0.1 stay
+ * finite. This is the oracle for the CUDA kernel (docs/distillation-loss.md has the derivation).
+ */
+final class CpuDistillationLoss {
+    private CpuDistillationLoss() {}
+
+    /** Per-row results: weighted soft and hard terms before normalisation; counted = 0 or 1. */
+    private record Row(double soft, double hard, int counted) {}
+
+    static double[] compute(MemorySegment s, MemorySegment t, MemorySegment labels, int rows, int cols, DistillationLoss cfg,
+                            long normalizer, MemorySegment grad) {
+        long counted = 0;
+        if (labels != null) {
+            for (int r = 0; r < rows; r++) {
+                long y = labels.getAtIndex(JAVA_LONG, r);
+                if (y == cfg.ignoreIndex()) continue;
+                if (y < 0 || y >= cols) {
+                    throw new IllegalArgumentException("distillationLoss: label " + y + " at row " + r + " is outside [0, " + cols + ") and is not ignore_index "
+                        + cfg.ignoreIndex());
+                }
+                counted++;
+            }
+        } else {
+            counted = rows;
+        }
+        double norm = normalizer > 0 ? normalizer : counted;
+        double scale = norm == 0 ? 0 : 1 / norm;
+        Row[] out = new Row[rows];
+        IntStream.range(0, rows).parallel().forEach(r -> out[r] = row(s, t, labels, r, cols, cfg, scale, grad));
+        double soft = 0, hard = 0;
+        for (Row row : out) {
+            soft += row.soft();
+            hard += row.hard();
+        }
+        if (norm == 0) return new double[] {Double.NaN, Double.NaN, Double.NaN};
+        return new double[] {(soft + hard) * scale, soft * scale, hard * scale};
+    }
+
+    private static Row row(MemorySegment s, MemorySegment t, MemorySegment labels, int r, int cols, DistillationLoss cfg, double scale,
+                           MemorySegment grad) {
+        long base = (long) r * cols;
+        long y = labels == null ? -1 : labels.getAtIndex(JAVA_LONG, r);
+        if (labels != null && y == cfg.ignoreIndex()) {
+            if (grad != null) for (int c = 0; c < cols; c++) grad.setAtIndex(JAVA_FLOAT, base + c, 0f);
+            return new Row(0, 0, 0);
+        }
+        double invT = 1.0 / cfg.temperature(), alpha = cfg.alpha(), beta = cfg.beta();
+        Divergence div = cfg.effectiveDivergence();
+        boolean hardTerm = labels != null && alpha < 1;
+        // Pass 1: the three log-sum-exps, s/T, t/T and s (T = 1, for cross-entropy).
+        double maxA = Double.NEGATIVE_INFINITY, maxB = Double.NEGATIVE_INFINITY, maxS = Double.NEGATIVE_INFINITY;
+        for (int c = 0; c < cols; c++) {
+            double sv = s.getAtIndex(JAVA_FLOAT, base + c), tv = t.getAtIndex(JAVA_FLOAT, base + c);
+            maxA = Math.max(maxA, sv * invT);
+            maxB = Math.max(maxB, tv * invT);
+            maxS = Math.max(maxS, sv);
+        }
+        double sumA = 0, sumB = 0, sumS = 0;
+        for (int c = 0; c < cols; c++) {
+            double sv = s.getAtIndex(JAVA_FLOAT, base + c), tv = t.getAtIndex(JAVA_FLOAT, base + c);
+            sumA += Math.exp(sv * invT - maxA);
+            sumB += Math.exp(tv * invT - maxB);
+            sumS += Math.exp(sv - maxS);
+        }
+        double lseA = maxA + Math.log(sumA), lseB = maxB + Math.log(sumB), lseS = maxS + Math.log(sumS);
+        double logOneMinusBeta = Math.log1p(-beta), logBeta = Math.log(beta);
+        // Pass 2: the soft term, and for reverse KL / JSD the row constant sum_i p_i g_i of the gradient.
+        double d = 0, pg = 0;
+        for (int c = 0; c < cols; c++) {
+            double sv = s.getAtIndex(JAVA_FLOAT, base + c), tv = t.getAtIndex(JAVA_FLOAT, base + c);
+            double logP = sv * invT - lseA, logQ = tv * invT - lseB;
+            double p = Math.exp(logP), q = Math.exp(logQ);
+            switch (div) {
+                case KL -> { if (q > 0) d += q * (logQ - logP); }
+                case REVERSE_KL -> {
+                    if (p > 0) d += p * (logP - logQ);
+                    pg += p * (logP - logQ);
+                }
+                case JSD -> {
+                    double logM = logAddExp(logOneMinusBeta + logP, logBeta + logQ);
+                    if (q > 0) d += beta * q * (logQ - logM);
+                    if (p > 0) d += (1 - beta) * p * (logP - logM);
+                    pg += p * (1 - beta) * (logP - logM);
+                }
+                case MSE -> {
+                    double diff = (sv - tv) * invT;
+                    d += diff * diff / cols;
+                }
+            }
+        }
+        double t2 = (double) cfg.temperature() * cfg.temperature();
+        double soft = alpha * t2 * d;
+        double hard = hardTerm ? (1 - alpha) * -(s.getAtIndex(JAVA_FLOAT, base + y) - lseS) : 0;
+        if (grad != null) {
+            // Pass 3: dL/ds_j = [alpha T dD/da_j + (1 - alpha)(softmax(s)_j - [j == y])] / normalizer, a = s/T.
+            double kSoft = alpha * cfg.temperature();
+            for (int c = 0; c < cols; c++) {
+                double sv = s.getAtIndex(JAVA_FLOAT, base + c), tv = t.getAtIndex(JAVA_FLOAT, base + c);
+                double logP = sv * invT - lseA, logQ = tv * invT - lseB;
+                double p = Math.exp(logP), q = Math.exp(logQ);
+                double dDda = switch (div) {
+                    case KL -> p - q;
+                    case REVERSE_KL -> p * ((logP - logQ) - pg);
+                    case JSD -> p * ((1 - beta) * (logP - logAddExp(logOneMinusBeta + logP, logBeta + logQ)) - pg);
+                    case MSE -> 2 * (sv - tv) * invT / cols;
+                };
+                double g = kSoft * dDda;
+                if (hardTerm) g += (1 - alpha) * (Math.exp(sv - lseS) - (c == y ? 1 : 0));
+                grad.setAtIndex(JAVA_FLOAT, base + c, (float) (g * scale));
+            }
+        }
+        return new Row(soft, hard, 1);
+    }
+
+    /** log(exp(a) + exp(b)), stable, with -inf handled. */
+    static double logAddExp(double a, double b) {
+        if (a == Double.NEGATIVE_INFINITY) return b;
+        if (b == Double.NEGATIVE_INFINITY) return a;
+        double m = Math.max(a, b);
+        return m + Math.log1p(Math.exp(-Math.abs(a - b)));
+    }
+}

@@ -1,0 +1,267 @@
+package org.distill4j.core.loss;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.Reader;
+import java.net.URISyntaxException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Properties;
+import java.util.Random;
+import java.util.stream.Stream;
+import org.distill4j.core.Backend;
+import org.distill4j.core.DType;
+import org.distill4j.core.Tensor;
+import org.distill4j.core.cpu.CpuBackend;
+import org.distill4j.core.io.Npy;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.MethodSource;
+
+/**
+ * The CPU distillation loss against (1) PyTorch float64 + autograd fixtures (make_fixtures.py),
+ * (2) a float64 reference written here over a randomized matrix of shapes, temperatures, alphas,
+ * betas, label patterns and extreme logits, with its gradient checked by finite differences of
+ * that reference.
+ */
+class DistillationLossTest {
+    private final Backend cpu = CpuBackend.get();
+    private final long seed = System.nanoTime();
+    private final Random random = new Random(seed);
+
+    DistillationLossTest() {
+        System.out.println("DistillationLossTest random seed " + seed);
+    }
+
+    // ---- PyTorch fixtures
+
+    static Stream<Path> fixtures() throws URISyntaxException, java.io.IOException {
+        Path root = Path.of(DistillationLossTest.class.getResource("/fixtures/distill-loss").toURI());
+        List<Path> cases = new ArrayList<>();
+        try (Stream<Path> s = Files.list(root)) {
+            s.filter(Files::isDirectory).sorted().forEach(cases::add);
+        }
+        assertTrue(cases.size() >= 10, "fixtures missing under " + root);
+        return cases.stream();
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("fixtures")
+    void matchesPyTorchFloat64(Path dir) throws Exception {
+        Properties p = new Properties();
+        try (Reader r = Files.newBufferedReader(dir.resolve("case.properties"))) {
+            p.load(r);
+        }
+        DistillationLoss cfg = new DistillationLoss(Divergence.parse(p.getProperty("divergence")), Float.parseFloat(p.getProperty("temperature")),
+            Float.parseFloat(p.getProperty("alpha")), Float.parseFloat(p.getProperty("beta")), -100);
+        Npy.Array s = Npy.read(dir.resolve("student.npy")), t = Npy.read(dir.resolve("teacher.npy"));
+        double[] expectedLoss = toDoubles(Npy.read(dir.resolve("expected_loss.npy")));
+        double[] expectedGrad = toDoubles(Npy.read(dir.resolve("expected_grad.npy")));
+        boolean hasLabels = Boolean.parseBoolean(p.getProperty("labels"));
+        for (boolean inPlace : new boolean[] {false, true}) {
+            try (Tensor ts = cpu.fromArray(s.toFloats(), s.shape()); Tensor tt = cpu.fromArray(t.toFloats(), t.shape());
+                 Tensor labels = hasLabels ? cpu.empty(DType.I64, s.shape()[0]).copyFrom(Npy.read(dir.resolve("labels.npy")).toLongs("labels")) : null;
+                 Tensor loss = cpu.empty(DType.F32, 3); Tensor grad = inPlace ? null : cpu.empty(DType.F32, s.shape())) {
+                cpu.distillationLoss(ts, tt, labels, cfg, 0, loss, inPlace ? ts : grad);
+                float[] l = loss.toFloatArray();
+                for (int i = 0; i < 3; i++) {
+                    assertEquals(expectedLoss[i], l[i], 1e-5 * Math.max(Math.abs(expectedLoss[0]), 1e-6), dir.getFileName() + " loss[" + i + "]");
+                }
+                float[] g = (inPlace ? ts : grad).toFloatArray();
+                double max = 1e-12;
+                for (double v : expectedGrad) max = Math.max(max, Math.abs(v));
+                for (int i = 0; i < g.length; i++) {
+                    assertEquals(expectedGrad[i], g[i], 1e-4 * max, dir.getFileName() + " grad[" + i + "]" + (inPlace ? " (in place)" : ""));
+                }
+            }
+        }
+    }
+
+    private static double[] toDoubles(Npy.Array a) {
+        double[] out = new double[(int) a.numel()];
+        for (int i = 0; i < out.length; i++) out[i] = a.data().getDouble(i * 8);
+        return out;
+    }
+
+    // ---- float64 reference over a randomized matrix
+
+    /** The loss in double, written from the definitions with full arrays (independent of CpuDistillationLoss). */
+    static double reference(float[] s, float[] t, long[] y, int rows, int cols, DistillationLoss cfg, long normalizer) {
+        double total = 0;
+        int counted = 0;
+        double T = cfg.temperature(), beta = cfg.beta();
+        for (int r = 0; r < rows; r++) {
+            if (y != null && y[r] == cfg.ignoreIndex()) continue;
+            counted++;
+            double[] lp = logSoftmax(s, r, cols, T), lq = logSoftmax(t, r, cols, T);
+            double d = 0;
+            for (int c = 0; c < cols; c++) {
+                double p = Math.exp(lp[c]), q = Math.exp(lq[c]);
+                switch (cfg.effectiveDivergence()) {
+                    case KL -> d += q == 0 ? 0 : q * (lq[c] - lp[c]);
+                    case REVERSE_KL -> d += p == 0 ? 0 : p * (lp[c] - lq[c]);
+                    case JSD -> {
+                        double m = (1 - beta) * p + beta * q;
+                        double lm = m > 0 ? Math.log(m) : Math.max(Math.log(1 - beta) + lp[c], Math.log(beta) + lq[c]);
+                        d += (q == 0 ? 0 : beta * q * (lq[c] - lm)) + (p == 0 ? 0 : (1 - beta) * p * (lp[c] - lm));
+                    }
+                    case MSE -> d += Math.pow((s[r * cols + c] - (double) t[r * cols + c]) / T, 2) / cols;
+                }
+            }
+            total += cfg.alpha() * T * T * d;
+            if (y != null && cfg.alpha() < 1) total -= (1 - cfg.alpha()) * logSoftmax(s, r, cols, 1)[(int) y[r]];
+        }
+        return total / (normalizer > 0 ? normalizer : counted);
+    }
+
+    private static double[] logSoftmax(float[] x, int r, int cols, double T) {
+        double max = Double.NEGATIVE_INFINITY;
+        for (int c = 0; c < cols; c++) max = Math.max(max, x[r * cols + c] / T);
+        double sum = 0;
+        for (int c = 0; c < cols; c++) sum += Math.exp(x[r * cols + c] / T - max);
+        double[] out = new double[cols];
+        for (int c = 0; c < cols; c++) out[c] = x[r * cols + c] / T - max - Math.log(sum);
+        return out;
+    }
+
+    @Test
+    void randomizedMatrixOfSettingsAgainstTheFloat64Reference() {
+        int[][] shapes = {{1, 1}, {1, 2}, {3, 7}, {17, 31}, {64, 1000}, {5, 5003}};
+        float[] temperatures = {0.1f, 1f, 4f, 100f};
+        for (int[] shape : shapes) for (Divergence div : Divergence.values()) for (float T : temperatures) {
+            int rows = shape[0], cols = shape[1];
+            float alpha = random.nextBoolean() ? 1f : random.nextFloat();
+            float beta = new float[] {0f, 1f, 0.5f, random.nextFloat()}[random.nextInt(4)];
+            double logitScale = new double[] {1, 5, 1e4}[random.nextInt(3)];
+            boolean labels = alpha < 1 || random.nextBoolean();
+            DistillationLoss cfg = new DistillationLoss(div, T, alpha, beta, -100);
+            float[] s = logits(rows * cols, logitScale), t = logits(rows * cols, logitScale);
+            long[] y = labels ? labels(rows, cols, random.nextBoolean()) : null;
+            if (y != null && java.util.Arrays.stream(y).allMatch(v -> v == -100)) y[0] = 0;
+            double expected = reference(s, t, y, rows, cols, cfg, 0);
+            float got = run(s, t, y, rows, cols, cfg, 0, null);
+            String what = div + " T=" + T + " alpha=" + alpha + " beta=" + beta + " scale=" + logitScale + " " + rows + "x" + cols;
+            assertEquals(expected, got, 1e-5 * Math.max(Math.abs(expected), 1e-3), what);
+            if (rows * cols <= 300 && logitScale < 1e4) gradientByFiniteDifferences(s, t, y, rows, cols, cfg, what);
+        }
+    }
+
+    private void gradientByFiniteDifferences(float[] s, float[] t, long[] y, int rows, int cols, DistillationLoss cfg, String what) {
+        float[] analytic = new float[rows * cols];
+        run(s, t, y, rows, cols, cfg, 0, analytic);
+        double max = 1e-6;
+        for (float a : analytic) max = Math.max(max, Math.abs(a));
+        for (int i = 0; i < s.length; i++) {
+            float saved = s[i];
+            double h = 1e-3 * Math.max(1, Math.abs(saved));
+            s[i] = (float) (saved + h);
+            double up = reference(s, t, y, rows, cols, cfg, 0);
+            double hUp = s[i] - saved;
+            s[i] = (float) (saved - h);
+            double down = reference(s, t, y, rows, cols, cfg, 0);
+            double hDown = saved - s[i];
+            s[i] = saved;
+            double numeric = (up - down) / (hUp + hDown);
+            assertEquals(numeric, analytic[i], 1e-4 * max + 1e-3 * Math.abs(numeric), what + " d/ds[" + i + "]");
+        }
+    }
+
+    private float run(float[] s, float[] t, long[] y, int rows, int cols, DistillationLoss cfg, long normalizer, float[] gradOut) {
+        try (Tensor ts = cpu.fromArray(s, rows, cols); Tensor tt = cpu.fromArray(t, rows, cols);
+             Tensor ty = y == null ? null : cpu.empty(DType.I64, rows).copyFrom(y); Tensor loss = cpu.empty(DType.F32, 1);
+             Tensor grad = gradOut == null ? null : cpu.empty(DType.F32, rows, cols)) {
+            cpu.distillationLoss(ts, tt, ty, cfg, normalizer, loss, grad);
+            if (gradOut != null) System.arraycopy(grad.toFloatArray(), 0, gradOut, 0, gradOut.length);
+            return loss.item();
+        }
+    }
+
+    private float[] logits(int n, double scale) {
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) x[i] = (float) (random.nextGaussian() * scale);
+        return x;
+    }
+
+    private long[] labels(int rows, int cols, boolean someIgnored) {
+        long[] y = new long[rows];
+        for (int r = 0; r < rows; r++) y[r] = someIgnored && r % 3 == 1 ? -100 : random.nextInt(cols);
+        return y;
+    }
+
+    // ---- accumulation, top-k, errors
+
+    @Test
+    void accumulatedMicroBatchesGiveTheFullBatchGradient() {
+        int rows = 12, cols = 40;
+        float[] s = logits(rows * cols, 3), t = logits(rows * cols, 3);
+        long[] y = labels(rows, cols, true);
+        long counted = java.util.Arrays.stream(y).filter(v -> v != -100).count();
+        DistillationLoss cfg = DistillationLoss.hinton(4f, 0.9f);
+        float[] full = new float[rows * cols];
+        float fullLoss = run(s, t, y, rows, cols, cfg, 0, full);
+        float[] acc = new float[rows * cols];
+        double accLoss = 0;
+        for (int half = 0; half < 2; half++) {
+            int r0 = half * rows / 2;
+            float[] part = new float[rows / 2 * cols];
+            accLoss += run(java.util.Arrays.copyOfRange(s, r0 * cols, (r0 + rows / 2) * cols), java.util.Arrays.copyOfRange(t, r0 * cols, (r0 + rows / 2) * cols),
+                java.util.Arrays.copyOfRange(y, r0, r0 + rows / 2), rows / 2, cols, cfg, counted, part);
+            System.arraycopy(part, 0, acc, r0 * cols, part.length);
+        }
+        assertEquals(fullLoss, accLoss, 1e-6 * Math.abs(fullLoss));
+        for (int i = 0; i < full.length; i++) assertEquals(full[i], acc[i], 1e-7 + 1e-6 * Math.abs(full[i]), "grad[" + i + "]");
+    }
+
+    @Test
+    void topKTeacherIsTheRenormalisedDistributionOverItsEntries() {
+        int rows = 4, cols = 50, k = 5;
+        float[] s = logits(rows * cols, 2), values = logits(rows * k, 2);
+        long[] idx = new long[rows * k];
+        for (int r = 0; r < rows; r++) for (int j = 0; j < k; j++) idx[r * k + j] = (j * 7 + r) % cols;
+        float[] dense = new float[rows * cols];
+        java.util.Arrays.fill(dense, Float.NEGATIVE_INFINITY);
+        for (int r = 0; r < rows; r++) for (int j = 0; j < k; j++) dense[(int) (r * cols + idx[r * k + j])] = values[r * k + j];
+        try (Tensor ti = cpu.empty(DType.I64, rows, k).copyFrom(idx); Tensor tv = cpu.fromArray(values, rows, k);
+             Tensor td = cpu.empty(DType.F32, rows, cols)) {
+            cpu.scatterTopK(ti, tv, td);
+            assertArrayEquals(dense, td.toFloatArray());
+        }
+        for (Divergence div : new Divergence[] {Divergence.KL, Divergence.JSD}) {
+            DistillationLoss cfg = new DistillationLoss(div, 2f, 1f, 0.5f, -100);
+            double expected = reference(s, dense, null, rows, cols, cfg, 0);
+            float got = run(s, dense, null, rows, cols, cfg, 0, new float[rows * cols]);
+            assertEquals(expected, got, 1e-5 * Math.abs(expected), "top-k " + div);
+            assertTrue(Double.isFinite(got));
+        }
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+            () -> run(s, dense, null, rows, cols, new DistillationLoss(Divergence.REVERSE_KL, 2f, 1f, 0.5f, -100), 0, null));
+        assertTrue(e.getMessage().contains("top-k"), e.getMessage());
+    }
+
+    @Test
+    void badInputIsAClearError() {
+        float[] s = logits(6, 1), t = logits(6, 1);
+        IllegalArgumentException label = assertThrows(IllegalArgumentException.class,
+            () -> run(s, t, new long[] {0, 3}, 2, 3, DistillationLoss.hinton(2f, 0.5f), 0, null));
+        assertTrue(label.getMessage().contains("label 3 at row 1 is outside [0, 3)"), label.getMessage());
+        IllegalArgumentException alpha = assertThrows(IllegalArgumentException.class,
+            () -> run(s, t, null, 2, 3, DistillationLoss.hinton(2f, 0.5f), 0, null));
+        assertTrue(alpha.getMessage().contains("no labels"), alpha.getMessage());
+        assertThrows(IllegalArgumentException.class, () -> new DistillationLoss(Divergence.KL, 0f, 1f, 0.5f, -100));
+        assertThrows(IllegalArgumentException.class, () -> new DistillationLoss(Divergence.KL, 1f, 1.5f, 0.5f, -100));
+        assertThrows(IllegalArgumentException.class, () -> new DistillationLoss(Divergence.JSD, 1f, 1f, -0.1f, -100));
+        assertThrows(IllegalArgumentException.class, () -> Divergence.parse("kld"));
+        try (Tensor a = cpu.zeros(DType.F32, 2, 3); Tensor b = cpu.zeros(DType.F32, 2, 4); Tensor loss = cpu.empty(DType.F32, 1)) {
+            IllegalArgumentException shape = assertThrows(IllegalArgumentException.class,
+                () -> cpu.distillationLoss(a, b, null, DistillationLoss.hinton(1f, 1f), 0, loss, null));
+            assertTrue(shape.getMessage().contains("[2, 3]") && shape.getMessage().contains("[2, 4]"), shape.getMessage());
+        }
+        assertFalse(Float.isNaN(run(s, t, null, 2, 3, DistillationLoss.hinton(2f, 1f), 0, null)));
+    }
+}
