@@ -14,8 +14,9 @@ import picocli.CommandLine.Option;
  */
 @Command(name = "distill", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
     description = "Knowledge distillation for Java, on CUDA or the CPU.",
-    subcommands = {InfoCommand.class, CommandLine.HelpCommand.class},
-    footer = {"", "Examples:", "  distill info            what this machine offers (libraries, GPUs, kernels)"})
+    subcommands = {InfoCommand.class, LossCommand.class, CommandLine.HelpCommand.class},
+    footer = {"", "Examples:", "  distill info            what this machine offers (libraries, GPUs, kernels)",
+        "  distill loss --student s.npy --teacher t.npy --labels y.npy --temperature 4 --alpha 0.9"})
 public final class Main implements Callable<Integer> {
     @Option(names = "--verbose", description = "print stack traces on errors", scope = CommandLine.ScopeType.INHERIT)
     boolean verbose;
@@ -47,7 +48,7 @@ public final class Main implements Callable<Integer> {
             if (verbose) e.printStackTrace(err);
             String msg = e.getMessage() == null ? e.getClass().getSimpleName() : e.getMessage();
             err.println("distill " + cmd.getCommandName() + ": " + msg.lines().findFirst().orElse(msg));
-            return e instanceof IllegalArgumentException ? 2 : 1;
+            return e instanceof IllegalArgumentException ? 2 : 1;  // bad input: 2; the work failed: 1
         });
         cli.setParameterExceptionHandler((e, a) -> {
             err.println("distill: " + e.getMessage() + " (see distill --help)");

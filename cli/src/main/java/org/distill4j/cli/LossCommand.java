@@ -1,0 +1,132 @@
+package org.distill4j.cli;
+
+import java.math.BigDecimal;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Arrays;
+import java.util.concurrent.Callable;
+import org.distill4j.core.Backend;
+import org.distill4j.core.DType;
+import org.distill4j.core.Tensor;
+import org.distill4j.core.cpu.CpuBackend;
+import org.distill4j.core.cuda.CudaBackend;
+import org.distill4j.core.io.Npy;
+import org.distill4j.core.loss.DistillationLoss;
+import org.distill4j.core.loss.Divergence;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+
+/**
+ * {@code distill loss}: the fused distillation loss (and optionally its gradient) of .npy logits,
+ * for checking numerics against one's own Python code. The last line on stdout is the loss alone.
+ */
+@Command(name = "loss", mixinStandardHelpOptions = true,
+    description = "Compute the distillation loss alpha*T^2*D(p_t, p_s) + (1-alpha)*CE(s, y) of student and teacher logits "
+        + "(float32 [N, C] .npy files) and, with --grad-out, its gradient dL/dS.",
+    footer = {"", "Example:",
+        "  distill loss --student s.npy --teacher t.npy --labels y.npy --divergence kl --temperature 4 --alpha 0.9 --grad-out g.npy",
+        "", "The last line printed is the loss alone. Exit code 2 on bad input, with one line saying what is wrong."})
+final class LossCommand implements Callable<Integer> {
+    @Option(names = "--student", required = true, paramLabel = "S.npy", description = "student logits, float32 [N, C]")
+    Path student;
+
+    @Option(names = "--teacher", required = true, paramLabel = "T.npy", description = "teacher logits, float32 [N, C]")
+    Path teacher;
+
+    @Option(names = "--labels", paramLabel = "Y.npy", description = "labels, int64 or int32 [N]; without them the loss is the soft term alone")
+    Path labels;
+
+    @Option(names = "--divergence", defaultValue = "kl", paramLabel = "kl|reverse-kl|jsd|mse", description = "soft term (default: ${DEFAULT-VALUE})")
+    String divergence;
+
+    @Option(names = "--temperature", defaultValue = "4", description = "T > 0 (default: ${DEFAULT-VALUE})")
+    float temperature;
+
+    @Option(names = "--alpha", description = "weight of the soft term in [0, 1] (default: 0.9 with --labels; needs --labels)")
+    Float alpha;
+
+    @Option(names = "--beta", defaultValue = "0.5", description = "JSD mixture weight in [0, 1] (default: ${DEFAULT-VALUE})")
+    float beta;
+
+    @Option(names = "--ignore-index", defaultValue = "-100", description = "label of rows that do not count (default: ${DEFAULT-VALUE})")
+    long ignoreIndex;
+
+    @Option(names = "--grad-out", paramLabel = "G.npy", description = "write dL/dS here, float32 [N, C]")
+    Path gradOut;
+
+    @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda", description = "where to compute (default: ${DEFAULT-VALUE})")
+    String device;
+
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Override
+    public Integer call() throws Exception {
+        Divergence div = Divergence.parse(divergence);
+        if (alpha != null && labels == null) throw new IllegalArgumentException("--alpha needs --labels (without labels the loss is the soft term alone)");
+        float a = alpha != null ? alpha : labels != null ? 0.9f : 1f;
+        DistillationLoss cfg = new DistillationLoss(div, temperature, a, beta, ignoreIndex);
+        if (!device.equals("cpu") && !device.equals("cuda")) throw new IllegalArgumentException("--device must be cpu or cuda, got '" + device + "'");
+        Npy.Array s = logits(student, "--student"), t = logits(teacher, "--teacher");
+        if (!Arrays.equals(s.shape(), t.shape())) {
+            throw new IllegalArgumentException(teacher + ": shape " + Arrays.toString(t.shape()) + " does not match the student's " + Arrays.toString(s.shape()));
+        }
+        int rows = (int) s.shape()[0], cols = (int) s.shape()[1];
+        long[] y = null;
+        if (labels != null) {
+            Npy.Array l = Npy.read(labels);
+            if (l.type() != Npy.Type.I64 && l.type() != Npy.Type.I32) {
+                throw new IllegalArgumentException(labels + ": labels must be int64 or int32, got " + l.type().name().toLowerCase(java.util.Locale.ROOT));
+            }
+            if (l.shape().length != 1 || l.shape()[0] != rows) {
+                throw new IllegalArgumentException(labels + ": shape " + Arrays.toString(l.shape()) + ", expected [" + rows + "] (one label per row)");
+            }
+            y = l.toLongs(labels.toString());
+            for (int r = 0; r < rows; r++) {
+                if (y[r] != ignoreIndex && (y[r] < 0 || y[r] >= cols)) {
+                    throw new IllegalArgumentException(labels + ": label " + y[r] + " at row " + r + " is outside [0, " + cols + ") and is not --ignore-index "
+                        + ignoreIndex);
+                }
+            }
+        }
+        try (Backend backend = device.equals("cuda") ? CudaBackend.create(0) : CpuBackend.get();
+             Tensor ts = backend.fromArray(s.toFloats(), rows, cols); Tensor tt = backend.fromArray(t.toFloats(), rows, cols);
+             Tensor ty = y == null ? null : backend.empty(DType.I64, rows).copyFrom(y); Tensor loss = backend.empty(DType.F32, 3);
+             Tensor grad = gradOut == null ? null : backend.empty(DType.F32, rows, cols)) {
+            backend.distillationLoss(ts, tt, ty, cfg, 0, loss, grad);
+            float[] l = loss.toFloatArray();
+            if (grad != null) Npy.writeFloats(gradOut, grad.toFloatArray(), rows, cols);
+            var out = spec.commandLine().getOut();
+            out.println("divergence " + div.cliName() + ", T " + temperature + ", alpha " + a + (div == Divergence.JSD ? ", beta " + beta : "")
+                + ", rows " + rows + ", classes " + cols + ", device " + backend.name());
+            out.println("soft term " + decimal(l[1]) + ", hard term " + decimal(l[2]));
+            if (grad != null) out.println("gradient written to " + gradOut);
+            out.println(decimal(l[0]));
+        }
+        return 0;
+    }
+
+    private static Npy.Array logits(Path file, String option) throws java.io.IOException {
+        if (!Files.exists(file)) throw new IllegalArgumentException(option + " " + file + ": no such file");
+        Npy.Array a = Npy.read(file);
+        if (a.type() != Npy.Type.F32) throw new IllegalArgumentException(file + ": logits must be float32, got " + a.type().name().toLowerCase(java.util.Locale.ROOT));
+        if (a.shape().length != 2 || a.shape()[0] < 1 || a.shape()[1] < 1) {
+            throw new IllegalArgumentException(file + ": logits must be 2-D [N, C] with N, C >= 1, got shape " + Arrays.toString(a.shape()));
+        }
+        if (a.numel() > Integer.MAX_VALUE) throw new IllegalArgumentException(file + ": more than 2^31 - 1 elements");
+        float[] v = a.toFloats();
+        for (int i = 0; i < v.length; i++) {
+            if (!Float.isFinite(v[i])) {
+                throw new IllegalArgumentException(file + ": element " + i + " (row " + i / a.shape()[1] + ", column " + i % a.shape()[1] + ") is " + v[i]
+                    + "; logits must be finite");
+            }
+        }
+        return a;
+    }
+
+    /** A float as a plain decimal (no exponent), with the digits that identify it. */
+    static String decimal(float v) {
+        return Float.isFinite(v) ? new BigDecimal(Float.toString(v)).toPlainString() : Float.toString(v);
+    }
+}

@@ -1,0 +1,89 @@
+package org.distill4j.tests;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import org.distill4j.cli.Main;
+import org.distill4j.core.io.Npy;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** {@code distill loss} as a user runs it: numbers against the PyTorch fixture, and bad input. */
+class LossCommandTest {
+    @TempDir
+    Path tmp;
+
+    private static final Path FIXTURES = Path.of(System.getProperty("basedir", "tests")).resolve("../core/src/test/resources/fixtures/distill-loss")
+        .normalize();
+
+    private record Result(int exit, String out, String err) {}
+
+    private static Result run(String... args) {
+        StringWriter out = new StringWriter(), err = new StringWriter();
+        int exit = Main.run(args, new PrintWriter(out, true), new PrintWriter(err, true));
+        return new Result(exit, out.toString(), err.toString());
+    }
+
+    @Test
+    void matchesPyTorchAndWritesTheGradient() throws Exception {
+        Path f = FIXTURES.resolve("kl-t4-a09"), g = tmp.resolve("g.npy");
+        Result r = run("loss", "--student", f.resolve("student.npy").toString(), "--teacher", f.resolve("teacher.npy").toString(),
+            "--labels", f.resolve("labels.npy").toString(), "--temperature", "4", "--alpha", "0.9", "--grad-out", g.toString());
+        assertEquals(0, r.exit(), r.err());
+        List<String> lines = r.out().strip().lines().toList();
+        double loss = Double.parseDouble(lines.getLast());
+        double expected = Npy.read(f.resolve("expected_loss.npy")).data().getDouble(0);
+        assertEquals(expected, loss, 1e-5 * expected);
+        float[] grad = Npy.read(g).toFloats();
+        Npy.Array ref = Npy.read(f.resolve("expected_grad.npy"));
+        for (int i = 0; i < grad.length; i++) assertEquals(ref.data().getDouble(i * 8), grad[i], 1e-6);
+        try (var files = Files.list(tmp)) {
+            assertEquals(List.of(g), files.toList(), "only the gradient file, no temporary left behind");
+        }
+    }
+
+    @Test
+    void badInputIsOneLineAndExitTwo() throws Exception {
+        Path f = FIXTURES.resolve("kl-t4-a09");
+        String s = f.resolve("student.npy").toString(), t = f.resolve("teacher.npy").toString(), y = f.resolve("labels.npy").toString();
+        Path nan = tmp.resolve("nan.npy");
+        float[] v = Npy.read(f.resolve("student.npy")).toFloats();
+        v[5] = Float.NaN;
+        Npy.writeFloats(nan, v, 7, 13);
+        Path badLabels = tmp.resolve("labels.npy");
+        Npy.writeLongs(badLabels, new long[] {0, 1, 2, 3, 4, 5, 13}, 7);
+        Path wide = tmp.resolve("wide.npy");
+        Npy.writeFloats(wide, new float[7 * 14], 7, 14);
+        Path notNpy = tmp.resolve("junk.npy");
+        Files.writeString(notNpy, "hello");
+        String[][] cases = {
+            {"--student", s, "--teacher", y},                                   // wrong dtype
+            {"--student", s, "--teacher", wide.toString()},                     // mismatched shapes
+            {"--student", nan.toString(), "--teacher", t},                      // non-finite input
+            {"--student", s, "--teacher", t, "--temperature", "-1"},            // temperature <= 0
+            {"--student", s, "--teacher", t, "--labels", y, "--alpha", "2"},    // alpha outside [0, 1]
+            {"--student", s, "--teacher", t, "--divergence", "jsd", "--beta", "1.5"},
+            {"--student", s, "--teacher", t, "--divergence", "kld"},            // unknown divergence
+            {"--student", s, "--teacher", t, "--alpha", "0.5"},                 // alpha without labels
+            {"--student", s, "--teacher", t, "--labels", badLabels.toString()}, // label outside [0, C)
+            {"--student", notNpy.toString(), "--teacher", t},                   // not a .npy file
+            {"--student", tmp.resolve("missing.npy").toString(), "--teacher", t},
+            {"--student", s},                                                   // missing option
+        };
+        for (String[] c : cases) {
+            String[] args = new String[c.length + 1];
+            args[0] = "loss";
+            System.arraycopy(c, 0, args, 1, c.length);
+            Result r = run(args);
+            assertEquals(2, r.exit(), String.join(" ", c) + " -> " + r.err());
+            assertEquals(1, r.err().strip().lines().count(), String.join(" ", c) + " -> " + r.err());
+            assertFalse(r.err().contains("Exception") || r.err().contains("\tat "), r.err());
+        }
+    }
+}
