@@ -62,9 +62,9 @@ extern "C" __global__ void d4j_distill_rows(const float* __restrict__ s, const f
     float sa = 0.f, sb = 0.f, s1 = 0.f;
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
         float zs = sr[c] - ms;
-        sa += __expf(zs * invT);
-        sb += __expf((tr[c] - mt) * invT);
-        if (hardTerm) s1 += __expf(zs);
+        sa += expf(zs * invT);
+        sb += expf((tr[c] - mt) * invT);
+        if (hardTerm) s1 += expf(zs);
     }
     sa = d4j_block_sum(sa);
     sb = d4j_block_sum(sb);
@@ -75,7 +75,7 @@ extern "C" __global__ void d4j_distill_rows(const float* __restrict__ s, const f
     float d = 0.f, pg = 0.f;
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
         float logP = (sr[c] - ms) * invT - lseA, logQ = (tr[c] - mt) * invT - lseB;
-        float p = __expf(logP), q = __expf(logQ);
+        float p = expf(logP), q = expf(logQ);
         if (div == 0) {
             if (q > 0.f) d += q * (logQ - logP);
         } else if (div == 1) {
@@ -84,7 +84,7 @@ extern "C" __global__ void d4j_distill_rows(const float* __restrict__ s, const f
             pg += p * g;
         } else if (div == 2) {
             float a = log1mBeta + logP, b = logBeta + logQ, m = fmaxf(a, b);
-            float logM = m == -INFINITY ? -INFINITY : m + log1pf(__expf(-fabsf(a - b)));
+            float logM = m == -INFINITY ? -INFINITY : m + log1pf(expf(-fabsf(a - b)));
             if (q > 0.f) d += beta * q * (logQ - logM);
             if (p > 0.f) d += (1.f - beta) * p * (logP - logM);
             pg += p * (1.f - beta) * (logP - logM);
@@ -101,20 +101,20 @@ extern "C" __global__ void d4j_distill_rows(const float* __restrict__ s, const f
         for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
             float sv = sr[c], tv = tr[c];
             float logP = (sv - ms) * invT - lseA, logQ = (tv - mt) * invT - lseB;
-            float p = __expf(logP), q = __expf(logQ), dd;
+            float p = expf(logP), q = expf(logQ), dd;
             if (div == 0) {
                 dd = p - q;
             } else if (div == 1) {
                 dd = p * ((logP - logQ) - pg);
             } else if (div == 2) {
                 float a = log1mBeta + logP, b = logBeta + logQ, m = fmaxf(a, b);
-                float logM = m == -INFINITY ? -INFINITY : m + log1pf(__expf(-fabsf(a - b)));
+                float logM = m == -INFINITY ? -INFINITY : m + log1pf(expf(-fabsf(a - b)));
                 dd = p * ((1.f - beta) * (logP - logM) - pg);
             } else {
                 dd = 2.f * (sv - tv) * invT / (float)cols;
             }
             float g = kSoft * dd;
-            if (hardTerm) g += (1.f - alpha) * (__expf(sv - ms - lse1) - (c == y ? 1.f : 0.f));
+            if (hardTerm) g += (1.f - alpha) * (expf(sv - ms - lse1) - (c == y ? 1.f : 0.f));
             grad[base + c] = g * scale;  // in place over s is safe: sv was read above (staged or not, same index)
         }
     }

@@ -278,6 +278,33 @@ public final class CudaContext implements AutoCloseable {
         }
     }
 
+    /**
+     * Milliseconds of GPU time that {@code iterations} runs of {@code work} take on this context's
+     * stream, measured with CUDA events (so host overhead between launches is not counted unless
+     * the GPU waits for it). Synchronises.
+     */
+    public float timeMillis(int iterations, Runnable work) {
+        makeCurrent();
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment e0 = arena.allocate(ADDRESS), e1 = arena.allocate(ADDRESS);
+            check(cuEventCreate(e0, CU_EVENT_DEFAULT), "cuEventCreate");
+            check(cuEventCreate(e1, CU_EVENT_DEFAULT), "cuEventCreate");
+            MemorySegment start = e0.get(ADDRESS, 0), stop = e1.get(ADDRESS, 0);
+            try {
+                check(cuEventRecord(start, stream), "cuEventRecord");
+                for (int i = 0; i < iterations; i++) work.run();
+                check(cuEventRecord(stop, stream), "cuEventRecord");
+                check(cuEventSynchronize(stop), "cuEventSynchronize");
+                MemorySegment ms = arena.allocate(java.lang.foreign.ValueLayout.JAVA_FLOAT);
+                check(cuEventElapsedTime_v2(ms, start, stop), "cuEventElapsedTime");
+                return ms.get(java.lang.foreign.ValueLayout.JAVA_FLOAT, 0);
+            } finally {
+                cuEventDestroy_v2(start);
+                cuEventDestroy_v2(stop);
+            }
+        }
+    }
+
     /** Bytes of device memory the default pool has handed out and not had back (0 without pools). */
     public long poolBytesInUse() {
         if (!streamOrdered) return 0;

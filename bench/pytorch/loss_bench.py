@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""PyTorch reference for the fused distillation loss benchmark (Distill4J's GpuLossBench).
+
+The same loss, forward and backward, in PyTorch eager (log_softmax + kl_div + cross_entropy) and
+with torch.compile (default and max-autotune), at the same shapes: 16384 rows, C in
+{1k, 8k, 32k, 128k, 256k}, T = 4, alpha = 0.9. Prints per C and variant:
+  "torch-<variant> C=<C>: <GB/s> GB/s, <ms> ms"  (bytes = 12 x rows x C, as GpuLossBench counts)
+Median of 7 repeats of 10 evaluations, CUDA events. Run on the GPU machine (PyTorch with CUDA):
+  python3 bench/pytorch/loss_bench.py [rows] [C ...]
+"""
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+
+def loss_fn(s, t, y, T=4.0, alpha=0.9):
+    soft = F.kl_div(F.log_softmax(s / T, dim=-1), F.log_softmax(t / T, dim=-1), reduction="batchmean", log_target=True)
+    hard = F.cross_entropy(s, y)
+    return alpha * T * T * soft + (1 - alpha) * hard
+
+
+def step(fn, s, t, y):
+    s.grad = None
+    fn(s, t, y).backward()
+
+
+def median_ms(fn, s, t, y):
+    for _ in range(3):
+        step(fn, s, t, y)
+    times = []
+    for _ in range(7):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(10):
+            step(fn, s, t, y)
+        stop.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(stop) / 10)
+    return statistics.median(times)
+
+
+def main():
+    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 16384
+    classes = [int(c) for c in sys.argv[2:]] or [1000, 8000, 32000, 128000, 256000]
+    torch.backends.cuda.matmul.allow_tf32 = True
+    print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    variants = [("eager", loss_fn), ("compile", torch.compile(loss_fn)), ("compile-max-autotune", torch.compile(loss_fn, mode="max-autotune"))]
+    for c in classes:
+        s = (torch.rand(rows, c, device="cuda") * 10 - 5).requires_grad_(True)
+        t = torch.rand(rows, c, device="cuda") * 10 - 5
+        y = torch.arange(rows, device="cuda") * 7919 % c
+        for name, fn in variants:
+            try:
+                ms = median_ms(fn, s, t, y)
+                print(f"torch-{name} C={c}: {12 * rows * c / ms / 1e6:.1f} GB/s, {ms:.3f} ms")
+            except torch.cuda.OutOfMemoryError:
+                print(f"torch-{name} C={c}: out of memory")
+                torch.cuda.empty_cache()
+        del s, t, y
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

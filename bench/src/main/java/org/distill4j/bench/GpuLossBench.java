@@ -1,0 +1,60 @@
+package org.distill4j.bench;
+
+import java.util.Arrays;
+import org.distill4j.core.DType;
+import org.distill4j.core.Tensor;
+import org.distill4j.core.cuda.CudaBackend;
+import org.distill4j.core.cuda.DeviceBuffer;
+import org.distill4j.core.loss.DistillationLoss;
+
+/**
+ * GPU benchmark of the fused distillation loss (Hinton KL, T = 4, alpha = 0.9, labels, gradient in
+ * place over the student) at 16384 rows and C in {1k, 8k, 32k, 128k, 256k}, next to a
+ * device-to-device copy of the same bytes in the same run. Bytes moved per evaluation: student and
+ * teacher read, gradient written = 12 x rows x C. Median of 7 timed repeats of 10 evaluations
+ * (CUDA events). Run on the GPU machine:
+ *   bash .device/on-device.sh java org.distill4j.bench.GpuLossBench [rows] [C ...]
+ * Prints per C: "loss C=<C>: <GB/s> GB/s, <x>% of copy (<GB/s> GB/s), <ms> ms".
+ */
+public final class GpuLossBench {
+    private GpuLossBench() {}
+
+    public static void main(String[] args) {
+        int rows = args.length > 0 ? Integer.parseInt(args[0]) : 16384;
+        int[] classes = args.length > 1 ? Arrays.stream(args, 1, args.length).mapToInt(Integer::parseInt).toArray()
+            : new int[] {1000, 8000, 32000, 128000, 256000};
+        try (CudaBackend gpu = CudaBackend.create(0)) {
+            System.out.println("device: " + gpu.context().device());
+            for (int c : classes) {
+                try (Tensor s = gpu.empty(DType.F32, rows, c); Tensor t = gpu.empty(DType.F32, rows, c); Tensor y = gpu.empty(DType.I64, rows);
+                     Tensor loss = gpu.empty(DType.F32, 1)) {
+                    gpu.uniform(s, -5, 5, 1, 0);
+                    gpu.uniform(t, -5, 5, 2, 0);
+                    long[] labels = new long[rows];
+                    for (int r = 0; r < rows; r++) labels[r] = (r * 7919L) % c;
+                    y.copyFrom(labels);
+                    DistillationLoss cfg = DistillationLoss.hinton(4f, 0.9f);
+                    long bytes = 12L * rows * c;
+                    DeviceBuffer sb = new DeviceBuffer(s.data(), s.byteSize()), tb = new DeviceBuffer(t.data(), t.byteSize());
+                    Runnable lossWork = () -> gpu.distillationLoss(s, t, y, cfg, rows, loss, s);
+                    // The copy baseline moves the same bytes: t -> s (8RC) and half of t -> s again (4RC).
+                    Runnable copyWork = () -> {
+                        gpu.context().copy(sb, 0, tb, 0, tb.byteSize());
+                        gpu.context().copy(sb, 0, tb, 0, tb.byteSize() / 2);
+                    };
+                    double lossMs = median(gpu, lossWork), copyMs = median(gpu, copyWork);
+                    double lossGBs = bytes / lossMs / 1e6, copyGBs = bytes / copyMs / 1e6;
+                    System.out.printf("loss C=%d: %.1f GB/s, %.1f%% of copy (%.1f GB/s), %.3f ms%n", c, lossGBs, 100 * lossGBs / copyGBs, copyGBs, lossMs);
+                }
+            }
+        }
+    }
+
+    private static double median(CudaBackend gpu, Runnable work) {
+        gpu.context().timeMillis(3, work); // warm up
+        double[] ms = new double[7];
+        for (int i = 0; i < ms.length; i++) ms[i] = gpu.context().timeMillis(10, work) / 10.0;
+        Arrays.sort(ms);
+        return ms[ms.length / 2];
+    }
+}

@@ -1,0 +1,116 @@
+package org.distill4j.tests;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.util.Random;
+import org.distill4j.core.BackendUnavailableException;
+import org.distill4j.core.DType;
+import org.distill4j.core.Tensor;
+import org.distill4j.core.cpu.CpuBackend;
+import org.distill4j.core.cuda.CudaBackend;
+import org.distill4j.core.loss.DistillationLoss;
+import org.distill4j.core.loss.Divergence;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The CUDA distillation loss against the CPU oracle across the kernel's regimes: rows staged in
+ * shared memory (C <= 6144, with and without 16-byte loads) and rows read from global memory
+ * (C = 6145 up to 256k), every divergence, labels with ignored rows, extreme logits. Tag "gpu".
+ */
+@Tag("gpu")
+class GpuDistillationLossTest {
+    private static CudaBackend gpu;
+    private final Random random = new Random(System.nanoTime());
+
+    @BeforeAll
+    static void open() {
+        try {
+            gpu = CudaBackend.create(0);
+        } catch (BackendUnavailableException e) {
+            System.out.println("GPU tests skipped: " + e.getMessage());
+            Assumptions.abort("GPU tests skipped: " + e.getMessage());
+        }
+    }
+
+    @AfterAll
+    static void close() {
+        if (gpu != null) gpu.close();
+    }
+
+    @Test
+    void cudaMatchesCpuAcrossRegimes() {
+        int[][] shapes = {{64, 1}, {64, 7}, {256, 1000}, {128, 6144}, {64, 6145}, {32, 32000}, {4, 262144}};
+        for (int[] shape : shapes) for (Divergence div : Divergence.values()) {
+            int rows = shape[0], cols = shape[1];
+            float t = new float[] {0.1f, 1f, 4f, 100f}[random.nextInt(4)];
+            double scale = t == 0.1f ? 1e4 : 5;
+            DistillationLoss cfg = new DistillationLoss(div, t, 0.7f, 0.3f, -100);
+            float[] s = new float[rows * cols], te = new float[rows * cols];
+            for (int i = 0; i < s.length; i++) {
+                s[i] = (float) (random.nextGaussian() * scale);
+                te[i] = (float) (random.nextGaussian() * scale);
+            }
+            long[] y = new long[rows];
+            for (int r = 0; r < rows; r++) y[r] = r % 4 == 3 ? -100 : random.nextInt(cols);
+            float[][] cpuOut = run(CpuBackend.get(), s, te, y, rows, cols, cfg);
+            float[][] gpuOut = run(gpu, s, te, y, rows, cols, cfg);
+            String what = div + " T=" + t + " " + rows + "x" + cols;
+            for (int i = 0; i < 3; i++) {
+                assertEquals(cpuOut[0][i], gpuOut[0][i], 1e-4 * Math.max(1e-3, Math.abs(cpuOut[0][0])), what + " loss[" + i + "]");
+            }
+            double max = 1e-12, worst = 0;
+            for (float v : cpuOut[1]) max = Math.max(max, Math.abs(v));
+            for (int i = 0; i < cpuOut[1].length; i++) worst = Math.max(worst, Math.abs(cpuOut[1][i] - gpuOut[1][i]));
+            assertTrue(worst <= 1e-4 * max, what + ": gradient max abs difference " + worst + " vs largest " + max);
+        }
+    }
+
+    private static float[][] run(org.distill4j.core.Backend b, float[] s, float[] t, long[] y, int rows, int cols, DistillationLoss cfg) {
+        try (Tensor ts = b.fromArray(s, rows, cols); Tensor tt = b.fromArray(t, rows, cols); Tensor ty = b.empty(DType.I64, rows).copyFrom(y);
+             Tensor loss = b.empty(DType.F32, 3); Tensor grad = b.empty(DType.F32, rows, cols)) {
+            b.distillationLoss(ts, tt, ty, cfg, 0, loss, grad);
+            return new float[][] {loss.toFloatArray(), grad.toFloatArray()};
+        }
+    }
+
+    @Test
+    void inPlaceAndWithoutLabelsAndTopK() {
+        int rows = 16, cols = 5000, k = 20;
+        float[] s = new float[rows * cols], t = new float[rows * cols], vals = new float[rows * k];
+        for (int i = 0; i < s.length; i++) {
+            s[i] = (float) random.nextGaussian();
+            t[i] = (float) random.nextGaussian();
+        }
+        long[] idx = new long[rows * k];
+        for (int i = 0; i < idx.length; i++) {
+            idx[i] = (i * 37L) % cols;
+            vals[i] = (float) random.nextGaussian() * 3;
+        }
+        DistillationLoss cfg = DistillationLoss.hinton(2f, 1f);
+        float[][] result = new float[2][];
+        int i = 0;
+        for (org.distill4j.core.Backend b : new org.distill4j.core.Backend[] {CpuBackend.get(), gpu}) {
+            try (Tensor ts = b.fromArray(s, rows, cols); Tensor ti = b.empty(DType.I64, rows, k).copyFrom(idx); Tensor tv = b.fromArray(vals, rows, k);
+                 Tensor dense = b.empty(DType.F32, rows, cols); Tensor loss = b.empty(DType.F32, 1)) {
+                b.scatterTopK(ti, tv, dense);
+                b.distillationLoss(ts, dense, null, cfg, 0, loss, ts); // in place, no labels
+                result[i++] = concat(loss.toFloatArray(), ts.toFloatArray());
+            }
+        }
+        double max = 1e-12, worst = 0;
+        for (float v : result[0]) max = Math.max(max, Math.abs(v));
+        for (int j = 0; j < result[0].length; j++) worst = Math.max(worst, Math.abs(result[0][j] - result[1][j]));
+        assertTrue(worst <= 1e-4 * max, "top-k, in place, no labels: max abs difference " + worst);
+    }
+
+    private static float[] concat(float[] a, float[] b) {
+        float[] out = java.util.Arrays.copyOf(a, a.length + b.length);
+        System.arraycopy(b, 0, out, a.length, b.length);
+        return out;
+    }
+}
