@@ -47,6 +47,12 @@ public interface Backend extends AutoCloseable {
 
     void writeLongs(Tensor t, long[] values);
 
+    /** Copies {@code src.byteSize()} bytes of host memory (e.g. a memory-mapped file) into {@code dst}, without a Java array. */
+    void copyFromHost(MemorySegment src, Tensor dst);
+
+    /** Copies the tensor's bytes into host memory {@code dst} (at least {@code src.byteSize()} bytes); synchronises on a GPU. */
+    void copyToHost(Tensor src, MemorySegment dst);
+
     /** dst = src, same shape and dtype. */
     void copy(Tensor src, Tensor dst);
 

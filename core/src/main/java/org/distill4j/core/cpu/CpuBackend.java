@@ -126,6 +126,19 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
+    public void copyFromHost(MemorySegment src, Tensor dst) {
+        Shapes.alive("copyFromHost", dst);
+        if (src.byteSize() != dst.byteSize()) throw new IllegalArgumentException("copyFromHost: " + src.byteSize() + " bytes for " + dst.describe());
+        MemorySegment.copy(src, 0, dst.data(), 0, src.byteSize());
+    }
+
+    @Override
+    public void copyToHost(Tensor src, MemorySegment dst) {
+        Shapes.alive("copyToHost", src);
+        MemorySegment.copy(src.data(), 0, dst, 0, src.byteSize());
+    }
+
+    @Override
     public void copy(Tensor src, Tensor dst) {
         Shapes.alive("copy", src, dst);
         Shapes.same("copy", src, dst);

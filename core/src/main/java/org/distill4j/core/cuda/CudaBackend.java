@@ -214,6 +214,19 @@ public final class CudaBackend implements Backend {
     }
 
     @Override
+    public void copyFromHost(MemorySegment src, Tensor dst) {
+        Shapes.alive("copyFromHost", dst);
+        if (src.byteSize() != dst.byteSize()) throw new IllegalArgumentException("copyFromHost: " + src.byteSize() + " bytes for " + dst.describe());
+        if (src.byteSize() > 0) context.copyToDevice(buffer(dst), 0, src);
+    }
+
+    @Override
+    public void copyToHost(Tensor src, MemorySegment dst) {
+        Shapes.alive("copyToHost", src);
+        if (src.byteSize() > 0) context.copyToHost(dst.asSlice(0, src.byteSize()), buffer(src), 0);
+    }
+
+    @Override
     public void copy(Tensor src, Tensor dst) {
         Shapes.alive("copy", src, dst);
         Shapes.same("copy", src, dst);

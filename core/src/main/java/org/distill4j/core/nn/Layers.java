@@ -1,0 +1,498 @@
+package org.distill4j.core.nn;
+
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import org.distill4j.core.Activation;
+import org.distill4j.core.Backend;
+import org.distill4j.core.Conv2dParams;
+import org.distill4j.core.DType;
+import org.distill4j.core.Init;
+import org.distill4j.core.Pool2dParams;
+import org.distill4j.core.PoolMode;
+import org.distill4j.core.Tensor;
+
+/** The layers of a model spec (docs/model-spec.md), each mirroring its torch.nn counterpart. */
+public final class Layers {
+    private Layers() {}
+
+    private static IllegalArgumentException shapeError(String kind, String expected, long[] in) {
+        return new IllegalArgumentException(kind + " expects " + expected + ", gets " + Arrays.toString(in));
+    }
+
+    /** torch.nn.Linear: y = x W^T + b, W [out, in]. */
+    public static final class Linear extends Layer {
+        private final long in, out;
+        private final Parameter weight, bias;
+        private Tensor x;
+
+        public Linear(Backend b, long in, long out, boolean bias, long seed) {
+            this.in = in;
+            this.out = out;
+            this.weight = new Parameter("weight", b.empty(DType.F32, out, in), true);
+            this.bias = bias ? new Parameter("bias", b.empty(DType.F32, out), true) : null;
+            Init.linearOrConv(weight.value(), bias ? this.bias.value() : null, in, seed);
+        }
+
+        @Override public String kind() { return "linear"; }
+
+        @Override
+        public long[] outputShape(long[] s) {
+            if (s.length != 1 || s[0] != in) throw shapeError("linear", in + " inputs", s);
+            return new long[] {out};
+        }
+
+        @Override
+        public List<Parameter> parameters() {
+            return bias == null ? List.of(weight) : List.of(weight, bias);
+        }
+
+        @Override
+        public Tensor forward(Pass p, Tensor x) {
+            Tensor y = p.backend().empty(p.arena(), DType.F32, x.size(0), out);
+            p.backend().gemm(false, true, 1f, x, weight.value(), 0f, y);
+            if (bias != null) p.backend().biasAdd(y, bias.value());
+            this.x = p.train() ? x : null;
+            return y;
+        }
+
+        @Override
+        public Tensor backward(Pass p, Tensor dy) {
+            if (x == null) throw noForward();
+            Backend b = p.backend();
+            b.gemm(true, false, 1f, dy, x, 1f, weight.grad());          // dW += dy^T x
+            if (bias != null) b.biasGrad(dy, bias.grad(), true);           // db += sum dy
+            Tensor dx = b.empty(p.arena(), DType.F32, x.shape());
+            b.gemm(false, false, 1f, dy, weight.value(), 0f, dx);          // dx = dy W
+            return dx;
+        }
+    }
+
+    /** torch.nn.Conv2d (no groups or dilation): weight [out, in, k, k]. */
+    public static final class Conv2d extends Layer {
+        private final long in, out, kernel;
+        private final Conv2dParams geometry;
+        private final Parameter weight, bias;
+        private Tensor x;
+
+        public Conv2d(Backend b, long in, long out, long kernel, int stride, int padding, boolean bias, long seed) {
+            this.in = in;
+            this.out = out;
+            this.kernel = kernel;
+            this.geometry = Conv2dParams.of(padding, stride);
+            this.weight = new Parameter("weight", b.empty(DType.F32, out, in, kernel, kernel), true);
+            this.bias = bias ? new Parameter("bias", b.empty(DType.F32, out), true) : null;
+            Init.linearOrConv(weight.value(), bias ? this.bias.value() : null, in * kernel * kernel, seed);
+        }
+
+        @Override public String kind() { return "conv2d"; }
+
+        @Override
+        public long[] outputShape(long[] s) {
+            if (s.length != 3 || s[0] != in) throw shapeError("conv2d", "[" + in + ", H, W]", s);
+            long oh = geometry.outH(s[1], kernel), ow = geometry.outW(s[2], kernel);
+            if (oh < 1 || ow < 1) throw shapeError("conv2d", "an input of at least the kernel size " + kernel + " after padding", s);
+            return new long[] {out, oh, ow};
+        }
+
+        @Override
+        public List<Parameter> parameters() {
+            return bias == null ? List.of(weight) : List.of(weight, bias);
+        }
+
+        @Override
+        public Tensor forward(Pass p, Tensor x) {
+            Tensor y = p.backend().empty(p.arena(), DType.F32, withBatch(x.size(0), outputShape(withoutBatch(x))));
+            p.backend().conv2d(x, weight.value(), geometry, y);
+            if (bias != null) p.backend().biasAdd(y, bias.value());
+            this.x = p.train() ? x : null;
+            return y;
+        }
+
+        @Override
+        public Tensor backward(Pass p, Tensor dy) {
+            if (x == null) throw noForward();
+            Backend b = p.backend();
+            b.conv2dBackwardFilter(x, dy, geometry, weight.grad(), true);
+            if (bias != null) b.biasGrad(dy, bias.grad(), true);
+            Tensor dx = like(p, x);
+            b.conv2dBackwardData(dy, weight.value(), geometry, dx);
+            return dx;
+        }
+    }
+
+    /** torch.nn.BatchNorm1d ([N, C] or [N, C, L]) and BatchNorm2d ([N, C, H, W]). */
+    public static final class BatchNorm extends Layer {
+        private final long features;
+        private final float eps, momentum;
+        private final boolean twoD;
+        private final Parameter weight, bias, runningMean, runningVar, batches;
+        private long batchesTracked;
+        private Tensor x, saveMean, saveInvStd;
+
+        public BatchNorm(Backend b, long features, float eps, float momentum, boolean twoD) {
+            this.features = features;
+            this.eps = eps;
+            this.momentum = momentum;
+            this.twoD = twoD;
+            this.weight = new Parameter("weight", b.empty(DType.F32, features), true);
+            this.bias = new Parameter("bias", b.zeros(DType.F32, features), true);
+            this.runningMean = new Parameter("running_mean", b.zeros(DType.F32, features), false);
+            this.runningVar = new Parameter("running_var", b.empty(DType.F32, features), false);
+            this.batches = new Parameter("num_batches_tracked", b.zeros(DType.I64), false);
+            b.fill(weight.value(), 1f);
+            b.fill(runningVar.value(), 1f);
+        }
+
+        @Override public String kind() { return twoD ? "batchnorm2d" : "batchnorm1d"; }
+
+        @Override
+        public long[] outputShape(long[] s) {
+            boolean ok = twoD ? s.length == 3 && s[0] == features : (s.length == 1 || s.length == 2) && s[0] == features;
+            if (!ok) throw shapeError(kind(), twoD ? "[" + features + ", H, W]" : "[" + features + "] or [" + features + ", L]", s);
+            return s.clone();
+        }
+
+        @Override
+        public List<Parameter> parameters() {
+            return List.of(weight, bias, runningMean, runningVar, batches);
+        }
+
+        /** Called after loading weights: num_batches_tracked lives on the host between steps. */
+        void syncBatchesTracked() {
+            batchesTracked = batches.value().toLongArray()[0];
+        }
+
+        @Override
+        public Tensor forward(Pass p, Tensor x) {
+            Backend b = p.backend();
+            Tensor y = like(p, x);
+            if (p.train()) {
+                saveMean = b.empty(p.arena(), DType.F32, features);
+                saveInvStd = b.empty(p.arena(), DType.F32, features);
+                b.batchNormTrain(x, weight.value(), bias.value(), runningMean.value(), runningVar.value(), momentum, eps, y, saveMean, saveInvStd);
+                batches.value().copyFrom(new long[] {++batchesTracked});
+                this.x = x;
+            } else {
+                b.batchNormEval(x, weight.value(), bias.value(), runningMean.value(), runningVar.value(), eps, y);
+                this.x = null;
+            }
+            return y;
+        }
+
+        @Override
+        public Tensor backward(Pass p, Tensor dy) {
+            if (x == null) throw noForward();
+            Backend b = p.backend();
+            Tensor dx = like(p, x);
+            Tensor dg = b.empty(p.arena(), DType.F32, features), db = b.empty(p.arena(), DType.F32, features);
+            b.batchNormBackward(x, dy, weight.value(), saveMean, saveInvStd, dx, dg, db);
+            b.axpy(1f, dg, weight.grad());
+            b.axpy(1f, db, bias.grad());
+            return dx;
+        }
+    }
+
+    /** ReLU, LeakyReLU(slope), GELU (exact or tanh), Tanh, Sigmoid. */
+    public static final class Act extends Layer {
+        private final Activation activation;
+        private final float param;
+        private Tensor x, y;
+
+        public Act(Activation activation, float param) {
+            this.activation = activation;
+            this.param = param;
+        }
+
+        @Override
+        public String kind() {
+            return switch (activation) {
+                case RELU -> "relu";
+                case LEAKY_RELU -> "leakyrelu";
+                case GELU, GELU_TANH -> "gelu";
+                case TANH -> "tanh";
+                case SIGMOID -> "sigmoid";
+            };
+        }
+
+        @Override public long[] outputShape(long[] s) { return s.clone(); }
+
+        @Override
+        public Tensor forward(Pass p, Tensor x) {
+            Tensor y = like(p, x);
+            p.backend().activation(activation, param, x, y);
+            this.x = p.train() ? x : null;
+            this.y = p.train() ? y : null;
+            return y;
+        }
+
+        @Override
+        public Tensor backward(Pass p, Tensor dy) {
+            if (x == null) throw noForward();
+            Tensor dx = like(p, dy);
+            p.backend().activationBackward(activation, param, x, y, dy, dx);
+            return dx;
+        }
+    }
+
+    /** torch.nn.Dropout: identity in eval mode; in training the Philox mask of (seed, step, layer). */
+    public static final class Dropout extends Layer {
+        private final float probability;
+        private final long salt;
+        private long offset;
+        private long seedUsed;
+        private boolean trained;
+
+        public Dropout(float p, long salt) {
+            if (!(p >= 0 && p < 1)) throw new IllegalArgumentException("dropout p must be in [0, 1), got " + p);
+            this.probability = p;
+            this.salt = salt;
+        }
+
+        @Override public String kind() { return "dropout"; }
+        @Override public long[] outputShape(long[] s) { return s.clone(); }
+
+        @Override
+        public Tensor forward(Pass p, Tensor x) {
+            trained = p.train();
+            if (!p.train() || probability == 0f) return x;
+            Tensor y = like(p, x);
+            seedUsed = p.seed() ^ (salt * 0x9E3779B97F4A7C15L);
+            offset = p.step() * x.numel();
+            p.backend().dropout(probability, seedUsed, offset, x, y);
+            return y;
+        }
+
+        @Override
+        public Tensor backward(Pass p, Tensor dy) {
+            if (!trained) throw noForward();
+            if (probability == 0f) return dy;
+            Tensor dx = like(p, dy);
+            p.backend().dropoutBackward(probability, seedUsed, offset, dy, dx);
+            return dx;
+        }
+    }
+
+    /** MaxPool2d / AvgPool2d (count_include_pad=True, floor mode). */
+    public static final class Pool extends Layer {
+        private final PoolMode mode;
+        private final Pool2dParams geometry;
+        private Tensor x, y;
+
+        public Pool(PoolMode mode, int kernel, int stride, int padding) {
+            this.mode = mode;
+            this.geometry = Pool2dParams.of(kernel, stride, padding);
+        }
+
+        @Override public String kind() { return mode == PoolMode.MAX ? "maxpool2d" : "avgpool2d"; }
+
+        @Override
+        public long[] outputShape(long[] s) {
+            if (s.length != 3) throw shapeError(kind(), "[C, H, W]", s);
+            long oh = geometry.outH(s[1]), ow = geometry.outW(s[2]);
+            if (oh < 1 || ow < 1) throw shapeError(kind(), "an input of at least the window " + geometry.kernelH() + " after padding", s);
+            return new long[] {s[0], oh, ow};
+        }
+
+        @Override
+        public Tensor forward(Pass p, Tensor x) {
+            Tensor y = p.backend().empty(p.arena(), DType.F32, withBatch(x.size(0), outputShape(withoutBatch(x))));
+            p.backend().pool2d(mode, geometry, x, y);
+            this.x = p.train() ? x : null;
+            this.y = p.train() ? y : null;
+            return y;
+        }
+
+        @Override
+        public Tensor backward(Pass p, Tensor dy) {
+            if (x == null) throw noForward();
+            Tensor dx = like(p, x);
+            p.backend().pool2dBackward(mode, geometry, x, y, dy, dx);
+            return dx;
+        }
+    }
+
+    /** AdaptiveAvgPool2d(1): [C, H, W] to [C, 1, 1]. */
+    public static final class GlobalAvgPool extends Layer {
+        public GlobalAvgPool() {}
+
+        private long[] inShape;
+
+        @Override public String kind() { return "adaptiveavgpool2d"; }
+
+        @Override
+        public long[] outputShape(long[] s) {
+            if (s.length != 3) throw shapeError(kind(), "[C, H, W]", s);
+            return new long[] {s[0], 1, 1};
+        }
+
+        @Override
+        public Tensor forward(Pass p, Tensor x) {
+            Tensor y = p.backend().empty(p.arena(), DType.F32, x.size(0), x.size(1), 1, 1);
+            p.backend().globalAvgPool(x, y);
+            inShape = x.shape();
+            return y;
+        }
+
+        @Override
+        public Tensor backward(Pass p, Tensor dy) {
+            if (inShape == null) throw noForward();
+            Tensor dx = p.backend().empty(p.arena(), DType.F32, inShape);
+            p.backend().globalAvgPoolBackward(dy, dx);
+            return dx;
+        }
+    }
+
+    /** torch.nn.Flatten: [N, ...] to [N, prod(...)] (a view). */
+    public static final class Flatten extends Layer {
+        public Flatten() {}
+
+        private long[] inShape;
+
+        @Override public String kind() { return "flatten"; }
+
+        @Override
+        public long[] outputShape(long[] s) {
+            return new long[] {Tensor.numel(s)};
+        }
+
+        @Override
+        public Tensor forward(Pass p, Tensor x) {
+            inShape = x.shape();
+            return x.view(x.size(0), x.numel() / Math.max(1, x.size(0)));
+        }
+
+        @Override
+        public Tensor backward(Pass p, Tensor dy) {
+            return dy.view(inShape);
+        }
+    }
+
+    public static final class Identity extends Layer {
+        public Identity() {}
+
+        @Override public String kind() { return "identity"; }
+        @Override public long[] outputShape(long[] s) { return s.clone(); }
+        @Override public Tensor forward(Pass p, Tensor x) { return x; }
+        @Override public Tensor backward(Pass p, Tensor dy) { return dy; }
+    }
+
+    /** torch.nn.Sequential: children named "0", "1", ... */
+    public static final class Sequential extends Layer {
+        private final List<Layer> layers;
+
+        public Sequential(List<Layer> layers) {
+            this.layers = List.copyOf(layers);
+        }
+
+        public List<Layer> layers() { return layers; }
+
+        @Override public String kind() { return "sequential"; }
+
+        @Override
+        public long[] outputShape(long[] s) {
+            long[] shape = s;
+            for (int i = 0; i < layers.size(); i++) {
+                try {
+                    shape = layers.get(i).outputShape(shape);
+                } catch (IllegalArgumentException e) {
+                    throw new IllegalArgumentException("layer " + i + " (" + layers.get(i).kind() + "): " + e.getMessage(), e);
+                }
+            }
+            return shape;
+        }
+
+        @Override
+        public List<Parameter> parameters() {
+            List<Parameter> out = new ArrayList<>();
+            for (int i = 0; i < layers.size(); i++) for (Parameter p : layers.get(i).parameters()) out.add(p.renamed(i + "."));
+            return out;
+        }
+
+        @Override
+        public Tensor forward(Pass p, Tensor x) {
+            Tensor h = x;
+            for (Layer l : layers) h = l.forward(p, h);
+            return h;
+        }
+
+        @Override
+        public Tensor backward(Pass p, Tensor dy) {
+            Tensor g = dy;
+            for (int i = layers.size() - 1; i >= 0; i--) g = layers.get(i).backward(p, g);
+            return g;
+        }
+
+        @Override
+        public void close() {
+            for (Layer l : layers) l.close();
+        }
+    }
+
+    /** output = body(x) + shortcut(x), shortcut = identity when absent; state_dict names body.* and shortcut.*. */
+    public static final class Residual extends Layer {
+        private final Sequential body, shortcut;
+
+        public Residual(Sequential body, Sequential shortcut) {
+            this.body = body;
+            this.shortcut = shortcut;
+        }
+
+        @Override public String kind() { return "residual"; }
+
+        List<Layer> children() {
+            return shortcut == null ? List.of(body) : List.of(body, shortcut);
+        }
+
+        @Override
+        public long[] outputShape(long[] s) {
+            long[] b, sc;
+            try {
+                b = body.outputShape(s);
+            } catch (IllegalArgumentException e) {
+                throw new IllegalArgumentException("body " + e.getMessage(), e);
+            }
+            try {
+                sc = shortcut == null ? s : shortcut.outputShape(s);
+            } catch (IllegalArgumentException e) {
+                throw new IllegalArgumentException("shortcut " + e.getMessage(), e);
+            }
+            if (!Arrays.equals(b, sc)) {
+                throw new IllegalArgumentException("body gives " + Arrays.toString(b) + " but the shortcut gives " + Arrays.toString(sc) + "; they are added");
+            }
+            return b;
+        }
+
+        @Override
+        public List<Parameter> parameters() {
+            List<Parameter> out = new ArrayList<>();
+            for (Parameter p : body.parameters()) out.add(p.renamed("body."));
+            if (shortcut != null) for (Parameter p : shortcut.parameters()) out.add(p.renamed("shortcut."));
+            return out;
+        }
+
+        @Override
+        public Tensor forward(Pass p, Tensor x) {
+            Tensor b = body.forward(p, x);
+            Tensor s = shortcut == null ? x : shortcut.forward(p, x);
+            Tensor y = like(p, b);
+            p.backend().add(b, s, y);
+            return y;
+        }
+
+        @Override
+        public Tensor backward(Pass p, Tensor dy) {
+            Tensor db = body.backward(p, dy);
+            Tensor ds = shortcut == null ? dy : shortcut.backward(p, dy);
+            Tensor dx = like(p, db);
+            p.backend().add(db, ds, dx);
+            return dx;
+        }
+
+        @Override
+        public void close() {
+            body.close();
+            if (shortcut != null) shortcut.close();
+        }
+    }
+}

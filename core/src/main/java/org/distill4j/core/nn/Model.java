@@ -1,0 +1,103 @@
+package org.distill4j.core.nn;
+
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.TreeSet;
+import org.distill4j.core.Tensor;
+import org.distill4j.core.io.Safetensors;
+
+/** A model built from a spec: the layers, their state_dict, and forward/backward over a batch. */
+public final class Model implements AutoCloseable {
+    private final ModelSpec spec;
+    private final Layers.Sequential net;
+    private final long[] output;
+    private final List<Parameter> parameters;
+
+    Model(ModelSpec spec, Layers.Sequential net, long[] output) {
+        this.spec = spec;
+        this.net = net;
+        this.output = output;
+        this.parameters = net.parameters();
+    }
+
+    public ModelSpec spec() { return spec; }
+    public long[] inputShape() { return spec.input().clone(); }
+    public long[] outputShape() { return output.clone(); }
+
+    /** Parameters and buffers, with PyTorch state_dict names, in module order. */
+    public List<Parameter> parameters() { return parameters; }
+
+    /** Number of trainable scalars (what PyTorch's sum(p.numel() for p in model.parameters()) gives). */
+    public long parameterCount() {
+        return parameters.stream().filter(Parameter::trainable).mapToLong(p -> p.value().numel()).sum();
+    }
+
+    public Tensor forward(Layer.Pass pass, Tensor x) {
+        long[] expected = Layer.withBatch(x.rank() > 0 ? x.size(0) : 0, spec.input());
+        if (!Arrays.equals(x.shape(), expected)) {
+            throw new IllegalArgumentException("model " + spec.source() + ": input shape " + Arrays.toString(x.shape()) + ", expected [N, "
+                + Arrays.toString(spec.input()).substring(1));
+        }
+        return net.forward(pass, x);
+    }
+
+    public Tensor backward(Layer.Pass pass, Tensor dy) {
+        return net.backward(pass, dy);
+    }
+
+    /**
+     * Loads every parameter and buffer from a safetensors file (PyTorch's state_dict names and
+     * layouts). Missing, unexpected and mis-shaped tensors are all listed in one error.
+     */
+    public void load(Path weights) throws IOException {
+        try (Safetensors st = Safetensors.open(weights)) {
+            List<String> problems = new ArrayList<>();
+            Set<String> expected = new TreeSet<>();
+            for (Parameter p : parameters) {
+                expected.add(p.name());
+                var e = st.entries().get(p.name());
+                if (e == null) {
+                    problems.add("missing " + p.name() + " " + p.value().dtype() + Arrays.toString(p.value().shape()));
+                } else if (!e.dtype().equals(p.value().dtype().name()) || !Arrays.equals(e.shape(), p.value().shape())) {
+                    problems.add(p.name() + " is " + e.dtype() + Arrays.toString(e.shape()) + ", the spec needs " + p.value().dtype()
+                        + Arrays.toString(p.value().shape()));
+                }
+            }
+            for (String name : st.entries().keySet()) if (!expected.contains(name)) problems.add("unexpected " + name);
+            if (!problems.isEmpty()) {
+                throw new IllegalArgumentException(weights + " does not match " + spec.source() + ": " + String.join("; ", problems));
+            }
+            for (Parameter p : parameters) st.copyInto(p.name(), p.value());
+        }
+        syncBuffers(net);
+    }
+
+    private static void syncBuffers(Layer l) {
+        if (l instanceof Layers.BatchNorm bn) bn.syncBatchesTracked();
+        if (l instanceof Layers.Sequential s) s.layers().forEach(Model::syncBuffers);
+        if (l instanceof Layers.Residual r) r.children().forEach(Model::syncBuffers);
+    }
+
+    /** Saves every parameter and buffer as safetensors, loadable by PyTorch's load_state_dict(strict=True). */
+    public void save(Path weights) throws IOException {
+        Map<String, Tensor> tensors = new LinkedHashMap<>();
+        for (Parameter p : parameters) tensors.put(p.name(), p.value());
+        Safetensors.write(weights, tensors, Map.of("format", "pt"));
+    }
+
+    /** Zeroes every gradient buffer. */
+    public void zeroGrad() {
+        for (Parameter p : parameters) if (p.trainable()) p.value().backend().zero(p.grad());
+    }
+
+    @Override
+    public void close() {
+        net.close();
+    }
+}
