@@ -9,14 +9,29 @@ import picocli.CommandLine.Command;
 @Command(name = "info", mixinStandardHelpOptions = true,
     description = "Show what this machine offers Distill4J: JDK, native libraries (path and version, or where we looked), "
         + "CUDA driver and GPUs, and whether the CUDA kernels were built.",
-    footer = {"", "Example:", "  distill info"})
+    footer = {"", "Examples:", "  distill info", "  distill info --model cnn.json"})
 final class InfoCommand implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
 
+    @CommandLine.Option(names = "--model", paramLabel = "SPEC.json", description = "instead: check a model spec and print its layers, parameter count and output shape")
+    java.nio.file.Path model;
+
     @Override
-    public Integer call() {
-        SystemReport.gather().lines().forEach(spec.commandLine().getOut()::println);
+    public Integer call() throws Exception {
+        var out = spec.commandLine().getOut();
+        if (model != null) {
+            org.distill4j.core.nn.ModelSpec s = org.distill4j.core.nn.ModelSpec.read(model);
+            try (org.distill4j.core.nn.Model m = s.build(org.distill4j.core.cpu.CpuBackend.get(), 0)) {
+                out.println("model " + model + ": input " + java.util.Arrays.toString(s.input()) + ", output " + java.util.Arrays.toString(m.outputShape()));
+                for (org.distill4j.core.nn.Parameter p : m.parameters()) {
+                    out.printf("  %-28s %s%s%n", p.name(), p.value().dtype(), java.util.Arrays.toString(p.value().shape()) + (p.trainable() ? "" : " (buffer)"));
+                }
+                out.printf("parameters: %,d%n", m.parameterCount());
+            }
+            return 0;
+        }
+        SystemReport.gather().lines().forEach(out::println);
         return 0;
     }
 }

@@ -1,0 +1,82 @@
+package org.distill4j.cli;
+
+import java.lang.foreign.Arena;
+import java.nio.file.Path;
+import java.util.Arrays;
+import java.util.concurrent.Callable;
+import org.distill4j.core.Backend;
+import org.distill4j.core.Tensor;
+import org.distill4j.core.cpu.CpuBackend;
+import org.distill4j.core.cuda.CudaBackend;
+import org.distill4j.core.io.Npy;
+import org.distill4j.core.nn.Layer;
+import org.distill4j.core.nn.Model;
+import org.distill4j.core.nn.ModelSpec;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+
+/** {@code distill predict}: eval-mode logits of a model for a float32 .npy batch. */
+@Command(name = "predict", mixinStandardHelpOptions = true,
+    description = "Run a model (spec + safetensors weights, PyTorch state_dict names) in eval mode on float32 inputs [N, ...input shape] "
+        + "and write float32 outputs [N, ...output shape].",
+    footer = {"", "Example:", "  distill predict --model cnn.json --weights cnn.safetensors --input x.npy --output logits.npy --batch 256"})
+final class PredictCommand implements Callable<Integer> {
+    @Option(names = "--model", required = true, paramLabel = "SPEC.json", description = "model spec (docs/model-spec.md)")
+    Path model;
+
+    @Option(names = "--weights", required = true, paramLabel = "W.safetensors", description = "weights with PyTorch state_dict names")
+    Path weights;
+
+    @Option(names = "--input", required = true, paramLabel = "X.npy", description = "float32 [N, ...input shape]")
+    Path input;
+
+    @Option(names = "--output", required = true, paramLabel = "OUT.npy", description = "written float32 [N, ...output shape] (atomically)")
+    Path output;
+
+    @Option(names = "--batch", defaultValue = "256", description = "rows per forward pass (default: ${DEFAULT-VALUE})")
+    int batch;
+
+    @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda", description = "where to compute (default: ${DEFAULT-VALUE})")
+    String device;
+
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Override
+    public Integer call() throws Exception {
+        if (batch < 1) throw new IllegalArgumentException("--batch must be >= 1, got " + batch);
+        if (!device.equals("cpu") && !device.equals("cuda")) throw new IllegalArgumentException("--device must be cpu or cuda, got '" + device + "'");
+        ModelSpec s = ModelSpec.read(model);
+        Npy.Array x = Npy.read(input);
+        if (x.type() != Npy.Type.F32) throw new IllegalArgumentException(input + ": inputs must be float32, got " + x.type().name().toLowerCase(java.util.Locale.ROOT));
+        long[] expected = s.input();
+        if (x.shape().length != expected.length + 1 || !Arrays.equals(Arrays.copyOfRange(x.shape(), 1, x.shape().length), expected)) {
+            throw new IllegalArgumentException(input + ": shape " + Arrays.toString(x.shape()) + ", the model takes [N, " + Arrays.toString(expected).substring(1));
+        }
+        float[] values = x.toFloats();
+        long n = x.shape()[0], perRow = values.length / Math.max(1, n);
+        try (Backend b = device.equals("cuda") ? CudaBackend.create(0) : CpuBackend.get(); Model m = s.build(b, 0)) {
+            m.load(weights);
+            long outPerRow = Tensor.numel(m.outputShape());
+            float[] out = new float[(int) (n * outPerRow)];
+            for (long start = 0; start < n; start += batch) {
+                long rows = Math.min(batch, n - start);
+                long[] shape = new long[expected.length + 1];
+                shape[0] = rows;
+                System.arraycopy(expected, 0, shape, 1, expected.length);
+                try (Arena arena = Arena.ofShared();
+                     Tensor t = b.fromArray(Arrays.copyOfRange(values, (int) (start * perRow), (int) ((start + rows) * perRow)), shape)) {
+                    float[] y = m.forward(new Layer.Pass(b, arena, false, 0, 0), t).toFloatArray();
+                    System.arraycopy(y, 0, out, (int) (start * outPerRow), y.length);
+                }
+            }
+            long[] outShape = new long[m.outputShape().length + 1];
+            outShape[0] = n;
+            System.arraycopy(m.outputShape(), 0, outShape, 1, m.outputShape().length);
+            Npy.writeFloats(output, out, outShape);
+            spec.commandLine().getOut().println("wrote " + output + ": float32 " + Arrays.toString(outShape) + " (" + n + " rows on " + b.name() + ")");
+        }
+        return 0;
+    }
+}

@@ -1,0 +1,71 @@
+package org.distill4j.tests;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import org.distill4j.cli.Main;
+import org.distill4j.core.io.Npy;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** {@code distill predict} and {@code distill info --model} against the PyTorch interop fixture. */
+class PredictCommandTest {
+    @TempDir
+    Path tmp;
+
+    private static final Path FIXTURE = Path.of(System.getProperty("basedir", "tests")).resolve("../core/src/test/resources/fixtures/model").normalize();
+
+    private static String[] run(String... args) {
+        StringWriter out = new StringWriter(), err = new StringWriter();
+        int exit = Main.run(args, new PrintWriter(out, true), new PrintWriter(err, true));
+        return new String[] {String.valueOf(exit), out.toString(), err.toString()};
+    }
+
+    @Test
+    void reproducesPyTorchLogitsForEveryBatchSize() throws Exception {
+        float[] expected = Npy.read(FIXTURE.resolve("logits.npy")).toFloats();
+        for (String batch : new String[] {"1", "3", "256"}) {
+            Path out = tmp.resolve("out-" + batch + ".npy");
+            String[] r = run("predict", "--model", FIXTURE.resolve("cnn.json").toString(), "--weights", FIXTURE.resolve("cnn.safetensors").toString(),
+                "--input", FIXTURE.resolve("input.npy").toString(), "--output", out.toString(), "--batch", batch);
+            assertEquals("0", r[0], r[2]);
+            Npy.Array got = Npy.read(out);
+            assertArrayEquals(new long[] {4, 5}, got.shape());
+            float[] g = got.toFloats();
+            for (int i = 0; i < g.length; i++) assertEquals(expected[i], g[i], 1e-4 * Math.max(1, Math.abs(expected[i])));
+        }
+    }
+
+    @Test
+    void badInputIsOneLineExitTwo() throws Exception {
+        Path spec = FIXTURE.resolve("cnn.json"), w = FIXTURE.resolve("cnn.safetensors"), x = FIXTURE.resolve("input.npy");
+        Path wrongShape = tmp.resolve("x.npy");
+        Npy.writeFloats(wrongShape, new float[2 * 3 * 10 * 10], 2, 3, 10, 10);
+        Path badSpec = tmp.resolve("bad.json");
+        Files.writeString(badSpec, "{\"input\": [3, 12, 12], \"layers\": [{\"type\": \"linear\", \"in\": 5, \"out\": 2}]}");
+        String[][] cases = {
+            {"predict", "--model", spec.toString(), "--weights", w.toString(), "--input", wrongShape.toString(), "--output", tmp.resolve("o.npy").toString()},
+            {"predict", "--model", badSpec.toString(), "--weights", w.toString(), "--input", x.toString(), "--output", tmp.resolve("o.npy").toString()},
+            {"predict", "--model", spec.toString(), "--weights", x.toString(), "--input", x.toString(), "--output", tmp.resolve("o.npy").toString()},
+            {"info", "--model", badSpec.toString()},
+        };
+        for (String[] c : cases) {
+            String[] r = run(c);
+            assertEquals("2", r[0], String.join(" ", c) + " -> " + r[2]);
+            assertEquals(1, r[2].strip().lines().count(), r[2]);
+        }
+        assertTrue(!Files.exists(tmp.resolve("o.npy")), "nothing half-written");
+    }
+
+    @Test
+    void infoModelPrintsParametersAndOutputShape() {
+        String[] r = run("info", "--model", FIXTURE.resolve("cnn.json").toString());
+        assertEquals("0", r[0], r[2]);
+        assertTrue(r[1].contains("output [5]") && r[1].contains("parameters: 2,289") && r[1].contains("5.shortcut.1.running_var"), r[1]);
+    }
+}
