@@ -46,6 +46,8 @@ public record ModelSpec(String source, long[] input, JsonNode layers) {
             text = Files.readString(file);
         } catch (NoSuchFileException e) {
             throw new IllegalArgumentException(file + ": no such file");
+        } catch (java.nio.charset.CharacterCodingException e) {
+            throw new IllegalArgumentException(file + ": not UTF-8 text (a model spec is a JSON file)");
         }
         return parse(file.toString(), text);
     }

@@ -26,23 +26,9 @@ class DataTest {
     @TempDir
     Path tmp;
 
-    /** n images of 2x3 whose pixel bytes are (i * 7 + p) % 256 and labels i % 10. */
-    static Path[] writeIdx(Path dir, int n) throws Exception {
-        ByteBuffer img = ByteBuffer.allocate(16 + n * 6).putInt(0x803).putInt(n).putInt(2).putInt(3);
-        ByteBuffer lab = ByteBuffer.allocate(8 + n).putInt(0x801).putInt(n);
-        for (int i = 0; i < n; i++) {
-            for (int p = 0; p < 6; p++) img.put((byte) ((i * 7 + p) % 256));
-            lab.put((byte) (i % 10));
-        }
-        Path a = dir.resolve("images-idx3-ubyte"), b = dir.resolve("labels-idx1-ubyte");
-        Files.write(a, img.array());
-        Files.write(b, lab.array());
-        return new Path[] {a, b};
-    }
-
     @Test
     void idxImagesBecomeFloatsOver255WithTheirLabels() throws Exception {
-        Path[] f = writeIdx(tmp, 25);
+        Path[] f = org.distill4j.core.TestFiles.writeIdx(tmp, 25);
         try (ByteImageDataset d = ByteImageDataset.idx(f[0], f[1]); Arena arena = Arena.ofConfined()) {
             assertEquals(25, d.size());
             assertArrayEquals(new long[] {1, 2, 3}, d.sampleShape());
@@ -56,7 +42,7 @@ class DataTest {
 
     @Test
     void badIdxFilesNameTheFileAndTheProblem() throws Exception {
-        Path[] f = writeIdx(tmp, 5);
+        Path[] f = org.distill4j.core.TestFiles.writeIdx(tmp, 5);
         byte[] img = Files.readAllBytes(f[0]);
         Path wrongMagic = tmp.resolve("magic"), wrongCount = tmp.resolve("count");
         byte[] m = img.clone();
@@ -67,7 +53,7 @@ class DataTest {
         assertTrue(e1.getMessage().startsWith(wrongMagic + ": magic number"), e1.getMessage());
         IllegalArgumentException e2 = assertThrows(IllegalArgumentException.class, () -> ByteImageDataset.idx(wrongCount, f[1]));
         assertTrue(e2.getMessage().contains("header says 5 images"), e2.getMessage());
-        Path[] g = writeIdx(Files.createDirectory(tmp.resolve("other")), 1);
+        Path[] g = org.distill4j.core.TestFiles.writeIdx(Files.createDirectory(tmp.resolve("other")), 1);
         IllegalArgumentException e3 = assertThrows(IllegalArgumentException.class, () -> ByteImageDataset.idx(f[0], g[1]));
         assertTrue(e3.getMessage().contains("1 labels for 5 images"), e3.getMessage());
     }
@@ -100,7 +86,7 @@ class DataTest {
 
     @Test
     void everyEpochVisitsEverySampleOnceInASeededOrder() throws Exception {
-        Path[] f = writeIdx(tmp, 103);
+        Path[] f = org.distill4j.core.TestFiles.writeIdx(tmp, 103);
         try (ByteImageDataset d = ByteImageDataset.idx(f[0], f[1]); DataLoader loader = new DataLoader(d, CpuBackend.get(), 10, true, 42, false)) {
             assertEquals(11, loader.batchesPerEpoch());
             long[] order0 = loader.order(0), order1 = loader.order(1);
