@@ -68,4 +68,27 @@ class PredictCommandTest {
         assertEquals("0", r[0], r[2]);
         assertTrue(r[1].contains("output [5]") && r[1].contains("parameters: 2,289") && r[1].contains("5.shortcut.1.running_var"), r[1]);
     }
+
+    @Test
+    void evalReportsAccuracyAgainstTheLogitsArgmax() throws Exception {
+        float[] logits = Npy.read(FIXTURE.resolve("logits.npy")).toFloats();
+        long[] labels = new long[4];
+        int correct = 0;
+        for (int r = 0; r < 4; r++) {
+            int best = 0;
+            for (int c = 1; c < 5; c++) if (logits[r * 5 + c] > logits[r * 5 + best]) best = c;
+            labels[r] = r % 2 == 0 ? best : (best + 1) % 5;
+            if (labels[r] == best) correct++;
+        }
+        Path y = tmp.resolve("y.npy");
+        Npy.writeLongs(y, labels, 4);
+        String[] r = run("eval", "--model", FIXTURE.resolve("cnn.json").toString(), "--weights", FIXTURE.resolve("cnn.safetensors").toString(),
+            "--data", "npy:" + FIXTURE.resolve("input.npy") + "," + y, "--batch", "3");
+        assertEquals("0", r[0], r[2]);
+        assertTrue(r[1].startsWith(String.format("accuracy %.2f%% (%d of 4)", 100.0 * correct / 4, correct)), r[1]);
+        String[] bad = run("eval", "--model", FIXTURE.resolve("cnn.json").toString(), "--weights", FIXTURE.resolve("cnn.safetensors").toString(),
+            "--data", "csv:whatever");
+        assertEquals("2", bad[0]);
+        assertTrue(bad[2].contains("unknown kind 'csv'"), bad[2]);
+    }
 }
