@@ -50,6 +50,33 @@ public interface Backend extends AutoCloseable {
     /** Copies {@code src.byteSize()} bytes of host memory (e.g. a memory-mapped file) into {@code dst}, without a Java array. */
     void copyFromHost(MemorySegment src, Tensor dst);
 
+    /**
+     * Host memory for staging transfers, freed when {@code arena} closes: page-locked
+     * (cuMemHostAlloc) on CUDA so copies from it can be asynchronous; ordinary memory on the CPU.
+     */
+    MemorySegment allocateHost(Arena arena, long bytes);
+
+    /**
+     * Starts copying {@code src} (host, ideally from {@link #allocateHost}) into {@code dst} and
+     * returns at once on CUDA; ops enqueued afterwards see the data. {@code src} must not change
+     * until the returned fence has been awaited. On the CPU the copy is done when this returns.
+     */
+    Fence copyFromHostAsync(MemorySegment src, Tensor dst);
+
+    /** Completion of asynchronous work: {@link #await()} blocks the calling thread until it is done. */
+    interface Fence extends AutoCloseable {
+        void await();
+
+        @Override
+        void close();
+
+        /** A fence that is already complete. */
+        Fence DONE = new Fence() {
+            @Override public void await() {}
+            @Override public void close() {}
+        };
+    }
+
     /** Copies the tensor's bytes into host memory {@code dst} (at least {@code src.byteSize()} bytes); synchronises on a GPU. */
     void copyToHost(Tensor src, MemorySegment dst);
 

@@ -133,6 +133,17 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
+    public MemorySegment allocateHost(Arena arena, long bytes) {
+        return arena.allocate(Math.max(1, bytes), 64).asSlice(0, bytes);
+    }
+
+    @Override
+    public Fence copyFromHostAsync(MemorySegment src, Tensor dst) {
+        copyFromHost(src, dst);
+        return Fence.DONE;
+    }
+
+    @Override
     public void copyToHost(Tensor src, MemorySegment dst) {
         Shapes.alive("copyToHost", src);
         MemorySegment.copy(src.data(), 0, dst, 0, src.byteSize());

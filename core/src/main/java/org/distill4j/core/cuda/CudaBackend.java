@@ -221,6 +221,19 @@ public final class CudaBackend implements Backend {
     }
 
     @Override
+    public MemorySegment allocateHost(Arena arena, long bytes) {
+        return context.allocatePinned(arena, Math.max(1, bytes)).asSlice(0, bytes);
+    }
+
+    @Override
+    public Fence copyFromHostAsync(MemorySegment src, Tensor dst) {
+        Shapes.alive("copyFromHostAsync", dst);
+        if (src.byteSize() != dst.byteSize()) throw new IllegalArgumentException("copyFromHostAsync: " + src.byteSize() + " bytes for " + dst.describe());
+        if (src.byteSize() > 0) context.copyToDeviceAsync(buffer(dst), 0, src);
+        return context.recordEvent();
+    }
+
+    @Override
     public void copyToHost(Tensor src, MemorySegment dst) {
         Shapes.alive("copyToHost", src);
         if (src.byteSize() > 0) context.copyToHost(dst.asSlice(0, src.byteSize()), buffer(src), 0);

@@ -278,6 +278,34 @@ public final class CudaContext implements AutoCloseable {
         }
     }
 
+    /** An event recorded on the stream now: awaiting it waits for everything enqueued so far. */
+    public org.distill4j.core.Backend.Fence recordEvent() {
+        makeCurrent();
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment e = arena.allocate(ADDRESS);
+            check(cuEventCreate(e, CU_EVENT_DISABLE_TIMING), "cuEventCreate");
+            MemorySegment event = e.get(ADDRESS, 0);
+            check(cuEventRecord(event, stream), "cuEventRecord");
+            return new org.distill4j.core.Backend.Fence() {
+                private boolean destroyed;
+
+                @Override
+                public void await() {
+                    check(cuCtxSetCurrent(context), "cuCtxSetCurrent");
+                    check(cuEventSynchronize(event), "cuEventSynchronize");
+                }
+
+                @Override
+                public synchronized void close() {
+                    if (destroyed || closed) return;
+                    destroyed = true;
+                    check(cuCtxSetCurrent(context), "cuCtxSetCurrent");
+                    check(cuEventDestroy_v2(event), "cuEventDestroy");
+                }
+            };
+        }
+    }
+
     /**
      * Milliseconds of GPU time that {@code iterations} runs of {@code work} take on this context's
      * stream, measured with CUDA events (so host overhead between launches is not counted unless

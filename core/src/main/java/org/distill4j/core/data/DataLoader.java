@@ -20,15 +20,28 @@ import org.distill4j.core.Tensor;
  * (seed, epoch), so runs and resumes are reproducible. A batch returned by {@link #next()} stays
  * valid until the following call to {@code next()}.
  *
- * <p>On the CPU the host buffers are the batch tensors themselves. On CUDA they are separate host
- * buffers copied to device tensors when the batch is handed out (the copy is synchronous for now,
- * so the host does not overwrite a buffer the GPU may still be reading; see docs/data.md).
+ * <p>On the CPU the host buffers are the batch tensors themselves. On CUDA they are page-locked
+ * buffers: handing a batch out enqueues asynchronous copies to that slot's device tensors and
+ * records an event; the loader thread waits for the event before it refills the slot's host
+ * buffer. Ops enqueued after {@code next()} see the data through stream order, so the GPU never
+ * waits on the host once the loader keeps ahead.
  */
 public final class DataLoader implements AutoCloseable {
     /** One batch: x [rows, ...sample], y I64 [rows]. */
     public record Batch(Tensor x, Tensor y, int rows, long firstPosition) {}
 
-    private record Slot(MemorySegment hostX, MemorySegment hostY, Tensor x, Tensor y) {}
+    private static final class Slot {
+        final MemorySegment hostX, hostY;
+        final Tensor x, y;
+        Backend.Fence copied = Backend.Fence.DONE; // the host-to-device copy out of hostX/hostY
+
+        Slot(MemorySegment hostX, MemorySegment hostY, Tensor x, Tensor y) {
+            this.hostX = hostX;
+            this.hostY = hostY;
+            this.x = x;
+            this.y = y;
+        }
+    }
 
     private record Filled(Slot slot, int rows, long firstPosition, RuntimeException failure, boolean end) {}
 
@@ -62,8 +75,8 @@ public final class DataLoader implements AutoCloseable {
         // (slots are handed to the loader by start())
         for (int i = 0; i < 2; i++) {
             Tensor x = backend.empty(arena, DType.F32, xShape), y = backend.empty(arena, DType.I64, batchSize);
-            MemorySegment hx = cpu ? x.data() : arena.allocate(batchSize * per * 4, 64);
-            MemorySegment hy = cpu ? y.data() : arena.allocate(batchSize * 8L, 64);
+            MemorySegment hx = cpu ? x.data() : backend.allocateHost(arena, batchSize * per * 4);
+            MemorySegment hy = cpu ? y.data() : backend.allocateHost(arena, batchSize * 8L);
             slots.add(new Slot(hx, hy, x, y));
         }
     }
@@ -102,11 +115,14 @@ public final class DataLoader implements AutoCloseable {
             try {
                 for (long b = firstBatch; b < batches && !closed; b++) {
                     Slot slot = free.take();
+                    slot.copied.await(); // the GPU has finished reading this host buffer
+                    slot.copied.close();
+                    slot.copied = Backend.Fence.DONE;
                     int rows = (int) Math.min(batchSize, order.length - b * batchSize);
                     for (int r = 0; r < rows; r++) {
                         long index = order[(int) (b * batchSize + r)];
-                        dataset.sample(index, slot.hostX(), r * per);
-                        slot.hostY().setAtIndex(JAVA_LONG, r, dataset.label(index));
+                        dataset.sample(index, slot.hostX, r * per);
+                        slot.hostY.setAtIndex(JAVA_LONG, r, dataset.label(index));
                     }
                     filled.put(new Filled(slot, rows, b * batchSize, null, false));
                 }
@@ -140,11 +156,11 @@ public final class DataLoader implements AutoCloseable {
         pending = null;
         Slot s = current.slot();
         if (!backend.name().equals("cpu")) {
-            backend.copyFromHost(s.hostX().asSlice(0, s.x().byteSize()), s.x());
-            backend.copyFromHost(s.hostY().asSlice(0, s.y().byteSize()), s.y());
+            backend.copyFromHostAsync(s.hostX, s.x).close();
+            s.copied = backend.copyFromHostAsync(s.hostY, s.y); // recorded after both copies
         }
         int rows = current.rows();
-        return new Batch(rows == batchSize ? s.x() : s.x().narrow0(0, rows), rows == batchSize ? s.y() : s.y().narrow0(0, rows), rows,
+        return new Batch(rows == batchSize ? s.x : s.x.narrow0(0, rows), rows == batchSize ? s.y : s.y.narrow0(0, rows), rows,
             current.firstPosition());
     }
 
@@ -186,6 +202,10 @@ public final class DataLoader implements AutoCloseable {
         if (closed) return;
         closed = true;
         stopLoader();
+        for (Slot s : slots) {
+            s.copied.await();
+            s.copied.close();
+        }
         arena.close();
     }
 
