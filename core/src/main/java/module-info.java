@@ -10,4 +10,5 @@ module org.distill4j.core {
     exports org.distill4j.core.io;
     exports org.distill4j.core.nn;
     exports org.distill4j.core.data;
+    exports org.distill4j.core.train;
 }

@@ -95,6 +95,12 @@ extern "C" __global__ void d4j_distill_rows(const float* __restrict__ s, const f
     }
     d = d4j_block_sum(d);
     if (div == 1 || div == 2) pg = d4j_block_sum(pg);
+    // The hard term reads s[y]; read it before the gradient pass can overwrite s (in place, unstaged).
+    if (threadIdx.x == 0) {
+        terms[2 * r] = alpha * temperature * temperature * d;
+        terms[2 * r + 1] = hardTerm ? (1.f - alpha) * -((sr[y] - ms) - lse1) : 0.f;
+    }
+    __syncthreads();
     if (grad) {
         const float norm = normalizer > 0.f ? normalizer : (float)counts[0];
         const float scale = 1.f / norm, kSoft = alpha * temperature;
@@ -117,10 +123,6 @@ extern "C" __global__ void d4j_distill_rows(const float* __restrict__ s, const f
             if (hardTerm) g += (1.f - alpha) * (expf(sv - ms - lse1) - (c == y ? 1.f : 0.f));
             grad[base + c] = g * scale;  // in place over s is safe: sv was read above (staged or not, same index)
         }
-    }
-    if (threadIdx.x == 0) {
-        terms[2 * r] = alpha * temperature * temperature * d;
-        terms[2 * r + 1] = hardTerm ? (1.f - alpha) * -((sr[y] - ms) - lse1) : 0.f;
     }
 }
 

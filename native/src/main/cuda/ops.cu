@@ -130,6 +130,7 @@ extern "C" __global__ void d4j_ce_rows(const float* __restrict__ x, const int64_
         float nllMean = -(sz / (float)classes - logS);
         rowLoss[r] = (1.f - eps) * nllTarget + eps * nllMean;
     }
+    __syncthreads();  // grad may be x itself (in place): x[base + y] is read above before anyone overwrites it
     if (grad) {
         float scale = 1.f / (float)counts[0];
         for (int64_t c = threadIdx.x; c < classes; c += blockDim.x) {
