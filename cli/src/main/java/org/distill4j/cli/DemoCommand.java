@@ -54,9 +54,9 @@ final class DemoCommand implements Callable<Integer> {
             ArrayDataset train = task.sample(6000, seed + 1, 0.25f), test = task.sample(4000, seed + 2, 0f);
             out.println("task: 10 classes x 4 Gaussian clusters in 48 dimensions, 6,000 training samples (25% of labels flipped), 4,000 clean test samples");
             TrainingConfig teacherCfg = new TrainingConfig(TrainingConfig.Optimizer.ADAMW, 1e-3f, 0f, false, 1e-4f, TrainingConfig.Schedule.COSINE, 0,
-                30, 128, seed, 30, 10);
+                30, 128, seed, 30, 10, 1, 0f);
             TrainingConfig studentCfg = new TrainingConfig(TrainingConfig.Optimizer.ADAMW, 3e-3f, 0f, false, 1e-4f, TrainingConfig.Schedule.COSINE, 0,
-                30, 128, seed + 5, 30, 10);
+                30, 128, seed + 5, 30, 10, 1, 0f);
             try (Model teacher = ModelSpec.parse("demo teacher", TEACHER).build(backend, seed);
                  Model baseline = ModelSpec.parse("demo student", STUDENT).build(backend, seed + 3);
                  Model student = ModelSpec.parse("demo student", STUDENT).build(backend, seed + 3)) {

@@ -36,21 +36,21 @@ class DemoCommandTest {
     void aTeacherWithAnotherClassCountIsRejectedBeforeTraining() {
         String five = "{\"input\": [48], \"layers\": [{\"type\": \"linear\", \"in\": 48, \"out\": 5}]}";
         String ten = "{\"input\": [48], \"layers\": [{\"type\": \"linear\", \"in\": 48, \"out\": 10}]}";
-        TrainingConfig cfg = new TrainingConfig(TrainingConfig.Optimizer.SGD, 0.1f, 0.9f, true, 0f, TrainingConfig.Schedule.CONSTANT, 0, 1, 32, 1, 1, 1);
+        TrainingConfig cfg = new TrainingConfig(TrainingConfig.Optimizer.SGD, 0.1f, 0.9f, true, 0f, TrainingConfig.Schedule.CONSTANT, 0, 1, 32, 1, 1, 1, 1, 0f);
         try (Model teacher = ModelSpec.parse("t.json", five).build(CpuBackend.get(), 1); Model student = ModelSpec.parse("s.json", ten).build(CpuBackend.get(), 2)) {
             IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
                 () -> Trainer.distillation(CpuBackend.get(), student, teacher, DistillationLoss.hinton(4f, 0.9f), cfg));
             assertTrue(e.getMessage().contains("teacher outputs [5] but the student outputs [10]"), e.getMessage());
         }
         org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
-            () -> new TrainingConfig(TrainingConfig.Optimizer.SGD, 0.1f, 0.9f, true, 0f, TrainingConfig.Schedule.CONSTANT, 0, 1, 0, 1, 1, 1));
+            () -> new TrainingConfig(TrainingConfig.Optimizer.SGD, 0.1f, 0.9f, true, 0f, TrainingConfig.Schedule.CONSTANT, 0, 1, 0, 1, 1, 1, 1, 0f));
     }
 
     @Test
     void supervisedTrainingLearnsAndDataThatDoesNotFitIsRejected() {
         Synthetic.Task task = Synthetic.task(3, 8, 3, 1, 3f, 0.5f);
         ArrayDataset train = task.sample(600, 4, 0f), test = task.sample(300, 5, 0f);
-        TrainingConfig cfg = new TrainingConfig(TrainingConfig.Optimizer.SGD, 0.05f, 0.9f, true, 0f, TrainingConfig.Schedule.COSINE, 5, 5, 32, 1, 1, 1);
+        TrainingConfig cfg = new TrainingConfig(TrainingConfig.Optimizer.SGD, 0.05f, 0.9f, true, 0f, TrainingConfig.Schedule.COSINE, 5, 5, 32, 1, 1, 1, 1, 0f);
         String spec = "{\"input\": [8], \"layers\": [{\"type\": \"linear\", \"in\": 8, \"out\": 16}, {\"type\": \"tanh\"}, {\"type\": \"linear\", \"in\": 16, \"out\": 3}]}";
         try (Model m = ModelSpec.parse("m.json", spec).build(CpuBackend.get(), 1)) {
             double before = Trainer.evaluate(CpuBackend.get(), m, test, 64)[1];

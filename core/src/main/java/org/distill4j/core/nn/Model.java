@@ -78,6 +78,25 @@ public final class Model implements AutoCloseable {
         syncBuffers(net);
     }
 
+    /**
+     * Loads every parameter and buffer from {@code st}, where each is stored under {@code prefix} +
+     * its state_dict name; other entries are ignored (a checkpoint also holds optimizer state).
+     */
+    public void loadFrom(Safetensors st, String prefix) {
+        List<String> problems = new ArrayList<>();
+        for (Parameter p : parameters) {
+            var e = st.entries().get(prefix + p.name());
+            if (e == null) problems.add("missing " + prefix + p.name());
+            else if (!e.dtype().equals(p.value().dtype().name()) || !Arrays.equals(e.shape(), p.value().shape())) {
+                problems.add(prefix + p.name() + " is " + e.dtype() + Arrays.toString(e.shape()) + ", the model needs " + p.value().dtype()
+                    + Arrays.toString(p.value().shape()));
+            }
+        }
+        if (!problems.isEmpty()) throw new IllegalArgumentException(st.file() + " does not match " + spec.source() + ": " + String.join("; ", problems));
+        for (Parameter p : parameters) st.copyInto(prefix + p.name(), p.value());
+        syncBuffers(net);
+    }
+
     private static void syncBuffers(Layer l) {
         if (l instanceof Layers.BatchNorm bn) bn.syncBatchesTracked();
         if (l instanceof Layers.Sequential s) s.layers().forEach(Model::syncBuffers);

@@ -101,7 +101,7 @@ public record ModelSpec(String source, long[] input, JsonNode layers) {
 
     /** Builds the model on {@code backend}, initialised as PyTorch would (Kaiming-uniform) from {@code seed}. */
     public Model build(Backend backend, long seed) {
-        long[] counter = {seed};
+        long[] counter = {seed, 0}; // [initialisation stream, layer position]
         Layers.Sequential net;
         try {
             net = sequential(backend, layers, "layers", counter);
@@ -132,6 +132,7 @@ public record ModelSpec(String source, long[] input, JsonNode layers) {
     private static Layer layer(Backend b, JsonNode l, String where, long[] counter) {
         String type = l.get("type").asText();
         long seed = counter[0]++ * 0x9E3779B97F4A7C15L + 17;
+        long position = counter[1]++; // dropout masks depend on the layer's position, not on the init seed
         return switch (type) {
             case "linear" -> new Layers.Linear(b, positive(l, "in", where), positive(l, "out", where), bool(l, "bias", true, where), seed);
             case "conv2d" -> new Layers.Conv2d(b, positive(l, "in", where), positive(l, "out", where), positive(l, "kernel", where),
@@ -150,7 +151,7 @@ public record ModelSpec(String source, long[] input, JsonNode layers) {
             case "dropout" -> {
                 double p = number(l, "p", 0.5, where);
                 if (!(p >= 0 && p < 1)) throw new IllegalArgumentException(where + " (dropout): \"p\" must be in [0, 1), got " + p);
-                yield new Layers.Dropout((float) p, seed);
+                yield new Layers.Dropout((float) p, position + 1);
             }
             case "maxpool2d", "avgpool2d" -> {
                 long k = positive(l, "kernel", where);

@@ -1,15 +1,23 @@
 package org.distill4j.core.train;
 
+import java.io.IOException;
+import java.io.UncheckedIOException;
 import java.lang.foreign.Arena;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.function.Consumer;
 import org.distill4j.core.Backend;
 import org.distill4j.core.DType;
 import org.distill4j.core.Optimizers;
+import org.distill4j.core.Reduction;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.data.DataLoader;
 import org.distill4j.core.data.Dataset;
+import org.distill4j.core.io.Safetensors;
 import org.distill4j.core.loss.DistillationLoss;
 import org.distill4j.core.nn.Layer;
 import org.distill4j.core.nn.Model;
@@ -18,12 +26,18 @@ import org.distill4j.core.nn.Parameter;
 /**
  * Trains a model with cross-entropy ({@link #supervised}) or distils it from a frozen teacher
  * ({@link #distillation}: the teacher runs in eval mode, forward only, keeping nothing; the student
- * learns from the fused distillation loss). One step: teacher forward, student forward, loss and
- * dL/dlogits in one call (in place over the logits), student backward, one fused optimizer update;
- * the loss is read back only every {@code logEvery} steps.
+ * learns from the fused distillation loss). One optimizer step: for each of {@code accumulation}
+ * micro-batches, teacher forward, student forward, loss and dL/dlogits in one call (in place over
+ * the logits, normalised by the rows of the whole group), student backward; then optional
+ * clipping by global norm and one fused optimizer update. The loss is read back every
+ * {@code logEvery} steps; nothing else synchronises (except clipping, which needs the norm).
+ *
+ * <p>Checkpoints hold the student's state_dict, the optimizer state and the position (epoch,
+ * micro-batch, step); dropout masks and the data order are functions of (seed, step) and (seed,
+ * epoch), so a resumed run continues bit-for-bit on the CPU.
  */
 public final class Trainer {
-    /** What one evaluation or log point reports. */
+    /** What one evaluation point reports. */
     public record Metrics(int epoch, long step, double trainLoss, double testLoss, double testAccuracy, float lr, double samplesPerSecond,
                           double seconds) {}
 
@@ -35,6 +49,7 @@ public final class Trainer {
     private final Model teacher;
     private final DistillationLoss kd;
     private final TrainingConfig config;
+    private long stopAfterSteps = Long.MAX_VALUE;
 
     private Trainer(Backend backend, Model student, Model teacher, DistillationLoss kd, TrainingConfig config) {
         this.backend = backend;
@@ -61,8 +76,18 @@ public final class Trainer {
         return new Trainer(backend, student, teacher, loss, config);
     }
 
-    /** Trains for the configured epochs; {@code onMetrics} sees every log and evaluation point. */
+    /** Stops after this many optimizer steps in total (as a crash would; for tests and --max-steps). */
+    public Trainer stopAfter(long steps) {
+        this.stopAfterSteps = steps;
+        return this;
+    }
+
     public Result fit(Dataset train, Dataset test, Consumer<Metrics> onMetrics) {
+        return fit(train, test, onMetrics, null);
+    }
+
+    /** Trains for the configured epochs; {@code onMetrics} sees every evaluation; {@code checkpoints} may be null. */
+    public Result fit(Dataset train, Dataset test, Consumer<Metrics> onMetrics, Checkpoints checkpoints) {
         check(train, "training");
         check(test, "test");
         List<Parameter> trainable = student.parameters().stream().filter(Parameter::trainable).toList();
@@ -73,45 +98,71 @@ public final class Trainer {
             if (config.optimizer() == TrainingConfig.Optimizer.ADAMW) state2.add(backend.zeros(DType.F32, p.shape()));
         }
         List<Metrics> history = new ArrayList<>();
-        long step = 0;
+        long step = 0, micro = 0, samples = 0, firstBatch = 0;
+        int firstEpoch = 0;
         long t0 = System.nanoTime();
-        long samples = 0;
         double lastLoss = Double.NaN, lastEvalLoss = Double.NaN, lastAccuracy = Double.NaN;
         try (DataLoader loader = new DataLoader(train, backend, config.batchSize(), true, config.seed(), false);
-             Tensor loss = backend.empty(DType.F32, 1)) {
-            long total = loader.batchesPerEpoch() * config.epochs();
-            for (int epoch = 0; epoch < config.epochs(); epoch++) {
-                loader.start(epoch, 0);
-                while (loader.hasNext()) {
-                    DataLoader.Batch batch = loader.next();
+             Tensor loss = backend.empty(DType.F32, 1); Tensor norm = backend.empty(DType.F32, 1)) {
+            if (checkpoints != null && checkpoints.resume()) {
+                var latest = checkpoints.latest();
+                if (latest.isPresent()) {
+                    long[] pos = restore(latest.get(), trainable, state1, state2);
+                    firstEpoch = (int) pos[0];
+                    firstBatch = pos[1];
+                    step = pos[2];
+                    micro = pos[3];
+                }
+            }
+            long perEpoch = loader.batchesPerEpoch();
+            long groupsPerEpoch = (perEpoch + config.accumulation() - 1) / config.accumulation();
+            long total = groupsPerEpoch * config.epochs();
+            for (int epoch = firstEpoch; epoch < config.epochs() && step < stopAfterSteps; epoch++) {
+                loader.start(epoch, epoch == firstEpoch ? firstBatch : 0);
+                long batchInEpoch = epoch == firstEpoch ? firstBatch : 0;
+                while (loader.hasNext() && step < stopAfterSteps) {
                     float lr = config.lrAt(step, total);
-                    try (Arena arena = Arena.ofShared()) {
-                        student.zeroGrad();
-                        Tensor logits = student.forward(new Layer.Pass(backend, arena, true, config.seed(), step), batch.x());
-                        if (teacher != null) {
-                            Tensor t = teacher.forward(new Layer.Pass(backend, arena, false, 0, 0), batch.x());
-                            backend.distillationLoss(logits, t, kd.alpha() < 1 ? batch.y() : null, kd, 0, loss, logits);
-                        } else {
-                            backend.crossEntropy(logits, batch.y(), -100, 0f, loss, logits);
+                    // One optimizer step over a group of micro-batches, normalised by the group's rows.
+                    long groupStart = batchInEpoch * config.batchSize();
+                    long groupRows = Math.min((long) config.batchSize() * config.accumulation(), train.size() - groupStart);
+                    student.zeroGrad();
+                    for (int k = 0; k < config.accumulation() && loader.hasNext(); k++) {
+                        DataLoader.Batch batch = loader.next();
+                        try (Arena arena = Arena.ofShared()) {
+                            Tensor logits = student.forward(new Layer.Pass(backend, arena, true, config.seed(), micro), batch.x());
+                            if (teacher != null) {
+                                Tensor t = teacher.forward(new Layer.Pass(backend, arena, false, 0, 0), batch.x());
+                                backend.distillationLoss(logits, t, kd.alpha() < 1 ? batch.y() : null, kd, groupRows, loss, logits);
+                            } else {
+                                backend.crossEntropy(logits, batch.y(), -100, 0f, loss, logits);
+                                if (batch.rows() != groupRows) backend.scale(batch.rows() / (float) groupRows, logits);
+                            }
+                            student.backward(new Layer.Pass(backend, arena, true, config.seed(), micro), logits);
                         }
-                        student.backward(new Layer.Pass(backend, arena, true, config.seed(), step), logits);
-                        if (config.optimizer() == TrainingConfig.Optimizer.SGD) {
-                            backend.sgdStep(new Optimizers.Sgd(lr, config.momentum(), 0f, config.nesterov(), config.weightDecay()), step + 1, params,
-                                grads, state1);
-                        } else {
-                            backend.adamwStep(new Optimizers.AdamW(lr, 0.9f, 0.999f, 1e-8f, config.weightDecay()), step + 1, params, grads, state1, state2);
-                        }
+                        samples += batch.rows();
+                        micro++;
+                        batchInEpoch++;
                     }
-                    samples += batch.rows();
+                    if (config.clipNorm() > 0) clip(grads, norm);
+                    if (config.optimizer() == TrainingConfig.Optimizer.SGD) {
+                        backend.sgdStep(new Optimizers.Sgd(lr, config.momentum(), 0f, config.nesterov(), config.weightDecay()), step + 1, params, grads,
+                            state1);
+                    } else {
+                        backend.adamwStep(new Optimizers.AdamW(lr, 0.9f, 0.999f, 1e-8f, config.weightDecay()), step + 1, params, grads, state1, state2);
+                    }
                     step++;
                     if (step % config.logEvery() == 0) {
                         lastLoss = loss.item();
                         if (!Double.isFinite(lastLoss)) {
-                            throw new IllegalStateException("the loss became " + lastLoss + " at step " + step + " (epoch " + (epoch + 1)
-                                + "); lower the learning rate");
+                            throw new IllegalStateException("the loss became " + lastLoss + " at step " + step + " (epoch " + (epoch + 1) + ")"
+                                + lastCheckpoint(checkpoints) + "; lower the learning rate");
                         }
                     }
+                    if (checkpoints != null && step % checkpoints.everySteps() == 0) {
+                        save(checkpoints, trainable, state1, state2, loader.hasNext() ? epoch : epoch + 1, loader.hasNext() ? batchInEpoch : 0, step, micro);
+                    }
                 }
+                if (step >= stopAfterSteps) break;
                 if ((epoch + 1) % config.evalEvery() == 0 || epoch + 1 == config.epochs()) {
                     double[] ev = evaluate(test);
                     lastEvalLoss = ev[0];
@@ -122,12 +173,73 @@ public final class Trainer {
                     onMetrics.accept(m);
                 }
             }
+            if (checkpoints != null && step < stopAfterSteps) save(checkpoints, trainable, state1, state2, config.epochs(), 0, step, micro);
+        } catch (IOException e) {
+            throw new UncheckedIOException("checkpoint: " + e.getMessage(), e);
         } finally {
             state1.forEach(Tensor::close);
             state2.forEach(Tensor::close);
         }
         double secs = (System.nanoTime() - t0) / 1e9;
         return new Result(lastAccuracy, lastEvalLoss, step, secs, samples / secs, history);
+    }
+
+    private static String lastCheckpoint(Checkpoints c) {
+        try {
+            return c == null ? "" : c.latest().map(p -> "; the last good checkpoint is " + p).orElse("; no checkpoint was written yet");
+        } catch (IOException e) {
+            return "";
+        }
+    }
+
+    /** Scales all gradients so that their global L2 norm is at most clipNorm (one host read). */
+    private void clip(List<Tensor> grads, Tensor norm) {
+        double sq = 0;
+        for (Tensor g : grads) {
+            try (Arena arena = Arena.ofShared()) {
+                Tensor g2 = backend.empty(arena, DType.F32, g.shape());
+                backend.mul(g, g, g2);
+                backend.reduceRows(Reduction.SUM, g2.view(1, g.numel()), norm);
+                sq += norm.item();
+            }
+        }
+        double n = Math.sqrt(sq);
+        if (n > config.clipNorm()) for (Tensor g : grads) backend.scale((float) (config.clipNorm() / (n + 1e-6)), g);
+    }
+
+    private void save(Checkpoints c, List<Parameter> trainable, List<Tensor> s1, List<Tensor> s2, long epoch, long batch, long step, long micro)
+        throws IOException {
+        Files.createDirectories(c.dir());
+        Map<String, Tensor> tensors = new LinkedHashMap<>();
+        for (Parameter p : student.parameters()) tensors.put("model." + p.name(), p.value());
+        for (int i = 0; i < trainable.size(); i++) {
+            tensors.put("optim.state1." + trainable.get(i).name(), s1.get(i));
+            if (!s2.isEmpty()) tensors.put("optim.state2." + trainable.get(i).name(), s2.get(i));
+        }
+        Safetensors.write(c.file(step), tensors, Map.of("epoch", Long.toString(epoch), "batch", Long.toString(batch), "step", Long.toString(step),
+            "micro", Long.toString(micro), "seed", Long.toString(config.seed()), "optimizer", config.optimizer().name()));
+        c.prune();
+    }
+
+    /** Loads a checkpoint; returns [epoch, batch, step, micro]. */
+    private long[] restore(Path file, List<Parameter> trainable, List<Tensor> s1, List<Tensor> s2) throws IOException {
+        try (Safetensors st = Safetensors.open(file)) {
+            Map<String, String> meta = st.metadata();
+            for (String k : List.of("epoch", "batch", "step", "micro", "seed", "optimizer")) {
+                if (!meta.containsKey(k)) throw new IllegalArgumentException(file + ": not a Distill4J checkpoint (metadata '" + k + "' is missing)");
+            }
+            if (Long.parseLong(meta.get("seed")) != config.seed() || !meta.get("optimizer").equals(config.optimizer().name())) {
+                throw new IllegalArgumentException(file + ": was written with seed " + meta.get("seed") + " and " + meta.get("optimizer")
+                    + "; this run uses seed " + config.seed() + " and " + config.optimizer());
+            }
+            student.loadFrom(st, "model.");
+            for (int i = 0; i < trainable.size(); i++) {
+                st.copyInto("optim.state1." + trainable.get(i).name(), s1.get(i));
+                if (!s2.isEmpty()) st.copyInto("optim.state2." + trainable.get(i).name(), s2.get(i));
+            }
+            return new long[] {Long.parseLong(meta.get("epoch")), Long.parseLong(meta.get("batch")), Long.parseLong(meta.get("step")),
+                Long.parseLong(meta.get("micro"))};
+        }
     }
 
     private void check(Dataset d, String what) {
