@@ -51,8 +51,18 @@ public record Checkpoints(Path dir, int everySteps, int keep, boolean resume) {
         return m.matches() ? Long.parseLong(m.group(1)) : -1;
     }
 
+    /** Keeps the newest {@code keep} checkpoints, and removes temporary files a killed run may have left. */
     void prune() throws IOException {
         List<Path> files = all();
         for (int i = 0; i < files.size() - keep; i++) Files.deleteIfExists(files.get(i));
+        try (Stream<Path> s = Files.list(dir)) {
+            for (Path p : s.toList()) {
+                String n = p.getFileName().toString();
+                if (n.startsWith(".checkpoint-") && n.endsWith(".tmp") && Files.getLastModifiedTime(p).toMillis() < START_MILLIS) Files.deleteIfExists(p);
+            }
+        }
     }
+
+    // Temporary files older than this process were left by a run that was killed while writing.
+    private static final long START_MILLIS = ProcessHandle.current().info().startInstant().map(java.time.Instant::toEpochMilli).orElse(0L);
 }
