@@ -33,6 +33,9 @@ final class DemoCommand implements Callable<Integer> {
     @Option(names = "--seed", defaultValue = "20261122", description = "seed of the task, the initialisation and the shuffling")
     long seed;
 
+    @Option(names = "--out", defaultValue = "distill-demo", paramLabel = "DIR", description = "metrics.jsonl and curves.png of each run go here (default: ${DEFAULT-VALUE})")
+    java.nio.file.Path out;
+
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
 
@@ -43,20 +46,21 @@ final class DemoCommand implements Callable<Integer> {
         + "{\"type\": \"linear\", \"in\": 64, \"out\": 10}]}";
 
     @Override
-    public Integer call() {
+    public Integer call() throws java.io.IOException {
         if (!device.equals("auto") && !device.equals("cpu") && !device.equals("cuda")) {
             throw new IllegalArgumentException("--device must be auto, cpu or cuda, got '" + device + "'");
         }
         PrintWriter out = spec.commandLine().getOut();
+        java.nio.file.Files.createDirectories(this.out);
         Backend backend = backend(out);
         try (backend) {
             Synthetic.Task task = Synthetic.task(seed, 48, 10, 4, 1.0f, 1.35f);
             ArrayDataset train = task.sample(6000, seed + 1, 0.25f), test = task.sample(4000, seed + 2, 0f);
             out.println("task: 10 classes x 4 Gaussian clusters in 48 dimensions, 6,000 training samples (25% of labels flipped), 4,000 clean test samples");
             TrainingConfig teacherCfg = new TrainingConfig(TrainingConfig.Optimizer.ADAMW, 1e-3f, 0f, false, 1e-4f, TrainingConfig.Schedule.COSINE, 0,
-                30, 128, seed, 30, 10, 1, 0f);
+                30, 128, seed, 3, 10, 1, 0f);
             TrainingConfig studentCfg = new TrainingConfig(TrainingConfig.Optimizer.ADAMW, 3e-3f, 0f, false, 1e-4f, TrainingConfig.Schedule.COSINE, 0,
-                30, 128, seed + 5, 30, 10, 1, 0f);
+                30, 128, seed + 5, 3, 10, 1, 0f);
             try (Model teacher = ModelSpec.parse("demo teacher", TEACHER).build(backend, seed);
                  Model baseline = ModelSpec.parse("demo student", STUDENT).build(backend, seed + 3);
                  Model student = ModelSpec.parse("demo student", STUDENT).build(backend, seed + 3)) {
@@ -64,6 +68,9 @@ final class DemoCommand implements Callable<Integer> {
                 Trainer.Result b = run(out, "student, no KD", () -> Trainer.supervised(backend, baseline, studentCfg).fit(train, test, m -> { }));
                 DistillationLoss kd = DistillationLoss.hinton(4f, 0.9f);
                 Trainer.Result k = run(out, "student, KD", () -> Trainer.distillation(backend, student, teacher, kd, studentCfg).fit(train, test, m -> { }));
+                record("teacher", t);
+                record("student-no-kd", b);
+                record("student-kd", k);
                 out.println();
                 out.printf("%-16s %10s %14s %10s %12s%n", "model", "parameters", "test accuracy", "time", "samples/s");
                 row(out, "teacher", teacher, t);
@@ -72,9 +79,23 @@ final class DemoCommand implements Callable<Integer> {
                 out.println();
                 out.printf("KD (T = 4, alpha = 0.9) moved the student from %.2f%% to %.2f%% test accuracy (%+.2f points) on %s.%n",
                     100 * b.testAccuracy(), 100 * k.testAccuracy(), 100 * (k.testAccuracy() - b.testAccuracy()), backend.name());
+                out.println("metrics.jsonl and curves.png of each run: " + this.out.toAbsolutePath());
             }
         }
         return 0;
+    }
+
+    /** DIR/NAME/metrics.jsonl and DIR/NAME/curves.png for one run. */
+    private void record(String name, Trainer.Result r) throws java.io.IOException {
+        java.nio.file.Path dir = out.resolve(name);
+        java.nio.file.Files.createDirectories(dir);
+        com.fasterxml.jackson.databind.ObjectMapper json = new com.fasterxml.jackson.databind.ObjectMapper();
+        StringBuilder lines = new StringBuilder();
+        for (Trainer.Metrics m : r.history()) lines.append(json.writeValueAsString(m)).append('\n');
+        java.nio.file.Path tmp = org.distill4j.core.io.AtomicFiles.temporaryFor(dir.resolve("metrics.jsonl"));
+        java.nio.file.Files.writeString(tmp, lines);
+        org.distill4j.core.io.AtomicFiles.publish(tmp, dir.resolve("metrics.jsonl"));
+        Curves.write(dir.resolve("curves.png"), "demo: " + name, r.history());
     }
 
     private Backend backend(PrintWriter out) {

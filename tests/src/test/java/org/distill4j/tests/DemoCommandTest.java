@@ -21,9 +21,12 @@ import org.junit.jupiter.api.Test;
 /** The demo a newcomer runs first: the KD student must beat the no-KD student clearly. */
 class DemoCommandTest {
     @Test
-    void theDistilledStudentBeatsTheBaselineByAClearMargin() {
+    void theDistilledStudentBeatsTheBaselineByAClearMargin() throws Exception {
         StringWriter out = new StringWriter(), err = new StringWriter();
-        int exit = Main.run(new String[] {"demo", "--device", "cpu"}, new PrintWriter(out, true), new PrintWriter(err, true));
+        java.nio.file.Path dir = java.nio.file.Files.createTempDirectory("demo");
+        int exit = Main.run(new String[] {"demo", "--device", "cpu", "--out", dir.toString()}, new PrintWriter(out, true), new PrintWriter(err, true));
+        assertTrue(java.nio.file.Files.size(dir.resolve("student-kd/curves.png")) > 1000, "curves PNG written");
+        assertEquals(10, java.nio.file.Files.readAllLines(dir.resolve("teacher/metrics.jsonl")).size(), "an evaluation every 3 of 30 epochs");
         assertEquals(0, exit, err.toString());
         Matcher m = Pattern.compile("from ([0-9.]+)% to ([0-9.]+)% test accuracy").matcher(out.toString());
         assertTrue(m.find(), out.toString());
