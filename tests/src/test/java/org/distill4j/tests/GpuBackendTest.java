@@ -11,7 +11,6 @@ import java.util.List;
 import java.util.Random;
 import org.distill4j.core.Activation;
 import org.distill4j.core.Backend;
-import org.distill4j.core.BackendUnavailableException;
 import org.distill4j.core.Conv2dParams;
 import org.distill4j.core.DType;
 import org.distill4j.core.Optimizers;
@@ -24,7 +23,6 @@ import org.distill4j.core.cuda.CudaBackend;
 import org.distill4j.core.cuda.DeviceOutOfMemoryException;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.AfterEach;
-import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
@@ -43,12 +41,7 @@ class GpuBackendTest {
 
     @BeforeAll
     static void open() {
-        try {
-            gpu = CudaBackend.create(0);
-        } catch (BackendUnavailableException e) {
-            System.out.println("GPU tests skipped: " + e.getMessage());
-            Assumptions.abort("GPU tests skipped: " + e.getMessage());
-        }
+        gpu = Gpus.openOrSkip();
     }
 
     @AfterAll

@@ -4,7 +4,6 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.util.Random;
-import org.distill4j.core.BackendUnavailableException;
 import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.cpu.CpuBackend;
@@ -12,7 +11,6 @@ import org.distill4j.core.cuda.CudaBackend;
 import org.distill4j.core.loss.DistillationLoss;
 import org.distill4j.core.loss.Divergence;
 import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
@@ -29,12 +27,7 @@ class GpuDistillationLossTest {
 
     @BeforeAll
     static void open() {
-        try {
-            gpu = CudaBackend.create(0);
-        } catch (BackendUnavailableException e) {
-            System.out.println("GPU tests skipped: " + e.getMessage());
-            Assumptions.abort("GPU tests skipped: " + e.getMessage());
-        }
+        gpu = Gpus.openOrSkip();
     }
 
     @AfterAll

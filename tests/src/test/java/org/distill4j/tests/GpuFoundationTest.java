@@ -9,13 +9,11 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.Random;
-import org.distill4j.core.BackendUnavailableException;
 import org.distill4j.core.cuda.CudaBackend;
 import org.distill4j.core.cuda.CudaGraph;
 import org.distill4j.core.cuda.DeviceBuffer;
 import org.distill4j.core.cuda.DeviceInfo;
 import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
@@ -33,12 +31,7 @@ class GpuFoundationTest {
 
     @BeforeAll
     static void open() {
-        try {
-            gpu = CudaBackend.create(0);
-        } catch (BackendUnavailableException e) {
-            System.out.println("GPU tests skipped: " + e.getMessage());
-            Assumptions.abort("GPU tests skipped: " + e.getMessage());
-        }
+        gpu = Gpus.openOrSkip();
         System.out.println("gpu: " + gpu.context().device());
     }
 

@@ -4,14 +4,12 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 
 import java.lang.foreign.Arena;
 import java.nio.file.Path;
-import org.distill4j.core.BackendUnavailableException;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.cuda.CudaBackend;
 import org.distill4j.core.io.Npy;
 import org.distill4j.core.nn.Layer;
 import org.distill4j.core.nn.Model;
 import org.distill4j.core.nn.ModelSpec;
-import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
@@ -20,14 +18,7 @@ import org.junit.jupiter.api.Test;
 class GpuModelTest {
     @Test
     void reproducesPyTorchLogitsOnTheGpu() throws Exception {
-        CudaBackend gpu;
-        try {
-            gpu = CudaBackend.create(0);
-        } catch (BackendUnavailableException e) {
-            System.out.println("GPU tests skipped: " + e.getMessage());
-            Assumptions.abort("GPU tests skipped: " + e.getMessage());
-            return;
-        }
+        CudaBackend gpu = Gpus.openOrSkip();
         Path dir = Path.of(System.getProperty("basedir", "tests")).resolve("../core/src/test/resources/fixtures/model").normalize();
         try (gpu; Model m = ModelSpec.read(dir.resolve("cnn.json")).build(gpu, 0); Arena arena = Arena.ofShared()) {
             gpu.setMathMode(CudaBackend.MathMode.STRICT_FP32);
