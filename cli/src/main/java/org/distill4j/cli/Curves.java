@@ -15,8 +15,18 @@ import org.knowm.xchart.style.markers.SeriesMarkers;
 final class Curves {
     private Curves() {}
 
-    static void write(Path png, String title, List<Trainer.Metrics> history) throws IOException {
-        if (history.isEmpty()) return;
+    /** Writes the PNG; returns false (and writes nothing) on a runtime without Java2D (a jlinked JRE without java.desktop). */
+    static boolean write(Path png, String title, List<Trainer.Metrics> history) throws IOException {
+        if (history.isEmpty()) return false;
+        try {
+            draw(png, title, history);
+            return true;
+        } catch (LinkageError noJava2d) {
+            return false;
+        }
+    }
+
+    private static void draw(Path png, String title, List<Trainer.Metrics> history) throws IOException {
         System.setProperty("java.awt.headless", "true");
         double[] epochs = history.stream().mapToDouble(Trainer.Metrics::epoch).toArray();
         XYChart chart = new XYChartBuilder().width(900).height(500).title(title).xAxisTitle("epoch").yAxisTitle("loss / accuracy").build();

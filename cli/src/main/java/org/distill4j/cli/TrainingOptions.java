@@ -114,14 +114,15 @@ final class TrainingOptions {
             }, checkpoints());
         }
         model.save(out.resolve("model.safetensors"));
-        Curves.write(out.resolve("curves.png"), out.getFileName().toString(), r.history());
+        boolean curves = Curves.write(out.resolve("curves.png"), out.getFileName().toString(), r.history());
         console.println();
         console.printf("%-6s %8s %12s %12s %14s%n", "epoch", "step", "train loss", "test loss", "test accuracy");
         for (Trainer.Metrics m : r.history()) {
             console.printf("%-6d %8d %12.4f %12.4f %13.2f%%%n", m.epoch(), m.step(), m.trainLoss(), m.testLoss(), 100 * m.testAccuracy());
         }
         console.printf("done: %d steps, test accuracy %.2f%%, %.1f s, %.0f samples/s; model in %s, metrics in %s, curves in %s%n", r.steps(),
-            100 * r.testAccuracy(), r.seconds(), r.samplesPerSecond(), out.resolve("model.safetensors"), metrics, out.resolve("curves.png"));
+            100 * r.testAccuracy(), r.seconds(), r.samplesPerSecond(), out.resolve("model.safetensors"), metrics,
+            curves ? out.resolve("curves.png") : "(none: this Java runtime has no java.desktop)");
         return r;
     }
 }

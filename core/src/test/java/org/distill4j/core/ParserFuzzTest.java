@@ -70,7 +70,7 @@ class ParserFuzzTest {
 
     @Test
     void safetensors() throws Exception {
-        byte[] good = Files.readAllBytes(Path.of(getClass().getResource("/fixtures/model/cnn.safetensors").toURI()));
+        byte[] good = Files.readAllBytes(TestFiles.resource("/fixtures/model/cnn.safetensors"));
         fuzz("st", good, 3000, f -> {
             try (Safetensors s = Safetensors.open(f)) {
                 for (var e : s.entries().values()) s.bytes(e).byteSize();
@@ -94,7 +94,7 @@ class ParserFuzzTest {
 
     @Test
     void modelSpecs() throws Exception {
-        byte[] good = Files.readAllBytes(Path.of(getClass().getResource("/fixtures/model/cnn.json").toURI()));
+        byte[] good = Files.readAllBytes(TestFiles.resource("/fixtures/model/cnn.json"));
         fuzz("spec.json", good, 3000, f -> {
             try (var m = ModelSpec.read(f).build(org.distill4j.core.cpu.CpuBackend.get(), 0)) {
                 m.parameterCount();

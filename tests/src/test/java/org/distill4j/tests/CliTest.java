@@ -62,6 +62,7 @@ class CliTest {
             ? Path.of(System.getProperty("basedir"), "..", "cli", "target").normalize().toAbsolutePath()
             : Path.of("cli", "target").toAbsolutePath();
         Assumptions.assumeTrue(Files.isDirectory(cliTarget.resolve("lib")), "cli/target/lib not built yet");
+        Assumptions.assumeTrue(ModuleLayer.boot().findModule("java.desktop").isPresent(), "this Java runtime has no java.desktop (the CLI module needs it)");
         List<String> modulePath = new ArrayList<>(), classPath = new ArrayList<>();
         try (Stream<Path> jars = Files.list(cliTarget)) {
             jars.filter(p -> p.getFileName().toString().matches("distill4j-cli-.*\\.jar")).forEach(p -> modulePath.add(p.toString()));

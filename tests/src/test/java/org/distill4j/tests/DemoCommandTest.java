@@ -25,7 +25,9 @@ class DemoCommandTest {
         StringWriter out = new StringWriter(), err = new StringWriter();
         java.nio.file.Path dir = java.nio.file.Files.createTempDirectory("demo");
         int exit = Main.run(new String[] {"demo", "--device", "cpu", "--out", dir.toString()}, new PrintWriter(out, true), new PrintWriter(err, true));
-        assertTrue(java.nio.file.Files.size(dir.resolve("student-kd/curves.png")) > 1000, "curves PNG written");
+        if (ModuleLayer.boot().findModule("java.desktop").isPresent()) {
+            assertTrue(java.nio.file.Files.size(dir.resolve("student-kd/curves.png")) > 1000, "curves PNG written");
+        }
         assertEquals(10, java.nio.file.Files.readAllLines(dir.resolve("teacher/metrics.jsonl")).size(), "an evaluation every 3 of 30 epochs");
         assertEquals(0, exit, err.toString());
         Matcher m = Pattern.compile("from ([0-9.]+)% to ([0-9.]+)% test accuracy").matcher(out.toString());

@@ -46,8 +46,8 @@ class KillTest {
         String data = "npy:" + tmp.resolve("x.npy") + "," + tmp.resolve("y.npy");
         Path out = tmp.resolve("run"), ckpt = out.resolve("checkpoints");
         List<String> cmd = new ArrayList<>(List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(), "--enable-native-access=ALL-UNNAMED",
-            "-cp", System.getProperty("java.class.path"), "org.distill4j.cli.Main", "train", "--model", spec.toString(), "--data", data, "--test-data", data,
-            "--epochs", "2", "--batch", "64", "--checkpoint-every", "1", "--keep", "3", "--out", out.toString(), "--resume"));
+            "-cp", classPath(), "org.distill4j.cli.Main", "train", "--model", spec.toString(), "--data", data, "--test-data", data,
+            "--epochs", "4", "--batch", "64", "--checkpoint-every", "1", "--keep", "3", "--out", out.toString(), "--resume"));
         Random r = new Random();
         int kills = 0;
         for (int round = 0; round < 8; round++) {
@@ -55,7 +55,10 @@ class KillTest {
             long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
             while (p.isAlive() && !hasCheckpoint(ckpt) && System.nanoTime() < deadline) Thread.sleep(20);
             Thread.sleep(50 + r.nextInt(400));
-            if (!p.isAlive()) break;
+            if (!p.isAlive()) {
+                assertEquals(0, p.exitValue(), Files.readString(tmp.resolve("log-" + round)));
+                break;
+            }
             p.destroyForcibly(); // SIGKILL on Linux
             assertTrue(p.waitFor(30, TimeUnit.SECONDS));
             kills++;
@@ -70,11 +73,22 @@ class KillTest {
         Process p = new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(tmp.resolve("log-final").toFile()).start();
         assertTrue(p.waitFor(300, TimeUnit.SECONDS));
         assertEquals(0, p.exitValue(), Files.readString(tmp.resolve("log-final")));
-        assertTrue(Files.readString(tmp.resolve("log-final")).contains("done: 126 steps"), Files.readString(tmp.resolve("log-final")));
+        assertTrue(Files.readString(tmp.resolve("log-final")).contains("done: 252 steps"), Files.readString(tmp.resolve("log-final")));
         assertTrue(Files.exists(out.resolve("model.safetensors")));
         try (var s = Files.list(ckpt)) {
             assertFalse(s.anyMatch(f -> f.getFileName().toString().endsWith(".tmp")), "stale temporary files are cleaned up");
         }
+    }
+
+    /** The class path the child needs: Maven's, or the console launcher's class loader URLs (GPU machine). */
+    private static String classPath() throws Exception {
+        String cp = System.getProperty("java.class.path");
+        if (org.distill4j.cli.Main.class.getClassLoader() instanceof java.net.URLClassLoader u) {
+            StringBuilder b = new StringBuilder();
+            for (java.net.URL url : u.getURLs()) b.append(Path.of(url.toURI())).append(java.io.File.pathSeparator);
+            cp = b + cp;
+        }
+        return cp;
     }
 
     private static boolean hasCheckpoint(Path dir) throws Exception {

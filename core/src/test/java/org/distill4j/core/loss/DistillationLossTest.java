@@ -42,7 +42,7 @@ class DistillationLossTest {
     // ---- PyTorch fixtures
 
     static Stream<Path> fixtures() throws URISyntaxException, java.io.IOException {
-        Path root = Path.of(DistillationLossTest.class.getResource("/fixtures/distill-loss").toURI());
+        Path root = org.distill4j.core.TestFiles.resource("/fixtures/distill-loss");
         List<Path> cases = new ArrayList<>();
         try (Stream<Path> s = Files.list(root)) {
             s.filter(Files::isDirectory).sorted().forEach(cases::add);

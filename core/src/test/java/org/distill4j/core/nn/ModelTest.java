@@ -26,7 +26,7 @@ class ModelTest {
     Path tmp;
 
     private static Path fixture(String name) throws Exception {
-        return Path.of(ModelTest.class.getResource("/fixtures/model/" + name).toURI());
+        return org.distill4j.core.TestFiles.resource("/fixtures/model/" + name);
     }
 
     private float[] predict(Model m, float[] input, long... shape) {
