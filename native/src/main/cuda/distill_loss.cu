@@ -163,3 +163,28 @@ extern "C" __global__ void d4j_scatter_topk(const int64_t* __restrict__ idx, con
         dense[r * cols + c] = val[i];
     }
 }
+
+// Several teachers: acc [rows, cols] accumulates log mean softmax(t_i / T) one teacher at a time in
+// log space (acc = logaddexp(acc, log softmax(t_i / T)); the first teacher initialises it). With
+// last != 0, the result T (acc - log k) is written to out (which may be acc). One block per row.
+extern "C" __global__ void d4j_teacher_accumulate(const float* __restrict__ t, float* acc, float* out, int64_t cols, float temperature,
+                                                  int first, int last, int teachers) {
+    const int64_t base = blockIdx.x * cols;
+    const float invT = 1.f / temperature;
+    float m = -INFINITY;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, t[base + c]);
+    m = d4j_block_max(m);
+    float s = 0.f;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) s += expf((t[base + c] - m) * invT);
+    s = d4j_block_sum(s);
+    const float lse = logf(s), logK = logf((float)teachers);
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = (t[base + c] - m) * invT - lse;
+        if (!first) {
+            float a = acc[base + c], hi = fmaxf(a, v);
+            v = hi == -INFINITY ? -INFINITY : hi + log1pf(expf(-fabsf(a - v)));
+        }
+        if (last) out[base + c] = temperature * (v - logK);
+        else acc[base + c] = v;
+    }
+}

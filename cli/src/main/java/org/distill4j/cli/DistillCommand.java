@@ -19,8 +19,10 @@ import picocli.CommandLine.Option;
     footer = {"", "Example:", "  distill distill --teacher teacher.json --teacher-weights runs/teacher/model.safetensors --student student.json \\",
         "      --temperature 4 --alpha 0.9 --data idx:TRAIN_IMAGES,TRAIN_LABELS --test-data idx:TEST_IMAGES,TEST_LABELS --out runs/student-kd"})
 final class DistillCommand implements Callable<Integer> {
-    @Option(names = "--teacher", required = true, paramLabel = "SPEC.json") Path teacher;
-    @Option(names = "--teacher-weights", required = true, paramLabel = "W.safetensors") Path teacherWeights;
+    @Option(names = "--teacher", required = true, paramLabel = "SPEC.json", description = "repeat for several teachers (their softened distributions are averaged)")
+    java.util.List<Path> teachers;
+    @Option(names = "--teacher-weights", required = true, paramLabel = "W.safetensors", description = "one per --teacher, in the same order")
+    java.util.List<Path> teacherWeights;
     @Option(names = "--student", required = true, paramLabel = "SPEC.json") Path student;
     @Option(names = "--divergence", defaultValue = "kl", paramLabel = "kl|reverse-kl|jsd|mse", description = "default: ${DEFAULT-VALUE}") String divergence;
     @Option(names = "--temperature", defaultValue = "4", description = "default: ${DEFAULT-VALUE}") float temperature;
@@ -33,12 +35,22 @@ final class DistillCommand implements Callable<Integer> {
     public Integer call() throws Exception {
         var cfg = options.config();
         DistillationLoss kd = new DistillationLoss(Divergence.parse(divergence), temperature, alpha, beta, -100);
-        ModelSpec ts = ModelSpec.read(teacher), ss = ModelSpec.read(student);
-        try (Dataset train = options.train(); Dataset test = options.test(); Backend b = options.backend(); Model t = ts.build(b, 0);
-             Model s = ss.build(b, cfg.seed())) {
-            Trainer trainer = Trainer.distillation(b, s, t, kd, cfg); // checks the teacher fits the student before anything loads
-            t.load(teacherWeights);
-            options.run(trainer, s, train, test, spec.commandLine().getOut());
+        if (teachers.size() != teacherWeights.size()) {
+            throw new IllegalArgumentException(teachers.size() + " --teacher but " + teacherWeights.size() + " --teacher-weights: give one weights file per teacher");
+        }
+        java.util.List<ModelSpec> specs = new java.util.ArrayList<>();
+        for (Path t : teachers) specs.add(ModelSpec.read(t));
+        ModelSpec ss = ModelSpec.read(student);
+        java.util.List<Model> built = new java.util.ArrayList<>();
+        try (Dataset train = options.train(); Dataset test = options.test(); Backend b = options.backend(); Model s = ss.build(b, cfg.seed())) {
+            try {
+                for (ModelSpec t : specs) built.add(t.build(b, 0));
+                Trainer trainer = Trainer.distillation(b, s, built, kd, cfg); // checks every teacher fits the student before anything loads
+                for (int i = 0; i < built.size(); i++) built.get(i).load(teacherWeights.get(i));
+                options.run(trainer, s, train, test, spec.commandLine().getOut());
+            } finally {
+                built.forEach(Model::close);
+            }
         }
         return 0;
     }

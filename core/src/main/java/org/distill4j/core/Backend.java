@@ -152,6 +152,13 @@ public interface Backend extends AutoCloseable {
     void distillationLoss(Tensor student, Tensor teacher, Tensor labels, org.distill4j.core.loss.DistillationLoss config, long normalizer,
                           Tensor loss, Tensor grad);
 
+    /**
+     * Several teachers as one: out = T log(mean_i softmax(t_i / T)) per row, so that
+     * softmax(out / T) is the average of the teachers' softened distributions (computed in log
+     * space). All tensors [N, C].
+     */
+    void averageTeachers(List<Tensor> teacherLogits, float temperature, Tensor out);
+
     /** dense[N, C] = -inf everywhere but dense[r, indices[r, j]] = values[r, j] (indices I64 [N, k], values F32 [N, k]). */
     void scatterTopK(Tensor indices, Tensor values, Tensor dense);
 

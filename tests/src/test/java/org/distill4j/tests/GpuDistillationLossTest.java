@@ -106,4 +106,21 @@ class GpuDistillationLossTest {
         System.arraycopy(b, 0, out, a.length, b.length);
         return out;
     }
+
+    @Test
+    void averagedTeachersMatchTheCpu() {
+        int rows = 64, cols = 5000;
+        float[][] t = new float[3][rows * cols];
+        for (float[] v : t) for (int i = 0; i < v.length; i++) v[i] = (float) (random.nextGaussian() * 4);
+        float[][] result = new float[2][];
+        int j = 0;
+        for (org.distill4j.core.Backend b : new org.distill4j.core.Backend[] {CpuBackend.get(), gpu}) {
+            try (Tensor a = b.fromArray(t[0], rows, cols); Tensor c = b.fromArray(t[1], rows, cols); Tensor d = b.fromArray(t[2], rows, cols);
+                 Tensor out = b.empty(DType.F32, rows, cols)) {
+                b.averageTeachers(java.util.List.of(a, c, d), 4f, out);
+                result[j++] = out.toFloatArray();
+            }
+        }
+        for (int i = 0; i < result[0].length; i++) assertEquals(result[0][i], result[1][i], 1e-4 * Math.max(1, Math.abs(result[0][i])), "element " + i);
+    }
 }

@@ -93,6 +93,8 @@ class TrainCommandTest {
                 "--out", out},
             {"distill", "--teacher", model.toString(), "--teacher-weights", "unused", "--student", model.toString(), "--temperature", "-1", "--data", train,
                 "--test-data", test, "--out", out},
+            {"distill", "--teacher", model.toString(), "--teacher", model.toString(), "--teacher-weights", "unused", "--student", model.toString(),
+                "--data", train, "--test-data", test, "--out", out},
         };
         for (String[] c : cases) {
             String[] r = run(c);

@@ -16,7 +16,7 @@ public final class OpKernels {
     private final int maxBlocks;
     private final MemorySegment biasAdd, biasGrad, activation, activationBackward, softmax, softmaxBackward, ceCount, ceRows, ceFinish,
         reduceRows, reduceCols, binary, argmax, correctCount, dropout, uniform, broadcastMeanGrad, sgd, adamw, nonFinite, distillRows,
-        distillFinish, fillNegInf, scatterTopK;
+        distillFinish, fillNegInf, scatterTopK, teacherAccumulate;
 
     public OpKernels(KernelModule module, int multiprocessors) {
         this.module = module;
@@ -45,6 +45,7 @@ public final class OpKernels {
         distillFinish = fn("d4j_distill_finish");
         fillNegInf = fn("d4j_fill_neg_inf");
         scatterTopK = fn("d4j_scatter_topk");
+        teacherAccumulate = fn("d4j_teacher_accumulate");
     }
 
     private MemorySegment fn(String name) {
@@ -209,5 +210,12 @@ public final class OpKernels {
         grid(fillNegInf, "d4j_fill_neg_inf", rows * cols, stream, a -> new LaunchArgs(a, 2).pointer(dense).i64(rows * cols));
         grid(scatterTopK, "d4j_scatter_topk", rows * k, stream,
             a -> new LaunchArgs(a, 7).pointer(indices).pointer(values).pointer(dense).i64(k).i64(cols).i64(rows * k).pointer(flag));
+    }
+
+    /** One teacher into the log-space average (d4j_teacher_accumulate); {@code out} is written on the last one. */
+    public void teacherAccumulate(MemorySegment t, MemorySegment acc, MemorySegment out, long rows, long cols, float temperature, boolean first,
+                                  boolean last, int teachers, MemorySegment stream) {
+        rows(teacherAccumulate, "d4j_teacher_accumulate", rows, stream,
+            a -> new LaunchArgs(a, 8).pointer(t).pointer(acc).pointer(out).i64(cols).f32(temperature).i32(first ? 1 : 0).i32(last ? 1 : 0).i32(teachers));
     }
 }

@@ -420,6 +420,36 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
+    public void averageTeachers(List<Tensor> teacherLogits, float temperature, Tensor out) {
+        String op = "averageTeachers";
+        if (teacherLogits.isEmpty()) throw new IllegalArgumentException(op + ": no teachers");
+        if (!(temperature > 0)) throw new IllegalArgumentException(op + ": temperature must be > 0, got " + temperature);
+        f32(op, out);
+        for (Tensor t : teacherLogits) {
+            f32(op, t);
+            Shapes.same(op, t, out);
+        }
+        long c = out.cols();
+        int k = teacherLogits.size();
+        MemorySegment os = out.data();
+        MemorySegment[] ts = teacherLogits.stream().map(Tensor::data).toArray(MemorySegment[]::new);
+        double invT = 1.0 / temperature, logK = Math.log(k);
+        parallel(out.rows(), c * k * 3, r -> {
+            long base = r * c;
+            double[] acc = new double[(int) c];
+            java.util.Arrays.fill(acc, Double.NEGATIVE_INFINITY);
+            for (MemorySegment t : ts) {
+                double max = Double.NEGATIVE_INFINITY, sum = 0;
+                for (long i = 0; i < c; i++) max = Math.max(max, f(t, base + i) * invT);
+                for (long i = 0; i < c; i++) sum += Math.exp(f(t, base + i) * invT - max);
+                double lse = max + Math.log(sum);
+                for (int i = 0; i < c; i++) acc[i] = CpuDistillationLoss.logAddExp(acc[i], f(t, base + i) * invT - lse);
+            }
+            for (int i = 0; i < c; i++) set(os, base + i, (float) (temperature * (acc[i] - logK)));
+        });
+    }
+
+    @Override
     public void scatterTopK(Tensor indices, Tensor values, Tensor dense) {
         LossChecks.topK(this, indices, values, dense);
         MemorySegment is = indices.data(), vs = values.data(), ds = dense.data();

@@ -390,6 +390,23 @@ public final class CudaBackend implements Backend {
     }
 
     @Override
+    public void averageTeachers(List<Tensor> teacherLogits, float temperature, Tensor out) {
+        String op = "averageTeachers";
+        if (teacherLogits.isEmpty()) throw new IllegalArgumentException(op + ": no teachers");
+        if (!(temperature > 0)) throw new IllegalArgumentException(op + ": temperature must be > 0, got " + temperature);
+        f32(op, out);
+        for (Tensor t : teacherLogits) {
+            f32(op, t);
+            Shapes.same(op, t, out);
+        }
+        int k = teacherLogits.size();
+        // out doubles as the accumulator: every teacher is read before out is written for it, row by row.
+        for (int i = 0; i < k; i++) {
+            ops.teacherAccumulate(teacherLogits.get(i).data(), out.data(), out.data(), out.rows(), out.cols(), temperature, i == 0, i == k - 1, k, s());
+        }
+    }
+
+    @Override
     public void scatterTopK(Tensor indices, Tensor values, Tensor dense) {
         LossChecks.topK(this, indices, values, dense);
         context.makeCurrent();

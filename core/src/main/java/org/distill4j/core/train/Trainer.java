@@ -46,34 +46,45 @@ public final class Trainer {
 
     private final Backend backend;
     private final Model student;
-    private final Model teacher;
+    private final List<Model> teachers;
     private final DistillationLoss kd;
     private final TrainingConfig config;
     private long stopAfterSteps = Long.MAX_VALUE;
 
-    private Trainer(Backend backend, Model student, Model teacher, DistillationLoss kd, TrainingConfig config) {
+    private Trainer(Backend backend, Model student, List<Model> teachers, DistillationLoss kd, TrainingConfig config) {
         this.backend = backend;
         this.student = student;
-        this.teacher = teacher;
+        this.teachers = teachers;
         this.kd = kd;
         this.config = config;
     }
 
     public static Trainer supervised(Backend backend, Model model, TrainingConfig config) {
-        return new Trainer(backend, model, null, null, config);
+        return new Trainer(backend, model, List.of(), null, config);
     }
 
     public static Trainer distillation(Backend backend, Model student, Model teacher, DistillationLoss loss, TrainingConfig config) {
-        long[] s = student.outputShape(), t = teacher.outputShape();
-        if (!java.util.Arrays.equals(s, t)) {
-            throw new IllegalArgumentException("teacher outputs " + java.util.Arrays.toString(t) + " but the student outputs " + java.util.Arrays.toString(s)
-                + ": the class counts must match");
+        return distillation(backend, student, List.of(teacher), loss, config);
+    }
+
+    /**
+     * Distillation from several frozen teachers: their softened distributions (at the loss's
+     * temperature) are averaged, and the student learns from the average.
+     */
+    public static Trainer distillation(Backend backend, Model student, List<Model> teachers, DistillationLoss loss, TrainingConfig config) {
+        if (teachers.isEmpty()) throw new IllegalArgumentException("distillation needs at least one teacher");
+        for (Model teacher : teachers) {
+            long[] s = student.outputShape(), t = teacher.outputShape();
+            if (!java.util.Arrays.equals(s, t)) {
+                throw new IllegalArgumentException("teacher " + teacher.spec().source() + " outputs " + java.util.Arrays.toString(t) + " but the student outputs "
+                    + java.util.Arrays.toString(s) + ": the class counts must match");
+            }
+            if (!java.util.Arrays.equals(student.inputShape(), teacher.inputShape())) {
+                throw new IllegalArgumentException("teacher " + teacher.spec().source() + " takes " + java.util.Arrays.toString(teacher.inputShape())
+                    + " but the student takes " + java.util.Arrays.toString(student.inputShape()));
+            }
         }
-        if (!java.util.Arrays.equals(student.inputShape(), teacher.inputShape())) {
-            throw new IllegalArgumentException("teacher takes " + java.util.Arrays.toString(teacher.inputShape()) + " but the student takes "
-                + java.util.Arrays.toString(student.inputShape()));
-        }
-        return new Trainer(backend, student, teacher, loss, config);
+        return new Trainer(backend, student, List.copyOf(teachers), loss, config);
     }
 
     /** Stops after this many optimizer steps in total (as a crash would; for tests and --max-steps). */
@@ -130,8 +141,8 @@ public final class Trainer {
                         DataLoader.Batch batch = loader.next();
                         try (Arena arena = Arena.ofShared()) {
                             Tensor logits = student.forward(new Layer.Pass(backend, arena, true, config.seed(), micro), batch.x());
-                            if (teacher != null) {
-                                Tensor t = teacher.forward(new Layer.Pass(backend, arena, false, 0, 0), batch.x());
+                            if (!teachers.isEmpty()) {
+                                Tensor t = teacherLogits(arena, batch.x());
                                 backend.distillationLoss(logits, t, kd.alpha() < 1 ? batch.y() : null, kd, groupRows, loss, logits);
                             } else {
                                 backend.crossEntropy(logits, batch.y(), -100, 0f, loss, logits);
@@ -182,6 +193,16 @@ public final class Trainer {
         }
         double secs = (System.nanoTime() - t0) / 1e9;
         return new Result(lastAccuracy, lastEvalLoss, step, secs, samples / secs, history);
+    }
+
+    /** The teacher's logits, or for several teachers the logits of their averaged softened distribution. */
+    private Tensor teacherLogits(Arena arena, Tensor x) {
+        if (teachers.size() == 1) return teachers.getFirst().forward(new Layer.Pass(backend, arena, false, 0, 0), x);
+        List<Tensor> all = new ArrayList<>();
+        for (Model t : teachers) all.add(t.forward(new Layer.Pass(backend, arena, false, 0, 0), x));
+        Tensor avg = backend.empty(arena, DType.F32, all.getFirst().shape());
+        backend.averageTeachers(all, kd.temperature(), avg);
+        return avg;
     }
 
     private static String lastCheckpoint(Checkpoints c) {

@@ -264,4 +264,31 @@ class DistillationLossTest {
         }
         assertFalse(Float.isNaN(run(s, t, null, 2, 3, DistillationLoss.hinton(2f, 1f), 0, null)));
     }
+
+    @Test
+    void averagedTeachersHaveTheMeanSoftenedDistribution() {
+        int rows = 5, cols = 37;
+        float t = 3f;
+        for (double scale : new double[] {2, 1e4}) {
+            float[] a = logits(rows * cols, scale), b = logits(rows * cols, scale), c = logits(rows * cols, scale);
+            try (Tensor ta = cpu.fromArray(a, rows, cols); Tensor tb = cpu.fromArray(b, rows, cols); Tensor tc = cpu.fromArray(c, rows, cols);
+                 Tensor out = cpu.empty(DType.F32, rows, cols)) {
+                cpu.averageTeachers(List.of(ta, tb, tc), t, out);
+                float[] o = out.toFloatArray();
+                for (int r = 0; r < rows; r++) {
+                    double[] la = logSoftmax(a, r, cols, t), lb = logSoftmax(b, r, cols, t), lc = logSoftmax(c, r, cols, t);
+                    float[] row = java.util.Arrays.copyOfRange(o, r * cols, (r + 1) * cols);
+                    double[] lo = logSoftmax(row, 0, cols, t);
+                    for (int i = 0; i < cols; i++) {
+                        double mean = (Math.exp(la[i]) + Math.exp(lb[i]) + Math.exp(lc[i])) / 3;
+                        assertEquals(mean, Math.exp(lo[i]), 1e-5 * Math.max(mean, 1e-3), "row " + r + " class " + i + " scale " + scale);
+                    }
+                }
+            }
+        }
+        try (Tensor one = cpu.fromArray(logits(6, 1), 2, 3); Tensor out = cpu.empty(DType.F32, 2, 3)) {
+            assertThrows(IllegalArgumentException.class, () -> cpu.averageTeachers(List.of(), 2f, out));
+            assertThrows(IllegalArgumentException.class, () -> cpu.averageTeachers(List.of(one), 0f, out));
+        }
+    }
 }

@@ -101,4 +101,16 @@ class TrainerTest {
             assertTrue(Math.sqrt(sq) <= 1e-3 * 1.0001, "one step of lr 1 moved the weights by " + Math.sqrt(sq) + " > the clip norm 1e-3");
         }
     }
+
+    @Test
+    void twoTeachersDistilTogether() {
+        try (Model t1 = ModelSpec.parse("t1", PLAIN).build(CpuBackend.get(), 1); Model t2 = ModelSpec.parse("t2", PLAIN).build(CpuBackend.get(), 2);
+             Model s = ModelSpec.parse("s", PLAIN).build(CpuBackend.get(), 3)) {
+            TrainingConfig cfg = config(TrainingConfig.Optimizer.ADAMW, 32, 1);
+            Trainer.supervised(CpuBackend.get(), t1, cfg).fit(train, test, x -> { });
+            Trainer.supervised(CpuBackend.get(), t2, cfg).fit(train, test, x -> { });
+            Trainer.Result r = Trainer.distillation(CpuBackend.get(), s, List.of(t1, t2), DistillationLoss.hinton(3f, 0.8f), cfg).fit(train, test, x -> { });
+            assertTrue(r.testAccuracy() > 0.6, "student of two teachers: " + r.testAccuracy());
+        }
+    }
 }
