@@ -45,7 +45,7 @@ class DemoCommandTest {
         try (Model teacher = ModelSpec.parse("t.json", five).build(CpuBackend.get(), 1); Model student = ModelSpec.parse("s.json", ten).build(CpuBackend.get(), 2)) {
             IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
                 () -> Trainer.distillation(CpuBackend.get(), student, teacher, DistillationLoss.hinton(4f, 0.9f), cfg));
-            assertTrue(e.getMessage().contains("teacher outputs [5] but the student outputs [10]"), e.getMessage());
+            assertTrue(e.getMessage().contains("teacher t.json outputs [5] but the student outputs [10]"), e.getMessage());
         }
         org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
             () -> new TrainingConfig(TrainingConfig.Optimizer.SGD, 0.1f, 0.9f, true, 0f, TrainingConfig.Schedule.CONSTANT, 0, 1, 0, 1, 1, 1, 1, 0f));
