@@ -88,10 +88,13 @@ final class TrainingOptions {
         ObjectMapper json = new ObjectMapper();
         Path metrics = out.resolve("metrics.jsonl");
         if (maxSteps != null) trainer.stopAfter(maxSteps);
+        ProgressLine bar = ProgressLine.forTerminal(console);
+        trainer.onStep(bar::update);
         Trainer.Result r;
         try (BufferedWriter w = Files.newBufferedWriter(metrics, java.nio.file.StandardOpenOption.CREATE, resume
             ? java.nio.file.StandardOpenOption.APPEND : java.nio.file.StandardOpenOption.TRUNCATE_EXISTING)) {
             r = trainer.fit(train, test, m -> {
+                bar.clear();
                 console.printf("epoch %d/%d  step %d  train loss %.4f  test loss %.4f  test accuracy %.2f%%  lr %.2e  %.0f samples/s  %.1f s%n", m.epoch(), epochs,
                     m.step(), m.trainLoss(), m.testLoss(), 100 * m.testAccuracy(), m.lr(), m.samplesPerSecond(), m.seconds());
                 console.flush();

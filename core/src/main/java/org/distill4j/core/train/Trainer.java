@@ -41,6 +41,10 @@ public final class Trainer {
     public record Metrics(int epoch, long step, double trainLoss, double testLoss, double testAccuracy, float lr, double samplesPerSecond,
                           double seconds) {}
 
+    /** Progress after an optimizer step (for progress bars); {@code loss} is the last value read back (NaN before the first). */
+    public record Progress(int epoch, int epochs, long stepInEpoch, long stepsPerEpoch, long step, long totalSteps, double loss, double samplesPerSecond,
+                           double seconds) {}
+
     /** The end of a run. */
     public record Result(double testAccuracy, double testLoss, long steps, double seconds, double samplesPerSecond, List<Metrics> history) {}
 
@@ -50,6 +54,7 @@ public final class Trainer {
     private final DistillationLoss kd;
     private final TrainingConfig config;
     private long stopAfterSteps = Long.MAX_VALUE;
+    private Consumer<Progress> onStep = p -> { };
 
     private Trainer(Backend backend, Model student, List<Model> teachers, DistillationLoss kd, TrainingConfig config) {
         this.backend = backend;
@@ -90,6 +95,12 @@ public final class Trainer {
     /** Stops after this many optimizer steps in total (as a crash would; for tests and --max-steps). */
     public Trainer stopAfter(long steps) {
         this.stopAfterSteps = steps;
+        return this;
+    }
+
+    /** Called after every optimizer step on the training thread; keep it cheap. */
+    public Trainer onStep(Consumer<Progress> listener) {
+        this.onStep = listener;
         return this;
     }
 
@@ -169,6 +180,9 @@ public final class Trainer {
                                 + lastCheckpoint(checkpoints) + "; lower the learning rate");
                         }
                     }
+                    double secsSoFar = (System.nanoTime() - t0) / 1e9;
+                    onStep.accept(new Progress(epoch + 1, config.epochs(), (batchInEpoch + config.accumulation() - 1) / config.accumulation(), groupsPerEpoch,
+                        step, total, lastLoss, samples / secsSoFar, secsSoFar));
                     if (checkpoints != null && step % checkpoints.everySteps() == 0) {
                         save(checkpoints, trainable, state1, state2, loader.hasNext() ? epoch : epoch + 1, loader.hasNext() ? batchInEpoch : 0, step, micro);
                     }
