@@ -421,14 +421,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void averageTeachers(List<Tensor> teacherLogits, float temperature, Tensor out) {
-        String op = "averageTeachers";
-        if (teacherLogits.isEmpty()) throw new IllegalArgumentException(op + ": no teachers");
-        if (!(temperature > 0)) throw new IllegalArgumentException(op + ": temperature must be > 0, got " + temperature);
-        f32(op, out);
-        for (Tensor t : teacherLogits) {
-            f32(op, t);
-            Shapes.same(op, t, out);
-        }
+        LossChecks.averageTeachers(this, teacherLogits, temperature, out);
         long c = out.cols();
         int k = teacherLogits.size();
         MemorySegment os = out.data();

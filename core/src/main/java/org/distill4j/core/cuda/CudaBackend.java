@@ -391,14 +391,8 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void averageTeachers(List<Tensor> teacherLogits, float temperature, Tensor out) {
-        String op = "averageTeachers";
-        if (teacherLogits.isEmpty()) throw new IllegalArgumentException(op + ": no teachers");
-        if (!(temperature > 0)) throw new IllegalArgumentException(op + ": temperature must be > 0, got " + temperature);
-        f32(op, out);
-        for (Tensor t : teacherLogits) {
-            f32(op, t);
-            Shapes.same(op, t, out);
-        }
+        LossChecks.averageTeachers(this, teacherLogits, temperature, out);
+        context.makeCurrent();
         int k = teacherLogits.size();
         // out doubles as the accumulator: every teacher is read before out is written for it, row by row.
         for (int i = 0; i < k; i++) {

@@ -44,4 +44,19 @@ public final class LossChecks {
             throw new IllegalArgumentException(op + ": " + indices.describe() + " top-k entries do not fit " + dense.describe());
         }
     }
+
+    public static void averageTeachers(Backend b, java.util.List<Tensor> teacherLogits, float temperature, Tensor out) {
+        String op = "averageTeachers";
+        if (teacherLogits.isEmpty()) throw new IllegalArgumentException(op + ": no teachers");
+        if (!(temperature > 0)) throw new IllegalArgumentException(op + ": temperature must be > 0, got " + temperature);
+        Shapes.alive(op, out);
+        Shapes.backend(op, b, out);
+        Shapes.dtype(op, DType.F32, out);
+        for (Tensor t : teacherLogits) {
+            Shapes.alive(op, t);
+            Shapes.backend(op, b, t);
+            Shapes.dtype(op, DType.F32, t);
+            Shapes.same(op, t, out);
+        }
+    }
 }
