@@ -16,6 +16,9 @@ import org.distill4j.core.loss.Divergence;
 final class CpuDistillationLoss {
     private CpuDistillationLoss() {}
 
+    /** Per-thread row scratch: exp((s - max)/T), exp((t - max)/T), exp(s - max). */
+    private static final ThreadLocal<double[][]> SCRATCH = ThreadLocal.withInitial(() -> new double[][] {new double[0], new double[0], new double[0]});
+
     /** Per-row results: weighted soft and hard terms before normalisation; counted = 0 or 1. */
     private record Row(double soft, double hard, int counted) {}
 
@@ -67,21 +70,30 @@ final class CpuDistillationLoss {
             maxB = Math.max(maxB, tv * invT);
             maxS = Math.max(maxS, sv);
         }
+        // The exponentials are kept per row (thread-local scratch): p, q and softmax(s) below are
+        // these divided by their sums, so each element costs three exps in all, not eight.
+        double[][] scratch = SCRATCH.get();
+        if (scratch[0].length < cols) {
+            scratch = new double[][] {new double[cols], new double[cols], new double[cols]};
+            SCRATCH.set(scratch);
+        }
+        double[] ea = scratch[0], eb = scratch[1], e1 = scratch[2];
         double sumA = 0, sumB = 0, sumS = 0;
         for (int c = 0; c < cols; c++) {
             double sv = s.getAtIndex(JAVA_FLOAT, base + c), tv = t.getAtIndex(JAVA_FLOAT, base + c);
-            sumA += Math.exp(sv * invT - maxA);
-            sumB += Math.exp(tv * invT - maxB);
-            sumS += Math.exp(sv - maxS);
+            sumA += ea[c] = Math.exp(sv * invT - maxA);
+            sumB += eb[c] = Math.exp(tv * invT - maxB);
+            if (hardTerm) sumS += e1[c] = Math.exp(sv - maxS);
         }
-        double lseA = maxA + Math.log(sumA), lseB = maxB + Math.log(sumB), lseS = maxS + Math.log(sumS);
+        double invSumA = 1 / sumA, invSumB = 1 / sumB, invSumS = hardTerm ? 1 / sumS : 0;
+        double lseA = maxA + Math.log(sumA), lseB = maxB + Math.log(sumB), lseS = hardTerm ? maxS + Math.log(sumS) : 0;
         double logOneMinusBeta = Math.log1p(-beta), logBeta = Math.log(beta);
         // Pass 2: the soft term, and for reverse KL / JSD the row constant sum_i p_i g_i of the gradient.
         double d = 0, pg = 0;
         for (int c = 0; c < cols; c++) {
             double sv = s.getAtIndex(JAVA_FLOAT, base + c), tv = t.getAtIndex(JAVA_FLOAT, base + c);
             double logP = sv * invT - lseA, logQ = tv * invT - lseB;
-            double p = Math.exp(logP), q = Math.exp(logQ);
+            double p = ea[c] * invSumA, q = eb[c] * invSumB;
             switch (div) {
                 case KL -> { if (q > 0) d += q * (logQ - logP); }
                 case REVERSE_KL -> {
@@ -109,7 +121,7 @@ final class CpuDistillationLoss {
             for (int c = 0; c < cols; c++) {
                 double sv = s.getAtIndex(JAVA_FLOAT, base + c), tv = t.getAtIndex(JAVA_FLOAT, base + c);
                 double logP = sv * invT - lseA, logQ = tv * invT - lseB;
-                double p = Math.exp(logP), q = Math.exp(logQ);
+                double p = ea[c] * invSumA, q = eb[c] * invSumB;
                 double dDda = switch (div) {
                     case KL -> p - q;
                     case REVERSE_KL -> p * ((logP - logQ) - pg);
@@ -117,7 +129,7 @@ final class CpuDistillationLoss {
                     case MSE -> 2 * (sv - tv) * invT / cols;
                 };
                 double g = kSoft * dDda;
-                if (hardTerm) g += (1 - alpha) * (Math.exp(sv - lseS) - (c == y ? 1 : 0));
+                if (hardTerm) g += (1 - alpha) * (e1[c] * invSumS - (c == y ? 1 : 0));
                 grad.setAtIndex(JAVA_FLOAT, base + c, (float) (g * scale));
             }
         }
