@@ -112,6 +112,14 @@ class HeaderConformanceTest {
         assertNotEquals(0, struct.exit(), "gcc accepted a CUmemLocation with shifted fields");
     }
 
+    /** CudaBackend reads all three cuDNN AlgoPerf arrays with one reader: their members must be identical. */
+    @Test
+    void theThreeCudnnAlgoPerfStructsShareOneLayout() {
+        var fwd = org.distill4j.bindings.cudnn.cudnn_h.cudnnConvolutionFwdAlgoPerf_t.LAYOUT.memberLayouts();
+        assertEquals(fwd, org.distill4j.bindings.cudnn.cudnn_h.cudnnConvolutionBwdDataAlgoPerf_t.LAYOUT.memberLayouts());
+        assertEquals(fwd, org.distill4j.bindings.cudnn.cudnn_h.cudnnConvolutionBwdFilterAlgoPerf_t.LAYOUT.memberLayouts());
+    }
+
     /** The Java side agrees with itself: every descriptor's layouts are its parameters' kinds' layouts. */
     @Test
     void descriptorsMatchTheDeclaredKinds() {

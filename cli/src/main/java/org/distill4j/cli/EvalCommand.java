@@ -7,8 +7,6 @@ import java.util.concurrent.Callable;
 import org.distill4j.core.Backend;
 import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
-import org.distill4j.core.cpu.CpuBackend;
-import org.distill4j.core.cuda.CudaBackend;
 import org.distill4j.core.data.DataLoader;
 import org.distill4j.core.data.DataSpec;
 import org.distill4j.core.data.Dataset;
@@ -37,13 +35,13 @@ final class EvalCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         if (batch < 1) throw new IllegalArgumentException("--batch must be >= 1, got " + batch);
-        if (!device.equals("cpu") && !device.equals("cuda")) throw new IllegalArgumentException("--device must be cpu or cuda, got '" + device + "'");
+        Devices.check(device);
         ModelSpec s = ModelSpec.read(model);
         try (Dataset d = DataSpec.open(data)) {
             if (!Arrays.equals(d.sampleShape(), s.input())) {
                 throw new IllegalArgumentException("data " + data + ": samples are " + Arrays.toString(d.sampleShape()) + ", the model takes " + Arrays.toString(s.input()));
             }
-            try (Backend b = device.equals("cuda") ? CudaBackend.create(0) : CpuBackend.get(); Model m = s.build(b, 0);
+            try (Backend b = Devices.open(device); Model m = s.build(b, 0);
                  DataLoader loader = new DataLoader(d, b, batch, false, 0, false); Tensor loss = b.empty(DType.F32, 1);
                  Tensor correct = b.zeros(DType.I64, 1)) {
                 m.load(weights);

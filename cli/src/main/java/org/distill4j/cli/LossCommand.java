@@ -8,8 +8,6 @@ import java.util.concurrent.Callable;
 import org.distill4j.core.Backend;
 import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
-import org.distill4j.core.cpu.CpuBackend;
-import org.distill4j.core.cuda.CudaBackend;
 import org.distill4j.core.io.Npy;
 import org.distill4j.core.loss.DistillationLoss;
 import org.distill4j.core.loss.Divergence;
@@ -67,7 +65,7 @@ final class LossCommand implements Callable<Integer> {
         if (alpha != null && labels == null) throw new IllegalArgumentException("--alpha needs --labels (without labels the loss is the soft term alone)");
         float a = alpha != null ? alpha : labels != null ? 0.9f : 1f;
         DistillationLoss cfg = new DistillationLoss(div, temperature, a, beta, ignoreIndex);
-        if (!device.equals("cpu") && !device.equals("cuda")) throw new IllegalArgumentException("--device must be cpu or cuda, got '" + device + "'");
+        Devices.check(device);
         Npy.Array s = logits(student, "--student"), t = logits(teacher, "--teacher");
         if (!Arrays.equals(s.shape(), t.shape())) {
             throw new IllegalArgumentException(teacher + ": shape " + Arrays.toString(t.shape()) + " does not match the student's " + Arrays.toString(s.shape()));
@@ -90,7 +88,7 @@ final class LossCommand implements Callable<Integer> {
                 }
             }
         }
-        try (Backend backend = device.equals("cuda") ? CudaBackend.create(0) : CpuBackend.get();
+        try (Backend backend = Devices.open(device);
              Tensor ts = backend.fromArray(s.toFloats(), rows, cols); Tensor tt = backend.fromArray(t.toFloats(), rows, cols);
              Tensor ty = y == null ? null : backend.empty(DType.I64, rows).copyFrom(y); Tensor loss = backend.empty(DType.F32, 3);
              Tensor grad = gradOut == null ? null : backend.empty(DType.F32, rows, cols)) {

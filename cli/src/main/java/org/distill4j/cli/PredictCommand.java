@@ -6,8 +6,6 @@ import java.util.Arrays;
 import java.util.concurrent.Callable;
 import org.distill4j.core.Backend;
 import org.distill4j.core.Tensor;
-import org.distill4j.core.cpu.CpuBackend;
-import org.distill4j.core.cuda.CudaBackend;
 import org.distill4j.core.io.Npy;
 import org.distill4j.core.nn.Layer;
 import org.distill4j.core.nn.Model;
@@ -46,7 +44,7 @@ final class PredictCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         if (batch < 1) throw new IllegalArgumentException("--batch must be >= 1, got " + batch);
-        if (!device.equals("cpu") && !device.equals("cuda")) throw new IllegalArgumentException("--device must be cpu or cuda, got '" + device + "'");
+        Devices.check(device);
         ModelSpec s = ModelSpec.read(model);
         Npy.Array x = Npy.read(input);
         if (x.type() != Npy.Type.F32) throw new IllegalArgumentException(input + ": inputs must be float32, got " + x.type().name().toLowerCase(java.util.Locale.ROOT));
@@ -56,7 +54,7 @@ final class PredictCommand implements Callable<Integer> {
         }
         float[] values = x.toFloats();
         long n = x.shape()[0], perRow = values.length / Math.max(1, n);
-        try (Backend b = device.equals("cuda") ? CudaBackend.create(0) : CpuBackend.get(); Model m = s.build(b, 0)) {
+        try (Backend b = Devices.open(device); Model m = s.build(b, 0)) {
             m.load(weights);
             long outPerRow = Tensor.numel(m.outputShape());
             float[] out = new float[(int) (n * outPerRow)];

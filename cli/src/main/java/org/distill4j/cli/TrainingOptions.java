@@ -11,8 +11,6 @@ import java.util.LinkedHashMap;
 import java.util.Locale;
 import java.util.Map;
 import org.distill4j.core.Backend;
-import org.distill4j.core.cpu.CpuBackend;
-import org.distill4j.core.cuda.CudaBackend;
 import org.distill4j.core.data.DataSpec;
 import org.distill4j.core.data.Dataset;
 import org.distill4j.core.nn.Model;
@@ -60,14 +58,14 @@ final class TrainingOptions {
             case "step" -> TrainingConfig.Schedule.STEP;
             default -> throw new IllegalArgumentException("--schedule must be constant, cosine or step, got '" + schedule + "'");
         };
-        if (!device.equals("cpu") && !device.equals("cuda")) throw new IllegalArgumentException("--device must be cpu or cuda, got '" + device + "'");
+        Devices.check(device);
         if (maxSteps != null && maxSteps < 1) throw new IllegalArgumentException("--max-steps must be >= 1, got " + maxSteps);
         return new TrainingConfig(opt, lr, opt == TrainingConfig.Optimizer.SGD ? momentum : 0f, nesterov, weightDecay, sched, warmup, epochs, batch, seed,
             1, 10, accumulation, clipNorm);
     }
 
     Backend backend() {
-        return device.equals("cuda") ? CudaBackend.create(0) : CpuBackend.get();
+        return Devices.open(device);
     }
 
     Dataset train() throws IOException {

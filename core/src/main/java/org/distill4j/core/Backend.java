@@ -18,6 +18,9 @@ public interface Backend extends AutoCloseable {
     /** "cpu" or "cuda:0". */
     String name();
 
+    /** True when tensor storage is ordinary host memory that Java can read and write (the CPU backend). */
+    boolean isHost();
+
     // ---- memory
 
     /** A tensor owning fresh memory (freed by {@link Tensor#close()}); contents undefined. */

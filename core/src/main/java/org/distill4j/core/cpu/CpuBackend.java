@@ -45,6 +45,11 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
+    public boolean isHost() {
+        return true;
+    }
+
+    @Override
     public String name() {
         return "cpu";
     }

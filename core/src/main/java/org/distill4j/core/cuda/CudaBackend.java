@@ -7,6 +7,7 @@ import static java.lang.foreign.ValueLayout.JAVA_LONG;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.StructLayout;
 import java.util.List;
 import org.distill4j.bindings.NativeLibraries;
 import org.distill4j.bindings.NativeLibraryException;
@@ -115,6 +116,11 @@ public final class CudaBackend implements Backend {
     public ElementwiseKernels elementwise() { return elementwise; }
 
     public MathMode mathMode() { return mathMode; }
+
+    @Override
+    public boolean isHost() {
+        return false;
+    }
 
     @Override
     public String name() { return "cuda:" + context.device().ordinal(); }
@@ -573,6 +579,30 @@ public final class CudaBackend implements Backend {
         return bytes > 0 ? context.allocate(arena, bytes).address() : MemorySegment.NULL;
     }
 
+    /** A cuDNN convolution algorithm and the workspace it needs, in bytes. */
+    private record Algorithm(int algo, long workspace) {}
+
+    /** Calls one of cuDNN's cudnnGet*Algorithm_v7 heuristics: fills {@code perf} with {@code requested} entries, ranked. */
+    private interface Heuristic { int rank(int requested, MemorySegment returned, MemorySegment perf); }
+
+    /**
+     * The best-ranked algorithm whose status is success. The three AlgoPerf structs (forward,
+     * backward data, backward filter) share one layout, which the ABI check asserts for each, so
+     * one reader serves all three.
+     */
+    private static Algorithm firstUsable(Descriptors d, StructLayout layout, int requested, String call, Heuristic heuristic, String noneMessage) {
+        MemorySegment perf = d.arena.allocate(layout, requested);
+        MemorySegment returned = d.arena.allocate(JAVA_INT);
+        CudnnException.check(heuristic.rank(requested, returned, perf), call);
+        long stride = layout.byteSize();
+        for (int i = 0; i < returned.get(JAVA_INT, 0); i++) {
+            MemorySegment q = perf.asSlice(i * stride, stride);
+            if (cudnn_h.cudnnConvolutionFwdAlgoPerf_t.status(q) != cudnn_h.CUDNN_STATUS_SUCCESS) continue;
+            return new Algorithm(cudnn_h.cudnnConvolutionFwdAlgoPerf_t.algo(q), cudnn_h.cudnnConvolutionFwdAlgoPerf_t.memory(q));
+        }
+        throw new IllegalStateException(noneMessage);
+    }
+
     @Override
     public void conv2d(Tensor x, Tensor w, Conv2dParams p, Tensor y) {
         f32("conv2d", x, w, y);
@@ -580,21 +610,11 @@ public final class CudaBackend implements Backend {
         try (Descriptors d = new Descriptors(); Arena ws = Arena.ofShared()) {
             MemorySegment xd = d.tensor(g.n(), g.c(), g.h(), g.w()), wd = d.filter(g.k(), g.c(), g.r(), g.s()), cd = d.convolution(p);
             MemorySegment yd = d.tensor(g.n(), g.k(), g.oh(), g.ow());
-            int count = cudnn_h.CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
-            MemorySegment perf = d.arena.allocate(cudnn_h.cudnnConvolutionFwdAlgoPerf_t.LAYOUT, count);
-            MemorySegment returned = d.arena.allocate(JAVA_INT);
-            CudnnException.check(cudnn_h.cudnnGetConvolutionForwardAlgorithm_v7(cudnn, xd, wd, cd, yd, count, returned, perf),
-                "cudnnGetConvolutionForwardAlgorithm_v7");
-            long stride = cudnn_h.cudnnConvolutionFwdAlgoPerf_t.LAYOUT.byteSize();
-            for (int i = 0; i < returned.get(JAVA_INT, 0); i++) {
-                MemorySegment q = perf.asSlice(i * stride, stride);
-                if (cudnn_h.cudnnConvolutionFwdAlgoPerf_t.status(q) != cudnn_h.CUDNN_STATUS_SUCCESS) continue;
-                long bytes = cudnn_h.cudnnConvolutionFwdAlgoPerf_t.memory(q);
-                CudnnException.check(cudnn_h.cudnnConvolutionForward(cudnn, d.f(1f), xd, x.data(), wd, w.data(), cd,
-                    cudnn_h.cudnnConvolutionFwdAlgoPerf_t.algo(q), workspace(ws, bytes), bytes, d.f(0f), yd, y.data()), "cudnnConvolutionForward");
-                return;
-            }
-            throw new IllegalStateException("conv2d: cuDNN offers no forward algorithm for x " + java.util.Arrays.toString(x.shape()));
+            Algorithm a = firstUsable(d, cudnn_h.cudnnConvolutionFwdAlgoPerf_t.LAYOUT, cudnn_h.CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+                "cudnnGetConvolutionForwardAlgorithm_v7", (n, r, perf) -> cudnn_h.cudnnGetConvolutionForwardAlgorithm_v7(cudnn, xd, wd, cd, yd, n, r, perf),
+                "conv2d: cuDNN offers no forward algorithm for x " + java.util.Arrays.toString(x.shape()));
+            CudnnException.check(cudnn_h.cudnnConvolutionForward(cudnn, d.f(1f), xd, x.data(), wd, w.data(), cd, a.algo(), workspace(ws, a.workspace()),
+                a.workspace(), d.f(0f), yd, y.data()), "cudnnConvolutionForward");
         }
     }
 
@@ -605,22 +625,12 @@ public final class CudaBackend implements Backend {
         try (Descriptors d = new Descriptors(); Arena ws = Arena.ofShared()) {
             MemorySegment dxd = d.tensor(g.n(), g.c(), g.h(), g.w()), wd = d.filter(g.k(), g.c(), g.r(), g.s()), cd = d.convolution(p);
             MemorySegment dyd = d.tensor(g.n(), g.k(), g.oh(), g.ow());
-            int count = cudnn_h.CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
-            MemorySegment perf = d.arena.allocate(cudnn_h.cudnnConvolutionBwdDataAlgoPerf_t.LAYOUT, count);
-            MemorySegment returned = d.arena.allocate(JAVA_INT);
-            CudnnException.check(cudnn_h.cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnn, wd, dyd, cd, dxd, count, returned, perf),
-                "cudnnGetConvolutionBackwardDataAlgorithm_v7");
-            long stride = cudnn_h.cudnnConvolutionBwdDataAlgoPerf_t.LAYOUT.byteSize();
-            for (int i = 0; i < returned.get(JAVA_INT, 0); i++) {
-                MemorySegment q = perf.asSlice(i * stride, stride);
-                if (cudnn_h.cudnnConvolutionBwdDataAlgoPerf_t.status(q) != cudnn_h.CUDNN_STATUS_SUCCESS) continue;
-                long bytes = cudnn_h.cudnnConvolutionBwdDataAlgoPerf_t.memory(q);
-                CudnnException.check(cudnn_h.cudnnConvolutionBackwardData(cudnn, d.f(1f), wd, w.data(), dyd, dy.data(), cd,
-                    cudnn_h.cudnnConvolutionBwdDataAlgoPerf_t.algo(q), workspace(ws, bytes), bytes, d.f(0f), dxd, dx.data()),
-                    "cudnnConvolutionBackwardData");
-                return;
-            }
-            throw new IllegalStateException("conv2dBackwardData: cuDNN offers no algorithm for dx " + java.util.Arrays.toString(dx.shape()));
+            Algorithm a = firstUsable(d, cudnn_h.cudnnConvolutionBwdDataAlgoPerf_t.LAYOUT, cudnn_h.CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
+                "cudnnGetConvolutionBackwardDataAlgorithm_v7",
+                (n, r, perf) -> cudnn_h.cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnn, wd, dyd, cd, dxd, n, r, perf),
+                "conv2dBackwardData: cuDNN offers no algorithm for dx " + java.util.Arrays.toString(dx.shape()));
+            CudnnException.check(cudnn_h.cudnnConvolutionBackwardData(cudnn, d.f(1f), wd, w.data(), dyd, dy.data(), cd, a.algo(),
+                workspace(ws, a.workspace()), a.workspace(), d.f(0f), dxd, dx.data()), "cudnnConvolutionBackwardData");
         }
     }
 
@@ -631,22 +641,12 @@ public final class CudaBackend implements Backend {
         try (Descriptors d = new Descriptors(); Arena ws = Arena.ofShared()) {
             MemorySegment xd = d.tensor(g.n(), g.c(), g.h(), g.w()), dwd = d.filter(g.k(), g.c(), g.r(), g.s()), cd = d.convolution(p);
             MemorySegment dyd = d.tensor(g.n(), g.k(), g.oh(), g.ow());
-            int count = cudnn_h.CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
-            MemorySegment perf = d.arena.allocate(cudnn_h.cudnnConvolutionBwdFilterAlgoPerf_t.LAYOUT, count);
-            MemorySegment returned = d.arena.allocate(JAVA_INT);
-            CudnnException.check(cudnn_h.cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnn, xd, dyd, cd, dwd, count, returned, perf),
-                "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
-            long stride = cudnn_h.cudnnConvolutionBwdFilterAlgoPerf_t.LAYOUT.byteSize();
-            for (int i = 0; i < returned.get(JAVA_INT, 0); i++) {
-                MemorySegment q = perf.asSlice(i * stride, stride);
-                if (cudnn_h.cudnnConvolutionBwdFilterAlgoPerf_t.status(q) != cudnn_h.CUDNN_STATUS_SUCCESS) continue;
-                long bytes = cudnn_h.cudnnConvolutionBwdFilterAlgoPerf_t.memory(q);
-                CudnnException.check(cudnn_h.cudnnConvolutionBackwardFilter(cudnn, d.f(1f), xd, x.data(), dyd, dy.data(), cd,
-                    cudnn_h.cudnnConvolutionBwdFilterAlgoPerf_t.algo(q), workspace(ws, bytes), bytes, d.f(accumulate ? 1f : 0f), dwd, dw.data()),
-                    "cudnnConvolutionBackwardFilter");
-                return;
-            }
-            throw new IllegalStateException("conv2dBackwardFilter: cuDNN offers no algorithm for dw " + java.util.Arrays.toString(dw.shape()));
+            Algorithm a = firstUsable(d, cudnn_h.cudnnConvolutionBwdFilterAlgoPerf_t.LAYOUT, cudnn_h.CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+                "cudnnGetConvolutionBackwardFilterAlgorithm_v7",
+                (n, r, perf) -> cudnn_h.cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnn, xd, dyd, cd, dwd, n, r, perf),
+                "conv2dBackwardFilter: cuDNN offers no algorithm for dw " + java.util.Arrays.toString(dw.shape()));
+            CudnnException.check(cudnn_h.cudnnConvolutionBackwardFilter(cudnn, d.f(1f), xd, x.data(), dyd, dy.data(), cd, a.algo(),
+                workspace(ws, a.workspace()), a.workspace(), d.f(accumulate ? 1f : 0f), dwd, dw.data()), "cudnnConvolutionBackwardFilter");
         }
     }
 

@@ -71,7 +71,7 @@ public final class DataLoader implements AutoCloseable {
         long[] xShape = new long[dataset.sampleShape().length + 1];
         xShape[0] = batchSize;
         System.arraycopy(dataset.sampleShape(), 0, xShape, 1, dataset.sampleShape().length);
-        boolean cpu = backend.name().equals("cpu");
+        boolean cpu = backend.isHost();
         // (slots are handed to the loader by start())
         for (int i = 0; i < 2; i++) {
             Tensor x = backend.empty(arena, DType.F32, xShape), y = backend.empty(arena, DType.I64, batchSize);
@@ -155,7 +155,7 @@ public final class DataLoader implements AutoCloseable {
         current = pending;
         pending = null;
         Slot s = current.slot();
-        if (!backend.name().equals("cpu")) {
+        if (!backend.isHost()) {
             backend.copyFromHostAsync(s.hostX, s.x).close();
             s.copied = backend.copyFromHostAsync(s.hostY, s.y); // recorded after both copies
         }
