@@ -231,8 +231,15 @@ extern "C" __global__ void d4j_broadcast_mean_grad(const float* __restrict__ dy,
 
 // ---- optimizers, one launch per parameter tensor
 // SGD: d = g + wd p; buf = first ? d : momentum buf + (1 - dampening) d; d = nesterov ? d + momentum buf : buf; p -= lr d.
+// With scalars != NULL, lr and first come from device memory (scalars[0] = lr, scalars[1] = first as
+// 0/1), so that a captured CUDA graph can be replayed with a new learning rate each step.
 extern "C" __global__ void d4j_sgd(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ buf, float lr,
-                                   float momentum, float dampening, int nesterov, float wd, int first, int64_t n) {
+                                   float momentum, float dampening, int nesterov, float wd, int first, int64_t n,
+                                   const float* __restrict__ scalars) {
+    if (scalars != nullptr) {
+        lr = scalars[0];
+        first = scalars[1] != 0.f;
+    }
     GRID_STRIDE(i, n) {
         float d = g[i] + wd * p[i];
         if (momentum != 0.f) {
@@ -245,8 +252,16 @@ extern "C" __global__ void d4j_sgd(float* __restrict__ p, const float* __restric
 }
 
 // AdamW: p *= decay; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr (m / bc1) / (sqrt(v / bc2) + eps).
+// With scalars != NULL, [lr, decay, bc1, bc2] come from device memory (see d4j_sgd).
 extern "C" __global__ void d4j_adamw(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v,
-                                     float lr, float b1, float b2, float eps, float decay, float bc1, float bc2, int64_t n) {
+                                     float lr, float b1, float b2, float eps, float decay, float bc1, float bc2, int64_t n,
+                                     const float* __restrict__ scalars) {
+    if (scalars != nullptr) {
+        lr = scalars[0];
+        decay = scalars[1];
+        bc1 = scalars[2];
+        bc2 = scalars[3];
+    }
     GRID_STRIDE(i, n) {
         float gi = g[i];
         float mi = b1 * m[i] + (1.f - b1) * gi;
@@ -254,6 +269,32 @@ extern "C" __global__ void d4j_adamw(float* __restrict__ p, const float* __restr
         m[i] = mi;
         v[i] = vi;
         p[i] = p[i] * decay - lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
+    }
+}
+
+// counter[0] += 1 (int64; batch norm's num_batches_tracked, kept on the device so a graph replay counts).
+extern "C" __global__ void d4j_increment_i64(int64_t* counter) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) counter[0] += 1;
+}
+
+// out[r, :] = table[idx[r], :] as float32, for r < rows; table is float32 (bf16 = 0) or bfloat16 (bf16 = 1).
+// A teacher-logit cache lookup; idx[r] outside [0, tableRows) writes NaN there (and sets flag[0] = 1 when
+// flag is not NULL), so a bad index cannot pass silently and nothing has to be read back.
+extern "C" __global__ void d4j_gather_rows(const void* __restrict__ table, int bf16, const int64_t* __restrict__ idx, float* __restrict__ out,
+                                           int64_t rows, int64_t cols, int64_t tableRows, int* __restrict__ flag) {
+    GRID_STRIDE(i, rows * cols) {
+        int64_t r = i / cols, c = i - r * cols, src = idx[r];
+        if (src < 0 || src >= tableRows) {
+            out[i] = __int_as_float(0x7fc00000);
+            if (flag != nullptr) flag[0] = 1;
+            continue;
+        }
+        if (bf16) {
+            uint32_t bits = (uint32_t)((const uint16_t*)table)[src * cols + c] << 16;
+            out[i] = __uint_as_float(bits);
+        } else {
+            out[i] = ((const float*)table)[src * cols + c];
+        }
     }
 }
 

@@ -8,6 +8,8 @@ import org.distill4j.core.loss.DistillationLoss;
 import org.distill4j.core.loss.Divergence;
 import org.distill4j.core.nn.Model;
 import org.distill4j.core.nn.ModelSpec;
+import org.distill4j.core.train.FeatureHint;
+import org.distill4j.core.train.TeacherCache;
 import org.distill4j.core.train.Trainer;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
@@ -28,6 +30,12 @@ final class DistillCommand implements Callable<Integer> {
     @Option(names = "--temperature", defaultValue = "4", description = "default: ${DEFAULT-VALUE}") float temperature;
     @Option(names = "--alpha", defaultValue = "0.9", description = "weight of the soft term (default: ${DEFAULT-VALUE})") float alpha;
     @Option(names = "--beta", defaultValue = "0.5", description = "JSD mixture weight (default: ${DEFAULT-VALUE})") float beta;
+    @Option(names = "--hint", paramLabel = "S:T[:W]",
+        description = "feature distillation: MSE between student layer S (through a learned linear or 1x1-conv adapter) and teacher layer T "
+            + "(0-based top-level layer indices), weight W (default 1)") String hint;
+    @Option(names = "--teacher-cache", paramLabel = "device|file:PATH",
+        description = "compute the teachers' logits once and look them up each step (for data without augmentation); a matching file is reused") String teacherCache;
+    @Option(names = "--teacher-cache-dtype", defaultValue = "f32", paramLabel = "f32|bf16", description = "default: ${DEFAULT-VALUE}") String teacherCacheDtype;
     @CommandLine.Mixin TrainingOptions options;
     @CommandLine.Spec CommandLine.Model.CommandSpec spec;
 
@@ -35,6 +43,11 @@ final class DistillCommand implements Callable<Integer> {
     public Integer call() throws Exception {
         var cfg = options.config();
         DistillationLoss kd = new DistillationLoss(Divergence.parse(divergence), temperature, alpha, beta, -100);
+        FeatureHint featureHint = hint == null ? null : FeatureHint.parse(hint);
+        TeacherCache.Options cache = teacherCache == null ? null : TeacherCache.Options.parse(teacherCache, teacherCacheDtype);
+        if (featureHint != null && cache != null) {
+            throw new IllegalArgumentException("--teacher-cache cannot be combined with --hint: the hint needs the teacher's features every step");
+        }
         if (teachers.size() != teacherWeights.size()) {
             throw new IllegalArgumentException(teachers.size() + " --teacher but " + teacherWeights.size() + " --teacher-weights: give one weights file per teacher");
         }
@@ -46,6 +59,8 @@ final class DistillCommand implements Callable<Integer> {
             try {
                 for (ModelSpec t : specs) built.add(t.build(b, 0));
                 Trainer trainer = Trainer.distillation(b, s, built, kd, cfg); // checks every teacher fits the student before anything loads
+                if (featureHint != null) trainer.withHint(featureHint);
+                if (cache != null) trainer.withTeacherCache(cache);
                 for (int i = 0; i < built.size(); i++) built.get(i).load(teacherWeights.get(i));
                 options.run(trainer, s, train, test, spec.commandLine().getOut());
             } finally {

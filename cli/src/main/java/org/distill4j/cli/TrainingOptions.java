@@ -45,6 +45,19 @@ final class TrainingOptions {
     @Option(names = "--resume", description = "continue from the newest checkpoint in DIR/checkpoints") boolean resume;
     @Option(names = "--max-steps", description = "stop after this many optimizer steps") Long maxSteps;
     @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda", description = "default: ${DEFAULT-VALUE}") String device;
+    @Option(names = "--graph", defaultValue = "auto", paramLabel = "auto|on|off",
+        description = "capture the training step as a CUDA graph and replay it (auto: on a GPU when the step allows it; default: ${DEFAULT-VALUE})") String graph;
+    @Option(names = "--skip-non-finite", description = "skip an optimizer step whose loss or gradient is NaN/Inf instead of stopping (one host sync per step)")
+    boolean skipNonFinite;
+
+    Trainer.GraphMode graphMode() {
+        return switch (graph.toLowerCase(Locale.ROOT)) {
+            case "auto" -> Trainer.GraphMode.AUTO;
+            case "on" -> Trainer.GraphMode.ON;
+            case "off" -> Trainer.GraphMode.OFF;
+            default -> throw new IllegalArgumentException("--graph must be auto, on or off, got '" + graph + "'");
+        };
+    }
 
     TrainingConfig config() {
         TrainingConfig.Optimizer opt = switch (optimizer.toLowerCase(Locale.ROOT)) {
@@ -59,6 +72,7 @@ final class TrainingOptions {
             default -> throw new IllegalArgumentException("--schedule must be constant, cosine or step, got '" + schedule + "'");
         };
         Devices.check(device);
+        graphMode();
         if (maxSteps != null && maxSteps < 1) throw new IllegalArgumentException("--max-steps must be >= 1, got " + maxSteps);
         return new TrainingConfig(opt, lr, opt == TrainingConfig.Optimizer.SGD ? momentum : 0f, nesterov, weightDecay, sched, warmup, epochs, batch, seed,
             1, 10, accumulation, clipNorm);
@@ -87,24 +101,30 @@ final class TrainingOptions {
         Path metrics = out.resolve("metrics.jsonl");
         if (maxSteps != null) trainer.stopAfter(maxSteps);
         ProgressLine bar = ProgressLine.forTerminal(console);
-        trainer.onStep(bar::update);
+        trainer.onStep(bar::update).graph(graphMode()).skipNonFinite(skipNonFinite).onNote(note -> {
+            console.println(note);
+            console.flush();
+        });
         Trainer.Result r;
         try (BufferedWriter w = Files.newBufferedWriter(metrics, java.nio.file.StandardOpenOption.CREATE, resume
             ? java.nio.file.StandardOpenOption.APPEND : java.nio.file.StandardOpenOption.TRUNCATE_EXISTING)) {
             r = trainer.fit(train, test, m -> {
                 bar.clear();
-                console.printf("epoch %d/%d  step %d  train loss %.4f  test loss %.4f  test accuracy %.2f%%  lr %.2e  %.0f samples/s  %.1f s%n", m.epoch(), epochs,
-                    m.step(), m.trainLoss(), m.testLoss(), 100 * m.testAccuracy(), m.lr(), m.samplesPerSecond(), m.seconds());
+                console.printf("epoch %d/%d  step %d  train loss %.4f%s  test loss %.4f  test accuracy %.2f%%  lr %.2e  %.0f samples/s  %.1f s%s%n", m.epoch(),
+                    epochs, m.step(), m.trainLoss(), Double.isNaN(m.hintLoss()) ? "" : String.format(Locale.ROOT, " (hint %.4f)", m.hintLoss()), m.testLoss(),
+                    100 * m.testAccuracy(), m.lr(), m.samplesPerSecond(), m.seconds(), m.skippedSteps() > 0 ? "  skipped " + m.skippedSteps() : "");
                 console.flush();
                 Map<String, Object> row = new LinkedHashMap<>();
                 row.put("epoch", m.epoch());
                 row.put("step", m.step());
                 row.put("train_loss", m.trainLoss());
+                if (!Double.isNaN(m.hintLoss())) row.put("hint_loss", m.hintLoss());
                 row.put("test_loss", m.testLoss());
                 row.put("test_accuracy", m.testAccuracy());
                 row.put("lr", m.lr());
                 row.put("samples_per_s", m.samplesPerSecond());
                 row.put("seconds", m.seconds());
+                row.put("skipped_steps", m.skippedSteps());
                 try {
                     w.write(json.writeValueAsString(row));
                     w.newLine();
@@ -121,8 +141,9 @@ final class TrainingOptions {
         for (Trainer.Metrics m : r.history()) {
             console.printf("%-6d %8d %12.4f %12.4f %13.2f%%%n", m.epoch(), m.step(), m.trainLoss(), m.testLoss(), 100 * m.testAccuracy());
         }
-        console.printf("done: %d steps, test accuracy %.2f%%, %.1f s, %.0f samples/s; model in %s, metrics in %s, curves in %s%n", r.steps(),
-            100 * r.testAccuracy(), r.seconds(), r.samplesPerSecond(), out.resolve("model.safetensors"), metrics,
+        console.printf("done: %d steps%s, test accuracy %.2f%%, %.1f s, %.0f samples/s; model in %s, metrics in %s, curves in %s%n", r.steps(),
+            r.skippedSteps() > 0 ? " (" + r.skippedSteps() + " skipped: non-finite)" : "", 100 * r.testAccuracy(), r.seconds(), r.samplesPerSecond(),
+            out.resolve("model.safetensors"), metrics,
             curves ? out.resolve("curves.png") : "(none: this Java runtime has no java.desktop)");
         return r;
     }

@@ -165,6 +165,17 @@ public interface Backend extends AutoCloseable {
     /** dense[N, C] = -inf everywhere but dense[r, indices[r, j]] = values[r, j] (indices I64 [N, k], values F32 [N, k]). */
     void scatterTopK(Tensor indices, Tensor values, Tensor dense);
 
+    /**
+     * out[r, :] = table[indices[r], :] as float32, for table F32 or BF16 [M, C], indices I64 [N],
+     * out F32 [N, C] (a teacher-logit cache lookup). An index outside [0, M): the CPU backend throws;
+     * the CUDA backend, which does not synchronise to check, writes a row of NaN (so the loss
+     * becomes NaN and the trainer stops with the step number).
+     */
+    void gatherRows(Tensor table, Tensor indices, Tensor out);
+
+    /** counter += 1 for an I64 scalar, on the device (batch norm's num_batches_tracked; a graph replay counts too). */
+    void incrementCounter(Tensor counter);
+
     // ---- reductions over a [rows, cols] view
 
     /** out[r] = reduce over the last dimension of x. */
@@ -253,6 +264,51 @@ public interface Backend extends AutoCloseable {
 
     /** One AdamW step (step counts from 1, for bias correction). */
     void adamwStep(Optimizers.AdamW config, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> m, List<Tensor> v);
+
+    /**
+     * One SGD step whose per-step values are read from the device: {@code scalars} F32 [4] holds
+     * {@link Optimizers.Sgd#scalars(long)} (the learning rate, config.lr() being ignored, and the
+     * first-step flag). What a captured step graph uses, so each replay can have its own rate.
+     */
+    void sgdStep(Optimizers.Sgd config, Tensor scalars, List<Tensor> params, List<Tensor> grads, List<Tensor> momentum);
+
+    /** One AdamW step whose per-step values are read from the device: {@code scalars} = {@link Optimizers.AdamW#scalars(long)}. */
+    void adamwStep(Optimizers.AdamW config, Tensor scalars, List<Tensor> params, List<Tensor> grads, List<Tensor> m, List<Tensor> v);
+
+    // ---- step graphs
+
+    /** Recorded device work, replayed as a whole (on CUDA a captured and instantiated CUDA graph). */
+    interface Graph extends AutoCloseable {
+        /** Enqueues the recorded work once more. */
+        void replay();
+
+        @Override
+        void close();
+    }
+
+    /**
+     * Records what {@code work} enqueues, without running it, for replay. Inside {@code work}
+     * nothing may read device memory back to the host or copy synchronously from the host; what
+     * changes between replays must be read from device memory (scalars, input buffers at fixed
+     * addresses). The CPU backend records {@code work} itself and replay runs it again, which is
+     * how the trainer's graph path is tested without a GPU.
+     */
+    default Graph capture(Runnable work) {
+        return new Graph() {
+            private boolean closed;
+
+            @Override
+            public void replay() {
+                if (closed) throw new IllegalStateException("step graph is closed");
+                work.run();
+            }
+
+            @Override
+            public void close() {
+                closed = true;
+            }
+        };
+    }
 
     // ---- checks
 

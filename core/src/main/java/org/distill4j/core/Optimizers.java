@@ -14,6 +14,12 @@ public final class Optimizers {
                 throw new IllegalArgumentException("SGD: Nesterov momentum requires momentum > 0 and dampening = 0");
             }
         }
+
+        /** The per-step values read from the device by Backend.sgdStep(config, scalars, ...): [lr, step == 1 ? 1 : 0, 0, 0]. */
+        public float[] scalars(long step) {
+            if (step < 1) throw new IllegalArgumentException("sgdStep: step counts from 1, got " + step);
+            return new float[] {lr, step == 1 ? 1f : 0f, 0f, 0f};
+        }
     }
 
     /**
@@ -23,6 +29,16 @@ public final class Optimizers {
     public record AdamW(float lr, float beta1, float beta2, float eps, float weightDecay) {
         public static AdamW defaults(float lr) {
             return new AdamW(lr, 0.9f, 0.999f, 1e-8f, 0.01f);
+        }
+
+        /**
+         * The per-step values read from the device by Backend.adamwStep(config, scalars, ...):
+         * [lr, 1 - lr * weightDecay, 1 - beta1^step, 1 - beta2^step], rounded to float once here so
+         * that every backend and every replay uses the same numbers.
+         */
+        public float[] scalars(long step) {
+            if (step < 1) throw new IllegalArgumentException("adamwStep: step counts from 1, got " + step);
+            return new float[] {lr, 1 - lr * weightDecay, (float) (1 - Math.pow(beta1, step)), (float) (1 - Math.pow(beta2, step))};
         }
     }
 }

@@ -292,6 +292,59 @@ class GpuBackendTest {
         assertTrue(gpu.hasNonFinite(p[1], g[1]));
     }
 
+    /** The optimizer variants that read lr and bias corrections from device memory (what a captured step uses). */
+    @Test
+    void optimizersWithDeviceScalars() {
+        Tensor[] p = pair(4099), g = pair(4099), m = empty(DType.F32, 4099), v = empty(DType.F32, 4099), buf = empty(DType.F32, 4099), sc = empty(DType.F32, 4);
+        Optimizers.Sgd sgd = new Optimizers.Sgd(0f, 0.9f, 0f, false, 0.01f);
+        Optimizers.AdamW adam = new Optimizers.AdamW(0f, 0.9f, 0.999f, 1e-8f, 0.01f);
+        for (int step = 1; step <= 3; step++) {
+            float lr = 0.05f / step;
+            for (int i = 0; i < 2; i++) {
+                Backend be = i == 0 ? cpu : gpu;
+                be.write(sc[i], new Optimizers.Sgd(lr, 0.9f, 0f, false, 0.01f).scalars(step));
+                be.sgdStep(sgd, sc[i], List.of(p[i]), List.of(g[i]), List.of(buf[i]));
+                be.write(sc[i], new Optimizers.AdamW(lr, 0.9f, 0.999f, 1e-8f, 0.01f).scalars(step));
+                be.adamwStep(adam, sc[i], List.of(p[i]), List.of(g[i]), List.of(m[i]), List.of(v[i]));
+            }
+        }
+        same(p, 1e-5, "parameters after scalar-driven sgd + adamw");
+        same(v, 1e-5, "adamw v");
+    }
+
+    @Test
+    void gatherRowsAndCounter() {
+        long rows = 37, cols = 1003;
+        Tensor[] table = pair(rows, cols);
+        long[] idx = new long[64];
+        for (int i = 0; i < idx.length; i++) idx[i] = random.nextInt((int) rows);
+        Tensor[] index = labels(idx), out = empty(DType.F32, idx.length, cols);
+        cpu.gatherRows(table[0], index[0], out[0]);
+        gpu.gatherRows(table[1], index[1], out[1]);
+        same(out, 0, "gatherRows f32");
+        // bf16 table: the same bits on both sides (rounded on the host), widened exactly.
+        float[] values = table[0].toFloatArray();
+        short[] bits = new short[values.length];
+        for (int i = 0; i < values.length; i++) bits[i] = (short) (Float.floatToRawIntBits(values[i]) >>> 16);
+        Tensor[] bf = empty(DType.BF16, rows, cols);
+        for (int i = 0; i < 2; i++) {
+            try (java.lang.foreign.Arena a = java.lang.foreign.Arena.ofConfined()) {
+                (i == 0 ? cpu : gpu).copyFromHost(a.allocateFrom(java.lang.foreign.ValueLayout.JAVA_SHORT, bits), bf[i]);
+            }
+        }
+        cpu.gatherRows(bf[0], index[0], out[0]);
+        gpu.gatherRows(bf[1], index[1], out[1]);
+        same(out, 0, "gatherRows bf16");
+        idx[5] = rows; // out of range: NaN row on the GPU (no synchronisation), an exception on the CPU
+        index[1].copyFrom(idx);
+        gpu.gatherRows(table[1], index[1], out[1]);
+        float[] got = out[1].toFloatArray();
+        assertTrue(Float.isNaN(got[(int) (5 * cols)]) && Float.isNaN(got[(int) (6 * cols - 1)]), "bad index gives a NaN row");
+        Tensor[] counter = empty(DType.I64);
+        for (int k = 0; k < 3; k++) gpu.incrementCounter(counter[1]);
+        assertEquals(3, counter[1].toLongArray()[0]);
+    }
+
     @Test
     void badUseIsAClearExceptionNeverACrash() {
         DeviceOutOfMemoryException oom = assertThrows(DeviceOutOfMemoryException.class, () -> gpu.empty(DType.F32, 1L << 40));

@@ -95,6 +95,15 @@ class TrainCommandTest {
                 "--test-data", test, "--out", out},
             {"distill", "--teacher", model.toString(), "--teacher", model.toString(), "--teacher-weights", "unused", "--student", model.toString(),
                 "--data", train, "--test-data", test, "--out", out},
+            {"distill", "--teacher", model.toString(), "--teacher-weights", "unused", "--student", model.toString(), "--hint", "1:7", "--data", train,
+                "--test-data", test, "--out", out},
+            {"distill", "--teacher", model.toString(), "--teacher-weights", "unused", "--student", model.toString(), "--hint", "one:two", "--data", train,
+                "--test-data", test, "--out", out},
+            {"distill", "--teacher", model.toString(), "--teacher-weights", "unused", "--student", model.toString(), "--teacher-cache", "disk", "--data", train,
+                "--test-data", test, "--out", out},
+            {"distill", "--teacher", model.toString(), "--teacher-weights", "unused", "--student", model.toString(), "--teacher-cache", "device",
+                "--teacher-cache-dtype", "f16", "--data", train, "--test-data", test, "--out", out},
+            {"train", "--model", model.toString(), "--data", train, "--test-data", test, "--graph", "sometimes", "--out", out},
         };
         for (String[] c : cases) {
             String[] r = run(c);
@@ -103,5 +112,37 @@ class TrainCommandTest {
             assertFalse(r[1].contains("epoch"), "no training started: " + r[1]);
         }
         assertFalse(Files.exists(tmp.resolve("o/model.safetensors")));
+    }
+
+    /** The distillation options of issue 6 end to end: a hint, a memory-mapped bf16 teacher cache (built, then reused), graph refusal, skipping. */
+    @Test
+    void hintCacheGraphAndSkipOptions() throws Exception {
+        String train = data("train", 300, 1), test = data("test", 100, 2);
+        Path teacher = spec("teacher", 8, 32, 3), student = spec("student", 8, 8, 3);
+        String[] t = run("train", "--model", teacher.toString(), "--data", train, "--test-data", test, "--epochs", "2", "--batch", "32",
+            "--out", tmp.resolve("t").toString());
+        assertEquals("0", t[0], t[2]);
+        String w = tmp.resolve("t/model.safetensors").toString();
+        String[] h = run("distill", "--teacher", teacher.toString(), "--teacher-weights", w, "--student", student.toString(), "--hint", "1:1:0.5",
+            "--data", train, "--test-data", test, "--epochs", "2", "--batch", "32", "--out", tmp.resolve("h").toString());
+        assertEquals("0", h[0], h[2]);
+        assertTrue(h[1].contains("(hint "), h[1]);
+        assertTrue(Files.readString(tmp.resolve("h/metrics.jsonl")).contains("\"hint_loss\""));
+        Path cache = tmp.resolve("cache/t.safetensors");
+        for (String expected : new String[] {"computed", "reused"}) {
+            String[] c = run("distill", "--teacher", teacher.toString(), "--teacher-weights", w, "--student", student.toString(), "--teacher-cache",
+                "file:" + cache, "--teacher-cache-dtype", "bf16", "--data", train, "--test-data", test, "--epochs", "2", "--batch", "32", "--out",
+                tmp.resolve("c").toString());
+            assertEquals("0", c[0], c[2]);
+            assertTrue(c[1].contains("teacher cache: file " + cache + " BF16") && c[1].contains(expected), c[1]);
+        }
+        String[] g = run("distill", "--teacher", teacher.toString(), "--teacher-weights", w, "--student", student.toString(), "--graph", "on",
+            "--data", train, "--test-data", test, "--epochs", "1", "--out", tmp.resolve("g").toString());
+        assertEquals("2", g[0]);
+        assertTrue(g[2].contains("--graph on is not possible here: the student has dropout"), g[2]);
+        String[] s = run("train", "--model", student.toString(), "--data", train, "--test-data", test, "--epochs", "1", "--skip-non-finite",
+            "--out", tmp.resolve("s").toString());
+        assertEquals("0", s[0], s[2]);
+        assertTrue(Files.readString(tmp.resolve("s/metrics.jsonl")).contains("\"skipped_steps\":0"));
     }
 }

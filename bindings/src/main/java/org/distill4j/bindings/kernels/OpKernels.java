@@ -16,7 +16,7 @@ public final class OpKernels {
     private final int maxBlocks;
     private final MemorySegment biasAdd, biasGrad, activation, activationBackward, softmax, softmaxBackward, ceCount, ceRows, ceFinish,
         reduceRows, reduceCols, binary, argmax, correctCount, dropout, uniform, broadcastMeanGrad, sgd, adamw, nonFinite, distillRows,
-        distillFinish, fillNegInf, scatterTopK, teacherAccumulate;
+        distillFinish, fillNegInf, scatterTopK, teacherAccumulate, incrementI64, gatherRows;
 
     public OpKernels(KernelModule module, int multiprocessors) {
         this.module = module;
@@ -46,6 +46,8 @@ public final class OpKernels {
         fillNegInf = fn("d4j_fill_neg_inf");
         scatterTopK = fn("d4j_scatter_topk");
         teacherAccumulate = fn("d4j_teacher_accumulate");
+        incrementI64 = fn("d4j_increment_i64");
+        gatherRows = fn("d4j_gather_rows");
     }
 
     private MemorySegment fn(String name) {
@@ -157,20 +159,40 @@ public final class OpKernels {
         grid(broadcastMeanGrad, "d4j_broadcast_mean_grad", n, s, a -> new LaunchArgs(a, 4).pointer(dy).pointer(dx).i64(hw).i64(n));
     }
 
-    /** buf may be NULL when momentum is 0. */
+    /**
+     * buf may be NULL when momentum is 0. scalars (device float[2]: lr, first) may be NULL; when
+     * given, it overrides lr and first (for CUDA-graph replay with a per-step learning rate).
+     */
     public void sgd(MemorySegment p, MemorySegment g, MemorySegment buf, float lr, float momentum, float dampening, boolean nesterov,
-                    float wd, boolean first, long n, MemorySegment s) {
+                    float wd, boolean first, long n, MemorySegment scalars, MemorySegment s) {
         grid(sgd, "d4j_sgd", n, s, a -> {
-            LaunchArgs la = new LaunchArgs(a, 10).pointer(p).pointer(g);
+            LaunchArgs la = new LaunchArgs(a, 11).pointer(p).pointer(g);
             la = buf.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(buf);
-            return la.f32(lr).f32(momentum).f32(dampening).i32(nesterov ? 1 : 0).f32(wd).i32(first ? 1 : 0).i64(n);
+            la = la.f32(lr).f32(momentum).f32(dampening).i32(nesterov ? 1 : 0).f32(wd).i32(first ? 1 : 0).i64(n);
+            return scalars.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(scalars);
         });
     }
 
+    /** scalars (device float[4]: lr, decay, bc1, bc2) may be NULL; when given it overrides those four. */
     public void adamw(MemorySegment p, MemorySegment g, MemorySegment m, MemorySegment v, float lr, float b1, float b2, float eps, float decay,
-                      float bc1, float bc2, long n, MemorySegment s) {
-        grid(adamw, "d4j_adamw", n, s,
-            a -> new LaunchArgs(a, 12).pointer(p).pointer(g).pointer(m).pointer(v).f32(lr).f32(b1).f32(b2).f32(eps).f32(decay).f32(bc1).f32(bc2).i64(n));
+                      float bc1, float bc2, long n, MemorySegment scalars, MemorySegment s) {
+        grid(adamw, "d4j_adamw", n, s, a -> {
+            LaunchArgs la = new LaunchArgs(a, 13).pointer(p).pointer(g).pointer(m).pointer(v).f32(lr).f32(b1).f32(b2).f32(eps).f32(decay).f32(bc1)
+                .f32(bc2).i64(n);
+            return scalars.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(scalars);
+        });
+    }
+
+    /** counter[0] += 1 on the device (int64). */
+    public void incrementI64(MemorySegment counter, MemorySegment s) {
+        launch(incrementI64, "d4j_increment_i64", 1, s, a -> new LaunchArgs(a, 1).pointer(counter));
+    }
+
+    /** out[r, :] = table[idx[r], :] as float32 (table float32 or bfloat16); a bad index sets flag[0]. */
+    public void gatherRows(MemorySegment table, boolean bf16, MemorySegment idx, MemorySegment out, long rows, long cols, long tableRows, MemorySegment flag,
+                           MemorySegment s) {
+        grid(gatherRows, "d4j_gather_rows", rows * cols, s,
+            a -> new LaunchArgs(a, 8).pointer(table).i32(bf16 ? 1 : 0).pointer(idx).pointer(out).i64(rows).i64(cols).i64(tableRows).pointer(flag));
     }
 
     public void nonFinite(MemorySegment x, long n, MemorySegment flag, MemorySegment s) {

@@ -2,6 +2,7 @@ package org.distill4j.core.cpu;
 
 import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
+import static java.lang.foreign.ValueLayout.JAVA_SHORT;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -460,6 +461,33 @@ public final class CpuBackend implements Backend {
         }
     }
 
+    @Override
+    public void gatherRows(Tensor table, Tensor indices, Tensor out) {
+        LossChecks.gatherRows(this, table, indices, out);
+        long cols = out.size(1), tableRows = table.size(0);
+        MemorySegment ts = table.data(), is = indices.data(), os = out.data();
+        boolean bf16 = table.dtype() == DType.BF16;
+        for (long r = 0; r < out.size(0); r++) {
+            long src = is.getAtIndex(JAVA_LONG, r);
+            if (src < 0 || src >= tableRows) {
+                throw new IllegalArgumentException("gatherRows: index " + src + " at position " + r + " is outside [0, " + tableRows + ")");
+            }
+        }
+        parallel(out.size(0), cols, r -> {
+            long src = is.getAtIndex(JAVA_LONG, r);
+            for (long c = 0; c < cols; c++) {
+                float value = bf16 ? Float.intBitsToFloat((ts.getAtIndex(JAVA_SHORT, src * cols + c) & 0xffff) << 16) : f(ts, src * cols + c);
+                set(os, r * cols + c, value);
+            }
+        });
+    }
+
+    @Override
+    public void incrementCounter(Tensor counter) {
+        if (counter.dtype() != DType.I64 || counter.numel() != 1) throw new IllegalArgumentException("incrementCounter: needs an I64 scalar, got " + counter.describe());
+        counter.data().set(JAVA_LONG, 0, counter.data().get(JAVA_LONG, 0) + 1);
+    }
+
     // ---- reductions
 
     @Override
@@ -844,6 +872,17 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void sgdStep(Optimizers.Sgd cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> momentum) {
+        if (step < 1) throw new IllegalArgumentException("sgdStep: step counts from 1, got " + step);
+        sgd(cfg, cfg.lr(), step == 1, params, grads, momentum);
+    }
+
+    @Override
+    public void sgdStep(Optimizers.Sgd cfg, Tensor scalars, List<Tensor> params, List<Tensor> grads, List<Tensor> momentum) {
+        float[] s = stepScalars("sgdStep", scalars);
+        sgd(cfg, s[0], s[1] != 0, params, grads, momentum);
+    }
+
+    private void sgd(Optimizers.Sgd cfg, float lr, boolean first, List<Tensor> params, List<Tensor> grads, List<Tensor> momentum) {
         boolean useMomentum = cfg.momentum() != 0;
         Shapes.optimizerState("sgdStep", this, params, useMomentum ? List.of(grads, momentum) : List.of(grads));
         for (int t = 0; t < params.size(); t++) {
@@ -851,11 +890,11 @@ public final class CpuBackend implements Backend {
             parallelIndex(params.get(t).numel(), i -> {
                 float d = f(g, i) + cfg.weightDecay() * f(p, i);
                 if (useMomentum) {
-                    float buf = step == 1 ? d : cfg.momentum() * f(m, i) + (1 - cfg.dampening()) * d;
+                    float buf = first ? d : cfg.momentum() * f(m, i) + (1 - cfg.dampening()) * d;
                     set(m, i, buf);
                     d = cfg.nesterov() ? d + cfg.momentum() * buf : buf;
                 }
-                set(p, i, f(p, i) - cfg.lr() * d);
+                set(p, i, f(p, i) - lr * d);
             });
         }
     }
@@ -863,9 +902,18 @@ public final class CpuBackend implements Backend {
     @Override
     public void adamwStep(Optimizers.AdamW cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> m, List<Tensor> v) {
         if (step < 1) throw new IllegalArgumentException("adamwStep: step counts from 1, got " + step);
+        adamw(cfg, cfg.lr(), 1 - cfg.lr() * cfg.weightDecay(), 1 - Math.pow(cfg.beta1(), step), 1 - Math.pow(cfg.beta2(), step), params, grads, m, v);
+    }
+
+    @Override
+    public void adamwStep(Optimizers.AdamW cfg, Tensor scalars, List<Tensor> params, List<Tensor> grads, List<Tensor> m, List<Tensor> v) {
+        float[] s = stepScalars("adamwStep", scalars);
+        adamw(cfg, s[0], s[1], s[2], s[3], params, grads, m, v);
+    }
+
+    private void adamw(Optimizers.AdamW cfg, float lr, float decay, double bc1, double bc2, List<Tensor> params, List<Tensor> grads, List<Tensor> m,
+                       List<Tensor> v) {
         Shapes.optimizerState("adamwStep", this, params, List.of(grads, m, v));
-        double bc1 = 1 - Math.pow(cfg.beta1(), step), bc2 = 1 - Math.pow(cfg.beta2(), step);
-        float decay = 1 - cfg.lr() * cfg.weightDecay();
         for (int t = 0; t < params.size(); t++) {
             MemorySegment p = params.get(t).data(), g = grads.get(t).data(), ms = m.get(t).data(), vs = v.get(t).data();
             parallelIndex(params.get(t).numel(), i -> {
@@ -875,9 +923,15 @@ public final class CpuBackend implements Backend {
                 set(ms, i, mi);
                 set(vs, i, vi);
                 double update = (mi / bc1) / (Math.sqrt(vi / bc2) + cfg.eps());
-                set(p, i, (float) (f(p, i) * decay - cfg.lr() * update));
+                set(p, i, (float) (f(p, i) * decay - lr * update));
             });
         }
+    }
+
+    private float[] stepScalars(String op, Tensor scalars) {
+        f32(op, scalars);
+        if (scalars.numel() != 4) throw new IllegalArgumentException(op + ": scalars must be F32 [4], got " + scalars.describe());
+        return read(scalars);
     }
 
     // ---- checks

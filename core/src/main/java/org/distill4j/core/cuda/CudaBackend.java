@@ -70,7 +70,14 @@ public final class CudaBackend implements Backend {
         this.elementwise = new ElementwiseKernels(module, context.device().multiprocessors());
         this.ops = new OpKernels(module, context.device().multiprocessors());
         this.flags = context.allocate(scratchArena, 16);
+        // cuBLAS gets a workspace of our own, so that no gemm allocates memory itself: required for
+        // gemms inside a captured CUDA graph (cuBLAS docs, "CUDA Graphs support"); 32 MiB as
+        // recommended for Hopper.
+        DeviceBuffer workspace = context.allocate(scratchArena, CUBLAS_WORKSPACE_BYTES);
+        CublasException.check(cublas_h.cublasSetWorkspace_v2(cublas, workspace.address(), CUBLAS_WORKSPACE_BYTES), "cublasSetWorkspace");
     }
+
+    private static final long CUBLAS_WORKSPACE_BYTES = 32L << 20;
 
     /**
      * Opens the CUDA backend on GPU {@code ordinal}.
@@ -421,6 +428,23 @@ public final class CudaBackend implements Backend {
         }
     }
 
+    @Override
+    public void gatherRows(Tensor table, Tensor indices, Tensor out) {
+        LossChecks.gatherRows(this, table, indices, out);
+        context.makeCurrent();
+        // No flag read-back: a bad index writes NaN (documented on Backend), so the step stays free
+        // of host synchronisation and capturable.
+        ops.gatherRows(table.data(), table.dtype() == DType.BF16, indices.data(), out.data(), out.size(0), out.size(1), table.size(0),
+            MemorySegment.NULL, s());
+    }
+
+    @Override
+    public void incrementCounter(Tensor counter) {
+        if (counter.dtype() != DType.I64 || counter.numel() != 1) throw new IllegalArgumentException("incrementCounter: needs an I64 scalar, got " + counter.describe());
+        context.makeCurrent();
+        ops.incrementI64(counter.data(), s());
+    }
+
     // ---- reductions
 
     @Override
@@ -763,26 +787,51 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void sgdStep(Optimizers.Sgd cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> momentum) {
+        if (step < 1) throw new IllegalArgumentException("sgdStep: step counts from 1, got " + step);
+        sgd(cfg, step == 1, MemorySegment.NULL, params, grads, momentum);
+    }
+
+    @Override
+    public void sgdStep(Optimizers.Sgd cfg, Tensor scalars, List<Tensor> params, List<Tensor> grads, List<Tensor> momentum) {
+        sgd(cfg, false, stepScalars("sgdStep", scalars), params, grads, momentum);
+    }
+
+    private void sgd(Optimizers.Sgd cfg, boolean first, MemorySegment scalars, List<Tensor> params, List<Tensor> grads, List<Tensor> momentum) {
         boolean useMomentum = cfg.momentum() != 0;
         Shapes.optimizerState("sgdStep", this, params, useMomentum ? List.of(grads, momentum) : List.of(grads));
         context.makeCurrent();
         for (int t = 0; t < params.size(); t++) {
             ops.sgd(params.get(t).data(), grads.get(t).data(), useMomentum ? momentum.get(t).data() : MemorySegment.NULL, cfg.lr(), cfg.momentum(),
-                cfg.dampening(), cfg.nesterov(), cfg.weightDecay(), step == 1, params.get(t).numel(), s());
+                cfg.dampening(), cfg.nesterov(), cfg.weightDecay(), first, params.get(t).numel(), scalars, s());
         }
     }
 
     @Override
     public void adamwStep(Optimizers.AdamW cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> m, List<Tensor> v) {
         if (step < 1) throw new IllegalArgumentException("adamwStep: step counts from 1, got " + step);
+        float bc1 = (float) (1 - Math.pow(cfg.beta1(), step)), bc2 = (float) (1 - Math.pow(cfg.beta2(), step));
+        adamw(cfg, 1 - cfg.lr() * cfg.weightDecay(), bc1, bc2, MemorySegment.NULL, params, grads, m, v);
+    }
+
+    @Override
+    public void adamwStep(Optimizers.AdamW cfg, Tensor scalars, List<Tensor> params, List<Tensor> grads, List<Tensor> m, List<Tensor> v) {
+        adamw(cfg, 0f, 1f, 1f, stepScalars("adamwStep", scalars), params, grads, m, v);
+    }
+
+    private void adamw(Optimizers.AdamW cfg, float decay, float bc1, float bc2, MemorySegment scalars, List<Tensor> params, List<Tensor> grads,
+                       List<Tensor> m, List<Tensor> v) {
         Shapes.optimizerState("adamwStep", this, params, List.of(grads, m, v));
         context.makeCurrent();
-        float bc1 = (float) (1 - Math.pow(cfg.beta1(), step)), bc2 = (float) (1 - Math.pow(cfg.beta2(), step));
-        float decay = 1 - cfg.lr() * cfg.weightDecay();
         for (int t = 0; t < params.size(); t++) {
             ops.adamw(params.get(t).data(), grads.get(t).data(), m.get(t).data(), v.get(t).data(), cfg.lr(), cfg.beta1(), cfg.beta2(), cfg.eps(),
-                decay, bc1, bc2, params.get(t).numel(), s());
+                decay, bc1, bc2, params.get(t).numel(), scalars, s());
         }
+    }
+
+    private MemorySegment stepScalars(String op, Tensor scalars) {
+        f32(op, scalars);
+        if (scalars.numel() != 4) throw new IllegalArgumentException(op + ": scalars must be F32 [4], got " + scalars.describe());
+        return scalars.data();
     }
 
     // ---- checks
@@ -803,6 +852,7 @@ public final class CudaBackend implements Backend {
      * Records everything {@code work} enqueues on this backend's stream into a CUDA graph instead of
      * running it, and instantiates the graph for replay with {@link CudaGraph#launch()}.
      */
+    @Override
     public CudaGraph capture(Runnable work) {
         return CudaGraph.capture(context, work);
     }

@@ -11,7 +11,7 @@ import java.lang.foreign.MemorySegment;
  * A captured and instantiated CUDA graph: a fixed sequence of kernels and copies replayed with one
  * cuGraphLaunch, so the host's per-step cost no longer grows with the number of ops.
  */
-public final class CudaGraph implements AutoCloseable {
+public final class CudaGraph implements org.distill4j.core.Backend.Graph {
     private final CudaContext context;
     private final MemorySegment graph;
     private final MemorySegment exec;
@@ -59,6 +59,11 @@ public final class CudaGraph implements AutoCloseable {
         if (closed) throw new IllegalStateException("CUDA graph is closed");
         context.makeCurrent();
         check(cuGraphLaunch(exec, context.stream()), "cuGraphLaunch");
+    }
+
+    @Override
+    public void replay() {
+        launch();
     }
 
     @Override

@@ -45,6 +45,23 @@ public final class LossChecks {
         }
     }
 
+    public static void gatherRows(Backend b, Tensor table, Tensor indices, Tensor out) {
+        String op = "gatherRows";
+        Shapes.alive(op, table, indices, out);
+        Shapes.backend(op, b, table, indices, out);
+        if (table.dtype() != DType.F32 && table.dtype() != DType.BF16) {
+            throw new IllegalArgumentException(op + ": the table must be F32 or BF16, got " + table.describe());
+        }
+        Shapes.dtype(op, DType.I64, indices);
+        Shapes.dtype(op, DType.F32, out);
+        Shapes.rank(op, table, 2);
+        Shapes.rank(op, indices, 1);
+        Shapes.rank(op, out, 2);
+        if (indices.size(0) != out.size(0) || table.size(1) != out.size(1)) {
+            throw new IllegalArgumentException(op + ": " + indices.describe() + " rows of " + table.describe() + " do not fit " + out.describe());
+        }
+    }
+
     public static void averageTeachers(Backend b, java.util.List<Tensor> teacherLogits, float temperature, Tensor out) {
         String op = "averageTeachers";
         if (teacherLogits.isEmpty()) throw new IllegalArgumentException(op + ": no teachers");

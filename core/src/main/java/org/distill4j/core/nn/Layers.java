@@ -127,7 +127,6 @@ public final class Layers {
         private final float eps, momentum;
         private final boolean twoD;
         private final Parameter weight, bias, runningMean, runningVar, batches;
-        private long batchesTracked;
         private Tensor x, saveMean, saveInvStd;
 
         public BatchNorm(Backend b, long features, float eps, float momentum, boolean twoD) {
@@ -158,11 +157,6 @@ public final class Layers {
             return List.of(weight, bias, runningMean, runningVar, batches);
         }
 
-        /** Called after loading weights: num_batches_tracked lives on the host between steps. */
-        void syncBatchesTracked() {
-            batchesTracked = batches.value().toLongArray()[0];
-        }
-
         @Override
         public Tensor forward(Pass p, Tensor x) {
             Backend b = p.backend();
@@ -171,7 +165,7 @@ public final class Layers {
                 saveMean = b.empty(p.arena(), DType.F32, features);
                 saveInvStd = b.empty(p.arena(), DType.F32, features);
                 b.batchNormTrain(x, weight.value(), bias.value(), runningMean.value(), runningVar.value(), momentum, eps, y, saveMean, saveInvStd);
-                batches.value().copyFrom(new long[] {++batchesTracked});
+                b.incrementCounter(batches.value()); // on the device: no host copy inside a step (graph capture)
                 this.x = x;
             } else {
                 b.batchNormEval(x, weight.value(), bias.value(), runningMean.value(), runningVar.value(), eps, y);
@@ -250,6 +244,8 @@ public final class Layers {
         }
 
         @Override public String kind() { return "dropout"; }
+
+        public float probability() { return probability; }
         @Override public long[] outputShape(long[] s) { return s.clone(); }
 
         @Override

@@ -51,6 +51,80 @@ public final class Model implements AutoCloseable {
         return net.backward(pass, dy);
     }
 
+    /** Number of top-level layers (the indices a feature hint names). */
+    public int layerCount() {
+        return net.layers().size();
+    }
+
+    /** Output shape (without the batch dimension) of top-level layer {@code layer}, 0-based. */
+    public long[] layerOutputShape(int layer) {
+        checkLayer(layer);
+        long[] shape = spec.input();
+        for (int i = 0; i <= layer; i++) shape = net.layers().get(i).outputShape(shape);
+        return shape;
+    }
+
+    /** The kind of top-level layer {@code layer} ("linear", "relu", ...). */
+    public String layerKind(int layer) {
+        checkLayer(layer);
+        return net.layers().get(layer).kind();
+    }
+
+    private void checkLayer(int layer) {
+        if (layer < 0 || layer >= net.layers().size()) {
+            throw new IllegalArgumentException("model " + spec.source() + " has layers 0.." + (net.layers().size() - 1) + ", not " + layer);
+        }
+    }
+
+    /**
+     * Forward that also hands back, in {@code tapped[0]}, the output of top-level layer {@code tap}
+     * (a tensor of the pass's arena; feature/hint distillation reads it).
+     */
+    public Tensor forward(Layer.Pass pass, Tensor x, int tap, Tensor[] tapped) {
+        checkLayer(tap);
+        Tensor h = forward(pass, x, 0, tap + 1);
+        tapped[0] = h;
+        return forward(pass, h, tap + 1, net.layers().size());
+    }
+
+    /**
+     * Backward where {@code dTapped}, an extra dL/d(output of top-level layer {@code tap}), joins
+     * the gradient flowing back from the layers after it (the hint term's gradient).
+     */
+    public Tensor backward(Layer.Pass pass, Tensor dy, int tap, Tensor dTapped) {
+        checkLayer(tap);
+        Tensor g = dy;
+        List<Layer> layers = net.layers();
+        for (int i = layers.size() - 1; i > tap; i--) g = layers.get(i).backward(pass, g);
+        if (!Arrays.equals(g.shape(), dTapped.shape())) {
+            throw new IllegalArgumentException("model " + spec.source() + ": the gradient for layer " + tap + " is " + Arrays.toString(dTapped.shape())
+                + ", its output is " + Arrays.toString(g.shape()));
+        }
+        Tensor sum = pass.backend().empty(pass.arena(), g.dtype(), g.shape());
+        pass.backend().add(g, dTapped, sum);
+        g = sum;
+        for (int i = tap; i >= 0; i--) g = layers.get(i).backward(pass, g);
+        return g;
+    }
+
+    private Tensor forward(Layer.Pass pass, Tensor x, int from, int to) {
+        Tensor h = x;
+        for (int i = from; i < to; i++) h = net.layers().get(i).forward(pass, h);
+        return h;
+    }
+
+    /** True when a dropout layer with p > 0 is anywhere in the model (its mask depends on the step: not replayable as a graph). */
+    public boolean hasDropout() {
+        return hasDropout(net);
+    }
+
+    private static boolean hasDropout(Layer l) {
+        if (l instanceof Layers.Dropout d) return d.probability() > 0;
+        if (l instanceof Layers.Sequential s) return s.layers().stream().anyMatch(Model::hasDropout);
+        if (l instanceof Layers.Residual r) return r.children().stream().anyMatch(Model::hasDropout);
+        return false;
+    }
+
     /**
      * Loads every parameter and buffer from a safetensors file (PyTorch's state_dict names and
      * layouts). Missing, unexpected and mis-shaped tensors are all listed in one error.
@@ -75,7 +149,6 @@ public final class Model implements AutoCloseable {
             }
             for (Parameter p : parameters) st.copyInto(p.name(), p.value());
         }
-        syncBuffers(net);
     }
 
     /**
@@ -94,13 +167,6 @@ public final class Model implements AutoCloseable {
         }
         if (!problems.isEmpty()) throw new IllegalArgumentException(st.file() + " does not match " + spec.source() + ": " + String.join("; ", problems));
         for (Parameter p : parameters) st.copyInto(prefix + p.name(), p.value());
-        syncBuffers(net);
-    }
-
-    private static void syncBuffers(Layer l) {
-        if (l instanceof Layers.BatchNorm bn) bn.syncBatchesTracked();
-        if (l instanceof Layers.Sequential s) s.layers().forEach(Model::syncBuffers);
-        if (l instanceof Layers.Residual r) r.children().forEach(Model::syncBuffers);
     }
 
     /** Saves every parameter and buffer as safetensors, loadable by PyTorch's load_state_dict(strict=True). */

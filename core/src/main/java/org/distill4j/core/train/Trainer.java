@@ -5,8 +5,11 @@ import java.io.UncheckedIOException;
 import java.lang.foreign.Arena;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.LinkedHashMap;
+import java.util.Locale;
 import java.util.List;
 import java.util.Map;
 import java.util.function.Consumer;
@@ -19,6 +22,7 @@ import org.distill4j.core.data.DataLoader;
 import org.distill4j.core.data.Dataset;
 import org.distill4j.core.io.Safetensors;
 import org.distill4j.core.loss.DistillationLoss;
+import org.distill4j.core.nn.HintAdapter;
 import org.distill4j.core.nn.Layer;
 import org.distill4j.core.nn.Model;
 import org.distill4j.core.nn.Parameter;
@@ -37,16 +41,25 @@ import org.distill4j.core.nn.Parameter;
  * epoch), so a resumed run continues bit-for-bit on the CPU.
  */
 public final class Trainer {
-    /** What one evaluation point reports. */
-    public record Metrics(int epoch, long step, double trainLoss, double testLoss, double testAccuracy, float lr, double samplesPerSecond,
-                          double seconds) {}
+    /**
+     * What one evaluation point reports. {@code trainLoss} is the last optimizer step's whole
+     * objective (distillation or cross-entropy, plus the hint term), {@code hintLoss} the hint
+     * term alone (NaN without a hint); {@code skippedSteps} counts steps dropped for a
+     * non-finite loss or gradient (with {@link #skipNonFinite}).
+     */
+    public record Metrics(int epoch, long step, double trainLoss, double hintLoss, double testLoss, double testAccuracy, float lr,
+                          double samplesPerSecond, double seconds, long skippedSteps) {}
 
     /** Progress after an optimizer step (for progress bars); {@code loss} is the last value read back (NaN before the first). */
     public record Progress(int epoch, int epochs, long stepInEpoch, long stepsPerEpoch, long step, long totalSteps, double loss, double samplesPerSecond,
                            double seconds) {}
 
-    /** The end of a run. */
-    public record Result(double testAccuracy, double testLoss, long steps, double seconds, double samplesPerSecond, List<Metrics> history) {}
+    /** The end of a run; {@code graphed} says whether steps were replayed from a captured graph, and why not when they were not. */
+    public record Result(double testAccuracy, double testLoss, long steps, double seconds, double samplesPerSecond, List<Metrics> history,
+                         long skippedSteps, String graphed) {}
+
+    /** Step graphs: ON captures the step once and replays it (an error when unsafe), OFF never, AUTO when safe and on a GPU. */
+    public enum GraphMode { AUTO, ON, OFF }
 
     private final Backend backend;
     private final Model student;
@@ -55,6 +68,11 @@ public final class Trainer {
     private final TrainingConfig config;
     private long stopAfterSteps = Long.MAX_VALUE;
     private Consumer<Progress> onStep = p -> { };
+    private FeatureHint hint;
+    private TeacherCache.Options cacheOptions;
+    private boolean skipNonFinite;
+    private GraphMode graphMode = GraphMode.AUTO;
+    private Consumer<String> onNote = s -> { };
 
     private Trainer(Backend backend, Model student, List<Model> teachers, DistillationLoss kd, TrainingConfig config) {
         this.backend = backend;
@@ -80,16 +98,63 @@ public final class Trainer {
         if (teachers.isEmpty()) throw new IllegalArgumentException("distillation needs at least one teacher");
         for (Model teacher : teachers) {
             long[] s = student.outputShape(), t = teacher.outputShape();
-            if (!java.util.Arrays.equals(s, t)) {
-                throw new IllegalArgumentException("teacher " + teacher.spec().source() + " outputs " + java.util.Arrays.toString(t) + " but the student outputs "
-                    + java.util.Arrays.toString(s) + ": the class counts must match");
+            if (!Arrays.equals(s, t)) {
+                throw new IllegalArgumentException("teacher " + teacher.spec().source() + " outputs " + Arrays.toString(t) + " but the student outputs "
+                    + Arrays.toString(s) + ": the class counts must match");
             }
-            if (!java.util.Arrays.equals(student.inputShape(), teacher.inputShape())) {
-                throw new IllegalArgumentException("teacher " + teacher.spec().source() + " takes " + java.util.Arrays.toString(teacher.inputShape())
-                    + " but the student takes " + java.util.Arrays.toString(student.inputShape()));
+            if (!Arrays.equals(student.inputShape(), teacher.inputShape())) {
+                throw new IllegalArgumentException("teacher " + teacher.spec().source() + " takes " + Arrays.toString(teacher.inputShape())
+                    + " but the student takes " + Arrays.toString(student.inputShape()));
             }
         }
         return new Trainer(backend, student, List.copyOf(teachers), loss, config);
+    }
+
+    /**
+     * Adds feature (hint) distillation between a student layer and a layer of the first teacher;
+     * checks the layer indices and that an adapter can map one shape to the other.
+     */
+    public Trainer withHint(FeatureHint hint) {
+        if (teachers.isEmpty()) throw new IllegalArgumentException("a feature hint needs a teacher (distillation, not supervised training)");
+        if (cacheOptions != null) throw new IllegalArgumentException("a teacher-logit cache cannot be combined with a feature hint: the hint needs the teacher's features every step");
+        Model teacher = teachers.getFirst();
+        if (hint.studentLayer() >= student.layerCount()) {
+            throw new IllegalArgumentException("hint: the student " + student.spec().source() + " has layers 0.." + (student.layerCount() - 1) + ", not " + hint.studentLayer());
+        }
+        if (hint.teacherLayer() >= teacher.layerCount()) {
+            throw new IllegalArgumentException("hint: the teacher " + teacher.spec().source() + " has layers 0.." + (teacher.layerCount() - 1) + ", not " + hint.teacherLayer());
+        }
+        HintAdapter.shapes(student.layerOutputShape(hint.studentLayer()), teacher.layerOutputShape(hint.teacherLayer()));
+        this.hint = hint;
+        return this;
+    }
+
+    /** Looks the teachers' logits up in a cache computed once before training instead of running them each step. */
+    public Trainer withTeacherCache(TeacherCache.Options options) {
+        if (teachers.isEmpty()) throw new IllegalArgumentException("a teacher-logit cache needs a teacher (distillation, not supervised training)");
+        if (hint != null) throw new IllegalArgumentException("a teacher-logit cache cannot be combined with a feature hint: the hint needs the teacher's features every step");
+        this.cacheOptions = options;
+        return this;
+    }
+
+    /**
+     * Instead of stopping at a NaN/Inf loss, skip that optimizer step (the parameters and
+     * optimizer state stay as they were) and count it. Costs one host synchronisation per step.
+     */
+    public Trainer skipNonFinite(boolean skip) {
+        this.skipNonFinite = skip;
+        return this;
+    }
+
+    public Trainer graph(GraphMode mode) {
+        this.graphMode = mode;
+        return this;
+    }
+
+    /** Receives one-line notes (the teacher cache built or reused, graph capture on or off and why). */
+    public Trainer onNote(Consumer<String> listener) {
+        this.onNote = listener;
+        return this;
     }
 
     /** Stops after this many optimizer steps in total (as a crash would; for tests and --max-steps). */
@@ -104,6 +169,18 @@ public final class Trainer {
         return this;
     }
 
+    /**
+     * Why a step graph cannot be used with this configuration, or null when it can. A graph fixes
+     * every kernel argument and buffer address: what changes between steps must come from device
+     * memory (the learning rate does; dropout masks, host decisions and checks do not).
+     */
+    String graphObstacle() {
+        if (student.hasDropout()) return "the student has dropout (its mask depends on the step)";
+        if (config.clipNorm() > 0) return "gradient clipping reads the norm on the host";
+        if (skipNonFinite) return "skipping non-finite steps reads a flag on the host";
+        return null;
+    }
+
     public Result fit(Dataset train, Dataset test, Consumer<Metrics> onMetrics) {
         return fit(train, test, onMetrics, null);
     }
@@ -112,110 +189,314 @@ public final class Trainer {
     public Result fit(Dataset train, Dataset test, Consumer<Metrics> onMetrics, Checkpoints checkpoints) {
         check(train, "training");
         check(test, "test");
-        List<Parameter> trainable = student.parameters().stream().filter(Parameter::trainable).toList();
-        List<Tensor> params = trainable.stream().map(Parameter::value).toList(), grads = trainable.stream().map(Parameter::grad).toList();
-        List<Tensor> state1 = new ArrayList<>(), state2 = new ArrayList<>();
-        for (Tensor p : params) {
-            state1.add(backend.zeros(DType.F32, p.shape()));
-            if (config.optimizer() == TrainingConfig.Optimizer.ADAMW) state2.add(backend.zeros(DType.F32, p.shape()));
-        }
-        List<Metrics> history = new ArrayList<>();
-        long step = 0, micro = 0, samples = 0, firstBatch = 0;
-        int firstEpoch = 0;
-        long t0 = System.nanoTime();
-        double lastLoss = Double.NaN, lastEvalLoss = Double.NaN, lastAccuracy = Double.NaN;
-        try (DataLoader loader = new DataLoader(train, backend, config.batchSize(), true, config.seed(), false);
-             Tensor loss = backend.empty(DType.F32, 1); Tensor norm = backend.empty(DType.F32, 1)) {
-            if (checkpoints != null && checkpoints.resume()) {
-                var latest = checkpoints.latest();
-                if (latest.isPresent()) {
-                    long[] pos = restore(latest.get(), trainable, state1, state2);
-                    firstEpoch = (int) pos[0];
-                    firstBatch = pos[1];
-                    step = pos[2];
-                    micro = pos[3];
-                }
-            }
-            long perEpoch = loader.batchesPerEpoch();
-            long groupsPerEpoch = (perEpoch + config.accumulation() - 1) / config.accumulation();
-            long total = groupsPerEpoch * config.epochs();
-            for (int epoch = firstEpoch; epoch < config.epochs() && step < stopAfterSteps; epoch++) {
-                loader.start(epoch, epoch == firstEpoch ? firstBatch : 0);
-                long batchInEpoch = epoch == firstEpoch ? firstBatch : 0;
-                while (loader.hasNext() && step < stopAfterSteps) {
-                    float lr = config.lrAt(step, total);
-                    // One optimizer step over a group of micro-batches, normalised by the group's rows.
-                    long groupStart = batchInEpoch * config.batchSize();
-                    long groupRows = Math.min((long) config.batchSize() * config.accumulation(), train.size() - groupStart);
-                    student.zeroGrad();
-                    for (int k = 0; k < config.accumulation() && loader.hasNext(); k++) {
-                        DataLoader.Batch batch = loader.next();
-                        try (Arena arena = Arena.ofShared()) {
-                            Tensor logits = student.forward(new Layer.Pass(backend, arena, true, config.seed(), micro), batch.x());
-                            if (!teachers.isEmpty()) {
-                                Tensor t = teacherLogits(arena, batch.x());
-                                backend.distillationLoss(logits, t, kd.alpha() < 1 ? batch.y() : null, kd, groupRows, loss, logits);
-                            } else {
-                                backend.crossEntropy(logits, batch.y(), -100, 0f, loss, logits);
-                                if (batch.rows() != groupRows) backend.scale(batch.rows() / (float) groupRows, logits);
-                            }
-                            student.backward(new Layer.Pass(backend, arena, true, config.seed(), micro), logits);
-                        }
-                        samples += batch.rows();
-                        micro++;
-                        batchInEpoch++;
-                    }
-                    if (config.clipNorm() > 0) clip(grads, norm);
-                    if (config.optimizer() == TrainingConfig.Optimizer.SGD) {
-                        backend.sgdStep(new Optimizers.Sgd(lr, config.momentum(), 0f, config.nesterov(), config.weightDecay()), step + 1, params, grads,
-                            state1);
-                    } else {
-                        backend.adamwStep(new Optimizers.AdamW(lr, 0.9f, 0.999f, 1e-8f, config.weightDecay()), step + 1, params, grads, state1, state2);
-                    }
-                    step++;
-                    if (step % config.logEvery() == 0) {
-                        lastLoss = loss.item();
-                        if (!Double.isFinite(lastLoss)) {
-                            throw new IllegalStateException("the loss became " + lastLoss + " at step " + step + " (epoch " + (epoch + 1) + ")"
-                                + lastCheckpoint(checkpoints) + "; lower the learning rate");
-                        }
-                    }
-                    double secsSoFar = (System.nanoTime() - t0) / 1e9;
-                    onStep.accept(new Progress(epoch + 1, config.epochs(), (batchInEpoch + config.accumulation() - 1) / config.accumulation(), groupsPerEpoch,
-                        step, total, lastLoss, samples / secsSoFar, secsSoFar));
-                    if (checkpoints != null && step % checkpoints.everySteps() == 0) {
-                        save(checkpoints, trainable, state1, state2, loader.hasNext() ? epoch : epoch + 1, loader.hasNext() ? batchInEpoch : 0, step, micro);
-                    }
-                }
-                if (step >= stopAfterSteps) break;
-                if ((epoch + 1) % config.evalEvery() == 0 || epoch + 1 == config.epochs()) {
-                    double[] ev = evaluate(test);
-                    lastEvalLoss = ev[0];
-                    lastAccuracy = ev[1];
-                    double secs = (System.nanoTime() - t0) / 1e9;
-                    Metrics m = new Metrics(epoch + 1, step, lastLoss, lastEvalLoss, lastAccuracy, config.lrAt(step, total), samples / secs, secs);
-                    history.add(m);
-                    onMetrics.accept(m);
-                }
-            }
-            if (checkpoints != null && step < stopAfterSteps) save(checkpoints, trainable, state1, state2, config.epochs(), 0, step, micro);
+        String obstacle = graphObstacle();
+        if (graphMode == GraphMode.ON && obstacle != null) throw new IllegalArgumentException("--graph on is not possible here: " + obstacle);
+        boolean useGraph = graphMode == GraphMode.ON || (graphMode == GraphMode.AUTO && obstacle == null && !backend.isHost());
+        String graphNote = useGraph ? "on" : graphMode == GraphMode.OFF ? "off (asked)" : obstacle != null ? "off: " + obstacle : "off: not on a GPU";
+        try (StepState st = new StepState(train)) {
+            onNote.accept("step graph " + graphNote);
+            return st.run(train, test, onMetrics, checkpoints, useGraph, graphNote);
         } catch (IOException e) {
-            throw new UncheckedIOException("checkpoint: " + e.getMessage(), e);
-        } finally {
-            state1.forEach(Tensor::close);
-            state2.forEach(Tensor::close);
+            throw new UncheckedIOException(e.getMessage(), e);
         }
-        double secs = (System.nanoTime() - t0) / 1e9;
-        return new Result(lastAccuracy, lastEvalLoss, step, secs, samples / secs, history);
     }
 
-    /** The teacher's logits, or for several teachers the logits of their averaged softened distribution. */
-    private Tensor teacherLogits(Arena arena, Tensor x) {
+    /** Everything one run holds: optimizer state, the adapter, the cache, static step buffers. */
+    private final class StepState implements AutoCloseable {
+        final HintAdapter adapter;
+        final List<Parameter> trainable = new ArrayList<>();
+        final List<Tensor> params, grads;
+        final List<Tensor> state1 = new ArrayList<>(), state2 = new ArrayList<>();
+        final Tensor stepLoss, hintLoss, microLoss, scalars;
+        final TeacherCache cache;
+        final Arena arena = Arena.ofShared();
+        final MemorySegment[] scalarStage = new MemorySegment[4];
+        final Backend.Fence[] scalarFence = new Backend.Fence[4];
+        int scalarSlot;
+        // Static per-micro-batch buffers for graph replay (fixed addresses), made on first use.
+        final List<Tensor> xs = new ArrayList<>(), ys = new ArrayList<>(), ts = new ArrayList<>();
+        Backend.Graph graph;
+
+        StepState(Dataset train) throws IOException {
+            Model firstTeacher = teachers.isEmpty() ? null : teachers.getFirst();
+            adapter = hint == null ? null
+                : new HintAdapter(backend, student.layerOutputShape(hint.studentLayer()), firstTeacher.layerOutputShape(hint.teacherLayer()), config.seed());
+            for (Parameter p : student.parameters()) if (p.trainable()) trainable.add(p);
+            if (adapter != null) for (Parameter p : adapter.parameters()) trainable.add(p);
+            params = trainable.stream().map(Parameter::value).toList();
+            grads = trainable.stream().map(Parameter::grad).toList();
+            for (Tensor p : params) {
+                state1.add(backend.zeros(DType.F32, p.shape()));
+                if (config.optimizer() == TrainingConfig.Optimizer.ADAMW) state2.add(backend.zeros(DType.F32, p.shape()));
+            }
+            stepLoss = backend.empty(arena, DType.F32, 1);
+            hintLoss = backend.empty(arena, DType.F32, 1);
+            microLoss = backend.empty(arena, DType.F32, 1);
+            scalars = backend.empty(arena, DType.F32, 4);
+            for (Tensor t : List.of(stepLoss, hintLoss, microLoss, scalars)) backend.zero(t);
+            if (cacheOptions != null) {
+                long t0 = System.nanoTime();
+                cache = TeacherCache.build(backend, teachers, kd.temperature(), train, config.batchSize(), cacheOptions);
+                onNote.accept(String.format(Locale.ROOT, "teacher cache: %s %s, %.1f MiB, %s in %.1f s", cacheOptions.storage().name().toLowerCase(Locale.ROOT)
+                    + (cacheOptions.file() != null ? " " + cacheOptions.file() : ""), cacheOptions.dtype(), cache.tableBytes() / 1048576.0,
+                    cache.reused() ? "reused" : "computed", (System.nanoTime() - t0) / 1e9));
+            } else {
+                cache = null;
+            }
+        }
+
+        Result run(Dataset train, Dataset test, Consumer<Metrics> onMetrics, Checkpoints checkpoints, boolean useGraph, String graphNote)
+            throws IOException {
+            List<Metrics> history = new ArrayList<>();
+            long step = 0, micro = 0, samples = 0, firstBatch = 0, skipped = 0;
+            int firstEpoch = 0;
+            long t0 = System.nanoTime();
+            double lastLoss = Double.NaN, lastHint = Double.NaN, lastEvalLoss = Double.NaN, lastAccuracy = Double.NaN;
+            try (DataLoader loader = new DataLoader(train, backend, config.batchSize(), true, config.seed(), false)) {
+                if (checkpoints != null && checkpoints.resume()) {
+                    var latest = checkpoints.latest();
+                    if (latest.isPresent()) {
+                        long[] pos = restore(latest.get(), this);
+                        firstEpoch = (int) pos[0];
+                        firstBatch = pos[1];
+                        step = pos[2];
+                        micro = pos[3];
+                        skipped = pos[4];
+                    }
+                }
+                long perEpoch = loader.batchesPerEpoch();
+                int acc = config.accumulation(), batch = config.batchSize();
+                long groupsPerEpoch = (perEpoch + acc - 1) / acc;
+                long total = groupsPerEpoch * config.epochs();
+                for (int epoch = firstEpoch; epoch < config.epochs() && step < stopAfterSteps; epoch++) {
+                    loader.start(epoch, epoch == firstEpoch ? firstBatch : 0);
+                    if (cache != null) cache.startEpoch(loader.order(epoch));
+                    long batchInEpoch = epoch == firstEpoch ? firstBatch : 0;
+                    while (loader.hasNext() && step < stopAfterSteps) {
+                        // One optimizer step over a group of micro-batches, normalised by the group's rows.
+                        long groupStart = batchInEpoch * batch;
+                        long groupRows = Math.min((long) batch * acc, train.size() - groupStart);
+                        writeScalars(step + 1, total);
+                        // A graph replays only full groups (its shapes and normaliser are fixed); the last, short group of an epoch runs directly.
+                        if (useGraph && groupRows == (long) batch * acc) {
+                            for (int k = 0; k < acc; k++) {
+                                DataLoader.Batch b = loader.next();
+                                if (xs.size() <= k) {
+                                    xs.add(backend.empty(arena, b.x().dtype(), b.x().shape()));
+                                    ys.add(backend.empty(arena, b.y().dtype(), b.y().shape()));
+                                    ts.add(cache == null ? null : backend.empty(arena, DType.F32, b.rows(), student.outputShape()[0]));
+                                }
+                                backend.copy(b.x(), xs.get(k));
+                                backend.copy(b.y(), ys.get(k));
+                                if (cache != null) cache.lookup(b.firstPosition(), b.rows(), ts.get(k));
+                                samples += b.rows();
+                                batchInEpoch++;
+                            }
+                            final long firstMicro = micro;
+                            if (graph == null) graph = backend.capture(() -> {
+                                beginStep();
+                                for (int k = 0; k < acc; k++) microStep(xs.get(k), ys.get(k), ts.get(k), groupRows, firstMicro + k);
+                                update();
+                            });
+                            graph.replay();
+                            micro += acc;
+                        } else {
+                            beginStep();
+                            for (int k = 0; k < acc && loader.hasNext(); k++) {
+                                DataLoader.Batch b = loader.next();
+                                try (Arena scratch = Arena.ofShared()) {
+                                    Tensor t = null;
+                                    if (cache != null) {
+                                        t = backend.empty(scratch, DType.F32, b.rows(), student.outputShape()[0]);
+                                        cache.lookup(b.firstPosition(), b.rows(), t);
+                                    }
+                                    microStep(b.x(), b.y(), t, groupRows, micro);
+                                }
+                                samples += b.rows();
+                                micro++;
+                                batchInEpoch++;
+                            }
+                            if (config.clipNorm() > 0) clip();
+                            if (skipNonFinite && backend.hasNonFinite(concat(stepLoss, grads))) {
+                                skipped++;
+                            } else {
+                                update();
+                            }
+                        }
+                        step++;
+                        if (step % config.logEvery() == 0) {
+                            lastLoss = stepLoss.item();
+                            lastHint = adapter == null ? Double.NaN : hintLoss.item();
+                            if (!Double.isFinite(lastLoss) && !skipNonFinite) {
+                                throw new IllegalStateException("the loss became " + lastLoss + " at step " + step + " (epoch " + (epoch + 1) + ")"
+                                    + lastCheckpoint(checkpoints) + "; lower the learning rate, or pass --skip-non-finite to skip such batches");
+                            }
+                        }
+                        double secsSoFar = (System.nanoTime() - t0) / 1e9;
+                        onStep.accept(new Progress(epoch + 1, config.epochs(), (batchInEpoch + acc - 1) / acc, groupsPerEpoch, step, total, lastLoss,
+                            samples / secsSoFar, secsSoFar));
+                        if (checkpoints != null && step % checkpoints.everySteps() == 0) {
+                            save(checkpoints, this, loader.hasNext() ? epoch : epoch + 1, loader.hasNext() ? batchInEpoch : 0, step, micro, skipped);
+                        }
+                    }
+                    if (step >= stopAfterSteps) break;
+                    if ((epoch + 1) % config.evalEvery() == 0 || epoch + 1 == config.epochs()) {
+                        double[] ev = evaluate(test);
+                        lastEvalLoss = ev[0];
+                        lastAccuracy = ev[1];
+                        double secs = (System.nanoTime() - t0) / 1e9;
+                        Metrics m = new Metrics(epoch + 1, step, lastLoss, lastHint, lastEvalLoss, lastAccuracy, config.lrAt(Math.max(0, step - 1), total),
+                            samples / secs, secs, skipped);
+                        history.add(m);
+                        onMetrics.accept(m);
+                    }
+                }
+                if (checkpoints != null && step < stopAfterSteps) save(checkpoints, this, config.epochs(), 0, step, micro, skipped);
+            }
+            double secs = (System.nanoTime() - t0) / 1e9;
+            return new Result(lastAccuracy, lastEvalLoss, step, secs, samples / secs, history, skipped, graphNote);
+        }
+
+        /** Zeroes the gradients and the step's loss accumulators. */
+        void beginStep() {
+            student.zeroGrad();
+            if (adapter != null) adapter.zeroGrad();
+            backend.zero(stepLoss);
+            backend.zero(hintLoss);
+        }
+
+        /**
+         * One micro-batch: teacher forward (or the cached logits {@code cached}), student forward,
+         * the fused loss with dL/dlogits in place, the hint term, student backward. Everything
+         * lives in one arena closed at the end, so the work is the same captured or not.
+         */
+        void microStep(Tensor x, Tensor y, Tensor cached, long groupRows, long micro) {
+            try (Arena a = Arena.ofShared()) {
+                Layer.Pass train = new Layer.Pass(backend, a, true, config.seed(), micro);
+                Tensor[] sTap = new Tensor[1];
+                Tensor logits = hint == null ? student.forward(train, x) : student.forward(train, x, hint.studentLayer(), sTap);
+                Tensor dHint = null;
+                if (teachers.isEmpty()) {
+                    backend.crossEntropy(logits, y, -100, 0f, microLoss, logits);
+                    float share = x.size(0) / (float) groupRows;
+                    if (share != 1f) backend.scale(share, logits);
+                    backend.axpy(share, microLoss, stepLoss);
+                } else {
+                    Tensor t;
+                    if (cached != null) {
+                        t = cached;
+                    } else if (hint != null) {
+                        Tensor[] tTap = new Tensor[1];
+                        t = teachers.size() == 1 ? teachers.getFirst().forward(new Layer.Pass(backend, a, false, 0, 0), x, hint.teacherLayer(), tTap)
+                            : teacherLogitsWithTap(a, x, tTap);
+                        dHint = adapter.loss(train, sTap[0], tTap[0], hint.weight(), groupRows, microLoss);
+                        backend.axpy(1f, microLoss, hintLoss);
+                        backend.axpy(1f, microLoss, stepLoss);
+                    } else {
+                        t = teacherLogits(backend, a, teachers, kd.temperature(), x);
+                    }
+                    backend.distillationLoss(logits, t, kd.alpha() < 1 ? y : null, kd, groupRows, microLoss, logits);
+                    backend.axpy(1f, microLoss, stepLoss);
+                }
+                if (dHint == null) student.backward(train, logits);
+                else student.backward(train, logits, hint.studentLayer(), dHint);
+            }
+        }
+
+        /** Several teachers with a hint: the hint reads the first teacher's layer; the logits are averaged as usual. */
+        private Tensor teacherLogitsWithTap(Arena a, Tensor x, Tensor[] tap) {
+            List<Tensor> all = new ArrayList<>();
+            all.add(teachers.getFirst().forward(new Layer.Pass(backend, a, false, 0, 0), x, hint.teacherLayer(), tap));
+            for (Model t : teachers.subList(1, teachers.size())) all.add(t.forward(new Layer.Pass(backend, a, false, 0, 0), x));
+            Tensor avg = backend.empty(a, DType.F32, all.getFirst().shape());
+            backend.averageTeachers(all, kd.temperature(), avg);
+            return avg;
+        }
+
+        /** The optimizer update; its learning rate and bias corrections come from {@code scalars} on the device. */
+        void update() {
+            if (config.optimizer() == TrainingConfig.Optimizer.SGD) {
+                backend.sgdStep(sgd(0f), scalars, params, grads, state1);
+            } else {
+                backend.adamwStep(adamw(0f), scalars, params, grads, state1, state2);
+            }
+        }
+
+        Optimizers.Sgd sgd(float lr) {
+            return new Optimizers.Sgd(lr, config.momentum(), 0f, config.nesterov(), config.weightDecay());
+        }
+
+        Optimizers.AdamW adamw(float lr) {
+            return new Optimizers.AdamW(lr, 0.9f, 0.999f, 1e-8f, config.weightDecay());
+        }
+
+        /**
+         * Writes this step's optimizer scalars to the device without synchronising: from one of four
+         * pinned slots, each reused only once its previous copy has completed.
+         */
+        void writeScalars(long step, long total) {
+            float lr = config.lrAt(step - 1, total);
+            float[] values = config.optimizer() == TrainingConfig.Optimizer.SGD ? sgd(lr).scalars(step) : adamw(lr).scalars(step);
+            int s = scalarSlot;
+            scalarSlot = (scalarSlot + 1) % scalarStage.length;
+            if (scalarFence[s] != null) {
+                scalarFence[s].await();
+                scalarFence[s].close();
+            }
+            if (scalarStage[s] == null) scalarStage[s] = backend.allocateHost(arena, 16);
+            MemorySegment.copy(values, 0, scalarStage[s], java.lang.foreign.ValueLayout.JAVA_FLOAT, 0, 4);
+            scalarFence[s] = backend.copyFromHostAsync(scalarStage[s], scalars);
+        }
+
+        /** Scales all gradients so that their global L2 norm is at most clipNorm (one host read). */
+        void clip() {
+            double sq = 0;
+            try (Tensor norm = backend.empty(DType.F32, 1)) {
+                for (Tensor g : grads) {
+                    try (Arena a = Arena.ofShared()) {
+                        Tensor g2 = backend.empty(a, DType.F32, g.shape());
+                        backend.mul(g, g, g2);
+                        backend.reduceRows(Reduction.SUM, g2.view(1, g.numel()), norm);
+                        sq += norm.item();
+                    }
+                }
+            }
+            double n = Math.sqrt(sq);
+            if (n > config.clipNorm()) for (Tensor g : grads) backend.scale((float) (config.clipNorm() / (n + 1e-6)), g);
+        }
+
+        @Override
+        public void close() {
+            for (int s = 0; s < scalarFence.length; s++) {
+                if (scalarFence[s] != null) {
+                    scalarFence[s].await();
+                    scalarFence[s].close();
+                }
+            }
+            if (graph != null) graph.close();
+            backend.synchronize();
+            if (cache != null) cache.close();
+            state1.forEach(Tensor::close);
+            state2.forEach(Tensor::close);
+            if (adapter != null) adapter.close();
+            arena.close();
+        }
+    }
+
+    private static Tensor[] concat(Tensor first, List<Tensor> rest) {
+        Tensor[] all = new Tensor[rest.size() + 1];
+        all[0] = first;
+        for (int i = 0; i < rest.size(); i++) all[i + 1] = rest.get(i);
+        return all;
+    }
+
+    /** The teacher's logits, or for several teachers the logits of their averaged softened distribution (eval mode, in {@code arena}). */
+    static Tensor teacherLogits(Backend backend, Arena arena, List<Model> teachers, float temperature, Tensor x) {
         if (teachers.size() == 1) return teachers.getFirst().forward(new Layer.Pass(backend, arena, false, 0, 0), x);
         List<Tensor> all = new ArrayList<>();
         for (Model t : teachers) all.add(t.forward(new Layer.Pass(backend, arena, false, 0, 0), x));
         Tensor avg = backend.empty(arena, DType.F32, all.getFirst().shape());
-        backend.averageTeachers(all, kd.temperature(), avg);
+        backend.averageTeachers(all, temperature, avg);
         return avg;
     }
 
@@ -227,37 +508,22 @@ public final class Trainer {
         }
     }
 
-    /** Scales all gradients so that their global L2 norm is at most clipNorm (one host read). */
-    private void clip(List<Tensor> grads, Tensor norm) {
-        double sq = 0;
-        for (Tensor g : grads) {
-            try (Arena arena = Arena.ofShared()) {
-                Tensor g2 = backend.empty(arena, DType.F32, g.shape());
-                backend.mul(g, g, g2);
-                backend.reduceRows(Reduction.SUM, g2.view(1, g.numel()), norm);
-                sq += norm.item();
-            }
-        }
-        double n = Math.sqrt(sq);
-        if (n > config.clipNorm()) for (Tensor g : grads) backend.scale((float) (config.clipNorm() / (n + 1e-6)), g);
-    }
-
-    private void save(Checkpoints c, List<Parameter> trainable, List<Tensor> s1, List<Tensor> s2, long epoch, long batch, long step, long micro)
-        throws IOException {
+    private void save(Checkpoints c, StepState st, long epoch, long batch, long step, long micro, long skipped) throws IOException {
         Files.createDirectories(c.dir());
         Map<String, Tensor> tensors = new LinkedHashMap<>();
         for (Parameter p : student.parameters()) tensors.put("model." + p.name(), p.value());
-        for (int i = 0; i < trainable.size(); i++) {
-            tensors.put("optim.state1." + trainable.get(i).name(), s1.get(i));
-            if (!s2.isEmpty()) tensors.put("optim.state2." + trainable.get(i).name(), s2.get(i));
+        if (st.adapter != null) for (Parameter p : st.adapter.parameters()) tensors.put("adapter." + p.name(), p.value());
+        for (int i = 0; i < st.trainable.size(); i++) {
+            tensors.put("optim.state1." + st.trainable.get(i).name(), st.state1.get(i));
+            if (!st.state2.isEmpty()) tensors.put("optim.state2." + st.trainable.get(i).name(), st.state2.get(i));
         }
         Safetensors.write(c.file(step), tensors, Map.of("epoch", Long.toString(epoch), "batch", Long.toString(batch), "step", Long.toString(step),
-            "micro", Long.toString(micro), "seed", Long.toString(config.seed()), "optimizer", config.optimizer().name()));
+            "micro", Long.toString(micro), "skipped", Long.toString(skipped), "seed", Long.toString(config.seed()), "optimizer", config.optimizer().name()));
         c.prune();
     }
 
-    /** Loads a checkpoint; returns [epoch, batch, step, micro]. */
-    private long[] restore(Path file, List<Parameter> trainable, List<Tensor> s1, List<Tensor> s2) throws IOException {
+    /** Loads a checkpoint; returns [epoch, batch, step, micro, skipped]. */
+    private long[] restore(Path file, StepState state) throws IOException {
         try (Safetensors st = Safetensors.open(file)) {
             Map<String, String> meta = st.metadata();
             for (String k : List.of("epoch", "batch", "step", "micro", "seed", "optimizer")) {
@@ -268,19 +534,27 @@ public final class Trainer {
                     + "; this run uses seed " + config.seed() + " and " + config.optimizer());
             }
             student.loadFrom(st, "model.");
-            for (int i = 0; i < trainable.size(); i++) {
-                st.copyInto("optim.state1." + trainable.get(i).name(), s1.get(i));
-                if (!s2.isEmpty()) st.copyInto("optim.state2." + trainable.get(i).name(), s2.get(i));
+            if (state.adapter != null) {
+                for (Parameter p : state.adapter.parameters()) {
+                    if (!st.entries().containsKey("adapter." + p.name())) {
+                        throw new IllegalArgumentException(file + ": has no hint adapter (adapter." + p.name() + "); it was written by a run without --hint");
+                    }
+                    st.copyInto("adapter." + p.name(), p.value());
+                }
+            }
+            for (int i = 0; i < state.trainable.size(); i++) {
+                st.copyInto("optim.state1." + state.trainable.get(i).name(), state.state1.get(i));
+                if (!state.state2.isEmpty()) st.copyInto("optim.state2." + state.trainable.get(i).name(), state.state2.get(i));
             }
             return new long[] {Long.parseLong(meta.get("epoch")), Long.parseLong(meta.get("batch")), Long.parseLong(meta.get("step")),
-                Long.parseLong(meta.get("micro"))};
+                Long.parseLong(meta.get("micro")), Long.parseLong(meta.getOrDefault("skipped", "0"))};
         }
     }
 
     private void check(Dataset d, String what) {
-        if (!java.util.Arrays.equals(d.sampleShape(), student.inputShape())) {
-            throw new IllegalArgumentException("the " + what + " data has samples " + java.util.Arrays.toString(d.sampleShape()) + " but the model takes "
-                + java.util.Arrays.toString(student.inputShape()));
+        if (!Arrays.equals(d.sampleShape(), student.inputShape())) {
+            throw new IllegalArgumentException("the " + what + " data has samples " + Arrays.toString(d.sampleShape()) + " but the model takes "
+                + Arrays.toString(student.inputShape()));
         }
         long classes = student.outputShape()[student.outputShape().length - 1];
         if (d.classes() > classes) {

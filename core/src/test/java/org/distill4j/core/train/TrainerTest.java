@@ -113,4 +113,192 @@ class TrainerTest {
             assertTrue(r.testAccuracy() > 0.6, "student of two teachers: " + r.testAccuracy());
         }
     }
+
+    private static final String BN_NO_DROPOUT = "{\"input\": [12], \"layers\": [{\"type\": \"linear\", \"in\": 12, \"out\": 32},"
+        + "{\"type\": \"batchnorm1d\", \"features\": 32}, {\"type\": \"relu\"}, {\"type\": \"linear\", \"in\": 32, \"out\": 4}]}";
+    private static final String TEACHER_WIDE = "{\"input\": [12], \"layers\": [{\"type\": \"linear\", \"in\": 12, \"out\": 48}, {\"type\": \"relu\"},"
+        + "{\"type\": \"linear\", \"in\": 48, \"out\": 24}, {\"type\": \"relu\"}, {\"type\": \"linear\", \"in\": 24, \"out\": 4}]}";
+
+    private record Run(List<float[]> weights, List<Trainer.Metrics> history, Trainer.Result result) {}
+
+    private Run distil(String studentSpec, java.util.function.UnaryOperator<Trainer> setup, TrainingConfig cfg) {
+        try (Model teacher = ModelSpec.parse("t", TEACHER_WIDE).build(CpuBackend.get(), 3); Model m = ModelSpec.parse("s", studentSpec).build(CpuBackend.get(), 7)) {
+            List<Trainer.Metrics> h = new ArrayList<>();
+            Trainer.Result r = setup.apply(Trainer.distillation(CpuBackend.get(), m, teacher, DistillationLoss.hinton(2f, 0.7f), cfg)).fit(train, test, h::add);
+            return new Run(weights(m), h, r);
+        }
+    }
+
+    /**
+     * The graph path (static input buffers, one recorded step replayed, optimizer scalars read from
+     * the device) gives exactly the direct path's weights and losses: on the CPU the recorded step
+     * is replayed by running it again, which checks the trainer's side of capture.
+     */
+    @Test
+    void graphReplayEqualsDirectSteps() {
+        for (int accumulation : new int[] {1, 2}) {
+            // 500 rows in batches of 32: the last group of each epoch is short and runs directly.
+            TrainingConfig cfg = config(TrainingConfig.Optimizer.ADAMW, 32, accumulation);
+            Run off = distil(BN_NO_DROPOUT, t -> t.graph(Trainer.GraphMode.OFF), cfg);
+            Run on = distil(BN_NO_DROPOUT, t -> t.graph(Trainer.GraphMode.ON), cfg);
+            assertEquals("on", on.result().graphed());
+            for (int i = 0; i < off.weights().size(); i++) assertArrayEquals(off.weights().get(i), on.weights().get(i), "parameter " + i);
+            for (int i = 0; i < off.history().size(); i++) {
+                assertEquals(off.history().get(i).trainLoss(), on.history().get(i).trainLoss(), 0.0, "epoch " + (i + 1) + " loss");
+            }
+        }
+        TrainingConfig sgd = config(TrainingConfig.Optimizer.SGD, 50, 1);
+        Run off = distil(PLAIN, t -> t.graph(Trainer.GraphMode.OFF), sgd), on = distil(PLAIN, t -> t.graph(Trainer.GraphMode.ON), sgd);
+        for (int i = 0; i < off.weights().size(); i++) assertArrayEquals(off.weights().get(i), on.weights().get(i), "SGD parameter " + i);
+    }
+
+    @Test
+    void graphOnIsRefusedWhenTheStepCannotBeReplayed() {
+        TrainingConfig cfg = config(TrainingConfig.Optimizer.ADAMW, 32, 1);
+        var e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+            () -> distil(WITH_DROPOUT_AND_BN, t -> t.graph(Trainer.GraphMode.ON), cfg));
+        assertTrue(e.getMessage().contains("dropout"), e.getMessage());
+        Run auto = distil(PLAIN, t -> t, cfg);
+        assertEquals("off: not on a GPU", auto.result().graphed());
+    }
+
+    /** The hint term's gradient against central differences of its loss, for the linear and the 1x1-conv adapter. */
+    @Test
+    void hintGradientMatchesFiniteDifferences() {
+        CpuBackend b = CpuBackend.get();
+        for (long[][] shapes : new long[][][] {{{6}, {5}}, {{3, 2, 2}, {4, 2, 2}}}) {
+            try (org.distill4j.core.nn.HintAdapter adapter = new org.distill4j.core.nn.HintAdapter(b, shapes[0], shapes[1], 9);
+                 java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
+                long n = 3, groupRows = 5;
+                java.util.Random rnd = new java.util.Random(4);
+                float[] hs = new float[(int) (n * org.distill4j.core.Tensor.numel(shapes[0]))], ht = new float[(int) (n * org.distill4j.core.Tensor.numel(shapes[1]))];
+                for (int i = 0; i < hs.length; i++) hs[i] = (float) rnd.nextGaussian();
+                for (int i = 0; i < ht.length; i++) ht[i] = (float) rnd.nextGaussian();
+                long[] sShape = withBatch(n, shapes[0]), tShape = withBatch(n, shapes[1]);
+                var out = b.empty(arena, org.distill4j.core.DType.F32, 1);
+                var grad = adapter.loss(new org.distill4j.core.nn.Layer.Pass(b, arena, true, 0, 0), b.fromArray(hs, sShape), b.fromArray(ht, tShape), 0.7f,
+                    groupRows, out).toFloatArray();
+                for (int i = 0; i < hs.length; i += 2) {
+                    double h = 1e-2;
+                    float[] plus = hs.clone(), minus = hs.clone();
+                    plus[i] += (float) h;
+                    minus[i] -= (float) h;
+                    adapter.loss(new org.distill4j.core.nn.Layer.Pass(b, arena, true, 0, 0), b.fromArray(plus, sShape), b.fromArray(ht, tShape), 0.7f, groupRows, out);
+                    double lp = out.item();
+                    adapter.loss(new org.distill4j.core.nn.Layer.Pass(b, arena, true, 0, 0), b.fromArray(minus, sShape), b.fromArray(ht, tShape), 0.7f, groupRows, out);
+                    double lm = out.item();
+                    assertEquals((lp - lm) / (2 * h), grad[i], 2e-3, "d hint / d hs[" + i + "] for " + adapter.kind());
+                }
+            }
+        }
+    }
+
+    private static long[] withBatch(long n, long[] s) {
+        long[] r = new long[s.length + 1];
+        r[0] = n;
+        System.arraycopy(s, 0, r, 1, s.length);
+        return r;
+    }
+
+    /** A hint run trains the adapter (its term falls), accumulates exactly, and resumes with the adapter from the checkpoint. */
+    @Test
+    void hintDistillationTrainsAndAccumulates() {
+        FeatureHint hint = new FeatureHint(1, 3, 0.5f); // student tanh [32] <- teacher relu [24]
+        Run first = distil(PLAIN, t -> t.withHint(hint), config(TrainingConfig.Optimizer.ADAMW, 32, 1));
+        double h0 = first.history().getFirst().hintLoss(), h1 = first.history().getLast().hintLoss();
+        assertTrue(Double.isFinite(h0) && h1 < h0, "hint term " + h0 + " -> " + h1);
+        assertTrue(first.result().testAccuracy() > 0.6, "accuracy with a hint: " + first.result().testAccuracy());
+        Run big = distil(PLAIN, t -> t.withHint(hint), config(TrainingConfig.Optimizer.SGD, 64, 1));
+        Run acc = distil(PLAIN, t -> t.withHint(hint), config(TrainingConfig.Optimizer.SGD, 16, 4));
+        for (int i = 0; i < big.weights().size(); i++) {
+            for (int j = 0; j < big.weights().get(i).length; j++) {
+                assertEquals(big.weights().get(i)[j], acc.weights().get(i)[j], 1e-5 * Math.max(1, Math.abs(big.weights().get(i)[j])), "parameter " + i + "[" + j + "]");
+            }
+        }
+        var e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+            () -> distil(PLAIN, t -> t.withHint(new FeatureHint(1, 9, 1f)), config(TrainingConfig.Optimizer.SGD, 64, 1)));
+        assertTrue(e.getMessage().contains("layers 0..4, not 9"), e.getMessage());
+    }
+
+    @Test
+    void hintResumesBitForBit() throws Exception {
+        FeatureHint hint = new FeatureHint(0, 2, 1f);
+        TrainingConfig cfg = config(TrainingConfig.Optimizer.ADAMW, 64, 1);
+        Run full = distil(PLAIN, t -> t.withHint(hint), cfg);
+        Checkpoints ck = new Checkpoints(tmp.resolve("hint-ck"), 3, 2, true);
+        try (Model teacher = ModelSpec.parse("t", TEACHER_WIDE).build(CpuBackend.get(), 3); Model m = ModelSpec.parse("s", PLAIN).build(CpuBackend.get(), 7)) {
+            Trainer.distillation(CpuBackend.get(), m, teacher, DistillationLoss.hinton(2f, 0.7f), cfg).withHint(hint).stopAfter(7).fit(train, test, x -> { }, ck);
+        }
+        try (Model teacher = ModelSpec.parse("t", TEACHER_WIDE).build(CpuBackend.get(), 3); Model m = ModelSpec.parse("s", PLAIN).build(CpuBackend.get(), 7)) {
+            Trainer.distillation(CpuBackend.get(), m, teacher, DistillationLoss.hinton(2f, 0.7f), cfg).withHint(hint).fit(train, test, x -> { }, ck);
+            List<float[]> resumed = weights(m);
+            for (int i = 0; i < full.weights().size(); i++) assertArrayEquals(full.weights().get(i), resumed.get(i), "parameter " + i);
+        }
+    }
+
+    /** Cached teacher logits (device or memory-mapped file, f32) train the student as the live teacher does; bf16 comes close. */
+    @Test
+    void teacherCacheMatchesTheLiveTeacher() throws Exception {
+        TrainingConfig cfg = config(TrainingConfig.Optimizer.ADAMW, 32, 1);
+        Run live = distil(PLAIN, t -> t, cfg);
+        Run device = distil(PLAIN, t -> t.withTeacherCache(new TeacherCache.Options(TeacherCache.Storage.DEVICE, org.distill4j.core.DType.F32, null)), cfg);
+        Path file = tmp.resolve("cache/teacher.safetensors");
+        List<String> notes = new ArrayList<>();
+        Run mapped = distil(PLAIN, t -> t.onNote(notes::add).withTeacherCache(TeacherCache.Options.parse("file:" + file, "f32")), cfg);
+        Run again = distil(PLAIN, t -> t.onNote(notes::add).withTeacherCache(TeacherCache.Options.parse("file:" + file, "f32")), cfg);
+        assertTrue(notes.stream().anyMatch(n -> n.contains("computed")) && notes.stream().anyMatch(n -> n.contains("reused")), notes.toString());
+        for (Run r : List.of(device, mapped, again)) {
+            for (int i = 0; i < live.weights().size(); i++) {
+                for (int j = 0; j < live.weights().get(i).length; j++) {
+                    assertEquals(live.weights().get(i)[j], r.weights().get(i)[j], 1e-5 * Math.max(1, Math.abs(live.weights().get(i)[j])), "parameter " + i + "[" + j + "]");
+                }
+            }
+        }
+        Run bf16 = distil(PLAIN, t -> t.withTeacherCache(TeacherCache.Options.parse("device", "bf16")), cfg);
+        assertEquals(live.result().testAccuracy(), bf16.result().testAccuracy(), 0.03, "bf16 cache accuracy");
+        // A different teacher does not match the file's fingerprint: the cache is rebuilt, not misused.
+        notes.clear();
+        try (Model teacher = ModelSpec.parse("t", TEACHER_WIDE).build(CpuBackend.get(), 4); Model m = ModelSpec.parse("s", PLAIN).build(CpuBackend.get(), 7)) {
+            Trainer.distillation(CpuBackend.get(), m, teacher, DistillationLoss.hinton(2f, 0.7f), cfg).onNote(notes::add)
+                .withTeacherCache(TeacherCache.Options.parse("file:" + file, "f32")).stopAfter(2).fit(train, test, x -> { });
+        }
+        assertTrue(notes.stream().anyMatch(n -> n.contains("computed")), notes.toString());
+    }
+
+    @Test
+    void bf16RoundsToNearestEven() {
+        assertEquals((short) 0x3f80, TeacherCache.toBf16(1f));
+        assertEquals((short) 0x3f80, TeacherCache.toBf16(Float.intBitsToFloat(0x3f808000))); // tie, even stays
+        assertEquals((short) 0x3f82, TeacherCache.toBf16(Float.intBitsToFloat(0x3f818000))); // tie, odd rounds up
+        assertEquals((short) 0x3f81, TeacherCache.toBf16(Float.intBitsToFloat(0x3f808001)));
+        assertEquals((short) 0x7fc0, TeacherCache.toBf16(Float.NaN));
+    }
+
+    /** A batch with a NaN sample: stops with the step number, or with skipNonFinite is skipped and counted while training goes on. */
+    @Test
+    void nonFiniteBatchStopsOrIsSkipped() {
+        float[] x = new float[500 * 12];
+        long[] y = new long[500];
+        for (int i = 0; i < 500; i++) {
+            float[] one = new float[12];
+            java.lang.foreign.MemorySegment seg = java.lang.foreign.MemorySegment.ofArray(one);
+            train.sample(i, seg, 0);
+            System.arraycopy(one, 0, x, i * 12, 12);
+            y[i] = train.label(i);
+        }
+        x[123 * 12 + 5] = Float.NaN;
+        ArrayDataset poisoned = new ArrayDataset(x, y, new long[] {12});
+        TrainingConfig cfg = config(TrainingConfig.Optimizer.ADAMW, 50, 1);
+        try (Model m = ModelSpec.parse("m", PLAIN).build(CpuBackend.get(), 7)) {
+            var e = org.junit.jupiter.api.Assertions.assertThrows(IllegalStateException.class,
+                () -> Trainer.supervised(CpuBackend.get(), m, cfg).fit(poisoned, test, z -> { }));
+            assertTrue(e.getMessage().contains("at step"), e.getMessage());
+        }
+        try (Model m = ModelSpec.parse("m", PLAIN).build(CpuBackend.get(), 7)) {
+            Trainer.Result r = Trainer.supervised(CpuBackend.get(), m, cfg).skipNonFinite(true).fit(poisoned, test, z -> { });
+            assertEquals(3, r.skippedSteps(), "one poisoned batch per epoch, 3 epochs");
+            for (float[] w : weights(m)) for (float v : w) assertTrue(Float.isFinite(v));
+            assertTrue(r.testAccuracy() > 0.6, "accuracy after skipping: " + r.testAccuracy());
+        }
+    }
 }
