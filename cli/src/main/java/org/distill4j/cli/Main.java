@@ -14,13 +14,15 @@ import picocli.CommandLine.Option;
  */
 @Command(name = "distill", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
     description = "Knowledge distillation for Java, on CUDA or the CPU.",
-    subcommands = {DemoCommand.class, TrainCommand.class, DistillCommand.class, InfoCommand.class, LossCommand.class, PredictCommand.class, EvalCommand.class, CommandLine.HelpCommand.class},
+    subcommands = {DemoCommand.class, TrainCommand.class, DistillCommand.class, InfoCommand.class, LossCommand.class, PredictCommand.class, EvalCommand.class, BenchCommand.class,
+        CommandLine.HelpCommand.class},
     footer = {"", "Examples:", "  distill demo            knowledge distillation in a minute, nothing to download",
         "  distill info            what this machine offers (libraries, GPUs, kernels)",
         "  distill loss --student s.npy --teacher t.npy --labels y.npy --temperature 4 --alpha 0.9",
         "  distill predict --model cnn.json --weights cnn.safetensors --input x.npy --output logits.npy",
         "  distill eval --model cnn.json --weights cnn.safetensors --data npy:x.npy,y.npy",
-        "  distill info --model cnn.json"})
+        "  distill info --model cnn.json",
+        "  distill bench kd-step --teacher t.json --student s.json --batch 256 --steps 50"})
 public final class Main implements Callable<Integer> {
     @Option(names = "--verbose", description = "print stack traces on errors", scope = CommandLine.ScopeType.INHERIT)
     boolean verbose;

@@ -196,6 +196,14 @@ public final class CpuBackend implements Backend {
         long[] l = Shapes.featureLayout("biasAdd", y);
         if (bias.numel() != l[1]) throw new IllegalArgumentException("biasAdd: bias " + bias.describe() + " does not match " + y.describe());
         MemorySegment ys = y.data(), bs = bias.data();
+        if (l[2] == 1) { // [N, F]: one row at a time, contiguous (vectorisable) over the features
+            long features = l[1];
+            parallel(l[0], features, n -> {
+                long base = n * features;
+                for (long j = 0; j < features; j++) set(ys, base + j, f(ys, base + j) + f(bs, j));
+            });
+            return;
+        }
         parallel(l[0] * l[1], l[2], oc -> {
             float b = f(bs, oc % l[1]);
             long base = oc * l[2];
@@ -209,6 +217,19 @@ public final class CpuBackend implements Backend {
         long[] l = Shapes.featureLayout("biasGrad", dy);
         if (dbias.numel() != l[1]) throw new IllegalArgumentException("biasGrad: dbias " + dbias.describe() + " does not match " + dy.describe());
         MemorySegment ds = dy.data(), bs = dbias.data();
+        if (l[2] == 1) { // [N, F]: blocks of columns, each summed down the rows with contiguous reads
+            long rows = l[0], features = l[1], block = 256;
+            parallel((features + block - 1) / block, rows * block, k -> {
+                long from = k * block, to = Math.min(features, from + block);
+                double[] sum = new double[(int) (to - from)];
+                for (long n = 0; n < rows; n++) {
+                    long base = n * features;
+                    for (long j = from; j < to; j++) sum[(int) (j - from)] += f(ds, base + j);
+                }
+                for (long j = from; j < to; j++) set(bs, j, (float) (accumulate ? f(bs, j) + sum[(int) (j - from)] : sum[(int) (j - from)]));
+            });
+            return;
+        }
         parallel(l[1], l[0] * l[2], c -> {
             double sum = 0;
             for (long o = 0; o < l[0]; o++) {
@@ -255,6 +276,16 @@ public final class CpuBackend implements Backend {
         f32("activation(" + kind + ")", x, y);
         Shapes.same("activation(" + kind + ")", x, y);
         MemorySegment xs = x.data(), ys = y.data();
+        if (kind == Activation.RELU) { // the common case, without the per-element switch and doubles
+            parallel(x.rows(), x.cols(), r -> {
+                long base = r * x.cols();
+                for (long i = base; i < base + x.cols(); i++) {
+                    float v = f(xs, i);
+                    set(ys, i, v > 0 ? v : 0f);
+                }
+            });
+            return;
+        }
         parallel(x.rows(), x.cols() * 8, r -> {
             long base = r * x.cols();
             for (long i = base; i < base + x.cols(); i++) set(ys, i, (float) activate(kind, param, f(xs, i)));
@@ -269,6 +300,13 @@ public final class CpuBackend implements Backend {
         Shapes.same(op, y, dy);
         Shapes.same(op, dx, dy);
         MemorySegment xs = x.data(), ys = y.data(), dys = dy.data(), dxs = dx.data();
+        if (kind == Activation.RELU) {
+            parallel(x.rows(), x.cols(), r -> {
+                long base = r * x.cols();
+                for (long i = base; i < base + x.cols(); i++) set(dxs, i, f(xs, i) > 0 ? f(dys, i) : 0f);
+            });
+            return;
+        }
         parallel(x.rows(), x.cols() * 8, r -> {
             long base = r * x.cols();
             for (long i = base; i < base + x.cols(); i++) {

@@ -862,6 +862,11 @@ public final class CudaBackend implements Backend {
         return context.poolBytesInUse();
     }
 
+    /** Peak bytes taken from the device pool since it was created (see {@link CudaContext#poolBytesPeak()}). */
+    public long poolBytesPeak() {
+        return context.poolBytesPeak();
+    }
+
     @Override
     public void close() {
         if (closed) return;

@@ -335,13 +335,22 @@ public final class CudaContext implements AutoCloseable {
 
     /** Bytes of device memory the default pool has handed out and not had back (0 without pools). */
     public long poolBytesInUse() {
+        return poolAttribute(CU_MEMPOOL_ATTR_USED_MEM_CURRENT);
+    }
+
+    /** The most bytes ever taken from the pool at once since it was created (the peak of {@link #poolBytesInUse()}). */
+    public long poolBytesPeak() {
+        return poolAttribute(CU_MEMPOOL_ATTR_USED_MEM_HIGH);
+    }
+
+    private long poolAttribute(int attribute) {
         if (!streamOrdered) return 0;
         makeCurrent();
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment pool = arena.allocate(ADDRESS);
             check(cuDeviceGetDefaultMemPool(pool, deviceHandle), "cuDeviceGetDefaultMemPool");
             MemorySegment v = arena.allocate(JAVA_LONG);
-            check(cuMemPoolGetAttribute(pool.get(ADDRESS, 0), CU_MEMPOOL_ATTR_USED_MEM_CURRENT, v), "cuMemPoolGetAttribute");
+            check(cuMemPoolGetAttribute(pool.get(ADDRESS, 0), attribute, v), "cuMemPoolGetAttribute");
             return v.get(JAVA_LONG, 0);
         }
     }
