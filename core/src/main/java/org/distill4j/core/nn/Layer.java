@@ -33,6 +33,15 @@ public abstract class Layer implements AutoCloseable {
     /** dL/dx from dL/dy, accumulating parameter gradients. Only after a training-mode forward. */
     public abstract Tensor backward(Pass pass, Tensor dy);
 
+    /**
+     * As {@link #backward(Pass, Tensor)}, but when {@code inputGrad} is false nobody needs dL/dx
+     * (nothing before this layer is trained): layers with a costly input gradient (linear,
+     * convolution) skip it and return null, as PyTorch does for an input without requires_grad.
+     */
+    public Tensor backward(Pass pass, Tensor dy, boolean inputGrad) {
+        return backward(pass, dy);
+    }
+
     /** PyTorch-style type name, for messages. */
     public abstract String kind();
 

@@ -58,10 +58,16 @@ public final class Layers {
 
         @Override
         public Tensor backward(Pass p, Tensor dy) {
+            return backward(p, dy, true);
+        }
+
+        @Override
+        public Tensor backward(Pass p, Tensor dy, boolean inputGrad) {
             if (x == null) throw noForward();
             Backend b = p.backend();
             b.gemm(true, false, 1f, dy, x, 1f, weight.grad());          // dW += dy^T x
             if (bias != null) b.biasGrad(dy, bias.grad(), true);           // db += sum dy
+            if (!inputGrad) return null;
             Tensor dx = b.empty(p.arena(), DType.F32, x.shape());
             b.gemm(false, false, 1f, dy, weight.value(), 0f, dx);          // dx = dy W
             return dx;
@@ -111,10 +117,16 @@ public final class Layers {
 
         @Override
         public Tensor backward(Pass p, Tensor dy) {
+            return backward(p, dy, true);
+        }
+
+        @Override
+        public Tensor backward(Pass p, Tensor dy, boolean inputGrad) {
             if (x == null) throw noForward();
             Backend b = p.backend();
             b.conv2dBackwardFilter(x, dy, geometry, weight.grad(), true);
             if (bias != null) b.biasGrad(dy, bias.grad(), true);
+            if (!inputGrad) return null;
             Tensor dx = like(p, x);
             b.conv2dBackwardData(dy, weight.value(), geometry, dx);
             return dx;

@@ -47,8 +47,27 @@ public final class Model implements AutoCloseable {
         return net.forward(pass, x);
     }
 
+    /** dL/dx from dL/dlogits, accumulating parameter gradients. */
     public Tensor backward(Layer.Pass pass, Tensor dy) {
-        return net.backward(pass, dy);
+        return backward(pass, dy, true);
+    }
+
+    /**
+     * As {@link #backward(Layer.Pass, Tensor)}; with {@code inputGrad} false (training: nobody
+     * needs dL/dx) input gradients stop once no earlier layer has parameters (the first linear or
+     * convolution skips its dx gemm, as PyTorch does) and the result is null.
+     */
+    public Tensor backward(Layer.Pass pass, Tensor dy, boolean inputGrad) {
+        List<Layer> layers = net.layers();
+        Tensor g = dy;
+        for (int i = layers.size() - 1; i >= 0 && g != null; i--) g = layers.get(i).backward(pass, g, inputGrad || needsInputGrad(i));
+        return g;
+    }
+
+    /** Whether layer {@code i}'s input gradient reaches a parameter: some layer before it has trainable parameters. */
+    private boolean needsInputGrad(int i) {
+        for (int j = 0; j < i; j++) if (net.layers().get(j).parameters().stream().anyMatch(Parameter::trainable)) return true;
+        return false;
     }
 
     /** Number of top-level layers (the indices a feature hint names). */
@@ -89,13 +108,14 @@ public final class Model implements AutoCloseable {
 
     /**
      * Backward where {@code dTapped}, an extra dL/d(output of top-level layer {@code tap}), joins
-     * the gradient flowing back from the layers after it (the hint term's gradient).
+     * the gradient flowing back from the layers after it (the hint term's gradient). For training:
+     * input gradients are skipped as in {@code backward(pass, dy, false)}.
      */
     public Tensor backward(Layer.Pass pass, Tensor dy, int tap, Tensor dTapped) {
         checkLayer(tap);
         Tensor g = dy;
         List<Layer> layers = net.layers();
-        for (int i = layers.size() - 1; i > tap; i--) g = layers.get(i).backward(pass, g);
+        for (int i = layers.size() - 1; i > tap; i--) g = layers.get(i).backward(pass, g, true);
         if (!Arrays.equals(g.shape(), dTapped.shape())) {
             throw new IllegalArgumentException("model " + spec.source() + ": the gradient for layer " + tap + " is " + Arrays.toString(dTapped.shape())
                 + ", its output is " + Arrays.toString(g.shape()));
@@ -103,7 +123,7 @@ public final class Model implements AutoCloseable {
         Tensor sum = pass.backend().empty(pass.arena(), g.dtype(), g.shape());
         pass.backend().add(g, dTapped, sum);
         g = sum;
-        for (int i = tap; i >= 0; i--) g = layers.get(i).backward(pass, g);
+        for (int i = tap; i >= 0 && g != null; i--) g = layers.get(i).backward(pass, g, needsInputGrad(i));
         return g;
     }
 

@@ -398,7 +398,7 @@ public final class Trainer {
                     backend.distillationLoss(logits, t, kd.alpha() < 1 ? y : null, kd, groupRows, microLoss, logits);
                     backend.axpy(1f, microLoss, stepLoss);
                 }
-                if (dHint == null) student.backward(train, logits);
+                if (dHint == null) student.backward(train, logits, false);
                 else student.backward(train, logits, hint.studentLayer(), dHint);
             }
         }
