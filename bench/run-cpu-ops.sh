@@ -7,4 +7,4 @@ cd "$root"
 JAVA="$(./distill jdk)/bin/java"
 ./distill build -q -pl bench -am
 cp="bench/target/classes:$(ls bench/target/lib/*.jar | tr '\n' ':')"
-"$JAVA" --enable-native-access=ALL-UNNAMED --sun-misc-unsafe-memory-access=allow -cp "$cp" org.openjdk.jmh.Main 'GemmBenchmark|ElementwiseBenchmark' "$@"
+"$JAVA" --enable-native-access=ALL-UNNAMED --sun-misc-unsafe-memory-access=allow -cp "$cp" org.openjdk.jmh.Main "${BENCHMARKS:-GemmBenchmark|ElementwiseBenchmark|LoaderBenchmark}" "$@"

@@ -236,7 +236,16 @@ public final class Trainer {
             for (Tensor t : List.of(stepLoss, hintLoss, microLoss, scalars)) backend.zero(t);
             if (cacheOptions != null) {
                 long t0 = System.nanoTime();
-                cache = TeacherCache.build(backend, teachers, kd.temperature(), train, config.batchSize(), cacheOptions);
+                try {
+                    cache = TeacherCache.build(backend, teachers, kd.temperature(), train, config.batchSize(), cacheOptions);
+                } catch (IOException | RuntimeException e) {
+                    // Nothing of this run may outlive a failed start (a long-lived service retries).
+                    state1.forEach(Tensor::close);
+                    state2.forEach(Tensor::close);
+                    if (adapter != null) adapter.close();
+                    arena.close();
+                    throw e;
+                }
                 onNote.accept(String.format(Locale.ROOT, "teacher cache: %s %s, %.1f MiB, %s in %.1f s", cacheOptions.storage().name().toLowerCase(Locale.ROOT)
                     + (cacheOptions.file() != null ? " " + cacheOptions.file() : ""), cacheOptions.dtype(), cache.tableBytes() / 1048576.0,
                     cache.reused() ? "reused" : "computed", (System.nanoTime() - t0) / 1e9));
