@@ -197,18 +197,10 @@ public final class CpuBackend implements Backend {
         if (bias.numel() != l[1]) throw new IllegalArgumentException("biasAdd: bias " + bias.describe() + " does not match " + y.describe());
         MemorySegment ys = y.data(), bs = bias.data();
         if (l[2] == 1) { // [N, F]: one row at a time, contiguous (vectorisable) over the features
-            long features = l[1];
-            parallel(l[0], features, n -> {
-                long base = n * features;
-                for (long j = 0; j < features; j++) set(ys, base + j, f(ys, base + j) + f(bs, j));
-            });
+            parallel(l[0], l[1], n -> CpuKernels.biasAddRows(ys, bs, n, n + 1, l[1]));
             return;
         }
-        parallel(l[0] * l[1], l[2], oc -> {
-            float b = f(bs, oc % l[1]);
-            long base = oc * l[2];
-            for (long i = 0; i < l[2]; i++) set(ys, base + i, f(ys, base + i) + b);
-        });
+        parallel(l[0] * l[1], l[2], oc -> CpuKernels.biasAddPlanes(ys, bs, oc, oc + 1, l[1], l[2]));
     }
 
     @Override
@@ -276,20 +268,8 @@ public final class CpuBackend implements Backend {
         f32("activation(" + kind + ")", x, y);
         Shapes.same("activation(" + kind + ")", x, y);
         MemorySegment xs = x.data(), ys = y.data();
-        if (kind == Activation.RELU) { // the common case, without the per-element switch and doubles
-            parallel(x.rows(), x.cols(), r -> {
-                long base = r * x.cols();
-                for (long i = base; i < base + x.cols(); i++) {
-                    float v = f(xs, i);
-                    set(ys, i, v > 0 ? v : 0f);
-                }
-            });
-            return;
-        }
-        parallel(x.rows(), x.cols() * 8, r -> {
-            long base = r * x.cols();
-            for (long i = base; i < base + x.cols(); i++) set(ys, i, (float) activate(kind, param, f(xs, i)));
-        });
+        long c = x.cols();
+        parallel(x.rows(), kind == Activation.RELU ? c : c * 8, r -> CpuKernels.activation(kind, param, xs, ys, r * c, (r + 1) * c));
     }
 
     @Override
@@ -674,20 +654,6 @@ public final class CpuBackend implements Backend {
 
     // ---- convolution: im2col + gemm
 
-    /** col [C*R*S, OH*OW] of image {@code img} (offset in elements into x). */
-    private static void im2col(MemorySegment x, long img, ConvGeometry g, Conv2dParams p, MemorySegment col) {
-        for (int ci = 0; ci < g.c(); ci++) for (int u = 0; u < g.r(); u++) for (int v = 0; v < g.s(); v++) {
-            long row = ((long) (ci * g.r() + u) * g.s() + v) * g.ohw();
-            for (int i = 0; i < g.oh(); i++) {
-                int yy = i * p.strideH() - p.padH() + u;
-                for (int j = 0; j < g.ow(); j++) {
-                    int xx = j * p.strideW() - p.padW() + v;
-                    boolean inside = yy >= 0 && yy < g.h() && xx >= 0 && xx < g.w();
-                    set(col, row + (long) i * g.ow() + j, inside ? f(x, img + ((long) ci * g.h() + yy) * g.w() + xx) : 0f);
-                }
-            }
-        }
-    }
 
     /** dx image += col2im(dcol). */
     private static void col2im(MemorySegment dcol, ConvGeometry g, Conv2dParams p, MemorySegment dx, long img) {
@@ -713,7 +679,7 @@ public final class CpuBackend implements Backend {
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment col = arena.allocate((long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
-                im2col(x.data(), (long) b * g.c() * g.h() * g.w(), g, p, col);
+                CpuKernels.im2col(x.data(), (long) b * g.c() * g.h() * g.w(), g, p, col);
                 MemorySegment yb = y.data().asSlice((long) b * g.k() * g.ohw() * 4, (long) g.k() * g.ohw() * 4);
                 CpuBlas.sgemm(false, false, g.k(), g.ohw(), g.crs(), 1f, w.data(), g.crs(), col, g.ohw(), 0f, yb, g.ohw());
             }
@@ -742,7 +708,7 @@ public final class CpuBackend implements Backend {
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment col = arena.allocate((long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
-                im2col(x.data(), (long) b * g.c() * g.h() * g.w(), g, p, col);
+                CpuKernels.im2col(x.data(), (long) b * g.c() * g.h() * g.w(), g, p, col);
                 MemorySegment dyb = dy.data().asSlice((long) b * g.k() * g.ohw() * 4, (long) g.k() * g.ohw() * 4);
                 float beta = (b == 0 && !accumulate) ? 0f : 1f;
                 CpuBlas.sgemm(false, true, g.k(), g.crs(), g.ohw(), 1f, dyb, g.ohw(), col, g.ohw(), beta, dw.data(), g.crs());
@@ -759,19 +725,7 @@ public final class CpuBackend implements Backend {
         Shapes.pool(op, p, x, y);
         long h = x.size(2), w = x.size(3), oh = y.size(2), ow = y.size(3);
         MemorySegment xs = x.data(), ys = y.data();
-        float divisor = p.kernelH() * p.kernelW();
-        parallel(x.size(0) * x.size(1), oh * ow * p.kernelH() * p.kernelW(), plane -> {
-            for (long i = 0; i < oh; i++) for (long j = 0; j < ow; j++) {
-                double acc = mode == PoolMode.MAX ? Double.NEGATIVE_INFINITY : 0;
-                for (int u = 0; u < p.kernelH(); u++) for (int v = 0; v < p.kernelW(); v++) {
-                    long yy = i * p.strideH() - p.padH() + u, xx = j * p.strideW() - p.padW() + v;
-                    if (yy < 0 || yy >= h || xx < 0 || xx >= w) continue;
-                    float val = f(xs, (plane * h + yy) * w + xx);
-                    acc = mode == PoolMode.MAX ? (val > acc || Float.isNaN(val) ? val : acc) : acc + val;
-                }
-                set(ys, (plane * oh + i) * ow + j, (float) (mode == PoolMode.MAX ? acc : acc / divisor));
-            }
-        });
+        parallel(x.size(0) * x.size(1), oh * ow * p.kernelH() * p.kernelW(), plane -> CpuKernels.pool2d(mode, p, xs, ys, plane, plane + 1, h, w, oh, ow));
     }
 
     @Override
@@ -814,7 +768,9 @@ public final class CpuBackend implements Backend {
         f32("globalAvgPool", x, y);
         Shapes.rank("globalAvgPool", x, 4);
         Shapes.expect("globalAvgPool output", y, x.size(0), x.size(1), 1, 1);
-        reduceRows(Reduction.MEAN, x.view(x.size(0) * x.size(1), x.size(2) * x.size(3)), y.view(x.size(0) * x.size(1)));
+        long hw = x.size(2) * x.size(3);
+        MemorySegment xs = x.data(), ys = y.data();
+        parallel(x.size(0) * x.size(1), hw, plane -> CpuKernels.meanRows(xs, ys, plane, plane + 1, hw));
     }
 
     @Override
@@ -870,12 +826,8 @@ public final class CpuBackend implements Backend {
         Shapes.same(op, x, y);
         long[] l = Shapes.channelLayout(op, x, gamma, beta, runningMean, runningVar);
         MemorySegment xs = x.data(), ys = y.data();
-        parallel(l[0] * l[1], l[2], nc -> {
-            long c = nc % l[1];
-            double invStd = 1 / Math.sqrt(f(runningVar.data(), c) + eps), mean = f(runningMean.data(), c);
-            double g = f(gamma.data(), c), b = f(beta.data(), c);
-            for (long i = nc * l[2]; i < (nc + 1) * l[2]; i++) set(ys, i, (float) ((f(xs, i) - mean) * invStd * g + b));
-        });
+        parallel(l[0] * l[1], l[2], nc -> CpuKernels.batchNormEval(xs, ys, gamma.data(), beta.data(), runningMean.data(), runningVar.data(), eps, nc, nc + 1,
+            l[1], l[2]));
     }
 
     @Override
