@@ -11,4 +11,5 @@ module org.distill4j.core {
     exports org.distill4j.core.nn;
     exports org.distill4j.core.data;
     exports org.distill4j.core.train;
+    exports org.distill4j.core.infer;
 }

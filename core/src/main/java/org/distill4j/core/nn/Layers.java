@@ -36,6 +36,11 @@ public final class Layers {
 
         @Override public String kind() { return "linear"; }
 
+        Tensor w() { return weight.value(); }
+        Tensor b() { return bias == null ? null : bias.value(); }
+        long inFeatures() { return in; }
+        long outFeatures() { return out; }
+
         @Override
         public long[] outputShape(long[] s) {
             if (s.length != 1 || s[0] != in) throw shapeError("linear", in + " inputs", s);
@@ -92,6 +97,11 @@ public final class Layers {
         }
 
         @Override public String kind() { return "conv2d"; }
+
+        Tensor w() { return weight.value(); }
+        Tensor b() { return bias == null ? null : bias.value(); }
+        Conv2dParams geometry() { return geometry; }
+        long kernel() { return kernel; }
 
         @Override
         public long[] outputShape(long[] s) {
@@ -157,6 +167,12 @@ public final class Layers {
 
         @Override public String kind() { return twoD ? "batchnorm2d" : "batchnorm1d"; }
 
+        Tensor gamma() { return weight.value(); }
+        Tensor beta() { return bias.value(); }
+        Tensor mean() { return runningMean.value(); }
+        Tensor var() { return runningVar.value(); }
+        float eps() { return eps; }
+
         @Override
         public long[] outputShape(long[] s) {
             boolean ok = twoD ? s.length == 3 && s[0] == features : (s.length == 1 || s.length == 2) && s[0] == features;
@@ -209,6 +225,9 @@ public final class Layers {
             this.activation = activation;
             this.param = param;
         }
+
+        Activation activation() { return activation; }
+        float param() { return param; }
 
         @Override
         public String kind() {
@@ -293,6 +312,9 @@ public final class Layers {
         }
 
         @Override public String kind() { return mode == PoolMode.MAX ? "maxpool2d" : "avgpool2d"; }
+
+        PoolMode mode() { return mode; }
+        Pool2dParams geometry() { return geometry; }
 
         @Override
         public long[] outputShape(long[] s) {
@@ -447,6 +469,9 @@ public final class Layers {
         }
 
         @Override public String kind() { return "residual"; }
+
+        Sequential body() { return body; }
+        Sequential shortcut() { return shortcut; }
 
         List<Layer> children() {
             return shortcut == null ? List.of(body) : List.of(body, shortcut);

@@ -27,6 +27,7 @@ public final class Model implements AutoCloseable {
     }
 
     public ModelSpec spec() { return spec; }
+    Layers.Sequential net() { return net; }
     public long[] inputShape() { return spec.input().clone(); }
     public long[] outputShape() { return output.clone(); }
 

@@ -1,0 +1,454 @@
+package org.distill4j.core.infer;
+
+import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
+
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.nio.FloatBuffer;
+import java.nio.file.Path;
+import java.util.Arrays;
+import java.util.List;
+import java.util.concurrent.ArrayBlockingQueue;
+import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.locks.LockSupport;
+import java.util.concurrent.locks.ReentrantLock;
+import org.distill4j.core.Backend;
+import org.distill4j.core.DType;
+import org.distill4j.core.Tensor;
+import org.distill4j.core.cuda.CudaBackend;
+import org.distill4j.core.nn.InferencePlan;
+import org.distill4j.core.nn.Layer;
+import org.distill4j.core.nn.Model;
+import org.distill4j.core.nn.ModelSpec;
+
+/**
+ * Embedded inference: a model in eval mode behind a thread-safe {@code predict}.
+ *
+ * <p>On the CPU each calling thread gets its own {@link InferencePlan.Workspace} (made on its first
+ * call), so calls run in parallel without locks and, once warm, allocate nothing on the heap or
+ * natively (tested with the thread's allocated-bytes counter). On CUDA calls are serialised on the
+ * backend's stream: inputs are staged through pinned memory into fixed device buffers and, per
+ * batch size, the forward pass is captured once as a CUDA graph and replayed.
+ *
+ * <p>Optional dynamic batching: single-row calls from many threads are gathered by one dispatcher
+ * into batches of up to {@code maxBatch} rows, waiting at most {@code maxWaitMicros} for more, then
+ * split back; callers wait parked. (That path allocates when the dispatcher blocks on its queue.)
+ *
+ * <p>Closing waits for the calls in flight to finish; a call after close throws
+ * {@link IllegalStateException}. Wrong input or output sizes throw
+ * {@link IllegalArgumentException} naming what was expected and what was given.
+ */
+public final class Predictor implements AutoCloseable {
+    /**
+     * @param maxBatch       most rows run at once (longer inputs are split); the dynamic batch size
+     * @param dynamicBatching gather concurrent single-row calls into batches
+     * @param maxWaitMicros  how long the dispatcher waits for more rows once it has one
+     */
+    public record Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros) {
+        public Options {
+            if (maxBatch < 1) throw new IllegalArgumentException("maxBatch must be >= 1, got " + maxBatch);
+            if (maxWaitMicros < 0) throw new IllegalArgumentException("maxWaitMicros must be >= 0, got " + maxWaitMicros);
+        }
+
+        public static Options defaults() {
+            return new Options(64, false, 200);
+        }
+    }
+
+    /** A place to run up to maxBatch rows: host input/output segments of the engine. */
+    private interface Engine extends AutoCloseable {
+        Slot acquire();
+
+        void release(Slot slot);
+
+        @Override
+        void close();
+    }
+
+    private abstract static class Slot {
+        final MemorySegment input, output;
+
+        Slot(MemorySegment input, MemorySegment output) {
+            this.input = input;
+            this.output = output;
+        }
+
+        abstract void run(int rows);
+    }
+
+    private final Model model;
+    private final boolean ownsModel;
+    private final Options options;
+    private final long inputSize, outputSize;
+    private final long[] inputShape, outputShape;
+    private final Engine engine;
+    private final Batcher batcher;
+    private final AtomicInteger inFlight = new AtomicInteger();
+    private volatile boolean closed;
+
+    private Predictor(Model model, boolean ownsModel, Options options) {
+        this.model = model;
+        this.ownsModel = ownsModel;
+        this.options = options;
+        this.inputShape = model.inputShape();
+        this.outputShape = model.outputShape();
+        this.inputSize = Tensor.numel(inputShape);
+        this.outputSize = Tensor.numel(outputShape);
+        Backend backend = model.parameters().isEmpty() ? null : model.parameters().getFirst().value().backend();
+        this.engine = backend == null || backend.isHost() ? new CpuEngine(InferencePlan.compile(model, options.maxBatch()))
+            : new CudaEngine((CudaBackend) backend, model, options.maxBatch(), inputShape, outputShape);
+        this.batcher = options.dynamicBatching() ? new Batcher() : null;
+    }
+
+    /** Builds the model of {@code spec} on {@code backend}, loads {@code weights} and serves it; the Predictor owns (and closes) the model. */
+    public static Predictor load(Backend backend, Path spec, Path weights, Options options) throws IOException {
+        Model m = ModelSpec.read(spec).build(backend, 0);
+        try {
+            m.load(weights);
+            return new Predictor(m, true, options);
+        } catch (IOException | RuntimeException e) {
+            m.close();
+            throw e;
+        }
+    }
+
+    /** Serves a model already in memory (e.g. a student just trained); the caller keeps it and must not train it while serving. */
+    public static Predictor of(Model model, Options options) {
+        return new Predictor(model, false, options);
+    }
+
+    public long[] inputShape() { return inputShape.clone(); }
+    public long[] outputShape() { return outputShape.clone(); }
+
+    /** Floats per input row (the product of the input shape) and per output row. */
+    public long inputSize() { return inputSize; }
+    public long outputSize() { return outputSize; }
+
+    /** Logits for {@code input} (rows x inputSize floats) into {@code output} (at least rows x outputSize). */
+    public void predict(float[] input, float[] output) {
+        int rows = rows(input.length, output.length);
+        enter();
+        try {
+            if (batcher != null && rows == 1) {
+                batcher.single(MemorySegment.ofArray(input), 0, output);
+                return;
+            }
+            for (int done = 0; done < rows; done += options.maxBatch()) {
+                int n = Math.min(options.maxBatch(), rows - done);
+                Slot s = engine.acquire();
+                try {
+                    MemorySegment.copy(input, (int) (done * inputSize), s.input, JAVA_FLOAT, 0, (int) (n * inputSize));
+                    s.run(n);
+                    MemorySegment.copy(s.output, JAVA_FLOAT, 0, output, (int) (done * outputSize), (int) (n * outputSize));
+                } finally {
+                    engine.release(s);
+                }
+            }
+        } finally {
+            exit();
+        }
+    }
+
+    /** Convenience: allocates the output. */
+    public float[] predict(float[] input) {
+        float[] out = new float[(int) (rows(input.length, Integer.MAX_VALUE) * outputSize)];
+        predict(input, out);
+        return out;
+    }
+
+    /** As {@link #predict(float[], float[])} for buffers: from {@code input}'s position to its limit, into {@code output} at its position (positions unchanged). */
+    public void predict(FloatBuffer input, FloatBuffer output) {
+        int rows = rows(input.remaining(), output.remaining());
+        enter();
+        try {
+            int inBase = input.position(), outBase = output.position();
+            for (int done = 0; done < rows; done += options.maxBatch()) {
+                int n = Math.min(options.maxBatch(), rows - done);
+                Slot s = engine.acquire();
+                try {
+                    long in0 = (long) done * inputSize;
+                    for (long i = 0; i < n * inputSize; i++) s.input.setAtIndex(JAVA_FLOAT, i, input.get((int) (inBase + in0 + i)));
+                    s.run(n);
+                    long out0 = (long) done * outputSize;
+                    for (long i = 0; i < n * outputSize; i++) output.put((int) (outBase + out0 + i), s.output.getAtIndex(JAVA_FLOAT, i));
+                } finally {
+                    engine.release(s);
+                }
+            }
+        } finally {
+            exit();
+        }
+    }
+
+    /** As {@link #predict(float[], float[])} for memory segments of float32 (sizes in bytes: multiples of 4). */
+    public void predict(MemorySegment input, MemorySegment output) {
+        if (input.byteSize() % Float.BYTES != 0 || output.byteSize() % Float.BYTES != 0) {
+            throw new IllegalArgumentException("predict: segments hold float32; got " + input.byteSize() + " and " + output.byteSize() + " bytes");
+        }
+        int rows = rows(input.byteSize() / Float.BYTES, output.byteSize() / Float.BYTES);
+        enter();
+        try {
+            for (int done = 0; done < rows; done += options.maxBatch()) {
+                int n = Math.min(options.maxBatch(), rows - done);
+                Slot s = engine.acquire();
+                try {
+                    MemorySegment.copy(input, done * inputSize * Float.BYTES, s.input, 0, n * inputSize * Float.BYTES);
+                    s.run(n);
+                    MemorySegment.copy(s.output, 0, output, done * outputSize * Float.BYTES, n * outputSize * Float.BYTES);
+                } finally {
+                    engine.release(s);
+                }
+            }
+        } finally {
+            exit();
+        }
+    }
+
+    private int rows(long inputFloats, long outputFloats) {
+        if (inputFloats == 0 || inputFloats % inputSize != 0) {
+            throw new IllegalArgumentException("predict: the input holds " + inputFloats + " floats; expected a positive multiple of " + inputSize
+                + " (rows of " + Arrays.toString(inputShape) + ")");
+        }
+        long rows = inputFloats / inputSize;
+        if (outputFloats < rows * outputSize) {
+            throw new IllegalArgumentException("predict: the output holds " + outputFloats + " floats; " + rows + " rows need " + rows * outputSize
+                + " (rows of " + Arrays.toString(outputShape) + ")");
+        }
+        if (rows > Integer.MAX_VALUE) throw new IllegalArgumentException("predict: " + rows + " rows in one call is too many");
+        return (int) rows;
+    }
+
+    private void enter() {
+        inFlight.incrementAndGet();
+        if (closed) {
+            inFlight.decrementAndGet();
+            throw new IllegalStateException("predictor is closed");
+        }
+    }
+
+    private void exit() {
+        inFlight.decrementAndGet();
+    }
+
+    /** Waits for the calls in flight, then frees everything (and the model, when it was loaded by {@link #load}). */
+    @Override
+    public void close() {
+        if (closed) return;
+        closed = true;
+        while (inFlight.get() > 0) LockSupport.parkNanos(100_000);
+        if (batcher != null) batcher.stop();
+        engine.close();
+        if (ownsModel) model.close();
+    }
+
+    // ---- CPU: a workspace per thread
+
+    private static final class CpuEngine implements Engine {
+        private final InferencePlan plan;
+        private final List<InferencePlan.Workspace> all = new CopyOnWriteArrayList<>();
+        private final ThreadLocal<CpuSlot> local;
+
+        CpuEngine(InferencePlan plan) {
+            this.plan = plan;
+            this.local = ThreadLocal.withInitial(() -> {
+                InferencePlan.Workspace w = plan.newWorkspace();
+                all.add(w);
+                return new CpuSlot(w);
+            });
+        }
+
+        @Override public Slot acquire() { return local.get(); }
+        @Override public void release(Slot slot) {}
+
+        @Override
+        public void close() {
+            all.forEach(InferencePlan.Workspace::close);
+        }
+    }
+
+    private static final class CpuSlot extends Slot {
+        private final InferencePlan.Workspace w;
+
+        CpuSlot(InferencePlan.Workspace w) {
+            super(w.input(), w.output());
+            this.w = w;
+        }
+
+        @Override
+        void run(int rows) {
+            w.run(rows);
+        }
+    }
+
+    // ---- CUDA: one slot, pinned staging, a captured graph per batch size
+
+    private static final class CudaEngine implements Engine {
+        private final ReentrantLock lock = new ReentrantLock();
+        private final CudaBackend gpu;
+        private final Arena arena = Arena.ofShared();
+        private final Tensor in, out;
+        private final Tensor[] inViews, outViews;
+        private final Backend.Graph[] graphs;
+        private final CudaSlot slot;
+        private final Model model;
+
+        CudaEngine(CudaBackend gpu, Model model, int maxBatch, long[] inputShape, long[] outputShape) {
+            this.gpu = gpu;
+            this.model = model;
+            long[] inShape = withBatch(maxBatch, inputShape), outShape = withBatch(maxBatch, outputShape);
+            in = gpu.empty(arena, DType.F32, inShape);
+            out = gpu.empty(arena, DType.F32, outShape);
+            inViews = new Tensor[maxBatch + 1];
+            outViews = new Tensor[maxBatch + 1];
+            for (int n = 1; n <= maxBatch; n++) {
+                inViews[n] = in.narrow0(0, n);
+                outViews[n] = out.narrow0(0, n);
+            }
+            graphs = new Backend.Graph[maxBatch + 1];
+            MemorySegment hostIn = gpu.allocateHost(arena, in.byteSize()), hostOut = gpu.allocateHost(arena, out.byteSize());
+            slot = new CudaSlot(hostIn, hostOut);
+        }
+
+        private final class CudaSlot extends Slot {
+            CudaSlot(MemorySegment input, MemorySegment output) {
+                super(input, output);
+            }
+
+            @Override
+            void run(int rows) {
+                try (Backend.Fence f = gpu.copyFromHostAsync(input.asSlice(0, inViews[rows].byteSize()), inViews[rows])) {
+                    if (graphs[rows] == null) {
+                        Tensor x = inViews[rows], y = outViews[rows];
+                        graphs[rows] = gpu.capture(() -> {
+                            try (Arena a = Arena.ofShared()) {
+                                gpu.copy(model.forward(new Layer.Pass(gpu, a, false, 0, 0), x), y);
+                            }
+                        });
+                    }
+                    graphs[rows].replay();
+                    gpu.copyToHost(outViews[rows], output); // synchronises: the caller's answer is ready
+                    f.await();
+                }
+            }
+        }
+
+        @Override
+        public Slot acquire() {
+            lock.lock();
+            return slot;
+        }
+
+        @Override
+        public void release(Slot s) {
+            lock.unlock();
+        }
+
+        @Override
+        public void close() {
+            for (Backend.Graph g : graphs) if (g != null) g.close();
+            gpu.synchronize();
+            arena.close();
+        }
+
+        private static long[] withBatch(long n, long[] shape) {
+            long[] s = new long[shape.length + 1];
+            s[0] = n;
+            System.arraycopy(shape, 0, s, 1, shape.length);
+            return s;
+        }
+    }
+
+    // ---- dynamic batching
+
+    /** One waiting single-row call (one per calling thread, reused). */
+    private static final class Request {
+        final Thread caller = Thread.currentThread();
+        MemorySegment input;
+        long inputOffset;
+        float[] output;
+        volatile boolean done;
+        RuntimeException failure;
+    }
+
+    private final class Batcher {
+        private final ArrayBlockingQueue<Request> queue = new ArrayBlockingQueue<>(65536);
+        private final ThreadLocal<Request> requests = ThreadLocal.withInitial(Request::new);
+        private final Thread dispatcher;
+        private volatile boolean running = true;
+
+        Batcher() {
+            dispatcher = Thread.ofPlatform().daemon().name("distill4j-batcher").start(this::loop);
+        }
+
+        void single(MemorySegment input, long offset, float[] output) {
+            Request r = requests.get();
+            r.input = input;
+            r.inputOffset = offset;
+            r.output = output;
+            r.failure = null;
+            r.done = false;
+            if (!queue.offer(r)) throw new IllegalStateException("predict: the dynamic-batching queue is full (65,536 waiting calls)");
+            while (!r.done) LockSupport.park(this);
+            if (r.failure != null) throw r.failure;
+        }
+
+        private void loop() {
+            Request[] batch = new Request[options.maxBatch()];
+            while (running || !queue.isEmpty()) {
+                try {
+                    Request first = queue.poll(10, TimeUnit.MILLISECONDS);
+                    if (first == null) continue;
+                    batch[0] = first;
+                    int n = 1;
+                    long deadline = System.nanoTime() + options.maxWaitMicros() * 1000;
+                    while (n < batch.length) {
+                        Request r = queue.poll();
+                        if (r == null) {
+                            long left = deadline - System.nanoTime();
+                            if (left <= 0) break;
+                            r = queue.poll(left, TimeUnit.NANOSECONDS);
+                            if (r == null) break;
+                        }
+                        batch[n++] = r;
+                    }
+                    run(batch, n);
+                } catch (InterruptedException e) {
+                    if (!running) return;
+                }
+            }
+        }
+
+        private void run(Request[] batch, int n) {
+            RuntimeException failure = null;
+            Slot s = engine.acquire();
+            try {
+                for (int i = 0; i < n; i++) MemorySegment.copy(batch[i].input, batch[i].inputOffset, s.input, i * inputSize * Float.BYTES, inputSize * Float.BYTES);
+                s.run(n);
+                for (int i = 0; i < n; i++) MemorySegment.copy(s.output, JAVA_FLOAT, i * outputSize * Float.BYTES, batch[i].output, 0, (int) outputSize);
+            } catch (RuntimeException e) {
+                failure = e;
+            } finally {
+                engine.release(s);
+            }
+            for (int i = 0; i < n; i++) {
+                Request r = batch[i];
+                batch[i] = null;
+                r.failure = failure;
+                r.done = true;
+                LockSupport.unpark(r.caller);
+            }
+        }
+
+        void stop() {
+            running = false;
+            try {
+                dispatcher.join();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+package org.distill4j.core.infer;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.nio.FloatBuffer;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.atomic.AtomicInteger;
+import org.distill4j.core.Tensor;
+import org.distill4j.core.TestFiles;
+import org.distill4j.core.cpu.CpuBackend;
+import org.distill4j.core.nn.Layer;
+import org.distill4j.core.nn.Model;
+import org.distill4j.core.nn.ModelSpec;
+import org.junit.jupiter.api.Test;
+
+/** The Predictor on the CPU: the same numbers as Model.forward, thread safety, allocation-free calls, close, bad input. */
+class PredictorTest {
+    private static final Path FIXTURE = TestFiles.resource("/fixtures/model");
+    private static final String MLP = "{\"input\": [20], \"layers\": [{\"type\": \"linear\", \"in\": 20, \"out\": 64}, {\"type\": \"batchnorm1d\", \"features\": 64},"
+        + "{\"type\": \"gelu\"}, {\"type\": \"dropout\", \"p\": 0.3}, {\"type\": \"linear\", \"in\": 64, \"out\": 32}, {\"type\": \"relu\"},"
+        + "{\"type\": \"linear\", \"in\": 32, \"out\": 5}]}";
+
+    private static float[] random(int n, long seed) {
+        Random r = new Random(seed);
+        float[] v = new float[n];
+        for (int i = 0; i < n; i++) v[i] = (float) r.nextGaussian();
+        return v;
+    }
+
+    private static float[] forward(Model m, float[] x, long... shape) {
+        try (Arena a = Arena.ofShared(); Tensor t = CpuBackend.get().fromArray(x, shape)) {
+            return m.forward(new Layer.Pass(CpuBackend.get(), a, false, 0, 0), t).toFloatArray();
+        }
+    }
+
+    /** Every layer type (the PyTorch interop CNN): a batch through the Predictor equals Model.forward of the same batch, bit for bit. */
+    @Test
+    void sameNumbersAsModelForward() throws Exception {
+        try (Model m = ModelSpec.read(FIXTURE.resolve("cnn.json")).build(CpuBackend.get(), 0)) {
+            m.load(FIXTURE.resolve("cnn.safetensors"));
+            long in = Tensor.numel(m.inputShape());
+            for (int rows : new int[] {1, 3, 16}) {
+                float[] x = random((int) (rows * in), rows);
+                float[] expected = forward(m, x, rows, 3, 12, 12);
+                try (Predictor p = Predictor.of(m, new Predictor.Options(16, false, 0))) {
+                    assertArrayEquals(expected, p.predict(x), "rows " + rows);
+                    float[] viaBuffer = new float[expected.length];
+                    p.predict(FloatBuffer.wrap(x), FloatBuffer.wrap(viaBuffer));
+                    assertArrayEquals(expected, viaBuffer, "FloatBuffer, rows " + rows);
+                    try (Arena a = Arena.ofConfined()) {
+                        MemorySegment si = a.allocateFrom(java.lang.foreign.ValueLayout.JAVA_FLOAT, x), so = a.allocate(expected.length * 4L);
+                        p.predict(si, so);
+                        assertArrayEquals(expected, so.toArray(java.lang.foreign.ValueLayout.JAVA_FLOAT), "MemorySegment, rows " + rows);
+                    }
+                }
+            }
+            // More rows than maxBatch are split; each chunk equals forward of that chunk.
+            float[] x = random((int) (10 * in), 99);
+            try (Predictor p = Predictor.of(m, new Predictor.Options(4, false, 0))) {
+                float[] got = p.predict(x);
+                for (int c = 0; c < 10; c += 4) {
+                    int n = Math.min(4, 10 - c);
+                    float[] chunk = java.util.Arrays.copyOfRange(x, (int) (c * in), (int) ((c + n) * in));
+                    float[] want = forward(m, chunk, n, 3, 12, 12);
+                    assertArrayEquals(want, java.util.Arrays.copyOfRange(got, c * 5, (c + n) * 5), "chunk at row " + c);
+                }
+            }
+        }
+    }
+
+    /** 8 threads of single-row calls give exactly the single-threaded answers. */
+    @Test
+    void threadsGiveTheSameAnswers() throws Exception {
+        try (Model m = ModelSpec.parse("mlp", MLP).build(CpuBackend.get(), 4); Predictor p = Predictor.of(m, Predictor.Options.defaults())) {
+            int rows = 400;
+            float[] x = random(rows * 20, 5);
+            float[][] single = new float[rows][];
+            for (int r = 0; r < rows; r++) single[r] = p.predict(java.util.Arrays.copyOfRange(x, r * 20, r * 20 + 20));
+            ExecutorService pool = Executors.newFixedThreadPool(8);
+            try {
+                List<Future<?>> fs = new ArrayList<>();
+                AtomicInteger mismatches = new AtomicInteger();
+                for (int t = 0; t < 8; t++) {
+                    int seed = t;
+                    fs.add(pool.submit(() -> {
+                        Random rnd = new Random(seed);
+                        float[] out = new float[5], in = new float[20];
+                        for (int i = 0; i < 2000; i++) {
+                            int r = rnd.nextInt(rows);
+                            System.arraycopy(x, r * 20, in, 0, 20);
+                            p.predict(in, out);
+                            if (!java.util.Arrays.equals(out, single[r])) mismatches.incrementAndGet();
+                        }
+                    }));
+                }
+                for (Future<?> f : fs) f.get();
+                assertEquals(0, mismatches.get(), "answers that differ from the single-threaded ones");
+            } finally {
+                pool.shutdown();
+            }
+        }
+    }
+
+    @Test
+    void badInputAndClose() throws Exception {
+        try (Model m = ModelSpec.parse("mlp", MLP).build(CpuBackend.get(), 4)) {
+            Predictor p = Predictor.of(m, Predictor.Options.defaults());
+            var e = assertThrows(IllegalArgumentException.class, () -> p.predict(new float[19], new float[5]));
+            assertTrue(e.getMessage().contains("holds 19 floats; expected a positive multiple of 20"), e.getMessage());
+            var o = assertThrows(IllegalArgumentException.class, () -> p.predict(new float[40], new float[5]));
+            assertTrue(o.getMessage().contains("2 rows need 10"), o.getMessage());
+            // Close while 8 threads call: each call finishes with a right answer or fails with "closed"; none crashes.
+            float[] in = random(20, 3);
+            float[] want = p.predict(in);
+            ExecutorService pool = Executors.newFixedThreadPool(8);
+            AtomicInteger ok = new AtomicInteger(), refused = new AtomicInteger(), wrong = new AtomicInteger();
+            List<Future<?>> fs = new ArrayList<>();
+            for (int t = 0; t < 8; t++) {
+                fs.add(pool.submit(() -> {
+                    float[] out = new float[5];
+                    for (int i = 0; i < 100_000; i++) {
+                        try {
+                            p.predict(in, out);
+                            if (java.util.Arrays.equals(out, want)) ok.incrementAndGet();
+                            else wrong.incrementAndGet();
+                        } catch (IllegalStateException closed) {
+                            refused.incrementAndGet();
+                            return;
+                        }
+                    }
+                }));
+            }
+            Thread.sleep(50);
+            p.close();
+            pool.shutdown();
+            for (Future<?> f : fs) f.get();
+            assertEquals(0, wrong.get());
+            assertTrue(ok.get() > 0, "calls before close succeeded");
+            var closed = assertThrows(IllegalStateException.class, () -> p.predict(in));
+            assertEquals("predictor is closed", closed.getMessage());
+        }
+    }
+
+    /** Dynamic batching: 16 threads of single-row calls, gathered into batches, answer as per-row calls do (within float rounding of a different batch). */
+    @Test
+    void dynamicBatchingAnswersEveryCaller() throws Exception {
+        try (Model m = ModelSpec.parse("mlp", MLP).build(CpuBackend.get(), 4);
+             Predictor direct = Predictor.of(m, Predictor.Options.defaults());
+             Predictor batched = Predictor.of(m, new Predictor.Options(32, true, 500))) {
+            int rows = 64;
+            float[] x = random(rows * 20, 8);
+            float[][] want = new float[rows][];
+            for (int r = 0; r < rows; r++) want[r] = direct.predict(java.util.Arrays.copyOfRange(x, r * 20, r * 20 + 20));
+            ExecutorService pool = Executors.newFixedThreadPool(16);
+            AtomicInteger bad = new AtomicInteger();
+            List<Future<?>> fs = new ArrayList<>();
+            for (int t = 0; t < 16; t++) {
+                int seed = t;
+                fs.add(pool.submit(() -> {
+                    Random rnd = new Random(seed);
+                    float[] in = new float[20], out = new float[5];
+                    for (int i = 0; i < 300; i++) {
+                        int r = rnd.nextInt(rows);
+                        System.arraycopy(x, r * 20, in, 0, 20);
+                        batched.predict(in, out);
+                        for (int j = 0; j < 5; j++) if (Math.abs(out[j] - want[r][j]) > 1e-5 * Math.max(1, Math.abs(want[r][j]))) bad.incrementAndGet();
+                    }
+                }));
+            }
+            for (Future<?> f : fs) f.get();
+            pool.shutdown();
+            assertEquals(0, bad.get(), "batched answers off by more than 1e-5");
+        }
+    }
+}
