@@ -41,6 +41,47 @@ class PredictCommandTest {
         }
     }
 
+    /** The Predictor gives exactly distill predict's numbers: batch 1 with 1 and 8 threads, and the whole input as one batch. */
+    @Test
+    void predictorMatchesDistillPredict() throws Exception {
+        Path spec = FIXTURE.resolve("cnn.json"), w = FIXTURE.resolve("cnn.safetensors"), x = FIXTURE.resolve("input.npy");
+        float[] input = Npy.read(x).toFloats();
+        for (String batch : new String[] {"1", "4"}) {
+            Path out = tmp.resolve("p-" + batch + ".npy");
+            String[] r = run("predict", "--model", spec.toString(), "--weights", w.toString(), "--input", x.toString(), "--output", out.toString(), "--batch", batch);
+            assertEquals("0", r[0], r[2]);
+            float[] want = Npy.read(out).toFloats();
+            try (org.distill4j.core.infer.Predictor p = org.distill4j.core.infer.Predictor.load(org.distill4j.core.cpu.CpuBackend.get(), spec, w,
+                org.distill4j.core.infer.Predictor.Options.defaults())) {
+                int in = (int) p.inputSize(), outSize = (int) p.outputSize(), rows = input.length / in;
+                if (batch.equals("4")) {
+                    org.junit.jupiter.api.Assertions.assertArrayEquals(want, p.predict(input), "one batch of " + rows);
+                    continue;
+                }
+                for (int threads : new int[] {1, 8}) {
+                    float[] got = new float[want.length];
+                    java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newFixedThreadPool(threads);
+                    java.util.List<java.util.concurrent.Future<?>> fs = new java.util.ArrayList<>();
+                    for (int rep = 0; rep < 50; rep++) {
+                        for (int row = 0; row < rows; row++) {
+                            int rr = row;
+                            fs.add(pool.submit(() -> {
+                                float[] one = p.predict(java.util.Arrays.copyOfRange(input, rr * in, (rr + 1) * in));
+                                synchronized (got) {
+                                    System.arraycopy(one, 0, got, rr * outSize, outSize);
+                                }
+                                org.junit.jupiter.api.Assertions.assertArrayEquals(java.util.Arrays.copyOfRange(want, rr * outSize, (rr + 1) * outSize), one);
+                            }));
+                        }
+                    }
+                    for (var f : fs) f.get();
+                    pool.shutdown();
+                    org.junit.jupiter.api.Assertions.assertArrayEquals(want, got, threads + " threads, batch 1");
+                }
+            }
+        }
+    }
+
     @Test
     void badInputIsOneLineExitTwo() throws Exception {
         Path spec = FIXTURE.resolve("cnn.json"), w = FIXTURE.resolve("cnn.safetensors"), x = FIXTURE.resolve("input.npy");

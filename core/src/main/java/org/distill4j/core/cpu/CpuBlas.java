@@ -49,6 +49,21 @@ public final class CpuBlas {
         }
     }
 
+    /**
+     * y[m] = alpha * A[m,n] x[n] + beta * y (row-major A with leading dimension lda): one pass over
+     * A with no packing, which is what a single row (batch 1) through a linear layer wants.
+     */
+    public static void sgemv(int m, int n, float alpha, MemorySegment a, int lda, MemorySegment x, float beta, MemorySegment y) {
+        checkExtent("A", a, m, n, lda);
+        checkExtent("x", x, 1, n, n);
+        checkExtent("y", y, 1, m, m);
+        if (usesOpenBlas()) {
+            cblas_h.cblas_sgemv(cblas_h.CblasRowMajor, cblas_h.CblasNoTrans, m, n, alpha, a, lda, x, 1, beta, y, 1);
+        } else {
+            javaSgemm(false, true, 1, m, n, alpha, x, n, a, lda, beta, y, m);
+        }
+    }
+
     private static void checkExtent(String name, MemorySegment s, int rows, int cols, int ld) {
         if (ld < Math.max(1, cols)) throw new IllegalArgumentException("gemm: leading dimension of " + name + " is " + ld + ", needs >= " + cols);
         long needed = rows == 0 ? 0 : ((long) (rows - 1) * ld + cols) * Float.BYTES;

@@ -90,8 +90,10 @@ public final class InferencePlan {
                 int k = (int) l.inFeatures(), n = (int) l.outFeatures();
                 MemorySegment w = l.w().data(), b = l.b() == null ? null : l.b().data();
                 steps.add((ws, rows) -> {
-                    // y [rows, n] = x [rows, k] W^T, W [n, k]: the call CpuBackend.gemm(false, true, ...) makes.
-                    CpuBlas.sgemm(false, true, rows, n, k, 1f, ws.buffers[in], k, w, k, 0f, ws.buffers[out], n);
+                    // y [rows, n] = x [rows, k] W^T, W [n, k]. One row: gemv reads W once without packing it
+                    // (batch-1 latency); more rows: the call CpuBackend.gemm(false, true, ...) makes.
+                    if (rows == 1) CpuBlas.sgemv(n, k, 1f, w, k, ws.buffers[in], 0f, ws.buffers[out]);
+                    else CpuBlas.sgemm(false, true, rows, n, k, 1f, ws.buffers[in], k, w, k, 0f, ws.buffers[out], n);
                     if (b != null) CpuKernels.biasAddRows(ws.buffers[out], b, 0, rows, n);
                 });
                 return out;
