@@ -33,6 +33,8 @@ final class PredictBench implements Callable<Integer> {
     @Option(names = "--dynamic-batching", description = "gather concurrent single-row calls into batches") boolean dynamic;
     @Option(names = "--max-batch", defaultValue = "64", description = "rows run at once / dynamic batch size (default: ${DEFAULT-VALUE})") int maxBatch;
     @Option(names = "--max-wait-us", defaultValue = "200", description = "dynamic batching: longest wait for more rows (default: ${DEFAULT-VALUE})") long maxWait;
+    @Option(names = "--intra-op-threads", defaultValue = "1", paramLabel = "1|0",
+        description = "CPU: 1 runs each call on its caller's thread (default), 0 lets OpenBLAS use its own thread pool") int intraOp;
     @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda", description = "default: ${DEFAULT-VALUE}") String device;
     @CommandLine.Spec CommandLine.Model.CommandSpec spec;
 
@@ -44,7 +46,7 @@ final class PredictBench implements Callable<Integer> {
         if (dynamic && batch != 1) throw new IllegalArgumentException("--dynamic-batching gathers single-row calls: use --batch 1");
         Devices.check(device);
         PrintWriter out = spec.commandLine().getOut();
-        try (Backend b = Devices.open(device); Predictor p = Predictor.load(b, model, weights, new Predictor.Options(Math.max(maxBatch, batch), dynamic, maxWait))) {
+        try (Backend b = Devices.open(device); Predictor p = Predictor.load(b, model, weights, new Predictor.Options(Math.max(maxBatch, batch), dynamic, maxWait, intraOp))) {
             int in = (int) p.inputSize(), outSize = (int) p.outputSize();
             long warmEnd = System.nanoTime() + (long) (warmup * 1e9), end = warmEnd + (long) (seconds * 1e9);
             long[][] latencies = new long[threads][];
@@ -85,8 +87,8 @@ final class PredictBench implements Callable<Integer> {
             }
             Arrays.sort(all);
             double p50 = all[(int) (0.50 * (total - 1))] / 1e3, p99 = all[(int) (0.99 * (total - 1))] / 1e3, rate = total / seconds;
-            out.printf(Locale.ROOT, "%s on %s: %d threads x batch %d%s, %.1f s measured after %.1f s warm-up: %,d calls, %,.0f samples/s%n", model, b.name(),
-                threads, batch, dynamic ? " (dynamic batching up to " + maxBatch + " rows, " + maxWait + " us)" : "", seconds, warmup, total, rate * batch);
+            out.printf(Locale.ROOT, "%s on %s (intra-op threads %d): %d threads x batch %d%s, %.1f s measured after %.1f s warm-up: %,d calls, %,.0f samples/s%n",
+                model, b.name(), intraOp, threads, batch, dynamic ? " (dynamic batching up to " + maxBatch + " rows, " + maxWait + " us)" : "", seconds, warmup, total, rate * batch);
             out.printf(Locale.ROOT, "predict: p50 %.1f us, p99 %.1f us, %.0f req/s%n", p50, p99, rate);
         }
         return 0;

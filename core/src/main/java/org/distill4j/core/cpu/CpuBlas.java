@@ -24,6 +24,31 @@ public final class CpuBlas {
         return OPENBLAS.isLoaded() && !FORCE_JAVA;
     }
 
+    private static int singleThreadedHolders;
+    private static int threadsBefore;
+
+    /**
+     * Asks OpenBLAS for one thread per call until the matching {@link #releaseSingleThreaded()}
+     * (reference counted; the previous count comes back with the last release). For callers that
+     * run many BLAS calls in parallel themselves, e.g. a Predictor serving many threads: OpenBLAS's
+     * own thread pool is shared by the whole process, and several threads each starting threaded
+     * calls queue on it (measured: p99 of 356 ms at 8 callers instead of tens of microseconds).
+     * OpenBLAS's thread count is process-wide, so training in the same process runs its gemms on
+     * one thread meanwhile.
+     */
+    public static synchronized void holdSingleThreaded() {
+        if (!usesOpenBlas()) return;
+        if (singleThreadedHolders++ == 0) {
+            threadsBefore = cblas_h.openblas_get_num_threads();
+            cblas_h.openblas_set_num_threads(1);
+        }
+    }
+
+    public static synchronized void releaseSingleThreaded() {
+        if (!usesOpenBlas() || singleThreadedHolders == 0) return;
+        if (--singleThreadedHolders == 0) cblas_h.openblas_set_num_threads(threadsBefore);
+    }
+
     /** What gemm runs on, in words, for reports. */
     public static String provider() {
         if (FORCE_JAVA) return "pure Java (forced by -Ddistill4j.blas.java=true)";

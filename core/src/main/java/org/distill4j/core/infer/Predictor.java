@@ -29,7 +29,10 @@ import org.distill4j.core.nn.ModelSpec;
  *
  * <p>On the CPU each calling thread gets its own {@link InferencePlan.Workspace} (made on its first
  * call), so calls run in parallel without locks and, once warm, allocate nothing on the heap or
- * natively (tested with the thread's allocated-bytes counter). On CUDA calls are serialised on the
+ * natively (tested with the thread's allocated-bytes counter). By default each call runs on its
+ * caller's thread only: while such a Predictor is open, OpenBLAS is held to one thread per call
+ * ({@link org.distill4j.core.cpu.CpuBlas#holdSingleThreaded()}, process-wide); see
+ * {@link Options#intraOpThreads()}. On CUDA calls are serialised on the
  * backend's stream: inputs are staged through pinned memory into fixed device buffers and, per
  * batch size, the forward pass is captured once as a CUDA graph and replayed.
  *
@@ -43,18 +46,30 @@ import org.distill4j.core.nn.ModelSpec;
  */
 public final class Predictor implements AutoCloseable {
     /**
-     * @param maxBatch       most rows run at once (longer inputs are split); the dynamic batch size
+     * @param maxBatch        most rows run at once (longer inputs are split); the dynamic batch size
      * @param dynamicBatching gather concurrent single-row calls into batches
-     * @param maxWaitMicros  how long the dispatcher waits for more rows once it has one
+     * @param maxWaitMicros   how long the dispatcher waits for more rows once it has one
+     * @param intraOpThreads  CPU only: 1 (default) runs each call on its caller's thread alone, BLAS
+     *                        included (OpenBLAS is held to one thread, process-wide, while the
+     *                        Predictor is open): right for many concurrent callers; 0 leaves OpenBLAS
+     *                        its own thread pool: lower latency for a single caller, but concurrent
+     *                        callers queue on that pool
      */
-    public record Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros) {
+    public record Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros, int intraOpThreads) {
         public Options {
             if (maxBatch < 1) throw new IllegalArgumentException("maxBatch must be >= 1, got " + maxBatch);
             if (maxWaitMicros < 0) throw new IllegalArgumentException("maxWaitMicros must be >= 0, got " + maxWaitMicros);
+            if (intraOpThreads != 0 && intraOpThreads != 1) {
+                throw new IllegalArgumentException("intraOpThreads must be 1 (the caller's thread) or 0 (OpenBLAS's pool), got " + intraOpThreads);
+            }
+        }
+
+        public Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros) {
+            this(maxBatch, dynamicBatching, maxWaitMicros, 1);
         }
 
         public static Options defaults() {
-            return new Options(64, false, 200);
+            return new Options(64, false, 200, 1);
         }
     }
 
@@ -98,7 +113,7 @@ public final class Predictor implements AutoCloseable {
         this.inputSize = Tensor.numel(inputShape);
         this.outputSize = Tensor.numel(outputShape);
         Backend backend = model.parameters().isEmpty() ? null : model.parameters().getFirst().value().backend();
-        this.engine = backend == null || backend.isHost() ? new CpuEngine(InferencePlan.compile(model, options.maxBatch()))
+        this.engine = backend == null || backend.isHost() ? new CpuEngine(InferencePlan.compile(model, options.maxBatch()), options.intraOpThreads() == 1)
             : new CudaEngine((CudaBackend) backend, model, options.maxBatch(), inputShape, outputShape);
         this.batcher = options.dynamicBatching() ? new Batcher() : null;
     }
@@ -250,9 +265,13 @@ public final class Predictor implements AutoCloseable {
         private final InferencePlan plan;
         private final List<InferencePlan.Workspace> all = new CopyOnWriteArrayList<>();
         private final ThreadLocal<CpuSlot> local;
+        private final boolean singleThreaded;
 
-        CpuEngine(InferencePlan plan) {
+        CpuEngine(InferencePlan plan, boolean singleThreaded) {
             this.plan = plan;
+            this.singleThreaded = singleThreaded;
+            // Parallelism comes from the callers: each call runs on its own thread, BLAS included.
+            if (singleThreaded) org.distill4j.core.cpu.CpuBlas.holdSingleThreaded();
             this.local = ThreadLocal.withInitial(() -> {
                 InferencePlan.Workspace w = plan.newWorkspace();
                 all.add(w);
@@ -266,6 +285,7 @@ public final class Predictor implements AutoCloseable {
         @Override
         public void close() {
             all.forEach(InferencePlan.Workspace::close);
+            if (singleThreaded) org.distill4j.core.cpu.CpuBlas.releaseSingleThreaded();
         }
     }
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The Predictor (`distill bench predict`) against ONNX Runtime's Java API (OrtPredictBench) on the
+# same student, alternately in one session: batch 1 and 32, 1 and 8 threads.
+#   bench/run-predict.sh [SPEC WEIGHTS] [seconds]
+# Defaults: the MNIST student of examples/mnist/run.sh (run it first). The ONNX file is exported by
+# bench/pytorch/export_onnx.py with PYTHON (a Python with torch, onnx, onnxruntime; default python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SPEC=${1:-examples/mnist/student.json}
+WEIGHTS=${2:-runs/mnist/student-kd/model.safetensors}
+SECONDS_EACH=${3:-10}
+PYTHON=${PYTHON:-python3}
+ONNX=runs/bench/$(basename "$SPEC" .json).onnx
+mkdir -p runs/bench
+[ -f "$ONNX" ] && [ "$ONNX" -nt "$WEIGHTS" ] || "$PYTHON" bench/pytorch/export_onnx.py --spec "$SPEC" --weights "$WEIGHTS" --out "$ONNX"
+JAVA="$(./distill jdk)/bin/java"
+./distill build -q -pl bench -am
+cp="bench/target/classes:$(ls bench/target/lib/*.jar | tr '\n' ':')"
+printf '%-8s %-8s %-12s %-40s %s\n' batch threads engine result samples/s
+for batch in 1 32; do
+  for threads in 1 8; do
+    for intra in 1 0; do
+      ours=$(./distill bench predict --model "$SPEC" --weights "$WEIGHTS" --threads "$threads" --batch "$batch" --seconds "$SECONDS_EACH" --warmup-seconds 3 \
+        --intra-op-threads "$intra")
+      printf '%-8s %-8s %-12s %-40s %s\n' "$batch" "$threads" "d4j-intra$intra" "$(echo "$ours" | tail -1 | sed 's/predict: //')" \
+        "$(echo "$ours" | head -1 | sed -E 's/.* ([0-9,]+) samples\/s$/\1/')"
+    done
+    for intra in 1 0; do
+      ort=$("$JAVA" --enable-native-access=ALL-UNNAMED -cp "$cp" org.distill4j.bench.OrtPredictBench "$ONNX" "$threads" "$batch" "$SECONDS_EACH" 3 "$intra")
+      printf '%-8s %-8s %-12s %-40s %s\n' "$batch" "$threads" "ort-intra$intra" "$(echo "$ort" | tail -1 | sed 's/ort: //')" \
+        "$(echo "$ort" | head -1 | sed -E 's/.* ([0-9,]+) samples\/s$/\1/')"
+    done
+  done
+done
