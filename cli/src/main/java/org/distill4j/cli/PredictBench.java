@@ -35,6 +35,7 @@ final class PredictBench implements Callable<Integer> {
     @Option(names = "--max-wait-us", defaultValue = "200", description = "dynamic batching: longest wait for more rows (default: ${DEFAULT-VALUE})") long maxWait;
     @Option(names = "--intra-op-threads", defaultValue = "1", paramLabel = "1|0",
         description = "CPU: 1 runs each call on its caller's thread (default), 0 lets OpenBLAS use its own thread pool") int intraOp;
+    @Option(names = "--gpu-workers", defaultValue = "2", description = "CUDA: workers, each with its own stream (default: ${DEFAULT-VALUE})") int gpuWorkers;
     @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda", description = "default: ${DEFAULT-VALUE}") String device;
     @CommandLine.Spec CommandLine.Model.CommandSpec spec;
 
@@ -46,7 +47,7 @@ final class PredictBench implements Callable<Integer> {
         if (dynamic && batch != 1) throw new IllegalArgumentException("--dynamic-batching gathers single-row calls: use --batch 1");
         Devices.check(device);
         PrintWriter out = spec.commandLine().getOut();
-        try (Backend b = Devices.open(device); Predictor p = Predictor.load(b, model, weights, new Predictor.Options(Math.max(maxBatch, batch), dynamic, maxWait, intraOp))) {
+        try (Backend b = Devices.open(device); Predictor p = Predictor.load(b, model, weights, new Predictor.Options(Math.max(maxBatch, batch), dynamic, maxWait, intraOp, gpuWorkers))) {
             int in = (int) p.inputSize(), outSize = (int) p.outputSize();
             long warmEnd = System.nanoTime() + (long) (warmup * 1e9), end = warmEnd + (long) (seconds * 1e9);
             long[][] latencies = new long[threads][];

@@ -132,6 +132,9 @@ public final class CudaBackend implements Backend {
     @Override
     public String name() { return "cuda:" + context.device().ordinal(); }
 
+    /** The GPU's ordinal (what {@link #create(int)} was given). */
+    public int ordinal() { return context.device().ordinal(); }
+
     /** Selects TF32 tensor-op math or strict FP32 for cuBLAS and cuDNN. */
     public void setMathMode(MathMode mode) {
         context.makeCurrent();

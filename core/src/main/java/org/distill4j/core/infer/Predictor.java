@@ -14,7 +14,6 @@ import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.locks.LockSupport;
-import java.util.concurrent.locks.ReentrantLock;
 import org.distill4j.core.Backend;
 import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
@@ -32,9 +31,12 @@ import org.distill4j.core.nn.ModelSpec;
  * natively (tested with the thread's allocated-bytes counter). By default each call runs on its
  * caller's thread only: while such a Predictor is open, OpenBLAS is held to one thread per call
  * ({@link org.distill4j.core.cpu.CpuBlas#holdSingleThreaded()}, process-wide); see
- * {@link Options#intraOpThreads()}. On CUDA calls are serialised on the
- * backend's stream: inputs are staged through pinned memory into fixed device buffers and, per
- * batch size, the forward pass is captured once as a CUDA graph and replayed.
+ * {@link Options#intraOpThreads()}.
+ *
+ * <p>On CUDA a call takes one of {@code gpuWorkers} workers, each with its own stream (a backend of
+ * its own, with its cuBLAS and cuDNN handles) and copy of the weights: inputs are staged through
+ * pinned memory into fixed device buffers and, per batch size, the forward pass is captured once
+ * as a CUDA graph and replayed.
  *
  * <p>Optional dynamic batching: single-row calls from many threads are gathered by one dispatcher
  * into batches of up to {@code maxBatch} rows, waiting at most {@code maxWaitMicros} for more, then
@@ -54,22 +56,30 @@ public final class Predictor implements AutoCloseable {
      *                        Predictor is open): right for many concurrent callers; 0 leaves OpenBLAS
      *                        its own thread pool: lower latency for a single caller, but concurrent
      *                        callers queue on that pool
+     * @param gpuWorkers      CUDA only: workers, each with its own backend (stream, cuBLAS and cuDNN
+     *                        handles), copy of the weights, pinned buffers and graphs; calls take a
+     *                        free worker, so this many batches are in flight at once
      */
-    public record Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros, int intraOpThreads) {
+    public record Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros, int intraOpThreads, int gpuWorkers) {
         public Options {
             if (maxBatch < 1) throw new IllegalArgumentException("maxBatch must be >= 1, got " + maxBatch);
             if (maxWaitMicros < 0) throw new IllegalArgumentException("maxWaitMicros must be >= 0, got " + maxWaitMicros);
             if (intraOpThreads != 0 && intraOpThreads != 1) {
                 throw new IllegalArgumentException("intraOpThreads must be 1 (the caller's thread) or 0 (OpenBLAS's pool), got " + intraOpThreads);
             }
+            if (gpuWorkers < 1) throw new IllegalArgumentException("gpuWorkers must be >= 1, got " + gpuWorkers);
         }
 
         public Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros) {
-            this(maxBatch, dynamicBatching, maxWaitMicros, 1);
+            this(maxBatch, dynamicBatching, maxWaitMicros, 1, 2);
+        }
+
+        public Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros, int intraOpThreads) {
+            this(maxBatch, dynamicBatching, maxWaitMicros, intraOpThreads, 2);
         }
 
         public static Options defaults() {
-            return new Options(64, false, 200, 1);
+            return new Options(64, false, 200, 1, 2);
         }
     }
 
@@ -114,7 +124,7 @@ public final class Predictor implements AutoCloseable {
         this.outputSize = Tensor.numel(outputShape);
         Backend backend = model.parameters().isEmpty() ? null : model.parameters().getFirst().value().backend();
         this.engine = backend == null || backend.isHost() ? new CpuEngine(InferencePlan.compile(model, options.maxBatch()), options.intraOpThreads() == 1)
-            : new CudaEngine((CudaBackend) backend, model, options.maxBatch(), inputShape, outputShape);
+            : new CudaEngine((CudaBackend) backend, model, options, inputShape, outputShape);
         this.batcher = options.dynamicBatching() ? new Batcher() : null;
     }
 
@@ -303,24 +313,73 @@ public final class Predictor implements AutoCloseable {
         }
     }
 
-    // ---- CUDA: one slot, pinned staging, a captured graph per batch size
+    // ---- CUDA: workers, each with its own stream, weights, pinned staging and a graph per batch size
 
     private static final class CudaEngine implements Engine {
-        private final ReentrantLock lock = new ReentrantLock();
+        private final ArrayBlockingQueue<CudaWorker> free;
+        private final List<CudaWorker> workers = new java.util.ArrayList<>();
+
+        CudaEngine(CudaBackend gpu, Model model, Options options, long[] inputShape, long[] outputShape) {
+            free = new ArrayBlockingQueue<>(options.gpuWorkers());
+            try {
+                workers.add(new CudaWorker(gpu, model, false, options.maxBatch(), inputShape, outputShape));
+                for (int i = 1; i < options.gpuWorkers(); i++) {
+                    // A backend of its own (stream, handles) and a copy of the weights, through the host.
+                    CudaBackend own = CudaBackend.create(gpu.ordinal());
+                    Model copy = model.spec().build(own, 0);
+                    try (Arena a = Arena.ofConfined()) {
+                        for (int p = 0; p < model.parameters().size(); p++) {
+                            Tensor from = model.parameters().get(p).value(), to = copy.parameters().get(p).value();
+                            MemorySegment host = a.allocate(Math.max(1, from.byteSize()), 64).asSlice(0, from.byteSize());
+                            from.backend().copyToHost(from, host);
+                            own.copyFromHost(host, to);
+                        }
+                    }
+                    workers.add(new CudaWorker(own, copy, true, options.maxBatch(), inputShape, outputShape));
+                }
+            } catch (RuntimeException e) {
+                workers.forEach(CudaWorker::close);
+                throw e;
+            }
+            free.addAll(workers);
+        }
+
+        @Override
+        public Slot acquire() {
+            try {
+                return free.take();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new IllegalStateException("interrupted while waiting for a GPU worker", e);
+            }
+        }
+
+        @Override
+        public void release(Slot s) {
+            free.add((CudaWorker) s);
+        }
+
+        @Override
+        public void close() {
+            workers.forEach(CudaWorker::close);
+        }
+    }
+
+    private static final class CudaWorker extends Slot {
         private final CudaBackend gpu;
-        private final Arena arena = Arena.ofShared();
-        private final Tensor in, out;
+        private final Model model;
+        private final boolean owns;
+        private final Arena arena;
         private final Tensor[] inViews, outViews;
         private final Backend.Graph[] graphs;
-        private final CudaSlot slot;
-        private final Model model;
 
-        CudaEngine(CudaBackend gpu, Model model, int maxBatch, long[] inputShape, long[] outputShape) {
+        private CudaWorker(CudaBackend gpu, Model model, boolean owns, int maxBatch, long[] inputShape, long[] outputShape, Arena arena, Tensor in,
+                           Tensor out) {
+            super(gpu.allocateHost(arena, in.byteSize()), gpu.allocateHost(arena, out.byteSize()));
             this.gpu = gpu;
             this.model = model;
-            long[] inShape = withBatch(maxBatch, inputShape), outShape = withBatch(maxBatch, outputShape);
-            in = gpu.empty(arena, DType.F32, inShape);
-            out = gpu.empty(arena, DType.F32, outShape);
+            this.owns = owns;
+            this.arena = arena;
             inViews = new Tensor[maxBatch + 1];
             outViews = new Tensor[maxBatch + 1];
             for (int n = 1; n <= maxBatch; n++) {
@@ -328,49 +387,43 @@ public final class Predictor implements AutoCloseable {
                 outViews[n] = out.narrow0(0, n);
             }
             graphs = new Backend.Graph[maxBatch + 1];
-            MemorySegment hostIn = gpu.allocateHost(arena, in.byteSize()), hostOut = gpu.allocateHost(arena, out.byteSize());
-            slot = new CudaSlot(hostIn, hostOut);
         }
 
-        private final class CudaSlot extends Slot {
-            CudaSlot(MemorySegment input, MemorySegment output) {
-                super(input, output);
-            }
+        CudaWorker(CudaBackend gpu, Model model, boolean owns, int maxBatch, long[] inputShape, long[] outputShape) {
+            this(gpu, model, owns, maxBatch, inputShape, outputShape, Arena.ofShared(), inputShape, outputShape);
+        }
 
-            @Override
-            void run(int rows) {
-                try (Backend.Fence f = gpu.copyFromHostAsync(input.asSlice(0, inViews[rows].byteSize()), inViews[rows])) {
-                    if (graphs[rows] == null) {
-                        Tensor x = inViews[rows], y = outViews[rows];
-                        graphs[rows] = gpu.capture(() -> {
-                            try (Arena a = Arena.ofShared()) {
-                                gpu.copy(model.forward(new Layer.Pass(gpu, a, false, 0, 0), x), y);
-                            }
-                        });
-                    }
-                    graphs[rows].replay();
-                    gpu.copyToHost(outViews[rows], output); // synchronises: the caller's answer is ready
-                    f.await();
+        private CudaWorker(CudaBackend gpu, Model model, boolean owns, int maxBatch, long[] inputShape, long[] outputShape, Arena arena, long[] inShape,
+                           long[] outShape) {
+            this(gpu, model, owns, maxBatch, inputShape, outputShape, arena, gpu.empty(arena, DType.F32, withBatch(maxBatch, inShape)),
+                gpu.empty(arena, DType.F32, withBatch(maxBatch, outShape)));
+        }
+
+        @Override
+        void run(int rows) {
+            try (Backend.Fence f = gpu.copyFromHostAsync(input.asSlice(0, inViews[rows].byteSize()), inViews[rows])) {
+                if (graphs[rows] == null) {
+                    Tensor x = inViews[rows], y = outViews[rows];
+                    graphs[rows] = gpu.capture(() -> {
+                        try (Arena a = Arena.ofShared()) {
+                            gpu.copy(model.forward(new Layer.Pass(gpu, a, false, 0, 0), x), y);
+                        }
+                    });
                 }
+                graphs[rows].replay();
+                gpu.copyToHost(outViews[rows], output); // synchronises this worker's stream: the answer is ready
+                f.await();
             }
         }
 
-        @Override
-        public Slot acquire() {
-            lock.lock();
-            return slot;
-        }
-
-        @Override
-        public void release(Slot s) {
-            lock.unlock();
-        }
-
-        @Override
-        public void close() {
+        void close() {
             for (Backend.Graph g : graphs) if (g != null) g.close();
             gpu.synchronize();
             arena.close();
+            if (owns) {
+                model.close();
+                gpu.close();
+            }
         }
 
         private static long[] withBatch(long n, long[] shape) {
