@@ -7,6 +7,9 @@ with torch.compile (default and max-autotune), at the same shapes: 16384 rows, C
   "torch-<variant> C=<C>: <GB/s> GB/s, <ms> ms"  (bytes = 12 x rows x C, as GpuLossBench counts)
 Median of 7 repeats of 10 evaluations, CUDA events. Run on the GPU machine (PyTorch with CUDA):
   python3 bench/pytorch/loss_bench.py [rows] [C ...]
+On the CPU, the shapes of Distill4J's JMH DistillationLossBenchmark (4096x1000, 512x32000; the
+GPU shapes do not fit this machine's memory), wall-clock median of 7 repeats of 3:
+  python3 bench/pytorch/loss_bench.py --cpu [ROWSxC ...]
 """
 import statistics
 import sys
@@ -41,7 +44,36 @@ def median_ms(fn, s, t, y):
     return statistics.median(times)
 
 
+def median_ms_cpu(fn, s, t, y):
+    import time
+    for _ in range(2):
+        step(fn, s, t, y)
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        for _ in range(3):
+            step(fn, s, t, y)
+        times.append((time.perf_counter() - t0) * 1e3 / 3)
+    return statistics.median(times)
+
+
+def main_cpu(shapes):
+    print(f"device: cpu ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    variants = [("eager", loss_fn), ("compile", torch.compile(loss_fn))]
+    for shape in shapes or ["4096x1000", "512x32000"]:
+        rows, c = (int(v) for v in shape.split("x"))
+        s = (torch.rand(rows, c) * 10 - 5).requires_grad_(True)
+        t = torch.rand(rows, c) * 10 - 5
+        y = torch.arange(rows) * 7919 % c
+        for name, fn in variants:
+            ms = median_ms_cpu(fn, s, t, y)
+            print(f"torch-{name} {rows}x{c}: {12 * rows * c / ms / 1e6:.2f} GB/s, {ms:.2f} ms")
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--cpu":
+        main_cpu(sys.argv[2:])
+        return
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 16384
     classes = [int(c) for c in sys.argv[2:]] or [1000, 8000, 32000, 128000, 256000]
     torch.backends.cuda.matmul.allow_tf32 = True
