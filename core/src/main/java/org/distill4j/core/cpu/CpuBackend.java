@@ -662,8 +662,8 @@ public final class CpuBackend implements Backend {
 
 
     /** dx image += col2im(dcol). */
-    private static void col2im(MemorySegment dcol, ConvGeometry g, Conv2dParams p, MemorySegment dx, long img) {
-        for (int ci = 0; ci < g.c(); ci++) for (int u = 0; u < g.r(); u++) for (int v = 0; v < g.s(); v++) {
+    private static void col2im(MemorySegment dcol, ConvGeometry g, Conv2dParams p, MemorySegment dx, long img, int c0, int c1) {
+        for (int ci = c0; ci < c1; ci++) for (int u = 0; u < g.r(); u++) for (int v = 0; v < g.s(); v++) {
             long row = ((long) (ci * g.r() + u) * g.s() + v) * g.ohw();
             for (int i = 0; i < g.oh(); i++) {
                 int yy = i * p.strideH() - p.padH() + u;
@@ -682,10 +682,11 @@ public final class CpuBackend implements Backend {
     public void conv2d(Tensor x, Tensor w, Conv2dParams p, Tensor y) {
         f32("conv2d", x, w, y);
         ConvGeometry g = Shapes.conv("conv2d", x, w, p, y);
-        try (Arena arena = Arena.ofConfined()) {
+        try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
             MemorySegment col = arena.allocate((long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
-                CpuKernels.im2col(x.data(), (long) b * g.c() * g.h() * g.w(), g, p, col);
+                long img = (long) b * g.c() * g.h() * g.w();
+                parallel(g.c(), (long) g.r() * g.s() * g.ohw(), ci -> CpuKernels.im2col(x.data(), img, g, p, col, (int) ci, (int) ci + 1));
                 MemorySegment yb = y.data().asSlice((long) b * g.k() * g.ohw() * 4, (long) g.k() * g.ohw() * 4);
                 CpuBlas.sgemm(false, false, g.k(), g.ohw(), g.crs(), 1f, w.data(), g.crs(), col, g.ohw(), 0f, yb, g.ohw());
             }
@@ -697,12 +698,14 @@ public final class CpuBackend implements Backend {
         f32("conv2dBackwardData", dy, w, dx);
         ConvGeometry g = Shapes.conv("conv2dBackwardData", dx, w, p, dy);
         dx.data().fill((byte) 0);
-        try (Arena arena = Arena.ofConfined()) {
+        try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
             MemorySegment dcol = arena.allocate((long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
                 MemorySegment dyb = dy.data().asSlice((long) b * g.k() * g.ohw() * 4, (long) g.k() * g.ohw() * 4);
                 CpuBlas.sgemm(true, false, g.crs(), g.ohw(), g.k(), 1f, w.data(), g.crs(), dyb, g.ohw(), 0f, dcol, g.ohw());
-                col2im(dcol, g, p, dx.data(), (long) b * g.c() * g.h() * g.w());
+                long img = (long) b * g.c() * g.h() * g.w();
+                // Channel ci of dx only receives rows of channel ci: channels in parallel do not collide.
+                parallel(g.c(), (long) g.r() * g.s() * g.ohw(), ci -> col2im(dcol, g, p, dx.data(), img, (int) ci, (int) ci + 1));
             }
         }
     }
@@ -711,10 +714,11 @@ public final class CpuBackend implements Backend {
     public void conv2dBackwardFilter(Tensor x, Tensor dy, Conv2dParams p, Tensor dw, boolean accumulate) {
         f32("conv2dBackwardFilter", x, dy, dw);
         ConvGeometry g = Shapes.conv("conv2dBackwardFilter", x, dw, p, dy);
-        try (Arena arena = Arena.ofConfined()) {
+        try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
             MemorySegment col = arena.allocate((long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
-                CpuKernels.im2col(x.data(), (long) b * g.c() * g.h() * g.w(), g, p, col);
+                long img = (long) b * g.c() * g.h() * g.w();
+                parallel(g.c(), (long) g.r() * g.s() * g.ohw(), ci -> CpuKernels.im2col(x.data(), img, g, p, col, (int) ci, (int) ci + 1));
                 MemorySegment dyb = dy.data().asSlice((long) b * g.k() * g.ohw() * 4, (long) g.k() * g.ohw() * 4);
                 float beta = (b == 0 && !accumulate) ? 0f : 1f;
                 CpuBlas.sgemm(false, true, g.k(), g.crs(), g.ohw(), 1f, dyb, g.ohw(), col, g.ohw(), beta, dw.data(), g.crs());

@@ -100,14 +100,37 @@ public final class CpuKernels {
 
     /** col [C*R*S, OH*OW] of image {@code img} (offset in elements into x). */
     public static void im2col(MemorySegment x, long img, ConvGeometry g, Conv2dParams p, MemorySegment col) {
-        for (int ci = 0; ci < g.c(); ci++) for (int u = 0; u < g.r(); u++) for (int v = 0; v < g.s(); v++) {
+        im2col(x, img, g, p, col, 0, g.c());
+    }
+
+    /**
+     * The rows of input channels [c0, c1) of im2col: for each (channel, kernel row u, kernel column
+     * v) and output row i, the valid output columns [jlo, jhi) are computed once, so the inner loop
+     * is a plain copy (one bulk copy at stride 1) and only the padded edges are zeroed.
+     */
+    public static void im2col(MemorySegment x, long img, ConvGeometry g, Conv2dParams p, MemorySegment col, int c0, int c1) {
+        int sw = p.strideW(), pw = p.padW(), ow = g.ow();
+        for (int ci = c0; ci < c1; ci++) for (int u = 0; u < g.r(); u++) for (int v = 0; v < g.s(); v++) {
             long row = ((long) (ci * g.r() + u) * g.s() + v) * g.ohw();
+            int first = pw - v; // j * sw >= pw - v
+            int jlo = first <= 0 ? 0 : Math.min(ow, (first + sw - 1) / sw);
+            int last = g.w() - 1 + pw - v; // j * sw <= w - 1 + pw - v
+            int jhi = last < 0 ? 0 : Math.min(ow, last / sw + 1);
+            if (jhi < jlo) jhi = jlo;
             for (int i = 0; i < g.oh(); i++) {
                 int yy = i * p.strideH() - p.padH() + u;
-                for (int j = 0; j < g.ow(); j++) {
-                    int xx = j * p.strideW() - p.padW() + v;
-                    boolean inside = yy >= 0 && yy < g.h() && xx >= 0 && xx < g.w();
-                    set(col, row + (long) i * g.ow() + j, inside ? f(x, img + ((long) ci * g.h() + yy) * g.w() + xx) : 0f);
+                long dst = row + (long) i * ow;
+                if (yy < 0 || yy >= g.h()) {
+                    for (int j = 0; j < ow; j++) set(col, dst + j, 0f);
+                    continue;
+                }
+                for (int j = 0; j < jlo; j++) set(col, dst + j, 0f);
+                for (int j = jhi; j < ow; j++) set(col, dst + j, 0f);
+                long src = img + ((long) ci * g.h() + yy) * g.w() + ((long) jlo * sw - pw + v);
+                if (sw == 1) {
+                    MemorySegment.copy(x, src * Float.BYTES, col, (dst + jlo) * Float.BYTES, (long) (jhi - jlo) * Float.BYTES);
+                } else {
+                    for (int j = jlo; j < jhi; j++) set(col, dst + j, f(x, src + (long) (j - jlo) * sw));
                 }
             }
         }

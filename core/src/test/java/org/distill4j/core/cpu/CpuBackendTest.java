@@ -411,8 +411,23 @@ class CpuBackendTest {
             gradient(x, dxA, v -> dot(toFloat(convReference(v, w, n, c, h, wd, k, r, s, p)), g), 1e-2, 1e-3, "conv2d dx " + java.util.Arrays.toString(q));
             gradient(w, dwA, v -> dot(toFloat(convReference(x, v, n, c, h, wd, k, r, s, p)), g), 1e-2, 1e-3, "conv2d dw " + java.util.Arrays.toString(q));
         }
-        try (Tensor x = cpu.zeros(DType.F32, 1, 3, 5, 5); Tensor w = cpu.zeros(DType.F32, 2, 4, 3, 3); Tensor y = cpu.zeros(DType.F32, 1, 2, 3, 3)) {
-            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> cpu.conv2d(x, w, Conv2dParams.of(0, 1), y));
+        // Large enough that im2col and col2im run on several threads (channels in parallel): the
+        // forward against the reference, the data gradient against the adjoint identity
+        // <conv(x), g> = <x, conv^T(g)>.
+        int n = 2, c = 24, h = 32, wd = 32, k = 8, r = 3; // 24 channels x 9 x 256 outputs per image: above the parallel threshold
+        Conv2dParams big = Conv2dParams.of(1, 2);
+        int oh = big.outH(h, r), ow = big.outW(wd, r);
+        float[] x = randn(random, n * c * h * wd), w = randn(random, k * c * r * r), g = randn(random, n * k * oh * ow);
+        try (Tensor tx = t(x, n, c, h, wd); Tensor tw = t(w, k, c, r, r); Tensor ty = cpu.empty(DType.F32, n, k, oh, ow); Tensor dy = t(g, n, k, oh, ow);
+             Tensor dx = cpu.empty(DType.F32, n, c, h, wd)) {
+            cpu.conv2d(tx, tw, big, ty);
+            close(convReference(x, w, n, c, h, wd, k, r, r, big), ty.toFloatArray(), THROUGH_GEMM, Math.sqrt(c * r * r), "conv2d, parallel im2col");
+            cpu.conv2dBackwardData(dy, tw, big, dx);
+            double lhs = dot(ty.toFloatArray(), g), rhs = dot(x, dx.toFloatArray());
+            assertEquals(lhs, rhs, 1e-3 * Math.max(1, Math.abs(lhs)), "conv2d adjoint identity, parallel col2im");
+        }
+        try (Tensor bx = cpu.zeros(DType.F32, 1, 3, 5, 5); Tensor bw = cpu.zeros(DType.F32, 2, 4, 3, 3); Tensor by = cpu.zeros(DType.F32, 1, 2, 3, 3)) {
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> cpu.conv2d(bx, bw, Conv2dParams.of(0, 1), by));
             assertTrue(e.getMessage().contains("conv2d") && e.getMessage().contains("[1, 3, 5, 5]") && e.getMessage().contains("[2, 4, 3, 3]"), e.getMessage());
         }
     }
