@@ -542,37 +542,45 @@ public final class CpuBackend implements Backend {
 
     // ---- elementwise
 
-    private interface Binary { float apply(float a, float b); }
+    /** The elementwise kinds, each its own loop (a lambda per element was a megamorphic call that C2 would not inline). */
+    private enum Binary { AXPY, SCALE, MUL, ADD, COPY }
 
-    private void elementwise(String op, Tensor a, Tensor b, Tensor out, Binary fn) {
+    private void elementwise(String op, Tensor a, Tensor b, Tensor out, Binary kind, float alpha) {
         f32(op, a, b, out);
         Shapes.same(op, a, b);
         Shapes.same(op, a, out);
         MemorySegment as = a.data(), bs = b.data(), os = out.data();
         long n = a.numel(), chunk = 1 << 14;
         parallel((n + chunk - 1) / chunk, chunk, k -> {
-            for (long i = k * chunk; i < Math.min(n, (k + 1) * chunk); i++) set(os, i, fn.apply(f(as, i), f(bs, i)));
+            long lo = k * chunk, hi = Math.min(n, (k + 1) * chunk);
+            switch (kind) {
+                case AXPY -> { for (long i = lo; i < hi; i++) set(os, i, Math.fma(alpha, f(as, i), f(bs, i))); }
+                case SCALE -> { for (long i = lo; i < hi; i++) set(os, i, alpha * f(as, i)); }
+                case MUL -> { for (long i = lo; i < hi; i++) set(os, i, f(as, i) * f(bs, i)); }
+                case ADD -> CpuKernels.add(as, bs, os, lo, hi);
+                case COPY -> { for (long i = lo; i < hi; i++) set(os, i, f(as, i)); }
+            }
         });
     }
 
     @Override
     public void axpy(float alpha, Tensor x, Tensor y) {
-        elementwise("axpy", x, y, y, (xv, yv) -> Math.fma(alpha, xv, yv));
+        elementwise("axpy", x, y, y, Binary.AXPY, alpha);
     }
 
     @Override
     public void scale(float alpha, Tensor x) {
-        elementwise("scale", x, x, x, (xv, unused) -> alpha * xv);
+        elementwise("scale", x, x, x, Binary.SCALE, alpha);
     }
 
     @Override
     public void mul(Tensor a, Tensor b, Tensor out) {
-        elementwise("mul", a, b, out, (x, y) -> x * y);
+        elementwise("mul", a, b, out, Binary.MUL, 0f);
     }
 
     @Override
     public void add(Tensor a, Tensor b, Tensor out) {
-        elementwise("add", a, b, out, Float::sum);
+        elementwise("add", a, b, out, Binary.ADD, 0f);
     }
 
     @Override
@@ -635,7 +643,7 @@ public final class CpuBackend implements Backend {
         checkP("dropout", p);
         float scale = 1 / (1 - p);
         MemorySegment ys = y.data();
-        elementwise("dropout", x, y, y, (xv, unused) -> xv);
+        elementwise("dropout", x, y, y, Binary.COPY, 0f);
         parallelIndex(y.numel(), i -> set(ys, i, Philox.uniform(seed, offset + i) >= p ? f(ys, i) * scale : 0f));
     }
 
