@@ -644,7 +644,9 @@ public final class CpuBackend implements Backend {
         float scale = 1 / (1 - p);
         MemorySegment ys = y.data();
         elementwise("dropout", x, y, y, Binary.COPY, 0f);
-        parallelIndex(y.numel(), i -> set(ys, i, Philox.uniform(seed, offset + i) >= p ? f(ys, i) * scale : 0f));
+        parallelIndex(y.numel(), (lo, hi) -> {
+            for (long i = lo; i < hi; i++) set(ys, i, Philox.uniform(seed, offset + i) >= p ? f(ys, i) * scale : 0f);
+        });
     }
 
     @Override
@@ -656,14 +658,17 @@ public final class CpuBackend implements Backend {
     public void uniform(Tensor x, float low, float high, long seed, long offset) {
         f32("uniform", x);
         MemorySegment xs = x.data();
-        parallelIndex(x.numel(), i -> set(xs, i, low + (high - low) * Philox.uniform(seed, offset + i)));
+        parallelIndex(x.numel(), (lo, hi) -> {
+            for (long i = lo; i < hi; i++) set(xs, i, low + (high - low) * Philox.uniform(seed, offset + i));
+        });
     }
 
-    private static void parallelIndex(long n, LongConsumer body) {
+    /** The body of a parallel loop over [lo, hi): one call per chunk, so the per-element loop inside it is monomorphic and inlined. */
+    private interface IndexRange { void run(long lo, long hi); }
+
+    private static void parallelIndex(long n, IndexRange body) {
         long chunk = 1 << 12;
-        parallel((n + chunk - 1) / chunk, chunk * 8, k -> {
-            for (long i = k * chunk; i < Math.min(n, (k + 1) * chunk); i++) body.accept(i);
-        });
+        parallel((n + chunk - 1) / chunk, chunk * 8, k -> body.run(k * chunk, Math.min(n, (k + 1) * chunk)));
     }
 
     // ---- convolution: im2col + gemm
@@ -895,14 +900,16 @@ public final class CpuBackend implements Backend {
         Shapes.optimizerState("sgdStep", this, params, useMomentum ? List.of(grads, momentum) : List.of(grads));
         for (int t = 0; t < params.size(); t++) {
             MemorySegment p = params.get(t).data(), g = grads.get(t).data(), m = useMomentum ? momentum.get(t).data() : null;
-            parallelIndex(params.get(t).numel(), i -> {
-                float d = f(g, i) + cfg.weightDecay() * f(p, i);
-                if (useMomentum) {
-                    float buf = first ? d : cfg.momentum() * f(m, i) + (1 - cfg.dampening()) * d;
-                    set(m, i, buf);
-                    d = cfg.nesterov() ? d + cfg.momentum() * buf : buf;
+            parallelIndex(params.get(t).numel(), (lo, hi) -> {
+                for (long i = lo; i < hi; i++) {
+                    float d = f(g, i) + cfg.weightDecay() * f(p, i);
+                    if (useMomentum) {
+                        float buf = first ? d : cfg.momentum() * f(m, i) + (1 - cfg.dampening()) * d;
+                        set(m, i, buf);
+                        d = cfg.nesterov() ? d + cfg.momentum() * buf : buf;
+                    }
+                    set(p, i, f(p, i) - lr * d);
                 }
-                set(p, i, f(p, i) - lr * d);
             });
         }
     }
@@ -924,14 +931,16 @@ public final class CpuBackend implements Backend {
         Shapes.optimizerState("adamwStep", this, params, List.of(grads, m, v));
         for (int t = 0; t < params.size(); t++) {
             MemorySegment p = params.get(t).data(), g = grads.get(t).data(), ms = m.get(t).data(), vs = v.get(t).data();
-            parallelIndex(params.get(t).numel(), i -> {
-                float gi = f(g, i);
-                float mi = cfg.beta1() * f(ms, i) + (1 - cfg.beta1()) * gi;
-                float vi = cfg.beta2() * f(vs, i) + (1 - cfg.beta2()) * gi * gi;
-                set(ms, i, mi);
-                set(vs, i, vi);
-                double update = (mi / bc1) / (Math.sqrt(vi / bc2) + cfg.eps());
-                set(p, i, (float) (f(p, i) * decay - lr * update));
+            parallelIndex(params.get(t).numel(), (lo, hi) -> {
+                for (long i = lo; i < hi; i++) {
+                    float gi = f(g, i);
+                    float mi = cfg.beta1() * f(ms, i) + (1 - cfg.beta1()) * gi;
+                    float vi = cfg.beta2() * f(vs, i) + (1 - cfg.beta2()) * gi * gi;
+                    set(ms, i, mi);
+                    set(vs, i, vi);
+                    double update = (mi / bc1) / (Math.sqrt(vi / bc2) + cfg.eps());
+                    set(p, i, (float) (f(p, i) * decay - lr * update));
+                }
             });
         }
     }
