@@ -542,45 +542,48 @@ public final class CpuBackend implements Backend {
 
     // ---- elementwise
 
-    /** The elementwise kinds, each its own loop (a lambda per element was a megamorphic call that C2 would not inline). */
-    private enum Binary { AXPY, SCALE, MUL, ADD, COPY }
-
-    private void elementwise(String op, Tensor a, Tensor b, Tensor out, Binary kind, float alpha) {
+    /**
+     * Checks an elementwise op and runs {@code body} over chunks of 16384 elements. Each op passes
+     * its own lambda with its own loop, so the loop is monomorphic and vectorised; only the
+     * per-chunk call varies (a shared loop calling a per-element lambda was megamorphic in training,
+     * a switch inside one lambda measured 20-30% slower on add).
+     */
+    private void elementwise(String op, Tensor a, Tensor b, Tensor out, IndexRange body) {
         f32(op, a, b, out);
         Shapes.same(op, a, b);
         Shapes.same(op, a, out);
-        MemorySegment as = a.data(), bs = b.data(), os = out.data();
         long n = a.numel(), chunk = 1 << 14;
-        parallel((n + chunk - 1) / chunk, chunk, k -> {
-            long lo = k * chunk, hi = Math.min(n, (k + 1) * chunk);
-            switch (kind) {
-                case AXPY -> { for (long i = lo; i < hi; i++) set(os, i, Math.fma(alpha, f(as, i), f(bs, i))); }
-                case SCALE -> { for (long i = lo; i < hi; i++) set(os, i, alpha * f(as, i)); }
-                case MUL -> { for (long i = lo; i < hi; i++) set(os, i, f(as, i) * f(bs, i)); }
-                case ADD -> CpuKernels.add(as, bs, os, lo, hi);
-                case COPY -> { for (long i = lo; i < hi; i++) set(os, i, f(as, i)); }
-            }
-        });
+        parallel((n + chunk - 1) / chunk, chunk, k -> body.run(k * chunk, Math.min(n, (k + 1) * chunk)));
     }
 
     @Override
     public void axpy(float alpha, Tensor x, Tensor y) {
-        elementwise("axpy", x, y, y, Binary.AXPY, alpha);
+        MemorySegment xs = x.data(), ys = y.data();
+        elementwise("axpy", x, y, y, (lo, hi) -> {
+            for (long i = lo; i < hi; i++) set(ys, i, Math.fma(alpha, f(xs, i), f(ys, i)));
+        });
     }
 
     @Override
     public void scale(float alpha, Tensor x) {
-        elementwise("scale", x, x, x, Binary.SCALE, alpha);
+        MemorySegment xs = x.data();
+        elementwise("scale", x, x, x, (lo, hi) -> {
+            for (long i = lo; i < hi; i++) set(xs, i, alpha * f(xs, i));
+        });
     }
 
     @Override
     public void mul(Tensor a, Tensor b, Tensor out) {
-        elementwise("mul", a, b, out, Binary.MUL, 0f);
+        MemorySegment as = a.data(), bs = b.data(), os = out.data();
+        elementwise("mul", a, b, out, (lo, hi) -> {
+            for (long i = lo; i < hi; i++) set(os, i, f(as, i) * f(bs, i));
+        });
     }
 
     @Override
     public void add(Tensor a, Tensor b, Tensor out) {
-        elementwise("add", a, b, out, Binary.ADD, 0f);
+        MemorySegment as = a.data(), bs = b.data(), os = out.data();
+        elementwise("add", a, b, out, (lo, hi) -> CpuKernels.add(as, bs, os, lo, hi));
     }
 
     @Override
@@ -643,7 +646,8 @@ public final class CpuBackend implements Backend {
         checkP("dropout", p);
         float scale = 1 / (1 - p);
         MemorySegment ys = y.data();
-        elementwise("dropout", x, y, y, Binary.COPY, 0f);
+        MemorySegment xs = x.data();
+        elementwise("dropout", x, y, y, (lo, hi) -> MemorySegment.copy(xs, lo * Float.BYTES, ys, lo * Float.BYTES, (hi - lo) * Float.BYTES));
         parallelIndex(y.numel(), (lo, hi) -> {
             for (long i = lo; i < hi; i++) set(ys, i, Philox.uniform(seed, offset + i) >= p ? f(ys, i) * scale : 0f);
         });
