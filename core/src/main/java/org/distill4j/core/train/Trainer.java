@@ -254,8 +254,10 @@ public final class Trainer {
             }
         }
 
-        Result run(Dataset train, Dataset test, Consumer<Metrics> onMetrics, Checkpoints checkpoints, boolean useGraph, String graphNote)
+        Result run(Dataset train, Dataset test, Consumer<Metrics> onMetrics, Checkpoints checkpoints, boolean graphAsked, String note)
             throws IOException {
+            boolean useGraph = graphAsked;
+            String graphNote = note;
             List<Metrics> history = new ArrayList<>();
             long step = 0, micro = 0, samples = 0, firstBatch = 0, skipped = 0;
             int firstEpoch = 0;
@@ -302,12 +304,25 @@ public final class Trainer {
                                 batchInEpoch++;
                             }
                             final long firstMicro = micro;
-                            if (graph == null) graph = backend.capture(() -> {
+                            Runnable work = () -> {
                                 beginStep();
                                 for (int k = 0; k < acc; k++) microStep(xs.get(k), ys.get(k), ts.get(k), groupRows, firstMicro + k);
                                 update();
-                            });
-                            graph.replay();
+                            };
+                            if (graph == null) {
+                                try {
+                                    graph = backend.capture(work);
+                                } catch (RuntimeException e) {
+                                    // Nothing captured ran, so the step can run directly. Asked for (on): an error;
+                                    // auto: go on without graphs and say why.
+                                    if (graphMode == GraphMode.ON) throw e;
+                                    useGraph = false;
+                                    graphNote = "off: capture failed (" + e.getMessage() + ")";
+                                    onNote.accept("step graph " + graphNote);
+                                }
+                            }
+                            if (graph != null) graph.replay();
+                            else work.run();
                             micro += acc;
                         } else {
                             beginStep();

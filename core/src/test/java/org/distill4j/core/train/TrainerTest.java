@@ -301,4 +301,35 @@ class TrainerTest {
             assertTrue(r.testAccuracy() > 0.6, "accuracy after skipping: " + r.testAccuracy());
         }
     }
+
+    /**
+     * A device whose capture fails (a stand-in: the CPU backend behind a proxy that calls itself a
+     * device): auto mode says why and trains on without graphs, with the weights of graph off.
+     */
+    @Test
+    void failedCaptureFallsBackToDirectSteps() {
+        org.distill4j.core.Backend cpu = CpuBackend.get();
+        org.distill4j.core.Backend device = (org.distill4j.core.Backend) java.lang.reflect.Proxy.newProxyInstance(getClass().getClassLoader(),
+            new Class<?>[] {org.distill4j.core.Backend.class}, (proxy, method, args) -> switch (method.getName()) {
+                case "isHost" -> false;
+                case "capture" -> throw new IllegalStateException("cuStreamBeginCapture failed: CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED");
+                default -> {
+                    try {
+                        yield method.invoke(cpu, args);
+                    } catch (java.lang.reflect.InvocationTargetException e) {
+                        throw e.getCause();
+                    }
+                }
+            });
+        TrainingConfig cfg = config(TrainingConfig.Optimizer.ADAMW, 32, 1);
+        Run off = distil(BN_NO_DROPOUT, t -> t.graph(Trainer.GraphMode.OFF), cfg);
+        List<String> notes = new ArrayList<>();
+        try (Model teacher = ModelSpec.parse("t", TEACHER_WIDE).build(cpu, 3); Model m = ModelSpec.parse("s", BN_NO_DROPOUT).build(cpu, 7)) {
+            Trainer.Result r = Trainer.distillation(device, m, teacher, DistillationLoss.hinton(2f, 0.7f), cfg).onNote(notes::add).fit(train, test, x -> { });
+            assertTrue(r.graphed().startsWith("off: capture failed (cuStreamBeginCapture failed"), r.graphed());
+            assertTrue(notes.contains("step graph on") && notes.stream().anyMatch(n -> n.startsWith("step graph off: capture failed")), notes.toString());
+            List<float[]> w = weights(m);
+            for (int i = 0; i < w.size(); i++) assertArrayEquals(off.weights().get(i), w.get(i), "parameter " + i);
+        }
+    }
 }
