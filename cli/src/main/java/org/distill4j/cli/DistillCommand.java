@@ -8,6 +8,7 @@ import org.distill4j.core.loss.DistillationLoss;
 import org.distill4j.core.loss.Divergence;
 import org.distill4j.core.nn.Model;
 import org.distill4j.core.nn.ModelSpec;
+import org.distill4j.core.train.DistillationTrainer;
 import org.distill4j.core.train.FeatureHint;
 import org.distill4j.core.train.TeacherCache;
 import org.distill4j.core.train.Trainer;
@@ -58,9 +59,9 @@ final class DistillCommand implements Callable<Integer> {
         try (Dataset train = options.train(); Dataset test = options.test(); Backend b = options.backend(); Model s = ss.build(b, cfg.seed())) {
             try {
                 for (ModelSpec t : specs) built.add(t.build(b, 0));
-                Trainer trainer = Trainer.distillation(b, s, built, kd, cfg); // checks every teacher fits the student before anything loads
-                if (featureHint != null) trainer.withHint(featureHint);
-                if (cache != null) trainer.withTeacherCache(cache);
+                DistillationTrainer setup = DistillationTrainer.of(b, s, kd, cfg).hint(featureHint).teacherCache(cache);
+                built.forEach(setup::teacher);
+                Trainer trainer = setup.build(); // checks every teacher fits the student before anything loads
                 for (int i = 0; i < built.size(); i++) built.get(i).load(teacherWeights.get(i));
                 options.run(trainer, s, train, test, spec.commandLine().getOut());
             } finally {

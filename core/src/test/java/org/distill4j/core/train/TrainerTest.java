@@ -102,6 +102,22 @@ class TrainerTest {
         }
     }
 
+    /** DistillationTrainer builds the same trainer as Trainer.distillation + options: the same weights. */
+    @Test
+    void distillationTrainerBuildsTheSameTrainer() {
+        TrainingConfig cfg = config(TrainingConfig.Optimizer.ADAMW, 32, 1);
+        FeatureHint hint = new FeatureHint(1, 3, 0.5f);
+        Run direct = distil(PLAIN, t -> t.withHint(hint), cfg);
+        try (Model teacher = ModelSpec.parse("t", TEACHER_WIDE).build(CpuBackend.get(), 3); Model m = ModelSpec.parse("s", PLAIN).build(CpuBackend.get(), 7)) {
+            DistillationTrainer.of(CpuBackend.get(), m, DistillationLoss.hinton(2f, 0.7f), cfg).teacher(teacher).hint(hint).build().fit(train, test, x -> { });
+            List<float[]> w = weights(m);
+            for (int i = 0; i < w.size(); i++) assertArrayEquals(direct.weights().get(i), w.get(i), "parameter " + i);
+        }
+        var e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+            () -> DistillationTrainer.of(CpuBackend.get(), null, DistillationLoss.hinton(2f, 0.7f), cfg).build());
+        assertTrue(e.getMessage().contains("at least one teacher"), e.getMessage());
+    }
+
     @Test
     void twoTeachersDistilTogether() {
         try (Model t1 = ModelSpec.parse("t1", PLAIN).build(CpuBackend.get(), 1); Model t2 = ModelSpec.parse("t2", PLAIN).build(CpuBackend.get(), 2);
