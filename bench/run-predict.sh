@@ -13,9 +13,12 @@ PYTHON=${PYTHON:-python3}
 ONNX=runs/bench/$(basename "$SPEC" .json).onnx
 mkdir -p runs/bench
 [ -f "$ONNX" ] && [ "$ONNX" -nt "$WEIGHTS" ] || "$PYTHON" bench/pytorch/export_onnx.py --spec "$SPEC" --weights "$WEIGHTS" --out "$ONNX"
-JAVA="$(./distill jdk)/bin/java"
-./distill build -q -pl bench -am
-cp="bench/target/classes:$(ls bench/target/lib/*.jar | tr '\n' ':')"
+JDK="$(./distill jdk)"
+JAVA="$JDK/bin/java"
+./distill build -q -pl cli -am
+# The ONNX Runtime side is a module of its own, built only here (-Port): its jar stays out of the default build.
+JAVA_HOME="$JDK" mvn -B -q -o -Port -pl bench-ort -am package -DskipTests 2>/dev/null || JAVA_HOME="$JDK" mvn -B -q -Port -pl bench-ort -am package -DskipTests
+cp="bench-ort/target/classes:$(ls bench-ort/target/lib/*.jar | tr '\n' ':')"
 printf '%-8s %-8s %-12s %-40s %s\n' batch threads engine result samples/s
 for batch in 1 32; do
   for threads in 1 8; do
@@ -26,7 +29,7 @@ for batch in 1 32; do
         "$(echo "$ours" | head -1 | sed -E 's/.* ([0-9,]+) samples\/s$/\1/')"
     done
     for intra in 1 0; do
-      ort=$("$JAVA" --enable-native-access=ALL-UNNAMED -cp "$cp" org.distill4j.bench.OrtPredictBench "$ONNX" "$threads" "$batch" "$SECONDS_EACH" 3 "$intra")
+      ort=$("$JAVA" --enable-native-access=ALL-UNNAMED -cp "$cp" org.distill4j.bench.ort.OrtPredictBench "$ONNX" "$threads" "$batch" "$SECONDS_EACH" 3 "$intra")
       printf '%-8s %-8s %-12s %-40s %s\n' "$batch" "$threads" "ort-intra$intra" "$(echo "$ort" | tail -1 | sed 's/ort: //')" \
         "$(echo "$ort" | head -1 | sed -E 's/.* ([0-9,]+) samples\/s$/\1/')"
     done

@@ -1,4 +1,4 @@
-package org.distill4j.bench;
+package org.distill4j.bench.ort;
 
 import ai.onnxruntime.OnnxTensor;
 import ai.onnxruntime.OrtEnvironment;
