@@ -110,14 +110,20 @@ final class TrainingOptions {
             ? java.nio.file.StandardOpenOption.APPEND : java.nio.file.StandardOpenOption.TRUNCATE_EXISTING)) {
             r = trainer.fit(train, test, m -> {
                 bar.clear();
+                String terms = (Double.isNaN(m.softLoss()) ? "" : String.format(Locale.ROOT, "soft %.4f, hard %.4f", m.softLoss(), m.hardLoss()))
+                    + (Double.isNaN(m.hintLoss()) ? "" : String.format(Locale.ROOT, "%shint %.4f", Double.isNaN(m.softLoss()) ? "" : ", ", m.hintLoss()));
                 console.printf("epoch %d/%d  step %d  train loss %.4f%s  test loss %.4f  test accuracy %.2f%%  lr %.2e  %.0f samples/s  %.1f s%s%n", m.epoch(),
-                    epochs, m.step(), m.trainLoss(), Double.isNaN(m.hintLoss()) ? "" : String.format(Locale.ROOT, " (hint %.4f)", m.hintLoss()), m.testLoss(),
+                    epochs, m.step(), m.trainLoss(), terms.isEmpty() ? "" : " (" + terms + ")", m.testLoss(),
                     100 * m.testAccuracy(), m.lr(), m.samplesPerSecond(), m.seconds(), m.skippedSteps() > 0 ? "  skipped " + m.skippedSteps() : "");
                 console.flush();
                 Map<String, Object> row = new LinkedHashMap<>();
                 row.put("epoch", m.epoch());
                 row.put("step", m.step());
                 row.put("train_loss", m.trainLoss());
+                if (!Double.isNaN(m.softLoss())) {
+                    row.put("soft_loss", m.softLoss());
+                    row.put("hard_loss", m.hardLoss());
+                }
                 if (!Double.isNaN(m.hintLoss())) row.put("hint_loss", m.hintLoss());
                 row.put("test_loss", m.testLoss());
                 row.put("test_accuracy", m.testAccuracy());

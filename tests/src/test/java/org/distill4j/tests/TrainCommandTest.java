@@ -126,8 +126,9 @@ class TrainCommandTest {
         String[] h = run("distill", "--teacher", teacher.toString(), "--teacher-weights", w, "--student", student.toString(), "--hint", "1:1:0.5",
             "--data", train, "--test-data", test, "--epochs", "2", "--batch", "32", "--out", tmp.resolve("h").toString());
         assertEquals("0", h[0], h[2]);
-        assertTrue(h[1].contains("(hint "), h[1]);
-        assertTrue(Files.readString(tmp.resolve("h/metrics.jsonl")).contains("\"hint_loss\""));
+        assertTrue(h[1].contains("(soft ") && h[1].contains(", hard ") && h[1].contains(", hint "), h[1]);
+        String metrics = Files.readString(tmp.resolve("h/metrics.jsonl"));
+        assertTrue(metrics.contains("\"soft_loss\"") && metrics.contains("\"hard_loss\"") && metrics.contains("\"hint_loss\""), metrics);
         Path cache = tmp.resolve("cache/t.safetensors");
         for (String expected : new String[] {"computed", "reused"}) {
             String[] c = run("distill", "--teacher", teacher.toString(), "--teacher-weights", w, "--student", student.toString(), "--teacher-cache",

@@ -43,11 +43,14 @@ import org.distill4j.core.nn.Parameter;
 public final class Trainer {
     /**
      * What one evaluation point reports. {@code trainLoss} is the last optimizer step's whole
-     * objective (distillation or cross-entropy, plus the hint term), {@code hintLoss} the hint
-     * term alone (NaN without a hint); {@code skippedSteps} counts steps dropped for a
+     * objective (distillation or cross-entropy, plus the hint term); for distillation
+     * {@code softLoss} and {@code hardLoss} are its two terms, alpha T^2 D(p_t, p_s) and
+     * (1 - alpha) CE (NaN for supervised training); {@code hintLoss} the hint term alone (NaN
+     * without a hint); {@code skippedSteps} counts steps dropped for a
      * non-finite loss or gradient (with {@link #skipNonFinite}).
      */
-    public record Metrics(int epoch, long step, double trainLoss, double hintLoss, double testLoss, double testAccuracy, float lr,
+    public record Metrics(int epoch, long step, double trainLoss, double softLoss, double hardLoss, double hintLoss, double testLoss, double testAccuracy,
+                          float lr,
                           double samplesPerSecond, double seconds, long skippedSteps) {}
 
     /** Progress after an optimizer step (for progress bars); {@code loss} is the last value read back (NaN before the first). */
@@ -208,6 +211,7 @@ public final class Trainer {
         final List<Tensor> params, grads;
         final List<Tensor> state1 = new ArrayList<>(), state2 = new ArrayList<>();
         final Tensor stepLoss, hintLoss, microLoss, scalars;
+        final Tensor stepTerms, microTerms; // distillation: [loss, soft, hard] of the step / of one micro-batch
         final TeacherCache cache;
         final Arena arena = Arena.ofShared();
         final MemorySegment[] scalarStage = new MemorySegment[4];
@@ -233,7 +237,9 @@ public final class Trainer {
             hintLoss = backend.empty(arena, DType.F32, 1);
             microLoss = backend.empty(arena, DType.F32, 1);
             scalars = backend.empty(arena, DType.F32, 4);
-            for (Tensor t : List.of(stepLoss, hintLoss, microLoss, scalars)) backend.zero(t);
+            stepTerms = backend.empty(arena, DType.F32, 3);
+            microTerms = backend.empty(arena, DType.F32, 3);
+            for (Tensor t : List.of(stepLoss, hintLoss, microLoss, scalars, stepTerms, microTerms)) backend.zero(t);
             if (cacheOptions != null) {
                 long t0 = System.nanoTime();
                 try {
@@ -262,7 +268,8 @@ public final class Trainer {
             long step = 0, micro = 0, samples = 0, firstBatch = 0, skipped = 0;
             int firstEpoch = 0;
             long t0 = System.nanoTime();
-            double lastLoss = Double.NaN, lastHint = Double.NaN, lastEvalLoss = Double.NaN, lastAccuracy = Double.NaN;
+            double lastLoss = Double.NaN, lastHint = Double.NaN, lastSoft = Double.NaN, lastHard = Double.NaN, lastEvalLoss = Double.NaN,
+                lastAccuracy = Double.NaN;
             try (DataLoader loader = new DataLoader(train, backend, config.batchSize(), true, config.seed(), false)) {
                 if (checkpoints != null && checkpoints.resume()) {
                     var latest = checkpoints.latest();
@@ -351,6 +358,11 @@ public final class Trainer {
                         if (step % config.logEvery() == 0) {
                             lastLoss = stepLoss.item();
                             lastHint = adapter == null ? Double.NaN : hintLoss.item();
+                            if (!teachers.isEmpty()) {
+                                float[] terms = backend.read(stepTerms);
+                                lastSoft = terms[1];
+                                lastHard = terms[2];
+                            }
                             if (!Double.isFinite(lastLoss) && !skipNonFinite) {
                                 throw new IllegalStateException("the loss became " + lastLoss + " at step " + step + " (epoch " + (epoch + 1) + ")"
                                     + lastCheckpoint(checkpoints) + "; lower the learning rate, or pass --skip-non-finite to skip such batches");
@@ -369,7 +381,8 @@ public final class Trainer {
                         lastEvalLoss = ev[0];
                         lastAccuracy = ev[1];
                         double secs = (System.nanoTime() - t0) / 1e9;
-                        Metrics m = new Metrics(epoch + 1, step, lastLoss, lastHint, lastEvalLoss, lastAccuracy, config.lrAt(Math.max(0, step - 1), total),
+                        Metrics m = new Metrics(epoch + 1, step, lastLoss, lastSoft, lastHard, lastHint, lastEvalLoss, lastAccuracy,
+                            config.lrAt(Math.max(0, step - 1), total),
                             samples / secs, secs, skipped);
                         history.add(m);
                         onMetrics.accept(m);
@@ -387,6 +400,7 @@ public final class Trainer {
             if (adapter != null) adapter.zeroGrad();
             backend.zero(stepLoss);
             backend.zero(hintLoss);
+            backend.zero(stepTerms);
         }
 
         /**
@@ -419,8 +433,9 @@ public final class Trainer {
                     } else {
                         t = teacherLogits(backend, a, teachers, kd.temperature(), x);
                     }
-                    backend.distillationLoss(logits, t, kd.alpha() < 1 ? y : null, kd, groupRows, microLoss, logits);
-                    backend.axpy(1f, microLoss, stepLoss);
+                    backend.distillationLoss(logits, t, kd.alpha() < 1 ? y : null, kd, groupRows, microTerms, logits);
+                    backend.axpy(1f, microTerms, stepTerms);
+                    backend.axpy(1f, microTerms.narrow0(0, 1), stepLoss);
                 }
                 if (dHint == null) student.backward(train, logits, false);
                 else student.backward(train, logits, hint.studentLayer(), dHint);

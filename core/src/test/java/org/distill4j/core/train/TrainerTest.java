@@ -223,6 +223,11 @@ class TrainerTest {
         Run first = distil(PLAIN, t -> t.withHint(hint), config(TrainingConfig.Optimizer.ADAMW, 32, 1));
         double h0 = first.history().getFirst().hintLoss(), h1 = first.history().getLast().hintLoss();
         assertTrue(Double.isFinite(h0) && h1 < h0, "hint term " + h0 + " -> " + h1);
+        for (Trainer.Metrics m : first.history()) {
+            // The reported terms add up to the step's objective.
+            assertEquals(m.trainLoss(), m.softLoss() + m.hardLoss() + m.hintLoss(), 1e-5 * Math.max(1, Math.abs(m.trainLoss())), "terms at epoch " + m.epoch());
+            assertTrue(m.softLoss() > 0 && m.hardLoss() > 0, m.toString());
+        }
         assertTrue(first.result().testAccuracy() > 0.6, "accuracy with a hint: " + first.result().testAccuracy());
         Run big = distil(PLAIN, t -> t.withHint(hint), config(TrainingConfig.Optimizer.SGD, 64, 1));
         Run acc = distil(PLAIN, t -> t.withHint(hint), config(TrainingConfig.Optimizer.SGD, 16, 4));
