@@ -57,7 +57,7 @@ final class PredictBench implements Callable<Integer> {
             RuntimeException[] failure = new RuntimeException[1];
             for (int t = 0; t < threads; t++) {
                 int id = t;
-                latencies[t] = new long[1 << 22];
+                latencies[t] = new long[1 << 20]; // 8 MiB a thread: over a million calls
                 workers[t] = Thread.ofPlatform().name("bench-" + t).start(() -> {
                     Random rnd = new Random(id);
                     float[] x = new float[batch * in], y = new float[batch * outSize];

@@ -44,7 +44,7 @@ public final class OrtPredictBench {
                 callShape[0] = batch;
                 int inSize = in;
                 long warmEnd = System.nanoTime() + (long) (warmup * 1e9), end = warmEnd + (long) (seconds * 1e9);
-                long[][] lat = new long[threads][1 << 22];
+                long[][] lat = new long[threads][1 << 20];
                 int[] counts = new int[threads];
                 CountDownLatch done = new CountDownLatch(threads);
                 Exception[] failure = new Exception[1];
