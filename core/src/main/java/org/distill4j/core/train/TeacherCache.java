@@ -92,7 +92,8 @@ public final class TeacherCache implements AutoCloseable {
     public static TeacherCache build(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, Options options)
         throws IOException {
         long rows = train.size(), classes = teachers.getFirst().outputShape()[0];
-        String fingerprint = fingerprint(teachers, temperature, train, options.dtype());
+        // Only a file outlives the run and needs to be matched against it later.
+        String fingerprint = options.storage() == Storage.FILE ? fingerprint(teachers, temperature, train, options.dtype()) : "";
         if (options.storage() == Storage.FILE && Files.isRegularFile(options.file())) {
             Safetensors st = Safetensors.open(options.file());
             var e = st.entries().get(TENSOR);
@@ -158,22 +159,35 @@ public final class TeacherCache implements AutoCloseable {
             if (teachers.size() > 1) head.append(";T=").append(Float.floatToIntBits(temperature)); // one teacher: raw logits, T-free
             head.append(";rows=").append(train.size()).append(";shape=").append(java.util.Arrays.toString(train.sampleShape()));
             sha.update(head.toString().getBytes(java.nio.charset.StandardCharsets.UTF_8));
-            try (Arena a = Arena.ofConfined()) {
-                for (Model t : teachers) {
-                    for (Parameter p : t.parameters()) {
-                        MemorySegment host = a.allocate(Math.max(1, p.value().byteSize()));
-                        p.value().backend().copyToHost(p.value(), host);
-                        sha.update(host.asSlice(0, p.value().byteSize()).asByteBuffer());
+            // Hashed from Java arrays read the way the trainer reads tensors (toArray), never through
+            // segment views or byte-level segment copies: those gave the segment accessors that every
+            // CPU op inlines a second profile, and the training steps after the hash ran 4-5x slower.
+            for (Model t : teachers) {
+                for (Parameter p : t.parameters()) {
+                    Tensor v = p.value();
+                    if (v.dtype() == DType.F32) {
+                        float[] f = v.backend().read(v);
+                        java.nio.ByteBuffer b = java.nio.ByteBuffer.allocate(f.length * Float.BYTES);
+                        b.asFloatBuffer().put(f);
+                        sha.update(b.array());
+                    } else if (v.dtype() == DType.I64) {
+                        long[] l = v.backend().readLongs(v);
+                        java.nio.ByteBuffer b = java.nio.ByteBuffer.allocate(l.length * Long.BYTES);
+                        b.asLongBuffer().put(l);
+                        sha.update(b.array());
                     }
                 }
+            }
+            try (Arena a = Arena.ofShared()) { // shared, like every arena of the training step (see above)
                 long n = train.sampleSize();
                 MemorySegment sample = a.allocate(JAVA_FLOAT, Math.max(1, n));
-                MemorySegment label = a.allocate(JAVA_LONG);
+                java.nio.ByteBuffer bytes = java.nio.ByteBuffer.allocate((int) (n * Float.BYTES + Long.BYTES));
                 for (long i = 0; i < train.size(); i++) {
                     train.sample(i, sample, 0);
-                    label.set(JAVA_LONG, 0, train.label(i));
-                    sha.update(sample.asByteBuffer());
-                    sha.update(label.asByteBuffer());
+                    bytes.clear();
+                    bytes.asFloatBuffer().put(sample.toArray(JAVA_FLOAT), 0, (int) n);
+                    bytes.putLong((int) (n * Float.BYTES), train.label(i));
+                    sha.update(bytes.array());
                 }
             }
             return HexFormat.of().formatHex(sha.digest());
