@@ -53,7 +53,7 @@ public final class Main implements Callable<Integer> {
                 || (parsed.subcommand() != null && parsed.subcommand().matchedOption("--verbose") != null);
             if (verbose) e.printStackTrace(err);
             String msg = e.getMessage() == null ? e.getClass().getSimpleName() : e.getMessage();
-            err.println("distill " + cmd.getCommandName() + ": " + msg.lines().findFirst().orElse(msg));
+            err.println(cmd.getCommandSpec().qualifiedName() + ": " + msg.lines().findFirst().orElse(msg)); // "distill bench predict: ..."
             return e instanceof IllegalArgumentException ? 2 : 1;  // bad input: 2; the work failed: 1
         });
         cli.setParameterExceptionHandler((e, a) -> {
