@@ -278,15 +278,14 @@ extern "C" __global__ void d4j_increment_i64(int64_t* counter) {
 }
 
 // out[r, :] = table[idx[r], :] as float32, for r < rows; table is float32 (bf16 = 0) or bfloat16 (bf16 = 1).
-// A teacher-logit cache lookup; idx[r] outside [0, tableRows) writes NaN there (and sets flag[0] = 1 when
-// flag is not NULL), so a bad index cannot pass silently and nothing has to be read back.
+// A teacher-logit cache lookup; idx[r] outside [0, tableRows) writes a row of NaN, so a bad index cannot
+// pass silently and nothing has to be read back.
 extern "C" __global__ void d4j_gather_rows(const void* __restrict__ table, int bf16, const int64_t* __restrict__ idx, float* __restrict__ out,
-                                           int64_t rows, int64_t cols, int64_t tableRows, int* __restrict__ flag) {
+                                           int64_t rows, int64_t cols, int64_t tableRows) {
     GRID_STRIDE(i, rows * cols) {
         int64_t r = i / cols, c = i - r * cols, src = idx[r];
         if (src < 0 || src >= tableRows) {
             out[i] = __int_as_float(0x7fc00000);
-            if (flag != nullptr) flag[0] = 1;
             continue;
         }
         if (bf16) {

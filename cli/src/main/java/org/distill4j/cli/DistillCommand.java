@@ -46,9 +46,6 @@ final class DistillCommand implements Callable<Integer> {
         DistillationLoss kd = new DistillationLoss(Divergence.parse(divergence), temperature, alpha, beta, -100);
         FeatureHint featureHint = hint == null ? null : FeatureHint.parse(hint);
         TeacherCache.Options cache = teacherCache == null ? null : TeacherCache.Options.parse(teacherCache, teacherCacheDtype);
-        if (featureHint != null && cache != null) {
-            throw new IllegalArgumentException("--teacher-cache cannot be combined with --hint: the hint needs the teacher's features every step");
-        }
         if (teachers.size() != teacherWeights.size()) {
             throw new IllegalArgumentException(teachers.size() + " --teacher but " + teacherWeights.size() + " --teacher-weights: give one weights file per teacher");
         }

@@ -1,18 +1,14 @@
 package org.distill4j.cli;
 
-import java.lang.foreign.Arena;
 import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.concurrent.Callable;
 import org.distill4j.core.Backend;
-import org.distill4j.core.DType;
-import org.distill4j.core.Tensor;
-import org.distill4j.core.data.DataLoader;
 import org.distill4j.core.data.DataSpec;
 import org.distill4j.core.data.Dataset;
-import org.distill4j.core.nn.Layer;
 import org.distill4j.core.nn.Model;
 import org.distill4j.core.nn.ModelSpec;
+import org.distill4j.core.train.Trainer;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -41,29 +37,17 @@ final class EvalCommand implements Callable<Integer> {
             if (!Arrays.equals(d.sampleShape(), s.input())) {
                 throw new IllegalArgumentException("data " + data + ": samples are " + Arrays.toString(d.sampleShape()) + ", the model takes " + Arrays.toString(s.input()));
             }
-            try (Backend b = Devices.open(device); Model m = s.build(b, 0);
-                 DataLoader loader = new DataLoader(d, b, batch, false, 0, false); Tensor loss = b.empty(DType.F32, 1);
-                 Tensor correct = b.zeros(DType.I64, 1)) {
+            try (Backend b = Devices.open(device); Model m = s.build(b, 0)) {
                 m.load(weights);
                 long classes = m.outputShape()[m.outputShape().length - 1];
                 if (m.outputShape().length != 1 || d.classes() > classes) {
                     throw new IllegalArgumentException("data " + data + ": labels reach class " + (d.classes() - 1) + " but the model outputs "
                         + Arrays.toString(m.outputShape()));
                 }
-                double lossSum = 0;
-                loader.start(0, 0);
-                while (loader.hasNext()) {
-                    DataLoader.Batch batchData = loader.next();
-                    try (Arena arena = Arena.ofShared()) {
-                        Tensor logits = m.forward(new Layer.Pass(b, arena, false, 0, 0), batchData.x());
-                        b.crossEntropy(logits, batchData.y(), -100, 0f, loss, null);
-                        b.correctCount(logits, batchData.y(), -100, correct);
-                        lossSum += (double) loss.item() * batchData.rows();
-                    }
-                }
-                long n = d.size(), c = correct.toLongArray()[0];
+                double[] lossAndAccuracy = Trainer.evaluate(b, m, d, batch); // the trainer's own evaluation
+                long n = d.size(), c = Math.round(lossAndAccuracy[1] * n);
                 var out = spec.commandLine().getOut();
-                out.printf("accuracy %.2f%% (%d of %d), loss %.6f%n", 100.0 * c / n, c, n, lossSum / n);
+                out.printf("accuracy %.2f%% (%d of %d), loss %.6f%n", 100.0 * c / n, c, n, lossAndAccuracy[0]);
             }
         }
         return 0;

@@ -47,12 +47,7 @@ final class KdStepBench implements Callable<Integer> {
             throw new IllegalArgumentException("--batch, --steps and --repeats must be >= 1 and --warmup >= 0");
         }
         Devices.check(device);
-        Trainer.GraphMode mode = switch (graph.toLowerCase(Locale.ROOT)) {
-            case "auto" -> Trainer.GraphMode.AUTO;
-            case "on" -> Trainer.GraphMode.ON;
-            case "off" -> Trainer.GraphMode.OFF;
-            default -> throw new IllegalArgumentException("--graph must be auto, on or off, got '" + graph + "'");
-        };
+        Trainer.GraphMode mode = Trainer.GraphMode.parse(graph);
         DistillationLoss kd = DistillationLoss.hinton(temperature, alpha);
         ModelSpec ts = ModelSpec.read(teacher), ss = ModelSpec.read(student);
         PrintWriter out = spec.commandLine().getOut();

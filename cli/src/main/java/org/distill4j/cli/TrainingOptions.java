@@ -51,12 +51,7 @@ final class TrainingOptions {
     boolean skipNonFinite;
 
     Trainer.GraphMode graphMode() {
-        return switch (graph.toLowerCase(Locale.ROOT)) {
-            case "auto" -> Trainer.GraphMode.AUTO;
-            case "on" -> Trainer.GraphMode.ON;
-            case "off" -> Trainer.GraphMode.OFF;
-            default -> throw new IllegalArgumentException("--graph must be auto, on or off, got '" + graph + "'");
-        };
+        return Trainer.GraphMode.parse(graph);
     }
 
     TrainingConfig config() {

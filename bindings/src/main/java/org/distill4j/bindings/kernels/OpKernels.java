@@ -188,11 +188,10 @@ public final class OpKernels {
         launch(incrementI64, "d4j_increment_i64", 1, s, a -> new LaunchArgs(a, 1).pointer(counter));
     }
 
-    /** out[r, :] = table[idx[r], :] as float32 (table float32 or bfloat16); a bad index sets flag[0]. */
-    public void gatherRows(MemorySegment table, boolean bf16, MemorySegment idx, MemorySegment out, long rows, long cols, long tableRows, MemorySegment flag,
-                           MemorySegment s) {
+    /** out[r, :] = table[idx[r], :] as float32 (table float32 or bfloat16); a bad index writes a row of NaN. */
+    public void gatherRows(MemorySegment table, boolean bf16, MemorySegment idx, MemorySegment out, long rows, long cols, long tableRows, MemorySegment s) {
         grid(gatherRows, "d4j_gather_rows", rows * cols, s,
-            a -> new LaunchArgs(a, 8).pointer(table).i32(bf16 ? 1 : 0).pointer(idx).pointer(out).i64(rows).i64(cols).i64(tableRows).pointer(flag));
+            a -> new LaunchArgs(a, 7).pointer(table).i32(bf16 ? 1 : 0).pointer(idx).pointer(out).i64(rows).i64(cols).i64(tableRows));
     }
 
     public void nonFinite(MemorySegment x, long n, MemorySegment flag, MemorySegment s) {

@@ -184,12 +184,6 @@ public final class CpuBackend implements Backend {
             MemorySegment as = a.data().asSlice((long) i * g.m() * g.k() * 4, (long) g.m() * g.k() * 4);
             MemorySegment bs = b.data().asSlice((long) i * g.k() * g.n() * 4, (long) g.k() * g.n() * 4);
             MemorySegment cs = c.data().asSlice((long) i * g.m() * g.n() * 4, (long) g.m() * g.n() * 4);
-            if (g.m() == 1 && !transA && transB && alpha == 1f && beta == 0f) {
-                // One row through a linear layer, c = B a (B [n, k]): gemv reads B once without packing
-                // it; the inference plan makes the same call, so both give the same bits.
-                CpuBlas.sgemv(g.n(), g.k(), 1f, bs, g.k(), as, 0f, cs);
-                continue;
-            }
             CpuBlas.sgemm(transA, transB, g.m(), g.n(), g.k(), alpha, as, transA ? g.m() : g.k(), bs, transB ? g.k() : g.n(), beta, cs, g.n());
         }
     }

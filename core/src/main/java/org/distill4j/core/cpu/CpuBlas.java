@@ -66,26 +66,15 @@ public final class CpuBlas {
         checkExtent("A", a, transA ? k : m, transA ? m : k, lda);
         checkExtent("B", b, transB ? n : k, transB ? k : n, ldb);
         checkExtent("C", c, m, n, ldc);
-        if (usesOpenBlas()) {
+        if (usesOpenBlas() && m == 1 && !transA && transB) {
+            // One row through a linear layer, c = alpha B a + beta c with B [n, k]: gemv reads B once
+            // and packs nothing (sgemm packs B on every call), which is what batch-1 latency wants.
+            cblas_h.cblas_sgemv(cblas_h.CblasRowMajor, cblas_h.CblasNoTrans, n, k, alpha, b, ldb, a, 1, beta, c, 1);
+        } else if (usesOpenBlas()) {
             cblas_h.cblas_sgemm(cblas_h.CblasRowMajor, transA ? cblas_h.CblasTrans : cblas_h.CblasNoTrans,
                 transB ? cblas_h.CblasTrans : cblas_h.CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         } else {
             javaSgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        }
-    }
-
-    /**
-     * y[m] = alpha * A[m,n] x[n] + beta * y (row-major A with leading dimension lda): one pass over
-     * A with no packing, which is what a single row (batch 1) through a linear layer wants.
-     */
-    public static void sgemv(int m, int n, float alpha, MemorySegment a, int lda, MemorySegment x, float beta, MemorySegment y) {
-        checkExtent("A", a, m, n, lda);
-        checkExtent("x", x, 1, n, n);
-        checkExtent("y", y, 1, m, m);
-        if (usesOpenBlas()) {
-            cblas_h.cblas_sgemv(cblas_h.CblasRowMajor, cblas_h.CblasNoTrans, m, n, alpha, a, lda, x, 1, beta, y, 1);
-        } else {
-            javaSgemm(false, true, 1, m, n, alpha, x, n, a, lda, beta, y, m);
         }
     }
 

@@ -437,8 +437,7 @@ public final class CudaBackend implements Backend {
         context.makeCurrent();
         // No flag read-back: a bad index writes NaN (documented on Backend), so the step stays free
         // of host synchronisation and capturable.
-        ops.gatherRows(table.data(), table.dtype() == DType.BF16, indices.data(), out.data(), out.size(0), out.size(1), table.size(0),
-            MemorySegment.NULL, s());
+        ops.gatherRows(table.data(), table.dtype() == DType.BF16, indices.data(), out.data(), out.size(0), out.size(1), table.size(0), s());
     }
 
     @Override

@@ -30,6 +30,8 @@ public final class DataLoader implements AutoCloseable {
     /** One batch: x [rows, ...sample], y I64 [rows]. */
     public record Batch(Tensor x, Tensor y, int rows, long firstPosition) {}
 
+    private long[] epochOrder; // of the epoch start() began
+
     private static final class Slot {
         final MemorySegment hostX, hostY;
         final Tensor x, y;
@@ -104,11 +106,18 @@ public final class DataLoader implements AutoCloseable {
         return order;
     }
 
+    /** The order of the epoch {@link #start} began (positions, as in {@link Batch#firstPosition}, to sample indices); not to be modified. */
+    public long[] epochOrder() {
+        if (epochOrder == null) throw new IllegalStateException("call start(epoch, firstBatch) first");
+        return epochOrder;
+    }
+
     /** Starts producing the batches of {@code epoch} from batch {@code firstBatch} on (for exact resume). */
     public void start(int epoch, long firstBatch) {
         if (closed) throw new IllegalStateException("data loader is closed");
         stopLoader();
         long[] order = order(epoch);
+        this.epochOrder = order;
         long batches = batchesPerEpoch();
         long per = dataset.sampleSize();
         loader = Thread.ofPlatform().daemon().name("distill4j-loader").start(() -> {

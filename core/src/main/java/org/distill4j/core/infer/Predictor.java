@@ -322,7 +322,7 @@ public final class Predictor implements AutoCloseable {
         CudaEngine(CudaBackend gpu, Model model, Options options, long[] inputShape, long[] outputShape) {
             free = new ArrayBlockingQueue<>(options.gpuWorkers());
             try {
-                workers.add(new CudaWorker(gpu, model, false, options.maxBatch(), inputShape, outputShape));
+                workers.add(CudaWorker.create(gpu, model, false, options.maxBatch(), inputShape, outputShape));
                 for (int i = 1; i < options.gpuWorkers(); i++) {
                     // A backend of its own (stream, handles) and a copy of the weights, through the host.
                     CudaBackend own = CudaBackend.create(gpu.ordinal());
@@ -335,7 +335,7 @@ public final class Predictor implements AutoCloseable {
                             own.copyFromHost(host, to);
                         }
                     }
-                    workers.add(new CudaWorker(own, copy, true, options.maxBatch(), inputShape, outputShape));
+                    workers.add(CudaWorker.create(own, copy, true, options.maxBatch(), inputShape, outputShape));
                 }
             } catch (RuntimeException e) {
                 workers.forEach(CudaWorker::close);
@@ -373,8 +373,7 @@ public final class Predictor implements AutoCloseable {
         private final Tensor[] inViews, outViews;
         private final Backend.Graph[] graphs;
 
-        private CudaWorker(CudaBackend gpu, Model model, boolean owns, int maxBatch, long[] inputShape, long[] outputShape, Arena arena, Tensor in,
-                           Tensor out) {
+        private CudaWorker(CudaBackend gpu, Model model, boolean owns, int maxBatch, Arena arena, Tensor in, Tensor out) {
             super(gpu.allocateHost(arena, in.byteSize()), gpu.allocateHost(arena, out.byteSize()));
             this.gpu = gpu;
             this.model = model;
@@ -389,14 +388,16 @@ public final class Predictor implements AutoCloseable {
             graphs = new Backend.Graph[maxBatch + 1];
         }
 
-        CudaWorker(CudaBackend gpu, Model model, boolean owns, int maxBatch, long[] inputShape, long[] outputShape) {
-            this(gpu, model, owns, maxBatch, inputShape, outputShape, Arena.ofShared(), inputShape, outputShape);
-        }
-
-        private CudaWorker(CudaBackend gpu, Model model, boolean owns, int maxBatch, long[] inputShape, long[] outputShape, Arena arena, long[] inShape,
-                           long[] outShape) {
-            this(gpu, model, owns, maxBatch, inputShape, outputShape, arena, gpu.empty(arena, DType.F32, withBatch(maxBatch, inShape)),
-                gpu.empty(arena, DType.F32, withBatch(maxBatch, outShape)));
+        /** Fixed device input/output buffers of {@code maxBatch} rows, pinned staging of the same size, no graphs yet. */
+        static CudaWorker create(CudaBackend gpu, Model model, boolean owns, int maxBatch, long[] inputShape, long[] outputShape) {
+            Arena arena = Arena.ofShared();
+            try {
+                return new CudaWorker(gpu, model, owns, maxBatch, arena, gpu.empty(arena, DType.F32, withBatch(maxBatch, inputShape)),
+                    gpu.empty(arena, DType.F32, withBatch(maxBatch, outputShape)));
+            } catch (RuntimeException e) {
+                arena.close();
+                throw e;
+            }
         }
 
         @Override

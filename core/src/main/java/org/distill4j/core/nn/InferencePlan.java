@@ -30,7 +30,6 @@ public final class InferencePlan {
         default void prepare(Workspace w, Arena arena) {}
     }
 
-    private final Model model;
     private final int maxBatch;
     private final List<Step> steps = new ArrayList<>();
     private final List<Long> bufferFeatures = new ArrayList<>(); // elements per row of each buffer
@@ -39,7 +38,6 @@ public final class InferencePlan {
     private final Step[] stepArray;
 
     private InferencePlan(Model model, int maxBatch) {
-        this.model = model;
         this.maxBatch = maxBatch;
         this.inputBuffer = buffer(Tensor.numel(model.inputShape()));
         long[] shape = model.inputShape();
@@ -90,10 +88,8 @@ public final class InferencePlan {
                 int k = (int) l.inFeatures(), n = (int) l.outFeatures();
                 MemorySegment w = l.w().data(), b = l.b() == null ? null : l.b().data();
                 steps.add((ws, rows) -> {
-                    // y [rows, n] = x [rows, k] W^T, W [n, k]. One row: gemv reads W once without packing it
-                    // (batch-1 latency); more rows: the call CpuBackend.gemm(false, true, ...) makes.
-                    if (rows == 1) CpuBlas.sgemv(n, k, 1f, w, k, ws.buffers[in], 0f, ws.buffers[out]);
-                    else CpuBlas.sgemm(false, true, rows, n, k, 1f, ws.buffers[in], k, w, k, 0f, ws.buffers[out], n);
+                    // y [rows, n] = x [rows, k] W^T, W [n, k]: the call CpuBackend.gemm(false, true, ...) makes.
+                    CpuBlas.sgemm(false, true, rows, n, k, 1f, ws.buffers[in], k, w, k, 0f, ws.buffers[out], n);
                     if (b != null) CpuKernels.biasAddRows(ws.buffers[out], b, 0, rows, n);
                 });
                 return out;
@@ -211,7 +207,4 @@ public final class InferencePlan {
     public Workspace newWorkspace() {
         return new Workspace();
     }
-
-    /** The model the plan reads its weights from. */
-    public Model model() { return model; }
 }

@@ -84,12 +84,6 @@ public final class Model implements AutoCloseable {
         return shape;
     }
 
-    /** The kind of top-level layer {@code layer} ("linear", "relu", ...). */
-    public String layerKind(int layer) {
-        checkLayer(layer);
-        return net.layers().get(layer).kind();
-    }
-
     private void checkLayer(int layer) {
         if (layer < 0 || layer >= net.layers().size()) {
             throw new IllegalArgumentException("model " + spec.source() + " has layers 0.." + (net.layers().size() - 1) + ", not " + layer);

@@ -17,6 +17,7 @@ import java.util.Locale;
 import java.util.Map;
 import org.distill4j.core.Backend;
 import org.distill4j.core.DType;
+import org.distill4j.core.HostStaging;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.cpu.CpuBackend;
 import org.distill4j.core.data.DataLoader;
@@ -65,7 +66,6 @@ public final class TeacherCache implements AutoCloseable {
     }
 
     private static final String TENSOR = "logits";
-    private static final int STAGES = 2;
 
     private final Backend backend;
     private final Options options;
@@ -74,10 +74,8 @@ public final class TeacherCache implements AutoCloseable {
     private final boolean reused;
     private final long classes;
     private final Arena arena = Arena.ofShared();
-    private Tensor hostOrder, deviceOrder; // this epoch's sample order (positions -> sample indices)
-    private final MemorySegment[] staging = new MemorySegment[STAGES];
-    private final Backend.Fence[] fences = new Backend.Fence[STAGES];
-    private int nextStage;
+    private Tensor hostOrder, deviceOrder; // this epoch's sample order (positions -> sample indices); deviceOrder: DEVICE on a GPU
+    private final HostStaging staging;     // FILE on a GPU: rows gathered on the host, copied asynchronously
 
     private TeacherCache(Backend backend, Options options, Tensor table, Safetensors mapped, boolean reused) {
         this.backend = backend;
@@ -86,6 +84,7 @@ public final class TeacherCache implements AutoCloseable {
         this.mapped = mapped;
         this.reused = reused;
         this.classes = table.size(1);
+        this.staging = new HostStaging(backend, 2);
     }
 
     /** Computes (or, for a matching file, reuses) the cache for {@code train}. */
@@ -199,8 +198,6 @@ public final class TeacherCache implements AutoCloseable {
     /** Whether a matching cache file was found and reused (nothing was computed). */
     public boolean reused() { return reused; }
 
-    public Options options() { return options; }
-
     /** Bytes the table takes (in device memory for DEVICE, in the file for FILE). */
     public long tableBytes() { return table.byteSize(); }
 
@@ -221,35 +218,19 @@ public final class TeacherCache implements AutoCloseable {
     public void lookup(long first, int rows, Tensor out) {
         if (hostOrder == null) throw new IllegalStateException("teacher cache: startEpoch was not called");
         if (options.storage() == Storage.DEVICE || backend.isHost()) {
-            Backend b = options.storage() == Storage.DEVICE ? backend : CpuBackend.get();
-            Tensor idx = options.storage() == Storage.DEVICE && !backend.isHost() ? deviceOrder.narrow0(first, rows) : hostOrder.narrow0(first, rows);
-            b.gatherRows(table, idx, out);
+            // The table, the indices and out live on one backend: the table's.
+            table.backend().gatherRows(table, (deviceOrder != null ? deviceOrder : hostOrder).narrow0(first, rows), out);
             return;
         }
-        // FILE on a GPU: gather on the host into pinned memory, then one asynchronous copy. Two
-        // stages alternate; a stage is reused only after its previous copy has completed.
-        int s = nextStage;
-        nextStage = (nextStage + 1) % STAGES;
-        long bytes = (long) rows * classes * Float.BYTES;
-        if (fences[s] != null) {
-            fences[s].await();
-            fences[s].close();
-            fences[s] = null;
-        }
-        if (staging[s] == null || staging[s].byteSize() < bytes) staging[s] = backend.allocateHost(arena, bytes);
-        Tensor pinned = Tensor.wrap(CpuBackend.get(), DType.F32, new long[] {rows, classes}, staging[s].asSlice(0, bytes), null);
-        CpuBackend.get().gatherRows(table, hostOrder.narrow0(first, rows), pinned);
-        fences[s] = backend.copyFromHostAsync(pinned.data(), out);
+        // FILE on a GPU: gather on the host into pinned memory, then one asynchronous copy.
+        MemorySegment staged = staging.take((long) rows * classes * Float.BYTES);
+        CpuBackend.get().gatherRows(table, hostOrder.narrow0(first, rows), Tensor.wrap(CpuBackend.get(), DType.F32, new long[] {rows, classes}, staged, null));
+        staging.send(staged, out);
     }
 
     @Override
     public void close() {
-        for (int s = 0; s < STAGES; s++) {
-            if (fences[s] != null) {
-                fences[s].await();
-                fences[s].close();
-            }
-        }
+        staging.close();
         if (options.storage() == Storage.DEVICE) table.close();
         if (deviceOrder != null) deviceOrder.close();
         arena.close();

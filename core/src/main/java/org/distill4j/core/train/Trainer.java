@@ -15,6 +15,7 @@ import java.util.Map;
 import java.util.function.Consumer;
 import org.distill4j.core.Backend;
 import org.distill4j.core.DType;
+import org.distill4j.core.HostStaging;
 import org.distill4j.core.Optimizers;
 import org.distill4j.core.Reduction;
 import org.distill4j.core.Tensor;
@@ -62,7 +63,19 @@ public final class Trainer {
                          long skippedSteps, String graphed) {}
 
     /** Step graphs: ON captures the step once and replays it (an error when unsafe), OFF never, AUTO when safe and on a GPU. */
-    public enum GraphMode { AUTO, ON, OFF }
+    public enum GraphMode {
+        AUTO, ON, OFF;
+
+        /** "auto", "on" or "off" (the CLI's --graph). */
+        public static GraphMode parse(String text) {
+            return switch (text.toLowerCase(Locale.ROOT)) {
+                case "auto" -> AUTO;
+                case "on" -> ON;
+                case "off" -> OFF;
+                default -> throw new IllegalArgumentException("--graph must be auto, on or off, got '" + text + "'");
+            };
+        }
+    }
 
     private final Backend backend;
     private final Model student;
@@ -119,15 +132,9 @@ public final class Trainer {
      */
     public Trainer withHint(FeatureHint hint) {
         if (teachers.isEmpty()) throw new IllegalArgumentException("a feature hint needs a teacher (distillation, not supervised training)");
-        if (cacheOptions != null) throw new IllegalArgumentException("a teacher-logit cache cannot be combined with a feature hint: the hint needs the teacher's features every step");
-        Model teacher = teachers.getFirst();
-        if (hint.studentLayer() >= student.layerCount()) {
-            throw new IllegalArgumentException("hint: the student " + student.spec().source() + " has layers 0.." + (student.layerCount() - 1) + ", not " + hint.studentLayer());
-        }
-        if (hint.teacherLayer() >= teacher.layerCount()) {
-            throw new IllegalArgumentException("hint: the teacher " + teacher.spec().source() + " has layers 0.." + (teacher.layerCount() - 1) + ", not " + hint.teacherLayer());
-        }
-        HintAdapter.shapes(student.layerOutputShape(hint.studentLayer()), teacher.layerOutputShape(hint.teacherLayer()));
+        if (cacheOptions != null) throw new IllegalArgumentException(CACHE_WITH_HINT);
+        // layerOutputShape checks the indices ("model s.json has layers 0..4, not 9").
+        HintAdapter.shapes(student.layerOutputShape(hint.studentLayer()), teachers.getFirst().layerOutputShape(hint.teacherLayer()));
         this.hint = hint;
         return this;
     }
@@ -135,10 +142,13 @@ public final class Trainer {
     /** Looks the teachers' logits up in a cache computed once before training instead of running them each step. */
     public Trainer withTeacherCache(TeacherCache.Options options) {
         if (teachers.isEmpty()) throw new IllegalArgumentException("a teacher-logit cache needs a teacher (distillation, not supervised training)");
-        if (hint != null) throw new IllegalArgumentException("a teacher-logit cache cannot be combined with a feature hint: the hint needs the teacher's features every step");
+        if (hint != null) throw new IllegalArgumentException(CACHE_WITH_HINT);
         this.cacheOptions = options;
         return this;
     }
+
+    private static final String CACHE_WITH_HINT =
+        "a teacher-logit cache cannot be combined with a feature hint: the hint needs the teacher's features every step";
 
     /**
      * Instead of stopping at a NaN/Inf loss, skip that optimizer step (the parameters and
@@ -214,9 +224,7 @@ public final class Trainer {
         final Tensor stepTerms, microTerms; // distillation: [loss, soft, hard] of the step / of one micro-batch
         final TeacherCache cache;
         final Arena arena = Arena.ofShared();
-        final MemorySegment[] scalarStage = new MemorySegment[4];
-        final Backend.Fence[] scalarFence = new Backend.Fence[4];
-        int scalarSlot;
+        final HostStaging scalarStaging = new HostStaging(backend, 4);
         // Static per-micro-batch buffers for graph replay (fixed addresses), made on first use.
         final List<Tensor> xs = new ArrayList<>(), ys = new ArrayList<>(), ts = new ArrayList<>();
         Backend.Graph graph;
@@ -245,11 +253,7 @@ public final class Trainer {
                 try {
                     cache = TeacherCache.build(backend, teachers, kd.temperature(), train, config.batchSize(), cacheOptions);
                 } catch (IOException | RuntimeException e) {
-                    // Nothing of this run may outlive a failed start (a long-lived service retries).
-                    state1.forEach(Tensor::close);
-                    state2.forEach(Tensor::close);
-                    if (adapter != null) adapter.close();
-                    arena.close();
+                    close(); // nothing of this run may outlive a failed start (a long-lived service retries)
                     throw e;
                 }
                 onNote.accept(String.format(Locale.ROOT, "teacher cache: %s %s, %.1f MiB, %s in %.1f s", cacheOptions.storage().name().toLowerCase(Locale.ROOT)
@@ -288,7 +292,7 @@ public final class Trainer {
                 long total = groupsPerEpoch * config.epochs();
                 for (int epoch = firstEpoch; epoch < config.epochs() && step < stopAfterSteps; epoch++) {
                     loader.start(epoch, epoch == firstEpoch ? firstBatch : 0);
-                    if (cache != null) cache.startEpoch(loader.order(epoch));
+                    if (cache != null) cache.startEpoch(loader.epochOrder());
                     long batchInEpoch = epoch == firstEpoch ? firstBatch : 0;
                     while (loader.hasNext() && step < stopAfterSteps) {
                         // One optimizer step over a group of micro-batches, normalised by the group's rows.
@@ -425,8 +429,7 @@ public final class Trainer {
                         t = cached;
                     } else if (hint != null) {
                         Tensor[] tTap = new Tensor[1];
-                        t = teachers.size() == 1 ? teachers.getFirst().forward(new Layer.Pass(backend, a, false, 0, 0), x, hint.teacherLayer(), tTap)
-                            : teacherLogitsWithTap(a, x, tTap);
+                        t = teacherLogits(backend, a, teachers, kd.temperature(), x, hint.teacherLayer(), tTap);
                         dHint = adapter.loss(train, sTap[0], tTap[0], hint.weight(), groupRows, microLoss);
                         backend.axpy(1f, microLoss, hintLoss);
                         backend.axpy(1f, microLoss, stepLoss);
@@ -440,16 +443,6 @@ public final class Trainer {
                 if (dHint == null) student.backward(train, logits, false);
                 else student.backward(train, logits, hint.studentLayer(), dHint);
             }
-        }
-
-        /** Several teachers with a hint: the hint reads the first teacher's layer; the logits are averaged as usual. */
-        private Tensor teacherLogitsWithTap(Arena a, Tensor x, Tensor[] tap) {
-            List<Tensor> all = new ArrayList<>();
-            all.add(teachers.getFirst().forward(new Layer.Pass(backend, a, false, 0, 0), x, hint.teacherLayer(), tap));
-            for (Model t : teachers.subList(1, teachers.size())) all.add(t.forward(new Layer.Pass(backend, a, false, 0, 0), x));
-            Tensor avg = backend.empty(a, DType.F32, all.getFirst().shape());
-            backend.averageTeachers(all, kd.temperature(), avg);
-            return avg;
         }
 
         /** The optimizer update; its learning rate and bias corrections come from {@code scalars} on the device. */
@@ -469,36 +462,26 @@ public final class Trainer {
             return new Optimizers.AdamW(lr, 0.9f, 0.999f, 1e-8f, config.weightDecay());
         }
 
-        /**
-         * Writes this step's optimizer scalars to the device without synchronising: from one of four
-         * pinned slots, each reused only once its previous copy has completed.
-         */
+        /** Writes this step's optimizer scalars to the device without synchronising (a ring of four pinned slots). */
         void writeScalars(long step, long total) {
             float lr = config.lrAt(step - 1, total);
             float[] values = config.optimizer() == TrainingConfig.Optimizer.SGD ? sgd(lr).scalars(step) : adamw(lr).scalars(step);
-            int s = scalarSlot;
-            scalarSlot = (scalarSlot + 1) % scalarStage.length;
-            if (scalarFence[s] != null) {
-                scalarFence[s].await();
-                scalarFence[s].close();
-            }
-            if (scalarStage[s] == null) scalarStage[s] = backend.allocateHost(arena, 16);
-            MemorySegment.copy(values, 0, scalarStage[s], java.lang.foreign.ValueLayout.JAVA_FLOAT, 0, 4);
-            scalarFence[s] = backend.copyFromHostAsync(scalarStage[s], scalars);
+            MemorySegment staged = scalarStaging.take(16);
+            MemorySegment.copy(values, 0, staged, java.lang.foreign.ValueLayout.JAVA_FLOAT, 0, 4);
+            scalarStaging.send(staged, scalars);
         }
 
-        /** Scales all gradients so that their global L2 norm is at most clipNorm (one host read). */
+        /** Scales all gradients so that their global L2 norm is at most clipNorm (one host read for all of them). */
         void clip() {
             double sq = 0;
-            try (Tensor norm = backend.empty(DType.F32, 1)) {
-                for (Tensor g : grads) {
-                    try (Arena a = Arena.ofShared()) {
-                        Tensor g2 = backend.empty(a, DType.F32, g.shape());
-                        backend.mul(g, g, g2);
-                        backend.reduceRows(Reduction.SUM, g2.view(1, g.numel()), norm);
-                        sq += norm.item();
-                    }
+            try (Arena a = Arena.ofShared()) {
+                Tensor sums = backend.empty(a, DType.F32, grads.size()); // sum of squares of each gradient
+                for (int i = 0; i < grads.size(); i++) {
+                    Tensor g = grads.get(i), g2 = backend.empty(a, DType.F32, g.shape());
+                    backend.mul(g, g, g2);
+                    backend.reduceRows(Reduction.SUM, g2.view(1, g.numel()), sums.narrow0(i, 1));
                 }
+                for (float v : backend.read(sums)) sq += v;
             }
             double n = Math.sqrt(sq);
             if (n > config.clipNorm()) for (Tensor g : grads) backend.scale((float) (config.clipNorm() / (n + 1e-6)), g);
@@ -506,12 +489,7 @@ public final class Trainer {
 
         @Override
         public void close() {
-            for (int s = 0; s < scalarFence.length; s++) {
-                if (scalarFence[s] != null) {
-                    scalarFence[s].await();
-                    scalarFence[s].close();
-                }
-            }
+            scalarStaging.close();
             if (graph != null) graph.close();
             backend.synchronize();
             if (cache != null) cache.close();
@@ -531,9 +509,17 @@ public final class Trainer {
 
     /** The teacher's logits, or for several teachers the logits of their averaged softened distribution (eval mode, in {@code arena}). */
     static Tensor teacherLogits(Backend backend, Arena arena, List<Model> teachers, float temperature, Tensor x) {
-        if (teachers.size() == 1) return teachers.getFirst().forward(new Layer.Pass(backend, arena, false, 0, 0), x);
+        return teacherLogits(backend, arena, teachers, temperature, x, -1, null);
+    }
+
+    /** As above; with {@code tap} >= 0 the first teacher's top-level layer {@code tap} output lands in {@code tapped[0]} (for a hint). */
+    static Tensor teacherLogits(Backend backend, Arena arena, List<Model> teachers, float temperature, Tensor x, int tap, Tensor[] tapped) {
         List<Tensor> all = new ArrayList<>();
-        for (Model t : teachers) all.add(t.forward(new Layer.Pass(backend, arena, false, 0, 0), x));
+        for (Model t : teachers) {
+            Layer.Pass eval = new Layer.Pass(backend, arena, false, 0, 0);
+            all.add(tap >= 0 && all.isEmpty() ? t.forward(eval, x, tap, tapped) : t.forward(eval, x));
+        }
+        if (all.size() == 1) return all.getFirst();
         Tensor avg = backend.empty(arena, DType.F32, all.getFirst().shape());
         backend.averageTeachers(all, temperature, avg);
         return avg;
