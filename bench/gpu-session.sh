@@ -40,7 +40,7 @@ for part in "$@"; do
     demo)
       distill demo --device cuda 2>&1 | tee "$OUT/demo.txt" ;;
     mnist)
-      { for graph in on off; do echo "--- step graph $graph"; DISTILL="$DISTILL_CMD" bash examples/mnist/run.sh --device cuda --graph $graph 2>&1 | grep -E "^done|step graph"; done; } \
+      { for graph in auto off; do echo "--- step graph $graph"; DISTILL="$DISTILL_CMD" bash examples/mnist/run.sh --device cuda --graph $graph 2>&1 | grep -E "^done|step graph"; done; } \
         2>&1 | tee "$OUT/mnist.txt" ;;
     *) echo "gpu-session.sh: unknown part '$part' (loss | kd | predict | demo | mnist)"; exit 2 ;;
   esac

@@ -78,7 +78,11 @@ def main():
     classes = [int(c) for c in sys.argv[2:]] or [1000, 8000, 32000, 128000, 256000]
     torch.backends.cuda.matmul.allow_tf32 = True
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
-    variants = [("eager", loss_fn), ("compile", torch.compile(loss_fn)), ("compile-max-autotune", torch.compile(loss_fn, mode="max-autotune"))]
+    # LOSS_VARIANTS=eager,compile[,compile-max-autotune] (max-autotune adds minutes of tuning per shape).
+    import os
+    every = {"eager": lambda: loss_fn, "compile": lambda: torch.compile(loss_fn),
+             "compile-max-autotune": lambda: torch.compile(loss_fn, mode="max-autotune")}
+    variants = [(name, every[name]()) for name in os.environ.get("LOSS_VARIANTS", "eager,compile").split(",")]
     for c in classes:
         s = (torch.rand(rows, c, device="cuda") * 10 - 5).requires_grad_(True)
         t = torch.rand(rows, c, device="cuda") * 10 - 5

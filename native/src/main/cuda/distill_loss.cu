@@ -1,153 +1,479 @@
 // The fused distillation loss (docs/distillation-loss.md): per row of student logits s and teacher
-// logits t [rows, cols], with a = s/T, b = t/T, p = softmax(a), q = softmax(b):
-//   terms[r] = { alpha T^2 D(q, p), (1 - alpha) CE(s, y) },   grad[r] = dL/ds / normalizer
-// One block per row. When the two rows fit in shared memory (2 * cols * 4 bytes <= 48 KiB) they
-// are staged there with 16-byte loads and global memory is read once; larger rows are re-read
-// from global memory by each pass. Arithmetic in fp32 in shifted log space:
-// log p = (s - max s) / T - log sum exp((s - max s) / T), which stays exact for logits of +-1e4.
+// logits t [rows, cols] (fp32 or bf16; arithmetic in fp32), with a = s/T, b = t/T, p = softmax(a),
+// q = softmax(b):
+//   loss = sum_r { alpha T^2 D(q, p) + (1 - alpha) CE(s, y) } / N,   grad[r] = dL/ds_r
+// in ONE launch that reads every logit from global memory once and writes the gradient once.
+// Regimes by the number of classes C (the host picks one, OpKernels.planDistill):
+//   warp    C <= 1024: a warp per row, the row held in registers (ITEMS values per lane, coalesced).
+//   block   a block per row, the row staged in shared memory (16-byte copies), up to 96 KiB a block.
+//   cluster C beyond one block: a thread-block cluster of CL = 2, 4 or 8 blocks per row (sm_90+),
+//           each staging 1/CL of the row; row maxima and sums are combined through distributed
+//           shared memory, in rank order, so every block sees the same bits.
+//   reread  rows too long for a cluster's shared memory (fp32 C > ~225k): a block per row that
+//           reads the row from global memory in each pass (kept correct, not read-once).
+// Blocks loop over rows (a grid of about one wave); each keeps its rows' loss terms in a fixed
+// order, writes one partial, and the last block to finish (ticket in counters[2]) sums the
+// partials in block order and writes the loss: deterministic, no second launch. That block also
+// zeroes counters[0..2] for the next evaluation, which keeps the launch replayable in a graph.
+// N is the caller's normalizer, else counters[0] filled by d4j_ce_count (the one case with two
+// launches: labels and no normalizer). Arithmetic in shifted log space:
+// log p = (s - max s) / T - log sum exp((s - max s) / T), exact for logits of +-1e4.
 #include "common.cuh"
+#include <cuda_bf16.h>
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#include <cooperative_groups.h>
+#define D4J_HAS_CLUSTERS 1
+#define D4J_CLUSTER_DIMS(n) __cluster_dims__(n, 1, 1)
+#else
+#define D4J_CLUSTER_DIMS(n)
+#endif
+
+__device__ __forceinline__ float d4j_f(float v) { return v; }
+__device__ __forceinline__ float d4j_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T d4j_to(float v);
+template <> __device__ __forceinline__ float d4j_to<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 d4j_to<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ float d4j_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float d4j_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
 
 // div: 0 KL(q||p), 1 KL(p||q), 2 JSD_beta, 3 MSE of logits (the Divergence enum order; JSD at
 // beta 0 / 1 arrives here already mapped to KL / reverse KL by the host).
-extern "C" __global__ void d4j_distill_rows(const float* __restrict__ s, const float* __restrict__ t, const int64_t* __restrict__ labels,
-                                            int64_t cols, int div, float temperature, float alpha, float beta, int64_t ignore, int stage,
-                                            const unsigned long long* __restrict__ counts, float normalizer,
-                                            float* __restrict__ terms, float* grad) {
-    extern __shared__ float4 staged4[];
-    float* staged = reinterpret_cast<float*>(staged4);
-    const int64_t r = blockIdx.x, base = r * cols;
-    const int64_t y = labels ? labels[r] : -1;
-    const bool ignored = labels && y == ignore;
-    const bool bad = labels && !ignored && (y < 0 || y >= cols);
-    if (ignored || bad) {
-        if (grad) for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) grad[base + c] = 0.f;
-        if (threadIdx.x == 0) {
-            terms[2 * r] = bad ? __int_as_float(0x7fc00000) : 0.f;
-            terms[2 * r + 1] = 0.f;
-        }
-        return;
-    }
-    const float* sr = s + base;
-    const float* tr = t + base;
-    if (stage) {
-        // 16-byte loads when the row starts 16-byte aligned and cols is a multiple of 4.
-        if ((cols & 3) == 0 && ((reinterpret_cast<uintptr_t>(sr) | reinterpret_cast<uintptr_t>(tr)) & 15) == 0) {
-            const float4* s4 = reinterpret_cast<const float4*>(sr);
-            const float4* t4 = reinterpret_cast<const float4*>(tr);
-            for (int64_t c = threadIdx.x; c < cols / 4; c += blockDim.x) {
-                staged4[c] = s4[c];
-                staged4[cols / 4 + c] = t4[c];
-            }
-        } else {
-            for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-                staged[c] = sr[c];
-                staged[cols + c] = tr[c];
-            }
-        }
-        __syncthreads();
-        sr = staged;
-        tr = staged + cols;
-    }
-    const float invT = 1.f / temperature;
-    const bool hardTerm = labels && alpha < 1.f;
-    // Pass 1: row maxima (of the raw logits: the same argmax as at any T > 0).
-    float ms = -INFINITY, mt = -INFINITY;
-    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-        ms = fmaxf(ms, sr[c]);
-        mt = fmaxf(mt, tr[c]);
-    }
-    ms = d4j_block_max(ms);
-    mt = d4j_block_max(mt);
-    // Pass 2: the three sums of exponentials (a, b, and s at T = 1 for cross-entropy).
-    float sa = 0.f, sb = 0.f, s1 = 0.f;
-    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-        float zs = sr[c] - ms;
-        sa += expf(zs * invT);
-        sb += expf((tr[c] - mt) * invT);
-        if (hardTerm) s1 += expf(zs);
-    }
-    sa = d4j_block_sum(sa);
-    sb = d4j_block_sum(sb);
-    s1 = d4j_block_sum(s1);
-    const float lseA = logf(sa), lseB = logf(sb), lse1 = logf(s1);
-    const float log1mBeta = log1pf(-beta), logBeta = logf(beta);
-    // Pass 3: the divergence, and sum_i p_i g_i for reverse KL and JSD's gradients.
-    float d = 0.f, pg = 0.f;
-    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-        float logP = (sr[c] - ms) * invT - lseA, logQ = (tr[c] - mt) * invT - lseB;
-        float p = expf(logP), q = expf(logQ);
-        if (div == 0) {
-            if (q > 0.f) d += q * (logQ - logP);
-        } else if (div == 1) {
-            float g = logP - logQ;
-            if (p > 0.f) d += p * g;
-            pg += p * g;
-        } else if (div == 2) {
-            float a = log1mBeta + logP, b = logBeta + logQ, m = fmaxf(a, b);
-            float logM = m == -INFINITY ? -INFINITY : m + log1pf(expf(-fabsf(a - b)));
-            if (q > 0.f) d += beta * q * (logQ - logM);
-            if (p > 0.f) d += (1.f - beta) * p * (logP - logM);
-            pg += p * (1.f - beta) * (logP - logM);
-        } else {
-            float diff = (sr[c] - tr[c]) * invT;
-            d += diff * diff / (float)cols;
-        }
-    }
-    d = d4j_block_sum(d);
-    if (div == 1 || div == 2) pg = d4j_block_sum(pg);
-    // The hard term reads s[y]; read it before the gradient pass can overwrite s (in place, unstaged).
-    if (threadIdx.x == 0) {
-        terms[2 * r] = alpha * temperature * temperature * d;
-        terms[2 * r + 1] = hardTerm ? (1.f - alpha) * -((sr[y] - ms) - lse1) : 0.f;
-    }
-    __syncthreads();
-    if (grad) {
-        const float norm = normalizer > 0.f ? normalizer : (float)counts[0];
-        const float scale = 1.f / norm, kSoft = alpha * temperature;
-        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-            float sv = sr[c], tv = tr[c];
-            float logP = (sv - ms) * invT - lseA, logQ = (tv - mt) * invT - lseB;
-            float p = expf(logP), q = expf(logQ), dd;
-            if (div == 0) {
-                dd = p - q;
-            } else if (div == 1) {
-                dd = p * ((logP - logQ) - pg);
-            } else if (div == 2) {
-                float a = log1mBeta + logP, b = logBeta + logQ, m = fmaxf(a, b);
-                float logM = m == -INFINITY ? -INFINITY : m + log1pf(expf(-fabsf(a - b)));
-                dd = p * ((1.f - beta) * (logP - logM) - pg);
-            } else {
-                dd = 2.f * (sv - tv) * invT / (float)cols;
-            }
-            float g = kSoft * dd;
-            if (hardTerm) g += (1.f - alpha) * (expf(sv - ms - lse1) - (c == y ? 1.f : 0.f));
-            grad[base + c] = g * scale;  // in place over s is safe: sv was read above (staged or not, same index)
-        }
+struct D4jKd {
+    int div;
+    bool hard;  // labels given and alpha < 1: the cross-entropy term is on
+    bool fused;  // KL and MSE: the gradient needs no row sum beyond the log-sum-exps, so it is written in the divergence pass
+    float invT, alpha, beta, softWeight /* alpha T^2 */, kSoft /* alpha T */, invCols;
+};
+
+__device__ __forceinline__ D4jKd d4j_kd(int div, float temperature, float alpha, float beta, bool labels, int64_t cols) {
+    D4jKd k;
+    k.div = div;
+    k.hard = labels && alpha < 1.f;
+    k.invT = 1.f / temperature;
+    k.alpha = alpha;
+    k.beta = beta;
+    k.fused = div == 0 || div == 3;
+    k.softWeight = alpha * temperature * temperature;
+    k.kSoft = alpha * temperature;
+    k.invCols = 1.f / (float)cols;
+    return k;
+}
+
+// A row's statistics: maxima of the raw logits (same argmax at any T > 0) and log-sum-exps of
+// (s - ms)/T, (t - mt)/T and (s - ms) (cross-entropy at T = 1).
+struct D4jRow { float ms, mt, lseA, lseB, lse1; };
+
+__device__ __forceinline__ void d4j_kd_sums(const D4jKd& k, float ms, float mt, float sv, float tv, float& sa, float& sb, float& s1) {
+    float zs = sv - ms;
+    sa += expf(zs * k.invT);
+    sb += expf((tv - mt) * k.invT);
+    if (k.hard) s1 += expf(zs);
+}
+
+// log p - log q, formed from the shifted logits so that two nearly equal log-probabilities (high
+// T: both near -log C) are not subtracted: ((s - ms) - (t - mt)) / T + (lseB - lseA).
+__device__ __forceinline__ float d4j_log_ratio(const D4jKd& k, const D4jRow& st, float sv, float tv) {
+    return ((sv - st.ms) - (tv - st.mt)) * k.invT + (st.lseB - st.lseA);
+}
+
+// JSD: log M - log P (wp) and log M - log Q (wq) for M = beta q + (1 - beta) p, from r = log p - log q:
+// M / Q = 1 + (1 - beta) expm1(r) and M / P = 1 + beta expm1(-r); each computed where it is the
+// accurate one (no cancellation near r = 0, finite wp for a -inf teacher logit).
+__device__ __forceinline__ void d4j_jsd_logs(const D4jKd& k, float r, float& wp, float& wq) {
+    if (r <= 0.f) {
+        wq = log1pf((1.f - k.beta) * expm1f(r));
+        wp = wq - r;
+    } else {
+        wp = log1pf(k.beta * expm1f(-r));
+        wq = wp + r;
     }
 }
 
-// One block: loss[0..nout) = { soft + hard, soft, hard } summed over rows and divided by the
-// normalizer (or counts[0]); NaN when a label was out of range or nothing counted.
-extern "C" __global__ void d4j_distill_finish(const float* __restrict__ terms, int64_t rows, const unsigned long long* __restrict__ counts,
-                                              float normalizer, float* __restrict__ loss, int nout) {
-    float soft = 0.f, hard = 0.f;
-    for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) {
-        soft += terms[2 * r];
-        hard += terms[2 * r + 1];
-    }
-    soft = d4j_block_sum(soft);
-    hard = d4j_block_sum(hard);
-    if (threadIdx.x == 0) {
-        float norm = normalizer > 0.f ? normalizer : (float)counts[0];
-        bool invalid = counts[1] != 0 || norm == 0.f;
-        float nan = __int_as_float(0x7fc00000);
-        loss[0] = invalid ? nan : (soft + hard) / norm;
-        if (nout == 3) {
-            loss[1] = invalid ? nan : soft / norm;
-            loss[2] = invalid ? nan : hard / norm;
-        }
+// Online max and sums (the load pass): m = max so far, sa = sum exp((x - m) / T), s1 = sum exp(x - m)
+// (s1 only with the hard term); rescaled when the max grows. -inf elements add nothing.
+struct D4jOnline { float m, sa, s1; };
+__device__ __forceinline__ void d4j_online(D4jOnline& o, float x, float invT, bool withS1) {
+    if (x == -INFINITY) return;
+    if (x > o.m) {
+        o.sa = o.sa * expf((o.m - x) * invT) + 1.f;
+        if (withS1) o.s1 = o.s1 * expf(o.m - x) + 1.f;
+        o.m = x;
+    } else {
+        o.sa += expf((x - o.m) * invT);
+        if (withS1) o.s1 += expf(x - o.m);
     }
 }
+// This thread's sums, rescaled to the row max M (0 when the thread saw nothing finite).
+__device__ __forceinline__ float d4j_rescaled(float sum, float m, float M, float invT) {
+    return m == -INFINITY ? 0.f : sum * expf((m - M) * invT);
+}
+
+// One element's share of D, and of sum_i p_i g_i (reverse KL and JSD gradients).
+__device__ __forceinline__ void d4j_kd_term(const D4jKd& k, const D4jRow& st, float sv, float tv, float& d, float& pg) {
+    if (k.div == 0) {
+        float q = expf((tv - st.mt) * k.invT - st.lseB);
+        if (q > 0.f) d -= q * d4j_log_ratio(k, st, sv, tv);
+    } else if (k.div == 1) {
+        float p = expf((sv - st.ms) * k.invT - st.lseA);
+        if (p > 0.f) {
+            float g = d4j_log_ratio(k, st, sv, tv);
+            d += p * g;
+            pg += p * g;
+        }
+    } else if (k.div == 2) {
+        float p = expf((sv - st.ms) * k.invT - st.lseA), q = expf((tv - st.mt) * k.invT - st.lseB), wp, wq;
+        d4j_jsd_logs(k, d4j_log_ratio(k, st, sv, tv), wp, wq);
+        if (q > 0.f) d -= k.beta * q * wq;
+        if (p > 0.f) {
+            d -= (1.f - k.beta) * p * wp;
+            pg -= p * (1.f - k.beta) * wp;
+        }
+    } else {
+        float diff = (sv - tv) * k.invT;
+        d += diff * diff * k.invCols;
+    }
+}
+
+// dL/ds for one element, already divided by the normalizer (scale = 1 / N).
+__device__ __forceinline__ float d4j_kd_grad(const D4jKd& k, const D4jRow& st, float sv, float tv, bool isLabel, float pg, float scale) {
+    float p = expf((sv - st.ms) * k.invT - st.lseA), dd;
+    if (k.div == 0) {
+        dd = p - expf((tv - st.mt) * k.invT - st.lseB);
+    } else if (k.div == 1) {
+        dd = p > 0.f ? p * (d4j_log_ratio(k, st, sv, tv) - pg) : 0.f;
+    } else if (k.div == 2) {
+        float wp, wq;
+        d4j_jsd_logs(k, d4j_log_ratio(k, st, sv, tv), wp, wq);
+        dd = p > 0.f ? p * (-(1.f - k.beta) * wp - pg) : 0.f;
+    } else {
+        dd = 2.f * (sv - tv) * k.invT * k.invCols;
+    }
+    float g = k.kSoft * dd;
+    if (k.hard) g += (1.f - k.alpha) * (expf(sv - st.ms - st.lse1) - (isLabel ? 1.f : 0.f));
+    return g * scale;
+}
+
+// 0: the row counts; 1: its label is ignore_index (no loss, zero gradient); 2: its label is out
+// of range (NaN loss, zero gradient). y = the label, or -1 without labels.
+__device__ __forceinline__ int d4j_row_status(const int64_t* __restrict__ labels, int64_t r, int64_t cols, int64_t ignore, int64_t& y) {
+    y = labels ? labels[r] : -1;
+    if (!labels) return 0;
+    if (y == ignore) return 1;
+    return (y < 0 || y >= cols) ? 2 : 0;
+}
+
+// The end of every regime: this block's partial (soft, hard: thread 0's values) goes to
+// partials[blockIdx.x]; the last block to arrive sums all partials in block order and writes loss.
+__device__ __forceinline__ void d4j_kd_finish(float soft, float hard, float* __restrict__ partials, unsigned long long* __restrict__ counters,
+                                              float normalizer, float* __restrict__ loss, int nout) {
+    __shared__ int last;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        partials[2 * blockIdx.x] = soft;
+        partials[2 * blockIdx.x + 1] = hard;
+        __threadfence();  // the partial is visible device-wide before the ticket says so
+        last = atomicAdd(&counters[2], 1ull) == (unsigned long long)gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    float a = 0.f, b = 0.f;
+    for (int i = threadIdx.x; i < (int)gridDim.x; i += blockDim.x) {
+        a += __ldcg(&partials[2 * i]);  // L2, not a possibly stale L1 line
+        b += __ldcg(&partials[2 * i + 1]);
+    }
+    a = d4j_block_sum(a);
+    b = d4j_block_sum(b);
+    if (threadIdx.x == 0) {
+        float norm = normalizer > 0.f ? normalizer : (float)counters[0];
+        bool invalid = counters[1] != 0 || norm == 0.f;
+        float nan = __int_as_float(0x7fc00000);
+        loss[0] = invalid ? nan : (a + b) / norm;
+        if (nout == 3) {
+            loss[1] = invalid ? nan : a / norm;
+            loss[2] = invalid ? nan : b / norm;
+        }
+        counters[0] = 0;
+        counters[1] = 0;
+        counters[2] = 0;
+    }
+}
+
+// ---- warp per row: C <= 32 * ITEMS, the row in registers (lane l holds columns l, l + 32, ...).
+template <typename T, int ITEMS>
+__device__ __forceinline__ void d4j_kd_warp(const T* s, const T* __restrict__ t, const int64_t* __restrict__ labels, int64_t rows, int64_t cols,
+                                            int div, float temperature, float alpha, float beta, int64_t ignore,
+                                            unsigned long long* __restrict__ counters, float normalizer, float* __restrict__ partials,
+                                            float* __restrict__ loss, int nout, T* grad) {
+    const D4jKd k = d4j_kd(div, temperature, alpha, beta, labels != nullptr, cols);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const float scale = 1.f / (normalizer > 0.f ? normalizer : (float)counters[0]);
+    float soft = 0.f, hard = 0.f;  // this warp's rows, summed in row order (lane 0's copy is used)
+    for (int64_t r = (int64_t)blockIdx.x * warps + warp; r < rows; r += (int64_t)gridDim.x * warps) {
+        const int64_t base = r * cols;
+        int64_t y;
+        const int status = d4j_row_status(labels, r, cols, ignore, y);
+        if (status != 0) {
+            if (grad) for (int64_t c = lane; c < cols; c += 32) grad[base + c] = d4j_to<T>(0.f);
+            if (status == 2) soft = hard = __int_as_float(0x7fc00000);
+            continue;
+        }
+        float sv[ITEMS], tv[ITEMS];
+        float ms = -INFINITY, mt = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < ITEMS; i++) {
+            const int64_t c = (int64_t)i * 32 + lane;
+            sv[i] = c < cols ? d4j_f(s[base + c]) : -INFINITY;
+            tv[i] = c < cols ? d4j_f(t[base + c]) : -INFINITY;
+            ms = fmaxf(ms, sv[i]);
+            mt = fmaxf(mt, tv[i]);
+        }
+        ms = d4j_warp_max(ms);
+        mt = d4j_warp_max(mt);
+        float sa = 0.f, sb = 0.f, s1 = 0.f;
+#pragma unroll
+        for (int i = 0; i < ITEMS; i++) if ((int64_t)i * 32 + lane < cols) d4j_kd_sums(k, ms, mt, sv[i], tv[i], sa, sb, s1);
+        const D4jRow st = {ms, mt, logf(d4j_warp_sum(sa)), logf(d4j_warp_sum(sb)), logf(d4j_warp_sum(s1))};
+        float d = 0.f, pg = 0.f, sy = 0.f;
+#pragma unroll
+        for (int i = 0; i < ITEMS; i++) {
+            const int64_t c = (int64_t)i * 32 + lane;
+            if (c < cols) {
+                d4j_kd_term(k, st, sv[i], tv[i], d, pg);
+                if (c == y) sy = sv[i];
+                if (k.fused && grad) grad[base + c] = d4j_to<T>(d4j_kd_grad(k, st, sv[i], tv[i], c == y, 0.f, scale));
+            }
+        }
+        d = d4j_warp_sum(d);
+        pg = d4j_warp_sum(pg);
+        sy = d4j_warp_sum(sy);  // one lane holds s[y], the others 0
+        soft += k.softWeight * d;
+        if (k.hard) hard += (1.f - alpha) * -((sy - ms) - st.lse1);
+        if (grad && !k.fused) {
+#pragma unroll
+            for (int i = 0; i < ITEMS; i++) {
+                const int64_t c = (int64_t)i * 32 + lane;
+                if (c < cols) grad[base + c] = d4j_to<T>(d4j_kd_grad(k, st, sv[i], tv[i], c == y, pg, scale));
+            }
+        }
+    }
+    // The block's partial: warps in order.
+    __shared__ float warpSoft[32], warpHard[32];
+    if (lane == 0) {
+        warpSoft[warp] = soft;
+        warpHard[warp] = hard;
+    }
+    __syncthreads();
+    float bs = 0.f, bh = 0.f;
+    if (threadIdx.x == 0) {
+        for (int w = 0; w < warps; w++) {
+            bs += warpSoft[w];
+            bh += warpHard[w];
+        }
+    }
+    d4j_kd_finish(bs, bh, partials, counters, normalizer, loss, nout);
+}
+
+// Combines K per-block values across the cluster (max or sum), in rank order, so that every block
+// of the cluster gets the same bits. slot and out are this block's shared arrays of K floats; a
+// slot is rewritten only after a later cluster.sync, by which time every reader is done with it.
+template <int CL, int K>
+__device__ __forceinline__ void d4j_cluster_combine(float (&v)[K], bool isMax, float* slot, float* out) {
+#ifdef D4J_HAS_CLUSTERS
+    if constexpr (CL > 1) {
+        cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+        if (threadIdx.x == 0) for (int j = 0; j < K; j++) slot[j] = v[j];
+        cluster.sync();
+        if (threadIdx.x == 0) {
+            for (int j = 0; j < K; j++) {
+                float acc = isMax ? -INFINITY : 0.f;
+                for (int q = 0; q < CL; q++) {
+                    float x = cluster.map_shared_rank(slot, q)[j];
+                    acc = isMax ? fmaxf(acc, x) : acc + x;
+                }
+                out[j] = acc;
+            }
+        }
+        __syncthreads();
+        for (int j = 0; j < K; j++) v[j] = out[j];
+    }
+#endif
+}
+
+// ---- block (CL = 1) or cluster (CL > 1) per row. STAGED: the block's slice [lo, lo + chunk) of
+// both rows is copied once into shared memory (dynamic, 2 * chunk elements) and every pass reads it
+// there; not STAGED (CL = 1 only): every pass reads global memory.
+template <typename T, int CL, bool STAGED>
+__device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t, const int64_t* __restrict__ labels, int64_t rows, int64_t cols,
+                                             int div, float temperature, float alpha, float beta, int64_t ignore,
+                                             unsigned long long* __restrict__ counters, float normalizer, float* __restrict__ partials,
+                                             float* __restrict__ loss, int nout, T* grad, int64_t chunk) {
+#ifndef D4J_HAS_CLUSTERS
+    if (CL > 1) __trap();  // the host launches cluster kernels on sm_90+ only
+#endif
+    extern __shared__ float4 d4j_kd_smem[];
+    __shared__ float slots[3][3], outs[3][3];
+    T* ss = reinterpret_cast<T*>(d4j_kd_smem);
+    T* ts = ss + chunk;  // chunk is a multiple of 8: ts stays 16-byte aligned
+    const D4jKd k = d4j_kd(div, temperature, alpha, beta, labels != nullptr, cols);
+    int rank = 0;
+#ifdef D4J_HAS_CLUSTERS
+    if (CL > 1) rank = (int)cooperative_groups::this_cluster().block_rank();
+#endif
+    const int64_t group = blockIdx.x / CL, groups = gridDim.x / CL;
+    const int64_t lo = STAGED ? (int64_t)rank * chunk : 0;
+    const int64_t hi = STAGED ? min(cols, lo + chunk) : cols;
+    const int64_t n = hi > lo ? hi - lo : 0;
+    const float scale = 1.f / (normalizer > 0.f ? normalizer : (float)counters[0]);
+    float soft = 0.f, hard = 0.f;  // thread 0 of rank 0: this group's rows in row order
+    for (int64_t r = group; r < rows; r += groups) {
+        const int64_t base = r * cols;
+        int64_t y;
+        const int status = d4j_row_status(labels, r, cols, ignore, y);  // the same for every block of the cluster
+        if (status != 0) {
+            if (grad) for (int64_t i = threadIdx.x; i < n; i += blockDim.x) grad[base + lo + i] = d4j_to<T>(0.f);
+            if (status == 2) soft = hard = __int_as_float(0x7fc00000);
+            continue;
+        }
+        const T* sr = s + base + lo;
+        const T* tr = t + base + lo;
+        // One pass over global memory. Staged: copy the slice to shared memory keeping only the
+        // maxima (measured: online sums here delay the next loads, 8k-128k columns ran 15-20%
+        // slower), the sums follow from shared memory. Not staged: online max and sums, which
+        // saves a pass over global memory.
+        D4jOnline os = {-INFINITY, 0.f, 0.f}, ot = {-INFINITY, 0.f, 0.f};
+        if (STAGED) {
+            constexpr int V = 16 / sizeof(T);  // elements per 16-byte copy
+            if ((((uintptr_t)sr | (uintptr_t)tr) & 15) == 0 && n % V == 0) {
+                const float4* s4 = reinterpret_cast<const float4*>(sr);
+                const float4* t4 = reinterpret_cast<const float4*>(tr);
+                float4* ss4 = reinterpret_cast<float4*>(ss);
+                float4* ts4 = reinterpret_cast<float4*>(ts);
+#pragma unroll 4
+                for (int64_t v = threadIdx.x; v < n / V; v += blockDim.x) {
+                    float4 a = s4[v], b = __ldg(&t4[v]);
+                    ss4[v] = a;
+                    ts4[v] = b;
+                    const T* ae = reinterpret_cast<const T*>(&a);
+                    const T* be = reinterpret_cast<const T*>(&b);
+#pragma unroll
+                    for (int j = 0; j < V; j++) {
+                        os.m = fmaxf(os.m, d4j_f(ae[j]));
+                        ot.m = fmaxf(ot.m, d4j_f(be[j]));
+                    }
+                }
+            } else {
+                for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+                    T a = sr[i], b = tr[i];
+                    ss[i] = a;
+                    ts[i] = b;
+                    os.m = fmaxf(os.m, d4j_f(a));
+                    ot.m = fmaxf(ot.m, d4j_f(b));
+                }
+            }
+            sr = ss;
+            tr = ts;
+        } else {
+            for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+                d4j_online(os, d4j_f(sr[i]), k.invT, k.hard);
+                d4j_online(ot, d4j_f(tr[i]), k.invT, false);
+            }
+        }
+        float mx[2] = {d4j_block_max(os.m), d4j_block_max(ot.m)};  // block_max synchronises: the staged slice is complete
+        d4j_cluster_combine<CL, 2>(mx, true, slots[0], outs[0]);
+        const float ms = mx[0], mt = mx[1];
+        float sum[3] = {0.f, 0.f, 0.f};
+        if (STAGED) {
+            for (int64_t i = threadIdx.x; i < n; i += blockDim.x) d4j_kd_sums(k, ms, mt, d4j_f(sr[i]), d4j_f(tr[i]), sum[0], sum[1], sum[2]);
+        } else {
+            sum[0] = d4j_rescaled(os.sa, os.m, ms, k.invT);
+            sum[1] = d4j_rescaled(ot.sa, ot.m, mt, k.invT);
+            sum[2] = k.hard ? d4j_rescaled(os.s1, os.m, ms, 1.f) : 0.f;
+        }
+        sum[0] = d4j_block_sum(sum[0]);
+        sum[1] = d4j_block_sum(sum[1]);
+        sum[2] = d4j_block_sum(sum[2]);
+        d4j_cluster_combine<CL, 3>(sum, false, slots[1], outs[1]);
+        const D4jRow st = {ms, mt, logf(sum[0]), logf(sum[1]), logf(sum[2])};
+        float dv[3] = {0.f, 0.f, 0.f};  // D, sum p g, s[y]
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+            float sv = d4j_f(sr[i]), tv = d4j_f(tr[i]);
+            d4j_kd_term(k, st, sv, tv, dv[0], dv[1]);
+            if (lo + i == y) dv[2] = sv;
+            // KL, MSE: the gradient now (element i is read before it is written, in place too)
+            if (k.fused && grad) grad[base + lo + i] = d4j_to<T>(d4j_kd_grad(k, st, sv, tv, lo + i == y, 0.f, scale));
+        }
+        dv[0] = d4j_block_sum(dv[0]);
+        dv[1] = d4j_block_sum(dv[1]);
+        dv[2] = d4j_block_sum(dv[2]);
+        d4j_cluster_combine<CL, 3>(dv, false, slots[2], outs[2]);
+        if (threadIdx.x == 0 && rank == 0) {
+            soft += k.softWeight * dv[0];
+            if (k.hard) hard += (1.f - alpha) * -((dv[2] - ms) - st.lse1);
+        }
+        if (grad && !k.fused) {
+            // In place over s is safe: staged, s is read from shared memory; not staged, each
+            // thread reads element i before writing it, and s[y] was read in the pass above.
+            for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+                grad[base + lo + i] = d4j_to<T>(d4j_kd_grad(k, st, d4j_f(sr[i]), d4j_f(tr[i]), lo + i == y, dv[1], scale));
+            }
+        }
+        __syncthreads();  // the staged slice is read by everyone before the next row overwrites it
+    }
+#ifdef D4J_HAS_CLUSTERS
+    if (CL > 1) cooperative_groups::this_cluster().sync();  // no block leaves while another may read its slots
+#endif
+    d4j_kd_finish(rank == 0 ? soft : 0.f, rank == 0 ? hard : 0.f, partials, counters, normalizer, loss, nout);
+}
+
+// ptxas for sm_100 spills a few bytes in these kernels under the default 512-thread bound, and
+// none when told one block per SM suffices; sm_80..sm_90 use ~50 registers without it, which keeps
+// several blocks per SM there.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000
+#define D4J_KD_BLOCK_BOUNDS __launch_bounds__(512, 1)
+#else
+#define D4J_KD_BLOCK_BOUNDS __launch_bounds__(512)
+#endif
+
+#define D4J_KD_PARAMS(T) const T* s, const T* __restrict__ t, const int64_t* __restrict__ labels, int64_t rows, int64_t cols, int div, \
+    float temperature, float alpha, float beta, int64_t ignore, unsigned long long* __restrict__ counters, float normalizer, \
+    float* __restrict__ partials, float* __restrict__ loss, int nout, T* grad, int64_t chunk
+#define D4J_KD_ARGS s, t, labels, rows, cols, div, temperature, alpha, beta, ignore, counters, normalizer, partials, loss, nout, grad
+
+#define D4J_KD_WARP(NAME, T, ITEMS) \
+    extern "C" __global__ void __launch_bounds__(256) NAME(D4J_KD_PARAMS(T)) { d4j_kd_warp<T, ITEMS>(D4J_KD_ARGS); }
+#define D4J_KD_BLOCK(NAME, T, CL, STAGED) \
+    extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, STAGED>(D4J_KD_ARGS, chunk); }
+#define D4J_KD_BLOCK1(NAME, T, STAGED) \
+    extern "C" __global__ void D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, 1, STAGED>(D4J_KD_ARGS, chunk); }
+
+D4J_KD_WARP(d4j_kd_warp1_f32, float, 1)
+D4J_KD_WARP(d4j_kd_warp2_f32, float, 2)
+D4J_KD_WARP(d4j_kd_warp4_f32, float, 4)
+D4J_KD_WARP(d4j_kd_warp8_f32, float, 8)
+D4J_KD_WARP(d4j_kd_warp16_f32, float, 16)
+D4J_KD_WARP(d4j_kd_warp1_bf16, __nv_bfloat16, 1)
+D4J_KD_WARP(d4j_kd_warp2_bf16, __nv_bfloat16, 2)
+D4J_KD_WARP(d4j_kd_warp4_bf16, __nv_bfloat16, 4)
+D4J_KD_WARP(d4j_kd_warp8_bf16, __nv_bfloat16, 8)
+D4J_KD_WARP(d4j_kd_warp16_bf16, __nv_bfloat16, 16)
+D4J_KD_BLOCK1(d4j_kd_block_f32, float, true)
+D4J_KD_BLOCK1(d4j_kd_block_bf16, __nv_bfloat16, true)
+D4J_KD_BLOCK1(d4j_kd_reread_f32, float, false)
+D4J_KD_BLOCK1(d4j_kd_reread_bf16, __nv_bfloat16, false)
+D4J_KD_BLOCK(d4j_kd_cluster2_f32, float, 2, true)
+D4J_KD_BLOCK(d4j_kd_cluster4_f32, float, 4, true)
+D4J_KD_BLOCK(d4j_kd_cluster8_f32, float, 8, true)
+D4J_KD_BLOCK(d4j_kd_cluster2_bf16, __nv_bfloat16, 2, true)
+D4J_KD_BLOCK(d4j_kd_cluster4_bf16, __nv_bfloat16, 4, true)
+D4J_KD_BLOCK(d4j_kd_cluster8_bf16, __nv_bfloat16, 8, true)
 
 // dense [rows, cols] = -inf, then dense[r, idx[r, j]] = val[r, j]; out-of-range indices are skipped
 // and flagged in flag[0] (checked by the host).

@@ -221,7 +221,8 @@ extern "C" __global__ void d4j_dropout(float p, uint64_t seed, uint64_t offset, 
 }
 
 extern "C" __global__ void d4j_uniform(float low, float high, uint64_t seed, uint64_t offset, float* __restrict__ x, int64_t n) {
-    GRID_STRIDE(i, n) { x[i] = low + (high - low) * d4j_philox_uniform(seed, offset + (uint64_t)i); }
+    // _rn intrinsics: no multiply-add contraction, so the bits match the CPU's low + (high - low) * u.
+    GRID_STRIDE(i, n) { x[i] = __fadd_rn(low, __fmul_rn(high - low, d4j_philox_uniform(seed, offset + (uint64_t)i))); }
 }
 
 // ---- global average pooling backward: dx [planes, hw] = dy[plane] / hw

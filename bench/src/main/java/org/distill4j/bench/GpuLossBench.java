@@ -44,7 +44,8 @@ public final class GpuLossBench {
                     };
                     double lossMs = median(gpu, lossWork), copyMs = median(gpu, copyWork);
                     double lossGBs = bytes / lossMs / 1e6, copyGBs = bytes / copyMs / 1e6;
-                    System.out.printf("loss C=%d: %.1f GB/s, %.1f%% of copy (%.1f GB/s), %.3f ms%n", c, lossGBs, 100 * lossGBs / copyGBs, copyGBs, lossMs);
+                    System.out.printf("loss C=%d: %.1f GB/s, %.1f%% of copy (%.1f GB/s), %.3f ms [%s]%n", c, lossGBs, 100 * lossGBs / copyGBs, copyGBs, lossMs,
+                        gpu.distillPlan(rows, c, DType.F32));
                 }
             }
         }

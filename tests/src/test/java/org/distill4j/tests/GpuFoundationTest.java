@@ -64,6 +64,7 @@ class GpuFoundationTest {
                 MemorySegment.copy(x, 0, pinned, JAVA_FLOAT, 0, n);
                 gpu.context().zero(b);
                 gpu.context().copyToDeviceAsync(b, 0, pinned);
+                gpu.context().synchronize();  // the copy reads pinned until it completes
                 pinned.fill((byte) 0);
                 gpu.context().copyToHostAsync(pinned, b, 0);
                 gpu.context().synchronize();

@@ -81,18 +81,36 @@ class GpuTrainerTest {
         }
     }
 
+    /** The same training twice on the GPU gives the same bits (deterministic cuDNN algorithms, no float atomics). */
+    @Test
+    void gpuTrainingIsReproducible() {
+        for (Trainer.GraphMode mode : Trainer.GraphMode.values()) {
+            if (mode == Trainer.GraphMode.AUTO) continue;
+            Run first = run(gpu, t -> t.graph(mode), 1), second = run(gpu, t -> t.graph(mode), 1);
+            sameLosses(first, second, "graph " + mode + ", run 1 vs run 2");
+        }
+    }
+
     @Test
     void graphCaptureOnAndOffGiveTheSameLosses() {
         for (int acc : new int[] {1, 2}) {
             Run off = run(gpu, t -> t.graph(Trainer.GraphMode.OFF), acc);
             Run on = run(gpu, t -> t.graph(Trainer.GraphMode.ON), acc);
             assertEquals("on", on.result().graphed());
-            assertEquals(off.losses(), on.losses(), "per-step losses, accumulation " + acc);
+            sameLosses(off, on, "graph off vs on, accumulation " + acc);
             for (int i = 0; i < off.weights().size(); i++) assertArrayEquals(off.weights().get(i), on.weights().get(i), "parameter " + i);
         }
         Run cachedOn = run(gpu, t -> t.graph(Trainer.GraphMode.ON).withTeacherCache(TeacherCache.Options.parse("device", "bf16")), 1);
         Run cachedOff = run(gpu, t -> t.graph(Trainer.GraphMode.OFF).withTeacherCache(TeacherCache.Options.parse("device", "bf16")), 1);
-        assertEquals(cachedOff.losses(), cachedOn.losses(), "per-step losses with a bf16 device cache");
+        sameLosses(cachedOff, cachedOn, "graph off vs on with a bf16 device cache");
+    }
+
+    /** Equal per-step losses; a failure names the first step that differs. */
+    private static void sameLosses(Run a, Run b, String what) {
+        assertEquals(a.losses().size(), b.losses().size(), what + ": steps");
+        for (int i = 0; i < a.losses().size(); i++) {
+            assertEquals(a.losses().get(i), b.losses().get(i), what + ": first difference at step " + (i + 1) + " of " + a.losses().size());
+        }
     }
 
     @Test

@@ -64,6 +64,8 @@ public final class cuda_h {
     public static final int CU_FUNC_ATTRIBUTE_NUM_REGS = 4;
     public static final int CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK = 0;
     public static final int CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES = 3;
+    public static final int CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES = 1;
+    public static final int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
     public static final int CU_MEMPOOL_ATTR_RELEASE_THRESHOLD = 4;
     public static final int CU_MEMPOOL_ATTR_USED_MEM_CURRENT = 7;
     public static final int CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT = 5;
@@ -210,6 +212,7 @@ public final class cuda_h {
     private static final FunctionDescriptor cuModuleUnload$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS);
     private static final FunctionDescriptor cuModuleGetFunction$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS);
     private static final FunctionDescriptor cuFuncGetAttribute$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, ADDRESS);
+    private static final FunctionDescriptor cuFuncSetAttribute$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT);
     private static final FunctionDescriptor cuLaunchKernel$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, ADDRESS);
     private static final FunctionDescriptor cuStreamBeginCapture_v2$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT);
     private static final FunctionDescriptor cuStreamEndCapture$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS);
@@ -709,6 +712,16 @@ public final class cuda_h {
         catch (Throwable t) { throw Downcalls.rethrow("cuFuncGetAttribute", t); }
     }
 
+    private static final class cuFuncSetAttribute$ {
+        static final MethodHandle HANDLE = LIB.downcall("cuFuncSetAttribute", cuFuncSetAttribute$DESC);
+    }
+
+    /** {@snippet lang=c : CUresult cuFuncSetAttribute(CUfunction hfunc, CUfunction_attribute attrib, int value); } */
+    public static int cuFuncSetAttribute(MemorySegment hfunc, int attrib, int value) {
+        try { return (int) cuFuncSetAttribute$.HANDLE.invokeExact(hfunc, attrib, value); }
+        catch (Throwable t) { throw Downcalls.rethrow("cuFuncSetAttribute", t); }
+    }
+
     private static final class cuLaunchKernel$ {
         static final MethodHandle HANDLE = LIB.downcall("cuLaunchKernel", cuLaunchKernel$DESC);
     }
@@ -841,6 +854,7 @@ public final class cuda_h {
             new CFunction("cuModuleUnload", "CUresult", CKind.INT, List.of(new CFunction.Param("CUmodule", CKind.POINTER)), cuModuleUnload$DESC),
             new CFunction("cuModuleGetFunction", "CUresult", CKind.INT, List.of(new CFunction.Param("CUfunction *", CKind.POINTER), new CFunction.Param("CUmodule", CKind.POINTER), new CFunction.Param("const char *", CKind.POINTER)), cuModuleGetFunction$DESC),
             new CFunction("cuFuncGetAttribute", "CUresult", CKind.INT, List.of(new CFunction.Param("int *", CKind.POINTER), new CFunction.Param("CUfunction_attribute", CKind.INT), new CFunction.Param("CUfunction", CKind.POINTER)), cuFuncGetAttribute$DESC),
+            new CFunction("cuFuncSetAttribute", "CUresult", CKind.INT, List.of(new CFunction.Param("CUfunction", CKind.POINTER), new CFunction.Param("CUfunction_attribute", CKind.INT), new CFunction.Param("int", CKind.INT)), cuFuncSetAttribute$DESC),
             new CFunction("cuLaunchKernel", "CUresult", CKind.INT, List.of(new CFunction.Param("CUfunction", CKind.POINTER), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("CUstream", CKind.POINTER), new CFunction.Param("void **", CKind.POINTER), new CFunction.Param("void **", CKind.POINTER)), cuLaunchKernel$DESC),
             new CFunction("cuStreamBeginCapture_v2", "CUresult", CKind.INT, List.of(new CFunction.Param("CUstream", CKind.POINTER), new CFunction.Param("CUstreamCaptureMode", CKind.INT)), cuStreamBeginCapture_v2$DESC),
             new CFunction("cuStreamEndCapture", "CUresult", CKind.INT, List.of(new CFunction.Param("CUstream", CKind.POINTER), new CFunction.Param("CUgraph *", CKind.POINTER)), cuStreamEndCapture$DESC),
@@ -882,6 +896,8 @@ public final class cuda_h {
             new CConstant("CU_FUNC_ATTRIBUTE_NUM_REGS", CU_FUNC_ATTRIBUTE_NUM_REGS),
             new CConstant("CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK", CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK),
             new CConstant("CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES", CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES),
+            new CConstant("CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES", CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES),
+            new CConstant("CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES),
             new CConstant("CU_MEMPOOL_ATTR_RELEASE_THRESHOLD", CU_MEMPOOL_ATTR_RELEASE_THRESHOLD),
             new CConstant("CU_MEMPOOL_ATTR_USED_MEM_CURRENT", CU_MEMPOOL_ATTR_USED_MEM_CURRENT),
             new CConstant("CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT", CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT),

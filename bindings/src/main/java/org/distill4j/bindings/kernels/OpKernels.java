@@ -15,8 +15,8 @@ public final class OpKernels {
     private final KernelModule module;
     private final int maxBlocks;
     private final MemorySegment biasAdd, biasGrad, activation, activationBackward, softmax, softmaxBackward, ceCount, ceRows, ceFinish,
-        reduceRows, reduceCols, binary, argmax, correctCount, dropout, uniform, broadcastMeanGrad, sgd, adamw, nonFinite, distillRows,
-        distillFinish, fillNegInf, scatterTopK, teacherAccumulate, incrementI64, gatherRows;
+        reduceRows, reduceCols, binary, argmax, correctCount, dropout, uniform, broadcastMeanGrad, sgd, adamw, nonFinite,
+        fillNegInf, scatterTopK, teacherAccumulate, incrementI64, gatherRows;
 
     public OpKernels(KernelModule module, int multiprocessors) {
         this.module = module;
@@ -41,8 +41,6 @@ public final class OpKernels {
         sgd = fn("d4j_sgd");
         adamw = fn("d4j_adamw");
         nonFinite = fn("d4j_nonfinite");
-        distillRows = fn("d4j_distill_rows");
-        distillFinish = fn("d4j_distill_finish");
         fillNegInf = fn("d4j_fill_neg_inf");
         scatterTopK = fn("d4j_scatter_topk");
         teacherAccumulate = fn("d4j_teacher_accumulate");
@@ -196,34 +194,6 @@ public final class OpKernels {
 
     public void nonFinite(MemorySegment x, long n, MemorySegment flag, MemorySegment s) {
         grid(nonFinite, "d4j_nonfinite", n, s, a -> new LaunchArgs(a, 3).pointer(x).i64(n).pointer(flag));
-    }
-
-    /** Largest row pair (student + teacher, float32) staged in shared memory without an opt-in: 48 KiB. */
-    public static final long DISTILL_STAGE_BYTES = 48 * 1024;
-
-    /**
-     * Per-row distillation terms and gradient (d4j_distill_rows). labels and grad may be NULL; terms
-     * is [rows, 2] float scratch; counts as from {@link #ceCount} (read when normalizer is 0).
-     */
-    public void distillRows(MemorySegment s, MemorySegment t, MemorySegment labels, long rows, long cols, int divergence, float temperature,
-                            float alpha, float beta, long ignore, MemorySegment counts, float normalizer, MemorySegment terms, MemorySegment grad,
-                            MemorySegment stream) {
-        if (rows <= 0) return;
-        if (rows > Integer.MAX_VALUE) throw new IllegalArgumentException("d4j_distill_rows: " + rows + " rows exceed one launch's grid");
-        boolean stage = 2 * cols * Float.BYTES <= DISTILL_STAGE_BYTES;
-        launch(distillRows, "d4j_distill_rows", (int) rows, stage ? (int) (2 * cols * Float.BYTES) : 0, stream, a -> {
-            LaunchArgs la = new LaunchArgs(a, 14).pointer(s).pointer(t);
-            la = labels.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(labels);
-            la = la.i64(cols).i32(divergence).f32(temperature).f32(alpha).f32(beta).i64(ignore).i32(stage ? 1 : 0).pointer(counts)
-                .f32(normalizer).pointer(terms);
-            return grad.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(grad);
-        });
-    }
-
-    public void distillFinish(MemorySegment terms, long rows, MemorySegment counts, float normalizer, MemorySegment loss, int outputs,
-                              MemorySegment stream) {
-        launch(distillFinish, "d4j_distill_finish", 1, stream,
-            a -> new LaunchArgs(a, 6).pointer(terms).i64(rows).pointer(counts).f32(normalizer).pointer(loss).i32(outputs));
     }
 
     public void scatterTopK(MemorySegment indices, MemorySegment values, MemorySegment dense, long rows, long k, long cols, MemorySegment flag,

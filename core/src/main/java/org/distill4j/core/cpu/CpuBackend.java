@@ -430,7 +430,7 @@ public final class CpuBackend implements Backend {
             // -inf teacher logits (a top-k teacher) make reverse KL infinite and MSE undefined.
             MemorySegment t = teacher.data();
             for (long i = 0; i < teacher.numel(); i++) {
-                if (f(t, i) == Float.NEGATIVE_INFINITY) {
+                if (CpuDistillationLoss.load(t, i, teacher.dtype() == DType.BF16) == Float.NEGATIVE_INFINITY) {
                     throw new IllegalArgumentException("distillationLoss: " + config.effectiveDivergence() + " needs the teacher's full logits; "
                         + "element " + i + " is -inf (top-k teachers support kl and jsd)");
                 }
@@ -438,7 +438,7 @@ public final class CpuBackend implements Backend {
         }
         double[] r = CpuDistillationLoss.compute(student.data(), teacher.data(), labels == null ? null : labels.data(),
             Shapes.toInt("distillationLoss", student.size(0)), Shapes.toInt("distillationLoss", student.size(1)), config, normalizer,
-            grad == null ? null : grad.data());
+            grad == null ? null : grad.data(), student.dtype() == DType.BF16);
         MemorySegment ls = loss.data();
         for (int i = 0; i < loss.numel(); i++) set(ls, i, (float) r[i]);
     }

@@ -2,9 +2,11 @@ package org.distill4j.core.cpu;
 
 import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
+import static java.lang.foreign.ValueLayout.JAVA_SHORT;
 
 import java.lang.foreign.MemorySegment;
 import java.util.stream.IntStream;
+import org.distill4j.core.Bf16;
 import org.distill4j.core.loss.DistillationLoss;
 import org.distill4j.core.loss.Divergence;
 
@@ -23,7 +25,7 @@ final class CpuDistillationLoss {
     private record Row(double soft, double hard, int counted) {}
 
     static double[] compute(MemorySegment s, MemorySegment t, MemorySegment labels, int rows, int cols, DistillationLoss cfg,
-                            long normalizer, MemorySegment grad) {
+                            long normalizer, MemorySegment grad, boolean bf16) {
         long counted = 0;
         if (labels != null) {
             for (int r = 0; r < rows; r++) {
@@ -41,7 +43,7 @@ final class CpuDistillationLoss {
         double norm = normalizer > 0 ? normalizer : counted;
         double scale = norm == 0 ? 0 : 1 / norm;
         Row[] out = new Row[rows];
-        IntStream.range(0, rows).parallel().forEach(r -> out[r] = row(s, t, labels, r, cols, cfg, scale, grad));
+        IntStream.range(0, rows).parallel().forEach(r -> out[r] = row(s, t, labels, r, cols, cfg, scale, grad, bf16));
         double soft = 0, hard = 0;
         for (Row row : out) {
             soft += row.soft();
@@ -52,11 +54,11 @@ final class CpuDistillationLoss {
     }
 
     private static Row row(MemorySegment s, MemorySegment t, MemorySegment labels, int r, int cols, DistillationLoss cfg, double scale,
-                           MemorySegment grad) {
+                           MemorySegment grad, boolean bf16) {
         long base = (long) r * cols;
         long y = labels == null ? -1 : labels.getAtIndex(JAVA_LONG, r);
         if (labels != null && y == cfg.ignoreIndex()) {
-            if (grad != null) for (int c = 0; c < cols; c++) grad.setAtIndex(JAVA_FLOAT, base + c, 0f);
+            if (grad != null) for (int c = 0; c < cols; c++) store(grad, base + c, 0f, bf16);
             return new Row(0, 0, 0);
         }
         double invT = 1.0 / cfg.temperature(), alpha = cfg.alpha(), beta = cfg.beta();
@@ -65,7 +67,7 @@ final class CpuDistillationLoss {
         // Pass 1: the three log-sum-exps, s/T, t/T and s (T = 1, for cross-entropy).
         double maxA = Double.NEGATIVE_INFINITY, maxB = Double.NEGATIVE_INFINITY, maxS = Double.NEGATIVE_INFINITY;
         for (int c = 0; c < cols; c++) {
-            double sv = s.getAtIndex(JAVA_FLOAT, base + c), tv = t.getAtIndex(JAVA_FLOAT, base + c);
+            double sv = load(s, base + c, bf16), tv = load(t, base + c, bf16);
             maxA = Math.max(maxA, sv * invT);
             maxB = Math.max(maxB, tv * invT);
             maxS = Math.max(maxS, sv);
@@ -80,7 +82,7 @@ final class CpuDistillationLoss {
         double[] ea = scratch[0], eb = scratch[1], e1 = scratch[2];
         double sumA = 0, sumB = 0, sumS = 0;
         for (int c = 0; c < cols; c++) {
-            double sv = s.getAtIndex(JAVA_FLOAT, base + c), tv = t.getAtIndex(JAVA_FLOAT, base + c);
+            double sv = load(s, base + c, bf16), tv = load(t, base + c, bf16);
             sumA += ea[c] = Math.exp(sv * invT - maxA);
             sumB += eb[c] = Math.exp(tv * invT - maxB);
             if (hardTerm) sumS += e1[c] = Math.exp(sv - maxS);
@@ -91,7 +93,7 @@ final class CpuDistillationLoss {
         // Pass 2: the soft term, and for reverse KL / JSD the row constant sum_i p_i g_i of the gradient.
         double d = 0, pg = 0;
         for (int c = 0; c < cols; c++) {
-            double sv = s.getAtIndex(JAVA_FLOAT, base + c), tv = t.getAtIndex(JAVA_FLOAT, base + c);
+            double sv = load(s, base + c, bf16), tv = load(t, base + c, bf16);
             double logP = sv * invT - lseA, logQ = tv * invT - lseB;
             double p = ea[c] * invSumA, q = eb[c] * invSumB;
             switch (div) {
@@ -114,12 +116,12 @@ final class CpuDistillationLoss {
         }
         double t2 = (double) cfg.temperature() * cfg.temperature();
         double soft = alpha * t2 * d;
-        double hard = hardTerm ? (1 - alpha) * -(s.getAtIndex(JAVA_FLOAT, base + y) - lseS) : 0;
+        double hard = hardTerm ? (1 - alpha) * -(load(s, base + y, bf16) - lseS) : 0;
         if (grad != null) {
             // Pass 3: dL/ds_j = [alpha T dD/da_j + (1 - alpha)(softmax(s)_j - [j == y])] / normalizer, a = s/T.
             double kSoft = alpha * cfg.temperature();
             for (int c = 0; c < cols; c++) {
-                double sv = s.getAtIndex(JAVA_FLOAT, base + c), tv = t.getAtIndex(JAVA_FLOAT, base + c);
+                double sv = load(s, base + c, bf16), tv = load(t, base + c, bf16);
                 double logP = sv * invT - lseA, logQ = tv * invT - lseB;
                 double p = ea[c] * invSumA, q = eb[c] * invSumB;
                 double dDda = switch (div) {
@@ -130,10 +132,21 @@ final class CpuDistillationLoss {
                 };
                 double g = kSoft * dDda;
                 if (hardTerm) g += (1 - alpha) * (e1[c] * invSumS - (c == y ? 1 : 0));
-                grad.setAtIndex(JAVA_FLOAT, base + c, (float) (g * scale));
+                store(grad, base + c, (float) (g * scale), bf16);
             }
         }
         return new Row(soft, hard, 1);
+    }
+
+    /** Element i of F32 or BF16 logits, widened exactly to float. */
+    static float load(MemorySegment m, long i, boolean bf16) {
+        return bf16 ? Bf16.toFloat(m.getAtIndex(JAVA_SHORT, i)) : m.getAtIndex(JAVA_FLOAT, i);
+    }
+
+    /** Stores a gradient element: as is, or rounded to BF16 to nearest even (as the CUDA kernel's __float2bfloat16_rn). */
+    private static void store(MemorySegment m, long i, float v, boolean bf16) {
+        if (bf16) m.setAtIndex(JAVA_SHORT, i, Bf16.fromFloat(v));
+        else m.setAtIndex(JAVA_FLOAT, i, v);
     }
 
     /** log(exp(a) + exp(b)), stable, with -inf handled. */

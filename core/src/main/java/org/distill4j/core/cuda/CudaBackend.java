@@ -15,6 +15,7 @@ import org.distill4j.bindings.cublas.CublasException;
 import org.distill4j.bindings.cublas.cublas_h;
 import org.distill4j.bindings.cudnn.CudnnException;
 import org.distill4j.bindings.cudnn.cudnn_h;
+import org.distill4j.bindings.kernels.DistillKernels;
 import org.distill4j.bindings.kernels.ElementwiseKernels;
 import org.distill4j.bindings.kernels.KernelModule;
 import org.distill4j.bindings.kernels.OpKernels;
@@ -59,6 +60,10 @@ public final class CudaBackend implements Backend {
     private final OpKernels ops;
     private final Arena scratchArena = Arena.ofShared();
     private final DeviceBuffer flags; // 16 bytes of device scratch: counters and flags
+    private final DistillKernels distill;
+    // The fused loss's scratch, kept for the backend's life: 3 u64 counters (counted rows, bad
+    // label, finish ticket) that the kernel leaves zeroed, and a partial (soft, hard) per block.
+    private final DeviceBuffer lossCounters, lossPartials;
     private MathMode mathMode;
     private boolean closed;
 
@@ -70,6 +75,11 @@ public final class CudaBackend implements Backend {
         this.elementwise = new ElementwiseKernels(module, context.device().multiprocessors());
         this.ops = new OpKernels(module, context.device().multiprocessors());
         this.flags = context.allocate(scratchArena, 16);
+        DeviceInfo info = context.device();
+        this.distill = new DistillKernels(module, info.multiprocessors(), info.computeMajor(), info.maxSharedBytesPerBlockOptin());
+        this.lossCounters = context.allocate(scratchArena, 3 * Long.BYTES);
+        context.zero(lossCounters);
+        this.lossPartials = context.allocate(scratchArena, (long) distill.maxBlocks() * 2 * Float.BYTES);
         // cuBLAS gets a workspace of our own, so that no gemm allocates memory itself: required for
         // gemms inside a captured CUDA graph (cuBLAS docs, "CUDA Graphs support"); 32 MiB as
         // recommended for Hopper.
@@ -385,7 +395,8 @@ public final class CudaBackend implements Backend {
         } // rowLoss is freed on the stream, after the kernels that use it
     }
 
-    // ---- the fused distillation loss: [count] + rows + finish, no host synchronisation
+    // ---- the fused distillation loss: one launch (a count launch first only with labels and no
+    // normalizer), no host synchronisation, no allocation
 
     @Override
     public void distillationLoss(Tensor student, Tensor teacher, Tensor labels, DistillationLoss config, long normalizer, Tensor loss, Tensor grad) {
@@ -393,16 +404,17 @@ public final class CudaBackend implements Backend {
         context.makeCurrent();
         long n = student.size(0), c = student.size(1);
         Divergence div = config.effectiveDivergence();
-        try (Arena arena = Arena.ofShared()) {
-            DeviceBuffer terms = context.allocate(arena, Math.max(8, n * 8));
-            context.zero(flags);
-            float norm = normalizer > 0 ? normalizer : 0f;
-            if (labels != null) ops.ceCount(labels.data(), n, c, config.ignoreIndex(), flags.address(), s());
-            else if (norm == 0f) norm = n; // without labels every row counts
-            ops.distillRows(student.data(), teacher.data(), p(labels), n, c, div.ordinal(), config.temperature(), config.alpha(), config.beta(),
-                config.ignoreIndex(), flags.address(), norm, terms.address(), p(grad), s());
-            ops.distillFinish(terms.address(), n, flags.address(), norm, loss.data(), (int) loss.numel(), s());
-        }
+        float norm = normalizer > 0 ? normalizer : 0f;
+        if (labels != null && norm == 0f) ops.ceCount(labels.data(), n, c, config.ignoreIndex(), lossCounters.address(), s());
+        else if (norm == 0f) norm = n; // without labels every row counts
+        DistillKernels.Plan plan = distillPlan(n, c, student.dtype());
+        distill.launch(plan, student.data(), teacher.data(), p(labels), n, c, div.ordinal(), config.temperature(), config.alpha(), config.beta(),
+            config.ignoreIndex(), lossCounters.address(), norm, lossPartials.address(), loss.data(), (int) loss.numel(), p(grad), s());
+    }
+
+    /** The fused loss's regime and launch shape for [rows, cols] logits of this dtype (benchmarks and tests report it). */
+    public DistillKernels.Plan distillPlan(long rows, long cols, DType dtype) {
+        return distill.plan(rows, cols, dtype == DType.BF16 ? 2 : 4);
     }
 
     @Override
@@ -612,19 +624,25 @@ public final class CudaBackend implements Backend {
     private interface Heuristic { int rank(int requested, MemorySegment returned, MemorySegment perf); }
 
     /**
-     * The best-ranked algorithm whose status is success. The three AlgoPerf structs (forward,
-     * backward data, backward filter) share one layout, which the ABI check asserts for each, so
-     * one reader serves all three.
+     * The best-ranked deterministic algorithm whose status is success, else the best-ranked one
+     * that succeeds. Deterministic first because cuDNN's atomics-based algorithms (backward filter
+     * 0 and 3, backward data 0) make two runs of the same training differ in the last bits, and
+     * then a captured step graph cannot be checked against direct steps, nor a run reproduced.
+     * The three AlgoPerf structs (forward, backward data, backward filter) share one layout, which
+     * the ABI check asserts for each, so one reader serves all three.
      */
     private static Algorithm firstUsable(Descriptors d, StructLayout layout, int requested, String call, Heuristic heuristic, String noneMessage) {
         MemorySegment perf = d.arena.allocate(layout, requested);
         MemorySegment returned = d.arena.allocate(JAVA_INT);
         CudnnException.check(heuristic.rank(requested, returned, perf), call);
         long stride = layout.byteSize();
-        for (int i = 0; i < returned.get(JAVA_INT, 0); i++) {
-            MemorySegment q = perf.asSlice(i * stride, stride);
-            if (cudnn_h.cudnnConvolutionFwdAlgoPerf_t.status(q) != cudnn_h.CUDNN_STATUS_SUCCESS) continue;
-            return new Algorithm(cudnn_h.cudnnConvolutionFwdAlgoPerf_t.algo(q), cudnn_h.cudnnConvolutionFwdAlgoPerf_t.memory(q));
+        for (boolean deterministicOnly : new boolean[] {true, false}) {
+            for (int i = 0; i < returned.get(JAVA_INT, 0); i++) {
+                MemorySegment q = perf.asSlice(i * stride, stride);
+                if (cudnn_h.cudnnConvolutionFwdAlgoPerf_t.status(q) != cudnn_h.CUDNN_STATUS_SUCCESS) continue;
+                if (deterministicOnly && cudnn_h.cudnnConvolutionFwdAlgoPerf_t.determinism(q) != cudnn_h.CUDNN_DETERMINISTIC) continue;
+                return new Algorithm(cudnn_h.cudnnConvolutionFwdAlgoPerf_t.algo(q), cudnn_h.cudnnConvolutionFwdAlgoPerf_t.memory(q));
+            }
         }
         throw new IllegalStateException(noneMessage);
     }

@@ -131,7 +131,8 @@ public final class CudaContext implements AutoCloseable {
             attribute(arena, handle, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
             attribute(arena, handle, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
             mem.get(JAVA_LONG, 0),
-            attribute(arena, handle, CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED) != 0);
+            attribute(arena, handle, CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED) != 0,
+            attribute(arena, handle, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN));
     }
 
     private static int attribute(Arena arena, int handle, int attribute) {

@@ -5,9 +5,10 @@ package org.distill4j.core.cuda;
  *
  * @param totalMemoryBytes device memory in bytes
  * @param memoryPools      whether stream-ordered allocation (cuMemAllocAsync) is supported
+ * @param maxSharedBytesPerBlockOptin dynamic + static shared memory one block may have after opting in (bytes)
  */
 public record DeviceInfo(int ordinal, String name, int computeMajor, int computeMinor, int multiprocessors,
-                         long totalMemoryBytes, boolean memoryPools) {
+                         long totalMemoryBytes, boolean memoryPools, int maxSharedBytesPerBlockOptin) {
     @Override
     public String toString() {
         return String.format("GPU %d: %s, compute capability %d.%d, %d SMs, %.1f GiB", ordinal, name, computeMajor,

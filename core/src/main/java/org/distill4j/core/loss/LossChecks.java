@@ -14,7 +14,11 @@ public final class LossChecks {
         String op = "distillationLoss";
         Shapes.alive(op, student, teacher, labels, loss, grad);
         Shapes.backend(op, b, student, teacher, labels, loss, grad);
-        Shapes.dtype(op, DType.F32, student, teacher, loss, grad);
+        Shapes.dtype(op, DType.F32, loss);
+        if (student.dtype() != DType.F32 && student.dtype() != DType.BF16) {
+            throw new IllegalArgumentException(op + ": student logits must be F32 or BF16, got " + student.describe());
+        }
+        Shapes.dtype(op + " (teacher and gradient as the student)", student.dtype(), teacher, grad);
         Shapes.rank(op, student, 2);
         Shapes.same(op + " (student vs teacher)", student, teacher);
         if (labels != null) {

@@ -136,19 +136,11 @@ public final class TeacherCache implements AutoCloseable {
                     long base = b.firstPosition() * classes;
                     for (int i = 0; i < values.length; i++) {
                         if (dtype == DType.F32) host.setAtIndex(JAVA_FLOAT, base + i, values[i]);
-                        else host.setAtIndex(JAVA_SHORT, base + i, toBf16(values[i]));
+                        else host.setAtIndex(JAVA_SHORT, base + i, org.distill4j.core.Bf16.fromFloat(values[i]));
                     }
                 }
             }
         }
-    }
-
-    /** float32 -> bfloat16 bits, round to nearest even (NaN stays NaN). */
-    static short toBf16(float f) {
-        int bits = Float.floatToRawIntBits(f);
-        if (Float.isNaN(f)) return (short) 0x7fc0;
-        int rounding = 0x7fff + ((bits >>> 16) & 1);
-        return (short) ((bits + rounding) >>> 16);
     }
 
     private static String fingerprint(List<Model> teachers, float temperature, Dataset train, DType dtype) {

@@ -198,6 +198,43 @@ class DistillationLossTest {
 
     // ---- accumulation, top-k, errors
 
+    /**
+     * BF16 logits: the loss is the F32 loss of the same (widened) values, bit for bit, and the
+     * gradient is the F32 gradient rounded to BF16 to nearest even.
+     */
+    @Test
+    void bf16LogitsAreTheF32LossOfTheSameValues() {
+        Backend b = CpuBackend.get();
+        int rows = 9, cols = 301;
+        Random r = new Random(5);
+        for (Divergence div : Divergence.values()) {
+            short[] sb = new short[rows * cols], tb = new short[rows * cols];
+            float[] sf = new float[rows * cols], tf = new float[rows * cols];
+            for (int i = 0; i < sb.length; i++) {
+                sb[i] = org.distill4j.core.Bf16.fromFloat((float) r.nextGaussian() * 4);
+                tb[i] = org.distill4j.core.Bf16.fromFloat((float) r.nextGaussian() * 4);
+                sf[i] = org.distill4j.core.Bf16.toFloat(sb[i]);
+                tf[i] = org.distill4j.core.Bf16.toFloat(tb[i]);
+            }
+            long[] y = new long[rows];
+            for (int i = 0; i < rows; i++) y[i] = i % 3 == 2 ? -100 : r.nextInt(cols);
+            DistillationLoss cfg = new DistillationLoss(div, 2.5f, 0.6f, 0.4f, -100);
+            try (Tensor s16 = b.empty(DType.BF16, rows, cols); Tensor t16 = b.empty(DType.BF16, rows, cols); Tensor g16 = b.empty(DType.BF16, rows, cols);
+                 Tensor s32 = b.fromArray(sf, rows, cols); Tensor t32 = b.fromArray(tf, rows, cols); Tensor g32 = b.empty(DType.F32, rows, cols);
+                 Tensor labels = b.empty(DType.I64, rows).copyFrom(y); Tensor l16 = b.empty(DType.F32, 3); Tensor l32 = b.empty(DType.F32, 3)) {
+                b.copyFromHost(java.lang.foreign.MemorySegment.ofArray(sb), s16);
+                b.copyFromHost(java.lang.foreign.MemorySegment.ofArray(tb), t16);
+                b.distillationLoss(s16, t16, labels, cfg, 0, l16, g16);
+                b.distillationLoss(s32, t32, labels, cfg, 0, l32, g32);
+                assertArrayEquals(l32.toFloatArray(), l16.toFloatArray(), div + ": loss");
+                float[] g = g32.toFloatArray();
+                short[] got = new short[rows * cols];
+                b.copyToHost(g16, java.lang.foreign.MemorySegment.ofArray(got));
+                for (int i = 0; i < g.length; i++) assertEquals(org.distill4j.core.Bf16.fromFloat(g[i]), got[i], div + ": gradient element " + i);
+            }
+        }
+    }
+
     @Test
     void accumulatedMicroBatchesGiveTheFullBatchGradient() {
         int rows = 12, cols = 40;

@@ -288,11 +288,11 @@ class TrainerTest {
 
     @Test
     void bf16RoundsToNearestEven() {
-        assertEquals((short) 0x3f80, TeacherCache.toBf16(1f));
-        assertEquals((short) 0x3f80, TeacherCache.toBf16(Float.intBitsToFloat(0x3f808000))); // tie, even stays
-        assertEquals((short) 0x3f82, TeacherCache.toBf16(Float.intBitsToFloat(0x3f818000))); // tie, odd rounds up
-        assertEquals((short) 0x3f81, TeacherCache.toBf16(Float.intBitsToFloat(0x3f808001)));
-        assertEquals((short) 0x7fc0, TeacherCache.toBf16(Float.NaN));
+        assertEquals((short) 0x3f80, org.distill4j.core.Bf16.fromFloat(1f));
+        assertEquals((short) 0x3f80, org.distill4j.core.Bf16.fromFloat(Float.intBitsToFloat(0x3f808000))); // tie, even stays
+        assertEquals((short) 0x3f82, org.distill4j.core.Bf16.fromFloat(Float.intBitsToFloat(0x3f818000))); // tie, odd rounds up
+        assertEquals((short) 0x3f81, org.distill4j.core.Bf16.fromFloat(Float.intBitsToFloat(0x3f808001)));
+        assertEquals((short) 0x7fc0, org.distill4j.core.Bf16.fromFloat(Float.NaN));
     }
 
     /** A batch with a NaN sample: stops with the step number, or with skipNonFinite is skipped and counted while training goes on. */
