@@ -2,11 +2,12 @@
 # The GPU figures of bench/RESULTS.md in as few device calls as possible. Runs on the lent GPU
 # machine through the staged launcher (JAVA, CP, JAVA_OPTS exported by .device/on-device.sh sh):
 #   bash .device/on-device.sh sh 'bash bench/gpu-session.sh loss demo'
-#   bash .device/on-device.sh sh 'bash bench/gpu-session.sh kd predict mnist'
+#   bash .device/on-device.sh sh 'bash bench/gpu-session.sh kd mnist predict'
 # Parts: loss (GpuLossBench + bench/pytorch/loss_bench.py), kd (bench/run-kd-step.sh cuda with the
-# step graph on and off against PyTorch eager / compile / max-autotune), predict (the CUDA
+# step graph on and off against PyTorch eager / compile; KD_VARIANTS=eager,compile,max-autotune adds
+# max-autotune, minutes per shape), predict (the CUDA
 # Predictor, direct and with dynamic batching; needs runs/mnist/student-kd carried), demo
-# (distill demo --device cuda), mnist (examples/mnist/run.sh --device cuda with --graph on and off;
+# (distill demo --device cuda), mnist (examples/mnist/run.sh --device cuda with --graph auto and off;
 # needs data/mnist carried). The GPU tests themselves: bash .device/on-device.sh test --include-tag gpu.
 # Each part's output goes to $OUT/<part>.txt as well as the log.
 set -uo pipefail
@@ -25,7 +26,7 @@ for part in "$@"; do
     kd)
       { for graph in on off; do
           echo "--- Distill4J step graph $graph"
-          DISTILL="$DISTILL_CMD" GRAPH=$graph VARIANTS=$([ $graph = on ] && echo eager,compile,max-autotune || echo eager) \
+          DISTILL="$DISTILL_CMD" GRAPH=$graph VARIANTS=$([ $graph = on ] && echo "${KD_VARIANTS:-eager,compile}" || echo eager) \
             PYTHON=python3 bash bench/run-kd-step.sh cuda 1
         done; } 2>&1 | tee "$OUT/kd.txt" ;;
     predict)
@@ -40,6 +41,9 @@ for part in "$@"; do
     demo)
       distill demo --device cuda 2>&1 | tee "$OUT/demo.txt" ;;
     mnist)
+      # data/mnist (7.5 MiB) does not fit beside .device in the 64 MiB the device tool carries;
+      # carry data/mnist-idx.tgz (tar -C data -czf data/mnist-idx.tgz mnist, 1.6 MiB) instead.
+      [ -f data/mnist/train-images-idx3-ubyte ] || [ ! -f data/mnist-idx.tgz ] || tar -C data -xzf data/mnist-idx.tgz
       { for graph in auto off; do echo "--- step graph $graph"; DISTILL="$DISTILL_CMD" bash examples/mnist/run.sh --device cuda --graph $graph 2>&1 | grep -E "^done|step graph"; done; } \
         2>&1 | tee "$OUT/mnist.txt" ;;
     *) echo "gpu-session.sh: unknown part '$part' (loss | kd | predict | demo | mnist)"; exit 2 ;;
