@@ -34,6 +34,14 @@ template <typename T> __device__ __forceinline__ T d4j_to(float v);
 template <> __device__ __forceinline__ float d4j_to<float>(float v) { return v; }
 template <> __device__ __forceinline__ __nv_bfloat16 d4j_to<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// The sums and the KL / MSE term-and-gradient pass use the hardware ex2 (__expf: ex2.approx of
+// x log2 e, 2 instructions instead of expf's ~10; measured +25% throughput at 1k-8k classes). Its
+// error is 2 + floor(1.16 |x|) ulp; x <= 0 here (shifted logits) and terms with x < -20 are under
+// 2e-9 of the row's largest, so the loss and gradient stay within 1e-4 of the CPU's double
+// precision. Reverse KL and JSD keep expf: their gradient p (r - sum p r) multiplies p's error by
+// log-ratios up to 1e5 at T = 0.1 with logits of +-1e4 (measured: 5e-3 off with __expf).
+#define D4J_EXP(x) __expf(x)
+
 __device__ __forceinline__ float d4j_warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -72,9 +80,9 @@ struct D4jRow { float ms, mt, lseA, lseB, lse1; };
 
 __device__ __forceinline__ void d4j_kd_sums(const D4jKd& k, float ms, float mt, float sv, float tv, float& sa, float& sb, float& s1) {
     float zs = sv - ms;
-    sa += expf(zs * k.invT);
-    sb += expf((tv - mt) * k.invT);
-    if (k.hard) s1 += expf(zs);
+    sa += D4J_EXP(zs * k.invT);
+    sb += D4J_EXP((tv - mt) * k.invT);
+    if (k.hard) s1 += D4J_EXP(zs);
 }
 
 // log p - log q, formed from the shifted logits so that two nearly equal log-probabilities (high
@@ -102,17 +110,17 @@ struct D4jOnline { float m, sa, s1; };
 __device__ __forceinline__ void d4j_online(D4jOnline& o, float x, float invT, bool withS1) {
     if (x == -INFINITY) return;
     if (x > o.m) {
-        o.sa = o.sa * expf((o.m - x) * invT) + 1.f;
-        if (withS1) o.s1 = o.s1 * expf(o.m - x) + 1.f;
+        o.sa = o.sa * D4J_EXP((o.m - x) * invT) + 1.f;
+        if (withS1) o.s1 = o.s1 * D4J_EXP(o.m - x) + 1.f;
         o.m = x;
     } else {
-        o.sa += expf((x - o.m) * invT);
-        if (withS1) o.s1 += expf(x - o.m);
+        o.sa += D4J_EXP((x - o.m) * invT);
+        if (withS1) o.s1 += D4J_EXP(x - o.m);
     }
 }
 // This thread's sums, rescaled to the row max M (0 when the thread saw nothing finite).
 __device__ __forceinline__ float d4j_rescaled(float sum, float m, float M, float invT) {
-    return m == -INFINITY ? 0.f : sum * expf((m - M) * invT);
+    return m == -INFINITY ? 0.f : sum * D4J_EXP((m - M) * invT);
 }
 
 // One element's share of D, and of sum_i p_i g_i (reverse KL and JSD gradients).
@@ -139,6 +147,23 @@ __device__ __forceinline__ void d4j_kd_term(const D4jKd& k, const D4jRow& st, fl
         float diff = (sv - tv) * k.invT;
         d += diff * diff * k.invCols;
     }
+}
+
+// KL and MSE: one element's share of D and its gradient together, each exponential computed once.
+__device__ __forceinline__ float d4j_kd_term_grad(const D4jKd& k, const D4jRow& st, float sv, float tv, bool isLabel, float scale, float& d) {
+    float dd;
+    if (k.div == 0) {
+        float p = D4J_EXP((sv - st.ms) * k.invT - st.lseA), q = D4J_EXP((tv - st.mt) * k.invT - st.lseB);
+        if (q > 0.f) d -= q * d4j_log_ratio(k, st, sv, tv);
+        dd = p - q;
+    } else {
+        float diff = (sv - tv) * k.invT;
+        d += diff * diff * k.invCols;
+        dd = 2.f * diff * k.invCols;
+    }
+    float g = k.kSoft * dd;
+    if (k.hard) g += (1.f - k.alpha) * (D4J_EXP(sv - st.ms - st.lse1) - (isLabel ? 1.f : 0.f));
+    return g * scale;
 }
 
 // dL/ds for one element, already divided by the normalizer (scale = 1 / N).
@@ -246,9 +271,9 @@ __device__ __forceinline__ void d4j_kd_warp(const T* s, const T* __restrict__ t,
         for (int i = 0; i < ITEMS; i++) {
             const int64_t c = (int64_t)i * 32 + lane;
             if (c < cols) {
-                d4j_kd_term(k, st, sv[i], tv[i], d, pg);
+                if (k.fused && grad) grad[base + c] = d4j_to<T>(d4j_kd_term_grad(k, st, sv[i], tv[i], c == y, scale, d));
+                else d4j_kd_term(k, st, sv[i], tv[i], d, pg);
                 if (c == y) sy = sv[i];
-                if (k.fused && grad) grad[base + c] = d4j_to<T>(d4j_kd_grad(k, st, sv[i], tv[i], c == y, 0.f, scale));
             }
         }
         d = d4j_warp_sum(d);
@@ -405,10 +430,10 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
         float dv[3] = {0.f, 0.f, 0.f};  // D, sum p g, s[y]
         for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
             float sv = d4j_f(sr[i]), tv = d4j_f(tr[i]);
-            d4j_kd_term(k, st, sv, tv, dv[0], dv[1]);
             if (lo + i == y) dv[2] = sv;
             // KL, MSE: the gradient now (element i is read before it is written, in place too)
-            if (k.fused && grad) grad[base + lo + i] = d4j_to<T>(d4j_kd_grad(k, st, sv, tv, lo + i == y, 0.f, scale));
+            if (k.fused && grad) grad[base + lo + i] = d4j_to<T>(d4j_kd_term_grad(k, st, sv, tv, lo + i == y, scale, dv[0]));
+            else d4j_kd_term(k, st, sv, tv, dv[0], dv[1]);
         }
         dv[0] = d4j_block_sum(dv[0]);
         dv[1] = d4j_block_sum(dv[1]);
