@@ -334,7 +334,8 @@ __device__ __forceinline__ void d4j_cluster_combine(float (&v)[K], bool isMax, f
 
 // ---- block (CL = 1) or cluster (CL > 1) per row. STAGED: the block's slice [lo, lo + chunk) of
 // both rows is copied once into shared memory (dynamic, 2 * chunk elements) and every pass reads it
-// there; not STAGED (CL = 1 only): every pass reads global memory.
+// there; not STAGED (CL = 1 only; a re-reading cluster was measured no faster, bench/RESULTS.md):
+// every pass reads global memory.
 template <typename T, int CL, bool STAGED>
 __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t, const int64_t* __restrict__ labels, int64_t rows, int64_t cols,
                                              int div, float temperature, float alpha, float beta, int64_t ignore,
@@ -353,8 +354,8 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
     if (CL > 1) rank = (int)cooperative_groups::this_cluster().block_rank();
 #endif
     const int64_t group = blockIdx.x / CL, groups = gridDim.x / CL;
-    const int64_t lo = STAGED ? (int64_t)rank * chunk : 0;
-    const int64_t hi = STAGED ? min(cols, lo + chunk) : cols;
+    const int64_t lo = (int64_t)rank * chunk;  // this block's slice of the row (chunk = cols for CL = 1 unstaged)
+    const int64_t hi = min(cols, lo + chunk);
     const int64_t n = hi > lo ? hi - lo : 0;
     const float scale = 1.f / (normalizer > 0.f ? normalizer : (float)counters[0]);
     float soft = 0.f, hard = 0.f;  // thread 0 of rank 0: this group's rows in row order

@@ -1,6 +1,7 @@
 package org.distill4j.bench;
 
 import java.util.Arrays;
+import org.distill4j.bindings.kernels.DistillKernels;
 import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.cuda.CudaBackend;
@@ -13,13 +14,16 @@ import org.distill4j.core.loss.DistillationLoss;
  * device-to-device copy of the same bytes in the same run. Bytes moved per evaluation: student and
  * teacher read, gradient written = 12 x rows x C. Median of 7 timed repeats of 10 evaluations
  * (CUDA events). Run on the GPU machine:
- *   bash .device/on-device.sh java org.distill4j.bench.GpuLossBench [rows] [C ...]
+ *   bash .device/on-device.sh java org.distill4j.bench.GpuLossBench [--sweep] [rows] [C ...]
+ * --sweep also times every launch variant (regime, cluster size, blocks per SM) the planner picks from.
  * Prints per C: "loss C=<C>: <GB/s> GB/s, <x>% of copy (<GB/s> GB/s), <ms> ms".
  */
 public final class GpuLossBench {
     private GpuLossBench() {}
 
     public static void main(String[] args) {
+        boolean sweep = args.length > 0 && args[0].equals("--sweep");  // also time every launch variant
+        if (sweep) args = Arrays.copyOfRange(args, 1, args.length);
         int rows = args.length > 0 ? Integer.parseInt(args[0]) : 16384;
         int[] classes = args.length > 1 ? Arrays.stream(args, 1, args.length).mapToInt(Integer::parseInt).toArray()
             : new int[] {1000, 8000, 32000, 128000, 256000};
@@ -46,6 +50,24 @@ public final class GpuLossBench {
                     double lossGBs = bytes / lossMs / 1e6, copyGBs = bytes / copyMs / 1e6;
                     System.out.printf("loss C=%d: %.1f GB/s, %.1f%% of copy (%.1f GB/s), %.3f ms [%s]%n", c, lossGBs, 100 * lossGBs / copyGBs, copyGBs, lossMs,
                         gpu.distillPlan(rows, c, DType.F32));
+                    if (sweep) {
+                        // Every launch variant the planner chooses among, same data, same copy baseline.
+                        for (String regime : new String[] {"block", "cluster", "reread"}) {
+                            for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8} : new int[] {1}) {
+                                for (int perSm : new int[] {1, 2, 4, 0}) {
+                                    DistillKernels.Plan plan;
+                                    try {
+                                        plan = gpu.distillPlans().explicit(regime, cl, perSm, rows, c, 4);
+                                    } catch (IllegalArgumentException notHere) {
+                                        continue;
+                                    }
+                                    double ms = median(gpu, () -> gpu.distillationLoss(s, t, y, cfg, rows, loss, s, plan));
+                                    System.out.printf("  variant C=%d %s cl=%d perSm=%s: %.1f GB/s, %.1f%% of copy, %.3f ms%n", c, regime, cl,
+                                        perSm == 0 ? "max" : String.valueOf(perSm), bytes / ms / 1e6, 100 * bytes / ms / 1e6 / copyGBs, ms);
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -81,6 +81,55 @@ class GpuDistillationLossTest {
         assertEquals(expected, regimes, "regimes exercised");
     }
 
+    /**
+     * Every launch variant the planner can choose from (staged block or cluster, re-reading block or
+     * cluster, with one resident block per SM or as many as fit), not only the default plan: each
+     * against the CPU, fp32 and bf16, KL and JSD.
+     */
+    @Test
+    void everyRegimeVariantMatchesTheCpu() {
+        org.distill4j.bindings.kernels.DistillKernels k = gpu.distillPlans();
+        boolean clusters = gpu.context().device().computeMajor() >= 9;
+        int checked = 0;
+        for (int[] shape : new int[][] {{40, 1000}, {16, 32000}, {6, 131072}, {3, 262144}}) {
+            int rows = shape[0], cols = shape[1];
+            for (DType dtype : new DType[] {DType.F32, DType.BF16}) for (Divergence div : new Divergence[] {Divergence.KL, Divergence.JSD}) {
+                float[] s = new float[rows * cols], te = new float[rows * cols];
+                for (int i = 0; i < s.length; i++) {
+                    s[i] = (float) random.nextGaussian() * 5;
+                    te[i] = (float) random.nextGaussian() * 5;
+                }
+                long[] y = new long[rows];
+                for (int r = 0; r < rows; r++) y[r] = r % 3 == 2 ? -100 : random.nextInt(cols);
+                DistillationLoss cfg = new DistillationLoss(div, 4f, 0.7f, 0.4f, -100);
+                float[][] cpu = run(CpuBackend.get(), s, te, y, rows, cols, cfg, dtype, 0, null);
+                int bytes = dtype == DType.BF16 ? 2 : 4;
+                for (String regime : new String[] {"block", "cluster", "reread"}) {
+                    for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8} : new int[] {1}) {
+                        if (cl > 1 && !clusters) continue;
+                        for (int perSm : new int[] {1, 0}) {
+                            org.distill4j.bindings.kernels.DistillKernels.Plan plan;
+                            try {
+                                plan = k.explicit(regime, cl, perSm, rows, cols, bytes);
+                            } catch (IllegalArgumentException tooBig) {
+                                continue; // the slice does not fit this device's shared memory
+                            }
+                            float[][] got = run(gpu, s, te, y, rows, cols, cfg, dtype, 0, plan);
+                            String what = dtype + " " + div + " " + rows + "x" + cols + " " + plan;
+                            assertEquals(cpu[0][0], got[0][0], 1e-4 * Math.max(1e-2, Math.abs(cpu[0][0])), what + " loss");
+                            double max = 1e-12, worst = 0;
+                            for (float v : cpu[1]) max = Math.max(max, Math.abs(v));
+                            for (int i = 0; i < cpu[1].length; i++) worst = Math.max(worst, Math.abs(cpu[1][i] - got[1][i]));
+                            assertTrue(worst <= (dtype == DType.BF16 ? 1e-2 : 1e-4) * max, what + ": gradient max abs difference " + worst + " vs " + max);
+                            checked++;
+                        }
+                    }
+                }
+            }
+        }
+        assertTrue(checked >= (clusters ? 100 : 20), "variants checked: " + checked);
+    }
+
     /** The same evaluation twice gives the same bits (fixed-order reductions, no float atomics). */
     @Test
     void deterministic() {
@@ -103,9 +152,15 @@ class GpuDistillationLossTest {
     /** Loss (3 values) and gradient (as floats) of one evaluation; BF16 rounds s and t to bf16 first. */
     private static float[][] run(org.distill4j.core.Backend b, float[] s, float[] t, long[] y, int rows, int cols, DistillationLoss cfg, DType dtype,
                                  long normalizer) {
+        return run(b, s, t, y, rows, cols, cfg, dtype, normalizer, null);
+    }
+
+    private static float[][] run(org.distill4j.core.Backend b, float[] s, float[] t, long[] y, int rows, int cols, DistillationLoss cfg, DType dtype,
+                                 long normalizer, org.distill4j.bindings.kernels.DistillKernels.Plan plan) {
         try (Tensor ts = logits(b, s, rows, cols, dtype); Tensor tt = logits(b, t, rows, cols, dtype); Tensor ty = b.empty(DType.I64, rows).copyFrom(y);
              Tensor loss = b.empty(DType.F32, 3); Tensor grad = b.empty(dtype, rows, cols)) {
-            b.distillationLoss(ts, tt, ty, cfg, normalizer, loss, grad);
+            if (plan != null) ((CudaBackend) b).distillationLoss(ts, tt, ty, cfg, normalizer, loss, grad, plan);
+            else b.distillationLoss(ts, tt, ty, cfg, normalizer, loss, grad);
             return new float[][] {loss.toFloatArray(), floats(b, grad)};
         }
     }

@@ -57,27 +57,50 @@ public final class DistillKernels {
             int blocks = (int) Math.min((rows + warps - 1) / warps, maxBlocks());
             return new Plan("d4j_kd_warp" + items + "_" + type, "warp", 1, blocks, WARP_THREADS, 0, 0);
         }
-        long bytesPerColumn = 2L * elementBytes;  // student + teacher
         // Staged only while two blocks fit an SM: with one (128k fp32 columns in a cluster of 8),
         // nothing loads while the block computes, and the re-reading kernel (4 blocks per SM,
         // re-reads served mostly by L2) measured faster on an H100 (bench/RESULTS.md).
         int limit = Math.min(PREFERRED_STAGE_BYTES, maxSharedOptin - 1024);  // 1 KiB: the kernels' static shared memory
-        int[] sizes = computeMajor >= 9 ? new int[] {1, 2, 4, 8} : new int[] {1};
-        {
-            for (int cl : sizes) {
-                long chunk = roundUp((cols + cl - 1) / cl, 8);
-                long bytes = chunk * bytesPerColumn;
-                if (bytes > limit) continue;
-                // About 8 columns a thread: short rows get small blocks, and more of them per SM.
-                int threads = (int) Math.min(BLOCK_THREADS, Math.max(MIN_BLOCK_THREADS, Long.highestOneBit(Math.max(1, chunk / 8))));
-                int perSm = (int) Math.max(1, Math.min(Math.min(2048 / threads, MAX_BLOCKS_PER_SM), (maxSharedOptin + 1024L) / (bytes + 1024)));
-                long groups = Math.max(1, Math.min(rows, (long) multiprocessors * perSm / cl));
-                String name = cl == 1 ? "d4j_kd_block_" + type : "d4j_kd_cluster" + cl + "_" + type;
-                return new Plan(name, cl == 1 ? "block" : "cluster", cl, (int) (groups * cl), threads, (int) bytes, chunk);
-            }
+        for (int cl : computeMajor >= 9 ? new int[] {1, 2, 4, 8} : new int[] {1}) {
+            if (stagedBytes(cols, cl, elementBytes) <= limit) return explicit(cl == 1 ? "block" : "cluster", cl, 0, rows, cols, elementBytes);
         }
-        int blocks = (int) Math.min(rows, (long) multiprocessors * (2048 / BLOCK_THREADS));  // no shared memory: 4 blocks per SM
-        return new Plan("d4j_kd_reread_" + type, "reread", 1, blocks, BLOCK_THREADS, 0, cols);
+        return explicit("reread", 1, 0, rows, cols, elementBytes);
+    }
+
+    private static long stagedBytes(long cols, int cl, int elementBytes) {
+        return roundUp((cols + cl - 1) / cl, 8) * 2L * elementBytes;  // student + teacher slices
+    }
+
+    /**
+     * A plan for a named regime ("block", "cluster", "reread"), cluster size and
+     * resident blocks per SM (0: as many as fit), for benchmarks that compare regimes and tests that
+     * check each against the CPU. {@link #plan} picks among these.
+     */
+    public Plan explicit(String regime, int clusterSize, int blocksPerSm, long rows, long cols, int elementBytes) {
+        String type = elementBytes == 2 ? "bf16" : "f32";
+        int cl = clusterSize;
+        if (cl != 1 && cl != 2 && cl != 4 && cl != 8) throw new IllegalArgumentException("cluster size " + cl + ": 1, 2, 4 or 8");
+        if (cl > 1 && computeMajor < 9) throw new IllegalArgumentException("clusters need sm_90+, this GPU is sm_" + computeMajor + "x");
+        long chunk = roundUp((cols + cl - 1) / cl, 8);
+        boolean staged = switch (regime) {
+            case "block", "cluster" -> true;
+            case "reread" -> false;
+            default -> throw new IllegalArgumentException("unknown fused-loss regime '" + regime + "'");
+        };
+        if (regime.equals("cluster") != (cl > 1)) throw new IllegalArgumentException(regime + " with cluster size " + cl);
+        long bytes = staged ? stagedBytes(cols, cl, elementBytes) : 0;
+        if (bytes > maxSharedOptin - 1024) throw new IllegalArgumentException(regime + ": " + bytes + " bytes of shared memory a block exceed the device's");
+        // Staged: about 8 columns a thread, so short rows get small blocks and more of them per SM.
+        int threads = staged ? (int) Math.min(BLOCK_THREADS, Math.max(MIN_BLOCK_THREADS, Long.highestOneBit(Math.max(1, chunk / 8)))) : BLOCK_THREADS;
+        int fit = (int) Math.max(1, Math.min(Math.min(2048 / threads, MAX_BLOCKS_PER_SM), (maxSharedOptin + 1024L) / (bytes + 1024)));
+        int perSm = blocksPerSm > 0 ? Math.min(blocksPerSm, fit) : fit;
+        long groups = Math.max(1, Math.min(rows, (long) multiprocessors * perSm / cl));
+        String name = switch (regime) {
+            case "block" -> "d4j_kd_block_" + type;
+            case "cluster" -> "d4j_kd_cluster" + cl + "_" + type;
+            default -> "d4j_kd_reread_" + type;
+        };
+        return new Plan(name, regime, cl, (int) (groups * cl), threads, (int) bytes, staged ? chunk : cols);
     }
 
     /**
@@ -106,7 +129,7 @@ public final class DistillKernels {
     private MemorySegment function(Plan plan) {
         return functions.computeIfAbsent(plan.kernel(), name -> {
             MemorySegment fn = module.function(name);
-            if (!plan.regime().equals("warp") && !plan.regime().equals("reread")) {
+            if (plan.regime().equals("block") || plan.regime().equals("cluster")) {
                 try (Arena a = Arena.ofConfined()) {
                     MemorySegment v = a.allocate(JAVA_INT);
                     CudaException.check(cuda_h.cuFuncGetAttribute(v, cuda_h.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, fn), "cuFuncGetAttribute(" + name + ")");

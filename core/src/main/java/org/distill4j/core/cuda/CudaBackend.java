@@ -400,6 +400,16 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void distillationLoss(Tensor student, Tensor teacher, Tensor labels, DistillationLoss config, long normalizer, Tensor loss, Tensor grad) {
+        distillationLoss(student, teacher, labels, config, normalizer, loss, grad, null);
+    }
+
+    /**
+     * {@link #distillationLoss} with an explicit launch plan ({@link #distillPlans}), or the
+     * default one when {@code plan} is null: for benchmarks that compare the kernel's regimes and
+     * tests that check each of them.
+     */
+    public void distillationLoss(Tensor student, Tensor teacher, Tensor labels, DistillationLoss config, long normalizer, Tensor loss, Tensor grad,
+                                 DistillKernels.Plan plan) {
         LossChecks.distillation(this, student, teacher, labels, config, normalizer, loss, grad);
         context.makeCurrent();
         long n = student.size(0), c = student.size(1);
@@ -407,7 +417,7 @@ public final class CudaBackend implements Backend {
         float norm = normalizer > 0 ? normalizer : 0f;
         if (labels != null && norm == 0f) ops.ceCount(labels.data(), n, c, config.ignoreIndex(), lossCounters.address(), s());
         else if (norm == 0f) norm = n; // without labels every row counts
-        DistillKernels.Plan plan = distillPlan(n, c, student.dtype());
+        if (plan == null) plan = distillPlan(n, c, student.dtype());
         distill.launch(plan, student.data(), teacher.data(), p(labels), n, c, div.ordinal(), config.temperature(), config.alpha(), config.beta(),
             config.ignoreIndex(), lossCounters.address(), norm, lossPartials.address(), loss.data(), (int) loss.numel(), p(grad), s());
     }
@@ -415,6 +425,11 @@ public final class CudaBackend implements Backend {
     /** The fused loss's regime and launch shape for [rows, cols] logits of this dtype (benchmarks and tests report it). */
     public DistillKernels.Plan distillPlan(long rows, long cols, DType dtype) {
         return distill.plan(rows, cols, dtype == DType.BF16 ? 2 : 4);
+    }
+
+    /** The fused loss's kernels, to build explicit plans ({@link DistillKernels#explicit}). */
+    public DistillKernels distillPlans() {
+        return distill;
     }
 
     @Override
