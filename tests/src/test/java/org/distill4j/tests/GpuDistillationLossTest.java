@@ -130,6 +130,28 @@ class GpuDistillationLossTest {
         assertTrue(checked >= (clusters ? 100 : 20), "variants checked: " + checked);
     }
 
+    /** 2^20 rows (the upper bound): the warp regime's blocks loop over rows many times. */
+    @Test
+    void aMillionRows() {
+        int rows = 1 << 20;
+        for (int cols : new int[] {3, 40}) {
+            float[] s = new float[rows * cols], te = new float[rows * cols];
+            for (int i = 0; i < s.length; i++) {
+                s[i] = (float) random.nextGaussian() * 3;
+                te[i] = (float) random.nextGaussian() * 3;
+            }
+            long[] y = new long[rows];
+            for (int r = 0; r < rows; r++) y[r] = r % 5 == 4 ? -100 : random.nextInt(cols);
+            DistillationLoss cfg = DistillationLoss.hinton(4f, 0.5f);
+            float[][] cpu = run(CpuBackend.get(), s, te, y, rows, cols, cfg, DType.F32, 0), got = run(gpu, s, te, y, rows, cols, cfg, DType.F32, 0);
+            assertEquals(cpu[0][0], got[0][0], 1e-4 * Math.abs(cpu[0][0]), rows + "x" + cols + " loss (" + gpu.distillPlan(rows, cols, DType.F32) + ")");
+            double max = 1e-12, worst = 0;
+            for (float v : cpu[1]) max = Math.max(max, Math.abs(v));
+            for (int i = 0; i < cpu[1].length; i++) worst = Math.max(worst, Math.abs(cpu[1][i] - got[1][i]));
+            assertTrue(worst <= 1e-4 * max, rows + "x" + cols + ": gradient max abs difference " + worst + " vs " + max);
+        }
+    }
+
     /** The same evaluation twice gives the same bits (fixed-order reductions, no float atomics). */
     @Test
     void deterministic() {

@@ -152,6 +152,19 @@ class DistillationLossTest {
         }
     }
 
+    /** 2^20 rows (the upper bound), against the float64 reference. */
+    @Test
+    void aMillionRows() {
+        int rows = 1 << 20, cols = 3;
+        for (Divergence div : new Divergence[] {Divergence.KL, Divergence.JSD}) {
+            DistillationLoss cfg = new DistillationLoss(div, 2f, 0.5f, 0.5f, -100);
+            float[] s = logits(rows * cols, 3), t = logits(rows * cols, 3);
+            long[] y = labels(rows, cols, true);
+            double expected = reference(s, t, y, rows, cols, cfg, 0);
+            assertEquals(expected, run(s, t, y, rows, cols, cfg, 0, null), 1e-5 * Math.abs(expected), div + " with 2^20 rows");
+        }
+    }
+
     private void gradientByFiniteDifferences(float[] s, float[] t, long[] y, int rows, int cols, DistillationLoss cfg, String what) {
         float[] analytic = new float[rows * cols];
         run(s, t, y, rows, cols, cfg, 0, analytic);
