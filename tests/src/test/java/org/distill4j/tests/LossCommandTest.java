@@ -48,6 +48,34 @@ class LossCommandTest {
         }
     }
 
+    /** --dtype bf16: the loss of the bf16-rounded logits, the f32 gradient file widened from bf16. */
+    @Test
+    void bf16LogitsAreTheLossOfTheRoundedValues() throws Exception {
+        Path f = FIXTURES.resolve("kl-t4-a09"), g = tmp.resolve("g16.npy"), s16 = tmp.resolve("s16.npy"), t16 = tmp.resolve("t16.npy");
+        // The same logits rounded to bf16 by hand, given as float32: the f32 run of these is the bf16 run's exact reference.
+        for (String[] io : new String[][] {{"student.npy", s16.toString()}, {"teacher.npy", t16.toString()}}) {
+            Npy.Array a = Npy.read(f.resolve(io[0]));
+            float[] v = a.toFloats();
+            for (int i = 0; i < v.length; i++) v[i] = org.distill4j.core.Bf16.toFloat(org.distill4j.core.Bf16.fromFloat(v[i]));
+            Npy.writeFloats(Path.of(io[1]), v, (int) a.shape()[0], (int) a.shape()[1]);
+        }
+        String y = f.resolve("labels.npy").toString();
+        Result bf16 = run("loss", "--student", f.resolve("student.npy").toString(), "--teacher", f.resolve("teacher.npy").toString(), "--labels", y,
+            "--dtype", "bf16", "--grad-out", g.toString());
+        Result rounded = run("loss", "--student", s16.toString(), "--teacher", t16.toString(), "--labels", y);
+        assertEquals(0, bf16.exit(), bf16.err());
+        assertEquals(0, rounded.exit(), rounded.err());
+        assertTrue(bf16.out().lines().findFirst().orElseThrow().endsWith("logits bf16"), bf16.out());
+        assertEquals(rounded.out().strip().lines().toList().getLast(), bf16.out().strip().lines().toList().getLast(), "the same loss, digit for digit");
+        double expected = Npy.read(f.resolve("expected_loss.npy")).data().getDouble(0);
+        assertEquals(expected, Double.parseDouble(bf16.out().strip().lines().toList().getLast()), 2e-2 * expected, "close to the f32 loss");
+        float[] grad = Npy.read(g).toFloats();
+        for (float v : grad) assertEquals(v, org.distill4j.core.Bf16.toFloat(org.distill4j.core.Bf16.fromFloat(v)), "gradient values are bf16 values");
+        Result bad = run("loss", "--student", s16.toString(), "--teacher", t16.toString(), "--dtype", "fp8");
+        assertEquals(2, bad.exit());
+        assertEquals(1, bad.err().strip().lines().count(), bad.err());
+    }
+
     @Test
     void badInputIsOneLineAndExitTwo() throws Exception {
         Path f = FIXTURES.resolve("kl-t4-a09");
