@@ -51,11 +51,7 @@ class GpuDistillationLossTest {
             float t = new float[] {0.1f, 1f, 4f, 100f}[random.nextInt(4)];
             double scale = t == 0.1f ? 1e4 : 5;
             DistillationLoss cfg = new DistillationLoss(div, t, 0.7f, 0.3f, -100);
-            float[] s = new float[rows * cols], te = new float[rows * cols];
-            for (int i = 0; i < s.length; i++) {
-                s[i] = (float) (random.nextGaussian() * scale);
-                te[i] = (float) (random.nextGaussian() * scale);
-            }
+            float[] s = gaussian(rows * cols, scale), te = gaussian(rows * cols, scale);
             long[] y = new long[rows];
             for (int r = 0; r < rows; r++) y[r] = r % 4 == 3 ? -100 : random.nextInt(cols);
             long normalizer = random.nextBoolean() ? 0 : rows + 5;
@@ -71,10 +67,7 @@ class GpuDistillationLossTest {
             }
             // bf16 gradients: both sides round an fp32-accurate value to bf16; allow about one bf16 ulp.
             double relative = dtype == DType.BF16 ? 1e-2 : 1e-4;
-            double max = 1e-12, worst = 0;
-            for (float v : cpuOut[1]) max = Math.max(max, Math.abs(v));
-            for (int i = 0; i < cpuOut[1].length; i++) worst = Math.max(worst, Math.abs(cpuOut[1][i] - gpuOut[1][i]));
-            assertTrue(worst <= relative * max, what + ": gradient max abs difference " + worst + " vs largest " + max);
+            assertGradientClose(cpuOut[1], gpuOut[1], relative, what);
         }
         java.util.Set<String> expected = new java.util.TreeSet<>(java.util.List.of("warp", "block", "reread"));
         if (gpu.context().device().computeMajor() >= 9) expected.add("cluster");
@@ -94,11 +87,7 @@ class GpuDistillationLossTest {
         for (int[] shape : new int[][] {{40, 1000}, {16, 32000}, {6, 131072}, {3, 262144}}) {
             int rows = shape[0], cols = shape[1];
             for (DType dtype : new DType[] {DType.F32, DType.BF16}) for (Divergence div : new Divergence[] {Divergence.KL, Divergence.JSD}) {
-                float[] s = new float[rows * cols], te = new float[rows * cols];
-                for (int i = 0; i < s.length; i++) {
-                    s[i] = (float) random.nextGaussian() * 5;
-                    te[i] = (float) random.nextGaussian() * 5;
-                }
+                float[] s = gaussian(rows * cols, 5), te = gaussian(rows * cols, 5);
                 long[] y = new long[rows];
                 for (int r = 0; r < rows; r++) y[r] = r % 3 == 2 ? -100 : random.nextInt(cols);
                 DistillationLoss cfg = new DistillationLoss(div, 4f, 0.7f, 0.4f, -100);
@@ -117,10 +106,7 @@ class GpuDistillationLossTest {
                             float[][] got = run(gpu, s, te, y, rows, cols, cfg, dtype, 0, plan);
                             String what = dtype + " " + div + " " + rows + "x" + cols + " " + plan;
                             assertEquals(cpu[0][0], got[0][0], 1e-4 * Math.max(1e-2, Math.abs(cpu[0][0])), what + " loss");
-                            double max = 1e-12, worst = 0;
-                            for (float v : cpu[1]) max = Math.max(max, Math.abs(v));
-                            for (int i = 0; i < cpu[1].length; i++) worst = Math.max(worst, Math.abs(cpu[1][i] - got[1][i]));
-                            assertTrue(worst <= (dtype == DType.BF16 ? 1e-2 : 1e-4) * max, what + ": gradient max abs difference " + worst + " vs " + max);
+                            assertGradientClose(cpu[1], got[1], dtype == DType.BF16 ? 1e-2 : 1e-4, what);
                             checked++;
                         }
                     }
@@ -135,20 +121,13 @@ class GpuDistillationLossTest {
     void aMillionRows() {
         int rows = 1 << 20;
         for (int cols : new int[] {3, 40}) {
-            float[] s = new float[rows * cols], te = new float[rows * cols];
-            for (int i = 0; i < s.length; i++) {
-                s[i] = (float) random.nextGaussian() * 3;
-                te[i] = (float) random.nextGaussian() * 3;
-            }
+            float[] s = gaussian(rows * cols, 3), te = gaussian(rows * cols, 3);
             long[] y = new long[rows];
             for (int r = 0; r < rows; r++) y[r] = r % 5 == 4 ? -100 : random.nextInt(cols);
             DistillationLoss cfg = DistillationLoss.hinton(4f, 0.5f);
             float[][] cpu = run(CpuBackend.get(), s, te, y, rows, cols, cfg, DType.F32, 0), got = run(gpu, s, te, y, rows, cols, cfg, DType.F32, 0);
             assertEquals(cpu[0][0], got[0][0], 1e-4 * Math.abs(cpu[0][0]), rows + "x" + cols + " loss (" + gpu.distillPlan(rows, cols, DType.F32) + ")");
-            double max = 1e-12, worst = 0;
-            for (float v : cpu[1]) max = Math.max(max, Math.abs(v));
-            for (int i = 0; i < cpu[1].length; i++) worst = Math.max(worst, Math.abs(cpu[1][i] - got[1][i]));
-            assertTrue(worst <= 1e-4 * max, rows + "x" + cols + ": gradient max abs difference " + worst + " vs " + max);
+            assertGradientClose(cpu[1], got[1], 1e-4, rows + "x" + cols);
         }
     }
 
@@ -157,11 +136,7 @@ class GpuDistillationLossTest {
     void deterministic() {
         for (int cols : new int[] {10, 1000, 32000}) {
             int rows = 512;
-            float[] s = new float[rows * cols], te = new float[rows * cols];
-            for (int i = 0; i < s.length; i++) {
-                s[i] = (float) random.nextGaussian() * 3;
-                te[i] = (float) random.nextGaussian() * 3;
-            }
+            float[] s = gaussian(rows * cols, 3), te = gaussian(rows * cols, 3);
             long[] y = new long[rows];
             for (int r = 0; r < rows; r++) y[r] = random.nextInt(cols);
             DistillationLoss cfg = DistillationLoss.hinton(4f, 0.5f);
@@ -169,6 +144,20 @@ class GpuDistillationLossTest {
             org.junit.jupiter.api.Assertions.assertArrayEquals(a[0], b[0], "loss, C = " + cols);
             org.junit.jupiter.api.Assertions.assertArrayEquals(a[1], b[1], "gradient, C = " + cols);
         }
+    }
+
+    private float[] gaussian(int n, double scale) {
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) x[i] = (float) (random.nextGaussian() * scale);
+        return x;
+    }
+
+    /** Every element within {@code relative} of the expected gradient's largest magnitude. */
+    private static void assertGradientClose(float[] expected, float[] actual, double relative, String what) {
+        double max = 1e-12, worst = 0;
+        for (float v : expected) max = Math.max(max, Math.abs(v));
+        for (int i = 0; i < expected.length; i++) worst = Math.max(worst, Math.abs(expected[i] - actual[i]));
+        assertTrue(worst <= relative * max, what + ": gradient max abs difference " + worst + " vs largest " + max);
     }
 
     /** Loss (3 values) and gradient (as floats) of one evaluation; BF16 rounds s and t to bf16 first. */
@@ -233,10 +222,7 @@ class GpuDistillationLossTest {
                 result[i++] = concat(loss.toFloatArray(), ts.toFloatArray());
             }
         }
-        double max = 1e-12, worst = 0;
-        for (float v : result[0]) max = Math.max(max, Math.abs(v));
-        for (int j = 0; j < result[0].length; j++) worst = Math.max(worst, Math.abs(result[0][j] - result[1][j]));
-        assertTrue(worst <= 1e-4 * max, "top-k, in place, no labels: max abs difference " + worst);
+        assertGradientClose(result[0], result[1], 1e-4, "top-k, in place, no labels (loss and gradient)");
     }
 
     private static float[] concat(float[] a, float[] b) {
