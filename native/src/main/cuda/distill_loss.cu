@@ -166,19 +166,16 @@ __device__ __forceinline__ float d4j_kd_term_grad(const D4jKd& k, const D4jRow& 
     return g * scale;
 }
 
-// dL/ds for one element, already divided by the normalizer (scale = 1 / N).
+// Reverse KL and JSD (KL and MSE take d4j_kd_term_grad): dL/ds for one element, already divided
+// by the normalizer (scale = 1 / N); pg = sum_i p_i g_i of the row.
 __device__ __forceinline__ float d4j_kd_grad(const D4jKd& k, const D4jRow& st, float sv, float tv, bool isLabel, float pg, float scale) {
     float p = expf((sv - st.ms) * k.invT - st.lseA), dd;
-    if (k.div == 0) {
-        dd = p - expf((tv - st.mt) * k.invT - st.lseB);
-    } else if (k.div == 1) {
+    if (k.div == 1) {
         dd = p > 0.f ? p * (d4j_log_ratio(k, st, sv, tv) - pg) : 0.f;
-    } else if (k.div == 2) {
+    } else {
         float wp, wq;
         d4j_jsd_logs(k, d4j_log_ratio(k, st, sv, tv), wp, wq);
         dd = p > 0.f ? p * (-(1.f - k.beta) * wp - pg) : 0.f;
-    } else {
-        dd = 2.f * (sv - tv) * k.invT * k.invCols;
     }
     float g = k.kSoft * dd;
     if (k.hard) g += (1.f - k.alpha) * (expf(sv - st.ms - st.lse1) - (isLabel ? 1.f : 0.f));

@@ -1,15 +1,11 @@
 package org.distill4j.cli;
 
-import java.lang.foreign.Arena;
-import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.math.BigDecimal;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.concurrent.Callable;
 import org.distill4j.core.Backend;
-import org.distill4j.core.Bf16;
 import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.io.Npy;
@@ -103,12 +99,12 @@ final class LossCommand implements Callable<Integer> {
             }
         }
         try (Backend backend = Devices.open(device);
-             Tensor ts = tensor(backend, s.toFloats(), rows, cols, logitType); Tensor tt = tensor(backend, t.toFloats(), rows, cols, logitType);
+             Tensor ts = backend.empty(logitType, rows, cols).copyFrom(s.toFloats()); Tensor tt = backend.empty(logitType, rows, cols).copyFrom(t.toFloats());
              Tensor ty = y == null ? null : backend.empty(DType.I64, rows).copyFrom(y); Tensor loss = backend.empty(DType.F32, 3);
              Tensor grad = gradOut == null ? null : backend.empty(logitType, rows, cols)) {
             backend.distillationLoss(ts, tt, ty, cfg, 0, loss, grad);
             float[] l = loss.toFloatArray();
-            if (grad != null) Npy.writeFloats(gradOut, floats(backend, grad), rows, cols);
+            if (grad != null) Npy.writeFloats(gradOut, grad.toFloatArray(), rows, cols);
             var out = spec.commandLine().getOut();
             out.println("divergence " + div.cliName() + ", T " + temperature + ", alpha " + a + (div == Divergence.JSD ? ", beta " + beta : "")
                 + ", rows " + rows + ", classes " + cols + ", device " + backend.name() + (logitType == DType.BF16 ? ", logits bf16" : ""));
@@ -117,32 +113,6 @@ final class LossCommand implements Callable<Integer> {
             out.println(decimal(l[0]));
         }
         return 0;
-    }
-
-    /** [rows, cols] logits on the backend, as float32 or rounded to bfloat16 (nearest even). */
-    private static Tensor tensor(Backend b, float[] v, int rows, int cols, DType type) {
-        if (type == DType.F32) return b.fromArray(v, rows, cols);
-        short[] bits = new short[v.length];
-        for (int i = 0; i < v.length; i++) bits[i] = Bf16.fromFloat(v[i]);
-        Tensor x = b.empty(DType.BF16, rows, cols);
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment host = arena.allocate((long) bits.length * Short.BYTES, Short.BYTES);
-            MemorySegment.copy(bits, 0, host, ValueLayout.JAVA_SHORT, 0, bits.length);
-            b.copyFromHost(host, x);
-        }
-        return x;
-    }
-
-    /** A float32 or bfloat16 tensor's values as floats (bf16 widened exactly). */
-    private static float[] floats(Backend b, Tensor x) {
-        if (x.dtype() == DType.F32) return x.toFloatArray();
-        float[] out = new float[Math.toIntExact(x.numel())];
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment host = arena.allocate(x.numel() * Short.BYTES, Short.BYTES);
-            b.copyToHost(x, host);
-            for (int i = 0; i < out.length; i++) out[i] = Bf16.toFloat(host.getAtIndex(ValueLayout.JAVA_SHORT, i));
-        }
-        return out;
     }
 
     private static Npy.Array logits(Path file, String option) throws java.io.IOException {

@@ -2,6 +2,7 @@ package org.distill4j.core;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
 
 /**
@@ -89,8 +90,19 @@ public final class Tensor implements AutoCloseable {
         return new Tensor(backend, dtype, s, backend.offset(data(), start * rowBytes, count * rowBytes), null);
     }
 
-    /** Copies the elements to a new float array (F32 only); synchronises on a GPU. */
+    /** Copies the elements to a new float array (F32, or BF16 widened exactly); synchronises on a GPU. */
     public float[] toFloatArray() {
+        if (dtype == DType.BF16) {
+            float[] out = new float[Math.toIntExact(numel)];
+            // A shared arena, as in the CPU kernels: a confined one gives the segment accessors they
+            // inline a second profile (measured 4-5x slower steps; bench/RESULTS.md, TeacherCache).
+            try (Arena a = Arena.ofShared()) {
+                MemorySegment host = a.allocate(Math.max(2, byteSize()), 8);
+                backend.copyToHost(this, host);
+                for (int i = 0; i < out.length; i++) out[i] = Bf16.toFloat(host.getAtIndex(ValueLayout.JAVA_SHORT, i));
+            }
+            return out;
+        }
         requireDType(DType.F32, "toFloatArray");
         return backend.read(this);
     }
@@ -101,11 +113,19 @@ public final class Tensor implements AutoCloseable {
         return backend.readLongs(this);
     }
 
-    /** Overwrites the elements (F32; the array length must equal numel). */
+    /** Overwrites the elements (F32, or BF16 rounded to nearest even; the array length must equal numel). */
     public Tensor copyFrom(float[] values) {
-        requireDType(DType.F32, "copyFrom");
+        if (dtype != DType.BF16) requireDType(DType.F32, "copyFrom");
         if (values.length != numel) throw new IllegalArgumentException("copyFrom: " + values.length + " values for " + describe());
-        backend.write(this, values);
+        if (dtype == DType.F32) {
+            backend.write(this, values);
+            return this;
+        }
+        try (Arena a = Arena.ofShared()) {
+            MemorySegment host = a.allocate(Math.max(2, byteSize()), 8).asSlice(0, byteSize());
+            for (int i = 0; i < values.length; i++) host.setAtIndex(ValueLayout.JAVA_SHORT, i, Bf16.fromFloat(values[i]));
+            backend.copyFromHost(host, this);
+        }
         return this;
     }
 

@@ -168,34 +168,12 @@ class GpuDistillationLossTest {
 
     private static float[][] run(org.distill4j.core.Backend b, float[] s, float[] t, long[] y, int rows, int cols, DistillationLoss cfg, DType dtype,
                                  long normalizer, org.distill4j.bindings.kernels.DistillKernels.Plan plan) {
-        try (Tensor ts = logits(b, s, rows, cols, dtype); Tensor tt = logits(b, t, rows, cols, dtype); Tensor ty = b.empty(DType.I64, rows).copyFrom(y);
+        try (Tensor ts = b.empty(dtype, rows, cols).copyFrom(s); Tensor tt = b.empty(dtype, rows, cols).copyFrom(t); Tensor ty = b.empty(DType.I64, rows).copyFrom(y);
              Tensor loss = b.empty(DType.F32, 3); Tensor grad = b.empty(dtype, rows, cols)) {
             if (plan != null) ((CudaBackend) b).distillationLoss(ts, tt, ty, cfg, normalizer, loss, grad, plan);
             else b.distillationLoss(ts, tt, ty, cfg, normalizer, loss, grad);
-            return new float[][] {loss.toFloatArray(), floats(b, grad)};
+            return new float[][] {loss.toFloatArray(), grad.toFloatArray()};
         }
-    }
-
-    private static Tensor logits(org.distill4j.core.Backend b, float[] v, int rows, int cols, DType dtype) {
-        if (dtype == DType.F32) return b.fromArray(v, rows, cols);
-        Tensor x = b.empty(DType.BF16, rows, cols);
-        try (java.lang.foreign.Arena a = java.lang.foreign.Arena.ofConfined()) {
-            java.lang.foreign.MemorySegment host = a.allocate((long) v.length * 2, 8);
-            for (int i = 0; i < v.length; i++) host.setAtIndex(java.lang.foreign.ValueLayout.JAVA_SHORT, i, org.distill4j.core.Bf16.fromFloat(v[i]));
-            b.copyFromHost(host, x);
-        }
-        return x;
-    }
-
-    private static float[] floats(org.distill4j.core.Backend b, Tensor x) {
-        if (x.dtype() == DType.F32) return x.toFloatArray();
-        float[] out = new float[(int) x.numel()];
-        try (java.lang.foreign.Arena a = java.lang.foreign.Arena.ofConfined()) {
-            java.lang.foreign.MemorySegment host = a.allocate(x.numel() * 2, 8);
-            b.copyToHost(x, host);
-            for (int i = 0; i < out.length; i++) out[i] = org.distill4j.core.Bf16.toFloat(host.getAtIndex(java.lang.foreign.ValueLayout.JAVA_SHORT, i));
-        }
-        return out;
     }
 
     @Test

@@ -11,6 +11,7 @@ import java.util.function.LongConsumer;
 import java.util.stream.LongStream;
 import org.distill4j.core.Activation;
 import org.distill4j.core.Backend;
+import org.distill4j.core.Bf16;
 import org.distill4j.core.Conv2dParams;
 import org.distill4j.core.ConvGeometry;
 import org.distill4j.core.DType;
@@ -501,7 +502,7 @@ public final class CpuBackend implements Backend {
                 return;
             }
             for (long c = 0; c < cols; c++) {
-                os.setAtIndex(JAVA_FLOAT, r * cols + c, Float.intBitsToFloat((ts.getAtIndex(JAVA_SHORT, src * cols + c) & 0xffff) << 16));
+                os.setAtIndex(JAVA_FLOAT, r * cols + c, Bf16.toFloat(ts.getAtIndex(JAVA_SHORT, src * cols + c)));
             }
         });
     }

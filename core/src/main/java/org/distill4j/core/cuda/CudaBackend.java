@@ -145,6 +145,16 @@ public final class CudaBackend implements Backend {
     /** The GPU's ordinal (what {@link #create(int)} was given). */
     public int ordinal() { return context.device().ordinal(); }
 
+    /**
+     * Another backend on the same GPU with this one's settings (math mode): its own stream, cuBLAS
+     * and cuDNN handles and scratch, for work that runs beside this backend's (the Predictor's workers).
+     */
+    public CudaBackend peer() {
+        CudaBackend peer = create(ordinal());
+        peer.setMathMode(mathMode);
+        return peer;
+    }
+
     /** Selects TF32 tensor-op math or strict FP32 for cuBLAS and cuDNN. */
     public void setMathMode(MathMode mode) {
         context.makeCurrent();

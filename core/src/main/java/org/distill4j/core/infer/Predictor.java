@@ -325,8 +325,7 @@ public final class Predictor implements AutoCloseable {
                 workers.add(CudaWorker.create(gpu, model, false, options.maxBatch(), inputShape, outputShape));
                 for (int i = 1; i < options.gpuWorkers(); i++) {
                     // A backend of its own (stream, handles) and a copy of the weights, through the host.
-                    CudaBackend own = CudaBackend.create(gpu.ordinal());
-                    own.setMathMode(gpu.mathMode());  // every worker computes as the backend it was given
+                    CudaBackend own = gpu.peer();  // computes as the backend it was given (math mode)
                     Model copy = model.spec().build(own, 0);
                     try (Arena a = Arena.ofConfined()) {
                         for (int p = 0; p < model.parameters().size(); p++) {

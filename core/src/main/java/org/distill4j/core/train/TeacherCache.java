@@ -16,6 +16,7 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import org.distill4j.core.Backend;
+import org.distill4j.core.Bf16;
 import org.distill4j.core.DType;
 import org.distill4j.core.HostStaging;
 import org.distill4j.core.Tensor;
@@ -136,7 +137,7 @@ public final class TeacherCache implements AutoCloseable {
                     long base = b.firstPosition() * classes;
                     for (int i = 0; i < values.length; i++) {
                         if (dtype == DType.F32) host.setAtIndex(JAVA_FLOAT, base + i, values[i]);
-                        else host.setAtIndex(JAVA_SHORT, base + i, org.distill4j.core.Bf16.fromFloat(values[i]));
+                        else host.setAtIndex(JAVA_SHORT, base + i, Bf16.fromFloat(values[i]));
                     }
                 }
             }
