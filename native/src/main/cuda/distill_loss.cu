@@ -6,13 +6,16 @@
 // Regimes by the number of classes C (the host picks one, OpKernels.planDistill):
 //   warp    C <= 1024: a warp per row, the row held in registers (ITEMS values per lane, coalesced).
 //   block   a block per row, the row staged in shared memory (16-byte copies), up to 96 KiB a block.
-//   cluster C beyond one block: a thread-block cluster of CL = 2, 4 or 8 blocks per row (sm_90+),
-//           each staging 1/CL of the row; row maxima and sums are combined through distributed
-//           shared memory, in rank order, so every block sees the same bits.
+//   cluster C beyond one block: a thread-block cluster of CL = 2, 4, 8 or 16 blocks per row (sm_90+;
+//           16 is a non-portable size the host opts in to), each staging 1/CL of the row; each
+//           block's maxima and sums (relative to its own maxima) are merged through distributed
+//           shared memory, in rank order, so every block sees the same bits: one cluster barrier a
+//           row for KL and MSE, two for reverse KL and JSD (their gradient needs sum p g).
 //   reread  rows too long for a cluster's shared memory (fp32 C > ~225k): a block per row that
 //           reads the row from global memory in each pass (kept correct, not read-once).
-// Blocks loop over rows (a grid of about one wave); each keeps its rows' loss terms in a fixed
-// order, writes one partial, and the last block to finish (ticket in counters[2]) sums the
+// Blocks loop over rows (a grid of about one wave); every thread adds its elements' loss terms over
+// all its rows in a fixed order (no reduction per row), the block sums its threads once, writes one
+// partial, and the last block to finish (ticket in counters[2]) sums the
 // partials in block order and writes the loss: deterministic, no second launch. That block also
 // zeroes counters[0..2] for the next evaluation, which keeps the launch replayable in a graph.
 // N is the caller's normalizer, else counters[0] filled by d4j_ce_count (the one case with two
@@ -49,6 +52,27 @@ __device__ __forceinline__ float d4j_warp_sum(float v) {
 __device__ __forceinline__ float d4j_warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
+}
+
+// K values reduced over the block at once (one pair of barriers for all K); every thread gets the
+// results. Sums are formed in a fixed order (lanes, then warps): deterministic.
+template <int K, bool MAX>
+__device__ __forceinline__ void d4j_block_reduce(float (&v)[K]) {
+    __shared__ float partial[K][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+#pragma unroll
+    for (int j = 0; j < K; j++) v[j] = MAX ? d4j_warp_max(v[j]) : d4j_warp_sum(v[j]);
+    __syncthreads();  // partial[] may still be read by the previous call
+    if (lane == 0) {
+#pragma unroll
+        for (int j = 0; j < K; j++) partial[j][warp] = v[j];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < K; j++) {
+        float x = lane < warps ? partial[j][lane] : (MAX ? -INFINITY : 0.f);
+        v[j] = MAX ? d4j_warp_max(x) : d4j_warp_sum(x);
+    }
 }
 
 // div: 0 KL(q||p), 1 KL(p||q), 2 JSD_beta, 3 MSE of logits (the Divergence enum order; JSD at
@@ -123,8 +147,8 @@ __device__ __forceinline__ float d4j_rescaled(float sum, float m, float M, float
     return m == -INFINITY ? 0.f : sum * D4J_EXP((m - M) * invT);
 }
 
-// One element's share of D, and of sum_i p_i g_i (reverse KL and JSD gradients).
-__device__ __forceinline__ void d4j_kd_term(const D4jKd& k, const D4jRow& st, float sv, float tv, float& d, float& pg) {
+// One element's share of D, and of sum_i p_i g_i and sum_i p_i (reverse KL and JSD gradients).
+__device__ __forceinline__ void d4j_kd_term(const D4jKd& k, const D4jRow& st, float sv, float tv, float& d, float& pg, float& ps) {
     if (k.div == 0) {
         float q = expf((tv - st.mt) * k.invT - st.lseB);
         if (q > 0.f) d -= q * d4j_log_ratio(k, st, sv, tv);
@@ -134,6 +158,7 @@ __device__ __forceinline__ void d4j_kd_term(const D4jKd& k, const D4jRow& st, fl
             float g = d4j_log_ratio(k, st, sv, tv);
             d += p * g;
             pg += p * g;
+            ps += p;
         }
     } else if (k.div == 2) {
         float p = expf((sv - st.ms) * k.invT - st.lseA), q = expf((tv - st.mt) * k.invT - st.lseB), wp, wq;
@@ -142,6 +167,7 @@ __device__ __forceinline__ void d4j_kd_term(const D4jKd& k, const D4jRow& st, fl
         if (p > 0.f) {
             d -= (1.f - k.beta) * p * wp;
             pg -= p * (1.f - k.beta) * wp;
+            ps += p;
         }
     } else {
         float diff = (sv - tv) * k.invT;
@@ -167,7 +193,9 @@ __device__ __forceinline__ float d4j_kd_term_grad(const D4jKd& k, const D4jRow& 
 }
 
 // Reverse KL and JSD (KL and MSE take d4j_kd_term_grad): dL/ds for one element, already divided
-// by the normalizer (scale = 1 / N); pg = sum_i p_i g_i of the row.
+// by the normalizer (scale = 1 / N); pg = sum_i p_i g_i / sum_i p_i of the row. The division by
+// sum p (1 in exact arithmetic) matters: g reaches 1e5 at T = 0.1 with logits of +-1e4, and a
+// relative error e in the p's normalisation would otherwise shift every gradient by e * pg.
 __device__ __forceinline__ float d4j_kd_grad(const D4jKd& k, const D4jRow& st, float sv, float tv, bool isLabel, float pg, float scale) {
     float p = expf((sv - st.ms) * k.invT - st.lseA), dd;
     if (k.div == 1) {
@@ -237,14 +265,14 @@ __device__ __forceinline__ void d4j_kd_warp(const T* s, const T* __restrict__ t,
     const D4jKd k = d4j_kd(div, temperature, alpha, beta, labels != nullptr, cols);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const float scale = 1.f / (normalizer > 0.f ? normalizer : (float)counters[0]);
-    float soft = 0.f, hard = 0.f;  // this warp's rows, summed in row order (lane 0's copy is used)
+    float dsum = 0.f, hsum = 0.f;  // this lane's share of sum D and of sum -log softmax(s)[y], over its rows in order
     for (int64_t r = (int64_t)blockIdx.x * warps + warp; r < rows; r += (int64_t)gridDim.x * warps) {
         const int64_t base = r * cols;
         int64_t y;
         const int status = d4j_row_status(labels, r, cols, ignore, y);
         if (status != 0) {
             if (grad) for (int64_t c = lane; c < cols; c += 32) grad[base + c] = d4j_to<T>(0.f);
-            if (status == 2) soft = hard = __int_as_float(0x7fc00000);
+            if (status == 2 && lane == 0) dsum = hsum = __int_as_float(0x7fc00000);
             continue;
         }
         float sv[ITEMS], tv[ITEMS];
@@ -263,22 +291,20 @@ __device__ __forceinline__ void d4j_kd_warp(const T* s, const T* __restrict__ t,
 #pragma unroll
         for (int i = 0; i < ITEMS; i++) if ((int64_t)i * 32 + lane < cols) d4j_kd_sums(k, ms, mt, sv[i], tv[i], sa, sb, s1);
         const D4jRow st = {ms, mt, logf(d4j_warp_sum(sa)), logf(d4j_warp_sum(sb)), logf(d4j_warp_sum(s1))};
-        float d = 0.f, pg = 0.f, sy = 0.f;
+        float pg = 0.f, ps = 0.f;
 #pragma unroll
         for (int i = 0; i < ITEMS; i++) {
             const int64_t c = (int64_t)i * 32 + lane;
             if (c < cols) {
-                if (k.fused && grad) grad[base + c] = d4j_to<T>(d4j_kd_term_grad(k, st, sv[i], tv[i], c == y, scale, d));
-                else d4j_kd_term(k, st, sv[i], tv[i], d, pg);
-                if (c == y) sy = sv[i];
+                if (k.fused && grad) grad[base + c] = d4j_to<T>(d4j_kd_term_grad(k, st, sv[i], tv[i], c == y, scale, dsum));
+                else d4j_kd_term(k, st, sv[i], tv[i], dsum, pg, ps);
+                if (k.hard && c == y) hsum -= (sv[i] - ms) - st.lse1;
             }
         }
-        d = d4j_warp_sum(d);
-        pg = d4j_warp_sum(pg);
-        sy = d4j_warp_sum(sy);  // one lane holds s[y], the others 0
-        soft += k.softWeight * d;
-        if (k.hard) hard += (1.f - alpha) * -((sy - ms) - st.lse1);
         if (grad && !k.fused) {
+            ps = d4j_warp_sum(ps);
+            pg = d4j_warp_sum(pg);
+            pg = ps > 0.f ? pg / ps : 0.f;
 #pragma unroll
             for (int i = 0; i < ITEMS; i++) {
                 const int64_t c = (int64_t)i * 32 + lane;
@@ -286,67 +312,141 @@ __device__ __forceinline__ void d4j_kd_warp(const T* s, const T* __restrict__ t,
             }
         }
     }
-    // The block's partial: warps in order.
-    __shared__ float warpSoft[32], warpHard[32];
-    if (lane == 0) {
-        warpSoft[warp] = soft;
-        warpHard[warp] = hard;
+    float acc[2] = {dsum, hsum};
+    d4j_block_reduce<2, false>(acc);
+    d4j_kd_finish(k.softWeight * acc[0], (1.f - alpha) * acc[1], partials, counters, normalizer, loss, nout);
+}
+
+#ifdef D4J_HAS_CLUSTERS
+// The cluster's row statistics from each block's maxima (m) and sums relative to them (sa, sb, s1):
+// M = max_q m_q, S = sum_q S_q exp((m_q - M) / T). Lane q of warp 0 reads rank q's values and the
+// warp reduces them in a fixed shuffle order, so every block of the cluster gets the same bits
+// (a one-thread loop over 16 ranks cost 88 registers a thread and with them blocks per SM). One
+// cluster barrier: this block's values go to slots[seq & 1], which is rewritten two merges later,
+// after a barrier every reader of this one has passed.
+template <int CL>
+__device__ __forceinline__ void d4j_cluster_merge(float& ms, float& mt, float& sa, float& sb, float& s1, float invT,
+                                                  float (*slots)[5], float* merged, int& seq) {
+    static_assert(CL <= 32, "one lane per rank");
+    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    float* slot = slots[seq++ & 1];
+    if (threadIdx.x == 0) {
+        slot[0] = ms;
+        slot[1] = mt;
+        slot[2] = sa;
+        slot[3] = sb;
+        slot[4] = s1;
+    }
+    cluster.sync();
+    if (threadIdx.x < 32) {
+        float m0 = -INFINITY, m1 = -INFINITY, a = 0.f, b = 0.f, c = 0.f;
+        if (threadIdx.x < CL) {
+            const float* o = cluster.map_shared_rank(slot, (int)threadIdx.x);
+            m0 = o[0];
+            m1 = o[1];
+            a = o[2];
+            b = o[3];
+            c = o[4];
+        }
+        const float M0 = d4j_warp_max(m0), M1 = d4j_warp_max(m1);
+        // a block that saw no finite value has sums of 0 and contributes nothing
+        const float A = d4j_warp_sum(m0 == -INFINITY ? 0.f : a * expf((m0 - M0) * invT));
+        const float B = d4j_warp_sum(m1 == -INFINITY ? 0.f : b * expf((m1 - M1) * invT));
+        const float C = d4j_warp_sum(m0 == -INFINITY ? 0.f : c * expf(m0 - M0));
+        if (threadIdx.x == 0) {
+            merged[0] = M0;
+            merged[1] = M1;
+            merged[2] = A;
+            merged[3] = B;
+            merged[4] = C;
+        }
     }
     __syncthreads();
-    float bs = 0.f, bh = 0.f;
+    ms = merged[0];
+    mt = merged[1];
+    sa = merged[2];
+    sb = merged[3];
+    s1 = merged[4];
+}
+
+// The sums of v[0] and v[1] over the cluster's blocks, in a fixed order (same slots protocol as
+// d4j_cluster_merge).
+template <int CL>
+__device__ __forceinline__ void d4j_cluster_sum2(float (&v)[2], float (*slots)[5], float* merged, int& seq) {
+    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    float* slot = slots[seq++ & 1];
     if (threadIdx.x == 0) {
-        for (int w = 0; w < warps; w++) {
-            bs += warpSoft[w];
-            bh += warpHard[w];
-        }
+        slot[0] = v[0];
+        slot[1] = v[1];
     }
-    d4j_kd_finish(bs, bh, partials, counters, normalizer, loss, nout);
-}
-
-// Combines K per-block values across the cluster (max or sum), in rank order, so that every block
-// of the cluster gets the same bits. slot and out are this block's shared arrays of K floats; a
-// slot is rewritten only after a later cluster.sync, by which time every reader is done with it.
-template <int CL, int K>
-__device__ __forceinline__ void d4j_cluster_combine(float (&v)[K], bool isMax, float* slot, float* out) {
-#ifdef D4J_HAS_CLUSTERS
-    if constexpr (CL > 1) {
-        cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
-        if (threadIdx.x == 0) for (int j = 0; j < K; j++) slot[j] = v[j];
-        cluster.sync();
+    cluster.sync();
+    if (threadIdx.x < 32) {
+        float a = 0.f, b = 0.f;
+        if (threadIdx.x < CL) {
+            const float* o = cluster.map_shared_rank(slot, (int)threadIdx.x);
+            a = o[0];
+            b = o[1];
+        }
+        a = d4j_warp_sum(a);
+        b = d4j_warp_sum(b);
         if (threadIdx.x == 0) {
-            for (int j = 0; j < K; j++) {
-                float acc = isMax ? -INFINITY : 0.f;
-                for (int q = 0; q < CL; q++) {
-                    float x = cluster.map_shared_rank(slot, q)[j];
-                    acc = isMax ? fmaxf(acc, x) : acc + x;
-                }
-                out[j] = acc;
-            }
+            merged[0] = a;
+            merged[1] = b;
         }
-        __syncthreads();
-        for (int j = 0; j < K; j++) v[j] = out[j];
     }
+    __syncthreads();
+    v[0] = merged[0];
+    v[1] = merged[1];
+}
 #endif
+
+// Four consecutive elements of T as one load or store: 16 bytes of fp32, 8 of bf16 (four at a
+// time for bf16 too: eight held twice the registers and spilled on sm_80).
+template <typename T> struct D4jQuad;
+template <> struct D4jQuad<float> { using raw = float4; };
+template <> struct D4jQuad<__nv_bfloat16> { using raw = uint2; };
+
+template <typename T>
+__device__ __forceinline__ void d4j_unpack(const typename D4jQuad<T>::raw& raw, float (&out)[4]) {
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int j = 0; j < 4; j++) out[j] = d4j_f(e[j]);
+}
+// W (4 or 1) consecutive gradients to p: one vector store for 4 (p aligned to it), else one element.
+template <typename T, int W>
+__device__ __forceinline__ void d4j_store(T* p, const float (&g)[W]) {
+    if constexpr (W == 4) {
+        typename D4jQuad<T>::raw raw;
+        T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+        for (int j = 0; j < 4; j++) e[j] = d4j_to<T>(g[j]);
+        *reinterpret_cast<typename D4jQuad<T>::raw*>(p) = raw;
+    } else {
+        p[0] = d4j_to<T>(g[0]);
+    }
 }
 
-// ---- block (CL = 1) or cluster (CL > 1) per row. STAGED: the block's slice [lo, lo + chunk) of
-// both rows is copied once into shared memory (dynamic, 2 * chunk elements) and every pass reads it
-// there; not STAGED (CL = 1 only; a re-reading cluster was measured no faster, bench/RESULTS.md):
-// every pass reads global memory.
+// ---- block (CL = 1) or cluster (CL > 1) per row. The block's slice of the row is [lo, lo + chunk).
+// STAGED: its first `staged` columns (all of them when they fit) are copied once into shared memory
+// (dynamic, 2 * staged elements) and later passes read them there; columns beyond are read from
+// global memory in each pass, where they are still in L2 (the 50 MB of an H100 hold the re-read
+// tails of every resident block many times over). Not STAGED (CL = 1 only): every pass reads global
+// memory, with online max and sums in the first. Per row: load, block max, sums, block sum
+// (+ cluster merge), then the divergence and gradient pass: two block reductions a row for KL and MSE.
 template <typename T, int CL, bool STAGED>
 __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t, const int64_t* __restrict__ labels, int64_t rows, int64_t cols,
                                              int div, float temperature, float alpha, float beta, int64_t ignore,
                                              unsigned long long* __restrict__ counters, float normalizer, float* __restrict__ partials,
-                                             float* __restrict__ loss, int nout, T* grad, int64_t chunk) {
+                                             float* __restrict__ loss, int nout, T* grad, int64_t chunk, int64_t staged) {
 #ifndef D4J_HAS_CLUSTERS
     if (CL > 1) __trap();  // the host launches cluster kernels on sm_90+ only
 #endif
     extern __shared__ float4 d4j_kd_smem[];
-    __shared__ float slots[3][3], outs[3][3];
+    __shared__ float slots[2][5], merged[5];
     T* ss = reinterpret_cast<T*>(d4j_kd_smem);
-    T* ts = ss + chunk;  // chunk is a multiple of 8: ts stays 16-byte aligned
+    T* ts = ss + staged;  // staged is a multiple of 8: ts stays 16-byte aligned
     const D4jKd k = d4j_kd(div, temperature, alpha, beta, labels != nullptr, cols);
-    int rank = 0;
+    int rank = 0, seq = 0;
 #ifdef D4J_HAS_CLUSTERS
     if (CL > 1) rank = (int)cooperative_groups::this_cluster().block_rank();
 #endif
@@ -354,33 +454,72 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
     const int64_t lo = (int64_t)rank * chunk;  // this block's slice of the row (chunk = cols for CL = 1 unstaged)
     const int64_t hi = min(cols, lo + chunk);
     const int64_t n = hi > lo ? hi - lo : 0;
+    const int64_t held = STAGED ? min(n, staged) : 0;  // [0, held) in shared memory, [held, n) re-read
     const float scale = 1.f / (normalizer > 0.f ? normalizer : (float)counters[0]);
-    float soft = 0.f, hard = 0.f;  // thread 0 of rank 0: this group's rows in row order
+    float dsum = 0.f, hsum = 0.f;  // this thread's share of sum D and of sum -log softmax(s)[y], over its rows in order
     for (int64_t r = group; r < rows; r += groups) {
         const int64_t base = r * cols;
         int64_t y;
         const int status = d4j_row_status(labels, r, cols, ignore, y);  // the same for every block of the cluster
         if (status != 0) {
             if (grad) for (int64_t i = threadIdx.x; i < n; i += blockDim.x) grad[base + lo + i] = d4j_to<T>(0.f);
-            if (status == 2) soft = hard = __int_as_float(0x7fc00000);
+            if (status == 2 && threadIdx.x == 0) dsum = hsum = __int_as_float(0x7fc00000);
             continue;
         }
-        const T* sr = s + base + lo;
-        const T* tr = t + base + lo;
-        // One pass over global memory. Staged: copy the slice to shared memory keeping only the
-        // maxima (measured: online sums here delay the next loads, 8k-128k columns ran 15-20%
-        // slower), the sums follow from shared memory. Not staged: online max and sums, which
-        // saves a pass over global memory.
+        const T* sg = s + base + lo;
+        const T* tg = t + base + lo;
+        // Vectors throughout (16-byte copies to shared memory, 4-element loads and gradient stores)
+        // when the slices and the gradient are 16-byte aligned: a quarter of the load/store
+        // instructions and loop overhead of element-wise passes, which at 1k-32k columns limited the
+        // issue rate.
+        constexpr int V = 16 / sizeof(T);  // elements per 16-byte copy
+        const bool vec = ((((uintptr_t)sg | (uintptr_t)tg | (grad ? (uintptr_t)(grad + base + lo) : 0)) & 15) == 0) && n % V == 0 && held % V == 0;
+        // f(i, s[W], t[W]) for W consecutive elements from i, over the slice this thread owns (W = 4
+        // when vec, else 1): shared memory first, then the re-read tail.
+        auto each = [&](auto&& f) {
+            if (vec) {
+                using Q = typename D4jQuad<T>::raw;
+                const Q* ssq = reinterpret_cast<const Q*>(ss);
+                const Q* tsq = reinterpret_cast<const Q*>(ts);
+                const Q* sgq = reinterpret_cast<const Q*>(sg);
+                const Q* tgq = reinterpret_cast<const Q*>(tg);
+                float a[4], b[4];
+                for (int v = threadIdx.x; v < (int)(held / 4); v += blockDim.x) {
+                    d4j_unpack<T>(ssq[v], a);
+                    d4j_unpack<T>(tsq[v], b);
+                    f(v * 4, a, b);
+                }
+                for (int v = (int)(held / 4) + threadIdx.x; v < (int)(n / 4); v += blockDim.x) {
+                    d4j_unpack<T>(sgq[v], a);
+                    d4j_unpack<T>(__ldg(&tgq[v]), b);
+                    f(v * 4, a, b);
+                }
+            } else {
+                float a[1], b[1];
+                for (int i = threadIdx.x; i < (int)held; i += blockDim.x) {
+                    a[0] = d4j_f(ss[i]);
+                    b[0] = d4j_f(ts[i]);
+                    f(i, a, b);
+                }
+                for (int i = (int)held + threadIdx.x; i < (int)n; i += blockDim.x) {
+                    a[0] = d4j_f(sg[i]);
+                    b[0] = d4j_f(tg[i]);
+                    f(i, a, b);
+                }
+            }
+        };
+        // The one pass over HBM. Staged: copy [0, held) to shared memory keeping only the maxima
+        // (measured: online sums here delay the next loads, 8k-128k columns ran 15-20% slower);
+        // the sums follow from shared memory. Not staged: online max and sums.
         D4jOnline os = {-INFINITY, 0.f, 0.f}, ot = {-INFINITY, 0.f, 0.f};
         if (STAGED) {
-            constexpr int V = 16 / sizeof(T);  // elements per 16-byte copy
-            if ((((uintptr_t)sr | (uintptr_t)tr) & 15) == 0 && n % V == 0) {
-                const float4* s4 = reinterpret_cast<const float4*>(sr);
-                const float4* t4 = reinterpret_cast<const float4*>(tr);
+            if (vec) {
+                const float4* s4 = reinterpret_cast<const float4*>(sg);
+                const float4* t4 = reinterpret_cast<const float4*>(tg);
                 float4* ss4 = reinterpret_cast<float4*>(ss);
                 float4* ts4 = reinterpret_cast<float4*>(ts);
 #pragma unroll 4
-                for (int64_t v = threadIdx.x; v < n / V; v += blockDim.x) {
+                for (int v = threadIdx.x; v < (int)(held / V); v += blockDim.x) {
                     float4 a = s4[v], b = __ldg(&t4[v]);
                     ss4[v] = a;
                     ts4[v] = b;
@@ -393,72 +532,94 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
                     }
                 }
             } else {
-                for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-                    T a = sr[i], b = tr[i];
+                for (int i = threadIdx.x; i < (int)held; i += blockDim.x) {
+                    T a = sg[i], b = tg[i];
                     ss[i] = a;
                     ts[i] = b;
                     os.m = fmaxf(os.m, d4j_f(a));
                     ot.m = fmaxf(ot.m, d4j_f(b));
                 }
             }
-            sr = ss;
-            tr = ts;
-        } else {
-            for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-                d4j_online(os, d4j_f(sr[i]), k.invT, k.hard);
-                d4j_online(ot, d4j_f(tr[i]), k.invT, false);
+            for (int i = (int)held + threadIdx.x; i < (int)n; i += blockDim.x) {
+                os.m = fmaxf(os.m, d4j_f(sg[i]));
+                ot.m = fmaxf(ot.m, d4j_f(tg[i]));
             }
+        } else {
+            each([&](int, const auto& sv, const auto& tv) {
+                constexpr int W = sizeof(sv) / sizeof(float);
+#pragma unroll
+                for (int j = 0; j < W; j++) {
+                    d4j_online(os, sv[j], k.invT, k.hard);
+                    d4j_online(ot, tv[j], k.invT, false);
+                }
+            });
         }
-        float mx[2] = {d4j_block_max(os.m), d4j_block_max(ot.m)};  // block_max synchronises: the staged slice is complete
-        d4j_cluster_combine<CL, 2>(mx, true, slots[0], outs[0]);
-        const float ms = mx[0], mt = mx[1];
+        float mx[2] = {os.m, ot.m};
+        d4j_block_reduce<2, true>(mx);  // synchronises: the staged slice is complete
+        // This block's sums, relative to its own maxima (0 when the slice holds no finite value:
+        // a top-k teacher's slice can be all -inf).
+        const float rs = mx[0] == -INFINITY ? 0.f : mx[0], rt = mx[1] == -INFINITY ? 0.f : mx[1];
         float sum[3] = {0.f, 0.f, 0.f};
         if (STAGED) {
-            for (int64_t i = threadIdx.x; i < n; i += blockDim.x) d4j_kd_sums(k, ms, mt, d4j_f(sr[i]), d4j_f(tr[i]), sum[0], sum[1], sum[2]);
+            each([&](int, const auto& sv, const auto& tv) {
+                constexpr int W = sizeof(sv) / sizeof(float);
+#pragma unroll
+                for (int j = 0; j < W; j++) d4j_kd_sums(k, rs, rt, sv[j], tv[j], sum[0], sum[1], sum[2]);
+            });
         } else {
-            sum[0] = d4j_rescaled(os.sa, os.m, ms, k.invT);
-            sum[1] = d4j_rescaled(ot.sa, ot.m, mt, k.invT);
-            sum[2] = k.hard ? d4j_rescaled(os.s1, os.m, ms, 1.f) : 0.f;
+            sum[0] = d4j_rescaled(os.sa, os.m, rs, k.invT);
+            sum[1] = d4j_rescaled(ot.sa, ot.m, rt, k.invT);
+            sum[2] = k.hard ? d4j_rescaled(os.s1, os.m, rs, 1.f) : 0.f;
         }
-        sum[0] = d4j_block_sum(sum[0]);
-        sum[1] = d4j_block_sum(sum[1]);
-        sum[2] = d4j_block_sum(sum[2]);
-        d4j_cluster_combine<CL, 3>(sum, false, slots[1], outs[1]);
+        d4j_block_reduce<3, false>(sum);
+        float ms = mx[0], mt = mx[1];
+#ifdef D4J_HAS_CLUSTERS
+        if constexpr (CL > 1) d4j_cluster_merge<CL>(ms, mt, sum[0], sum[1], sum[2], k.invT, slots, merged, seq);
+#endif
         const D4jRow st = {ms, mt, logf(sum[0]), logf(sum[1]), logf(sum[2])};
-        float dv[3] = {0.f, 0.f, 0.f};  // D, sum p g, s[y]
-        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-            float sv = d4j_f(sr[i]), tv = d4j_f(tr[i]);
-            if (lo + i == y) dv[2] = sv;
-            // KL, MSE: the gradient now (element i is read before it is written, in place too)
-            if (k.fused && grad) grad[base + lo + i] = d4j_to<T>(d4j_kd_term_grad(k, st, sv, tv, lo + i == y, scale, dv[0]));
-            else d4j_kd_term(k, st, sv, tv, dv[0], dv[1]);
-        }
-        dv[0] = d4j_block_sum(dv[0]);
-        dv[1] = d4j_block_sum(dv[1]);
-        dv[2] = d4j_block_sum(dv[2]);
-        d4j_cluster_combine<CL, 3>(dv, false, slots[2], outs[2]);
-        if (threadIdx.x == 0 && rank == 0) {
-            soft += k.softWeight * dv[0];
-            if (k.hard) hard += (1.f - alpha) * -((dv[2] - ms) - st.lse1);
-        }
-        if (grad && !k.fused) {
-            // In place over s is safe: staged, s is read from shared memory; not staged, each
-            // thread reads element i before writing it, and s[y] was read in the pass above.
-            for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-                grad[base + lo + i] = d4j_to<T>(d4j_kd_grad(k, st, d4j_f(sr[i]), d4j_f(tr[i]), lo + i == y, dv[1], scale));
+        float pgs[2] = {0.f, 0.f};  // sum p g and sum p of the row (reverse KL, JSD)
+        // KL, MSE: the gradient in this pass (element i is read before it is written, in place too)
+        each([&](int i, const auto& sv, const auto& tv) {
+            constexpr int W = sizeof(sv) / sizeof(float);
+            float g[W];
+#pragma unroll
+            for (int j = 0; j < W; j++) {
+                const int64_t c = lo + i + j;
+                if (k.hard && c == y) hsum -= (sv[j] - ms) - st.lse1;
+                if (k.fused && grad) g[j] = d4j_kd_term_grad(k, st, sv[j], tv[j], c == y, scale, dsum);
+                else d4j_kd_term(k, st, sv[j], tv[j], dsum, pgs[0], pgs[1]);
             }
+            if (k.fused && grad) d4j_store<T>(grad + base + lo + i, g);
+        });
+        if (grad && !k.fused) {
+            d4j_block_reduce<2, false>(pgs);
+#ifdef D4J_HAS_CLUSTERS
+            if constexpr (CL > 1) d4j_cluster_sum2<CL>(pgs, slots, merged, seq);
+#endif
+            const float pg = pgs[1] > 0.f ? pgs[0] / pgs[1] : 0.f;
+            // In place over s is safe: staged elements are read from shared memory; the others are
+            // read by the thread that writes them, and s[y] was read in the pass above.
+            each([&](int i, const auto& sv, const auto& tv) {
+                constexpr int W = sizeof(sv) / sizeof(float);
+                float g[W];
+#pragma unroll
+                for (int j = 0; j < W; j++) g[j] = d4j_kd_grad(k, st, sv[j], tv[j], lo + i + j == y, pg, scale);
+                d4j_store<T>(grad + base + lo + i, g);
+            });
         }
-        __syncthreads();  // the staged slice is read by everyone before the next row overwrites it
+        if (STAGED) __syncthreads();  // the staged slice is read by everyone before the next row overwrites it
     }
 #ifdef D4J_HAS_CLUSTERS
     if (CL > 1) cooperative_groups::this_cluster().sync();  // no block leaves while another may read its slots
 #endif
-    d4j_kd_finish(rank == 0 ? soft : 0.f, rank == 0 ? hard : 0.f, partials, counters, normalizer, loss, nout);
+    float acc[2] = {dsum, hsum};
+    d4j_block_reduce<2, false>(acc);
+    d4j_kd_finish(k.softWeight * acc[0], (1.f - alpha) * acc[1], partials, counters, normalizer, loss, nout);
 }
 
-// ptxas for sm_100 spills a few bytes in these kernels under the default 512-thread bound, and
-// none when told one block per SM suffices; sm_80..sm_90 use ~50 registers without it, which keeps
-// several blocks per SM there.
+// ptxas for sm_100 and sm_120 caps these kernels at 64 registers under a bare 512-thread bound and
+// spills a few bytes; told one block per SM suffices it uses what it needs (sm_80..sm_90 take ~40
+// without it, which keeps several blocks per SM there).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000
 #define D4J_KD_BLOCK_BOUNDS __launch_bounds__(512, 1)
 #else
@@ -467,15 +628,17 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
 
 #define D4J_KD_PARAMS(T) const T* s, const T* __restrict__ t, const int64_t* __restrict__ labels, int64_t rows, int64_t cols, int div, \
     float temperature, float alpha, float beta, int64_t ignore, unsigned long long* __restrict__ counters, float normalizer, \
-    float* __restrict__ partials, float* __restrict__ loss, int nout, T* grad, int64_t chunk
+    float* __restrict__ partials, float* __restrict__ loss, int nout, T* grad, int64_t chunk, int64_t staged
 #define D4J_KD_ARGS s, t, labels, rows, cols, div, temperature, alpha, beta, ignore, counters, normalizer, partials, loss, nout, grad
 
+// Warp kernels: (256, 2) because without the floor of 2 blocks, ptxas for sm_120 held them to 64
+// registers and spilled.
 #define D4J_KD_WARP(NAME, T, ITEMS) \
-    extern "C" __global__ void __launch_bounds__(256) NAME(D4J_KD_PARAMS(T)) { d4j_kd_warp<T, ITEMS>(D4J_KD_ARGS); }
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME(D4J_KD_PARAMS(T)) { d4j_kd_warp<T, ITEMS>(D4J_KD_ARGS); }
 #define D4J_KD_BLOCK(NAME, T, CL, STAGED) \
-    extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, STAGED>(D4J_KD_ARGS, chunk); }
+    extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, STAGED>(D4J_KD_ARGS, chunk, staged); }
 #define D4J_KD_BLOCK1(NAME, T, STAGED) \
-    extern "C" __global__ void D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, 1, STAGED>(D4J_KD_ARGS, chunk); }
+    extern "C" __global__ void D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, 1, STAGED>(D4J_KD_ARGS, chunk, staged); }
 
 D4J_KD_WARP(d4j_kd_warp1_f32, float, 1)
 D4J_KD_WARP(d4j_kd_warp2_f32, float, 2)
@@ -494,9 +657,11 @@ D4J_KD_BLOCK1(d4j_kd_reread_bf16, __nv_bfloat16, false)
 D4J_KD_BLOCK(d4j_kd_cluster2_f32, float, 2, true)
 D4J_KD_BLOCK(d4j_kd_cluster4_f32, float, 4, true)
 D4J_KD_BLOCK(d4j_kd_cluster8_f32, float, 8, true)
+D4J_KD_BLOCK(d4j_kd_cluster16_f32, float, 16, true)
 D4J_KD_BLOCK(d4j_kd_cluster2_bf16, __nv_bfloat16, 2, true)
 D4J_KD_BLOCK(d4j_kd_cluster4_bf16, __nv_bfloat16, 4, true)
 D4J_KD_BLOCK(d4j_kd_cluster8_bf16, __nv_bfloat16, 8, true)
+D4J_KD_BLOCK(d4j_kd_cluster16_bf16, __nv_bfloat16, 16, true)
 
 // dense [rows, cols] = -inf, then dense[r, idx[r, j]] = val[r, j]; out-of-range indices are skipped
 // and flagged in flag[0] (checked by the host).

@@ -13,7 +13,7 @@ import org.distill4j.core.loss.DistillationLoss;
  * place over the student) at 16384 rows and C in {1k, 8k, 32k, 128k, 256k}, next to a
  * device-to-device copy of the same bytes in the same run. Bytes moved per evaluation: student and
  * teacher read, gradient written = 12 x rows x C. Median of 7 timed repeats of 10 evaluations
- * (CUDA events). Run on the GPU machine:
+ * (CUDA events; a sweep's variants: median of 5 x 3). Run on the GPU machine:
  *   bash .device/on-device.sh java org.distill4j.bench.GpuLossBench [--sweep] [rows] [C ...]
  * --sweep also times every launch variant (regime, cluster size, blocks per SM) the planner picks from.
  * Prints per C: "loss C=<C>: <GB/s> GB/s, <x>% of copy (<GB/s> GB/s), <ms> ms".
@@ -29,6 +29,7 @@ public final class GpuLossBench {
             : new int[] {1000, 8000, 32000, 128000, 256000};
         try (CudaBackend gpu = CudaBackend.create(0)) {
             System.out.println("device: " + gpu.context().device());
+            warmUp(gpu);
             for (int c : classes) {
                 try (Tensor s = gpu.empty(DType.F32, rows, c); Tensor t = gpu.empty(DType.F32, rows, c); Tensor y = gpu.empty(DType.I64, rows);
                      Tensor loss = gpu.empty(DType.F32, 1)) {
@@ -46,26 +47,31 @@ public final class GpuLossBench {
                         gpu.context().copy(sb, 0, tb, 0, tb.byteSize());
                         gpu.context().copy(sb, 0, tb, 0, tb.byteSize() / 2);
                     };
-                    double lossMs = median(gpu, lossWork), copyMs = median(gpu, copyWork);
+                    double lossMs = median(gpu, lossWork, 7, 10), copyMs = median(gpu, copyWork, 7, 10);
                     double lossGBs = bytes / lossMs / 1e6, copyGBs = bytes / copyMs / 1e6;
                     System.out.printf("loss C=%d: %.1f GB/s, %.1f%% of copy (%.1f GB/s), %.3f ms [%s]%n", c, lossGBs, 100 * lossGBs / copyGBs, copyGBs, lossMs,
                         gpu.distillPlan(rows, c, DType.F32));
                     if (sweep) {
-                        // Every launch variant the planner chooses among, same data, same copy baseline.
+                        // Every launch variant the planner chooses among, same data, same copy baseline:
+                        // regime x cluster size x blocks per SM x most staged bytes a block (distinct plans only).
+                        java.util.Set<DistillKernels.Plan> seen = new java.util.LinkedHashSet<>();
                         for (String regime : new String[] {"block", "cluster", "reread"}) {
-                            for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8} : new int[] {1}) {
-                                for (int perSm : new int[] {1, 2, 4, 0}) {
-                                    DistillKernels.Plan plan;
-                                    try {
-                                        plan = gpu.distillPlans().explicit(regime, cl, perSm, rows, c, 4);
-                                    } catch (IllegalArgumentException notHere) {
-                                        continue;
+                            for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8, 16} : new int[] {1}) {
+                                for (int perSm : new int[] {2, 0}) {
+                                    for (long stage : new long[] {Long.MAX_VALUE, 96 * 1024, 64 * 1024}) {
+                                        try {
+                                            seen.add(gpu.distillPlans().explicit(regime, cl, perSm, rows, c, 4, stage));
+                                        } catch (IllegalArgumentException notHere) {
+                                            // the regime cannot run this shape
+                                        }
                                     }
-                                    double ms = median(gpu, () -> gpu.distillationLoss(s, t, y, cfg, rows, loss, s, plan));
-                                    System.out.printf("  variant C=%d %s cl=%d perSm=%s: %.1f GB/s, %.1f%% of copy, %.3f ms%n", c, regime, cl,
-                                        perSm == 0 ? "max" : String.valueOf(perSm), bytes / ms / 1e6, 100 * bytes / ms / 1e6 / copyGBs, ms);
                                 }
                             }
+                        }
+                        for (DistillKernels.Plan plan : seen) {
+                            double ms = median(gpu, () -> gpu.distillationLoss(s, t, y, cfg, rows, loss, s, plan), 5, 3);
+                            System.out.printf("  variant C=%d %s cl=%d blocks=%d staged=%d/%d: %.1f GB/s, %.1f%% of copy, %.3f ms%n", c, plan.regime(),
+                                plan.clusterSize(), plan.blocks(), plan.staged(), plan.chunk(), bytes / ms / 1e6, 100 * bytes / ms / 1e6 / copyGBs, ms);
                         }
                     }
                 }
@@ -73,10 +79,23 @@ public final class GpuLossBench {
         }
     }
 
-    private static double median(CudaBackend gpu, Runnable work) {
-        gpu.context().timeMillis(3, work); // warm up
-        double[] ms = new double[7];
-        for (int i = 0; i < ms.length; i++) ms[i] = gpu.context().timeMillis(10, work) / 10.0;
+    /** About a second of copies first, so that the first C is not measured while the GPU clocks up. */
+    private static void warmUp(CudaBackend gpu) {
+        try (Tensor a = gpu.empty(DType.F32, 1 << 28); Tensor b = gpu.empty(DType.F32, 1 << 28)) {
+            DeviceBuffer ab = new DeviceBuffer(a.data(), a.byteSize()), bb = new DeviceBuffer(b.data(), b.byteSize());
+            long end = System.nanoTime() + 1_000_000_000L;
+            while (System.nanoTime() < end) gpu.context().timeMillis(10, () -> gpu.context().copy(ab, 0, bb, 0, bb.byteSize()));
+        }
+    }
+
+    /** Median over {@code repeats} timings of {@code inner} back-to-back evaluations (CUDA events), in ms per evaluation. */
+    private static double median(CudaBackend gpu, Runnable work, int repeats, int inner) {
+        // Warm up for 300 ms at least: the JIT compiles the host path (cold, it made the first C
+        // measured host-bound: 1k columns 0.20 ms an evaluation cold, 0.11 ms warm).
+        long end = System.nanoTime() + 300_000_000L;
+        do gpu.context().timeMillis(3, work); while (System.nanoTime() < end);
+        double[] ms = new double[repeats];
+        for (int i = 0; i < ms.length; i++) ms[i] = gpu.context().timeMillis(inner, work) / inner;
         Arrays.sort(ms);
         return ms[ms.length / 2];
     }

@@ -19,22 +19,32 @@ class DistillKernelsPlanTest {
 
     @Test
     void regimesByRowLength() {
-        assertEquals(new Plan("d4j_kd_warp1_f32", "warp", 1, 2112, 256, 0, 0), h100.plan(20000, 1, 4));
+        assertEquals(new Plan("d4j_kd_warp1_f32", "warp", 1, 2112, 256, 0, 0, 0), h100.plan(20000, 1, 4));
         assertEquals("d4j_kd_warp16_bf16", h100.plan(100, 512, 2).kernel());
         Plan p = h100.plan(16384, 513, 4);
         assertEquals("block", p.regime());
         assertEquals(520, p.chunk(), "chunks are whole 16-byte vectors of bf16 (8 elements)");
+        assertEquals(p.chunk(), p.staged(), "a block stages its whole row");
         assertEquals(128, p.threads(), "about 8 columns a thread, at least 128 threads");
         assertEquals("block", h100.plan(16384, 12288, 4).regime(), "96 KiB: the largest staged fp32 row of one block");
         Plan c = h100.plan(16384, 12289, 4);
-        assertEquals("d4j_kd_cluster2_f32", c.kernel());
+        assertEquals("d4j_kd_cluster2_f32", c.kernel(), "beyond one block: a pair");
         assertEquals(6152, c.chunk());
+        assertEquals(c.chunk(), c.staged(), "each half fits whole");
         assertEquals(c.chunk() * 8, c.sharedBytes(), "student + teacher slices");
-        assertEquals("d4j_kd_cluster4_f32", h100.plan(16384, 32000, 4).kernel());
-        assertEquals("d4j_kd_cluster8_f32", h100.plan(16384, 98304, 4).kernel());
-        assertEquals("reread", h100.plan(16384, 98305, 4).regime());
-        assertEquals("d4j_kd_cluster8_bf16", h100.plan(16384, 131072, 2).kernel(), "bf16 halves the staged bytes");
+        Plan partial = h100.plan(16384, 32000, 4);
+        assertEquals("d4j_kd_cluster2_f32", partial.kernel());
+        assertEquals(16000, partial.chunk());
+        assertEquals(12288, partial.staged(), "96 KiB staged, the rest of the half re-read");
+        assertEquals(DistillKernels.MAX_STAGE_BYTES, partial.sharedBytes());
+        assertEquals(264, partial.blocks(), "two blocks an SM");
+        assertEquals("cluster", h100.plan(16384, 32768, 4).regime(), "3/4 of each half staged: still a pair");
+        assertEquals("reread", h100.plan(16384, 32769, 4).regime(), "less than 3/4: re-read");
+        assertEquals("reread", h100.plan(16384, 262144, 4).regime());
+        assertEquals("cluster", h100.plan(16384, 65536, 2).regime(), "bf16 halves the bytes");
+        assertEquals("reread", h100.plan(16384, 65537, 2).regime());
         assertEquals("reread", sm80.plan(16384, 12289, 4).regime(), "no clusters before sm_90");
+        assertEquals(0, sm80.plan(16384, 12289, 4).staged());
     }
 
     @Test
@@ -46,7 +56,7 @@ class DistillKernelsPlanTest {
                         Plan p = k.plan(rows, cols, bytes);
                         assertTrue(p.blocks() >= 1 && p.blocks() <= k.maxBlocks(), p + " vs " + k.maxBlocks());
                         assertEquals(0, p.blocks() % p.clusterSize(), p + ": whole clusters");
-                        assertTrue(p.sharedBytes() <= OPTIN_H100 - 1024, p.toString());
+                        assertTrue(p.sharedBytes() <= OPTIN_H100 - DistillKernels.STATIC_SHARED_BYTES, p.toString());
                         if (!p.regime().equals("warp")) assertTrue(p.blocks() / p.clusterSize() <= rows, p + ": no idle groups");
                     }
                 }
@@ -63,5 +73,8 @@ class DistillKernelsPlanTest {
         assertThrows(IllegalArgumentException.class, () -> sm80.explicit("cluster", 2, 0, 10, 32000, 4));
         assertThrows(IllegalArgumentException.class, () -> h100.explicit("split", 1, 0, 10, 32000, 4));
         assertEquals(132, h100.explicit("reread", 1, 1, 16384, 262144, 4).blocks(), "one block per SM when asked");
+        assertThrows(IllegalArgumentException.class, () -> h100.explicit("block", 1, 0, 10, 8000, 4, 32 * 1024), "a block stages its whole row");
+        assertEquals(4096, h100.explicit("cluster", 2, 0, 10, 32000, 4, 32 * 1024).staged(), "a cluster's block may stage part of its slice");
+        assertThrows(IllegalArgumentException.class, () -> h100.explicit("cluster", 2, 0, 10, 32000, 4, 16));
     }
 }

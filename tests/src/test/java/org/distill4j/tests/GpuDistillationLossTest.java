@@ -36,7 +36,7 @@ class GpuDistillationLossTest {
     }
 
     /**
-     * Every regime of the one-launch kernel (warp, block, cluster on sm_90+, reread), fp32 and
+     * Every regime the planner picks (warp, block, cluster on sm_90+, reread), fp32 and
      * bf16, every divergence, random T in {0.1, 1, 4, 100} (logits up to +-1e4 at T = 0.1), ignored
      * rows, normalizer given or counted, and more rows than the grid holds (blocks loop).
      */
@@ -69,6 +69,7 @@ class GpuDistillationLossTest {
             double relative = dtype == DType.BF16 ? 1e-2 : 1e-4;
             assertGradientClose(cpuOut[1], gpuOut[1], relative, what);
         }
+        // clusters (pairs) only on sm_90+, for rows up to 32k fp32 columns; longer rows re-read
         java.util.Set<String> expected = new java.util.TreeSet<>(java.util.List.of("warp", "block", "reread"));
         if (gpu.context().device().computeMajor() >= 9) expected.add("cluster");
         assertEquals(expected, regimes, "regimes exercised");
@@ -86,25 +87,33 @@ class GpuDistillationLossTest {
         int checked = 0;
         for (int[] shape : new int[][] {{40, 1000}, {16, 32000}, {6, 131072}, {3, 262144}}) {
             int rows = shape[0], cols = shape[1];
+            // sparse: a top-k-like teacher, finite in its first 100 columns only, so that every
+            // cluster rank but the first stages an all -inf teacher slice
+            for (boolean sparse : cols == 32000 ? new boolean[] {false, true} : new boolean[] {false})
             for (DType dtype : new DType[] {DType.F32, DType.BF16}) for (Divergence div : new Divergence[] {Divergence.KL, Divergence.JSD}) {
                 float[] s = gaussian(rows * cols, 5), te = gaussian(rows * cols, 5);
+                if (sparse) for (int i = 0; i < te.length; i++) if (i % cols >= 100) te[i] = Float.NEGATIVE_INFINITY;
                 long[] y = new long[rows];
                 for (int r = 0; r < rows; r++) y[r] = r % 3 == 2 ? -100 : random.nextInt(cols);
                 DistillationLoss cfg = new DistillationLoss(div, 4f, 0.7f, 0.4f, -100);
                 float[][] cpu = run(CpuBackend.get(), s, te, y, rows, cols, cfg, dtype, 0, null);
                 int bytes = dtype == DType.BF16 ? 2 : 4;
                 for (String regime : new String[] {"block", "cluster", "reread"}) {
-                    for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8} : new int[] {1}) {
+                    for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8, 16} : new int[] {1}) {
                         if (cl > 1 && !clusters) continue;
+                        // most staged bytes a block: all the device has, or 64 KiB (longer slices
+                        // then re-read their tail: the partially staged path)
+                        for (long stage : new long[] {Long.MAX_VALUE, 64 * 1024})
                         for (int perSm : new int[] {1, 0}) {
                             org.distill4j.bindings.kernels.DistillKernels.Plan plan;
                             try {
-                                plan = k.explicit(regime, cl, perSm, rows, cols, bytes);
+                                plan = k.explicit(regime, cl, perSm, rows, cols, bytes, stage);
                             } catch (IllegalArgumentException tooBig) {
                                 continue; // the slice does not fit this device's shared memory
                             }
+                            if (stage != Long.MAX_VALUE && plan.staged() == plan.chunk()) continue; // same as the full-stage plan
                             float[][] got = run(gpu, s, te, y, rows, cols, cfg, dtype, 0, plan);
-                            String what = dtype + " " + div + " " + rows + "x" + cols + " " + plan;
+                            String what = dtype + " " + div + " " + rows + "x" + cols + (sparse ? " sparse teacher " : " ") + plan;
                             assertEquals(cpu[0][0], got[0][0], 1e-4 * Math.max(1e-2, Math.abs(cpu[0][0])), what + " loss");
                             assertGradientClose(cpu[1], got[1], dtype == DType.BF16 ? 1e-2 : 1e-4, what);
                             checked++;

@@ -13,27 +13,45 @@ import org.distill4j.bindings.cuda.cuda_h;
  * a [rows, cols] problem ({@link #plan}) and launches it, one launch per evaluation.
  *
  * <p>Regimes (the kernel file's header explains each): a warp per row for {@code cols <= 512},
- * a block per row with the row staged in shared memory while it fits in {@link #PREFERRED_STAGE_BYTES},
- * a cluster of 2, 4 or 8 blocks per row on sm_90+ beyond that (each staging a slice of at most that
- * size), and for longer rows a block per row that re-reads global memory (from L2, mostly). Grids are about one wave;
- * blocks loop over rows, so the loss partials stay within {@link #maxBlocks()} entries.
+ * a block per row with the row staged in shared memory while it fits in {@link #MAX_STAGE_BYTES},
+ * on sm_90+ a cluster of two blocks per row while each can stage 3/4 of its half (the rest
+ * re-read from L2), and beyond that (or before sm_90) a block per row that re-reads global memory.
+ * Clusters of 4, 8 and 16 blocks, and partial staging at any size, are there for
+ * {@link #explicit} plans: measured, not faster ({@code GpuLossBench --sweep}). Grids are about one wave; blocks loop
+ * over rows, so the loss partials stay within {@link #maxBlocks()} entries. The thresholds are
+ * measured on an H100 ({@code GpuLossBench --sweep}, bench/RESULTS.md).
  */
 public final class DistillKernels {
     /** Largest warp-regime row: 16 values per lane (ptxas keeps them in registers without spills). */
     public static final int WARP_MAX_COLS = 512;
-    /** Staged bytes per block we aim for: 96 KiB leaves room for two blocks per SM on sm_90. */
-    public static final int PREFERRED_STAGE_BYTES = 96 * 1024;
+    /** Most staged bytes a block the planner uses: two blocks still fit an SM. */
+    public static final int MAX_STAGE_BYTES = 96 * 1024;
     /** Threads per block: warp regime (8 warps); block/cluster regimes at most (the kernels' launch bound) and at least. */
     public static final int WARP_THREADS = 256, BLOCK_THREADS = 512, MIN_BLOCK_THREADS = 128;
+    /** Registers an SM (sm_80 to sm_120). */
+    private static final int REGISTERS_PER_SM = 65536;
+    /** Registers a thread assumed when planning without a loaded module (the block kernels use 40-58 on sm_80-sm_90). */
+    static final int ASSUMED_REGISTERS = 64;
     /** Resident blocks per SM we plan for at most (sm_80+ allows 32). */
     private static final int MAX_BLOCKS_PER_SM = 16;
+    /**
+     * Upper bound on the kernels' static shared memory (reductions, cluster slots: 1,088 B on
+     * sm_90), kept free of staging; checked against the loaded kernel.
+     */
+    public static final int STATIC_SHARED_BYTES = 2048;
+    /** Largest cluster (explicit plans): 16 is beyond the portable 8 (the kernel opts in; an H100 runs it). */
+    public static final int MAX_CLUSTER = 16;
 
-    /** Which kernel, its grid and dynamic shared memory; {@code chunk} = columns each block stages. */
-    public record Plan(String kernel, String regime, int clusterSize, int blocks, int threads, int sharedBytes, long chunk) {}
+    /**
+     * Which kernel, its grid and dynamic shared memory; {@code chunk} = columns of the row each block
+     * owns, {@code staged} = how many of them it holds in shared memory (0: re-read regime).
+     */
+    public record Plan(String kernel, String regime, int clusterSize, int blocks, int threads, int sharedBytes, long chunk, long staged) {}
 
     private final KernelModule module;
     private final int multiprocessors, computeMajor, maxSharedOptin;
     private final ConcurrentHashMap<String, MemorySegment> functions = new ConcurrentHashMap<>();
+    private final ConcurrentHashMap<String, Integer> registers = new ConcurrentHashMap<>();
 
     public DistillKernels(KernelModule module, int multiprocessors, int computeMajor, int maxSharedBytesPerBlockOptin) {
         this.module = module;
@@ -55,31 +73,41 @@ public final class DistillKernels {
             if (items * 32L < cols) items <<= 1;
             long warps = WARP_THREADS / 32;
             int blocks = (int) Math.min((rows + warps - 1) / warps, maxBlocks());
-            return new Plan("d4j_kd_warp" + items + "_" + type, "warp", 1, blocks, WARP_THREADS, 0, 0);
+            return new Plan("d4j_kd_warp" + items + "_" + type, "warp", 1, blocks, WARP_THREADS, 0, 0, 0);
         }
-        // Staged only while two blocks fit an SM: with one (128k fp32 columns in a cluster of 8),
-        // nothing loads while the block computes, and the re-reading kernel (4 blocks per SM,
-        // re-reads served mostly by L2) measured faster on an H100 (bench/RESULTS.md).
-        int limit = Math.min(PREFERRED_STAGE_BYTES, maxSharedOptin - 1024);  // 1 KiB: the kernels' static shared memory
-        for (int cl : computeMajor >= 9 ? new int[] {1, 2, 4, 8} : new int[] {1}) {
-            if (stagedBytes(cols, cl, elementBytes) <= limit) return explicit(cl == 1 ? "block" : "cluster", cl, 0, rows, cols, elementBytes);
+        int limit = Math.min(MAX_STAGE_BYTES, maxSharedOptin - STATIC_SHARED_BYTES);
+        if (sliceBytes(cols, 1, elementBytes) <= limit) return explicit("block", 1, 0, rows, cols, elementBytes, limit);
+        // sm_90+: a pair of blocks per row while each stages at least 3/4 of its half (up to 32k fp32
+        // columns), the rest of the half re-read from L2; longer rows re-read. Measured on an H100
+        // at 32k: 1,862 GB/s for the pair (96 KiB staged of 128 KiB) against 1,570 for 8 blocks of
+        // 32 KiB, 1,465 for 4 of 64 KiB and 1,372 re-reading; at 128k and 256k no cluster beat the
+        // re-reading block (1,404 GB/s) by more than 0.2% (bench/RESULTS.md).
+        if (computeMajor >= 9 && 4 * (long) limit >= 3 * sliceBytes(cols, 2, elementBytes)) {
+            return explicit("cluster", 2, 0, rows, cols, elementBytes, limit);
         }
         return explicit("reread", 1, 0, rows, cols, elementBytes);
     }
 
-    private static long stagedBytes(long cols, int cl, int elementBytes) {
-        return roundUp((cols + cl - 1) / cl, 8) * 2L * elementBytes;  // student + teacher slices
+    /** Bytes of a block's slice of both rows (student + teacher) in a cluster of {@code cl}. */
+    private static long sliceBytes(long cols, int cl, int elementBytes) {
+        return roundUp((cols + cl - 1) / cl, 8) * 2L * elementBytes;
+    }
+
+    /** {@link #explicit(String, int, int, long, long, int, long)} staging as much of each slice as the device allows. */
+    public Plan explicit(String regime, int clusterSize, int blocksPerSm, long rows, long cols, int elementBytes) {
+        return explicit(regime, clusterSize, blocksPerSm, rows, cols, elementBytes, maxSharedOptin - STATIC_SHARED_BYTES);
     }
 
     /**
-     * A plan for a named regime ("block", "cluster", "reread"), cluster size and
-     * resident blocks per SM (0: as many as fit), for benchmarks that compare regimes and tests that
-     * check each against the CPU. {@link #plan} picks among these.
+     * A plan for a named regime ("block", "cluster", "reread"), cluster size, resident blocks per SM
+     * (0: as many as fit) and most staged bytes a block (student + teacher; the rest of a slice is
+     * re-read), for benchmarks that compare regimes and tests that check each against the CPU.
+     * {@link #plan} picks among these.
      */
-    public Plan explicit(String regime, int clusterSize, int blocksPerSm, long rows, long cols, int elementBytes) {
+    public Plan explicit(String regime, int clusterSize, int blocksPerSm, long rows, long cols, int elementBytes, long maxStageBytes) {
         String type = elementBytes == 2 ? "bf16" : "f32";
         int cl = clusterSize;
-        if (cl != 1 && cl != 2 && cl != 4 && cl != 8) throw new IllegalArgumentException("cluster size " + cl + ": 1, 2, 4 or 8");
+        if (Integer.bitCount(cl) != 1 || cl > MAX_CLUSTER) throw new IllegalArgumentException("cluster size " + cl + ": 1, 2, 4, 8 or 16");
         if (cl > 1 && computeMajor < 9) throw new IllegalArgumentException("clusters need sm_90+, this GPU is sm_" + computeMajor + "x");
         long chunk = roundUp((cols + cl - 1) / cl, 8);
         boolean staged = switch (regime) {
@@ -88,19 +116,34 @@ public final class DistillKernels {
             default -> throw new IllegalArgumentException("unknown fused-loss regime '" + regime + "'");
         };
         if (regime.equals("cluster") != (cl > 1)) throw new IllegalArgumentException(regime + " with cluster size " + cl);
-        long bytes = staged ? stagedBytes(cols, cl, elementBytes) : 0;
-        if (bytes > maxSharedOptin - 1024) throw new IllegalArgumentException(regime + ": " + bytes + " bytes of shared memory a block exceed the device's");
-        // Staged: about 8 columns a thread, so short rows get small blocks and more of them per SM.
+        long held = 0;
+        if (staged) {
+            long fit = Math.min(maxStageBytes, maxSharedOptin - STATIC_SHARED_BYTES) / (2L * elementBytes) / 8 * 8;  // columns, a multiple of 8
+            if (fit < 8) throw new IllegalArgumentException(regime + ": " + maxStageBytes + " bytes stage nothing");
+            held = Math.min(chunk, fit);
+            // A block stages all of its slice, or (clusters only: the longest rows) re-reads the rest.
+            if (held < chunk && regime.equals("block")) {
+                throw new IllegalArgumentException(regime + ": " + sliceBytes(cols, 1, elementBytes) + " bytes of shared memory a block exceed " + maxStageBytes);
+            }
+        }
+        long bytes = held * 2L * elementBytes;
+        // About 8 staged columns a thread, so short rows get small blocks and more of them per SM.
         int threads = staged ? (int) Math.min(BLOCK_THREADS, Math.max(MIN_BLOCK_THREADS, Long.highestOneBit(Math.max(1, chunk / 8)))) : BLOCK_THREADS;
-        int fit = (int) Math.max(1, Math.min(Math.min(2048 / threads, MAX_BLOCKS_PER_SM), (maxSharedOptin + 1024L) / (bytes + 1024)));
-        int perSm = blocksPerSm > 0 ? Math.min(blocksPerSm, fit) : fit;
-        long groups = Math.max(1, Math.min(rows, (long) multiprocessors * perSm / cl));
         String name = switch (regime) {
             case "block" -> "d4j_kd_block_" + type;
             case "cluster" -> "d4j_kd_cluster" + cl + "_" + type;
             default -> "d4j_kd_reread_" + type;
         };
-        return new Plan(name, regime, cl, (int) (groups * cl), threads, (int) bytes, staged ? chunk : cols);
+        // Resident blocks an SM, by threads, by shared memory (an SM's is the opt-in maximum + 1 KiB;
+        // a block takes its dynamic and static bytes plus 1 KiB the system reserves) and by
+        // registers (64K an SM, allocated per thread in multiples of 8): a grid beyond them runs a
+        // second, partial wave (8k columns: 1,900 GB/s planned at 3 blocks an SM that fit 2, 2,173 at 2).
+        long regs = roundUp(registersPerThread(name), 8);
+        int fit = (int) Math.max(1, Math.min(Math.min(Math.min(2048 / threads, MAX_BLOCKS_PER_SM), (maxSharedOptin + 1024L) / (bytes + STATIC_SHARED_BYTES + 1024)),
+            REGISTERS_PER_SM / (regs * threads)));
+        int perSm = blocksPerSm > 0 ? Math.min(blocksPerSm, fit) : fit;
+        long groups = Math.max(1, Math.min(rows, (long) multiprocessors * perSm / cl));
+        return new Plan(name, regime, cl, (int) (groups * cl), threads, (int) bytes, staged ? chunk : cols, held);
     }
 
     /**
@@ -114,14 +157,14 @@ public final class DistillKernels {
         if (rows <= 0) throw new IllegalArgumentException(plan.kernel() + ": needs at least one row, got " + rows);
         MemorySegment fn = function(plan);
         try (Arena a = Arena.ofConfined()) {
-            LaunchArgs la = new LaunchArgs(a, 17).pointer(s).pointer(t);
+            LaunchArgs la = new LaunchArgs(a, 18).pointer(s).pointer(t);
             la = labels.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(labels);
             la = la.i64(rows).i64(cols).i32(divergence).f32(temperature).f32(alpha).f32(beta).i64(ignore).pointer(counters).f32(normalizer)
                 .pointer(partials).pointer(loss).i32(nout);
             la = grad.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(grad);
-            la = la.i64(plan.chunk());
-            CudaException.check(cuda_h.cuLaunchKernel(fn, plan.blocks(), 1, 1, plan.threads(), 1, 1, plan.sharedBytes(), stream, la.segment(),
-                MemorySegment.NULL), "cuLaunchKernel(" + plan.kernel() + ", " + plan.blocks() + " blocks, " + plan.sharedBytes() + " B shared)");
+            la = la.i64(plan.chunk()).i64(plan.staged());
+            int status = cuda_h.cuLaunchKernel(fn, plan.blocks(), 1, 1, plan.threads(), 1, 1, plan.sharedBytes(), stream, la.segment(), MemorySegment.NULL);
+            CudaException.check(status, "cuLaunchKernel(" + plan.kernel() + ", " + plan.blocks() + " blocks, " + plan.sharedBytes() + " B shared)");
         }
     }
 
@@ -133,12 +176,37 @@ public final class DistillKernels {
                 try (Arena a = Arena.ofConfined()) {
                     MemorySegment v = a.allocate(JAVA_INT);
                     CudaException.check(cuda_h.cuFuncGetAttribute(v, cuda_h.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, fn), "cuFuncGetAttribute(" + name + ")");
-                    int dynamic = maxSharedOptin - v.get(JAVA_INT, 0);
+                    int statics = v.get(JAVA_INT, 0);
+                    if (statics > STATIC_SHARED_BYTES) {
+                        throw new IllegalStateException(name + " uses " + statics + " B of static shared memory, more than the " + STATIC_SHARED_BYTES
+                            + " B the planner keeps free (DistillKernels.STATIC_SHARED_BYTES)");
+                    }
+                    int dynamic = maxSharedOptin - statics;
                     CudaException.check(cuda_h.cuFuncSetAttribute(fn, cuda_h.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamic),
                         "cuFuncSetAttribute(" + name + ", max dynamic shared " + dynamic + " B)");
+                    // 16 blocks is beyond the portable cluster size (8): the kernel must opt in.
+                    if (plan.clusterSize() > 8) {
+                        CudaException.check(cuda_h.cuFuncSetAttribute(fn, cuda_h.CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
+                            "cuFuncSetAttribute(" + name + ", non-portable cluster size allowed)");
+                    }
                 }
             }
             return fn;
+        });
+    }
+
+    /**
+     * Registers a thread of the kernel uses (ptxas's choice, read from the loaded module), or
+     * {@link #ASSUMED_REGISTERS} without a module (planning tests without a GPU).
+     */
+    private int registersPerThread(String kernel) {
+        if (module == null) return ASSUMED_REGISTERS;
+        return registers.computeIfAbsent(kernel, name -> {
+            try (Arena a = Arena.ofConfined()) {
+                MemorySegment v = a.allocate(JAVA_INT);
+                CudaException.check(cuda_h.cuFuncGetAttribute(v, cuda_h.CU_FUNC_ATTRIBUTE_NUM_REGS, module.function(name)), "cuFuncGetAttribute(" + name + ", registers)");
+                return v.get(JAVA_INT, 0);
+            }
         });
     }
 

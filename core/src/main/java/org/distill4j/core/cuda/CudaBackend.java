@@ -434,11 +434,13 @@ public final class CudaBackend implements Backend {
 
     /** The fused loss's regime and launch shape for [rows, cols] logits of this dtype (benchmarks and tests report it). */
     public DistillKernels.Plan distillPlan(long rows, long cols, DType dtype) {
+        context.makeCurrent();  // planning reads the kernels' register counts from the module
         return distill.plan(rows, cols, dtype == DType.BF16 ? 2 : 4);
     }
 
     /** The fused loss's kernels, to build explicit plans ({@link DistillKernels#explicit}). */
     public DistillKernels distillPlans() {
+        context.makeCurrent();  // explicit plans read the kernels' register counts on this thread
         return distill;
     }
 
