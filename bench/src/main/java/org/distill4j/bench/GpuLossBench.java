@@ -15,7 +15,7 @@ import org.distill4j.core.loss.DistillationLoss;
  * teacher read, gradient written = 12 x rows x C. Median of 7 timed repeats of 10 evaluations
  * (CUDA events; a sweep's variants: median of 5 x 3). Run on the GPU machine:
  *   bash .device/on-device.sh java org.distill4j.bench.GpuLossBench [--sweep] [rows] [C ...]
- * --sweep also times every launch variant (regime, cluster size, blocks per SM) the planner picks from.
+ * --sweep also times every launch variant (regime, cluster size, blocks per SM, staged bytes, threads a block).
  * Prints per C: "loss C=<C>: <GB/s> GB/s, <x>% of copy (<GB/s> GB/s), <ms> ms".
  */
 public final class GpuLossBench {
@@ -59,10 +59,12 @@ public final class GpuLossBench {
                             for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8, 16} : new int[] {1}) {
                                 for (int perSm : new int[] {2, 0}) {
                                     for (long stage : new long[] {Long.MAX_VALUE, 96 * 1024, 64 * 1024}) {
-                                        try {
-                                            seen.add(gpu.distillPlans().explicit(regime, cl, perSm, rows, c, 4, stage));
-                                        } catch (IllegalArgumentException notHere) {
-                                            // the regime cannot run this shape
+                                        for (int threads : perSm == 0 ? new int[] {0, 64, 128, 256, 512} : new int[] {0}) {
+                                            try {
+                                                seen.add(gpu.distillPlans().explicit(regime, cl, perSm, rows, c, 4, stage, threads));
+                                            } catch (IllegalArgumentException notHere) {
+                                                // the regime cannot run this shape
+                                            }
                                         }
                                     }
                                 }
@@ -70,8 +72,8 @@ public final class GpuLossBench {
                         }
                         for (DistillKernels.Plan plan : seen) {
                             double ms = median(gpu, () -> gpu.distillationLoss(s, t, y, cfg, rows, loss, s, plan), 5, 3);
-                            System.out.printf("  variant C=%d %s cl=%d blocks=%d staged=%d/%d: %.1f GB/s, %.1f%% of copy, %.3f ms%n", c, plan.regime(),
-                                plan.clusterSize(), plan.blocks(), plan.staged(), plan.chunk(), bytes / ms / 1e6, 100 * bytes / ms / 1e6 / copyGBs, ms);
+                            System.out.printf("  variant C=%d %s cl=%d blocks=%d threads=%d staged=%d/%d: %.1f GB/s, %.1f%% of copy, %.3f ms%n", c, plan.regime(),
+                                plan.clusterSize(), plan.blocks(), plan.threads(), plan.staged(), plan.chunk(), bytes / ms / 1e6, 100 * bytes / ms / 1e6 / copyGBs, ms);
                         }
                     }
                 }

@@ -105,6 +105,14 @@ public final class DistillKernels {
      * {@link #plan} picks among these.
      */
     public Plan explicit(String regime, int clusterSize, int blocksPerSm, long rows, long cols, int elementBytes, long maxStageBytes) {
+        return explicit(regime, clusterSize, blocksPerSm, rows, cols, elementBytes, maxStageBytes, 0);
+    }
+
+    /** {@link #explicit(String, int, int, long, long, int, long)} with {@code threadsPerBlock} threads a block (0: the planner's choice; else a multiple of 32 up to 512). */
+    public Plan explicit(String regime, int clusterSize, int blocksPerSm, long rows, long cols, int elementBytes, long maxStageBytes, int threadsPerBlock) {
+        if (threadsPerBlock != 0 && (threadsPerBlock % 32 != 0 || threadsPerBlock < 32 || threadsPerBlock > BLOCK_THREADS)) {
+            throw new IllegalArgumentException("threads a block: a multiple of 32 from 32 to " + BLOCK_THREADS + ", got " + threadsPerBlock);
+        }
         String type = elementBytes == 2 ? "bf16" : "f32";
         int cl = clusterSize;
         if (Integer.bitCount(cl) != 1 || cl > MAX_CLUSTER) throw new IllegalArgumentException("cluster size " + cl + ": 1, 2, 4, 8 or 16");
@@ -128,7 +136,8 @@ public final class DistillKernels {
         }
         long bytes = held * 2L * elementBytes;
         // About 8 staged columns a thread, so short rows get small blocks and more of them per SM.
-        int threads = staged ? (int) Math.min(BLOCK_THREADS, Math.max(MIN_BLOCK_THREADS, Long.highestOneBit(Math.max(1, chunk / 8)))) : BLOCK_THREADS;
+        int threads = threadsPerBlock != 0 ? threadsPerBlock
+            : staged ? (int) Math.min(BLOCK_THREADS, Math.max(MIN_BLOCK_THREADS, Long.highestOneBit(Math.max(1, chunk / 8)))) : BLOCK_THREADS;
         String name = switch (regime) {
             case "block" -> "d4j_kd_block_" + type;
             case "cluster" -> "d4j_kd_cluster" + cl + "_" + type;
