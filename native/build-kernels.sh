@@ -63,7 +63,9 @@ version="$("$nvcc_bin" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
 echo "[native] nvcc $version: $(ls "$src"/*.cu | wc -l) source file(s) -> distill4j.fatbin for sm_{${ARCHS// /,}} + compute_$last"
 tmp="$fatbin.tmp.$$"
 report="$target/ptxas-report.txt"
-"$nvcc_bin" -fatbin -O3 -std=c++17 -Xptxas -v -I"$src" "${gencode[@]}" -o "$tmp" "${srcs[@]}" 2> "$report.tmp" \
+# -compress-all: the driver inflates the fatbin at load; 27 MB of SASS and PTX become ~3 MB (the
+# loss kernels come in KL and reverse-KL/JSD twins since the fourth session).
+"$nvcc_bin" -fatbin -O3 -std=c++17 -Xfatbin=-compress-all -Xptxas -v -I"$src" "${gencode[@]}" -o "$tmp" "${srcs[@]}" 2> "$report.tmp" \
   || { cat "$report.tmp" >&2; rm -f "$tmp"; exit 1; }
 mv "$report.tmp" "$report"
 mv "$tmp" "$fatbin"

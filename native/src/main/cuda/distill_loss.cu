@@ -2,17 +2,19 @@
 // logits t [rows, cols] (fp32 or bf16; arithmetic in fp32), with a = s/T, b = t/T, p = softmax(a),
 // q = softmax(b):
 //   loss = sum_r { alpha T^2 D(q, p) + (1 - alpha) CE(s, y) } / N,   grad[r] = dL/ds_r
-// in ONE launch that reads every logit from global memory once and writes the gradient once.
-// Regimes by the number of classes C (the host picks one, OpKernels.planDistill):
-//   warp    C <= 1024: a warp per row, the row held in registers (ITEMS values per lane, coalesced).
+// in ONE launch. Regimes by the number of classes C (the host picks one, DistillKernels.plan):
+//   warp    C <= 512: a warp per row, the row held in registers (ITEMS values per lane, coalesced).
 //   block   a block per row, the row staged in shared memory (16-byte copies), up to 96 KiB a block.
-//   cluster C beyond one block: a thread-block cluster of CL = 2, 4, 8 or 16 blocks per row (sm_90+;
-//           16 is a non-portable size the host opts in to), each staging 1/CL of the row; each
-//           block's maxima and sums (relative to its own maxima) are merged through distributed
-//           shared memory, in rank order, so every block sees the same bits: one cluster barrier a
-//           row for KL and MSE, two for reverse KL and JSD (their gradient needs sum p g).
-//   reread  rows too long for a cluster's shared memory (fp32 C > ~225k): a block per row that
-//           reads the row from global memory in each pass (kept correct, not read-once).
+//   cluster sm_90+, C beyond one block: a thread-block cluster of CL blocks per row, each staging
+//           its slice or part of it (the rest re-read from L2); the host plans pairs (CL = 2) up to
+//           32k fp32 columns, and CL = 4, 8, 16 (16: a non-portable size the kernel opts in to)
+//           serve explicit plans. Each block's maxima and sums (relative to its own maxima) are
+//           merged through distributed shared memory in a fixed order, so every block sees the
+//           same bits: one cluster barrier a row for KL and MSE, two for reverse KL and JSD.
+//   reread  longer rows, or no clusters: a block per row that reads the row from global memory in
+//           each pass (twice: online max and sums, then divergence and gradient).
+// Every logit is read from global memory once in the first three regimes (when staged whole), and
+// the gradient written once.
 // Blocks loop over rows (a grid of about one wave); every thread adds its elements' loss terms over
 // all its rows in a fixed order (no reduction per row), the block sums its threads once, writes one
 // partial, and the last block to finish (ticket in counters[2]) sums the
@@ -49,6 +51,10 @@ __device__ __forceinline__ float d4j_warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+__device__ __forceinline__ double d4j_warp_sum(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
 __device__ __forceinline__ float d4j_warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
@@ -56,9 +62,9 @@ __device__ __forceinline__ float d4j_warp_max(float v) {
 
 // K values reduced over the block at once (one pair of barriers for all K); every thread gets the
 // results. Sums are formed in a fixed order (lanes, then warps): deterministic.
-template <int K, bool MAX>
-__device__ __forceinline__ void d4j_block_reduce(float (&v)[K]) {
-    __shared__ float partial[K][32];
+template <int K, bool MAX, typename V>
+__device__ __forceinline__ void d4j_block_reduce(V (&v)[K]) {
+    __shared__ V partial[K][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
 #pragma unroll
     for (int j = 0; j < K; j++) v[j] = MAX ? d4j_warp_max(v[j]) : d4j_warp_sum(v[j]);
@@ -70,7 +76,7 @@ __device__ __forceinline__ void d4j_block_reduce(float (&v)[K]) {
     __syncthreads();
 #pragma unroll
     for (int j = 0; j < K; j++) {
-        float x = lane < warps ? partial[j][lane] : (MAX ? -INFINITY : 0.f);
+        V x = lane < warps ? partial[j][lane] : (MAX ? (V)-INFINITY : (V)0);
         v[j] = MAX ? d4j_warp_max(x) : d4j_warp_sum(x);
     }
 }
@@ -80,8 +86,8 @@ __device__ __forceinline__ void d4j_block_reduce(float (&v)[K]) {
 struct D4jKd {
     int div;
     bool hard;  // labels given and alpha < 1: the cross-entropy term is on
-    bool fused;  // KL and MSE: the gradient needs no row sum beyond the log-sum-exps, so it is written in the divergence pass
     float invT, alpha, beta, softWeight /* alpha T^2 */, kSoft /* alpha T */, invCols;
+    double invTd;  // 1 / T for the reverse KL and JSD gradients, which are formed in double
 };
 
 __device__ __forceinline__ D4jKd d4j_kd(int div, float temperature, float alpha, float beta, bool labels, int64_t cols) {
@@ -89,9 +95,9 @@ __device__ __forceinline__ D4jKd d4j_kd(int div, float temperature, float alpha,
     k.div = div;
     k.hard = labels && alpha < 1.f;
     k.invT = 1.f / temperature;
+    k.invTd = 1.0 / (double)temperature;
     k.alpha = alpha;
     k.beta = beta;
-    k.fused = div == 0 || div == 3;
     k.softWeight = alpha * temperature * temperature;
     k.kSoft = alpha * temperature;
     k.invCols = 1.f / (float)cols;
@@ -115,6 +121,14 @@ __device__ __forceinline__ float d4j_log_ratio(const D4jKd& k, const D4jRow& st,
     return ((sv - st.ms) - (tv - st.mt)) * k.invT + (st.lseB - st.lseA);
 }
 
+// The same in double, for the reverse KL and JSD gradients: p (g - sum p g) subtracts two numbers
+// of up to 1e5 (T = 0.1, logits of +-1e4) whose difference may be 1e-3 of them, and an fp32 g has
+// an error of ~1e-2 there (measured: 4e-3 of the largest gradient off). Each logit difference is
+// exact in double; lseA and lseB stay float (their error shifts every g alike, and cancels).
+__device__ __forceinline__ double d4j_log_ratio_d(const D4jKd& k, const D4jRow& st, float sv, float tv) {
+    return (((double)sv - st.ms) - ((double)tv - st.mt)) * k.invTd + ((double)st.lseB - st.lseA);
+}
+
 // JSD: log M - log P (wp) and log M - log Q (wq) for M = beta q + (1 - beta) p, from r = log p - log q:
 // M / Q = 1 + (1 - beta) expm1(r) and M / P = 1 + beta expm1(-r); each computed where it is the
 // accurate one (no cancellation near r = 0, finite wp for a -inf teacher logit).
@@ -124,6 +138,17 @@ __device__ __forceinline__ void d4j_jsd_logs(const D4jKd& k, float r, float& wp,
         wp = wq - r;
     } else {
         wp = log1pf(k.beta * expm1f(-r));
+        wq = wp + r;
+    }
+}
+
+// d4j_jsd_logs in double (the JSD gradient's g = -(1 - beta) wp; see d4j_log_ratio_d).
+__device__ __forceinline__ void d4j_jsd_logs_d(const D4jKd& k, double r, double& wp, double& wq) {
+    if (r <= 0.0) {
+        wq = log1p((1.0 - k.beta) * expm1(r));
+        wp = wq - r;
+    } else {
+        wp = log1p(k.beta * expm1(-r));
         wq = wp + r;
     }
 }
@@ -147,26 +172,31 @@ __device__ __forceinline__ float d4j_rescaled(float sum, float m, float M, float
     return m == -INFINITY ? 0.f : sum * D4J_EXP((m - M) * invT);
 }
 
-// One element's share of D, and of sum_i p_i g_i and sum_i p_i (reverse KL and JSD gradients).
-__device__ __forceinline__ void d4j_kd_term(const D4jKd& k, const D4jRow& st, float sv, float tv, float& d, float& pg, float& ps) {
-    if (k.div == 0) {
+// One element's share of D, and of sum_i p_i g_i and sum_i p_i (reverse KL and JSD gradients,
+// accumulated in double: see d4j_log_ratio_d).
+// PG: the kernel is the reverse KL / JSD one (their code is compiled only there: its doubles took
+// the KL kernels from 43 to 64 registers on sm_90, and with them resident blocks).
+template <bool PG>
+__device__ __forceinline__ void d4j_kd_term(const D4jKd& k, const D4jRow& st, float sv, float tv, float& d, double& pg, double& ps) {
+    if (!PG && k.div == 0) {
         float q = expf((tv - st.mt) * k.invT - st.lseB);
         if (q > 0.f) d -= q * d4j_log_ratio(k, st, sv, tv);
-    } else if (k.div == 1) {
+    } else if (PG && k.div == 1) {
         float p = expf((sv - st.ms) * k.invT - st.lseA);
         if (p > 0.f) {
-            float g = d4j_log_ratio(k, st, sv, tv);
-            d += p * g;
+            double g = d4j_log_ratio_d(k, st, sv, tv);
+            d += p * (float)g;
             pg += p * g;
             ps += p;
         }
-    } else if (k.div == 2) {
-        float p = expf((sv - st.ms) * k.invT - st.lseA), q = expf((tv - st.mt) * k.invT - st.lseB), wp, wq;
-        d4j_jsd_logs(k, d4j_log_ratio(k, st, sv, tv), wp, wq);
-        if (q > 0.f) d -= k.beta * q * wq;
+    } else if (PG) {
+        float p = expf((sv - st.ms) * k.invT - st.lseA), q = expf((tv - st.mt) * k.invT - st.lseB);
+        double wp, wq;
+        d4j_jsd_logs_d(k, d4j_log_ratio_d(k, st, sv, tv), wp, wq);
+        if (q > 0.f) d -= k.beta * q * (float)wq;
         if (p > 0.f) {
-            d -= (1.f - k.beta) * p * wp;
-            pg -= p * (1.f - k.beta) * wp;
+            d -= (1.f - k.beta) * p * (float)wp;
+            pg -= p * (1.0 - k.beta) * wp;
             ps += p;
         }
     } else {
@@ -193,17 +223,17 @@ __device__ __forceinline__ float d4j_kd_term_grad(const D4jKd& k, const D4jRow& 
 }
 
 // Reverse KL and JSD (KL and MSE take d4j_kd_term_grad): dL/ds for one element, already divided
-// by the normalizer (scale = 1 / N); pg = sum_i p_i g_i / sum_i p_i of the row. The division by
-// sum p (1 in exact arithmetic) matters: g reaches 1e5 at T = 0.1 with logits of +-1e4, and a
-// relative error e in the p's normalisation would otherwise shift every gradient by e * pg.
-__device__ __forceinline__ float d4j_kd_grad(const D4jKd& k, const D4jRow& st, float sv, float tv, bool isLabel, float pg, float scale) {
+// by the normalizer (scale = 1 / N); pg = sum_i p_i g_i / sum_i p_i of the row, and g - pg, in
+// double (d4j_log_ratio_d). The division by sum p (1 in exact arithmetic) matters: a relative
+// error e in p's normalisation would otherwise shift every gradient by e * pg, and pg reaches 1e5.
+__device__ __forceinline__ float d4j_kd_grad(const D4jKd& k, const D4jRow& st, float sv, float tv, bool isLabel, double pg, float scale) {
     float p = expf((sv - st.ms) * k.invT - st.lseA), dd;
     if (k.div == 1) {
-        dd = p > 0.f ? p * (d4j_log_ratio(k, st, sv, tv) - pg) : 0.f;
+        dd = p > 0.f ? p * (float)(d4j_log_ratio_d(k, st, sv, tv) - pg) : 0.f;
     } else {
-        float wp, wq;
-        d4j_jsd_logs(k, d4j_log_ratio(k, st, sv, tv), wp, wq);
-        dd = p > 0.f ? p * (-(1.f - k.beta) * wp - pg) : 0.f;
+        double wp, wq;
+        d4j_jsd_logs_d(k, d4j_log_ratio_d(k, st, sv, tv), wp, wq);
+        dd = p > 0.f ? p * (float)(-(1.0 - k.beta) * wp - pg) : 0.f;
     }
     float g = k.kSoft * dd;
     if (k.hard) g += (1.f - k.alpha) * (expf(sv - st.ms - st.lse1) - (isLabel ? 1.f : 0.f));
@@ -257,7 +287,7 @@ __device__ __forceinline__ void d4j_kd_finish(float soft, float hard, float* __r
 }
 
 // ---- warp per row: C <= 32 * ITEMS, the row in registers (lane l holds columns l, l + 32, ...).
-template <typename T, int ITEMS>
+template <typename T, int ITEMS, bool PG>
 __device__ __forceinline__ void d4j_kd_warp(const T* s, const T* __restrict__ t, const int64_t* __restrict__ labels, int64_t rows, int64_t cols,
                                             int div, float temperature, float alpha, float beta, int64_t ignore,
                                             unsigned long long* __restrict__ counters, float normalizer, float* __restrict__ partials,
@@ -291,20 +321,20 @@ __device__ __forceinline__ void d4j_kd_warp(const T* s, const T* __restrict__ t,
 #pragma unroll
         for (int i = 0; i < ITEMS; i++) if ((int64_t)i * 32 + lane < cols) d4j_kd_sums(k, ms, mt, sv[i], tv[i], sa, sb, s1);
         const D4jRow st = {ms, mt, logf(d4j_warp_sum(sa)), logf(d4j_warp_sum(sb)), logf(d4j_warp_sum(s1))};
-        float pg = 0.f, ps = 0.f;
+        double pg = 0.0, ps = 0.0;
 #pragma unroll
         for (int i = 0; i < ITEMS; i++) {
             const int64_t c = (int64_t)i * 32 + lane;
             if (c < cols) {
-                if (k.fused && grad) grad[base + c] = d4j_to<T>(d4j_kd_term_grad(k, st, sv[i], tv[i], c == y, scale, dsum));
-                else d4j_kd_term(k, st, sv[i], tv[i], dsum, pg, ps);
+                if (!PG && grad) grad[base + c] = d4j_to<T>(d4j_kd_term_grad(k, st, sv[i], tv[i], c == y, scale, dsum));
+                else d4j_kd_term<PG>(k, st, sv[i], tv[i], dsum, pg, ps);
                 if (k.hard && c == y) hsum -= (sv[i] - ms) - st.lse1;
             }
         }
-        if (grad && !k.fused) {
+        if (PG && grad) {
             ps = d4j_warp_sum(ps);
             pg = d4j_warp_sum(pg);
-            pg = ps > 0.f ? pg / ps : 0.f;
+            pg = ps > 0.0 ? pg / ps : 0.0;
 #pragma unroll
             for (int i = 0; i < ITEMS; i++) {
                 const int64_t c = (int64_t)i * 32 + lane;
@@ -372,18 +402,18 @@ __device__ __forceinline__ void d4j_cluster_merge(float& ms, float& mt, float& s
 // The sums of v[0] and v[1] over the cluster's blocks, in a fixed order (same slots protocol as
 // d4j_cluster_merge).
 template <int CL>
-__device__ __forceinline__ void d4j_cluster_sum2(float (&v)[2], float (*slots)[5], float* merged, int& seq) {
+__device__ __forceinline__ void d4j_cluster_sum2(double (&v)[2], double (*slots)[2], double* merged, int& seq) {
     cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
-    float* slot = slots[seq++ & 1];
+    double* slot = slots[seq++ & 1];
     if (threadIdx.x == 0) {
         slot[0] = v[0];
         slot[1] = v[1];
     }
     cluster.sync();
     if (threadIdx.x < 32) {
-        float a = 0.f, b = 0.f;
+        double a = 0.0, b = 0.0;
         if (threadIdx.x < CL) {
-            const float* o = cluster.map_shared_rank(slot, (int)threadIdx.x);
+            const double* o = cluster.map_shared_rank(slot, (int)threadIdx.x);
             a = o[0];
             b = o[1];
         }
@@ -431,9 +461,12 @@ __device__ __forceinline__ void d4j_store(T* p, const float (&g)[W]) {
 // (dynamic, 2 * staged elements) and later passes read them there; columns beyond are read from
 // global memory in each pass, where they are still in L2 (the 50 MB of an H100 hold the re-read
 // tails of every resident block many times over). Not STAGED (CL = 1 only): every pass reads global
-// memory, with online max and sums in the first. Per row: load, block max, sums, block sum
-// (+ cluster merge), then the divergence and gradient pass: two block reductions a row for KL and MSE.
-template <typename T, int CL, bool STAGED>
+// memory, with online max and sums in the first. PARTIAL: a slice may be longer than what is
+// staged (clusters); the block kernel stages whole rows and is compiled without the tail loops
+// (43 registers instead of 51 on sm_90, which is a third block an SM at 1k columns). Per row: load,
+// block max, sums, block sum (+ cluster merge), then the divergence and gradient pass: two block
+// reductions a row for KL and MSE.
+template <typename T, int CL, bool STAGED, bool PARTIAL, bool PG>
 __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t, const int64_t* __restrict__ labels, int64_t rows, int64_t cols,
                                              int div, float temperature, float alpha, float beta, int64_t ignore,
                                              unsigned long long* __restrict__ counters, float normalizer, float* __restrict__ partials,
@@ -443,6 +476,7 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
 #endif
     extern __shared__ float4 d4j_kd_smem[];
     __shared__ float slots[2][5], merged[5];
+    __shared__ double dslots[2][2], dmerged[2];  // reverse KL / JSD: sum p g and sum p
     T* ss = reinterpret_cast<T*>(d4j_kd_smem);
     T* ts = ss + staged;  // staged is a multiple of 8: ts stays 16-byte aligned
     const D4jKd k = d4j_kd(div, temperature, alpha, beta, labels != nullptr, cols);
@@ -454,7 +488,8 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
     const int64_t lo = (int64_t)rank * chunk;  // this block's slice of the row (chunk = cols for CL = 1 unstaged)
     const int64_t hi = min(cols, lo + chunk);
     const int64_t n = hi > lo ? hi - lo : 0;
-    const int64_t held = STAGED ? min(n, staged) : 0;  // [0, held) in shared memory, [held, n) re-read
+    const int64_t held = STAGED ? (PARTIAL ? min(n, staged) : n) : 0;  // [0, held) in shared memory, [held, n) re-read
+    constexpr bool TAIL = PARTIAL || !STAGED;  // any elements read from global memory after the first pass
     const float scale = 1.f / (normalizer > 0.f ? normalizer : (float)counters[0]);
     float dsum = 0.f, hsum = 0.f;  // this thread's share of sum D and of sum -log softmax(s)[y], over its rows in order
     for (int64_t r = group; r < rows; r += groups) {
@@ -489,7 +524,7 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
                     d4j_unpack<T>(tsq[v], b);
                     f(v * 4, a, b);
                 }
-                for (int v = (int)(held / 4) + threadIdx.x; v < (int)(n / 4); v += blockDim.x) {
+                if (TAIL) for (int v = (int)(held / 4) + threadIdx.x; v < (int)(n / 4); v += blockDim.x) {
                     d4j_unpack<T>(sgq[v], a);
                     d4j_unpack<T>(__ldg(&tgq[v]), b);
                     f(v * 4, a, b);
@@ -501,7 +536,7 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
                     b[0] = d4j_f(ts[i]);
                     f(i, a, b);
                 }
-                for (int i = (int)held + threadIdx.x; i < (int)n; i += blockDim.x) {
+                if (TAIL) for (int i = (int)held + threadIdx.x; i < (int)n; i += blockDim.x) {
                     a[0] = d4j_f(sg[i]);
                     b[0] = d4j_f(tg[i]);
                     f(i, a, b);
@@ -540,7 +575,7 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
                     ot.m = fmaxf(ot.m, d4j_f(b));
                 }
             }
-            for (int i = (int)held + threadIdx.x; i < (int)n; i += blockDim.x) {
+            if (TAIL) for (int i = (int)held + threadIdx.x; i < (int)n; i += blockDim.x) {
                 os.m = fmaxf(os.m, d4j_f(sg[i]));
                 ot.m = fmaxf(ot.m, d4j_f(tg[i]));
             }
@@ -577,7 +612,7 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
         if constexpr (CL > 1) d4j_cluster_merge<CL>(ms, mt, sum[0], sum[1], sum[2], k.invT, slots, merged, seq);
 #endif
         const D4jRow st = {ms, mt, logf(sum[0]), logf(sum[1]), logf(sum[2])};
-        float pgs[2] = {0.f, 0.f};  // sum p g and sum p of the row (reverse KL, JSD)
+        double pgs[2] = {0.0, 0.0};  // sum p g and sum p of the row (reverse KL, JSD)
         // KL, MSE: the gradient in this pass (element i is read before it is written, in place too)
         each([&](int i, const auto& sv, const auto& tv) {
             constexpr int W = sizeof(sv) / sizeof(float);
@@ -586,17 +621,17 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
             for (int j = 0; j < W; j++) {
                 const int64_t c = lo + i + j;
                 if (k.hard && c == y) hsum -= (sv[j] - ms) - st.lse1;
-                if (k.fused && grad) g[j] = d4j_kd_term_grad(k, st, sv[j], tv[j], c == y, scale, dsum);
-                else d4j_kd_term(k, st, sv[j], tv[j], dsum, pgs[0], pgs[1]);
+                if (!PG && grad) g[j] = d4j_kd_term_grad(k, st, sv[j], tv[j], c == y, scale, dsum);
+                else d4j_kd_term<PG>(k, st, sv[j], tv[j], dsum, pgs[0], pgs[1]);
             }
-            if (k.fused && grad) d4j_store<T>(grad + base + lo + i, g);
+            if (!PG && grad) d4j_store<T>(grad + base + lo + i, g);
         });
-        if (grad && !k.fused) {
+        if (PG && grad) {
             d4j_block_reduce<2, false>(pgs);
 #ifdef D4J_HAS_CLUSTERS
-            if constexpr (CL > 1) d4j_cluster_sum2<CL>(pgs, slots, merged, seq);
+            if constexpr (CL > 1) d4j_cluster_sum2<CL>(pgs, dslots, dmerged, seq);
 #endif
-            const float pg = pgs[1] > 0.f ? pgs[0] / pgs[1] : 0.f;
+            const double pg = pgs[1] > 0.0 ? pgs[0] / pgs[1] : 0.0;
             // In place over s is safe: staged elements are read from shared memory; the others are
             // read by the thread that writes them, and s[y] was read in the pass above.
             each([&](int i, const auto& sv, const auto& tv) {
@@ -631,14 +666,19 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
     float* __restrict__ partials, float* __restrict__ loss, int nout, T* grad, int64_t chunk, int64_t staged
 #define D4J_KD_ARGS s, t, labels, rows, cols, div, temperature, alpha, beta, ignore, counters, normalizer, partials, loss, nout, grad
 
+// Every kernel twice: NAME for KL and MSE, NAME_pg for reverse KL and JSD (PG: their gradient
+// needs sum p g, in double). The host picks by divergence (DistillKernels.launch).
 // Warp kernels: (256, 2) because without the floor of 2 blocks, ptxas for sm_120 held them to 64
 // registers and spilled.
 #define D4J_KD_WARP(NAME, T, ITEMS) \
-    extern "C" __global__ void __launch_bounds__(256, 2) NAME(D4J_KD_PARAMS(T)) { d4j_kd_warp<T, ITEMS>(D4J_KD_ARGS); }
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME(D4J_KD_PARAMS(T)) { d4j_kd_warp<T, ITEMS, false>(D4J_KD_ARGS); } \
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_warp<T, ITEMS, true>(D4J_KD_ARGS); }
 #define D4J_KD_BLOCK(NAME, T, CL, STAGED) \
-    extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, STAGED>(D4J_KD_ARGS, chunk, staged); }
+    extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, STAGED, true, false>(D4J_KD_ARGS, chunk, staged); } \
+    extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, STAGED, true, true>(D4J_KD_ARGS, chunk, staged); }
 #define D4J_KD_BLOCK1(NAME, T, STAGED) \
-    extern "C" __global__ void D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, 1, STAGED>(D4J_KD_ARGS, chunk, staged); }
+    extern "C" __global__ void D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, 1, STAGED, false, false>(D4J_KD_ARGS, chunk, staged); } \
+    extern "C" __global__ void D4J_KD_BLOCK_BOUNDS NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_block<T, 1, STAGED, false, true>(D4J_KD_ARGS, chunk, staged); }
 
 D4J_KD_WARP(d4j_kd_warp1_f32, float, 1)
 D4J_KD_WARP(d4j_kd_warp2_f32, float, 2)

@@ -164,7 +164,13 @@ public final class DistillKernels {
                        float alpha, float beta, long ignore, MemorySegment counters, float normalizer, MemorySegment partials, MemorySegment loss,
                        int nout, MemorySegment grad, MemorySegment stream) {
         if (rows <= 0) throw new IllegalArgumentException(plan.kernel() + ": needs at least one row, got " + rows);
-        MemorySegment fn = function(plan);
+        // Reverse KL and JSD (divergences 1 and 2) run the _pg twin of the planned kernel, which
+        // forms their gradient's row sum in double and uses more registers: its grid is cut to what
+        // is resident at once (blocks loop over rows, so any grid covers them).
+        boolean pg = divergence == 1 || divergence == 2;
+        String kernel = pg ? plan.kernel() + "_pg" : plan.kernel();
+        int blocks = pg ? Math.min(plan.blocks(), resident(kernel, plan)) : plan.blocks();
+        MemorySegment fn = function(kernel, plan);
         try (Arena a = Arena.ofConfined()) {
             LaunchArgs la = new LaunchArgs(a, 18).pointer(s).pointer(t);
             la = labels.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(labels);
@@ -172,16 +178,23 @@ public final class DistillKernels {
                 .pointer(partials).pointer(loss).i32(nout);
             la = grad.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(grad);
             la = la.i64(plan.chunk()).i64(plan.staged());
-            int status = cuda_h.cuLaunchKernel(fn, plan.blocks(), 1, 1, plan.threads(), 1, 1, plan.sharedBytes(), stream, la.segment(), MemorySegment.NULL);
-            CudaException.check(status, "cuLaunchKernel(" + plan.kernel() + ", " + plan.blocks() + " blocks, " + plan.sharedBytes() + " B shared)");
+            int status = cuda_h.cuLaunchKernel(fn, blocks, 1, 1, plan.threads(), 1, 1, plan.sharedBytes(), stream, la.segment(), MemorySegment.NULL);
+            CudaException.check(status, "cuLaunchKernel(" + kernel + ", " + blocks + " blocks, " + plan.sharedBytes() + " B shared)");
         }
     }
 
+    /** Blocks of the plan's shape resident at once when run by {@code kernel}, by its registers: whole clusters, at least one. */
+    private int resident(String kernel, Plan plan) {
+        long perSm = Math.max(1, REGISTERS_PER_SM / (roundUp(registersPerThread(kernel), 8) * plan.threads()));
+        long blocks = perSm * multiprocessors / plan.clusterSize() * plan.clusterSize();
+        return (int) Math.max(plan.clusterSize(), blocks);
+    }
+
     /** The kernel's CUfunction; the first time, it is allowed all the dynamic shared memory the device offers. */
-    private MemorySegment function(Plan plan) {
-        return functions.computeIfAbsent(plan.kernel(), name -> {
+    private MemorySegment function(String kernel, Plan plan) {
+        return functions.computeIfAbsent(kernel, name -> {
             MemorySegment fn = module.function(name);
-            if (plan.regime().equals("block") || plan.regime().equals("cluster")) {
+            if (plan.staged() > 0) {
                 try (Arena a = Arena.ofConfined()) {
                     MemorySegment v = a.allocate(JAVA_INT);
                     CudaException.check(cuda_h.cuFuncGetAttribute(v, cuda_h.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, fn), "cuFuncGetAttribute(" + name + ")");
