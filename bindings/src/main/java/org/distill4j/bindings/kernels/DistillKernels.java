@@ -17,7 +17,9 @@ import org.distill4j.bindings.cuda.cuda_h;
  * on sm_90+ a cluster of two blocks per row while each can stage 3/4 of its half (the rest
  * re-read from L2), and beyond that (or before sm_90) a block per row that re-reads global memory.
  * Clusters of 4, 8 and 16 blocks, and partial staging at any size, are there for
- * {@link #explicit} plans: measured, not faster ({@code GpuLossBench --sweep}). Grids are about one wave; blocks loop
+ * {@link #explicit} plans: measured, not faster ({@code GpuLossBench --sweep}).
+ * A plan names the KL/MSE kernel; reverse KL and JSD run its {@code _pg} twin (their gradient's
+ * row sum formed in double), chosen by {@link #launch} from the divergence. Grids are about one wave; blocks loop
  * over rows, so the loss partials stay within {@link #maxBlocks()} entries. The thresholds are
  * measured on an H100 ({@code GpuLossBench --sweep}, bench/RESULTS.md).
  */
