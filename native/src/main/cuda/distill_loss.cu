@@ -131,18 +131,8 @@ __device__ __forceinline__ double d4j_log_ratio_d(const D4jKd& k, const D4jRow& 
 
 // JSD: log M - log P (wp) and log M - log Q (wq) for M = beta q + (1 - beta) p, from r = log p - log q:
 // M / Q = 1 + (1 - beta) expm1(r) and M / P = 1 + beta expm1(-r); each computed where it is the
-// accurate one (no cancellation near r = 0, finite wp for a -inf teacher logit).
-__device__ __forceinline__ void d4j_jsd_logs(const D4jKd& k, float r, float& wp, float& wq) {
-    if (r <= 0.f) {
-        wq = log1pf((1.f - k.beta) * expm1f(r));
-        wp = wq - r;
-    } else {
-        wp = log1pf(k.beta * expm1f(-r));
-        wq = wp + r;
-    }
-}
-
-// d4j_jsd_logs in double (the JSD gradient's g = -(1 - beta) wp; see d4j_log_ratio_d).
+// accurate one (no cancellation near r = 0, finite wp for a -inf teacher logit). In double: the
+// JSD gradient's g = -(1 - beta) wp (see d4j_log_ratio_d).
 __device__ __forceinline__ void d4j_jsd_logs_d(const D4jKd& k, double r, double& wp, double& wq) {
     if (r <= 0.0) {
         wq = log1p((1.0 - k.beta) * expm1(r));
@@ -264,13 +254,13 @@ __device__ __forceinline__ void d4j_kd_finish(float soft, float hard, float* __r
     __syncthreads();
     if (!last) return;
     __threadfence();
-    float a = 0.f, b = 0.f;
+    float ab[2] = {0.f, 0.f};
     for (int i = threadIdx.x; i < (int)gridDim.x; i += blockDim.x) {
-        a += __ldcg(&partials[2 * i]);  // L2, not a possibly stale L1 line
-        b += __ldcg(&partials[2 * i + 1]);
+        ab[0] += __ldcg(&partials[2 * i]);  // L2, not a possibly stale L1 line
+        ab[1] += __ldcg(&partials[2 * i + 1]);
     }
-    a = d4j_block_sum(a);
-    b = d4j_block_sum(b);
+    d4j_block_reduce<2, false>(ab);
+    const float a = ab[0], b = ab[1];
     if (threadIdx.x == 0) {
         float norm = normalizer > 0.f ? normalizer : (float)counters[0];
         bool invalid = counters[1] != 0 || norm == 0.f;

@@ -1,6 +1,8 @@
 package org.distill4j.bench;
 
 import java.util.Arrays;
+import java.util.LinkedHashSet;
+import java.util.Set;
 import org.distill4j.bindings.kernels.DistillKernels;
 import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
@@ -54,7 +56,7 @@ public final class GpuLossBench {
                     if (sweep) {
                         // Every launch variant the planner chooses among, same data, same copy baseline:
                         // regime x cluster size x blocks per SM x most staged bytes a block (distinct plans only).
-                        java.util.Set<DistillKernels.Plan> seen = new java.util.LinkedHashSet<>();
+                        Set<DistillKernels.Plan> seen = new LinkedHashSet<>();
                         for (String regime : new String[] {"block", "cluster", "reread"}) {
                             for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8, 16} : new int[] {1}) {
                                 for (int perSm : new int[] {2, 0}) {

@@ -101,7 +101,7 @@ class GpuDistillationLossTest {
                 for (int r = 0; r < rows; r++) y[r] = r % 3 == 2 ? -100 : random.nextInt(cols);
                 DistillationLoss cfg = new DistillationLoss(div, 4f, 0.7f, 0.4f, -100);
                 float[][] cpu = run(CpuBackend.get(), s, te, y, rows, cols, cfg, dtype, 0, null);
-                int bytes = dtype == DType.BF16 ? 2 : 4;
+                int bytes = dtype.bytes();
                 for (String regime : new String[] {"block", "cluster", "reread"}) {
                     for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8, 16} : new int[] {1}) {
                         if (cl > 1 && !clusters) continue;

@@ -147,11 +147,10 @@ public final class DistillKernels {
         };
         // Resident blocks an SM, by threads, by shared memory (an SM's is the opt-in maximum + 1 KiB;
         // a block takes its dynamic and static bytes plus 1 KiB the system reserves) and by
-        // registers (64K an SM, allocated per thread in multiples of 8): a grid beyond them runs a
-        // second, partial wave (8k columns: 1,900 GB/s planned at 3 blocks an SM that fit 2, 2,173 at 2).
-        long regs = roundUp(registersPerThread(name), 8);
-        int fit = (int) Math.max(1, Math.min(Math.min(Math.min(2048 / threads, MAX_BLOCKS_PER_SM), (maxSharedOptin + 1024L) / (bytes + STATIC_SHARED_BYTES + 1024)),
-            REGISTERS_PER_SM / (regs * threads)));
+        // registers: a grid beyond them runs a second, partial wave (8k columns: 1,900 GB/s planned
+        // at 3 blocks an SM that fit 2, 2,173 at 2).
+        long bySharedMemory = (maxSharedOptin + 1024L) / (bytes + STATIC_SHARED_BYTES + 1024);
+        int fit = (int) Math.max(1, Math.min(Math.min(2048 / threads, MAX_BLOCKS_PER_SM), Math.min(bySharedMemory, blocksPerSmByRegisters(name, threads))));
         int perSm = blocksPerSm > 0 ? Math.min(blocksPerSm, fit) : fit;
         long groups = Math.max(1, Math.min(rows, (long) multiprocessors * perSm / cl));
         return new Plan(name, regime, cl, (int) (groups * cl), threads, (int) bytes, staged ? chunk : cols, held);
@@ -187,9 +186,13 @@ public final class DistillKernels {
 
     /** Blocks of the plan's shape resident at once when run by {@code kernel}, by its registers: whole clusters, at least one. */
     private int resident(String kernel, Plan plan) {
-        long perSm = Math.max(1, REGISTERS_PER_SM / (roundUp(registersPerThread(kernel), 8) * plan.threads()));
-        long blocks = perSm * multiprocessors / plan.clusterSize() * plan.clusterSize();
+        long blocks = Math.max(1, blocksPerSmByRegisters(kernel, plan.threads())) * multiprocessors / plan.clusterSize() * plan.clusterSize();
         return (int) Math.max(plan.clusterSize(), blocks);
+    }
+
+    /** Blocks of {@code threads} an SM's registers hold for this kernel (64K an SM, allocated per thread in multiples of 8). */
+    private long blocksPerSmByRegisters(String kernel, int threads) {
+        return REGISTERS_PER_SM / (roundUp(registersPerThread(kernel), 8) * threads);
     }
 
     /** The kernel's CUfunction; the first time, it is allowed all the dynamic shared memory the device offers. */
@@ -197,22 +200,18 @@ public final class DistillKernels {
         return functions.computeIfAbsent(kernel, name -> {
             MemorySegment fn = module.function(name);
             if (plan.staged() > 0) {
-                try (Arena a = Arena.ofConfined()) {
-                    MemorySegment v = a.allocate(JAVA_INT);
-                    CudaException.check(cuda_h.cuFuncGetAttribute(v, cuda_h.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, fn), "cuFuncGetAttribute(" + name + ")");
-                    int statics = v.get(JAVA_INT, 0);
-                    if (statics > STATIC_SHARED_BYTES) {
-                        throw new IllegalStateException(name + " uses " + statics + " B of static shared memory, more than the " + STATIC_SHARED_BYTES
-                            + " B the planner keeps free (DistillKernels.STATIC_SHARED_BYTES)");
-                    }
-                    int dynamic = maxSharedOptin - statics;
-                    CudaException.check(cuda_h.cuFuncSetAttribute(fn, cuda_h.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamic),
-                        "cuFuncSetAttribute(" + name + ", max dynamic shared " + dynamic + " B)");
-                    // 16 blocks is beyond the portable cluster size (8): the kernel must opt in.
-                    if (plan.clusterSize() > 8) {
-                        CudaException.check(cuda_h.cuFuncSetAttribute(fn, cuda_h.CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
-                            "cuFuncSetAttribute(" + name + ", non-portable cluster size allowed)");
-                    }
+                int statics = attribute(fn, cuda_h.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, name, "static shared bytes");
+                if (statics > STATIC_SHARED_BYTES) {
+                    throw new IllegalStateException(name + " uses " + statics + " B of static shared memory, more than the " + STATIC_SHARED_BYTES
+                        + " B the planner keeps free (DistillKernels.STATIC_SHARED_BYTES)");
+                }
+                int dynamic = maxSharedOptin - statics;
+                CudaException.check(cuda_h.cuFuncSetAttribute(fn, cuda_h.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamic),
+                    "cuFuncSetAttribute(" + name + ", max dynamic shared " + dynamic + " B)");
+                // 16 blocks is beyond the portable cluster size (8): the kernel must opt in.
+                if (plan.clusterSize() > 8) {
+                    CudaException.check(cuda_h.cuFuncSetAttribute(fn, cuda_h.CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
+                        "cuFuncSetAttribute(" + name + ", non-portable cluster size allowed)");
                 }
             }
             return fn;
@@ -225,13 +224,16 @@ public final class DistillKernels {
      */
     private int registersPerThread(String kernel) {
         if (module == null) return ASSUMED_REGISTERS;
-        return registers.computeIfAbsent(kernel, name -> {
-            try (Arena a = Arena.ofConfined()) {
-                MemorySegment v = a.allocate(JAVA_INT);
-                CudaException.check(cuda_h.cuFuncGetAttribute(v, cuda_h.CU_FUNC_ATTRIBUTE_NUM_REGS, module.function(name)), "cuFuncGetAttribute(" + name + ", registers)");
-                return v.get(JAVA_INT, 0);
-            }
-        });
+        return registers.computeIfAbsent(kernel, name -> attribute(module.function(name), cuda_h.CU_FUNC_ATTRIBUTE_NUM_REGS, name, "registers"));
+    }
+
+    /** One CUfunction attribute (cuFuncGetAttribute). */
+    private static int attribute(MemorySegment fn, int attribute, String kernel, String what) {
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment v = a.allocate(JAVA_INT);
+            CudaException.check(cuda_h.cuFuncGetAttribute(v, attribute, fn), "cuFuncGetAttribute(" + kernel + ", " + what + ")");
+            return v.get(JAVA_INT, 0);
+        }
     }
 
     private static long roundUp(long v, long m) {

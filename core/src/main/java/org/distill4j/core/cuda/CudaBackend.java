@@ -427,7 +427,7 @@ public final class CudaBackend implements Backend {
         float norm = normalizer > 0 ? normalizer : 0f;
         if (labels != null && norm == 0f) ops.ceCount(labels.data(), n, c, config.ignoreIndex(), lossCounters.address(), s());
         else if (norm == 0f) norm = n; // without labels every row counts
-        if (plan == null) plan = distillPlan(n, c, student.dtype());
+        if (plan == null) plan = distill.plan(n, c, student.dtype().bytes());  // the context is current: the planner may read register counts
         distill.launch(plan, student.data(), teacher.data(), p(labels), n, c, div.ordinal(), config.temperature(), config.alpha(), config.beta(),
             config.ignoreIndex(), lossCounters.address(), norm, lossPartials.address(), loss.data(), (int) loss.numel(), p(grad), s());
     }
@@ -435,7 +435,7 @@ public final class CudaBackend implements Backend {
     /** The fused loss's regime and launch shape for [rows, cols] logits of this dtype (benchmarks and tests report it). */
     public DistillKernels.Plan distillPlan(long rows, long cols, DType dtype) {
         context.makeCurrent();  // planning reads the kernels' register counts from the module
-        return distill.plan(rows, cols, dtype == DType.BF16 ? 2 : 4);
+        return distill.plan(rows, cols, dtype.bytes());
     }
 
     /** The fused loss's kernels, to build explicit plans ({@link DistillKernels#explicit}). */
