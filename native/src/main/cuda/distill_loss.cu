@@ -20,8 +20,10 @@
 // partial, and the last block to finish (ticket in counters[2]) sums the
 // partials in block order and writes the loss: deterministic, no second launch. That block also
 // zeroes counters[0..2] for the next evaluation, which keeps the launch replayable in a graph.
-// N is the caller's normalizer, else counters[0] filled by d4j_ce_count (the one case with two
-// launches: labels and no normalizer). Arithmetic in shifted log space:
+// N is the caller's normalizer, or without labels the row count, or with labels and no normalizer
+// the rows whose label is in [0, C), counted in the same launch before any gradient is written
+// (d4j_count_rows: a grid barrier; the host launches that case so that every block is resident).
+// Arithmetic in shifted log space:
 // log p = (s - max s) / T - log sum exp((s - max s) / T), exact for logits of +-1e4.
 #include "common.cuh"
 #include <cuda_bf16.h>
@@ -242,7 +244,7 @@ __device__ __forceinline__ int d4j_row_status(const int64_t* __restrict__ labels
 // The end of every regime: this block's partial (soft, hard: thread 0's values) goes to
 // partials[blockIdx.x]; the last block to arrive sums all partials in block order and writes loss.
 __device__ __forceinline__ void d4j_kd_finish(float soft, float hard, float* __restrict__ partials, unsigned long long* __restrict__ counters,
-                                              float normalizer, float* __restrict__ loss, int nout) {
+                                              float norm, float* __restrict__ loss, int nout) {
     __shared__ int last;
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -262,18 +264,60 @@ __device__ __forceinline__ void d4j_kd_finish(float soft, float hard, float* __r
     d4j_block_reduce<2, false>(ab);
     const float a = ab[0], b = ab[1];
     if (threadIdx.x == 0) {
-        float norm = normalizer > 0.f ? normalizer : (float)counters[0];
-        bool invalid = counters[1] != 0 || norm == 0.f;
+        bool invalid = norm == 0.f;  // no row counts: NaN, as PyTorch's mean over nothing
         float nan = __int_as_float(0x7fc00000);
         loss[0] = invalid ? nan : (a + b) / norm;
         if (nout == 3) {
             loss[1] = invalid ? nan : a / norm;
             loss[2] = invalid ? nan : b / norm;
         }
-        counters[0] = 0;
+        counters[0] = 0;  // every block passed d4j_count_rows's barrier before it took its ticket
         counters[1] = 0;
         counters[2] = 0;
     }
+}
+
+// N for labels without a caller's normalizer: the rows whose label is in [0, C), counted here, in
+// the launch that uses it (issue: one launch per loss evaluation). Every block counts a stripe of
+// the labels, adds its count to counters[0], then arrives at counters[1] and waits until all
+// gridDim.x blocks have arrived: a grid barrier, so every block must be resident at once. The host
+// guarantees it (DistillKernels.launch: a cooperative launch, which fails rather than hang when the
+// grid does not fit, or for cluster kernels a grid cut to cuOccupancyMaxActiveClusters). The waiting
+// costs about one block's start-up latency, once per launch; d4j_kd_finish zeroes both counters
+// (after every block has passed here), which keeps the launch replayable in a graph. Rows with an
+// out-of-range label are not counted; they make the loss NaN through their own row (status 2).
+// Returns N (as float: the loss and gradient divide by it in fp32), the same value in every thread.
+__device__ __forceinline__ float d4j_count_rows(const int64_t* __restrict__ labels, int64_t rows, int64_t cols, int64_t ignore,
+                                                unsigned long long* counters) {
+    __shared__ unsigned int blockCount;
+    unsigned int c = 0;
+#pragma unroll 1
+    for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t y = labels[r];
+        c += (y != ignore && y >= 0 && y < cols) ? 1u : 0u;
+    }
+    c = __reduce_add_sync(0xffffffffu, c);  // sm_80+: one instruction a warp
+    if (threadIdx.x == 0) blockCount = 0;
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0 && c != 0) atomicAdd(&blockCount, c);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        if (blockCount != 0) atomicAdd(&counters[0], (unsigned long long)blockCount);
+        __threadfence();  // the count is visible device-wide before the arrival says so
+        atomicAdd(&counters[1], 1ull);
+        const volatile unsigned long long* arrived = &counters[1];
+        while (*arrived < (unsigned long long)gridDim.x) __nanosleep(64);
+        __threadfence();  // every block's count is seen after its arrival
+    }
+    __syncthreads();
+    return (float)__ldcg(&counters[0]);  // L2: the atomics' home, not a stale L1 line
+}
+
+// The divisor of the loss and gradient: the caller's, the row count without labels, else counted.
+__device__ __forceinline__ float d4j_normalizer(float normalizer, const int64_t* __restrict__ labels, int64_t rows, int64_t cols, int64_t ignore,
+                                                unsigned long long* counters) {
+    if (normalizer > 0.f) return normalizer;
+    return labels ? d4j_count_rows(labels, rows, cols, ignore, counters) : (float)rows;
 }
 
 // ---- warp per row: C <= 32 * ITEMS, the row in registers (lane l holds columns l, l + 32, ...).
@@ -284,7 +328,7 @@ __device__ __forceinline__ void d4j_kd_warp(const T* s, const T* __restrict__ t,
                                             float* __restrict__ loss, int nout, T* grad) {
     const D4jKd k = d4j_kd(div, temperature, alpha, beta, labels != nullptr, cols);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const float scale = 1.f / (normalizer > 0.f ? normalizer : (float)counters[0]);
+    const float norm = d4j_normalizer(normalizer, labels, rows, cols, ignore, counters), scale = 1.f / norm;
     float dsum = 0.f, hsum = 0.f;  // this lane's share of sum D and of sum -log softmax(s)[y], over its rows in order
     for (int64_t r = (int64_t)blockIdx.x * warps + warp; r < rows; r += (int64_t)gridDim.x * warps) {
         const int64_t base = r * cols;
@@ -334,7 +378,7 @@ __device__ __forceinline__ void d4j_kd_warp(const T* s, const T* __restrict__ t,
     }
     float acc[2] = {dsum, hsum};
     d4j_block_reduce<2, false>(acc);
-    d4j_kd_finish(k.softWeight * acc[0], (1.f - alpha) * acc[1], partials, counters, normalizer, loss, nout);
+    d4j_kd_finish(k.softWeight * acc[0], (1.f - alpha) * acc[1], partials, counters, norm, loss, nout);
 }
 
 #ifdef D4J_HAS_CLUSTERS
@@ -480,7 +524,7 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
     const int64_t n = hi > lo ? hi - lo : 0;
     const int64_t held = STAGED ? (PARTIAL ? min(n, staged) : n) : 0;  // [0, held) in shared memory, [held, n) re-read
     constexpr bool TAIL = PARTIAL || !STAGED;  // any elements read from global memory after the first pass
-    const float scale = 1.f / (normalizer > 0.f ? normalizer : (float)counters[0]);
+    const float norm = d4j_normalizer(normalizer, labels, rows, cols, ignore, counters), scale = 1.f / norm;
     float dsum = 0.f, hsum = 0.f;  // this thread's share of sum D and of sum -log softmax(s)[y], over its rows in order
     for (int64_t r = group; r < rows; r += groups) {
         const int64_t base = r * cols;
@@ -639,7 +683,7 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
 #endif
     float acc[2] = {dsum, hsum};
     d4j_block_reduce<2, false>(acc);
-    d4j_kd_finish(k.softWeight * acc[0], (1.f - alpha) * acc[1], partials, counters, normalizer, loss, nout);
+    d4j_kd_finish(k.softWeight * acc[0], (1.f - alpha) * acc[1], partials, counters, norm, loss, nout);
 }
 
 // ptxas for sm_100 and sm_120 caps these kernels at 64 registers under a bare 512-thread bound and

@@ -159,6 +159,58 @@ class GpuDistillationLossTest {
         }
     }
 
+    /**
+     * Labels without a normalizer: the kernel counts the rows itself (a grid barrier in the same
+     * launch), so one evaluation is ONE launch in every regime: captured in a CUDA graph it is a
+     * single node, and replaying that graph (the counters reset by the kernel) gives the CPU's
+     * result every time and the same bits as passing the count as the normalizer. With every row
+     * ignored the loss is NaN and the gradient zero, as on the CPU.
+     */
+    @Test
+    void labelsWithoutANormalizerTakeOneLaunch() {
+        boolean clusters = gpu.context().device().computeMajor() >= 9;
+        int[][] shapes = {{300, 33}, {2000, 1000}, {128, 32000}, {8, 131072}};
+        java.util.Set<String> regimes = new java.util.TreeSet<>();
+        for (int[] shape : shapes) for (Divergence div : new Divergence[] {Divergence.KL, Divergence.JSD}) {
+            int rows = shape[0], cols = shape[1];
+            regimes.add(gpu.distillPlan(rows, cols, DType.F32).regime());
+            float[] s = gaussian(rows * cols, 4), te = gaussian(rows * cols, 4);
+            long[] y = new long[rows];
+            long counted = 0;
+            for (int r = 0; r < rows; r++) {
+                y[r] = r % 3 == 1 ? -100 : random.nextInt(cols);
+                if (y[r] != -100) counted++;
+            }
+            DistillationLoss cfg = new DistillationLoss(div, 2f, 0.6f, 0.3f, -100);
+            float[][] cpu = run(CpuBackend.get(), s, te, y, rows, cols, cfg, DType.F32, 0);
+            float[][] given = run(gpu, s, te, y, rows, cols, cfg, DType.F32, counted);
+            String what = "seed " + seed + ": " + div + " " + rows + "x" + cols + " (" + gpu.distillPlan(rows, cols, DType.F32) + ")";
+            try (Tensor ts = gpu.fromArray(s, rows, cols); Tensor tt = gpu.fromArray(te, rows, cols); Tensor ty = gpu.empty(DType.I64, rows).copyFrom(y);
+                 Tensor loss = gpu.empty(DType.F32, 3); Tensor grad = gpu.empty(DType.F32, rows, cols);
+                 org.distill4j.core.cuda.CudaGraph graph = gpu.capture(() -> gpu.distillationLoss(ts, tt, ty, cfg, 0, loss, grad))) {
+                assertEquals(1, graph.nodeCount(), what + ": nodes in the captured evaluation");
+                for (int replay = 0; replay < 3; replay++) {
+                    graph.launch();
+                    float[] l = loss.toFloatArray(), g = grad.toFloatArray();
+                    assertEquals(cpu[0][0], l[0], 1e-4 * Math.max(1e-2, Math.abs(cpu[0][0])), what + " replay " + replay + " loss");
+                    assertGradientClose(cpu[1], g, 1e-4, what + " replay " + replay);
+                    org.junit.jupiter.api.Assertions.assertArrayEquals(given[0], l, what + ": counted vs given normalizer, loss bits");
+                    org.junit.jupiter.api.Assertions.assertArrayEquals(given[1], g, what + ": counted vs given normalizer, gradient bits");
+                }
+            }
+        }
+        java.util.Set<String> expected = new java.util.TreeSet<>(java.util.List.of("warp", "block", "reread"));
+        if (clusters) expected.add("cluster");
+        assertEquals(expected, regimes, "regimes exercised");
+        // every row ignored: nothing counts
+        int rows = 40, cols = 1000;
+        long[] y = new long[rows];
+        java.util.Arrays.fill(y, -100);
+        float[][] got = run(gpu, gaussian(rows * cols, 3), gaussian(rows * cols, 3), y, rows, cols, DistillationLoss.hinton(4f, 0.5f), DType.F32, 0);
+        assertTrue(Float.isNaN(got[0][0]), "all rows ignored: loss " + got[0][0]);
+        for (float g : got[1]) assertEquals(0f, g, "all rows ignored: gradient");
+    }
+
     private float[] gaussian(int n, double scale) {
         float[] x = new float[n];
         for (int i = 0; i < n; i++) x[i] = (float) (random.nextGaussian() * scale);

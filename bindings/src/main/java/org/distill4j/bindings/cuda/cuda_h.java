@@ -50,6 +50,7 @@ public final class cuda_h {
     public static final int CUDA_ERROR_LAUNCH_FAILED = 719;
     public static final int CUDA_ERROR_SYSTEM_DRIVER_MISMATCH = 803;
     public static final int CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901;
+    public static final int CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE = 720;
     public static final int CUDA_ERROR_UNKNOWN = 999;
     public static final int CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK = 1;
     public static final int CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
@@ -61,6 +62,7 @@ public final class cuda_h {
     public static final int CU_DEVICE_ATTRIBUTE_CLOCK_RATE = 13;
     public static final int CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH = 37;
     public static final int CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE = 38;
+    public static final int CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH = 95;
     public static final int CU_FUNC_ATTRIBUTE_NUM_REGS = 4;
     public static final int CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK = 0;
     public static final int CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES = 3;
@@ -163,6 +165,76 @@ public final class cuda_h {
         public static void usage(MemorySegment struct, short value) { struct.set(JAVA_SHORT, usage$OFFSET, value); }
     }
 
+    /** {@snippet lang=c : typedef struct { unsigned int gridDimX; unsigned int gridDimY; unsigned int gridDimZ; unsigned int blockDimX; unsigned int blockDimY; unsigned int blockDimZ; unsigned int sharedMemBytes; CUstream hStream; CUlaunchAttribute * attrs; unsigned int numAttrs; } CUlaunchConfig; } (56 bytes) */
+    public static final class CUlaunchConfig {
+        private CUlaunchConfig() {}
+
+        public static final StructLayout LAYOUT = MemoryLayout.structLayout(
+            JAVA_INT.withName("gridDimX"),
+            JAVA_INT.withName("gridDimY"),
+            JAVA_INT.withName("gridDimZ"),
+            JAVA_INT.withName("blockDimX"),
+            JAVA_INT.withName("blockDimY"),
+            JAVA_INT.withName("blockDimZ"),
+            JAVA_INT.withName("sharedMemBytes"),
+            MemoryLayout.paddingLayout(4),
+            ADDRESS.withName("hStream"),
+            ADDRESS.withName("attrs"),
+            JAVA_INT.withName("numAttrs"),
+            MemoryLayout.paddingLayout(4)
+        ).withName("CUlaunchConfig");
+        public static final long gridDimX$OFFSET = 0;
+        public static final long gridDimY$OFFSET = 4;
+        public static final long gridDimZ$OFFSET = 8;
+        public static final long blockDimX$OFFSET = 12;
+        public static final long blockDimY$OFFSET = 16;
+        public static final long blockDimZ$OFFSET = 20;
+        public static final long sharedMemBytes$OFFSET = 24;
+        public static final long hStream$OFFSET = 32;
+        public static final long attrs$OFFSET = 40;
+        public static final long numAttrs$OFFSET = 48;
+
+        /** unsigned int gridDimX */
+        public static int gridDimX(MemorySegment struct) { return struct.get(JAVA_INT, gridDimX$OFFSET); }
+        public static void gridDimX(MemorySegment struct, int value) { struct.set(JAVA_INT, gridDimX$OFFSET, value); }
+
+        /** unsigned int gridDimY */
+        public static int gridDimY(MemorySegment struct) { return struct.get(JAVA_INT, gridDimY$OFFSET); }
+        public static void gridDimY(MemorySegment struct, int value) { struct.set(JAVA_INT, gridDimY$OFFSET, value); }
+
+        /** unsigned int gridDimZ */
+        public static int gridDimZ(MemorySegment struct) { return struct.get(JAVA_INT, gridDimZ$OFFSET); }
+        public static void gridDimZ(MemorySegment struct, int value) { struct.set(JAVA_INT, gridDimZ$OFFSET, value); }
+
+        /** unsigned int blockDimX */
+        public static int blockDimX(MemorySegment struct) { return struct.get(JAVA_INT, blockDimX$OFFSET); }
+        public static void blockDimX(MemorySegment struct, int value) { struct.set(JAVA_INT, blockDimX$OFFSET, value); }
+
+        /** unsigned int blockDimY */
+        public static int blockDimY(MemorySegment struct) { return struct.get(JAVA_INT, blockDimY$OFFSET); }
+        public static void blockDimY(MemorySegment struct, int value) { struct.set(JAVA_INT, blockDimY$OFFSET, value); }
+
+        /** unsigned int blockDimZ */
+        public static int blockDimZ(MemorySegment struct) { return struct.get(JAVA_INT, blockDimZ$OFFSET); }
+        public static void blockDimZ(MemorySegment struct, int value) { struct.set(JAVA_INT, blockDimZ$OFFSET, value); }
+
+        /** unsigned int sharedMemBytes */
+        public static int sharedMemBytes(MemorySegment struct) { return struct.get(JAVA_INT, sharedMemBytes$OFFSET); }
+        public static void sharedMemBytes(MemorySegment struct, int value) { struct.set(JAVA_INT, sharedMemBytes$OFFSET, value); }
+
+        /** CUstream hStream */
+        public static MemorySegment hStream(MemorySegment struct) { return struct.get(ADDRESS, hStream$OFFSET); }
+        public static void hStream(MemorySegment struct, MemorySegment value) { struct.set(ADDRESS, hStream$OFFSET, value); }
+
+        /** CUlaunchAttribute * attrs */
+        public static MemorySegment attrs(MemorySegment struct) { return struct.get(ADDRESS, attrs$OFFSET); }
+        public static void attrs(MemorySegment struct, MemorySegment value) { struct.set(ADDRESS, attrs$OFFSET, value); }
+
+        /** unsigned int numAttrs */
+        public static int numAttrs(MemorySegment struct) { return struct.get(JAVA_INT, numAttrs$OFFSET); }
+        public static void numAttrs(MemorySegment struct, int value) { struct.set(JAVA_INT, numAttrs$OFFSET, value); }
+    }
+
     // ---- functions
     private static final FunctionDescriptor cuGetErrorName$DESC = FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS);
     private static final FunctionDescriptor cuGetErrorString$DESC = FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS);
@@ -215,6 +287,9 @@ public final class cuda_h {
     private static final FunctionDescriptor cuFuncGetAttribute$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, ADDRESS);
     private static final FunctionDescriptor cuFuncSetAttribute$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT);
     private static final FunctionDescriptor cuLaunchKernel$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, ADDRESS);
+    private static final FunctionDescriptor cuLaunchCooperativeKernel$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS);
+    private static final FunctionDescriptor cuOccupancyMaxActiveBlocksPerMultiprocessor$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, JAVA_LONG);
+    private static final FunctionDescriptor cuOccupancyMaxActiveClusters$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS);
     private static final FunctionDescriptor cuStreamBeginCapture_v2$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT);
     private static final FunctionDescriptor cuStreamEndCapture$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS);
     private static final FunctionDescriptor cuStreamIsCapturing$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS);
@@ -222,6 +297,7 @@ public final class cuda_h {
     private static final FunctionDescriptor cuGraphLaunch$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS);
     private static final FunctionDescriptor cuGraphExecDestroy$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS);
     private static final FunctionDescriptor cuGraphDestroy$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS);
+    private static final FunctionDescriptor cuGraphGetNodes$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS);
 
     private static final class cuGetErrorName$ {
         static final MethodHandle HANDLE = LIB.downcall("cuGetErrorName", cuGetErrorName$DESC);
@@ -733,6 +809,36 @@ public final class cuda_h {
         catch (Throwable t) { throw Downcalls.rethrow("cuLaunchKernel", t); }
     }
 
+    private static final class cuLaunchCooperativeKernel$ {
+        static final MethodHandle HANDLE = LIB.downcall("cuLaunchCooperativeKernel", cuLaunchCooperativeKernel$DESC);
+    }
+
+    /** {@snippet lang=c : CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, void **kernelParams); } */
+    public static int cuLaunchCooperativeKernel(MemorySegment f, int gridDimX, int gridDimY, int gridDimZ, int blockDimX, int blockDimY, int blockDimZ, int sharedMemBytes, MemorySegment hStream, MemorySegment kernelParams) {
+        try { return (int) cuLaunchCooperativeKernel$.HANDLE.invokeExact(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams); }
+        catch (Throwable t) { throw Downcalls.rethrow("cuLaunchCooperativeKernel", t); }
+    }
+
+    private static final class cuOccupancyMaxActiveBlocksPerMultiprocessor$ {
+        static final MethodHandle HANDLE = LIB.downcall("cuOccupancyMaxActiveBlocksPerMultiprocessor", cuOccupancyMaxActiveBlocksPerMultiprocessor$DESC);
+    }
+
+    /** {@snippet lang=c : CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, CUfunction func, int blockSize, size_t dynamicSMemSize); } */
+    public static int cuOccupancyMaxActiveBlocksPerMultiprocessor(MemorySegment numBlocks, MemorySegment func, int blockSize, long dynamicSMemSize) {
+        try { return (int) cuOccupancyMaxActiveBlocksPerMultiprocessor$.HANDLE.invokeExact(numBlocks, func, blockSize, dynamicSMemSize); }
+        catch (Throwable t) { throw Downcalls.rethrow("cuOccupancyMaxActiveBlocksPerMultiprocessor", t); }
+    }
+
+    private static final class cuOccupancyMaxActiveClusters$ {
+        static final MethodHandle HANDLE = LIB.downcall("cuOccupancyMaxActiveClusters", cuOccupancyMaxActiveClusters$DESC);
+    }
+
+    /** {@snippet lang=c : CUresult cuOccupancyMaxActiveClusters(int *numClusters, CUfunction func, const CUlaunchConfig *config); } */
+    public static int cuOccupancyMaxActiveClusters(MemorySegment numClusters, MemorySegment func, MemorySegment config) {
+        try { return (int) cuOccupancyMaxActiveClusters$.HANDLE.invokeExact(numClusters, func, config); }
+        catch (Throwable t) { throw Downcalls.rethrow("cuOccupancyMaxActiveClusters", t); }
+    }
+
     private static final class cuStreamBeginCapture_v2$ {
         static final MethodHandle HANDLE = LIB.downcall("cuStreamBeginCapture_v2", cuStreamBeginCapture_v2$DESC);
     }
@@ -803,6 +909,16 @@ public final class cuda_h {
         catch (Throwable t) { throw Downcalls.rethrow("cuGraphDestroy", t); }
     }
 
+    private static final class cuGraphGetNodes$ {
+        static final MethodHandle HANDLE = LIB.downcall("cuGraphGetNodes", cuGraphGetNodes$DESC);
+    }
+
+    /** {@snippet lang=c : CUresult cuGraphGetNodes(CUgraph hGraph, CUgraphNode *nodes, size_t *numNodes); } */
+    public static int cuGraphGetNodes(MemorySegment hGraph, MemorySegment nodes, MemorySegment numNodes) {
+        try { return (int) cuGraphGetNodes$.HANDLE.invokeExact(hGraph, nodes, numNodes); }
+        catch (Throwable t) { throw Downcalls.rethrow("cuGraphGetNodes", t); }
+    }
+
     /** Everything this class declares, for the ABI conformance check and symbol-resolution tests. */
     public static final HeaderSpec SPEC = new HeaderSpec("cuda.h", NativeLibraries.Library.CUDA_DRIVER,
         List.of(
@@ -857,13 +973,17 @@ public final class cuda_h {
             new CFunction("cuFuncGetAttribute", "CUresult", CKind.INT, List.of(new CFunction.Param("int *", CKind.POINTER), new CFunction.Param("CUfunction_attribute", CKind.INT), new CFunction.Param("CUfunction", CKind.POINTER)), cuFuncGetAttribute$DESC),
             new CFunction("cuFuncSetAttribute", "CUresult", CKind.INT, List.of(new CFunction.Param("CUfunction", CKind.POINTER), new CFunction.Param("CUfunction_attribute", CKind.INT), new CFunction.Param("int", CKind.INT)), cuFuncSetAttribute$DESC),
             new CFunction("cuLaunchKernel", "CUresult", CKind.INT, List.of(new CFunction.Param("CUfunction", CKind.POINTER), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("CUstream", CKind.POINTER), new CFunction.Param("void **", CKind.POINTER), new CFunction.Param("void **", CKind.POINTER)), cuLaunchKernel$DESC),
+            new CFunction("cuLaunchCooperativeKernel", "CUresult", CKind.INT, List.of(new CFunction.Param("CUfunction", CKind.POINTER), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("unsigned int", CKind.INT), new CFunction.Param("CUstream", CKind.POINTER), new CFunction.Param("void **", CKind.POINTER)), cuLaunchCooperativeKernel$DESC),
+            new CFunction("cuOccupancyMaxActiveBlocksPerMultiprocessor", "CUresult", CKind.INT, List.of(new CFunction.Param("int *", CKind.POINTER), new CFunction.Param("CUfunction", CKind.POINTER), new CFunction.Param("int", CKind.INT), new CFunction.Param("size_t", CKind.LONG)), cuOccupancyMaxActiveBlocksPerMultiprocessor$DESC),
+            new CFunction("cuOccupancyMaxActiveClusters", "CUresult", CKind.INT, List.of(new CFunction.Param("int *", CKind.POINTER), new CFunction.Param("CUfunction", CKind.POINTER), new CFunction.Param("const CUlaunchConfig *", CKind.POINTER)), cuOccupancyMaxActiveClusters$DESC),
             new CFunction("cuStreamBeginCapture_v2", "CUresult", CKind.INT, List.of(new CFunction.Param("CUstream", CKind.POINTER), new CFunction.Param("CUstreamCaptureMode", CKind.INT)), cuStreamBeginCapture_v2$DESC),
             new CFunction("cuStreamEndCapture", "CUresult", CKind.INT, List.of(new CFunction.Param("CUstream", CKind.POINTER), new CFunction.Param("CUgraph *", CKind.POINTER)), cuStreamEndCapture$DESC),
             new CFunction("cuStreamIsCapturing", "CUresult", CKind.INT, List.of(new CFunction.Param("CUstream", CKind.POINTER), new CFunction.Param("CUstreamCaptureStatus *", CKind.POINTER)), cuStreamIsCapturing$DESC),
             new CFunction("cuGraphInstantiateWithFlags", "CUresult", CKind.INT, List.of(new CFunction.Param("CUgraphExec *", CKind.POINTER), new CFunction.Param("CUgraph", CKind.POINTER), new CFunction.Param("unsigned long long", CKind.LONG)), cuGraphInstantiateWithFlags$DESC),
             new CFunction("cuGraphLaunch", "CUresult", CKind.INT, List.of(new CFunction.Param("CUgraphExec", CKind.POINTER), new CFunction.Param("CUstream", CKind.POINTER)), cuGraphLaunch$DESC),
             new CFunction("cuGraphExecDestroy", "CUresult", CKind.INT, List.of(new CFunction.Param("CUgraphExec", CKind.POINTER)), cuGraphExecDestroy$DESC),
-            new CFunction("cuGraphDestroy", "CUresult", CKind.INT, List.of(new CFunction.Param("CUgraph", CKind.POINTER)), cuGraphDestroy$DESC)
+            new CFunction("cuGraphDestroy", "CUresult", CKind.INT, List.of(new CFunction.Param("CUgraph", CKind.POINTER)), cuGraphDestroy$DESC),
+            new CFunction("cuGraphGetNodes", "CUresult", CKind.INT, List.of(new CFunction.Param("CUgraph", CKind.POINTER), new CFunction.Param("CUgraphNode *", CKind.POINTER), new CFunction.Param("size_t *", CKind.POINTER)), cuGraphGetNodes$DESC)
         ),
         List.of(
             new CConstant("CUDA_SUCCESS", CUDA_SUCCESS),
@@ -883,6 +1003,7 @@ public final class cuda_h {
             new CConstant("CUDA_ERROR_LAUNCH_FAILED", CUDA_ERROR_LAUNCH_FAILED),
             new CConstant("CUDA_ERROR_SYSTEM_DRIVER_MISMATCH", CUDA_ERROR_SYSTEM_DRIVER_MISMATCH),
             new CConstant("CUDA_ERROR_STREAM_CAPTURE_INVALIDATED", CUDA_ERROR_STREAM_CAPTURE_INVALIDATED),
+            new CConstant("CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE", CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE),
             new CConstant("CUDA_ERROR_UNKNOWN", CUDA_ERROR_UNKNOWN),
             new CConstant("CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK", CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK),
             new CConstant("CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT", CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
@@ -894,6 +1015,7 @@ public final class cuda_h {
             new CConstant("CU_DEVICE_ATTRIBUTE_CLOCK_RATE", CU_DEVICE_ATTRIBUTE_CLOCK_RATE),
             new CConstant("CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH", CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH),
             new CConstant("CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE", CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE),
+            new CConstant("CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH", CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH),
             new CConstant("CU_FUNC_ATTRIBUTE_NUM_REGS", CU_FUNC_ATTRIBUTE_NUM_REGS),
             new CConstant("CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK", CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK),
             new CConstant("CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES", CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES),
@@ -924,6 +1046,7 @@ public final class cuda_h {
         List.of(
             new CStruct("CUuuid", CUuuid.LAYOUT),
             new CStruct("CUmemLocation", CUmemLocation.LAYOUT),
-            new CStruct("CUmemPoolProps", CUmemPoolProps.LAYOUT)
+            new CStruct("CUmemPoolProps", CUmemPoolProps.LAYOUT),
+            new CStruct("CUlaunchConfig", CUlaunchConfig.LAYOUT)
         ));
 }

@@ -54,6 +54,7 @@ public final class DistillKernels {
     private final int multiprocessors, computeMajor, maxSharedOptin;
     private final ConcurrentHashMap<String, MemorySegment> functions = new ConcurrentHashMap<>();
     private final ConcurrentHashMap<String, Integer> registers = new ConcurrentHashMap<>();
+    private final ConcurrentHashMap<String, Integer> coResident = new ConcurrentHashMap<>();
 
     public DistillKernels(KernelModule module, int multiprocessors, int computeMajor, int maxSharedBytesPerBlockOptin) {
         this.module = module;
@@ -157,9 +158,12 @@ public final class DistillKernels {
     }
 
     /**
-     * One evaluation: loss[0..nout) and (if grad is not NULL) dL/ds into grad, which may be s.
-     * counters: 3 u64, zero on entry (the kernel leaves them zero); counters[0] = counted rows when
-     * normalizer is 0 (from d4j_ce_count). partials: {@link #maxBlocks()} * 2 floats of scratch.
+     * One evaluation, one launch: loss[0..nout) and (if grad is not NULL) dL/ds into grad, which may
+     * be s. counters: 3 u64, zero on entry (the kernel leaves them zero). partials:
+     * {@link #maxBlocks()} * 2 floats of scratch. normalizer: the caller's N, or 0 to divide by the
+     * rows whose label is in [0, cols) (counted by the kernel: every block waits at a grid barrier
+     * for the count, so the grid is cut to what is resident at once and launched so that the driver
+     * refuses, rather than hangs on, a grid that is not) or, without labels, by {@code rows}.
      */
     public void launch(Plan plan, MemorySegment s, MemorySegment t, MemorySegment labels, long rows, long cols, int divergence, float temperature,
                        float alpha, float beta, long ignore, MemorySegment counters, float normalizer, MemorySegment partials, MemorySegment loss,
@@ -169,19 +173,69 @@ public final class DistillKernels {
         // forms their gradient's row sum in double and uses more registers: its grid is cut to what
         // is resident at once (blocks loop over rows, so any grid covers them).
         boolean pg = divergence == 1 || divergence == 2;
+        boolean counted = normalizer <= 0f && !labels.equals(MemorySegment.NULL);
         String kernel = pg ? plan.kernel() + "_pg" : plan.kernel();
-        int blocks = pg ? Math.min(plan.blocks(), resident(kernel, plan)) : plan.blocks();
         MemorySegment fn = function(kernel, plan);
+        int blocks = counted ? Math.min(plan.blocks(), coResident(kernel, fn, plan, stream))
+            : pg ? Math.min(plan.blocks(), resident(kernel, plan)) : plan.blocks();
         try (Arena a = Arena.ofConfined()) {
             LaunchArgs la = new LaunchArgs(a, 18).pointer(s).pointer(t);
             la = labels.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(labels);
-            la = la.i64(rows).i64(cols).i32(divergence).f32(temperature).f32(alpha).f32(beta).i64(ignore).pointer(counters).f32(normalizer)
+            la = la.i64(rows).i64(cols).i32(divergence).f32(temperature).f32(alpha).f32(beta).i64(ignore).pointer(counters).f32(Math.max(0f, normalizer))
                 .pointer(partials).pointer(loss).i32(nout);
             la = grad.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(grad);
             la = la.i64(plan.chunk()).i64(plan.staged());
-            int status = cuda_h.cuLaunchKernel(fn, blocks, 1, 1, plan.threads(), 1, 1, plan.sharedBytes(), stream, la.segment(), MemorySegment.NULL);
-            CudaException.check(status, "cuLaunchKernel(" + kernel + ", " + blocks + " blocks, " + plan.sharedBytes() + " B shared)");
+            int status;
+            if (counted && plan.clusterSize() == 1) {
+                // cooperative: the driver checks that every block is resident at once (the grid
+                // barrier's premise) and fails with COOPERATIVE_LAUNCH_TOO_LARGE otherwise
+                status = cuda_h.cuLaunchCooperativeKernel(fn, blocks, 1, 1, plan.threads(), 1, 1, plan.sharedBytes(), stream, la.segment());
+            } else {
+                // cluster kernels: the grid is cut to cuOccupancyMaxActiveClusters (coResident)
+                status = cuda_h.cuLaunchKernel(fn, blocks, 1, 1, plan.threads(), 1, 1, plan.sharedBytes(), stream, la.segment(), MemorySegment.NULL);
+            }
+            CudaException.check(status, (counted && plan.clusterSize() == 1 ? "cuLaunchCooperativeKernel(" : "cuLaunchKernel(") + kernel + ", "
+                + blocks + " blocks, " + plan.sharedBytes() + " B shared)");
         }
+    }
+
+    /**
+     * Blocks of the plan's shape that the driver says can be resident at once, whole clusters: the
+     * grid of a launch whose blocks wait for each other (the label count's grid barrier). Asked of
+     * cuOccupancyMaxActiveBlocksPerMultiprocessor, or for cluster kernels of
+     * cuOccupancyMaxActiveClusters (clusters are placed within a GPC, so SMs x blocks an SM can
+     * overstate them); cached per kernel and shape.
+     */
+    private int coResident(String kernel, MemorySegment fn, Plan plan, MemorySegment stream) {
+        String key = kernel + "/" + plan.threads() + "/" + plan.sharedBytes() + "/" + plan.blocks();
+        return coResident.computeIfAbsent(key, k -> {
+            try (Arena a = Arena.ofConfined()) {
+                MemorySegment n = a.allocate(JAVA_INT);
+                long blocks;
+                if (plan.clusterSize() == 1) {
+                    CudaException.check(cuda_h.cuOccupancyMaxActiveBlocksPerMultiprocessor(n, fn, plan.threads(), plan.sharedBytes()),
+                        "cuOccupancyMaxActiveBlocksPerMultiprocessor(" + kernel + ")");
+                    blocks = (long) n.get(JAVA_INT, 0) * multiprocessors;
+                } else {
+                    MemorySegment config = a.allocate(cuda_h.CUlaunchConfig.LAYOUT);  // zeroed: no attributes (the kernel's cluster size is compiled in)
+                    cuda_h.CUlaunchConfig.gridDimX(config, plan.blocks());
+                    cuda_h.CUlaunchConfig.gridDimY(config, 1);
+                    cuda_h.CUlaunchConfig.gridDimZ(config, 1);
+                    cuda_h.CUlaunchConfig.blockDimX(config, plan.threads());
+                    cuda_h.CUlaunchConfig.blockDimY(config, 1);
+                    cuda_h.CUlaunchConfig.blockDimZ(config, 1);
+                    cuda_h.CUlaunchConfig.sharedMemBytes(config, plan.sharedBytes());
+                    cuda_h.CUlaunchConfig.hStream(config, stream);
+                    CudaException.check(cuda_h.cuOccupancyMaxActiveClusters(n, fn, config), "cuOccupancyMaxActiveClusters(" + kernel + ")");
+                    blocks = (long) n.get(JAVA_INT, 0) * plan.clusterSize();
+                }
+                if (blocks < plan.clusterSize()) {
+                    throw new IllegalStateException(kernel + ": not one block of " + plan.threads() + " threads and " + plan.sharedBytes()
+                        + " B of shared memory can be resident on this device (occupancy query)");
+                }
+                return (int) Math.min(Integer.MAX_VALUE, blocks);
+            }
+        });
     }
 
     /** Blocks of the plan's shape resident at once when run by {@code kernel}, by its registers: whole clusters, at least one. */

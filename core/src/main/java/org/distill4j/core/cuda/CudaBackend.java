@@ -405,8 +405,8 @@ public final class CudaBackend implements Backend {
         } // rowLoss is freed on the stream, after the kernels that use it
     }
 
-    // ---- the fused distillation loss: one launch (a count launch first only with labels and no
-    // normalizer), no host synchronisation, no allocation
+    // ---- the fused distillation loss: one launch (with labels and no normalizer the kernel counts
+    // the rows itself), no host synchronisation, no allocation
 
     @Override
     public void distillationLoss(Tensor student, Tensor teacher, Tensor labels, DistillationLoss config, long normalizer, Tensor loss, Tensor grad) {
@@ -424,9 +424,8 @@ public final class CudaBackend implements Backend {
         context.makeCurrent();
         long n = student.size(0), c = student.size(1);
         Divergence div = config.effectiveDivergence();
+        // 0: the kernel divides by the rows it counts (labels in [0, C)) or, without labels, by n
         float norm = normalizer > 0 ? normalizer : 0f;
-        if (labels != null && norm == 0f) ops.ceCount(labels.data(), n, c, config.ignoreIndex(), lossCounters.address(), s());
-        else if (norm == 0f) norm = n; // without labels every row counts
         if (plan == null) plan = distill.plan(n, c, student.dtype().bytes());  // the context is current: the planner may read register counts
         distill.launch(plan, student.data(), teacher.data(), p(labels), n, c, div.ordinal(), config.temperature(), config.alpha(), config.beta(),
             config.ignoreIndex(), lossCounters.address(), norm, lossPartials.address(), loss.data(), (int) loss.numel(), p(grad), s());

@@ -1,6 +1,7 @@
 package org.distill4j.core.cuda;
 
 import static java.lang.foreign.ValueLayout.ADDRESS;
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
 import static org.distill4j.bindings.cuda.CudaException.check;
 import static org.distill4j.bindings.cuda.cuda_h.*;
 
@@ -51,6 +52,16 @@ public final class CudaGraph implements org.distill4j.core.Backend.Graph {
                 check(ri, "cuGraphInstantiateWithFlags");
             }
             return new CudaGraph(context, graph, e.get(ADDRESS, 0));
+        }
+    }
+
+    /** The graph's nodes (kernels, copies, memsets...): what one replay runs, e.g. one per fused loss evaluation. */
+    public long nodeCount() {
+        if (closed) throw new IllegalStateException("CUDA graph is closed");
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment n = arena.allocate(JAVA_LONG);
+            check(cuGraphGetNodes(graph, MemorySegment.NULL, n), "cuGraphGetNodes");
+            return n.get(JAVA_LONG, 0);
         }
     }
 
