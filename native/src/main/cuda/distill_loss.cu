@@ -13,6 +13,10 @@
 //           same bits: one cluster barrier a row for KL and MSE, two for reverse KL and JSD.
 //   reread  longer rows, or no clusters: a block per row that reads the row from global memory in
 //           each pass (twice: online max and sums, then divergence and gradient).
+//   pipe    (explicit plans, to be measured on a GPU) the block or cluster regime with two buffers:
+//           while a block computes on row r in one, cp.async copies its slice of row r + groups
+//           into the other, so loading and computing overlap within a block, not only between
+//           resident blocks (twice the shared memory: whole slices only).
 // Every logit is read from global memory once in the first three regimes (when staged whole), and
 // the gradient written once.
 // Blocks loop over rows (a grid of about one wave); every thread adds its elements' loss terms over
@@ -27,6 +31,7 @@
 // log p = (s - max s) / T - log sum exp((s - max s) / T), exact for logits of +-1e4.
 #include "common.cuh"
 #include <cuda_bf16.h>
+#include <cuda_pipeline.h>
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #include <cooperative_groups.h>
 #define D4J_HAS_CLUSTERS 1
@@ -500,7 +505,7 @@ __device__ __forceinline__ void d4j_store(T* p, const float (&g)[W]) {
 // (43 registers instead of 51 on sm_90, which is a third block an SM at 1k columns). Per row: load,
 // block max, sums, block sum (+ cluster merge), then the divergence and gradient pass: two block
 // reductions a row for KL and MSE.
-template <typename T, int CL, bool STAGED, bool PARTIAL, bool PG>
+template <typename T, int CL, bool STAGED, bool PARTIAL, bool PG, bool PIPE = false>
 __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t, const int64_t* __restrict__ labels, int64_t rows, int64_t cols,
                                              int div, float temperature, float alpha, float beta, int64_t ignore,
                                              unsigned long long* __restrict__ counters, float normalizer, float* __restrict__ partials,
@@ -511,6 +516,7 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
     extern __shared__ float4 d4j_kd_smem[];
     __shared__ float slots[2][5], merged[5];
     __shared__ double dslots[2][2], dmerged[2];  // reverse KL / JSD: sum p g and sum p
+    static_assert(!PIPE || (STAGED && !PARTIAL), "pipelined blocks stage whole slices");
     T* ss = reinterpret_cast<T*>(d4j_kd_smem);
     T* ts = ss + staged;  // staged is a multiple of 8: ts stays 16-byte aligned
     const D4jKd k = d4j_kd(div, temperature, alpha, beta, labels != nullptr, cols);
@@ -526,8 +532,49 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
     constexpr bool TAIL = PARTIAL || !STAGED;  // any elements read from global memory after the first pass
     const float norm = d4j_normalizer(normalizer, labels, rows, cols, ignore, counters), scale = 1.f / norm;
     float dsum = 0.f, hsum = 0.f;  // this thread's share of sum D and of sum -log softmax(s)[y], over its rows in order
-    for (int64_t r = group; r < rows; r += groups) {
+    constexpr int V = 16 / sizeof(T);  // elements per 16-byte copy
+    // PIPE: buffer b holds [student slice | teacher slice] at d4j_kd_smem + 2 * staged * b elements.
+    // pipeStage copies this block's slice of a row into buffer b: cp.async (16 bytes a copy, no
+    // registers held, completes in the background) when both slices are 16-byte aligned, else
+    // plain loads and stores (complete before it returns). Rows that do not count are skipped.
+    auto pipeStage = [&](int64_t row, int b) {
+        if (row >= rows) return;
+        int64_t yy;
+        if (d4j_row_status(labels, row, cols, ignore, yy) != 0) return;
+        const T* sgn = s + row * cols + lo;
+        const T* tgn = t + row * cols + lo;
+        T* ssn = reinterpret_cast<T*>(d4j_kd_smem) + 2 * staged * b;
+        T* tsn = ssn + staged;
+        if (((((uintptr_t)sgn | (uintptr_t)tgn) & 15) == 0) && n % V == 0) {
+            for (int v = threadIdx.x; v < (int)(n / V); v += blockDim.x) {
+                __pipeline_memcpy_async(ssn + v * V, sgn + v * V, 16);
+                __pipeline_memcpy_async(tsn + v * V, tgn + v * V, 16);
+            }
+        } else {
+            for (int i = threadIdx.x; i < (int)n; i += blockDim.x) {
+                ssn[i] = sgn[i];
+                tsn[i] = tgn[i];
+            }
+        }
+    };
+    int buf = 0;  // PIPE: the buffer of the current row
+    if (PIPE) {
+        pipeStage(group, 0);
+        __pipeline_commit();
+    }
+    for (int64_t r = group; r < rows; r += groups, buf ^= 1) {
         const int64_t base = r * cols;
+        if (PIPE) {
+            // The next row into the other buffer (read by nobody since the previous row's closing
+            // barrier), then wait for this row's copies (all but the newest group) and make every
+            // thread's copies visible to the block.
+            pipeStage(r + groups, buf ^ 1);
+            __pipeline_commit();
+            __pipeline_wait_prior(1);
+            __syncthreads();
+            ss = reinterpret_cast<T*>(d4j_kd_smem) + 2 * staged * buf;
+            ts = ss + staged;
+        }
         int64_t y;
         const int status = d4j_row_status(labels, r, cols, ignore, y);  // the same for every block of the cluster
         if (status != 0) {
@@ -541,7 +588,6 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
         // when the slices and the gradient are 16-byte aligned: a quarter of the load/store
         // instructions and loop overhead of element-wise passes, which at 1k-32k columns limited the
         // issue rate.
-        constexpr int V = 16 / sizeof(T);  // elements per 16-byte copy
         const bool vec = ((((uintptr_t)sg | (uintptr_t)tg | (grad ? (uintptr_t)(grad + base + lo) : 0)) & 15) == 0) && n % V == 0 && held % V == 0;
         // f(i, s[W], t[W]) for W consecutive elements from i, over the slice this thread owns (W = 4
         // when vec, else 1): shared memory first, then the re-read tail.
@@ -581,7 +627,16 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
         // (measured: online sums here delay the next loads, 8k-128k columns ran 15-20% slower);
         // the sums follow from shared memory. Not staged: online max and sums.
         D4jOnline os = {-INFINITY, 0.f, 0.f}, ot = {-INFINITY, 0.f, 0.f};
-        if (STAGED) {
+        if (PIPE) {
+            each([&](int, const auto& sv, const auto& tv) {  // the slice is in shared memory already
+                constexpr int W = sizeof(sv) / sizeof(float);
+#pragma unroll
+                for (int j = 0; j < W; j++) {
+                    os.m = fmaxf(os.m, sv[j]);
+                    ot.m = fmaxf(ot.m, tv[j]);
+                }
+            });
+        } else if (STAGED) {
             if (vec) {
                 const float4* s4 = reinterpret_cast<const float4*>(sg);
                 const float4* t4 = reinterpret_cast<const float4*>(tg);
@@ -710,6 +765,12 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
 #define D4J_KD_BLOCK(NAME, T, CL, STAGED) \
     extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, STAGED, true, false>(D4J_KD_ARGS, chunk, staged); } \
     extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, STAGED, true, true>(D4J_KD_ARGS, chunk, staged); }
+#define D4J_KD_PIPE(NAME, T, CL) \
+    extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, true, false, false, true>(D4J_KD_ARGS, chunk, staged); } \
+    extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, true, false, true, true>(D4J_KD_ARGS, chunk, staged); }
+#define D4J_KD_PIPE1(NAME, T) \
+    extern "C" __global__ void D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, 1, true, false, false, true>(D4J_KD_ARGS, chunk, staged); } \
+    extern "C" __global__ void D4J_KD_BLOCK_BOUNDS NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_block<T, 1, true, false, true, true>(D4J_KD_ARGS, chunk, staged); }
 #define D4J_KD_BLOCK1(NAME, T, STAGED) \
     extern "C" __global__ void D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, 1, STAGED, false, false>(D4J_KD_ARGS, chunk, staged); } \
     extern "C" __global__ void D4J_KD_BLOCK_BOUNDS NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_block<T, 1, STAGED, false, true>(D4J_KD_ARGS, chunk, staged); }
@@ -736,6 +797,16 @@ D4J_KD_BLOCK(d4j_kd_cluster2_bf16, __nv_bfloat16, 2, true)
 D4J_KD_BLOCK(d4j_kd_cluster4_bf16, __nv_bfloat16, 4, true)
 D4J_KD_BLOCK(d4j_kd_cluster8_bf16, __nv_bfloat16, 8, true)
 D4J_KD_BLOCK(d4j_kd_cluster16_bf16, __nv_bfloat16, 16, true)
+D4J_KD_PIPE1(d4j_kd_pipe_f32, float)
+D4J_KD_PIPE(d4j_kd_pipe2_f32, float, 2)
+D4J_KD_PIPE(d4j_kd_pipe4_f32, float, 4)
+D4J_KD_PIPE(d4j_kd_pipe8_f32, float, 8)
+D4J_KD_PIPE(d4j_kd_pipe16_f32, float, 16)
+D4J_KD_PIPE1(d4j_kd_pipe_bf16, __nv_bfloat16)
+D4J_KD_PIPE(d4j_kd_pipe2_bf16, __nv_bfloat16, 2)
+D4J_KD_PIPE(d4j_kd_pipe4_bf16, __nv_bfloat16, 4)
+D4J_KD_PIPE(d4j_kd_pipe8_bf16, __nv_bfloat16, 8)
+D4J_KD_PIPE(d4j_kd_pipe16_bf16, __nv_bfloat16, 16)
 
 // dense [rows, cols] = -inf, then dense[r, idx[r, j]] = val[r, j]; out-of-range indices are skipped
 // and flagged in flag[0] (checked by the host).

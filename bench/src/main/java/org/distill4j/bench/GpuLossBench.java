@@ -2,6 +2,7 @@ package org.distill4j.bench;
 
 import java.util.Arrays;
 import java.util.LinkedHashSet;
+import java.util.List;
 import java.util.Set;
 import org.distill4j.bindings.kernels.DistillKernels;
 import org.distill4j.core.DType;
@@ -16,15 +17,23 @@ import org.distill4j.core.loss.DistillationLoss;
  * device-to-device copy of the same bytes in the same run. Bytes moved per evaluation: student and
  * teacher read, gradient written = 12 x rows x C. Median of 7 timed repeats of 10 evaluations
  * (CUDA events; a sweep's variants: median of 5 x 3). Run on the GPU machine:
- *   bash .device/on-device.sh java org.distill4j.bench.GpuLossBench [--sweep] [rows] [C ...]
- * --sweep also times every launch variant (regime, cluster size, blocks per SM, staged bytes, threads a block).
+ *   bash .device/on-device.sh java org.distill4j.bench.GpuLossBench [--sweep[=REGIME,...]] [rows] [C ...]
+ * --sweep also times every launch variant (regime, cluster size, blocks per SM, staged bytes, threads a block);
+ * --sweep=pipe,cluster only those regimes' (block, cluster, reread, pipe).
  * Prints per C: "loss C=<C>: <GB/s> GB/s, <x>% of copy (<GB/s> GB/s), <ms> ms".
  */
 public final class GpuLossBench {
     private GpuLossBench() {}
 
     public static void main(String[] args) {
-        boolean sweep = args.length > 0 && args[0].equals("--sweep");  // also time every launch variant
+        // --sweep: also time every launch variant; --sweep=pipe,cluster: only those regimes' variants
+        boolean sweep = args.length > 0 && (args[0].equals("--sweep") || args[0].startsWith("--sweep="));
+        Set<String> sweepRegimes = new LinkedHashSet<>(List.of("block", "cluster", "reread", "pipe"));
+        if (sweep && args[0].startsWith("--sweep=")) {
+            Set<String> asked = new LinkedHashSet<>(List.of(args[0].substring("--sweep=".length()).split(",")));
+            for (String r : asked) if (!sweepRegimes.contains(r)) throw new IllegalArgumentException("--sweep: unknown regime '" + r + "', expected " + sweepRegimes);
+            sweepRegimes = asked;
+        }
         if (sweep) args = Arrays.copyOfRange(args, 1, args.length);
         int rows = args.length > 0 ? Integer.parseInt(args[0]) : 16384;
         int[] classes = args.length > 1 ? Arrays.stream(args, 1, args.length).mapToInt(Integer::parseInt).toArray()
@@ -57,10 +66,10 @@ public final class GpuLossBench {
                         // Every launch variant the planner chooses among, same data, same copy baseline:
                         // regime x cluster size x blocks per SM x most staged bytes a block (distinct plans only).
                         Set<DistillKernels.Plan> seen = new LinkedHashSet<>();
-                        for (String regime : new String[] {"block", "cluster", "reread"}) {
-                            for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8, 16} : new int[] {1}) {
+                        for (String regime : sweepRegimes) {
+                            for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8, 16} : regime.equals("pipe") ? new int[] {1, 2, 4, 8, 16} : new int[] {1}) {
                                 for (int perSm : new int[] {2, 0}) {
-                                    for (long stage : new long[] {Long.MAX_VALUE, 96 * 1024, 64 * 1024}) {
+                                    for (long stage : regime.equals("pipe") ? new long[] {Long.MAX_VALUE} : new long[] {Long.MAX_VALUE, 96 * 1024, 64 * 1024}) {
                                         for (int threads : perSm == 0 ? new int[] {0, 64, 128, 256, 512} : new int[] {0}) {
                                             try {
                                                 seen.add(gpu.distillPlans().explicit(regime, cl, perSm, rows, c, 4, stage, threads));

@@ -77,4 +77,23 @@ class DistillKernelsPlanTest {
         assertEquals(4096, h100.explicit("cluster", 2, 0, 10, 32000, 4, 32 * 1024).staged(), "a cluster's block may stage part of its slice");
         assertThrows(IllegalArgumentException.class, () -> h100.explicit("cluster", 2, 0, 10, 32000, 4, 16));
     }
+
+    @Test
+    void pipelinedPlansDoubleTheirSharedMemory() {
+        Plan block = h100.explicit("block", 1, 0, 16384, 1000, 4), pipe = h100.explicit("pipe", 1, 0, 16384, 1000, 4);
+        assertEquals("d4j_kd_pipe_f32", pipe.kernel());
+        assertEquals(2 * block.sharedBytes(), pipe.sharedBytes(), "two buffers of [student | teacher] slices");
+        assertEquals(block.chunk(), pipe.staged(), "whole slices");
+        Plan p16 = h100.explicit("pipe", 16, 0, 16384, 131072, 4);
+        assertEquals("d4j_kd_pipe16_bf16".replace("bf16", "f32"), p16.kernel());
+        assertEquals(8192 * 2 * 4 * 2, p16.sharedBytes(), "8k columns a block, student + teacher, two buffers: 128 KiB");
+        assertEquals(0, p16.blocks() % 16);
+        assertEquals("d4j_kd_pipe16_bf16", h100.explicit("pipe", 16, 0, 16384, 262144, 2).kernel(), "256k bf16 fits 16 blocks twice");
+        assertThrows(IllegalArgumentException.class, () -> h100.explicit("pipe", 16, 0, 16384, 262144, 4), "256k fp32: 256 KiB a block double-buffered");
+        assertThrows(IllegalArgumentException.class, () -> h100.explicit("pipe", 1, 0, 16384, 16000, 4), "a whole slice, twice, must fit");
+        assertThrows(IllegalArgumentException.class, () -> sm80.explicit("pipe", 2, 0, 16384, 8000, 4), "clusters need sm_90");
+        assertEquals("d4j_kd_pipe_f32", sm80.explicit("pipe", 1, 0, 16384, 8000, 4).kernel(), "cp.async: sm_80 has it");
+        assertTrue(h100.explicit("pipe", 1, 0, 16384, 8000, 4).blocks() < h100.explicit("block", 1, 0, 16384, 8000, 4).blocks(),
+            "twice the shared memory: fewer resident blocks");
+    }
 }

@@ -81,15 +81,17 @@ class GpuDistillationLossTest {
 
     /**
      * Every launch variant the planner can choose from (staged block or cluster, re-reading block or
-     * cluster, with one resident block per SM or as many as fit), not only the default plan: each
-     * against the CPU, fp32 and bf16, KL and JSD.
+     * cluster, with one resident block per SM or as many as fit), not only the default plan, and the
+     * double-buffered "pipe" variants of the block and every cluster size: each against the CPU,
+     * fp32 and bf16, KL and JSD, with labels and no normalizer (the kernel counts the rows).
      */
     @Test
     void everyRegimeVariantMatchesTheCpu() {
         org.distill4j.bindings.kernels.DistillKernels k = gpu.distillPlans();
         boolean clusters = gpu.context().device().computeMajor() >= 9;
         int checked = 0;
-        for (int[] shape : new int[][] {{40, 1000}, {16, 32000}, {6, 131072}, {3, 262144}}) {
+        // 999 columns: rows not 16-byte aligned (no vector copies; "pipe" stages them synchronously)
+        for (int[] shape : new int[][] {{40, 1000}, {24, 999}, {16, 32000}, {6, 131072}, {3, 262144}}) {
             int rows = shape[0], cols = shape[1];
             // sparse: a top-k-like teacher, finite in its first 100 columns only, so that every
             // cluster rank but the first stages an all -inf teacher slice
@@ -102,8 +104,8 @@ class GpuDistillationLossTest {
                 DistillationLoss cfg = new DistillationLoss(div, 4f, 0.7f, 0.4f, -100);
                 float[][] cpu = run(CpuBackend.get(), s, te, y, rows, cols, cfg, dtype, 0, null);
                 int bytes = dtype.bytes();
-                for (String regime : new String[] {"block", "cluster", "reread"}) {
-                    for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8, 16} : new int[] {1}) {
+                for (String regime : new String[] {"block", "cluster", "reread", "pipe"}) {
+                    for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8, 16} : regime.equals("pipe") ? new int[] {1, 2, 4, 8, 16} : new int[] {1}) {
                         if (cl > 1 && !clusters) continue;
                         // most staged bytes a block: all the device has, or 64 KiB (longer slices
                         // then re-read their tail: the partially staged path)

@@ -17,7 +17,9 @@ import org.distill4j.bindings.cuda.cuda_h;
  * on sm_90+ a cluster of two blocks per row while each can stage 3/4 of its half (the rest
  * re-read from L2), and beyond that (or before sm_90) a block per row that re-reads global memory.
  * Clusters of 4, 8 and 16 blocks, and partial staging at any size, are there for
- * {@link #explicit} plans: measured, not faster ({@code GpuLossBench --sweep}).
+ * {@link #explicit} plans: measured, not faster ({@code GpuLossBench --sweep}). So is "pipe", the
+ * block or cluster regime double-buffered with cp.async (the next row copied while this one is
+ * computed), written without a GPU in the fifth session and not yet measured.
  * A plan names the KL/MSE kernel; reverse KL and JSD run its {@code _pg} twin (their gradient's
  * row sum formed in double), chosen by {@link #launch} from the divergence. Grids are about one wave; blocks loop
  * over rows, so the loss partials stay within {@link #maxBlocks()} entries. The thresholds are
@@ -102,10 +104,12 @@ public final class DistillKernels {
     }
 
     /**
-     * A plan for a named regime ("block", "cluster", "reread"), cluster size, resident blocks per SM
-     * (0: as many as fit) and most staged bytes a block (student + teacher; the rest of a slice is
-     * re-read), for benchmarks that compare regimes and tests that check each against the CPU.
-     * {@link #plan} picks among these.
+     * A plan for a named regime ("block", "cluster", "reread", or "pipe": the block (cluster size 1)
+     * or cluster regime double-buffered, copying the next row while computing on this one; whole
+     * slices only, twice the shared memory), cluster size, resident blocks per SM (0: as many as
+     * fit) and most staged bytes a block (student + teacher, both buffers; the rest of a cluster's
+     * slice is re-read), for benchmarks that compare regimes and tests that check each against the
+     * CPU. {@link #plan} picks among block, cluster and reread ("pipe" awaits its GPU measurement).
      */
     public Plan explicit(String regime, int clusterSize, int blocksPerSm, long rows, long cols, int elementBytes, long maxStageBytes) {
         return explicit(regime, clusterSize, blocksPerSm, rows, cols, elementBytes, maxStageBytes, 0);
@@ -122,27 +126,31 @@ public final class DistillKernels {
         if (cl > 1 && computeMajor < 9) throw new IllegalArgumentException("clusters need sm_90+, this GPU is sm_" + computeMajor + "x");
         long chunk = roundUp((cols + cl - 1) / cl, 8);
         boolean staged = switch (regime) {
-            case "block", "cluster" -> true;
+            case "block", "cluster", "pipe" -> true;
             case "reread" -> false;
             default -> throw new IllegalArgumentException("unknown fused-loss regime '" + regime + "'");
         };
-        if (regime.equals("cluster") != (cl > 1)) throw new IllegalArgumentException(regime + " with cluster size " + cl);
+        boolean pipe = regime.equals("pipe");  // any cluster size: 1 is the block regime double-buffered
+        if (!pipe && regime.equals("cluster") != (cl > 1)) throw new IllegalArgumentException(regime + " with cluster size " + cl);
+        int buffers = pipe ? 2 : 1;
         long held = 0;
         if (staged) {
-            long fit = Math.min(maxStageBytes, maxSharedOptin - STATIC_SHARED_BYTES) / (2L * elementBytes) / 8 * 8;  // columns, a multiple of 8
+            long fit = Math.min(maxStageBytes, maxSharedOptin - STATIC_SHARED_BYTES) / (2L * elementBytes * buffers) / 8 * 8;  // columns, a multiple of 8
             if (fit < 8) throw new IllegalArgumentException(regime + ": " + maxStageBytes + " bytes stage nothing");
             held = Math.min(chunk, fit);
             // A block stages all of its slice, or (clusters only: the longest rows) re-reads the rest.
-            if (held < chunk && regime.equals("block")) {
-                throw new IllegalArgumentException(regime + ": " + sliceBytes(cols, 1, elementBytes) + " bytes of shared memory a block exceed " + maxStageBytes);
+            if (held < chunk && !regime.equals("cluster")) {
+                throw new IllegalArgumentException(regime + ": " + buffers * sliceBytes(cols, cl, elementBytes) + " bytes of shared memory a block exceed "
+                    + Math.min(maxStageBytes, maxSharedOptin - STATIC_SHARED_BYTES));
             }
         }
-        long bytes = held * 2L * elementBytes;
+        long bytes = held * 2L * elementBytes * buffers;
         // About 8 staged columns a thread, so short rows get small blocks and more of them per SM.
         int threads = threadsPerBlock != 0 ? threadsPerBlock
             : staged ? (int) Math.min(BLOCK_THREADS, Math.max(MIN_BLOCK_THREADS, Long.highestOneBit(Math.max(1, chunk / 8)))) : BLOCK_THREADS;
         String name = switch (regime) {
             case "block" -> "d4j_kd_block_" + type;
+            case "pipe" -> "d4j_kd_pipe" + (cl == 1 ? "" : cl) + "_" + type;
             case "cluster" -> "d4j_kd_cluster" + cl + "_" + type;
             default -> "d4j_kd_reread_" + type;
         };
