@@ -3,7 +3,8 @@
 # machine through the staged launcher (JAVA, CP, JAVA_OPTS exported by .device/on-device.sh sh):
 #   bash .device/on-device.sh sh 'bash bench/gpu-session.sh loss demo'
 #   bash .device/on-device.sh sh 'bash bench/gpu-session.sh kd mnist predict'
-# Parts: loss (GpuLossBench + bench/pytorch/loss_bench.py), kd (bench/run-kd-step.sh cuda with the
+# Parts: loss (GpuLossBench + bench/pytorch/loss_bench.py), sweep (GpuLossBench --sweep: every
+# launch variant of the fused loss, SWEEP_REGIMES=pipe,cluster to narrow it), kd (bench/run-kd-step.sh cuda with the
 # step graph on and off against PyTorch eager / compile; KD_VARIANTS=eager,compile,max-autotune adds
 # max-autotune, minutes per shape), predict (the CUDA
 # Predictor, direct and with dynamic batching; needs runs/mnist/student-kd carried), demo
@@ -23,6 +24,9 @@ for part in "$@"; do
   case "$part" in
     loss)
       { "$JAVA" $JAVA_OPTS -cp "$CP" org.distill4j.bench.GpuLossBench; python3 bench/pytorch/loss_bench.py; } 2>&1 | tee "$OUT/loss.txt" ;;
+    sweep)
+      # every launch variant of the fused loss (SWEEP_REGIMES: a subset of block,cluster,reread,pipe)
+      "$JAVA" $JAVA_OPTS -cp "$CP" org.distill4j.bench.GpuLossBench "--sweep=${SWEEP_REGIMES:-pipe,block,cluster,reread}" 2>&1 | tee "$OUT/sweep.txt" ;;
     kd)
       { for graph in on off; do
           echo "--- Distill4J step graph $graph"
@@ -46,6 +50,6 @@ for part in "$@"; do
       [ -f data/mnist/train-images-idx3-ubyte ] || [ ! -f data/mnist-idx.tgz ] || tar -C data -xzf data/mnist-idx.tgz
       { for graph in auto off; do echo "--- step graph $graph"; DISTILL="$DISTILL_CMD" bash examples/mnist/run.sh --device cuda --graph $graph 2>&1 | grep -E "^done|step graph"; done; } \
         2>&1 | tee "$OUT/mnist.txt" ;;
-    *) echo "gpu-session.sh: unknown part '$part' (loss | kd | predict | demo | mnist)"; exit 2 ;;
+    *) echo "gpu-session.sh: unknown part '$part' (loss | sweep | kd | predict | demo | mnist)"; exit 2 ;;
   esac
 done

@@ -16,7 +16,8 @@
 //   pipe    (explicit plans, to be measured on a GPU) the block or cluster regime with two buffers:
 //           while a block computes on row r in one, cp.async copies its slice of row r + groups
 //           into the other, so loading and computing overlap within a block, not only between
-//           resident blocks (twice the shared memory: whole slices only).
+//           resident blocks (twice the shared memory; a cluster's block may stage part of its
+//           slice and re-read the rest from L2, as in the cluster regime).
 // Every logit is read from global memory once in the first three regimes (when staged whole), and
 // the gradient written once.
 // Blocks loop over rows (a grid of about one wave); every thread adds its elements' loss terms over
@@ -516,7 +517,7 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
     extern __shared__ float4 d4j_kd_smem[];
     __shared__ float slots[2][5], merged[5];
     __shared__ double dslots[2][2], dmerged[2];  // reverse KL / JSD: sum p g and sum p
-    static_assert(!PIPE || (STAGED && !PARTIAL), "pipelined blocks stage whole slices");
+    static_assert(!PIPE || STAGED, "pipelined blocks stage (a cluster's block may stage part of its slice)");
     T* ss = reinterpret_cast<T*>(d4j_kd_smem);
     T* ts = ss + staged;  // staged is a multiple of 8: ts stays 16-byte aligned
     const D4jKd k = d4j_kd(div, temperature, alpha, beta, labels != nullptr, cols);
@@ -534,9 +535,11 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
     float dsum = 0.f, hsum = 0.f;  // this thread's share of sum D and of sum -log softmax(s)[y], over its rows in order
     constexpr int V = 16 / sizeof(T);  // elements per 16-byte copy
     // PIPE: buffer b holds [student slice | teacher slice] at d4j_kd_smem + 2 * staged * b elements.
-    // pipeStage copies this block's slice of a row into buffer b: cp.async (16 bytes a copy, no
-    // registers held, completes in the background) when both slices are 16-byte aligned, else
-    // plain loads and stores (complete before it returns). Rows that do not count are skipped.
+    // pipeStage copies the staged part [0, held) of this block's slice of a row into buffer b:
+    // cp.async (16 bytes a copy, no registers held, completes in the background) when both slices
+    // are 16-byte aligned, else plain loads and stores (complete before it returns); the rest of a
+    // partly staged slice is read from global memory in each pass, as in the cluster regime. Rows
+    // that do not count are skipped.
     auto pipeStage = [&](int64_t row, int b) {
         if (row >= rows) return;
         int64_t yy;
@@ -545,13 +548,13 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
         const T* tgn = t + row * cols + lo;
         T* ssn = reinterpret_cast<T*>(d4j_kd_smem) + 2 * staged * b;
         T* tsn = ssn + staged;
-        if (((((uintptr_t)sgn | (uintptr_t)tgn) & 15) == 0) && n % V == 0) {
-            for (int v = threadIdx.x; v < (int)(n / V); v += blockDim.x) {
+        if (((((uintptr_t)sgn | (uintptr_t)tgn) & 15) == 0) && held % V == 0) {
+            for (int v = threadIdx.x; v < (int)(held / V); v += blockDim.x) {
                 __pipeline_memcpy_async(ssn + v * V, sgn + v * V, 16);
                 __pipeline_memcpy_async(tsn + v * V, tgn + v * V, 16);
             }
         } else {
-            for (int i = threadIdx.x; i < (int)n; i += blockDim.x) {
+            for (int i = threadIdx.x; i < (int)held; i += blockDim.x) {
                 ssn[i] = sgn[i];
                 tsn[i] = tgn[i];
             }
@@ -628,7 +631,7 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
         // the sums follow from shared memory. Not staged: online max and sums.
         D4jOnline os = {-INFINITY, 0.f, 0.f}, ot = {-INFINITY, 0.f, 0.f};
         if (PIPE) {
-            each([&](int, const auto& sv, const auto& tv) {  // the slice is in shared memory already
+            each([&](int, const auto& sv, const auto& tv) {  // the staged part is in shared memory already
                 constexpr int W = sizeof(sv) / sizeof(float);
 #pragma unroll
                 for (int j = 0; j < W; j++) {
@@ -765,9 +768,11 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
 #define D4J_KD_BLOCK(NAME, T, CL, STAGED) \
     extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, STAGED, true, false>(D4J_KD_ARGS, chunk, staged); } \
     extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, STAGED, true, true>(D4J_KD_ARGS, chunk, staged); }
-#define D4J_KD_PIPE(NAME, T, CL) \
-    extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, true, false, false, true>(D4J_KD_ARGS, chunk, staged); } \
-    extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, true, false, true, true>(D4J_KD_ARGS, chunk, staged); }
+// Pipelined clusters come whole-slice (PARTIAL false: 39-40 registers on sm_90) and, for 16 blocks
+// only (256k fp32 columns, whose slices do not fit twice), partly staged (60: the re-read tail loops).
+#define D4J_KD_PIPE(NAME, T, CL, PARTIAL) \
+    extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, true, PARTIAL, false, true>(D4J_KD_ARGS, chunk, staged); } \
+    extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, true, PARTIAL, true, true>(D4J_KD_ARGS, chunk, staged); }
 #define D4J_KD_PIPE1(NAME, T) \
     extern "C" __global__ void D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, 1, true, false, false, true>(D4J_KD_ARGS, chunk, staged); } \
     extern "C" __global__ void D4J_KD_BLOCK_BOUNDS NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_block<T, 1, true, false, true, true>(D4J_KD_ARGS, chunk, staged); }
@@ -798,15 +803,17 @@ D4J_KD_BLOCK(d4j_kd_cluster4_bf16, __nv_bfloat16, 4, true)
 D4J_KD_BLOCK(d4j_kd_cluster8_bf16, __nv_bfloat16, 8, true)
 D4J_KD_BLOCK(d4j_kd_cluster16_bf16, __nv_bfloat16, 16, true)
 D4J_KD_PIPE1(d4j_kd_pipe_f32, float)
-D4J_KD_PIPE(d4j_kd_pipe2_f32, float, 2)
-D4J_KD_PIPE(d4j_kd_pipe4_f32, float, 4)
-D4J_KD_PIPE(d4j_kd_pipe8_f32, float, 8)
-D4J_KD_PIPE(d4j_kd_pipe16_f32, float, 16)
+D4J_KD_PIPE(d4j_kd_pipe2_f32, float, 2, false)
+D4J_KD_PIPE(d4j_kd_pipe4_f32, float, 4, false)
+D4J_KD_PIPE(d4j_kd_pipe8_f32, float, 8, false)
+D4J_KD_PIPE(d4j_kd_pipe16_f32, float, 16, false)
+D4J_KD_PIPE(d4j_kd_pipe16p_f32, float, 16, true)
 D4J_KD_PIPE1(d4j_kd_pipe_bf16, __nv_bfloat16)
-D4J_KD_PIPE(d4j_kd_pipe2_bf16, __nv_bfloat16, 2)
-D4J_KD_PIPE(d4j_kd_pipe4_bf16, __nv_bfloat16, 4)
-D4J_KD_PIPE(d4j_kd_pipe8_bf16, __nv_bfloat16, 8)
-D4J_KD_PIPE(d4j_kd_pipe16_bf16, __nv_bfloat16, 16)
+D4J_KD_PIPE(d4j_kd_pipe2_bf16, __nv_bfloat16, 2, false)
+D4J_KD_PIPE(d4j_kd_pipe4_bf16, __nv_bfloat16, 4, false)
+D4J_KD_PIPE(d4j_kd_pipe8_bf16, __nv_bfloat16, 8, false)
+D4J_KD_PIPE(d4j_kd_pipe16_bf16, __nv_bfloat16, 16, false)
+D4J_KD_PIPE(d4j_kd_pipe16p_bf16, __nv_bfloat16, 16, true)
 
 // dense [rows, cols] = -inf, then dense[r, idx[r, j]] = val[r, j]; out-of-range indices are skipped
 // and flagged in flag[0] (checked by the host).

@@ -69,7 +69,8 @@ public final class GpuLossBench {
                         for (String regime : sweepRegimes) {
                             for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8, 16} : regime.equals("pipe") ? new int[] {1, 2, 4, 8, 16} : new int[] {1}) {
                                 for (int perSm : new int[] {2, 0}) {
-                                    for (long stage : regime.equals("pipe") ? new long[] {Long.MAX_VALUE} : new long[] {Long.MAX_VALUE, 96 * 1024, 64 * 1024}) {
+                                    // (pipe: both buffers together)
+                                    for (long stage : regime.equals("pipe") ? new long[] {Long.MAX_VALUE, 192 * 1024, 128 * 1024} : new long[] {Long.MAX_VALUE, 96 * 1024, 64 * 1024}) {
                                         for (int threads : perSm == 0 ? new int[] {0, 64, 128, 256, 512} : new int[] {0}) {
                                             try {
                                                 seen.add(gpu.distillPlans().explicit(regime, cl, perSm, rows, c, 4, stage, threads));

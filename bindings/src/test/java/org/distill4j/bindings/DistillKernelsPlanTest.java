@@ -89,7 +89,14 @@ class DistillKernelsPlanTest {
         assertEquals(8192 * 2 * 4 * 2, p16.sharedBytes(), "8k columns a block, student + teacher, two buffers: 128 KiB");
         assertEquals(0, p16.blocks() % 16);
         assertEquals("d4j_kd_pipe16_bf16", h100.explicit("pipe", 16, 0, 16384, 262144, 2).kernel(), "256k bf16 fits 16 blocks twice");
-        assertThrows(IllegalArgumentException.class, () -> h100.explicit("pipe", 16, 0, 16384, 262144, 4), "256k fp32: 256 KiB a block double-buffered");
+        Plan partial = h100.explicit("pipe", 16, 0, 16384, 262144, 4);
+        assertTrue(partial.staged() < partial.chunk(), "256k fp32: 256 KiB a block double-buffered do not fit; part of each slice is re-read");
+        assertEquals("d4j_kd_pipe16p_f32", partial.kernel(), "the partly staged pipe kernel");
+        assertThrows(IllegalArgumentException.class, () -> h100.explicit("pipe", 8, 0, 16384, 262144, 4), "partly staged pipes: 16 blocks only");
+        assertEquals(partial.staged() * 2 * 4 * 2, partial.sharedBytes());
+        assertTrue(partial.sharedBytes() <= OPTIN_H100 - DistillKernels.STATIC_SHARED_BYTES);
+        assertEquals(8192, h100.explicit("pipe", 16, 0, 16384, 262144, 4, 128 * 1024).staged(), "128 KiB for both buffers: 8k columns each");
+        assertEquals("d4j_kd_pipe16_f32", h100.explicit("pipe", 16, 0, 16384, 131072, 4, 128 * 1024).kernel(), "128k fits whole: the whole-slice kernel");
         assertThrows(IllegalArgumentException.class, () -> h100.explicit("pipe", 1, 0, 16384, 16000, 4), "a whole slice, twice, must fit");
         assertThrows(IllegalArgumentException.class, () -> sm80.explicit("pipe", 2, 0, 16384, 8000, 4), "clusters need sm_90");
         assertEquals("d4j_kd_pipe_f32", sm80.explicit("pipe", 1, 0, 16384, 8000, 4).kernel(), "cp.async: sm_80 has it");

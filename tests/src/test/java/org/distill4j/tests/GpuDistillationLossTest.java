@@ -108,7 +108,7 @@ class GpuDistillationLossTest {
                     for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8, 16} : regime.equals("pipe") ? new int[] {1, 2, 4, 8, 16} : new int[] {1}) {
                         if (cl > 1 && !clusters) continue;
                         // most staged bytes a block: all the device has, or 64 KiB (longer slices
-                        // then re-read their tail: the partially staged path)
+                        // then re-read their tail: the partially staged path; pipe: 32 KiB a buffer)
                         for (long stage : new long[] {Long.MAX_VALUE, 64 * 1024})
                         for (int perSm : new int[] {1, 0}) {
                             org.distill4j.bindings.kernels.DistillKernels.Plan plan;

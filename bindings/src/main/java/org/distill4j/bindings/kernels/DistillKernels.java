@@ -105,11 +105,11 @@ public final class DistillKernels {
 
     /**
      * A plan for a named regime ("block", "cluster", "reread", or "pipe": the block (cluster size 1)
-     * or cluster regime double-buffered, copying the next row while computing on this one; whole
-     * slices only, twice the shared memory), cluster size, resident blocks per SM (0: as many as
-     * fit) and most staged bytes a block (student + teacher, both buffers; the rest of a cluster's
-     * slice is re-read), for benchmarks that compare regimes and tests that check each against the
-     * CPU. {@link #plan} picks among block, cluster and reread ("pipe" awaits its GPU measurement).
+     * or cluster regime double-buffered, copying the next row while computing on this one, with
+     * twice the shared memory), cluster size, resident blocks per SM (0: as many as fit) and most
+     * staged bytes a block (student + teacher, both buffers; the rest of a cluster's slice is
+     * re-read), for benchmarks that compare regimes and tests that check each against the CPU.
+     * {@link #plan} picks among block, cluster and reread ("pipe" awaits its GPU measurement).
      */
     public Plan explicit(String regime, int clusterSize, int blocksPerSm, long rows, long cols, int elementBytes, long maxStageBytes) {
         return explicit(regime, clusterSize, blocksPerSm, rows, cols, elementBytes, maxStageBytes, 0);
@@ -138,8 +138,9 @@ public final class DistillKernels {
             long fit = Math.min(maxStageBytes, maxSharedOptin - STATIC_SHARED_BYTES) / (2L * elementBytes * buffers) / 8 * 8;  // columns, a multiple of 8
             if (fit < 8) throw new IllegalArgumentException(regime + ": " + maxStageBytes + " bytes stage nothing");
             held = Math.min(chunk, fit);
-            // A block stages all of its slice, or (clusters only: the longest rows) re-reads the rest.
-            if (held < chunk && !regime.equals("cluster")) {
+            // A block stages all of its slice, or (clusters only: the longest rows) re-reads the
+            // rest; pipelined clusters only with 16 blocks (the one partly staged pipe kernel).
+            if (held < chunk && (cl == 1 || (pipe && cl != MAX_CLUSTER))) {
                 throw new IllegalArgumentException(regime + ": " + buffers * sliceBytes(cols, cl, elementBytes) + " bytes of shared memory a block exceed "
                     + Math.min(maxStageBytes, maxSharedOptin - STATIC_SHARED_BYTES));
             }
@@ -150,7 +151,7 @@ public final class DistillKernels {
             : staged ? (int) Math.min(BLOCK_THREADS, Math.max(MIN_BLOCK_THREADS, Long.highestOneBit(Math.max(1, chunk / 8)))) : BLOCK_THREADS;
         String name = switch (regime) {
             case "block" -> "d4j_kd_block_" + type;
-            case "pipe" -> "d4j_kd_pipe" + (cl == 1 ? "" : cl) + "_" + type;
+            case "pipe" -> "d4j_kd_pipe" + (cl == 1 ? "" : cl) + (held < chunk ? "p" : "") + "_" + type;
             case "cluster" -> "d4j_kd_cluster" + cl + "_" + type;
             default -> "d4j_kd_reread_" + type;
         };
