@@ -20,7 +20,8 @@ import org.distill4j.core.loss.DistillationLoss;
  *   bash .device/on-device.sh java org.distill4j.bench.GpuLossBench [--sweep[=REGIME,...]] [rows] [C ...]
  * --sweep also times every launch variant (regime, cluster size, blocks per SM, staged bytes, threads a block);
  * --sweep=pipe,cluster only those regimes' (block, cluster, reread, pipe).
- * Prints per C: "loss C=<C>: <GB/s> GB/s, <x>% of copy (<GB/s> GB/s), <ms> ms".
+ * Prints per C: "loss C=<C>: <GB/s> GB/s, <x>% of copy (<GB/s> GB/s), <ms> ms", then the same with the
+ * normalizer counted by the kernel (labels and normalizer 0).
  */
 public final class GpuLossBench {
     private GpuLossBench() {}
@@ -58,10 +59,14 @@ public final class GpuLossBench {
                         gpu.context().copy(sb, 0, tb, 0, tb.byteSize());
                         gpu.context().copy(sb, 0, tb, 0, tb.byteSize() / 2);
                     };
-                    double lossMs = median(gpu, lossWork, 7, 10), copyMs = median(gpu, copyWork, 7, 10);
+                    double lossMs = median(gpu, lossWork, 7, 10, 300), copyMs = median(gpu, copyWork, 7, 10, 300);
                     double lossGBs = bytes / lossMs / 1e6, copyGBs = bytes / copyMs / 1e6;
                     System.out.printf("loss C=%d: %.1f GB/s, %.1f%% of copy (%.1f GB/s), %.3f ms [%s]%n", c, lossGBs, 100 * lossGBs / copyGBs, copyGBs, lossMs,
                         gpu.distillPlan(rows, c, DType.F32));
+                    // the same with the normalizer counted by the kernel (labels, normalizer 0: a grid barrier in the launch)
+                    double countedMs = median(gpu, () -> gpu.distillationLoss(s, t, y, cfg, 0, loss, s), 7, 10, 50);
+                    System.out.printf("loss C=%d, normalizer counted in the launch: %.1f GB/s, %.1f%% of copy, %.3f ms%n", c, bytes / countedMs / 1e6,
+                        100 * bytes / countedMs / 1e6 / copyGBs, countedMs);
                     if (sweep) {
                         // Every launch variant the planner chooses among, same data, same copy baseline:
                         // regime x cluster size x blocks per SM x most staged bytes a block (distinct plans only).
@@ -83,7 +88,8 @@ public final class GpuLossBench {
                             }
                         }
                         for (DistillKernels.Plan plan : seen) {
-                            double ms = median(gpu, () -> gpu.distillationLoss(s, t, y, cfg, rows, loss, s, plan), 5, 3);
+                            // the host path is JIT-compiled by now (the planned run above): 50 ms of warm-up
+                            double ms = median(gpu, () -> gpu.distillationLoss(s, t, y, cfg, rows, loss, s, plan), 5, 3, 50);
                             System.out.printf("  variant C=%d %s cl=%d blocks=%d threads=%d staged=%d/%d: %.1f GB/s, %.1f%% of copy, %.3f ms%n", c, plan.regime(),
                                 plan.clusterSize(), plan.blocks(), plan.threads(), plan.staged(), plan.chunk(), bytes / ms / 1e6, 100 * bytes / ms / 1e6 / copyGBs, ms);
                         }
@@ -102,11 +108,14 @@ public final class GpuLossBench {
         }
     }
 
-    /** Median over {@code repeats} timings of {@code inner} back-to-back evaluations (CUDA events), in ms per evaluation. */
-    private static double median(CudaBackend gpu, Runnable work, int repeats, int inner) {
-        // Warm up for 300 ms at least: the JIT compiles the host path (cold, it made the first C
-        // measured host-bound: 1k columns 0.20 ms an evaluation cold, 0.11 ms warm).
-        long end = System.nanoTime() + 300_000_000L;
+    /**
+     * Median over {@code repeats} timings of {@code inner} back-to-back evaluations (CUDA events), in
+     * ms per evaluation, after {@code warmUpMs} of warm-up: 300 for the first runs, so the JIT has
+     * compiled the host path (cold, it made the first C measured host-bound: 1k columns 0.20 ms an
+     * evaluation cold, 0.11 ms warm).
+     */
+    private static double median(CudaBackend gpu, Runnable work, int repeats, int inner, long warmUpMs) {
+        long end = System.nanoTime() + warmUpMs * 1_000_000L;
         do gpu.context().timeMillis(3, work); while (System.nanoTime() < end);
         double[] ms = new double[repeats];
         for (int i = 0; i < ms.length; i++) ms[i] = gpu.context().timeMillis(inner, work) / inner;
