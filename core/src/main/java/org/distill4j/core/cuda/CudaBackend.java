@@ -646,6 +646,21 @@ public final class CudaBackend implements Backend {
     /** A cuDNN convolution algorithm and the workspace it needs, in bytes. */
     private record Algorithm(int algo, long workspace) {}
 
+    /** One convolution direction ("forward", "data", "filter") at one shape and math mode. */
+    private record ConvKey(String direction, ConvGeometry geometry, Conv2dParams params, MathMode mathMode) {}
+
+    /**
+     * The algorithm chosen per convolution, asked of cuDNN's heuristic once per shape: the heuristic
+     * answers the same for the same descriptors on the same device, and asking it on every call made
+     * CNN steps without a step graph host-bound (docs/gpu-testing.md). The descriptors themselves
+     * are still made per call (microseconds).
+     */
+    private final java.util.concurrent.ConcurrentHashMap<ConvKey, Algorithm> convAlgorithms = new java.util.concurrent.ConcurrentHashMap<>();
+
+    private Algorithm convAlgorithm(String direction, ConvGeometry g, Conv2dParams p, java.util.function.Supplier<Algorithm> heuristic) {
+        return convAlgorithms.computeIfAbsent(new ConvKey(direction, g, p, mathMode), k -> heuristic.get());
+    }
+
     /** Calls one of cuDNN's cudnnGet*Algorithm_v7 heuristics: fills {@code perf} with {@code requested} entries, ranked. */
     private interface Heuristic { int rank(int requested, MemorySegment returned, MemorySegment perf); }
 
@@ -680,9 +695,10 @@ public final class CudaBackend implements Backend {
         try (Descriptors d = new Descriptors(); Arena ws = Arena.ofShared()) {
             MemorySegment xd = d.tensor(g.n(), g.c(), g.h(), g.w()), wd = d.filter(g.k(), g.c(), g.r(), g.s()), cd = d.convolution(p);
             MemorySegment yd = d.tensor(g.n(), g.k(), g.oh(), g.ow());
-            Algorithm a = firstUsable(d, cudnn_h.cudnnConvolutionFwdAlgoPerf_t.LAYOUT, cudnn_h.CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
-                "cudnnGetConvolutionForwardAlgorithm_v7", (n, r, perf) -> cudnn_h.cudnnGetConvolutionForwardAlgorithm_v7(cudnn, xd, wd, cd, yd, n, r, perf),
-                "conv2d: cuDNN offers no forward algorithm for x " + java.util.Arrays.toString(x.shape()));
+            Algorithm a = convAlgorithm("forward", g, p, () -> firstUsable(d, cudnn_h.cudnnConvolutionFwdAlgoPerf_t.LAYOUT,
+                cudnn_h.CUDNN_CONVOLUTION_FWD_ALGO_COUNT, "cudnnGetConvolutionForwardAlgorithm_v7",
+                (n, r, perf) -> cudnn_h.cudnnGetConvolutionForwardAlgorithm_v7(cudnn, xd, wd, cd, yd, n, r, perf),
+                "conv2d: cuDNN offers no forward algorithm for x " + java.util.Arrays.toString(x.shape())));
             CudnnException.check(cudnn_h.cudnnConvolutionForward(cudnn, d.f(1f), xd, x.data(), wd, w.data(), cd, a.algo(), workspace(ws, a.workspace()),
                 a.workspace(), d.f(0f), yd, y.data()), "cudnnConvolutionForward");
         }
@@ -695,10 +711,10 @@ public final class CudaBackend implements Backend {
         try (Descriptors d = new Descriptors(); Arena ws = Arena.ofShared()) {
             MemorySegment dxd = d.tensor(g.n(), g.c(), g.h(), g.w()), wd = d.filter(g.k(), g.c(), g.r(), g.s()), cd = d.convolution(p);
             MemorySegment dyd = d.tensor(g.n(), g.k(), g.oh(), g.ow());
-            Algorithm a = firstUsable(d, cudnn_h.cudnnConvolutionBwdDataAlgoPerf_t.LAYOUT, cudnn_h.CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
-                "cudnnGetConvolutionBackwardDataAlgorithm_v7",
+            Algorithm a = convAlgorithm("data", g, p, () -> firstUsable(d, cudnn_h.cudnnConvolutionBwdDataAlgoPerf_t.LAYOUT,
+                cudnn_h.CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, "cudnnGetConvolutionBackwardDataAlgorithm_v7",
                 (n, r, perf) -> cudnn_h.cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnn, wd, dyd, cd, dxd, n, r, perf),
-                "conv2dBackwardData: cuDNN offers no algorithm for dx " + java.util.Arrays.toString(dx.shape()));
+                "conv2dBackwardData: cuDNN offers no algorithm for dx " + java.util.Arrays.toString(dx.shape())));
             CudnnException.check(cudnn_h.cudnnConvolutionBackwardData(cudnn, d.f(1f), wd, w.data(), dyd, dy.data(), cd, a.algo(),
                 workspace(ws, a.workspace()), a.workspace(), d.f(0f), dxd, dx.data()), "cudnnConvolutionBackwardData");
         }
@@ -711,10 +727,10 @@ public final class CudaBackend implements Backend {
         try (Descriptors d = new Descriptors(); Arena ws = Arena.ofShared()) {
             MemorySegment xd = d.tensor(g.n(), g.c(), g.h(), g.w()), dwd = d.filter(g.k(), g.c(), g.r(), g.s()), cd = d.convolution(p);
             MemorySegment dyd = d.tensor(g.n(), g.k(), g.oh(), g.ow());
-            Algorithm a = firstUsable(d, cudnn_h.cudnnConvolutionBwdFilterAlgoPerf_t.LAYOUT, cudnn_h.CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
-                "cudnnGetConvolutionBackwardFilterAlgorithm_v7",
+            Algorithm a = convAlgorithm("filter", g, p, () -> firstUsable(d, cudnn_h.cudnnConvolutionBwdFilterAlgoPerf_t.LAYOUT,
+                cudnn_h.CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, "cudnnGetConvolutionBackwardFilterAlgorithm_v7",
                 (n, r, perf) -> cudnn_h.cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnn, xd, dyd, cd, dwd, n, r, perf),
-                "conv2dBackwardFilter: cuDNN offers no algorithm for dw " + java.util.Arrays.toString(dw.shape()));
+                "conv2dBackwardFilter: cuDNN offers no algorithm for dw " + java.util.Arrays.toString(dw.shape())));
             CudnnException.check(cudnn_h.cudnnConvolutionBackwardFilter(cudnn, d.f(1f), xd, x.data(), dyd, dy.data(), cd, a.algo(),
                 workspace(ws, a.workspace()), a.workspace(), d.f(accumulate ? 1f : 0f), dwd, dw.data()), "cudnnConvolutionBackwardFilter");
         }
