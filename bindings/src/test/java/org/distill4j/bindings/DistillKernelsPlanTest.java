@@ -78,6 +78,43 @@ class DistillKernelsPlanTest {
         assertThrows(IllegalArgumentException.class, () -> h100.explicit("cluster", 2, 0, 10, 32000, 4, 16));
     }
 
+    /**
+     * Every kernel a plan can name, and its reverse KL / JSD twin, is in the built fatbin (the names
+     * ptxas compiled): a kernel renamed or missing on one side fails here, not on a GPU.
+     */
+    @Test
+    void everyPlannedKernelIsBuilt() {
+        org.junit.jupiter.api.Assumptions.assumeTrue(org.distill4j.kernels.KernelImage.built(),
+            "this build has no nvcc: " + org.distill4j.kernels.KernelImage.notBuiltReason());
+        java.util.Set<String> names = new java.util.TreeSet<>();
+        for (int bytes : new int[] {2, 4}) {
+            for (long cols = 1; cols <= DistillKernels.WARP_MAX_COLS; cols = cols * 2 + 1) names.add(h100.plan(1000, cols, bytes).kernel());
+            for (long cols : new long[] {1000, 8000, 32000, 131072, 262144}) {
+                names.add(h100.plan(16384, cols, bytes).kernel());
+                for (String regime : new String[] {"block", "cluster", "reread", "pipe"}) {
+                    for (int cl : new int[] {1, 2, 4, 8, 16}) {
+                        for (long stage : new long[] {Long.MAX_VALUE, 64 * 1024}) {
+                            try {
+                                names.add(h100.explicit(regime, cl, 0, 16384, cols, bytes, stage).kernel());
+                            } catch (IllegalArgumentException notThisShape) {
+                                // the regime cannot run this shape
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        java.util.List<String> built = org.distill4j.kernels.KernelImage.kernelNames();
+        for (String name : names) {
+            assertTrue(built.contains(name), name + " is planned but not built");
+            assertTrue(built.contains(name + "_pg"), name + "_pg (reverse KL / JSD) is not built");
+        }
+        for (String family : new String[] {"warp", "block", "cluster", "reread", "pipe"}) {
+            assertTrue(names.stream().anyMatch(n -> n.startsWith("d4j_kd_" + family)), family + " kernels planned");
+        }
+        assertTrue(names.contains("d4j_kd_pipe16p_f32"), "the partly staged pipe: " + names);
+    }
+
     @Test
     void pipelinedPlansDoubleTheirSharedMemory() {
         Plan block = h100.explicit("block", 1, 0, 16384, 1000, 4), pipe = h100.explicit("pipe", 1, 0, 16384, 1000, 4);
