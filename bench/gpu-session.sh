@@ -26,7 +26,8 @@ for part in "$@"; do
       { "$JAVA" $JAVA_OPTS -cp "$CP" org.distill4j.bench.GpuLossBench; python3 bench/pytorch/loss_bench.py; } 2>&1 | tee "$OUT/loss.txt" ;;
     sweep)
       # every launch variant of the fused loss (SWEEP_REGIMES: a subset of block,cluster,reread,pipe)
-      "$JAVA" $JAVA_OPTS -cp "$CP" org.distill4j.bench.GpuLossBench "--sweep=${SWEEP_REGIMES:-pipe,block,cluster,reread}" 2>&1 | tee "$OUT/sweep.txt" ;;
+      "$JAVA" $JAVA_OPTS -cp "$CP" org.distill4j.bench.GpuLossBench "--sweep=${SWEEP_REGIMES:-pipe,block,cluster,reread}" 2>&1 | tee "$OUT/sweep.txt"
+      python3 bench/sweep_summary.py "$OUT/sweep.txt" | tee "$OUT/sweep-summary.md" ;;
     kd)
       { for graph in on off; do
           echo "--- Distill4J step graph $graph"
