@@ -16,9 +16,10 @@ import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
 /**
- * The CUDA distillation loss against the CPU oracle across the kernel's regimes: rows staged in
- * shared memory (C <= 6144, with and without 16-byte loads) and rows read from global memory
- * (C = 6145 up to 256k), every divergence, labels with ignored rows, extreme logits. Tag "gpu".
+ * The CUDA distillation loss against the CPU oracle across the kernel's regimes (warp, block,
+ * cluster, re-read, and the explicit double-buffered "pipe" plans; C from 1 to 256k, with and
+ * without 16-byte alignment), every divergence, labels with ignored rows, extreme logits, the
+ * normaliser given or counted in the launch. Tag "gpu".
  */
 @Tag("gpu")
 class GpuDistillationLossTest {
