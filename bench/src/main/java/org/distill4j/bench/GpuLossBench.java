@@ -29,7 +29,7 @@ public final class GpuLossBench {
     public static void main(String[] args) {
         // --sweep: also time every launch variant; --sweep=pipe,cluster: only those regimes' variants
         boolean sweep = args.length > 0 && (args[0].equals("--sweep") || args[0].startsWith("--sweep="));
-        Set<String> sweepRegimes = new LinkedHashSet<>(List.of("block", "cluster", "reread", "pipe"));
+        Set<String> sweepRegimes = new LinkedHashSet<>(DistillKernels.REGIMES);
         if (sweep && args[0].startsWith("--sweep=")) {
             Set<String> asked = new LinkedHashSet<>(List.of(args[0].substring("--sweep=".length()).split(",")));
             for (String r : asked) if (!sweepRegimes.contains(r)) throw new IllegalArgumentException("--sweep: unknown regime '" + r + "', expected " + sweepRegimes);
@@ -72,7 +72,7 @@ public final class GpuLossBench {
                         // regime x cluster size x blocks per SM x most staged bytes a block (distinct plans only).
                         Set<DistillKernels.Plan> seen = new LinkedHashSet<>();
                         for (String regime : sweepRegimes) {
-                            for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8, 16} : regime.equals("pipe") ? new int[] {1, 2, 4, 8, 16} : new int[] {1}) {
+                            for (int cl : DistillKernels.clusterSizes(regime)) {
                                 for (int perSm : new int[] {2, 0}) {
                                     // (pipe: both buffers together)
                                     for (long stage : regime.equals("pipe") ? new long[] {Long.MAX_VALUE, 192 * 1024, 128 * 1024} : new long[] {Long.MAX_VALUE, 96 * 1024, 64 * 1024}) {

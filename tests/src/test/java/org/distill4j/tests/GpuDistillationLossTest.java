@@ -75,9 +75,7 @@ class GpuDistillationLossTest {
             assertGradientClose(cpuOut[1], gpuOut[1], relative, what);
         }
         // clusters (pairs) only on sm_90+, for rows up to 32k fp32 columns; longer rows re-read
-        java.util.Set<String> expected = new java.util.TreeSet<>(java.util.List.of("warp", "block", "reread"));
-        if (gpu.context().device().computeMajor() >= 9) expected.add("cluster");
-        assertEquals(expected, regimes, "regimes exercised");
+        assertEquals(plannedRegimes(), regimes, "regimes exercised");
     }
 
     /**
@@ -105,8 +103,8 @@ class GpuDistillationLossTest {
                 DistillationLoss cfg = new DistillationLoss(div, 4f, 0.7f, 0.4f, -100);
                 float[][] cpu = run(CpuBackend.get(), s, te, y, rows, cols, cfg, dtype, 0, null);
                 int bytes = dtype.bytes();
-                for (String regime : new String[] {"block", "cluster", "reread", "pipe"}) {
-                    for (int cl : regime.equals("cluster") ? new int[] {2, 4, 8, 16} : regime.equals("pipe") ? new int[] {1, 2, 4, 8, 16} : new int[] {1}) {
+                for (String regime : org.distill4j.bindings.kernels.DistillKernels.REGIMES) {
+                    for (int cl : org.distill4j.bindings.kernels.DistillKernels.clusterSizes(regime)) {
                         if (cl > 1 && !clusters) continue;
                         // most staged bytes a block: all the device has, or 64 KiB (longer slices
                         // then re-read their tail: the partially staged path; pipe: 32 KiB a buffer)
@@ -171,7 +169,6 @@ class GpuDistillationLossTest {
      */
     @Test
     void labelsWithoutANormalizerTakeOneLaunch() {
-        boolean clusters = gpu.context().device().computeMajor() >= 9;
         int[][] shapes = {{300, 33}, {2000, 1000}, {128, 32000}, {8, 131072}};
         java.util.Set<String> regimes = new java.util.TreeSet<>();
         for (int[] shape : shapes) for (Divergence div : new Divergence[] {Divergence.KL, Divergence.JSD}) {
@@ -202,9 +199,7 @@ class GpuDistillationLossTest {
                 }
             }
         }
-        java.util.Set<String> expected = new java.util.TreeSet<>(java.util.List.of("warp", "block", "reread"));
-        if (clusters) expected.add("cluster");
-        assertEquals(expected, regimes, "regimes exercised");
+        assertEquals(plannedRegimes(), regimes, "regimes exercised");
         // every row ignored: nothing counts
         int rows = 40, cols = 1000;
         long[] y = new long[rows];
@@ -218,6 +213,13 @@ class GpuDistillationLossTest {
         float[] x = new float[n];
         for (int i = 0; i < n; i++) x[i] = (float) (random.nextGaussian() * scale);
         return x;
+    }
+
+    /** The regimes the planner picks on this GPU: clusters (pairs) only on sm_90+. */
+    private static java.util.Set<String> plannedRegimes() {
+        java.util.Set<String> regimes = new java.util.TreeSet<>(java.util.List.of("warp", "block", "reread"));
+        if (gpu.context().device().computeMajor() >= 9) regimes.add("cluster");
+        return regimes;
     }
 
     /** Every element within {@code relative} of the expected gradient's largest magnitude. */

@@ -4,6 +4,7 @@ import static java.lang.foreign.ValueLayout.JAVA_INT;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.util.List;
 import java.util.concurrent.ConcurrentHashMap;
 import org.distill4j.bindings.cuda.CudaException;
 import org.distill4j.bindings.cuda.cuda_h;
@@ -46,6 +47,19 @@ public final class DistillKernels {
     /** Largest cluster (explicit plans): 16 is beyond the portable 8 (the kernel opts in; an H100 runs it). */
     public static final int MAX_CLUSTER = 16;
 
+    /** The regimes {@link #explicit} plans, in the order benchmarks and tests list them. */
+    public static final List<String> REGIMES = List.of("block", "cluster", "reread", "pipe");
+
+    /** The cluster sizes a regime's explicit plans take (1: no cluster; pipe: the block and every cluster). */
+    public static int[] clusterSizes(String regime) {
+        return switch (regime) {
+            case "cluster" -> new int[] {2, 4, 8, 16};
+            case "pipe" -> new int[] {1, 2, 4, 8, 16};
+            case "block", "reread" -> new int[] {1};
+            default -> throw new IllegalArgumentException("unknown fused-loss regime '" + regime + "', expected one of " + REGIMES);
+        };
+    }
+
     /**
      * Which kernel, its grid and dynamic shared memory; {@code chunk} = columns of the row each block
      * owns, {@code staged} = how many of them it holds in shared memory (0: re-read regime).
@@ -56,7 +70,9 @@ public final class DistillKernels {
     private final int multiprocessors, computeMajor, maxSharedOptin;
     private final ConcurrentHashMap<String, MemorySegment> functions = new ConcurrentHashMap<>();
     private final ConcurrentHashMap<String, Integer> registers = new ConcurrentHashMap<>();
-    private final ConcurrentHashMap<String, Integer> coResident = new ConcurrentHashMap<>();
+    /** A kernel (the plan's or its _pg twin) launched in a plan's shape: the key of the residency cache. */
+    private record Launch(String kernel, Plan plan) {}
+    private final ConcurrentHashMap<Launch, Integer> coResident = new ConcurrentHashMap<>();
 
     public DistillKernels(KernelModule module, int multiprocessors, int computeMajor, int maxSharedBytesPerBlockOptin) {
         this.module = module;
@@ -125,13 +141,11 @@ public final class DistillKernels {
         if (Integer.bitCount(cl) != 1 || cl > MAX_CLUSTER) throw new IllegalArgumentException("cluster size " + cl + ": 1, 2, 4, 8 or 16");
         if (cl > 1 && computeMajor < 9) throw new IllegalArgumentException("clusters need sm_90+, this GPU is sm_" + computeMajor + "x");
         long chunk = roundUp((cols + cl - 1) / cl, 8);
-        boolean staged = switch (regime) {
-            case "block", "cluster", "pipe" -> true;
-            case "reread" -> false;
-            default -> throw new IllegalArgumentException("unknown fused-loss regime '" + regime + "'");
-        };
-        boolean pipe = regime.equals("pipe");  // any cluster size: 1 is the block regime double-buffered
-        if (!pipe && regime.equals("cluster") != (cl > 1)) throw new IllegalArgumentException(regime + " with cluster size " + cl);
+        if (java.util.Arrays.stream(clusterSizes(regime)).noneMatch(size -> size == cl)) {
+            throw new IllegalArgumentException(regime + " with cluster size " + cl + ": expected one of " + java.util.Arrays.toString(clusterSizes(regime)));
+        }
+        boolean staged = !regime.equals("reread");
+        boolean pipe = regime.equals("pipe");
         int buffers = pipe ? 2 : 1;
         long held = 0;
         if (staged) {
@@ -181,12 +195,13 @@ public final class DistillKernels {
         // Reverse KL and JSD (divergences 1 and 2) run the _pg twin of the planned kernel, which
         // forms their gradient's row sum in double and uses more registers: its grid is cut to what
         // is resident at once (blocks loop over rows, so any grid covers them).
+        // The counted normalizer's grid barrier needs the same cut, and a cooperative launch (below).
         boolean pg = divergence == 1 || divergence == 2;
         boolean counted = normalizer <= 0f && !labels.equals(MemorySegment.NULL);
+        boolean cooperative = counted && plan.clusterSize() == 1;
         String kernel = pg ? plan.kernel() + "_pg" : plan.kernel();
         MemorySegment fn = function(kernel, plan);
-        int blocks = counted ? Math.min(plan.blocks(), coResident(kernel, fn, plan, stream))
-            : pg ? Math.min(plan.blocks(), resident(kernel, plan)) : plan.blocks();
+        int blocks = pg || counted ? Math.min(plan.blocks(), coResident(kernel, fn, plan, stream)) : plan.blocks();
         try (Arena a = Arena.ofConfined()) {
             LaunchArgs la = new LaunchArgs(a, 18).pointer(s).pointer(t);
             la = labels.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(labels);
@@ -194,30 +209,27 @@ public final class DistillKernels {
                 .pointer(partials).pointer(loss).i32(nout);
             la = grad.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(grad);
             la = la.i64(plan.chunk()).i64(plan.staged());
-            int status;
-            if (counted && plan.clusterSize() == 1) {
-                // cooperative: the driver checks that every block is resident at once (the grid
-                // barrier's premise) and fails with COOPERATIVE_LAUNCH_TOO_LARGE otherwise
-                status = cuda_h.cuLaunchCooperativeKernel(fn, blocks, 1, 1, plan.threads(), 1, 1, plan.sharedBytes(), stream, la.segment());
-            } else {
-                // cluster kernels: the grid is cut to cuOccupancyMaxActiveClusters (coResident)
-                status = cuda_h.cuLaunchKernel(fn, blocks, 1, 1, plan.threads(), 1, 1, plan.sharedBytes(), stream, la.segment(), MemorySegment.NULL);
-            }
-            CudaException.check(status, (counted && plan.clusterSize() == 1 ? "cuLaunchCooperativeKernel(" : "cuLaunchKernel(") + kernel + ", "
-                + blocks + " blocks, " + plan.sharedBytes() + " B shared)");
+            // cooperative: the driver checks that every block is resident at once (the grid
+            // barrier's premise) and fails with COOPERATIVE_LAUNCH_TOO_LARGE otherwise; counted
+            // cluster kernels rely on the grid cut to cuOccupancyMaxActiveClusters (coResident)
+            int status = cooperative
+                ? cuda_h.cuLaunchCooperativeKernel(fn, blocks, 1, 1, plan.threads(), 1, 1, plan.sharedBytes(), stream, la.segment())
+                : cuda_h.cuLaunchKernel(fn, blocks, 1, 1, plan.threads(), 1, 1, plan.sharedBytes(), stream, la.segment(), MemorySegment.NULL);
+            CudaException.check(status, (cooperative ? "cuLaunchCooperativeKernel(" : "cuLaunchKernel(") + kernel + ", " + blocks + " blocks, "
+                + plan.sharedBytes() + " B shared)");
         }
     }
 
     /**
-     * Blocks of the plan's shape that the driver says can be resident at once, whole clusters: the
-     * grid of a launch whose blocks wait for each other (the label count's grid barrier). Asked of
-     * cuOccupancyMaxActiveBlocksPerMultiprocessor, or for cluster kernels of
+     * Blocks of the plan's shape that the driver says {@code kernel} can keep resident at once,
+     * whole clusters: the grid of a launch whose blocks wait for each other (the label count's grid
+     * barrier), and of a _pg twin, whose registers may fit fewer blocks than the plan's kernel.
+     * Asked of cuOccupancyMaxActiveBlocksPerMultiprocessor, or for cluster kernels of
      * cuOccupancyMaxActiveClusters (clusters are placed within a GPC, so SMs x blocks an SM can
-     * overstate them); cached per kernel and shape.
+     * overstate them); cached per kernel and plan.
      */
     private int coResident(String kernel, MemorySegment fn, Plan plan, MemorySegment stream) {
-        String key = kernel + "/" + plan.threads() + "/" + plan.sharedBytes() + "/" + plan.blocks();
-        return coResident.computeIfAbsent(key, k -> {
+        return coResident.computeIfAbsent(new Launch(kernel, plan), k -> {
             try (Arena a = Arena.ofConfined()) {
                 MemorySegment n = a.allocate(JAVA_INT);
                 long blocks;
@@ -245,12 +257,6 @@ public final class DistillKernels {
                 return (int) Math.min(Integer.MAX_VALUE, blocks);
             }
         });
-    }
-
-    /** Blocks of the plan's shape resident at once when run by {@code kernel}, by its registers: whole clusters, at least one. */
-    private int resident(String kernel, Plan plan) {
-        long blocks = Math.max(1, blocksPerSmByRegisters(kernel, plan.threads())) * multiprocessors / plan.clusterSize() * plan.clusterSize();
-        return (int) Math.max(plan.clusterSize(), blocks);
     }
 
     /** Blocks of {@code threads} an SM's registers hold for this kernel (64K an SM, allocated per thread in multiples of 8). */
