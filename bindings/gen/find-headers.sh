@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Prints the include folders that hold cuda.h, cublas_v2.h, cublasLt.h, cudnn.h and cblas.h, one a line.
+# Prints the include folders that hold cuda.h, cublas_v2.h, cublasLt.h, cudnn.h, cblas.h and our own
+# distill4j_cpu.h (native/src/main/c), one a line.
 # Order: $DISTILL4J_INCLUDE (colon-separated), $CUDA_HOME/include, /usr/local/cuda*/include, NVIDIA's
 # Python wheels (nvidia/cu13/include, nvidia/cudnn/include) in the active and usual site-packages,
 # the OpenBLAS natives jar's include/ (extracted into target/), and /usr/include.
@@ -27,8 +28,9 @@ if [ -n "$jar" ]; then
   cands+=("$out")
 fi
 cands+=(/usr/include /usr/include/x86_64-linux-gnu /usr/include/openblas)
+cands+=("$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/native/src/main/c")
 seen=""
-for h in cuda.h cublas_v2.h cublasLt.h cudnn.h cblas.h; do
+for h in cuda.h cublas_v2.h cublasLt.h cudnn.h cblas.h distill4j_cpu.h; do
   for d in "${cands[@]}"; do
     if [ -n "$d" ] && [ -f "$d/$h" ]; then
       case ":$seen:" in *":$d:"*) ;; *) echo "$d"; seen="$seen:$d";; esac

@@ -27,6 +27,8 @@ import java.util.Properties;
  *   <li>folders in {@code -Ddistill4j.library.path} or {@code DISTILL4J_LIBRARY_PATH};</li>
  *   <li>OpenBLAS only: the natives jar {@code org.bytedeco:openblas:linux-x86_64} on the class path,
  *       extracted once into {@code ~/.cache/distill4j/natives/};</li>
+ *   <li>Distill4J's CPU kernels only: the library inside the distill4j-native jar, extracted once per
+ *       content hash into {@code ~/.cache/distill4j/natives/};</li>
  *   <li>NVIDIA libraries: {@code CUDA_HOME}/{@code CUDA_PATH} and {@code /usr/local/cuda}
  *       ({@code lib64}, {@code targets/x86_64-linux/lib});</li>
  *   <li>{@code LD_LIBRARY_PATH}, then {@code java.library.path};</li>
@@ -51,7 +53,10 @@ public final class NativeLibraries {
         CUDNN("cudnn", "libcudnn.so.9", "cuDNN", List.of("nvidia/cudnn/lib"),
             "install cuDNN 9 or: pip install nvidia-cudnn-cu13"),
         OPENBLAS("openblas", "libopenblas.so.0", "OpenBLAS", List.of(),
-            "add org.bytedeco:openblas:" + "0.3.30-1.5.12:linux-x86_64 to the class path, or: apt-get install libopenblas0");
+            "add org.bytedeco:openblas:" + "0.3.30-1.5.12:linux-x86_64 to the class path, or: apt-get install libopenblas0"),
+        /** Our own CPU kernels (native/src/main/c), shipped inside the distill4j-native jar. */
+        DISTILL4J_CPU("cpukernels", "libdistill4j_cpu.so", "CPU kernels", List.of(),
+            "use a distill4j-native jar built on Linux x86-64 with a C compiler (native/build-cpu-kernels.sh)");
 
         private final String key;
         private final String soname;
@@ -71,7 +76,7 @@ public final class NativeLibraries {
         public String soname() { return soname; }
         public String displayName() { return displayName; }
         public String installHint() { return installHint; }
-        boolean isNvidia() { return this != OPENBLAS; }
+        boolean isNvidia() { return this != OPENBLAS && this != DISTILL4J_CPU; }
         public String pathProperty() { return "distill4j." + key + ".path"; }
         public String pathEnv() { return "DISTILL4J_" + key.toUpperCase(Locale.ROOT) + "_PATH"; }
     }
@@ -164,6 +169,9 @@ public final class NativeLibraries {
         if (dirs != null) for (String d : dirs.split(":")) if (!d.isBlank()) out.add(new Candidate("distill4j.library.path", Path.of(d)));
         if (library == Library.OPENBLAS) {
             natives().ifPresent(d -> out.add(new Candidate("natives jar on the class path", d)));
+        }
+        if (library == Library.DISTILL4J_CPU) {
+            cpuKernels().ifPresent(d -> out.add(new Candidate("distill4j-native jar", d)));
         }
         if (library.isNvidia()) {
             for (String env : List.of("CUDA_HOME", "CUDA_PATH")) {
@@ -267,6 +275,40 @@ public final class NativeLibraries {
             return Optional.of(dir);
         } catch (IOException e) {
             throw new UncheckedIOException("cannot extract OpenBLAS from the natives jar into " + dir, e);
+        }
+    }
+
+    // ---- Distill4J's CPU kernels from the distill4j-native jar
+
+    /**
+     * Extracts libdistill4j_cpu.so from the distill4j-native jar into
+     * ~/.cache/distill4j/natives/distill4j-cpu-HASH/ (HASH: the first 16 hex digits of the library's
+     * SHA-256, so a rebuilt snapshot never loads a stale copy), written to a temp name and renamed.
+     * Empty when the jar carries none (KernelImage.cpuLibraryNotBuiltReason says why).
+     */
+    private static Optional<Path> cpuKernels() {
+        Optional<byte[]> lib = org.distill4j.kernels.KernelImage.cpuLibrary();
+        if (lib.isEmpty()) return Optional.empty();
+        String hash;
+        try {
+            hash = java.util.HexFormat.of().formatHex(java.security.MessageDigest.getInstance("SHA-256").digest(lib.get())).substring(0, 16);
+        } catch (java.security.NoSuchAlgorithmException e) {
+            throw new IllegalStateException("SHA-256 is missing from this Java runtime", e);
+        }
+        String cache = setting("distill4j.cache.dir", "DISTILL4J_CACHE_DIR");
+        Path dir = (cache != null ? Path.of(cache) : Path.of(System.getProperty("user.home"), ".cache", "distill4j"))
+            .resolve("natives").resolve("distill4j-cpu-" + hash);
+        Path target = dir.resolve(Library.DISTILL4J_CPU.soname());
+        try {
+            if (!Files.isRegularFile(target)) {
+                Files.createDirectories(dir);
+                Path tmp = Files.createTempFile(dir, "libdistill4j_cpu", ".tmp");
+                Files.write(tmp, lib.get());
+                Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+            }
+            return Optional.of(dir);
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot extract " + Library.DISTILL4J_CPU.soname() + " from the distill4j-native jar into " + dir, e);
         }
     }
 

@@ -31,7 +31,7 @@ final class Headers {
         for (String line : out.split("\n")) {
             if (line.isBlank()) continue;
             Path dir = Path.of(line.trim());
-            for (String h : List.of("cuda.h", "cublas_v2.h", "cublasLt.h", "cudnn.h", "cblas.h")) {
+            for (String h : List.of("cuda.h", "cublas_v2.h", "cublasLt.h", "cudnn.h", "cblas.h", "distill4j_cpu.h")) {
                 if (!found.containsKey(h) && Files.isRegularFile(dir.resolve(h))) found.put(h, dir);
             }
         }

@@ -6,6 +6,7 @@ import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.concurrent.Callable;
 import org.distill4j.core.Backend;
+import org.distill4j.core.cpu.CpuBackend;
 import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.io.Npy;
@@ -102,7 +103,9 @@ final class LossCommand implements Callable<Integer> {
              Tensor ts = backend.empty(logitType, rows, cols).copyFrom(s.toFloats()); Tensor tt = backend.empty(logitType, rows, cols).copyFrom(t.toFloats());
              Tensor ty = y == null ? null : backend.empty(DType.I64, rows).copyFrom(y); Tensor loss = backend.empty(DType.F32, 3);
              Tensor grad = gradOut == null ? null : backend.empty(logitType, rows, cols)) {
-            backend.distillationLoss(ts, tt, ty, cfg, 0, loss, grad);
+            // On the CPU, the double oracle: this command is for checking numerics against other code.
+            if (backend instanceof CpuBackend cpu) cpu.referenceDistillationLoss(ts, tt, ty, cfg, 0, loss, grad);
+            else backend.distillationLoss(ts, tt, ty, cfg, 0, loss, grad);
             float[] l = loss.toFloatArray();
             if (grad != null) Npy.writeFloats(gradOut, grad.toFloatArray(), rows, cols);
             var out = spec.commandLine().getOut();

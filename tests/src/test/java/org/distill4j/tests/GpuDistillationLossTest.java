@@ -240,7 +240,9 @@ class GpuDistillationLossTest {
                                  long normalizer, org.distill4j.bindings.kernels.DistillKernels.Plan plan) {
         try (Tensor ts = b.empty(dtype, rows, cols).copyFrom(s); Tensor tt = b.empty(dtype, rows, cols).copyFrom(t); Tensor ty = b.empty(DType.I64, rows).copyFrom(y);
              Tensor loss = b.empty(DType.F32, 3); Tensor grad = b.empty(dtype, rows, cols)) {
+            // the CPU side is the double oracle (not the float fast path, which is itself tested against it)
             if (plan != null) ((CudaBackend) b).distillationLoss(ts, tt, ty, cfg, normalizer, loss, grad, plan);
+            else if (b instanceof CpuBackend cpu) cpu.referenceDistillationLoss(ts, tt, ty, cfg, normalizer, loss, grad);
             else b.distillationLoss(ts, tt, ty, cfg, normalizer, loss, grad);
             return new float[][] {loss.toFloatArray(), grad.toFloatArray()};
         }

@@ -424,8 +424,33 @@ public final class CpuBackend implements Backend {
 
     // ---- the fused distillation loss
 
+    /**
+     * The fused loss: KL and MSE on the float fast path (our C kernel, vectorised, {@link #fastLossPath()}),
+     * reverse KL and JSD (and everything when the kernel library is missing) on the double oracle.
+     */
     @Override
     public void distillationLoss(Tensor student, Tensor teacher, Tensor labels, DistillationLoss config, long normalizer, Tensor loss, Tensor grad) {
+        distillationLoss(student, teacher, labels, config, normalizer, loss, grad, false);
+    }
+
+    /**
+     * {@link #distillationLoss} on the oracle alone: every divergence in double, one task a row (the
+     * reference the CUDA kernels and the fast path are tested against, and what {@code distill loss}
+     * computes on the CPU for users checking numerics against their own code).
+     */
+    public void referenceDistillationLoss(Tensor student, Tensor teacher, Tensor labels, DistillationLoss config, long normalizer, Tensor loss,
+                                          Tensor grad) {
+        distillationLoss(student, teacher, labels, config, normalizer, loss, grad, true);
+    }
+
+    /** Which implementation computes KL and MSE here: "float fast path (avx512)" or why it is the double oracle. */
+    public static String fastLossPath() {
+        return CpuFastDistillationLoss.available() ? "float fast path (" + CpuFastDistillationLoss.isa() + ")"
+            : "double oracle only: " + CpuFastDistillationLoss.unavailableReason();
+    }
+
+    private void distillationLoss(Tensor student, Tensor teacher, Tensor labels, DistillationLoss config, long normalizer, Tensor loss, Tensor grad,
+                                  boolean reference) {
         LossChecks.distillation(this, student, teacher, labels, config, normalizer, loss, grad);
         if (config.effectiveDivergence() == Divergence.REVERSE_KL || config.effectiveDivergence() == Divergence.MSE) {
             // -inf teacher logits (a top-k teacher) make reverse KL infinite and MSE undefined.
@@ -437,9 +462,12 @@ public final class CpuBackend implements Backend {
                 }
             }
         }
-        double[] r = CpuDistillationLoss.compute(student.data(), teacher.data(), labels == null ? null : labels.data(),
-            Shapes.toInt("distillationLoss", student.size(0)), Shapes.toInt("distillationLoss", student.size(1)), config, normalizer,
-            grad == null ? null : grad.data(), student.dtype() == DType.BF16);
+        MemorySegment s = student.data(), t = teacher.data(), y = labels == null ? null : labels.data(), g = grad == null ? null : grad.data();
+        int rows = Shapes.toInt("distillationLoss", student.size(0)), cols = Shapes.toInt("distillationLoss", student.size(1));
+        boolean bf16 = student.dtype() == DType.BF16;
+        double[] r = !reference && CpuFastDistillationLoss.takes(config, s, t, y, g)
+            ? CpuFastDistillationLoss.compute(s, t, y, rows, cols, config, normalizer, g, bf16)
+            : CpuDistillationLoss.compute(s, t, y, rows, cols, config, normalizer, g, bf16);
         MemorySegment ls = loss.data();
         for (int i = 0; i < loss.numel(); i++) set(ls, i, (float) r[i]);
     }

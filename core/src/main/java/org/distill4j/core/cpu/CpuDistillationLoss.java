@@ -22,24 +22,11 @@ final class CpuDistillationLoss {
     private static final ThreadLocal<double[][]> SCRATCH = ThreadLocal.withInitial(() -> new double[][] {new double[0], new double[0], new double[0]});
 
     /** Per-row results: weighted soft and hard terms before normalisation; counted = 0 or 1. */
-    private record Row(double soft, double hard, int counted) {}
+    record Row(double soft, double hard, int counted) {}
 
     static double[] compute(MemorySegment s, MemorySegment t, MemorySegment labels, int rows, int cols, DistillationLoss cfg,
                             long normalizer, MemorySegment grad, boolean bf16) {
-        long counted = 0;
-        if (labels != null) {
-            for (int r = 0; r < rows; r++) {
-                long y = labels.getAtIndex(JAVA_LONG, r);
-                if (y == cfg.ignoreIndex()) continue;
-                if (y < 0 || y >= cols) {
-                    throw new IllegalArgumentException("distillationLoss: label " + y + " at row " + r + " is outside [0, " + cols + ") and is not ignore_index "
-                        + cfg.ignoreIndex());
-                }
-                counted++;
-            }
-        } else {
-            counted = rows;
-        }
+        long counted = countedRows(labels, rows, cols, cfg);
         double norm = normalizer > 0 ? normalizer : counted;
         double scale = norm == 0 ? 0 : 1 / norm;
         Row[] out = new Row[rows];
@@ -53,7 +40,27 @@ final class CpuDistillationLoss {
         return new double[] {(soft + hard) * scale, soft * scale, hard * scale};
     }
 
-    private static Row row(MemorySegment s, MemorySegment t, MemorySegment labels, int r, int cols, DistillationLoss cfg, double scale,
+    /**
+     * The rows that count: every row without labels, else those whose label is not ignore_index;
+     * a label outside [0, cols) that is not ignore_index is an error naming the row.
+     */
+    static long countedRows(MemorySegment labels, int rows, int cols, DistillationLoss cfg) {
+        if (labels == null) return rows;
+        long counted = 0;
+        for (int r = 0; r < rows; r++) {
+            long y = labels.getAtIndex(JAVA_LONG, r);
+            if (y == cfg.ignoreIndex()) continue;
+            if (y < 0 || y >= cols) {
+                throw new IllegalArgumentException("distillationLoss: label " + y + " at row " + r + " is outside [0, " + cols + ") and is not ignore_index "
+                    + cfg.ignoreIndex());
+            }
+            counted++;
+        }
+        return counted;
+    }
+
+    /** Row r in double: its weighted soft term (alpha T^2 D) and hard term ((1 - alpha) CE), and its gradient row when grad is given. */
+    static Row row(MemorySegment s, MemorySegment t, MemorySegment labels, int r, int cols, DistillationLoss cfg, double scale,
                            MemorySegment grad, boolean bf16) {
         long base = (long) r * cols;
         long y = labels == null ? -1 : labels.getAtIndex(JAVA_LONG, r);
@@ -96,16 +103,18 @@ final class CpuDistillationLoss {
             double sv = load(s, base + c, bf16), tv = load(t, base + c, bf16);
             double logP = sv * invT - lseA, logQ = tv * invT - lseB;
             double p = ea[c] * invSumA, q = eb[c] * invSumB;
+            // !(x <= 0), not x > 0: a term with q = 0 is 0 (its log is -inf), but a NaN makes D NaN,
+            // as in PyTorch (a NaN logit must not vanish from the loss).
             switch (div) {
-                case KL -> { if (q > 0) d += q * (logQ - logP); }
+                case KL -> { if (!(q <= 0)) d += q * (logQ - logP); }
                 case REVERSE_KL -> {
-                    if (p > 0) d += p * (logP - logQ);
+                    if (!(p <= 0)) d += p * (logP - logQ);
                     pg += p * (logP - logQ);
                 }
                 case JSD -> {
                     double logM = logAddExp(logOneMinusBeta + logP, logBeta + logQ);
-                    if (q > 0) d += beta * q * (logQ - logM);
-                    if (p > 0) d += (1 - beta) * p * (logP - logM);
+                    if (!(q <= 0)) d += beta * q * (logQ - logM);
+                    if (!(p <= 0)) d += (1 - beta) * p * (logP - logM);
                     pg += p * (1 - beta) * (logP - logM);
                 }
                 case MSE -> {

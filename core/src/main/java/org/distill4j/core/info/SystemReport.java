@@ -6,9 +6,11 @@ import org.distill4j.bindings.Downcalls;
 import org.distill4j.bindings.NativeLibraries;
 import org.distill4j.bindings.NativeLibrary;
 import org.distill4j.bindings.blas.cblas_h;
+import org.distill4j.bindings.cpu.distill4j_cpu_h;
 import org.distill4j.bindings.cublas.cublasLt_h;
 import org.distill4j.bindings.cudnn.cudnn_h;
 import org.distill4j.core.BackendUnavailableException;
+import org.distill4j.core.cpu.CpuBackend;
 import org.distill4j.core.cpu.CpuBlas;
 import org.distill4j.core.cuda.CudaContext;
 import org.distill4j.core.cuda.DeviceInfo;
@@ -78,6 +80,7 @@ public record SystemReport(String java, List<Library> libraries, String driver, 
                 case CUBLASLT, CUBLAS -> ", version " + formatCublas(cublasLt_h.cublasLtGetVersion());
                 case OPENBLAS -> ", " + Downcalls.cString(cblas_h.openblas_get_config(), "OpenBLAS");
                 case CUDA_DRIVER -> "";
+                case DISTILL4J_CPU -> ", " + Downcalls.cString(distill4j_cpu_h.d4j_cpu_isa(), "?") + " copy of 3 (" + KernelImage.cpuCompiler() + ")";
             };
         } catch (RuntimeException e) {
             return ", version unknown (" + e.getMessage() + ")";
@@ -99,7 +102,8 @@ public record SystemReport(String java, List<Library> libraries, String driver, 
         List<String> out = new ArrayList<>();
         out.add("Distill4J " + version());
         out.add("java:     " + java);
-        out.add("cpu:      " + Runtime.getRuntime().availableProcessors() + " cores, gemm on " + cpuBlas);
+        out.add("cpu:      " + Runtime.getRuntime().availableProcessors() + " cores, gemm on " + cpuBlas + "; fused loss (KL, MSE) on the "
+            + CpuBackend.fastLossPath());
         out.add("native libraries:");
         for (Library l : libraries) {
             out.add(String.format("  %-11s %-18s %s", l.name(), l.soname(), l.found() ? l.detail() : "MISSING: " + l.detail()));

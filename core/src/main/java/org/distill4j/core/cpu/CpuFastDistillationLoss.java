@@ -1,0 +1,99 @@
+package org.distill4j.core.cpu;
+
+import static java.lang.foreign.ValueLayout.JAVA_BYTE;
+import static java.lang.foreign.ValueLayout.JAVA_DOUBLE;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.util.stream.IntStream;
+import org.distill4j.bindings.Downcalls;
+import org.distill4j.bindings.NativeLibraries;
+import org.distill4j.bindings.NativeLibrary;
+import org.distill4j.bindings.cpu.distill4j_cpu_h;
+import org.distill4j.core.loss.DistillationLoss;
+import org.distill4j.core.loss.Divergence;
+
+/**
+ * The fused distillation loss's float fast path on the CPU: Hinton KL and MSE in fp32 with
+ * vectorised exponentials, in our own C kernel (native/src/main/c/distill4j_cpu.c, AVX-512, AVX2 or
+ * SSE2 as the CPU offers), called through the FFM API on blocks of rows in parallel. About 20 times
+ * the double oracle's throughput (bench/RESULTS.md); the oracle ({@link CpuDistillationLoss}) still
+ * computes reverse KL and JSD, whose gradient needs double near T = 0.1, every row with a NaN or
+ * infinite logit (the kernel hands those back), and everything when the library is missing.
+ *
+ * <p>Deterministic: rows are cut into blocks by the shape alone, each block's sums are formed in a
+ * fixed order, and the blocks' are added in block order, so the thread count never changes a bit.
+ */
+final class CpuFastDistillationLoss {
+    private CpuFastDistillationLoss() {}
+
+    private static final NativeLibrary LIB = NativeLibraries.forBindings(NativeLibraries.Library.DISTILL4J_CPU);
+    /** Elements a block of rows aims at: enough work to pay for a task and a downcall (~1 us). */
+    private static final long BLOCK_ELEMENTS = 1 << 16;
+
+    /** True when the kernel library loaded (it ships inside the distill4j-native jar, Linux x86-64). */
+    static boolean available() {
+        return LIB.isLoaded();
+    }
+
+    /** Why the fast path is off on this machine, or "" when it is on. */
+    static String unavailableReason() {
+        return LIB.failure().map(Throwable::getMessage).orElse("");
+    }
+
+    /** The instruction set the loader picked ("avx512", "avx2", "sse2"); requires {@link #available()}. */
+    static String isa() {
+        return Downcalls.cString(distill4j_cpu_h.d4j_cpu_isa(), "d4j_cpu_isa");
+    }
+
+    /** Whether this evaluation can run here: KL or MSE, the library loaded, and the data in native memory. */
+    static boolean takes(DistillationLoss cfg, MemorySegment s, MemorySegment t, MemorySegment labels, MemorySegment grad) {
+        Divergence d = cfg.effectiveDivergence();
+        return (d == Divergence.KL || d == Divergence.MSE) && available() && s.isNative() && t.isNative()
+            && (labels == null || labels.isNative()) && (grad == null || grad.isNative());
+    }
+
+    /** As {@link CpuDistillationLoss#compute}: {loss, soft, hard}, each divided by the normalizer. */
+    static double[] compute(MemorySegment s, MemorySegment t, MemorySegment labels, int rows, int cols, DistillationLoss cfg,
+                            long normalizer, MemorySegment grad, boolean bf16) {
+        long counted = CpuDistillationLoss.countedRows(labels, rows, cols, cfg);
+        double norm = normalizer > 0 ? normalizer : counted;
+        double scale = norm == 0 ? 0 : 1 / norm;
+        int divergence = cfg.effectiveDivergence() == Divergence.MSE ? distill4j_cpu_h.D4J_CPU_MSE : distill4j_cpu_h.D4J_CPU_KL;
+        double softWeight = (double) cfg.alpha() * cfg.temperature() * cfg.temperature(), hardWeight = 1.0 - cfg.alpha();
+        int blockRows = (int) Math.max(1, Math.min(rows, BLOCK_ELEMENTS / cols));
+        int blocks = (rows + blockRows - 1) / blockRows;
+        double[][] sums = new double[blocks][];
+        IntStream.range(0, blocks).parallel().forEach(b -> {
+            int row0 = b * blockRows, row1 = Math.min(rows, row0 + blockRows);
+            try (Arena arena = Arena.ofConfined()) {
+                MemorySegment flags = arena.allocate(row1 - row0);
+                MemorySegment out = arena.allocate(JAVA_DOUBLE, 2);
+                int rc = distill4j_cpu_h.d4j_cpu_kd_rows(s, t, bf16 ? distill4j_cpu_h.D4J_CPU_BF16 : distill4j_cpu_h.D4J_CPU_F32,
+                    labels == null ? MemorySegment.NULL : labels, row0, row1, cols, divergence, cfg.temperature(), cfg.alpha(), cfg.ignoreIndex(),
+                    (float) scale, grad == null ? MemorySegment.NULL : grad, flags, out);
+                if (rc != distill4j_cpu_h.D4J_CPU_OK) {
+                    throw new IllegalStateException("d4j_cpu_kd_rows(rows " + row0 + ".." + row1 + " of [" + rows + ", " + cols + "]) returned " + rc
+                        + (rc == distill4j_cpu_h.D4J_CPU_OUT_OF_MEMORY ? " (out of memory for " + 12L * cols + " bytes of row scratch)" : " (bad argument)"));
+                }
+                double soft = softWeight * out.getAtIndex(JAVA_DOUBLE, 0), hard = hardWeight * out.getAtIndex(JAVA_DOUBLE, 1);
+                // Rows the kernel handed back (a NaN or infinite logit): the oracle computes them, in row order.
+                for (int r = row0; r < row1; r++) {
+                    if (flags.get(JAVA_BYTE, r - row0) != 0) {
+                        CpuDistillationLoss.Row row = CpuDistillationLoss.row(s, t, labels, r, cols, cfg, scale, grad, bf16);
+                        soft += row.soft();
+                        hard += row.hard();
+                    }
+                }
+                sums[b] = new double[] {soft, hard};
+            }
+        });
+        double soft = 0, hard = 0;
+        for (double[] sum : sums) {
+            soft += sum[0];
+            hard += sum[1];
+        }
+        if (norm == 0) return new double[] {Double.NaN, Double.NaN, Double.NaN};
+        return new double[] {(soft + hard) * scale, soft * scale, hard * scale};
+    }
+}

@@ -1,0 +1,209 @@
+package org.distill4j.core.cpu;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.lang.foreign.MemorySegment;
+import java.util.Random;
+import java.util.concurrent.ForkJoinPool;
+import org.distill4j.core.Bf16;
+import org.distill4j.core.DType;
+import org.distill4j.core.Tensor;
+import org.distill4j.core.loss.DistillationLoss;
+import org.distill4j.core.loss.Divergence;
+import org.distill4j.kernels.KernelImage;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The float fast path (our C kernel, native/src/main/c) against the double oracle it falls back to,
+ * through the CPU backend's two entry points: every row length around the 16-lane vectors, fp32 and
+ * bf16, KL and MSE, labels with ignored rows or none, gradients apart, in place or not at all,
+ * top-k teachers' -inf, non-finite rows (handed back to the oracle), and thread-count independence.
+ */
+class CpuFastDistillationLossTest {
+    private final CpuBackend cpu = CpuBackend.get();
+    private final long seed = System.nanoTime();
+    private final Random random = new Random(seed);
+
+    @Test
+    void theKernelLibraryIsThereWhenTheBuildMadeIt() {
+        if (KernelImage.cpuLibraryBuilt()) {
+            assertTrue(CpuFastDistillationLoss.available(), CpuFastDistillationLoss.unavailableReason());
+            assertTrue(java.util.List.of("avx512", "avx2", "sse2").contains(CpuFastDistillationLoss.isa()), CpuFastDistillationLoss.isa());
+            assertTrue(CpuBackend.fastLossPath().startsWith("float fast path ("), CpuBackend.fastLossPath());
+        } else {
+            assertFalse(KernelImage.cpuLibraryNotBuiltReason().isBlank());
+            assertTrue(CpuBackend.fastLossPath().startsWith("double oracle only: "), CpuBackend.fastLossPath());
+        }
+    }
+
+    /** One evaluation's loss[3] and gradient on either path. */
+    private record Result(float[] loss, float[] grad) {}
+
+    private Result run(boolean reference, DType type, float[] s, float[] t, long[] y, int rows, int cols, DistillationLoss cfg, long normalizer,
+                       String gradMode) {
+        try (Tensor ts = tensor(type, s, rows, cols); Tensor tt = tensor(type, t, rows, cols);
+             Tensor ty = y == null ? null : cpu.empty(DType.I64, rows).copyFrom(y); Tensor loss = cpu.empty(DType.F32, 3);
+             Tensor grad = gradMode.equals("apart") ? cpu.empty(type, rows, cols) : null) {
+            Tensor g = switch (gradMode) {
+                case "apart" -> grad;
+                case "in place" -> ts;
+                default -> null;
+            };
+            if (reference) cpu.referenceDistillationLoss(ts, tt, ty, cfg, normalizer, loss, g);
+            else cpu.distillationLoss(ts, tt, ty, cfg, normalizer, loss, g);
+            return new Result(loss.toFloatArray(), g == null ? null : floats(g));
+        }
+    }
+
+    private Tensor tensor(DType type, float[] v, int rows, int cols) {
+        if (type == DType.F32) return cpu.fromArray(v, rows, cols);
+        short[] bits = new short[v.length];
+        for (int i = 0; i < v.length; i++) bits[i] = Bf16.fromFloat(v[i]);
+        Tensor x = cpu.empty(DType.BF16, rows, cols);
+        cpu.copyFromHost(MemorySegment.ofArray(bits), x);
+        return x;
+    }
+
+    private float[] floats(Tensor x) {
+        if (x.dtype() == DType.F32) return x.toFloatArray();
+        short[] bits = new short[(int) x.numel()];
+        cpu.copyToHost(x, MemorySegment.ofArray(bits));
+        float[] out = new float[bits.length];
+        for (int i = 0; i < bits.length; i++) out[i] = Bf16.toFloat(bits[i]);
+        return out;
+    }
+
+    @Test
+    void matchesTheOracleAcrossRowLengthsTypesAndLabels() {
+        int[] lengths = {1, 2, 15, 16, 17, 31, 33, 1000, 1024, 4099};
+        for (int cols : lengths) for (Divergence div : new Divergence[] {Divergence.KL, Divergence.MSE}) for (DType type : new DType[] {DType.F32, DType.BF16}) {
+            int rows = 1 + random.nextInt(9);
+            float T = new float[] {0.1f, 1f, 4f, 100f}[random.nextInt(4)];
+            boolean labels = random.nextBoolean();
+            float alpha = labels ? new float[] {0f, 0.5f, 0.9f, 1f}[random.nextInt(4)] : 1f;
+            double scale = new double[] {1, 5, 1e4}[random.nextInt(3)];
+            float[] s = gaussian(rows * cols, scale), t = gaussian(rows * cols, scale);
+            long[] y = null;
+            if (labels) {
+                y = new long[rows];
+                for (int r = 0; r < rows; r++) y[r] = r % 3 == 1 ? -100 : random.nextInt(cols);
+            }
+            if (type == DType.BF16) {
+                for (int i = 0; i < s.length; i++) {
+                    s[i] = Bf16.toFloat(Bf16.fromFloat(s[i]));
+                    t[i] = Bf16.toFloat(Bf16.fromFloat(t[i]));
+                }
+            }
+            DistillationLoss cfg = new DistillationLoss(div, T, alpha, 0.5f, -100);
+            long normalizer = random.nextBoolean() ? 0 : rows + 3;
+            String what = div + " " + type + " " + rows + "x" + cols + " T=" + T + " alpha=" + alpha + " scale=" + scale + (labels ? " labels" : "")
+                + " N=" + normalizer + " (seed " + seed + ")";
+            Result expected = run(true, type, s, t, y, rows, cols, cfg, normalizer, "apart");
+            for (String gradMode : new String[] {"apart", "in place", "none"}) {
+                Result got = run(false, type, s, t, y, rows, cols, cfg, normalizer, gradMode);
+                for (int i = 0; i < 3; i++) {
+                    assertEquals(expected.loss()[i], got.loss()[i], lossTolerance(expected.loss()[0], cfg), what + " loss[" + i + "], grad " + gradMode);
+                }
+                long counted = y == null ? rows : java.util.Arrays.stream(y).filter(v -> v != -100).count();
+                double n = normalizer > 0 ? normalizer : Math.max(1, counted);
+                // p - q in fp32 at high T: two values near 1/C each off by an ulp, times alpha T / N
+                double floor = 0x1p-21 * alpha * T / n;
+                if (got.grad() != null) assertGradientsClose(expected.grad(), got.grad(), type, floor, what + ", grad " + gradMode);
+            }
+        }
+    }
+
+    /** As DistillationLossTest.tolerance: 1e-5 relative plus the fast path's exponential-rounding floor (2.2 ulp(1) of D, times alpha T^2). */
+    private static double lossTolerance(double expected, DistillationLoss cfg) {
+        return 1e-5 * Math.max(Math.abs(expected), 1e-3) + 2.2 * 0x1p-23 * cfg.alpha() * cfg.temperature() * cfg.temperature();
+    }
+
+    /** 1e-5 of the row set's largest gradient (fp32); bf16 gradients are rounded from fp32 ones, so one bf16 ulp (up to 2^-7 relative) more. */
+    private static void assertGradientsClose(float[] expected, float[] got, DType type, double floor, String what) {
+        double max = 1e-30;
+        for (float v : expected) max = Math.max(max, Math.abs(v));
+        for (int i = 0; i < expected.length; i++) {
+            double tol = 1e-5 * max + floor + (type == DType.BF16 ? 0x1p-7 * Math.abs(expected[i]) : 0);
+            assertEquals(expected[i], got[i], tol, what + " element " + i);
+        }
+    }
+
+    @Test
+    void topKTeachersMinusInfinityIsNoMass() {
+        int rows = 5, cols = 100, k = 7;
+        float[] s = gaussian(rows * cols, 3), t = gaussian(rows * cols, 3);
+        for (int r = 0; r < rows; r++) for (int c = k; c < cols; c++) t[r * cols + c] = Float.NEGATIVE_INFINITY;
+        long[] y = {3, 50, -100, 0, 99};
+        DistillationLoss cfg = new DistillationLoss(Divergence.KL, 2f, 0.7f, 0.5f, -100);
+        Result expected = run(true, DType.F32, s, t, y, rows, cols, cfg, 0, "apart");
+        Result got = run(false, DType.F32, s, t, y, rows, cols, cfg, 0, "apart");
+        assertTrue(Float.isFinite(got.loss()[0]), "finite loss with a top-k teacher: " + got.loss()[0]);
+        for (int i = 0; i < 3; i++) assertEquals(expected.loss()[i], got.loss()[i], lossTolerance(expected.loss()[0], cfg), "loss[" + i + "]");
+        assertGradientsClose(expected.grad(), got.grad(), DType.F32, 0, "top-k gradient");
+    }
+
+    /**
+     * A NaN or infinite logit: the kernel hands the row back and the oracle computes it, so the
+     * loss is NaN or infinite as the oracle's (and PyTorch's) and that row's gradient the oracle's, bit for bit; every other
+     * row's gradient is unchanged.
+     */
+    @Test
+    void nonFiniteRowsGetTheOraclesAnswer() {
+        int rows = 4, cols = 37;
+        float[][] poison = {{Float.NaN, 0}, {Float.POSITIVE_INFINITY, 0}, {Float.NEGATIVE_INFINITY, 0}, {0, Float.NaN}, {0, Float.POSITIVE_INFINITY}};
+        for (float[] p : poison) {
+            float[] s = gaussian(rows * cols, 2), t = gaussian(rows * cols, 2);
+            s[2 * cols + 5] += p[0];
+            t[2 * cols + 5] += p[1];
+            long[] y = {1, 2, 3, 4};
+            DistillationLoss cfg = DistillationLoss.hinton(3f, 0.5f);
+            Result expected = run(true, DType.F32, s, t, y, rows, cols, cfg, 0, "apart");
+            Result got = run(false, DType.F32, s, t, y, rows, cols, cfg, 0, "apart");
+            String what = "student " + p[0] + ", teacher " + p[1] + " at row 2";
+            assertFalse(Float.isFinite(expected.loss()[0]), what + ": the oracle's loss is NaN or infinite, got " + expected.loss()[0]);
+            assertEquals(expected.loss()[0], got.loss()[0], what + ": the same NaN or infinity");
+            for (int i = 0; i < rows * cols; i++) {
+                float e = expected.grad()[i], g = got.grad()[i];
+                if (i / cols == 2) assertEquals(Float.floatToIntBits(e), Float.floatToIntBits(g), what + ": the oracle's own row, element " + i);
+                else assertEquals(e, g, 1e-6, what + ": element " + i);
+            }
+        }
+    }
+
+    @Test
+    void everyRowIgnoredIsNaNWithAZeroGradient() {
+        int rows = 3, cols = 40;
+        Result got = run(false, DType.F32, gaussian(rows * cols, 1), gaussian(rows * cols, 1), new long[] {-100, -100, -100}, rows, cols,
+            DistillationLoss.hinton(4f, 0.9f), 0, "apart");
+        assertTrue(Float.isNaN(got.loss()[0]), "mean over no rows: " + got.loss()[0]);
+        for (float g : got.grad()) assertEquals(0f, g);
+    }
+
+    /** Rows are cut into blocks by the shape alone and summed in block order: one thread or all, the same bits. */
+    @Test
+    void theThreadCountChangesNoBit() throws Exception {
+        int rows = 300, cols = 777;
+        float[] s = gaussian(rows * cols, 4), t = gaussian(rows * cols, 4);
+        long[] y = new long[rows];
+        for (int r = 0; r < rows; r++) y[r] = random.nextInt(cols);
+        DistillationLoss cfg = DistillationLoss.hinton(4f, 0.9f);
+        Result all = run(false, DType.F32, s, t, y, rows, cols, cfg, 0, "apart");
+        ForkJoinPool one = new ForkJoinPool(1);
+        try {
+            Result single = one.submit(() -> run(false, DType.F32, s, t, y, rows, cols, cfg, 0, "apart")).get();
+            assertArrayEquals(all.loss(), single.loss());
+            assertArrayEquals(all.grad(), single.grad());
+        } finally {
+            one.shutdown();
+        }
+    }
+
+    private float[] gaussian(int n, double scale) {
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) x[i] = (float) (random.nextGaussian() * scale);
+        return x;
+    }
+}

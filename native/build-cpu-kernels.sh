@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Builds native/src/main/c/distill4j_cpu.c into libdistill4j_cpu.so, packaged as a class-path resource
+# of the org.distill4j.kernels module. Called by Maven (generate-resources) with two arguments:
+#   $1  the module's source folder of C files
+#   $2  the module's target folder
+# Output:
+#   $2/classes/org/distill4j/kernels/linux-x86_64/libdistill4j_cpu.so
+#   $2/classes/org/distill4j/kernels/cpu-kernels.properties    built=true|false, reason, compiler
+# Without a C compiler (or on another platform) the build goes on: the properties say built=false
+# and why, and the CPU backend computes the loss with its Java oracle instead (slower, same API).
+# One binary for every x86-64: the loss kernel is compiled three times (target_clones: AVX-512,
+# AVX2 + FMA, SSE2) and the loader picks the copy for the CPU it runs on.
+set -euo pipefail
+src="$1"; target="$2"
+res="$target/classes/org/distill4j/kernels"
+mkdir -p "$res/linux-x86_64"
+props="$res/cpu-kernels.properties"
+lib="$res/linux-x86_64/libdistill4j_cpu.so"
+not_built() {
+  rm -f "$lib" "$target/cpu-kernels.stamp"
+  printf 'built=false\nreason=%s\n' "$1" > "$props"
+  echo "[native] CPU kernels NOT built: $1 (the CPU backend falls back to its Java oracle)"
+  exit 0
+}
+[ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] || not_built "built for Linux x86-64 only, this is $(uname -s)-$(uname -m)"
+cc="${CC:-cc}"
+command -v "$cc" >/dev/null 2>&1 || cc=gcc
+command -v "$cc" >/dev/null 2>&1 || not_built "no C compiler (CC, cc or gcc) found"
+stamp="$target/cpu-kernels.stamp"
+if [ -f "$lib" ] && [ -f "$stamp" ] && [ -z "$(find "$src" "$0" -newer "$stamp" -print -quit)" ]; then
+  echo "[native] CPU kernels up to date"
+  exit 0
+fi
+version="$("$cc" --version | head -1)"
+tmp="$lib.tmp.$$"
+# No -ffast-math (the sums' order and IEEE -inf/NaN matter); -fno-math-errno and
+# -fno-trapping-math let the vector compares and selects stay vectors.
+"$cc" -std=gnu11 -O3 -fPIC -shared -Wall -Wextra -Werror -Wno-psabi -fno-math-errno -fno-trapping-math \
+  -Wl,-z,defs -Wl,-soname,libdistill4j_cpu.so -I"$src" -o "$tmp" "$src"/distill4j_cpu.c -lm
+mv "$tmp" "$lib"
+{
+  echo "built=true"
+  echo "compiler=$version"
+  echo "isa=avx512 avx2 sse2"
+} > "$props"
+touch "$stamp"
+echo "[native] CPU kernels ok: $(wc -c < "$lib") bytes ($version)"

@@ -1,0 +1,53 @@
+/* Distill4J's CPU kernels (libdistill4j_cpu.so), called from Java through the FFM API
+ * (org.distill4j.bindings.cpu.distill4j_cpu_h, generated from bindings/gen/distill4j_cpu_h.spec).
+ *
+ * The fused distillation loss's float fast path for KL and MSE (docs/distillation-loss.md, "CPU"):
+ * the same shifted log-space math as the CUDA kernel, fp32 arithmetic with a polynomial exp of about
+ * 1 ulp, 16-lane vectors (AVX-512, AVX2 or SSE2, picked at load time by the CPU's features), row
+ * sums in float lanes then double. The double-precision Java oracle (CpuDistillationLoss) checks it.
+ */
+#ifndef DISTILL4J_CPU_H
+#define DISTILL4J_CPU_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Logit element types (the Java DType order is not assumed). */
+#define D4J_CPU_F32 0
+#define D4J_CPU_BF16 1
+
+/* Divergences the fast path takes (the Divergence enum's ordinals; reverse KL and JSD stay on
+ * the double oracle, whose gradient needs double near T = 0.1). */
+#define D4J_CPU_KL 0
+#define D4J_CPU_MSE 3
+
+/* Return codes. */
+#define D4J_CPU_OK 0
+#define D4J_CPU_BAD_ARGUMENT 1
+#define D4J_CPU_OUT_OF_MEMORY 2
+
+/* Rows [row0, row1) of student logits s and teacher logits t, both [rows, cols] of one element type
+ * (dtype), row-major and contiguous. labels: int64 [rows] or NULL. For every row that counts:
+ *   soft += D(q || p) (unweighted: the caller multiplies by alpha T^2), hard += -log softmax(s)[y]
+ *   (only when labels != NULL and alpha < 1), and if grad != NULL, grad[r, :] = dL/ds[r, :] * scale
+ *   (grad has the logits' element type and may be s itself: each element is read before it is written).
+ * Rows whose label is ignore_index get a zero gradient and add nothing. Labels are not range-checked
+ * here (the caller has). A row with a NaN or +inf logit, a -inf student logit, or no finite teacher
+ * logit is not computed: flags[r - row0] = 1 and its gradient is left untouched, for the caller to
+ * compute (the oracle propagates such values as PyTorch does); other rows get flags 0.
+ * out[0] = the sum of soft, out[1] = the sum of hard over the rows computed, each summed in row order.
+ * Deterministic: the same inputs give the same bits on the same CPU (features pick the vector width). */
+int d4j_cpu_kd_rows(const void *s, const void *t, int dtype, const int64_t *labels, int64_t row0, int64_t row1, int64_t cols,
+                    int divergence, float temperature, float alpha, int64_t ignore_index, float scale, void *grad,
+                    int8_t *flags, double *out);
+
+/* The instruction set the loader picked for d4j_cpu_kd_rows: "avx512", "avx2" or "sse2" (static string). */
+const char *d4j_cpu_isa(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
