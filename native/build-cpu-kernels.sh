@@ -8,8 +8,8 @@
 #   $2/classes/org/distill4j/kernels/cpu-kernels.properties    built=true|false, reason, compiler
 # Without a C compiler (or on another platform) the build goes on: the properties say built=false
 # and why, and the CPU backend computes the loss with its Java oracle instead (slower, same API).
-# One binary for every x86-64: the loss kernel is compiled three times (target_clones: AVX-512,
-# AVX2 + FMA, SSE2) and the loader picks the copy for the CPU it runs on.
+# One binary for every x86-64: the loss kernel is compiled three times (AVX-512 with 16-lane vectors,
+# AVX2 + FMA with 8, SSE2 with 4) and the first call picks the copy for the CPU it runs on.
 set -euo pipefail
 src="$1"; target="$2"
 res="$target/classes/org/distill4j/kernels"
@@ -33,10 +33,17 @@ if [ -f "$lib" ] && [ -f "$stamp" ] && [ -z "$(find "$src" "$0" -newer "$stamp" 
 fi
 version="$("$cc" --version | head -1)"
 tmp="$lib.tmp.$$"
+obj="$target/cpu-kernels"
+mkdir -p "$obj"
 # No -ffast-math (the sums' order and IEEE -inf/NaN matter); -fno-math-errno and
 # -fno-trapping-math let the vector compares and selects stay vectors.
-"$cc" -std=gnu11 -O3 -fPIC -shared -Wall -Wextra -Werror -Wno-psabi -fno-math-errno -fno-trapping-math \
-  -Wl,-z,defs -Wl,-soname,libdistill4j_cpu.so -I"$src" -o "$tmp" "$src"/distill4j_cpu.c -lm
+flags=(-std=gnu11 -O3 -fPIC -Wall -Wextra -Werror -Wno-psabi -fno-math-errno -fno-trapping-math -I"$src")
+# The kernel once per instruction set, each with its register width (distill4j_cpu_kernel.c says why).
+"$cc" "${flags[@]}" -march=x86-64-v4 -DD4J_W=16 -DD4J_KERNEL=d4j_cpu_kd_rows_avx512 -c -o "$obj/avx512.o" "$src/distill4j_cpu_kernel.c"
+"$cc" "${flags[@]}" -march=x86-64-v3 -DD4J_W=8 -DD4J_KERNEL=d4j_cpu_kd_rows_avx2 -c -o "$obj/avx2.o" "$src/distill4j_cpu_kernel.c"
+"$cc" "${flags[@]}" -march=x86-64 -DD4J_W=4 -DD4J_KERNEL=d4j_cpu_kd_rows_sse2 -c -o "$obj/sse2.o" "$src/distill4j_cpu_kernel.c"
+"$cc" "${flags[@]}" -march=x86-64 -c -o "$obj/entry.o" "$src/distill4j_cpu.c"
+"$cc" -shared -Wl,-z,defs -Wl,-soname,libdistill4j_cpu.so -o "$tmp" "$obj/entry.o" "$obj/avx512.o" "$obj/avx2.o" "$obj/sse2.o" -lm
 mv "$tmp" "$lib"
 {
   echo "built=true"

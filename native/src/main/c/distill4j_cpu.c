@@ -1,291 +1,61 @@
-/* Distill4J's CPU kernels: the fused distillation loss's float fast path (distill4j_cpu.h).
- *
- * Per row, three passes over the row (it is in L1/L2 after the first):
- *   1. maxima ms, mt of the raw logits, and the check that the row is one this path takes;
- *   2. ea = exp((s - ms) / T), eb = exp((t - mt) / T) (KL) and e1 = exp(s - ms) (cross-entropy),
- *      kept in scratch, and their sums sa, sb, s1;
- *   3. the divergence and the gradient, each exponential reused from scratch:
- *      KL:  D = sum q ((t - mt) - (s - ms)) / T + log sa - log sb,   q = eb / sb, p = ea / sa,
- *           dL/ds = [alpha T (p - q) + (1 - alpha)(e1 / s1 - [j == y])] * scale
- *      MSE: D = sum ((s - t) / T)^2 / C,  dL/ds = [alpha T 2 (s - t) / T / C + (1 - alpha)(...)] * scale
- * The same shifted log-space arithmetic as the CUDA kernel (native/src/main/cuda/distill_loss.cu),
- * exact for logits of +-1e4 at T = 0.1: every exp argument is <= 0.
- *
- * Vectors: GCC's vector extensions, 16 float lanes a vector, compiled three times (target_clones:
- * x86-64-v4 = AVX-512, x86-64-v3 = AVX2 + FMA, and the SSE2 baseline), the copy for this CPU picked
- * by the dynamic loader (an ifunc), so the library runs on any x86-64 and uses what it has.
- * Sums: float lanes over blocks of BLOCK vectors, then double, so a 256k-column row loses no more
- * than a 1k one. No -ffast-math: the order of every sum is fixed by this code, and -inf, NaN and
- * signed zeros keep their IEEE meaning.
- */
+/* Distill4J's CPU kernels (distill4j_cpu.h): the entry points. d4j_cpu_kd_rows runs the copy of
+ * the kernel (distill4j_cpu_kernel.c, compiled once per instruction set) that this CPU supports
+ * best, chosen at the first call (or the one d4j_cpu_use_isa asked for); d4j_cpu_isa names it.
+ * One library runs on any x86-64. */
 #include "distill4j_cpu.h"
 
-#include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
-#define W 16       /* lanes a vector */
-#define BLOCK 64   /* vectors summed in float before the block's sum goes to double */
-typedef float vf __attribute__((vector_size(4 * W)));
-typedef int32_t vi __attribute__((vector_size(4 * W)));
-typedef uint32_t vu __attribute__((vector_size(4 * W)));
-typedef uint16_t vh __attribute__((vector_size(2 * W)));
+typedef int (*KdRows)(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, int64_t, float,
+                      void *, int8_t *, double *);
+int d4j_cpu_kd_rows_avx512(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, int64_t, float,
+                           void *, int8_t *, double *);
+int d4j_cpu_kd_rows_avx2(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, int64_t, float,
+                         void *, int8_t *, double *);
+int d4j_cpu_kd_rows_sse2(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, int64_t, float,
+                         void *, int8_t *, double *);
 
-/* always_inline: the helpers must be compiled into each target clone (a plain static inline
- * function is built once for the baseline, and a 64-byte vector passed to it changes the ABI). */
-#define INLINE static inline __attribute__((always_inline))
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+/* The copy in use (NULL until the first call or d4j_cpu_use_isa), and its name. Threads may race
+ * to set them at the first call; they store the same values. */
+static KdRows kd;
+static const char *kd_isa;
 
-INLINE vf splat(float x) { return (vf){} + x; }
-INLINE vf sel(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
-INLINE vf vmax(vf a, vf b) { return sel(a > b, a, b); }
-INLINE vi lanes_below(int64_t n) {
-    vi idx;
-    for (int j = 0; j < W; j++) idx[j] = j;
-    return idx < (vi){} + (int32_t)n;
-}
-
-/* exp(x) for x <= 0, within about 1 ulp (Cephes' expf polynomial after a two-constant reduction by
- * ln 2); x < -87 (where exp(x) < FLT_MIN) and x = -inf give 0. Callers pass shifted logits only. */
-INLINE vf vexp(vf x) {
-    const vi tiny = x < splat(-87.0f);
-    const vf xc = sel(tiny, splat(-87.0f), x);
-    const vf kk = xc * 1.44269504088896341f + 12582912.0f; /* x / ln 2 rounded to an integer: + 1.5 * 2^23 */
-    const vi ki = (vi)kk - 0x4B400000;                     /* that integer, from the float's low bits */
-    const vf k = kk - 12582912.0f;
-    vf r = xc - k * 0.693359375f;
-    r = r + k * 2.12194440e-4f;
-    vf p = splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + (r + 1.0f);
-    const vf e = p * (vf)((ki + 127) << 23); /* 2^k: k >= -126 after the clamp */
-    return (vf)((vi)e & ~tiny);
-}
-
-INLINE double hsum(vf v) {
-    double s = 0;
-    for (int j = 0; j < W; j++) s += v[j];
-    return s;
-}
-INLINE float hmax(vf v) {
-    float m = v[0];
-    for (int j = 1; j < W; j++) m = v[j] > m ? v[j] : m;
-    return m;
-}
-
-/* n (<= W) logits from p as a vector; lanes from n on are pad. */
-INLINE vf load(const void *p, int64_t i, int bf16, int64_t n, float pad) {
-    if (n == W) {
-        if (bf16) {
-            vh h;
-            memcpy(&h, (const uint16_t *)p + i, sizeof h);
-            return (vf)(__builtin_convertvector(h, vi) << 16);
-        }
-        vf v;
-        memcpy(&v, (const float *)p + i, sizeof v);
-        return v;
-    }
-    vf v = splat(pad);
-    for (int64_t j = 0; j < n; j++) {
-        if (bf16) {
-            const uint32_t b = (uint32_t)((const uint16_t *)p)[i + j] << 16;
-            memcpy(&v[j], &b, 4);
-        } else {
-            v[j] = ((const float *)p)[i + j];
-        }
-    }
-    return v;
-}
-
-/* float -> bfloat16 bits, round to nearest even, NaN -> 0x7fc0 (Java's Bf16.fromFloat, CUDA's __float2bfloat16_rn). */
-INLINE vi to_bf16(vf v) {
-    const vi b = (vi)v;
-    const vi rounded = (vi)((vu)(b + 0x7fff + ((b >> 16) & 1)) >> 16);
-    const vi nan = v != v;
-    return (nan & 0x7fc0) | (~nan & rounded);
-}
-
-/* Stores the first n (<= W) lanes of v at p + i. */
-INLINE void store(void *p, int64_t i, vf v, int bf16, int64_t n) {
-    if (bf16) {
-        const vh h = __builtin_convertvector(to_bf16(v), vh);
-        if (n == W) memcpy((uint16_t *)p + i, &h, sizeof h);
-        else for (int64_t j = 0; j < n; j++) ((uint16_t *)p)[i + j] = h[j];
-    } else {
-        if (n == W) memcpy((float *)p + i, &v, sizeof v);
-        else for (int64_t j = 0; j < n; j++) ((float *)p)[i + j] = v[j];
-    }
-}
-
-INLINE float element(const void *p, int64_t i, int bf16) {
-    if (!bf16) return ((const float *)p)[i];
-    const uint32_t b = (uint32_t)((const uint16_t *)p)[i] << 16;
-    float f;
-    memcpy(&f, &b, 4);
-    return f;
-}
-
-/* A row's constants for passes 2 and 3. */
-typedef struct {
-    float ms, mt, invT, ia, ib, i1, kSoft, hw, twoKSoftInvTCols;
-    int mse, hard;
-} RowConsts;
-
-/* Pass 1 on n (<= W) elements from column c: maxima, and the check. The check is arithmetic, not a
- * mask: x * 0 is 0 for finite x and NaN for +-inf and NaN, so *bad stays 0 exactly when every
- * student logit is finite and every teacher logit finite or -inf (a top-k teacher's rest, tested by
- * an ordered ==). GCC scalarised the integer-mask form of this test in context (2.5x slower). */
-INLINE void pass1(const void *s, const void *t, int bf16, int64_t i, int64_t n, vf *ms, vf *mt, vf *bad) {
-    const vf sv = load(s, i, bf16, n, -INFINITY), tv = load(t, i, bf16, n, -INFINITY);
-    const vf check = sv * 0.f + sel(tv == splat(-INFINITY), splat(0.f), tv * 0.f);
-    *bad += n == W ? check : sel(lanes_below(n), check, splat(0.f));
-    *ms = vmax(sv, *ms);
-    *mt = vmax(tv, *mt);
-}
-
-/* Pass 2 on n elements: exponentials to scratch (column c of ea, eb, e1), added to the lane sums.
- * Lanes past n are -inf and give 0. */
-INLINE void pass2(const void *s, const void *t, int bf16, int64_t i, int64_t c, int64_t n, const RowConsts *k,
-                  float *ea, float *eb, float *e1, vf *va, vf *vb, vf *v1) {
-    const vf zs = load(s, i, bf16, n, -INFINITY) - k->ms;
-    if (!k->mse) {
-        const vf a = vexp(zs * k->invT), b = vexp((load(t, i, bf16, n, -INFINITY) - k->mt) * k->invT);
-        memcpy(ea + c, &a, sizeof a);
-        memcpy(eb + c, &b, sizeof b);
-        *va += a;
-        *vb += b;
-    }
-    if (k->hard) {
-        const vf e = vexp(zs);
-        memcpy(e1 + c, &e, sizeof e);
-        *v1 += e;
-    }
-}
-
-/* Pass 3 on n elements: the divergence's terms into vd, the gradient (times scale) to grad. */
-INLINE void pass3(const void *s, const void *t, int bf16, int64_t i, int64_t c, int64_t n, const RowConsts *k,
-                  const float *ea, const float *eb, const float *e1, float scale, void *grad, vf *vd) {
-    const vf sv = load(s, i, bf16, n, 0.f), tv = load(t, i, bf16, n, 0.f);
-    vf g;
-    if (k->mse) {
-        const vf diff = (sv - tv) * k->invT;
-        *vd += n == W ? diff * diff : sel(lanes_below(n), diff * diff, splat(0.f));
-        g = (sv - tv) * k->twoKSoftInvTCols;
-    } else {
-        vf a, b;
-        memcpy(&a, ea + c, sizeof a);
-        memcpy(&b, eb + c, sizeof b);
-        const vf q = b * k->ib;
-        /* q = 0 where the teacher logit is -inf (and past n): its term is 0, not 0 * -inf */
-        *vd += sel(q > splat(0.f), q * (((tv - k->mt) - (sv - k->ms)) * k->invT), splat(0.f));
-        g = k->kSoft * (a * k->ia - q);
-    }
-    if (grad) {
-        if (k->hard) {
-            vf e;
-            memcpy(&e, e1 + c, sizeof e);
-            g += k->hw * (e * k->i1);
-        }
-        store(grad, i, g * scale, bf16, n);
-    }
-}
-
-/* One row: 1 when it is not computed (non-finite input, see the header), else 0 with *soft, *hard
- * added to. scratch: 3 * round_up(cols, W) floats. Each pass runs its whole vectors with n = W (a
- * constant once inlined: no per-element branches) and the row's tail once with n < W; sums go to
- * double every BLOCK vectors. */
-INLINE int kd_row(const void *s, const void *t, int bf16, int64_t base, int64_t cols, int64_t y, int mse, int hard, float invT,
-                  float alpha, float temperature, float scale, void *grad, float *scratch, double *soft, double *hardSum) {
-    const int64_t padded = (cols + W - 1) / W * W, whole = cols / W * W;
-    float *ea = scratch, *eb = scratch + padded, *e1 = scratch + 2 * padded;
-    vf vms = splat(-INFINITY), vmt = splat(-INFINITY);
-    vf bad = {};
-    for (int64_t c = 0; c < whole; c += W) pass1(s, t, bf16, base + c, W, &vms, &vmt, &bad);
-    if (whole < cols) pass1(s, t, bf16, base + whole, cols - whole, &vms, &vmt, &bad);
-    RowConsts k = {.ms = hmax(vms), .mt = hmax(vmt), .invT = invT, .mse = mse, .hard = hard};
-    if (hsum(bad) != 0 || k.mt == -INFINITY) return 1; /* != 0: NaN */
-    double sa = 0, sb = 0, s1 = 0;
-    for (int64_t c0 = 0; c0 < cols; c0 += BLOCK * W) {
-        vf va = {}, vb = {}, v1 = {};
-        const int64_t end = c0 + BLOCK * W < whole ? c0 + BLOCK * W : whole;
-        for (int64_t c = c0; c < end; c += W) pass2(s, t, bf16, base + c, c, W, &k, ea, eb, e1, &va, &vb, &v1);
-        if (c0 + BLOCK * W >= cols && whole < cols) pass2(s, t, bf16, base + whole, whole, cols - whole, &k, ea, eb, e1, &va, &vb, &v1);
-        sa += hsum(va);
-        sb += hsum(vb);
-        s1 += hsum(v1);
-    }
-    const double lseA = mse ? 0 : log(sa), lseB = mse ? 0 : log(sb), lse1 = hard ? log(s1) : 0;
-    k.ia = mse ? 0.f : (float)(1 / sa);
-    k.ib = mse ? 0.f : (float)(1 / sb);
-    k.i1 = hard ? (float)(1 / s1) : 0.f;
-    k.kSoft = alpha * temperature;
-    k.hw = 1.f - alpha;
-    const float invCols = 1.f / (float)cols;
-    k.twoKSoftInvTCols = 2.f * k.kSoft * invT * invCols;
-    /* s[y] before the gradient may overwrite it (in place) */
-    const float sy = hard ? element(s, base + y, bf16) : 0.f;
-    double d = 0;
-    for (int64_t c0 = 0; c0 < cols; c0 += BLOCK * W) {
-        vf vd = {};
-        const int64_t end = c0 + BLOCK * W < whole ? c0 + BLOCK * W : whole;
-        for (int64_t c = c0; c < end; c += W) pass3(s, t, bf16, base + c, c, W, &k, ea, eb, e1, scale, grad, &vd);
-        if (c0 + BLOCK * W >= cols && whole < cols) pass3(s, t, bf16, base + whole, whole, cols - whole, &k, ea, eb, e1, scale, grad, &vd);
-        d += hsum(vd);
-    }
-    if (mse) d *= invCols;
-    else d += lseA - lseB;
-    *soft += d;
-    if (hard) {
-        *hardSum += -(((double)sy - k.ms) - lse1);
-        if (grad) {
-            /* the label's element again, with its - 1: the same operations as the vector pass */
-            float g = mse ? (sy - element(t, base + y, bf16)) * k.twoKSoftInvTCols : k.kSoft * (ea[y] * k.ia - eb[y] * k.ib);
-            g += k.hw * (e1[y] * k.i1 - 1.f);
-            store(grad, base + y, splat(g * scale), bf16, 1);
-        }
-    }
-    return 0;
-}
-
-CLONES
-int d4j_cpu_kd_rows(const void *s, const void *t, int dtype, const int64_t *labels, int64_t row0, int64_t row1, int64_t cols,
-                    int divergence, float temperature, float alpha, int64_t ignore_index, float scale, void *grad,
-                    int8_t *flags, double *out) {
-    if (!s || !t || !flags || !out || cols <= 0 || row0 < 0 || row1 < row0 || (dtype != D4J_CPU_F32 && dtype != D4J_CPU_BF16)
-        || (divergence != D4J_CPU_KL && divergence != D4J_CPU_MSE) || !(temperature > 0.f)) {
-        return D4J_CPU_BAD_ARGUMENT;
-    }
-    const int64_t padded = (cols + W - 1) / W * W;
-    float *scratch = aligned_alloc(64, (size_t)(3 * padded) * sizeof(float));
-    if (!scratch) return D4J_CPU_OUT_OF_MEMORY;
-    const int bf16 = dtype == D4J_CPU_BF16, mse = divergence == D4J_CPU_MSE, hard = labels != NULL && alpha < 1.f;
-    const size_t size = bf16 ? 2 : 4;
-    const float invT = 1.f / temperature;
-    double soft = 0, hardSum = 0;
-    for (int64_t r = row0; r < row1; r++) {
-        const int64_t y = labels ? labels[r] : -1;
-        flags[r - row0] = 0;
-        if (labels && y == ignore_index) {
-            if (grad) memset((char *)grad + (size_t)(r * cols) * size, 0, (size_t)cols * size);
-            continue;
-        }
-        /* the two element types as separate inlined copies: the branch is per row, not per element */
-        flags[r - row0] = (int8_t)(bf16 ? kd_row(s, t, 1, r * cols, cols, y, mse, hard, invT, alpha, temperature, scale, grad, scratch, &soft, &hardSum)
-                                        : kd_row(s, t, 0, r * cols, cols, y, mse, hard, invT, alpha, temperature, scale, grad, scratch, &soft, &hardSum));
-    }
-    free(scratch);
-    out[0] = soft;
-    out[1] = hardSum;
-    return D4J_CPU_OK;
-}
-
-const char *d4j_cpu_isa(void) {
+/* The best instruction set this CPU supports. */
+static const char *best_isa(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4")) return "avx512";
     if (__builtin_cpu_supports("x86-64-v3")) return "avx2";
     return "sse2";
+}
+
+int d4j_cpu_use_isa(const char *isa) {
+    const char *best = best_isa();
+    const char *order[] = {"sse2", "avx2", "avx512"};
+    int want = -1, have = -1;
+    if (isa == NULL || isa[0] == 0) isa = best;
+    for (int i = 0; i < 3; i++) {
+        if (strcmp(isa, order[i]) == 0) want = i;
+        if (strcmp(best, order[i]) == 0) have = i;
+    }
+    if (want < 0 || want > have) return D4J_CPU_BAD_ARGUMENT;
+    KdRows f = want == 2 ? d4j_cpu_kd_rows_avx512 : want == 1 ? d4j_cpu_kd_rows_avx2 : d4j_cpu_kd_rows_sse2;
+    __atomic_store_n(&kd_isa, order[want], __ATOMIC_RELAXED);
+    __atomic_store_n(&kd, f, __ATOMIC_RELEASE);
+    return D4J_CPU_OK;
+}
+
+const char *d4j_cpu_isa(void) {
+    if (!__atomic_load_n(&kd, __ATOMIC_ACQUIRE)) d4j_cpu_use_isa(NULL);
+    return __atomic_load_n(&kd_isa, __ATOMIC_RELAXED);
+}
+
+int d4j_cpu_kd_rows(const void *s, const void *t, int dtype, const int64_t *labels, int64_t row0, int64_t row1, int64_t cols,
+                    int divergence, float temperature, float alpha, int64_t ignore_index, float scale, void *grad,
+                    int8_t *flags, double *out) {
+    KdRows f = __atomic_load_n(&kd, __ATOMIC_ACQUIRE);
+    if (!f) {
+        d4j_cpu_use_isa(NULL);
+        f = __atomic_load_n(&kd, __ATOMIC_ACQUIRE);
+    }
+    return f(s, t, dtype, labels, row0, row1, cols, divergence, temperature, alpha, ignore_index, scale, grad, flags, out);
 }

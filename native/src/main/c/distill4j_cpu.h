@@ -3,8 +3,8 @@
  *
  * The fused distillation loss's float fast path for KL and MSE (docs/distillation-loss.md, "CPU"):
  * the same shifted log-space math as the CUDA kernel, fp32 arithmetic with a polynomial exp of about
- * 1 ulp, 16-lane vectors (AVX-512, AVX2 or SSE2, picked at load time by the CPU's features), row
- * sums in float lanes then double. The double-precision Java oracle (CpuDistillationLoss) checks it.
+ * 1 ulp, vectors of one register (AVX-512, AVX2 or SSE2: one copy each, the best the CPU supports
+ * picked at the first call), row sums in float lanes then double. The double-precision Java oracle (CpuDistillationLoss) checks it.
  */
 #ifndef DISTILL4J_CPU_H
 #define DISTILL4J_CPU_H
@@ -44,8 +44,14 @@ int d4j_cpu_kd_rows(const void *s, const void *t, int dtype, const int64_t *labe
                     int divergence, float temperature, float alpha, int64_t ignore_index, float scale, void *grad,
                     int8_t *flags, double *out);
 
-/* The instruction set the loader picked for d4j_cpu_kd_rows: "avx512", "avx2" or "sse2" (static string). */
+/* The copy of d4j_cpu_kd_rows in use: "avx512" (16-lane vectors), "avx2" (8) or "sse2" (4), a
+ * static string; the best this CPU supports unless d4j_cpu_use_isa chose another. */
 const char *d4j_cpu_isa(void);
+
+/* Makes d4j_cpu_kd_rows use the named copy ("avx512", "avx2", "sse2"; NULL or "": the best this CPU
+ * supports), for the whole process (tests of each copy, benchmarks). D4J_CPU_BAD_ARGUMENT for an
+ * unknown name or one this CPU cannot run. */
+int d4j_cpu_use_isa(const char *isa);
 
 #ifdef __cplusplus
 }

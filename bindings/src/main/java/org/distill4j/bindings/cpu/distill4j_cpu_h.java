@@ -44,6 +44,7 @@ public final class distill4j_cpu_h {
     // ---- functions
     private static final FunctionDescriptor d4j_cpu_kd_rows$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_INT, JAVA_FLOAT, JAVA_FLOAT, JAVA_LONG, JAVA_FLOAT, ADDRESS, ADDRESS, ADDRESS);
     private static final FunctionDescriptor d4j_cpu_isa$DESC = FunctionDescriptor.of(ADDRESS);
+    private static final FunctionDescriptor d4j_cpu_use_isa$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS);
 
     private static final class d4j_cpu_kd_rows$ {
         static final MethodHandle HANDLE = LIB.downcall("d4j_cpu_kd_rows", d4j_cpu_kd_rows$DESC);
@@ -65,11 +66,22 @@ public final class distill4j_cpu_h {
         catch (Throwable t) { throw Downcalls.rethrow("d4j_cpu_isa", t); }
     }
 
+    private static final class d4j_cpu_use_isa$ {
+        static final MethodHandle HANDLE = LIB.downcall("d4j_cpu_use_isa", d4j_cpu_use_isa$DESC);
+    }
+
+    /** {@snippet lang=c : int d4j_cpu_use_isa(const char *isa); } */
+    public static int d4j_cpu_use_isa(MemorySegment isa) {
+        try { return (int) d4j_cpu_use_isa$.HANDLE.invokeExact(isa); }
+        catch (Throwable t) { throw Downcalls.rethrow("d4j_cpu_use_isa", t); }
+    }
+
     /** Everything this class declares, for the ABI conformance check and symbol-resolution tests. */
     public static final HeaderSpec SPEC = new HeaderSpec("distill4j_cpu.h", NativeLibraries.Library.DISTILL4J_CPU,
         List.of(
             new CFunction("d4j_cpu_kd_rows", "int", CKind.INT, List.of(new CFunction.Param("const void *", CKind.POINTER), new CFunction.Param("const void *", CKind.POINTER), new CFunction.Param("int", CKind.INT), new CFunction.Param("const int64_t *", CKind.POINTER), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("int", CKind.INT), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("void *", CKind.POINTER), new CFunction.Param("int8_t *", CKind.POINTER), new CFunction.Param("double *", CKind.POINTER)), d4j_cpu_kd_rows$DESC),
-            new CFunction("d4j_cpu_isa", "const char *", CKind.POINTER, List.of(), d4j_cpu_isa$DESC)
+            new CFunction("d4j_cpu_isa", "const char *", CKind.POINTER, List.of(), d4j_cpu_isa$DESC),
+            new CFunction("d4j_cpu_use_isa", "int", CKind.INT, List.of(new CFunction.Param("const char *", CKind.POINTER)), d4j_cpu_use_isa$DESC)
         ),
         List.of(
             new CConstant("D4J_CPU_F32", D4J_CPU_F32),

@@ -15,8 +15,9 @@ import org.distill4j.core.loss.Divergence;
 
 /**
  * The fused distillation loss's float fast path on the CPU: Hinton KL and MSE in fp32 with
- * vectorised exponentials, in our own C kernel (native/src/main/c/distill4j_cpu.c, AVX-512, AVX2 or
- * SSE2 as the CPU offers), called through the FFM API on blocks of rows in parallel. About 20 times
+ * vectorised exponentials, in our own C kernel (native/src/main/c/distill4j_cpu_kernel.c, one copy
+ * each for AVX-512, AVX2 and SSE2, the best the CPU runs unless {@value #ISA_PROPERTY} says otherwise),
+ * called through the FFM API on blocks of rows in parallel. About 20 times
  * the double oracle's throughput (bench/RESULTS.md); the oracle ({@link CpuDistillationLoss}) still
  * computes reverse KL and JSD, whose gradient needs double near T = 0.1, every row with a NaN or
  * infinite logit (the kernel hands those back), and everything when the library is missing.
@@ -31,9 +32,41 @@ final class CpuFastDistillationLoss {
     /** Elements a block of rows aims at: enough work to pay for a task and a downcall (~1 us). */
     private static final long BLOCK_ELEMENTS = 1 << 16;
 
+    /** System property naming the kernel copy to use ("avx512", "avx2", "sse2"; default: the best the CPU runs). */
+    static final String ISA_PROPERTY = "distill4j.cpu.isa";
+
+    static {
+        String isa = System.getProperty(ISA_PROPERTY);
+        if (isa != null && !isa.isBlank() && LIB.isLoaded()) useIsa(isa.strip());
+    }
+
     /** True when the kernel library loaded (it ships inside the distill4j-native jar, Linux x86-64). */
     static boolean available() {
         return LIB.isLoaded();
+    }
+
+    /**
+     * Makes every later evaluation, process-wide, use the named copy of the kernel ("avx512", "avx2",
+     * "sse2"; "" for the best this CPU runs): tests of each copy, benchmarks ({@value #ISA_PROPERTY}).
+     */
+    static void useIsa(String isa) {
+        try (Arena arena = Arena.ofConfined()) {
+            if (distill4j_cpu_h.d4j_cpu_use_isa(arena.allocateFrom(isa)) != distill4j_cpu_h.D4J_CPU_OK) {
+                throw new IllegalArgumentException(ISA_PROPERTY + " = '" + isa + "': expected avx512, avx2 or sse2, one this CPU runs (its best: "
+                    + bestIsa() + ")");
+            }
+        }
+    }
+
+    /** The best copy this CPU runs (resets nothing: asks, then restores the copy in use). */
+    static String bestIsa() {
+        String inUse = isa();
+        try (Arena arena = Arena.ofConfined()) {
+            distill4j_cpu_h.d4j_cpu_use_isa(arena.allocateFrom(""));
+            String best = isa();
+            distill4j_cpu_h.d4j_cpu_use_isa(arena.allocateFrom(inUse));
+            return best;
+        }
     }
 
     /** Why the fast path is off on this machine, or "" when it is on. */
@@ -41,7 +74,7 @@ final class CpuFastDistillationLoss {
         return LIB.failure().map(Throwable::getMessage).orElse("");
     }
 
-    /** The instruction set the loader picked ("avx512", "avx2", "sse2"); requires {@link #available()}. */
+    /** The copy of the kernel in use ("avx512", "avx2", "sse2"); requires {@link #available()}. */
     static String isa() {
         return Downcalls.cString(distill4j_cpu_h.d4j_cpu_isa(), "d4j_cpu_isa");
     }

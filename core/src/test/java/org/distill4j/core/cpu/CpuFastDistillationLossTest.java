@@ -78,6 +78,31 @@ class CpuFastDistillationLossTest {
 
     @Test
     void matchesTheOracleAcrossRowLengthsTypesAndLabels() {
+        matchTheOracle("");
+    }
+
+    /** Each copy of the kernel this CPU runs (AVX-512: 16 lanes, AVX2: 8, SSE2: 4) against the oracle. */
+    @Test
+    void everyCopyOfTheKernelThisCpuRunsMatchesTheOracle() {
+        org.junit.jupiter.api.Assumptions.assumeTrue(CpuFastDistillationLoss.available(), CpuFastDistillationLoss.unavailableReason());
+        java.util.List<String> order = java.util.List.of("sse2", "avx2", "avx512");
+        String best = CpuFastDistillationLoss.bestIsa();
+        try {
+            for (String isa : order.subList(0, order.indexOf(best) + 1)) {
+                CpuFastDistillationLoss.useIsa(isa);
+                assertEquals(isa, CpuFastDistillationLoss.isa());
+                matchTheOracle(" [" + isa + "]");
+            }
+            IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                () -> CpuFastDistillationLoss.useIsa("avx1024"));
+            assertTrue(e.getMessage().contains("distill4j.cpu.isa = 'avx1024'") && e.getMessage().contains(best), e.getMessage());
+        } finally {
+            CpuFastDistillationLoss.useIsa("");
+        }
+        assertEquals(best, CpuFastDistillationLoss.isa());
+    }
+
+    private void matchTheOracle(String copy) {
         int[] lengths = {1, 2, 15, 16, 17, 31, 33, 1000, 1024, 4099};
         for (int cols : lengths) for (Divergence div : new Divergence[] {Divergence.KL, Divergence.MSE}) for (DType type : new DType[] {DType.F32, DType.BF16}) {
             int rows = 1 + random.nextInt(9);
@@ -100,7 +125,7 @@ class CpuFastDistillationLossTest {
             DistillationLoss cfg = new DistillationLoss(div, T, alpha, 0.5f, -100);
             long normalizer = random.nextBoolean() ? 0 : rows + 3;
             String what = div + " " + type + " " + rows + "x" + cols + " T=" + T + " alpha=" + alpha + " scale=" + scale + (labels ? " labels" : "")
-                + " N=" + normalizer + " (seed " + seed + ")";
+                + " N=" + normalizer + " (seed " + seed + ")" + copy;
             Result expected = run(true, type, s, t, y, rows, cols, cfg, normalizer, "apart");
             for (String gradMode : new String[] {"apart", "in place", "none"}) {
                 Result got = run(false, type, s, t, y, rows, cols, cfg, normalizer, gradMode);
