@@ -3,8 +3,8 @@
  * -march: D4J_W = 16 lanes for x86-64-v4 (AVX-512), 8 for x86-64-v3 (AVX2 + FMA), 4 for the SSE2
  * baseline, as d4j_cpu_kd_rows_avx512 / _avx2 / _sse2; distill4j_cpu.c picks one for the CPU at
  * the first call. (One 16-lane source compiled for every target, GCC's target_clones, ran 7x
- * slower than the oracle on AVX2 and SSE2: GCC splits a 64-byte vector's compares and selects
- * through the stack there.)
+ * slower as AVX2 and 2.5x as SSE2 than these per-width copies: GCC splits a 64-byte vector's
+ * compares and selects through the stack there.)
  *
  * Per row, three passes over the row (it is in L1/L2 after the first):
  *   1. maxima ms, mt of the raw logits, and the check that the row is one this path takes;

@@ -80,7 +80,7 @@ public record SystemReport(String java, List<Library> libraries, String driver, 
                 case CUBLASLT, CUBLAS -> ", version " + formatCublas(cublasLt_h.cublasLtGetVersion());
                 case OPENBLAS -> ", " + Downcalls.cString(cblas_h.openblas_get_config(), "OpenBLAS");
                 case CUDA_DRIVER -> "";
-                case DISTILL4J_CPU -> ", " + Downcalls.cString(distill4j_cpu_h.d4j_cpu_isa(), "?") + " copy of 3 (" + KernelImage.cpuCompiler() + ")";
+                case DISTILL4J_CPU -> ", its " + Downcalls.cString(distill4j_cpu_h.d4j_cpu_isa(), "?") + " copy in use (" + KernelImage.cpuCompiler() + ")";
             };
         } catch (RuntimeException e) {
             return ", version unknown (" + e.getMessage() + ")";
