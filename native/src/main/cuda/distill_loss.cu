@@ -178,10 +178,10 @@ template <bool PG>
 __device__ __forceinline__ void d4j_kd_term(const D4jKd& k, const D4jRow& st, float sv, float tv, float& d, double& pg, double& ps) {
     if (!PG && k.div == 0) {
         float q = expf((tv - st.mt) * k.invT - st.lseB);
-        if (q > 0.f) d -= q * d4j_log_ratio(k, st, sv, tv);
+        if (!(q <= 0.f)) d -= q * d4j_log_ratio(k, st, sv, tv);  // not q > 0: a NaN must reach the loss
     } else if (PG && k.div == 1) {
         float p = expf((sv - st.ms) * k.invT - st.lseA);
-        if (p > 0.f) {
+        if (!(p <= 0.f)) {
             double g = d4j_log_ratio_d(k, st, sv, tv);
             d += p * (float)g;
             pg += p * g;
@@ -191,8 +191,8 @@ __device__ __forceinline__ void d4j_kd_term(const D4jKd& k, const D4jRow& st, fl
         float p = expf((sv - st.ms) * k.invT - st.lseA), q = expf((tv - st.mt) * k.invT - st.lseB);
         double wp, wq;
         d4j_jsd_logs_d(k, d4j_log_ratio_d(k, st, sv, tv), wp, wq);
-        if (q > 0.f) d -= k.beta * q * (float)wq;
-        if (p > 0.f) {
+        if (!(q <= 0.f)) d -= k.beta * q * (float)wq;
+        if (!(p <= 0.f)) {
             d -= (1.f - k.beta) * p * (float)wp;
             pg -= p * (1.0 - k.beta) * wp;
             ps += p;
@@ -208,7 +208,7 @@ __device__ __forceinline__ float d4j_kd_term_grad(const D4jKd& k, const D4jRow& 
     float dd;
     if (k.div == 0) {
         float p = D4J_EXP((sv - st.ms) * k.invT - st.lseA), q = D4J_EXP((tv - st.mt) * k.invT - st.lseB);
-        if (q > 0.f) d -= q * d4j_log_ratio(k, st, sv, tv);
+        if (!(q <= 0.f)) d -= q * d4j_log_ratio(k, st, sv, tv);  // not q > 0: a NaN must reach the loss
         dd = p - q;
     } else {
         float diff = (sv - tv) * k.invT;
@@ -227,11 +227,11 @@ __device__ __forceinline__ float d4j_kd_term_grad(const D4jKd& k, const D4jRow& 
 __device__ __forceinline__ float d4j_kd_grad(const D4jKd& k, const D4jRow& st, float sv, float tv, bool isLabel, double pg, float scale) {
     float p = expf((sv - st.ms) * k.invT - st.lseA), dd;
     if (k.div == 1) {
-        dd = p > 0.f ? p * (float)(d4j_log_ratio_d(k, st, sv, tv) - pg) : 0.f;
+        dd = !(p <= 0.f) ? p * (float)(d4j_log_ratio_d(k, st, sv, tv) - pg) : 0.f;
     } else {
         double wp, wq;
         d4j_jsd_logs_d(k, d4j_log_ratio_d(k, st, sv, tv), wp, wq);
-        dd = p > 0.f ? p * (float)(-(1.0 - k.beta) * wp - pg) : 0.f;
+        dd = !(p <= 0.f) ? p * (float)(-(1.0 - k.beta) * wp - pg) : 0.f;
     }
     float g = k.kSoft * dd;
     if (k.hard) g += (1.f - k.alpha) * (expf(sv - st.ms - st.lse1) - (isLabel ? 1.f : 0.f));

@@ -209,6 +209,29 @@ class GpuDistillationLossTest {
         for (float g : got[1]) assertEquals(0f, g, "all rows ignored: gradient");
     }
 
+    /**
+     * A NaN logit, student's or teacher's, makes the loss NaN on CUDA as on the CPU oracle (and in
+     * PyTorch), in every divergence and in the warp, block and re-read regimes: a term guarded by
+     * q > 0 used to drop a NaN teacher probability silently (sixth session; written without a GPU).
+     */
+    @Test
+    void aNaNLogitMakesTheLossNaN() {
+        int[][] shapes = {{8, 300}, {8, 3000}, {2, 140000}};
+        for (int[] shape : shapes) for (Divergence div : Divergence.values()) for (boolean inTeacher : new boolean[] {false, true}) {
+            int rows = shape[0], cols = shape[1];
+            float[] s = gaussian(rows * cols, 3), te = gaussian(rows * cols, 3);
+            (inTeacher ? te : s)[cols + 7] = Float.NaN;
+            long[] y = new long[rows];
+            for (int r = 0; r < rows; r++) y[r] = random.nextInt(cols);
+            DistillationLoss cfg = new DistillationLoss(div, 2f, 0.7f, 0.3f, -100);
+            String what = div + " " + rows + "x" + cols + " NaN in the " + (inTeacher ? "teacher" : "student") + " (" + gpu.distillPlan(rows, cols, DType.F32)
+                + ", seed " + seed + ")";
+            float[][] cpu = run(CpuBackend.get(), s, te, y, rows, cols, cfg, DType.F32, 0), got = run(gpu, s, te, y, rows, cols, cfg, DType.F32, 0);
+            assertTrue(Float.isNaN(cpu[0][0]), what + ": the oracle's loss " + cpu[0][0]);
+            assertTrue(Float.isNaN(got[0][0]), what + ": CUDA's loss " + got[0][0]);
+        }
+    }
+
     private float[] gaussian(int n, double scale) {
         float[] x = new float[n];
         for (int i = 0; i < n; i++) x[i] = (float) (random.nextGaussian() * scale);
