@@ -19,9 +19,11 @@ extern "C" {
 #define D4J_CPU_F32 0
 #define D4J_CPU_BF16 1
 
-/* Divergences the fast path takes (the Divergence enum's ordinals; reverse KL and JSD stay on
- * the double oracle, whose gradient needs double near T = 0.1). */
+/* Divergences the fast path takes (the Divergence enum's ordinals; JSD stays on the double
+ * oracle: its gradient needs log1p and expm1 in double). Reverse KL forms log p - log q and its
+ * row sum in double, as the CUDA kernel does. */
 #define D4J_CPU_KL 0
+#define D4J_CPU_REVERSE_KL 1
 #define D4J_CPU_MSE 3
 
 /* Return codes. */

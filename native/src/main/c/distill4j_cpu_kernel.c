@@ -14,6 +14,8 @@
  *      KL:  D = sum q ((t - mt) - (s - ms)) / T + log sa - log sb,   q = eb / sb, p = ea / sa,
  *           dL/ds = [alpha T (p - q) + (1 - alpha)(e1 / s1 - [j == y])] * scale
  *      MSE: D = sum ((s - t) / T)^2 / C,  dL/ds = [alpha T 2 (s - t) / T / C + (1 - alpha)(...)] * scale
+ *      reverse KL (two passes 3): r = log p - log q in double, D = sum p r, then
+ *           dL/ds = [alpha T p (r - D / sum p) + (1 - alpha)(...)] * scale
  * The same shifted log-space arithmetic as the CUDA kernel (native/src/main/cuda/distill_loss.cu),
  * exact for logits of +-1e4 at T = 0.1: every exp argument is <= 0.
  *
@@ -37,6 +39,7 @@ typedef float vf __attribute__((vector_size(4 * W)));
 typedef int32_t vi __attribute__((vector_size(4 * W)));
 typedef uint32_t vu __attribute__((vector_size(4 * W)));
 typedef uint16_t vh __attribute__((vector_size(2 * W)));
+typedef double vd __attribute__((vector_size(8 * W)));
 
 /* always_inline: every helper is part of the one loop nest it serves (vectors in registers). */
 #define INLINE static inline __attribute__((always_inline))
@@ -137,8 +140,10 @@ INLINE float element(const void *p, int64_t i, int bf16) {
 /* A row's constants for passes 2 and 3. */
 typedef struct {
     float ms, mt, invT, ia, ib, i1, kSoft, hw, twoKSoftInvTCols;
-    int mse, hard;
-    int power; /* T in {1, 2, 4, 8} (KL): exp(s - ms) = exp((s - ms) / T)^T, squarings instead of an exp */
+    int mse, rkl, hard;
+    int power;     /* T in {1, 2, 4, 8} (KL): exp(s - ms) = exp((s - ms) / T)^T, squarings instead of an exp */
+    double invTd;  /* reverse KL: 1 / T, and lse(b) - lse(a), for log p - log q in double */
+    double lseBA;
 } RowConsts;
 
 /* Pass 1 on n (<= W) elements from column c: maxima, and the check. The check is arithmetic, not a
@@ -211,11 +216,47 @@ INLINE void pass3(const void *s, const void *t, int bf16, int64_t i, int64_t c, 
     }
 }
 
+/* Reverse KL: r = log p - log q = ((s - ms) - (t - mt)) / T + lseB - lseA in double, where each
+ * logit difference is exact (the CUDA kernel's d4j_log_ratio_d): the gradient p (r - sum p r)
+ * subtracts numbers of up to 1e5 (T = 0.1, logits of +-1e4) whose difference may be 1e-3 of them. */
+INLINE vd log_ratio(vf sv, vf tv, const RowConsts *k) {
+    const vd sd = __builtin_convertvector(sv, vd), td = __builtin_convertvector(tv, vd);
+    return ((sd - (double)k->ms) - (td - (double)k->mt)) * k->invTd + k->lseBA;
+}
+
+/* Reverse KL, pass 3a on n elements: D += p r and P += p, in double (lanes past n have p = 0). */
+INLINE void pass3r_sums(const void *s, const void *t, int bf16, int64_t i, int64_t c, int64_t n, const RowConsts *k, const float *ea,
+                        vd *vD, vd *vP) {
+    const vf sv = load(s, i, bf16, n, 0.f), tv = load(t, i, bf16, n, 0.f);
+    vf a;
+    memcpy(&a, ea + c, sizeof a);
+    const vd p = __builtin_convertvector(a * k->ia, vd);
+    *vD += p * log_ratio(sv, tv, k);
+    *vP += p;
+}
+
+/* Reverse KL, pass 3b on n elements: dL/ds = [alpha T p (r - pg) + (1 - alpha) e1 / s1] * scale,
+ * pg = sum p r / sum p (the division by sum p, 1 up to rounding, as in the CUDA kernel). */
+INLINE void pass3r_grad(const void *s, const void *t, int bf16, int64_t i, int64_t c, int64_t n, const RowConsts *k, const float *ea,
+                        const float *e1, double pg, float scale, void *grad) {
+    const vf sv = load(s, i, bf16, n, 0.f), tv = load(t, i, bf16, n, 0.f);
+    vf a;
+    memcpy(&a, ea + c, sizeof a);
+    const vf p = a * k->ia;
+    vf g = k->kSoft * (p * __builtin_convertvector(log_ratio(sv, tv, k) - pg, vf));
+    if (k->hard) {
+        vf e;
+        memcpy(&e, e1 + c, sizeof e);
+        g += k->hw * (e * k->i1);
+    }
+    store(grad, i, g * scale, bf16, n);
+}
+
 /* One row: 1 when it is not computed (non-finite input, see the header), else 0 with *soft, *hard
  * added to. scratch: 3 * round_up(cols, W) floats. Each pass runs its whole vectors with n = W (a
  * constant once inlined: no per-element branches) and the row's tail once with n < W; sums go to
  * double every BLOCK vectors. */
-INLINE int kd_row(const void *s, const void *t, int bf16, int64_t base, int64_t cols, int64_t y, int mse, int hard, float invT,
+INLINE int kd_row(const void *s, const void *t, int bf16, int64_t base, int64_t cols, int64_t y, int mse, int rkl, int hard, float invT,
                   float alpha, float temperature, float scale, void *grad, float *scratch, double *soft, double *hardSum) {
     const int64_t padded = (cols + W - 1) / W * W, whole = cols / W * W;
     float *ea = scratch, *eb = scratch + padded, *e1 = scratch + 2 * padded;
@@ -223,7 +264,7 @@ INLINE int kd_row(const void *s, const void *t, int bf16, int64_t base, int64_t 
     vf bad = {};
     for (int64_t c = 0; c < whole; c += W) pass1(s, t, bf16, base + c, W, &vms, &vmt, &bad);
     if (whole < cols) pass1(s, t, bf16, base + whole, cols - whole, &vms, &vmt, &bad);
-    RowConsts k = {.ms = hmax(vms), .mt = hmax(vmt), .invT = invT, .mse = mse, .hard = hard};
+    RowConsts k = {.ms = hmax(vms), .mt = hmax(vmt), .invT = invT, .mse = mse, .rkl = rkl, .hard = hard, .invTd = 1.0 / (double)temperature};
     if (!mse && (temperature == 1.f || temperature == 2.f || temperature == 4.f || temperature == 8.f)) k.power = (int)temperature;
     if (hsum(bad) != 0 || k.mt == -INFINITY) return 1; /* != 0: NaN */
     double sa = 0, sb = 0, s1 = 0;
@@ -247,6 +288,34 @@ INLINE int kd_row(const void *s, const void *t, int bf16, int64_t base, int64_t 
     /* s[y] before the gradient may overwrite it (in place) */
     const float sy = hard ? element(s, base + y, bf16) : 0.f;
     double d = 0;
+    if (rkl) {
+        /* reverse KL: D = sum p r, then the gradient, which needs it (two passes) */
+        k.lseBA = lseB - lseA;
+        vd vD = {}, vP = {};
+        for (int64_t c = 0; c < whole; c += W) pass3r_sums(s, t, bf16, base + c, c, W, &k, ea, &vD, &vP);
+        if (whole < cols) pass3r_sums(s, t, bf16, base + whole, whole, cols - whole, &k, ea, &vD, &vP);
+        double D = 0, P = 0;
+        for (int j = 0; j < W; j++) {
+            D += vD[j];
+            P += vP[j];
+        }
+        const double pg = P > 0 ? D / P : 0;
+        if (grad) {
+            for (int64_t c = 0; c < whole; c += W) pass3r_grad(s, t, bf16, base + c, c, W, &k, ea, e1, pg, scale, grad);
+            if (whole < cols) pass3r_grad(s, t, bf16, base + whole, whole, cols - whole, &k, ea, e1, pg, scale, grad);
+        }
+        *soft += D;
+        if (hard) {
+            *hardSum += -(((double)sy - k.ms) - lse1);
+            if (grad) {
+                /* the label's element again, with its - 1 (its student logit read before the passes) */
+                const vf sv = splat(sy), tv = splat(element(t, base + y, bf16));
+                const float g = k.kSoft * (ea[y] * k.ia * (float)(log_ratio(sv, tv, &k)[0] - pg)) + k.hw * (e1[y] * k.i1 - 1.f);
+                store(grad, base + y, splat(g * scale), bf16, 1);
+            }
+        }
+        return 0;
+    }
     for (int64_t c0 = 0; c0 < cols; c0 += BLOCK * W) {
         vf vd = {};
         const int64_t end = c0 + BLOCK * W < whole ? c0 + BLOCK * W : whole;
@@ -273,13 +342,14 @@ int D4J_KERNEL(const void *s, const void *t, int dtype, const int64_t *labels, i
                     int divergence, float temperature, float alpha, int64_t ignore_index, float scale, void *grad,
                     int8_t *flags, double *out) {
     if (!s || !t || !flags || !out || cols <= 0 || row0 < 0 || row1 < row0 || (dtype != D4J_CPU_F32 && dtype != D4J_CPU_BF16)
-        || (divergence != D4J_CPU_KL && divergence != D4J_CPU_MSE) || !(temperature > 0.f)) {
+        || (divergence != D4J_CPU_KL && divergence != D4J_CPU_REVERSE_KL && divergence != D4J_CPU_MSE) || !(temperature > 0.f)) {
         return D4J_CPU_BAD_ARGUMENT;
     }
     const int64_t padded = (cols + W - 1) / W * W;
     float *scratch = aligned_alloc(64, (size_t)(3 * padded) * sizeof(float));
     if (!scratch) return D4J_CPU_OUT_OF_MEMORY;
-    const int bf16 = dtype == D4J_CPU_BF16, mse = divergence == D4J_CPU_MSE, hard = labels != NULL && alpha < 1.f;
+    const int bf16 = dtype == D4J_CPU_BF16, mse = divergence == D4J_CPU_MSE, rkl = divergence == D4J_CPU_REVERSE_KL;
+    const int hard = labels != NULL && alpha < 1.f;
     const size_t size = bf16 ? 2 : 4;
     const float invT = 1.f / temperature;
     double soft = 0, hardSum = 0;
@@ -291,8 +361,8 @@ int D4J_KERNEL(const void *s, const void *t, int dtype, const int64_t *labels, i
             continue;
         }
         /* the two element types as separate inlined copies: the branch is per row, not per element */
-        flags[r - row0] = (int8_t)(bf16 ? kd_row(s, t, 1, r * cols, cols, y, mse, hard, invT, alpha, temperature, scale, grad, scratch, &soft, &hardSum)
-                                        : kd_row(s, t, 0, r * cols, cols, y, mse, hard, invT, alpha, temperature, scale, grad, scratch, &soft, &hardSum));
+        flags[r - row0] = (int8_t)(bf16 ? kd_row(s, t, 1, r * cols, cols, y, mse, rkl, hard, invT, alpha, temperature, scale, grad, scratch, &soft, &hardSum)
+                                        : kd_row(s, t, 0, r * cols, cols, y, mse, rkl, hard, invT, alpha, temperature, scale, grad, scratch, &soft, &hardSum));
     }
     free(scratch);
     out[0] = soft;

@@ -65,11 +65,25 @@ public class DistillationLossBenchmark {
         cpu.distillationLoss(s, t, y, DistillationLoss.hinton(4f, 0.9f), 0, loss, grad);
     }
 
-    /** The double oracle (what the fast path replaced for KL and MSE; still reverse KL and JSD's path). */
+    /** The double oracle (what the fast path replaced for KL, reverse KL and MSE; still JSD's path). */
     @Benchmark
     public void distillationLossOracle() {
         cpu.referenceDistillationLoss(s, t, y, DistillationLoss.hinton(4f, 0.9f), 0, loss, grad);
     }
+
+    /** Reverse KL on the fast path (its log-ratio and the gradient's row sum in double). */
+    @Benchmark
+    public void reverseKl() {
+        cpu.distillationLoss(s, t, y, REVERSE_KL, 0, loss, grad);
+    }
+
+    /** Reverse KL on the double oracle. */
+    @Benchmark
+    public void reverseKlOracle() {
+        cpu.referenceDistillationLoss(s, t, y, REVERSE_KL, 0, loss, grad);
+    }
+
+    private static final DistillationLoss REVERSE_KL = new DistillationLoss(org.distill4j.core.loss.Divergence.REVERSE_KL, 4f, 0.9f, 0.5f, -100);
 
     @Benchmark
     public void copyBaseline() {

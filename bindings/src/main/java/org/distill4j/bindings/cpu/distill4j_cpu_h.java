@@ -36,6 +36,7 @@ public final class distill4j_cpu_h {
     public static final int D4J_CPU_F32 = 0;
     public static final int D4J_CPU_BF16 = 1;
     public static final int D4J_CPU_KL = 0;
+    public static final int D4J_CPU_REVERSE_KL = 1;
     public static final int D4J_CPU_MSE = 3;
     public static final int D4J_CPU_OK = 0;
     public static final int D4J_CPU_BAD_ARGUMENT = 1;
@@ -87,6 +88,7 @@ public final class distill4j_cpu_h {
             new CConstant("D4J_CPU_F32", D4J_CPU_F32),
             new CConstant("D4J_CPU_BF16", D4J_CPU_BF16),
             new CConstant("D4J_CPU_KL", D4J_CPU_KL),
+            new CConstant("D4J_CPU_REVERSE_KL", D4J_CPU_REVERSE_KL),
             new CConstant("D4J_CPU_MSE", D4J_CPU_MSE),
             new CConstant("D4J_CPU_OK", D4J_CPU_OK),
             new CConstant("D4J_CPU_BAD_ARGUMENT", D4J_CPU_BAD_ARGUMENT),

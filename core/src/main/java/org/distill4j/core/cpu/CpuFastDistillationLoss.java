@@ -14,12 +14,13 @@ import org.distill4j.core.loss.DistillationLoss;
 import org.distill4j.core.loss.Divergence;
 
 /**
- * The fused distillation loss's float fast path on the CPU: Hinton KL and MSE in fp32 with
+ * The fused distillation loss's float fast path on the CPU: Hinton KL, reverse KL and MSE in fp32 with
  * vectorised exponentials, in our own C kernel (native/src/main/c/distill4j_cpu_kernel.c, one copy
  * each for AVX-512, AVX2 and SSE2, the best the CPU runs unless {@value #ISA_PROPERTY} says otherwise),
  * called through the FFM API on blocks of rows in parallel. About 20 times
- * the double oracle's throughput (bench/RESULTS.md); the oracle ({@link CpuDistillationLoss}) still
- * computes reverse KL and JSD, whose gradient needs double near T = 0.1, every row with a NaN or
+ * the double oracle's throughput (bench/RESULTS.md; reverse KL forms log p - log q and its row sum in
+ * double, as the CUDA kernel does); the oracle ({@link CpuDistillationLoss}) still computes JSD,
+ * whose gradient needs log1p and expm1 in double, every row with a NaN or
  * infinite logit (the kernel hands those back), and everything when the library is missing.
  *
  * <p>Deterministic: rows are cut into blocks by the shape alone, each block's sums are formed in a
@@ -79,10 +80,10 @@ final class CpuFastDistillationLoss {
         return Downcalls.cString(distill4j_cpu_h.d4j_cpu_isa(), "d4j_cpu_isa");
     }
 
-    /** Whether this evaluation can run here: KL or MSE, the library loaded, and the data in native memory. */
+    /** Whether this evaluation can run here: KL, reverse KL or MSE, the library loaded, and the data in native memory. */
     static boolean takes(DistillationLoss cfg, MemorySegment s, MemorySegment t, MemorySegment labels, MemorySegment grad) {
         Divergence d = cfg.effectiveDivergence();
-        return (d == Divergence.KL || d == Divergence.MSE) && available() && s.isNative() && t.isNative()
+        return (d == Divergence.KL || d == Divergence.REVERSE_KL || d == Divergence.MSE) && available() && s.isNative() && t.isNative()
             && (labels == null || labels.isNative()) && (grad == null || grad.isNative());
     }
 
@@ -92,7 +93,12 @@ final class CpuFastDistillationLoss {
         long counted = CpuDistillationLoss.countedRows(labels, rows, cols, cfg);
         double norm = normalizer > 0 ? normalizer : counted;
         double scale = norm == 0 ? 0 : 1 / norm;
-        int divergence = cfg.effectiveDivergence() == Divergence.MSE ? distill4j_cpu_h.D4J_CPU_MSE : distill4j_cpu_h.D4J_CPU_KL;
+        int divergence = switch (cfg.effectiveDivergence()) {
+            case KL -> distill4j_cpu_h.D4J_CPU_KL;
+            case REVERSE_KL -> distill4j_cpu_h.D4J_CPU_REVERSE_KL;
+            case MSE -> distill4j_cpu_h.D4J_CPU_MSE;
+            case JSD -> throw new IllegalArgumentException("JSD runs on the oracle (takes() is false for it)");
+        };
         double softWeight = (double) cfg.alpha() * cfg.temperature() * cfg.temperature(), hardWeight = 1.0 - cfg.alpha();
         int blockRows = (int) Math.max(1, Math.min(rows, BLOCK_ELEMENTS / cols));
         int blocks = (rows + blockRows - 1) / blockRows;

@@ -19,7 +19,7 @@ import org.junit.jupiter.api.Test;
 /**
  * The float fast path (our C kernel, native/src/main/c) against the double oracle it falls back to,
  * through the CPU backend's two entry points: every row length around the 16-lane vectors, fp32 and
- * bf16, KL and MSE, labels with ignored rows or none, gradients apart, in place or not at all,
+ * bf16, KL, reverse KL and MSE, labels with ignored rows or none, gradients apart, in place or not at all,
  * top-k teachers' -inf, non-finite rows (handed back to the oracle), and thread-count independence.
  */
 class CpuFastDistillationLossTest {
@@ -104,7 +104,7 @@ class CpuFastDistillationLossTest {
 
     private void matchTheOracle(String copy) {
         int[] lengths = {1, 2, 15, 16, 17, 31, 33, 1000, 1024, 4099};
-        for (int cols : lengths) for (Divergence div : new Divergence[] {Divergence.KL, Divergence.MSE}) for (DType type : new DType[] {DType.F32, DType.BF16}) {
+        for (int cols : lengths) for (Divergence div : new Divergence[] {Divergence.KL, Divergence.REVERSE_KL, Divergence.MSE}) for (DType type : new DType[] {DType.F32, DType.BF16}) {
             int rows = 1 + random.nextInt(9);
             float T = new float[] {0.1f, 1f, 4f, 100f}[random.nextInt(4)];
             boolean labels = random.nextBoolean();
@@ -153,6 +153,45 @@ class CpuFastDistillationLossTest {
         for (int i = 0; i < expected.length; i++) {
             double tol = 1e-5 * max + floor + (type == DType.BF16 ? 0x1p-7 * Math.abs(expected[i]) : 0);
             assertEquals(expected[i], got[i], tol, what + " element " + i);
+        }
+    }
+
+    /**
+     * Reverse KL at T = 0.1 with logits of +-1e4: log p - log q reaches 1e5 and the gradient
+     * p (r - sum p r) cancels most of it, which is why the kernel forms r in double (an fp32 r was
+     * 4e-3 of the largest gradient off on CUDA, fourth session).
+     */
+    @Test
+    void reverseKlAtTheExtremes() {
+        for (int rep = 0; rep < 10; rep++) {
+            int rows = 6, cols = 1 + random.nextInt(3000);
+            // The student's top three classes near-tied, 5 above the rest (p spread over them, 0 elsewhere:
+            // e^-50 at T = 0.1); the teacher's logits at
+            // those classes 2e4 below its own maximum and within ~1 of each other: r = log p - log q
+            // is ~2e5 there, and the gradient p (r - sum p r) keeps only their differences, ~10. An
+            // fp32 t - max t is 1e-3 off at 2e4 (r: 1e-2), which the double r does not lose (measured
+            // with an fp32 r: 6e-4 of the largest gradient off; with the double r: 7e-8).
+            float[] s = gaussian(rows * cols, 1e4), t = gaussian(rows * cols, 1e4);
+            for (int r = 0; r < rows; r++) {
+                float sMax = Float.NEGATIVE_INFINITY, tMax = Float.NEGATIVE_INFINITY;
+                for (int c = 0; c < cols; c++) {
+                    sMax = Math.max(sMax, s[r * cols + c]);
+                    tMax = Math.max(tMax, t[r * cols + c]);
+                }
+                for (int j = 0; j < 3; j++) {
+                    int c = random.nextInt(cols);
+                    s[r * cols + c] = sMax + 5 + (float) (0.1 * random.nextGaussian());
+                    t[r * cols + c] = tMax - 2e4f + (float) random.nextGaussian();
+                }
+            }
+            long[] y = new long[rows];
+            for (int r = 0; r < rows; r++) y[r] = random.nextInt(cols);
+            DistillationLoss cfg = new DistillationLoss(Divergence.REVERSE_KL, 0.1f, 0.8f, 0.5f, -100);
+            String what = "reverse KL T=0.1 logits 1e4, " + rows + "x" + cols + " (seed " + seed + ")";
+            Result expected = run(true, DType.F32, s, t, y, rows, cols, cfg, 0, "apart");
+            Result got = run(false, DType.F32, s, t, y, rows, cols, cfg, 0, "apart");
+            for (int i = 0; i < 3; i++) assertEquals(expected.loss()[i], got.loss()[i], lossTolerance(expected.loss()[0], cfg), what + " loss[" + i + "]");
+            assertGradientsClose(expected.grad(), got.grad(), DType.F32, 0, what);
         }
     }
 
