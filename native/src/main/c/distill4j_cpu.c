@@ -6,13 +6,13 @@
 
 #include <string.h>
 
-typedef int (*KdRows)(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, int64_t, float,
+typedef int (*KdRows)(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, float, int64_t, float,
                       void *, int8_t *, double *);
-int d4j_cpu_kd_rows_avx512(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, int64_t, float,
+int d4j_cpu_kd_rows_avx512(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, float, int64_t, float,
                            void *, int8_t *, double *);
-int d4j_cpu_kd_rows_avx2(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, int64_t, float,
+int d4j_cpu_kd_rows_avx2(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, float, int64_t, float,
                          void *, int8_t *, double *);
-int d4j_cpu_kd_rows_sse2(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, int64_t, float,
+int d4j_cpu_kd_rows_sse2(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, float, int64_t, float,
                          void *, int8_t *, double *);
 
 /* The copy in use (NULL until the first call or d4j_cpu_use_isa), and its name. Threads may race
@@ -50,12 +50,12 @@ const char *d4j_cpu_isa(void) {
 }
 
 int d4j_cpu_kd_rows(const void *s, const void *t, int dtype, const int64_t *labels, int64_t row0, int64_t row1, int64_t cols,
-                    int divergence, float temperature, float alpha, int64_t ignore_index, float scale, void *grad,
+                    int divergence, float temperature, float alpha, float beta, int64_t ignore_index, float scale, void *grad,
                     int8_t *flags, double *out) {
     KdRows f = __atomic_load_n(&kd, __ATOMIC_ACQUIRE);
     if (!f) {
         d4j_cpu_use_isa(NULL);
         f = __atomic_load_n(&kd, __ATOMIC_ACQUIRE);
     }
-    return f(s, t, dtype, labels, row0, row1, cols, divergence, temperature, alpha, ignore_index, scale, grad, flags, out);
+    return f(s, t, dtype, labels, row0, row1, cols, divergence, temperature, alpha, beta, ignore_index, scale, grad, flags, out);
 }

@@ -1,7 +1,7 @@
 /* Distill4J's CPU kernels (libdistill4j_cpu.so), called from Java through the FFM API
  * (org.distill4j.bindings.cpu.distill4j_cpu_h, generated from bindings/gen/distill4j_cpu_h.spec).
  *
- * The fused distillation loss's float fast path for KL and MSE (docs/distillation-loss.md, "CPU"):
+ * The fused distillation loss's float fast path (docs/distillation-loss.md, "CPU"):
  * the same shifted log-space math as the CUDA kernel, fp32 arithmetic with a polynomial exp of about
  * 1 ulp, vectors of one register (AVX-512, AVX2 or SSE2: one copy each, the best the CPU supports
  * picked at the first call), row sums in float lanes then double. The double-precision Java oracle (CpuDistillationLoss) checks it.
@@ -19,11 +19,12 @@ extern "C" {
 #define D4J_CPU_F32 0
 #define D4J_CPU_BF16 1
 
-/* Divergences the fast path takes (the Divergence enum's ordinals; JSD stays on the double
- * oracle: its gradient needs log1p and expm1 in double). Reverse KL forms log p - log q and its
- * row sum in double, as the CUDA kernel does. */
+/* Divergences (the Divergence enum's ordinals). Reverse KL and JSD form log p - log q, the
+ * gradient's log-term and its row sum in double, as the CUDA kernel does. JSD needs 0 < beta < 1
+ * (at 0 and 1 it is KL and reverse KL: the caller maps them). */
 #define D4J_CPU_KL 0
 #define D4J_CPU_REVERSE_KL 1
+#define D4J_CPU_JSD 2
 #define D4J_CPU_MSE 3
 
 /* Return codes. */
@@ -43,7 +44,7 @@ extern "C" {
  * out[0] = the sum of soft, out[1] = the sum of hard over the rows computed, each summed in row order.
  * Deterministic: the same inputs give the same bits on the same CPU (features pick the vector width). */
 int d4j_cpu_kd_rows(const void *s, const void *t, int dtype, const int64_t *labels, int64_t row0, int64_t row1, int64_t cols,
-                    int divergence, float temperature, float alpha, int64_t ignore_index, float scale, void *grad,
+                    int divergence, float temperature, float alpha, float beta, int64_t ignore_index, float scale, void *grad,
                     int8_t *flags, double *out);
 
 /* The copy of d4j_cpu_kd_rows in use: "avx512" (16-lane vectors), "avx2" (8) or "sse2" (4), a

@@ -40,6 +40,7 @@ typedef int32_t vi __attribute__((vector_size(4 * W)));
 typedef uint32_t vu __attribute__((vector_size(4 * W)));
 typedef uint16_t vh __attribute__((vector_size(2 * W)));
 typedef double vd __attribute__((vector_size(8 * W)));
+typedef int64_t vl __attribute__((vector_size(8 * W)));
 
 /* always_inline: every helper is part of the one loop nest it serves (vectors in registers). */
 #define INLINE static inline __attribute__((always_inline))
@@ -47,6 +48,7 @@ typedef double vd __attribute__((vector_size(8 * W)));
 INLINE vf splat(float x) { return (vf){} + x; }
 INLINE vf sel(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 INLINE vf vmax(vf a, vf b) { return sel(a > b, a, b); }
+INLINE vd seld(vl mask, vd a, vd b) { return (vd)(((vl)a & mask) | ((vl)b & ~mask)); }
 INLINE vi lanes_below(int64_t n) {
     vi idx;
     for (int j = 0; j < W; j++) idx[j] = j;
@@ -72,6 +74,52 @@ INLINE vf vexp(vf x) {
     p = p * (r * r) + (r + 1.0f);
     const vf e = p * (vf)((ki + 127) << 23); /* 2^k: k >= -126 after the clamp */
     return (vf)((vi)e & ~tiny);
+}
+
+/* log(u) for normal u > 0, within about 1 ulp (Cephes' logf: u = 2^e m, m in [sqrt(1/2), sqrt(2)),
+ * a polynomial in m - 1, e ln 2 added in two parts). */
+INLINE vf vlog(vf u) {
+    const vi bits = (vi)u;
+    vf m = (vf)((bits & 0x7fffff) | 0x3f000000);                 /* [0.5, 1) */
+    vf e = __builtin_convertvector((bits >> 23) - 126, vf);
+    const vi low = m < splat(0.707106781186547524f);
+    e = e - sel(low, splat(1.f), splat(0.f));
+    const vf x = sel(low, m + m, m) - 1.f;
+    const vf z = x * x;
+    vf p = splat(7.0376836292e-2f);
+    p = p * x - 1.1514610310e-1f;
+    p = p * x + 1.1676998740e-1f;
+    p = p * x - 1.2420140846e-1f;
+    p = p * x + 1.4249322787e-1f;
+    p = p * x - 1.6668057665e-1f;
+    p = p * x + 2.0000714765e-1f;
+    p = p * x - 2.4999993993e-1f;
+    p = p * x + 3.3333331174e-1f;
+    vf y = x * (z * p);
+    y = y - 2.12194440e-4f * e;
+    y = y - 0.5f * z;
+    return (x + y) + 0.693359375f * e;
+}
+
+/* log(1 + z) for z in (-1, 0] to about 2 ulp: u = 1 + z rounded, plus the rounding's first-order
+ * correction (z - (u - 1)) / u. */
+INLINE vf vlog1p(vf z) {
+    const vf u = 1.f + z;
+    return vlog(u) + (z - (u - 1.f)) / u;
+}
+
+/* exp(x) - 1 for x <= 0 (x = -inf gives -1): a Taylor polynomial where |x| < 0.35 (relative error
+ * under 2e-8), exp(x) - 1 beyond (where |result| > 0.29: no cancellation). */
+INLINE vf vexpm1(vf x) {
+    vf p = splat(1.f / 40320.f);
+    p = p * x + 1.f / 5040.f;
+    p = p * x + 1.f / 720.f;
+    p = p * x + 1.f / 120.f;
+    p = p * x + 1.f / 24.f;
+    p = p * x + 1.f / 6.f;
+    p = p * x + 0.5f;
+    p = (p * x) * x + x;
+    return sel(x > splat(-0.35f), p, vexp(x) - 1.f);
 }
 
 INLINE double hsum(vf v) {
@@ -140,7 +188,8 @@ INLINE float element(const void *p, int64_t i, int bf16) {
 /* A row's constants for passes 2 and 3. */
 typedef struct {
     float ms, mt, invT, ia, ib, i1, kSoft, hw, twoKSoftInvTCols;
-    int mse, rkl, hard;
+    int mse, rkl, jsd, hard;
+    float beta;    /* JSD */
     int power;     /* T in {1, 2, 4, 8} (KL): exp(s - ms) = exp((s - ms) / T)^T, squarings instead of an exp */
     double invTd;  /* reverse KL: 1 / T, and lse(b) - lse(a), for log p - log q in double */
     double lseBA;
@@ -224,47 +273,86 @@ INLINE vd log_ratio(vf sv, vf tv, const RowConsts *k) {
     return ((sd - (double)k->ms) - (td - (double)k->mt)) * k->invTd + k->lseBA;
 }
 
-/* Reverse KL, pass 3a on n elements: D += p r and P += p, in double (lanes past n have p = 0). */
-INLINE void pass3r_sums(const void *s, const void *t, int bf16, int64_t i, int64_t c, int64_t n, const RowConsts *k, const float *ea,
-                        vd *vD, vd *vP) {
+/* Reverse KL and JSD: the element's gradient log-term g and its share of D, in double, from
+ * p (= ea / sa) and q (= eb / sb).
+ *   reverse KL: g = r, D += p r.
+ *   JSD_beta (the CUDA kernel's d4j_jsd_logs_d): with M = beta q + (1 - beta) p, wq = log M - log q
+ *     and wp = log M - log p come from r: where r <= 0, wq = log1p((1 - beta) expm1(r)) and
+ *     wp = wq - r; else wp = log1p(beta expm1(-r)) and wq = wp + r: the log1p is formed in fp32
+ *     (a bounded, well-conditioned function of r), the +- r in double (r reaches 1e5, the
+ *     gradient keeps differences of 1e-3 of it). g = -(1 - beta) wp,
+ *     D -= beta q wq (q > 0) + (1 - beta) p wp (p > 0). */
+INLINE void pg_terms(vf sv, vf tv, vf pf, vf qf, const RowConsts *k, vd *g, vd *dterm) {
+    const vd r = log_ratio(sv, tv, k), p = __builtin_convertvector(pf, vd);
+    if (!k->jsd) {
+        *g = r;
+        *dterm = p * r;
+        return;
+    }
+    const vd q = __builtin_convertvector(qf, vd);
+    const vf rf = __builtin_convertvector(r, vf);
+    const vi neg = rf <= splat(0.f);
+    const vf c = sel(neg, splat(1.f - k->beta), splat(k->beta));
+    const vf mag = sel(neg, rf, -rf);  /* -|r| */
+    const vd w = __builtin_convertvector(vlog1p(c * vexpm1(mag)), vd);
+    const vl negd = r <= 0.0;
+    const vd wq = seld(negd, w, w + r), wp = seld(negd, w - r, w);
+    const vd zero = {};
+    *g = -(1.0 - (double)k->beta) * wp;
+    *dterm = seld(q > zero, -(double)k->beta * q * wq, zero) + seld(p > zero, -(1.0 - (double)k->beta) * p * wp, zero);
+}
+
+/* Reverse KL and JSD, pass 3a on n elements: D, sum p g and sum p, in double (lanes past n have
+ * p = q = 0). */
+INLINE void pass3p_sums(const void *s, const void *t, int bf16, int64_t i, int64_t c, int64_t n, const RowConsts *k, const float *ea,
+                        const float *eb, double *gs, vd *vD, vd *vPG, vd *vP) {
     const vf sv = load(s, i, bf16, n, 0.f), tv = load(t, i, bf16, n, 0.f);
-    vf a;
+    vf a, b;
     memcpy(&a, ea + c, sizeof a);
-    const vd p = __builtin_convertvector(a * k->ia, vd);
-    *vD += p * log_ratio(sv, tv, k);
+    memcpy(&b, eb + c, sizeof b);
+    const vf pf = a * k->ia;
+    vd g, dterm;
+    pg_terms(sv, tv, pf, b * k->ib, k, &g, &dterm);
+    memcpy(gs + c, &g, sizeof g);  /* for pass 3b: JSD's log1p and expm1 once an element */
+    const vd p = __builtin_convertvector(pf, vd);
+    *vD += dterm;
+    *vPG += p * g;
     *vP += p;
 }
 
-/* Reverse KL, pass 3b on n elements: dL/ds = [alpha T p (r - pg) + (1 - alpha) e1 / s1] * scale,
- * pg = sum p r / sum p (the division by sum p, 1 up to rounding, as in the CUDA kernel). */
-INLINE void pass3r_grad(const void *s, const void *t, int bf16, int64_t i, int64_t c, int64_t n, const RowConsts *k, const float *ea,
-                        const float *e1, double pg, float scale, void *grad) {
-    const vf sv = load(s, i, bf16, n, 0.f), tv = load(t, i, bf16, n, 0.f);
+/* Reverse KL and JSD, pass 3b on n elements: dL/ds = [alpha T p (g - pg) + (1 - alpha) e1 / s1] *
+ * scale, pg = sum p g / sum p (the division by sum p, 1 up to rounding, as in the CUDA kernel). */
+INLINE void pass3p_grad(int64_t i, int64_t c, int64_t n, const RowConsts *k, const float *ea, const double *gs, const float *e1, double pg,
+                        float scale, void *grad, int bf16) {
     vf a;
     memcpy(&a, ea + c, sizeof a);
     const vf p = a * k->ia;
-    vf g = k->kSoft * (p * __builtin_convertvector(log_ratio(sv, tv, k) - pg, vf));
+    vd g;
+    memcpy(&g, gs + c, sizeof g);
+    vf grad_ = k->kSoft * (p * __builtin_convertvector(g - pg, vf));
     if (k->hard) {
         vf e;
         memcpy(&e, e1 + c, sizeof e);
-        g += k->hw * (e * k->i1);
+        grad_ += k->hw * (e * k->i1);
     }
-    store(grad, i, g * scale, bf16, n);
+    store(grad, i, grad_ * scale, bf16, n);
 }
 
 /* One row: 1 when it is not computed (non-finite input, see the header), else 0 with *soft, *hard
- * added to. scratch: 3 * round_up(cols, W) floats. Each pass runs its whole vectors with n = W (a
+ * added to. scratch: 6 * round_up(cols, W) floats (ea, eb, e1, then g as doubles). Each pass runs its whole vectors with n = W (a
  * constant once inlined: no per-element branches) and the row's tail once with n < W; sums go to
  * double every BLOCK vectors. */
-INLINE int kd_row(const void *s, const void *t, int bf16, int64_t base, int64_t cols, int64_t y, int mse, int rkl, int hard, float invT,
-                  float alpha, float temperature, float scale, void *grad, float *scratch, double *soft, double *hardSum) {
+INLINE int kd_row(const void *s, const void *t, int bf16, int64_t base, int64_t cols, int64_t y, int mse, int rkl, int jsd, int hard, float invT,
+                  float alpha, float beta, float temperature, float scale, void *grad, float *scratch, double *soft, double *hardSum) {
     const int64_t padded = (cols + W - 1) / W * W, whole = cols / W * W;
     float *ea = scratch, *eb = scratch + padded, *e1 = scratch + 2 * padded;
+    double *gs = (double *)(scratch + 4 * padded);  /* reverse KL, JSD: g; 16-byte aligned (padded is a multiple of 4) */
     vf vms = splat(-INFINITY), vmt = splat(-INFINITY);
     vf bad = {};
     for (int64_t c = 0; c < whole; c += W) pass1(s, t, bf16, base + c, W, &vms, &vmt, &bad);
     if (whole < cols) pass1(s, t, bf16, base + whole, cols - whole, &vms, &vmt, &bad);
-    RowConsts k = {.ms = hmax(vms), .mt = hmax(vmt), .invT = invT, .mse = mse, .rkl = rkl, .hard = hard, .invTd = 1.0 / (double)temperature};
+    RowConsts k = {.ms = hmax(vms), .mt = hmax(vmt), .invT = invT, .mse = mse, .rkl = rkl, .jsd = jsd, .hard = hard, .beta = beta,
+                   .invTd = 1.0 / (double)temperature};
     if (!mse && (temperature == 1.f || temperature == 2.f || temperature == 4.f || temperature == 8.f)) k.power = (int)temperature;
     if (hsum(bad) != 0 || k.mt == -INFINITY) return 1; /* != 0: NaN */
     double sa = 0, sb = 0, s1 = 0;
@@ -288,30 +376,30 @@ INLINE int kd_row(const void *s, const void *t, int bf16, int64_t base, int64_t 
     /* s[y] before the gradient may overwrite it (in place) */
     const float sy = hard ? element(s, base + y, bf16) : 0.f;
     double d = 0;
-    if (rkl) {
-        /* reverse KL: D = sum p r, then the gradient, which needs it (two passes) */
+    if (rkl || k.jsd) {
+        /* reverse KL, JSD: D and sum p g, then the gradient, which needs them (two passes) */
         k.lseBA = lseB - lseA;
-        vd vD = {}, vP = {};
-        for (int64_t c = 0; c < whole; c += W) pass3r_sums(s, t, bf16, base + c, c, W, &k, ea, &vD, &vP);
-        if (whole < cols) pass3r_sums(s, t, bf16, base + whole, whole, cols - whole, &k, ea, &vD, &vP);
-        double D = 0, P = 0;
+        vd vD = {}, vPG = {}, vP = {};
+        for (int64_t c = 0; c < whole; c += W) pass3p_sums(s, t, bf16, base + c, c, W, &k, ea, eb, gs, &vD, &vPG, &vP);
+        if (whole < cols) pass3p_sums(s, t, bf16, base + whole, whole, cols - whole, &k, ea, eb, gs, &vD, &vPG, &vP);
+        double D = 0, PG = 0, P = 0;
         for (int j = 0; j < W; j++) {
             D += vD[j];
+            PG += vPG[j];
             P += vP[j];
         }
-        const double pg = P > 0 ? D / P : 0;
+        const double pg = P > 0 ? PG / P : 0;
         if (grad) {
-            for (int64_t c = 0; c < whole; c += W) pass3r_grad(s, t, bf16, base + c, c, W, &k, ea, e1, pg, scale, grad);
-            if (whole < cols) pass3r_grad(s, t, bf16, base + whole, whole, cols - whole, &k, ea, e1, pg, scale, grad);
+            for (int64_t c = 0; c < whole; c += W) pass3p_grad(base + c, c, W, &k, ea, gs, e1, pg, scale, grad, bf16);
+            if (whole < cols) pass3p_grad(base + whole, whole, cols - whole, &k, ea, gs, e1, pg, scale, grad, bf16);
         }
         *soft += D;
         if (hard) {
             *hardSum += -(((double)sy - k.ms) - lse1);
             if (grad) {
                 /* the label's element again, with its - 1 (its student logit read before the passes) */
-                const vf sv = splat(sy), tv = splat(element(t, base + y, bf16));
-                const float g = k.kSoft * (ea[y] * k.ia * (float)(log_ratio(sv, tv, &k)[0] - pg)) + k.hw * (e1[y] * k.i1 - 1.f);
-                store(grad, base + y, splat(g * scale), bf16, 1);
+                const float gy = k.kSoft * ((ea[y] * k.ia) * (float)(gs[y] - pg)) + k.hw * (e1[y] * k.i1 - 1.f);
+                store(grad, base + y, splat(gy * scale), bf16, 1);
             }
         }
         return 0;
@@ -339,16 +427,19 @@ INLINE int kd_row(const void *s, const void *t, int bf16, int64_t base, int64_t 
 }
 
 int D4J_KERNEL(const void *s, const void *t, int dtype, const int64_t *labels, int64_t row0, int64_t row1, int64_t cols,
-                    int divergence, float temperature, float alpha, int64_t ignore_index, float scale, void *grad,
+                    int divergence, float temperature, float alpha, float beta, int64_t ignore_index, float scale, void *grad,
                     int8_t *flags, double *out) {
     if (!s || !t || !flags || !out || cols <= 0 || row0 < 0 || row1 < row0 || (dtype != D4J_CPU_F32 && dtype != D4J_CPU_BF16)
-        || (divergence != D4J_CPU_KL && divergence != D4J_CPU_REVERSE_KL && divergence != D4J_CPU_MSE) || !(temperature > 0.f)) {
+        || (divergence != D4J_CPU_KL && divergence != D4J_CPU_REVERSE_KL && divergence != D4J_CPU_JSD && divergence != D4J_CPU_MSE)
+        || !(temperature > 0.f) || (divergence == D4J_CPU_JSD && !(beta > 0.f && beta < 1.f))) {
         return D4J_CPU_BAD_ARGUMENT;
     }
     const int64_t padded = (cols + W - 1) / W * W;
-    float *scratch = aligned_alloc(64, (size_t)(3 * padded) * sizeof(float));
+    /* ea, eb, e1 (floats), then g (doubles: the room of 2 floats each) */
+    float *scratch = aligned_alloc(64, (size_t)(6 * padded) * sizeof(float));
     if (!scratch) return D4J_CPU_OUT_OF_MEMORY;
-    const int bf16 = dtype == D4J_CPU_BF16, mse = divergence == D4J_CPU_MSE, rkl = divergence == D4J_CPU_REVERSE_KL;
+    const int bf16 = dtype == D4J_CPU_BF16, mse = divergence == D4J_CPU_MSE, rkl = divergence == D4J_CPU_REVERSE_KL,
+              jsd = divergence == D4J_CPU_JSD;
     const int hard = labels != NULL && alpha < 1.f;
     const size_t size = bf16 ? 2 : 4;
     const float invT = 1.f / temperature;
@@ -361,8 +452,8 @@ int D4J_KERNEL(const void *s, const void *t, int dtype, const int64_t *labels, i
             continue;
         }
         /* the two element types as separate inlined copies: the branch is per row, not per element */
-        flags[r - row0] = (int8_t)(bf16 ? kd_row(s, t, 1, r * cols, cols, y, mse, rkl, hard, invT, alpha, temperature, scale, grad, scratch, &soft, &hardSum)
-                                        : kd_row(s, t, 0, r * cols, cols, y, mse, rkl, hard, invT, alpha, temperature, scale, grad, scratch, &soft, &hardSum));
+        flags[r - row0] = (int8_t)(bf16 ? kd_row(s, t, 1, r * cols, cols, y, mse, rkl, jsd, hard, invT, alpha, beta, temperature, scale, grad, scratch, &soft, &hardSum)
+                                        : kd_row(s, t, 0, r * cols, cols, y, mse, rkl, jsd, hard, invT, alpha, beta, temperature, scale, grad, scratch, &soft, &hardSum));
     }
     free(scratch);
     out[0] = soft;

@@ -65,7 +65,7 @@ public class DistillationLossBenchmark {
         cpu.distillationLoss(s, t, y, DistillationLoss.hinton(4f, 0.9f), 0, loss, grad);
     }
 
-    /** The double oracle (what the fast path replaced for KL, reverse KL and MSE; still JSD's path). */
+    /** The double oracle (the reference; the path when the kernel library is missing). */
     @Benchmark
     public void distillationLossOracle() {
         cpu.referenceDistillationLoss(s, t, y, DistillationLoss.hinton(4f, 0.9f), 0, loss, grad);
@@ -83,6 +83,19 @@ public class DistillationLossBenchmark {
         cpu.referenceDistillationLoss(s, t, y, REVERSE_KL, 0, loss, grad);
     }
 
+    /** JSD (beta 0.5, TRL's GKD default) on the fast path. */
+    @Benchmark
+    public void jsd() {
+        cpu.distillationLoss(s, t, y, JSD, 0, loss, grad);
+    }
+
+    /** JSD on the double oracle. */
+    @Benchmark
+    public void jsdOracle() {
+        cpu.referenceDistillationLoss(s, t, y, JSD, 0, loss, grad);
+    }
+
+    private static final DistillationLoss JSD = new DistillationLoss(org.distill4j.core.loss.Divergence.JSD, 4f, 0.9f, 0.5f, -100);
     private static final DistillationLoss REVERSE_KL = new DistillationLoss(org.distill4j.core.loss.Divergence.REVERSE_KL, 4f, 0.9f, 0.5f, -100);
 
     @Benchmark

@@ -37,13 +37,14 @@ public final class distill4j_cpu_h {
     public static final int D4J_CPU_BF16 = 1;
     public static final int D4J_CPU_KL = 0;
     public static final int D4J_CPU_REVERSE_KL = 1;
+    public static final int D4J_CPU_JSD = 2;
     public static final int D4J_CPU_MSE = 3;
     public static final int D4J_CPU_OK = 0;
     public static final int D4J_CPU_BAD_ARGUMENT = 1;
     public static final int D4J_CPU_OUT_OF_MEMORY = 2;
 
     // ---- functions
-    private static final FunctionDescriptor d4j_cpu_kd_rows$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_INT, JAVA_FLOAT, JAVA_FLOAT, JAVA_LONG, JAVA_FLOAT, ADDRESS, ADDRESS, ADDRESS);
+    private static final FunctionDescriptor d4j_cpu_kd_rows$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_INT, JAVA_FLOAT, JAVA_FLOAT, JAVA_FLOAT, JAVA_LONG, JAVA_FLOAT, ADDRESS, ADDRESS, ADDRESS);
     private static final FunctionDescriptor d4j_cpu_isa$DESC = FunctionDescriptor.of(ADDRESS);
     private static final FunctionDescriptor d4j_cpu_use_isa$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS);
 
@@ -51,9 +52,9 @@ public final class distill4j_cpu_h {
         static final MethodHandle HANDLE = LIB.downcall("d4j_cpu_kd_rows", d4j_cpu_kd_rows$DESC);
     }
 
-    /** {@snippet lang=c : int d4j_cpu_kd_rows(const void *student, const void *teacher, int dtype, const int64_t *labels, int64_t row0, int64_t row1, int64_t cols, int divergence, float temperature, float alpha, int64_t ignore_index, float scale, void *grad, int8_t *flags, double *out); } */
-    public static int d4j_cpu_kd_rows(MemorySegment student, MemorySegment teacher, int dtype, MemorySegment labels, long row0, long row1, long cols, int divergence, float temperature, float alpha, long ignore_index, float scale, MemorySegment grad, MemorySegment flags, MemorySegment out) {
-        try { return (int) d4j_cpu_kd_rows$.HANDLE.invokeExact(student, teacher, dtype, labels, row0, row1, cols, divergence, temperature, alpha, ignore_index, scale, grad, flags, out); }
+    /** {@snippet lang=c : int d4j_cpu_kd_rows(const void *student, const void *teacher, int dtype, const int64_t *labels, int64_t row0, int64_t row1, int64_t cols, int divergence, float temperature, float alpha, float beta, int64_t ignore_index, float scale, void *grad, int8_t *flags, double *out); } */
+    public static int d4j_cpu_kd_rows(MemorySegment student, MemorySegment teacher, int dtype, MemorySegment labels, long row0, long row1, long cols, int divergence, float temperature, float alpha, float beta, long ignore_index, float scale, MemorySegment grad, MemorySegment flags, MemorySegment out) {
+        try { return (int) d4j_cpu_kd_rows$.HANDLE.invokeExact(student, teacher, dtype, labels, row0, row1, cols, divergence, temperature, alpha, beta, ignore_index, scale, grad, flags, out); }
         catch (Throwable t) { throw Downcalls.rethrow("d4j_cpu_kd_rows", t); }
     }
 
@@ -80,7 +81,7 @@ public final class distill4j_cpu_h {
     /** Everything this class declares, for the ABI conformance check and symbol-resolution tests. */
     public static final HeaderSpec SPEC = new HeaderSpec("distill4j_cpu.h", NativeLibraries.Library.DISTILL4J_CPU,
         List.of(
-            new CFunction("d4j_cpu_kd_rows", "int", CKind.INT, List.of(new CFunction.Param("const void *", CKind.POINTER), new CFunction.Param("const void *", CKind.POINTER), new CFunction.Param("int", CKind.INT), new CFunction.Param("const int64_t *", CKind.POINTER), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("int", CKind.INT), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("void *", CKind.POINTER), new CFunction.Param("int8_t *", CKind.POINTER), new CFunction.Param("double *", CKind.POINTER)), d4j_cpu_kd_rows$DESC),
+            new CFunction("d4j_cpu_kd_rows", "int", CKind.INT, List.of(new CFunction.Param("const void *", CKind.POINTER), new CFunction.Param("const void *", CKind.POINTER), new CFunction.Param("int", CKind.INT), new CFunction.Param("const int64_t *", CKind.POINTER), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("int", CKind.INT), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("void *", CKind.POINTER), new CFunction.Param("int8_t *", CKind.POINTER), new CFunction.Param("double *", CKind.POINTER)), d4j_cpu_kd_rows$DESC),
             new CFunction("d4j_cpu_isa", "const char *", CKind.POINTER, List.of(), d4j_cpu_isa$DESC),
             new CFunction("d4j_cpu_use_isa", "int", CKind.INT, List.of(new CFunction.Param("const char *", CKind.POINTER)), d4j_cpu_use_isa$DESC)
         ),
@@ -89,6 +90,7 @@ public final class distill4j_cpu_h {
             new CConstant("D4J_CPU_BF16", D4J_CPU_BF16),
             new CConstant("D4J_CPU_KL", D4J_CPU_KL),
             new CConstant("D4J_CPU_REVERSE_KL", D4J_CPU_REVERSE_KL),
+            new CConstant("D4J_CPU_JSD", D4J_CPU_JSD),
             new CConstant("D4J_CPU_MSE", D4J_CPU_MSE),
             new CConstant("D4J_CPU_OK", D4J_CPU_OK),
             new CConstant("D4J_CPU_BAD_ARGUMENT", D4J_CPU_BAD_ARGUMENT),

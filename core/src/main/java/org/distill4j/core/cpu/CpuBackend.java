@@ -425,8 +425,8 @@ public final class CpuBackend implements Backend {
     // ---- the fused distillation loss
 
     /**
-     * The fused loss: KL, reverse KL and MSE on the float fast path (our C kernel, vectorised,
-     * {@link #fastLossPath()}), JSD (and everything when the kernel library is missing) on the double oracle.
+     * The fused loss on the float fast path (our C kernel, vectorised, {@link #fastLossPath()}), or
+     * on the double oracle when the kernel library is missing.
      */
     @Override
     public void distillationLoss(Tensor student, Tensor teacher, Tensor labels, DistillationLoss config, long normalizer, Tensor loss, Tensor grad) {
@@ -443,7 +443,7 @@ public final class CpuBackend implements Backend {
         distillationLoss(student, teacher, labels, config, normalizer, loss, grad, true);
     }
 
-    /** Which implementation computes KL, reverse KL and MSE here: "float fast path (avx512)" or why it is the double oracle. */
+    /** Which implementation computes the loss here: "float fast path (avx512)" or why it is the double oracle. */
     public static String fastLossPath() {
         return CpuFastDistillationLoss.available() ? "float fast path (" + CpuFastDistillationLoss.isa() + ")"
             : "double oracle only: " + CpuFastDistillationLoss.unavailableReason();

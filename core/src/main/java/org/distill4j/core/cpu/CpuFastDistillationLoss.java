@@ -14,13 +14,13 @@ import org.distill4j.core.loss.DistillationLoss;
 import org.distill4j.core.loss.Divergence;
 
 /**
- * The fused distillation loss's float fast path on the CPU: Hinton KL, reverse KL and MSE in fp32 with
+ * The fused distillation loss's float fast path on the CPU: every divergence in fp32 with
  * vectorised exponentials, in our own C kernel (native/src/main/c/distill4j_cpu_kernel.c, one copy
  * each for AVX-512, AVX2 and SSE2, the best the CPU runs unless {@value #ISA_PROPERTY} says otherwise),
  * called through the FFM API on blocks of rows in parallel. About 20 times
- * the double oracle's throughput (bench/RESULTS.md; reverse KL forms log p - log q and its row sum in
- * double, as the CUDA kernel does); the oracle ({@link CpuDistillationLoss}) still computes JSD,
- * whose gradient needs log1p and expm1 in double, every row with a NaN or
+ * the double oracle's throughput for KL (bench/RESULTS.md; reverse KL and JSD form log p - log q,
+ * the gradient's log-term and its row sum in double, as the CUDA kernel does); the oracle
+ * ({@link CpuDistillationLoss}) still computes every row with a NaN or
  * infinite logit (the kernel hands those back), and everything when the library is missing.
  *
  * <p>Deterministic: rows are cut into blocks by the shape alone, each block's sums are formed in a
@@ -80,10 +80,9 @@ final class CpuFastDistillationLoss {
         return Downcalls.cString(distill4j_cpu_h.d4j_cpu_isa(), "d4j_cpu_isa");
     }
 
-    /** Whether this evaluation can run here: KL, reverse KL or MSE, the library loaded, and the data in native memory. */
+    /** Whether this evaluation can run here: the library loaded and the data in native memory (every divergence runs). */
     static boolean takes(DistillationLoss cfg, MemorySegment s, MemorySegment t, MemorySegment labels, MemorySegment grad) {
-        Divergence d = cfg.effectiveDivergence();
-        return (d == Divergence.KL || d == Divergence.REVERSE_KL || d == Divergence.MSE) && available() && s.isNative() && t.isNative()
+        return available() && s.isNative() && t.isNative()
             && (labels == null || labels.isNative()) && (grad == null || grad.isNative());
     }
 
@@ -97,7 +96,7 @@ final class CpuFastDistillationLoss {
             case KL -> distill4j_cpu_h.D4J_CPU_KL;
             case REVERSE_KL -> distill4j_cpu_h.D4J_CPU_REVERSE_KL;
             case MSE -> distill4j_cpu_h.D4J_CPU_MSE;
-            case JSD -> throw new IllegalArgumentException("JSD runs on the oracle (takes() is false for it)");
+            case JSD -> distill4j_cpu_h.D4J_CPU_JSD;  // 0 < beta < 1 here: at 0 and 1 effectiveDivergence() is KL / reverse KL
         };
         double softWeight = (double) cfg.alpha() * cfg.temperature() * cfg.temperature(), hardWeight = 1.0 - cfg.alpha();
         int blockRows = (int) Math.max(1, Math.min(rows, BLOCK_ELEMENTS / cols));
@@ -109,7 +108,7 @@ final class CpuFastDistillationLoss {
                 MemorySegment flags = arena.allocate(row1 - row0);
                 MemorySegment out = arena.allocate(JAVA_DOUBLE, 2);
                 int rc = distill4j_cpu_h.d4j_cpu_kd_rows(s, t, bf16 ? distill4j_cpu_h.D4J_CPU_BF16 : distill4j_cpu_h.D4J_CPU_F32,
-                    labels == null ? MemorySegment.NULL : labels, row0, row1, cols, divergence, cfg.temperature(), cfg.alpha(), cfg.ignoreIndex(),
+                    labels == null ? MemorySegment.NULL : labels, row0, row1, cols, divergence, cfg.temperature(), cfg.alpha(), cfg.beta(), cfg.ignoreIndex(),
                     (float) scale, grad == null ? MemorySegment.NULL : grad, flags, out);
                 if (rc != distill4j_cpu_h.D4J_CPU_OK) {
                     throw new IllegalStateException("d4j_cpu_kd_rows(rows " + row0 + ".." + row1 + " of [" + rows + ", " + cols + "]) returned " + rc

@@ -102,7 +102,7 @@ public record SystemReport(String java, List<Library> libraries, String driver, 
         List<String> out = new ArrayList<>();
         out.add("Distill4J " + version());
         out.add("java:     " + java);
-        out.add("cpu:      " + Runtime.getRuntime().availableProcessors() + " cores, gemm on " + cpuBlas + "; fused loss (KL, reverse KL, MSE) on the "
+        out.add("cpu:      " + Runtime.getRuntime().availableProcessors() + " cores, gemm on " + cpuBlas + "; fused loss on the "
             + CpuBackend.fastLossPath());
         out.add("native libraries:");
         for (Library l : libraries) {

@@ -95,14 +95,16 @@ class DistillationLossTest {
 
     /**
      * The loss tolerance: 1e-5 relative (the issue's bound) for the double oracle; the float fast
-     * path (KL, reverse KL, MSE on our C kernel, as the CUDA kernel in fp32) adds a floor for its exponentials'
-     * rounding: each is within 1.1 ulp, so the log-sum-exps, and with them D, are off by up to
-     * 2.2 ulp(1) = 2.2 * 2^-23 however small D is (high T: D ~ 1e-5), and the loss by alpha T^2 times that.
+     * path (our C kernel, as the CUDA kernel in fp32) adds a floor for its exponentials' rounding:
+     * each log-sum-exp is within about 3 ulp(1) = 3 * 2^-23 (exps of up to 2 ulp on the SSE2 copy,
+     * which has no FMA, and the float lane sums), so D, a difference of two of them, is off by up to
+     * 6 * 2^-23 however small D is (high T: D ~ 1e-5), and the loss by alpha T^2 times that
+     * (measured: 2.5 * 2^-23 at worst over many seeds).
      */
     static double tolerance(double expected, double relativeFloor, DistillationLoss cfg, boolean reference) {
         double strict = 1e-5 * Math.max(Math.abs(expected), relativeFloor);
-        boolean fastPath = !reference && cfg.effectiveDivergence() != Divergence.JSD;
-        return fastPath ? strict + 2.2 * 0x1p-23 * cfg.alpha() * cfg.temperature() * cfg.temperature() : strict;
+        boolean fastPath = !reference;
+        return fastPath ? strict + 6 * 0x1p-23 * cfg.alpha() * cfg.temperature() * cfg.temperature() : strict;
     }
 
     /** The loss in double, written from the definitions with full arrays (independent of CpuDistillationLoss). */
