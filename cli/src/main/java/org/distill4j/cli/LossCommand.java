@@ -54,7 +54,8 @@ final class LossCommand implements Callable<Integer> {
     @Option(names = "--grad-out", paramLabel = "G.npy", description = "write dL/dS here, float32 [N, C]")
     Path gradOut;
 
-    @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda", description = "where to compute (default: ${DEFAULT-VALUE})")
+    @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda",
+        description = "where to compute (default: ${DEFAULT-VALUE}; the CPU computes in double, the reference the fast paths are tested against)")
     String device;
 
     @Option(names = "--dtype", defaultValue = "f32", paramLabel = "f32|bf16",
