@@ -9,8 +9,10 @@ Median of 7 repeats of 10 evaluations, CUDA events. Run on the GPU machine (PyTo
   python3 bench/pytorch/loss_bench.py [rows] [C ...]
 On the CPU, the shapes of Distill4J's JMH DistillationLossBenchmark (4096x1000, 512x32000; the
 GPU shapes do not fit this machine's memory), wall-clock median of 7 repeats of 3:
-  python3 bench/pytorch/loss_bench.py --cpu [ROWSxC ...]
+  python3 bench/pytorch/loss_bench.py --cpu [--divergence=kl|reverse-kl|jsd] [ROWSxC ...]
+(reverse KL: KL(p_student || p_teacher); JSD: TRL GKD's generalized JSD at beta 0.5.)
 """
+import math
 import statistics
 import sys
 
@@ -22,6 +24,26 @@ def loss_fn(s, t, y, T=4.0, alpha=0.9):
     soft = F.kl_div(F.log_softmax(s / T, dim=-1), F.log_softmax(t / T, dim=-1), reduction="batchmean", log_target=True)
     hard = F.cross_entropy(s, y)
     return alpha * T * T * soft + (1 - alpha) * hard
+
+
+def reverse_kl_fn(s, t, y, T=4.0, alpha=0.9):
+    """KL(p_student || p_teacher): kl_div(input = log q, target = log p)."""
+    soft = F.kl_div(F.log_softmax(t / T, dim=-1), F.log_softmax(s / T, dim=-1), reduction="batchmean", log_target=True)
+    hard = F.cross_entropy(s, y)
+    return alpha * T * T * soft + (1 - alpha) * hard
+
+
+def jsd_fn(s, t, y, T=4.0, alpha=0.9, beta=0.5):
+    """Generalized JSD as TRL's GKD computes it: M = beta q + (1 - beta) p in log space,
+    beta KL(q || M) + (1 - beta) KL(p || M)."""
+    ls, lt = F.log_softmax(s / T, dim=-1), F.log_softmax(t / T, dim=-1)
+    lm = torch.logsumexp(torch.stack([ls + math.log(1 - beta), lt + math.log(beta)]), dim=0)
+    soft = beta * F.kl_div(lm, lt, reduction="batchmean", log_target=True) + (1 - beta) * F.kl_div(lm, ls, reduction="batchmean", log_target=True)
+    hard = F.cross_entropy(s, y)
+    return alpha * T * T * soft + (1 - alpha) * hard
+
+
+LOSSES = {"kl": loss_fn, "reverse-kl": reverse_kl_fn, "jsd": jsd_fn}
 
 
 def step(fn, s, t, y):
@@ -57,9 +79,10 @@ def median_ms_cpu(fn, s, t, y):
     return statistics.median(times)
 
 
-def main_cpu(shapes):
-    print(f"device: cpu ({torch.get_num_threads()} threads), torch {torch.__version__}")
-    variants = [("eager", loss_fn), ("compile", torch.compile(loss_fn))]
+def main_cpu(shapes, divergence="kl"):
+    print(f"device: cpu ({torch.get_num_threads()} threads), torch {torch.__version__}, divergence {divergence}")
+    fn0 = LOSSES[divergence]
+    variants = [("eager", fn0), ("compile", torch.compile(fn0))]
     for shape in shapes or ["4096x1000", "512x32000"]:
         rows, c = (int(v) for v in shape.split("x"))
         s = (torch.rand(rows, c) * 10 - 5).requires_grad_(True)
@@ -67,12 +90,17 @@ def main_cpu(shapes):
         y = torch.arange(rows) * 7919 % c
         for name, fn in variants:
             ms = median_ms_cpu(fn, s, t, y)
-            print(f"torch-{name} {rows}x{c}: {12 * rows * c / ms / 1e6:.2f} GB/s, {ms:.2f} ms")
+            label = name if divergence == "kl" else f"{name} {divergence}"
+            print(f"torch-{label} {rows}x{c}: {12 * rows * c / ms / 1e6:.2f} GB/s, {ms:.2f} ms")
 
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--cpu":
-        main_cpu(sys.argv[2:])
+        args = sys.argv[2:]
+        divergence = "kl"
+        if args and args[0].startswith("--divergence="):
+            divergence = args.pop(0).split("=", 1)[1]
+        main_cpu(args, divergence)
         return
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 16384
     classes = [int(c) for c in sys.argv[2:]] or [1000, 8000, 32000, 128000, 256000]

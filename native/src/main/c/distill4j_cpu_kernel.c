@@ -6,7 +6,7 @@
  * slower as AVX2 and 2.5x as SSE2 than these per-width copies: GCC splits a 64-byte vector's
  * compares and selects through the stack there.)
  *
- * Per row, three passes over the row (it is in L1/L2 after the first):
+ * Per row, three passes over the row (four for reverse KL and JSD; it is in L1/L2 after the first):
  *   1. maxima ms, mt of the raw logits, and the check that the row is one this path takes;
  *   2. ea = exp((s - ms) / T), eb = exp((t - mt) / T) (KL) and e1 = exp(s - ms) (cross-entropy),
  *      kept in scratch, and their sums sa, sb, s1;
@@ -14,8 +14,9 @@
  *      KL:  D = sum q ((t - mt) - (s - ms)) / T + log sa - log sb,   q = eb / sb, p = ea / sa,
  *           dL/ds = [alpha T (p - q) + (1 - alpha)(e1 / s1 - [j == y])] * scale
  *      MSE: D = sum ((s - t) / T)^2 / C,  dL/ds = [alpha T 2 (s - t) / T / C + (1 - alpha)(...)] * scale
- *      reverse KL (two passes 3): r = log p - log q in double, D = sum p r, then
- *           dL/ds = [alpha T p (r - D / sum p) + (1 - alpha)(...)] * scale
+ *      reverse KL and JSD (two passes 3): r = log p - log q in double, the log-term g (reverse
+ *           KL: r; JSD: -(1 - beta)(log M - log p)) and D, then
+ *           dL/ds = [alpha T p (g - sum p g / sum p) + (1 - alpha)(...)] * scale
  * The same shifted log-space arithmetic as the CUDA kernel (native/src/main/cuda/distill_loss.cu),
  * exact for logits of +-1e4 at T = 0.1: every exp argument is <= 0.
  *
