@@ -6,22 +6,18 @@
 
 #include <string.h>
 
-typedef int (*KdRows)(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, float, int64_t, float,
-                      void *, int8_t *, double *);
-int d4j_cpu_kd_rows_avx512(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, float, int64_t, float,
-                           void *, int8_t *, double *);
-int d4j_cpu_kd_rows_avx2(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, float, int64_t, float,
-                         void *, int8_t *, double *);
-int d4j_cpu_kd_rows_sse2(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, float, int64_t, float,
-                         void *, int8_t *, double *);
+/* The kernel's signature (d4j_cpu_kd_rows'), and its three copies (distill4j_cpu_kernel.c). */
+typedef int KdRowsFn(const void *, const void *, int, const int64_t *, int64_t, int64_t, int64_t, int, float, float, float, int64_t, float,
+                     void *, int8_t *, double *);
+typedef KdRowsFn *KdRows;
+KdRowsFn d4j_cpu_kd_rows_avx512, d4j_cpu_kd_rows_avx2, d4j_cpu_kd_rows_sse2;
 
 /* The copy in use (NULL until the first call or d4j_cpu_use_isa), and its name. Threads may race
  * to set them at the first call; they store the same values. */
 static KdRows kd;
 static const char *kd_isa;
 
-/* The best instruction set this CPU supports. */
-static const char *best_isa(void) {
+const char *d4j_cpu_best_isa(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4")) return "avx512";
     if (__builtin_cpu_supports("x86-64-v3")) return "avx2";
@@ -29,7 +25,7 @@ static const char *best_isa(void) {
 }
 
 int d4j_cpu_use_isa(const char *isa) {
-    const char *best = best_isa();
+    const char *best = d4j_cpu_best_isa();
     const char *order[] = {"sse2", "avx2", "avx512"};
     int want = -1, have = -1;
     if (isa == NULL || isa[0] == 0) isa = best;
@@ -58,4 +54,24 @@ int d4j_cpu_kd_rows(const void *s, const void *t, int dtype, const int64_t *labe
         f = __atomic_load_n(&kd, __ATOMIC_ACQUIRE);
     }
     return f(s, t, dtype, labels, row0, row1, cols, divergence, temperature, alpha, beta, ignore_index, scale, grad, flags, out);
+}
+
+int64_t d4j_cpu_find_neg_inf(const void *x, int dtype, int64_t n) {
+    /* -inf is 0xff800000 (fp32) or 0xff80 (bf16): compared as bits, a block at a time without an
+     * early exit (so the compiler vectorises it), then the block that has one is searched */
+    const int64_t block = 4096;
+    for (int64_t b = 0; b < n; b += block) {
+        const int64_t e = b + block < n ? b + block : n;
+        int hit = 0;
+        if (dtype == D4J_CPU_BF16) {
+            const uint16_t *h = (const uint16_t *)x;
+            for (int64_t i = b; i < e; i++) hit |= h[i] == 0xff80u;
+            if (hit) for (int64_t i = b; i < e; i++) if (h[i] == 0xff80u) return i;
+        } else {
+            const uint32_t *w = (const uint32_t *)x;
+            for (int64_t i = b; i < e; i++) hit |= w[i] == 0xff800000u;
+            if (hit) for (int64_t i = b; i < e; i++) if (w[i] == 0xff800000u) return i;
+        }
+    }
+    return -1;
 }

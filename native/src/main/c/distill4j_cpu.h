@@ -51,10 +51,18 @@ int d4j_cpu_kd_rows(const void *s, const void *t, int dtype, const int64_t *labe
  * static string; the best this CPU supports unless d4j_cpu_use_isa chose another. */
 const char *d4j_cpu_isa(void);
 
+/* The best copy this CPU runs: "avx512", "avx2" or "sse2" (a static string). */
+const char *d4j_cpu_best_isa(void);
+
 /* Makes d4j_cpu_kd_rows use the named copy ("avx512", "avx2", "sse2"; NULL or "": the best this CPU
  * supports), for the whole process (tests of each copy, benchmarks). D4J_CPU_BAD_ARGUMENT for an
  * unknown name or one this CPU cannot run. */
 int d4j_cpu_use_isa(const char *isa);
+
+/* The index of the first -inf among n logits of the element type dtype, or -1 (reverse KL and MSE
+ * refuse a top-k teacher's -inf: the caller checks before any gradient is written). Vectorised,
+ * one pass over memory. */
+int64_t d4j_cpu_find_neg_inf(const void *x, int dtype, int64_t n);
 
 #ifdef __cplusplus
 }

@@ -189,7 +189,7 @@ INLINE float element(const void *p, int64_t i, int bf16) {
 /* A row's constants for passes 2 and 3. */
 typedef struct {
     float ms, mt, invT, ia, ib, i1, kSoft, hw, twoKSoftInvTCols;
-    int mse, rkl, jsd, hard;
+    int mse, jsd, hard;
     float beta;    /* JSD */
     int power;     /* T in {1, 2, 4, 8} (KL): exp(s - ms) = exp((s - ms) / T)^T, squarings instead of an exp */
     double invTd;  /* reverse KL: 1 / T, and lse(b) - lse(a), for log p - log q in double */
@@ -352,7 +352,7 @@ INLINE int kd_row(const void *s, const void *t, int bf16, int64_t base, int64_t 
     vf bad = {};
     for (int64_t c = 0; c < whole; c += W) pass1(s, t, bf16, base + c, W, &vms, &vmt, &bad);
     if (whole < cols) pass1(s, t, bf16, base + whole, cols - whole, &vms, &vmt, &bad);
-    RowConsts k = {.ms = hmax(vms), .mt = hmax(vmt), .invT = invT, .mse = mse, .rkl = rkl, .jsd = jsd, .hard = hard, .beta = beta,
+    RowConsts k = {.ms = hmax(vms), .mt = hmax(vmt), .invT = invT, .mse = mse, .jsd = jsd, .hard = hard, .beta = beta,
                    .invTd = 1.0 / (double)temperature};
     if (!mse && (temperature == 1.f || temperature == 2.f || temperature == 4.f || temperature == 8.f)) k.power = (int)temperature;
     if (hsum(bad) != 0 || k.mt == -INFINITY) return 1; /* != 0: NaN */
@@ -377,7 +377,7 @@ INLINE int kd_row(const void *s, const void *t, int bf16, int64_t base, int64_t 
     /* s[y] before the gradient may overwrite it (in place) */
     const float sy = hard ? element(s, base + y, bf16) : 0.f;
     double d = 0;
-    if (rkl || k.jsd) {
+    if (rkl || jsd) {
         /* reverse KL, JSD: D and sum p g, then the gradient, which needs them (two passes) */
         k.lseBA = lseB - lseA;
         vd vD = {}, vPG = {}, vP = {};

@@ -46,7 +46,9 @@ public final class distill4j_cpu_h {
     // ---- functions
     private static final FunctionDescriptor d4j_cpu_kd_rows$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, ADDRESS, JAVA_LONG, JAVA_LONG, JAVA_LONG, JAVA_INT, JAVA_FLOAT, JAVA_FLOAT, JAVA_FLOAT, JAVA_LONG, JAVA_FLOAT, ADDRESS, ADDRESS, ADDRESS);
     private static final FunctionDescriptor d4j_cpu_isa$DESC = FunctionDescriptor.of(ADDRESS);
+    private static final FunctionDescriptor d4j_cpu_best_isa$DESC = FunctionDescriptor.of(ADDRESS);
     private static final FunctionDescriptor d4j_cpu_use_isa$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS);
+    private static final FunctionDescriptor d4j_cpu_find_neg_inf$DESC = FunctionDescriptor.of(JAVA_LONG, ADDRESS, JAVA_INT, JAVA_LONG);
 
     private static final class d4j_cpu_kd_rows$ {
         static final MethodHandle HANDLE = LIB.downcall("d4j_cpu_kd_rows", d4j_cpu_kd_rows$DESC);
@@ -68,6 +70,16 @@ public final class distill4j_cpu_h {
         catch (Throwable t) { throw Downcalls.rethrow("d4j_cpu_isa", t); }
     }
 
+    private static final class d4j_cpu_best_isa$ {
+        static final MethodHandle HANDLE = LIB.downcall("d4j_cpu_best_isa", d4j_cpu_best_isa$DESC);
+    }
+
+    /** {@snippet lang=c : const char *d4j_cpu_best_isa(void); } */
+    public static MemorySegment d4j_cpu_best_isa() {
+        try { return (MemorySegment) d4j_cpu_best_isa$.HANDLE.invokeExact(); }
+        catch (Throwable t) { throw Downcalls.rethrow("d4j_cpu_best_isa", t); }
+    }
+
     private static final class d4j_cpu_use_isa$ {
         static final MethodHandle HANDLE = LIB.downcall("d4j_cpu_use_isa", d4j_cpu_use_isa$DESC);
     }
@@ -78,12 +90,24 @@ public final class distill4j_cpu_h {
         catch (Throwable t) { throw Downcalls.rethrow("d4j_cpu_use_isa", t); }
     }
 
+    private static final class d4j_cpu_find_neg_inf$ {
+        static final MethodHandle HANDLE = LIB.downcall("d4j_cpu_find_neg_inf", d4j_cpu_find_neg_inf$DESC);
+    }
+
+    /** {@snippet lang=c : int64_t d4j_cpu_find_neg_inf(const void *x, int dtype, int64_t n); } */
+    public static long d4j_cpu_find_neg_inf(MemorySegment x, int dtype, long n) {
+        try { return (long) d4j_cpu_find_neg_inf$.HANDLE.invokeExact(x, dtype, n); }
+        catch (Throwable t) { throw Downcalls.rethrow("d4j_cpu_find_neg_inf", t); }
+    }
+
     /** Everything this class declares, for the ABI conformance check and symbol-resolution tests. */
     public static final HeaderSpec SPEC = new HeaderSpec("distill4j_cpu.h", NativeLibraries.Library.DISTILL4J_CPU,
         List.of(
             new CFunction("d4j_cpu_kd_rows", "int", CKind.INT, List.of(new CFunction.Param("const void *", CKind.POINTER), new CFunction.Param("const void *", CKind.POINTER), new CFunction.Param("int", CKind.INT), new CFunction.Param("const int64_t *", CKind.POINTER), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("int", CKind.INT), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("void *", CKind.POINTER), new CFunction.Param("int8_t *", CKind.POINTER), new CFunction.Param("double *", CKind.POINTER)), d4j_cpu_kd_rows$DESC),
             new CFunction("d4j_cpu_isa", "const char *", CKind.POINTER, List.of(), d4j_cpu_isa$DESC),
-            new CFunction("d4j_cpu_use_isa", "int", CKind.INT, List.of(new CFunction.Param("const char *", CKind.POINTER)), d4j_cpu_use_isa$DESC)
+            new CFunction("d4j_cpu_best_isa", "const char *", CKind.POINTER, List.of(), d4j_cpu_best_isa$DESC),
+            new CFunction("d4j_cpu_use_isa", "int", CKind.INT, List.of(new CFunction.Param("const char *", CKind.POINTER)), d4j_cpu_use_isa$DESC),
+            new CFunction("d4j_cpu_find_neg_inf", "int64_t", CKind.LONG, List.of(new CFunction.Param("const void *", CKind.POINTER), new CFunction.Param("int", CKind.INT), new CFunction.Param("int64_t", CKind.LONG)), d4j_cpu_find_neg_inf$DESC)
         ),
         List.of(
             new CConstant("D4J_CPU_F32", D4J_CPU_F32),

@@ -452,24 +452,31 @@ public final class CpuBackend implements Backend {
     private void distillationLoss(Tensor student, Tensor teacher, Tensor labels, DistillationLoss config, long normalizer, Tensor loss, Tensor grad,
                                   boolean reference) {
         LossChecks.distillation(this, student, teacher, labels, config, normalizer, loss, grad);
-        if (config.effectiveDivergence() == Divergence.REVERSE_KL || config.effectiveDivergence() == Divergence.MSE) {
-            // -inf teacher logits (a top-k teacher) make reverse KL infinite and MSE undefined.
-            MemorySegment t = teacher.data();
-            for (long i = 0; i < teacher.numel(); i++) {
-                if (CpuDistillationLoss.load(t, i, teacher.dtype() == DType.BF16) == Float.NEGATIVE_INFINITY) {
-                    throw new IllegalArgumentException("distillationLoss: " + config.effectiveDivergence() + " needs the teacher's full logits; "
-                        + "element " + i + " is -inf (top-k teachers support kl and jsd)");
-                }
-            }
-        }
         MemorySegment s = student.data(), t = teacher.data(), y = labels == null ? null : labels.data(), g = grad == null ? null : grad.data();
         int rows = Shapes.toInt("distillationLoss", student.size(0)), cols = Shapes.toInt("distillationLoss", student.size(1));
         boolean bf16 = student.dtype() == DType.BF16;
-        double[] r = !reference && CpuFastDistillationLoss.takes(config, s, t, y, g)
+        boolean fast = !reference && CpuFastDistillationLoss.takes(s, t, y, g);
+        if (config.effectiveDivergence() == Divergence.REVERSE_KL || config.effectiveDivergence() == Divergence.MSE) {
+            // -inf teacher logits (a top-k teacher) make reverse KL infinite and MSE undefined:
+            // refused before any gradient is written (on the fast path in one vectorised C pass, 10 ms
+            // element by element in Java at 512 x 32000)
+            long i = fast ? CpuFastDistillationLoss.firstNegativeInfinity(t, teacher.numel(), bf16) : firstNegativeInfinity(t, teacher.numel(), bf16);
+            if (i >= 0) {
+                throw new IllegalArgumentException("distillationLoss: " + config.effectiveDivergence() + " needs the teacher's full logits; "
+                    + "element " + i + " is -inf (top-k teachers support kl and jsd)");
+            }
+        }
+        double[] r = fast
             ? CpuFastDistillationLoss.compute(s, t, y, rows, cols, config, normalizer, g, bf16)
             : CpuDistillationLoss.compute(s, t, y, rows, cols, config, normalizer, g, bf16);
         MemorySegment ls = loss.data();
         for (int i = 0; i < loss.numel(); i++) set(ls, i, (float) r[i]);
+    }
+
+    /** The index of the first -inf among x's n logits, or -1 (the oracle's path: Java, element by element). */
+    private static long firstNegativeInfinity(MemorySegment x, long n, boolean bf16) {
+        for (long i = 0; i < n; i++) if (CpuDistillationLoss.load(x, i, bf16) == Float.NEGATIVE_INFINITY) return i;
+        return -1;
     }
 
     @Override

@@ -26,8 +26,7 @@ final class CpuDistillationLoss {
 
     static double[] compute(MemorySegment s, MemorySegment t, MemorySegment labels, int rows, int cols, DistillationLoss cfg,
                             long normalizer, MemorySegment grad, boolean bf16) {
-        long counted = countedRows(labels, rows, cols, cfg);
-        double norm = normalizer > 0 ? normalizer : counted;
+        double norm = divisor(labels, rows, cols, cfg, normalizer);
         double scale = norm == 0 ? 0 : 1 / norm;
         Row[] out = new Row[rows];
         IntStream.range(0, rows).parallel().forEach(r -> out[r] = row(s, t, labels, r, cols, cfg, scale, grad, bf16));
@@ -36,15 +35,27 @@ final class CpuDistillationLoss {
             soft += row.soft();
             hard += row.hard();
         }
+        return result(soft, hard, norm);
+    }
+
+    /** {loss, soft, hard}: the weighted sums over rows divided by norm; NaN when no row counts (PyTorch's mean over nothing). */
+    static double[] result(double soft, double hard, double norm) {
         if (norm == 0) return new double[] {Double.NaN, Double.NaN, Double.NaN};
+        double scale = 1 / norm;
         return new double[] {(soft + hard) * scale, soft * scale, hard * scale};
+    }
+
+    /** N: the caller's normalizer, or else the rows that count ({@link #countedRows}). */
+    static double divisor(MemorySegment labels, int rows, int cols, DistillationLoss cfg, long normalizer) {
+        long counted = countedRows(labels, rows, cols, cfg);
+        return normalizer > 0 ? normalizer : counted;
     }
 
     /**
      * The rows that count: every row without labels, else those whose label is not ignore_index;
      * a label outside [0, cols) that is not ignore_index is an error naming the row.
      */
-    static long countedRows(MemorySegment labels, int rows, int cols, DistillationLoss cfg) {
+    private static long countedRows(MemorySegment labels, int rows, int cols, DistillationLoss cfg) {
         if (labels == null) return rows;
         long counted = 0;
         for (int r = 0; r < rows; r++) {

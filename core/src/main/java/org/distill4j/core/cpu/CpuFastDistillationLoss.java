@@ -17,8 +17,8 @@ import org.distill4j.core.loss.Divergence;
  * The fused distillation loss's float fast path on the CPU: every divergence in fp32 with
  * vectorised exponentials, in our own C kernel (native/src/main/c/distill4j_cpu_kernel.c, one copy
  * each for AVX-512, AVX2 and SSE2, the best the CPU runs unless {@value #ISA_PROPERTY} says otherwise),
- * called through the FFM API on blocks of rows in parallel. About 20 times
- * the double oracle's throughput for KL (bench/RESULTS.md; reverse KL and JSD form log p - log q,
+ * called through the FFM API on blocks of rows in parallel. About 12 times the double oracle's
+ * throughput for KL, 6-11 for reverse KL and JSD (bench/RESULTS.md; these form log p - log q,
  * the gradient's log-term and its row sum in double, as the CUDA kernel does); the oracle
  * ({@link CpuDistillationLoss}) still computes every row with a NaN or
  * infinite logit (the kernel hands those back), and everything when the library is missing.
@@ -59,15 +59,9 @@ final class CpuFastDistillationLoss {
         }
     }
 
-    /** The best copy this CPU runs (resets nothing: asks, then restores the copy in use). */
+    /** The best copy this CPU runs ("avx512", "avx2", "sse2"); requires {@link #available()}. */
     static String bestIsa() {
-        String inUse = isa();
-        try (Arena arena = Arena.ofConfined()) {
-            distill4j_cpu_h.d4j_cpu_use_isa(arena.allocateFrom(""));
-            String best = isa();
-            distill4j_cpu_h.d4j_cpu_use_isa(arena.allocateFrom(inUse));
-            return best;
-        }
+        return Downcalls.cString(distill4j_cpu_h.d4j_cpu_best_isa(), "d4j_cpu_best_isa");
     }
 
     /** Why the fast path is off on this machine, or "" when it is on. */
@@ -81,16 +75,20 @@ final class CpuFastDistillationLoss {
     }
 
     /** Whether this evaluation can run here: the library loaded and the data in native memory (every divergence runs). */
-    static boolean takes(DistillationLoss cfg, MemorySegment s, MemorySegment t, MemorySegment labels, MemorySegment grad) {
+    static boolean takes(MemorySegment s, MemorySegment t, MemorySegment labels, MemorySegment grad) {
         return available() && s.isNative() && t.isNative()
             && (labels == null || labels.isNative()) && (grad == null || grad.isNative());
+    }
+
+    /** The index of the first -inf among x's n logits, or -1: one vectorised pass (x native, the library loaded). */
+    static long firstNegativeInfinity(MemorySegment x, long n, boolean bf16) {
+        return distill4j_cpu_h.d4j_cpu_find_neg_inf(x, bf16 ? distill4j_cpu_h.D4J_CPU_BF16 : distill4j_cpu_h.D4J_CPU_F32, n);
     }
 
     /** As {@link CpuDistillationLoss#compute}: {loss, soft, hard}, each divided by the normalizer. */
     static double[] compute(MemorySegment s, MemorySegment t, MemorySegment labels, int rows, int cols, DistillationLoss cfg,
                             long normalizer, MemorySegment grad, boolean bf16) {
-        long counted = CpuDistillationLoss.countedRows(labels, rows, cols, cfg);
-        double norm = normalizer > 0 ? normalizer : counted;
+        double norm = CpuDistillationLoss.divisor(labels, rows, cols, cfg, normalizer);
         double scale = norm == 0 ? 0 : 1 / norm;
         int divergence = switch (cfg.effectiveDivergence()) {
             case KL -> distill4j_cpu_h.D4J_CPU_KL;
@@ -112,7 +110,7 @@ final class CpuFastDistillationLoss {
                     (float) scale, grad == null ? MemorySegment.NULL : grad, flags, out);
                 if (rc != distill4j_cpu_h.D4J_CPU_OK) {
                     throw new IllegalStateException("d4j_cpu_kd_rows(rows " + row0 + ".." + row1 + " of [" + rows + ", " + cols + "]) returned " + rc
-                        + (rc == distill4j_cpu_h.D4J_CPU_OUT_OF_MEMORY ? " (out of memory for " + 12L * cols + " bytes of row scratch)" : " (bad argument)"));
+                        + (rc == distill4j_cpu_h.D4J_CPU_OUT_OF_MEMORY ? " (out of memory for " + 24L * cols + " bytes of row scratch)" : " (bad argument)"));
                 }
                 double soft = softWeight * out.getAtIndex(JAVA_DOUBLE, 0), hard = hardWeight * out.getAtIndex(JAVA_DOUBLE, 1);
                 // Rows the kernel handed back (a NaN or infinite logit): the oracle computes them, in row order.
@@ -131,7 +129,6 @@ final class CpuFastDistillationLoss {
             soft += sum[0];
             hard += sum[1];
         }
-        if (norm == 0) return new double[] {Double.NaN, Double.NaN, Double.NaN};
-        return new double[] {(soft + hard) * scale, soft * scale, hard * scale};
+        return CpuDistillationLoss.result(soft, hard, norm);
     }
 }

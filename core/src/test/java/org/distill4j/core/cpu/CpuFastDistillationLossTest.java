@@ -12,6 +12,7 @@ import org.distill4j.core.Bf16;
 import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.loss.DistillationLoss;
+import org.distill4j.core.loss.DistillationLossTest;
 import org.distill4j.core.loss.Divergence;
 import org.distill4j.kernels.KernelImage;
 import org.junit.jupiter.api.Test;
@@ -142,9 +143,9 @@ class CpuFastDistillationLossTest {
         }
     }
 
-    /** As DistillationLossTest.tolerance: 1e-5 relative plus the fast path's exponential-rounding floor (6 ulp(1) of D, times alpha T^2). */
+    /** The fast path's loss bound: DistillationLossTest's (1e-5 relative plus the exponentials' rounding floor, 6 ulp(1) of D times alpha T^2). */
     private static double lossTolerance(double expected, DistillationLoss cfg) {
-        return 1e-5 * Math.max(Math.abs(expected), 1e-3) + 6 * 0x1p-23 * cfg.alpha() * cfg.temperature() * cfg.temperature();
+        return DistillationLossTest.tolerance(expected, 1e-3, cfg, false);
     }
 
     /** 1e-5 of the row set's largest gradient (fp32); bf16 gradients are rounded from fp32 ones, so one bf16 ulp (up to 2^-7 relative) more. */
@@ -209,6 +210,29 @@ class CpuFastDistillationLossTest {
             assertTrue(Float.isFinite(got.loss()[0]), div + ": finite loss with a top-k teacher: " + got.loss()[0]);
             for (int i = 0; i < 3; i++) assertEquals(expected.loss()[i], got.loss()[i], lossTolerance(expected.loss()[0], cfg), div + " loss[" + i + "]");
             assertGradientsClose(expected.grad(), got.grad(), DType.F32, 0, div + " top-k gradient");
+        }
+    }
+
+    /**
+     * Reverse KL and MSE refuse a -inf teacher logit before writing anything, naming its element:
+     * the fast path finds it in C (one vectorised pass), the oracle in Java; the same element,
+     * fp32 and bf16, in the first 4,096-element block or a later one.
+     */
+    @Test
+    void aMinusInfinityTeacherIsRefusedAtTheSameElementOnBothPaths() {
+        int rows = 7, cols = 1500;
+        for (DType type : new DType[] {DType.F32, DType.BF16}) for (int at : new int[] {0, 4095, 4096, 7 * 1500 - 1, random.nextInt(7 * 1500)}) {
+            float[] s = gaussian(rows * cols, 2), t = gaussian(rows * cols, 2);
+            t[at] = Float.NEGATIVE_INFINITY;
+            if (at > 0) t[at - 1] = Float.POSITIVE_INFINITY;  // not -inf: must not be reported
+            for (Divergence div : new Divergence[] {Divergence.REVERSE_KL, Divergence.MSE}) {
+                DistillationLoss cfg = new DistillationLoss(div, 2f, 1f, 0.5f, -100);
+                for (boolean reference : new boolean[] {true, false}) {
+                    IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                        () -> run(reference, type, s, t, null, rows, cols, cfg, 0, "in place"));
+                    assertTrue(e.getMessage().contains("element " + at + " is -inf"), type + " " + div + (reference ? " (oracle)" : " (fast path)") + ": " + e.getMessage());
+                }
+            }
         }
     }
 

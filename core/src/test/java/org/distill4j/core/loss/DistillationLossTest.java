@@ -30,7 +30,7 @@ import org.junit.jupiter.params.provider.MethodSource;
  * betas, label patterns and extreme logits, with its gradient checked by finite differences of
  * that reference.
  */
-class DistillationLossTest {
+public class DistillationLossTest {
     private final CpuBackend cpu = CpuBackend.get();
     private final long seed = System.nanoTime();
     private final Random random = new Random(seed);
@@ -101,7 +101,7 @@ class DistillationLossTest {
      * 6 * 2^-23 however small D is (high T: D ~ 1e-5), and the loss by alpha T^2 times that
      * (measured: 2.5 * 2^-23 at worst over many seeds).
      */
-    static double tolerance(double expected, double relativeFloor, DistillationLoss cfg, boolean reference) {
+    public static double tolerance(double expected, double relativeFloor, DistillationLoss cfg, boolean reference) {
         double strict = 1e-5 * Math.max(Math.abs(expected), relativeFloor);
         boolean fastPath = !reference;
         return fastPath ? strict + 6 * 0x1p-23 * cfg.alpha() * cfg.temperature() * cfg.temperature() : strict;
