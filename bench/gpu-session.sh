@@ -25,8 +25,8 @@ for part in "$@"; do
     loss)
       { "$JAVA" $JAVA_OPTS -cp "$CP" org.distill4j.bench.GpuLossBench; python3 bench/pytorch/loss_bench.py; } 2>&1 | tee "$OUT/loss.txt" ;;
     sweep)
-      # every launch variant of the fused loss (SWEEP_REGIMES: a subset of block,cluster,reread,pipe)
-      "$JAVA" $JAVA_OPTS -cp "$CP" org.distill4j.bench.GpuLossBench "--sweep=${SWEEP_REGIMES:-pipe,block,cluster,reread}" 2>&1 | tee "$OUT/sweep.txt"
+      # every launch variant of the fused loss (SWEEP_REGIMES: a subset of split,pipe,block,cluster,reread)
+      "$JAVA" $JAVA_OPTS -cp "$CP" org.distill4j.bench.GpuLossBench "--sweep=${SWEEP_REGIMES:-split,pipe,block,cluster,reread}" 2>&1 | tee "$OUT/sweep.txt"
       python3 bench/sweep_summary.py "$OUT/sweep.txt" | tee "$OUT/sweep-summary.md" ;;
     kd)
       { for graph in on off; do

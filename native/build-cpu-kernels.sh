@@ -33,6 +33,11 @@ if [ -f "$lib" ] && [ -f "$stamp" ] && [ -z "$(find "$src" "$0" -newer "$stamp" 
 fi
 version="$("$cc" --version | head -1)"
 tmp="$lib.tmp.$$"
+# The stamp carries the time the build STARTED: a source edited while it compiles is newer than
+# the stamp, so the next build compiles it (a stamp touched at the end hid such an edit).
+started="$stamp.started.$$"
+touch "$started"
+trap 'rm -f "$started"' EXIT   # a failed build leaves no stamp behind
 obj="$target/cpu-kernels"
 mkdir -p "$obj"
 # No -ffast-math (the sums' order and IEEE -inf/NaN matter); -fno-math-errno and
@@ -50,5 +55,5 @@ mv "$tmp" "$lib"
   echo "compiler=$version"
   echo "isa=avx512 avx2 sse2"
 } > "$props"
-touch "$stamp"
+mv -f "$started" "$stamp"
 echo "[native] CPU kernels ok: $(wc -c < "$lib") bytes ($version)"

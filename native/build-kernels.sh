@@ -62,6 +62,11 @@ done
 version="$("$nvcc_bin" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
 echo "[native] nvcc $version: $(ls "$src"/*.cu | wc -l) source file(s) -> distill4j.fatbin for sm_{${ARCHS// /,}} + compute_$last"
 tmp="$fatbin.tmp.$$"
+# The stamp carries the time the build STARTED: a source edited while it compiles is newer than
+# the stamp, so the next build compiles it (a stamp touched at the end hid such an edit).
+started="$stamp.started.$$"
+touch "$started"
+trap 'rm -f "$started"' EXIT   # a failed build leaves no stamp behind
 report="$target/ptxas-report.txt"
 # -compress-all: the driver inflates the fatbin at load; 27 MB of SASS and PTX become ~3 MB (the
 # loss kernels come in KL and reverse-KL/JSD twins since the fourth session).
@@ -85,5 +90,5 @@ kernels="$(grep -o "Compiling entry function '[^']*'" "$report" | sort -u | sed 
   echo "ptx=compute_$last"
   echo "kernels=${kernels% }"
 } > "$props"
-touch "$stamp"
+mv -f "$started" "$stamp"
 echo "[native] ok: $(wc -c < "$fatbin") bytes; no spills; report at $report"

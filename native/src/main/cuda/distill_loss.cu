@@ -18,6 +18,10 @@
 //           into the other, so loading and computing overlap within a block, not only between
 //           resident blocks (twice the shared memory; a cluster's block may stage part of its
 //           slice and re-read the rest from L2, as in the cluster regime).
+//   split   (explicit plans, to be measured on a GPU; KL and MSE) a row of any length cut into
+//           slices held by a fixed group of blocks that exchange their statistics through L2 a
+//           round later: every row read once without clusters, the copy of one row overlapping
+//           the gradient pass of the previous one (d4j_kd_split explains it).
 // Every logit is read from global memory once in the first three regimes (when staged whole), and
 // the gradient written once.
 // Blocks loop over rows (a grid of about one wave); every thread adds its elements' loss terms over
@@ -249,8 +253,10 @@ __device__ __forceinline__ int d4j_row_status(const int64_t* __restrict__ labels
 
 // The end of every regime: this block's partial (soft, hard: thread 0's values) goes to
 // partials[blockIdx.x]; the last block to arrive sums all partials in block order and writes loss.
+// zero[0..nzero) (the split regime's row-ready flags) is cleared by that block too, after every block
+// has finished with it.
 __device__ __forceinline__ void d4j_kd_finish(float soft, float hard, float* __restrict__ partials, unsigned long long* __restrict__ counters,
-                                              float norm, float* __restrict__ loss, int nout) {
+                                              float norm, float* __restrict__ loss, int nout, unsigned* zero = nullptr, int nzero = 0) {
     __shared__ int last;
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -281,6 +287,7 @@ __device__ __forceinline__ void d4j_kd_finish(float soft, float hard, float* __r
         counters[1] = 0;
         counters[2] = 0;
     }
+    for (int i = threadIdx.x; i < nzero; i += blockDim.x) zero[i] = 0u;
 }
 
 // N for labels without a caller's normalizer: the rows whose label is in [0, C), counted here, in
@@ -817,6 +824,239 @@ D4J_KD_PIPE(d4j_kd_pipe4_bf16, __nv_bfloat16, 4, false)
 D4J_KD_PIPE(d4j_kd_pipe8_bf16, __nv_bfloat16, 8, false)
 D4J_KD_PIPE(d4j_kd_pipe16_bf16, __nv_bfloat16, 16, false)
 D4J_KD_PIPE(d4j_kd_pipe16p_bf16, __nv_bfloat16, 16, true)
+
+// ---- split: rows of any length read once from global memory, without clusters (KL and MSE; the
+// host gives reverse KL and JSD, whose gradient needs a second row-wide sum, the re-reading block).
+// A row is cut into K = ceil(cols / chunk) slices; the grid (G blocks, a multiple of K, all resident
+// at once: a cooperative launch) is G / K fixed groups of K blocks, and group g owns the rows g,
+// g + G/K, g + 2G/K, ...: block g K + q holds slice q of each of them. A block keeps two slices in
+// shared memory (buffers 0 and 1, [student | teacher], 2 * chunk elements each) and runs each row
+// in two steps a round apart:
+//   round j: cp.async row j's slice into buffer j & 1; finish row j - 1 (its statistics complete:
+//            divergence terms and gradient from buffer (j - 1) & 1); wait for the copy; row j's
+//            slice statistics (maxima, sums), published for the group.
+// So the copy of one row overlaps the gradient pass of the previous one within the block, and the
+// group's blocks wait for each other only a round later (their rows' statistics are usually
+// complete by then). Publishing: the slice's five values go to a ring slot in global memory (L2),
+// the block takes a ticket on the row; the K-th merges the K slots in slice order (same bits
+// whatever the arrival order), writes the row's statistics and raises the row's ready flag
+// (row + 1). K = 1 keeps its statistics in shared memory and publishes nothing.
+// Deadlock-free given co-residency: round j's statistics of a block wait only on its own copy, and
+// finishing row j - 1 waits only on the group's statistics of round j - 1, which come before any
+// block's wait in round j. Two rounds of ring suffice: a block writes round j + 2's slot after it
+// finished row j + 1, which waited for every group block's round j + 1 statistics, which each
+// block computes after it finished row j, the last reader of round j's slot.
+// Ring (in the partials scratch from float `ring` on, past every regime's loss partials, which a
+// launch of another regime may overwrite; R = 2 G / K ring rows, row r in ring row r % R): slice statistics [R][K][5] floats, row statistics [R][5], arrivals [R] and ready [R]
+// (u32). Arrivals are reset by each row's K-th block, ready flags by the finishing block: the
+// launch leaves the ring as it found it (zero), and stays replayable in a graph.
+template <typename T>
+__device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t, const int64_t* __restrict__ labels, int64_t rows, int64_t cols,
+                                             int div, float temperature, float alpha, float beta, int64_t ignore,
+                                             unsigned long long* __restrict__ counters, float normalizer, float* __restrict__ partials,
+                                             float* __restrict__ loss, int nout, T* grad, int64_t chunk, int64_t ring0) {
+    extern __shared__ float4 d4j_kd_smem[];
+    __shared__ float own[2][5], row5[5];  // K = 1: a buffer's row statistics; K > 1: the row being finished
+    const D4jKd k = d4j_kd(div, temperature, alpha, beta, labels != nullptr, cols);
+    const int K = (int)((cols + chunk - 1) / chunk);
+    const int G = (int)gridDim.x, perRound = G / K, R = 2 * perRound;
+    const int group = (int)blockIdx.x / K, slice = (int)blockIdx.x % K;
+    const int64_t lo = (int64_t)slice * chunk, n = min(cols, lo + chunk) - lo;  // this block's slice [lo, lo + n); n >= 1
+    float* sliceStats = partials + ring0;                                 // [R][K][5]
+    float* rowStats = sliceStats + (int64_t)R * K * 5;                    // [R][5]
+    unsigned* arrivals = reinterpret_cast<unsigned*>(rowStats + R * 5);  // [R]
+    unsigned* ready = arrivals + R;                                       // [R]
+    const float norm = d4j_normalizer(normalizer, labels, rows, cols, ignore, counters), scale = 1.f / norm;
+    float dsum = 0.f, hsum = 0.f;  // this thread's share of sum D and of sum -log softmax(s)[y], over its rows in order
+    constexpr int V = 16 / sizeof(T);
+    T* const buffers = reinterpret_cast<T*>(d4j_kd_smem);  // buffer b: [student slice | teacher slice] at 2 * chunk * b
+    // Row r's slice into buffer b: cp.async when both sources are 16-byte aligned (and the slice a
+    // whole number of copies), else plain loads and stores, complete on return. Rows that do not
+    // count are not copied.
+    auto stage = [&](int64_t r, int b) {
+        int64_t yy;
+        if (d4j_row_status(labels, r, cols, ignore, yy) != 0) return;
+        const T* sg = s + r * cols + lo;
+        const T* tg = t + r * cols + lo;
+        T* ss = buffers + 2 * chunk * b;
+        T* ts = ss + chunk;
+        if (((((uintptr_t)sg | (uintptr_t)tg) & 15) == 0) && n % V == 0) {
+            for (int v = threadIdx.x; v < (int)(n / V); v += blockDim.x) {
+                __pipeline_memcpy_async(ss + v * V, sg + v * V, 16);
+                __pipeline_memcpy_async(ts + v * V, tg + v * V, 16);
+            }
+        } else {
+            for (int i = threadIdx.x; i < (int)n; i += blockDim.x) {
+                ss[i] = sg[i];
+                ts[i] = tg[i];
+            }
+        }
+    };
+    // f(i, s[W], t[W]) over the thread's elements of buffer b (W = 4 when vec, else 1)
+    auto each = [&](int b, bool vec, auto&& f) {
+        const T* ss = buffers + 2 * chunk * b;
+        const T* ts = ss + chunk;
+        if (vec) {
+            using Q = typename D4jQuad<T>::raw;
+            const Q* ssq = reinterpret_cast<const Q*>(ss);
+            const Q* tsq = reinterpret_cast<const Q*>(ts);
+            float a[4], c[4];
+            for (int v = threadIdx.x; v < (int)(n / 4); v += blockDim.x) {
+                d4j_unpack<T>(ssq[v], a);
+                d4j_unpack<T>(tsq[v], c);
+                f(v * 4, a, c);
+            }
+        } else {
+            float a[1], c[1];
+            for (int i = threadIdx.x; i < (int)n; i += blockDim.x) {
+                a[0] = d4j_f(ss[i]);
+                c[0] = d4j_f(ts[i]);
+                f(i, a, c);
+            }
+        }
+    };
+    // Row r's slice statistics from buffer b, published (K > 1) or kept in own[b] (K = 1).
+    auto statistics = [&](int64_t r, int b) {
+        int64_t y;
+        if (d4j_row_status(labels, r, cols, ignore, y) != 0) return;  // the same in every thread and every block of the group
+        float mx[2] = {-INFINITY, -INFINITY};
+        each(b, n % 4 == 0, [&](int, const auto& sv, const auto& tv) {
+            constexpr int W = sizeof(sv) / sizeof(float);
+#pragma unroll
+            for (int j = 0; j < W; j++) {
+                mx[0] = fmaxf(mx[0], sv[j]);
+                mx[1] = fmaxf(mx[1], tv[j]);
+            }
+        });
+        d4j_block_reduce<2, true>(mx);
+        // sums relative to the slice's own maxima (0 for a slice with no finite value: a top-k teacher)
+        const float rs = mx[0] == -INFINITY ? 0.f : mx[0], rt = mx[1] == -INFINITY ? 0.f : mx[1];
+        float sum[3] = {0.f, 0.f, 0.f};
+        each(b, n % 4 == 0, [&](int, const auto& sv, const auto& tv) {
+            constexpr int W = sizeof(sv) / sizeof(float);
+#pragma unroll
+            for (int j = 0; j < W; j++) d4j_kd_sums(k, rs, rt, sv[j], tv[j], sum[0], sum[1], sum[2]);
+        });
+        d4j_block_reduce<3, false>(sum);
+        if (threadIdx.x >= 32) return;
+        const int ring = (int)(r % R);
+        bool last = false;
+        if (threadIdx.x == 0) {
+            // K = 1: the row's statistics, kept for its finish next round
+            float* slot = K == 1 ? own[b] : sliceStats + ((int64_t)ring * K + slice) * 5;
+            slot[0] = mx[0];
+            slot[1] = mx[1];
+            slot[2] = sum[0];
+            slot[3] = sum[1];
+            slot[4] = sum[2];
+        }
+        if (K == 1) return;
+        if (threadIdx.x == 0) {
+            __threadfence();  // the slot is visible device-wide before the ticket says so
+            last = atomicAdd(&arrivals[ring], 1u) == (unsigned)(K - 1);
+        }
+        if (!__shfl_sync(0xffffffffu, last, 0)) return;
+        // The K-th block: merge the slices in slice order (each lane its slices q = lane, lane + 32,
+        // ... in order, then a fixed shuffle tree), as d4j_cluster_merge does for a cluster.
+        __threadfence();
+        const float* slots = sliceStats + (int64_t)ring * K * 5;
+        float m0 = -INFINITY, m1 = -INFINITY;
+        for (int q = threadIdx.x; q < K; q += 32) {
+            m0 = fmaxf(m0, __ldcg(&slots[q * 5]));
+            m1 = fmaxf(m1, __ldcg(&slots[q * 5 + 1]));
+        }
+        const float M0 = d4j_warp_max(m0), M1 = d4j_warp_max(m1);
+        float A = 0.f, B = 0.f, C = 0.f;
+        for (int q = threadIdx.x; q < K; q += 32) {
+            const float qs = __ldcg(&slots[q * 5]), qt = __ldcg(&slots[q * 5 + 1]);
+            if (qs != -INFINITY) {
+                A += __ldcg(&slots[q * 5 + 2]) * expf((qs - M0) * k.invT);
+                C += __ldcg(&slots[q * 5 + 4]) * expf(qs - M0);
+            }
+            if (qt != -INFINITY) B += __ldcg(&slots[q * 5 + 3]) * expf((qt - M1) * k.invT);
+        }
+        A = d4j_warp_sum(A);
+        B = d4j_warp_sum(B);
+        C = d4j_warp_sum(C);
+        if (threadIdx.x == 0) {
+            float* out = rowStats + ring * 5;
+            out[0] = M0;
+            out[1] = M1;
+            out[2] = A;
+            out[3] = B;
+            out[4] = C;
+            arrivals[ring] = 0u;  // every ticket of this row is taken; the next user is two rounds on
+            __threadfence();      // the statistics are visible device-wide before the flag says so
+            *reinterpret_cast<volatile unsigned*>(&ready[ring]) = (unsigned)(r + 1);
+        }
+    };
+    // Row r's divergence terms and gradient from buffer b, once the group's statistics are complete.
+    auto finish = [&](int64_t r, int b) {
+        const int64_t base = r * cols;
+        int64_t y;
+        const int status = d4j_row_status(labels, r, cols, ignore, y);
+        if (status != 0) {
+            if (grad) for (int64_t i = threadIdx.x; i < n; i += blockDim.x) grad[base + lo + i] = d4j_to<T>(0.f);
+            if (status == 2 && threadIdx.x == 0 && slice == 0) dsum = hsum = __int_as_float(0x7fc00000);
+            return;
+        }
+        const float* st5 = own[b];
+        if (K > 1) {
+            const int ring = (int)(r % R);
+            if (threadIdx.x == 0) {
+                const volatile unsigned* flag = &ready[ring];
+                while (*flag != (unsigned)(r + 1)) __nanosleep(32);
+                __threadfence();  // read the statistics after the flag
+#pragma unroll
+                for (int j = 0; j < 5; j++) row5[j] = __ldcg(&rowStats[ring * 5 + j]);
+            }
+            __syncthreads();
+            st5 = row5;
+        }
+        const float ms = st5[0], mt = st5[1];
+        const D4jRow st = {ms, mt, logf(st5[2]), logf(st5[3]), logf(st5[4])};
+        const bool vec = n % 4 == 0 && (!grad || (((uintptr_t)(grad + base + lo)) & (4 * sizeof(T) - 1)) == 0);
+        each(b, vec, [&](int i, const auto& sv, const auto& tv) {
+            constexpr int W = sizeof(sv) / sizeof(float);
+            float g[W];
+#pragma unroll
+            for (int j = 0; j < W; j++) {
+                const int64_t c = lo + i + j;
+                if (k.hard && c == y) hsum -= (sv[j] - ms) - st.lse1;
+                if (grad) g[j] = d4j_kd_term_grad(k, st, sv[j], tv[j], c == y, scale, dsum);
+                else {
+                    double unused0 = 0.0, unused1 = 0.0;
+                    d4j_kd_term<false>(k, st, sv[j], tv[j], dsum, unused0, unused1);
+                }
+            }
+            if (grad) d4j_store<T>(grad + base + lo + i, g);
+        });
+    };
+    int b = 0;
+    int64_t previous = -1;
+    for (int64_t r = group; r < rows; r += perRound, b ^= 1) {
+        stage(r, b);
+        __pipeline_commit();
+        if (previous >= 0) finish(previous, b ^ 1);
+        __pipeline_wait_prior(0);
+        __syncthreads();  // this row's slice is complete, and every thread is done with the previous row's statistics
+        statistics(r, b);
+        previous = r;
+    }
+    if (previous >= 0) finish(previous, b ^ 1);
+    float acc[2] = {dsum, hsum};
+    d4j_block_reduce<2, false>(acc);
+    d4j_kd_finish(k.softWeight * acc[0], (1.f - alpha) * acc[1], partials, counters, norm, loss, nout, ready, K > 1 ? R : 0);
+}
+
+// 48-54 registers on sm_80..sm_90: four 256-thread blocks an SM (the default plan: 2,048 fp32
+// columns a slice, 32 KiB of shared memory a block); sm_100+ as the block kernels (a bound of 2
+// blocks held sm_120 to 64 registers and spilled).
+// `staged` carries the ring's offset in the partials scratch (the slices are always whole).
+#define D4J_KD_SPLIT(NAME, T) \
+    extern "C" __global__ void D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_split<T>(D4J_KD_ARGS, chunk, staged); }
+D4J_KD_SPLIT(d4j_kd_split_f32, float)
+D4J_KD_SPLIT(d4j_kd_split_bf16, __nv_bfloat16)
 
 // dense [rows, cols] = -inf, then dense[r, idx[r, j]] = val[r, j]; out-of-range indices are skipped
 // and flagged in flag[0] (checked by the host).

@@ -71,7 +71,9 @@ class DistillKernelsPlanTest {
         assertThrows(IllegalArgumentException.class, () -> h100.explicit("block", 2, 0, 10, 32000, 4));
         assertThrows(IllegalArgumentException.class, () -> h100.explicit("block", 1, 0, 10, 262144, 4), "256k fp32 does not fit one block");
         assertThrows(IllegalArgumentException.class, () -> sm80.explicit("cluster", 2, 0, 10, 32000, 4));
-        assertThrows(IllegalArgumentException.class, () -> h100.explicit("split", 1, 0, 10, 32000, 4));
+        assertThrows(IllegalArgumentException.class, () -> h100.explicit("splat", 1, 0, 10, 32000, 4), "an unknown regime");
+        assertThrows(IllegalArgumentException.class, () -> h100.explicit("split", 2, 0, 10, 32000, 4), "split groups are not clusters");
+        assertThrows(IllegalArgumentException.class, () -> h100.explicit("split", 1, 0, 10, 262144, 4, 2048), "1 KiB buffers: 2,048 slices a row, 528 resident blocks");
         assertEquals(132, h100.explicit("reread", 1, 1, 16384, 262144, 4).blocks(), "one block per SM when asked");
         assertThrows(IllegalArgumentException.class, () -> h100.explicit("block", 1, 0, 10, 8000, 4, 32 * 1024), "a block stages its whole row");
         assertEquals(4096, h100.explicit("cluster", 2, 0, 10, 32000, 4, 32 * 1024).staged(), "a cluster's block may stage part of its slice");
@@ -107,9 +109,11 @@ class DistillKernelsPlanTest {
         java.util.List<String> built = org.distill4j.kernels.KernelImage.kernelNames();
         for (String name : names) {
             assertTrue(built.contains(name), name + " is planned but not built");
-            assertTrue(built.contains(name + "_pg"), name + "_pg (reverse KL / JSD) is not built");
+            // split plans launch the re-reading block's _pg kernel for reverse KL and JSD
+            if (!name.startsWith("d4j_kd_split")) assertTrue(built.contains(name + "_pg"), name + "_pg (reverse KL / JSD) is not built");
         }
-        for (String family : new String[] {"warp", "block", "cluster", "reread", "pipe"}) {
+        assertTrue(built.contains("d4j_kd_reread_f32_pg") && built.contains("d4j_kd_reread_bf16_pg"), "split's stand-in for reverse KL and JSD");
+        for (String family : new String[] {"warp", "block", "cluster", "reread", "pipe", "split"}) {
             assertTrue(names.stream().anyMatch(n -> n.startsWith("d4j_kd_" + family)), family + " kernels planned");
         }
         assertTrue(names.contains("d4j_kd_pipe16p_f32"), "the partly staged pipe: " + names);
@@ -139,5 +143,50 @@ class DistillKernelsPlanTest {
         assertEquals("d4j_kd_pipe_f32", sm80.explicit("pipe", 1, 0, 16384, 8000, 4).kernel(), "cp.async: sm_80 has it");
         assertTrue(h100.explicit("pipe", 1, 0, 16384, 8000, 4).blocks() < h100.explicit("block", 1, 0, 16384, 8000, 4).blocks(),
             "twice the shared memory: fewer resident blocks");
+    }
+
+    @Test
+    void splitPlansCutRowsIntoSlicesHeldByWholeGroups() {
+        Plan p = h100.explicit("split", 1, 0, 16384, 131072, 4);
+        assertEquals("d4j_kd_split_f32", p.kernel());
+        assertEquals(2048, p.chunk(), "16 KiB of student + teacher a buffer: 2,048 fp32 columns");
+        assertEquals(p.chunk(), p.staged());
+        assertEquals(2 * 2048 * 2 * 4, p.sharedBytes(), "two buffers of [student | teacher]");
+        assertEquals(256, p.threads(), "8 columns a thread");
+        assertEquals(0, p.blocks() % 64, "whole groups of 64 slices: " + p);
+        assertEquals(512, p.blocks(), "4 blocks an SM (64 registers assumed) = 528, 8 whole groups of 64");
+        Plan bf16 = h100.explicit("split", 1, 0, 16384, 262144, 2);
+        assertEquals(4096, bf16.chunk(), "bf16: twice the columns in the same bytes");
+        Plan one = h100.explicit("split", 1, 0, 16384, 1000, 4);
+        assertEquals(1000, one.chunk(), "a row shorter than a slice is one slice");
+        assertEquals(128, one.threads());
+        Plan odd = h100.explicit("split", 1, 0, 16384, 4097, 4);
+        assertEquals(1368, odd.chunk(), "3 slices evened out (a multiple of 8): 1368 + 1368 + 1361");
+        assertEquals(0, odd.blocks() % 3);
+        assertEquals(4096, h100.explicit("split", 1, 0, 16384, 131072, 4, 64 * 1024).chunk(), "64 KiB for both buffers: 4,096 columns a slice");
+        assertEquals(3 * 128, h100.explicit("split", 1, 0, 3, 262144, 4).blocks(), "no more groups than rows");
+        assertEquals("d4j_kd_split_f32", sm80.explicit("split", 1, 0, 16384, 262144, 4).kernel(), "no clusters needed: sm_80 runs it");
+        // the ring fits the scratch for every grid: it starts past the largest grid's partials (2 x maxBlocks)
+        // and holds 2 G x 5 slice statistics + (2 G / K) x (5 + 2)
+        for (DistillKernels k : new DistillKernels[] {h100, sm80}) {
+            for (long cols : new long[] {513, 1000, 4097, 32000, 131072, 262144}) {
+                for (long stage : new long[] {Long.MAX_VALUE, 64 * 1024, 8 * 1024}) {
+                    for (int bytes : new int[] {2, 4}) {
+                        Plan q;
+                        try {
+                            q = k.explicit("split", 1, 0, 1 << 20, cols, bytes, stage);
+                        } catch (IllegalArgumentException tooManySlices) {
+                            continue;
+                        }
+                        long slices = (cols + q.chunk() - 1) / q.chunk();
+                        assertEquals(0, q.blocks() % slices, q + ": whole groups");
+                        assertTrue(q.chunk() % 8 == 0 && (slices - 1) * q.chunk() < cols, q + ": no empty slice");
+                        long ring = 2L * k.maxBlocks() + 10L * q.blocks() + 7L * (2L * q.blocks() / slices);
+                        assertTrue(ring <= k.scratchFloats(), q + ": ring of " + ring + " floats in a scratch of " + k.scratchFloats());
+                        assertTrue(q.blocks() <= k.maxBlocks(), q.toString());
+                    }
+                }
+            }
+        }
     }
 }

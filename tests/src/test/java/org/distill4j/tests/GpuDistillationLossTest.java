@@ -17,7 +17,7 @@ import org.junit.jupiter.api.Test;
 
 /**
  * The CUDA distillation loss against the CPU oracle across the kernel's regimes (warp, block,
- * cluster, re-read, and the explicit double-buffered "pipe" plans; C from 1 to 256k, with and
+ * cluster, re-read, and the explicit double-buffered "pipe" and "split" plans; C from 1 to 256k, with and
  * without 16-byte alignment), every divergence, labels with ignored rows, extreme logits, the
  * normaliser given or counted in the launch. Tag "gpu".
  */
@@ -103,6 +103,7 @@ class GpuDistillationLossTest {
                 DistillationLoss cfg = new DistillationLoss(div, 4f, 0.7f, 0.4f, -100);
                 float[][] cpu = run(CpuBackend.get(), s, te, y, rows, cols, cfg, dtype, 0, null);
                 int bytes = dtype.bytes();
+                java.util.Set<org.distill4j.bindings.kernels.DistillKernels.Plan> seen = new java.util.HashSet<>();
                 for (String regime : org.distill4j.bindings.kernels.DistillKernels.REGIMES) {
                     for (int cl : org.distill4j.bindings.kernels.DistillKernels.clusterSizes(regime)) {
                         if (cl > 1 && !clusters) continue;
@@ -116,7 +117,7 @@ class GpuDistillationLossTest {
                             } catch (IllegalArgumentException tooBig) {
                                 continue; // the slice does not fit this device's shared memory
                             }
-                            if (stage != Long.MAX_VALUE && plan.staged() == plan.chunk()) continue; // same as the full-stage plan
+                            if (!seen.add(plan)) continue; // the same launch as a variant already checked
                             float[][] got = run(gpu, s, te, y, rows, cols, cfg, dtype, 0, plan);
                             String what = "seed " + seed + ": " + dtype + " " + div + " " + rows + "x" + cols + (sparse ? " sparse teacher " : " ") + plan;
                             assertEquals(cpu[0][0], got[0][0], 1e-4 * Math.max(1e-2, Math.abs(cpu[0][0])), what + " loss");
@@ -207,6 +208,69 @@ class GpuDistillationLossTest {
         float[][] got = run(gpu, gaussian(rows * cols, 3), gaussian(rows * cols, 3), y, rows, cols, DistillationLoss.hinton(4f, 0.5f), DType.F32, 0);
         assertTrue(Float.isNaN(got[0][0]), "all rows ignored: loss " + got[0][0]);
         for (float g : got[1]) assertEquals(0f, g, "all rows ignored: gradient");
+    }
+
+    /**
+     * The split regime (seventh session, written without a GPU): rows cut into slices held by
+     * groups of blocks that exchange their statistics through L2, a round apart. Against the CPU
+     * oracle with more rows than groups (the ring of row statistics wraps many times), one slice a
+     * row (K = 1) to 128 slices, small slices (many groups), unaligned rows, fp32 and bf16, KL and
+     * MSE (reverse KL and JSD take the re-reading block under a split plan: checked too), T from
+     * 0.1 (logits of 1e4) to 100, labels (ignored rows, normaliser given or counted) or none, a
+     * top-k teacher (-inf outside 50 columns), gradient in place or none; then the same launch three
+     * more times, bit for bit (the ring is left as found, and the merge order is fixed).
+     */
+    @Test
+    void theSplitRegimeMatchesTheCpu() {
+        org.distill4j.bindings.kernels.DistillKernels k = gpu.distillPlans();
+        int[][] shapes = {{2000, 1000}, {300, 999}, {200, 4097}, {200, 32000}, {40, 131072}, {12, 262144}};
+        int checked = 0;
+        for (int[] shape : shapes) for (DType dtype : new DType[] {DType.F32, DType.BF16}) for (long stage : new long[] {Long.MAX_VALUE, 4096}) {
+            int rows = shape[0], cols = shape[1];
+            org.distill4j.bindings.kernels.DistillKernels.Plan plan;
+            try {
+                plan = k.explicit("split", 1, 0, rows, cols, dtype.bytes(), stage);
+            } catch (IllegalArgumentException tooManySlices) {
+                continue;  // 4 KiB buffers at 256k: more slices than resident blocks
+            }
+            assertEquals("split", plan.regime());
+            Divergence div = new Divergence[] {Divergence.KL, Divergence.MSE, Divergence.KL, Divergence.REVERSE_KL}[random.nextInt(4)];
+            float t = new float[] {0.1f, 1f, 4f, 100f}[random.nextInt(4)];
+            boolean labels = random.nextInt(4) != 0, topK = random.nextInt(4) == 0, inPlace = random.nextBoolean(), noGrad = random.nextInt(6) == 0;
+            float[] s = gaussian(rows * cols, t == 0.1f ? 1e4 : 5), te = gaussian(rows * cols, t == 0.1f ? 1e4 : 5);
+            if (topK && div == Divergence.KL) for (int i = 0; i < te.length; i++) if (i % cols >= 50) te[i] = Float.NEGATIVE_INFINITY;
+            long[] y = new long[rows];
+            for (int r = 0; r < rows; r++) y[r] = r % 5 == 4 ? -100 : random.nextInt(cols);
+            DistillationLoss cfg = new DistillationLoss(div, t, labels ? 0.7f : 1f, 0.5f, -100);
+            long normalizer = labels && random.nextBoolean() ? 0 : rows + 3;
+            String what = "seed " + seed + ": " + dtype + " " + div + " T=" + t + " " + rows + "x" + cols + (labels ? " labels" : " no labels")
+                + (topK ? " top-k teacher" : "") + (noGrad ? " no gradient" : inPlace ? " in place" : "") + " normalizer " + normalizer + " " + plan;
+            float[][] cpu = runSplit(CpuBackend.get(), s, te, labels ? y : null, rows, cols, cfg, dtype, normalizer, null, inPlace, noGrad);
+            float[][] first = runSplit(gpu, s, te, labels ? y : null, rows, cols, cfg, dtype, normalizer, plan, inPlace, noGrad);
+            double floor = 1e-3 * Math.max(1, cfg.alpha() * t * t) * Math.max(1, Math.log(cols));
+            assertEquals(cpu[0][0], first[0][0], 1e-4 * Math.max(floor, Math.abs(cpu[0][0])), what + " loss");
+            if (!noGrad) assertGradientClose(cpu[1], first[1], dtype == DType.BF16 ? 1e-2 : 1e-4, what);
+            for (int again = 0; again < 3; again++) {
+                float[][] next = runSplit(gpu, s, te, labels ? y : null, rows, cols, cfg, dtype, normalizer, plan, inPlace, noGrad);
+                org.junit.jupiter.api.Assertions.assertArrayEquals(first[0], next[0], what + ": launch " + (again + 2) + ", loss bits");
+                org.junit.jupiter.api.Assertions.assertArrayEquals(first[1], next[1], what + ": launch " + (again + 2) + ", gradient bits");
+            }
+            checked++;
+        }
+        assertTrue(checked >= 20, "split plans checked: " + checked);
+    }
+
+    /** One evaluation with optional labels, the gradient in place over s, apart, or not asked for. */
+    private static float[][] runSplit(org.distill4j.core.Backend b, float[] s, float[] t, long[] y, int rows, int cols, DistillationLoss cfg, DType dtype,
+                                      long normalizer, org.distill4j.bindings.kernels.DistillKernels.Plan plan, boolean inPlace, boolean noGrad) {
+        try (Tensor ts = b.empty(dtype, rows, cols).copyFrom(s); Tensor tt = b.empty(dtype, rows, cols).copyFrom(t);
+             Tensor ty = y == null ? null : b.empty(DType.I64, rows).copyFrom(y); Tensor loss = b.empty(DType.F32, 1);
+             Tensor apart = noGrad || inPlace ? null : b.empty(dtype, rows, cols)) {
+            Tensor grad = noGrad ? null : inPlace ? ts : apart;
+            if (plan != null) ((CudaBackend) b).distillationLoss(ts, tt, ty, cfg, normalizer, loss, grad, plan);
+            else ((CpuBackend) b).referenceDistillationLoss(ts, tt, ty, cfg, normalizer, loss, grad);
+            return new float[][] {loss.toFloatArray(), grad == null ? new float[0] : grad.toFloatArray()};
+        }
     }
 
     /**

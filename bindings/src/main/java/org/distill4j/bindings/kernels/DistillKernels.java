@@ -20,7 +20,10 @@ import org.distill4j.bindings.cuda.cuda_h;
  * Clusters of 4, 8 and 16 blocks, and partial staging at any size, are there for
  * {@link #explicit} plans: measured, not faster ({@code GpuLossBench --sweep}). So is "pipe", the
  * block or cluster regime double-buffered with cp.async (the next row copied while this one is
- * computed), written without a GPU in the fifth session and not yet measured.
+ * computed), written without a GPU in the fifth session and not yet measured, and "split" (the
+ * seventh session, no GPU either, not yet measured): a row cut into slices held by a fixed group of
+ * blocks that meet through L2, each row read once at any length and without clusters, the copy of
+ * one row overlapping the gradient pass of the previous one.
  * A plan names the KL/MSE kernel; reverse KL and JSD run its {@code _pg} twin (their gradient's
  * row sum formed in double), chosen by {@link #launch} from the divergence. Grids are about one wave; blocks loop
  * over rows, so the loss partials stay within {@link #maxBlocks()} entries. The thresholds are
@@ -48,14 +51,25 @@ public final class DistillKernels {
     public static final int MAX_CLUSTER = 16;
 
     /** The regimes {@link #explicit} plans, in the order benchmarks and tests list them. */
-    public static final List<String> REGIMES = List.of("block", "cluster", "reread", "pipe");
+    public static final List<String> REGIMES = List.of("block", "cluster", "reread", "pipe", "split");
+
+    /** Columns of a split plan's slice by default: 16 KiB of student + teacher a buffer (2,048 fp32 columns). */
+    static final int SPLIT_BUFFER_BYTES = 16 * 1024;
+
+    /**
+     * Floats of the partials scratch per block of {@link #maxBlocks()}: 2 for the block's loss
+     * partial (soft, hard) and 24 for the split regime's ring, which starts after all of those (per block: 2 rounds x 5 slice
+     * statistics; per row a round, at most one per block: 2 x 5 row statistics and 2 x 2 words of
+     * arrivals and ready flags), which must be zero before the first launch.
+     */
+    public static final int SCRATCH_FLOATS_PER_BLOCK = 2 + 24;
 
     /** The cluster sizes a regime's explicit plans take (1: no cluster; pipe: the block and every cluster). */
     public static int[] clusterSizes(String regime) {
         return switch (regime) {
             case "cluster" -> new int[] {2, 4, 8, 16};
             case "pipe" -> new int[] {1, 2, 4, 8, 16};
-            case "block", "reread" -> new int[] {1};
+            case "block", "reread", "split" -> new int[] {1};
             default -> throw new IllegalArgumentException("unknown fused-loss regime '" + regime + "', expected one of " + REGIMES);
         };
     }
@@ -81,9 +95,14 @@ public final class DistillKernels {
         this.maxSharedOptin = maxSharedBytesPerBlockOptin;
     }
 
-    /** Upper bound on any plan's block count: the size of the partials scratch (2 floats a block). */
+    /** Upper bound on any plan's block count. */
     public int maxBlocks() {
         return multiprocessors * MAX_BLOCKS_PER_SM;
+    }
+
+    /** Floats of the partials scratch a {@link #launch} needs (zeroed once, before the first launch; the kernels leave it so). */
+    public long scratchFloats() {
+        return (long) maxBlocks() * SCRATCH_FLOATS_PER_BLOCK;
     }
 
     /** The regime and launch shape for {@code rows x cols} logits of {@code elementBytes} (4 fp32, 2 bf16). */
@@ -137,6 +156,7 @@ public final class DistillKernels {
             throw new IllegalArgumentException("threads a block: a multiple of 32 from 32 to " + BLOCK_THREADS + ", got " + threadsPerBlock);
         }
         String type = elementBytes == 2 ? "bf16" : "f32";
+        if (regime.equals("split")) return split(clusterSize, blocksPerSm, rows, cols, elementBytes, maxStageBytes, threadsPerBlock, type);
         int cl = clusterSize;
         if (Integer.bitCount(cl) != 1 || cl > MAX_CLUSTER) throw new IllegalArgumentException("cluster size " + cl + ": 1, 2, 4, 8 or 16");
         if (cl > 1 && computeMajor < 9) throw new IllegalArgumentException("clusters need sm_90+, this GPU is sm_" + computeMajor + "x");
@@ -181,9 +201,38 @@ public final class DistillKernels {
     }
 
     /**
+     * The split regime's plan: slices of {@code chunk} columns (16 KiB of student + teacher a buffer
+     * by default, or the largest that fits {@code maxStageBytes} for both buffers when that is below
+     * what the device offers), K = ceil(cols / chunk) slices a row evened out to multiples of 8, and
+     * a grid of whole groups of K blocks, all resident at once (the launch is cooperative).
+     */
+    private Plan split(int clusterSize, int blocksPerSm, long rows, long cols, int elementBytes, long maxStageBytes, int threadsPerBlock, String type) {
+        if (clusterSize != 1) throw new IllegalArgumentException("split with cluster size " + clusterSize + ": expected [1]");
+        long deviceBytes = maxSharedOptin - STATIC_SHARED_BYTES;
+        long bufferBytes = maxStageBytes >= deviceBytes ? SPLIT_BUFFER_BYTES : maxStageBytes / 2;
+        long target = Math.min(bufferBytes, deviceBytes / 2) / (2L * elementBytes) / 8 * 8;  // columns a slice, a multiple of 8
+        if (target < 8) throw new IllegalArgumentException("split: " + maxStageBytes + " bytes stage nothing");
+        long slices = (cols + target - 1) / target;
+        long chunk = roundUp((cols + slices - 1) / slices, 8);
+        slices = (cols + chunk - 1) / chunk;  // rounding chunk up may leave fewer slices, none empty
+        int bytes = (int) (2 * chunk * 2L * elementBytes);
+        int threads = threadsPerBlock != 0 ? threadsPerBlock : (int) Math.min(BLOCK_THREADS, Math.max(MIN_BLOCK_THREADS, Long.highestOneBit(Math.max(1, chunk / 8))));
+        String name = "d4j_kd_split_" + type;
+        long bySharedMemory = (maxSharedOptin + 1024L) / (bytes + STATIC_SHARED_BYTES + 1024);
+        int fit = (int) Math.max(1, Math.min(Math.min(2048 / threads, MAX_BLOCKS_PER_SM), Math.min(bySharedMemory, blocksPerSmByRegisters(name, threads))));
+        int perSm = blocksPerSm > 0 ? Math.min(blocksPerSm, fit) : fit;
+        long resident = (long) multiprocessors * perSm;
+        if (resident < slices) {
+            throw new IllegalArgumentException("split: a row of " + slices + " slices needs " + slices + " resident blocks, this plan has " + resident);
+        }
+        long groups = Math.max(1, Math.min(rows, resident / slices));
+        return new Plan(name, "split", 1, (int) (groups * slices), threads, bytes, chunk, chunk);
+    }
+
+    /**
      * One evaluation, one launch: loss[0..nout) and (if grad is not NULL) dL/ds into grad, which may
      * be s. counters: 3 u64, zero on entry (the kernel leaves them zero). partials:
-     * {@link #maxBlocks()} * 2 floats of scratch. normalizer: the caller's N, or 0 to divide by the
+     * {@link #scratchFloats()} floats of scratch, zero before the first launch. normalizer: the caller's N, or 0 to divide by the
      * rows whose label is in [0, cols) (counted by the kernel: every block waits at a grid barrier
      * for the count, so the grid is cut to what is resident at once and launched so that the driver
      * refuses, rather than hangs on, a grid that is not) or, without labels, by {@code rows}.
@@ -197,18 +246,33 @@ public final class DistillKernels {
         // is resident at once (blocks loop over rows, so any grid covers them).
         // The counted normalizer's grid barrier needs the same cut, and a cooperative launch (below).
         boolean pg = divergence == 1 || divergence == 2;
+        // The split kernel is KL and MSE only (reverse KL and JSD would need a third step for
+        // their gradient's row sum): those two take the re-reading block instead.
+        if (pg && plan.regime().equals("split")) plan = explicit("reread", 1, 0, rows, cols, plan.kernel().endsWith("_bf16") ? 2 : 4);
+        boolean split = plan.regime().equals("split");
         boolean counted = normalizer <= 0f && !labels.equals(MemorySegment.NULL);
-        boolean cooperative = counted && plan.clusterSize() == 1;
+        // split: a group's blocks wait for each other's row statistics, so all must be resident
+        boolean cooperative = (counted && plan.clusterSize() == 1) || split;
         String kernel = pg ? plan.kernel() + "_pg" : plan.kernel();
         MemorySegment fn = function(kernel, plan);
-        int blocks = pg || counted ? Math.min(plan.blocks(), coResident(kernel, fn, plan, stream)) : plan.blocks();
+        int blocks = pg || counted || split ? Math.min(plan.blocks(), coResident(kernel, fn, plan, stream)) : plan.blocks();
+        if (split) {
+            long slices = (cols + plan.chunk() - 1) / plan.chunk();
+            blocks = (int) (blocks / slices * slices);  // whole groups
+            if (blocks == 0) {
+                throw new IllegalStateException(kernel + ": a row of " + slices + " slices needs " + slices + " resident blocks, the device holds "
+                    + coResident(kernel, fn, plan, stream));
+            }
+        }
         try (Arena a = Arena.ofConfined()) {
             LaunchArgs la = new LaunchArgs(a, 18).pointer(s).pointer(t);
             la = labels.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(labels);
             la = la.i64(rows).i64(cols).i32(divergence).f32(temperature).f32(alpha).f32(beta).i64(ignore).pointer(counters).f32(Math.max(0f, normalizer))
                 .pointer(partials).pointer(loss).i32(nout);
             la = grad.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(grad);
-            la = la.i64(plan.chunk()).i64(plan.staged());
+            // split: the last argument is where its ring starts in the partials scratch, past the
+            // loss partials of any grid (another regime's launch overwrites those)
+            la = la.i64(plan.chunk()).i64(split ? 2L * maxBlocks() : plan.staged());
             // cooperative: the driver checks that every block is resident at once (the grid
             // barrier's premise) and fails with COOPERATIVE_LAUNCH_TOO_LARGE otherwise; counted
             // cluster kernels rely on the grid cut to cuOccupancyMaxActiveClusters (coResident)

@@ -62,7 +62,8 @@ public final class CudaBackend implements Backend {
     private final DeviceBuffer flags; // 16 bytes of device scratch: counters and flags
     private final DistillKernels distill;
     // The fused loss's scratch, kept for the backend's life: 3 u64 counters (counted rows, bad
-    // label, finish ticket) that the kernel leaves zeroed, and a partial (soft, hard) per block.
+    // label, finish ticket) that the kernel leaves zeroed, and a partial (soft, hard) per block
+    // followed by the split regime's ring (DistillKernels.SCRATCH_FLOATS_PER_BLOCK).
     private final DeviceBuffer lossCounters, lossPartials;
     private MathMode mathMode;
     private boolean closed;
@@ -79,7 +80,8 @@ public final class CudaBackend implements Backend {
         this.distill = new DistillKernels(module, info.multiprocessors(), info.computeMajor(), info.maxSharedBytesPerBlockOptin());
         this.lossCounters = context.allocate(scratchArena, 3 * Long.BYTES);
         context.zero(lossCounters);
-        this.lossPartials = context.allocate(scratchArena, (long) distill.maxBlocks() * 2 * Float.BYTES);
+        this.lossPartials = context.allocate(scratchArena, distill.scratchFloats() * Float.BYTES);
+        context.zero(lossPartials);  // the split regime's ring starts (and every launch leaves it) zero
         // cuBLAS gets a workspace of our own, so that no gemm allocates memory itself: required for
         // gemms inside a captured CUDA graph (cuBLAS docs, "CUDA Graphs support"); 32 MiB as
         // recommended for Hopper.
