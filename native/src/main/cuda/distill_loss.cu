@@ -846,26 +846,33 @@ D4J_KD_PIPE(d4j_kd_pipe16p_bf16, __nv_bfloat16, 16, true)
 // block's wait in round j. Two rounds of ring suffice: a block writes round j + 2's slot after it
 // finished row j + 1, which waited for every group block's round j + 1 statistics, which each
 // block computes after it finished row j, the last reader of round j's slot.
-// Ring (in the partials scratch from float `ring` on, past every regime's loss partials, which a
-// launch of another regime may overwrite; R = 2 G / K ring rows, row r in ring row r % R): slice statistics [R][K][5] floats, row statistics [R][5], arrivals [R] and ready [R]
-// (u32). Arrivals are reset by each row's K-th block, ready flags by the finishing block: the
-// launch leaves the ring as it found it (zero), and stays replayable in a graph.
+// Ring, in the partials scratch from float ring0 = 2 M on (M = the host's largest grid: past every
+// regime's loss partials, which a launch of another regime overwrites); R = 2 G / K ring rows, row
+// r in ring row r % R, R <= 2 M. Flags (u32) at fixed places whatever G and K: arrivals [2 M] from
+// ring0, ready [2 M] after them; then slice statistics [R][K][5] floats and row statistics [R][5].
+// Arrivals are reset by each row's K-th block, ready flags by the finishing block, so every flag
+// is zero between launches (the statistics need not be: a launch with another G or K lays them out
+// differently, which is why the flags have places of their own), and the launch replays in a graph.
 template <typename T>
 __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t, const int64_t* __restrict__ labels, int64_t rows, int64_t cols,
                                              int div, float temperature, float alpha, float beta, int64_t ignore,
                                              unsigned long long* __restrict__ counters, float normalizer, float* __restrict__ partials,
                                              float* __restrict__ loss, int nout, T* grad, int64_t chunk, int64_t ring0) {
     extern __shared__ float4 d4j_kd_smem[];
-    __shared__ float own[2][5], row5[5];  // K = 1: a buffer's row statistics; K > 1: the row being finished
+    __shared__ float row5[5];  // K > 1: the statistics of the row being finished
+    // K = 1: the statistics of the row to finish next, in every thread's registers (the block
+    // reductions give every thread the results; shared memory would need one more barrier)
+    float held[5];
     const D4jKd k = d4j_kd(div, temperature, alpha, beta, labels != nullptr, cols);
     const int K = (int)((cols + chunk - 1) / chunk);
     const int G = (int)gridDim.x, perRound = G / K, R = 2 * perRound;
     const int group = (int)blockIdx.x / K, slice = (int)blockIdx.x % K;
     const int64_t lo = (int64_t)slice * chunk, n = min(cols, lo + chunk) - lo;  // this block's slice [lo, lo + n); n >= 1
-    float* sliceStats = partials + ring0;                                 // [R][K][5]
+    const int64_t M = ring0 / 2;
+    unsigned* arrivals = reinterpret_cast<unsigned*>(partials + ring0);  // [R] of [2 M]
+    unsigned* ready = arrivals + 2 * M;                                   // [R] of [2 M]
+    float* sliceStats = partials + ring0 + 4 * M;                         // [R][K][5]
     float* rowStats = sliceStats + (int64_t)R * K * 5;                    // [R][5]
-    unsigned* arrivals = reinterpret_cast<unsigned*>(rowStats + R * 5);  // [R]
-    unsigned* ready = arrivals + R;                                       // [R]
     const float norm = d4j_normalizer(normalizer, labels, rows, cols, ignore, counters), scale = 1.f / norm;
     float dsum = 0.f, hsum = 0.f;  // this thread's share of sum D and of sum -log softmax(s)[y], over its rows in order
     constexpr int V = 16 / sizeof(T);
@@ -915,7 +922,7 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
             }
         }
     };
-    // Row r's slice statistics from buffer b, published (K > 1) or kept in own[b] (K = 1).
+    // Row r's slice statistics from buffer b, published (K > 1) or kept in held (K = 1).
     auto statistics = [&](int64_t r, int b) {
         int64_t y;
         if (d4j_row_status(labels, r, cols, ignore, y) != 0) return;  // the same in every thread and every block of the group
@@ -938,20 +945,24 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
             for (int j = 0; j < W; j++) d4j_kd_sums(k, rs, rt, sv[j], tv[j], sum[0], sum[1], sum[2]);
         });
         d4j_block_reduce<3, false>(sum);
+        if (K == 1) {  // the row's statistics, kept for its finish next round
+            held[0] = mx[0];
+            held[1] = mx[1];
+            held[2] = sum[0];
+            held[3] = sum[1];
+            held[4] = sum[2];
+            return;
+        }
         if (threadIdx.x >= 32) return;
         const int ring = (int)(r % R);
         bool last = false;
         if (threadIdx.x == 0) {
-            // K = 1: the row's statistics, kept for its finish next round
-            float* slot = K == 1 ? own[b] : sliceStats + ((int64_t)ring * K + slice) * 5;
+            float* slot = sliceStats + ((int64_t)ring * K + slice) * 5;
             slot[0] = mx[0];
             slot[1] = mx[1];
             slot[2] = sum[0];
             slot[3] = sum[1];
             slot[4] = sum[2];
-        }
-        if (K == 1) return;
-        if (threadIdx.x == 0) {
             __threadfence();  // the slot is visible device-wide before the ticket says so
             last = atomicAdd(&arrivals[ring], 1u) == (unsigned)(K - 1);
         }
@@ -1000,7 +1011,7 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
             if (status == 2 && threadIdx.x == 0 && slice == 0) dsum = hsum = __int_as_float(0x7fc00000);
             return;
         }
-        const float* st5 = own[b];
+        float st5[5];  // unrolled with constant indices: registers, not a stack frame
         if (K > 1) {
             const int ring = (int)(r % R);
             if (threadIdx.x == 0) {
@@ -1011,7 +1022,11 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
                 for (int j = 0; j < 5; j++) row5[j] = __ldcg(&rowStats[ring * 5 + j]);
             }
             __syncthreads();
-            st5 = row5;
+#pragma unroll
+            for (int j = 0; j < 5; j++) st5[j] = row5[j];
+        } else {
+#pragma unroll
+            for (int j = 0; j < 5; j++) st5[j] = held[j];
         }
         const float ms = st5[0], mt = st5[1];
         const D4jRow st = {ms, mt, logf(st5[2]), logf(st5[3]), logf(st5[4])};

@@ -58,9 +58,10 @@ public final class DistillKernels {
 
     /**
      * Floats of the partials scratch per block of {@link #maxBlocks()}: 2 for the block's loss
-     * partial (soft, hard) and 24 for the split regime's ring, which starts after all of those (per block: 2 rounds x 5 slice
-     * statistics; per row a round, at most one per block: 2 x 5 row statistics and 2 x 2 words of
-     * arrivals and ready flags), which must be zero before the first launch.
+     * partial (soft, hard) and 24 for the split regime's ring, which starts after all of those:
+     * 2 x 2 words of flags (arrivals and ready for 2 ring rows, at fixed places), then per block
+     * 2 rounds x 5 slice statistics and (a row a round at most per block) 2 x 5 row statistics.
+     * It must be zero before the first launch (every launch leaves the flags zero).
      */
     public static final int SCRATCH_FLOATS_PER_BLOCK = 2 + 24;
 
@@ -271,7 +272,8 @@ public final class DistillKernels {
                 .pointer(partials).pointer(loss).i32(nout);
             la = grad.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(grad);
             // split: the last argument is where its ring starts in the partials scratch, past the
-            // loss partials of any grid (another regime's launch overwrites those)
+            // loss partials of any grid (another regime's launch overwrites those); the kernel
+            // takes half of it as the largest grid, which sizes the ring's flag arrays
             la = la.i64(plan.chunk()).i64(split ? 2L * maxBlocks() : plan.staged());
             // cooperative: the driver checks that every block is resident at once (the grid
             // barrier's premise) and fails with COOPERATIVE_LAUNCH_TOO_LARGE otherwise; counted
