@@ -1,0 +1,192 @@
+// A CPU emulation of the CUDA features the fused loss kernels use, to run their logic without a
+// GPU (native/src/test/emu/run.sh). Not a simulator of timing or of the memory model's weak
+// orderings: blocks are OS threads (all resident at once, truly concurrent: their atomics, flags
+// and spin-waits interleave for real), the threads of a block are fibers (ucontext) switched at
+// __syncthreads and warp shuffles, so per-block state (__shared__) is thread_local to the block's
+// OS thread. What it checks: indexing, the order of steps, barriers reached by every thread,
+// protocols between blocks (tickets, flags, rings, grid barriers) and the arithmetic, against a
+// float64 reference. Races that need the GPU's weaker memory ordering are not exposed.
+#pragma once
+#include <atomic>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <sched.h>
+#include <thread>
+#include <ucontext.h>
+#include <vector>
+
+#define __device__
+#define __host__
+#define __global__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static thread_local
+
+struct dim3 { unsigned x = 0, y = 0, z = 0; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
+
+namespace emu {
+// The block this OS thread runs, and the fiber (CUDA thread) running in it.
+struct Block;
+inline thread_local Block* current = nullptr;
+
+struct Fiber {
+    ucontext_t ctx;
+    std::vector<char> stack;
+    bool done = false;
+};
+
+struct Block {
+    unsigned threads;
+    std::vector<Fiber> fibers;
+    ucontext_t scheduler;
+    unsigned running = 0;
+    // barriers: arrivals and generation, for the block and for each warp
+    unsigned arrived = 0, generation = 0;
+    std::vector<unsigned> warpArrived, warpGeneration;
+    std::vector<unsigned long long> warpSlots;  // one 8-byte value a lane, for shuffles
+    std::vector<char> dynamicShared;
+    std::function<void()> body;
+};
+
+inline void yield() { swapcontext(&current->fibers[current->running].ctx, &current->scheduler); }
+
+inline void blockBarrier() {
+    Block* b = current;
+    unsigned gen = b->generation;
+    if (++b->arrived == b->threads) {
+        b->arrived = 0;
+        b->generation++;
+        return;
+    }
+    while (b->generation == gen) yield();
+}
+
+inline void warpBarrier(unsigned lane0Warp) {
+    Block* b = current;
+    unsigned gen = b->warpGeneration[lane0Warp];
+    if (++b->warpArrived[lane0Warp] == 32) {
+        b->warpArrived[lane0Warp] = 0;
+        b->warpGeneration[lane0Warp]++;
+        return;
+    }
+    while (b->warpGeneration[lane0Warp] == gen) yield();
+}
+}  // namespace emu
+
+inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+
+namespace emu {
+inline void trampoline(unsigned hi, unsigned lo) {
+    (void)hi;
+    (void)lo;
+    Block* b = current;
+    threadIdx.x = b->running;
+    b->body();
+    b->fibers[b->running].done = true;
+    // back to the scheduler for good (uc_link)
+}
+
+// Runs one block: every thread a fiber, resumed round-robin until all are done.
+inline void runBlock(Block& b) {
+    current = &b;
+    for (unsigned t = 0; t < b.threads; t++) {
+        Fiber& f = b.fibers[t];
+        f.stack.resize(256 * 1024);
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack.data();
+        f.ctx.uc_stack.ss_size = f.stack.size();
+        f.ctx.uc_link = &b.scheduler;
+        makecontext(&f.ctx, (void (*)())trampoline, 2, 0u, 0u);
+    }
+    for (;;) {
+        bool any = false;
+        for (unsigned t = 0; t < b.threads; t++) {
+            if (b.fibers[t].done) continue;
+            any = true;
+            b.running = t;
+            threadIdx.x = t;
+            swapcontext(&b.scheduler, &b.fibers[t].ctx);
+        }
+        if (!any) break;
+    }
+    current = nullptr;
+}
+}  // namespace emu
+
+// Launches kernel(args...) on grid x block threads with `shared` bytes of dynamic shared memory:
+// every block an OS thread, all at once (a cooperative launch's residency).
+template <typename F>
+inline void emuLaunch(unsigned grid, unsigned block, size_t shared, F kernel) {
+    gridDim.x = grid;
+    blockDim.x = block;
+    std::vector<std::thread> workers;
+    for (unsigned g = 0; g < grid; g++) {
+        workers.emplace_back([=] {
+            emu::Block b;
+            b.threads = block;
+            b.fibers.resize(block);
+            b.warpArrived.assign(block / 32, 0);
+            b.warpGeneration.assign(block / 32, 0);
+            b.warpSlots.assign(block, 0);
+            b.dynamicShared.assign(shared + 16, 0);
+            b.body = kernel;
+            blockIdx.x = g;
+            emu::runBlock(b);
+        });
+    }
+    for (auto& w : workers) w.join();
+}
+
+inline void* emuDynamicShared() {
+    uintptr_t p = (uintptr_t)emu::current->dynamicShared.data();
+    return (void*)((p + 15) & ~(uintptr_t)15);
+}
+
+inline void __syncthreads() { emu::blockBarrier(); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __nanosleep(unsigned) { sched_yield(); }
+[[noreturn]] inline void __trap() { std::abort(); }
+
+template <typename V> inline V emuShuffle(V v, unsigned srcLane) {
+    static_assert(sizeof(V) <= 8, "8-byte lanes");
+    emu::Block* b = emu::current;
+    unsigned t = threadIdx.x, warp = t / 32, base = warp * 32;
+    unsigned long long raw = 0;
+    std::memcpy(&raw, &v, sizeof(V));
+    b->warpSlots[t] = raw;
+    emu::warpBarrier(warp);
+    raw = b->warpSlots[base + (srcLane & 31)];
+    emu::warpBarrier(warp);  // every lane has read before the slots are reused
+    V out;
+    std::memcpy(&out, &raw, sizeof(V));
+    return out;
+}
+template <typename V> inline V __shfl_xor_sync(unsigned, V v, int o) { return emuShuffle(v, (threadIdx.x & 31) ^ (unsigned)o); }
+template <typename V> inline V __shfl_sync(unsigned, V v, int src) { return emuShuffle(v, (unsigned)src); }
+inline unsigned __reduce_add_sync(unsigned, unsigned v) {
+    unsigned sum = 0;
+    for (int lane = 0; lane < 32; lane++) sum += emuShuffle(v, (unsigned)lane);
+    return sum;
+}
+
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+template <typename V> inline V __ldcg(const V* p) { return __atomic_load_n(reinterpret_cast<const volatile V*>(p), __ATOMIC_RELAXED); }
+inline float __ldcg(const float* p) { return *reinterpret_cast<const volatile float*>(p); }
+inline float4 __ldg(const float4* p) { return *p; }
+inline uint2 __ldg(const uint2* p) { return *p; }
+template <typename V> inline V __ldg(const V* p) { return *p; }
+
+inline float __expf(float x) { return expf(x); }
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
+inline int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max(int64_t a, int64_t b) { return a > b ? a : b; }

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the fused loss's split regime on the CPU emulation of CUDA (include/cuda_emu.h) against a
+# float64 reference and the re-reading kernel: its logic checked without a GPU (not its speed,
+# nor races that only the GPU's weaker memory ordering would show). Needs g++ (C++17).
+#   bash native/src/test/emu/run.sh
+set -euo pipefail
+command -v g++ >/dev/null 2>&1 || { echo "[native] split emulation skipped: no g++"; exit 0; }
+here="$(cd "$(dirname "$0")" && pwd)"
+src="$here/../../main/cuda"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+cp "$src/common.cuh" "$work/"
+# dynamic shared memory: the emulated block's buffer instead of an extern array
+sed 's|extern __shared__ float4 d4j_kd_smem\[\];|float4* d4j_kd_smem = (float4*)emuDynamicShared();|' "$src/distill_loss.cu" > "$work/distill_loss_emu.cu"
+grep -q "emuDynamicShared" "$work/distill_loss_emu.cu" || { echo "emu: the dynamic shared memory declaration moved; update run.sh" >&2; exit 1; }
+# -fno-strict-aliasing: the kernels read bf16 quads through uint2 (nvcc's idiom; g++ -O2 otherwise
+# optimised the re-reading kernel's teacher loads to zeros)
+g++ -std=c++17 -O2 -fno-strict-aliasing -pthread -w -include "$here/include/cuda_emu.h" -I"$here/include" -I"$work" -o "$work/split_emu" "$here/split_emu.cpp"
+# a protocol fault shows as a hang (a group waiting on a flag): 5 minutes, then fail
+echo "[native] split regime on the CPU emulation of CUDA ($(basename "$here")/split_emu.cpp)"
+timeout 300 "$work/split_emu" || { echo "[native] split emulation FAILED (exit $?; 124 = hung)" >&2; exit 1; }
