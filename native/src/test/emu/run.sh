@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs the fused loss's split regime on the CPU emulation of CUDA (include/cuda_emu.h) against a
-# float64 reference and the re-reading kernel: its logic checked without a GPU (not its speed,
-# nor races that only the GPU's weaker memory ordering would show). Needs g++ (C++17).
+# Runs the fused loss kernels that need no clusters (warp, block, re-reading, pipelined block,
+# split; their reverse KL / JSD twins) on the CPU emulation of CUDA (include/cuda_emu.h) against a
+# float64 reference (loss_emu.cpp): their logic checked without a GPU, not their speed, clusters,
+# or races that only the GPU's weaker memory ordering would show. Needs g++ (C++17); about a minute.
 #   bash native/src/test/emu/run.sh
 set -euo pipefail
-command -v g++ >/dev/null 2>&1 || { echo "[native] split emulation skipped: no g++"; exit 0; }
+command -v g++ >/dev/null 2>&1 || { echo "[native] loss kernel emulation skipped: no g++"; exit 0; }
 here="$(cd "$(dirname "$0")" && pwd)"
 src="$here/../../main/cuda"
 work="$(mktemp -d)"
@@ -15,7 +16,7 @@ sed 's|extern __shared__ float4 d4j_kd_smem\[\];|float4* d4j_kd_smem = (float4*)
 grep -q "emuDynamicShared" "$work/distill_loss_emu.cu" || { echo "emu: the dynamic shared memory declaration moved; update run.sh" >&2; exit 1; }
 # -fno-strict-aliasing: the kernels read bf16 quads through uint2 (nvcc's idiom; g++ -O2 otherwise
 # optimised the re-reading kernel's teacher loads to zeros)
-g++ -std=c++17 -O2 -fno-strict-aliasing -pthread -w -include "$here/include/cuda_emu.h" -I"$here/include" -I"$work" -o "$work/split_emu" "$here/split_emu.cpp"
+g++ -std=c++17 -O2 -fno-strict-aliasing -pthread -w -include "$here/include/cuda_emu.h" -I"$here/include" -I"$work" -o "$work/loss_emu" "$here/loss_emu.cpp"
 # a protocol fault shows as a hang (a group waiting on a flag): 5 minutes, then fail
-echo "[native] split regime on the CPU emulation of CUDA ($(basename "$here")/split_emu.cpp)"
-timeout 300 "$work/split_emu" || { echo "[native] split emulation FAILED (exit $?; 124 = hung)" >&2; exit 1; }
+echo "[native] loss kernels on the CPU emulation of CUDA (src/test/emu/loss_emu.cpp)"
+timeout 300 "$work/loss_emu" || { echo "[native] loss kernel emulation FAILED (exit $?; 124 = hung)" >&2; exit 1; }
