@@ -1,5 +1,5 @@
-// The fused loss kernels of distill_loss.cu that need no clusters (warp, block, re-reading block,
-// pipelined block, split) run on the CPU emulation of CUDA (include/cuda_emu.h) against a float64
+// Every fused loss kernel of distill_loss.cu (warp, block, clusters of 2-16 blocks fully and partly
+// staged, re-reading block, pipelined block and clusters, split) runs on the CPU emulation of CUDA (include/cuda_emu.h) against a float64
 // reference: every divergence (the _pg twins for reverse KL and JSD), fp32 and bf16, labels with
 // ignored rows, the normaliser given or counted in the launch (the grid barrier), no labels, the
 // gradient apart, in place or none, a top-k teacher, an out-of-range label and a NaN logit (NaN
@@ -8,8 +8,8 @@
 // slice a row (K = 1) and many, and uneven slices. Built and run by run.sh (the native module's
 // test phase). Bounds: loss within 1e-5 relative (a floor of alpha T^2 ln C ulps), gradient within
 // 1e-5 of its largest element for KL and MSE, 1e-4 for reverse KL and JSD (fp32; bf16 1e-2).
-// What it cannot check: speed, clusters (sm_90 hardware), and races that only the GPU's weaker
-// memory ordering or real warp scheduling would show.
+// What it cannot check: speed, and races that only the GPU's weaker memory ordering or real warp
+// scheduling would show.
 #include "distill_loss_emu.cu"
 #include <random>
 #include <string>
@@ -25,7 +25,9 @@ struct Case {
     bool labels;
     long normalizer;      // 0: counted (labels) or rows (no labels)
     int grad;             // 0 none, 1 apart, 2 in place over s
-    int chunk = 0, groups = 0, threads = 64, blocks = 5;  // split: columns a slice, groups; others: grid
+    int chunk = 0, groups = 0, threads = 64, blocks = 5;  // split: columns a slice, groups; others: grid (clusters: groups)
+    int cl = 1;         // cluster and pipe: blocks a row
+    int64_t held = 0;   // cluster and pipe: staged columns of a slice (0: all of it)
     bool topK = false, bf16 = false, badLabel = false, nanLogit = false;
 
     std::string name() const {
@@ -34,7 +36,8 @@ struct Case {
         std::snprintf(b, sizeof b, "%s %s %s %dx%d T=%g%s%s%s%s%s%s", regime.c_str(), bf16 ? "bf16" : "f32", divs[div], rows, cols, T,
                       labels ? (normalizer ? " labels" : " labels, N counted") : " no labels", grad == 2 ? ", in place" : grad == 0 ? ", no gradient" : "",
                       topK ? ", top-k teacher" : "", badLabel ? ", bad label" : "", nanLogit ? ", NaN logit" : "",
-                      regime == "split" ? (", K = " + std::to_string((cols + chunk - 1) / chunk)).c_str() : "");
+                      regime == "split" ? (", K = " + std::to_string((cols + chunk - 1) / chunk)).c_str()
+                      : cl > 1 || held ? (", " + std::to_string(cl) + " blocks a row" + (held ? ", " + std::to_string(held) + " columns staged" : "")).c_str() : "");
         return b;
     }
 };
@@ -119,7 +122,23 @@ template <typename T> Kernel<T> kernelFor(const Case& c) {
         }
     }
     if (c.regime == "block") D4J_PICK(d4j_kd_block);
-    if (c.regime == "pipe") D4J_PICK(d4j_kd_pipe);
+    if (c.regime == "cluster") {
+        switch (c.cl) {
+            case 2: D4J_PICK(d4j_kd_cluster2);
+            case 4: D4J_PICK(d4j_kd_cluster4);
+            case 8: D4J_PICK(d4j_kd_cluster8);
+            default: D4J_PICK(d4j_kd_cluster16);
+        }
+    }
+    if (c.regime == "pipe") {
+        switch (c.cl) {
+            case 1: D4J_PICK(d4j_kd_pipe);
+            case 2: D4J_PICK(d4j_kd_pipe2);
+            case 4: D4J_PICK(d4j_kd_pipe4);
+            case 8: D4J_PICK(d4j_kd_pipe8);
+            default: if (c.held) D4J_PICK(d4j_kd_pipe16p); else D4J_PICK(d4j_kd_pipe16);
+        }
+    }
     if (c.regime == "split" && !pg) return (Kernel<T>)(b ? (void*)d4j_kd_split_bf16 : (void*)d4j_kd_split_f32);
     D4J_PICK(d4j_kd_reread);  // reread, and split's stand-in for reverse KL and JSD (as the host)
 #undef D4J_PICK
@@ -139,12 +158,20 @@ Result launch(const Case& c, const std::vector<float>& s32, const std::vector<fl
     const bool pg = c.div == 1 || c.div == 2;
     const int64_t padded = (c.cols + 7) / 8 * 8;
     // grid, threads, dynamic shared bytes, chunk and staged as DistillKernels plans them
-    unsigned grid = c.blocks, threads = c.threads;
+    unsigned grid = c.blocks, threads = c.threads, cluster = 1;
     size_t shared = 0;
     int64_t chunk = c.cols, staged = 0;
     if (c.regime == "warp") threads = 256;
     else if (c.regime == "block") { chunk = staged = padded; shared = padded * 2 * sizeof(T); }
-    else if (c.regime == "pipe") { chunk = staged = padded; shared = 2 * padded * 2 * sizeof(T); }
+    else if (c.regime == "cluster" || c.regime == "pipe") {
+        // as DistillKernels.explicit: a slice of ceil(C / CL) columns rounded up to 8, all or
+        // `held` of it staged, two buffers for pipe; whole clusters
+        chunk = ((c.cols + c.cl - 1) / c.cl + 7) / 8 * 8;
+        staged = c.held ? c.held : chunk;
+        shared = (size_t)staged * 2 * sizeof(T) * (c.regime == "pipe" ? 2 : 1);
+        grid = c.blocks * c.cl;
+        cluster = c.cl;
+    }
     else if (c.regime == "split" && !pg) {
         const int K = (c.cols + c.chunk - 1) / c.chunk;
         grid = c.groups * K;
@@ -156,7 +183,7 @@ Result launch(const Case& c, const std::vector<float>& s32, const std::vector<fl
     Kernel<T> k = kernelFor<T>(c);
     emuLaunch(grid, threads, shared, [&] {
         k(s.data(), t.data(), labels, c.rows, c.cols, c.div, c.T, c.alpha, c.beta, -100, counters, (float)c.normalizer, scratch.data(), &loss, 1, grad, chunk, staged);
-    });
+    }, cluster);
     Result out{loss, {}};
     if (grad) {
         out.grad.resize(n);
@@ -281,7 +308,56 @@ int main() {
             c->nanLogit = true;
         }
     }
+    // clusters (2-16 blocks a row, fully and partly staged) and the pipelined clusters, every
+    // divergence in turn, with more rows than groups, unaligned rows, a top-k teacher whose slices
+    // past the first are all -inf, no labels in place, and a NaN logit
+    int turn = 0;
+    for (int cl : {2, 4, 8, 16}) {
+        for (const char* regime : {"cluster", "pipe"}) {
+            const bool pipe = std::string(regime) == "pipe";
+            for (bool partial : {false, true}) {
+                if (partial && pipe && cl != 16) continue;  // the one partly staged pipe kernel: 16 blocks
+                const int64_t chunk = ((1000 + cl - 1) / cl + 7) / 8 * 8;
+                Case c{regime, 9, 1000, turn++ % 4, 4.f, 0.7f, 0.4f, true, 0, 1};
+                c.cl = cl;
+                c.blocks = 2;
+                if (partial) c.held = std::max<int64_t>(8, chunk / 2 / 8 * 8);
+                add(c);
+                Case u{regime, 7, 999, turn++ % 4, 2.f, 0.6f, 0.5f, true, 20, 2};  // unaligned, in place
+                u.cl = cl;
+                u.blocks = 2;
+                u.held = c.held;
+                add(u);
+                Case k{regime, 6, 1200, turn % 2 == 0 ? 0 : 2, 4.f, 0.7f, 0.5f, true, 0, 1};
+                k.cl = cl;
+                k.blocks = 1;
+                k.held = partial ? std::max<int64_t>(8, ((1200 + cl - 1) / cl + 7) / 8 * 8 / 2 / 8 * 8) : 0;
+                k.topK = true;
+                add(k);
+                Case x{regime, 8, 600, turn++ % 4, 2.f, 1.f, 0.5f, false, 0, 2};  // no labels, in place
+                x.cl = cl;
+                x.blocks = 3;
+                add(x);
+                Case nan{regime, 8, 600, turn++ % 4, 2.f, 0.7f, 0.3f, true, 0, 1};
+                nan.cl = cl;
+                nan.blocks = 2;
+                nan.nanLogit = true;
+                add(nan);
+            }
+        }
+    }
+    Case p1{"pipe", 23, 1000, 2, 4.f, 0.7f, 0.4f, true, 0, 1};  // the pipelined block (cl 1): JSD, rows loop
+    add(p1);
     for (const Case& c : cases) run<float>(c, rng);
+    for (int cl : {2, 16}) {
+        Case b{"cluster", 9, 1000, 0, 4.f, 0.7f, 0.5f, true, 0, 1};
+        b.cl = cl;
+        b.blocks = 2;
+        run<__nv_bfloat16>(b, rng);
+        b.regime = "pipe";
+        b.div = 1;
+        run<__nv_bfloat16>(b, rng);
+    }
     for (const char* regime : {"warp", "block", "reread", "pipe", "split"}) {
         for (int div : {0, 2}) {
             Case c{regime, 21, std::string(regime) == "warp" ? 500 : 1000, div, 4.f, 0.7f, 0.5f, true, 0, 1};

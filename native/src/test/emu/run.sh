@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs the fused loss kernels that need no clusters (warp, block, re-reading, pipelined block,
+# Runs every fused loss kernel (warp, block, clusters, re-reading, pipelined block and clusters,
 # split; their reverse KL / JSD twins) on the CPU emulation of CUDA (include/cuda_emu.h) against a
-# float64 reference (loss_emu.cpp): their logic checked without a GPU, not their speed, clusters,
-# or races that only the GPU's weaker memory ordering would show. Needs g++ (C++17); about a minute.
+# float64 reference (loss_emu.cpp): their logic checked without a GPU, not their speed
+# or races that only the GPU's weaker memory ordering would show. Needs g++ (C++17); about two minutes.
 #   bash native/src/test/emu/run.sh
 set -euo pipefail
 command -v g++ >/dev/null 2>&1 || { echo "[native] loss kernel emulation skipped: no g++"; exit 0; }
@@ -14,9 +14,10 @@ cp "$src/common.cuh" "$work/"
 # dynamic shared memory: the emulated block's buffer instead of an extern array
 sed 's|extern __shared__ float4 d4j_kd_smem\[\];|float4* d4j_kd_smem = (float4*)emuDynamicShared();|' "$src/distill_loss.cu" > "$work/distill_loss_emu.cu"
 grep -q "emuDynamicShared" "$work/distill_loss_emu.cu" || { echo "emu: the dynamic shared memory declaration moved; update run.sh" >&2; exit 1; }
+# __CUDA_ARCH__=900: the cluster kernels are compiled (clusters emulated in cuda_emu.h).
 # -fno-strict-aliasing: the kernels read bf16 quads through uint2 (nvcc's idiom; g++ -O2 otherwise
 # optimised the re-reading kernel's teacher loads to zeros)
-g++ -std=c++17 -O2 -fno-strict-aliasing -pthread -w -include "$here/include/cuda_emu.h" -I"$here/include" -I"$work" -o "$work/loss_emu" "$here/loss_emu.cpp"
+g++ -std=c++17 -O2 -fno-strict-aliasing -pthread -w -D__CUDA_ARCH__=900 -include "$here/include/cuda_emu.h" -I"$here/include" -I"$work" -o "$work/loss_emu" "$here/loss_emu.cpp"
 # a protocol fault shows as a hang (a group waiting on a flag): 5 minutes, then fail
 echo "[native] loss kernels on the CPU emulation of CUDA (src/test/emu/loss_emu.cpp)"
 timeout 300 "$work/loss_emu" || { echo "[native] loss kernel emulation FAILED (exit $?; 124 = hung)" >&2; exit 1; }

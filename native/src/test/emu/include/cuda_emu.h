@@ -26,6 +26,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static thread_local
+#define __cluster_dims__(...)
 
 struct dim3 { unsigned x = 0, y = 0, z = 0; };
 struct alignas(16) float4 { float x, y, z, w; };
@@ -53,7 +54,17 @@ struct Block {
     std::vector<unsigned long long> warpSlots;  // one 8-byte value a lane, for shuffles
     std::vector<char> dynamicShared;
     std::function<void()> body;
+    char* tlsAnchor = nullptr;  // this OS thread's address of tlsAnchor (below): maps another block's __shared__
 };
+
+// Thread-block clusters: CL consecutive blocks. A cluster barrier counts every thread of them.
+struct Cluster {
+    std::atomic<unsigned> arrived{0}, generation{0};
+};
+inline unsigned clusterSize = 1;
+inline std::vector<Block*> blocks;           // by block index, registered when each starts
+inline std::vector<Cluster>* clusters = nullptr;
+inline thread_local char tlsAnchor;
 
 inline void yield() { swapcontext(&current->fibers[current->running].ctx, &current->scheduler); }
 
@@ -82,6 +93,48 @@ inline void warpBarrier(unsigned lane0Warp) {
 
 inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
+
+namespace emu {
+// A block's dynamic shared memory, 16-byte aligned (what the kernels get as their extern array).
+inline char* alignedShared(Block* b) {
+    uintptr_t p = (uintptr_t)b->dynamicShared.data();
+    return (char*)((p + 15) & ~(uintptr_t)15);
+}
+
+// Every thread of the cluster arrives; the block's other fibers run while this one waits.
+inline void clusterBarrier() {
+    Cluster& c = (*clusters)[blockIdx.x / clusterSize];
+    unsigned gen = c.generation.load();
+    if (c.arrived.fetch_add(1) + 1 == clusterSize * blockDim.x) {
+        c.arrived.store(0);
+        c.generation.fetch_add(1);
+        return;
+    }
+    while (c.generation.load() == gen) yield();
+}
+}  // namespace emu
+
+// The cluster API the kernels use (cooperative_groups::this_cluster()).
+namespace cooperative_groups {
+struct cluster_group {
+    unsigned block_rank() const { return blockIdx.x % emu::clusterSize; }
+    void sync() const { emu::clusterBarrier(); }
+    // The same variable in block `rank` of this cluster: dynamic shared memory at the same offset
+    // of that block's buffer; a __shared__ (thread_local) variable at the same offset from that
+    // block's OS thread's TLS (every thread's static TLS has the same layout).
+    template <typename V> V* map_shared_rank(V* p, int rank) const {
+        emu::Block* mine = emu::current;
+        emu::Block* other = emu::blocks[blockIdx.x - block_rank() + rank];
+        char* c = reinterpret_cast<char*>(p);
+        char* lo = emu::alignedShared(mine);
+        if (c >= mine->dynamicShared.data() && c < mine->dynamicShared.data() + mine->dynamicShared.size()) {
+            return reinterpret_cast<V*>(emu::alignedShared(other) + (c - lo));
+        }
+        return reinterpret_cast<V*>(c + (other->tlsAnchor - mine->tlsAnchor));
+    }
+};
+inline cluster_group this_cluster() { return {}; }
+}  // namespace cooperative_groups
 
 namespace emu {
 inline void trampoline(unsigned hi, unsigned lo) {
@@ -116,6 +169,7 @@ inline void runBlock(Block& b) {
             swapcontext(&b.scheduler, &b.fibers[t].ctx);
         }
         if (!any) break;
+        sched_yield();  // a round done: let other blocks run (this one may be waiting for them)
     }
     current = nullptr;
 }
@@ -124,9 +178,14 @@ inline void runBlock(Block& b) {
 // Launches kernel(args...) on grid x block threads with `shared` bytes of dynamic shared memory:
 // every block an OS thread, all at once (a cooperative launch's residency).
 template <typename F>
-inline void emuLaunch(unsigned grid, unsigned block, size_t shared, F kernel) {
+inline void emuLaunch(unsigned grid, unsigned block, size_t shared, F kernel, unsigned cluster = 1) {
     gridDim.x = grid;
     blockDim.x = block;
+    if (grid % cluster != 0) { std::fprintf(stderr, "emu: grid %u is not whole clusters of %u\n", grid, cluster); std::abort(); }
+    emu::clusterSize = cluster;
+    emu::blocks.assign(grid, nullptr);
+    std::vector<emu::Cluster> clusters(grid / cluster);
+    emu::clusters = &clusters;
     std::vector<std::thread> workers;
     for (unsigned g = 0; g < grid; g++) {
         workers.emplace_back([=] {
@@ -138,21 +197,21 @@ inline void emuLaunch(unsigned grid, unsigned block, size_t shared, F kernel) {
             b.warpSlots.assign(block, 0);
             b.dynamicShared.assign(shared + 16, 0);
             b.body = kernel;
+            b.tlsAnchor = &emu::tlsAnchor;
             blockIdx.x = g;
+            emu::blocks[g] = &b;  // read by cluster peers only after a cluster barrier, which all reach after this
             emu::runBlock(b);
         });
     }
     for (auto& w : workers) w.join();
 }
 
-inline void* emuDynamicShared() {
-    uintptr_t p = (uintptr_t)emu::current->dynamicShared.data();
-    return (void*)((p + 15) & ~(uintptr_t)15);
-}
+inline void* emuDynamicShared() { return emu::alignedShared(emu::current); }
 
 inline void __syncthreads() { emu::blockBarrier(); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline void __nanosleep(unsigned) { sched_yield(); }
+// A spinning thread lets the block's other fibers run (and, once a round, other blocks).
+inline void __nanosleep(unsigned) { emu::yield(); }
 [[noreturn]] inline void __trap() { std::abort(); }
 
 template <typename V> inline V emuShuffle(V v, unsigned srcLane) {
