@@ -1064,7 +1064,7 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
     d4j_kd_finish(k.softWeight * acc[0], (1.f - alpha) * acc[1], partials, counters, norm, loss, nout, ready, K > 1 ? R : 0);
 }
 
-// 48-54 registers on sm_80..sm_90: four 256-thread blocks an SM (the default plan: 2,048 fp32
+// 54-56 registers on sm_80..sm_90: four 256-thread blocks an SM (the default plan: 2,048 fp32
 // columns a slice, 32 KiB of shared memory a block); sm_100+ as the block kernels (a bound of 2
 // blocks held sm_120 to 64 registers and spilled).
 // `staged` carries the ring's offset in the partials scratch (the slices are always whole).
