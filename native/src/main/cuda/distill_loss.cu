@@ -503,6 +503,50 @@ __device__ __forceinline__ void d4j_store(T* p, const float (&g)[W]) {
     }
 }
 
+// Copies n elements of a student and a teacher slice (sg, tg) into shared memory (ss, ts): cp.async
+// (16 bytes a copy, no registers held, completes in the background: the caller commits and waits)
+// when both sources are 16-byte aligned and n a whole number of copies, else plain loads and
+// stores, complete on return. ss and ts are 16-byte aligned.
+template <typename T>
+__device__ __forceinline__ void d4j_stage_async(T* ss, T* ts, const T* sg, const T* tg, int64_t n) {
+    constexpr int V = 16 / sizeof(T);
+    if (((((uintptr_t)sg | (uintptr_t)tg) & 15) == 0) && n % V == 0) {
+        for (int v = threadIdx.x; v < (int)(n / V); v += blockDim.x) {
+            __pipeline_memcpy_async(ss + v * V, sg + v * V, 16);
+            __pipeline_memcpy_async(ts + v * V, tg + v * V, 16);
+        }
+    } else {
+        for (int i = threadIdx.x; i < (int)n; i += blockDim.x) {
+            ss[i] = sg[i];
+            ts[i] = tg[i];
+        }
+    }
+}
+
+// f(i, s[W], t[W]) for W consecutive elements from i over the thread's share of [0, n) of the
+// staged slices ss and ts: W = 4 (vector reads of 16 bytes of fp32, 8 of bf16) when vec, else 1.
+template <typename T, typename F>
+__device__ __forceinline__ void d4j_each_staged(const T* ss, const T* ts, int64_t n, bool vec, F&& f) {
+    if (vec) {
+        using Q = typename D4jQuad<T>::raw;
+        const Q* ssq = reinterpret_cast<const Q*>(ss);
+        const Q* tsq = reinterpret_cast<const Q*>(ts);
+        float a[4], b[4];
+        for (int v = threadIdx.x; v < (int)(n / 4); v += blockDim.x) {
+            d4j_unpack<T>(ssq[v], a);
+            d4j_unpack<T>(tsq[v], b);
+            f(v * 4, a, b);
+        }
+    } else {
+        float a[1], b[1];
+        for (int i = threadIdx.x; i < (int)n; i += blockDim.x) {
+            a[0] = d4j_f(ss[i]);
+            b[0] = d4j_f(ts[i]);
+            f(i, a, b);
+        }
+    }
+}
+
 // ---- block (CL = 1) or cluster (CL > 1) per row. The block's slice of the row is [lo, lo + chunk).
 // STAGED: its first `staged` columns (all of them when they fit) are copied once into shared memory
 // (dynamic, 2 * staged elements) and later passes read them there; columns beyond are read from
@@ -542,30 +586,15 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
     float dsum = 0.f, hsum = 0.f;  // this thread's share of sum D and of sum -log softmax(s)[y], over its rows in order
     constexpr int V = 16 / sizeof(T);  // elements per 16-byte copy
     // PIPE: buffer b holds [student slice | teacher slice] at d4j_kd_smem + 2 * staged * b elements.
-    // pipeStage copies the staged part [0, held) of this block's slice of a row into buffer b:
-    // cp.async (16 bytes a copy, no registers held, completes in the background) when both slices
-    // are 16-byte aligned, else plain loads and stores (complete before it returns); the rest of a
-    // partly staged slice is read from global memory in each pass, as in the cluster regime. Rows
-    // that do not count are skipped.
+    // pipeStage copies the staged part [0, held) of this block's slice of a row into buffer b (the
+    // rest of a partly staged slice is read from global memory in each pass, as in the cluster
+    // regime). Rows that do not count are skipped.
     auto pipeStage = [&](int64_t row, int b) {
         if (row >= rows) return;
         int64_t yy;
         if (d4j_row_status(labels, row, cols, ignore, yy) != 0) return;
-        const T* sgn = s + row * cols + lo;
-        const T* tgn = t + row * cols + lo;
         T* ssn = reinterpret_cast<T*>(d4j_kd_smem) + 2 * staged * b;
-        T* tsn = ssn + staged;
-        if (((((uintptr_t)sgn | (uintptr_t)tgn) & 15) == 0) && held % V == 0) {
-            for (int v = threadIdx.x; v < (int)(held / V); v += blockDim.x) {
-                __pipeline_memcpy_async(ssn + v * V, sgn + v * V, 16);
-                __pipeline_memcpy_async(tsn + v * V, tgn + v * V, 16);
-            }
-        } else {
-            for (int i = threadIdx.x; i < (int)held; i += blockDim.x) {
-                ssn[i] = sgn[i];
-                tsn[i] = tgn[i];
-            }
-        }
+        d4j_stage_async<T>(ssn, ssn + staged, s + row * cols + lo, t + row * cols + lo, held);
     };
     int buf = 0;  // PIPE: the buffer of the current row
     if (PIPE) {
@@ -602,31 +631,21 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
         // f(i, s[W], t[W]) for W consecutive elements from i, over the slice this thread owns (W = 4
         // when vec, else 1): shared memory first, then the re-read tail.
         auto each = [&](auto&& f) {
+            d4j_each_staged<T>(ss, ts, held, vec, f);
+            if (!TAIL) return;
             if (vec) {
                 using Q = typename D4jQuad<T>::raw;
-                const Q* ssq = reinterpret_cast<const Q*>(ss);
-                const Q* tsq = reinterpret_cast<const Q*>(ts);
                 const Q* sgq = reinterpret_cast<const Q*>(sg);
                 const Q* tgq = reinterpret_cast<const Q*>(tg);
                 float a[4], b[4];
-                for (int v = threadIdx.x; v < (int)(held / 4); v += blockDim.x) {
-                    d4j_unpack<T>(ssq[v], a);
-                    d4j_unpack<T>(tsq[v], b);
-                    f(v * 4, a, b);
-                }
-                if (TAIL) for (int v = (int)(held / 4) + threadIdx.x; v < (int)(n / 4); v += blockDim.x) {
+                for (int v = (int)(held / 4) + threadIdx.x; v < (int)(n / 4); v += blockDim.x) {
                     d4j_unpack<T>(sgq[v], a);
                     d4j_unpack<T>(__ldg(&tgq[v]), b);
                     f(v * 4, a, b);
                 }
             } else {
                 float a[1], b[1];
-                for (int i = threadIdx.x; i < (int)held; i += blockDim.x) {
-                    a[0] = d4j_f(ss[i]);
-                    b[0] = d4j_f(ts[i]);
-                    f(i, a, b);
-                }
-                if (TAIL) for (int i = (int)held + threadIdx.x; i < (int)n; i += blockDim.x) {
+                for (int i = (int)held + threadIdx.x; i < (int)n; i += blockDim.x) {
                     a[0] = d4j_f(sg[i]);
                     b[0] = d4j_f(tg[i]);
                     f(i, a, b);
@@ -776,7 +795,7 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
     extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, STAGED, true, false>(D4J_KD_ARGS, chunk, staged); } \
     extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, STAGED, true, true>(D4J_KD_ARGS, chunk, staged); }
 // Pipelined clusters come whole-slice (PARTIAL false: 39-40 registers on sm_90) and, for 16 blocks
-// only (256k fp32 columns, whose slices do not fit twice), partly staged (60: the re-read tail loops).
+// only (256k fp32 columns, whose slices do not fit twice), partly staged (39-40 since the staged and re-read loops were split apart, 60 before).
 #define D4J_KD_PIPE(NAME, T, CL, PARTIAL) \
     extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, true, PARTIAL, false, true>(D4J_KD_ARGS, chunk, staged); } \
     extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, true, PARTIAL, true, true>(D4J_KD_ARGS, chunk, staged); }
@@ -875,52 +894,19 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
     float* rowStats = sliceStats + (int64_t)R * K * 5;                    // [R][5]
     const float norm = d4j_normalizer(normalizer, labels, rows, cols, ignore, counters), scale = 1.f / norm;
     float dsum = 0.f, hsum = 0.f;  // this thread's share of sum D and of sum -log softmax(s)[y], over its rows in order
-    constexpr int V = 16 / sizeof(T);
     T* const buffers = reinterpret_cast<T*>(d4j_kd_smem);  // buffer b: [student slice | teacher slice] at 2 * chunk * b
-    // Row r's slice into buffer b: cp.async when both sources are 16-byte aligned (and the slice a
-    // whole number of copies), else plain loads and stores, complete on return. Rows that do not
-    // count are not copied.
+    // Row r's slice into buffer b (cp.async, or complete on return when unaligned); rows that do
+    // not count are not copied.
     auto stage = [&](int64_t r, int b) {
         int64_t yy;
         if (d4j_row_status(labels, r, cols, ignore, yy) != 0) return;
-        const T* sg = s + r * cols + lo;
-        const T* tg = t + r * cols + lo;
         T* ss = buffers + 2 * chunk * b;
-        T* ts = ss + chunk;
-        if (((((uintptr_t)sg | (uintptr_t)tg) & 15) == 0) && n % V == 0) {
-            for (int v = threadIdx.x; v < (int)(n / V); v += blockDim.x) {
-                __pipeline_memcpy_async(ss + v * V, sg + v * V, 16);
-                __pipeline_memcpy_async(ts + v * V, tg + v * V, 16);
-            }
-        } else {
-            for (int i = threadIdx.x; i < (int)n; i += blockDim.x) {
-                ss[i] = sg[i];
-                ts[i] = tg[i];
-            }
-        }
+        d4j_stage_async<T>(ss, ss + chunk, s + r * cols + lo, t + r * cols + lo, n);
     };
     // f(i, s[W], t[W]) over the thread's elements of buffer b (W = 4 when vec, else 1)
     auto each = [&](int b, bool vec, auto&& f) {
         const T* ss = buffers + 2 * chunk * b;
-        const T* ts = ss + chunk;
-        if (vec) {
-            using Q = typename D4jQuad<T>::raw;
-            const Q* ssq = reinterpret_cast<const Q*>(ss);
-            const Q* tsq = reinterpret_cast<const Q*>(ts);
-            float a[4], c[4];
-            for (int v = threadIdx.x; v < (int)(n / 4); v += blockDim.x) {
-                d4j_unpack<T>(ssq[v], a);
-                d4j_unpack<T>(tsq[v], c);
-                f(v * 4, a, c);
-            }
-        } else {
-            float a[1], c[1];
-            for (int i = threadIdx.x; i < (int)n; i += blockDim.x) {
-                a[0] = d4j_f(ss[i]);
-                c[0] = d4j_f(ts[i]);
-                f(i, a, c);
-            }
-        }
+        d4j_each_staged<T>(ss, ss + chunk, n, vec, f);
     };
     // Row r's slice statistics from buffer b, published (K > 1) or kept in held (K = 1).
     auto statistics = [&](int64_t r, int b) {
@@ -1064,7 +1050,7 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
     d4j_kd_finish(k.softWeight * acc[0], (1.f - alpha) * acc[1], partials, counters, norm, loss, nout, ready, K > 1 ? R : 0);
 }
 
-// 54-56 registers on sm_80..sm_90: four 256-thread blocks an SM (the default plan: 2,048 fp32
+// 54-57 registers on sm_80..sm_90: four 256-thread blocks an SM (the default plan: 2,048 fp32
 // columns a slice, 32 KiB of shared memory a block); sm_100+ as the block kernels (a bound of 2
 // blocks held sm_120 to 64 registers and spilled).
 // `staged` carries the ring's offset in the partials scratch (the slices are always whole).

@@ -137,9 +137,7 @@ inline cluster_group this_cluster() { return {}; }
 }  // namespace cooperative_groups
 
 namespace emu {
-inline void trampoline(unsigned hi, unsigned lo) {
-    (void)hi;
-    (void)lo;
+inline void trampoline() {
     Block* b = current;
     threadIdx.x = b->running;
     b->body();
@@ -157,7 +155,7 @@ inline void runBlock(Block& b) {
         f.ctx.uc_stack.ss_sp = f.stack.data();
         f.ctx.uc_stack.ss_size = f.stack.size();
         f.ctx.uc_link = &b.scheduler;
-        makecontext(&f.ctx, (void (*)())trampoline, 2, 0u, 0u);
+        makecontext(&f.ctx, trampoline, 0);
     }
     for (;;) {
         bool any = false;
@@ -238,10 +236,8 @@ inline unsigned __reduce_add_sync(unsigned, unsigned v) {
 
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
-template <typename V> inline V __ldcg(const V* p) { return __atomic_load_n(reinterpret_cast<const volatile V*>(p), __ATOMIC_RELAXED); }
-inline float __ldcg(const float* p) { return *reinterpret_cast<const volatile float*>(p); }
-inline float4 __ldg(const float4* p) { return *p; }
-inline uint2 __ldg(const uint2* p) { return *p; }
+// L2 loads (read what another block wrote: a volatile read, never a value cached in a register)
+template <typename V> inline V __ldcg(const V* p) { return *reinterpret_cast<const volatile V*>(p); }
 template <typename V> inline V __ldg(const V* p) { return *p; }
 
 inline float __expf(float x) { return expf(x); }

@@ -245,32 +245,19 @@ class GpuDistillationLossTest {
             long normalizer = labels && random.nextBoolean() ? 0 : rows + 3;
             String what = "seed " + seed + ": " + dtype + " " + div + " T=" + t + " " + rows + "x" + cols + (labels ? " labels" : " no labels")
                 + (topK ? " top-k teacher" : "") + (noGrad ? " no gradient" : inPlace ? " in place" : "") + " normalizer " + normalizer + " " + plan;
-            float[][] cpu = runSplit(CpuBackend.get(), s, te, labels ? y : null, rows, cols, cfg, dtype, normalizer, null, inPlace, noGrad);
-            float[][] first = runSplit(gpu, s, te, labels ? y : null, rows, cols, cfg, dtype, normalizer, plan, inPlace, noGrad);
+            float[][] cpu = evaluate(CpuBackend.get(), s, te, labels ? y : null, rows, cols, cfg, dtype, normalizer, null, 1, inPlace, noGrad);
+            float[][] first = evaluate(gpu, s, te, labels ? y : null, rows, cols, cfg, dtype, normalizer, plan, 1, inPlace, noGrad);
             double floor = 1e-3 * Math.max(1, cfg.alpha() * t * t) * Math.max(1, Math.log(cols));
             assertEquals(cpu[0][0], first[0][0], 1e-4 * Math.max(floor, Math.abs(cpu[0][0])), what + " loss");
             if (!noGrad) assertGradientClose(cpu[1], first[1], dtype == DType.BF16 ? 1e-2 : 1e-4, what);
             for (int again = 0; again < 3; again++) {
-                float[][] next = runSplit(gpu, s, te, labels ? y : null, rows, cols, cfg, dtype, normalizer, plan, inPlace, noGrad);
+                float[][] next = evaluate(gpu, s, te, labels ? y : null, rows, cols, cfg, dtype, normalizer, plan, 1, inPlace, noGrad);
                 org.junit.jupiter.api.Assertions.assertArrayEquals(first[0], next[0], what + ": launch " + (again + 2) + ", loss bits");
                 org.junit.jupiter.api.Assertions.assertArrayEquals(first[1], next[1], what + ": launch " + (again + 2) + ", gradient bits");
             }
             checked++;
         }
         assertTrue(checked >= 20, "split plans checked: " + checked);
-    }
-
-    /** One evaluation with optional labels, the gradient in place over s, apart, or not asked for. */
-    private static float[][] runSplit(org.distill4j.core.Backend b, float[] s, float[] t, long[] y, int rows, int cols, DistillationLoss cfg, DType dtype,
-                                      long normalizer, org.distill4j.bindings.kernels.DistillKernels.Plan plan, boolean inPlace, boolean noGrad) {
-        try (Tensor ts = b.empty(dtype, rows, cols).copyFrom(s); Tensor tt = b.empty(dtype, rows, cols).copyFrom(t);
-             Tensor ty = y == null ? null : b.empty(DType.I64, rows).copyFrom(y); Tensor loss = b.empty(DType.F32, 1);
-             Tensor apart = noGrad || inPlace ? null : b.empty(dtype, rows, cols)) {
-            Tensor grad = noGrad ? null : inPlace ? ts : apart;
-            if (plan != null) ((CudaBackend) b).distillationLoss(ts, tt, ty, cfg, normalizer, loss, grad, plan);
-            else ((CpuBackend) b).referenceDistillationLoss(ts, tt, ty, cfg, normalizer, loss, grad);
-            return new float[][] {loss.toFloatArray(), grad == null ? new float[0] : grad.toFloatArray()};
-        }
     }
 
     /**
@@ -325,13 +312,26 @@ class GpuDistillationLossTest {
 
     private static float[][] run(org.distill4j.core.Backend b, float[] s, float[] t, long[] y, int rows, int cols, DistillationLoss cfg, DType dtype,
                                  long normalizer, org.distill4j.bindings.kernels.DistillKernels.Plan plan) {
-        try (Tensor ts = b.empty(dtype, rows, cols).copyFrom(s); Tensor tt = b.empty(dtype, rows, cols).copyFrom(t); Tensor ty = b.empty(DType.I64, rows).copyFrom(y);
-             Tensor loss = b.empty(DType.F32, 3); Tensor grad = b.empty(dtype, rows, cols)) {
+        return evaluate(b, s, t, y, rows, cols, cfg, dtype, normalizer, plan, 3, false, false);
+    }
+
+    /**
+     * One evaluation: {@code lossValues} loss values (1, or 3 with the soft and hard terms) and the
+     * gradient (empty when not asked for), with labels y or none (null), the gradient apart, in place
+     * over s, or none; with an explicit plan on CUDA, else the backend's default (the CPU's double oracle).
+     */
+    private static float[][] evaluate(org.distill4j.core.Backend b, float[] s, float[] t, long[] y, int rows, int cols, DistillationLoss cfg, DType dtype,
+                                      long normalizer, org.distill4j.bindings.kernels.DistillKernels.Plan plan, int lossValues, boolean inPlace,
+                                      boolean noGrad) {
+        try (Tensor ts = b.empty(dtype, rows, cols).copyFrom(s); Tensor tt = b.empty(dtype, rows, cols).copyFrom(t);
+             Tensor ty = y == null ? null : b.empty(DType.I64, rows).copyFrom(y); Tensor loss = b.empty(DType.F32, lossValues);
+             Tensor apart = noGrad || inPlace ? null : b.empty(dtype, rows, cols)) {
+            Tensor grad = noGrad ? null : inPlace ? ts : apart;
             // the CPU side is the double oracle (not the float fast path, which is itself tested against it)
             if (plan != null) ((CudaBackend) b).distillationLoss(ts, tt, ty, cfg, normalizer, loss, grad, plan);
             else if (b instanceof CpuBackend cpu) cpu.referenceDistillationLoss(ts, tt, ty, cfg, normalizer, loss, grad);
             else b.distillationLoss(ts, tt, ty, cfg, normalizer, loss, grad);
-            return new float[][] {loss.toFloatArray(), grad.toFloatArray()};
+            return new float[][] {loss.toFloatArray(), grad == null ? new float[0] : grad.toFloatArray()};
         }
     }
 

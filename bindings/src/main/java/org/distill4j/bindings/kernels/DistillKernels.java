@@ -181,23 +181,14 @@ public final class DistillKernels {
             }
         }
         long bytes = held * 2L * elementBytes * buffers;
-        // About 8 staged columns a thread, so short rows get small blocks and more of them per SM.
-        int threads = threadsPerBlock != 0 ? threadsPerBlock
-            : staged ? (int) Math.min(BLOCK_THREADS, Math.max(MIN_BLOCK_THREADS, Long.highestOneBit(Math.max(1, chunk / 8)))) : BLOCK_THREADS;
+        int threads = threadsPerBlock != 0 ? threadsPerBlock : staged ? stagedThreads(chunk) : BLOCK_THREADS;
         String name = switch (regime) {
             case "block" -> "d4j_kd_block_" + type;
             case "pipe" -> "d4j_kd_pipe" + (cl == 1 ? "" : cl) + (held < chunk ? "p" : "") + "_" + type;
             case "cluster" -> "d4j_kd_cluster" + cl + "_" + type;
             default -> "d4j_kd_reread_" + type;
         };
-        // Resident blocks an SM, by threads, by shared memory (an SM's is the opt-in maximum + 1 KiB;
-        // a block takes its dynamic and static bytes plus 1 KiB the system reserves) and by
-        // registers: a grid beyond them runs a second, partial wave (8k columns: 1,900 GB/s planned
-        // at 3 blocks an SM that fit 2, 2,173 at 2).
-        long bySharedMemory = (maxSharedOptin + 1024L) / (bytes + STATIC_SHARED_BYTES + 1024);
-        int fit = (int) Math.max(1, Math.min(Math.min(2048 / threads, MAX_BLOCKS_PER_SM), Math.min(bySharedMemory, blocksPerSmByRegisters(name, threads))));
-        int perSm = blocksPerSm > 0 ? Math.min(blocksPerSm, fit) : fit;
-        long groups = Math.max(1, Math.min(rows, (long) multiprocessors * perSm / cl));
+        long groups = Math.max(1, Math.min(rows, (long) multiprocessors * residentPerSm(name, threads, bytes, blocksPerSm) / cl));
         return new Plan(name, regime, cl, (int) (groups * cl), threads, (int) bytes, staged ? chunk : cols, held);
     }
 
@@ -217,17 +208,31 @@ public final class DistillKernels {
         long chunk = roundUp((cols + slices - 1) / slices, 8);
         slices = (cols + chunk - 1) / chunk;  // rounding chunk up may leave fewer slices, none empty
         int bytes = (int) (2 * chunk * 2L * elementBytes);
-        int threads = threadsPerBlock != 0 ? threadsPerBlock : (int) Math.min(BLOCK_THREADS, Math.max(MIN_BLOCK_THREADS, Long.highestOneBit(Math.max(1, chunk / 8))));
+        int threads = threadsPerBlock != 0 ? threadsPerBlock : stagedThreads(chunk);
         String name = "d4j_kd_split_" + type;
-        long bySharedMemory = (maxSharedOptin + 1024L) / (bytes + STATIC_SHARED_BYTES + 1024);
-        int fit = (int) Math.max(1, Math.min(Math.min(2048 / threads, MAX_BLOCKS_PER_SM), Math.min(bySharedMemory, blocksPerSmByRegisters(name, threads))));
-        int perSm = blocksPerSm > 0 ? Math.min(blocksPerSm, fit) : fit;
-        long resident = (long) multiprocessors * perSm;
+        long resident = (long) multiprocessors * residentPerSm(name, threads, bytes, blocksPerSm);
         if (resident < slices) {
             throw new IllegalArgumentException("split: a row of " + slices + " slices needs " + slices + " resident blocks, this plan has " + resident);
         }
         long groups = Math.max(1, Math.min(rows, resident / slices));
         return new Plan(name, "split", 1, (int) (groups * slices), threads, bytes, chunk, chunk);
+    }
+
+    /** Threads a block that stages {@code chunk} columns: about 8 columns a thread, so short rows get small blocks and more of them per SM. */
+    private static int stagedThreads(long chunk) {
+        return (int) Math.min(BLOCK_THREADS, Math.max(MIN_BLOCK_THREADS, Long.highestOneBit(Math.max(1, chunk / 8))));
+    }
+
+    /**
+     * Resident blocks an SM, by threads, by shared memory (an SM's is the opt-in maximum + 1 KiB;
+     * a block takes its dynamic and static bytes plus 1 KiB the system reserves) and by
+     * registers, capped at {@code blocksPerSm} when that is positive: a grid beyond them runs a
+     * second, partial wave (8k columns: 1,900 GB/s planned at 3 blocks an SM that fit 2, 2,173 at 2).
+     */
+    private int residentPerSm(String kernel, int threads, long sharedBytes, int blocksPerSm) {
+        long bySharedMemory = (maxSharedOptin + 1024L) / (sharedBytes + STATIC_SHARED_BYTES + 1024);
+        int fit = (int) Math.max(1, Math.min(Math.min(2048 / threads, MAX_BLOCKS_PER_SM), Math.min(bySharedMemory, blocksPerSmByRegisters(kernel, threads))));
+        return blocksPerSm > 0 ? Math.min(blocksPerSm, fit) : fit;
     }
 
     /**
