@@ -18,10 +18,11 @@
 //           into the other, so loading and computing overlap within a block, not only between
 //           resident blocks (twice the shared memory; a cluster's block may stage part of its
 //           slice and re-read the rest from L2, as in the cluster regime).
-//   split   (explicit plans, to be measured on a GPU; KL and MSE) a row of any length cut into
-//           slices held by a fixed group of blocks that exchange their statistics through L2 a
-//           round later: every row read once without clusters, the copy of one row overlapping
-//           the gradient pass of the previous one (d4j_kd_split explains it).
+//   split   (explicit plans, to be measured on a GPU) a row of any length cut into slices held
+//           by a fixed group of blocks that exchange their statistics through L2 a round later:
+//           every row read once without clusters, the copy of one row overlapping the gradient
+//           pass of the previous one (d4j_kd_split explains it; reverse KL and JSD meet once more
+//           a row, for their gradient's row sum).
 // Every logit is read from global memory once in the first three regimes (when staged whole), and
 // the gradient written once.
 // Blocks loop over rows (a grid of about one wave); every thread adds its elements' loss terms over
@@ -844,8 +845,7 @@ D4J_KD_PIPE(d4j_kd_pipe8_bf16, __nv_bfloat16, 8, false)
 D4J_KD_PIPE(d4j_kd_pipe16_bf16, __nv_bfloat16, 16, false)
 D4J_KD_PIPE(d4j_kd_pipe16p_bf16, __nv_bfloat16, 16, true)
 
-// ---- split: rows of any length read once from global memory, without clusters (KL and MSE; the
-// host gives reverse KL and JSD, whose gradient needs a second row-wide sum, the re-reading block).
+// ---- split: rows of any length read once from global memory, without clusters.
 // A row is cut into K = ceil(cols / chunk) slices; the grid (G blocks, a multiple of K, all resident
 // at once: a cooperative launch) is G / K fixed groups of K blocks, and group g owns the rows g,
 // g + G/K, g + 2G/K, ...: block g K + q holds slice q of each of them. A block keeps two slices in
@@ -859,26 +859,39 @@ D4J_KD_PIPE(d4j_kd_pipe16p_bf16, __nv_bfloat16, 16, true)
 // complete by then). Publishing: the slice's five values go to a ring slot in global memory (L2),
 // the block takes a ticket on the row; the K-th merges the K slots in slice order (same bits
 // whatever the arrival order), writes the row's statistics and raises the row's ready flag
-// (row + 1). K = 1 keeps its statistics in shared memory and publishes nothing.
-// Deadlock-free given co-residency: round j's statistics of a block wait only on its own copy, and
-// finishing row j - 1 waits only on the group's statistics of round j - 1, which come before any
-// block's wait in round j. Two rounds of ring suffice: a block writes round j + 2's slot after it
-// finished row j + 1, which waited for every group block's round j + 1 statistics, which each
-// block computes after it finished row j, the last reader of round j's slot.
+// (2 row + 1). K = 1 keeps its statistics in registers and publishes nothing.
+// Reverse KL and JSD (PG, the _pg kernels) need one more row-wide sum before their gradient:
+// sum_i p_i g_i and sum_i p_i (double). Their finish of row j - 1 is two passes over the staged
+// slice: the terms and the slice's two sums, published and merged as above (slots of two doubles;
+// the K-th block writes pg = sum p g / sum p and raises the flag to 2 row + 2), then, once the
+// group's pg is there, the gradient. That wait is within the round, a group-wide meeting, but the
+// copy of row j is in flight meanwhile; the shared memory and the grid are the KL kernel's, so one
+// plan serves every divergence. Without a gradient there is no second sum and no meeting.
+// Deadlock-free given co-residency: round j's statistics of a block wait only on its own copy;
+// finishing row j - 1 waits first on the group's statistics of round j - 1, which come before any
+// block's wait in round j, then (PG) on the group's pg sums of row j - 1, which every block
+// publishes after that first wait and before any further one. Two rounds of ring suffice: a block
+// writes round j + 2's slots after it finished row j + 1, which waited for every group block's
+// round j + 1 statistics, which each block computes after it finished row j, the last reader of
+// round j's slots (and pg's arrivals reset precedes its flag, which every block waited for).
 // Ring, in the partials scratch from float ring0 = 2 M on (M = the host's largest grid: past every
 // regime's loss partials, which a launch of another regime overwrites); R = 2 G / K ring rows, row
 // r in ring row r % R, R <= 2 M. Flags (u32) at fixed places whatever G and K: arrivals [2 M] from
-// ring0, ready [2 M] after them; then slice statistics [R][K][5] floats and row statistics [R][5].
-// Arrivals are reset by each row's K-th block, ready flags by the finishing block, so every flag
-// is zero between launches (the statistics need not be: a launch with another G or K lays them out
-// differently, which is why the flags have places of their own), and the launch replays in a graph.
-template <typename T>
+// ring0, ready [2 M] after them; then slice statistics [R][K][5] floats, row statistics [R][5],
+// and (PG) pg slots [R][K][2] doubles and row pg [R] doubles, 8-byte aligned because 5 R (K + 1)
+// is even (R is). In all R (9 K + 7) <= 25 G floats past the flags for K >= 2: within
+// DistillKernels.SCRATCH_FLOATS_PER_BLOCK. Arrivals are reset by each merging block (a row's
+// statistics, then its pg), ready flags by the finishing block, so every flag is zero between
+// launches (the statistics need not be: a launch with another G or K lays them out differently,
+// which is why the flags have places of their own), and the launch replays in a graph.
+template <typename T, bool PG>
 __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t, const int64_t* __restrict__ labels, int64_t rows, int64_t cols,
                                              int div, float temperature, float alpha, float beta, int64_t ignore,
                                              unsigned long long* __restrict__ counters, float normalizer, float* __restrict__ partials,
                                              float* __restrict__ loss, int nout, T* grad, int64_t chunk, int64_t ring0) {
     extern __shared__ float4 d4j_kd_smem[];
     __shared__ float row5[5];  // K > 1: the statistics of the row being finished
+    __shared__ double rowPg;   // K > 1, PG: the group's pg of the row being finished
     // K = 1: the statistics of the row to finish next, in every thread's registers (the block
     // reductions give every thread the results; shared memory would need one more barrier)
     float held[5];
@@ -892,6 +905,8 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
     unsigned* ready = arrivals + 2 * M;                                   // [R] of [2 M]
     float* sliceStats = partials + ring0 + 4 * M;                         // [R][K][5]
     float* rowStats = sliceStats + (int64_t)R * K * 5;                    // [R][5]
+    double* pgSlots = reinterpret_cast<double*>(rowStats + (int64_t)R * 5);  // PG: [R][K][2] (5 R (K + 1) floats before: even)
+    double* pgRows = pgSlots + (int64_t)R * K * 2;                            // PG: [R]
     const float norm = d4j_normalizer(normalizer, labels, rows, cols, ignore, counters), scale = 1.f / norm;
     float dsum = 0.f, hsum = 0.f;  // this thread's share of sum D and of sum -log softmax(s)[y], over its rows in order
     T* const buffers = reinterpret_cast<T*>(d4j_kd_smem);  // buffer b: [student slice | teacher slice] at 2 * chunk * b
@@ -984,8 +999,48 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
             out[4] = C;
             arrivals[ring] = 0u;  // every ticket of this row is taken; the next user is two rounds on
             __threadfence();      // the statistics are visible device-wide before the flag says so
-            *reinterpret_cast<volatile unsigned*>(&ready[ring]) = (unsigned)(r + 1);
+            *reinterpret_cast<volatile unsigned*>(&ready[ring]) = (unsigned)(2 * r + 1);
         }
+    };
+    // PG, K > 1: this slice's (sum p g, sum p) published for row r; returns the group's pg, the
+    // same in every thread. The K-th block to arrive merges the slots in slice order.
+    auto groupPg = [&](int64_t r, const double (&v)[2]) -> double {
+        const int ring = (int)(r % R);
+        if (threadIdx.x < 32) {
+            bool last = false;
+            if (threadIdx.x == 0) {
+                double* slot = pgSlots + ((int64_t)ring * K + slice) * 2;
+                slot[0] = v[0];
+                slot[1] = v[1];
+                __threadfence();  // the slot is visible device-wide before the ticket says so
+                last = atomicAdd(&arrivals[ring], 1u) == (unsigned)(K - 1);
+            }
+            if (__shfl_sync(0xffffffffu, last, 0)) {
+                __threadfence();
+                const double* slots = pgSlots + (int64_t)ring * K * 2;
+                double a = 0.0, b = 0.0;
+                for (int q = threadIdx.x; q < K; q += 32) {
+                    a += __ldcg(&slots[q * 2]);
+                    b += __ldcg(&slots[q * 2 + 1]);
+                }
+                a = d4j_warp_sum(a);
+                b = d4j_warp_sum(b);
+                if (threadIdx.x == 0) {
+                    pgRows[ring] = b > 0.0 ? a / b : 0.0;
+                    arrivals[ring] = 0u;  // every pg ticket of this row is taken
+                    __threadfence();
+                    *reinterpret_cast<volatile unsigned*>(&ready[ring]) = (unsigned)(2 * r + 2);
+                }
+            }
+            if (threadIdx.x == 0) {
+                const volatile unsigned* flag = &ready[ring];
+                while (*flag != (unsigned)(2 * r + 2)) __nanosleep(32);
+                __threadfence();  // read pg after the flag
+                rowPg = __ldcg(&pgRows[ring]);
+            }
+        }
+        __syncthreads();
+        return rowPg;
     };
     // Row r's divergence terms and gradient from buffer b, once the group's statistics are complete.
     auto finish = [&](int64_t r, int b) {
@@ -1002,7 +1057,7 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
             const int ring = (int)(r % R);
             if (threadIdx.x == 0) {
                 const volatile unsigned* flag = &ready[ring];
-                while (*flag != (unsigned)(r + 1)) __nanosleep(32);
+                while (*flag != (unsigned)(2 * r + 1)) __nanosleep(32);
                 __threadfence();  // read the statistics after the flag
 #pragma unroll
                 for (int j = 0; j < 5; j++) row5[j] = __ldcg(&rowStats[ring * 5 + j]);
@@ -1017,6 +1072,31 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
         const float ms = st5[0], mt = st5[1];
         const D4jRow st = {ms, mt, logf(st5[2]), logf(st5[3]), logf(st5[4])};
         const bool vec = n % 4 == 0 && (!grad || (((uintptr_t)(grad + base + lo)) & (4 * sizeof(T) - 1)) == 0);
+        if constexpr (PG) {
+            // Element by element (W = 1) in both passes: four-wide, ptxas interleaved four
+            // elements' double-precision logs and took 105 registers on sm_90 (spilling on sm_120)
+            // instead of 64, which halves the resident blocks.
+            double pgs[2] = {0.0, 0.0};  // sum p g and sum p of the slice, then of the row
+            each(b, false, [&](int i, const auto& sv, const auto& tv) {
+                constexpr int W = sizeof(sv) / sizeof(float);
+#pragma unroll
+                for (int j = 0; j < W; j++) {
+                    if (k.hard && lo + i + j == y) hsum -= (sv[j] - ms) - st.lse1;
+                    d4j_kd_term<true>(k, st, sv[j], tv[j], dsum, pgs[0], pgs[1]);
+                }
+            });
+            if (!grad) return;
+            d4j_block_reduce<2, false>(pgs);
+            const double pg = K > 1 ? groupPg(r, pgs) : pgs[1] > 0.0 ? pgs[0] / pgs[1] : 0.0;
+            each(b, false, [&](int i, const auto& sv, const auto& tv) {
+                constexpr int W = sizeof(sv) / sizeof(float);
+                float g[W];
+#pragma unroll
+                for (int j = 0; j < W; j++) g[j] = d4j_kd_grad(k, st, sv[j], tv[j], lo + i + j == y, pg, scale);
+                d4j_store<T>(grad + base + lo + i, g);
+            });
+            return;
+        }
         each(b, vec, [&](int i, const auto& sv, const auto& tv) {
             constexpr int W = sizeof(sv) / sizeof(float);
             float g[W];
@@ -1050,12 +1130,20 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
     d4j_kd_finish(k.softWeight * acc[0], (1.f - alpha) * acc[1], partials, counters, norm, loss, nout, ready, K > 1 ? R : 0);
 }
 
-// 54-57 registers on sm_80..sm_90: four 256-thread blocks an SM (the default plan: 2,048 fp32
-// columns a slice, 32 KiB of shared memory a block); sm_100+ as the block kernels (a bound of 2
-// blocks held sm_120 to 64 registers and spilled).
+// Blocks of at most 256 threads (DistillKernels.SPLIT_THREADS). KL / MSE: 54-57 registers on
+// sm_80..sm_90, four 256-thread blocks an SM (the default plan: 2,048 fp32 columns a slice, 32 KiB
+// of shared memory a block); sm_100+ as the block kernels (a bound of 2 blocks held sm_120 to 64
+// registers and spilled). Reverse KL / JSD (_pg): 64 on sm_80..sm_90; on sm_100+ bounded at 256
+// threads, not 512: under 512 ptxas for sm_120 needed ~130 of its 128 and spilled.
 // `staged` carries the ring's offset in the partials scratch (the slices are always whole).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000
+#define D4J_KD_SPLIT_PG_BOUNDS __launch_bounds__(256, 1)
+#else
+#define D4J_KD_SPLIT_PG_BOUNDS __launch_bounds__(256)
+#endif
 #define D4J_KD_SPLIT(NAME, T) \
-    extern "C" __global__ void D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_split<T>(D4J_KD_ARGS, chunk, staged); }
+    extern "C" __global__ void D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_split<T, false>(D4J_KD_ARGS, chunk, staged); } \
+    extern "C" __global__ void D4J_KD_SPLIT_PG_BOUNDS NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_split<T, true>(D4J_KD_ARGS, chunk, staged); }
 D4J_KD_SPLIT(d4j_kd_split_f32, float)
 D4J_KD_SPLIT(d4j_kd_split_bf16, __nv_bfloat16)
 

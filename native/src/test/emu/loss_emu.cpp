@@ -11,6 +11,7 @@
 // What it cannot check: speed, and races that only the GPU's weaker memory ordering or real warp
 // scheduling would show.
 #include "distill_loss_emu.cu"
+#include <cstdlib>
 #include <random>
 #include <string>
 
@@ -99,7 +100,8 @@ double reference(const Case& c, const std::vector<float>& s, const std::vector<f
 }
 
 constexpr int MAX_BLOCKS = 96;  // the host's largest grid, in this harness
-std::vector<float> scratch(MAX_BLOCKS * 26, 0.f);  // partials + the split ring, zero once (as CudaBackend)
+constexpr int SCRATCH_FLOATS_PER_BLOCK = 32;  // DistillKernels.SCRATCH_FLOATS_PER_BLOCK
+std::vector<float> scratch(MAX_BLOCKS * SCRATCH_FLOATS_PER_BLOCK, 0.f);  // partials + the split ring, zero once (as CudaBackend)
 unsigned long long counters[3] = {0, 0, 0};
 
 struct Result { float loss; std::vector<float> grad; };
@@ -139,8 +141,8 @@ template <typename T> Kernel<T> kernelFor(const Case& c) {
             default: if (c.held) D4J_PICK(d4j_kd_pipe16p); else D4J_PICK(d4j_kd_pipe16);
         }
     }
-    if (c.regime == "split" && !pg) return (Kernel<T>)(b ? (void*)d4j_kd_split_bf16 : (void*)d4j_kd_split_f32);
-    D4J_PICK(d4j_kd_reread);  // reread, and split's stand-in for reverse KL and JSD (as the host)
+    if (c.regime == "split") D4J_PICK(d4j_kd_split);
+    D4J_PICK(d4j_kd_reread);
 #undef D4J_PICK
 }
 
@@ -155,7 +157,6 @@ Result launch(const Case& c, const std::vector<float>& s32, const std::vector<fl
     float loss = 0.f;
     T* grad = c.grad == 0 ? nullptr : c.grad == 1 ? g.data() : s.data();
     const int64_t* labels = c.labels ? y.data() : nullptr;
-    const bool pg = c.div == 1 || c.div == 2;
     const int64_t padded = (c.cols + 7) / 8 * 8;
     // grid, threads, dynamic shared bytes, chunk and staged as DistillKernels plans them
     unsigned grid = c.blocks, threads = c.threads, cluster = 1;
@@ -172,7 +173,7 @@ Result launch(const Case& c, const std::vector<float>& s32, const std::vector<fl
         grid = c.blocks * c.cl;
         cluster = c.cl;
     }
-    else if (c.regime == "split" && !pg) {
+    else if (c.regime == "split") {
         const int K = (c.cols + c.chunk - 1) / c.chunk;
         grid = c.groups * K;
         chunk = c.chunk;
@@ -215,8 +216,12 @@ double gradError(const std::vector<double>& want, const std::vector<float>& got)
     return worst / max;
 }
 
+// D4J_EMU_ONLY=split (a regime): run only its cases, for a quick look while changing one kernel.
+const char* only = std::getenv("D4J_EMU_ONLY");
+
 template <typename T>
 void run(Case c, std::mt19937_64& rng) {
+    if (only && c.regime != only) return;
     c.bf16 = sizeof(T) == 2;
     std::normal_distribution<float> gauss(0.f, 1.f);
     const size_t n = (size_t)c.rows * c.cols;
@@ -289,6 +294,17 @@ int main() {
     add({"split", 31, 1024, 0, 4.f, 0.9f, 0.5f, true, 0, 1})->chunk = 64, cases.back().groups = 5;            // 16 slices, 5 groups
     add({"split", 13, 800, 0, 4.f, 0.7f, 0.5f, true, 0, 1})->chunk = 200, cases.back().groups = 2, cases.back().topK = true;
     add({"split", 10, 300, 0, 4.f, 0.7f, 0.5f, true, 0, 1})->chunk = 100, cases.back().groups = 2, cases.back().badLabel = true;
+    // split's _pg kernels (reverse KL, JSD: the group meets a second time a row, for sum p g)
+    add({"split", 11, 600, 1, 0.1f, 0.8f, 0.5f, true, 11, 2})->chunk = 160, cases.back().groups = 3;          // T = 0.1, logits 1e4, in place
+    add({"split", 10, 777, 2, 100.f, 0.3f, 0.2f, true, 0, 1})->chunk = 200, cases.back().groups = 2;          // T = 100
+    add({"split", 19, 1000, 1, 1.f, 0.5f, 0.5f, true, 0, 1})->chunk = 1000, cases.back().groups = 4;          // K = 1
+    add({"split", 9, 4097, 2, 4.f, 0.9f, 0.7f, true, 0, 2})->chunk = 1368, cases.back().groups = 2;           // 3 uneven slices, in place
+    add({"split", 31, 1024, 2, 4.f, 0.9f, 0.5f, true, 0, 1})->chunk = 64, cases.back().groups = 5;            // 16 slices, 5 groups
+    add({"split", 17, 999, 1, 2.f, 0.6f, 0.5f, true, 30, 2})->chunk = 256, cases.back().groups = 2;           // unaligned rows, in place
+    add({"split", 14, 500, 1, 2.f, 0.7f, 0.5f, true, 0, 0})->chunk = 128, cases.back().groups = 3;            // no gradient
+    add({"split", 12, 640, 2, 4.f, 1.f, 0.5f, false, 40, 2})->chunk = 64, cases.back().groups = 2;            // no labels, in place
+    add({"split", 13, 800, 2, 4.f, 0.7f, 0.5f, true, 0, 1})->chunk = 200, cases.back().groups = 2, cases.back().topK = true;
+    add({"split", 10, 300, 2, 4.f, 0.7f, 0.5f, true, 0, 1})->chunk = 100, cases.back().groups = 2, cases.back().badLabel = true;
     // the other regimes: extremes, unaligned rows, in place, no labels, top-k, bad label
     for (const char* regime : {"warp", "block", "reread", "pipe"}) {
         const bool warp = std::string(regime) == "warp";

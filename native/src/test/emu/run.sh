@@ -3,7 +3,7 @@
 # split; their reverse KL / JSD twins) on the CPU emulation of CUDA (include/cuda_emu.h) against a
 # float64 reference (loss_emu.cpp): their logic checked without a GPU, not their speed
 # or races that only the GPU's weaker memory ordering would show. Needs g++ (C++17); about two minutes.
-#   bash native/src/test/emu/run.sh
+#   bash native/src/test/emu/run.sh                         (D4J_EMU_ONLY=split: one regime's cases only)
 set -euo pipefail
 command -v g++ >/dev/null 2>&1 || { echo "[native] loss kernel emulation skipped: no g++"; exit 0; }
 here="$(cd "$(dirname "$0")" && pwd)"

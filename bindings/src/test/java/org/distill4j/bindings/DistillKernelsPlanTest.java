@@ -109,10 +109,8 @@ class DistillKernelsPlanTest {
         java.util.List<String> built = org.distill4j.kernels.KernelImage.kernelNames();
         for (String name : names) {
             assertTrue(built.contains(name), name + " is planned but not built");
-            // split plans launch the re-reading block's _pg kernel for reverse KL and JSD
-            if (!name.startsWith("d4j_kd_split")) assertTrue(built.contains(name + "_pg"), name + "_pg (reverse KL / JSD) is not built");
+            assertTrue(built.contains(name + "_pg"), name + "_pg (reverse KL / JSD) is not built");
         }
-        assertTrue(built.contains("d4j_kd_reread_f32_pg") && built.contains("d4j_kd_reread_bf16_pg"), "split's stand-in for reverse KL and JSD");
         for (String family : new String[] {"warp", "block", "cluster", "reread", "pipe", "split"}) {
             assertTrue(names.stream().anyMatch(n -> n.startsWith("d4j_kd_" + family)), family + " kernels planned");
         }
@@ -157,6 +155,8 @@ class DistillKernelsPlanTest {
         assertEquals(512, p.blocks(), "4 blocks an SM (64 registers assumed) = 528, 8 whole groups of 64");
         Plan bf16 = h100.explicit("split", 1, 0, 16384, 262144, 2);
         assertEquals(4096, bf16.chunk(), "bf16: twice the columns in the same bytes");
+        assertEquals(DistillKernels.SPLIT_THREADS, bf16.threads(), "16 columns a thread: the _pg kernel is compiled for 256 threads at most");
+        assertThrows(IllegalArgumentException.class, () -> h100.explicit("split", 1, 0, 16384, 131072, 4, Long.MAX_VALUE, 512));
         Plan one = h100.explicit("split", 1, 0, 16384, 1000, 4);
         assertEquals(1000, one.chunk(), "a row shorter than a slice is one slice");
         assertEquals(128, one.threads());
@@ -167,7 +167,9 @@ class DistillKernelsPlanTest {
         assertEquals(3 * 128, h100.explicit("split", 1, 0, 3, 262144, 4).blocks(), "no more groups than rows");
         assertEquals("d4j_kd_split_f32", sm80.explicit("split", 1, 0, 16384, 262144, 4).kernel(), "no clusters needed: sm_80 runs it");
         // the ring fits the scratch for every grid: it starts past the largest grid's partials (2 x maxBlocks),
-        // flags at fixed places (4 x maxBlocks words), then 2 G x 5 slice statistics + (2 G / K) x 5 row statistics
+        // flags at fixed places (4 x maxBlocks words), then for R = 2 G / K ring rows (K > 1; one slice
+        // a row publishes nothing) R K x 5 slice statistics, R x 5 row statistics, R K x 2 doubles of
+        // pg slots and R doubles of row pg (the _pg kernel): R (9 K + 7) floats
         for (DistillKernels k : new DistillKernels[] {h100, sm80}) {
             for (long cols : new long[] {513, 1000, 4097, 32000, 131072, 262144}) {
                 for (long stage : new long[] {Long.MAX_VALUE, 64 * 1024, 8 * 1024}) {
@@ -181,7 +183,9 @@ class DistillKernelsPlanTest {
                         long slices = (cols + q.chunk() - 1) / q.chunk();
                         assertEquals(0, q.blocks() % slices, q + ": whole groups");
                         assertTrue(q.chunk() % 8 == 0 && (slices - 1) * q.chunk() < cols, q + ": no empty slice");
-                        long ring = 6L * k.maxBlocks() + 10L * q.blocks() + 5L * (2L * q.blocks() / slices);
+                        long rings = 2L * q.blocks() / slices;
+                        long ring = 6L * k.maxBlocks() + (slices == 1 ? 0 : rings * (9 * slices + 7));
+                        assertEquals(0, (5 * rings * (slices + 1)) % 2, q + ": the pg doubles 8-byte aligned");
                         assertTrue(ring <= k.scratchFloats(), q + ": ring of " + ring + " floats in a scratch of " + k.scratchFloats());
                         assertTrue(q.blocks() <= k.maxBlocks(), q.toString());
                     }

@@ -214,8 +214,9 @@ class GpuDistillationLossTest {
      * The split regime (seventh session, written without a GPU): rows cut into slices held by
      * groups of blocks that exchange their statistics through L2, a round apart. Against the CPU
      * oracle with more rows than groups (the ring of row statistics wraps many times), one slice a
-     * row (K = 1) to 128 slices, small slices (many groups), unaligned rows, fp32 and bf16, KL and
-     * MSE (reverse KL and JSD take the re-reading block under a split plan: checked too), T from
+     * row (K = 1) to 128 slices, small slices (many groups), unaligned rows, fp32 and bf16, KL,
+     * MSE, and reverse KL and JSD (the _pg kernel of the eighth session: a second meeting of the
+     * group a row, for the gradient's sum p g, also written without a GPU), T from
      * 0.1 (logits of 1e4) to 100, labels (ignored rows, normaliser given or counted) or none, a
      * top-k teacher (-inf outside 50 columns), gradient in place or none; then the same launch three
      * more times, bit for bit (the ring is left as found, and the merge order is fixed).
@@ -234,11 +235,11 @@ class GpuDistillationLossTest {
                 continue;  // 4 KiB buffers at 256k: more slices than resident blocks
             }
             assertEquals("split", plan.regime());
-            Divergence div = new Divergence[] {Divergence.KL, Divergence.MSE, Divergence.KL, Divergence.REVERSE_KL}[random.nextInt(4)];
+            Divergence div = new Divergence[] {Divergence.KL, Divergence.MSE, Divergence.KL, Divergence.REVERSE_KL, Divergence.JSD}[random.nextInt(5)];
             float t = new float[] {0.1f, 1f, 4f, 100f}[random.nextInt(4)];
             boolean labels = random.nextInt(4) != 0, topK = random.nextInt(4) == 0, inPlace = random.nextBoolean(), noGrad = random.nextInt(6) == 0;
             float[] s = gaussian(rows * cols, t == 0.1f ? 1e4 : 5), te = gaussian(rows * cols, t == 0.1f ? 1e4 : 5);
-            if (topK && div == Divergence.KL) for (int i = 0; i < te.length; i++) if (i % cols >= 50) te[i] = Float.NEGATIVE_INFINITY;
+            if (topK && (div == Divergence.KL || div == Divergence.JSD)) for (int i = 0; i < te.length; i++) if (i % cols >= 50) te[i] = Float.NEGATIVE_INFINITY;
             long[] y = new long[rows];
             for (int r = 0; r < rows; r++) y[r] = r % 5 == 4 ? -100 : random.nextInt(cols);
             DistillationLoss cfg = new DistillationLoss(div, t, labels ? 0.7f : 1f, 0.5f, -100);

@@ -23,7 +23,8 @@ import org.distill4j.bindings.cuda.cuda_h;
  * computed), written without a GPU in the fifth session and not yet measured, and "split" (the
  * seventh session, no GPU either, not yet measured): a row cut into slices held by a fixed group of
  * blocks that meet through L2, each row read once at any length and without clusters, the copy of
- * one row overlapping the gradient pass of the previous one.
+ * one row overlapping the gradient pass of the previous one (its reverse KL / JSD twin, the eighth
+ * session's, meets once more a row for the gradient's row sum, in the same shared memory and grid).
  * A plan names the KL/MSE kernel; reverse KL and JSD run its {@code _pg} twin (their gradient's
  * row sum formed in double), chosen by {@link #launch} from the divergence. Grids are about one wave; blocks loop
  * over rows, so the loss partials stay within {@link #maxBlocks()} entries. The thresholds are
@@ -55,15 +56,22 @@ public final class DistillKernels {
 
     /** Columns of a split plan's slice by default: 16 KiB of student + teacher a buffer (2,048 fp32 columns). */
     static final int SPLIT_BUFFER_BYTES = 16 * 1024;
+    /**
+     * Most threads a split block: its reverse KL / JSD kernel is compiled for 256 (on sm_100+ ptxas
+     * needs more than the 128 registers a 512-thread bound leaves), and one plan serves every divergence.
+     */
+    public static final int SPLIT_THREADS = 256;
 
     /**
      * Floats of the partials scratch per block of {@link #maxBlocks()}: 2 for the block's loss
-     * partial (soft, hard) and 24 for the split regime's ring, which starts after all of those:
-     * 2 x 2 words of flags (arrivals and ready for 2 ring rows, at fixed places), then per block
-     * 2 rounds x 5 slice statistics and (a row a round at most per block) 2 x 5 row statistics.
+     * partial (soft, hard) and 30 for the split regime's ring, which starts after all of those:
+     * 2 x 2 words of flags (arrivals and ready for 2 ring rows, at fixed places), then for
+     * R = 2 G / K ring rows (G blocks, K slices a row, K >= 2) R K x 5 slice statistics, R x 5
+     * row statistics, and for the {@code _pg} kernel R K x 2 doubles of pg slots and R doubles of
+     * row pg: R (9 K + 7) <= 25 G floats. 32 in all keeps the doubles 8-byte aligned.
      * It must be zero before the first launch (every launch leaves the flags zero).
      */
-    public static final int SCRATCH_FLOATS_PER_BLOCK = 2 + 24;
+    public static final int SCRATCH_FLOATS_PER_BLOCK = 2 + 30;
 
     /** The cluster sizes a regime's explicit plans take (1: no cluster; pipe: the block and every cluster). */
     public static int[] clusterSizes(String regime) {
@@ -208,7 +216,8 @@ public final class DistillKernels {
         long chunk = roundUp((cols + slices - 1) / slices, 8);
         slices = (cols + chunk - 1) / chunk;  // rounding chunk up may leave fewer slices, none empty
         int bytes = (int) (2 * chunk * 2L * elementBytes);
-        int threads = threadsPerBlock != 0 ? threadsPerBlock : stagedThreads(chunk);
+        if (threadsPerBlock > SPLIT_THREADS) throw new IllegalArgumentException("split: at most " + SPLIT_THREADS + " threads a block, got " + threadsPerBlock);
+        int threads = threadsPerBlock != 0 ? threadsPerBlock : Math.min(SPLIT_THREADS, stagedThreads(chunk));
         String name = "d4j_kd_split_" + type;
         long resident = (long) multiprocessors * residentPerSm(name, threads, bytes, blocksPerSm);
         if (resident < slices) {
@@ -252,9 +261,6 @@ public final class DistillKernels {
         // is resident at once (blocks loop over rows, so any grid covers them).
         // The counted normalizer's grid barrier needs the same cut, and a cooperative launch (below).
         boolean pg = divergence == 1 || divergence == 2;
-        // The split kernel is KL and MSE only (reverse KL and JSD would need a third step for
-        // their gradient's row sum): those two take the re-reading block instead.
-        if (pg && plan.regime().equals("split")) plan = explicit("reread", 1, 0, rows, cols, plan.kernel().endsWith("_bf16") ? 2 : 4);
         boolean split = plan.regime().equals("split");
         boolean counted = normalizer <= 0f && !labels.equals(MemorySegment.NULL);
         // split: a group's blocks wait for each other's row statistics, so all must be resident
