@@ -4,7 +4,8 @@
 #   bash .device/on-device.sh sh 'bash bench/gpu-session.sh loss demo'
 #   bash .device/on-device.sh sh 'bash bench/gpu-session.sh kd mnist predict'
 # Parts: loss (GpuLossBench + bench/pytorch/loss_bench.py), sweep (GpuLossBench --sweep: every
-# launch variant of the fused loss, SWEEP_REGIMES=pipe,cluster to narrow it), kd (bench/run-kd-step.sh cuda with the
+# launch variant of the fused loss, SWEEP_REGIMES=pipe,cluster to narrow it), sweep-pg (the same for
+# JSD: the _pg kernels, split's second group meeting a row included; SWEEP_REGIMES as for sweep), kd (bench/run-kd-step.sh cuda with the
 # step graph on and off against PyTorch eager / compile; KD_VARIANTS=eager,compile,max-autotune adds
 # max-autotune, minutes per shape), predict (the CUDA
 # Predictor, direct and with dynamic batching; needs runs/mnist/student-kd carried), demo
@@ -28,6 +29,9 @@ for part in "$@"; do
       # every launch variant of the fused loss (SWEEP_REGIMES: a subset of split,pipe,block,cluster,reread)
       "$JAVA" $JAVA_OPTS -cp "$CP" org.distill4j.bench.GpuLossBench "--sweep=${SWEEP_REGIMES:-split,pipe,block,cluster,reread}" 2>&1 | tee "$OUT/sweep.txt"
       python3 bench/sweep_summary.py "$OUT/sweep.txt" | tee "$OUT/sweep-summary.md" ;;
+    sweep-pg)
+      "$JAVA" $JAVA_OPTS -cp "$CP" org.distill4j.bench.GpuLossBench --divergence=jsd "--sweep=${SWEEP_REGIMES:-split,pipe,block,cluster,reread}" 2>&1 | tee "$OUT/sweep-pg.txt"
+      python3 bench/sweep_summary.py "$OUT/sweep-pg.txt" | tee "$OUT/sweep-pg-summary.md" ;;
     kd)
       { for graph in on off; do
           echo "--- Distill4J step graph $graph"
@@ -51,6 +55,6 @@ for part in "$@"; do
       [ -f data/mnist/train-images-idx3-ubyte ] || [ ! -f data/mnist-idx.tgz ] || tar -C data -xzf data/mnist-idx.tgz
       { for graph in auto off; do echo "--- step graph $graph"; DISTILL="$DISTILL_CMD" bash examples/mnist/run.sh --device cuda --graph $graph 2>&1 | grep -E "^done|step graph"; done; } \
         2>&1 | tee "$OUT/mnist.txt" ;;
-    *) echo "gpu-session.sh: unknown part '$part' (loss | sweep | kd | predict | demo | mnist)"; exit 2 ;;
+    *) echo "gpu-session.sh: unknown part '$part' (loss | sweep | sweep-pg | kd | predict | demo | mnist)"; exit 2 ;;
   esac
 done

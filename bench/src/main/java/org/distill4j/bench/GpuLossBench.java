@@ -10,6 +10,7 @@ import org.distill4j.core.Tensor;
 import org.distill4j.core.cuda.CudaBackend;
 import org.distill4j.core.cuda.DeviceBuffer;
 import org.distill4j.core.loss.DistillationLoss;
+import org.distill4j.core.loss.Divergence;
 
 /**
  * GPU benchmark of the fused distillation loss (Hinton KL, T = 4, alpha = 0.9, labels, gradient in
@@ -17,7 +18,8 @@ import org.distill4j.core.loss.DistillationLoss;
  * device-to-device copy of the same bytes in the same run. Bytes moved per evaluation: student and
  * teacher read, gradient written = 12 x rows x C. Median of 7 timed repeats of 10 evaluations
  * (CUDA events; a sweep's variants: median of 5 x 3). Run on the GPU machine:
- *   bash .device/on-device.sh java org.distill4j.bench.GpuLossBench [--sweep[=REGIME,...]] [rows] [C ...]
+ *   bash .device/on-device.sh java org.distill4j.bench.GpuLossBench [--divergence=NAME] [--sweep[=REGIME,...]] [rows] [C ...]
+ * --divergence=reverse-kl|jsd|mse times that soft term instead (JSD with beta 0.5; reverse KL and JSD run the _pg kernels);
  * --sweep also times every launch variant (regime, cluster size, blocks per SM, staged bytes, threads a block);
  * --sweep=pipe,cluster only those regimes' (block, cluster, reread, pipe).
  * Prints per C: "loss C=<C>: <GB/s> GB/s, <x>% of copy (<GB/s> GB/s), <ms> ms", then the same with the
@@ -27,20 +29,33 @@ public final class GpuLossBench {
     private GpuLossBench() {}
 
     public static void main(String[] args) {
+        // --divergence=jsd: time that divergence instead of KL (reverse KL and JSD run the _pg kernels);
         // --sweep: also time every launch variant; --sweep=pipe,cluster: only those regimes' variants
-        boolean sweep = args.length > 0 && (args[0].equals("--sweep") || args[0].startsWith("--sweep="));
+        Divergence divergence = Divergence.KL;
+        boolean sweep = false;
         Set<String> sweepRegimes = new LinkedHashSet<>(DistillKernels.REGIMES);
-        if (sweep && args[0].startsWith("--sweep=")) {
-            Set<String> asked = new LinkedHashSet<>(List.of(args[0].substring("--sweep=".length()).split(",")));
-            for (String r : asked) if (!sweepRegimes.contains(r)) throw new IllegalArgumentException("--sweep: unknown regime '" + r + "', expected " + sweepRegimes);
-            sweepRegimes = asked;
+        int options = 0;
+        for (; options < args.length && args[options].startsWith("--"); options++) {
+            String option = args[options];
+            if (option.startsWith("--divergence=")) {
+                divergence = Divergence.parse(option.substring("--divergence=".length()));
+            } else if (option.equals("--sweep")) {
+                sweep = true;
+            } else if (option.startsWith("--sweep=")) {
+                sweep = true;
+                Set<String> asked = new LinkedHashSet<>(List.of(option.substring("--sweep=".length()).split(",")));
+                for (String r : asked) if (!sweepRegimes.contains(r)) throw new IllegalArgumentException("--sweep: unknown regime '" + r + "', expected " + sweepRegimes);
+                sweepRegimes = asked;
+            } else {
+                throw new IllegalArgumentException("unknown option '" + option + "': expected --divergence=kl|reverse-kl|jsd|mse, --sweep or --sweep=REGIME,...");
+            }
         }
-        if (sweep) args = Arrays.copyOfRange(args, 1, args.length);
+        args = Arrays.copyOfRange(args, options, args.length);
         int rows = args.length > 0 ? Integer.parseInt(args[0]) : 16384;
         int[] classes = args.length > 1 ? Arrays.stream(args, 1, args.length).mapToInt(Integer::parseInt).toArray()
             : new int[] {1000, 8000, 32000, 128000, 256000};
         try (CudaBackend gpu = CudaBackend.create(0)) {
-            System.out.println("device: " + gpu.context().device());
+            System.out.println("device: " + gpu.context().device() + "; divergence " + divergence.cliName());
             warmUp(gpu);
             for (int c : classes) {
                 try (Tensor s = gpu.empty(DType.F32, rows, c); Tensor t = gpu.empty(DType.F32, rows, c); Tensor y = gpu.empty(DType.I64, rows);
@@ -50,7 +65,7 @@ public final class GpuLossBench {
                     long[] labels = new long[rows];
                     for (int r = 0; r < rows; r++) labels[r] = (r * 7919L) % c;
                     y.copyFrom(labels);
-                    DistillationLoss cfg = DistillationLoss.hinton(4f, 0.9f);
+                    DistillationLoss cfg = new DistillationLoss(divergence, 4f, 0.9f, 0.5f, -100);
                     long bytes = 12L * rows * c;
                     DeviceBuffer sb = new DeviceBuffer(s.data(), s.byteSize()), tb = new DeviceBuffer(t.data(), t.byteSize());
                     Runnable lossWork = () -> gpu.distillationLoss(s, t, y, cfg, rows, loss, s);
