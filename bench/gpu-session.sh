@@ -26,11 +26,11 @@ for part in "$@"; do
     loss)
       { "$JAVA" $JAVA_OPTS -cp "$CP" org.distill4j.bench.GpuLossBench; python3 bench/pytorch/loss_bench.py; } 2>&1 | tee "$OUT/loss.txt" ;;
     sweep)
-      # every launch variant of the fused loss (SWEEP_REGIMES: a subset of split,pipe,block,cluster,reread)
-      "$JAVA" $JAVA_OPTS -cp "$CP" org.distill4j.bench.GpuLossBench "--sweep=${SWEEP_REGIMES:-split,pipe,block,cluster,reread}" 2>&1 | tee "$OUT/sweep.txt"
+      # every launch variant of the fused loss (SWEEP_REGIMES: a subset of split,pipe,warp,block,cluster,reread)
+      "$JAVA" $JAVA_OPTS -cp "$CP" org.distill4j.bench.GpuLossBench "--sweep=${SWEEP_REGIMES:-split,pipe,warp,block,cluster,reread}" 2>&1 | tee "$OUT/sweep.txt"
       python3 bench/sweep_summary.py "$OUT/sweep.txt" | tee "$OUT/sweep-summary.md" ;;
     sweep-pg)
-      "$JAVA" $JAVA_OPTS -cp "$CP" org.distill4j.bench.GpuLossBench --divergence=jsd "--sweep=${SWEEP_REGIMES:-split,pipe,block,cluster,reread}" 2>&1 | tee "$OUT/sweep-pg.txt"
+      "$JAVA" $JAVA_OPTS -cp "$CP" org.distill4j.bench.GpuLossBench --divergence=jsd "--sweep=${SWEEP_REGIMES:-split,pipe,warp,block,cluster,reread}" 2>&1 | tee "$OUT/sweep-pg.txt"
       python3 bench/sweep_summary.py "$OUT/sweep-pg.txt" | tee "$OUT/sweep-pg-summary.md" ;;
     kd)
       { for graph in on off; do

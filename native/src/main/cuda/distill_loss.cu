@@ -3,7 +3,8 @@
 // q = softmax(b):
 //   loss = sum_r { alpha T^2 D(q, p) + (1 - alpha) CE(s, y) } / N,   grad[r] = dL/ds_r
 // in ONE launch. Regimes by the number of classes C (the host picks one, DistillKernels.plan):
-//   warp    C <= 512: a warp per row, the row held in registers (ITEMS values per lane, coalesced).
+//   warp    C <= 512: a warp per row, the row held in registers (ITEMS values per lane, coalesced);
+//           explicit plans up to 1,024 (ITEMS = 32, to be measured against the block at 1k).
 //   block   a block per row, the row staged in shared memory (16-byte copies), up to 96 KiB a block.
 //   cluster sm_90+, C beyond one block: a thread-block cluster of CL blocks per row, each staging
 //           its slice or part of it (the rest re-read from L2); the host plans pairs (CL = 2) up to
@@ -788,10 +789,12 @@ __device__ __forceinline__ void d4j_kd_block(const T* s, const T* __restrict__ t
 // Every kernel twice: NAME for KL and MSE, NAME_pg for reverse KL and JSD (PG: their gradient
 // needs sum p g, in double). The host picks by divergence (DistillKernels.launch).
 // Warp kernels: (256, 2) because without the floor of 2 blocks, ptxas for sm_120 held them to 64
-// registers and spilled.
+// registers and spilled. ITEMS = 32 (rows of 513-1,024 columns, explicit plans: a candidate for 1k,
+// to be measured) holds 64 values a lane: (256, 1), 160 registers on sm_90 (230 for _pg on sm_120),
+// no spills; 128-thread blocks fit three an SM.
 #define D4J_KD_WARP(NAME, T, ITEMS) \
-    extern "C" __global__ void __launch_bounds__(256, 2) NAME(D4J_KD_PARAMS(T)) { d4j_kd_warp<T, ITEMS, false>(D4J_KD_ARGS); } \
-    extern "C" __global__ void __launch_bounds__(256, 2) NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_warp<T, ITEMS, true>(D4J_KD_ARGS); }
+    extern "C" __global__ void __launch_bounds__(256, ITEMS > 16 ? 1 : 2) NAME(D4J_KD_PARAMS(T)) { d4j_kd_warp<T, ITEMS, false>(D4J_KD_ARGS); } \
+    extern "C" __global__ void __launch_bounds__(256, ITEMS > 16 ? 1 : 2) NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_warp<T, ITEMS, true>(D4J_KD_ARGS); }
 #define D4J_KD_BLOCK(NAME, T, CL, STAGED) \
     extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, STAGED, true, false>(D4J_KD_ARGS, chunk, staged); } \
     extern "C" __global__ void D4J_CLUSTER_DIMS(CL) D4J_KD_BLOCK_BOUNDS NAME##_pg(D4J_KD_PARAMS(T)) { d4j_kd_block<T, CL, STAGED, true, true>(D4J_KD_ARGS, chunk, staged); }
@@ -815,11 +818,13 @@ D4J_KD_WARP(d4j_kd_warp2_f32, float, 2)
 D4J_KD_WARP(d4j_kd_warp4_f32, float, 4)
 D4J_KD_WARP(d4j_kd_warp8_f32, float, 8)
 D4J_KD_WARP(d4j_kd_warp16_f32, float, 16)
+D4J_KD_WARP(d4j_kd_warp32_f32, float, 32)
 D4J_KD_WARP(d4j_kd_warp1_bf16, __nv_bfloat16, 1)
 D4J_KD_WARP(d4j_kd_warp2_bf16, __nv_bfloat16, 2)
 D4J_KD_WARP(d4j_kd_warp4_bf16, __nv_bfloat16, 4)
 D4J_KD_WARP(d4j_kd_warp8_bf16, __nv_bfloat16, 8)
 D4J_KD_WARP(d4j_kd_warp16_bf16, __nv_bfloat16, 16)
+D4J_KD_WARP(d4j_kd_warp32_bf16, __nv_bfloat16, 32)
 D4J_KD_BLOCK1(d4j_kd_block_f32, float, true)
 D4J_KD_BLOCK1(d4j_kd_block_bf16, __nv_bfloat16, true)
 D4J_KD_BLOCK1(d4j_kd_reread_f32, float, false)

@@ -114,13 +114,14 @@ template <typename T> Kernel<T> kernelFor(const Case& c) {
     const bool pg = c.div == 1 || c.div == 2, b = sizeof(T) == 2;
 #define D4J_PICK(NAME) return (Kernel<T>)(b ? (pg ? (void*)NAME##_bf16_pg : (void*)NAME##_bf16) : (pg ? (void*)NAME##_f32_pg : (void*)NAME##_f32))
     if (c.regime == "warp") {
-        const int items = c.cols <= 32 ? 1 : c.cols <= 64 ? 2 : c.cols <= 128 ? 4 : c.cols <= 256 ? 8 : 16;
+        const int items = c.cols <= 32 ? 1 : c.cols <= 64 ? 2 : c.cols <= 128 ? 4 : c.cols <= 256 ? 8 : c.cols <= 512 ? 16 : 32;
         switch (items) {
             case 1: D4J_PICK(d4j_kd_warp1);
             case 2: D4J_PICK(d4j_kd_warp2);
             case 4: D4J_PICK(d4j_kd_warp4);
             case 8: D4J_PICK(d4j_kd_warp8);
-            default: D4J_PICK(d4j_kd_warp16);
+            case 16: D4J_PICK(d4j_kd_warp16);
+            default: D4J_PICK(d4j_kd_warp32);
         }
     }
     if (c.regime == "block") D4J_PICK(d4j_kd_block);
@@ -294,6 +295,14 @@ int main() {
     add({"split", 31, 1024, 0, 4.f, 0.9f, 0.5f, true, 0, 1})->chunk = 64, cases.back().groups = 5;            // 16 slices, 5 groups
     add({"split", 13, 800, 0, 4.f, 0.7f, 0.5f, true, 0, 1})->chunk = 200, cases.back().groups = 2, cases.back().topK = true;
     add({"split", 10, 300, 0, 4.f, 0.7f, 0.5f, true, 0, 1})->chunk = 100, cases.back().groups = 2, cases.back().badLabel = true;
+    // warp32 (explicit plans, 513-1,024 columns): every divergence, extremes, unaligned in place, no labels
+    for (int div = 0; div < 4; div++) add({"warp", 37, 1000, div, 4.f, 0.7f, 0.4f, true, 0, 1})->blocks = 2;  // 16 warps: rows loop
+    add({"warp", 11, 1024, 1, 0.1f, 0.8f, 0.5f, true, 11, 2});  // reverse KL, T = 0.1, logits 1e4, in place
+    add({"warp", 10, 777, 2, 100.f, 0.3f, 0.2f, true, 0, 1});   // JSD, T = 100
+    add({"warp", 12, 999, 0, 4.f, 1.f, 0.5f, false, 0, 2});     // no labels, unaligned, in place
+    add({"warp", 13, 800, 0, 4.f, 0.7f, 0.5f, true, 0, 1})->topK = true;
+    add({"warp", 10, 600, 3, 2.f, 0.5f, 0.5f, true, 0, 0})->badLabel = true;  // MSE, no gradient
+    add({"warp", 8, 1000, 2, 2.f, 0.7f, 0.3f, true, 0, 1})->nanLogit = true;
     // split's _pg kernels (reverse KL, JSD: the group meets a second time a row, for sum p g)
     add({"split", 11, 600, 1, 0.1f, 0.8f, 0.5f, true, 11, 2})->chunk = 160, cases.back().groups = 3;          // T = 0.1, logits 1e4, in place
     add({"split", 10, 777, 2, 100.f, 0.3f, 0.2f, true, 0, 1})->chunk = 200, cases.back().groups = 2;          // T = 100
@@ -381,6 +390,10 @@ int main() {
             c.groups = 3;
             run<__nv_bfloat16>(c, rng);
             Case u{regime, 9, std::string(regime) == "warp" ? 301 : 1001, div == 0 ? 3 : 1, 2.f, 0.5f, 0.5f, true, 0, 2};  // unaligned, in place
+            if (std::string(regime) == "warp") {  // warp32 in bf16
+                Case w{regime, 19, 1000, div, 4.f, 0.7f, 0.5f, true, 0, 2};
+                run<__nv_bfloat16>(w, rng);
+            }
             u.chunk = 512;
             u.groups = 2;
             run<__nv_bfloat16>(u, rng);

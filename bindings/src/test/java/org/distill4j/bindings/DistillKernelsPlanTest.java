@@ -144,6 +144,24 @@ class DistillKernelsPlanTest {
     }
 
     @Test
+    void warpPlansHoldTheRowInRegistersUpTo1024Columns() {
+        assertEquals(h100.plan(16384, 512, 4), h100.explicit("warp", 1, 0, 16384, 512, 4), "the planner's warp plan is the explicit one");
+        Plan w32 = h100.explicit("warp", 1, 0, 16384, 1000, 4);
+        assertEquals("d4j_kd_warp32_f32", w32.kernel(), "1,000 columns: 32 values a lane");
+        assertEquals(DistillKernels.WARP_THREADS, w32.threads());
+        assertEquals(2048, w32.blocks(), "16,384 rows, 8 a block");
+        assertEquals(h100.maxBlocks(), h100.explicit("warp", 1, 0, 1 << 20, 1000, 4).blocks(), "a million rows: the grid's cap, blocks loop over rows");
+        assertEquals("d4j_kd_warp32_bf16", h100.explicit("warp", 1, 0, 16384, 1024, 2).kernel());
+        Plan small = h100.explicit("warp", 1, 3, 100, 1000, 4, Long.MAX_VALUE, 128);
+        assertEquals(25, small.blocks(), "100 rows, 4 a block of 128 threads");
+        assertEquals(132 * 3, h100.explicit("warp", 1, 3, 16384, 1000, 4, Long.MAX_VALUE, 128).blocks(), "3 blocks an SM");
+        assertEquals("block", h100.plan(16384, 1000, 4).regime(), "the planner keeps the block at 1k until warp32 is measured");
+        assertThrows(IllegalArgumentException.class, () -> h100.explicit("warp", 1, 0, 16384, 1025, 4), "beyond 32 values a lane");
+        assertThrows(IllegalArgumentException.class, () -> h100.explicit("warp", 1, 0, 16384, 1000, 4, Long.MAX_VALUE, 512), "the launch bound is 256");
+        assertThrows(IllegalArgumentException.class, () -> h100.explicit("warp", 2, 0, 16384, 1000, 4), "no clusters");
+    }
+
+    @Test
     void splitPlansCutRowsIntoSlicesHeldByWholeGroups() {
         Plan p = h100.explicit("split", 1, 0, 16384, 131072, 4);
         assertEquals("d4j_kd_split_f32", p.kernel());

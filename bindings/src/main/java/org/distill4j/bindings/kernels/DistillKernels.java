@@ -13,7 +13,8 @@ import org.distill4j.bindings.cuda.cuda_h;
  * The fused distillation loss kernels of native/src/main/cuda/distill_loss.cu: picks the regime for
  * a [rows, cols] problem ({@link #plan}) and launches it, one launch per evaluation.
  *
- * <p>Regimes (the kernel file's header explains each): a warp per row for {@code cols <= 512},
+ * <p>Regimes (the kernel file's header explains each): a warp per row for {@code cols <= 512}
+ * (explicit plans up to 1,024: 32 values a lane, a candidate for 1k not yet measured),
  * a block per row with the row staged in shared memory while it fits in {@link #MAX_STAGE_BYTES},
  * on sm_90+ a cluster of two blocks per row while each can stage 3/4 of its half (the rest
  * re-read from L2), and beyond that (or before sm_90) a block per row that re-reads global memory.
@@ -31,8 +32,10 @@ import org.distill4j.bindings.cuda.cuda_h;
  * measured on an H100 ({@code GpuLossBench --sweep}, bench/RESULTS.md).
  */
 public final class DistillKernels {
-    /** Largest warp-regime row: 16 values per lane (ptxas keeps them in registers without spills). */
+    /** Largest warp-regime row the planner picks: 16 values per lane (ptxas keeps them in registers without spills). */
     public static final int WARP_MAX_COLS = 512;
+    /** Largest warp-regime row of an explicit plan: 32 values per lane (160 registers on sm_90), to be measured at 1k. */
+    public static final int WARP_EXPLICIT_MAX_COLS = 1024;
     /** Most staged bytes a block the planner uses: two blocks still fit an SM. */
     public static final int MAX_STAGE_BYTES = 96 * 1024;
     /** Threads per block: warp regime (8 warps); block/cluster regimes at most (the kernels' launch bound) and at least. */
@@ -52,7 +55,7 @@ public final class DistillKernels {
     public static final int MAX_CLUSTER = 16;
 
     /** The regimes {@link #explicit} plans, in the order benchmarks and tests list them. */
-    public static final List<String> REGIMES = List.of("block", "cluster", "reread", "pipe", "split");
+    public static final List<String> REGIMES = List.of("warp", "block", "cluster", "reread", "pipe", "split");
 
     /** Columns of a split plan's slice by default: 16 KiB of student + teacher a buffer (2,048 fp32 columns). */
     static final int SPLIT_BUFFER_BYTES = 16 * 1024;
@@ -78,7 +81,7 @@ public final class DistillKernels {
         return switch (regime) {
             case "cluster" -> new int[] {2, 4, 8, 16};
             case "pipe" -> new int[] {1, 2, 4, 8, 16};
-            case "block", "reread", "split" -> new int[] {1};
+            case "warp", "block", "reread", "split" -> new int[] {1};
             default -> throw new IllegalArgumentException("unknown fused-loss regime '" + regime + "', expected one of " + REGIMES);
         };
     }
@@ -116,14 +119,7 @@ public final class DistillKernels {
 
     /** The regime and launch shape for {@code rows x cols} logits of {@code elementBytes} (4 fp32, 2 bf16). */
     public Plan plan(long rows, long cols, int elementBytes) {
-        String type = elementBytes == 2 ? "bf16" : "f32";
-        if (cols <= WARP_MAX_COLS) {
-            int items = Integer.highestOneBit((int) Math.max(1, (cols + 31) / 32));
-            if (items * 32L < cols) items <<= 1;
-            long warps = WARP_THREADS / 32;
-            int blocks = (int) Math.min((rows + warps - 1) / warps, maxBlocks());
-            return new Plan("d4j_kd_warp" + items + "_" + type, "warp", 1, blocks, WARP_THREADS, 0, 0, 0);
-        }
+        if (cols <= WARP_MAX_COLS) return explicit("warp", 1, 0, rows, cols, elementBytes);
         int limit = Math.min(MAX_STAGE_BYTES, maxSharedOptin - STATIC_SHARED_BYTES);
         if (sliceBytes(cols, 1, elementBytes) <= limit) return explicit("block", 1, 0, rows, cols, elementBytes, limit);
         // sm_90+: a pair of blocks per row while each stages at least 3/4 of its half (up to 32k fp32
@@ -148,7 +144,8 @@ public final class DistillKernels {
     }
 
     /**
-     * A plan for a named regime ("block", "cluster", "reread", or "pipe": the block (cluster size 1)
+     * A plan for a named regime ("warp": a warp per row up to {@link #WARP_EXPLICIT_MAX_COLS};
+     * "block", "cluster", "reread", "split", or "pipe": the block (cluster size 1)
      * or cluster regime double-buffered, copying the next row while computing on this one, with
      * twice the shared memory), cluster size, resident blocks per SM (0: as many as fit) and most
      * staged bytes a block (student + teacher, both buffers; the rest of a cluster's slice is
@@ -165,6 +162,7 @@ public final class DistillKernels {
             throw new IllegalArgumentException("threads a block: a multiple of 32 from 32 to " + BLOCK_THREADS + ", got " + threadsPerBlock);
         }
         String type = elementBytes == 2 ? "bf16" : "f32";
+        if (regime.equals("warp")) return warp(clusterSize, blocksPerSm, rows, cols, threadsPerBlock, type);
         if (regime.equals("split")) return split(clusterSize, blocksPerSm, rows, cols, elementBytes, maxStageBytes, threadsPerBlock, type);
         int cl = clusterSize;
         if (Integer.bitCount(cl) != 1 || cl > MAX_CLUSTER) throw new IllegalArgumentException("cluster size " + cl + ": 1, 2, 4, 8 or 16");
@@ -198,6 +196,25 @@ public final class DistillKernels {
         };
         long groups = Math.max(1, Math.min(rows, (long) multiprocessors * residentPerSm(name, threads, bytes, blocksPerSm) / cl));
         return new Plan(name, regime, cl, (int) (groups * cl), threads, (int) bytes, staged ? chunk : cols, held);
+    }
+
+    /**
+     * The warp regime's plan: a warp per row, the row in registers, {@code items} = 32 * values a lane
+     * (the next power of two that holds the row); {@link #WARP_THREADS} threads a block unless given
+     * (at most that: the kernels' launch bound), and a grid of one block per {@code threads / 32} rows
+     * up to {@link #maxBlocks()}, or {@code blocksPerSm} an SM when that is positive.
+     */
+    private Plan warp(int clusterSize, int blocksPerSm, long rows, long cols, int threadsPerBlock, String type) {
+        if (clusterSize != 1) throw new IllegalArgumentException("warp with cluster size " + clusterSize + ": expected [1]");
+        if (cols > WARP_EXPLICIT_MAX_COLS) throw new IllegalArgumentException("warp: " + cols + " columns exceed " + WARP_EXPLICIT_MAX_COLS + " (32 values a lane)");
+        if (threadsPerBlock > WARP_THREADS) throw new IllegalArgumentException("warp: at most " + WARP_THREADS + " threads a block, got " + threadsPerBlock);
+        int items = Integer.highestOneBit((int) Math.max(1, (cols + 31) / 32));
+        if (items * 32L < cols) items <<= 1;
+        int threads = threadsPerBlock != 0 ? threadsPerBlock : WARP_THREADS;
+        long warps = threads / 32;
+        long cap = blocksPerSm > 0 ? (long) multiprocessors * blocksPerSm : maxBlocks();
+        int blocks = (int) Math.max(1, Math.min((rows + warps - 1) / warps, cap));
+        return new Plan("d4j_kd_warp" + items + "_" + type, "warp", 1, blocks, threads, 0, 0, 0);
     }
 
     /**
