@@ -21,3 +21,10 @@ g++ -std=c++17 -O2 -fno-strict-aliasing -pthread -w -D__CUDA_ARCH__=900 -include
 # a protocol fault shows as a hang (a group waiting on a flag): 5 minutes, then fail
 echo "[native] loss kernels on the CPU emulation of CUDA (src/test/emu/loss_emu.cpp)"
 timeout 300 "$work/loss_emu" || { echo "[native] loss kernel emulation FAILED (exit $?; 124 = hung)" >&2; exit 1; }
+# The split regime's protocol spans rounds (a ring of statistics, tickets, ready flags): its cases
+# again with blocks drifting apart (D4J_EMU_JITTER: a block sleeps at 2% of its barriers and atomics)
+if [ -z "${D4J_EMU_ONLY:-}" ]; then
+  echo "[native] the split cases again, blocks jittered"
+  D4J_EMU_ONLY=split D4J_EMU_JITTER=20 timeout 300 "$work/loss_emu" | grep -E "^FAIL|checks passed" \
+    || { echo "[native] loss kernel emulation (split, jittered) FAILED" >&2; exit 1; }
+fi

@@ -8,6 +8,7 @@
 // float64 reference. Races that need the GPU's weaker memory ordering are not exposed.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -68,10 +69,26 @@ inline thread_local char tlsAnchor;
 
 inline void yield() { swapcontext(&current->fibers[current->running].ctx, &current->scheduler); }
 
+// D4J_EMU_JITTER=N: at a block barrier or an atomic, with probability N / 1000, the block's OS
+// thread sleeps 0-200 us, so that blocks drift apart as far as the kernels' protocols allow (a
+// group's fast block racing rounds ahead of a slow one: ring reuse, flags). 0 (unset): no jitter.
+inline const int jitterPerMille = [] {
+    const char* j = std::getenv("D4J_EMU_JITTER");
+    return j ? std::atoi(j) : 0;
+}();
+inline void jitter() {
+    if (jitterPerMille <= 0) return;
+    thread_local unsigned long long state = 0x9E3779B97F4A7C15ull ^ (unsigned long long)std::hash<std::thread::id>()(std::this_thread::get_id());
+    state = state * 6364136223846793005ull + 1442695040888963407ull;  // an LCG: per thread, no locks
+    const unsigned r = (unsigned)(state >> 33);
+    if ((int)(r % 1000) < jitterPerMille) std::this_thread::sleep_for(std::chrono::microseconds((r >> 10) % 200));
+}
+
 inline void blockBarrier() {
     Block* b = current;
     unsigned gen = b->generation;
     if (++b->arrived == b->threads) {
+        jitter();  // once a barrier: the whole block waits
         b->arrived = 0;
         b->generation++;
         return;
@@ -234,8 +251,8 @@ inline unsigned __reduce_add_sync(unsigned, unsigned v) {
     return sum;
 }
 
-inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
-inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { emu::jitter(); return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { emu::jitter(); return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 // L2 loads (read what another block wrote: a volatile read, never a value cached in a register)
 template <typename V> inline V __ldcg(const V* p) { return *reinterpret_cast<const volatile V*>(p); }
 template <typename V> inline V __ldg(const V* p) { return *p; }
