@@ -928,6 +928,31 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
         const T* ss = buffers + 2 * chunk * b;
         d4j_each_staged<T>(ss, ss + chunk, n, vec, f);
     };
+    // The ring's protocol, the same for a row's statistics and (PG) its pg sums. Warp 0 takes the
+    // block's ticket on the row once thread 0 has written its slot: true in the K-th block, which
+    // then reads every slot, merges them and (thread 0) raises the row's flag to a tag (2 r + 1:
+    // statistics ready; 2 r + 2: pg ready), resetting the arrivals for the next use. Thread 0 of
+    // every block awaits the tag before it reads the merged values.
+    auto takeTicket = [&](int ring) -> bool {
+        bool last = false;
+        if (threadIdx.x == 0) {
+            __threadfence();  // the slot is visible device-wide before the ticket says so
+            last = atomicAdd(&arrivals[ring], 1u) == (unsigned)(K - 1);
+        }
+        if (!__shfl_sync(0xffffffffu, last, 0)) return false;
+        __threadfence();  // the K-th reads the other slots after their tickets
+        return true;
+    };
+    auto raiseFlag = [&](int ring, unsigned tag) {
+        arrivals[ring] = 0u;  // every ticket of this row is taken
+        __threadfence();      // the merged values are visible device-wide before the flag says so
+        *reinterpret_cast<volatile unsigned*>(&ready[ring]) = tag;
+    };
+    auto awaitFlag = [&](int ring, unsigned tag) {
+        const volatile unsigned* flag = &ready[ring];
+        while (*flag != tag) __nanosleep(32);
+        __threadfence();  // read the merged values after the flag
+    };
     // Row r's slice statistics from buffer b, published (K > 1) or kept in held (K = 1).
     auto statistics = [&](int64_t r, int b) {
         int64_t y;
@@ -961,7 +986,6 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
         }
         if (threadIdx.x >= 32) return;
         const int ring = (int)(r % R);
-        bool last = false;
         if (threadIdx.x == 0) {
             float* slot = sliceStats + ((int64_t)ring * K + slice) * 5;
             slot[0] = mx[0];
@@ -969,13 +993,10 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
             slot[2] = sum[0];
             slot[3] = sum[1];
             slot[4] = sum[2];
-            __threadfence();  // the slot is visible device-wide before the ticket says so
-            last = atomicAdd(&arrivals[ring], 1u) == (unsigned)(K - 1);
         }
-        if (!__shfl_sync(0xffffffffu, last, 0)) return;
+        if (!takeTicket(ring)) return;
         // The K-th block: merge the slices in slice order (each lane its slices q = lane, lane + 32,
         // ... in order, then a fixed shuffle tree), as d4j_cluster_merge does for a cluster.
-        __threadfence();
         const float* slots = sliceStats + (int64_t)ring * K * 5;
         float m0 = -INFINITY, m1 = -INFINITY;
         for (int q = threadIdx.x; q < K; q += 32) {
@@ -1002,9 +1023,7 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
             out[2] = A;
             out[3] = B;
             out[4] = C;
-            arrivals[ring] = 0u;  // every ticket of this row is taken; the next user is two rounds on
-            __threadfence();      // the statistics are visible device-wide before the flag says so
-            *reinterpret_cast<volatile unsigned*>(&ready[ring]) = (unsigned)(2 * r + 1);
+            raiseFlag(ring, (unsigned)(2 * r + 1));
         }
     };
     // PG, K > 1: this slice's (sum p g, sum p) published for row r; returns the group's pg, the
@@ -1012,16 +1031,12 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
     auto groupPg = [&](int64_t r, const double (&v)[2]) -> double {
         const int ring = (int)(r % R);
         if (threadIdx.x < 32) {
-            bool last = false;
             if (threadIdx.x == 0) {
                 double* slot = pgSlots + ((int64_t)ring * K + slice) * 2;
                 slot[0] = v[0];
                 slot[1] = v[1];
-                __threadfence();  // the slot is visible device-wide before the ticket says so
-                last = atomicAdd(&arrivals[ring], 1u) == (unsigned)(K - 1);
             }
-            if (__shfl_sync(0xffffffffu, last, 0)) {
-                __threadfence();
+            if (takeTicket(ring)) {
                 const double* slots = pgSlots + (int64_t)ring * K * 2;
                 double a = 0.0, b = 0.0;
                 for (int q = threadIdx.x; q < K; q += 32) {
@@ -1032,15 +1047,11 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
                 b = d4j_warp_sum(b);
                 if (threadIdx.x == 0) {
                     pgRows[ring] = b > 0.0 ? a / b : 0.0;
-                    arrivals[ring] = 0u;  // every pg ticket of this row is taken
-                    __threadfence();
-                    *reinterpret_cast<volatile unsigned*>(&ready[ring]) = (unsigned)(2 * r + 2);
+                    raiseFlag(ring, (unsigned)(2 * r + 2));
                 }
             }
             if (threadIdx.x == 0) {
-                const volatile unsigned* flag = &ready[ring];
-                while (*flag != (unsigned)(2 * r + 2)) __nanosleep(32);
-                __threadfence();  // read pg after the flag
+                awaitFlag(ring, (unsigned)(2 * r + 2));
                 rowPg = __ldcg(&pgRows[ring]);
             }
         }
@@ -1061,9 +1072,7 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
         if (K > 1) {
             const int ring = (int)(r % R);
             if (threadIdx.x == 0) {
-                const volatile unsigned* flag = &ready[ring];
-                while (*flag != (unsigned)(2 * r + 1)) __nanosleep(32);
-                __threadfence();  // read the statistics after the flag
+                awaitFlag(ring, (unsigned)(2 * r + 1));
 #pragma unroll
                 for (int j = 0; j < 5; j++) row5[j] = __ldcg(&rowStats[ring * 5 + j]);
             }
@@ -1076,7 +1085,6 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
         }
         const float ms = st5[0], mt = st5[1];
         const D4jRow st = {ms, mt, logf(st5[2]), logf(st5[3]), logf(st5[4])};
-        const bool vec = n % 4 == 0 && (!grad || (((uintptr_t)(grad + base + lo)) & (4 * sizeof(T) - 1)) == 0);
         if constexpr (PG) {
             // Element by element (W = 1) in both passes: four-wide, ptxas interleaved four
             // elements' double-precision logs and took 105 registers on sm_90 (spilling on sm_120)
@@ -1102,6 +1110,7 @@ __device__ __forceinline__ void d4j_kd_split(const T* s, const T* __restrict__ t
             });
             return;
         }
+        const bool vec = n % 4 == 0 && (!grad || (((uintptr_t)(grad + base + lo)) & (4 * sizeof(T) - 1)) == 0);
         each(b, vec, [&](int i, const auto& sv, const auto& tv) {
             constexpr int W = sizeof(sv) / sizeof(float);
             float g[W];
