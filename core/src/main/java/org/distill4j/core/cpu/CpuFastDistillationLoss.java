@@ -80,9 +80,28 @@ final class CpuFastDistillationLoss {
             && (labels == null || labels.isNative()) && (grad == null || grad.isNative());
     }
 
-    /** The index of the first -inf among x's n logits, or -1: one vectorised pass (x native, the library loaded). */
+    /** Logits a task of the -inf check scans (a quarter of a 4096 x 1000 teacher). */
+    private static final long CHECK_CHUNK = 1L << 20;
+
+    /**
+     * The index of the first -inf among x's n logits, or -1 (x native, the library loaded): one
+     * vectorised C pass, cut into chunks scanned in parallel on the pool the loss runs on (a
+     * memory-bound pass over the whole teacher; reverse KL at 4096 x 1000 on 2 cores: 5.36 ms with
+     * one serial scan, 4.70-4.89 ms so, JMH); the first chunk with one names it, as the serial scan.
+     */
     static long firstNegativeInfinity(MemorySegment x, long n, boolean bf16) {
-        return distill4j_cpu_h.d4j_cpu_find_neg_inf(x, bf16 ? distill4j_cpu_h.D4J_CPU_BF16 : distill4j_cpu_h.D4J_CPU_F32, n);
+        int dtype = bf16 ? distill4j_cpu_h.D4J_CPU_BF16 : distill4j_cpu_h.D4J_CPU_F32;
+        long bytes = bf16 ? 2 : 4;
+        int chunks = (int) ((n + CHECK_CHUNK - 1) / CHECK_CHUNK);
+        if (chunks <= 1) return distill4j_cpu_h.d4j_cpu_find_neg_inf(x, dtype, n);
+        long[] found = new long[chunks];
+        IntStream.range(0, chunks).parallel().forEach(c -> {
+            long from = c * CHECK_CHUNK, len = Math.min(CHECK_CHUNK, n - from);
+            long i = distill4j_cpu_h.d4j_cpu_find_neg_inf(x.asSlice(from * bytes, len * bytes), dtype, len);
+            found[c] = i < 0 ? -1 : from + i;
+        });
+        for (long i : found) if (i >= 0) return i;
+        return -1;
     }
 
     /** As {@link CpuDistillationLoss#compute}: {loss, soft, hard}, each divided by the normalizer. */

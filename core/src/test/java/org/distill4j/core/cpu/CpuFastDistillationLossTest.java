@@ -8,6 +8,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import java.lang.foreign.MemorySegment;
 import java.util.Random;
 import java.util.concurrent.ForkJoinPool;
+import org.distill4j.bindings.cpu.distill4j_cpu_h;
 import org.distill4j.core.Bf16;
 import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
@@ -237,6 +238,40 @@ class CpuFastDistillationLossTest {
                     IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
                         () -> run(reference, type, s, t, null, rows, cols, cfg, 0, "in place"));
                     assertTrue(e.getMessage().contains("element " + at + " is -inf"), type + " " + div + (reference ? " (oracle)" : " (fast path)") + ": " + e.getMessage());
+                }
+            }
+        }
+    }
+
+    /**
+     * The -inf check past one chunk (it scans chunks of 2^20 logits in parallel): the first -inf of
+     * the whole teacher wins whichever chunk finishes first, at chunk boundaries, in the last
+     * element, with none at all, fp32 and bf16, +inf never reported.
+     */
+    @Test
+    void theParallelMinusInfinityCheckNamesTheFirstOne() {
+        org.junit.jupiter.api.Assumptions.assumeTrue(CpuFastDistillationLoss.available(), CpuFastDistillationLoss.unavailableReason());
+        long chunk = 1L << 20, n = 3 * chunk + 12345;
+        for (DType type : new DType[] {DType.F32, DType.BF16}) {
+            boolean bf16 = type == DType.BF16;
+            long bytes = bf16 ? 2 : 4;
+            // shared: the chunks are scanned on the pool's threads (tensors' memory is shared too)
+            try (java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofShared()) {
+                MemorySegment x = arena.allocate(n * bytes, 64);  // zeros
+                java.util.function.BiConsumer<Long, Float> put = (i, v) -> {
+                    if (bf16) x.set(java.lang.foreign.ValueLayout.JAVA_SHORT, i * 2, Bf16.fromFloat(v));
+                    else x.set(java.lang.foreign.ValueLayout.JAVA_FLOAT, i * 4, v);
+                };
+                assertEquals(-1, CpuFastDistillationLoss.firstNegativeInfinity(x, n, bf16), type + ": none");
+                put.accept(5L, Float.POSITIVE_INFINITY);
+                put.accept(n - 1, Float.NEGATIVE_INFINITY);
+                assertEquals(n - 1, CpuFastDistillationLoss.firstNegativeInfinity(x, n, bf16), type + ": the last element");
+                long[] firsts = {3 * chunk, 2 * chunk + random.nextInt((int) chunk), chunk, chunk - 1, random.nextInt((int) chunk)};
+                for (long at : firsts) {  // each earlier than the ones before it, which stay
+                    put.accept(at, Float.NEGATIVE_INFINITY);
+                    assertEquals(at, CpuFastDistillationLoss.firstNegativeInfinity(x, n, bf16), type + ": -inf at " + at + " (seed " + seed + ")");
+                    assertEquals(at, distill4j_cpu_h.d4j_cpu_find_neg_inf(x, bf16 ? distill4j_cpu_h.D4J_CPU_BF16 : distill4j_cpu_h.D4J_CPU_F32, n),
+                        type + ": the serial scan agrees");
                 }
             }
         }
