@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The CPU loss kernel's three copies (AVX-512, AVX2, SSE2) timed in C on one thread, optionally
 # against the same copies from an earlier revision, alternating in one run (bench/native/cpu_loss_kernel.c):
-#   bench/run-cpu-kernel.sh [REV] [ROWS COLS]      e.g. bench/run-cpu-kernel.sh HEAD~3 4096 1000
+#   bench/run-cpu-kernel.sh [REV] [ROWS COLS [T]]      e.g. bench/run-cpu-kernel.sh HEAD~3 4096 1000 3
 # Built with native/build-cpu-kernels.sh's flags. A copy this CPU cannot run crashes the program:
 # on a CPU without AVX-512, time the others through JMH (-Ddistill4j.cpu.isa=avx2|sse2) instead.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 rev=""
-if [ $# -eq 1 ] || [ $# -eq 3 ]; then rev="$1"; shift; fi
+if [ $# -gt 0 ] && ! [[ "$1" =~ ^[0-9]+$ ]]; then rev="$1"; shift; fi  # a revision, not a row count
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
 flags=(-std=gnu11 -O3 -fPIC -Wall -Wextra -Werror -Wno-psabi -fno-math-errno -fno-trapping-math -Inative/src/main/c)
 build() { # tag, source

@@ -1,11 +1,11 @@
 /*
  * The CPU loss kernel's copies timed directly, one thread, no JVM: for each divergence (KL, reverse
- * KL, JSD beta 0.5, MSE) at T = 4, alpha = 0.9, labels, gradient apart, rows x C of fp32 logits,
+ * KL, JSD beta 0.5, MSE) at T = 4 (or the third argument), alpha = 0.9, labels, gradient apart, rows x C of fp32 logits,
  * each copy compiled into this program (bench/run-cpu-kernel.sh links them: "new" from the working
  * tree, "old" from a git revision when one is given) is run 15 times a round over 5 rounds that
  * alternate the copies; prints the median of the rounds' best times in ns an element, and whether
  * the copies' losses agree (to 1e-6 relative: FMA contraction may move last bits).
- *   bench/run-cpu-kernel.sh [REV] [ROWS COLS]
+ *   bench/run-cpu-kernel.sh [REV] [ROWS COLS [T]]
  */
 #include <math.h>
 #include <stdint.h>
@@ -34,6 +34,7 @@ static int cmp(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     const int64_t rows = argc > 2 ? atoll(argv[1]) : 4096, cols = argc > 2 ? atoll(argv[2]) : 1000;
+    const float T = argc > 3 ? (float)atof(argv[3]) : 4.f;
     const size_t n = (size_t)(rows * cols);
     float *s = malloc(n * 4), *t = malloc(n * 4), *g = malloc(n * 4);
     int64_t *y = malloc(rows * 8);
@@ -52,8 +53,8 @@ int main(int argc, char **argv) {
     };
     const int ncopies = sizeof copies / sizeof copies[0];
     const char *divs[] = {"kl", "reverse-kl", "jsd", "mse"};
-    printf("%lld x %lld fp32, T = 4, alpha = 0.9, beta = 0.5, labels, gradient apart; one thread; ns an element (median of 5 rounds' best of 15)\n",
-           (long long)rows, (long long)cols);
+    printf("%lld x %lld fp32, T = %g, alpha = 0.9, beta = 0.5, labels, gradient apart; one thread; ns an element (median of 5 rounds' best of 15)\n",
+           (long long)rows, (long long)cols, T);
     for (int d = 0; d < 4; d++) {
         double best[8][5], loss[8];
         for (int round = 0; round < 5; round++) {
@@ -61,7 +62,7 @@ int main(int argc, char **argv) {
                 double b = 1e30, out[2];
                 for (int rep = 0; rep < 15; rep++) {
                     const double t0 = now();
-                    copies[c].f(s, t, 0, y, 0, rows, cols, d, 4.f, 0.9f, 0.5f, -100, 1.f / rows, g, flags, out);
+                    copies[c].f(s, t, 0, y, 0, rows, cols, d, T, 0.9f, 0.5f, -100, 1.f / rows, g, flags, out);
                     const double dt = now() - t0;
                     if (dt < b) b = dt;
                 }

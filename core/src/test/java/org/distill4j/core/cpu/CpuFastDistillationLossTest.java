@@ -109,7 +109,7 @@ class CpuFastDistillationLossTest {
         int[] lengths = {1, 2, 15, 16, 17, 31, 33, 1000, 1024, 4099};
         for (int cols : lengths) for (Divergence div : Divergence.values()) for (DType type : new DType[] {DType.F32, DType.BF16}) {
             int rows = 1 + random.nextInt(9);
-            float T = new float[] {0.1f, 1f, 4f, 100f}[random.nextInt(4)];
+            float T = new float[] {0.1f, 1f, 3f, 4f, 7f, 100f}[random.nextInt(6)];
             boolean labels = random.nextBoolean();
             float alpha = labels ? new float[] {0f, 0.5f, 0.9f, 1f}[random.nextInt(4)] : 1f;
             double scale = new double[] {1, 5, 1e4}[random.nextInt(3)];
@@ -162,6 +162,29 @@ class CpuFastDistillationLossTest {
         for (int i = 0; i < expected.length; i++) {
             double tol = 1e-5 * max + floor + (type == DType.BF16 ? 0x1p-7 * Math.abs(expected[i]) : 0);
             assertEquals(expected[i], got[i], tol, what + " element " + i);
+        }
+    }
+
+    /**
+     * The cross-entropy's exp(s - max) comes from the softened exponentials by binary powering at
+     * every integer T from 1 to 8 (an exponential of its own otherwise): each of those T, and 2.5
+     * and 9 either side, against the oracle, with logits spread wide enough that terms underflow.
+     */
+    @Test
+    void theCrossEntropyTermAtEveryIntegerTemperature() {
+        int rows = 6, cols = 1000;
+        for (float T : new float[] {1, 2, 3, 4, 5, 6, 7, 8, 2.5f, 9}) for (Divergence div : new Divergence[] {Divergence.KL, Divergence.JSD}) {
+            for (double scale : new double[] {3, 300}) {
+                float[] s = gaussian(rows * cols, scale), t = gaussian(rows * cols, scale);
+                long[] y = new long[rows];
+                for (int r = 0; r < rows; r++) y[r] = r == 4 ? -100 : random.nextInt(cols);
+                DistillationLoss cfg = new DistillationLoss(div, T, 0.5f, 0.5f, -100);
+                String what = div + " T=" + T + " scale=" + scale + " (seed " + seed + ")";
+                Result expected = run(true, DType.F32, s, t, y, rows, cols, cfg, 0, "apart");
+                Result got = run(false, DType.F32, s, t, y, rows, cols, cfg, 0, "apart");
+                for (int i = 0; i < 3; i++) assertEquals(expected.loss()[i], got.loss()[i], lossTolerance(expected.loss()[0], cfg), what + " loss[" + i + "]");
+                assertGradientsClose(expected.grad(), got.grad(), DType.F32, 0x1p-21 * (0.5 * T + 0.5) / (rows - 1), what);
+            }
         }
     }
 
