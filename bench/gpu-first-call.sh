@@ -8,7 +8,8 @@
 #   device tool: run, carry [".device"], timeout_s 600, command: bash bench/gpu-first-call.sh
 #   BUDGET=seconds (default 500, under the 600 s a command may run), PARTS="verify loss sweep sweep-pg"
 # $OUT afterwards:
-#   device.txt       nvidia-smi, and `distill info` through the staged runtime
+#   gpu.txt          nvidia-smi, the NVIDIA libraries found, the JRE (written by .device/on-device.sh)
+#   device.txt       `distill info` through the staged runtime
 #   verify.tgz       bench/gpu-verify.sh: every Gpu*Test class in its own JVM, in parallel
 #   verify.txt       its one-line verdict per class
 #   loss.txt         GpuLossBench (ours against the same run's device-to-device copy) and
@@ -57,9 +58,7 @@ run_part() { # name, command...: runs under the time left, records its time and 
 
 [ -f .device/on-device.sh ] || { echo "gpu-first-call: no .device/on-device.sh: run bash bench/stage-device.sh here and carry .device" >&2; exit 2; }
 
-{ nvidia-smi 2>&1 || echo "nvidia-smi: not found"
-  echo
-  bash .device/on-device.sh java org.distill4j.cli.Main info 2>&1; } > "$OUT/device.txt"
+bash .device/on-device.sh java org.distill4j.cli.Main info > "$OUT/device.txt" 2>&1
 echo "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)" | tee -a "$timings"
 
 for part in $PARTS; do

@@ -12,6 +12,9 @@
 # AVX2 + FMA with 8, SSE2 with 4) and the first call picks the copy for the CPU it runs on.
 set -euo pipefail
 src="$1"; target="$2"
+copies="$(dirname "$0")/cpu-kernel-copies.sh"
+# shellcheck source=cpu-kernel-copies.sh
+. "$copies"
 res="$target/classes/org/distill4j/kernels"
 mkdir -p "$res/linux-x86_64"
 props="$res/cpu-kernels.properties"
@@ -27,7 +30,7 @@ cc="${CC:-cc}"
 command -v "$cc" >/dev/null 2>&1 || cc=gcc
 command -v "$cc" >/dev/null 2>&1 || not_built "no C compiler (CC, cc or gcc) found"
 stamp="$target/cpu-kernels.stamp"
-if [ -f "$lib" ] && [ -f "$stamp" ] && [ -z "$(find "$src" "$0" -newer "$stamp" -print -quit)" ]; then
+if [ -f "$lib" ] && [ -f "$stamp" ] && [ -z "$(find "$src" "$0" "$copies" -newer "$stamp" -print -quit)" ]; then
   echo "[native] CPU kernels up to date"
   exit 0
 fi
@@ -40,14 +43,9 @@ touch "$started"
 trap 'rm -f "$started"' EXIT   # a failed build leaves no stamp behind
 obj="$target/cpu-kernels"
 mkdir -p "$obj"
-# No -ffast-math (the sums' order and IEEE -inf/NaN matter); -fno-math-errno and
-# -fno-trapping-math let the vector compares and selects stay vectors.
-flags=(-std=gnu11 -O3 -fPIC -Wall -Wextra -Werror -Wno-psabi -fno-math-errno -fno-trapping-math -I"$src")
-# The kernel once per instruction set, each with its register width (distill4j_cpu_kernel.c says why).
-"$cc" "${flags[@]}" -march=x86-64-v4 -DD4J_W=16 -DD4J_KERNEL=d4j_cpu_kd_rows_avx512 -c -o "$obj/avx512.o" "$src/distill4j_cpu_kernel.c"
-"$cc" "${flags[@]}" -march=x86-64-v3 -DD4J_W=8 -DD4J_KERNEL=d4j_cpu_kd_rows_avx2 -c -o "$obj/avx2.o" "$src/distill4j_cpu_kernel.c"
-"$cc" "${flags[@]}" -march=x86-64 -DD4J_W=4 -DD4J_KERNEL=d4j_cpu_kd_rows_sse2 -c -o "$obj/sse2.o" "$src/distill4j_cpu_kernel.c"
-"$cc" "${flags[@]}" -march=x86-64 -c -o "$obj/entry.o" "$src/distill4j_cpu.c"
+# The kernel once per instruction set (cpu-kernel-copies.sh), then the entry points for the baseline.
+compile_cpu_kernel_copies "$cc" "$src" "$src/distill4j_cpu_kernel.c" "$obj" d4j_cpu_kd_rows_
+"$cc" "${cpu_kernel_flags[@]}" -I"$src" -march=x86-64 -c -o "$obj/entry.o" "$src/distill4j_cpu.c"
 "$cc" -shared -Wl,-z,defs -Wl,-soname,libdistill4j_cpu.so -o "$tmp" "$obj/entry.o" "$obj/avx512.o" "$obj/avx2.o" "$obj/sse2.o" -lm
 mv "$tmp" "$lib"
 {

@@ -334,9 +334,16 @@ INLINE vd log_ratio(vd sd, vd td, const RowConsts *k) {
  *     1e5, the gradient keeps differences of 1e-3 of it). g = -(1 - beta) wp,
  *     D -= beta q wq (q > 0) + (1 - beta) p wp (p > 0).
  * Every mask comes from a float compare, widened. The float sign of r differs from the double's
- * only for 0 < r < 2^-150, where both branches agree to that r. */
-INLINE void pg_terms(vf sv, vf tv, vf pf, vf qf, const RowConsts *k, vd2 *g, vd2 *dterm) {
-    const vd2 sd = widen(sv), td = widen(tv), p = widen(pf);
+ * only for 0 < r < 2^-150, where both branches agree to that r. p is pf widened (the caller's). */
+INLINE void jsd_half(vl neg, vd w, vd r, vd p, vd q, vl ppos, vl qpos, const RowConsts *k, vd *g, vd *dterm) {
+    const double kq = -(double)k->beta, kp = -(1.0 - (double)k->beta);
+    const vd zero = {};
+    const vd wq = seld(neg, w, w + r), wp = seld(neg, w - r, w);
+    *g = kp * wp;
+    *dterm = seld(qpos, kq * q * wq, zero) + seld(ppos, kp * p * wp, zero);
+}
+INLINE void pg_terms(vf sv, vf tv, vf pf, vd2 p, vf qf, const RowConsts *k, vd2 *g, vd2 *dterm) {
+    const vd2 sd = widen(sv), td = widen(tv);
     const vd2 r = {log_ratio(sd.lo, td.lo, k), log_ratio(sd.hi, td.hi, k)};
     if (!k->jsd) {
         *g = r;
@@ -349,18 +356,9 @@ INLINE void pg_terms(vf sv, vf tv, vf pf, vf qf, const RowConsts *k, vd2 *g, vd2
     const vf c = sel(neg, splat(1.f - k->beta), splat(k->beta));
     const vf mag = sel(neg, rf, -rf);  /* -|r| */
     const vd2 w = widen(vlog1p(c * vexpm1(mag)));
-    const vl2 negd = widen_mask(neg), qpos = widen_mask(qf > splat(0.f)), ppos = widen_mask(pf > splat(0.f));
-    const double kq = -(double)k->beta, kp = -(1.0 - (double)k->beta);
-    const vd zero = {};
-#define D4J_JSD_HALF(h)                                                                                  \
-    do {                                                                                                 \
-        const vd wq = seld(negd.h, w.h, w.h + r.h), wp = seld(negd.h, w.h - r.h, w.h);                   \
-        g->h = kp * wp;                                                                                  \
-        dterm->h = seld(qpos.h, kq * q.h * wq, zero) + seld(ppos.h, kp * p.h * wp, zero);                \
-    } while (0)
-    D4J_JSD_HALF(lo);
-    D4J_JSD_HALF(hi);
-#undef D4J_JSD_HALF
+    const vl2 negd = widen_mask(neg), ppos = widen_mask(pf > splat(0.f)), qpos = widen_mask(qf > splat(0.f));
+    jsd_half(negd.lo, w.lo, r.lo, p.lo, q.lo, ppos.lo, qpos.lo, k, &g->lo, &dterm->lo);
+    jsd_half(negd.hi, w.hi, r.hi, p.hi, q.hi, ppos.hi, qpos.hi, k, &g->hi, &dterm->hi);
 }
 
 /* Reverse KL and JSD, pass 3a on n elements: D, sum p g and sum p, in double (lanes past n have
@@ -372,11 +370,11 @@ INLINE void pass3p_sums(const void *s, const void *t, int bf16, int64_t i, int64
     memcpy(&a, ea + c, sizeof a);
     memcpy(&b, eb + c, sizeof b);
     const vf pf = a * k->ia;
+    const vd2 p = widen(pf);
     vd2 g, dterm;
-    pg_terms(sv, tv, pf, b * k->ib, k, &g, &dterm);
+    pg_terms(sv, tv, pf, p, b * k->ib, k, &g, &dterm);
     memcpy(gs + c, &g.lo, sizeof g.lo);  /* for pass 3b: JSD's log1p and expm1 once an element */
     memcpy(gs + c + H, &g.hi, sizeof g.hi);
-    const vd2 p = widen(pf);
     vD->lo += dterm.lo;
     vD->hi += dterm.hi;
     vPG->lo += p.lo * g.lo;

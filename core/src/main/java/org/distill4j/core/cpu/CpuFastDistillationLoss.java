@@ -81,7 +81,12 @@ final class CpuFastDistillationLoss {
     }
 
     /** Logits a task of the -inf check scans (a quarter of a 4096 x 1000 teacher). */
-    private static final long CHECK_CHUNK = 1L << 20;
+    static final long CHECK_CHUNK = 1L << 20;
+
+    /** The C library's code for the logits' element type. */
+    static int dtype(boolean bf16) {
+        return bf16 ? distill4j_cpu_h.D4J_CPU_BF16 : distill4j_cpu_h.D4J_CPU_F32;
+    }
 
     /**
      * The index of the first -inf among x's n logits, or -1 (x native, the library loaded): one
@@ -90,7 +95,7 @@ final class CpuFastDistillationLoss {
      * one serial scan, 4.70-4.89 ms so, JMH); the first chunk with one names it, as the serial scan.
      */
     static long firstNegativeInfinity(MemorySegment x, long n, boolean bf16) {
-        int dtype = bf16 ? distill4j_cpu_h.D4J_CPU_BF16 : distill4j_cpu_h.D4J_CPU_F32;
+        int dtype = dtype(bf16);
         long bytes = bf16 ? 2 : 4;
         int chunks = (int) ((n + CHECK_CHUNK - 1) / CHECK_CHUNK);
         if (chunks <= 1) return distill4j_cpu_h.d4j_cpu_find_neg_inf(x, dtype, n);
@@ -124,7 +129,7 @@ final class CpuFastDistillationLoss {
             try (Arena arena = Arena.ofConfined()) {
                 MemorySegment flags = arena.allocate(row1 - row0);
                 MemorySegment out = arena.allocate(JAVA_DOUBLE, 2);
-                int rc = distill4j_cpu_h.d4j_cpu_kd_rows(s, t, bf16 ? distill4j_cpu_h.D4J_CPU_BF16 : distill4j_cpu_h.D4J_CPU_F32,
+                int rc = distill4j_cpu_h.d4j_cpu_kd_rows(s, t, dtype(bf16),
                     labels == null ? MemorySegment.NULL : labels, row0, row1, cols, divergence, cfg.temperature(), cfg.alpha(), cfg.beta(), cfg.ignoreIndex(),
                     (float) scale, grad == null ? MemorySegment.NULL : grad, flags, out);
                 if (rc != distill4j_cpu_h.D4J_CPU_OK) {
