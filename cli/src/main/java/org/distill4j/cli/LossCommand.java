@@ -25,13 +25,20 @@ import picocli.CommandLine.Option;
         + "(float32 [N, C] .npy files) and, with --grad-out, its gradient dL/dS.",
     footer = {"", "Example:",
         "  distill loss --student s.npy --teacher t.npy --labels y.npy --divergence kl --temperature 4 --alpha 0.9 --grad-out g.npy",
+        "  distill loss --student s.npy --teacher topk_values.npy --teacher-indices topk_indices.npy --labels y.npy   (a top-k teacher)",
         "", "The last line printed is the loss alone. Exit code 2 on bad input, with one line saying what is wrong."})
 final class LossCommand implements Callable<Integer> {
     @Option(names = "--student", required = true, paramLabel = "S.npy", description = "student logits, float32 [N, C]")
     Path student;
 
-    @Option(names = "--teacher", required = true, paramLabel = "T.npy", description = "teacher logits, float32 [N, C]")
+    @Option(names = "--teacher", required = true, paramLabel = "T.npy",
+        description = "teacher logits, float32 [N, C]; with --teacher-indices the kept logits alone, float32 [N, k]")
     Path teacher;
+
+    @Option(names = "--teacher-indices", paramLabel = "I.npy",
+        description = "a top-k teacher (a cached teacher's k largest logits a row): their classes, int64 or int32 [N, k], each in [0, C) "
+            + "and distinct within its row; the classes not kept carry no teacher mass (--divergence kl, or jsd with beta < 1)")
+    Path teacherIndices;
 
     @Option(names = "--labels", paramLabel = "Y.npy", description = "labels, int64 or int32 [N]; without them the loss is the soft term alone")
     Path labels;
@@ -79,10 +86,26 @@ final class LossCommand implements Callable<Integer> {
             default -> throw new IllegalArgumentException("--dtype " + dtype + ": expected f32 or bf16");
         };
         Npy.Array s = logits(student, "--student"), t = logits(teacher, "--teacher");
-        if (!Arrays.equals(s.shape(), t.shape())) {
-            throw new IllegalArgumentException(teacher + ": shape " + Arrays.toString(t.shape()) + " does not match the student's " + Arrays.toString(s.shape()));
-        }
         int rows = (int) s.shape()[0], cols = (int) s.shape()[1];
+        float[] teacherLogits;
+        int kept = cols;
+        if (teacherIndices == null) {
+            if (!Arrays.equals(s.shape(), t.shape())) {
+                boolean topK = t.shape()[0] == rows && t.shape()[1] < cols;
+                throw new IllegalArgumentException(teacher + ": shape " + Arrays.toString(t.shape()) + " does not match the student's " + Arrays.toString(s.shape())
+                    + (topK ? " (a top-k teacher's kept logits? give their classes with --teacher-indices)" : ""));
+            }
+            teacherLogits = t.toFloats();
+        } else {
+            Divergence effective = cfg.effectiveDivergence();
+            if (effective != Divergence.KL && effective != Divergence.JSD) {
+                throw new IllegalArgumentException("--teacher-indices: a top-k teacher needs --divergence kl, or jsd with beta < 1 (got " + div.cliName()
+                    + (div == Divergence.JSD ? " with beta " + beta : "") + "): the classes not kept have no teacher mass, so reverse KL is infinite "
+                    + "and MSE has no logits to compare");
+            }
+            kept = (int) t.shape()[1];
+            teacherLogits = denseTopK(t, s.shape());
+        }
         long[] y = null;
         if (labels != null) {
             Npy.Array l = Npy.read(labels);
@@ -101,7 +124,7 @@ final class LossCommand implements Callable<Integer> {
             }
         }
         try (Backend backend = Devices.open(device);
-             Tensor ts = backend.empty(logitType, rows, cols).copyFrom(s.toFloats()); Tensor tt = backend.empty(logitType, rows, cols).copyFrom(t.toFloats());
+             Tensor ts = backend.empty(logitType, rows, cols).copyFrom(s.toFloats()); Tensor tt = backend.empty(logitType, rows, cols).copyFrom(teacherLogits);
              Tensor ty = y == null ? null : backend.empty(DType.I64, rows).copyFrom(y); Tensor loss = backend.empty(DType.F32, 3);
              Tensor grad = gradOut == null ? null : backend.empty(logitType, rows, cols)) {
             // On the CPU, the double oracle: this command is for checking numerics against other code.
@@ -111,12 +134,53 @@ final class LossCommand implements Callable<Integer> {
             if (grad != null) Npy.writeFloats(gradOut, grad.toFloatArray(), rows, cols);
             var out = spec.commandLine().getOut();
             out.println("divergence " + div.cliName() + ", T " + temperature + ", alpha " + a + (div == Divergence.JSD ? ", beta " + beta : "")
-                + ", rows " + rows + ", classes " + cols + ", device " + backend.name() + (logitType == DType.BF16 ? ", logits bf16" : ""));
+                + ", rows " + rows + ", classes " + cols + (teacherIndices != null ? ", teacher top-" + kept : "") + ", device " + backend.name()
+                + (logitType == DType.BF16 ? ", logits bf16" : ""));
             out.println("soft term " + decimal(l[1]) + ", hard term " + decimal(l[2]));
             if (grad != null) out.println("gradient written to " + gradOut);
             out.println(decimal(l[0]));
         }
         return 0;
+    }
+
+    /**
+     * The dense teacher [N, C] of a top-k one: values [N, k] (t, read from --teacher) at the classes
+     * in --teacher-indices, -inf elsewhere (no mass: docs/distillation-loss.md, "Top-k teachers"),
+     * after checking the indices' type, shape, range and distinctness.
+     */
+    private float[] denseTopK(Npy.Array values, long[] studentShape) throws java.io.IOException {
+        int rows = (int) studentShape[0], cols = (int) studentShape[1];
+        if (!Files.exists(teacherIndices)) throw new IllegalArgumentException("--teacher-indices " + teacherIndices + ": no such file");
+        Npy.Array idx = Npy.read(teacherIndices);
+        if (idx.type() != Npy.Type.I64 && idx.type() != Npy.Type.I32) {
+            throw new IllegalArgumentException(teacherIndices + ": teacher indices must be int64 or int32, got " + idx.type().name().toLowerCase(java.util.Locale.ROOT));
+        }
+        if (!Arrays.equals(idx.shape(), values.shape())) {
+            throw new IllegalArgumentException(teacherIndices + ": shape " + Arrays.toString(idx.shape()) + " does not match the teacher's kept logits "
+                + teacher + " " + Arrays.toString(values.shape()) + " (one class per kept logit)");
+        }
+        if (values.shape()[0] != rows || values.shape()[1] > cols) {
+            throw new IllegalArgumentException(teacher + ": shape " + Arrays.toString(values.shape()) + ", expected [" + rows + ", k] with k <= " + cols
+                + " (the student's rows, at most its classes)");
+        }
+        int k = (int) values.shape()[1];
+        long[] classes = idx.toLongs(teacherIndices.toString());
+        float[] kept = values.toFloats(), dense = new float[rows * cols];
+        Arrays.fill(dense, Float.NEGATIVE_INFINITY);
+        boolean[] seen = new boolean[cols];
+        for (int r = 0; r < rows; r++) {
+            for (int j = 0; j < k; j++) {
+                long c = classes[r * k + j];
+                if (c < 0 || c >= cols) {
+                    throw new IllegalArgumentException(teacherIndices + ": index " + c + " at row " + r + ", position " + j + " is outside [0, " + cols + ")");
+                }
+                if (seen[(int) c]) throw new IllegalArgumentException(teacherIndices + ": class " + c + " appears twice in row " + r + " (top-k classes are distinct)");
+                seen[(int) c] = true;
+                dense[r * cols + (int) c] = kept[r * k + j];
+            }
+            for (int j = 0; j < k; j++) seen[(int) classes[r * k + j]] = false;
+        }
+        return dense;
     }
 
     private static Npy.Array logits(Path file, String option) throws java.io.IOException {

@@ -144,7 +144,7 @@ public interface Backend extends AutoCloseable {
      * L = sum over counted rows of [alpha T^2 D(p_t, p_s) + (1 - alpha) CE(s, y)] / normalizer.
      *
      * @param student    logits s [N, C] (F32)
-     * @param teacher    logits t [N, C] (F32); -inf entries carry no mass (top-k teachers, see TopKTeacher)
+     * @param teacher    logits t [N, C] (F32); -inf entries carry no mass (a top-k teacher, densified by {@link #scatterTopK})
      * @param labels     I64 [N], or null: then every row counts and alpha must be 1
      * @param normalizer 0: divide by the rows counted in this call; n > 0: divide by n, a global row
      *                   count, so that accumulated micro-batches give the full batch's gradient

@@ -76,6 +76,72 @@ class LossCommandTest {
         assertEquals(1, bad.err().strip().lines().count(), bad.err());
     }
 
+    /**
+     * --teacher-indices: a top-k teacher's kept logits and their classes (make_fixtures.py's top-k
+     * cases, from torch.topk), against PyTorch float64 on the dense teacher with -inf elsewhere.
+     */
+    @Test
+    void aTopKTeacherMatchesPyTorch() throws Exception {
+        for (String name : new String[] {"kl-topk5-t2", "jsd-topk3-b03-t4", "kl-topk1-no-labels"}) {
+            Path f = FIXTURES.resolve(name), g = tmp.resolve(name + "-g.npy");
+            java.util.Properties p = new java.util.Properties();
+            try (var in = Files.newBufferedReader(f.resolve("case.properties"))) {
+                p.load(in);
+            }
+            List<String> args = new java.util.ArrayList<>(List.of("loss", "--student", f.resolve("student.npy").toString(),
+                "--teacher", f.resolve("teacher_topk_values.npy").toString(), "--teacher-indices", f.resolve("teacher_topk_indices.npy").toString(),
+                "--divergence", p.getProperty("divergence"), "--temperature", p.getProperty("temperature"), "--beta", p.getProperty("beta"),
+                "--grad-out", g.toString()));
+            if (Boolean.parseBoolean(p.getProperty("labels"))) args.addAll(List.of("--labels", f.resolve("labels.npy").toString(), "--alpha", p.getProperty("alpha")));
+            Result r = run(args.toArray(String[]::new));
+            assertEquals(0, r.exit(), name + ": " + r.err());
+            assertTrue(r.out().lines().findFirst().orElseThrow().contains("teacher top-" + p.getProperty("topk")), r.out());
+            double loss = Double.parseDouble(r.out().strip().lines().toList().getLast());
+            double expected = Npy.read(f.resolve("expected_loss.npy")).data().getDouble(0);
+            assertEquals(expected, loss, 1e-5 * expected, name);
+            float[] grad = Npy.read(g).toFloats();
+            Npy.Array ref = Npy.read(f.resolve("expected_grad.npy"));
+            for (int i = 0; i < grad.length; i++) assertEquals(ref.data().getDouble(i * 8), grad[i], 1e-6, name + " grad[" + i + "]");
+        }
+    }
+
+    @Test
+    void badTopKTeachersAreOneLineAndExitTwo() throws Exception {
+        Path f = FIXTURES.resolve("kl-topk5-t2");  // 6 rows, 40 classes, k = 5
+        String s = f.resolve("student.npy").toString(), v = f.resolve("teacher_topk_values.npy").toString(), y = f.resolve("labels.npy").toString();
+        long[] idx = Npy.read(f.resolve("teacher_topk_indices.npy")).toLongs("indices");
+        Path twice = tmp.resolve("twice.npy"), outside = tmp.resolve("outside.npy"), floats = tmp.resolve("floats.npy"), narrow = tmp.resolve("narrow.npy");
+        long[] t = idx.clone();
+        t[7] = t[6];  // row 1 names one class twice
+        Npy.writeLongs(twice, t, 6, 5);
+        long[] o = idx.clone();
+        o[29] = 40;
+        Npy.writeLongs(outside, o, 6, 5);
+        Npy.writeFloats(floats, new float[30], 6, 5);
+        Npy.writeLongs(narrow, java.util.Arrays.copyOf(idx, 24), 6, 4);
+        String[][] cases = {
+            {"--student", s, "--teacher", v, "--teacher-indices", twice.toString()},                     // a class twice in a row
+            {"--student", s, "--teacher", v, "--teacher-indices", outside.toString()},                   // a class outside [0, C)
+            {"--student", s, "--teacher", v, "--teacher-indices", floats.toString()},                    // indices not integers
+            {"--student", s, "--teacher", v, "--teacher-indices", narrow.toString()},                    // indices [6, 4] for values [6, 5]
+            {"--student", s, "--teacher", v},                                                            // kept logits without their indices
+            {"--student", s, "--teacher", v, "--teacher-indices", tmp.resolve("missing.npy").toString()},
+            {"--student", s, "--teacher", v, "--teacher-indices", f.resolve("teacher_topk_indices.npy").toString(), "--divergence", "reverse-kl"},
+            {"--student", s, "--teacher", v, "--teacher-indices", f.resolve("teacher_topk_indices.npy").toString(), "--divergence", "mse"},
+            {"--student", s, "--teacher", v, "--teacher-indices", f.resolve("teacher_topk_indices.npy").toString(), "--divergence", "jsd",
+             "--beta", "1", "--labels", y},                                                              // JSD at beta 1 is reverse KL
+        };
+        for (String[] c : cases) {
+            String[] args = new String[c.length + 1];
+            args[0] = "loss";
+            System.arraycopy(c, 0, args, 1, c.length);
+            Result r = run(args);
+            assertEquals(2, r.exit(), String.join(" ", c) + " -> " + r.err());
+            assertEquals(1, r.err().strip().lines().count(), String.join(" ", c) + " -> " + r.err());
+            assertFalse(r.err().contains("Exception") || r.err().contains("\tat "), r.err());
+        }
+    }
+
     @Test
     void badInputIsOneLineAndExitTwo() throws Exception {
         Path f = FIXTURES.resolve("kl-t4-a09");
