@@ -194,8 +194,10 @@ final class LossCommand implements Callable<Integer> {
         float[] v = a.toFloats();
         for (int i = 0; i < v.length; i++) {
             if (!Float.isFinite(v[i])) {
+                boolean topKHint = option.equals("--teacher") && v[i] == Float.NEGATIVE_INFINITY;
                 throw new IllegalArgumentException(file + ": element " + i + " (row " + i / a.shape()[1] + ", column " + i % a.shape()[1] + ") is " + v[i]
-                    + "; logits must be finite");
+                    + "; logits must be finite" + (topKHint ? " (a top-k teacher with -inf at the classes not kept? give the kept logits [N, k] "
+                        + "with --teacher-indices)" : ""));
             }
         }
         return a;

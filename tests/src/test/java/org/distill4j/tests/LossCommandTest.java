@@ -125,6 +125,7 @@ class LossCommandTest {
             {"--student", s, "--teacher", v, "--teacher-indices", floats.toString()},                    // indices not integers
             {"--student", s, "--teacher", v, "--teacher-indices", narrow.toString()},                    // indices [6, 4] for values [6, 5]
             {"--student", s, "--teacher", v},                                                            // kept logits without their indices
+            {"--student", s, "--teacher", f.resolve("teacher.npy").toString()},                          // the dense form: -inf is not finite
             {"--student", s, "--teacher", v, "--teacher-indices", tmp.resolve("missing.npy").toString()},
             {"--student", s, "--teacher", v, "--teacher-indices", f.resolve("teacher_topk_indices.npy").toString(), "--divergence", "reverse-kl"},
             {"--student", s, "--teacher", v, "--teacher-indices", f.resolve("teacher_topk_indices.npy").toString(), "--divergence", "mse"},
