@@ -37,6 +37,9 @@ final class DistillCommand implements Callable<Integer> {
     @Option(names = "--teacher-cache", paramLabel = "device|file:PATH",
         description = "compute the teachers' logits once and look them up each step (for data without augmentation); a matching file is reused") String teacherCache;
     @Option(names = "--teacher-cache-dtype", defaultValue = "f32", paramLabel = "f32|bf16", description = "default: ${DEFAULT-VALUE}") String teacherCacheDtype;
+    @Option(names = "--teacher-cache-topk", defaultValue = "0", paramLabel = "K",
+        description = "keep each sample's K largest teacher logits and their classes (K/C of the cache; the classes not kept carry no teacher mass: "
+            + "--divergence kl, or jsd with beta < 1); 0: every class (default: ${DEFAULT-VALUE})") int teacherCacheTopK;
     @CommandLine.Mixin TrainingOptions options;
     @CommandLine.Spec CommandLine.Model.CommandSpec spec;
 
@@ -45,7 +48,8 @@ final class DistillCommand implements Callable<Integer> {
         var cfg = options.config();
         DistillationLoss kd = new DistillationLoss(Divergence.parse(divergence), temperature, alpha, beta, -100);
         FeatureHint featureHint = hint == null ? null : FeatureHint.parse(hint);
-        TeacherCache.Options cache = teacherCache == null ? null : TeacherCache.Options.parse(teacherCache, teacherCacheDtype);
+        TeacherCache.Options cache = teacherCache == null ? null : TeacherCache.Options.parse(teacherCache, teacherCacheDtype, teacherCacheTopK);
+        if (cache == null && teacherCacheTopK != 0) throw new IllegalArgumentException("--teacher-cache-topk needs --teacher-cache device|file:PATH");
         if (teachers.size() != teacherWeights.size()) {
             throw new IllegalArgumentException(teachers.size() + " --teacher but " + teacherWeights.size() + " --teacher-weights: give one weights file per teacher");
         }

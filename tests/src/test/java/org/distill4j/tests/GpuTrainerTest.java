@@ -103,6 +103,14 @@ class GpuTrainerTest {
         Run cachedOn = run(gpu, t -> t.graph(Trainer.GraphMode.ON).withTeacherCache(TeacherCache.Options.parse("device", "bf16")), 1);
         Run cachedOff = run(gpu, t -> t.graph(Trainer.GraphMode.OFF).withTeacherCache(TeacherCache.Options.parse("device", "bf16")), 1);
         sameLosses(cachedOff, cachedOn, "graph off vs on with a bf16 device cache");
+        // A top-k cache: dense rows built on the host and copied in before each replay (tenth session; not yet run on a GPU).
+        Run topKOn = run(gpu, t -> t.graph(Trainer.GraphMode.ON).withTeacherCache(TeacherCache.Options.parse("device", "f32", 3)), 1);
+        Run topKOff = run(gpu, t -> t.graph(Trainer.GraphMode.OFF).withTeacherCache(TeacherCache.Options.parse("device", "f32", 3)), 1);
+        sameLosses(topKOff, topKOn, "graph off vs on with a top-3 cache");
+        Run topKCpu = run(CpuBackend.get(), t -> t.withTeacherCache(TeacherCache.Options.parse("device", "f32", 3)), 1);
+        for (int i = 0; i < topKCpu.losses().size(); i++) {
+            assertEquals(topKCpu.losses().get(i), topKOff.losses().get(i), 2e-3 * Math.max(1, Math.abs(topKCpu.losses().get(i))), "top-3 cache, step " + (i + 1) + " loss");
+        }
     }
 
     /** Equal per-step losses; a failure names the first step that differs. */

@@ -103,6 +103,12 @@ class TrainCommandTest {
                 "--test-data", test, "--out", out},
             {"distill", "--teacher", model.toString(), "--teacher-weights", "unused", "--student", model.toString(), "--teacher-cache", "device",
                 "--teacher-cache-dtype", "f16", "--data", train, "--test-data", test, "--out", out},
+            {"distill", "--teacher", model.toString(), "--teacher-weights", "unused", "--student", model.toString(), "--teacher-cache-topk", "2",
+                "--data", train, "--test-data", test, "--out", out},
+            {"distill", "--teacher", model.toString(), "--teacher-weights", "unused", "--student", model.toString(), "--teacher-cache", "device",
+                "--teacher-cache-topk", "-1", "--data", train, "--test-data", test, "--out", out},
+            {"distill", "--teacher", model.toString(), "--teacher-weights", "unused", "--student", model.toString(), "--teacher-cache", "device",
+                "--teacher-cache-topk", "2", "--divergence", "reverse-kl", "--data", train, "--test-data", test, "--out", out},
             {"train", "--model", model.toString(), "--data", train, "--test-data", test, "--graph", "sometimes", "--out", out},
         };
         for (String[] c : cases) {
@@ -137,6 +143,16 @@ class TrainCommandTest {
             assertEquals("0", c[0], c[2]);
             assertTrue(c[1].contains("teacher cache: file " + cache + " BF16") && c[1].contains(expected), c[1]);
         }
+        // A top-k cache: the 2 largest of the teacher's 3 logits a sample; more than its classes is one line, exit 2.
+        String[] k = run("distill", "--teacher", teacher.toString(), "--teacher-weights", w, "--student", student.toString(), "--teacher-cache",
+            "file:" + tmp.resolve("cache/top2.safetensors"), "--teacher-cache-topk", "2", "--data", train, "--test-data", test, "--epochs", "2",
+            "--batch", "32", "--out", tmp.resolve("k").toString());
+        assertEquals("0", k[0], k[2]);
+        assertTrue(k[1].contains(" F32 top-2, ") && k[1].contains("computed"), k[1]);
+        String[] tooMany = run("distill", "--teacher", teacher.toString(), "--teacher-weights", w, "--student", student.toString(), "--teacher-cache",
+            "device", "--teacher-cache-topk", "4", "--data", train, "--test-data", test, "--epochs", "1", "--out", tmp.resolve("k4").toString());
+        assertEquals("2", tooMany[0], tooMany[2]);
+        assertTrue(tooMany[2].contains("the teacher has 3 classes") && tooMany[2].strip().lines().count() == 1, tooMany[2]);
         String[] g = run("distill", "--teacher", teacher.toString(), "--teacher-weights", w, "--student", student.toString(), "--graph", "on",
             "--data", train, "--test-data", test, "--epochs", "1", "--out", tmp.resolve("g").toString());
         assertEquals("2", g[0]);

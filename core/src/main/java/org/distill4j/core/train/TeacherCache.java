@@ -1,6 +1,7 @@
 package org.distill4j.core.train;
 
 import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
+import static java.lang.foreign.ValueLayout.JAVA_INT;
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
 import static java.lang.foreign.ValueLayout.JAVA_SHORT;
 
@@ -41,16 +42,39 @@ import org.distill4j.core.nn.Parameter;
  * fingerprint (SHA-256 of the teachers' weights, the training samples and labels, the temperature
  * where it matters, and the dtype) matches is reused; otherwise it is rebuilt (written to a
  * temporary file, then renamed).
+ *
+ * <p>Top-k ({@link Options#topK()} = k > 0): only each sample's k largest logits and their classes
+ * are kept ("values" [samples, k] in the dtype, "indices" I32 [samples, k], each row by descending
+ * logit, ties to the lower class): k/C of the table, so a large-vocabulary teacher's cache fits
+ * where the full one would not. The table is then held in host memory (DEVICE) or the mapped file
+ * (FILE), and each batch is expanded on the host to dense rows, -inf at the classes not kept (the
+ * loss's top-k teacher: docs/distillation-loss.md), and copied to the device asynchronously, as a
+ * FILE cache on a GPU is. Only for the divergences defined on such a teacher: KL, and JSD with beta < 1.
  */
 public final class TeacherCache implements AutoCloseable {
     public enum Storage { DEVICE, FILE }
 
-    /** Where and how the cache is kept; {@code file} is needed for FILE and ignored for DEVICE. */
-    public record Options(Storage storage, DType dtype, Path file) {
+    /**
+     * Where and how the cache is kept; {@code file} is needed for FILE and ignored for DEVICE;
+     * {@code topK} 0 keeps every class, k > 0 each sample's k largest logits (at most the classes).
+     */
+    public record Options(Storage storage, DType dtype, Path file, int topK) {
         public Options {
             if (storage == null) throw new IllegalArgumentException("teacher cache: storage must be device or file");
             if (dtype != DType.F32 && dtype != DType.BF16) throw new IllegalArgumentException("teacher cache: dtype must be f32 or bf16, got " + dtype);
             if (storage == Storage.FILE && file == null) throw new IllegalArgumentException("teacher cache: file storage needs a file path");
+            if (topK < 0) throw new IllegalArgumentException("--teacher-cache-topk must be >= 0 (0: every class), got " + topK);
+        }
+
+        /** Every class kept. */
+        public Options(Storage storage, DType dtype, Path file) {
+            this(storage, dtype, file, 0);
+        }
+
+        /** Parses "device" or "file:PATH", "f32" | "bf16" and the top-k (0: every class). */
+        public static Options parse(String where, String dtype, int topK) {
+            Options o = parse(where, dtype);
+            return new Options(o.storage(), o.dtype(), o.file(), topK);
         }
 
         /** Parses "device" or "file:PATH" and "f32" | "bf16". */
@@ -66,25 +90,30 @@ public final class TeacherCache implements AutoCloseable {
         }
     }
 
-    private static final String TENSOR = "logits";
+    private static final String TENSOR = "logits", VALUES = "values", INDICES = "indices";
 
     private final Backend backend;
     private final Options options;
-    private final Tensor table;            // DEVICE: on the backend; FILE: a CPU tensor over the mapped file
+    private final Tensor table;            // [samples, C] (or top-k: values [samples, k]); DEVICE: on the backend (top-k: host); FILE: a CPU tensor over the mapped file
+    private final Tensor indices;          // top-k only: I32 [samples, k], host memory or the mapped file
     private final Safetensors mapped;      // FILE only
+    private final Arena hostTables;        // top-k DEVICE only: the tables' host memory, closed with the cache
     private final boolean reused;
     private final long classes;
     private final Arena arena = Arena.ofShared();
     private Tensor hostOrder, deviceOrder; // this epoch's sample order (positions -> sample indices); deviceOrder: DEVICE on a GPU
     private final HostStaging staging;     // FILE on a GPU: rows gathered on the host, copied asynchronously
 
-    private TeacherCache(Backend backend, Options options, Tensor table, Safetensors mapped, boolean reused) {
+    private TeacherCache(Backend backend, Options options, long classes, Tensor table, Tensor indices, Safetensors mapped, Arena hostTables,
+                         boolean reused) {
         this.backend = backend;
+        this.hostTables = hostTables;
         this.options = options;
         this.table = table;
+        this.indices = indices;
         this.mapped = mapped;
         this.reused = reused;
-        this.classes = table.size(1);
+        this.classes = classes;
         this.staging = new HostStaging(backend, 2);
     }
 
@@ -92,16 +121,21 @@ public final class TeacherCache implements AutoCloseable {
     public static TeacherCache build(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, Options options)
         throws IOException {
         long rows = train.size(), classes = teachers.getFirst().outputShape()[0];
+        int k = options.topK();
+        if (k > classes) throw new IllegalArgumentException("--teacher-cache-topk " + k + ": the teacher has " + classes + " classes (top-k keeps at most all of them)");
         // Only a file outlives the run and needs to be matched against it later.
-        String fingerprint = options.storage() == Storage.FILE ? fingerprint(teachers, temperature, train, options.dtype()) : "";
+        String fingerprint = options.storage() == Storage.FILE ? fingerprint(teachers, temperature, train, options.dtype(), k) : "";
         if (options.storage() == Storage.FILE && Files.isRegularFile(options.file())) {
             Safetensors st = Safetensors.open(options.file());
-            var e = st.entries().get(TENSOR);
-            if (fingerprint.equals(st.metadata().get("fingerprint")) && e != null && e.dtype().equals(options.dtype().name())) {
-                return new TeacherCache(backend, options, mappedTable(st, e), st, true);
+            var e = st.entries().get(k == 0 ? TENSOR : VALUES);
+            var ie = k == 0 ? null : st.entries().get(INDICES);
+            if (fingerprint.equals(st.metadata().get("fingerprint")) && e != null && e.dtype().equals(options.dtype().name())
+                && (k == 0 || (ie != null && ie.dtype().equals(DType.I32.name())))) {
+                return new TeacherCache(backend, options, classes, mappedTable(st, e), k == 0 ? null : mappedTable(st, ie), st, null, true);
             }
             st.close();
         }
+        if (k > 0) return buildTopK(backend, teachers, temperature, train, batchSize, options, classes, fingerprint);
         long bytes = rows * classes * options.dtype().bytes();
         try (Arena build = Arena.ofShared()) {
             MemorySegment host = build.allocate(Math.max(1, bytes), 64);
@@ -110,14 +144,115 @@ public final class TeacherCache implements AutoCloseable {
             if (options.storage() == Storage.DEVICE) {
                 Tensor table = backend.empty(options.dtype(), rows, classes);
                 backend.copyFromHost(hostTable.data(), table);
-                return new TeacherCache(backend, options, table, null, false);
+                return new TeacherCache(backend, options, classes, table, null, null, null, false);
             }
             Path file = options.file().toAbsolutePath();
             if (file.getParent() != null) Files.createDirectories(file.getParent());
             Safetensors.write(file, Map.of(TENSOR, hostTable), Map.of("fingerprint", fingerprint, "format", "distill4j-teacher-cache"));
         }
         Safetensors st = Safetensors.open(options.file());
-        return new TeacherCache(backend, options, mappedTable(st, st.entries().get(TENSOR)), st, false);
+        return new TeacherCache(backend, options, classes, mappedTable(st, st.entries().get(TENSOR)), null, st, null, false);
+    }
+
+    /**
+     * The top-k table: the teachers' logits computed batch by batch as for the full table, each row
+     * cut to its k largest (values in the dtype, classes as I32), in host memory (DEVICE) or
+     * written to the file and mapped (FILE).
+     */
+    private static TeacherCache buildTopK(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, Options options,
+                                          long classes, String fingerprint) throws IOException {
+        long rows = train.size();
+        int k = options.topK();
+        Arena hostArena = options.storage() == Storage.DEVICE ? Arena.ofShared() : null;  // DEVICE: the tables live as long as the cache
+        try (Arena build = Arena.ofShared()) {
+            Arena where = hostArena != null ? hostArena : build;
+            MemorySegment values = where.allocate(Math.max(1, rows * k * options.dtype().bytes()), 64);
+            MemorySegment classOf = where.allocate(Math.max(1, rows * k * Integer.BYTES), 64);
+            fillTopK(backend, teachers, temperature, train, batchSize, options.dtype(), classes, k, values, classOf);
+            Tensor v = Tensor.wrap(CpuBackend.get(), options.dtype(), new long[] {rows, k}, values.asSlice(0, rows * k * options.dtype().bytes()), null);
+            Tensor i = Tensor.wrap(CpuBackend.get(), DType.I32, new long[] {rows, k}, classOf.asSlice(0, rows * k * Integer.BYTES), null);
+            if (hostArena != null) return new TeacherCache(backend, options, classes, v, i, null, hostArena, false);
+            Path file = options.file().toAbsolutePath();
+            if (file.getParent() != null) Files.createDirectories(file.getParent());
+            Safetensors.write(file, Map.of(VALUES, v, INDICES, i),
+                Map.of("fingerprint", fingerprint, "format", "distill4j-teacher-cache", "topk", Integer.toString(k), "classes", Long.toString(classes)));
+        } catch (IOException | RuntimeException e) {
+            if (hostArena != null) hostArena.close();
+            throw e;
+        }
+        Safetensors st = Safetensors.open(options.file());
+        return new TeacherCache(backend, options, classes, mappedTable(st, st.entries().get(VALUES)), mappedTable(st, st.entries().get(INDICES)), st, null, false);
+    }
+
+    /** As {@link #fill}, keeping each row's k largest logits (descending; equal logits: the lower class first). */
+    private static void fillTopK(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, DType dtype, long classes,
+                                 int k, MemorySegment values, MemorySegment classOf) {
+        int c = (int) classes;
+        try (DataLoader loader = new DataLoader(train, backend, batchSize, false, 0, false)) {
+            loader.start(0, 0);
+            while (loader.hasNext()) {
+                DataLoader.Batch b = loader.next();
+                try (Arena step = Arena.ofShared()) {
+                    float[] logits = backend.read(Trainer.teacherLogits(backend, step, teachers, temperature, b.x()));
+                    long first = b.firstPosition();
+                    java.util.stream.IntStream.range(0, b.rows()).parallel().forEach(r -> {
+                        int[] top = topK(logits, r * c, c, k);
+                        long base = (first + r) * k;
+                        for (int j = 0; j < k; j++) {
+                            float v = logits[r * c + top[j]];
+                            if (dtype == DType.F32) values.setAtIndex(JAVA_FLOAT, base + j, v);
+                            else values.setAtIndex(JAVA_SHORT, base + j, Bf16.fromFloat(v));
+                            classOf.setAtIndex(JAVA_INT, base + j, top[j]);
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /**
+     * The classes of the k largest of x[from .. from + c), largest first; equal values (and -0/+0)
+     * by Float.compare, then the lower class first; NaN counts as the largest (Float.compare), so a
+     * NaN logit stays in the row and the loss shows it. O(c log k): a min-heap of the k best so far.
+     */
+    static int[] topK(float[] x, int from, int c, int k) {
+        int[] heap = new int[k];  // heap[0] is the worst of the best k so far
+        int n = 0;
+        for (int i = 0; i < c; i++) {
+            if (n < k) {
+                heap[n] = i;
+                for (int j = n++; j > 0 && worse(x, from, heap[j], heap[(j - 1) / 2]); j = (j - 1) / 2) swap(heap, j, (j - 1) / 2);
+            } else if (worse(x, from, heap[0], i)) {
+                heap[0] = i;
+                for (int j = 0;;) {
+                    int l = 2 * j + 1, r = l + 1, m = j;
+                    if (l < k && worse(x, from, heap[l], heap[m])) m = l;
+                    if (r < k && worse(x, from, heap[r], heap[m])) m = r;
+                    if (m == j) break;
+                    swap(heap, j, m);
+                    j = m;
+                }
+            }
+        }
+        // Largest first: sort the k kept classes (boxed, k is small next to c).
+        Integer[] sorted = new Integer[k];
+        for (int j = 0; j < k; j++) sorted[j] = heap[j];
+        java.util.Arrays.sort(sorted, (a, b) -> worse(x, from, a, b) ? 1 : worse(x, from, b, a) ? -1 : 0);
+        int[] out = new int[k];
+        for (int j = 0; j < k; j++) out[j] = sorted[j];
+        return out;
+    }
+
+    /** Whether class a ranks below class b: a smaller value, or an equal one at a higher class. */
+    private static boolean worse(float[] x, int from, int a, int b) {
+        int cmp = Float.compare(x[from + a], x[from + b]);
+        return cmp < 0 || (cmp == 0 && a > b);
+    }
+
+    private static void swap(int[] h, int i, int j) {
+        int t = h[i];
+        h[i] = h[j];
+        h[j] = t;
     }
 
     private static Tensor mappedTable(Safetensors st, Safetensors.Entry e) {
@@ -144,11 +279,12 @@ public final class TeacherCache implements AutoCloseable {
         }
     }
 
-    private static String fingerprint(List<Model> teachers, float temperature, Dataset train, DType dtype) {
+    private static String fingerprint(List<Model> teachers, float temperature, Dataset train, DType dtype, int topK) {
         try {
             MessageDigest sha = MessageDigest.getInstance("SHA-256");
             StringBuilder head = new StringBuilder("distill4j-teacher-cache-v1;teachers=").append(teachers.size()).append(";dtype=").append(dtype);
             if (teachers.size() > 1) head.append(";T=").append(Float.floatToIntBits(temperature)); // one teacher: raw logits, T-free
+            if (topK > 0) head.append(";topk=").append(topK);  // absent for a full table: its fingerprints stay as they were
             head.append(";rows=").append(train.size()).append(";shape=").append(java.util.Arrays.toString(train.sampleShape()));
             sha.update(head.toString().getBytes(java.nio.charset.StandardCharsets.UTF_8));
             // Hashed from Java arrays read the way the trainer reads tensors (toArray), never through
@@ -191,8 +327,8 @@ public final class TeacherCache implements AutoCloseable {
     /** Whether a matching cache file was found and reused (nothing was computed). */
     public boolean reused() { return reused; }
 
-    /** Bytes the table takes (in device memory for DEVICE, in the file for FILE). */
-    public long tableBytes() { return table.byteSize(); }
+    /** Bytes the table takes (in device memory for DEVICE, in the file for FILE; top-k: values and classes, in host memory or the file). */
+    public long tableBytes() { return table.byteSize() + (indices != null ? indices.byteSize() : 0); }
 
     /** Sets this epoch's order (the loader's positions -> sample indices); one upload per epoch. */
     public void startEpoch(long[] order) {
@@ -201,7 +337,7 @@ public final class TeacherCache implements AutoCloseable {
         }
         if (hostOrder == null) hostOrder = Tensor.wrap(CpuBackend.get(), DType.I64, new long[] {order.length}, arena.allocate(JAVA_LONG, order.length), null);
         MemorySegment.copy(order, 0, hostOrder.data(), JAVA_LONG, 0, order.length);
-        if (options.storage() == Storage.DEVICE && !backend.isHost()) {
+        if (options.storage() == Storage.DEVICE && indices == null && !backend.isHost()) {
             if (deviceOrder == null) deviceOrder = backend.empty(arena, DType.I64, order.length);
             backend.copyFromHost(hostOrder.data(), deviceOrder);
         }
@@ -210,6 +346,14 @@ public final class TeacherCache implements AutoCloseable {
     /** out [rows, classes] F32 on the backend = the cached logits of the samples at positions [first, first + rows) of this epoch. */
     public void lookup(long first, int rows, Tensor out) {
         if (hostOrder == null) throw new IllegalStateException("teacher cache: startEpoch was not called");
+        if (indices != null) {
+            // Top-k: dense rows on the host (straight into out on the CPU; pinned memory, then one asynchronous copy, on a GPU).
+            long bytes = (long) rows * classes * Float.BYTES;
+            MemorySegment dense = backend.isHost() ? out.data() : staging.take(bytes);
+            expandTopK(first, rows, dense);
+            if (!backend.isHost()) staging.send(dense, out);
+            return;
+        }
         if (options.storage() == Storage.DEVICE || backend.isHost()) {
             // The table, the indices and out live on one backend: the table's.
             table.backend().gatherRows(table, (deviceOrder != null ? deviceOrder : hostOrder).narrow0(first, rows), out);
@@ -221,10 +365,26 @@ public final class TeacherCache implements AutoCloseable {
         staging.send(staged, out);
     }
 
+    /** dense [rows, C] F32 = the kept logits of the samples at positions [first, first + rows), -inf at every other class. */
+    private void expandTopK(long first, int rows, MemorySegment dense) {
+        long k = indices.size(1);
+        boolean bf16 = table.dtype() == DType.BF16;
+        MemorySegment vs = table.data(), is = indices.data();
+        java.util.stream.IntStream.range(0, rows).parallel().forEach(r -> {
+            long sample = hostOrder.data().getAtIndex(JAVA_LONG, first + r), row = (long) r * classes;
+            for (long c = 0; c < classes; c++) dense.setAtIndex(JAVA_FLOAT, row + c, Float.NEGATIVE_INFINITY);
+            for (long j = 0; j < k; j++) {
+                float v = bf16 ? Bf16.toFloat(vs.getAtIndex(JAVA_SHORT, sample * k + j)) : vs.getAtIndex(JAVA_FLOAT, sample * k + j);
+                dense.setAtIndex(JAVA_FLOAT, row + is.getAtIndex(JAVA_INT, sample * k + j), v);
+            }
+        });
+    }
+
     @Override
     public void close() {
         staging.close();
-        if (options.storage() == Storage.DEVICE) table.close();
+        if (options.storage() == Storage.DEVICE && indices == null) table.close();
+        if (hostTables != null) hostTables.close();
         if (deviceOrder != null) deviceOrder.close();
         arena.close();
         if (mapped != null) mapped.close();

@@ -143,6 +143,11 @@ public final class Trainer {
     public Trainer withTeacherCache(TeacherCache.Options options) {
         if (teachers.isEmpty()) throw new IllegalArgumentException("a teacher-logit cache needs a teacher (distillation, not supervised training)");
         if (hint != null) throw new IllegalArgumentException(CACHE_WITH_HINT);
+        var divergence = kd.effectiveDivergence();
+        if (options.topK() > 0 && divergence != org.distill4j.core.loss.Divergence.KL && divergence != org.distill4j.core.loss.Divergence.JSD) {
+            throw new IllegalArgumentException("--teacher-cache-topk " + options.topK() + ": a top-k teacher needs --divergence kl, or jsd with beta < 1 (got "
+                + kd.divergence().cliName() + "): the classes not kept have no teacher mass, so reverse KL is infinite and MSE has no logits to compare");
+        }
         this.cacheOptions = options;
         return this;
     }
@@ -257,7 +262,8 @@ public final class Trainer {
                     throw e;
                 }
                 onNote.accept(String.format(Locale.ROOT, "teacher cache: %s %s, %.1f MiB, %s in %.1f s", cacheOptions.storage().name().toLowerCase(Locale.ROOT)
-                    + (cacheOptions.file() != null ? " " + cacheOptions.file() : ""), cacheOptions.dtype(), cache.tableBytes() / 1048576.0,
+                    + (cacheOptions.file() != null ? " " + cacheOptions.file() : ""), cacheOptions.dtype() + (cacheOptions.topK() > 0 ? " top-" + cacheOptions.topK() : ""),
+                    cache.tableBytes() / 1048576.0,
                     cache.reused() ? "reused" : "computed", (System.nanoTime() - t0) / 1e9));
             } else {
                 cache = null;
