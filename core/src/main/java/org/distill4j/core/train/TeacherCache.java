@@ -101,6 +101,7 @@ public final class TeacherCache implements AutoCloseable {
     private final boolean reused;
     private final long classes;
     private final Arena arena = Arena.ofShared();
+    private MemorySegment negativeInfinityRow; // top-k: one row of -inf [C], copied under each expanded row
     private Tensor hostOrder, deviceOrder; // this epoch's sample order (positions -> sample indices); deviceOrder: DEVICE on a GPU
     private final HostStaging staging;     // FILE on a GPU: rows gathered on the host, copied asynchronously
 
@@ -370,9 +371,13 @@ public final class TeacherCache implements AutoCloseable {
         long k = indices.size(1);
         boolean bf16 = table.dtype() == DType.BF16;
         MemorySegment vs = table.data(), is = indices.data();
+        if (negativeInfinityRow == null) {
+            negativeInfinityRow = arena.allocate(JAVA_FLOAT, classes);
+            for (long c = 0; c < classes; c++) negativeInfinityRow.setAtIndex(JAVA_FLOAT, c, Float.NEGATIVE_INFINITY);
+        }
         java.util.stream.IntStream.range(0, rows).parallel().forEach(r -> {
             long sample = hostOrder.data().getAtIndex(JAVA_LONG, first + r), row = (long) r * classes;
-            for (long c = 0; c < classes; c++) dense.setAtIndex(JAVA_FLOAT, row + c, Float.NEGATIVE_INFINITY);
+            MemorySegment.copy(negativeInfinityRow, 0, dense, row * Float.BYTES, classes * Float.BYTES);  // a bulk copy, not C stores
             for (long j = 0; j < k; j++) {
                 float v = bf16 ? Bf16.toFloat(vs.getAtIndex(JAVA_SHORT, sample * k + j)) : vs.getAtIndex(JAVA_FLOAT, sample * k + j);
                 dense.setAtIndex(JAVA_FLOAT, row + is.getAtIndex(JAVA_INT, sample * k + j), v);
