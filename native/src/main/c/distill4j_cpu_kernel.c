@@ -174,18 +174,34 @@ INLINE float hmax(vf v) {
     return m;
 }
 
-/* n (<= W) logits from p as a vector; lanes from n on are pad. */
-INLINE vf load(const void *p, int64_t i, int bf16, int64_t n, float pad) {
-    if (n == W) {
-        if (bf16) {
-            vh h;
-            memcpy(&h, (const uint16_t *)p + i, sizeof h);
-            return (vf)(__builtin_convertvector(h, vi) << 16);
-        }
-        vf v;
-        memcpy(&v, (const float *)p + i, sizeof v);
-        return v;
+/* W logits from p + i (fp32 or bf16, widened exactly). */
+INLINE vf load_whole(const void *p, int64_t i, int bf16) {
+    if (bf16) {
+        vh h;
+        memcpy(&h, (const uint16_t *)p + i, sizeof h);
+        return (vf)(__builtin_convertvector(h, vi) << 16);
     }
+    vf v;
+    memcpy(&v, (const float *)p + i, sizeof v);
+    return v;
+}
+
+/* n (<= W) logits from p + i, column c of its row, as a vector; lanes from n on are pad. A row's
+ * tail (n < W) with at least W - n columns before it is one whole load of the W logits that end
+ * with the row, its lanes rotated down by W - n (one vpermps on AVX2 and AVX-512): filling the
+ * lanes one by one through memory cost a store-forwarding stall in every pass (perf: about 10% of
+ * the KL kernel at C = 1000). SSE2 has no variable permute, so its copy keeps the lane loop. */
+INLINE vf load(const void *p, int64_t i, int64_t c, int bf16, int64_t n, float pad) {
+    if (n == W) return load_whole(p, i, bf16);
+#if W >= 8
+    if (c >= W - n) {
+        vi idx;
+        for (int j = 0; j < W; j++) idx[j] = (j + W - (int32_t)n) & (W - 1);  /* lane j <- element i + j */
+        return sel(lanes_below(n), __builtin_shuffle(load_whole(p, i + n - W, bf16), idx), splat(pad));
+    }
+#else
+    (void)c;
+#endif
     vf v = splat(pad);
     for (int64_t j = 0; j < n; j++) {
         if (bf16) {
@@ -240,8 +256,8 @@ typedef struct {
  * mask: x * 0 is 0 for finite x and NaN for +-inf and NaN, so *bad stays 0 exactly when every
  * student logit is finite and every teacher logit finite or -inf (a top-k teacher's rest, tested by
  * an ordered ==). GCC scalarised the integer-mask form of this test in context (2.5x slower). */
-INLINE void pass1(const void *s, const void *t, int bf16, int64_t i, int64_t n, vf *ms, vf *mt, vf *bad) {
-    const vf sv = load(s, i, bf16, n, -INFINITY), tv = load(t, i, bf16, n, -INFINITY);
+INLINE void pass1(const void *s, const void *t, int bf16, int64_t i, int64_t c, int64_t n, vf *ms, vf *mt, vf *bad) {
+    const vf sv = load(s, i, c, bf16, n, -INFINITY), tv = load(t, i, c, bf16, n, -INFINITY);
     const vf check = sv * 0.f + sel(tv == splat(-INFINITY), splat(0.f), tv * 0.f);
     *bad += n == W ? check : sel(lanes_below(n), check, splat(0.f));
     *ms = vmax(sv, *ms);
@@ -252,11 +268,11 @@ INLINE void pass1(const void *s, const void *t, int bf16, int64_t i, int64_t n, 
  * Lanes past n are -inf and give 0. */
 INLINE void pass2(const void *s, const void *t, int bf16, int64_t i, int64_t c, int64_t n, const RowConsts *k,
                   float *ea, float *eb, float *e1, vf *va, vf *vb, vf *v1) {
-    const vf zs = load(s, i, bf16, n, -INFINITY) - k->ms;
+    const vf zs = load(s, i, c, bf16, n, -INFINITY) - k->ms;
     vf a = {};
     if (!k->mse) {
         a = vexp(zs * k->invT);
-        const vf b = vexp((load(t, i, bf16, n, -INFINITY) - k->mt) * k->invT);
+        const vf b = vexp((load(t, i, c, bf16, n, -INFINITY) - k->mt) * k->invT);
         memcpy(ea + c, &a, sizeof a);
         memcpy(eb + c, &b, sizeof b);
         *va += a;
@@ -291,7 +307,7 @@ INLINE void pass2(const void *s, const void *t, int bf16, int64_t i, int64_t c, 
 /* Pass 3 on n elements: the divergence's terms into vd, the gradient (times scale) to grad. */
 INLINE void pass3(const void *s, const void *t, int bf16, int64_t i, int64_t c, int64_t n, const RowConsts *k,
                   const float *ea, const float *eb, const float *e1, float scale, void *grad, vf *vd) {
-    const vf sv = load(s, i, bf16, n, 0.f), tv = load(t, i, bf16, n, 0.f);
+    const vf sv = load(s, i, c, bf16, n, 0.f), tv = load(t, i, c, bf16, n, 0.f);
     vf g;
     if (k->mse) {
         const vf diff = (sv - tv) * k->invT;
@@ -365,7 +381,7 @@ INLINE void pg_terms(vf sv, vf tv, vf pf, vd2 p, vf qf, const RowConsts *k, vd2 
  * p = q = 0). */
 INLINE void pass3p_sums(const void *s, const void *t, int bf16, int64_t i, int64_t c, int64_t n, const RowConsts *k, const float *ea,
                         const float *eb, double *gs, vd2 *vD, vd2 *vPG, vd2 *vP) {
-    const vf sv = load(s, i, bf16, n, 0.f), tv = load(t, i, bf16, n, 0.f);
+    const vf sv = load(s, i, c, bf16, n, 0.f), tv = load(t, i, c, bf16, n, 0.f);
     vf a, b;
     memcpy(&a, ea + c, sizeof a);
     memcpy(&b, eb + c, sizeof b);
@@ -413,8 +429,8 @@ INLINE int kd_row(const void *s, const void *t, int bf16, int64_t base, int64_t 
     double *gs = (double *)(scratch + 4 * padded);  /* reverse KL, JSD: g; 16-byte aligned (padded is a multiple of 4) */
     vf vms = splat(-INFINITY), vmt = splat(-INFINITY);
     vf bad = {};
-    for (int64_t c = 0; c < whole; c += W) pass1(s, t, bf16, base + c, W, &vms, &vmt, &bad);
-    if (whole < cols) pass1(s, t, bf16, base + whole, cols - whole, &vms, &vmt, &bad);
+    for (int64_t c = 0; c < whole; c += W) pass1(s, t, bf16, base + c, c, W, &vms, &vmt, &bad);
+    if (whole < cols) pass1(s, t, bf16, base + whole, whole, cols - whole, &vms, &vmt, &bad);
     RowConsts k = {.ms = hmax(vms), .mt = hmax(vmt), .invT = invT, .mse = mse, .jsd = jsd, .hard = hard, .beta = beta,
                    .invTd = 1.0 / (double)temperature};
     if (!mse && temperature >= 1.f && temperature <= 8.f && temperature == (float)(int)temperature) k.power = (int)temperature;
