@@ -163,15 +163,31 @@ INLINE vf vexpm1(vf x) {
     return sel(x > splat(-0.35f), p, vexp(x) - 1.f);
 }
 
+/* Horizontal reductions, as trees (halves combined, log2 W steps, a fixed order: deterministic).
+ * In sequence they were 16 dependent double adds a sum on AVX-512, which with a row's other fixed
+ * costs made a 10-class row take 23 ns an element (AVX2: 11). */
 INLINE double hsum(vf v) {
-    double s = 0;
-    for (int j = 0; j < W; j++) s += v[j];
-    return s;
+    const vd2 d = widen(v);
+    const vd x = d.lo + d.hi;
+    double a[H];
+    memcpy(a, &x, sizeof a);
+    for (int h = H / 2; h > 0; h /= 2) for (int j = 0; j < h; j++) a[j] += a[j + h];
+    return a[0];
 }
+/* The largest lane (the same value in any order: the rows that reach it have no NaN; of -0 and
+ * +0, either, which no later step tells apart). */
 INLINE float hmax(vf v) {
-    float m = v[0];
-    for (int j = 1; j < W; j++) m = v[j] > m ? v[j] : m;
-    return m;
+    float a[W];
+    memcpy(a, &v, sizeof a);
+    for (int h = W / 2; h > 0; h /= 2) for (int j = 0; j < h; j++) a[j] = a[j + h] > a[j] ? a[j + h] : a[j];
+    return a[0];
+}
+/* Whether any lane is nonzero or NaN (the finiteness check's accumulator). */
+INLINE int any_nonzero(vf v) {
+    const vi m = v != splat(0.f);
+    int any = 0;
+    for (int j = 0; j < W; j++) any |= m[j];
+    return any != 0;
 }
 
 /* W logits from p + i (fp32 or bf16, widened exactly). */
@@ -186,22 +202,25 @@ INLINE vf load_whole(const void *p, int64_t i, int bf16) {
     return v;
 }
 
-/* n (<= W) logits from p + i, column c of its row, as a vector; lanes from n on are pad. A row's
- * tail (n < W) with at least W - n columns before it is one whole load of the W logits that end
- * with the row, its lanes rotated down by W - n (one vpermps on AVX2 and AVX-512): filling the
- * lanes one by one through memory cost a store-forwarding stall in every pass (perf: about 10% of
- * the KL kernel at C = 1000). SSE2 has no variable permute, so its copy keeps the lane loop. */
-INLINE vf load(const void *p, int64_t i, int64_t c, int bf16, int64_t n, float pad) {
+/* n (<= W) logits from p + i as a vector; lanes from n on are pad. A row's tail (n < W) is one
+ * whole load when the W logits from i - shift are in this call's rows (tail_shift): rotated down by
+ * shift lanes when they end with the row (one vpermps on AVX2 and AVX-512), as they are when they
+ * run on into the next rows (shift 0, any width; a row narrower than a vector). Filling the lanes one
+ * by one through memory cost a store-forwarding stall in every pass: perf ~10% of KL at C = 1000,
+ * and most of a 10-class row on AVX-512. shift < 0: no such window (lane by lane). */
+INLINE vf load(const void *p, int64_t i, int64_t shift, int bf16, int64_t n, float pad) {
     if (n == W) return load_whole(p, i, bf16);
+    if (shift >= 0) {
+        vf v = load_whole(p, i - shift, bf16);
 #if W >= 8
-    if (c >= W - n) {
-        vi idx;
-        for (int j = 0; j < W; j++) idx[j] = (j + W - (int32_t)n) & (W - 1);  /* lane j <- element i + j */
-        return sel(lanes_below(n), __builtin_shuffle(load_whole(p, i + n - W, bf16), idx), splat(pad));
-    }
-#else
-    (void)c;
+        if (shift) {
+            vi idx;
+            for (int j = 0; j < W; j++) idx[j] = (j + (int32_t)shift) & (W - 1);  /* lane j <- element i + j */
+            v = __builtin_shuffle(v, idx);
+        }
 #endif
+        return sel(lanes_below(n), v, splat(pad));
+    }
     vf v = splat(pad);
     for (int64_t j = 0; j < n; j++) {
         if (bf16) {
@@ -250,14 +269,28 @@ typedef struct {
     int power;     /* integer T in 1..8 (not MSE): exp(s - ms) = exp((s - ms) / T)^T, multiplications instead of an exp */
     double invTd;  /* reverse KL: 1 / T, and lse(b) - lse(a), for log p - log q in double */
     double lseBA;
+    int64_t shift; /* how the row's tail is loaded (tail_shift) */
 } RowConsts;
+
+/* For load: the shift of a whole-vector load of a row's n-logit tail (n = cols - whole > 0, at
+ * column whole), or -1. after: the logits after the row's end that belong to this call's rows
+ * (only those: a later row of another block may be a gradient another thread is writing). */
+INLINE int64_t tail_shift(int64_t whole, int64_t n, int64_t after) {
+#if W >= 8
+    if (whole >= W - n) return W - n;  /* the W logits that end the row */
+#else
+    (void)whole;                       /* no variable permute on SSE2 */
+#endif
+    if (after >= W - n) return 0;      /* the row's tail and the start of the next rows */
+    return -1;
+}
 
 /* Pass 1 on n (<= W) elements from column c: maxima, and the check. The check is arithmetic, not a
  * mask: x * 0 is 0 for finite x and NaN for +-inf and NaN, so *bad stays 0 exactly when every
  * student logit is finite and every teacher logit finite or -inf (a top-k teacher's rest, tested by
  * an ordered ==). GCC scalarised the integer-mask form of this test in context (2.5x slower). */
-INLINE void pass1(const void *s, const void *t, int bf16, int64_t i, int64_t c, int64_t n, vf *ms, vf *mt, vf *bad) {
-    const vf sv = load(s, i, c, bf16, n, -INFINITY), tv = load(t, i, c, bf16, n, -INFINITY);
+INLINE void pass1(const void *s, const void *t, int bf16, int64_t i, int64_t shift, int64_t n, vf *ms, vf *mt, vf *bad) {
+    const vf sv = load(s, i, shift, bf16, n, -INFINITY), tv = load(t, i, shift, bf16, n, -INFINITY);
     const vf check = sv * 0.f + sel(tv == splat(-INFINITY), splat(0.f), tv * 0.f);
     *bad += n == W ? check : sel(lanes_below(n), check, splat(0.f));
     *ms = vmax(sv, *ms);
@@ -268,11 +301,11 @@ INLINE void pass1(const void *s, const void *t, int bf16, int64_t i, int64_t c, 
  * Lanes past n are -inf and give 0. */
 INLINE void pass2(const void *s, const void *t, int bf16, int64_t i, int64_t c, int64_t n, const RowConsts *k,
                   float *ea, float *eb, float *e1, vf *va, vf *vb, vf *v1) {
-    const vf zs = load(s, i, c, bf16, n, -INFINITY) - k->ms;
+    const vf zs = load(s, i, k->shift, bf16, n, -INFINITY) - k->ms;
     vf a = {};
     if (!k->mse) {
         a = vexp(zs * k->invT);
-        const vf b = vexp((load(t, i, c, bf16, n, -INFINITY) - k->mt) * k->invT);
+        const vf b = vexp((load(t, i, k->shift, bf16, n, -INFINITY) - k->mt) * k->invT);
         memcpy(ea + c, &a, sizeof a);
         memcpy(eb + c, &b, sizeof b);
         *va += a;
@@ -307,7 +340,7 @@ INLINE void pass2(const void *s, const void *t, int bf16, int64_t i, int64_t c, 
 /* Pass 3 on n elements: the divergence's terms into vd, the gradient (times scale) to grad. */
 INLINE void pass3(const void *s, const void *t, int bf16, int64_t i, int64_t c, int64_t n, const RowConsts *k,
                   const float *ea, const float *eb, const float *e1, float scale, void *grad, vf *vd) {
-    const vf sv = load(s, i, c, bf16, n, 0.f), tv = load(t, i, c, bf16, n, 0.f);
+    const vf sv = load(s, i, k->shift, bf16, n, 0.f), tv = load(t, i, k->shift, bf16, n, 0.f);
     vf g;
     if (k->mse) {
         const vf diff = (sv - tv) * k->invT;
@@ -381,7 +414,7 @@ INLINE void pg_terms(vf sv, vf tv, vf pf, vd2 p, vf qf, const RowConsts *k, vd2 
  * p = q = 0). */
 INLINE void pass3p_sums(const void *s, const void *t, int bf16, int64_t i, int64_t c, int64_t n, const RowConsts *k, const float *ea,
                         const float *eb, double *gs, vd2 *vD, vd2 *vPG, vd2 *vP) {
-    const vf sv = load(s, i, c, bf16, n, 0.f), tv = load(t, i, c, bf16, n, 0.f);
+    const vf sv = load(s, i, k->shift, bf16, n, 0.f), tv = load(t, i, k->shift, bf16, n, 0.f);
     vf a, b;
     memcpy(&a, ea + c, sizeof a);
     memcpy(&b, eb + c, sizeof b);
@@ -419,22 +452,24 @@ INLINE void pass3p_grad(int64_t i, int64_t c, int64_t n, const RowConsts *k, con
 }
 
 /* One row: 1 when it is not computed (non-finite input, see the header), else 0 with *soft, *hard
- * added to. scratch: 6 * round_up(cols, W) floats (ea, eb, e1, then g as doubles). Each pass runs its whole vectors with n = W (a
+ * added to. after: the logits of this call's rows after this one (tail_shift). scratch: 6 * round_up(cols, W) floats
+ * (ea, eb, e1, then g as doubles). Each pass runs its whole vectors with n = W (a
  * constant once inlined: no per-element branches) and the row's tail once with n < W; sums go to
  * double every BLOCK vectors. */
-INLINE int kd_row(const void *s, const void *t, int bf16, int64_t base, int64_t cols, int64_t y, int mse, int rkl, int jsd, int hard, float invT,
+INLINE int kd_row(const void *s, const void *t, int bf16, int64_t base, int64_t cols, int64_t after, int64_t y, int mse, int rkl, int jsd, int hard, float invT,
                   float alpha, float beta, float temperature, float scale, void *grad, float *scratch, double *soft, double *hardSum) {
     const int64_t padded = (cols + W - 1) / W * W, whole = cols / W * W;
     float *ea = scratch, *eb = scratch + padded, *e1 = scratch + 2 * padded;
     double *gs = (double *)(scratch + 4 * padded);  /* reverse KL, JSD: g; 16-byte aligned (padded is a multiple of 4) */
     vf vms = splat(-INFINITY), vmt = splat(-INFINITY);
     vf bad = {};
-    for (int64_t c = 0; c < whole; c += W) pass1(s, t, bf16, base + c, c, W, &vms, &vmt, &bad);
-    if (whole < cols) pass1(s, t, bf16, base + whole, whole, cols - whole, &vms, &vmt, &bad);
+    const int64_t shift = whole < cols ? tail_shift(whole, cols - whole, after) : -1;
+    for (int64_t c = 0; c < whole; c += W) pass1(s, t, bf16, base + c, -1, W, &vms, &vmt, &bad);
+    if (whole < cols) pass1(s, t, bf16, base + whole, shift, cols - whole, &vms, &vmt, &bad);
     RowConsts k = {.ms = hmax(vms), .mt = hmax(vmt), .invT = invT, .mse = mse, .jsd = jsd, .hard = hard, .beta = beta,
-                   .invTd = 1.0 / (double)temperature};
+                   .invTd = 1.0 / (double)temperature, .shift = shift};
     if (!mse && temperature >= 1.f && temperature <= 8.f && temperature == (float)(int)temperature) k.power = (int)temperature;
-    if (hsum(bad) != 0 || k.mt == -INFINITY) return 1; /* != 0: NaN */
+    if (any_nonzero(bad) || k.mt == -INFINITY) return 1; /* a lane NaN */
     double sa = 0, sb = 0, s1 = 0;
     for (int64_t c0 = 0; c0 < cols; c0 += BLOCK * W) {
         vf va = {}, vb = {}, v1 = {};
@@ -536,9 +571,10 @@ int D4J_KERNEL(const void *s, const void *t, int dtype, const int64_t *labels, i
             if (grad) memset((char *)grad + (size_t)(r * cols) * size, 0, (size_t)cols * size);
             continue;
         }
+        const int64_t after = (row1 - r - 1) * cols;  /* logits of this call's later rows */
         /* the two element types as separate inlined copies: the branch is per row, not per element */
-        flags[r - row0] = (int8_t)(bf16 ? kd_row(s, t, 1, r * cols, cols, y, mse, rkl, jsd, hard, invT, alpha, beta, temperature, scale, grad, scratch, &soft, &hardSum)
-                                        : kd_row(s, t, 0, r * cols, cols, y, mse, rkl, jsd, hard, invT, alpha, beta, temperature, scale, grad, scratch, &soft, &hardSum));
+        flags[r - row0] = (int8_t)(bf16 ? kd_row(s, t, 1, r * cols, cols, after, y, mse, rkl, jsd, hard, invT, alpha, beta, temperature, scale, grad, scratch, &soft, &hardSum)
+                                        : kd_row(s, t, 0, r * cols, cols, after, y, mse, rkl, jsd, hard, invT, alpha, beta, temperature, scale, grad, scratch, &soft, &hardSum));
     }
     free(scratch);
     out[0] = soft;
