@@ -285,7 +285,7 @@ INLINE int64_t tail_shift(int64_t whole, int64_t n, int64_t after) {
     return -1;
 }
 
-/* Pass 1 on n (<= W) elements from column c: maxima, and the check. The check is arithmetic, not a
+/* Pass 1 on n (<= W) elements from i (a tail loaded as shift says: load): maxima, and the check. The check is arithmetic, not a
  * mask: x * 0 is 0 for finite x and NaN for +-inf and NaN, so *bad stays 0 exactly when every
  * student logit is finite and every teacher logit finite or -inf (a top-k teacher's rest, tested by
  * an ordered ==). GCC scalarised the integer-mask form of this test in context (2.5x slower). */
