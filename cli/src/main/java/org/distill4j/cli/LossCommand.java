@@ -97,12 +97,7 @@ final class LossCommand implements Callable<Integer> {
             }
             teacherLogits = t.toFloats();
         } else {
-            Divergence effective = cfg.effectiveDivergence();
-            if (effective != Divergence.KL && effective != Divergence.JSD) {
-                throw new IllegalArgumentException("--teacher-indices: a top-k teacher needs --divergence kl, or jsd with beta < 1 (got " + div.cliName()
-                    + (div == Divergence.JSD ? " with beta " + beta : "") + "): the classes not kept have no teacher mass, so reverse KL is infinite "
-                    + "and MSE has no logits to compare");
-            }
+            cfg.requireTopKTeacherSupport("--teacher-indices");
             kept = (int) t.shape()[1];
             teacherLogits = denseTopK(t, s.shape());
         }

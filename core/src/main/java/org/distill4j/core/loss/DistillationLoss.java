@@ -34,4 +34,18 @@ public record DistillationLoss(Divergence divergence, float temperature, float a
         if (divergence == Divergence.JSD && beta == 1f) return Divergence.REVERSE_KL;
         return divergence;
     }
+
+    /**
+     * Refuses a top-k teacher (one with -inf at the classes not kept) for a divergence not defined
+     * on it: only KL and JSD with beta < 1 are (reverse KL is infinite where the teacher has no
+     * mass; MSE needs every logit). {@code option} names what asked for one, for the message.
+     */
+    public void requireTopKTeacherSupport(String option) {
+        Divergence d = effectiveDivergence();
+        if (d != Divergence.KL && d != Divergence.JSD) {
+            throw new IllegalArgumentException(option + ": a top-k teacher needs --divergence kl, or jsd with beta < 1 (got " + divergence.cliName()
+                + (divergence == Divergence.JSD ? " with beta " + beta : "") + "): the classes not kept have no teacher mass, so reverse KL is infinite "
+                + "and MSE has no logits to compare");
+        }
+    }
 }

@@ -143,11 +143,7 @@ public final class Trainer {
     public Trainer withTeacherCache(TeacherCache.Options options) {
         if (teachers.isEmpty()) throw new IllegalArgumentException("a teacher-logit cache needs a teacher (distillation, not supervised training)");
         if (hint != null) throw new IllegalArgumentException(CACHE_WITH_HINT);
-        var divergence = kd.effectiveDivergence();
-        if (options.topK() > 0 && divergence != org.distill4j.core.loss.Divergence.KL && divergence != org.distill4j.core.loss.Divergence.JSD) {
-            throw new IllegalArgumentException("--teacher-cache-topk " + options.topK() + ": a top-k teacher needs --divergence kl, or jsd with beta < 1 (got "
-                + kd.divergence().cliName() + "): the classes not kept have no teacher mass, so reverse KL is infinite and MSE has no logits to compare");
-        }
+        if (options.topK() > 0) kd.requireTopKTeacherSupport("--teacher-cache-topk " + options.topK());
         this.cacheOptions = options;
         return this;
     }
