@@ -138,21 +138,9 @@ class CpuFastDistillationLossTest {
                 }
                 long counted = y == null ? rows : java.util.Arrays.stream(y).filter(v -> v != -100).count();
                 double n = normalizer > 0 ? normalizer : Math.max(1, counted);
-                if (got.grad() != null) assertGradientsClose(expected.grad(), got.grad(), type, gradientFloor(alpha, T, labels, n), what + ", grad " + gradMode);
+                if (got.grad() != null) assertGradientsClose(expected.grad(), got.grad(), type, DistillationLossTest.gradientFloor(alpha, T, labels, n), what + ", grad " + gradMode);
             }
         }
-    }
-
-    /**
-     * The gradient's absolute fp32 precision, in ulps of the largest each term can be: p - q at
-     * high T, two values near 1/C each off by an ulp, times alpha T / N; and, with labels,
-     * softmax(s) - [j == y] at a confident row, where a value just below 1 (ulp 2^-24) less 1
-     * leaves ~1e-5 known to a few 2^-24, times (1 - alpha) / N (measured: 2^-25, 8e-4 relative, at
-     * 2 columns with a logit gap of ~10, seed 9402858531304; CE alone, alpha = 0, so the row's
-     * largest gradient was that element itself). n: the normaliser.
-     */
-    private static double gradientFloor(float alpha, float T, boolean labels, double n) {
-        return 0x1p-21 * (alpha * T + (labels ? 1 - alpha : 0)) / n;
     }
 
     /** The fast path's loss bound: DistillationLossTest's (1e-5 relative plus the exponentials' rounding floor, 6 ulp(1) of D times alpha T^2). */
@@ -188,7 +176,7 @@ class CpuFastDistillationLossTest {
                 Result expected = run(true, DType.F32, s, t, y, rows, cols, cfg, 0, "apart");
                 Result got = run(false, DType.F32, s, t, y, rows, cols, cfg, 0, "apart");
                 for (int i = 0; i < 3; i++) assertEquals(expected.loss()[i], got.loss()[i], lossTolerance(expected.loss()[0], cfg), what + " loss[" + i + "]");
-                assertGradientsClose(expected.grad(), got.grad(), DType.F32, gradientFloor(0.5f, T, true, rows - 1), what);
+                assertGradientsClose(expected.grad(), got.grad(), DType.F32, DistillationLossTest.gradientFloor(0.5f, T, true, rows - 1), what);
             }
         }
     }
