@@ -10,11 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#define KD_ARGS const void *s, const void *t, int dtype, const int64_t *labels, int64_t row0, int64_t row1, int64_t cols, int divergence, \
-    float temperature, float alpha, float beta, int64_t ignore_index, float scale, void *grad, int8_t *flags, double *out
-typedef int (*kd_fn)(KD_ARGS);
-int kd_new_avx512(KD_ARGS); int kd_new_avx2(KD_ARGS); int kd_new_sse2(KD_ARGS);
-int kd_old_avx512(KD_ARGS); int kd_old_avx2(KD_ARGS); int kd_old_sse2(KD_ARGS);
+#include "cpu_kernel_copies.h"
 int main(void) {
   kd_fn nw[3] = {kd_new_avx512, kd_new_avx2, kd_new_sse2}, od[3] = {kd_old_avx512, kd_old_avx2, kd_old_sse2};
   int colsList[] = {1,2,3,4,5,7,8,9,15,16,17,23,31,32,33,47,63,64,65,100,1000,1001,1023,4097};

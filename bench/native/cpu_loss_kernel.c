@@ -14,13 +14,7 @@
 #include <string.h>
 #include <time.h>
 
-#define KD_ARGS const void *s, const void *t, int dtype, const int64_t *labels, int64_t row0, int64_t row1, int64_t cols, int divergence, \
-    float temperature, float alpha, float beta, int64_t ignore_index, float scale, void *grad, int8_t *flags, double *out
-typedef int (*kd_fn)(KD_ARGS);
-int kd_new_avx512(KD_ARGS); int kd_new_avx2(KD_ARGS); int kd_new_sse2(KD_ARGS);
-#ifdef WITH_OLD
-int kd_old_avx512(KD_ARGS); int kd_old_avx2(KD_ARGS); int kd_old_sse2(KD_ARGS);
-#endif
+#include "cpu_kernel_copies.h"
 
 static double now(void) {
     struct timespec ts;

@@ -97,18 +97,18 @@ public final class TeacherCache implements AutoCloseable {
     private final Tensor table;            // [samples, C] (or top-k: values [samples, k]); DEVICE: on the backend (top-k: host); FILE: a CPU tensor over the mapped file
     private final Tensor indices;          // top-k only: I32 [samples, k], host memory or the mapped file
     private final Safetensors mapped;      // FILE only
-    private final Arena hostTables;        // top-k DEVICE only: the tables' host memory, closed with the cache
     private final boolean reused;
     private final long classes;
-    private final Arena arena = Arena.ofShared();
+    private final Arena arena;             // the epoch orders, the -inf row and (top-k DEVICE) the tables; closed with the cache
     private MemorySegment negativeInfinityRow; // top-k: one row of -inf [C], copied under each expanded row
     private Tensor hostOrder, deviceOrder; // this epoch's sample order (positions -> sample indices); deviceOrder: DEVICE on a GPU
     private final HostStaging staging;     // FILE on a GPU: rows gathered on the host, copied asynchronously
 
-    private TeacherCache(Backend backend, Options options, long classes, Tensor table, Tensor indices, Safetensors mapped, Arena hostTables,
+    /** arena: one the tables were allocated in (top-k DEVICE), which the cache then owns, or null for a new one. */
+    private TeacherCache(Backend backend, Options options, long classes, Tensor table, Tensor indices, Safetensors mapped, Arena arena,
                          boolean reused) {
         this.backend = backend;
-        this.hostTables = hostTables;
+        this.arena = arena != null ? arena : Arena.ofShared();
         this.options = options;
         this.table = table;
         this.indices = indices;
@@ -147,12 +147,17 @@ public final class TeacherCache implements AutoCloseable {
                 backend.copyFromHost(hostTable.data(), table);
                 return new TeacherCache(backend, options, classes, table, null, null, null, false);
             }
-            Path file = options.file().toAbsolutePath();
-            if (file.getParent() != null) Files.createDirectories(file.getParent());
-            Safetensors.write(file, Map.of(TENSOR, hostTable), Map.of("fingerprint", fingerprint, "format", "distill4j-teacher-cache"));
+            write(options.file(), Map.of(TENSOR, hostTable), Map.of("fingerprint", fingerprint, "format", "distill4j-teacher-cache"));
         }
         Safetensors st = Safetensors.open(options.file());
         return new TeacherCache(backend, options, classes, mappedTable(st, st.entries().get(TENSOR)), null, st, null, false);
+    }
+
+    /** Writes the tables to the cache file (its folder made first; Safetensors.write goes through a temporary file). */
+    private static void write(Path file, Map<String, Tensor> tables, Map<String, String> metadata) throws IOException {
+        Path absolute = file.toAbsolutePath();
+        if (absolute.getParent() != null) Files.createDirectories(absolute.getParent());
+        Safetensors.write(absolute, tables, metadata);
     }
 
     /**
@@ -173,9 +178,7 @@ public final class TeacherCache implements AutoCloseable {
             Tensor v = Tensor.wrap(CpuBackend.get(), options.dtype(), new long[] {rows, k}, values.asSlice(0, rows * k * options.dtype().bytes()), null);
             Tensor i = Tensor.wrap(CpuBackend.get(), DType.I32, new long[] {rows, k}, classOf.asSlice(0, rows * k * Integer.BYTES), null);
             if (hostArena != null) return new TeacherCache(backend, options, classes, v, i, null, hostArena, false);
-            Path file = options.file().toAbsolutePath();
-            if (file.getParent() != null) Files.createDirectories(file.getParent());
-            Safetensors.write(file, Map.of(VALUES, v, INDICES, i),
+            write(options.file(), Map.of(VALUES, v, INDICES, i),
                 Map.of("fingerprint", fingerprint, "format", "distill4j-teacher-cache", "topk", Integer.toString(k), "classes", Long.toString(classes)));
         } catch (IOException | RuntimeException e) {
             if (hostArena != null) hostArena.close();
@@ -189,26 +192,15 @@ public final class TeacherCache implements AutoCloseable {
     private static void fillTopK(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, DType dtype, long classes,
                                  int k, MemorySegment values, MemorySegment classOf) {
         int c = (int) classes;
-        try (DataLoader loader = new DataLoader(train, backend, batchSize, false, 0, false)) {
-            loader.start(0, 0);
-            while (loader.hasNext()) {
-                DataLoader.Batch b = loader.next();
-                try (Arena step = Arena.ofShared()) {
-                    float[] logits = backend.read(Trainer.teacherLogits(backend, step, teachers, temperature, b.x()));
-                    long first = b.firstPosition();
-                    java.util.stream.IntStream.range(0, b.rows()).parallel().forEach(r -> {
-                        int[] top = topK(logits, r * c, c, k);
-                        long base = (first + r) * k;
-                        for (int j = 0; j < k; j++) {
-                            float v = logits[r * c + top[j]];
-                            if (dtype == DType.F32) values.setAtIndex(JAVA_FLOAT, base + j, v);
-                            else values.setAtIndex(JAVA_SHORT, base + j, Bf16.fromFloat(v));
-                            classOf.setAtIndex(JAVA_INT, base + j, top[j]);
-                        }
-                    });
+        forEachBatchOfLogits(backend, teachers, temperature, train, batchSize, (first, logits) ->
+            java.util.stream.IntStream.range(0, logits.length / c).parallel().forEach(r -> {
+                int[] top = topK(logits, r * c, c, k);
+                long base = (first + r) * k;
+                for (int j = 0; j < k; j++) {
+                    put(values, dtype, base + j, logits[r * c + top[j]]);
+                    classOf.setAtIndex(JAVA_INT, base + j, top[j]);
                 }
-            }
-        }
+            }));
     }
 
     /**
@@ -225,23 +217,29 @@ public final class TeacherCache implements AutoCloseable {
                 for (int j = n++; j > 0 && worse(x, from, heap[j], heap[(j - 1) / 2]); j = (j - 1) / 2) swap(heap, j, (j - 1) / 2);
             } else if (worse(x, from, heap[0], i)) {
                 heap[0] = i;
-                for (int j = 0;;) {
-                    int l = 2 * j + 1, r = l + 1, m = j;
-                    if (l < k && worse(x, from, heap[l], heap[m])) m = l;
-                    if (r < k && worse(x, from, heap[r], heap[m])) m = r;
-                    if (m == j) break;
-                    swap(heap, j, m);
-                    j = m;
-                }
+                siftDown(x, from, heap, k);
             }
         }
-        // Largest first: sort the k kept classes (boxed, k is small next to c).
-        Integer[] sorted = new Integer[k];
-        for (int j = 0; j < k; j++) sorted[j] = heap[j];
-        java.util.Arrays.sort(sorted, (a, b) -> worse(x, from, a, b) ? 1 : worse(x, from, b, a) ? -1 : 0);
-        int[] out = new int[k];
-        for (int j = 0; j < k; j++) out[j] = sorted[j];
+        // Largest first: take the worst off the heap into the last free place, k times (n = min(k, c) kept).
+        int[] out = new int[n];
+        for (int end = n - 1; end >= 0; end--) {
+            out[end] = heap[0];
+            heap[0] = heap[end];
+            siftDown(x, from, heap, end);
+        }
         return out;
+    }
+
+    /** Restores the min-heap order of heap[0, size) (by worse) after heap[0] changed. */
+    private static void siftDown(float[] x, int from, int[] heap, int size) {
+        for (int j = 0;;) {
+            int l = 2 * j + 1, r = l + 1, m = j;
+            if (l < size && worse(x, from, heap[l], heap[m])) m = l;
+            if (r < size && worse(x, from, heap[r], heap[m])) m = r;
+            if (m == j) return;
+            swap(heap, j, m);
+            j = m;
+        }
     }
 
     /** Whether class a ranks below class b: a smaller value, or an equal one at a higher class. */
@@ -263,21 +261,34 @@ public final class TeacherCache implements AutoCloseable {
     /** Runs the teachers over the training set in order and writes their logits into {@code host} ([rows, classes], dtype). */
     private static void fill(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, DType dtype, long classes,
                              MemorySegment host) {
+        forEachBatchOfLogits(backend, teachers, temperature, train, batchSize, (first, logits) -> {
+            long base = first * classes;
+            for (int i = 0; i < logits.length; i++) put(host, dtype, base + i, logits[i]);
+        });
+    }
+
+    /** What one pass of the teachers hands on: the batch's first sample and its logits [rows, classes], row-major. */
+    private interface BatchOfLogits {
+        void accept(long firstSample, float[] logits);
+    }
+
+    /** The teachers (eval mode, averaged at the temperature) over the training set in order, a batch at a time, read to the host. */
+    private static void forEachBatchOfLogits(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, BatchOfLogits sink) {
         try (DataLoader loader = new DataLoader(train, backend, batchSize, false, 0, false)) {
             loader.start(0, 0);
             while (loader.hasNext()) {
                 DataLoader.Batch b = loader.next();
                 try (Arena step = Arena.ofShared()) {
-                    Tensor logits = Trainer.teacherLogits(backend, step, teachers, temperature, b.x());
-                    float[] values = backend.read(logits);
-                    long base = b.firstPosition() * classes;
-                    for (int i = 0; i < values.length; i++) {
-                        if (dtype == DType.F32) host.setAtIndex(JAVA_FLOAT, base + i, values[i]);
-                        else host.setAtIndex(JAVA_SHORT, base + i, Bf16.fromFloat(values[i]));
-                    }
+                    sink.accept(b.firstPosition(), backend.read(Trainer.teacherLogits(backend, step, teachers, temperature, b.x())));
                 }
             }
         }
+    }
+
+    /** x[i] = v in the table's dtype (bf16 rounded to nearest even). */
+    private static void put(MemorySegment x, DType dtype, long i, float v) {
+        if (dtype == DType.F32) x.setAtIndex(JAVA_FLOAT, i, v);
+        else x.setAtIndex(JAVA_SHORT, i, Bf16.fromFloat(v));
     }
 
     private static String fingerprint(List<Model> teachers, float temperature, Dataset train, DType dtype, int topK) {
@@ -389,7 +400,6 @@ public final class TeacherCache implements AutoCloseable {
     public void close() {
         staging.close();
         if (options.storage() == Storage.DEVICE && indices == null) table.close();
-        if (hostTables != null) hostTables.close();
         if (deviceOrder != null) deviceOrder.close();
         arena.close();
         if (mapped != null) mapped.close();
