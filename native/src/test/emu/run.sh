@@ -18,13 +18,15 @@ grep -q "emuDynamicShared" "$work/distill_loss_emu.cu" || { echo "emu: the dynam
 # -fno-strict-aliasing: the kernels read bf16 quads through uint2 (nvcc's idiom; g++ -O2 otherwise
 # optimised the re-reading kernel's teacher loads to zeros)
 g++ -std=c++17 -O2 -fno-strict-aliasing -pthread -w -D__CUDA_ARCH__=900 -include "$here/include/cuda_emu.h" -I"$here/include" -I"$work" -o "$work/loss_emu" "$here/loss_emu.cpp"
-# a protocol fault shows as a hang (a group waiting on a flag): 5 minutes, then fail
+# A protocol fault shows as a hang (a group waiting on a flag). loss_emu watches progress: a case
+# that runs past D4J_EMU_CASE_LIMIT seconds (default 600) fails the run and is named (exit 124).
+# No limit on the whole run, which a machine busy with other work may stretch.
 echo "[native] loss kernels on the CPU emulation of CUDA (src/test/emu/loss_emu.cpp)"
-timeout 300 "$work/loss_emu" || { echo "[native] loss kernel emulation FAILED (exit $?; 124 = hung)" >&2; exit 1; }
+"$work/loss_emu" || { echo "[native] loss kernel emulation FAILED (exit $?; 124 = a case hung, named above)" >&2; exit 1; }
 # The split regime's protocol spans rounds (a ring of statistics, tickets, ready flags): its cases
 # again with blocks drifting apart (D4J_EMU_JITTER: a block sleeps at 2% of its barriers and atomics)
 if [ -z "${D4J_EMU_ONLY:-}" ]; then
   echo "[native] the split cases again, blocks jittered"
-  D4J_EMU_ONLY=split D4J_EMU_JITTER=20 timeout 300 "$work/loss_emu" | grep -E "^FAIL|checks passed" \
+  D4J_EMU_ONLY=split D4J_EMU_JITTER=20 "$work/loss_emu" | grep -E "^FAIL|^HUNG|^slowest|checks passed" \
     || { echo "[native] loss kernel emulation (split, jittered) FAILED" >&2; exit 1; }
 fi

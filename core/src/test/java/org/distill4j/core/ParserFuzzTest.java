@@ -1,5 +1,6 @@
 package org.distill4j.core;
 
+import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
 
 import java.nio.file.Files;
@@ -23,6 +24,10 @@ class ParserFuzzTest {
     /** Fresh inputs every run; the seed is in every failure message, and -Ddistill4j.test.seed=N replays one. */
     private final long seed = Long.getLong("distill4j.test.seed", System.nanoTime());
     private final Random random = new Random(seed);
+
+    ParserFuzzTest() {
+        System.out.println("ParserFuzzTest random seed " + seed + " (-Ddistill4j.test.seed=" + seed + " replays it)");
+    }
 
     private interface Parser { void parse(Path file) throws Exception; }
 
@@ -48,18 +53,28 @@ class ParserFuzzTest {
         return b;
     }
 
+    /**
+     * Mutations of a valid file either parse or give the clear error (IllegalArgumentException);
+     * anything else fails. So that the test cannot pass by a parser that accepts nothing or
+     * everything: the valid file parses, and some mutations (truncations at least) are refused.
+     */
     private void fuzz(String what, byte[] valid, int rounds, Parser parser) throws Exception {
         Path f = tmp.resolve(what);
+        Files.write(f, valid);
+        parser.parse(f);
+        int refused = 0;
         for (int i = 0; i < rounds; i++) {
             Files.write(f, mutate(valid));
             try {
                 parser.parse(f);
             } catch (IllegalArgumentException expected) {
-                // the clear error every malformed file must give
+                refused++; // the clear error every malformed file must give
             } catch (Throwable t) {
                 fail(what + " round " + i + " (seed " + seed + "): " + t, t);
             }
         }
+        System.out.printf("ParserFuzzTest %s: %d of %d mutations refused with a clear error, the rest parsed%n", what, refused, rounds);
+        assertTrue(refused > 0, what + ": " + refused + " of " + rounds + " mutations refused (seed " + seed + ")");
     }
 
     @Test

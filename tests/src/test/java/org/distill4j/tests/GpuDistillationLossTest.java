@@ -24,8 +24,8 @@ import org.junit.jupiter.api.Test;
 @Tag("gpu")
 class GpuDistillationLossTest {
     private static CudaBackend gpu;
-    /** Fresh inputs every run; the seed is in every failure message, and -Ddistill4j.test.seed=N replays one. */
-    private final long seed = Long.getLong("distill4j.test.seed", System.nanoTime());
+    /** Fresh inputs every run; the seed is printed and in every failure message, and -Ddistill4j.test.seed=N replays one. */
+    private final long seed = TestSeeds.seed(GpuDistillationLossTest.class);
     private final Random random = new Random(seed);
 
     @BeforeAll

@@ -34,15 +34,17 @@ class GpuPredictorTest {
                 Predictor cuda = Predictor.load(gpu, spec, w, new Predictor.Options(16, dynamic, 300));
                 try {
                     int in = (int) cuda.inputSize();
-                    Random r = new Random();
+                    long seed = TestSeeds.seed(GpuPredictorTest.class);
+                    Random r = new Random(seed);
                     float[] batch = new float[7 * in];
                     for (int i = 0; i < batch.length; i++) batch[i] = (float) r.nextGaussian();
                     close(cpu.predict(batch), cuda.predict(batch), "batch of 7, dynamic " + dynamic);
                     ExecutorService pool = Executors.newFixedThreadPool(8);
                     List<Future<?>> fs = new ArrayList<>();
                     for (int t = 0; t < 8; t++) {
+                        long threadSeed = seed + 1 + t;  // each thread's inputs follow from the printed seed
                         fs.add(pool.submit(() -> {
-                            Random rr = new Random();
+                            Random rr = new Random(threadSeed);
                             float[] x = new float[in];
                             for (int k = 0; k < 200; k++) {
                                 for (int i = 0; i < in; i++) x[i] = (float) rr.nextGaussian();

@@ -48,7 +48,7 @@ class KillTest {
         List<String> cmd = new ArrayList<>(List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(), "--enable-native-access=ALL-UNNAMED",
             "-cp", classPath(), "org.distill4j.cli.Main", "train", "--model", spec.toString(), "--data", data, "--test-data", data,
             "--epochs", "4", "--batch", "64", "--checkpoint-every", "1", "--keep", "3", "--out", out.toString(), "--resume"));
-        Random r = new Random();
+        Random r = new Random(TestSeeds.seed(KillTest.class));  // when each kill lands
         int kills = 0;
         for (int round = 0; round < 8; round++) {
             Process p = new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(tmp.resolve("log-" + round).toFile()).start();

@@ -17,12 +17,15 @@ import org.distill4j.core.cpu.CpuBackend;
 import org.distill4j.core.infer.Predictor;
 import org.distill4j.core.nn.Model;
 import org.distill4j.core.nn.ModelSpec;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 
 /**
  * The Predictor as a service uses it: no allocation per warm call (the thread's allocated-bytes
- * counter), and 32 threads x 60 s (-Dpredictor.stress.seconds) of random inputs checked against
- * single-threaded answers, with flat memory (heap after GC and the process's resident set).
+ * counter), and 32 threads of random inputs checked against single-threaded answers, with flat
+ * memory (heap after GC and the process's resident set): for 8 s in the default run, and for
+ * 60 s (-Dpredictor.stress.seconds) in the long suite (tag "long": {@code ./distill test-long}),
+ * which a 2-core machine should not spend on every run.
  */
 class PredictorServiceTest {
     private static final String MLP = "{\"input\": [64], \"layers\": [{\"type\": \"linear\", \"in\": 64, \"out\": 128}, {\"type\": \"relu\"},"
@@ -68,8 +71,17 @@ class PredictorServiceTest {
     }
 
     @Test
+    void thirtyTwoThreadsBriefly() throws Exception {
+        thirtyTwoThreads(8);
+    }
+
+    @Test
+    @Tag("long")
     void thirtyTwoThreadsForAMinute() throws Exception {
-        long seconds = Long.getLong("predictor.stress.seconds", 60);
+        thirtyTwoThreads(Long.getLong("predictor.stress.seconds", 60));
+    }
+
+    private static void thirtyTwoThreads(long seconds) throws Exception {
         try (Model m = ModelSpec.parse("mlp", MLP).build(CpuBackend.get(), 4); Predictor p = Predictor.of(m, Predictor.Options.defaults())) {
             int rows = 256;
             Random r = new Random(2);
@@ -79,7 +91,7 @@ class PredictorServiceTest {
             ExecutorService pool = Executors.newFixedThreadPool(32);
             AtomicLong calls = new AtomicLong(), wrong = new AtomicLong();
             long[] rss = new long[2], heap = new long[2];
-            long end = System.nanoTime() + seconds * 1_000_000_000L, warm = System.nanoTime() + Math.min(5, seconds / 4) * 1_000_000_000L;
+            long end = System.nanoTime() + seconds * 1_000_000_000L, warm = System.nanoTime() + Math.min(5_000L, seconds * 250) * 1_000_000L;
             List<Future<?>> fs = new ArrayList<>();
             for (int t = 0; t < 32; t++) {
                 int seed = t;

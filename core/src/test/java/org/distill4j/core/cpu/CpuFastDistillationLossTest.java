@@ -30,6 +30,10 @@ class CpuFastDistillationLossTest {
     private final long seed = Long.getLong("distill4j.test.seed", System.nanoTime());
     private final Random random = new Random(seed);
 
+    CpuFastDistillationLossTest() {
+        System.out.println("CpuFastDistillationLossTest random seed " + seed + " (-Ddistill4j.test.seed=" + seed + " replays it)");
+    }
+
     @Test
     void theKernelLibraryIsThereWhenTheBuildMadeIt() {
         if (KernelImage.cpuLibraryBuilt()) {
