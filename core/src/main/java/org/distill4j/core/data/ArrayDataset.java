@@ -8,7 +8,10 @@ import java.nio.file.Path;
 import java.util.Arrays;
 import org.distill4j.core.io.Npy;
 
-/** A dataset from a float32 .npy of samples [N, ...] and an integer .npy of labels [N]. */
+/**
+ * A dataset from a float32 .npy of samples [N, ...] and an integer .npy of labels [N], held on the
+ * Java heap (samples as one {@code float[]}, at most 2^31 - 1 values; labels as a {@code long[]}).
+ */
 public final class ArrayDataset implements Dataset {
     private final float[] x;
     private final long[] y;

@@ -3,8 +3,11 @@ package org.distill4j.core.data;
 import java.lang.foreign.MemorySegment;
 
 /**
- * A labelled dataset of fixed-shape float samples. Implementations keep their data memory-mapped
- * or off-heap and convert to float32 only when a batch is assembled.
+ * A labelled dataset of fixed-shape float samples, handed to the loader one sample at a time as
+ * float32. Where the data lives is the implementation's choice: {@link ByteImageDataset} (MNIST
+ * IDX, CIFAR-10) keeps the files memory-mapped and converts bytes to float32 only when a batch is
+ * assembled; {@link ArrayDataset} (float32 .npy, the synthetic tasks) holds its samples in a
+ * {@code float[]} on the Java heap, 4 bytes a value, so a .npy dataset must fit in the heap.
  */
 public interface Dataset extends AutoCloseable {
     /** Number of samples. */

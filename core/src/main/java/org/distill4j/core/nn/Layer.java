@@ -17,7 +17,12 @@ public abstract class Layer implements AutoCloseable {
     /** Per-pass state: backend, the arena activations live in, train/eval, and the dropout stream. */
     public record Pass(Backend backend, Arena arena, boolean train, long seed, long step) {}
 
-    /** For the layer classes in this package and for user-defined layers. */
+    /**
+     * For the layer classes in this package and for user-defined layers. A user-defined layer
+     * can own parameters ({@link Parameter}'s constructor is public) and run its forward and
+     * backward on any backend; what it cannot do yet is sit in a {@link Model}, which is built
+     * from a {@link ModelSpec} whose layer types are this package's own.
+     */
     protected Layer() {}
 
     /** Output shape without the batch dimension, for an input of {@code in} (checked, with a clear error). */

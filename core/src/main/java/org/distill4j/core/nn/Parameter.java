@@ -14,7 +14,12 @@ public final class Parameter {
     private final Parameter root; // the layer's own Parameter this one renames, or null
     private Tensor grad;
 
-    Parameter(String name, Tensor value, boolean trainable) {
+    /**
+     * A parameter ({@code trainable}: it gets a gradient buffer) or a buffer named {@code name}
+     * (its state_dict name relative to the layer that owns it), holding {@code value}, which the
+     * parameter then owns and closes.
+     */
+    public Parameter(String name, Tensor value, boolean trainable) {
         this(name, value, trainable, null);
     }
 
