@@ -10,9 +10,35 @@ import java.util.List;
  * onto cuBLAS, cuDNN or our kernels, asynchronously on its stream.
  *
  * <p>Conventions: tensors are row-major float32 unless stated; "rows" of a tensor are its elements
- * grouped by the last dimension; outputs are written, never allocated, so steady-state steps
- * allocate nothing; shape or dtype mismatches throw IllegalArgumentException naming the op and
- * the shapes; ops on a closed tensor throw IllegalStateException.
+ * grouped by the last dimension; outputs are written into the caller's tensors, never allocated;
+ * shape or dtype mismatches throw IllegalArgumentException naming the op and the shapes; ops on a
+ * closed tensor throw IllegalStateException.
+ *
+ * <p>What ops still allocate on their own, per call (outputs aside):
+ * <ul>
+ *   <li>CPU, natively (through {@link org.distill4j.core.cpu.CpuMemory}, so counted): the
+ *       convolutions, forward and both backwards, one im2col/col2im scratch of C·R·S x OH·OW
+ *       floats per call; the fused distillation loss on its C fast path, per block of rows a
+ *       flag byte a row and 16 bytes of sums, and inside the C kernel a {@code malloc}ed row
+ *       scratch of 24 x C bytes (not counted). Every other CPU op allocates nothing natively
+ *       (for crossEntropy, tested); fill writes its range loops straight into the segment.
+ *   <li>CPU, on the Java heap: small objects (lambdas, and fork-join tasks for ops large enough
+ *       to run in parallel) on most ops; arrays: crossEntropy a double per chunk of rows when
+ *       it runs in parallel (none below 32K element-operations: tested), biasGrad a double per
+ *       feature (per block of 256), averageTeachers a double[C] per row, the distillation loss
+ *       its result and per-block sums. The Predictor's CPU path uses none of these ops and
+ *       allocates nothing once warm, heap or native (docs/inference.md).
+ *   <li>CUDA, on the host: every kernel launch opens a confined arena with one block of 16 bytes
+ *       a parameter (the argument array: {@code LaunchArgs}); gemm an arena for alpha and beta;
+ *       each convolution, pooling or batch-norm call creates and destroys its cuDNN descriptors
+ *       in an arena; reads back (item, hasNonFinite, scatterTopK's check) stage through a small
+ *       arena.
+ *   <li>CUDA, on the device: convolutions take their cuDNN workspace per call from the
+ *       stream-ordered pool (released to the pool, not to the driver: steady-state steps reuse
+ *       pool memory); crossEntropy's per-row scratch is kept by the backend and grows by doubling
+ *       (per call only when a larger one is first needed inside a graph capture); the fused
+ *       distillation loss uses the backend's own scratch.
+ * </ul>
  */
 public interface Backend extends AutoCloseable {
     /** "cpu" or "cuda:0". */

@@ -7,6 +7,21 @@ import java.util.List;
 public final class Shapes {
     private Shapes() {}
 
+    /** {@link #alive(String, Tensor...)} for one tensor, without a varargs array per call (ops that must not allocate). */
+    public static void alive(String op, Tensor t) {
+        if (t != null && !t.isAlive()) throw new IllegalStateException(op + ": tensor " + t.describe() + " is closed");
+    }
+
+    /** {@link #dtype(String, DType, Tensor...)} for one tensor, without a varargs array per call. */
+    public static void dtype(String op, DType expected, Tensor t) {
+        if (t != null && t.dtype() != expected) throw new IllegalArgumentException(op + ": expected " + expected + ", got " + t.describe());
+    }
+
+    /** {@link #backend(String, Backend, Tensor...)} for one tensor, without a varargs array per call. */
+    public static void backend(String op, Backend b, Tensor t) {
+        if (t != null && t.backend() != b) throw new IllegalArgumentException(op + ": tensor " + t.describe() + " belongs to another backend than " + b.name());
+    }
+
     public static void alive(String op, Tensor... ts) {
         for (Tensor t : ts) {
             if (t != null && !t.isAlive()) throw new IllegalStateException(op + ": tensor " + t.describe() + " is closed");
@@ -20,7 +35,7 @@ public final class Shapes {
     }
 
     public static void same(String op, Tensor a, Tensor b) {
-        if (a.numel() != b.numel() || !Arrays.equals(a.shape(), b.shape())) {
+        if (a.numel() != b.numel() || !a.sameShape(b)) {
             throw new IllegalArgumentException(op + ": shapes differ: " + Arrays.toString(a.shape()) + " vs " + Arrays.toString(b.shape()));
         }
     }
@@ -30,8 +45,15 @@ public final class Shapes {
         throw new IllegalArgumentException(op + ": expected rank " + Arrays.toString(allowed) + ", got " + t.describe());
     }
 
+    /** {@link #expect(String, Tensor, long...)} for a 1-D shape [n], without a varargs array per call. */
+    public static void expect(String op, Tensor t, long n) {
+        if (t.rank() != 1 || t.size(0) != n) {
+            throw new IllegalArgumentException(op + ": expected shape [" + n + "], got " + Arrays.toString(t.shape()));
+        }
+    }
+
     public static void expect(String op, Tensor t, long... shape) {
-        if (!Arrays.equals(t.shape(), shape)) {
+        if (!t.hasShape(shape)) {
             throw new IllegalArgumentException(op + ": expected shape " + Arrays.toString(shape) + ", got " + Arrays.toString(t.shape()));
         }
     }

@@ -47,6 +47,12 @@ public final class Tensor implements AutoCloseable {
     public Backend backend() { return backend; }
     public DType dtype() { return dtype; }
     public long[] shape() { return shape.clone(); }
+
+    /** Whether this tensor has shape {@code s}, without copying the shape (the per-op checks of {@link Shapes}). */
+    boolean hasShape(long[] s) { return java.util.Arrays.equals(shape, s); }
+
+    /** Whether both tensors have the same shape, without copying either. */
+    boolean sameShape(Tensor other) { return java.util.Arrays.equals(shape, other.shape); }
     public int rank() { return shape.length; }
     public long size(int dim) { return shape[dim < 0 ? shape.length + dim : dim]; }
     public long numel() { return numel; }

@@ -14,11 +14,14 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.atomic.AtomicLong;
 import org.distill4j.core.cpu.CpuBackend;
+import org.distill4j.core.cpu.CpuMemory;
 import org.distill4j.core.infer.Predictor;
 import org.distill4j.core.nn.Model;
 import org.distill4j.core.nn.ModelSpec;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 
 /**
  * The Predictor as a service uses it: no allocation per warm call (the thread's allocated-bytes
@@ -37,25 +40,48 @@ class PredictorServiceTest {
         return v;
     }
 
-    @Test
-    void steadyStateAllocatesNothing() {
+    /** Conv (im2col + gemm), batch norm, residual, max and average pooling, global pooling, flatten, linear. */
+    private static final String CNN = "{\"input\": [3, 12, 12], \"layers\": [{\"type\": \"conv2d\", \"in\": 3, \"out\": 8, \"kernel\": 3, \"padding\": 1},"
+        + "{\"type\": \"batchnorm2d\", \"features\": 8}, {\"type\": \"relu\"},"
+        + "{\"type\": \"residual\", \"body\": [{\"type\": \"conv2d\", \"in\": 8, \"out\": 8, \"kernel\": 3, \"padding\": 1}, {\"type\": \"gelu\"}]},"
+        + "{\"type\": \"maxpool2d\", \"kernel\": 2}, {\"type\": \"avgpool2d\", \"kernel\": 3, \"stride\": 1, \"padding\": 1},"
+        + "{\"type\": \"adaptiveavgpool2d\", \"output\": 1}, {\"type\": \"flatten\"}, {\"type\": \"linear\", \"in\": 8, \"out\": 10}]}";
+
+    /**
+     * Warm calls, single rows and batches of 8 in turn (MLP: 20,000; CNN: 4,000, each about as long
+     * as 20 MLP calls): under 1 KiB on the calling thread's allocated-bytes counter (the Java heap),
+     * no native allocation through CpuMemory (workspaces, backend tensors, scratch), no new workspace.
+     */
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"mlp", "cnn"})
+    void steadyStateAllocatesNothing(String kind) {
         var threads = (com.sun.management.ThreadMXBean) ManagementFactory.getThreadMXBean();
-        try (Model m = ModelSpec.parse("mlp", MLP).build(CpuBackend.get(), 4); Predictor p = Predictor.of(m, Predictor.Options.defaults())) {
+        String spec = kind.equals("mlp") ? MLP : CNN;
+        int pairs = kind.equals("mlp") ? 10_000 : 2_000; // pairs of calls measured, after twice as many to warm up
+        try (Model m = ModelSpec.parse(kind, spec).build(CpuBackend.get(), 4); Predictor p = Predictor.of(m, Predictor.Options.defaults())) {
+            int in = (int) p.inputSize(), classes = (int) p.outputSize();
             Random r = new Random(1);
-            float[] in = random(r, 64), out = new float[10], batch = random(r, 8 * 64), batchOut = new float[8 * 10];
-            for (int i = 0; i < 20_000; i++) {
-                p.predict(in, out);
+            float[] row = random(r, in), out = new float[classes], batch = random(r, 8 * in), batchOut = new float[8 * classes];
+            for (int i = 0; i < 2 * pairs; i++) {
+                p.predict(row, out);
                 p.predict(batch, batchOut);
             }
             long id = Thread.currentThread().threadId();
+            int workspaces = p.cpuWorkspacesCreated();
+            long nativeBefore = CpuMemory.allocations(), nativeBytesBefore = CpuMemory.allocatedBytes();
             long before = threads.getThreadAllocatedBytes(id);
-            for (int i = 0; i < 10_000; i++) {
-                p.predict(in, out);
+            for (int i = 0; i < pairs; i++) {
+                p.predict(row, out);
                 p.predict(batch, batchOut);
             }
             long allocated = threads.getThreadAllocatedBytes(id) - before;
-            System.out.println("PredictorServiceTest: " + allocated + " bytes allocated over 20,000 warm calls");
-            assertTrue(allocated < 1024, allocated + " bytes allocated over 20,000 warm calls");
+            long nativeAllocations = CpuMemory.allocations() - nativeBefore, nativeBytes = CpuMemory.allocatedBytes() - nativeBytesBefore;
+            System.out.printf("PredictorServiceTest %s: over %,d warm calls %d heap bytes, %d native allocations (%d bytes), workspaces %d -> %d%n",
+                kind, 2 * pairs, allocated, nativeAllocations, nativeBytes, workspaces, p.cpuWorkspacesCreated());
+            assertTrue(allocated < 1024, kind + ": " + allocated + " heap bytes allocated over " + 2 * pairs + " warm calls");
+            assertEquals(0, nativeAllocations, kind + ": native allocations (CpuMemory) over " + 2 * pairs + " warm calls");
+            assertEquals(workspaces, p.cpuWorkspacesCreated(), kind + ": workspaces made during the warm calls");
+            assertEquals(1, workspaces, kind + ": workspaces made by one calling thread");
         }
     }
 

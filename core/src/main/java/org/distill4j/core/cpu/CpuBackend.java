@@ -81,14 +81,20 @@ public final class CpuBackend implements Backend {
         Shapes.dtype(op, DType.F32, ts);
     }
 
+    /** {@link #f32(String, Tensor...)} for one tensor (null passes), without a varargs array per call. */
+    private void f32(String op, Tensor t) {
+        Shapes.alive(op, t);
+        Shapes.backend(op, this, t);
+        Shapes.dtype(op, DType.F32, t);
+    }
+
     // ---- memory
 
     @Override
     public Tensor empty(DType dtype, long... shape) {
         Arena arena = Arena.ofShared();
         try {
-            return Tensor.wrap(this, dtype, shape, arena.allocate(Math.max(1, Tensor.numel(shape) * dtype.bytes()), 64)
-                .asSlice(0, Tensor.numel(shape) * dtype.bytes()), arena);
+            return Tensor.wrap(this, dtype, shape, CpuMemory.allocate(arena, Tensor.numel(shape) * dtype.bytes(), 64), arena);
         } catch (RuntimeException | OutOfMemoryError e) {
             arena.close();
             throw e;
@@ -97,8 +103,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public Tensor empty(Arena arena, DType dtype, long... shape) {
-        long bytes = Tensor.numel(shape) * dtype.bytes();
-        return Tensor.wrap(this, dtype, shape, arena.allocate(Math.max(1, bytes), 64).asSlice(0, bytes), null);
+        return Tensor.wrap(this, dtype, shape, CpuMemory.allocate(arena, Tensor.numel(shape) * dtype.bytes(), 64), null);
     }
 
     @Override
@@ -141,7 +146,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public MemorySegment allocateHost(Arena arena, long bytes) {
-        return arena.allocate(Math.max(1, bytes), 64).asSlice(0, bytes);
+        return CpuMemory.allocate(arena, bytes, 64);
     }
 
     @Override
@@ -370,14 +375,17 @@ public final class CpuBackend implements Backend {
     @Override
     public void crossEntropy(Tensor logits, Tensor labels, int ignoreIndex, float labelSmoothing, Tensor loss, Tensor gradLogits) {
         String op = "crossEntropy";
-        f32(op, logits, loss, gradLogits);
+        // One tensor per check: varargs arrays here were 56 bytes of garbage per call.
+        f32(op, logits);
+        f32(op, loss);
+        f32(op, gradLogits);
         Shapes.alive(op, labels);
         Shapes.dtype(op, DType.I64, labels);
         Shapes.rank(op, logits, 2);
         long n = logits.size(0), c = logits.size(1);
-        Shapes.expect(op + " labels", labels, n);
+        Shapes.expect("crossEntropy labels", labels, n); // literal names: a concatenation here would allocate on every call
         if (loss.numel() != 1) throw new IllegalArgumentException(op + ": loss must have one element, got " + loss.describe());
-        if (gradLogits != null) Shapes.same(op + " gradLogits", logits, gradLogits);
+        if (gradLogits != null) Shapes.same("crossEntropy gradLogits", logits, gradLogits);
         if (labelSmoothing < 0 || labelSmoothing > 1) throw new IllegalArgumentException(op + ": label smoothing must be in [0, 1], got " + labelSmoothing);
         MemorySegment xs = logits.data(), ls = labels.data();
         long counted = 0;
@@ -387,15 +395,36 @@ public final class CpuBackend implements Backend {
             if (y < 0 || y >= c) throw new IllegalArgumentException(op + ": label " + y + " at row " + r + " is outside [0, " + c + ")");
             counted++;
         }
-        double[] rowLoss = new double[Shapes.toInt(op, n)];
         double eps = labelSmoothing, scale = counted == 0 ? 0 : 1.0 / counted;
         MemorySegment gs = gradLogits == null ? null : gradLogits.data();
-        parallel(n, c * 4, r -> {
+        // Rows in fixed chunks of about PARALLEL_THRESHOLD element-operations (c logits x 4 passes a
+        // row), each summing its rows' losses in row order, then the chunks in order: the same
+        // answer on any machine, and one chunk (the common small case) is a plain loop that
+        // allocates nothing, not even a per-row loss array.
+        long chunkRows = Math.max(1, PARALLEL_THRESHOLD / Math.max(1, c * 4)), chunks = (n + chunkRows - 1) / chunkRows;
+        double total;
+        if (chunks <= 1) {
+            total = crossEntropyRows(xs, ls, gs, 0, n, c, ignoreIndex, eps, scale);
+        } else {
+            double[] chunkLoss = new double[Shapes.toInt(op, chunks)];
+            parallel(chunks, chunkRows * c * 4, k -> chunkLoss[(int) k] = crossEntropyRows(xs, ls, gs, k * chunkRows, Math.min(n, (k + 1) * chunkRows), c,
+                ignoreIndex, eps, scale));
+            total = 0;
+            for (double l : chunkLoss) total += l;
+        }
+        set(loss.data(), 0, counted == 0 ? Float.NaN : (float) (total * scale));
+    }
+
+    /** Rows [from, to) of the cross-entropy: the sum of their losses (unscaled); writes their gradient (times scale) when gs is not null. */
+    private static double crossEntropyRows(MemorySegment xs, MemorySegment ls, MemorySegment gs, long from, long to, long c, int ignoreIndex, double eps,
+                                           double scale) {
+        double total = 0;
+        for (long r = from; r < to; r++) {
             long y = ls.getAtIndex(JAVA_LONG, r);
             long base = r * c;
             if (y == ignoreIndex) {
                 if (gs != null) for (long i = base; i < base + c; i++) set(gs, i, 0f);
-                return;
+                continue;
             }
             double max = Double.NEGATIVE_INFINITY;
             for (long i = base; i < base + c; i++) max = Math.max(max, f(xs, i));
@@ -408,7 +437,7 @@ public final class CpuBackend implements Backend {
             double logSum = Math.log(sum);
             double nllTarget = -((f(xs, base + y) - max) - logSum);
             double nllMean = -(sumZ / c - logSum);
-            rowLoss[(int) r] = (1 - eps) * nllTarget + eps * nllMean;
+            total += (1 - eps) * nllTarget + eps * nllMean;
             if (gs != null) {
                 for (long i = base; i < base + c; i++) {
                     double p = Math.exp(f(xs, i) - max - logSum);
@@ -416,10 +445,8 @@ public final class CpuBackend implements Backend {
                     set(gs, i, (float) ((p - target) * scale));
                 }
             }
-        });
-        double total = 0;
-        for (double l : rowLoss) total += l;
-        set(loss.data(), 0, counted == 0 ? Float.NaN : (float) (total * scale));
+        }
+        return total;
     }
 
     // ---- the fused distillation loss
@@ -625,7 +652,16 @@ public final class CpuBackend implements Backend {
     @Override
     public void fill(Tensor x, float value) {
         f32("fill", x);
-        x.data().elements(JAVA_FLOAT).forEach(e -> e.set(JAVA_FLOAT, 0, value));
+        MemorySegment xs = x.data();
+        if (Float.floatToRawIntBits(value) == 0) { // +0.0f is all zero bytes (-0.0f is not): memset
+            xs.fill((byte) 0);
+            return;
+        }
+        // Range loops over the segment itself (no view per element), in chunks as elementwise ops.
+        long n = x.numel(), chunk = 1 << 14;
+        parallel((n + chunk - 1) / chunk, chunk, k -> {
+            for (long i = k * chunk, end = Math.min(n, (k + 1) * chunk); i < end; i++) set(xs, i, value);
+        });
     }
 
     // ---- classification
@@ -736,7 +772,7 @@ public final class CpuBackend implements Backend {
         f32("conv2d", x, w, y);
         ConvGeometry g = Shapes.conv("conv2d", x, w, p, y);
         try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
-            MemorySegment col = arena.allocate((long) g.crs() * g.ohw() * 4, 64);
+            MemorySegment col = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
                 long img = (long) b * g.c() * g.h() * g.w();
                 parallel(g.c(), (long) g.r() * g.s() * g.ohw(), ci -> CpuKernels.im2col(x.data(), img, g, p, col, (int) ci, (int) ci + 1));
@@ -752,7 +788,7 @@ public final class CpuBackend implements Backend {
         ConvGeometry g = Shapes.conv("conv2dBackwardData", dx, w, p, dy);
         dx.data().fill((byte) 0);
         try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
-            MemorySegment dcol = arena.allocate((long) g.crs() * g.ohw() * 4, 64);
+            MemorySegment dcol = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
                 MemorySegment dyb = dy.data().asSlice((long) b * g.k() * g.ohw() * 4, (long) g.k() * g.ohw() * 4);
                 CpuBlas.sgemm(true, false, g.crs(), g.ohw(), g.k(), 1f, w.data(), g.crs(), dyb, g.ohw(), 0f, dcol, g.ohw());
@@ -768,7 +804,7 @@ public final class CpuBackend implements Backend {
         f32("conv2dBackwardFilter", x, dy, dw);
         ConvGeometry g = Shapes.conv("conv2dBackwardFilter", x, dw, p, dy);
         try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
-            MemorySegment col = arena.allocate((long) g.crs() * g.ohw() * 4, 64);
+            MemorySegment col = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
                 long img = (long) b * g.c() * g.h() * g.w();
                 parallel(g.c(), (long) g.r() * g.s() * g.ohw(), ci -> CpuKernels.im2col(x.data(), img, g, p, col, (int) ci, (int) ci + 1));

@@ -127,8 +127,8 @@ final class CpuFastDistillationLoss {
         IntStream.range(0, blocks).parallel().forEach(b -> {
             int row0 = b * blockRows, row1 = Math.min(rows, row0 + blockRows);
             try (Arena arena = Arena.ofConfined()) {
-                MemorySegment flags = arena.allocate(row1 - row0);
-                MemorySegment out = arena.allocate(JAVA_DOUBLE, 2);
+                MemorySegment flags = CpuMemory.allocate(arena, row1 - row0, 1);
+                MemorySegment out = CpuMemory.allocate(arena, 2 * JAVA_DOUBLE.byteSize(), JAVA_DOUBLE.byteAlignment());
                 int rc = distill4j_cpu_h.d4j_cpu_kd_rows(s, t, dtype(bf16),
                     labels == null ? MemorySegment.NULL : labels, row0, row1, cols, divergence, cfg.temperature(), cfg.alpha(), cfg.beta(), cfg.ignoreIndex(),
                     (float) scale, grad == null ? MemorySegment.NULL : grad, flags, out);

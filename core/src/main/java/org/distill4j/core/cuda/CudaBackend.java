@@ -65,6 +65,10 @@ public final class CudaBackend implements Backend {
     // label, finish ticket) that the kernel leaves zeroed, and a partial (soft, hard) per block
     // followed by the split regime's ring (DistillKernels.SCRATCH_FLOATS_PER_BLOCK).
     private final DeviceBuffer lossCounters, lossPartials;
+    // crossEntropy's per-row losses (F32, one a row), grown by doubling outside graph capture and
+    // kept for the backend's life: a graph captured with a smaller one may still replay it, so none
+    // is freed before close (at most twice the largest size in all).
+    private volatile DeviceBuffer crossEntropyRowLoss;
     private MathMode mathMode;
     private boolean closed;
 
@@ -398,13 +402,32 @@ public final class CudaBackend implements Backend {
         if (loss.numel() != 1) throw new IllegalArgumentException(op + ": loss must have one element, got " + loss.describe());
         if (gradLogits != null) Shapes.same(op + " gradLogits", logits, gradLogits);
         if (labelSmoothing < 0 || labelSmoothing > 1) throw new IllegalArgumentException(op + ": label smoothing must be in [0, 1], got " + labelSmoothing);
-        try (Arena arena = Arena.ofShared()) {
-            DeviceBuffer rowLoss = context.allocate(arena, Math.max(4, n * 4));
-            context.zero(flags);
-            ops.ceCount(labels.data(), n, c, ignoreIndex, flags.address(), s());
-            ops.ceRows(logits.data(), labels.data(), n, c, ignoreIndex, labelSmoothing, flags.address(), rowLoss.address(), p(gradLogits), s());
-            ops.ceFinish(rowLoss.address(), n, flags.address(), loss.data(), s());
-        } // rowLoss is freed on the stream, after the kernels that use it
+        long rowLossBytes = Math.max(4, n * 4);
+        DeviceBuffer cached = crossEntropyRowLoss;
+        if (cached != null && cached.byteSize() >= rowLossBytes) {
+            crossEntropy(logits, labels, ignoreIndex, labelSmoothing, loss, gradLogits, n, c, cached);
+            return;
+        }
+        if (context.capturing()) {
+            // Memory allocated now belongs to the graph (a memory node, valid only inside its
+            // replays): a per-call buffer, freed by the graph itself, as before the cache.
+            try (Arena arena = Arena.ofShared()) {
+                crossEntropy(logits, labels, ignoreIndex, labelSmoothing, loss, gradLogits, n, c, context.allocate(arena, rowLossBytes));
+            } // freed on the stream, after the kernels that use it
+            return;
+        }
+        DeviceBuffer grown = context.allocate(scratchArena, Math.max(rowLossBytes, cached == null ? 0 : 2 * cached.byteSize()));
+        crossEntropyRowLoss = grown;
+        crossEntropy(logits, labels, ignoreIndex, labelSmoothing, loss, gradLogits, n, c, grown);
+    }
+
+    /** The three launches, with rowLoss (at least n floats of device scratch) for the per-row losses. */
+    private void crossEntropy(Tensor logits, Tensor labels, int ignoreIndex, float labelSmoothing, Tensor loss, Tensor gradLogits, long n, long c,
+                              DeviceBuffer rowLoss) {
+        context.zero(flags);
+        ops.ceCount(labels.data(), n, c, ignoreIndex, flags.address(), s());
+        ops.ceRows(logits.data(), labels.data(), n, c, ignoreIndex, labelSmoothing, flags.address(), rowLoss.address(), p(gradLogits), s());
+        ops.ceFinish(rowLoss.address(), n, flags.address(), loss.data(), s());
     }
 
     // ---- the fused distillation loss: one launch (with labels and no normalizer the kernel counts

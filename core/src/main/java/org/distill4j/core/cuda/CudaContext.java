@@ -155,6 +155,16 @@ public final class CudaContext implements AutoCloseable {
     /** The CUstream all of this context's work is ordered on. */
     public MemorySegment stream() { return stream; }
 
+    /** Whether {@link #stream()} is capturing a graph now (cuStreamIsCapturing): allocations made now would belong to the graph. */
+    public boolean capturing() {
+        makeCurrent();
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment status = arena.allocate(JAVA_INT);
+            check(cuStreamIsCapturing(stream, status), "cuStreamIsCapturing");
+            return status.get(JAVA_INT, 0) != CU_STREAM_CAPTURE_STATUS_NONE;
+        }
+    }
+
     /** Makes this context current on the calling thread. */
     public void makeCurrent() {
         if (closed) throw new IllegalStateException("CUDA context for " + device.name() + " is closed");

@@ -26,11 +26,18 @@ import org.distill4j.core.nn.ModelSpec;
 /**
  * Embedded inference: a model in eval mode behind a thread-safe {@code predict}.
  *
- * <p>On the CPU each calling thread gets its own {@link InferencePlan.Workspace} (made on its first
- * call), so calls run in parallel without locks and, once warm, allocate nothing on the heap or
- * natively (tested with the thread's allocated-bytes counter). By default each call runs on its
- * caller's thread only: while such a Predictor is open, OpenBLAS is held to one thread per call
- * ({@link org.distill4j.core.cpu.CpuBlas#holdSingleThreaded()}, process-wide); see
+ * <p>On the CPU a call runs on its caller's thread in an {@link InferencePlan.Workspace} (buffers for
+ * {@code maxBatch} rows) taken from a bounded pool for the call and given back when it returns.
+ * The pool holds at most {@link Options#cpuWorkspaces()} workspaces (default: the available
+ * processors, the number of calls that can compute at once), made on demand; a call that finds
+ * them all busy waits (parked, without holding a monitor, so a virtual thread unmounts) for the
+ * first one given back. Native memory is therefore bounded by the pool, not by the number of
+ * threads that ever called: a thread-per-request service on virtual threads is safe
+ * ({@link #cpuWorkspacesCreated()} reports how many were made). Once the pool is warm a call
+ * allocates nothing on the Java heap, and nothing natively through Distill4J (no workspace, no
+ * {@link org.distill4j.core.cpu.CpuMemory} allocation; tested for an MLP and a CNN). By default each
+ * call runs on its caller's thread only: while such a Predictor is open, OpenBLAS is held to one
+ * thread per call ({@link org.distill4j.core.cpu.CpuBlas#holdSingleThreaded()}, process-wide); see
  * {@link Options#intraOpThreads()}.
  *
  * <p>On CUDA a call takes one of {@code gpuWorkers} workers, each with its own stream (a backend of
@@ -59,8 +66,14 @@ public final class Predictor implements AutoCloseable {
      * @param gpuWorkers      CUDA only: workers, each with its own backend (stream, cuBLAS and cuDNN
      *                        handles), copy of the weights, pinned buffers and graphs; calls take a
      *                        free worker, so this many batches are in flight at once
+     * @param cpuWorkspaces   CPU only: the most workspaces (native buffers for {@code maxBatch} rows
+     *                        each) the Predictor makes, so the most calls that compute at once; more
+     *                        concurrent callers wait for a free one. Default
+     *                        {@link #defaultCpuWorkspaces()}: the available processors, since a call
+     *                        runs on its caller's thread and more workspaces than processors only
+     *                        cost memory. Made on demand: a single caller makes one.
      */
-    public record Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros, int intraOpThreads, int gpuWorkers) {
+    public record Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros, int intraOpThreads, int gpuWorkers, int cpuWorkspaces) {
         public Options {
             if (maxBatch < 1) throw new IllegalArgumentException("maxBatch must be >= 1, got " + maxBatch);
             if (maxWaitMicros < 0) throw new IllegalArgumentException("maxWaitMicros must be >= 0, got " + maxWaitMicros);
@@ -68,6 +81,7 @@ public final class Predictor implements AutoCloseable {
                 throw new IllegalArgumentException("intraOpThreads must be 1 (the caller's thread) or 0 (OpenBLAS's pool), got " + intraOpThreads);
             }
             if (gpuWorkers < 1) throw new IllegalArgumentException("gpuWorkers must be >= 1, got " + gpuWorkers);
+            if (cpuWorkspaces < 1) throw new IllegalArgumentException("cpuWorkspaces must be >= 1, got " + cpuWorkspaces);
         }
 
         public Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros) {
@@ -78,8 +92,28 @@ public final class Predictor implements AutoCloseable {
             this(maxBatch, dynamicBatching, maxWaitMicros, intraOpThreads, 2);
         }
 
+        public Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros, int intraOpThreads, int gpuWorkers) {
+            this(maxBatch, dynamicBatching, maxWaitMicros, intraOpThreads, gpuWorkers, defaultCpuWorkspaces());
+        }
+
+        /** maxBatch 64, no dynamic batching, one thread per call, 2 GPU workers, {@link #defaultCpuWorkspaces()} CPU workspaces. */
         public static Options defaults() {
             return new Options(64, false, 200, 1, 2);
+        }
+
+        /** These options with at most {@code cpuWorkspaces} CPU workspaces. */
+        public Options withCpuWorkspaces(int cpuWorkspaces) {
+            return new Options(maxBatch, dynamicBatching, maxWaitMicros, intraOpThreads, gpuWorkers, cpuWorkspaces);
+        }
+
+        /**
+         * {@link Runtime#availableProcessors()} (which honours CPU affinity and container limits): the
+         * calls that can compute at once, each on its caller's thread; also the parallelism of the
+         * virtual-thread scheduler, so virtual-thread callers never wait for a workspace while a
+         * carrier is idle.
+         */
+        public static int defaultCpuWorkspaces() {
+            return Runtime.getRuntime().availableProcessors();
         }
     }
 
@@ -123,7 +157,8 @@ public final class Predictor implements AutoCloseable {
         this.inputSize = Tensor.numel(inputShape);
         this.outputSize = Tensor.numel(outputShape);
         Backend backend = model.parameters().isEmpty() ? null : model.parameters().getFirst().value().backend();
-        this.engine = backend == null || backend.isHost() ? new CpuEngine(InferencePlan.compile(model, options.maxBatch()), options.intraOpThreads() == 1)
+        this.engine = backend == null || backend.isHost()
+            ? new CpuEngine(InferencePlan.compile(model, options.maxBatch()), options.intraOpThreads() == 1, options.cpuWorkspaces())
             : new CudaEngine((CudaBackend) backend, model, options, inputShape, outputShape);
         this.batcher = options.dynamicBatching() ? new Batcher() : null;
     }
@@ -147,6 +182,15 @@ public final class Predictor implements AutoCloseable {
 
     public long[] inputShape() { return inputShape.clone(); }
     public long[] outputShape() { return outputShape.clone(); }
+
+    /**
+     * How many CPU workspaces this Predictor has made so far: at most {@link Options#cpuWorkspaces()},
+     * however many threads have called it (0 on CUDA, whose workers are made up front). For tests
+     * and monitoring: each one holds {@code maxBatch} rows of every intermediate buffer natively.
+     */
+    public int cpuWorkspacesCreated() {
+        return engine instanceof CpuEngine cpu ? cpu.created() : 0;
+    }
 
     /** Floats per input row (the product of the input shape) and per output row. */
     public long inputSize() { return inputSize; }
@@ -269,28 +313,62 @@ public final class Predictor implements AutoCloseable {
         if (ownsModel) model.close();
     }
 
-    // ---- CPU: a workspace per thread
+    // ---- CPU: a bounded pool of workspaces, one per call in flight
 
     private static final class CpuEngine implements Engine {
         private final InferencePlan plan;
-        private final List<InferencePlan.Workspace> all = new CopyOnWriteArrayList<>();
-        private final ThreadLocal<CpuSlot> local;
         private final boolean singleThreaded;
+        private final int capacity;
+        // Free workspaces. ArrayBlockingQueue: j.u.c. locks, so a virtual thread waiting in take()
+        // unmounts instead of pinning its carrier; fair, so waiting callers are served in order; a
+        // fixed array, so an uncontended acquire/release pair allocates nothing.
+        private final ArrayBlockingQueue<CpuSlot> free;
+        private final AtomicInteger created = new AtomicInteger();
+        private final List<InferencePlan.Workspace> all = new CopyOnWriteArrayList<>(); // closed at close
 
-        CpuEngine(InferencePlan plan, boolean singleThreaded) {
+        CpuEngine(InferencePlan plan, boolean singleThreaded, int capacity) {
             this.plan = plan;
             this.singleThreaded = singleThreaded;
+            this.capacity = capacity;
+            this.free = new ArrayBlockingQueue<>(capacity, true);
             // Parallelism comes from the callers: each call runs on its own thread, BLAS included.
             if (singleThreaded) org.distill4j.core.cpu.CpuBlas.holdSingleThreaded();
-            this.local = ThreadLocal.withInitial(() -> {
-                InferencePlan.Workspace w = plan.newWorkspace();
-                all.add(w);
-                return new CpuSlot(w);
-            });
         }
 
-        @Override public Slot acquire() { return local.get(); }
-        @Override public void release(Slot slot) {}
+        int created() {
+            return created.get();
+        }
+
+        /** A free workspace, else a new one while fewer than capacity exist, else the first one given back. */
+        @Override
+        public Slot acquire() {
+            CpuSlot s = free.poll();
+            if (s != null) return s;
+            for (int n = created.get(); n < capacity; n = created.get()) {
+                if (created.compareAndSet(n, n + 1)) {
+                    InferencePlan.Workspace w;
+                    try {
+                        w = plan.newWorkspace();
+                    } catch (RuntimeException | OutOfMemoryError e) {
+                        created.decrementAndGet();
+                        throw e;
+                    }
+                    all.add(w);
+                    return new CpuSlot(w);
+                }
+            }
+            try {
+                return free.take();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new IllegalStateException("interrupted while waiting for a CPU workspace (all " + capacity + " busy)", e);
+            }
+        }
+
+        @Override
+        public void release(Slot slot) {
+            free.add((CpuSlot) slot); // never full: at most capacity workspaces exist
+        }
 
         @Override
         public void close() {

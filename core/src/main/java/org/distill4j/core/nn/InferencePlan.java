@@ -8,12 +8,14 @@ import org.distill4j.core.ConvGeometry;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.cpu.CpuBlas;
 import org.distill4j.core.cpu.CpuKernels;
+import org.distill4j.core.cpu.CpuMemory;
 
 /**
  * A CPU model compiled for inference: the eval-mode forward pass as a list of steps over
  * preallocated float32 buffers, run on the calling thread. A {@link Workspace} holds one set of
- * buffers for up to {@code maxBatch} rows (one per concurrent caller); after it is made, running
- * the plan allocates nothing, on the heap or natively: the kernels are {@link CpuKernels}' range
+ * buffers for up to {@code maxBatch} rows (one per call in flight, e.g. from the Predictor's pool;
+ * made through {@link CpuMemory}, so counted); after it is made, running the plan allocates
+ * nothing, on the heap or through {@link CpuMemory}: the kernels are {@link CpuKernels}' range
  * loops (the same arithmetic as the CPU backend, so results equal {@code Model.forward} bit for
  * bit) and gemm is one OpenBLAS downcall per layer (per image for convolutions) on segments sliced
  * when the workspace was made. The weights are the model's own tensors, read, never copied.
@@ -105,7 +107,7 @@ public final class InferencePlan {
                     @Override
                     public void prepare(Workspace ws, Arena arena) {
                         MemorySegment[] state = new MemorySegment[maxBatch + 1];
-                        state[0] = arena.allocate((long) g.crs() * g.ohw() * Float.BYTES, 64); // im2col of one image
+                        state[0] = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * Float.BYTES, 64); // im2col of one image
                         for (int i = 0; i < maxBatch; i++) state[i + 1] = ws.buffers[out].asSlice(i * imageOut * Float.BYTES, imageOut * Float.BYTES);
                         ws.state[slot] = state;
                     }
@@ -173,7 +175,7 @@ public final class InferencePlan {
         }
     }
 
-    /** Buffers for one caller: made once, reused by every call; close frees them. */
+    /** Buffers for one call at a time (not thread-safe): made once, reused by every call; close frees them. */
     public final class Workspace implements AutoCloseable {
         private final Arena arena = Arena.ofShared();
         final MemorySegment[] buffers;
@@ -181,7 +183,7 @@ public final class InferencePlan {
 
         private Workspace() {
             buffers = new MemorySegment[bufferFeatures.size()];
-            for (int i = 0; i < buffers.length; i++) buffers[i] = arena.allocate(Math.max(4, (long) maxBatch * bufferFeatures.get(i) * Float.BYTES), 64);
+            for (int i = 0; i < buffers.length; i++) buffers[i] = CpuMemory.allocate(arena, Math.max(4, (long) maxBatch * bufferFeatures.get(i) * Float.BYTES), 64);
             state = new MemorySegment[stateSlots][];
             for (Step s : steps) s.prepare(this, arena);
         }

@@ -223,7 +223,7 @@ class CpuBackendTest {
 
     @Test
     void crossEntropyWithIgnoreIndexAndLabelSmoothing() {
-        for (float eps : new float[] {0f, 0.1f}) for (int[] s : new int[][] {{1, 2}, {13, 10}, {64, 1001}}) {
+        for (float eps : new float[] {0f, 0.1f}) for (int[] s : new int[][] {{1, 2}, {13, 10}, {64, 1001}, {300, 37}}) { // the last two: several chunks of rows, run in parallel
             int rows = s[0], cols = s[1];
             float[] x = randn(random, rows * cols);
             long[] y = new long[rows];
@@ -240,6 +240,28 @@ class CpuBackendTest {
             }
             if (rows * cols <= 200) {
                 gradient(x, analytic, v -> crossEntropyReference(v, y, rows, cols, -100, eps), 1e-3, 1e-3, "crossEntropy gradient");
+            }
+        }
+    }
+
+    /** fill writes exactly its tensor: every element's bits (1.5, -0.0, +0.0, NaN), not one float beyond a view, at an odd size and one over many chunks. */
+    @Test
+    void fillSetsEveryElementOfLargeAndOddSizes() {
+        for (int n : new int[] {1, 7, 16_385, 1_000_003}) {
+            try (Tensor whole = cpu.empty(DType.F32, n + 2)) {
+                Tensor inner = whole.narrow0(1, n);
+                for (float value : new float[] {1.5f, -0.0f, 0f, Float.NaN}) {
+                    cpu.fill(whole, 7f);
+                    cpu.fill(inner, value);
+                    float[] got = whole.toFloatArray();
+                    assertEquals(7f, got[0], "the float before the view, n = " + n);
+                    assertEquals(7f, got[n + 1], "the float after the view, n = " + n);
+                    for (int i = 1; i <= n; i++) {
+                        if (Float.floatToRawIntBits(got[i]) != Float.floatToRawIntBits(value)) {
+                            throw new AssertionError("fill(" + value + ") of " + n + " floats: element " + (i - 1) + " is " + got[i]);
+                        }
+                    }
+                }
             }
         }
     }

@@ -71,6 +71,26 @@ class DeviceMemorySafetyTest {
             LaunchArgs a = new LaunchArgs(args, 2).f32(1f);
             assertThrows(IllegalStateException.class, a::segment);
             assertEquals(16, a.i64(3).segment().byteSize());
+            assertThrows(IllegalStateException.class, () -> a.f32(2f), "a third argument for two slots");
+        }
+    }
+
+    /** What cuLaunchKernel reads: slot i holds the address of an 8-byte cell with value i, all in one allocation. */
+    @Test
+    void launchArgsSlotsPointAtTheirValues() {
+        try (Arena args = Arena.ofConfined(); Arena owner = Arena.ofConfined()) {
+            DeviceBuffer buf = fakeDeviceBuffer(owner, 0x7f0000001000L, 64);
+            MemorySegment slots = new LaunchArgs(args, 5).pointer(buf.address()).nullPointer().f32(1.5f).i32(-7).i64(1L << 40).segment();
+            assertEquals(5 * 8, slots.byteSize());
+            MemorySegment[] cells = new MemorySegment[5];
+            for (int i = 0; i < 5; i++) cells[i] = slots.getAtIndex(java.lang.foreign.ValueLayout.ADDRESS, i).reinterpret(8);
+            for (int i = 1; i < 5; i++) assertEquals(cells[i - 1].address() + 8, cells[i].address(), "cell " + i + " follows cell " + (i - 1));
+            assertEquals(slots.address() + slots.byteSize(), cells[0].address(), "the cells follow the slots");
+            assertEquals(0x7f0000001000L, cells[0].get(java.lang.foreign.ValueLayout.JAVA_LONG, 0));
+            assertEquals(0L, cells[1].get(java.lang.foreign.ValueLayout.JAVA_LONG, 0));
+            assertEquals(1.5f, cells[2].get(java.lang.foreign.ValueLayout.JAVA_FLOAT, 0));
+            assertEquals(-7, cells[3].get(java.lang.foreign.ValueLayout.JAVA_INT, 0));
+            assertEquals(1L << 40, cells[4].get(java.lang.foreign.ValueLayout.JAVA_LONG, 0));
         }
     }
 }

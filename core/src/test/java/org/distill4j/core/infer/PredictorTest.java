@@ -112,6 +112,65 @@ class PredictorTest {
         }
     }
 
+    /**
+     * The workspace pool: one caller makes one workspace; 16 threads share at most cpuWorkspaces of
+     * them and answer as one thread does; a pool of one serves single-row (dynamic batching) and
+     * multi-row calls at once without deadlock.
+     */
+    @Test
+    void workspacesAreABoundedPool() throws Exception {
+        assertEquals(Runtime.getRuntime().availableProcessors(), Predictor.Options.defaults().cpuWorkspaces());
+        var bad = assertThrows(IllegalArgumentException.class, () -> Predictor.Options.defaults().withCpuWorkspaces(0));
+        assertEquals("cpuWorkspaces must be >= 1, got 0", bad.getMessage());
+        try (Model m = ModelSpec.parse("mlp", MLP).build(CpuBackend.get(), 4)) {
+            float[] x = random(3 * 20, 11);
+            try (Predictor p = Predictor.of(m, Predictor.Options.defaults().withCpuWorkspaces(3))) {
+                float[] want = p.predict(x);
+                for (int i = 0; i < 100; i++) p.predict(x);
+                assertEquals(1, p.cpuWorkspacesCreated(), "workspaces made by one thread");
+                ExecutorService pool = Executors.newFixedThreadPool(16);
+                AtomicInteger wrong = new AtomicInteger();
+                List<Future<?>> fs = new ArrayList<>();
+                for (int t = 0; t < 16; t++) {
+                    fs.add(pool.submit(() -> {
+                        float[] out = new float[want.length];
+                        for (int i = 0; i < 500; i++) {
+                            p.predict(x, out);
+                            if (!java.util.Arrays.equals(out, want)) wrong.incrementAndGet();
+                        }
+                    }));
+                }
+                for (Future<?> f : fs) f.get();
+                pool.shutdown();
+                assertEquals(0, wrong.get(), "answers that differ from the single-threaded ones");
+                assertTrue(p.cpuWorkspacesCreated() >= 1 && p.cpuWorkspacesCreated() <= 3, p.cpuWorkspacesCreated() + " workspaces for a pool of 3");
+            }
+            try (Predictor one = Predictor.of(m, new Predictor.Options(2, true, 100).withCpuWorkspaces(1))) {
+                float[] row = java.util.Arrays.copyOf(x, 20);
+                float[] wantRow = one.predict(row), wantRows = one.predict(x); // 3 rows: chunks of 2 and 1, direct
+                ExecutorService pool = Executors.newFixedThreadPool(8);
+                AtomicInteger wrong = new AtomicInteger();
+                List<Future<?>> fs = new ArrayList<>();
+                for (int t = 0; t < 8; t++) {
+                    boolean single = t % 2 == 0;
+                    fs.add(pool.submit(() -> {
+                        for (int i = 0; i < 200; i++) {
+                            float[] got = one.predict(single ? row : x);
+                            float[] expected = single ? wantRow : wantRows;
+                            for (int j = 0; j < got.length; j++) {
+                                if (Math.abs(got[j] - expected[j]) > 1e-5 * Math.max(1, Math.abs(expected[j]))) wrong.incrementAndGet();
+                            }
+                        }
+                    }));
+                }
+                for (Future<?> f : fs) f.get();
+                pool.shutdown();
+                assertEquals(0, wrong.get(), "answers off by more than 1e-5 (batched rows may round differently)");
+                assertEquals(1, one.cpuWorkspacesCreated());
+            }
+        }
+    }
+
     @Test
     void badInputAndClose() throws Exception {
         try (Model m = ModelSpec.parse("mlp", MLP).build(CpuBackend.get(), 4)) {
