@@ -1,5 +1,10 @@
 package org.distill4j.core.nn;
 
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.IdentityHashMap;
+import java.util.List;
+import java.util.Set;
 import org.distill4j.core.Tensor;
 
 /**
@@ -14,7 +19,8 @@ public final class Parameter {
     private final Parameter root; // the layer's own Parameter this one renames, or null
     private Tensor grad;
 
-    Parameter(String name, Tensor value, boolean trainable) {
+    /** A parameter (trainable: its gradient buffer is made on first use) or a buffer, owning {@code value}; for layers in any package. */
+    public Parameter(String name, Tensor value, boolean trainable) {
         this(name, value, trainable, null);
     }
 
@@ -23,6 +29,18 @@ public final class Parameter {
         this.value = value;
         this.trainable = trainable;
         this.root = root;
+    }
+
+    /**
+     * The parameters with each value tensor once, in order: a shared (tied) parameter listed under
+     * several names keeps its first, so an optimizer, clipping or a checkpoint's optimizer state
+     * sees it once (its one gradient buffer already holds every use's contribution).
+     */
+    public static List<Parameter> distinct(List<Parameter> parameters) {
+        Set<Tensor> seen = Collections.newSetFromMap(new IdentityHashMap<>());
+        List<Parameter> out = new ArrayList<>();
+        for (Parameter p : parameters) if (seen.add(p.value())) out.add(p);
+        return out;
     }
 
     public String name() { return name; }
@@ -41,7 +59,8 @@ public final class Parameter {
         return new Parameter(prefix + name, value, trainable, root != null ? root : this);
     }
 
-    void close() {
+    /** Frees the value and the gradient; the owning layer or model calls it (a renamed view leaves them to their owner). */
+    public void close() {
         if (root != null) return; // the layer closes its own
         value.close();
         if (grad != null) grad.close();
