@@ -267,6 +267,7 @@ public final class DecoderModel implements AutoCloseable {
         Tensor[] resIn, ln1, ln1Mean, ln1Rstd, qkvRaw, qkv, qRstd, kRstd, probs, probsUsed, attn, ln2, ln2Mean, ln2Rstd, mlpIn, mlpAct, resMid;
         Tensor lastRes;
         Layer.Pass pass;
+        boolean dropout; // whether this forward applied dropout (training with dropout enabled): the backward must match it
     }
 
     /**
@@ -326,6 +327,7 @@ public final class DecoderModel implements AutoCloseable {
         s.positions = pos;
         s.keyMask = keyMask;
         s.pass = pass;
+        s.dropout = train && dropoutEnabled;
         s.resIn = new Tensor[layers];
         s.ln1 = new Tensor[layers];
         s.ln1Mean = new Tensor[layers];
@@ -347,7 +349,7 @@ public final class DecoderModel implements AutoCloseable {
         // Embeddings (+ learned positions), then embedding dropout.
         Tensor x = buffer(pass, n, d);
         DecoderOps.embeddingForward(x.data(), s.ids, pos, embedding.value().data(), positions == null ? null : positions.value().data(), d);
-        dropout(pass, config.embdDropout(), 0, x);
+        dropout(s, config.embdDropout(), 0, x);
         s.x0 = x;
         if (invFreq != null) {
             s.cos = buffer(pass, n, hd / 2);
@@ -402,7 +404,7 @@ public final class DecoderModel implements AutoCloseable {
             s.probs[l] = buffer(pass, batch, config.heads(), t, tk);
             DecoderOps.attentionScores(shape, s.probs[l].data());
             s.probsUsed[l] = s.probs[l];
-            if (train && dropoutEnabled && config.attnDropout() > 0) {
+            if (s.dropout && config.attnDropout() > 0) {
                 s.probsUsed[l] = buffer(pass, batch, config.heads(), t, tk);
                 backend.dropout(config.attnDropout(), pass.seed(), site(pass, 1 + 3L * l), s.probs[l], s.probsUsed[l]);
             }
@@ -410,7 +412,7 @@ public final class DecoderModel implements AutoCloseable {
             DecoderOps.attentionValues(shape, s.probsUsed[l].data(), s.attn[l].data(), a);
             Tensor attnOut = buffer(pass, n, d);
             projection(blk.attnOut(), attnOut, s.attn[l], n);
-            dropout(pass, config.residDropout(), 2 + 3L * l, attnOut);
+            dropout(s, config.residDropout(), 2 + 3L * l, attnOut);
             Tensor mid = buffer(pass, n, d);
             backend.add(x, attnOut, mid);
             s.resMid[l] = mid;
@@ -434,7 +436,7 @@ public final class DecoderModel implements AutoCloseable {
             }
             Tensor mlpOut = buffer(pass, n, d);
             projection(blk.mlpOut(), mlpOut, s.mlpAct[l], n);
-            dropout(pass, config.residDropout(), 3 + 3L * l, mlpOut);
+            dropout(s, config.residDropout(), 3 + 3L * l, mlpOut);
             Tensor out = buffer(pass, n, d);
             backend.add(mid, mlpOut, out);
             x = out;
@@ -481,13 +483,13 @@ public final class DecoderModel implements AutoCloseable {
         return (pass.step() << 44) + (site << 32);
     }
 
-    /** In training with p > 0: x = dropout(x), in place (the backward regenerates the mask from (seed, offset)). */
-    private void dropout(Layer.Pass pass, float p, long site, Tensor x) {
-        if (pass.train() && dropoutEnabled && p > 0) backend.dropout(p, pass.seed(), site(pass, site), x, x);
+    /** When the forward applies dropout and p > 0: x = dropout(x), in place (the backward regenerates the mask from (seed, offset)). */
+    private void dropout(Saved s, float p, long site, Tensor x) {
+        if (s.dropout && p > 0) backend.dropout(p, s.pass.seed(), site(s.pass, site), x, x);
     }
 
-    private void dropoutBackward(Layer.Pass pass, float p, long site, Tensor dx) {
-        if (pass.train() && dropoutEnabled && p > 0) backend.dropoutBackward(p, pass.seed(), site(pass, site), dx, dx);
+    private void dropoutBackward(Saved s, float p, long site, Tensor dx) {
+        if (s.dropout && p > 0) backend.dropoutBackward(p, s.pass.seed(), site(s.pass, site), dx, dx);
     }
 
     private void normForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Parameter w, Parameter b, long n) {
@@ -578,7 +580,7 @@ public final class DecoderModel implements AutoCloseable {
             Block blk = blocks[l];
             // MLP half: dres is d(out) = d(mid) + d(mlp branch).
             backend.copy(dres, dbranch);
-            dropoutBackward(pass, config.residDropout(), 3 + 3L * l, dbranch);
+            dropoutBackward(s, config.residDropout(), 3 + 3L * l, dbranch);
             Tensor dact = buffer(pass, n, inner);
             projectionBackward(blk.mlpOut(), dact, false, dbranch, 0, d, s.mlpAct[l], n);
             Tensor dmlpIn = buffer(pass, n, mlpInW);
@@ -597,7 +599,7 @@ public final class DecoderModel implements AutoCloseable {
             normBackward(dres, dnorm, s.resMid[l], blk.mlpNormWeight(), blk.mlpNormBias(), s.ln2Mean[l], s.ln2Rstd[l], n);
             // Attention half: dres is now d(mid) = d(in) + d(attention branch).
             backend.copy(dres, dbranch);
-            dropoutBackward(pass, config.residDropout(), 2 + 3L * l, dbranch);
+            dropoutBackward(s, config.residDropout(), 2 + 3L * l, dbranch);
             Tensor dattn = buffer(pass, n, a);
             projectionBackward(blk.attnOut(), dattn, false, dbranch, 0, d, s.attn[l], n);
             Tensor dqkv = buffer(pass, n, qkvW);
@@ -606,7 +608,7 @@ public final class DecoderModel implements AutoCloseable {
             int layer = l;
             DecoderOps.attentionBackward(attentionShape(s, l, s.qkv[l]), s.probs[l].data(), s.probsUsed[l].data(), dprobs.data(), dattn.data(), a,
                 dqkv.data(), () -> {
-                    dropoutBackward(pass, config.attnDropout(), 1 + 3L * layer, dprobs);
+                    dropoutBackward(s, config.attnDropout(), 1 + 3L * layer, dprobs);
                 });
             if (invFreq != null) {
                 DecoderOps.rope(dqkv.data(), 0, qkvW, n, config.heads(), s.cos.data(), s.sin.data(), hd / 2, true);
@@ -625,7 +627,7 @@ public final class DecoderModel implements AutoCloseable {
             }
             normBackward(dres, dnorm, s.resIn[l], blk.attnNormWeight(), blk.attnNormBias(), s.ln1Mean[l], s.ln1Rstd[l], n);
         }
-        dropoutBackward(pass, config.embdDropout(), 0, dres);
+        dropoutBackward(s, config.embdDropout(), 0, dres);
         DecoderOps.embeddingBackward(embedding.grad().data(), positions == null ? null : positions.grad().data(), dres.data(), s.ids, s.positions, d);
         saved = null;
     }

@@ -85,8 +85,9 @@ public final class HfCheckpoint implements AutoCloseable {
                 throw new IllegalArgumentException(index + ": shard '" + shard.getKey() + "' is not a file of the folder");
             }
             if (!Files.exists(file)) {
-                throw new IllegalArgumentException(index + ": lists shard '" + shard.getKey() + "' (for '" + shard.getValue().getFirst() + "' and "
-                    + (shard.getValue().size() - 1) + " more), which does not exist");
+                int more = shard.getValue().size() - 1;
+                throw new IllegalArgumentException(index + ": lists shard '" + shard.getKey() + "' (for '" + shard.getValue().getFirst() + "'"
+                    + (more > 0 ? " and " + more + " more" : "") + "), which does not exist");
             }
             Safetensors st = add(file);
             for (String key : shard.getValue()) {

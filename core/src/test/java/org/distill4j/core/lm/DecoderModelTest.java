@@ -105,51 +105,71 @@ class DecoderModelTest {
         return ids;
     }
 
-    private static double loss(DecoderModel m, long[] ids, int b, long t) {
+    /** The loss of a forward; in training mode with a fixed (seed, step), so that dropout masks are the same at every call. */
+    private static double loss(DecoderModel m, long[] ids, int b, long t, boolean train) {
         try (Arena a = Arena.ofShared()) {
-            Tensor logits = m.forward(new Layer.Pass(m.backend(), a, false, 0, 0), ids, b, t, null, null, null);
+            Tensor logits = m.forward(new Layer.Pass(m.backend(), a, train, 7, 3), ids, b, t, null, null, null);
             return DecoderModel.nextTokenLoss(logits, ids, null);
         }
     }
 
     /** The whole model's gradient against central differences of the loss, on sampled entries of every parameter. */
+    private void checkModelGradient(String what, Path dir, boolean train) throws Exception {
+        try (DecoderModel m = DecoderModel.load(cpu, dir)) {
+            int b = 2;
+            long t = 5;
+            long[] ids = randomIds(b * (int) t, m.config().vocab());
+            m.zeroGrad();
+            try (Arena a = Arena.ofShared()) {
+                Tensor logits = m.forward(new Layer.Pass(cpu, a, true, 7, 3), ids, b, t, null, null, null);
+                Tensor dlogits = cpu.empty(a, DType.F32, logits.shape());
+                DecoderModel.nextTokenLoss(logits, ids, dlogits);
+                m.backward(dlogits);
+            }
+            for (Parameter p : m.parameters()) {
+                float[] grad = p.grad().toFloatArray(), value = p.value().toFloatArray();
+                double scale = 1e-4;
+                for (float g : grad) scale = Math.max(scale, Math.abs(g));
+                for (int k = 0; k < 6; k++) {
+                    int i = random.nextInt(value.length);
+                    double h = 1e-2;
+                    float old = value[i];
+                    value[i] = (float) (old + h);
+                    p.value().copyFrom(value);
+                    double plus = loss(m, ids, b, t, train);
+                    value[i] = (float) (old - h);
+                    p.value().copyFrom(value);
+                    double minus = loss(m, ids, b, t, train);
+                    value[i] = old;
+                    p.value().copyFrom(value);
+                    double numeric = (plus - minus) / (2 * h);
+                    assertTrue(Math.abs(numeric - grad[i]) <= 1e-2 * scale + 1e-2 * Math.abs(numeric),
+                        what + " " + p.name() + "[" + i + "]: backward " + grad[i] + ", finite difference " + numeric + " (seed " + seed + ")");
+                }
+            }
+        }
+    }
+
     @Test
     void modelGradientMatchesFiniteDifferences() throws Exception {
         for (String[] family : new String[][] {{"gpt2", "true"}, {"llama", "true"}, {"qwen2", "false"}, {"qwen3", "false"}, {"mistral", "false"}}) {
-            Path dir = write(family[0], config(family[0], Boolean.parseBoolean(family[1])));
-            try (DecoderModel m = DecoderModel.load(cpu, dir)) {
-                int b = 2;
-                long t = 5;
-                long[] ids = randomIds(b * (int) t, m.config().vocab());
-                m.zeroGrad();
-                try (Arena a = Arena.ofShared()) {
-                    Tensor logits = m.forward(new Layer.Pass(cpu, a, true, 1, 0), ids, b, t, null, null, null);
-                    Tensor dlogits = cpu.empty(a, DType.F32, logits.shape());
-                    DecoderModel.nextTokenLoss(logits, ids, dlogits);
-                    m.backward(dlogits);
-                }
-                for (Parameter p : m.parameters()) {
-                    float[] grad = p.grad().toFloatArray(), value = p.value().toFloatArray();
-                    double scale = 1e-4;
-                    for (float g : grad) scale = Math.max(scale, Math.abs(g));
-                    for (int k = 0; k < 6; k++) {
-                        int i = random.nextInt(value.length);
-                        double h = 1e-2;
-                        float old = value[i];
-                        value[i] = (float) (old + h);
-                        p.value().copyFrom(value);
-                        double plus = loss(m, ids, b, t);
-                        value[i] = (float) (old - h);
-                        p.value().copyFrom(value);
-                        double minus = loss(m, ids, b, t);
-                        value[i] = old;
-                        p.value().copyFrom(value);
-                        double numeric = (plus - minus) / (2 * h);
-                        assertTrue(Math.abs(numeric - grad[i]) <= 1e-2 * scale + 1e-2 * Math.abs(numeric),
-                            family[0] + " " + p.name() + "[" + i + "]: backward " + grad[i] + ", finite difference " + numeric + " (seed " + seed + ")");
-                    }
-                }
-            }
+            checkModelGradient(family[0], write(family[0], config(family[0], Boolean.parseBoolean(family[1]))), false);
+        }
+    }
+
+    /** With dropout on (GPT-2's three pdrops, llama's attention_dropout): the masks are functions of (seed, step), so the loss is a fixed function to differentiate. */
+    @Test
+    void gradientWithDropoutMatchesFiniteDifferences() throws Exception {
+        ObjectNode gpt2 = config("gpt2", true);
+        for (String k : List.of("embd_pdrop", "attn_pdrop", "resid_pdrop")) gpt2.put(k, 0.2);
+        checkModelGradient("gpt2 with dropout", write("gpt2-dropout", gpt2), true);
+        ObjectNode llama = config("llama", false);
+        llama.put("attention_dropout", 0.3);
+        checkModelGradient("llama with attention dropout", write("llama-dropout", llama), true);
+        // And dropout does act: a training forward differs from an eval forward.
+        try (DecoderModel m = DecoderModel.load(cpu, tmp.resolve("gpt2-dropout"))) {
+            long[] ids = randomIds(10, m.config().vocab());
+            assertTrue(loss(m, ids, 2, 5, true) != loss(m, ids, 2, 5, false), "dropout changes the training loss");
         }
     }
 
