@@ -33,6 +33,10 @@ import org.distill4j.core.nn.Parameter;
  * headDim): token ids I64 [B, T]; attention mask [B, T] with 0 on padding; logits F32 [B, T, V].
  * Position ids default to past + arange(T) for every row, as transformers' forward does (it does
  * not look at the mask); {@link #positionsFromMask} gives generate()'s cumsum positions.
+ *
+ * <p>Activations live in the pass's arena, which must be shared ({@code Arena.ofShared()}): the
+ * CPU backend's elementwise ops (residual adds, dropout) run across the common fork-join pool.
+ * One model serves one forward/backward at a time (the training forward's state is kept here).
  */
 public final class DecoderModel implements AutoCloseable {
     private final Backend backend;
@@ -214,7 +218,7 @@ public final class DecoderModel implements AutoCloseable {
 
     /** Keys and values of every layer for incremental decoding: [B, capacity, kvHeads * headDim] each, and the mask of the keys so far. */
     public final class KvCache implements AutoCloseable {
-        private final Arena arena = Arena.ofShared();
+        private final Arena arena = Arena.ofShared(); // shared: the cache outlives the call that made it and may be read from any thread
         private final int batch;
         private final long capacity;
         private final Tensor[] keys, values;
