@@ -115,6 +115,47 @@ public final class DecoderModel implements AutoCloseable {
         }
     }
 
+    /**
+     * A new model of the config in {@code dir}/config.json (no weights read), initialised as
+     * transformers' from_config does: weights and embeddings N(0, initializer_range) (default
+     * 0.02), biases 0, norm weights 1; GPT-2's c_proj weights N(0, initializer_range / sqrt(2 n_layer)).
+     * Draws come from Philox(seed), so the same seed gives the same model.
+     */
+    public static DecoderModel fromConfig(Backend backend, Path dir, long seed) throws IOException {
+        DecoderConfig config = DecoderConfig.read(dir);
+        double std = config.json().hasNonNull("initializer_range") ? config.json().get("initializer_range").asDouble() : 0.02;
+        DecoderModel m = new DecoderModel(backend, config, "none (new model)");
+        Map<String, Boolean> norms = new LinkedHashMap<>();
+        for (Block blk : m.blocks) {
+            for (Parameter p : new Parameter[] {blk.attnNormWeight(), blk.mlpNormWeight(), blk.qNorm(), blk.kNorm()}) if (p != null) norms.put(p.name(), true);
+        }
+        norms.put(m.finalNormWeight.name(), true);
+        long stream = 0;
+        for (Parameter p : m.parameters.values()) {
+            stream++;
+            if (norms.containsKey(p.name())) {
+                backend.fill(p.value(), 1f);
+            } else if (p.value().rank() == 1) {
+                backend.zero(p.value()); // biases (and LayerNorm biases)
+            } else {
+                boolean residualProjection = config.family() == DecoderFamily.GPT2 && p.name().endsWith(".c_proj.weight");
+                normal(p.value(), residualProjection ? std / Math.sqrt(2.0 * config.layers()) : std, seed, stream);
+            }
+        }
+        return m;
+    }
+
+    /** x = N(0, std) by Box-Muller over Philox(seed) uniforms, stream {@code stream} of the seed (one per parameter). */
+    private static void normal(Tensor x, double std, long seed, long stream) {
+        MemorySegment out = x.data();
+        long offset = stream << 40;
+        for (long i = 0; i < x.numel(); i++) {
+            double u1 = org.distill4j.core.Philox.uniform(seed, offset + 2 * i), u2 = org.distill4j.core.Philox.uniform(seed, offset + 2 * i + 1);
+            double z = Math.sqrt(-2 * Math.log(1 - u1)) * Math.cos(2 * Math.PI * u2); // 1 - u1 is in (0, 1]: no log(0)
+            DecoderOps.set(out, i, (float) (std * z));
+        }
+    }
+
     private void loadFrom(HfCheckpoint ckpt, Path dir) {
         TreeSet<String> unused = new TreeSet<>(ckpt.keys().keySet());
         for (Parameter p : parameters.values()) {
