@@ -12,4 +12,5 @@ module org.distill4j.core {
     exports org.distill4j.core.data;
     exports org.distill4j.core.train;
     exports org.distill4j.core.infer;
+    exports org.distill4j.core.lm;
 }

@@ -9,17 +9,23 @@ import picocli.CommandLine.Command;
 @Command(name = "info", mixinStandardHelpOptions = true,
     description = "Show what this machine offers Distill4J: JDK, native libraries (path and version, or where we looked), "
         + "CUDA driver and GPUs, and whether the CUDA kernels were built.",
-    footer = {"", "Examples:", "  distill info", "  distill info --model cnn.json"})
+    footer = {"", "Examples:", "  distill info", "  distill info --model cnn.json", "  distill info --model ./Qwen3-0.6B"})
 final class InfoCommand implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
 
-    @CommandLine.Option(names = "--model", paramLabel = "SPEC.json", description = "instead: check a model spec and print its layers, parameter count and output shape")
+    @CommandLine.Option(names = "--model", paramLabel = "SPEC.json|DIR", description = "instead: check a model spec and print its layers, parameter count and "
+        + "output shape; or describe a Hugging Face decoder folder (family, parameters, layers, heads, KV heads, vocabulary, context length, dtype on disk)")
     java.nio.file.Path model;
 
     @Override
     public Integer call() throws Exception {
         var out = spec.commandLine().getOut();
+        if (model != null && java.nio.file.Files.isDirectory(model)) {
+            out.println("model " + model + ":");
+            org.distill4j.core.lm.DecoderModel.summary(model).lines().forEach(line -> out.println("  " + line));
+            return 0;
+        }
         if (model != null) {
             org.distill4j.core.nn.ModelSpec s = org.distill4j.core.nn.ModelSpec.read(model);
             try (org.distill4j.core.nn.Model m = s.build(org.distill4j.core.cpu.CpuBackend.get(), 0)) {

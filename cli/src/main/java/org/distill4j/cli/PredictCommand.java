@@ -7,6 +7,7 @@ import java.util.concurrent.Callable;
 import org.distill4j.core.Backend;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.io.Npy;
+import org.distill4j.core.lm.DecoderModel;
 import org.distill4j.core.nn.Layer;
 import org.distill4j.core.nn.Model;
 import org.distill4j.core.nn.ModelSpec;
@@ -17,19 +18,23 @@ import picocli.CommandLine.Option;
 /** {@code distill predict}: eval-mode logits of a model for a float32 .npy batch. */
 @Command(name = "predict", mixinStandardHelpOptions = true,
     description = "Run a model (spec + safetensors weights, PyTorch state_dict names) in eval mode on float32 inputs [N, ...input shape] "
-        + "and write float32 outputs [N, ...output shape].",
-    footer = {"", "Example:", "  distill predict --model cnn.json --weights cnn.safetensors --input x.npy --output logits.npy --batch 256"})
+        + "and write float32 outputs [N, ...output shape]; or a Hugging Face decoder folder (gpt2, llama, mistral, qwen2, qwen3) on token ids [B, T], "
+        + "writing logits [B, T, vocabulary].",
+    footer = {"", "Examples:", "  distill predict --model cnn.json --weights cnn.safetensors --input x.npy --output logits.npy --batch 256",
+        "  distill predict --model ./gpt2 --input tokens.npy --output logits.npy"})
 final class PredictCommand implements Callable<Integer> {
-    @Option(names = "--model", required = true, paramLabel = "SPEC.json", description = "model spec (docs/model-spec.md)")
+    @Option(names = "--model", required = true, paramLabel = "SPEC.json|DIR",
+        description = "model spec (docs/model-spec.md), or a Hugging Face decoder folder (config.json + model.safetensors or shards)")
     Path model;
 
-    @Option(names = "--weights", required = true, paramLabel = "W.safetensors", description = "weights with PyTorch state_dict names")
+    @Option(names = "--weights", paramLabel = "W.safetensors", description = "weights with PyTorch state_dict names (a spec needs them; a folder has its own)")
     Path weights;
 
-    @Option(names = "--input", required = true, paramLabel = "X.npy", description = "float32 [N, ...input shape]")
+    @Option(names = "--input", required = true, paramLabel = "X.npy", description = "float32 [N, ...input shape]; for a decoder folder token ids int32/int64 [B, T]")
     Path input;
 
-    @Option(names = "--output", required = true, paramLabel = "OUT.npy", description = "written float32 [N, ...output shape] (atomically)")
+    @Option(names = "--output", required = true, paramLabel = "OUT.npy",
+        description = "written float32 [N, ...output shape] (for a decoder: logits [B, T, vocabulary]), atomically")
     Path output;
 
     @Option(names = "--batch", defaultValue = "256", description = "rows per forward pass (default: ${DEFAULT-VALUE})")
@@ -45,6 +50,8 @@ final class PredictCommand implements Callable<Integer> {
     public Integer call() throws Exception {
         if (batch < 1) throw new IllegalArgumentException("--batch must be >= 1, got " + batch);
         Devices.check(device);
+        if (java.nio.file.Files.isDirectory(model)) return predictDecoder();
+        if (weights == null) throw new IllegalArgumentException("--weights is required with a model spec (" + model + " is not a folder)");
         ModelSpec s = ModelSpec.read(model);
         Npy.Array x = Npy.read(input);
         if (x.type() != Npy.Type.F32) throw new IllegalArgumentException(input + ": inputs must be float32, got " + x.type().name().toLowerCase(java.util.Locale.ROOT));
@@ -74,6 +81,48 @@ final class PredictCommand implements Callable<Integer> {
             System.arraycopy(m.outputShape(), 0, outShape, 1, m.outputShape().length);
             Npy.writeFloats(output, out, outShape);
             spec.commandLine().getOut().println("wrote " + output + ": float32 " + Arrays.toString(outShape) + " (" + n + " rows on " + b.name() + ")");
+        }
+        return 0;
+    }
+
+    /**
+     * A Hugging Face decoder folder: eval-mode logits [B, T, V] for token ids [B, T], --batch rows
+     * per forward. Everything is checked (ids in the vocabulary, the length against the model's
+     * limits) before the output is written, once, atomically.
+     */
+    private int predictDecoder() throws Exception {
+        if (weights != null) throw new IllegalArgumentException("--weights is not used with a model folder (" + model + " holds its weights)");
+        Npy.Array x = Npy.read(input);
+        if (x.type() != Npy.Type.I64 && x.type() != Npy.Type.I32) {
+            throw new IllegalArgumentException(input + ": token ids must be int32 or int64, got " + x.type().name().toLowerCase(java.util.Locale.ROOT));
+        }
+        if (x.shape().length != 2 || x.shape()[0] < 1 || x.shape()[1] < 1) {
+            throw new IllegalArgumentException(input + ": token ids must be [B, T] with B, T >= 1, got " + Arrays.toString(x.shape()));
+        }
+        long[] ids = x.toLongs(input.toString());
+        int rowsTotal = Math.toIntExact(x.shape()[0]);
+        long t = x.shape()[1];
+        try (Backend b = Devices.open(device); DecoderModel m = DecoderModel.load(b, model)) {
+            long vocab = m.config().vocab();
+            for (int i = 0; i < ids.length; i++) {
+                if (ids[i] < 0 || ids[i] >= vocab) {
+                    throw new IllegalArgumentException(input + ": token id " + ids[i] + " at [" + i / t + ", " + i % t + "] is outside the vocabulary [0, " + vocab
+                        + ") of " + model);
+                }
+            }
+            float[] out = new float[Math.toIntExact(Math.multiplyExact(ids.length, vocab))];
+            for (int start = 0; start < rowsTotal; start += batch) {
+                int rows = Math.min(batch, rowsTotal - start);
+                long[] chunk = Arrays.copyOfRange(ids, (int) (start * t), (int) ((start + rows) * t));
+                try (Arena arena = Arena.ofShared()) {
+                    float[] y = m.forward(new Layer.Pass(b, arena, false, 0, 0), chunk, rows, t, null, null, null).toFloatArray();
+                    System.arraycopy(y, 0, out, (int) (start * t * vocab), y.length);
+                }
+            }
+            long[] shape = {rowsTotal, t, vocab};
+            Npy.writeFloats(output, out, shape);
+            spec.commandLine().getOut().println("wrote " + output + ": float32 " + Arrays.toString(shape) + " (" + m.config().family().modelType() + ", "
+                + rowsTotal + " sequences of " + t + " tokens on " + b.name() + ")");
         }
         return 0;
     }

@@ -128,11 +128,20 @@ public interface Backend extends AutoCloseable {
 
     // ---- bias
 
-    /** y += bias along the feature axis: y [N, F] with bias [F], or y [N, C, ...] with bias [C]. */
+    /**
+     * y += bias over the last axis: y [..., F] with bias [F] (a linear layer's output [N, F], a
+     * transformer's [B, T, F]). The bias must hold exactly F elements.
+     */
     void biasAdd(Tensor y, Tensor bias);
 
-    /** dbias (+)= the sum of dy over every axis but the feature axis (see {@link #biasAdd}). */
+    /** dbias (+)= the sum of dy over every axis but the last (see {@link #biasAdd}). */
     void biasGrad(Tensor dy, Tensor dbias, boolean accumulate);
+
+    /** y += bias over the channel axis 1: y [N, C, ...] (a convolution's NCHW output) with bias [C]. */
+    void channelBiasAdd(Tensor y, Tensor bias);
+
+    /** dbias (+)= the sum of dy over every axis but axis 1 (see {@link #channelBiasAdd}). */
+    void channelBiasGrad(Tensor dy, Tensor dbias, boolean accumulate);
 
     // ---- activations
 

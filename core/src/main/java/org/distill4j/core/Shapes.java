@@ -71,12 +71,21 @@ public final class Shapes {
         return (int) v;
     }
 
-    /** [outer, features, inner] of a tensor whose feature axis is the last (rank 2) or axis 1 (rank >= 3). */
-    public static long[] featureLayout(String op, Tensor y) {
+    /**
+     * [outer, features, inner] of y for a per-feature tensor (a bias or its gradient) along the
+     * last axis ({@code channelAxis} false: [rows, F, 1]) or axis 1 (true: [N, C, rest]); checks
+     * that {@code perFeature} holds exactly that many elements.
+     */
+    public static long[] biasLayout(String op, Tensor y, Tensor perFeature, boolean channelAxis) {
         long[] s = y.shape();
-        if (s.length < 2) throw new IllegalArgumentException(op + ": expected rank >= 2, got " + y.describe());
-        if (s.length == 2) return new long[] {s[0], s[1], 1};
-        return new long[] {s[0], s[1], y.numel() / s[0] / Math.max(1, s[1])};
+        if (s.length < (channelAxis ? 2 : 1)) throw new IllegalArgumentException(op + ": expected rank >= " + (channelAxis ? 2 : 1) + ", got " + y.describe());
+        long features = channelAxis ? s[1] : s[s.length - 1];
+        if (perFeature.numel() != features) {
+            throw new IllegalArgumentException(op + ": " + perFeature.describe() + " does not match the " + features + (channelAxis ? " channels (axis 1)" : " features (last axis)")
+                + " of " + y.describe());
+        }
+        if (!channelAxis) return new long[] {y.numel() / Math.max(1, features), features, 1};
+        return new long[] {s[0], s[1], y.numel() / Math.max(1, s[0]) / Math.max(1, s[1])};
     }
 
     /** [N, C, inner] of x [N, C, ...] (channel axis 1); every per-channel tensor must hold C elements. */

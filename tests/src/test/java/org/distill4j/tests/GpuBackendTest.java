@@ -116,14 +116,21 @@ class GpuBackendTest {
 
     @Test
     void biasActivationsSoftmax() {
-        for (long[] shape : new long[][] {{37, 61}, {4, 5, 6, 7}}) {
-            Tensor[] y = pair(shape), b = pair(shape[1]), db = empty(DType.F32, shape[1]);
+        for (long[] shape : new long[][] {{37, 61}, {4, 5, 6, 7}, {2, 9, 9}}) {
+            Tensor[] y = pair(shape), b = pair(shape[shape.length - 1]), db = empty(DType.F32, shape[shape.length - 1]);
             cpu.biasAdd(y[0], b[0]);
             gpu.biasAdd(y[1], b[1]);
             same(y, 1e-5, "biasAdd");
             cpu.biasGrad(y[0], db[0], false);
             gpu.biasGrad(y[1], db[1], false);
             same(db, 1e-5, "biasGrad");
+            Tensor[] cb = pair(shape[1]), dcb = empty(DType.F32, shape[1]);
+            cpu.channelBiasAdd(y[0], cb[0]);
+            gpu.channelBiasAdd(y[1], cb[1]);
+            same(y, 1e-5, "channelBiasAdd");
+            cpu.channelBiasGrad(y[0], dcb[0], false);
+            gpu.channelBiasGrad(y[1], dcb[1], false);
+            same(dcb, 1e-5, "channelBiasGrad");
         }
         for (Activation kind : Activation.values()) {
             Tensor[] x = pair(41, 67), y = empty(DType.F32, 41, 67), dy = pair(41, 67), dx = empty(DType.F32, 41, 67);

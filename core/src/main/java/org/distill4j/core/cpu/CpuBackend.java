@@ -198,9 +198,27 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void biasAdd(Tensor y, Tensor bias) {
-        f32("biasAdd", y, bias);
-        long[] l = Shapes.featureLayout("biasAdd", y);
-        if (bias.numel() != l[1]) throw new IllegalArgumentException("biasAdd: bias " + bias.describe() + " does not match " + y.describe());
+        biasAdd("biasAdd", y, bias, false);
+    }
+
+    @Override
+    public void channelBiasAdd(Tensor y, Tensor bias) {
+        biasAdd("channelBiasAdd", y, bias, true);
+    }
+
+    @Override
+    public void biasGrad(Tensor dy, Tensor dbias, boolean accumulate) {
+        biasGrad("biasGrad", dy, dbias, accumulate, false);
+    }
+
+    @Override
+    public void channelBiasGrad(Tensor dy, Tensor dbias, boolean accumulate) {
+        biasGrad("channelBiasGrad", dy, dbias, accumulate, true);
+    }
+
+    private void biasAdd(String op, Tensor y, Tensor bias, boolean channelAxis) {
+        f32(op, y, bias);
+        long[] l = Shapes.biasLayout(op, y, bias, channelAxis);
         MemorySegment ys = y.data(), bs = bias.data();
         if (l[2] == 1) { // [N, F]: one row at a time, contiguous (vectorisable) over the features
             parallel(l[0], l[1], n -> CpuKernels.biasAddRows(ys, bs, n, n + 1, l[1]));
@@ -209,11 +227,9 @@ public final class CpuBackend implements Backend {
         parallel(l[0] * l[1], l[2], oc -> CpuKernels.biasAddPlanes(ys, bs, oc, oc + 1, l[1], l[2]));
     }
 
-    @Override
-    public void biasGrad(Tensor dy, Tensor dbias, boolean accumulate) {
-        f32("biasGrad", dy, dbias);
-        long[] l = Shapes.featureLayout("biasGrad", dy);
-        if (dbias.numel() != l[1]) throw new IllegalArgumentException("biasGrad: dbias " + dbias.describe() + " does not match " + dy.describe());
+    private void biasGrad(String op, Tensor dy, Tensor dbias, boolean accumulate, boolean channelAxis) {
+        f32(op, dy, dbias);
+        long[] l = Shapes.biasLayout(op, dy, dbias, channelAxis);
         MemorySegment ds = dy.data(), bs = dbias.data();
         if (l[2] == 1) { // [N, F]: blocks of columns, each summed down the rows with contiguous reads
             long rows = l[0], features = l[1], block = 256;

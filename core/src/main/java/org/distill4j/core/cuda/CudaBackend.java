@@ -324,17 +324,34 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void biasAdd(Tensor y, Tensor bias) {
-        f32("biasAdd", y, bias);
-        long[] l = Shapes.featureLayout("biasAdd", y);
-        if (bias.numel() != l[1]) throw new IllegalArgumentException("biasAdd: bias " + bias.describe() + " does not match " + y.describe());
-        ops.biasAdd(y.data(), bias.data(), l[1], l[2], y.numel(), s());
+        biasAdd("biasAdd", y, bias, false);
+    }
+
+    @Override
+    public void channelBiasAdd(Tensor y, Tensor bias) {
+        biasAdd("channelBiasAdd", y, bias, true);
     }
 
     @Override
     public void biasGrad(Tensor dy, Tensor dbias, boolean accumulate) {
-        f32("biasGrad", dy, dbias);
-        long[] l = Shapes.featureLayout("biasGrad", dy);
-        if (dbias.numel() != l[1]) throw new IllegalArgumentException("biasGrad: dbias " + dbias.describe() + " does not match " + dy.describe());
+        biasGrad("biasGrad", dy, dbias, accumulate, false);
+    }
+
+    @Override
+    public void channelBiasGrad(Tensor dy, Tensor dbias, boolean accumulate) {
+        biasGrad("channelBiasGrad", dy, dbias, accumulate, true);
+    }
+
+    /** The kernels take [outer, features, inner]: the last axis is inner = 1, the channel axis inner = H * W. */
+    private void biasAdd(String op, Tensor y, Tensor bias, boolean channelAxis) {
+        f32(op, y, bias);
+        long[] l = Shapes.biasLayout(op, y, bias, channelAxis);
+        ops.biasAdd(y.data(), bias.data(), l[1], l[2], y.numel(), s());
+    }
+
+    private void biasGrad(String op, Tensor dy, Tensor dbias, boolean accumulate, boolean channelAxis) {
+        f32(op, dy, dbias);
+        long[] l = Shapes.biasLayout(op, dy, dbias, channelAxis);
         ops.biasGrad(dy.data(), dbias.data(), l[0], l[1], l[2], accumulate, s());
     }
 

@@ -134,7 +134,8 @@ public final class Safetensors implements AutoCloseable {
             }
             long begin = off.get(0).asLong(), end = off.get(1).asLong();
             if (begin < 0 || end < begin || end > dataSize) {
-                throw new IllegalArgumentException(where + ": data_offsets [" + begin + ", " + end + "] lie outside the data section of " + dataSize + " bytes");
+                throw new IllegalArgumentException(where + ": data_offsets [" + begin + ", " + end + "] lie outside the data section of " + dataSize + " bytes"
+                    + (end > dataSize ? " (the file is truncated?)" : ""));
             }
             if (end - begin != numel * bytes) {
                 throw new IllegalArgumentException(where + ": " + dtype + Arrays.toString(shape) + " needs " + numel * bytes + " bytes, data_offsets give "

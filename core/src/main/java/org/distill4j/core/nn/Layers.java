@@ -120,7 +120,7 @@ public final class Layers {
         public Tensor forward(Pass p, Tensor x) {
             Tensor y = p.backend().empty(p.arena(), DType.F32, withBatch(x.size(0), outputShape(withoutBatch(x))));
             p.backend().conv2d(x, weight.value(), geometry, y);
-            if (bias != null) p.backend().biasAdd(y, bias.value());
+            if (bias != null) p.backend().channelBiasAdd(y, bias.value());
             this.x = p.train() ? x : null;
             return y;
         }
@@ -135,7 +135,7 @@ public final class Layers {
             if (x == null) throw noForward();
             Backend b = p.backend();
             b.conv2dBackwardFilter(x, dy, geometry, weight.grad(), true);
-            if (bias != null) b.biasGrad(dy, bias.grad(), true);
+            if (bias != null) b.channelBiasGrad(dy, bias.grad(), true);
             if (!inputGrad) return null;
             Tensor dx = like(p, x);
             b.conv2dBackwardData(dy, weight.value(), geometry, dx);

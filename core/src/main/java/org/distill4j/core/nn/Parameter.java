@@ -1,5 +1,10 @@
 package org.distill4j.core.nn;
 
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.IdentityHashMap;
+import java.util.List;
+import java.util.Set;
 import org.distill4j.core.Tensor;
 
 /**
@@ -30,6 +35,18 @@ public final class Parameter {
         this.root = root;
     }
 
+    /**
+     * The parameters with each value tensor once, in order: a shared (tied) parameter listed under
+     * several names keeps its first, so an optimizer, clipping or a checkpoint's optimizer state
+     * sees it once (its one gradient buffer already holds every use's contribution).
+     */
+    public static List<Parameter> distinct(List<Parameter> parameters) {
+        Set<Tensor> seen = Collections.newSetFromMap(new IdentityHashMap<>());
+        List<Parameter> out = new ArrayList<>();
+        for (Parameter p : parameters) if (seen.add(p.value())) out.add(p);
+        return out;
+    }
+
     public String name() { return name; }
     public Tensor value() { return value; }
     public boolean trainable() { return trainable; }
@@ -46,7 +63,8 @@ public final class Parameter {
         return new Parameter(prefix + name, value, trainable, root != null ? root : this);
     }
 
-    void close() {
+    /** Frees the value and the gradient; the owning layer or model calls it (a renamed view leaves them to their owner). */
+    public void close() {
         if (root != null) return; // the layer closes its own
         value.close();
         if (grad != null) grad.close();

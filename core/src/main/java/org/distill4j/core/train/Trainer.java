@@ -236,6 +236,10 @@ public final class Trainer {
                 : new HintAdapter(backend, student.layerOutputShape(hint.studentLayer()), firstTeacher.layerOutputShape(hint.teacherLayer()), config.seed());
             for (Parameter p : student.parameters()) if (p.trainable()) trainable.add(p);
             if (adapter != null) for (Parameter p : adapter.parameters()) trainable.add(p);
+            // A tied weight is listed under each of its names: the optimizer, clipping and the checkpoint's optimizer state take it once.
+            List<Parameter> distinct = Parameter.distinct(trainable);
+            trainable.clear();
+            trainable.addAll(distinct);
             params = trainable.stream().map(Parameter::value).toList();
             grads = trainable.stream().map(Parameter::grad).toList();
             for (Tensor p : params) {

@@ -81,14 +81,16 @@ class CpuBackendTest {
 
     // ---- bias
 
+    /** biasAdd over the last axis (rank 2, a [B, T, D] with T == D, an image's W) and channelBiasAdd over axis 1 (NCHW). */
     @Test
-    void biasAddAndGradOnMatricesAndImages() {
-        for (long[] shape : new long[][] {{7, 13}, {3, 5, 4, 6}, {1, 1}}) {
-            int n = (int) org.distill4j.core.Tensor.numel(shape), f = (int) shape[1];
-            int inner = n / (int) shape[0] / f;
+    void biasAddAndGradOnMatricesSequencesAndImages() {
+        for (boolean channelAxis : new boolean[] {false, true}) for (long[] shape : new long[][] {{7, 13}, {3, 5, 4, 6}, {1, 1}, {2, 5, 5}}) {
+            int n = (int) org.distill4j.core.Tensor.numel(shape), f = (int) (channelAxis ? shape[1] : shape[shape.length - 1]);
+            int inner = channelAxis ? n / (int) shape[0] / f : 1;
             float[] y = randn(random, n), b = randn(random, f);
             try (Tensor ty = t(y, shape); Tensor tb = t(b, f); Tensor db = cpu.zeros(DType.F32, f)) {
-                cpu.biasAdd(ty, tb);
+                if (channelAxis) cpu.channelBiasAdd(ty, tb);
+                else cpu.biasAdd(ty, tb);
                 double[] expected = new double[n];
                 double[] grad = new double[f];
                 for (int i = 0; i < n; i++) {
@@ -96,11 +98,13 @@ class CpuBackendTest {
                     expected[i] = y[i] + b[c];
                     grad[c] += y[i];
                 }
-                close(expected, ty.toFloatArray(), ELEMENTWISE, 1, "biasAdd");
+                close(expected, ty.toFloatArray(), ELEMENTWISE, 1, "biasAdd channelAxis=" + channelAxis + " " + java.util.Arrays.toString(shape));
                 try (Tensor dy = t(y, shape)) {
-                    cpu.biasGrad(dy, db, false);
+                    if (channelAxis) cpu.channelBiasGrad(dy, db, false);
+                    else cpu.biasGrad(dy, db, false);
                     close(grad, db.toFloatArray(), ELEMENTWISE, 1, "biasGrad");
-                    cpu.biasGrad(dy, db, true);
+                    if (channelAxis) cpu.channelBiasGrad(dy, db, true);
+                    else cpu.biasGrad(dy, db, true);
                     for (int c = 0; c < f; c++) grad[c] *= 2;
                     close(grad, db.toFloatArray(), ELEMENTWISE, 1, "biasGrad accumulate");
                 }

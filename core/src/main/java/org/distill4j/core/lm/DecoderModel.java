@@ -1,0 +1,689 @@
+package org.distill4j.core.lm;
+
+import java.io.IOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Collections;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeSet;
+import org.distill4j.core.Backend;
+import org.distill4j.core.DType;
+import org.distill4j.core.Tensor;
+import org.distill4j.core.cpu.CpuBackend;
+import org.distill4j.core.lm.DecoderFamily.LayerNames;
+import org.distill4j.core.lm.DecoderFamily.Layout;
+import org.distill4j.core.lm.DecoderFamily.Projection;
+import org.distill4j.core.lm.DecoderOps.AttentionShape;
+import org.distill4j.core.nn.Layer;
+import org.distill4j.core.nn.Parameter;
+
+/**
+ * A decoder-only transformer (GPT-2, Llama, Mistral, Qwen2, Qwen3) read from and written to a
+ * Hugging Face folder. Forward with an attention mask, position ids and an optional
+ * {@link KvCache}; in training mode the forward keeps its activations and {@link #backward}
+ * accumulates every parameter's gradient (a tied embedding receives both its uses). The ops are
+ * {@link DecoderOps}' explicit forward/backward pairs.
+ *
+ * <p>Conventions (N = B * T token rows, D hidden, A = heads * headDim, QKV = (heads + 2 kvHeads) *
+ * headDim): token ids I64 [B, T]; attention mask [B, T] with 0 on padding; logits F32 [B, T, V].
+ * Position ids default to past + arange(T) for every row, as transformers' forward does (it does
+ * not look at the mask); {@link #positionsFromMask} gives generate()'s cumsum positions.
+ *
+ * <p>Activations live in the pass's arena, which must be shared ({@code Arena.ofShared()}): the
+ * CPU backend's elementwise ops (residual adds, dropout) run across the common fork-join pool.
+ * One model serves one forward/backward at a time (the training forward's state is kept here).
+ */
+public final class DecoderModel implements AutoCloseable {
+    private final Backend backend;
+    private final DecoderConfig config;
+    private final Layout layout;
+    private final Map<String, Parameter> parameters = new LinkedHashMap<>();
+    private final Map<String, String> storedKeys = new LinkedHashMap<>();
+    private final String diskDtype;
+    private final float[] invFreq;
+    private final Block[] blocks;
+    private final Parameter embedding, positions, finalNormWeight, finalNormBias, lmHead;
+    private Saved saved; // the last training-mode forward, for backward
+    private boolean dropoutEnabled = true;
+
+    /** A projection's spec with its parameters. */
+    private record Proj(Projection spec, Parameter weight, Parameter bias) {}
+
+    private record Block(Parameter attnNormWeight, Parameter attnNormBias, List<Proj> qkv, Proj attnOut, Parameter qNorm, Parameter kNorm,
+                         Parameter mlpNormWeight, Parameter mlpNormBias, List<Proj> mlpIn, Proj mlpOut) {}
+
+    private DecoderModel(Backend backend, DecoderConfig config, String diskDtype) {
+        if (!(backend instanceof CpuBackend)) {
+            throw new UnsupportedOperationException("decoder models run on the CPU backend only so far; CUDA kernels for norms, RoPE, "
+                + "masked softmax, the embedding gather/scatter and SwiGLU are issue 21's next step (asked for " + backend.name() + ")");
+        }
+        this.backend = backend;
+        this.config = config;
+        this.diskDtype = diskDtype;
+        this.layout = config.family().layout(config);
+        try {
+            for (DecoderFamily.TensorSpec t : config.family().tensors(config)) {
+                parameters.put(t.name(), new Parameter(t.name(), backend.zeros(DType.F32, t.shape()), true));
+            }
+        } catch (RuntimeException | OutOfMemoryError e) {
+            close();
+            throw e;
+        }
+        embedding = parameters.get(layout.embedding());
+        positions = layout.positions() == null ? null : parameters.get(layout.positions());
+        finalNormWeight = parameters.get(layout.finalNormWeight());
+        finalNormBias = layout.finalNormBias() == null ? null : parameters.get(layout.finalNormBias());
+        lmHead = layout.lmHead() == null ? embedding : parameters.get(layout.lmHead());
+        blocks = new Block[config.layers()];
+        for (int l = 0; l < blocks.length; l++) {
+            LayerNames n = layout.layers().get(l);
+            blocks[l] = new Block(p(n.attnNormWeight()), p(n.attnNormBias()), n.qkv().stream().map(this::proj).toList(), proj(n.attnOut()),
+                p(n.qNorm()), p(n.kNorm()), p(n.mlpNormWeight()), p(n.mlpNormBias()), n.mlpIn().stream().map(this::proj).toList(), proj(n.mlpOut()));
+        }
+        invFreq = config.rope() == null ? null : config.rope().inverseFrequencies(config.headDim());
+    }
+
+    private Parameter p(String name) {
+        return name == null ? null : parameters.get(name);
+    }
+
+    private Proj proj(Projection spec) {
+        return new Proj(spec, p(spec.weight()), p(spec.bias()));
+    }
+
+    /**
+     * Loads a Hugging Face folder (config.json and model.safetensors or shards). Unknown tensors are
+     * refused; the family's non-parameter buffers and a tied lm_head.weight are ignored, as
+     * transformers ignores them.
+     */
+    public static DecoderModel load(Backend backend, Path dir) throws IOException {
+        DecoderConfig config = DecoderConfig.read(dir);
+        try (HfCheckpoint ckpt = HfCheckpoint.open(dir)) {
+            DecoderModel m = new DecoderModel(backend, config, ckpt.dtypes(config.family()));
+            try {
+                m.loadFrom(ckpt, dir);
+                return m;
+            } catch (RuntimeException e) {
+                m.close();
+                throw e;
+            }
+        }
+    }
+
+    /**
+     * A new model of the config in {@code dir}/config.json (no weights read), initialised as
+     * transformers' from_config does: weights and embeddings N(0, initializer_range) (default
+     * 0.02), biases 0, norm weights 1; GPT-2's c_proj weights N(0, initializer_range / sqrt(2 n_layer)).
+     * Draws come from Philox(seed), so the same seed gives the same model.
+     */
+    public static DecoderModel fromConfig(Backend backend, Path dir, long seed) throws IOException {
+        DecoderConfig config = DecoderConfig.read(dir);
+        double std = config.json().hasNonNull("initializer_range") ? config.json().get("initializer_range").asDouble() : 0.02;
+        DecoderModel m = new DecoderModel(backend, config, "none (new model)");
+        Map<String, Boolean> norms = new LinkedHashMap<>();
+        for (Block blk : m.blocks) {
+            for (Parameter p : new Parameter[] {blk.attnNormWeight(), blk.mlpNormWeight(), blk.qNorm(), blk.kNorm()}) if (p != null) norms.put(p.name(), true);
+        }
+        norms.put(m.finalNormWeight.name(), true);
+        long stream = 0;
+        for (Parameter p : m.parameters.values()) {
+            stream++;
+            if (norms.containsKey(p.name())) {
+                backend.fill(p.value(), 1f);
+            } else if (p.value().rank() == 1) {
+                backend.zero(p.value()); // biases (and LayerNorm biases)
+            } else {
+                boolean residualProjection = config.family() == DecoderFamily.GPT2 && p.name().endsWith(".c_proj.weight");
+                normal(p.value(), residualProjection ? std / Math.sqrt(2.0 * config.layers()) : std, seed, stream);
+            }
+        }
+        return m;
+    }
+
+    /** x = N(0, std) by Box-Muller over Philox(seed) uniforms, stream {@code stream} of the seed (one per parameter). */
+    private static void normal(Tensor x, double std, long seed, long stream) {
+        MemorySegment out = x.data();
+        long offset = stream << 40;
+        for (long i = 0; i < x.numel(); i++) {
+            double u1 = org.distill4j.core.Philox.uniform(seed, offset + 2 * i), u2 = org.distill4j.core.Philox.uniform(seed, offset + 2 * i + 1);
+            double z = Math.sqrt(-2 * Math.log(1 - u1)) * Math.cos(2 * Math.PI * u2); // 1 - u1 is in (0, 1]: no log(0)
+            DecoderOps.set(out, i, (float) (std * z));
+        }
+    }
+
+    private void loadFrom(HfCheckpoint ckpt, Path dir) {
+        TreeSet<String> unused = new TreeSet<>(ckpt.keys().keySet());
+        for (Parameter p : parameters.values()) {
+            String key = ckpt.storedKey(p.name(), layout.optionalPrefix());
+            if (key == null) {
+                throw new IllegalArgumentException(dir + ": tensor '" + p.name() + "' " + Arrays.toString(p.value().shape()) + " is missing (stored "
+                    + ckpt.keys().size() + " tensors; " + config.family().modelType() + " with " + config.layers() + " layers needs it)");
+            }
+            ckpt.copyInto(key, p.value());
+            storedKeys.put(p.name(), key);
+            unused.remove(key);
+        }
+        unused.removeIf(k -> config.family().isBuffer(k) || (config.tied() && ckpt.storedKey("lm_head.weight", null) != null && k.equals("lm_head.weight")));
+        if (!unused.isEmpty()) {
+            String k = unused.first();
+            throw new IllegalArgumentException(ckpt.keys().get(k).file() + ": unexpected tensor '" + k + "' (" + unused.size()
+                + " in all): not a parameter of " + config.family().modelType() + " as " + config.file() + " describes it");
+        }
+    }
+
+    /**
+     * What {@code distill info --model DIR} prints, from config.json and the weight files' headers
+     * (nothing is loaded): family, parameters, layers, heads, KV heads, vocabulary, context length,
+     * dtype on disk.
+     */
+    public record Summary(String family, long parameters, int layers, int heads, int kvHeads, long headDim, long hidden, long vocab, long context,
+                          String diskDtype, boolean tied) {
+        public List<String> lines() {
+            return List.of("family: " + family + (tied ? " (tied lm_head)" : ""), String.format(java.util.Locale.ROOT, "parameters: %,d", parameters),
+                "layers: " + layers, "heads: " + heads + " (head_dim " + headDim + ", hidden " + hidden + ")", "KV heads: " + kvHeads,
+                "vocabulary: " + vocab, "context length: " + context, "dtype on disk: " + diskDtype);
+        }
+    }
+
+    public static Summary summary(Path dir) throws IOException {
+        DecoderConfig c = DecoderConfig.read(dir);
+        try (HfCheckpoint ckpt = HfCheckpoint.open(dir)) {
+            return new Summary(c.family().modelType(), c.parameterCount(), c.layers(), c.heads(), c.kvHeads(), c.headDim(), c.hidden(), c.vocab(),
+                c.maxPositions(), ckpt.dtypes(c.family()), c.tied());
+        }
+    }
+
+    /** Writes the model as a Hugging Face folder that transformers' from_pretrained loads strictly (see HfCheckpoint#save). */
+    public void save(Path dir) throws IOException {
+        Map<String, Tensor> tensors = new LinkedHashMap<>();
+        for (Parameter p : parameters.values()) tensors.put(p.name(), p.value());
+        HfCheckpoint.save(dir, config, tensors);
+    }
+
+    public DecoderConfig config() { return config; }
+
+    public Backend backend() { return backend; }
+
+    /** Trainable parameters with their HF names, in module order; a tied weight appears once (under the embedding's name). */
+    public List<Parameter> parameters() { return List.copyOf(parameters.values()); }
+
+    public Parameter parameter(String hfName) {
+        Parameter p = parameters.get(hfName);
+        if (p == null) throw new IllegalArgumentException("no parameter '" + hfName + "' in this " + config.family().modelType() + " model");
+        return p;
+    }
+
+    /** For each parameter, the key it was read from (GPT-2 hub files: without "transformer."). */
+    public Map<String, String> storedKeys() { return Collections.unmodifiableMap(storedKeys); }
+
+    /** The dtypes of the weights on disk ("BF16", "F32", ...). */
+    public String diskDtype() { return diskDtype; }
+
+    public long parameterCount() {
+        return parameters.values().stream().mapToLong(p -> p.value().numel()).sum();
+    }
+
+    /**
+     * Whether training-mode forwards apply the config's dropout (default true). Off, a training
+     * forward and backward give the gradient PyTorch's autograd gives in eval mode.
+     */
+    public void setDropout(boolean enabled) {
+        dropoutEnabled = enabled;
+    }
+
+    /** Sets every gradient to zero. */
+    public void zeroGrad() {
+        for (Parameter p : parameters.values()) backend.zero(p.grad());
+    }
+
+    /** generate()'s position ids for a mask [B, T]: cumsum(mask) - 1, with 1 at padding. */
+    public static long[] positionsFromMask(long[] mask, int batch, long t) {
+        long[] out = new long[mask.length];
+        for (int b = 0; b < batch; b++) {
+            long c = 0;
+            for (long i = 0; i < t; i++) {
+                int at = (int) (b * t + i);
+                c += mask[at] != 0 ? 1 : 0;
+                out[at] = mask[at] != 0 ? c - 1 : 1;
+            }
+        }
+        return out;
+    }
+
+    // ---- forward
+
+    /** Keys and values of every layer for incremental decoding: [B, capacity, kvHeads * headDim] each, and the mask of the keys so far. */
+    public final class KvCache implements AutoCloseable {
+        private final Arena arena = Arena.ofShared(); // shared: the cache outlives the call that made it and may be read from any thread
+        private final int batch;
+        private final long capacity;
+        private final Tensor[] keys, values;
+        private final long[] keyMask;
+        private long length;
+
+        private KvCache(int batch, long capacity) {
+            this.batch = batch;
+            this.capacity = capacity;
+            long kv = config.kvHeads() * config.headDim();
+            keys = new Tensor[config.layers()];
+            values = new Tensor[config.layers()];
+            for (int l = 0; l < keys.length; l++) {
+                keys[l] = backend.empty(arena, DType.F32, batch, capacity, kv);
+                values[l] = backend.empty(arena, DType.F32, batch, capacity, kv);
+            }
+            keyMask = new long[Math.toIntExact(batch * capacity)];
+        }
+
+        /** Tokens held so far. */
+        public long length() { return length; }
+
+        @Override
+        public void close() {
+            arena.close();
+        }
+    }
+
+    /** A cache for {@code batch} sequences of up to {@code capacity} tokens (eval-mode forwards only). */
+    public KvCache newCache(int batch, long capacity) {
+        return new KvCache(batch, capacity);
+    }
+
+    /** Logits for input ids I64 [B, T] with an optional mask I64 [B, T] (no cache, default positions). */
+    public Tensor forward(Layer.Pass pass, Tensor inputIds, Tensor attentionMask) {
+        if (inputIds.dtype() != DType.I64 || inputIds.rank() != 2) throw new IllegalArgumentException("input ids must be I64 [B, T], got " + inputIds.describe());
+        if (attentionMask != null && !Arrays.equals(attentionMask.shape(), inputIds.shape())) {
+            throw new IllegalArgumentException("attention mask " + attentionMask.describe() + " does not match input ids " + inputIds.describe());
+        }
+        return forward(pass, inputIds.toLongArray(), Math.toIntExact(inputIds.size(0)), inputIds.size(1),
+            attentionMask == null ? null : attentionMask.toLongArray(), null, null);
+    }
+
+    /** What a training-mode forward keeps for the backward (all in the pass's arena). */
+    private static final class Saved {
+        int batch;
+        long t;
+        long[] ids, positions, keyMask;
+        Tensor x0, cos, sin, lnf, lnfMean, lnfRstd;
+        Tensor[] resIn, ln1, ln1Mean, ln1Rstd, qkvRaw, qkv, qRstd, kRstd, probs, probsUsed, attn, ln2, ln2Mean, ln2Rstd, mlpIn, mlpAct, resMid;
+        Tensor lastRes;
+        Layer.Pass pass;
+        boolean dropout; // whether this forward applied dropout (training with dropout enabled): the backward must match it
+    }
+
+    /**
+     * Logits F32 [B, T, V] for ids [B * T] (row-major [B, T]).
+     *
+     * @param attentionMask [B, T] (0 = padding), or null; with a cache: the mask of these T new tokens
+     * @param positionIds   [B, T], or null for past + arange(T)
+     * @param cache         a cache to read the past from and append to (eval mode only), or null
+     */
+    public Tensor forward(Layer.Pass pass, long[] ids, int batch, long t, long[] attentionMask, long[] positionIds, KvCache cache) {
+        if (pass.backend() != backend) throw new IllegalArgumentException("the pass's backend " + pass.backend().name() + " is not the model's " + backend.name());
+        if (pass.train() && cache != null) throw new IllegalArgumentException("a KV cache is for eval-mode decoding, not training");
+        long n = batch * t;
+        if (ids.length != n) throw new IllegalArgumentException(ids.length + " token ids for [" + batch + ", " + t + "]");
+        if (attentionMask != null && attentionMask.length != n) throw new IllegalArgumentException(attentionMask.length + " mask entries for [" + batch + ", " + t + "]");
+        if (positionIds != null && positionIds.length != n) throw new IllegalArgumentException(positionIds.length + " position ids for [" + batch + ", " + t + "]");
+        long past = cache == null ? 0 : cache.length;
+        if (cache != null && (cache.batch != batch || past + t > cache.capacity)) {
+            throw new IllegalArgumentException("the cache holds " + cache.batch + " sequences of up to " + cache.capacity + " tokens; cannot add [" + batch + ", " + t
+                + "] after " + past);
+        }
+        config.checkSequenceLength(past + t);
+        for (int r = 0; r < n; r++) {
+            if (ids[r] < 0 || ids[r] >= config.vocab()) {
+                throw new IllegalArgumentException("token id " + ids[r] + " at [" + r / t + ", " + r % t + "] is outside the vocabulary [0, " + config.vocab() + ") of "
+                    + config.file());
+            }
+        }
+        long[] pos = positionIds != null ? positionIds.clone() : new long[(int) n];
+        if (positionIds == null) for (int r = 0; r < n; r++) pos[r] = past + r % t;
+        for (int r = 0; r < n; r++) {
+            if (pos[r] < 0 || (positions != null && pos[r] >= config.maxPositions())) {
+                throw new IllegalArgumentException("position id " + pos[r] + " at [" + r / t + ", " + r % t + "] is outside [0, " + config.maxPositions()
+                    + ") ('n_positions' of " + config.file() + ")");
+            }
+        }
+        long[] keyMask = null;
+        long tk = past + t;
+        if (cache != null) {
+            for (int b = 0; b < batch; b++) {
+                for (long i = 0; i < t; i++) cache.keyMask[(int) (b * cache.capacity + past + i)] = attentionMask == null ? 1 : attentionMask[(int) (b * t + i)];
+            }
+            keyMask = new long[(int) (batch * tk)];
+            for (int b = 0; b < batch; b++) System.arraycopy(cache.keyMask, (int) (b * cache.capacity), keyMask, (int) (b * tk), (int) tk);
+        } else if (attentionMask != null) {
+            keyMask = attentionMask.clone();
+        }
+
+        long d = config.hidden(), hd = config.headDim(), a = config.heads() * hd, kvw = config.kvHeads() * hd, qkvW = a + 2 * kvw;
+        long inner = config.intermediate(), mlpInW = config.mlp() == DecoderConfig.Mlp.SWIGLU ? 2 * inner : inner;
+        int layers = config.layers();
+        boolean train = pass.train();
+        Saved s = new Saved();
+        s.batch = batch;
+        s.t = t;
+        s.ids = ids.clone();
+        s.positions = pos;
+        s.keyMask = keyMask;
+        s.pass = pass;
+        s.dropout = train && dropoutEnabled;
+        s.resIn = new Tensor[layers];
+        s.ln1 = new Tensor[layers];
+        s.ln1Mean = new Tensor[layers];
+        s.ln1Rstd = new Tensor[layers];
+        s.qkvRaw = new Tensor[layers];
+        s.qkv = new Tensor[layers];
+        s.qRstd = new Tensor[layers];
+        s.kRstd = new Tensor[layers];
+        s.probs = new Tensor[layers];
+        s.probsUsed = new Tensor[layers];
+        s.attn = new Tensor[layers];
+        s.ln2 = new Tensor[layers];
+        s.ln2Mean = new Tensor[layers];
+        s.ln2Rstd = new Tensor[layers];
+        s.mlpIn = new Tensor[layers];
+        s.mlpAct = new Tensor[layers];
+        s.resMid = new Tensor[layers];
+
+        // Embeddings (+ learned positions), then embedding dropout.
+        Tensor x = buffer(pass, n, d);
+        DecoderOps.embeddingForward(x.data(), s.ids, pos, embedding.value().data(), positions == null ? null : positions.value().data(), d);
+        dropout(s, config.embdDropout(), 0, x);
+        s.x0 = x;
+        if (invFreq != null) {
+            s.cos = buffer(pass, n, hd / 2);
+            s.sin = buffer(pass, n, hd / 2);
+            DecoderOps.ropeTables(s.cos.data(), s.sin.data(), pos, invFreq);
+        }
+        for (int l = 0; l < layers; l++) {
+            Block blk = blocks[l];
+            s.resIn[l] = x;
+            // Attention half: norm, q | k | v, (q/k norm), RoPE, masked softmax attention, output projection, residual.
+            s.ln1[l] = buffer(pass, n, d);
+            s.ln1Mean[l] = buffer(pass, n);
+            s.ln1Rstd[l] = buffer(pass, n);
+            normForward(s.ln1[l], s.ln1Mean[l], s.ln1Rstd[l], x, blk.attnNormWeight(), blk.attnNormBias(), n);
+            Tensor qkv = buffer(pass, n, qkvW);
+            long col = 0;
+            for (Proj p : blk.qkv()) {
+                DecoderOps.projectionForward(qkv.data(), col, qkvW, s.ln1[l].data(), d, p.weight().value().data(), data(p.bias()), n, p.spec().in(),
+                    p.spec().out(), p.spec().storedInOut());
+                col += p.spec().out();
+            }
+            if (blk.qNorm() != null) {
+                s.qkvRaw[l] = qkv;
+                qkv = buffer(pass, n, qkvW);
+                backend.copy(s.qkvRaw[l], qkv); // v stays as projected
+                s.qRstd[l] = buffer(pass, config.heads(), n);
+                s.kRstd[l] = buffer(pass, config.kvHeads(), n);
+                headNormForward(qkv, s.qkvRaw[l], blk.qNorm(), s.qRstd[l], 0, config.heads(), n, qkvW);
+                headNormForward(qkv, s.qkvRaw[l], blk.kNorm(), s.kRstd[l], a, config.kvHeads(), n, qkvW);
+            }
+            if (invFreq != null) {
+                DecoderOps.rope(qkv.data(), 0, qkvW, n, config.heads(), s.cos.data(), s.sin.data(), hd / 2, false);
+                DecoderOps.rope(qkv.data(), a, qkvW, n, config.kvHeads(), s.cos.data(), s.sin.data(), hd / 2, false);
+            }
+            s.qkv[l] = qkv;
+            AttentionShape shape;
+            if (cache != null) {
+                // Append this call's keys and values at rows [past, past + t) of the cache, then attend over all of them.
+                MemorySegment kc = cache.keys[l].data(), vc = cache.values[l].data();
+                for (int b = 0; b < batch; b++) {
+                    for (long i = 0; i < t; i++) {
+                        long src = ((b * t + i) * qkvW) * Float.BYTES, dst = ((b * cache.capacity + past + i) * kvw) * Float.BYTES;
+                        MemorySegment.copy(qkv.data(), src + a * Float.BYTES, kc, dst, kvw * Float.BYTES);
+                        MemorySegment.copy(qkv.data(), src + (a + kvw) * Float.BYTES, vc, dst, kvw * Float.BYTES);
+                    }
+                }
+                shape = new AttentionShape(batch, config.heads(), config.kvHeads(), hd, t, tk, past, qkv.data(), qkvW, 0, kc, vc, kvw,
+                    cache.capacity * kvw, 0, 0, keyMask, attentionScale(l));
+            } else {
+                shape = attentionShape(s, l, qkv);
+            }
+            s.probs[l] = buffer(pass, batch, config.heads(), t, tk);
+            DecoderOps.attentionScores(shape, s.probs[l].data());
+            s.probsUsed[l] = s.probs[l];
+            if (s.dropout && config.attnDropout() > 0) {
+                s.probsUsed[l] = buffer(pass, batch, config.heads(), t, tk);
+                backend.dropout(config.attnDropout(), pass.seed(), site(pass, 1 + 3L * l), s.probs[l], s.probsUsed[l]);
+            }
+            s.attn[l] = buffer(pass, n, a);
+            DecoderOps.attentionValues(shape, s.probsUsed[l].data(), s.attn[l].data(), a);
+            Tensor attnOut = buffer(pass, n, d);
+            projection(blk.attnOut(), attnOut, s.attn[l], n);
+            dropout(s, config.residDropout(), 2 + 3L * l, attnOut);
+            Tensor mid = buffer(pass, n, d);
+            backend.add(x, attnOut, mid);
+            s.resMid[l] = mid;
+            // MLP half: norm, c_fc + GELU or gate | up + SwiGLU, down projection, residual.
+            s.ln2[l] = buffer(pass, n, d);
+            s.ln2Mean[l] = buffer(pass, n);
+            s.ln2Rstd[l] = buffer(pass, n);
+            normForward(s.ln2[l], s.ln2Mean[l], s.ln2Rstd[l], mid, blk.mlpNormWeight(), blk.mlpNormBias(), n);
+            s.mlpIn[l] = buffer(pass, n, mlpInW);
+            col = 0;
+            for (Proj p : blk.mlpIn()) {
+                DecoderOps.projectionForward(s.mlpIn[l].data(), col, mlpInW, s.ln2[l].data(), d, p.weight().value().data(), data(p.bias()), n,
+                    p.spec().in(), p.spec().out(), p.spec().storedInOut());
+                col += p.spec().out();
+            }
+            s.mlpAct[l] = buffer(pass, n, inner);
+            if (config.mlp() == DecoderConfig.Mlp.SWIGLU) {
+                DecoderOps.swigluForward(s.mlpAct[l].data(), s.mlpIn[l].data(), n, inner);
+            } else {
+                DecoderOps.geluForward(s.mlpAct[l].data(), s.mlpIn[l].data(), n * inner);
+            }
+            Tensor mlpOut = buffer(pass, n, d);
+            projection(blk.mlpOut(), mlpOut, s.mlpAct[l], n);
+            dropout(s, config.residDropout(), 3 + 3L * l, mlpOut);
+            Tensor out = buffer(pass, n, d);
+            backend.add(mid, mlpOut, out);
+            x = out;
+        }
+        s.lastRes = x;
+        s.lnf = buffer(pass, n, d);
+        s.lnfMean = buffer(pass, n);
+        s.lnfRstd = buffer(pass, n);
+        normForward(s.lnf, s.lnfMean, s.lnfRstd, x, finalNormWeight, finalNormBias, n);
+        Tensor logits = backend.empty(pass.arena(), DType.F32, batch, t, config.vocab());
+        DecoderOps.projectionForward(logits.data(), 0, config.vocab(), s.lnf.data(), d, lmHead.value().data(), null, n, d, config.vocab(), false);
+        if (cache != null) cache.length += t;
+        saved = train ? s : null;
+        return logits;
+    }
+
+    private AttentionShape attentionShape(Saved s, int l, Tensor qkv) {
+        long hd = config.headDim(), a = config.heads() * hd, kvw = config.kvHeads() * hd, qkvW = a + 2 * kvw;
+        return new AttentionShape(s.batch, config.heads(), config.kvHeads(), hd, s.t, s.t, 0, qkv.data(), qkvW, 0, qkv.data(), qkv.data(), qkvW,
+            s.t * qkvW, a, a + kvw, s.keyMask, attentionScale(l));
+    }
+
+    /** 1 / sqrt(headDim) (GPT-2 without scale_attn_weights: 1), and GPT-2's optional 1 / (layer + 1). */
+    private float attentionScale(int layer) {
+        double scale = config.attnScale() ? 1 / Math.sqrt(config.headDim()) : 1;
+        if (config.attnScaleByLayer()) scale /= layer + 1;
+        return (float) scale;
+    }
+
+    private Tensor buffer(Layer.Pass pass, long... shape) {
+        return backend.empty(pass.arena(), DType.F32, shape);
+    }
+
+    private static MemorySegment data(Parameter p) {
+        return p == null ? null : p.value().data();
+    }
+
+    private static MemorySegment grad(Parameter p) {
+        return p == null ? null : p.grad().data();
+    }
+
+    /** Dropout stream of one site (embedding 0; layer l: attention probs 1 + 3l, the two residual branches 2 + 3l and 3 + 3l) in step {@code step}. */
+    private static long site(Layer.Pass pass, long site) {
+        return (pass.step() << 44) + (site << 32);
+    }
+
+    /** When the forward applies dropout and p > 0: x = dropout(x), in place (the backward regenerates the mask from (seed, offset)). */
+    private void dropout(Saved s, float p, long site, Tensor x) {
+        if (s.dropout && p > 0) backend.dropout(p, s.pass.seed(), site(s.pass, site), x, x);
+    }
+
+    private void dropoutBackward(Saved s, float p, long site, Tensor dx) {
+        if (s.dropout && p > 0) backend.dropoutBackward(p, s.pass.seed(), site(s.pass, site), dx, dx);
+    }
+
+    private void normForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Parameter w, Parameter b, long n) {
+        if (config.norm() == DecoderConfig.Norm.LAYER_NORM) {
+            DecoderOps.layerNormForward(out.data(), mean.data(), rstd.data(), x.data(), w.value().data(), data(b), n, config.hidden(), config.normEps());
+        } else {
+            DecoderOps.rmsNormForward(out.data(), rstd.data(), x.data(), w.value().data(), n, config.hidden(), config.hidden(), config.normEps());
+        }
+    }
+
+    /** dx += norm backward (dx holds the residual stream's gradient, to which the norm's branch adds). */
+    private void normBackward(Tensor dx, Tensor dout, Tensor x, Parameter w, Parameter b, Tensor mean, Tensor rstd, long n) {
+        if (config.norm() == DecoderConfig.Norm.LAYER_NORM) {
+            DecoderOps.layerNormBackward(dx.data(), w.grad().data(), grad(b), dout.data(), x.data(), w.value().data(), mean.data(), rstd.data(), n,
+                config.hidden(), true);
+        } else {
+            DecoderOps.rmsNormBackward(dx.data(), w.grad().data(), dout.data(), x.data(), w.value().data(), rstd.data(), n, config.hidden(), config.hidden(),
+                true);
+        }
+    }
+
+    /** Qwen3's per-head RMSNorm over {@code heads} heads starting at column {@code col}: out and raw are [N, qkvW]; rstd [heads, N]. */
+    private void headNormForward(Tensor out, Tensor raw, Parameter w, Tensor rstd, long col, int heads, long n, long qkvW) {
+        long hd = config.headDim();
+        for (int h = 0; h < heads; h++) {
+            long c = col + h * hd;
+            DecoderOps.rmsNormForward(DecoderOps.columns(out.data(), c), rstd.data().asSlice(h * n * Float.BYTES), DecoderOps.columns(raw.data(), c),
+                w.value().data(), n, hd, qkvW, config.normEps());
+        }
+    }
+
+    private void headNormBackward(Tensor dqkv, Tensor raw, Parameter w, Tensor rstd, long col, int heads, long n, long qkvW) {
+        long hd = config.headDim();
+        for (int h = 0; h < heads; h++) {
+            long c = col + h * hd;
+            // In place (dx = dout): each element's gradient is written after its incoming gradient is read.
+            MemorySegment g = DecoderOps.columns(dqkv.data(), c);
+            DecoderOps.rmsNormBackward(g, w.grad().data(), g, DecoderOps.columns(raw.data(), c), w.value().data(), rstd.data().asSlice(h * n * Float.BYTES),
+                n, hd, qkvW, false);
+        }
+    }
+
+    private void projection(Proj p, Tensor out, Tensor x, long n) {
+        DecoderOps.projectionForward(out.data(), 0, p.spec().out(), x.data(), p.spec().in(), p.weight().value().data(), data(p.bias()), n, p.spec().in(),
+            p.spec().out(), p.spec().storedInOut());
+    }
+
+    private void projectionBackward(Proj p, Tensor dx, boolean accumulateDx, Tensor dout, long col, long ldOut, Tensor x, long n) {
+        DecoderOps.projectionBackward(dx == null ? null : dx.data(), p.spec().in(), accumulateDx, p.weight().grad().data(), grad(p.bias()), dout.data(), col,
+            ldOut, x.data(), p.spec().in(), p.weight().value().data(), n, p.spec().in(), p.spec().out(), p.spec().storedInOut());
+    }
+
+    // ---- loss and backward
+
+    /**
+     * transformers' causal-LM loss for logits [B, T, V] and labels [B, T] (usually the input ids;
+     * -100 ignored): mean cross-entropy of position t against label t + 1. When {@code dlogits}
+     * is not null it receives dL/dlogits [B, T, V].
+     */
+    public static double nextTokenLoss(Tensor logits, long[] labels, Tensor dlogits) {
+        if (logits.rank() != 3 || labels.length != logits.size(0) * logits.size(1)) {
+            throw new IllegalArgumentException("nextTokenLoss: logits " + logits.describe() + " and " + labels.length + " labels");
+        }
+        if (dlogits != null && !Arrays.equals(dlogits.shape(), logits.shape())) throw new IllegalArgumentException("nextTokenLoss: dlogits " + dlogits.describe());
+        return DecoderOps.nextTokenCrossEntropy(logits.data(), labels, Math.toIntExact(logits.size(0)), logits.size(1), logits.size(2),
+            dlogits == null ? null : dlogits.data());
+    }
+
+    /** Accumulates every parameter's gradient from dL/dlogits [B, T, V] of the last training-mode forward (buffers in the forward's arena). */
+    public void backward(Tensor dlogits) {
+        Saved s = saved;
+        if (s == null) throw new IllegalStateException("DecoderModel.backward: no training-mode forward to differentiate");
+        Layer.Pass pass = s.pass;
+        long n = s.batch * s.t, d = config.hidden(), hd = config.headDim(), a = config.heads() * hd, kvw = config.kvHeads() * hd, qkvW = a + 2 * kvw;
+        long inner = config.intermediate(), mlpInW = config.mlp() == DecoderConfig.Mlp.SWIGLU ? 2 * inner : inner;
+        if (!Arrays.equals(dlogits.shape(), new long[] {s.batch, s.t, config.vocab()})) {
+            throw new IllegalArgumentException("backward: dlogits " + dlogits.describe() + ", expected [" + s.batch + ", " + s.t + ", " + config.vocab() + "]");
+        }
+        // lm_head (tied: into the embedding's gradient), then the final norm.
+        Tensor dlnf = buffer(pass, n, d);
+        DecoderOps.projectionBackward(dlnf.data(), d, false, lmHead.grad().data(), null, dlogits.data(), 0, config.vocab(), s.lnf.data(), d,
+            lmHead.value().data(), n, d, config.vocab(), false);
+        Tensor dres = buffer(pass, n, d); // the residual stream's gradient, carried down the layers
+        backend.zero(dres);
+        normBackward(dres, dlnf, s.lastRes, finalNormWeight, finalNormBias, s.lnfMean, s.lnfRstd, n);
+        Tensor dbranch = buffer(pass, n, d), dnorm = buffer(pass, n, d);
+        for (int l = config.layers() - 1; l >= 0; l--) {
+            Block blk = blocks[l];
+            // MLP half: dres is d(out) = d(mid) + d(mlp branch).
+            backend.copy(dres, dbranch);
+            dropoutBackward(s, config.residDropout(), 3 + 3L * l, dbranch);
+            Tensor dact = buffer(pass, n, inner);
+            projectionBackward(blk.mlpOut(), dact, false, dbranch, 0, d, s.mlpAct[l], n);
+            Tensor dmlpIn = buffer(pass, n, mlpInW);
+            if (config.mlp() == DecoderConfig.Mlp.SWIGLU) {
+                DecoderOps.swigluBackward(dmlpIn.data(), dact.data(), s.mlpIn[l].data(), n, inner);
+            } else {
+                DecoderOps.geluBackward(dmlpIn.data(), dact.data(), s.mlpIn[l].data(), n * inner);
+            }
+            long col = 0;
+            boolean first = true;
+            for (Proj p : blk.mlpIn()) {
+                projectionBackward(p, dnorm, !first, dmlpIn, col, mlpInW, s.ln2[l], n);
+                col += p.spec().out();
+                first = false;
+            }
+            normBackward(dres, dnorm, s.resMid[l], blk.mlpNormWeight(), blk.mlpNormBias(), s.ln2Mean[l], s.ln2Rstd[l], n);
+            // Attention half: dres is now d(mid) = d(in) + d(attention branch).
+            backend.copy(dres, dbranch);
+            dropoutBackward(s, config.residDropout(), 2 + 3L * l, dbranch);
+            Tensor dattn = buffer(pass, n, a);
+            projectionBackward(blk.attnOut(), dattn, false, dbranch, 0, d, s.attn[l], n);
+            Tensor dqkv = buffer(pass, n, qkvW);
+            backend.zero(dqkv);
+            Tensor dprobs = buffer(pass, s.batch, config.heads(), s.t, s.t);
+            int layer = l;
+            DecoderOps.attentionBackward(attentionShape(s, l, s.qkv[l]), s.probs[l].data(), s.probsUsed[l].data(), dprobs.data(), dattn.data(), a,
+                dqkv.data(), () -> {
+                    dropoutBackward(s, config.attnDropout(), 1 + 3L * layer, dprobs);
+                });
+            if (invFreq != null) {
+                DecoderOps.rope(dqkv.data(), 0, qkvW, n, config.heads(), s.cos.data(), s.sin.data(), hd / 2, true);
+                DecoderOps.rope(dqkv.data(), a, qkvW, n, config.kvHeads(), s.cos.data(), s.sin.data(), hd / 2, true);
+            }
+            if (blk.qNorm() != null) {
+                headNormBackward(dqkv, s.qkvRaw[l], blk.qNorm(), s.qRstd[l], 0, config.heads(), n, qkvW);
+                headNormBackward(dqkv, s.qkvRaw[l], blk.kNorm(), s.kRstd[l], a, config.kvHeads(), n, qkvW);
+            }
+            col = 0;
+            first = true;
+            for (Proj p : blk.qkv()) {
+                projectionBackward(p, dnorm, !first, dqkv, col, qkvW, s.ln1[l], n);
+                col += p.spec().out();
+                first = false;
+            }
+            normBackward(dres, dnorm, s.resIn[l], blk.attnNormWeight(), blk.attnNormBias(), s.ln1Mean[l], s.ln1Rstd[l], n);
+        }
+        dropoutBackward(s, config.embdDropout(), 0, dres);
+        DecoderOps.embeddingBackward(embedding.grad().data(), positions == null ? null : positions.grad().data(), dres.data(), s.ids, s.positions, d);
+        saved = null;
+    }
+
+    /** Names of the parameters in module order (for reports). */
+    public List<String> parameterNames() {
+        return new ArrayList<>(parameters.keySet());
+    }
+
+    @Override
+    public void close() {
+        for (Parameter p : parameters.values()) p.close();
+    }
+}

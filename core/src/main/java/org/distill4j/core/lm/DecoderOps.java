@@ -1,0 +1,428 @@
+package org.distill4j.core.lm;
+
+import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
+
+import java.lang.foreign.MemorySegment;
+import org.distill4j.core.cpu.CpuBlas;
+
+/**
+ * The decoder's ops on the CPU, each an explicit forward and backward over float32 segments, in
+ * the manner of llm.c's train_gpt2.c. Shapes are given on every buffer; N is the number of token
+ * rows (B * T). Sums accumulate in double; gemms go to OpenBLAS through {@link CpuBlas} with
+ * leading dimensions, so q, k and v are read in place from the [N, q | k | v] projection buffer
+ * without transposing. Backward functions accumulate (+=) into parameter gradients and write
+ * (=) input gradients unless they say otherwise. No argument checks: {@link DecoderModel} sizes
+ * every buffer once.
+ */
+final class DecoderOps {
+    private DecoderOps() {}
+
+    static float f(MemorySegment s, long i) {
+        return s.getAtIndex(JAVA_FLOAT, i);
+    }
+
+    static void set(MemorySegment s, long i, float v) {
+        s.setAtIndex(JAVA_FLOAT, i, v);
+    }
+
+    static void add(MemorySegment s, long i, float v) {
+        s.setAtIndex(JAVA_FLOAT, i, s.getAtIndex(JAVA_FLOAT, i) + v);
+    }
+
+    /** Columns [col, end) of a row-major matrix: the segment from element {@code col} on (gemm reads it with the matrix's leading dimension). */
+    static MemorySegment columns(MemorySegment m, long col) {
+        return m.asSlice(col * Float.BYTES);
+    }
+
+    // ---- embeddings
+
+    /** out [N, D] = wte [V, D] rows of ids [N] (+ wpe [P, D] rows of positions [N] when wpe is not null). */
+    static void embeddingForward(MemorySegment out, long[] ids, long[] positions, MemorySegment wte, MemorySegment wpe, long d) {
+        for (int r = 0; r < ids.length; r++) {
+            long o = r * d, t = ids[r] * d;
+            if (wpe == null) {
+                MemorySegment.copy(wte, t * Float.BYTES, out, o * Float.BYTES, d * Float.BYTES);
+                continue;
+            }
+            long p = positions[r] * d;
+            for (long j = 0; j < d; j++) set(out, o + j, f(wte, t + j) + f(wpe, p + j));
+        }
+    }
+
+    /** dwte [V, D] += dout [N, D] scattered to rows ids [N]; dwpe [P, D] likewise by positions (when not null). */
+    static void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, long[] ids, long[] positions, long d) {
+        for (int r = 0; r < ids.length; r++) {
+            long o = r * d, t = ids[r] * d;
+            for (long j = 0; j < d; j++) add(dwte, t + j, f(dout, o + j));
+            if (dwpe != null) {
+                long p = positions[r] * d;
+                for (long j = 0; j < d; j++) add(dwpe, p + j, f(dout, o + j));
+            }
+        }
+    }
+
+    // ---- norms over the last axis of rows [N, D] (fp32 values, double sums)
+
+    /** LayerNorm: out [N, D] = (x - mean) * rstd * w + b; saves mean [N] and rstd [N] = 1 / sqrt(var + eps) (biased var). */
+    static void layerNormForward(MemorySegment out, MemorySegment mean, MemorySegment rstd, MemorySegment x, MemorySegment w, MemorySegment b,
+                                 long n, long d, float eps) {
+        for (long r = 0; r < n; r++) {
+            long o = r * d;
+            double sum = 0;
+            for (long j = 0; j < d; j++) sum += f(x, o + j);
+            double m = sum / d, var = 0;
+            for (long j = 0; j < d; j++) {
+                double c = f(x, o + j) - m;
+                var += c * c;
+            }
+            double s = 1 / Math.sqrt(var / d + eps);
+            for (long j = 0; j < d; j++) set(out, o + j, (float) ((f(x, o + j) - m) * s * f(w, j) + (b == null ? 0 : f(b, j))));
+            if (mean != null) set(mean, r, (float) m);
+            if (rstd != null) set(rstd, r, (float) s);
+        }
+    }
+
+    /**
+     * LayerNorm backward: dx [N, D] (+)= rstd (g - mean(g) - xhat mean(g xhat)) with g = w dout and
+     * xhat = (x - mean) rstd; dw [D] += sum dout xhat; db [D] += sum dout.
+     */
+    static void layerNormBackward(MemorySegment dx, MemorySegment dw, MemorySegment db, MemorySegment dout, MemorySegment x, MemorySegment w,
+                                  MemorySegment mean, MemorySegment rstd, long n, long d, boolean accumulate) {
+        for (long r = 0; r < n; r++) {
+            long o = r * d;
+            double m = f(mean, r), s = f(rstd, r), gMean = 0, gxMean = 0;
+            for (long j = 0; j < d; j++) {
+                double xhat = (f(x, o + j) - m) * s, g = (double) f(w, j) * f(dout, o + j);
+                gMean += g;
+                gxMean += g * xhat;
+            }
+            gMean /= d;
+            gxMean /= d;
+            for (long j = 0; j < d; j++) {
+                double xhat = (f(x, o + j) - m) * s, dy = f(dout, o + j), g = f(w, j) * dy;
+                float v = (float) (s * (g - gMean - xhat * gxMean));
+                set(dx, o + j, accumulate ? f(dx, o + j) + v : v);
+                add(dw, j, (float) (dy * xhat));
+                if (db != null) add(db, j, (float) dy);
+            }
+        }
+    }
+
+    /**
+     * RMSNorm on rows of x: out = x * rstd * w, rstd [N] = 1 / sqrt(mean(x^2) + eps). Rows are
+     * {@code d} wide and {@code stride} apart, starting at x's and out's first element (Qwen3's per-head
+     * q/k norm runs it over the heads of the q | k | v buffer: one row per token and head).
+     */
+    static void rmsNormForward(MemorySegment out, MemorySegment rstd, MemorySegment x, MemorySegment w, long n, long d, long stride, float eps) {
+        for (long r = 0; r < n; r++) {
+            long o = r * stride;
+            double ss = 0;
+            for (long j = 0; j < d; j++) {
+                double v = f(x, o + j);
+                ss += v * v;
+            }
+            double s = 1 / Math.sqrt(ss / d + eps);
+            // As transformers: the normalised value is rounded to the input dtype (fp32) before the weight multiplies it.
+            for (long j = 0; j < d; j++) set(out, o + j, f(w, j) * (float) (f(x, o + j) * s));
+            if (rstd != null) set(rstd, r, (float) s);
+        }
+    }
+
+    /** RMSNorm backward: dx = rstd g - x rstd^3 mean(g x), g = w dout; dw += sum dout x rstd. Strided rows as the forward. */
+    static void rmsNormBackward(MemorySegment dx, MemorySegment dw, MemorySegment dout, MemorySegment x, MemorySegment w, MemorySegment rstd,
+                                long n, long d, long stride, boolean accumulate) {
+        for (long r = 0; r < n; r++) {
+            long o = r * stride;
+            double s = f(rstd, r), gx = 0;
+            for (long j = 0; j < d; j++) gx += (double) f(w, j) * f(dout, o + j) * f(x, o + j);
+            gx /= d;
+            for (long j = 0; j < d; j++) {
+                double xv = f(x, o + j), dy = f(dout, o + j);
+                float v = (float) (s * f(w, j) * dy - xv * s * s * s * gx);
+                set(dx, o + j, accumulate ? f(dx, o + j) + v : v);
+                add(dw, j, (float) (dy * xv * s));
+            }
+        }
+    }
+
+    // ---- projections
+
+    /**
+     * out [N, p.out] (columns [col, col + out) of a buffer with row stride ldOut) = x [N, in] W^T + b
+     * for W [out, in] (nn.Linear), or x W for W [in, out] (GPT-2's Conv1D).
+     */
+    static void projectionForward(MemorySegment out, long col, long ldOut, MemorySegment x, long ldX, MemorySegment w, MemorySegment b,
+                                  long n, long in, long outF, boolean storedInOut) {
+        MemorySegment o = columns(out, col);
+        CpuBlas.sgemm(false, !storedInOut, i(n), i(outF), i(in), 1f, x, i(ldX), w, i(storedInOut ? outF : in), 0f, o, i(ldOut));
+        if (b != null) {
+            for (long r = 0; r < n; r++) for (long j = 0; j < outF; j++) add(o, r * ldOut + j, f(b, j));
+        }
+    }
+
+    /**
+     * Projection backward: dW += dout^T x ([out, in]) or x^T dout ([in, out]); db [out] += column sums
+     * of dout; dx [N, in] = dout W (or dout W^T), added to dx when {@code accumulateDx} (q, k and v
+     * share their input). dx may be null (nothing before needs it).
+     */
+    static void projectionBackward(MemorySegment dx, long ldDx, boolean accumulateDx, MemorySegment dw, MemorySegment db, MemorySegment dout,
+                                   long col, long ldOut, MemorySegment x, long ldX, MemorySegment w, long n, long in, long outF, boolean storedInOut) {
+        MemorySegment g = columns(dout, col);
+        if (storedInOut) {
+            CpuBlas.sgemm(true, false, i(in), i(outF), i(n), 1f, x, i(ldX), g, i(ldOut), 1f, dw, i(outF));
+        } else {
+            CpuBlas.sgemm(true, false, i(outF), i(in), i(n), 1f, g, i(ldOut), x, i(ldX), 1f, dw, i(in));
+        }
+        if (db != null) {
+            for (long j = 0; j < outF; j++) {
+                double s = 0;
+                for (long r = 0; r < n; r++) s += f(g, r * ldOut + j);
+                add(db, j, (float) s);
+            }
+        }
+        if (dx != null) {
+            CpuBlas.sgemm(false, storedInOut, i(n), i(in), i(outF), 1f, g, i(ldOut), w, i(storedInOut ? outF : in), accumulateDx ? 1f : 0f, dx, i(ldDx));
+        }
+    }
+
+    // ---- rotary embeddings
+
+    /**
+     * cos, sin [N, half] for positions [N]: angle = position * invFreq[j] in float32, as
+     * transformers computes its tables (half = headDim / 2; HF's table repeats them for the second half).
+     */
+    static void ropeTables(MemorySegment cos, MemorySegment sin, long[] positions, float[] invFreq) {
+        int half = invFreq.length;
+        for (int r = 0; r < positions.length; r++) {
+            for (int j = 0; j < half; j++) {
+                float angle = (float) positions[r] * invFreq[j];
+                set(cos, (long) r * half + j, (float) Math.cos(angle));
+                set(sin, (long) r * half + j, (float) Math.sin(angle));
+            }
+        }
+    }
+
+    /**
+     * Rotates, in place, {@code heads} heads of width 2 * half starting at column {@code col} of
+     * x [N, stride]: (a, b) = (x[j], x[j + half]) becomes (a cos - b sin, b cos + a sin), HF's
+     * rotate_half pairing. {@code inverse} rotates by -angle: the backward (a rotation's
+     * transpose is its inverse).
+     */
+    static void rope(MemorySegment x, long col, long stride, long n, long heads, MemorySegment cos, MemorySegment sin, long half, boolean inverse) {
+        float sign = inverse ? -1f : 1f;
+        for (long r = 0; r < n; r++) {
+            for (long h = 0; h < heads; h++) {
+                long o = r * stride + col + h * 2 * half;
+                for (long j = 0; j < half; j++) {
+                    float c = f(cos, r * half + j), s = sign * f(sin, r * half + j);
+                    float a = f(x, o + j), b = f(x, o + j + half);
+                    set(x, o + j, a * c - b * s);
+                    set(x, o + j + half, b * c + a * s);
+                }
+            }
+        }
+    }
+
+    // ---- attention
+
+    /**
+     * Where a sequence's queries and keys live. Query row i of batch b is token i of this call;
+     * key row j is token j of the whole sequence so far (a cache's past, then this call's tokens):
+     * query i sits at absolute position past + i and sees keys j <= past + i whose mask entry is
+     * not 0.
+     *
+     * @param q        queries of head h at q[(b * tq + i) * ldQ + qCol + h * hd]
+     * @param k        keys of kv head g at k[b * kBatch + j * ldK + kCol + g * hd]
+     * @param v        values likewise (ldK, kBatch, vCol)
+     * @param keyMask  [B, tk] with 0 on padding, or null (every key is real)
+     */
+    record AttentionShape(int batch, int heads, int kvHeads, long hd, long tq, long tk, long past, MemorySegment q, long ldQ, long qCol,
+                          MemorySegment k, MemorySegment v, long ldK, long kBatch, long kCol, long vCol, long[] keyMask, float scale) {
+        boolean visible(int b, long i, long j) {
+            return j <= past + i && (keyMask == null || keyMask[(int) (b * tk + j)] != 0);
+        }
+
+        MemorySegment qOf(int b, int h) {
+            return q.asSlice(((b * tq) * ldQ + qCol + h * hd) * Float.BYTES);
+        }
+
+        /** Element offset of batch b's keys (or values) of the kv head query head h reads (GQA: h / (heads / kvHeads)), before kCol/vCol. */
+        long kvBase(int b, int h) {
+            return b * kBatch + (long) (h / (heads / kvHeads)) * hd;
+        }
+
+        MemorySegment kOf(int b, int h) {
+            return k.asSlice((kvBase(b, h) + kCol) * Float.BYTES);
+        }
+
+        MemorySegment vOf(int b, int h) {
+            return v.asSlice((kvBase(b, h) + vCol) * Float.BYTES);
+        }
+    }
+
+    /**
+     * probs [B, H, tq, tk] = softmax(scale q k^T + mask) over visible keys (a query that sees no key
+     * gets a row of zeros); out [B * tq, H * hd] = probs v, or (dropped [B, H, tq, tk]) v when
+     * {@code dropped} is not null (attention dropout, applied by the caller between the two halves
+     * via {@link #attentionScores} and {@link #attentionValues}).
+     */
+    static void attentionScores(AttentionShape a, MemorySegment probs) {
+        long plane = a.tq() * a.tk();
+        for (int b = 0; b < a.batch(); b++) {
+            for (int h = 0; h < a.heads(); h++) {
+                MemorySegment p = probs.asSlice(((long) b * a.heads() + h) * plane * Float.BYTES, plane * Float.BYTES);
+                CpuBlas.sgemm(false, true, i(a.tq()), i(a.tk()), i(a.hd()), a.scale(), a.qOf(b, h), i(a.ldQ()), a.kOf(b, h), i(a.ldK()), 0f, p, i(a.tk()));
+                for (long qi = 0; qi < a.tq(); qi++) {
+                    long o = qi * a.tk();
+                    double max = Double.NEGATIVE_INFINITY;
+                    for (long j = 0; j < a.tk(); j++) if (a.visible(b, qi, j)) max = Math.max(max, f(p, o + j));
+                    double sum = 0;
+                    for (long j = 0; j < a.tk(); j++) {
+                        double e = a.visible(b, qi, j) ? Math.exp(f(p, o + j) - max) : 0;
+                        set(p, o + j, (float) e);
+                        sum += e;
+                    }
+                    double inv = sum > 0 ? 1 / sum : 0;
+                    for (long j = 0; j < a.tk(); j++) set(p, o + j, (float) (f(p, o + j) * inv));
+                }
+            }
+        }
+    }
+
+    /** out [B * tq, ldOut] (head h at columns h * hd) = probs [B, H, tq, tk] v. */
+    static void attentionValues(AttentionShape a, MemorySegment probs, MemorySegment out, long ldOut) {
+        long plane = a.tq() * a.tk();
+        for (int b = 0; b < a.batch(); b++) {
+            for (int h = 0; h < a.heads(); h++) {
+                MemorySegment p = probs.asSlice(((long) b * a.heads() + h) * plane * Float.BYTES, plane * Float.BYTES);
+                MemorySegment o = out.asSlice((b * a.tq() * ldOut + h * a.hd()) * Float.BYTES);
+                CpuBlas.sgemm(false, false, i(a.tq()), i(a.hd()), i(a.tk()), 1f, p, i(a.tk()), a.vOf(b, h), i(a.ldK()), 0f, o, i(ldOut));
+            }
+        }
+    }
+
+    /**
+     * Attention backward, training only (no cache: tq = tk, q, k and v in one buffer). From
+     * dout [N, H * hd]: dvalues = probsUsed^T dout (probsUsed: after dropout), dprobsUsed = dout v^T
+     * into {@code dprobs} [B, H, tq, tk] (the caller applies the dropout backward in place via
+     * {@code beforeSoftmax}), dscores = probs (dprobs - sum(dprobs probs)) scale, dq = dscores k,
+     * dk = dscores^T q. dq, dk, dv go to dqkv (same layout as the q | k | v buffer, zeroed by the
+     * caller since kv heads shared by several query heads accumulate).
+     */
+    static void attentionBackward(AttentionShape a, MemorySegment probs, MemorySegment probsUsed, MemorySegment dprobs, MemorySegment dout,
+                                  long ldOut, MemorySegment dqkv, Runnable beforeSoftmax) {
+        long plane = a.tq() * a.tk();
+        for (int b = 0; b < a.batch(); b++) {
+            for (int h = 0; h < a.heads(); h++) {
+                MemorySegment pu = probsUsed.asSlice(((long) b * a.heads() + h) * plane * Float.BYTES, plane * Float.BYTES);
+                MemorySegment dp = dprobs.asSlice(((long) b * a.heads() + h) * plane * Float.BYTES, plane * Float.BYTES);
+                MemorySegment d = dout.asSlice((b * a.tq() * ldOut + h * a.hd()) * Float.BYTES);
+                MemorySegment dv = dqkv.asSlice((a.kvBase(b, h) + a.vCol()) * Float.BYTES);
+                CpuBlas.sgemm(true, false, i(a.tk()), i(a.hd()), i(a.tq()), 1f, pu, i(a.tk()), d, i(ldOut), 1f, dv, i(a.ldK()));
+                CpuBlas.sgemm(false, true, i(a.tq()), i(a.tk()), i(a.hd()), 1f, d, i(ldOut), a.vOf(b, h), i(a.ldK()), 0f, dp, i(a.tk()));
+            }
+        }
+        beforeSoftmax.run();
+        for (int b = 0; b < a.batch(); b++) {
+            for (int h = 0; h < a.heads(); h++) {
+                MemorySegment p = probs.asSlice(((long) b * a.heads() + h) * plane * Float.BYTES, plane * Float.BYTES);
+                MemorySegment dp = dprobs.asSlice(((long) b * a.heads() + h) * plane * Float.BYTES, plane * Float.BYTES);
+                for (long qi = 0; qi < a.tq(); qi++) {
+                    long o = qi * a.tk();
+                    double dot = 0;
+                    for (long j = 0; j < a.tk(); j++) dot += (double) f(dp, o + j) * f(p, o + j);
+                    for (long j = 0; j < a.tk(); j++) set(dp, o + j, (float) (f(p, o + j) * (f(dp, o + j) - dot) * a.scale()));
+                }
+                MemorySegment dq = dqkv.asSlice(((b * a.tq()) * a.ldQ() + a.qCol() + h * a.hd()) * Float.BYTES);
+                MemorySegment dk = dqkv.asSlice((a.kvBase(b, h) + a.kCol()) * Float.BYTES);
+                CpuBlas.sgemm(false, false, i(a.tq()), i(a.hd()), i(a.tk()), 1f, dp, i(a.tk()), a.kOf(b, h), i(a.ldK()), 1f, dq, i(a.ldQ()));
+                CpuBlas.sgemm(true, false, i(a.tk()), i(a.hd()), i(a.tq()), 1f, dp, i(a.tk()), a.qOf(b, h), i(a.ldQ()), 1f, dk, i(a.ldK()));
+            }
+        }
+    }
+
+    // ---- MLP activations
+
+    private static final double SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
+
+    /** out [N, F] = gelu_tanh(x [N, F]) (GPT-2's gelu_new), elementwise over {@code count} values. */
+    static void geluForward(MemorySegment out, MemorySegment x, long count) {
+        for (long e = 0; e < count; e++) {
+            double v = f(x, e);
+            set(out, e, (float) (0.5 * v * (1 + Math.tanh(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))));
+        }
+    }
+
+    /** dx = gelu_tanh'(x) dout. */
+    static void geluBackward(MemorySegment dx, MemorySegment dout, MemorySegment x, long count) {
+        for (long e = 0; e < count; e++) {
+            double v = f(x, e), t = Math.tanh(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v));
+            double grad = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * SQRT_2_OVER_PI * (1 + 3 * 0.044715 * v * v);
+            set(dx, e, (float) (grad * f(dout, e)));
+        }
+    }
+
+    /** out [N, F] = silu(gate) * up, from gateUp [N, 2F] (gate in columns [0, F), up in [F, 2F)). */
+    static void swigluForward(MemorySegment out, MemorySegment gateUp, long n, long features) {
+        for (long r = 0; r < n; r++) {
+            for (long j = 0; j < features; j++) {
+                float g = f(gateUp, r * 2 * features + j), u = f(gateUp, r * 2 * features + features + j);
+                float silu = (float) (g / (1 + Math.exp(-g)));
+                set(out, r * features + j, silu * u);
+            }
+        }
+    }
+
+    /** dgateUp [N, 2F]: dgate = dout up silu'(gate), dup = dout silu(gate); silu'(g) = s (1 + g (1 - s)), s = sigmoid(g). */
+    static void swigluBackward(MemorySegment dgateUp, MemorySegment dout, MemorySegment gateUp, long n, long features) {
+        for (long r = 0; r < n; r++) {
+            for (long j = 0; j < features; j++) {
+                long gi = r * 2 * features + j, ui = gi + features;
+                double g = f(gateUp, gi), u = f(gateUp, ui), dy = f(dout, r * features + j);
+                double s = 1 / (1 + Math.exp(-g));
+                set(dgateUp, gi, (float) (dy * u * s * (1 + g * (1 - s))));
+                set(dgateUp, ui, (float) (dy * g * s));
+            }
+        }
+    }
+
+    // ---- loss
+
+    /**
+     * Mean next-token cross-entropy as transformers' causal LM loss: logits [B, T, V] at position t
+     * predict labels[b, t + 1]; labels -100 (and the last position) do not count. Writes dlogits
+     * (same shape) = (softmax - onehot) / count at counted positions, 0 elsewhere, when not null.
+     * Returns the loss (NaN when nothing counts, as PyTorch).
+     */
+    static double nextTokenCrossEntropy(MemorySegment logits, long[] labels, int batch, long t, long vocab, MemorySegment dlogits) {
+        long count = 0;
+        for (int b = 0; b < batch; b++) for (long i = 0; i + 1 < t; i++) if (labels[(int) (b * t + i + 1)] != -100) count++;
+        double total = 0;
+        for (int b = 0; b < batch; b++) {
+            for (long i = 0; i < t; i++) {
+                long row = (b * t + i) * vocab;
+                long label = i + 1 < t ? labels[(int) (b * t + i + 1)] : -100;
+                if (label == -100) {
+                    if (dlogits != null) for (long c = 0; c < vocab; c++) set(dlogits, row + c, 0f);
+                    continue;
+                }
+                double max = Double.NEGATIVE_INFINITY, sum = 0;
+                for (long c = 0; c < vocab; c++) max = Math.max(max, f(logits, row + c));
+                for (long c = 0; c < vocab; c++) sum += Math.exp(f(logits, row + c) - max);
+                double lse = max + Math.log(sum);
+                total += lse - f(logits, row + label);
+                if (dlogits != null) {
+                    for (long c = 0; c < vocab; c++) {
+                        double p = Math.exp(f(logits, row + c) - lse);
+                        set(dlogits, row + c, (float) ((p - (c == label ? 1 : 0)) / count));
+                    }
+                }
+            }
+        }
+        return count == 0 ? Double.NaN : total / count;
+    }
+
+    private static int i(long v) {
+        return Math.toIntExact(v);
+    }
+}

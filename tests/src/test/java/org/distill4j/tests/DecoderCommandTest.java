@@ -1,0 +1,152 @@
+package org.distill4j.tests;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import org.distill4j.cli.Main;
+import org.distill4j.core.DType;
+import org.distill4j.core.Tensor;
+import org.distill4j.core.cpu.CpuBackend;
+import org.distill4j.core.io.Npy;
+import org.distill4j.core.io.Safetensors;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** {@code distill predict --model DIR} and {@code distill info --model DIR} on the Hugging Face decoder fixtures (fixtures/lm). */
+class DecoderCommandTest {
+    @TempDir
+    Path tmp;
+
+    private static final Path LM = Path.of(System.getProperty("basedir", "tests")).resolve("../core/src/test/resources/fixtures/lm").normalize();
+
+    private static String[] run(String... args) {
+        StringWriter out = new StringWriter(), err = new StringWriter();
+        int exit = Main.run(args, new PrintWriter(out, true), new PrintWriter(err, true));
+        return new String[] {String.valueOf(exit), out.toString(), err.toString()};
+    }
+
+    private static float[] reference(Path dir, String name, DType dtype, long[][] shapeOut) throws Exception {
+        try (Safetensors st = Safetensors.open(dir.resolve("reference.safetensors"));
+             Tensor t = CpuBackend.get().empty(dtype, st.entries().get(name).shape())) {
+            st.copyInto(name, t);
+            shapeOut[0] = t.shape();
+            if (dtype == DType.I64) {
+                long[] l = t.toLongArray();
+                float[] f = new float[l.length];
+                for (int i = 0; i < l.length; i++) f[i] = l[i];
+                return f;
+            }
+            return t.toFloatArray();
+        }
+    }
+
+    /** Token ids of the fixture as int32 and int64 .npy: logits within 1e-4 of transformers' (relative to each row's max |logit|). */
+    @Test
+    void predictReproducesTransformersLogits() throws Exception {
+        for (String model : new String[] {"gpt2", "qwen3", "llama-sharded"}) {
+            Path dir = LM.resolve(model);
+            long[][] shape = new long[1][];
+            float[] ids = reference(dir, "input_ids", DType.I64, shape);
+            long[] idShape = shape[0];
+            float[] want = reference(dir, "logits", DType.F32, shape);
+            long[] longs = new long[ids.length];
+            for (int i = 0; i < ids.length; i++) longs[i] = (long) ids[i];
+            Path in64 = tmp.resolve(model + "-ids64.npy"), in32 = tmp.resolve(model + "-ids32.npy");
+            Npy.writeLongs(in64, longs, idShape);
+            Files.write(in32, int32Npy(longs, idShape));
+            for (Path in : new Path[] {in64, in32}) {
+                Path out = tmp.resolve(model + "-" + in.getFileName());
+                String[] r = run("predict", "--model", dir.toString(), "--input", in.toString(), "--output", out.toString(), "--batch", "1");
+                assertEquals("0", r[0], r[2]);
+                Npy.Array got = Npy.read(out);
+                assertArrayEquals(shape[0], got.shape());
+                float[] g = got.toFloats();
+                int v = (int) shape[0][2];
+                for (int row = 0; row < g.length / v; row++) {
+                    double scale = 0, diff = 0;
+                    for (int c = 0; c < v; c++) {
+                        scale = Math.max(scale, Math.abs(want[row * v + c]));
+                        diff = Math.max(diff, Math.abs(g[row * v + c] - want[row * v + c]));
+                    }
+                    assertTrue(diff <= 1e-4 * scale, model + " row " + row + ": " + diff + " vs max |logit| " + scale);
+                }
+            }
+        }
+    }
+
+    /** A minimal .npy of int32 (Npy writes int64 and float32 only). */
+    private static byte[] int32Npy(long[] values, long[] shape) {
+        String header = "{'descr': '<i4', 'fortran_order': False, 'shape': (" + shape[0] + ", " + shape[1] + "), }";
+        int total = 10 + header.length() + 1;
+        int pad = (64 - total % 64) % 64;
+        StringBuilder h = new StringBuilder(header);
+        h.append(" ".repeat(pad)).append('\n');
+        java.nio.ByteBuffer buf = java.nio.ByteBuffer.allocate(10 + h.length() + 4 * values.length).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        buf.put(new byte[] {(byte) 0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0});
+        buf.putShort((short) h.length());
+        buf.put(h.toString().getBytes(java.nio.charset.StandardCharsets.US_ASCII));
+        for (long v : values) buf.putInt((int) v);
+        return buf.array();
+    }
+
+    @Test
+    void infoDescribesTheFolder() {
+        String[] r = run("info", "--model", LM.resolve("llama-tied-rope3-bf16").toString());
+        assertEquals("0", r[0], r[2]);
+        for (String s : new String[] {"family: llama (tied lm_head)", "layers: 2", "heads: 4", "KV heads: 4", "vocabulary: 128", "context length: 64",
+            "dtype on disk: BF16", "parameters: "}) {
+            assertTrue(r[1].contains(s), s + " in " + r[1]);
+        }
+        String[] g = run("info", "--model", LM.resolve("gpt2-hub").toString());
+        assertEquals("0", g[0], g[2]);
+        assertTrue(g[1].contains("family: gpt2") && g[1].contains("vocabulary: 96"), g[1]);
+    }
+
+    /** Every bad input: exit 2, one line naming the problem, no output file. */
+    @Test
+    void badInputIsOneLineExitTwoAndNothingWritten() throws Exception {
+        long[] ids = new long[2 * 8];
+        Path ok = tmp.resolve("ids.npy"), outOfVocab = tmp.resolve("oov.npy"), tooLong = tmp.resolve("long.npy"), floats = tmp.resolve("f.npy");
+        Npy.writeLongs(ok, ids, 2, 8);
+        long[] oov = ids.clone();
+        oov[5] = 128; // gpt2's vocabulary is [0, 128)
+        Npy.writeLongs(outOfVocab, oov, 2, 8);
+        Npy.writeLongs(tooLong, new long[65], 1, 65); // gpt2's n_positions is 64
+        Npy.writeFloats(floats, new float[16], 2, 8);
+        Path bad = LM.resolve("bad");
+        String[][] cases = {
+            {bad.resolve("unknown-model-type").toString(), ok.toString(), "model_type"},
+            {bad.resolve("missing-key").toString(), ok.toString(), "num_attention_heads"},
+            {bad.resolve("missing-shard").toString(), ok.toString(), "does not exist"},
+            {bad.resolve("wrong-shape").toString(), ok.toString(), "k_proj.weight"},
+            {bad.resolve("wrong-dtype").toString(), ok.toString(), "up_proj.weight"},
+            {bad.resolve("truncated").toString(), ok.toString(), "model.safetensors"},
+            {bad.resolve("rope-yarn").toString(), ok.toString(), "rope_scaling.rope_type"},
+            {bad.resolve("sliding-window-short").toString(), ok.toString(), "sliding_window"},
+            {LM.resolve("gpt2").toString(), outOfVocab.toString(), "outside the vocabulary"},
+            {LM.resolve("gpt2").toString(), tooLong.toString(), "n_positions"},
+            {LM.resolve("gpt2").toString(), floats.toString(), "int32 or int64"},
+        };
+        Path out = tmp.resolve("logits.npy");
+        for (String[] c : cases) {
+            String[] r = run("predict", "--model", c[0], "--input", c[1], "--output", out.toString());
+            String what = c[0] + " " + c[1];
+            assertEquals("2", r[0], what + " -> " + r[2]);
+            assertEquals(1, r[2].strip().lines().count(), what + ": " + r[2]);
+            assertTrue(r[2].contains(c[2]), what + ": '" + c[2] + "' not in " + r[2]);
+            assertFalse(r[2].contains("Exception") || r[2].contains("\tat "), r[2]);
+            assertFalse(Files.exists(out), what + ": nothing may be written");
+        }
+        for (String name : new String[] {"unknown-model-type", "missing-key", "missing-shard", "truncated", "rope-yarn"}) {
+            String[] r = run("info", "--model", bad.resolve(name).toString());
+            assertEquals("2", r[0], name + " -> " + r[2]);
+            assertEquals(1, r[2].strip().lines().count(), r[2]);
+        }
+    }
+}
