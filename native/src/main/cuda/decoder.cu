@@ -332,3 +332,34 @@ extern "C" __global__ void d4j_swiglu_backward(float* __restrict__ dgateUp, cons
         dgateUp[gi + features] = dy * g * s;
     }
 }
+
+// ---- projections (the gemm itself is cuBLAS: CudaDecoderOps.projectionForward/Backward)
+
+// out [rows, cols] bfloat16, packed = x's rows [rows, cols] (row stride ldX) rounded to nearest even;
+// NaN stays NaN (quiet). The activations' side of a bf16 cublasGemmEx, whose A and B share one type;
+// also a float32 master weight's bf16 copy (ldX = cols).
+extern "C" __global__ void d4j_f32_to_bf16(uint16_t* __restrict__ out, const float* __restrict__ x, int64_t rows, int64_t cols, int64_t ldX) {
+    D4J_GRID_STRIDE(i, rows * cols) {
+        int64_t r = i / cols, c = i - r * cols;
+        uint32_t u = __float_as_uint(x[r * ldX + c]);
+        out[i] = (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((u >> 16) | 0x40u) : (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+}
+
+// y's rows [rows, cols] (row stride ld) += b [cols]: a projection's bias on its columns of a wider buffer.
+extern "C" __global__ void d4j_bias_add_strided(float* __restrict__ y, const float* __restrict__ b, int64_t rows, int64_t cols, int64_t ld) {
+    D4J_GRID_STRIDE(i, rows * cols) {
+        int64_t r = i / cols, c = i - r * cols;
+        y[r * ld + c] += b[c];
+    }
+}
+
+// db [cols] += column sums of dy's rows [rows, cols] (row stride ld): one thread a column, rows in
+// order (deterministic; neighbouring threads read neighbouring columns).
+extern "C" __global__ void d4j_bias_grad_strided(float* __restrict__ db, const float* __restrict__ dy, int64_t rows, int64_t cols, int64_t ld) {
+    D4J_GRID_STRIDE(c, cols) {
+        float s = 0.f;
+        for (int64_t r = 0; r < rows; r++) s += dy[r * ld + c];
+        db[c] += s;
+    }
+}

@@ -5,7 +5,8 @@
 // and backward (hidden rows, and Qwen3's strided per-head rows; dx apart, accumulated and in place;
 // the two-pass weight/bias gradients at several chunk sizes), the RoPE tables and rotation forward and
 // inverse, the masked causal softmax and its backward (no mask, left and right padding, a KV-cache
-// offset, single-token decoding, rows that see no key), GELU-tanh and SwiGLU forward and backward.
+// offset, single-token decoding, rows that see no key), GELU-tanh and SwiGLU forward and backward,
+// and the projections' helpers (float32 -> bf16 rounding, ties and NaN included; a strided bias and its gradient).
 // Random inputs, odd sizes. Each kernel is launched twice with different grids and must give the same
 // bits (determinism: no result may depend on the launch geometry). Built and run by run.sh.
 // Bounds: max |got - ref| <= tol * max(1, max |ref|), tol 2e-5 unless a check says otherwise (fp32
@@ -13,7 +14,9 @@
 // What it cannot check: speed, and the attention products (cuBLAS, GQA's head mapping), which only
 // the GPU tests (tests/.../GpuDecoderOpsTest) reach.
 #include <cmath>
-inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }  // a CUDA intrinsic; the emulation's stand-in
+#include <cstring>
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }  // CUDA intrinsics; the emulation's stand-ins
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 #include "decoder.cu"
 #include <algorithm>
 #include <chrono>
@@ -464,6 +467,63 @@ void activations(int64_t n, int64_t features) {
         same("swiglu backward, 1 block vs 3", dg, dg2);
     });
 }
+// ---- projections' helpers: the bf16 rounding of activations, the strided bias and its gradient
+void projectionHelpers(int64_t rows, int64_t cols, int64_t ld) {
+    char nm[120];
+    std::snprintf(nm, sizeof nm, "bf16 rounding and strided bias rows=%lld cols=%lld ld=%lld", (long long)rows, (long long)cols, (long long)ld);
+    run(nm, [&] {
+        auto x = randoms(rows * ld, -3.f, 3.f);
+        x[0] = NAN;
+        x[1] = INFINITY;
+        x[2] = -0.f;
+        x[3] = 1.f + 1.f / 256;        // a tie: rounds to even (1.0)
+        x[4] = 1.f + 3.f / 256;        // a tie: rounds up to even (1 + 4/256)
+        x[5] = 3.4028235e38f;           // the largest float: rounds to infinity
+        std::vector<uint16_t> got(rows * cols), got2(rows * cols);
+        launch(3, [&] { d4j_f32_to_bf16(got.data(), x.data(), rows, cols, ld); });
+        launch(1, [&] { d4j_f32_to_bf16(got2.data(), x.data(), rows, cols, ld); });
+        checks++;
+        int bad = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            for (int64_t c = 0; c < cols; c++) {
+                float v = x[r * ld + c];
+                // reference: the nearest bfloat16, ties to even, by exact arithmetic on the two neighbours
+                unsigned u = __float_as_uint(v), lo = u & 0xffff0000u, hi = lo + 0x10000u;
+                uint16_t want;
+                if (std::isnan(v)) want = (uint16_t)((u >> 16) | 0x40u);
+                else if (std::isinf(v)) want = (uint16_t)(u >> 16);
+                else {
+                    float fl, fh;
+                    std::memcpy(&fl, &lo, 4);
+                    std::memcpy(&fh, &hi, 4);
+                    double dl = std::fabs((double)v - fl), dh = std::isinf(fh) ? std::fabs((double)v - 3.402823669209385e38) : std::fabs((double)v - fh);
+                    want = (uint16_t)((dl < dh || (dl == dh && ((lo >> 16) & 1) == 0)) ? lo >> 16 : hi >> 16);
+                }
+                if (got[r * cols + c] != want && bad++ < 3) std::printf("FAIL bf16 of %.9g: got %04x, want %04x\n", v, got[r * cols + c], want);
+            }
+        }
+        if (bad) failures++;
+        checks++;
+        if (got != got2) { failures++; std::printf("FAIL bf16 rounding, 1 block vs 3: not bit-identical\n"); }
+        auto b = randoms(cols), y = randoms(rows * ld);
+        std::vector<double> ref(y.begin(), y.end());
+        for (int64_t r = 0; r < rows; r++) for (int64_t c = 0; c < cols; c++) ref[r * ld + c] = (float)(y[r * ld + c] + b[c]);
+        launch(2, [&] { d4j_bias_add_strided(y.data(), b.data(), rows, cols, ld); });
+        close("strided bias add", y, ref, 0);
+        auto dy = randoms(rows * ld), db0 = randoms(cols);
+        std::vector<float> db = db0, db2 = db0;
+        std::vector<double> refDb(db0.begin(), db0.end());
+        for (int64_t c = 0; c < cols; c++) {
+            double s = 0;
+            for (int64_t r = 0; r < rows; r++) s += dy[r * ld + c];
+            refDb[c] += s;
+        }
+        launch(2, [&] { d4j_bias_grad_strided(db.data(), dy.data(), rows, cols, ld); });
+        launch(1, [&] { d4j_bias_grad_strided(db2.data(), dy.data(), rows, cols, ld); });
+        close("strided bias gradient", db, refDb, 1e-5);
+        same("strided bias gradient, 1 block vs 2", db, db2);
+    });
+}
 }  // namespace
 
 int main() {
@@ -492,6 +552,8 @@ int main() {
     attentionSoftmax(1, 1, 70, 70, 0, 0);     // rows of 70: lanes loop
     activations(3, 333);
     activations(1, 1);
+    projectionHelpers(7, 45, 64);            // columns of a wider buffer (q | k | v)
+    projectionHelpers(33, 300, 300);
     std::printf("slowest case %.2f s (%s); a case fails as hung after %d s\n", watchdog.slowest, watchdog.slowestName.c_str(), watchdog.limitSeconds);
     std::printf("%d of %d checks passed\n", checks - failures, checks);
     return failures == 0 ? 0 : 1;

@@ -23,7 +23,8 @@ import org.junit.jupiter.api.Test;
  * Every CudaDecoderOps op against DecoderOps (the CPU oracle) on fresh random inputs, strict FP32:
  * embeddings (bit for bit in the backward), LayerNorm, RMSNorm (hidden and Qwen3's per-head rows, in
  * place), RoPE tables and rotation, attention scores, values and backward with GQA, padding on either
- * side and a KV-cache offset, GELU-tanh, SwiGLU and the next-token cross-entropy; and that reruns give
+ * side and a KV-cache offset, projections (both weight layouts, float32 and bf16 weights), GELU-tanh, SwiGLU
+ * and the next-token cross-entropy; and that reruns give
  * the same bits. Bounds: max |gpu - cpu| <= tol * max(1, max |cpu|). Tag "gpu": skipped without one.
  */
 @Tag("gpu")
@@ -307,6 +308,53 @@ class GpuDecoderOpsTest {
             ops.nextTokenCrossEntropy(gLogits, labels, gLoss, gDl);
             close("next-token loss", new float[] {(float) loss}, gpu.read(gLoss), 1e-5);
             close("next-token dlogits", arr(dl), gpu.read(gDl), 1e-5);
+        }
+    }
+
+    /** The nearest bfloat16 (ties to even; the values here are finite), as a float. */
+    private static float bf16(float v) {
+        int u = Float.floatToRawIntBits(v);
+        return Float.intBitsToFloat((u + 0x7fff + ((u >>> 16) & 1)) & 0xffff0000);
+    }
+
+    @Test
+    void projectionsForwardAndBackwardBothLayoutsAndBf16Weights() {
+        long n = 21, in = 40, outF = 24, col = 8, ldOut = 56, ldX = 48;  // out's columns [8, 32) of rows of 56; x's rows of 48
+        for (boolean storedInOut : new boolean[] {false, true}) {
+            String what = storedInOut ? "Conv1D [in, out]" : "Linear [out, in]";
+            try (Arena a = Arena.ofConfined()) {
+                float[] x = rand(n * ldX, -1, 1), w = rand(in * outF, -1, 1), b = rand(outF, -1, 1), out0 = rand(n * ldOut, -1, 1), dout = rand(n * ldOut, -1, 1),
+                    dw0 = rand(in * outF, -1, 1), db0 = rand(outF, -1, 1), dx0 = rand(n * in, -1, 1);
+                MemorySegment out = host(a, out0);
+                DecoderOpsReference.projectionForward(out, col, ldOut, host(a, x), ldX, host(a, w), host(a, b), n, in, outF, storedInOut);
+                Tensor gOut = dev(a, out0, n, ldOut), gx = dev(a, x, n, ldX), gw = dev(a, w, storedInOut ? in : outF, storedInOut ? outF : in), gb = dev(a, b, outF);
+                ops.projectionForward(gOut, col, ldOut, gx, ldX, gw, gb, n, in, outF, storedInOut);
+                close("projection, " + what, arr(out), gpu.read(gOut), 1e-5);
+                for (boolean accumulate : new boolean[] {false, true}) {
+                    MemorySegment dx = host(a, dx0), dw = host(a, dw0), db = host(a, db0);
+                    DecoderOpsReference.projectionBackward(dx, in, accumulate, dw, db, host(a, dout), col, ldOut, host(a, x), ldX, host(a, w), n, in, outF,
+                        storedInOut);
+                    Tensor gDx = dev(a, dx0, n, in), gDw = dev(a, dw0, in * outF), gDb = dev(a, db0, outF);
+                    ops.projectionBackward(gDx, in, accumulate, gDw, gDb, dev(a, dout, n, ldOut), col, ldOut, gx, ldX, gw, n, in, outF, storedInOut);
+                    close("projection dx, " + what + (accumulate ? ", accumulated" : ""), arr(dx), gpu.read(gDx), 1e-5);
+                    close("projection dW, " + what, arr(dw), gpu.read(gDw), 1e-5);
+                    close("projection db, " + what, arr(db), gpu.read(gDb), 1e-5);
+                }
+                // bf16 weights (cublasGemmEx): the CPU on x and W rounded to bf16 (products exact in float32, float32 sums)
+                float[] xr = x.clone(), wr = w.clone();
+                for (int i = 0; i < xr.length; i++) xr[i] = bf16(xr[i]);
+                MemorySegment wBits = a.allocate(wr.length * 2L);
+                for (int i = 0; i < wr.length; i++) {
+                    wr[i] = bf16(wr[i]);
+                    wBits.setAtIndex(java.lang.foreign.ValueLayout.JAVA_SHORT, i, (short) (Float.floatToRawIntBits(wr[i]) >>> 16));
+                }
+                MemorySegment outBf = host(a, out0);
+                DecoderOpsReference.projectionForward(outBf, col, ldOut, host(a, xr), ldX, host(a, wr), host(a, b), n, in, outF, storedInOut);
+                Tensor gwBf = gpu.empty(a, DType.BF16, storedInOut ? in : outF, storedInOut ? outF : in), gOutBf = dev(a, out0, n, ldOut);
+                gpu.copyFromHost(wBits, gwBf);
+                ops.projectionForward(gOutBf, col, ldOut, gx, ldX, gwBf, gb, n, in, outF, storedInOut);
+                close("bf16 projection (cublasGemmEx), " + what, arr(outBf), gpu.read(gOutBf), 1e-5);
+            }
         }
     }
 }

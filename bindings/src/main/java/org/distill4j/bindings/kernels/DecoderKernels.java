@@ -22,12 +22,12 @@ public final class DecoderKernels {
     public static final List<String> KERNELS = List.of("d4j_embedding_forward", "d4j_embedding_backward", "d4j_layernorm_forward",
         "d4j_layernorm_backward_dx", "d4j_rmsnorm_forward", "d4j_rmsnorm_backward_dx", "d4j_norm_param_grad_partial", "d4j_norm_param_grad_finish",
         "d4j_rope_tables", "d4j_rope", "d4j_attention_softmax", "d4j_attention_softmax_backward", "d4j_gelu_tanh_forward", "d4j_gelu_tanh_backward",
-        "d4j_swiglu_forward", "d4j_swiglu_backward");
+        "d4j_swiglu_forward", "d4j_swiglu_backward", "d4j_f32_to_bf16", "d4j_bias_add_strided", "d4j_bias_grad_strided");
 
     private final int maxBlocks;
     private final MemorySegment embeddingForward, embeddingBackward, layerNormForward, layerNormBackwardDx, rmsNormForward, rmsNormBackwardDx,
         normParamGradPartial, normParamGradFinish, ropeTables, rope, attentionSoftmax, attentionSoftmaxBackward, geluForward, geluBackward,
-        swigluForward, swigluBackward;
+        swigluForward, swigluBackward, f32ToBf16, biasAddStrided, biasGradStrided;
 
     public DecoderKernels(KernelModule module, int multiprocessors) {
         this.maxBlocks = Math.max(1, multiprocessors) * 32;
@@ -47,6 +47,9 @@ public final class DecoderKernels {
         geluBackward = module.function("d4j_gelu_tanh_backward");
         swigluForward = module.function("d4j_swiglu_forward");
         swigluBackward = module.function("d4j_swiglu_backward");
+        f32ToBf16 = module.function("d4j_f32_to_bf16");
+        biasAddStrided = module.function("d4j_bias_add_strided");
+        biasGradStrided = module.function("d4j_bias_grad_strided");
     }
 
     private interface Args { LaunchArgs fill(Arena a); }
@@ -195,5 +198,20 @@ public final class DecoderKernels {
     public void swigluBackward(MemorySegment dgateUp, MemorySegment dout, MemorySegment gateUp, long n, long features, MemorySegment s) {
         elements(swigluBackward, "d4j_swiglu_backward", n * features, s,
             a -> new LaunchArgs(a, 5).pointer(dgateUp).pointer(dout).pointer(gateUp).i64(n).i64(features));
+    }
+
+    /** out bf16 [rows, cols] packed = x's rows (stride ldX) rounded to nearest even. */
+    public void f32ToBf16(MemorySegment out, MemorySegment x, long rows, long cols, long ldX, MemorySegment s) {
+        elements(f32ToBf16, "d4j_f32_to_bf16", rows * cols, s, a -> new LaunchArgs(a, 5).pointer(out).pointer(x).i64(rows).i64(cols).i64(ldX));
+    }
+
+    /** y's rows [rows, cols] (stride ld) += b [cols]. */
+    public void biasAddStrided(MemorySegment y, MemorySegment b, long rows, long cols, long ld, MemorySegment s) {
+        elements(biasAddStrided, "d4j_bias_add_strided", rows * cols, s, a -> new LaunchArgs(a, 5).pointer(y).pointer(b).i64(rows).i64(cols).i64(ld));
+    }
+
+    /** db [cols] += column sums of dy's rows [rows, cols] (stride ld), rows in order. */
+    public void biasGradStrided(MemorySegment db, MemorySegment dy, long rows, long cols, long ld, MemorySegment s) {
+        elements(biasGradStrided, "d4j_bias_grad_strided", cols, s, a -> new LaunchArgs(a, 5).pointer(db).pointer(dy).i64(rows).i64(cols).i64(ld));
     }
 }

@@ -19,7 +19,8 @@ import org.distill4j.core.cuda.CudaBackend;
  * The decoder's ops on a {@link CudaBackend}: the GPU twins of {@link DecoderOps}, same formulas and
  * buffer layouts, over device {@link Tensor}s (float32 unless said). Our kernels (decoder.cu through
  * {@link DecoderKernels}) for the embeddings, norms, RoPE, the masked causal softmax and the MLP
- * activations; cuBLAS strided-batched sgemm for the attention products. Every op checks its
+ * activations; cuBLAS for the projections (sgemm with leading dimensions; bf16 weights through
+ * cublasGemmEx) and the attention products (strided-batched sgemm). Every op checks its
  * arguments here, once, then enqueues on the backend's stream and returns; nothing synchronises
  * except the host-to-device copies of token ids, positions and the padding mask.
  *
@@ -478,6 +479,98 @@ public final class CudaDecoderOps implements AutoCloseable {
             CublasException.check(cublas_h.cublasSgemmStridedBatched(cublas, opA, opB, (int) m, (int) n, (int) k, alpha, aPtr, (int) lda,
                 strideA, bPtr, (int) ldb, strideB, beta, cPtr, (int) ldc, strideC, batch), "cublasSgemmStridedBatched");
         }
+    }
+
+    // ---- projections (cuBLAS; float32 weights through sgemm, bfloat16 weights through cublasGemmEx)
+
+    private void checkProjection(String op, Tensor out, long col, long ldOut, Tensor x, long ldX, Tensor w, Tensor b, long n, long in, long outF) {
+        if (closed) throw new IllegalStateException(op + ": CudaDecoderOps already closed");
+        Shapes.alive(op, out, x, w, b);
+        Shapes.backend(op, backend, out, x, w, b);
+        Shapes.dtype(op, DType.F32, out, x, b);
+        if (w.dtype() != DType.F32 && w.dtype() != DType.BF16) throw new IllegalArgumentException(op + ": weight must be F32 or BF16, got " + w.describe());
+        positive(op, "in features", in);
+        positive(op, "out features", outF);
+        if (n < 0 || col < 0 || col + outF > ldOut || in > ldX) {
+            throw new IllegalArgumentException(op + ": columns [" + col + ", " + (col + outF) + ") of rows of " + ldOut + " from inputs of " + in + " in rows of " + ldX);
+        }
+        if (out.numel() < n * ldOut || x.numel() < n * ldX) {
+            throw new IllegalArgumentException(op + ": out " + out.describe() + " / x " + x.describe() + " do not hold " + n + " rows of " + ldOut + " / " + ldX);
+        }
+        numel(op, "weight", w, in * outF);
+        numel(op, "bias", b, outF);
+        Shapes.toInt(op, Math.max(Math.max(n, ldOut), Math.max(ldX, Math.max(in, outF))));
+        backend.context().makeCurrent();
+    }
+
+    /**
+     * out [N, outF] (columns [col, col + outF) of rows of ldOut) = x [N, in] (rows of ldX) W^T + b for
+     * W [outF, in] (nn.Linear), or x W for W [in, outF] (GPT-2's Conv1D), as DecoderOps.projectionForward.
+     * W float32: cublasSgemm. W bfloat16: x is rounded to bf16 (d4j_f32_to_bf16, into scratch) and
+     * cublasGemmEx multiplies bf16 x bf16 into float32 with float32 accumulation (CUBLAS_COMPUTE_32F),
+     * as PyTorch's bf16 autocast does: the products of two bf16 values are exact in float32, so the
+     * only rounding beyond float32 is x's.
+     */
+    public void projectionForward(Tensor out, long col, long ldOut, Tensor x, long ldX, Tensor w, Tensor b, long n, long in, long outF,
+                                  boolean storedInOut) {
+        String op = "projectionForward";
+        checkProjection(op, out, col, ldOut, x, ldX, w, b, n, in, outF);
+        if (n == 0) return;
+        // column-major: out^T [outF, N] = W-as-stored (transposed for nn.Linear) times x^T [in, N]
+        int opW = storedInOut ? cublas_h.CUBLAS_OP_N : cublas_h.CUBLAS_OP_T;
+        int ldW = (int) (storedInOut ? outF : in);
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment one = arena.allocateFrom(JAVA_FLOAT, 1f), zero = arena.allocateFrom(JAVA_FLOAT, 0f);
+            if (w.dtype() == DType.F32) {
+                CublasException.check(cublas_h.cublasSgemm_v2(cublas, opW, cublas_h.CUBLAS_OP_N, (int) outF, (int) n, (int) in, one, w.data(), ldW, x.data(),
+                    (int) ldX, zero, at(out, col), (int) ldOut), "cublasSgemm(projection)");
+            } else {
+                Tensor xb = backend.empty(arena, DType.BF16, n, in);
+                kernels.f32ToBf16(xb.data(), x.data(), n, in, ldX, s());
+                CublasException.check(cublas_h.cublasGemmEx(cublas, opW, cublas_h.CUBLAS_OP_N, (int) outF, (int) n, (int) in, one, w.data(),
+                    cublas_h.CUDA_R_16BF, ldW, xb.data(), cublas_h.CUDA_R_16BF, (int) in, zero, at(out, col), cublas_h.CUDA_R_32F, (int) ldOut,
+                    cublas_h.CUBLAS_COMPUTE_32F, cublas_h.CUBLAS_GEMM_DEFAULT), "cublasGemmEx(bf16 projection)");
+            }
+        }
+        if (b != null) kernels.biasAddStrided(at(out, col), b.data(), n, outF, ldOut, s());
+    }
+
+    /**
+     * Projection backward, as DecoderOps.projectionBackward: dW += dout^T x ([outF, in]) or x^T dout
+     * ([in, outF]); db [outF] += column sums of dout (rows in order: deterministic); dx [N, in] (rows
+     * of ldDx) = dout W (or dout W^T), added when {@code accumulateDx}; dx may be null. Float32 weights
+     * and gradients only (a bf16 model trains a float32 master copy).
+     */
+    public void projectionBackward(Tensor dx, long ldDx, boolean accumulateDx, Tensor dw, Tensor db, Tensor dout, long col, long ldOut, Tensor x, long ldX,
+                                   Tensor w, long n, long in, long outF, boolean storedInOut) {
+        String op = "projectionBackward";
+        checkProjection(op, dout, col, ldOut, x, ldX, w, db, n, in, outF);
+        f32(op, dx, dw, w);
+        numel(op, "dw", dw, in * outF);
+        if (dx != null && (in > ldDx || dx.numel() < n * ldDx)) {
+            throw new IllegalArgumentException(op + ": dx " + dx.describe() + " does not hold " + n + " rows of " + in + " in rows of " + ldDx);
+        }
+        if (n == 0) return;
+        MemorySegment g = at(dout, col);
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment one = arena.allocateFrom(JAVA_FLOAT, 1f), beta = arena.allocateFrom(JAVA_FLOAT, accumulateDx ? 1f : 0f);
+            if (storedInOut) {
+                // dW [in, outF] (column-major [outF, in]) += dout^T-as-stored [outF, N] x [N, in]
+                CublasException.check(cublas_h.cublasSgemm_v2(cublas, cublas_h.CUBLAS_OP_N, cublas_h.CUBLAS_OP_T, (int) outF, (int) in, (int) n, one, g,
+                    (int) ldOut, x.data(), (int) ldX, one, dw.data(), (int) outF), "cublasSgemm(projection dW)");
+            } else {
+                // dW [outF, in] (column-major [in, outF]) += x^T-as-stored [in, N] dout [N, outF]
+                CublasException.check(cublas_h.cublasSgemm_v2(cublas, cublas_h.CUBLAS_OP_N, cublas_h.CUBLAS_OP_T, (int) in, (int) outF, (int) n, one,
+                    x.data(), (int) ldX, g, (int) ldOut, one, dw.data(), (int) in), "cublasSgemm(projection dW)");
+            }
+            if (dx != null) {
+                // dx^T [in, N] = W^T dout^T (nn.Linear: W-as-stored [in, outF] column-major) or W dout^T (Conv1D, transposed)
+                int opW = storedInOut ? cublas_h.CUBLAS_OP_T : cublas_h.CUBLAS_OP_N;
+                CublasException.check(cublas_h.cublasSgemm_v2(cublas, opW, cublas_h.CUBLAS_OP_N, (int) in, (int) n, (int) outF, one, w.data(),
+                    (int) (storedInOut ? outF : in), g, (int) ldOut, beta, dx.data(), (int) ldDx), "cublasSgemm(projection dx)");
+            }
+        }
+        if (db != null) kernels.biasGradStrided(db.data(), g, n, outF, ldOut, s());
     }
 
     // ---- MLP activations

@@ -99,4 +99,14 @@ public final class DecoderOpsReference {
     public static double nextTokenCrossEntropy(MemorySegment logits, long[] labels, int batch, long t, long vocab, MemorySegment dlogits) {
         return DecoderOps.nextTokenCrossEntropy(logits, labels, batch, t, vocab, dlogits);
     }
+
+    public static void projectionForward(MemorySegment out, long col, long ldOut, MemorySegment x, long ldX, MemorySegment w, MemorySegment b, long n,
+                                         long in, long outF, boolean storedInOut) {
+        DecoderOps.projectionForward(out, col, ldOut, x, ldX, w, b, n, in, outF, storedInOut);
+    }
+
+    public static void projectionBackward(MemorySegment dx, long ldDx, boolean accumulateDx, MemorySegment dw, MemorySegment db, MemorySegment dout,
+                                          long col, long ldOut, MemorySegment x, long ldX, MemorySegment w, long n, long in, long outF, boolean storedInOut) {
+        DecoderOps.projectionBackward(dx, ldDx, accumulateDx, dw, db, dout, col, ldOut, x, ldX, w, n, in, outF, storedInOut);
+    }
 }
