@@ -33,7 +33,12 @@ import org.distill4j.core.cuda.CudaBackend;
  * <p>Determinism: every op gives the same bits on every run: no float atomics (the norms' weight
  * gradients reduce in two passes over {@link #NORM_GRAD_CHUNK}-row chunks, the embedding gradients by
  * a bucket list built on the host), and GQA's shared key/value gradients accumulate head after head
- * in order.
+ * in order; cuBLAS is bitwise reproducible on GPUs of the same architecture and SM count (its
+ * documentation's guarantee for one handle on one stream).
+ *
+ * <p>Not yet usable inside CUDA-graph capture: ops upload ids, masks and bucket lists with
+ * synchronous copies and allocate their scratch per call, and our cuBLAS handle has no workspace of
+ * its own (CudaBackend sets one for capture).
  */
 @SuppressWarnings("restricted") // FFM: views of device buffers at an element offset are zero-length segments
 public final class CudaDecoderOps implements AutoCloseable {
