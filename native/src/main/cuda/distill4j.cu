@@ -3,4 +3,5 @@
 // folder must be included here (the build checks).
 #include "elementwise.cu"
 #include "ops.cu"
+#include "decoder.cu"
 #include "distill_loss.cu"

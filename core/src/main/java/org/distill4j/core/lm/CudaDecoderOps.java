@@ -1,0 +1,652 @@
+package org.distill4j.core.lm;
+
+import static java.lang.foreign.ValueLayout.ADDRESS;
+import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.util.Arrays;
+import org.distill4j.bindings.cublas.CublasException;
+import org.distill4j.bindings.cublas.cublas_h;
+import org.distill4j.bindings.kernels.DecoderKernels;
+import org.distill4j.bindings.kernels.KernelModule;
+import org.distill4j.core.DType;
+import org.distill4j.core.Shapes;
+import org.distill4j.core.Tensor;
+import org.distill4j.core.cuda.CudaBackend;
+
+/**
+ * The decoder's ops on a {@link CudaBackend}: the GPU twins of {@link DecoderOps}, same formulas and
+ * buffer layouts, over device {@link Tensor}s (float32 unless said). Our kernels (decoder.cu through
+ * {@link DecoderKernels}) for the embeddings, norms, RoPE, the masked causal softmax and the MLP
+ * activations; cuBLAS for the projections (sgemm with leading dimensions; bf16 weights through
+ * cublasGemmEx) and the attention products (strided-batched sgemm). Every op checks its
+ * arguments here, once, then enqueues on the backend's stream and returns; nothing synchronises
+ * except the host-to-device copies of token ids, positions and the padding mask.
+ *
+ * <p>Not yet wired into {@link DecoderModel} (which still refuses a CUDA backend); tests compare each
+ * op with DecoderOps on the GPU (tests/.../GpuDecoderOpsTest, tag gpu). What should move into
+ * CudaBackend once its gemm API settles: the kernel module (CudaBackend loads the same fatbin but
+ * does not expose it, so this class loads it a second time into the same context) and the cuBLAS
+ * handle (ours is a second handle on the same stream, set to the backend's math mode at creation).
+ *
+ * <p>Determinism: every op gives the same bits on every run: no float atomics (the norms' weight
+ * gradients reduce in two passes over {@link #NORM_GRAD_CHUNK}-row chunks, the embedding gradients by
+ * a bucket list built on the host), and GQA's shared key/value gradients accumulate head after head
+ * in order; cuBLAS is bitwise reproducible on GPUs of the same architecture and SM count (its
+ * documentation's guarantee for one handle on one stream).
+ *
+ * <p>Not yet usable inside CUDA-graph capture: ops upload ids, masks and bucket lists with
+ * synchronous copies and allocate their scratch per call, and our cuBLAS handle has no workspace of
+ * its own (CudaBackend sets one for capture).
+ */
+@SuppressWarnings("restricted") // FFM: views of device buffers at an element offset are zero-length segments
+public final class CudaDecoderOps implements AutoCloseable {
+    /** Rows a block sums in pass 1 of a norm's weight gradient: fixed, so the bits do not depend on the GPU. */
+    public static final long NORM_GRAD_CHUNK = 32;
+
+    private final CudaBackend backend;
+    private final KernelModule module;
+    private final DecoderKernels kernels;
+    private final MemorySegment cublas;
+    private boolean closed;
+
+    /**
+     * Loads the decoder kernels into the backend's context and opens a cuBLAS handle on its stream, in
+     * the backend's math mode (TF32 or strict FP32) as it is now.
+     */
+    public CudaDecoderOps(CudaBackend backend) {
+        this.backend = backend;
+        backend.context().makeCurrent();
+        this.module = KernelModule.load();
+        try (Arena arena = Arena.ofConfined()) {
+            this.kernels = new DecoderKernels(module, backend.context().device().multiprocessors());
+            MemorySegment h = arena.allocate(ADDRESS);
+            CublasException.check(cublas_h.cublasCreate_v2(h), "cublasCreate");
+            this.cublas = h.get(ADDRESS, 0);
+            CublasException.check(cublas_h.cublasSetStream_v2(cublas, backend.context().stream()), "cublasSetStream");
+            CublasException.check(cublas_h.cublasSetMathMode(cublas, backend.mathMode() == CudaBackend.MathMode.TF32
+                ? cublas_h.CUBLAS_TF32_TENSOR_OP_MATH : cublas_h.CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
+        } catch (RuntimeException e) {
+            module.close();
+            throw e;
+        }
+    }
+
+    public CudaBackend backend() { return backend; }
+
+    private MemorySegment s() {
+        return backend.context().stream();
+    }
+
+    // ---- argument checks (once per op)
+
+    private void f32(String op, Tensor... ts) {
+        if (closed) throw new IllegalStateException(op + ": CudaDecoderOps already closed");
+        Shapes.alive(op, ts);
+        Shapes.backend(op, backend, ts);
+        Shapes.dtype(op, DType.F32, ts);
+        backend.context().makeCurrent();
+    }
+
+    private static void numel(String op, String name, Tensor t, long expected) {
+        if (t != null && t.numel() != expected) {
+            throw new IllegalArgumentException(op + ": " + name + " must hold " + expected + " elements, got " + t.describe());
+        }
+    }
+
+    private static void positive(String op, String name, long v) {
+        if (v <= 0) throw new IllegalArgumentException(op + ": " + name + " must be > 0, got " + v);
+    }
+
+    /** A device pointer {@code elements} floats into t (a zero-length view). */
+    private MemorySegment at(Tensor t, long elements) {
+        return backend.offset(t.data(), elements * Float.BYTES, (t.numel() - elements) * Float.BYTES);
+    }
+
+    private static MemorySegment p(Tensor t) {
+        return t == null ? MemorySegment.NULL : t.data();
+    }
+
+    private Tensor longs(Arena arena, long[] values) {
+        Tensor t = backend.empty(arena, DType.I64, values.length);
+        backend.writeLongs(t, values);
+        return t;
+    }
+
+    // ---- embeddings
+
+    /** out [N, D] = wte [V, D] rows of ids [N] (+ wpe [P, D] rows of positions [N] when wpe is not null). Ids and positions are checked on the host. */
+    public void embeddingForward(Tensor out, long[] ids, long[] positions, Tensor wte, Tensor wpe) {
+        String op = "embeddingForward";
+        f32(op, out, wte, wpe);
+        Shapes.rank(op, wte, 2);
+        long n = ids.length, d = wte.size(1), vocab = wte.size(0);
+        numel(op, "out", out, n * d);
+        long maxPositions = 0;
+        if (wpe != null) {
+            Shapes.rank(op, wpe, 2);
+            if (wpe.size(1) != d) throw new IllegalArgumentException(op + ": wpe " + wpe.describe() + " is not " + d + " wide as wte " + wte.describe());
+            if (positions == null || positions.length != n) throw new IllegalArgumentException(op + ": learned positions need " + n + " positions");
+            maxPositions = wpe.size(0);
+            checkIndices(op, "position", positions, maxPositions);
+        }
+        checkIndices(op, "token id", ids, vocab);
+        if (n == 0) return;
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor idsD = longs(arena, ids), posD = wpe == null ? null : longs(arena, positions);
+            kernels.embeddingForward(out.data(), idsD.data(), p(posD), wte.data(), p(wpe), n, d, vocab, maxPositions, s());
+        }
+    }
+
+    private static void checkIndices(String op, String what, long[] v, long limit) {
+        for (int i = 0; i < v.length; i++) {
+            if (v[i] < 0 || v[i] >= limit) throw new IllegalArgumentException(op + ": " + what + " " + v[i] + " at row " + i + " is outside [0, " + limit + ")");
+        }
+    }
+
+    /** dwte [V, D] += dout [N, D] scattered to rows ids [N]; dwpe [P, D] likewise by positions (when not null). Bit-identical to DecoderOps. */
+    public void embeddingBackward(Tensor dwte, Tensor dwpe, Tensor dout, long[] ids, long[] positions) {
+        String op = "embeddingBackward";
+        f32(op, dwte, dwpe, dout);
+        Shapes.rank(op, dwte, 2);
+        long n = ids.length, d = dwte.size(1);
+        numel(op, "dout", dout, n * d);
+        checkIndices(op, "token id", ids, dwte.size(0));
+        if (dwpe != null) {
+            Shapes.rank(op, dwpe, 2);
+            if (dwpe.size(1) != d || positions == null || positions.length != n) {
+                throw new IllegalArgumentException(op + ": dwpe " + dwpe.describe() + " needs width " + d + " and " + n + " positions");
+            }
+            checkIndices(op, "position", positions, dwpe.size(0));
+        }
+        if (n == 0) return;
+        scatterAdd(dwte, dout, ids, d);
+        if (dwpe != null) scatterAdd(dwpe, dout, positions, d);
+    }
+
+    /**
+     * The deterministic scatter-add: token rows grouped by table row on the host (a stable sort of
+     * N keys, which the host has anyway: no device sort, no atomics), one block a table row adding
+     * its rows in ascending order, the float additions of DecoderOps.embeddingBackward in its order.
+     */
+    private void scatterAdd(Tensor table, Tensor dout, long[] keys, long d) {
+        int n = keys.length;
+        Integer[] boxed = new Integer[n];
+        for (int i = 0; i < n; i++) boxed[i] = i;
+        Arrays.sort(boxed, (a, b) -> Long.compare(keys[a], keys[b]));  // stable (a merge sort): ascending rows within a key
+        long[] order = new long[n], starts = new long[n + 1], owners = new long[n];
+        int buckets = 0;
+        for (int k = 0; k < n; k++) {
+            order[k] = boxed[k];
+            if (k == 0 || keys[boxed[k]] != keys[boxed[k - 1]]) {
+                starts[buckets] = k;
+                owners[buckets++] = keys[boxed[k]];
+            }
+        }
+        starts[buckets] = n;
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor orderD = longs(arena, order), startsD = longs(arena, Arrays.copyOf(starts, buckets + 1)), ownersD = longs(arena, Arrays.copyOf(owners, buckets));
+            kernels.embeddingBackward(table.data(), dout.data(), orderD.data(), startsD.data(), ownersD.data(), buckets, d, s());
+        }
+    }
+
+    // ---- norms
+
+    /** LayerNorm over x [N, D]: out [N, D]; mean, rstd [N] saved when not null; b may be null. */
+    public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor w, Tensor b, float eps) {
+        String op = "layerNormForward";
+        f32(op, out, mean, rstd, x, w, b);
+        long d = x.cols(), n = x.rows();
+        positive(op, "width", d);
+        numel(op, "out", out, n * d);
+        numel(op, "mean", mean, n);
+        numel(op, "rstd", rstd, n);
+        numel(op, "w", w, d);
+        numel(op, "b", b, d);
+        kernels.layerNormForward(out.data(), p(mean), p(rstd), x.data(), w.data(), p(b), n, d, eps, s());
+    }
+
+    /** LayerNorm backward: dx [N, D] (+)= ..., dw [D] += sum dout xhat, db [D] += sum dout (when not null). dx may be dout. */
+    public void layerNormBackward(Tensor dx, Tensor dw, Tensor db, Tensor dout, Tensor x, Tensor w, Tensor mean, Tensor rstd, boolean accumulate) {
+        String op = "layerNormBackward";
+        f32(op, dx, dw, db, dout, x, w, mean, rstd);
+        long d = x.cols(), n = x.rows();
+        positive(op, "width", d);
+        numel(op, "dx", dx, n * d);
+        numel(op, "dout", dout, n * d);
+        numel(op, "w", w, d);
+        numel(op, "dw", dw, d);
+        numel(op, "db", db, d);
+        numel(op, "mean", mean, n);
+        numel(op, "rstd", rstd, n);
+        if (n == 0) return;
+        long chunks = (n + NORM_GRAD_CHUNK - 1) / NORM_GRAD_CHUNK;
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor partial = backend.empty(arena, DType.F32, 2, chunks, d);
+            // the weight gradients first: dx may overwrite dout
+            kernels.normParamGradPartial(0, partial.data(), dout.data(), x.data(), mean.data(), rstd.data(), n, 1, d, d, NORM_GRAD_CHUNK, s());
+            kernels.normParamGradFinish(partial.data(), chunks, d, dw.data(), p(db), s());
+        }
+        kernels.layerNormBackwardDx(dx.data(), dout.data(), x.data(), w.data(), mean.data(), rstd.data(), n, d, accumulate, s());
+    }
+
+    /**
+     * RMSNorm over rows of width {@code d}: row (r, h) of x [N, stride] starts at column
+     * {@code col + h * d} of row r (heads = 1, col = 0, d = stride: the hidden norm; Qwen3's per-head
+     * q/k norm: the q or k heads of the q | k | v buffer). out has x's layout (columns outside the rows
+     * untouched); rstd [heads, N] when not null.
+     */
+    public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor w, long n, long heads, long d, long col, long stride, float eps) {
+        String op = "rmsNormForward";
+        f32(op, out, rstd, x, w);
+        rmsRows(op, x, w, n, heads, d, col, stride);
+        numel(op, "out", out, n * stride);
+        numel(op, "rstd", rstd, n * heads);
+        if (n == 0) return;
+        kernels.rmsNormForward(at(out, col), p(rstd), at(x, col), w.data(), n, heads, d, stride, eps, s());
+    }
+
+    /** RMSNorm backward: dx (+)= rstd g - x rstd^3 mean(g x), dw [d] += sum dout x rstd; rows as the forward. dx may be dout. */
+    public void rmsNormBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor rstd, long n, long heads, long d, long col, long stride,
+                                boolean accumulate) {
+        String op = "rmsNormBackward";
+        f32(op, dx, dw, dout, x, w, rstd);
+        rmsRows(op, x, w, n, heads, d, col, stride);
+        numel(op, "dx", dx, n * stride);
+        numel(op, "dout", dout, n * stride);
+        numel(op, "dw", dw, d);
+        numel(op, "rstd", rstd, n * heads);
+        if (n == 0) return;
+        long chunks = (n * heads + NORM_GRAD_CHUNK - 1) / NORM_GRAD_CHUNK;
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor partial = backend.empty(arena, DType.F32, chunks, d);
+            kernels.normParamGradPartial(1, partial.data(), at(dout, col), at(x, col), MemorySegment.NULL, rstd.data(), n, heads, d, stride,
+                NORM_GRAD_CHUNK, s());
+            kernels.normParamGradFinish(partial.data(), chunks, d, dw.data(), MemorySegment.NULL, s());
+        }
+        kernels.rmsNormBackwardDx(at(dx, col), at(dout, col), at(x, col), w.data(), rstd.data(), n, heads, d, stride, accumulate, s());
+    }
+
+    private static void rmsRows(String op, Tensor x, Tensor w, long n, long heads, long d, long col, long stride) {
+        positive(op, "width", d);
+        positive(op, "heads", heads);
+        if (n < 0 || col < 0 || col + heads * d > stride) {
+            throw new IllegalArgumentException(op + ": " + heads + " rows of " + d + " from column " + col + " do not fit rows of " + stride + " (n = " + n + ")");
+        }
+        numel(op, "x", x, n * stride);
+        numel(op, "w", w, d);
+    }
+
+    // ---- rotary embeddings
+
+    /** cos, sin [N, half] for positions [N] and invFreq [half], computed on the device in float32 as DecoderOps.ropeTables. */
+    public void ropeTables(Tensor cos, Tensor sin, long[] positions, float[] invFreq) {
+        String op = "ropeTables";
+        f32(op, cos, sin);
+        long n = positions.length, half = invFreq.length;
+        positive(op, "half head width", half);
+        numel(op, "cos", cos, n * half);
+        numel(op, "sin", sin, n * half);
+        if (n == 0) return;
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor pos = longs(arena, positions), freq = backend.empty(arena, DType.F32, half);
+            backend.write(freq, invFreq);
+            kernels.ropeTables(cos.data(), sin.data(), pos.data(), freq.data(), n, half, s());
+        }
+    }
+
+    /** Rotates in place {@code heads} heads of width 2 * half from column col of x [N, stride]; inverse: the backward. */
+    public void rope(Tensor x, long col, long stride, long n, long heads, Tensor cos, Tensor sin, long half, boolean inverse) {
+        String op = "rope";
+        f32(op, x, cos, sin);
+        positive(op, "half head width", half);
+        if (n < 0 || heads < 0 || col < 0 || col + heads * 2 * half > stride) {
+            throw new IllegalArgumentException(op + ": " + heads + " heads of " + 2 * half + " from column " + col + " do not fit rows of " + stride);
+        }
+        numel(op, "x", x, n * stride);
+        numel(op, "cos", cos, n * half);
+        numel(op, "sin", sin, n * half);
+        kernels.rope(x.data(), col, stride, n, heads, cos.data(), sin.data(), half, inverse, s());
+    }
+
+    // ---- attention
+
+    /**
+     * Where a sequence's queries, keys and values live: DecoderOps.AttentionShape over device
+     * tensors. Query i of batch b (this call's token i, at absolute position past + i) at
+     * q[(b * tq + i) * ldQ + qCol + h * hd]; key j of kv head g at k[b * kBatch + j * ldK + kCol + g * hd],
+     * values likewise at vCol (k and v may be the same tensor as q: the q | k | v buffer). Query
+     * head h reads kv head h / (heads / kvHeads) (GQA). keyMask [B, tk] with 0 on padding, or null.
+     */
+    public record Attention(int batch, int heads, int kvHeads, long hd, long tq, long tk, long past, Tensor q, long ldQ, long qCol, Tensor k,
+                            Tensor v, long ldK, long kBatch, long kCol, long vCol, long[] keyMask, float scale) {
+        long groups() { return heads / kvHeads; }
+    }
+
+    private void checkAttention(String op, Attention a, Tensor probs) {
+        f32(op, a.q(), a.k(), a.v(), probs);
+        if (a.batch() < 0 || a.heads() <= 0 || a.kvHeads() <= 0 || a.heads() % a.kvHeads() != 0 || a.hd() <= 0 || a.tq() < 0 || a.tk() <= 0
+            || a.past() < 0 || a.past() + a.tq() > a.tk()) {
+            throw new IllegalArgumentException(op + ": bad attention shape: batch " + a.batch() + ", heads " + a.heads() + ", kv heads " + a.kvHeads()
+                + ", head dim " + a.hd() + ", tq " + a.tq() + ", tk " + a.tk() + ", past " + a.past());
+        }
+        if (a.qCol() + a.heads() * a.hd() > a.ldQ() || a.q().numel() < a.batch() * a.tq() * a.ldQ()) {
+            throw new IllegalArgumentException(op + ": q " + a.q().describe() + " does not hold " + a.heads() + " heads of " + a.hd() + " from column "
+                + a.qCol() + " in rows of " + a.ldQ());
+        }
+        long kvWidth = a.kvHeads() * a.hd(), kvNeed = (a.batch() - 1) * a.kBatch() + (a.tk() - 1) * a.ldK();
+        if (a.kCol() + kvWidth > a.ldK() || a.vCol() + kvWidth > a.ldK() || a.k().numel() < kvNeed + a.kCol() + kvWidth
+            || a.v().numel() < kvNeed + a.vCol() + kvWidth) {
+            throw new IllegalArgumentException(op + ": keys " + a.k().describe() + " / values " + a.v().describe() + " do not hold " + a.tk() + " rows of "
+                + a.kvHeads() + " kv heads in rows of " + a.ldK() + " (batch stride " + a.kBatch() + ")");
+        }
+        if (a.keyMask() != null && a.keyMask().length != a.batch() * a.tk()) {
+            throw new IllegalArgumentException(op + ": key mask of " + a.keyMask().length + " entries for [" + a.batch() + ", " + a.tk() + "]");
+        }
+        numel(op, "probs", probs, (long) a.batch() * a.heads() * a.tq() * a.tk());
+        Shapes.toInt(op, Math.max(Math.max(a.ldQ(), a.ldK()), Math.max(a.tk(), a.hd())));
+    }
+
+    /**
+     * probs [B, H, tq, tk] = softmax(scale q k^T) over the visible keys (causal from past, padding
+     * masked; a query that sees no key gets zeros): cuBLAS for q k^T (strided-batched over the query
+     * heads of one kv head, the keys' stride 0), then our masked softmax in place.
+     */
+    public void attentionScores(Attention a, Tensor probs) {
+        String op = "attentionScores";
+        checkAttention(op, a, probs);
+        if (a.batch() == 0 || a.tq() == 0) return;
+        long plane = a.tq() * a.tk();
+        int g = (int) a.groups();
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment one = arena.allocateFrom(JAVA_FLOAT, 1f), zero = arena.allocateFrom(JAVA_FLOAT, 0f);
+            for (int b = 0; b < a.batch(); b++) {
+                for (int kv = 0; kv < a.kvHeads(); kv++) {
+                    int h0 = kv * g;
+                    // column-major: S^T [tk, tq] = K [tk, hd] (stored as [hd, tk]^T) times Q^T
+                    gemmStrided(cublas_h.CUBLAS_OP_T, cublas_h.CUBLAS_OP_N, a.tk(), a.tq(), a.hd(), one,
+                        at(a.k(), b * a.kBatch() + a.kCol() + kv * a.hd()), a.ldK(), 0,
+                        at(a.q(), b * a.tq() * a.ldQ() + a.qCol() + h0 * a.hd()), a.ldQ(), a.hd(), zero,
+                        at(probs, ((long) b * a.heads() + h0) * plane), a.tk(), plane, g);
+                }
+            }
+            Tensor mask = a.keyMask() == null ? null : longs(arena, a.keyMask());
+            kernels.attentionSoftmax(probs.data(), probs.data(), mask == null ? MemorySegment.NULL : mask.data(), a.batch(), a.heads(), a.tq(), a.tk(),
+                a.past(), a.scale(), s());
+        }
+    }
+
+    /** out [B * tq, ldOut] (head h at columns h * hd) = probs [B, H, tq, tk] v. */
+    public void attentionValues(Attention a, Tensor probs, Tensor out, long ldOut) {
+        String op = "attentionValues";
+        checkAttention(op, a, probs);
+        f32(op, out);
+        if (a.heads() * a.hd() > ldOut || out.numel() < a.batch() * a.tq() * ldOut) {
+            throw new IllegalArgumentException(op + ": out " + out.describe() + " does not hold " + a.heads() + " heads of " + a.hd() + " in rows of " + ldOut);
+        }
+        if (a.batch() == 0 || a.tq() == 0) return;
+        long plane = a.tq() * a.tk();
+        int g = (int) a.groups();
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment one = arena.allocateFrom(JAVA_FLOAT, 1f), zero = arena.allocateFrom(JAVA_FLOAT, 0f);
+            for (int b = 0; b < a.batch(); b++) {
+                for (int kv = 0; kv < a.kvHeads(); kv++) {
+                    int h0 = kv * g;
+                    // column-major: O^T [hd, tq] = V^T [hd, tk] P^T [tk, tq]
+                    gemmStrided(cublas_h.CUBLAS_OP_N, cublas_h.CUBLAS_OP_N, a.hd(), a.tq(), a.tk(), one,
+                        at(a.v(), b * a.kBatch() + a.vCol() + kv * a.hd()), a.ldK(), 0,
+                        at(probs, ((long) b * a.heads() + h0) * plane), a.tk(), plane, zero,
+                        at(out, b * a.tq() * ldOut + h0 * a.hd()), ldOut, a.hd(), g);
+                }
+            }
+        }
+    }
+
+    /**
+     * Attention backward, as DecoderOps.attentionBackward (training: tq = tk, past 0): dv += probsUsed^T
+     * dout, dprobs = dout v^T, then {@code beforeSoftmax} (the caller's attention-dropout backward on
+     * dprobs), dscores = scale probs (dprobs - rowsum(dprobs probs)) in place, dq += dscores k,
+     * dk += dscores^T q. dq, dk, dv go to dqkv (the q | k | v layout, zeroed by the caller). Query
+     * heads that share a kv head add into its dk and dv one after another, in head order (one gemm a
+     * head, beta 1): no two gemms write the same memory at once, and the bits do not vary.
+     */
+    public void attentionBackward(Attention a, Tensor probs, Tensor probsUsed, Tensor dprobs, Tensor dout, long ldOut, Tensor dqkv,
+                                  Runnable beforeSoftmax) {
+        String op = "attentionBackward";
+        checkAttention(op, a, probs);
+        f32(op, probsUsed, dprobs, dout, dqkv);
+        numel(op, "probsUsed", probsUsed, probs.numel());
+        numel(op, "dprobs", dprobs, probs.numel());
+        if (a.past() != 0 || a.tq() != a.tk()) throw new IllegalArgumentException(op + ": training attention only (no cache): tq " + a.tq() + ", tk " + a.tk());
+        if (a.heads() * a.hd() > ldOut || dout.numel() < a.batch() * a.tq() * ldOut) {
+            throw new IllegalArgumentException(op + ": dout " + dout.describe() + " does not hold " + a.heads() + " heads of " + a.hd() + " in rows of " + ldOut);
+        }
+        if (dqkv.numel() < Math.max(a.q().numel(), a.k().numel())) {
+            throw new IllegalArgumentException(op + ": dqkv " + dqkv.describe() + " is smaller than the q | k | v buffer");
+        }
+        if (a.batch() == 0) return;
+        long plane = a.tq() * a.tk();
+        int g = (int) a.groups();
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment one = arena.allocateFrom(JAVA_FLOAT, 1f), zero = arena.allocateFrom(JAVA_FLOAT, 0f);
+            for (int b = 0; b < a.batch(); b++) {
+                for (int h = 0; h < a.heads(); h++) {
+                    long kvOff = b * a.kBatch() + (h / g) * a.hd();
+                    MemorySegment d = at(dout, b * a.tq() * ldOut + h * a.hd());
+                    // dv [tk, hd] += probsUsed^T dout: column-major dV^T [hd, tk] = dO^T [hd, tq] Pu [tq, tk]
+                    gemmStrided(cublas_h.CUBLAS_OP_N, cublas_h.CUBLAS_OP_T, a.hd(), a.tk(), a.tq(), one, d, ldOut, 0,
+                        at(probsUsed, ((long) b * a.heads() + h) * plane), a.tk(), 0, one, at(dqkv, kvOff + a.vCol()), a.ldK(), 0, 1);
+                }
+                for (int kv = 0; kv < a.kvHeads(); kv++) {
+                    int h0 = kv * g;
+                    // dprobs [tq, tk] = dout v^T: column-major dP^T [tk, tq] = V [tk, hd] dO^T
+                    gemmStrided(cublas_h.CUBLAS_OP_T, cublas_h.CUBLAS_OP_N, a.tk(), a.tq(), a.hd(), one,
+                        at(a.v(), b * a.kBatch() + a.vCol() + kv * a.hd()), a.ldK(), 0,
+                        at(dout, b * a.tq() * ldOut + h0 * a.hd()), ldOut, a.hd(), zero,
+                        at(dprobs, ((long) b * a.heads() + h0) * plane), a.tk(), plane, g);
+                }
+            }
+            beforeSoftmax.run();
+            kernels.attentionSoftmaxBackward(dprobs.data(), dprobs.data(), probs.data(), (long) a.batch() * a.heads() * a.tq(), a.tk(), a.scale(), s());
+            for (int b = 0; b < a.batch(); b++) {
+                for (int kv = 0; kv < a.kvHeads(); kv++) {
+                    int h0 = kv * g;
+                    // dq [tq, hd] += dscores k: column-major dQ^T [hd, tq] = K^T [hd, tk] dS^T [tk, tq]; heads apart, batched
+                    gemmStrided(cublas_h.CUBLAS_OP_N, cublas_h.CUBLAS_OP_N, a.hd(), a.tq(), a.tk(), one,
+                        at(a.k(), b * a.kBatch() + a.kCol() + kv * a.hd()), a.ldK(), 0,
+                        at(dprobs, ((long) b * a.heads() + h0) * plane), a.tk(), plane, one,
+                        at(dqkv, b * a.tq() * a.ldQ() + a.qCol() + h0 * a.hd()), a.ldQ(), a.hd(), g);
+                }
+                for (int h = 0; h < a.heads(); h++) {
+                    long kvOff = b * a.kBatch() + (h / g) * a.hd();
+                    // dk [tk, hd] += dscores^T q: column-major dK^T [hd, tk] = Q^T [hd, tq] dS [tq, tk]
+                    gemmStrided(cublas_h.CUBLAS_OP_N, cublas_h.CUBLAS_OP_T, a.hd(), a.tk(), a.tq(), one,
+                        at(a.q(), b * a.tq() * a.ldQ() + a.qCol() + h * a.hd()), a.ldQ(), 0,
+                        at(dprobs, ((long) b * a.heads() + h) * plane), a.tk(), 0, one, at(dqkv, kvOff + a.kCol()), a.ldK(), 0, 1);
+                }
+            }
+        }
+    }
+
+    /**
+     * cuBLAS column-major C = alpha op(A) op(B) + beta C over {@code batch} matrices at the given
+     * element strides (a stride of 0 shares one operand). Our row-major operands are read as their
+     * column-major transposes with the same leading dimension; the callers' comments give the algebra.
+     * Belongs in CudaBackend's gemm API (strided operands, leading dimensions) once it has one.
+     */
+    private void gemmStrided(int opA, int opB, long m, long n, long k, MemorySegment alpha, MemorySegment aPtr, long lda, long strideA,
+                             MemorySegment bPtr, long ldb, long strideB, MemorySegment beta, MemorySegment cPtr, long ldc, long strideC, int batch) {
+        if (batch == 1) {
+            CublasException.check(cublas_h.cublasSgemm_v2(cublas, opA, opB, (int) m, (int) n, (int) k, alpha, aPtr, (int) lda, bPtr, (int) ldb, beta, cPtr,
+                (int) ldc), "cublasSgemm");
+        } else {
+            CublasException.check(cublas_h.cublasSgemmStridedBatched(cublas, opA, opB, (int) m, (int) n, (int) k, alpha, aPtr, (int) lda,
+                strideA, bPtr, (int) ldb, strideB, beta, cPtr, (int) ldc, strideC, batch), "cublasSgemmStridedBatched");
+        }
+    }
+
+    // ---- projections (cuBLAS; float32 weights through sgemm, bfloat16 weights through cublasGemmEx)
+
+    private void checkProjection(String op, Tensor out, long col, long ldOut, Tensor x, long ldX, Tensor w, Tensor b, long n, long in, long outF) {
+        if (closed) throw new IllegalStateException(op + ": CudaDecoderOps already closed");
+        Shapes.alive(op, out, x, w, b);
+        Shapes.backend(op, backend, out, x, w, b);
+        Shapes.dtype(op, DType.F32, out, x, b);
+        if (w.dtype() != DType.F32 && w.dtype() != DType.BF16) throw new IllegalArgumentException(op + ": weight must be F32 or BF16, got " + w.describe());
+        positive(op, "in features", in);
+        positive(op, "out features", outF);
+        if (n < 0 || col < 0 || col + outF > ldOut || in > ldX) {
+            throw new IllegalArgumentException(op + ": columns [" + col + ", " + (col + outF) + ") of rows of " + ldOut + " from inputs of " + in + " in rows of " + ldX);
+        }
+        if (out.numel() < n * ldOut || x.numel() < n * ldX) {
+            throw new IllegalArgumentException(op + ": out " + out.describe() + " / x " + x.describe() + " do not hold " + n + " rows of " + ldOut + " / " + ldX);
+        }
+        numel(op, "weight", w, in * outF);
+        numel(op, "bias", b, outF);
+        Shapes.toInt(op, Math.max(Math.max(n, ldOut), Math.max(ldX, Math.max(in, outF))));
+        backend.context().makeCurrent();
+    }
+
+    /**
+     * out [N, outF] (columns [col, col + outF) of rows of ldOut) = x [N, in] (rows of ldX) W^T + b for
+     * W [outF, in] (nn.Linear), or x W for W [in, outF] (GPT-2's Conv1D), as DecoderOps.projectionForward.
+     * W float32: cublasSgemm. W bfloat16: x is rounded to bf16 (d4j_f32_to_bf16, into scratch) and
+     * cublasGemmEx multiplies bf16 x bf16 into float32 with float32 accumulation (CUBLAS_COMPUTE_32F),
+     * as PyTorch's bf16 autocast does: the products of two bf16 values are exact in float32, so the
+     * only rounding beyond float32 is x's.
+     */
+    public void projectionForward(Tensor out, long col, long ldOut, Tensor x, long ldX, Tensor w, Tensor b, long n, long in, long outF,
+                                  boolean storedInOut) {
+        String op = "projectionForward";
+        checkProjection(op, out, col, ldOut, x, ldX, w, b, n, in, outF);
+        if (n == 0) return;
+        // column-major: out^T [outF, N] = W-as-stored (transposed for nn.Linear) times x^T [in, N]
+        int opW = storedInOut ? cublas_h.CUBLAS_OP_N : cublas_h.CUBLAS_OP_T;
+        int ldW = (int) (storedInOut ? outF : in);
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment one = arena.allocateFrom(JAVA_FLOAT, 1f), zero = arena.allocateFrom(JAVA_FLOAT, 0f);
+            if (w.dtype() == DType.F32) {
+                CublasException.check(cublas_h.cublasSgemm_v2(cublas, opW, cublas_h.CUBLAS_OP_N, (int) outF, (int) n, (int) in, one, w.data(), ldW, x.data(),
+                    (int) ldX, zero, at(out, col), (int) ldOut), "cublasSgemm(projection)");
+            } else {
+                Tensor xb = backend.empty(arena, DType.BF16, n, in);
+                kernels.f32ToBf16(xb.data(), x.data(), n, in, ldX, s());
+                CublasException.check(cublas_h.cublasGemmEx(cublas, opW, cublas_h.CUBLAS_OP_N, (int) outF, (int) n, (int) in, one, w.data(),
+                    cublas_h.CUDA_R_16BF, ldW, xb.data(), cublas_h.CUDA_R_16BF, (int) in, zero, at(out, col), cublas_h.CUDA_R_32F, (int) ldOut,
+                    cublas_h.CUBLAS_COMPUTE_32F, cublas_h.CUBLAS_GEMM_DEFAULT), "cublasGemmEx(bf16 projection)");
+            }
+        }
+        if (b != null) kernels.biasAddStrided(at(out, col), b.data(), n, outF, ldOut, s());
+    }
+
+    /**
+     * Projection backward, as DecoderOps.projectionBackward: dW += dout^T x ([outF, in]) or x^T dout
+     * ([in, outF]); db [outF] += column sums of dout (rows in order: deterministic); dx [N, in] (rows
+     * of ldDx) = dout W (or dout W^T), added when {@code accumulateDx}; dx may be null. Float32 weights
+     * and gradients only (a bf16 model trains a float32 master copy).
+     */
+    public void projectionBackward(Tensor dx, long ldDx, boolean accumulateDx, Tensor dw, Tensor db, Tensor dout, long col, long ldOut, Tensor x, long ldX,
+                                   Tensor w, long n, long in, long outF, boolean storedInOut) {
+        String op = "projectionBackward";
+        checkProjection(op, dout, col, ldOut, x, ldX, w, db, n, in, outF);
+        f32(op, dx, dw, w);
+        numel(op, "dw", dw, in * outF);
+        if (dx != null && (in > ldDx || dx.numel() < n * ldDx)) {
+            throw new IllegalArgumentException(op + ": dx " + dx.describe() + " does not hold " + n + " rows of " + in + " in rows of " + ldDx);
+        }
+        if (n == 0) return;
+        MemorySegment g = at(dout, col);
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment one = arena.allocateFrom(JAVA_FLOAT, 1f), beta = arena.allocateFrom(JAVA_FLOAT, accumulateDx ? 1f : 0f);
+            if (storedInOut) {
+                // dW [in, outF] (column-major [outF, in]) += dout^T-as-stored [outF, N] x [N, in]
+                CublasException.check(cublas_h.cublasSgemm_v2(cublas, cublas_h.CUBLAS_OP_N, cublas_h.CUBLAS_OP_T, (int) outF, (int) in, (int) n, one, g,
+                    (int) ldOut, x.data(), (int) ldX, one, dw.data(), (int) outF), "cublasSgemm(projection dW)");
+            } else {
+                // dW [outF, in] (column-major [in, outF]) += x^T-as-stored [in, N] dout [N, outF]
+                CublasException.check(cublas_h.cublasSgemm_v2(cublas, cublas_h.CUBLAS_OP_N, cublas_h.CUBLAS_OP_T, (int) in, (int) outF, (int) n, one,
+                    x.data(), (int) ldX, g, (int) ldOut, one, dw.data(), (int) in), "cublasSgemm(projection dW)");
+            }
+            if (dx != null) {
+                // dx^T [in, N] = W^T dout^T (nn.Linear: W-as-stored [in, outF] column-major) or W dout^T (Conv1D, transposed)
+                int opW = storedInOut ? cublas_h.CUBLAS_OP_T : cublas_h.CUBLAS_OP_N;
+                CublasException.check(cublas_h.cublasSgemm_v2(cublas, opW, cublas_h.CUBLAS_OP_N, (int) in, (int) n, (int) outF, one, w.data(),
+                    (int) (storedInOut ? outF : in), g, (int) ldOut, beta, dx.data(), (int) ldDx), "cublasSgemm(projection dx)");
+            }
+        }
+        if (db != null) kernels.biasGradStrided(db.data(), g, n, outF, ldOut, s());
+    }
+
+    // ---- MLP activations
+
+    /** out = gelu_tanh(x), x and out of the same size. out may be x. */
+    public void geluForward(Tensor out, Tensor x) {
+        f32("geluForward", out, x);
+        numel("geluForward", "out", out, x.numel());
+        kernels.geluTanhForward(out.data(), x.data(), x.numel(), s());
+    }
+
+    /** dx = gelu_tanh'(x) dout; dx may be dout. */
+    public void geluBackward(Tensor dx, Tensor dout, Tensor x) {
+        f32("geluBackward", dx, dout, x);
+        numel("geluBackward", "dx", dx, x.numel());
+        numel("geluBackward", "dout", dout, x.numel());
+        kernels.geluTanhBackward(dx.data(), dout.data(), x.data(), x.numel(), s());
+    }
+
+    /** out [N, F] = silu(gate) * up from gateUp [N, 2F] (gate in columns [0, F), up in [F, 2F)). */
+    public void swigluForward(Tensor out, Tensor gateUp) {
+        String op = "swigluForward";
+        f32(op, out, gateUp);
+        long n = out.rows(), f = out.cols();
+        numel(op, "gateUp", gateUp, n * 2 * f);
+        kernels.swigluForward(out.data(), gateUp.data(), n, f, s());
+    }
+
+    /** dgateUp [N, 2F] from dout [N, F]. */
+    public void swigluBackward(Tensor dgateUp, Tensor dout, Tensor gateUp) {
+        String op = "swigluBackward";
+        f32(op, dgateUp, dout, gateUp);
+        long n = dout.rows(), f = dout.cols();
+        numel(op, "gateUp", gateUp, n * 2 * f);
+        numel(op, "dgateUp", dgateUp, n * 2 * f);
+        kernels.swigluBackward(dgateUp.data(), dout.data(), gateUp.data(), n, f, s());
+    }
+
+    // ---- loss
+
+    /**
+     * Mean next-token cross-entropy as DecoderOps.nextTokenCrossEntropy: logits [B, T, V] at position
+     * t predict labels[b, t + 1] (-100 and the last position do not count). The backend's
+     * cross-entropy kernels on labels shifted on the host; loss [1] on the device (NaN when nothing
+     * counts, or a label is outside the vocabulary); dlogits (same shape, may be null) = (softmax -
+     * onehot) / count at counted positions, 0 elsewhere.
+     */
+    public void nextTokenCrossEntropy(Tensor logits, long[] labels, Tensor loss, Tensor dlogits) {
+        String op = "nextTokenCrossEntropy";
+        f32(op, logits, loss, dlogits);
+        Shapes.rank(op, logits, 3);
+        long batch = logits.size(0), t = logits.size(1), vocab = logits.size(2);
+        if (labels.length != batch * t) throw new IllegalArgumentException(op + ": " + labels.length + " labels for logits " + logits.describe());
+        numel(op, "loss", loss, 1);
+        numel(op, "dlogits", dlogits, logits.numel());
+        long[] shifted = new long[labels.length];
+        for (long b = 0; b < batch; b++) {
+            for (long i = 0; i < t; i++) shifted[(int) (b * t + i)] = i + 1 < t ? labels[(int) (b * t + i + 1)] : -100;
+        }
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor y = longs(arena, shifted);
+            backend.crossEntropy(logits.view(batch * t, vocab), y, -100, 0f, loss, dlogits == null ? null : dlogits.view(batch * t, vocab));
+        }
+    }
+
+    @Override
+    public void close() {
+        if (closed) return;
+        closed = true;
+        backend.context().makeCurrent();
+        cublas_h.cublasDestroy_v2(cublas);
+        module.close();
+    }
+}
