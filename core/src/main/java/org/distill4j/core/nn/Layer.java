@@ -92,7 +92,7 @@ public abstract class Layer implements AutoCloseable {
         return pass.backend().empty(pass.arena(), t.dtype(), t.shape());
     }
 
-    public static long[] withBatch(long n, long[] shape) {
+    protected static long[] withBatch(long n, long[] shape) {
         long[] s = new long[shape.length + 1];
         s[0] = n;
         System.arraycopy(shape, 0, s, 1, shape.length);
