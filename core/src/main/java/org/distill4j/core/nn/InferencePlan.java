@@ -15,8 +15,8 @@ import org.distill4j.core.cpu.CpuMemory;
  * A CPU model compiled for inference: the eval-mode forward pass as a list of steps over
  * preallocated float32 buffers, run on the calling thread. A {@link Workspace} holds one set of
  * buffers for up to {@code maxBatch} rows (one per call in flight, e.g. from the Predictor's pool;
- * made through {@link CpuMemory}, so counted); after it is made, running the plan allocates
- * nothing, on the heap or through {@link CpuMemory}: the kernels are {@link CpuKernels}' range
+ * made through {@link CpuMemory}, so counted); after it is made, running the plan of a model of
+ * built-in layers allocates nothing, on the heap or through {@link CpuMemory}: the kernels are {@link CpuKernels}' range
  * loops (the same arithmetic as the CPU backend, so results equal {@code Model.forward} bit for
  * bit) and gemm is one OpenBLAS downcall per layer (per image for convolutions) on segments sliced
  * when the workspace was made. The weights are the model's own tensors, read, never copied.

@@ -92,6 +92,11 @@ public final class LayerArgs {
         return v.asBoolean();
     }
 
+    /** The raw JSON value of {@code key} (null when absent), for values the typed accessors do not cover. */
+    public JsonNode value(String key) {
+        return node.get(key);
+    }
+
     /** The value as text (a string, or a number's text), {@code dflt} when absent. */
     public String text(String key, String dflt) {
         return node.has(key) ? node.get(key).asText() : dflt;

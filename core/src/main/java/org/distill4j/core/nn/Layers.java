@@ -452,7 +452,7 @@ public final class Layers {
     /** AdaptiveAvgPool2d(1): [C, H, W] to [C, 1, 1]. */
     public static final class GlobalAvgPool extends Layer {
         public static final LayerKind KIND = LayerKind.of("adaptiveavgpool2d", Set.of("output"), a -> {
-            if (a.has("output") && !a.text("output", "1").equals("1")) throw a.error("only \"output\": 1 is supported");
+            if (a.has("output") && a.value("output").asLong() != 1) throw a.error("only \"output\": 1 is supported");
             return new GlobalAvgPool();
         });
 
