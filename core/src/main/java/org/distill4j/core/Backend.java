@@ -126,6 +126,21 @@ public interface Backend extends AutoCloseable {
      */
     void gemm(boolean transA, boolean transB, float alpha, Tensor a, Tensor b, float beta, Tensor c);
 
+    /**
+     * {@code batch} gemms over strided views, what attention needs (per-head products over a
+     * [B, T, H, D] activation without copying it to [B, H, T, D]): for i in [0, batch),
+     * C_i = alpha op(A_i) op(B_i) + beta C_i, where X_i is the row-major matrix starting at element
+     * {@code offX + i * strideX} of tensor x, its rows {@code ldX} elements apart. op(A_i) is
+     * [m, k] (A_i stored [m, k], or [k, m] when transA), op(B_i) [k, n], C_i [m, n]. A stride of 0
+     * broadcasts that operand over the batch (A and B only). Offsets, leading dimensions and strides
+     * count elements, not bytes. A and B are both F32, or both BF16 (products accumulated in fp32),
+     * and C is F32. CUDA: cublasSgemmStridedBatched for F32 (TF32 tensor cores unless pedantic, as
+     * {@link #gemm}); cublasGemmEx / cublasGemmStridedBatchedEx with fp32 compute for BF16.
+     */
+    void gemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha,
+                            Tensor a, long offA, int lda, long strideA, Tensor b, long offB, int ldb, long strideB,
+                            float beta, Tensor c, long offC, int ldc, long strideC, int batch);
+
     // ---- bias
 
     /**
@@ -234,6 +249,19 @@ public interface Backend extends AutoCloseable {
     void add(Tensor a, Tensor b, Tensor out);
 
     void fill(Tensor x, float value);
+
+    /**
+     * out = a + b with b broadcast over a's leading axes: b's shape is a suffix of a's (a [B, T, D]
+     * plus b [T, D] or [D]; a learned position table added to a batch of embeddings). out has a's
+     * shape and may be a itself, not b. One copy (none when out is a) and one {@link #biasAdd}
+     * over a viewed as [rows, numel(b)]: no kernel of its own, the same on every backend.
+     */
+    default void addBroadcast(Tensor a, Tensor b, Tensor out) {
+        BackendChecks.addBroadcast(this, a, b, out);
+        if (out != a) copy(a, out);
+        if (b.numel() == 0) return;
+        biasAdd(out.view(out.numel() / b.numel(), b.numel()), b.view(b.numel()));
+    }
 
     // ---- classification
 

@@ -128,6 +128,38 @@ public final class Shapes {
             toInt(op, ws[3]), oh, ow);
     }
 
+    /**
+     * Checks the operands of {@link Backend#gemmStridedBatched}: sizes and batch non-negative (batch
+     * at least 1), A and B both F32 or both BF16, C F32, every leading dimension at least its
+     * matrix's row length, C not broadcast (stride 0 with batch > 1 would make the batch race on it),
+     * and every matrix of the batch inside its tensor. Allocates nothing.
+     */
+    public static void gemmStridedBatched(String op, boolean transA, boolean transB, int m, int n, int k, Tensor a, long offA, int lda, long strideA,
+                                          Tensor b, long offB, int ldb, long strideB, Tensor c, long offC, int ldc, long strideC, int batch) {
+        if (m < 0 || n < 0 || k < 0 || batch < 1) throw new IllegalArgumentException(op + ": m, n, k must be >= 0 and batch >= 1, got m " + m + ", n " + n
+            + ", k " + k + ", batch " + batch);
+        if (a.dtype() != b.dtype() || (a.dtype() != DType.F32 && a.dtype() != DType.BF16)) {
+            throw new IllegalArgumentException(op + ": A and B must both be F32 or both BF16, got A " + a.describe() + ", B " + b.describe());
+        }
+        dtype(op, DType.F32, c);
+        if (strideC == 0 && batch > 1) throw new IllegalArgumentException(op + ": C has batch stride 0 with " + batch + " matrices (only A and B may be broadcast)");
+        matrixBatch(op, "A", a, offA, transA ? k : m, transA ? m : k, lda, strideA, batch);
+        matrixBatch(op, "B", b, offB, transB ? n : k, transB ? k : n, ldb, strideB, batch);
+        matrixBatch(op, "C", c, offC, m, n, ldc, strideC, batch);
+    }
+
+    /** {@code batch} row-major rows x cols matrices, {@code ld} apart by row and {@code stride} apart, from element {@code offset} of {@code t}. */
+    private static void matrixBatch(String op, String name, Tensor t, long offset, int rows, int cols, int ld, long stride, int batch) {
+        if (ld < Math.max(1, cols)) throw new IllegalArgumentException(op + ": leading dimension of " + name + " is " + ld + ", needs >= " + Math.max(1, cols));
+        if (offset < 0 || stride < 0) throw new IllegalArgumentException(op + ": " + name + " offset " + offset + " and stride " + stride + " must be >= 0");
+        if (rows == 0 || cols == 0) return;
+        long end = offset + (batch - 1) * stride + (long) (rows - 1) * ld + cols; // one past the last element read or written
+        if (end > t.numel()) {
+            throw new IllegalArgumentException(op + ": " + name + " needs elements up to " + end + " (" + batch + " matrices " + rows + "x" + cols + ", ld " + ld
+                + ", stride " + stride + ", offset " + offset + "), " + t.describe() + " holds " + t.numel());
+        }
+    }
+
     /** Optimizer state: one F32 tensor of the parameter's shape per parameter, in every list, all on {@code backend}. */
     public static void optimizerState(String op, Backend backend, List<Tensor> params, List<List<Tensor>> state) {
         for (List<Tensor> o : state) {

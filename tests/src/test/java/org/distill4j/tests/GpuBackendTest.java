@@ -97,6 +97,65 @@ class GpuBackendTest {
         assertTrue(worst <= tol * scale, what + ": max abs difference " + worst + " > " + tol * scale);
     }
 
+    /**
+     * gemmStridedBatched on fresh random layouts (every transpose pair, padded leading dimensions,
+     * offsets, broadcast A or B, batches of 1 to 4): CUDA against the CPU oracle, F32 in both math
+     * modes (cublasSgemm / cublasSgemmStridedBatched) and BF16 operands (cublasGemmEx /
+     * cublasGemmStridedBatchedEx, fp32 accumulation: bf16 products are exact in fp32, so only the
+     * summation order differs).
+     */
+    @Test
+    void gemmStridedBatchedMatchesTheCpu() {
+        for (int trial = 0; trial < 120; trial++) {
+            boolean ta = random.nextBoolean(), tb = random.nextBoolean(), broadcastA = trial % 4 == 1, broadcastB = trial % 4 == 2;
+            int m = 1 + random.nextInt(trial % 10 == 0 ? 200 : 40), n = 1 + random.nextInt(trial % 10 == 0 ? 200 : 40);
+            int k = 1 + random.nextInt(trial % 10 == 0 ? 300 : 40), batch = 1 + random.nextInt(4);
+            int lda = (ta ? m : k) + random.nextInt(3), ldb = (tb ? k : n) + random.nextInt(3), ldc = n + random.nextInt(3);
+            long aMatrix = (long) (ta ? k : m) * lda, bMatrix = (long) (tb ? n : k) * ldb, cMatrix = (long) m * ldc;
+            long strideA = broadcastA ? 0 : aMatrix + random.nextInt(4), strideB = broadcastB ? 0 : bMatrix + random.nextInt(4);
+            long strideC = cMatrix + random.nextInt(4), offA = random.nextInt(5), offB = random.nextInt(5), offC = random.nextInt(5);
+            DType dtype = trial % 3 == 0 ? DType.BF16 : DType.F32;
+            CudaBackend.MathMode mode = trial % 2 == 0 ? CudaBackend.MathMode.STRICT_FP32 : CudaBackend.MathMode.TF32;
+            gpu.setMathMode(mode);
+            Tensor[] a = typed(dtype, offA + (batch - 1) * strideA + aMatrix), b = typed(dtype, offB + (batch - 1) * strideB + bMatrix);
+            Tensor[] c = pair(offC + (batch - 1) * strideC + cMatrix);
+            float alpha = 0.75f, beta = trial % 2 == 0 ? 0f : 0.5f;
+            for (int side = 0; side < 2; side++) {
+                (side == 0 ? cpu : gpu).gemmStridedBatched(ta, tb, m, n, k, alpha, a[side], offA, lda, strideA, b[side], offB, ldb, strideB, beta, c[side],
+                    offC, ldc, strideC, batch);
+            }
+            double tol = (dtype == DType.F32 && mode == CudaBackend.MathMode.TF32 ? 2e-3 : 1e-5) * Math.sqrt(k);
+            same(c, tol, "gemmStridedBatched trial " + trial + " " + dtype + " " + mode + " m " + m + " n " + n + " k " + k + " batch " + batch
+                + " trans " + ta + tb + " broadcast " + broadcastA + broadcastB);
+            free();
+        }
+        gpu.setMathMode(CudaBackend.MathMode.TF32);
+    }
+
+    /** addBroadcast (a copy and a biasAdd, no kernel of its own) on fresh inputs: CUDA against the CPU, out of place and in place. */
+    @Test
+    void addBroadcastMatchesTheCpu() {
+        long[][][] cases = {{{4, 33, 64}, {33, 64}}, {{4, 33, 64}, {64}}, {{1000, 7}, {1000, 7}}};
+        for (long[][] shapes : cases) {
+            Tensor[] a = pair(shapes[0]), b = pair(shapes[1]), out = empty(DType.F32, shapes[0]);
+            for (int side = 0; side < 2; side++) (side == 0 ? cpu : gpu).addBroadcast(a[side], b[side], out[side]);
+            same(out, 0, "addBroadcast " + java.util.Arrays.toString(shapes[0]) + " + " + java.util.Arrays.toString(shapes[1]));
+            for (int side = 0; side < 2; side++) (side == 0 ? cpu : gpu).addBroadcast(a[side], b[side], a[side]);
+            same(a, 0, "addBroadcast in place");
+            free();
+        }
+    }
+
+    /** The same random values on both backends as F32 or BF16 (rounded once, identically). */
+    private Tensor[] typed(DType dtype, long n) {
+        float[] v = new float[(int) n];
+        for (int i = 0; i < v.length; i++) v[i] = (float) random.nextGaussian();
+        Tensor c = cpu.empty(dtype, n).copyFrom(v), g = gpu.empty(dtype, n).copyFrom(v);
+        open.add(c);
+        open.add(g);
+        return new Tensor[] {c, g};
+    }
+
     @Test
     void gemmAllTransposesBatchedStrictAndTf32() {
         int[][] shapes = {{1, 1, 1, 1}, {1, 7, 13, 5}, {3, 33, 17, 31}, {1, 256, 1200, 784}};

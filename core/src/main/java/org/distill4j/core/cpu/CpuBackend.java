@@ -11,6 +11,7 @@ import java.util.function.LongConsumer;
 import java.util.stream.LongStream;
 import org.distill4j.core.Activation;
 import org.distill4j.core.Backend;
+import org.distill4j.core.BackendChecks;
 import org.distill4j.core.Bf16;
 import org.distill4j.core.Conv2dParams;
 import org.distill4j.core.ConvGeometry;
@@ -139,8 +140,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void copyFromHost(MemorySegment src, Tensor dst) {
-        Shapes.alive("copyFromHost", dst);
-        if (src.byteSize() != dst.byteSize()) throw new IllegalArgumentException("copyFromHost: " + src.byteSize() + " bytes for " + dst.describe());
+        BackendChecks.copyFromHost(src, dst);
         MemorySegment.copy(src, 0, dst.data(), 0, src.byteSize());
     }
 
@@ -163,9 +163,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void copy(Tensor src, Tensor dst) {
-        Shapes.alive("copy", src, dst);
-        Shapes.same("copy", src, dst);
-        if (src.dtype() != dst.dtype()) throw new IllegalArgumentException("copy: dtypes differ: " + src.describe() + " vs " + dst.describe());
+        BackendChecks.copy(src, dst);
         MemorySegment.copy(src.data(), 0, dst.data(), 0, src.byteSize());
     }
 
@@ -191,6 +189,50 @@ public final class CpuBackend implements Backend {
             MemorySegment bs = b.data().asSlice((long) i * g.k() * g.n() * 4, (long) g.k() * g.n() * 4);
             MemorySegment cs = c.data().asSlice((long) i * g.m() * g.n() * 4, (long) g.m() * g.n() * 4);
             CpuBlas.sgemm(transA, transB, g.m(), g.n(), g.k(), alpha, as, transA ? g.m() : g.k(), bs, transB ? g.k() : g.n(), beta, cs, g.n());
+        }
+    }
+
+    /**
+     * One gemm per batch entry on sliced segments: OpenBLAS (or the Java fallback) for F32; for
+     * BF16 operands a plain loop that widens each element exactly to float and accumulates in
+     * float, as cuBLAS's fp32 compute does (the oracle, not a fast path).
+     */
+    @Override
+    public void gemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha,
+                                   Tensor a, long offA, int lda, long strideA, Tensor b, long offB, int ldb, long strideB,
+                                   float beta, Tensor c, long offC, int ldc, long strideC, int batch) {
+        BackendChecks.gemmStridedBatched(this, transA, transB, m, n, k, a, offA, lda, strideA, b, offB, ldb, strideB, c, offC, ldc, strideC, batch);
+        if (m == 0 || n == 0) return;
+        int aRows = transA ? k : m, bRows = transB ? n : k;
+        for (int i = 0; i < batch; i++) {
+            long ai = offA + i * strideA, bi = offB + i * strideB, ci = offC + i * strideC; // element offsets of this batch entry
+            MemorySegment cs = c.data().asSlice(ci * 4, ((long) (m - 1) * ldc + n) * 4);
+            if (a.dtype() == DType.F32) {
+                MemorySegment as = k == 0 ? MemorySegment.NULL : a.data().asSlice(ai * 4, ((long) (aRows - 1) * lda + (transA ? m : k)) * 4);
+                MemorySegment bs = k == 0 ? MemorySegment.NULL : b.data().asSlice(bi * 4, ((long) (bRows - 1) * ldb + (transB ? k : n)) * 4);
+                if (k == 0) {
+                    for (int r = 0; r < m; r++) for (int j = 0; j < n; j++) { // C = beta C: nothing to multiply
+                        long at = (long) r * ldc + j;
+                        cs.setAtIndex(JAVA_FLOAT, at, beta == 0f ? 0f : beta * cs.getAtIndex(JAVA_FLOAT, at));
+                    }
+                } else {
+                    CpuBlas.sgemm(transA, transB, m, n, k, alpha, as, lda, bs, ldb, beta, cs, ldc);
+                }
+            } else {
+                MemorySegment ad = a.data(), bd = b.data();
+                for (int r = 0; r < m; r++) {
+                    for (int j = 0; j < n; j++) {
+                        float sum = 0f;
+                        for (int p = 0; p < k; p++) {
+                            float av = Bf16.toFloat(ad.getAtIndex(JAVA_SHORT, ai + (transA ? (long) p * lda + r : (long) r * lda + p)));
+                            float bv = Bf16.toFloat(bd.getAtIndex(JAVA_SHORT, bi + (transB ? (long) j * ldb + p : (long) p * ldb + j)));
+                            sum += av * bv;
+                        }
+                        long at = (long) r * ldc + j;
+                        cs.setAtIndex(JAVA_FLOAT, at, alpha * sum + (beta == 0f ? 0f : beta * cs.getAtIndex(JAVA_FLOAT, at)));
+                    }
+                }
+            }
         }
     }
 
@@ -391,18 +433,8 @@ public final class CpuBackend implements Backend {
     @Override
     public void crossEntropy(Tensor logits, Tensor labels, int ignoreIndex, float labelSmoothing, Tensor loss, Tensor gradLogits) {
         String op = "crossEntropy";
-        // One tensor per check: varargs arrays here were 56 bytes of garbage per call.
-        f32(op, logits);
-        f32(op, loss);
-        f32(op, gradLogits);
-        Shapes.alive(op, labels);
-        Shapes.dtype(op, DType.I64, labels);
-        Shapes.rank(op, logits, 2);
+        BackendChecks.crossEntropy(this, logits, labels, labelSmoothing, loss, gradLogits); // allocates nothing (CpuBackendAllocationTest)
         long n = logits.size(0), c = logits.size(1);
-        Shapes.expect("crossEntropy labels", labels, n); // literal names: a concatenation here would allocate on every call
-        if (loss.numel() != 1) throw new IllegalArgumentException(op + ": loss must have one element, got " + loss.describe());
-        if (gradLogits != null) Shapes.same("crossEntropy gradLogits", logits, gradLogits);
-        if (labelSmoothing < 0 || labelSmoothing > 1) throw new IllegalArgumentException(op + ": label smoothing must be in [0, 1], got " + labelSmoothing);
         MemorySegment xs = logits.data(), ls = labels.data();
         long counted = 0;
         for (long r = 0; r < n; r++) {
@@ -587,7 +619,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void incrementCounter(Tensor counter) {
-        if (counter.dtype() != DType.I64 || counter.numel() != 1) throw new IllegalArgumentException("incrementCounter: needs an I64 scalar, got " + counter.describe());
+        BackendChecks.incrementCounter(this, counter);
         counter.data().set(JAVA_LONG, 0, counter.data().get(JAVA_LONG, 0) + 1);
     }
 
@@ -595,8 +627,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void reduceRows(Reduction kind, Tensor x, Tensor out) {
-        f32("reduceRows", x, out);
-        if (out.numel() != x.rows()) throw new IllegalArgumentException("reduceRows: out " + out.describe() + " needs " + x.rows() + " elements for " + x.describe());
+        BackendChecks.reduceRows(this, x, out);
         MemorySegment xs = x.data(), os = out.data();
         long c = x.cols();
         parallel(x.rows(), c, r -> {
@@ -608,8 +639,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void reduceCols(Reduction kind, Tensor x, Tensor out) {
-        f32("reduceCols", x, out);
-        if (out.numel() != x.cols()) throw new IllegalArgumentException("reduceCols: out " + out.describe() + " needs " + x.cols() + " elements for " + x.describe());
+        BackendChecks.reduceCols(this, x, out);
         MemorySegment xs = x.data(), os = out.data();
         long c = x.cols(), rows = x.rows();
         parallel(c, rows, j -> {
@@ -697,10 +727,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void argmax(Tensor x, Tensor out) {
-        f32("argmax", x);
-        Shapes.alive("argmax", out);
-        Shapes.dtype("argmax", DType.I64, out);
-        if (out.numel() != x.rows()) throw new IllegalArgumentException("argmax: out " + out.describe() + " needs " + x.rows() + " elements for " + x.describe());
+        BackendChecks.argmax(this, x, out);
         MemorySegment xs = x.data(), os = out.data();
         long c = x.cols();
         parallel(x.rows(), c, r -> os.setAtIndex(JAVA_LONG, r, argmaxRow(xs, r * c, c)));
@@ -708,12 +735,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void correctCount(Tensor logits, Tensor labels, int ignoreIndex, Tensor out) {
-        f32("correctCount", logits);
-        Shapes.alive("correctCount", labels, out);
-        Shapes.dtype("correctCount", DType.I64, labels, out);
-        Shapes.rank("correctCount", logits, 2);
-        Shapes.expect("correctCount labels", labels, logits.size(0));
-        if (out.numel() != 1) throw new IllegalArgumentException("correctCount: out must have one element, got " + out.describe());
+        BackendChecks.correctCount(this, logits, labels, out);
         MemorySegment xs = logits.data(), ls = labels.data();
         long c = logits.cols(), count = 0;
         for (long r = 0; r < logits.size(0); r++) {
@@ -725,13 +747,9 @@ public final class CpuBackend implements Backend {
 
     // ---- dropout and random
 
-    private static void checkP(String op, float p) {
-        if (!(p >= 0 && p < 1)) throw new IllegalArgumentException(op + ": p must be in [0, 1), got " + p);
-    }
-
     @Override
     public void dropout(float p, long seed, long offset, Tensor x, Tensor y) {
-        checkP("dropout", p);
+        BackendChecks.dropout(this, p, x, y);
         float scale = 1 / (1 - p);
         MemorySegment ys = y.data();
         MemorySegment xs = x.data();
@@ -907,11 +925,8 @@ public final class CpuBackend implements Backend {
     public void batchNormTrain(Tensor x, Tensor gamma, Tensor beta, Tensor runningMean, Tensor runningVar, float momentum, float eps,
                                Tensor y, Tensor saveMean, Tensor saveInvStd) {
         String op = "batchNormTrain";
-        f32(op, x, gamma, beta, runningMean, runningVar, y, saveMean, saveInvStd);
-        Shapes.same(op, x, y);
-        long[] l = Shapes.channelLayout(op, x, gamma, beta, runningMean, runningVar, saveMean, saveInvStd);
+        long[] l = BackendChecks.batchNormTrain(this, x, gamma, beta, runningMean, runningVar, y, saveMean, saveInvStd);
         long count = l[0] * l[2];
-        if (count < 2) throw new IllegalArgumentException(op + ": needs more than one value per channel, got " + x.describe() + " (as PyTorch)");
         MemorySegment xs = x.data(), ys = y.data();
         parallel(l[1], count * 3, c -> {
             double sum = 0;
@@ -977,7 +992,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void sgdStep(Optimizers.Sgd cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> momentum) {
-        if (step < 1) throw new IllegalArgumentException("sgdStep: step counts from 1, got " + step);
+        BackendChecks.optimizerStep("sgdStep", step);
         sgd(cfg, cfg.lr(), step == 1, params, grads, momentum);
     }
 
@@ -1008,7 +1023,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void adamwStep(Optimizers.AdamW cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> m, List<Tensor> v) {
-        if (step < 1) throw new IllegalArgumentException("adamwStep: step counts from 1, got " + step);
+        BackendChecks.optimizerStep("adamwStep", step);
         adamw(cfg, cfg.lr(), 1 - cfg.lr() * cfg.weightDecay(), 1 - Math.pow(cfg.beta1(), step), 1 - Math.pow(cfg.beta2(), step), params, grads, m, v);
     }
 
@@ -1038,8 +1053,7 @@ public final class CpuBackend implements Backend {
     }
 
     private float[] stepScalars(String op, Tensor scalars) {
-        f32(op, scalars);
-        if (scalars.numel() != 4) throw new IllegalArgumentException(op + ": scalars must be F32 [4], got " + scalars.describe());
+        BackendChecks.stepScalars(this, op, scalars);
         return read(scalars);
     }
 

@@ -21,6 +21,7 @@ import org.distill4j.bindings.kernels.KernelModule;
 import org.distill4j.bindings.kernels.OpKernels;
 import org.distill4j.core.Activation;
 import org.distill4j.core.Backend;
+import org.distill4j.core.BackendChecks;
 import org.distill4j.core.BackendUnavailableException;
 import org.distill4j.core.Conv2dParams;
 import org.distill4j.core.ConvGeometry;
@@ -257,8 +258,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void copyFromHost(MemorySegment src, Tensor dst) {
-        Shapes.alive("copyFromHost", dst);
-        if (src.byteSize() != dst.byteSize()) throw new IllegalArgumentException("copyFromHost: " + src.byteSize() + " bytes for " + dst.describe());
+        BackendChecks.copyFromHost(src, dst);
         if (src.byteSize() > 0) context.copyToDevice(buffer(dst), 0, src);
     }
 
@@ -283,9 +283,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void copy(Tensor src, Tensor dst) {
-        Shapes.alive("copy", src, dst);
-        Shapes.same("copy", src, dst);
-        if (src.dtype() != dst.dtype()) throw new IllegalArgumentException("copy: dtypes differ: " + src.describe() + " vs " + dst.describe());
+        BackendChecks.copy(src, dst);
         if (src.byteSize() > 0) context.copy(buffer(dst), 0, buffer(src), 0, src.byteSize());
     }
 
@@ -316,6 +314,43 @@ public final class CudaBackend implements Backend {
             } else {
                 CublasException.check(cublas_h.cublasSgemmStridedBatched(cublas, opB, opA, g.n(), g.m(), g.k(), al, b.data(), ldb, (long) g.k() * g.n(),
                     a.data(), lda, (long) g.m() * g.k(), be, c.data(), g.n(), (long) g.m() * g.n(), g.batch()), "cublasSgemmStridedBatched");
+            }
+        }
+    }
+
+    /**
+     * Row-major on column-major as {@link #gemm}: C_i^T = op(B_i)^T op(A_i)^T, so B goes first and
+     * m/n swap; a row-major matrix with row stride ld is a column-major one with leading dimension
+     * ld, so leading dimensions and batch strides pass through unchanged (stride 0 broadcasts, as
+     * cuBLAS allows for A and B). Offsets become device pointers {@code offset * element size}
+     * bytes into each tensor. F32: cublasSgemm / cublasSgemmStridedBatched (the handle's math mode:
+     * TF32 unless pedantic). BF16 operands: cublasGemmEx / cublasGemmStridedBatchedEx with an
+     * fp32 C and CUBLAS_COMPUTE_32F (fp32 accumulation; no TF32 involved, the inputs are bf16).
+     */
+    @Override
+    public void gemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha,
+                                   Tensor a, long offA, int lda, long strideA, Tensor b, long offB, int ldb, long strideB,
+                                   float beta, Tensor c, long offC, int ldc, long strideC, int batch) {
+        BackendChecks.gemmStridedBatched(this, transA, transB, m, n, k, a, offA, lda, strideA, b, offB, ldb, strideB, c, offC, ldc, strideC, batch);
+        if (m == 0 || n == 0) return;
+        context.makeCurrent();
+        long ab = a.dtype().bytes();
+        MemorySegment ap = offset(a.data(), offA * ab, 0), bp = offset(b.data(), offB * ab, 0), cp = offset(c.data(), offC * Float.BYTES, 0);
+        int opB = transB ? cublas_h.CUBLAS_OP_T : cublas_h.CUBLAS_OP_N, opA = transA ? cublas_h.CUBLAS_OP_T : cublas_h.CUBLAS_OP_N;
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment al = arena.allocateFrom(JAVA_FLOAT, alpha), be = arena.allocateFrom(JAVA_FLOAT, beta);
+            if (a.dtype() == DType.F32 && batch == 1) {
+                CublasException.check(cublas_h.cublasSgemm_v2(cublas, opB, opA, n, m, k, al, bp, ldb, ap, lda, be, cp, ldc), "cublasSgemm");
+            } else if (a.dtype() == DType.F32) {
+                CublasException.check(cublas_h.cublasSgemmStridedBatched(cublas, opB, opA, n, m, k, al, bp, ldb, strideB, ap, lda, strideA, be, cp, ldc,
+                    strideC, batch), "cublasSgemmStridedBatched");
+            } else if (batch == 1) {
+                CublasException.check(cublas_h.cublasGemmEx(cublas, opB, opA, n, m, k, al, bp, cublas_h.CUDA_R_16BF, ldb, ap, cublas_h.CUDA_R_16BF, lda, be,
+                    cp, cublas_h.CUDA_R_32F, ldc, cublas_h.CUBLAS_COMPUTE_32F, cublas_h.CUBLAS_GEMM_DEFAULT), "cublasGemmEx");
+            } else {
+                CublasException.check(cublas_h.cublasGemmStridedBatchedEx(cublas, opB, opA, n, m, k, al, bp, cublas_h.CUDA_R_16BF, ldb, strideB, ap,
+                    cublas_h.CUDA_R_16BF, lda, strideA, be, cp, cublas_h.CUDA_R_32F, ldc, strideC, batch, cublas_h.CUBLAS_COMPUTE_32F,
+                    cublas_h.CUBLAS_GEMM_DEFAULT), "cublasGemmStridedBatchedEx");
             }
         }
     }
@@ -411,14 +446,9 @@ public final class CudaBackend implements Backend {
     @Override
     public void crossEntropy(Tensor logits, Tensor labels, int ignoreIndex, float labelSmoothing, Tensor loss, Tensor gradLogits) {
         String op = "crossEntropy";
-        f32(op, logits, loss, gradLogits);
-        check(op, DType.I64, labels);
-        Shapes.rank(op, logits, 2);
+        BackendChecks.crossEntropy(this, logits, labels, labelSmoothing, loss, gradLogits);
+        context.makeCurrent();
         long n = logits.size(0), c = logits.size(1);
-        Shapes.expect(op + " labels", labels, n);
-        if (loss.numel() != 1) throw new IllegalArgumentException(op + ": loss must have one element, got " + loss.describe());
-        if (gradLogits != null) Shapes.same(op + " gradLogits", logits, gradLogits);
-        if (labelSmoothing < 0 || labelSmoothing > 1) throw new IllegalArgumentException(op + ": label smoothing must be in [0, 1], got " + labelSmoothing);
         long rowLossBytes = Math.max(4, n * 4);
         DeviceBuffer cached = crossEntropyRowLoss;
         if (cached != null && cached.byteSize() >= rowLossBytes) {
@@ -522,7 +552,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void incrementCounter(Tensor counter) {
-        if (counter.dtype() != DType.I64 || counter.numel() != 1) throw new IllegalArgumentException("incrementCounter: needs an I64 scalar, got " + counter.describe());
+        BackendChecks.incrementCounter(this, counter);
         context.makeCurrent();
         ops.incrementI64(counter.data(), s());
     }
@@ -531,15 +561,15 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void reduceRows(Reduction kind, Tensor x, Tensor out) {
-        f32("reduceRows", x, out);
-        if (out.numel() != x.rows()) throw new IllegalArgumentException("reduceRows: out " + out.describe() + " needs " + x.rows() + " elements for " + x.describe());
+        BackendChecks.reduceRows(this, x, out);
+        context.makeCurrent();
         ops.reduceRows(kind.ordinal(), x.data(), out.data(), x.rows(), x.cols(), s());
     }
 
     @Override
     public void reduceCols(Reduction kind, Tensor x, Tensor out) {
-        f32("reduceCols", x, out);
-        if (out.numel() != x.cols()) throw new IllegalArgumentException("reduceCols: out " + out.describe() + " needs " + x.cols() + " elements for " + x.describe());
+        BackendChecks.reduceCols(this, x, out);
+        context.makeCurrent();
         ops.reduceCols(kind.ordinal(), x.data(), out.data(), x.rows(), x.cols(), s());
     }
 
@@ -584,19 +614,15 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void argmax(Tensor x, Tensor out) {
-        f32("argmax", x);
-        check("argmax", DType.I64, out);
-        if (out.numel() != x.rows()) throw new IllegalArgumentException("argmax: out " + out.describe() + " needs " + x.rows() + " elements for " + x.describe());
+        BackendChecks.argmax(this, x, out);
+        context.makeCurrent();
         ops.argmax(x.data(), out.data(), x.rows(), x.cols(), s());
     }
 
     @Override
     public void correctCount(Tensor logits, Tensor labels, int ignoreIndex, Tensor out) {
-        f32("correctCount", logits);
-        check("correctCount", DType.I64, labels, out);
-        Shapes.rank("correctCount", logits, 2);
-        Shapes.expect("correctCount labels", labels, logits.size(0));
-        if (out.numel() != 1) throw new IllegalArgumentException("correctCount: out must have one element, got " + out.describe());
+        BackendChecks.correctCount(this, logits, labels, out);
+        context.makeCurrent();
         ops.correctCount(logits.data(), labels.data(), logits.size(0), logits.size(1), ignoreIndex, out.data(), s());
     }
 
@@ -604,9 +630,8 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void dropout(float p, long seed, long offset, Tensor x, Tensor y) {
-        if (!(p >= 0 && p < 1)) throw new IllegalArgumentException("dropout: p must be in [0, 1), got " + p);
-        f32("dropout", x, y);
-        Shapes.same("dropout", x, y);
+        BackendChecks.dropout(this, p, x, y);
+        context.makeCurrent();
         ops.dropout(p, seed, offset, x.data(), y.data(), x.numel(), s());
     }
 
@@ -844,10 +869,8 @@ public final class CudaBackend implements Backend {
     public void batchNormTrain(Tensor x, Tensor gamma, Tensor beta, Tensor runningMean, Tensor runningVar, float momentum, float eps,
                                Tensor y, Tensor saveMean, Tensor saveInvStd) {
         String op = "batchNormTrain";
-        f32(op, x, gamma, beta, runningMean, runningVar, y, saveMean, saveInvStd);
-        Shapes.same(op, x, y);
-        long[] l = Shapes.channelLayout(op, x, gamma, beta, runningMean, runningVar, saveMean, saveInvStd);
-        if (l[0] * l[2] < 2) throw new IllegalArgumentException(op + ": needs more than one value per channel, got " + x.describe() + " (as PyTorch)");
+        long[] l = BackendChecks.batchNormTrain(this, x, gamma, beta, runningMean, runningVar, y, saveMean, saveInvStd);
+        context.makeCurrent();
         bnEps(op, eps);
         try (Descriptors d = new Descriptors()) {
             MemorySegment xd = d.tensor(l[0], l[1], l[2], 1), bn = bnDescriptor(d, xd);
@@ -891,7 +914,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void sgdStep(Optimizers.Sgd cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> momentum) {
-        if (step < 1) throw new IllegalArgumentException("sgdStep: step counts from 1, got " + step);
+        BackendChecks.optimizerStep("sgdStep", step);
         sgd(cfg, step == 1, MemorySegment.NULL, params, grads, momentum);
     }
 
@@ -912,7 +935,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void adamwStep(Optimizers.AdamW cfg, long step, List<Tensor> params, List<Tensor> grads, List<Tensor> m, List<Tensor> v) {
-        if (step < 1) throw new IllegalArgumentException("adamwStep: step counts from 1, got " + step);
+        BackendChecks.optimizerStep("adamwStep", step);
         float bc1 = (float) (1 - Math.pow(cfg.beta1(), step)), bc2 = (float) (1 - Math.pow(cfg.beta2(), step));
         adamw(cfg, 1 - cfg.lr() * cfg.weightDecay(), bc1, bc2, MemorySegment.NULL, params, grads, m, v);
     }
@@ -933,8 +956,8 @@ public final class CudaBackend implements Backend {
     }
 
     private MemorySegment stepScalars(String op, Tensor scalars) {
-        f32(op, scalars);
-        if (scalars.numel() != 4) throw new IllegalArgumentException(op + ": scalars must be F32 [4], got " + scalars.describe());
+        BackendChecks.stepScalars(this, op, scalars);
+        context.makeCurrent();
         return scalars.data();
     }
 

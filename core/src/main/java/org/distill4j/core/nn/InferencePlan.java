@@ -4,9 +4,10 @@ import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
 import java.util.List;
-import org.distill4j.core.ConvGeometry;
+import org.distill4j.core.Backend;
+import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
-import org.distill4j.core.cpu.CpuBlas;
+import org.distill4j.core.cpu.CpuBackend;
 import org.distill4j.core.cpu.CpuKernels;
 import org.distill4j.core.cpu.CpuMemory;
 
@@ -14,37 +15,111 @@ import org.distill4j.core.cpu.CpuMemory;
  * A CPU model compiled for inference: the eval-mode forward pass as a list of steps over
  * preallocated float32 buffers, run on the calling thread. A {@link Workspace} holds one set of
  * buffers for up to {@code maxBatch} rows (one per call in flight, e.g. from the Predictor's pool;
- * made through {@link CpuMemory}, so counted); after it is made, running the plan allocates
- * nothing, on the heap or through {@link CpuMemory}: the kernels are {@link CpuKernels}' range
+ * made through {@link CpuMemory}, so counted); after it is made, running the plan of a model of
+ * built-in layers allocates nothing, on the heap or through {@link CpuMemory}: the kernels are {@link CpuKernels}' range
  * loops (the same arithmetic as the CPU backend, so results equal {@code Model.forward} bit for
  * bit) and gemm is one OpenBLAS downcall per layer (per image for convolutions) on segments sliced
  * when the workspace was made. The weights are the model's own tensors, read, never copied.
  *
  * <p>Buffers: index 0 is the input, each step writes its own buffer (flatten, identity and dropout
- * only alias their input); the last step's buffer is the output.
+ * only alias their input); the last step's buffer is the output. Each layer adds its own steps
+ * ({@link Layer#compileInference}); a layer without a plan of its own runs its eval forward
+ * ({@link Builder#forwardStep}), which allocates per call.
  */
 public final class InferencePlan {
-    /** One step of the forward pass for {@code rows} rows. */
-    private interface Step {
+    /**
+     * One step of the forward pass for {@code rows} rows, reading and writing workspace buffers. A
+     * step must allocate nothing in {@link #run} (the plan's promise), and may run on any thread,
+     * concurrently with other workspaces' runs: it keeps per-call state only in its workspace.
+     */
+    public interface Step {
         void run(Workspace w, int rows);
 
-        /** Per-workspace state (im2col scratch, per-image slices), made once. */
+        /** Per-workspace state (im2col scratch, per-image slices), made once when a workspace is made. */
         default void prepare(Workspace w, Arena arena) {}
     }
 
+    /**
+     * What a layer's {@link Layer#compileInference} adds its steps to: buffers are numbered,
+     * float32, {@code maxBatch} rows of a fixed number of elements each.
+     */
+    public static final class Builder {
+        private final int maxBatch;
+        private final List<Step> steps = new ArrayList<>();
+        private final List<Long> bufferFeatures = new ArrayList<>(); // elements per row of each buffer
+        private int stateSlots;
+
+        private Builder(int maxBatch) {
+            this.maxBatch = maxBatch;
+        }
+
+        public int maxBatch() { return maxBatch; }
+
+        /** A new buffer of {@code featuresPerRow} float32 elements per row; returns its index. */
+        public int buffer(long featuresPerRow) {
+            bufferFeatures.add(featuresPerRow);
+            return bufferFeatures.size() - 1;
+        }
+
+        /** A slot for per-workspace state ({@link Workspace#state(int)}), set by a step's prepare. */
+        public int stateSlot() {
+            return stateSlots++;
+        }
+
+        /** Appends a step; steps run in the order they are added. */
+        public void add(Step step) {
+            steps.add(step);
+        }
+
+        /**
+         * Adds {@code layer}'s steps for an input in buffer {@code in} of per-row shape {@code shape}
+         * (what a layer with children calls for each child); returns the buffer holding its output.
+         */
+        public int compile(Layer layer, long[] shape, int in) {
+            return layer.compileInference(this, shape, layer.outputShape(shape), in);
+        }
+
+        /**
+         * The step of a layer with no plan of its own: its eval-mode {@link Layer#forward} on the CPU
+         * backend, over the workspace's buffers wrapped as tensors, into a new buffer. Unlike the
+         * plan's own steps this allocates per call (tensor objects, and what the forward allocates in
+         * a per-call arena), and the layer's eval forward must keep no state (the Layer contract),
+         * since calls run concurrently. Returns the output buffer.
+         */
+        public int forwardStep(Layer layer, long[] inShape, long[] outShape, int in) {
+            int out = buffer(Tensor.numel(outShape));
+            long inElems = Tensor.numel(inShape), outElems = Tensor.numel(outShape);
+            Backend cpu = CpuBackend.get();
+            add((ws, rows) -> {
+                try (Arena arena = Arena.ofShared()) { // shared: the CPU backend's ops may run in fork-join tasks
+                    Tensor x = Tensor.wrap(cpu, DType.F32, Layer.withBatch(rows, inShape), ws.buffer(in).asSlice(0, rows * inElems * Float.BYTES), null);
+                    Tensor y = layer.forward(new Layer.Pass(cpu, arena, false, 0, 0), x);
+                    if (!java.util.Arrays.equals(y.shape(), Layer.withBatch(rows, outShape)) || y.dtype() != DType.F32) {
+                        throw new IllegalStateException(layer.kind() + ".forward gave " + y.describe() + ", its outputShape says F32"
+                            + java.util.Arrays.toString(Layer.withBatch(rows, outShape)));
+                    }
+                    MemorySegment.copy(y.data(), 0, ws.buffer(out), 0, rows * outElems * Float.BYTES);
+                }
+            });
+            return out;
+        }
+    }
+
     private final int maxBatch;
-    private final List<Step> steps = new ArrayList<>();
-    private final List<Long> bufferFeatures = new ArrayList<>(); // elements per row of each buffer
+    private final List<Step> steps;
+    private final List<Long> bufferFeatures;
     private final int inputBuffer, outputBuffer;
-    private int stateSlots;
+    private final int stateSlots;
     private final Step[] stepArray;
 
     private InferencePlan(Model model, int maxBatch) {
         this.maxBatch = maxBatch;
-        this.inputBuffer = buffer(Tensor.numel(model.inputShape()));
-        long[] shape = model.inputShape();
-        int out = compile(model.net(), shape, inputBuffer);
-        this.outputBuffer = out;
+        Builder b = new Builder(maxBatch);
+        this.inputBuffer = b.buffer(Tensor.numel(model.inputShape()));
+        this.outputBuffer = b.compile(model.net(), model.inputShape(), inputBuffer);
+        this.steps = List.copyOf(b.steps);
+        this.bufferFeatures = List.copyOf(b.bufferFeatures);
+        this.stateSlots = b.stateSlots;
         this.stepArray = steps.toArray(new Step[0]);
     }
 
@@ -66,115 +141,6 @@ public final class InferencePlan {
     public long inputSize() { return bufferFeatures.get(inputBuffer); }
     public long outputSize() { return bufferFeatures.get(outputBuffer); }
 
-    private int buffer(long featuresPerRow) {
-        bufferFeatures.add(featuresPerRow);
-        return bufferFeatures.size() - 1;
-    }
-
-    /** Adds the steps of a sequential block reading buffer {@code in} of per-row shape {@code shape}; returns its output buffer. */
-    private int compile(Layers.Sequential seq, long[] shape, int in) {
-        int current = in;
-        long[] s = shape;
-        for (Layer layer : seq.layers()) {
-            long[] next = layer.outputShape(s);
-            current = compile(layer, s, next, current);
-            s = next;
-        }
-        return current;
-    }
-
-    private int compile(Layer layer, long[] s, long[] next, int in) {
-        switch (layer) {
-            case Layers.Linear l -> {
-                int out = buffer(l.outFeatures());
-                int k = (int) l.inFeatures(), n = (int) l.outFeatures();
-                MemorySegment w = l.w().data(), b = l.b() == null ? null : l.b().data();
-                steps.add((ws, rows) -> {
-                    // y [rows, n] = x [rows, k] W^T, W [n, k]: the call CpuBackend.gemm(false, true, ...) makes.
-                    CpuBlas.sgemm(false, true, rows, n, k, 1f, ws.buffers[in], k, w, k, 0f, ws.buffers[out], n);
-                    if (b != null) CpuKernels.biasAddRows(ws.buffers[out], b, 0, rows, n);
-                });
-                return out;
-            }
-            case Layers.Conv2d c -> {
-                int out = buffer(Tensor.numel(next));
-                ConvGeometry g = new ConvGeometry(maxBatch, (int) s[0], (int) s[1], (int) s[2], (int) next[0], (int) c.kernel(), (int) c.kernel(),
-                    (int) next[1], (int) next[2]);
-                MemorySegment w = c.w().data(), b = c.b() == null ? null : c.b().data();
-                int slot = stateSlots++;
-                long imageIn = (long) g.c() * g.h() * g.w(), imageOut = (long) g.k() * g.ohw();
-                steps.add(new Step() {
-                    @Override
-                    public void prepare(Workspace ws, Arena arena) {
-                        MemorySegment[] state = new MemorySegment[maxBatch + 1];
-                        state[0] = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * Float.BYTES, 64); // im2col of one image
-                        for (int i = 0; i < maxBatch; i++) state[i + 1] = ws.buffers[out].asSlice(i * imageOut * Float.BYTES, imageOut * Float.BYTES);
-                        ws.state[slot] = state;
-                    }
-
-                    @Override
-                    public void run(Workspace ws, int rows) {
-                        MemorySegment[] state = ws.state[slot];
-                        for (int i = 0; i < rows; i++) {
-                            CpuKernels.im2col(ws.buffers[in], i * imageIn, g, c.geometry(), state[0]);
-                            CpuBlas.sgemm(false, false, g.k(), g.ohw(), g.crs(), 1f, w, g.crs(), state[0], g.ohw(), 0f, state[i + 1], g.ohw());
-                        }
-                        if (b != null) CpuKernels.biasAddPlanes(ws.buffers[out], b, 0, (long) rows * g.k(), g.k(), g.ohw());
-                    }
-                });
-                return out;
-            }
-            case Layers.BatchNorm bn -> {
-                int out = buffer(Tensor.numel(next));
-                long channels = s[0], plane = s.length == 1 ? 1 : Tensor.numel(s) / s[0];
-                MemorySegment gamma = bn.gamma().data(), beta = bn.beta().data(), mean = bn.mean().data(), var = bn.var().data();
-                float eps = bn.eps();
-                steps.add((ws, rows) -> CpuKernels.batchNormEval(ws.buffers[in], ws.buffers[out], gamma, beta, mean, var, eps, 0, rows * channels, channels,
-                    plane));
-                return out;
-            }
-            case Layers.Act a -> {
-                int out = buffer(Tensor.numel(next));
-                long features = Tensor.numel(s);
-                steps.add((ws, rows) -> CpuKernels.activation(a.activation(), a.param(), ws.buffers[in], ws.buffers[out], 0, rows * features));
-                return out;
-            }
-            case Layers.Pool p -> {
-                int out = buffer(Tensor.numel(next));
-                long channels = s[0], h = s[1], w = s[2], oh = next[1], ow = next[2];
-                steps.add((ws, rows) -> CpuKernels.pool2d(p.mode(), p.geometry(), ws.buffers[in], ws.buffers[out], 0, rows * channels, h, w, oh, ow));
-                return out;
-            }
-            case Layers.GlobalAvgPool gap -> {
-                int out = buffer(Tensor.numel(next));
-                long channels = s[0], hw = s[1] * s[2];
-                steps.add((ws, rows) -> CpuKernels.meanRows(ws.buffers[in], ws.buffers[out], 0, rows * channels, hw));
-                return out;
-            }
-            case Layers.Residual r -> {
-                int body = compile(r.body(), s, in);
-                int shortcut = r.shortcut() == null ? in : compile(r.shortcut(), s, in);
-                int out = buffer(Tensor.numel(next));
-                long features = Tensor.numel(next);
-                steps.add((ws, rows) -> CpuKernels.add(ws.buffers[body], ws.buffers[shortcut], ws.buffers[out], 0, rows * features));
-                return out;
-            }
-            case Layers.Sequential seq -> {
-                return compile(seq, s, in);
-            }
-            case Layers.Flatten f -> {
-                return in; // the same bytes, viewed as [N, prod]
-            }
-            case Layers.Identity i -> {
-                return in;
-            }
-            case Layers.Dropout d -> {
-                return in; // identity in eval mode
-            }
-            default -> throw new IllegalArgumentException("InferencePlan: layer kind " + layer.kind() + " is not supported");
-        }
-    }
-
     /** Buffers for one call at a time (not thread-safe): made once, reused by every call; close frees them. */
     public final class Workspace implements AutoCloseable {
         private final Arena arena = Arena.ofShared();
@@ -186,6 +152,21 @@ public final class InferencePlan {
             for (int i = 0; i < buffers.length; i++) buffers[i] = CpuMemory.allocate(arena, Math.max(4, (long) maxBatch * bufferFeatures.get(i) * Float.BYTES), 64);
             state = new MemorySegment[stateSlots][];
             for (Step s : steps) s.prepare(this, arena);
+        }
+
+        /** Buffer {@code i} of a {@link Builder} (for steps). */
+        public MemorySegment buffer(int i) {
+            return buffers[i];
+        }
+
+        /** The per-workspace state of {@code slot} ({@link Builder#stateSlot()}), as its step's prepare set it. */
+        public MemorySegment[] state(int slot) {
+            return state[slot];
+        }
+
+        /** For a step's prepare. */
+        public void state(int slot, MemorySegment[] value) {
+            state[slot] = value;
         }
 
         /** Where the caller writes {@code rows x inputSize()} floats before {@link #run}. */

@@ -12,6 +12,12 @@ import org.distill4j.core.Tensor;
  * parameter gradients accumulate into {@link Parameter#grad()}.
  *
  * <p>Shapes exclude the batch dimension: a layer maps input [N, ...in] to [N, ...out].
+ *
+ * <p>A layer type is one subclass plus its {@link LayerKind} (the JSON keys and how to build the
+ * layer from them); everything else a model needs from the type is here: {@link #outputShape},
+ * {@link #parameters}, {@link #forward}/{@link #backward}, {@link #hasDropout} and
+ * {@link #compileInference}. The built-in types are in {@link Layers}; a user-defined one, from
+ * any package, joins a spec through {@link LayerRegistry#with(LayerKind)}.
  */
 public abstract class Layer implements AutoCloseable {
     /** Per-pass state: backend, the arena activations live in, train/eval, and the dropout stream. */
@@ -19,9 +25,10 @@ public abstract class Layer implements AutoCloseable {
 
     /**
      * For the layer classes in this package and for user-defined layers. A user-defined layer
-     * can own parameters ({@link Parameter}'s constructor is public) and run its forward and
-     * backward on any backend; what it cannot do yet is sit in a {@link Model}, which is built
-     * from a {@link ModelSpec} whose layer types are this package's own.
+     * owns parameters ({@link Parameter}'s constructor is public; name them as PyTorch's
+     * state_dict would, relative to the layer), runs its forward and backward on any backend,
+     * and sits in a {@link Model} once its {@link LayerKind} is registered in the
+     * {@link LayerRegistry} the {@link ModelSpec} is parsed with.
      */
     protected Layer() {}
 
@@ -45,6 +52,32 @@ public abstract class Layer implements AutoCloseable {
      */
     public Tensor backward(Pass pass, Tensor dy, boolean inputGrad) {
         return backward(pass, dy);
+    }
+
+    /** Layers nested in this one (a sequential block's, a residual's body and shortcut), for walks over the tree. */
+    public List<Layer> children() {
+        return List.of();
+    }
+
+    /**
+     * True when this layer or one nested in it draws a dropout mask in training (the mask depends
+     * on the step, so a training step is not replayable as a graph). Default: any child's.
+     */
+    public boolean hasDropout() {
+        for (Layer c : children()) if (c.hasDropout()) return true;
+        return false;
+    }
+
+    /**
+     * Adds this layer's eval-mode forward to an {@link InferencePlan} for an input in buffer
+     * {@code in} of per-row shape {@code inShape} ({@code outShape} = {@link #outputShape}), and
+     * returns the buffer holding its output (possibly {@code in} itself, for a layer that only
+     * views its input). The default runs {@link #forward} in eval mode on the CPU backend, which
+     * allocates per call ({@link InferencePlan.Builder#forwardStep}); layers that serve from the
+     * Predictor override it with steps over the plan's buffers that allocate nothing.
+     */
+    public int compileInference(InferencePlan.Builder plan, long[] inShape, long[] outShape, int in) {
+        return plan.forwardStep(this, inShape, outShape, in);
     }
 
     /** PyTorch-style type name, for messages. */

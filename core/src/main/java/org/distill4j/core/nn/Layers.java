@@ -1,18 +1,30 @@
 package org.distill4j.core.nn;
 
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
+import java.util.Set;
 import org.distill4j.core.Activation;
 import org.distill4j.core.Backend;
 import org.distill4j.core.Conv2dParams;
+import org.distill4j.core.ConvGeometry;
 import org.distill4j.core.DType;
 import org.distill4j.core.Init;
 import org.distill4j.core.Pool2dParams;
 import org.distill4j.core.PoolMode;
 import org.distill4j.core.Tensor;
+import org.distill4j.core.cpu.CpuBlas;
+import org.distill4j.core.cpu.CpuKernels;
+import org.distill4j.core.cpu.CpuMemory;
 
-/** The layers of a model spec (docs/model-spec.md), each mirroring its torch.nn counterpart. */
+/**
+ * The built-in layers of a model spec (docs/model-spec.md), each mirroring its torch.nn
+ * counterpart. Each class holds everything about its type: its {@link LayerKind} (the JSON keys and
+ * how to build it, registered in {@link LayerRegistry#standard()}), its shapes, forward, backward
+ * and its {@link InferencePlan} steps.
+ */
 public final class Layers {
     private Layers() {}
 
@@ -22,6 +34,9 @@ public final class Layers {
 
     /** torch.nn.Linear: y = x W^T + b, W [out, in]. */
     public static final class Linear extends Layer {
+        public static final LayerKind KIND = LayerKind.of("linear", Set.of("in", "out", "bias"),
+            a -> new Linear(a.backend(), a.positive("in"), a.positive("out"), a.bool("bias", true), a.seed()));
+
         private final long in, out;
         private final Parameter weight, bias;
         private Tensor x;
@@ -35,11 +50,6 @@ public final class Layers {
         }
 
         @Override public String kind() { return "linear"; }
-
-        Tensor w() { return weight.value(); }
-        Tensor b() { return bias == null ? null : bias.value(); }
-        long inFeatures() { return in; }
-        long outFeatures() { return out; }
 
         @Override
         public long[] outputShape(long[] s) {
@@ -77,10 +87,27 @@ public final class Layers {
             b.gemm(false, false, 1f, dy, weight.value(), 0f, dx);          // dx = dy W
             return dx;
         }
+
+        @Override
+        public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
+            int out = plan.buffer(this.out);
+            int k = (int) this.in, n = (int) this.out;
+            MemorySegment w = weight.value().data(), b = bias == null ? null : bias.value().data();
+            plan.add((ws, rows) -> {
+                // y [rows, n] = x [rows, k] W^T, W [n, k]: the call CpuBackend.gemm(false, true, ...) makes.
+                CpuBlas.sgemm(false, true, rows, n, k, 1f, ws.buffer(in), k, w, k, 0f, ws.buffer(out), n);
+                if (b != null) CpuKernels.biasAddRows(ws.buffer(out), b, 0, rows, n);
+            });
+            return out;
+        }
     }
 
     /** torch.nn.Conv2d (no groups or dilation): weight [out, in, k, k]. */
     public static final class Conv2d extends Layer {
+        public static final LayerKind KIND = LayerKind.of("conv2d", Set.of("in", "out", "kernel", "stride", "padding", "bias"),
+            a -> new Conv2d(a.backend(), a.positive("in"), a.positive("out"), a.positive("kernel"), (int) a.positive("stride", 1),
+                (int) a.nonNegative("padding", 0), a.bool("bias", true), a.seed()));
+
         private final long in, out, kernel;
         private final Conv2dParams geometry;
         private final Parameter weight, bias;
@@ -97,11 +124,6 @@ public final class Layers {
         }
 
         @Override public String kind() { return "conv2d"; }
-
-        Tensor w() { return weight.value(); }
-        Tensor b() { return bias == null ? null : bias.value(); }
-        Conv2dParams geometry() { return geometry; }
-        long kernel() { return kernel; }
 
         @Override
         public long[] outputShape(long[] s) {
@@ -141,10 +163,48 @@ public final class Layers {
             b.conv2dBackwardData(dy, weight.value(), geometry, dx);
             return dx;
         }
+
+        @Override
+        public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
+            int out = plan.buffer(Tensor.numel(next));
+            int maxBatch = plan.maxBatch();
+            ConvGeometry g = new ConvGeometry(maxBatch, (int) s[0], (int) s[1], (int) s[2], (int) next[0], (int) kernel, (int) kernel,
+                (int) next[1], (int) next[2]);
+            MemorySegment w = weight.value().data(), b = bias == null ? null : bias.value().data();
+            int slot = plan.stateSlot();
+            long imageIn = (long) g.c() * g.h() * g.w(), imageOut = (long) g.k() * g.ohw();
+            plan.add(new InferencePlan.Step() {
+                @Override
+                public void prepare(InferencePlan.Workspace ws, Arena arena) {
+                    MemorySegment[] state = new MemorySegment[maxBatch + 1];
+                    state[0] = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * Float.BYTES, 64); // im2col of one image
+                    for (int i = 0; i < maxBatch; i++) state[i + 1] = ws.buffer(out).asSlice(i * imageOut * Float.BYTES, imageOut * Float.BYTES);
+                    ws.state(slot, state);
+                }
+
+                @Override
+                public void run(InferencePlan.Workspace ws, int rows) {
+                    MemorySegment[] state = ws.state(slot);
+                    for (int i = 0; i < rows; i++) {
+                        CpuKernels.im2col(ws.buffer(in), i * imageIn, g, geometry, state[0]);
+                        CpuBlas.sgemm(false, false, g.k(), g.ohw(), g.crs(), 1f, w, g.crs(), state[0], g.ohw(), 0f, state[i + 1], g.ohw());
+                    }
+                    if (b != null) CpuKernels.biasAddPlanes(ws.buffer(out), b, 0, (long) rows * g.k(), g.k(), g.ohw());
+                }
+            });
+            return out;
+        }
     }
 
     /** torch.nn.BatchNorm1d ([N, C] or [N, C, L]) and BatchNorm2d ([N, C, H, W]). */
     public static final class BatchNorm extends Layer {
+        public static final LayerKind KIND_1D = kind("batchnorm1d", false), KIND_2D = kind("batchnorm2d", true);
+
+        private static LayerKind kind(String type, boolean twoD) {
+            return LayerKind.of(type, Set.of("features", "eps", "momentum"),
+                a -> new BatchNorm(a.backend(), a.positive("features"), (float) a.number("eps", 1e-5), (float) a.number("momentum", 0.1), twoD));
+        }
+
         private final long features;
         private final float eps, momentum;
         private final boolean twoD;
@@ -166,12 +226,6 @@ public final class Layers {
         }
 
         @Override public String kind() { return twoD ? "batchnorm2d" : "batchnorm1d"; }
-
-        Tensor gamma() { return weight.value(); }
-        Tensor beta() { return bias.value(); }
-        Tensor mean() { return runningMean.value(); }
-        Tensor var() { return runningVar.value(); }
-        float eps() { return eps; }
 
         @Override
         public long[] outputShape(long[] s) {
@@ -213,10 +267,31 @@ public final class Layers {
             b.axpy(1f, db, bias.grad());
             return dx;
         }
+
+        @Override
+        public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
+            int out = plan.buffer(Tensor.numel(next));
+            long channels = s[0], planeSize = s.length == 1 ? 1 : Tensor.numel(s) / s[0];
+            MemorySegment gamma = weight.value().data(), beta = bias.value().data(), mean = runningMean.value().data(), var = runningVar.value().data();
+            plan.add((ws, rows) -> CpuKernels.batchNormEval(ws.buffer(in), ws.buffer(out), gamma, beta, mean, var, eps, 0, rows * channels, channels,
+                planeSize));
+            return out;
+        }
     }
 
     /** ReLU, LeakyReLU(slope), GELU (exact or tanh), Tanh, Sigmoid. */
     public static final class Act extends Layer {
+        public static final LayerKind RELU = LayerKind.of("relu", Set.of(), a -> new Act(Activation.RELU, 0));
+        public static final LayerKind LEAKY_RELU = LayerKind.of("leakyrelu", Set.of("slope"),
+            a -> new Act(Activation.LEAKY_RELU, (float) a.number("slope", 0.01)));
+        public static final LayerKind GELU = LayerKind.of("gelu", Set.of("approximate"), a -> {
+            String approx = a.text("approximate", "none");
+            if (!approx.equals("none") && !approx.equals("tanh")) throw a.error("\"approximate\" must be \"none\" or \"tanh\", got \"" + approx + "\"");
+            return new Act(approx.equals("tanh") ? Activation.GELU_TANH : Activation.GELU, 0);
+        });
+        public static final LayerKind TANH = LayerKind.of("tanh", Set.of(), a -> new Act(Activation.TANH, 0));
+        public static final LayerKind SIGMOID = LayerKind.of("sigmoid", Set.of(), a -> new Act(Activation.SIGMOID, 0));
+
         private final Activation activation;
         private final float param;
         private Tensor x, y;
@@ -225,9 +300,6 @@ public final class Layers {
             this.activation = activation;
             this.param = param;
         }
-
-        Activation activation() { return activation; }
-        float param() { return param; }
 
         @Override
         public String kind() {
@@ -258,10 +330,24 @@ public final class Layers {
             p.backend().activationBackward(activation, param, x, y, dy, dx);
             return dx;
         }
+
+        @Override
+        public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
+            int out = plan.buffer(Tensor.numel(next));
+            long features = Tensor.numel(s);
+            plan.add((ws, rows) -> CpuKernels.activation(activation, param, ws.buffer(in), ws.buffer(out), 0, rows * features));
+            return out;
+        }
     }
 
     /** torch.nn.Dropout: identity in eval mode; in training the Philox mask of (seed, step, layer). */
     public static final class Dropout extends Layer {
+        public static final LayerKind KIND = LayerKind.of("dropout", Set.of("p"), a -> {
+            double p = a.number("p", 0.5);
+            if (!(p >= 0 && p < 1)) throw a.error("\"p\" must be in [0, 1), got " + p);
+            return new Dropout((float) p, a.position() + 1);
+        });
+
         private final float probability;
         private final long salt;
         private long offset;
@@ -278,6 +364,13 @@ public final class Layers {
 
         public float probability() { return probability; }
         @Override public long[] outputShape(long[] s) { return s.clone(); }
+        @Override public boolean hasDropout() { return probability > 0; }
+
+        /** Identity in eval mode: the output is the input's buffer. */
+        @Override
+        public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
+            return in;
+        }
 
         @Override
         public Tensor forward(Pass p, Tensor x) {
@@ -302,6 +395,15 @@ public final class Layers {
 
     /** MaxPool2d / AvgPool2d (count_include_pad=True, floor mode). */
     public static final class Pool extends Layer {
+        public static final LayerKind MAX_KIND = kind("maxpool2d", PoolMode.MAX), AVG_KIND = kind("avgpool2d", PoolMode.AVG);
+
+        private static LayerKind kind(String type, PoolMode mode) {
+            return LayerKind.of(type, Set.of("kernel", "stride", "padding"), a -> {
+                long k = a.positive("kernel");
+                return new Pool(mode, (int) k, (int) a.positive("stride", k), (int) a.nonNegative("padding", 0));
+            });
+        }
+
         private final PoolMode mode;
         private final Pool2dParams geometry;
         private Tensor x, y;
@@ -312,9 +414,6 @@ public final class Layers {
         }
 
         @Override public String kind() { return mode == PoolMode.MAX ? "maxpool2d" : "avgpool2d"; }
-
-        PoolMode mode() { return mode; }
-        Pool2dParams geometry() { return geometry; }
 
         @Override
         public long[] outputShape(long[] s) {
@@ -340,10 +439,23 @@ public final class Layers {
             p.backend().pool2dBackward(mode, geometry, x, y, dy, dx);
             return dx;
         }
+
+        @Override
+        public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
+            int out = plan.buffer(Tensor.numel(next));
+            long channels = s[0], h = s[1], w = s[2], oh = next[1], ow = next[2];
+            plan.add((ws, rows) -> CpuKernels.pool2d(mode, geometry, ws.buffer(in), ws.buffer(out), 0, rows * channels, h, w, oh, ow));
+            return out;
+        }
     }
 
     /** AdaptiveAvgPool2d(1): [C, H, W] to [C, 1, 1]. */
     public static final class GlobalAvgPool extends Layer {
+        public static final LayerKind KIND = LayerKind.of("adaptiveavgpool2d", Set.of("output"), a -> {
+            if (a.has("output") && a.value("output").asLong() != 1) throw a.error("only \"output\": 1 is supported");
+            return new GlobalAvgPool();
+        });
+
         public GlobalAvgPool() {}
 
         private long[] inShape;
@@ -371,10 +483,20 @@ public final class Layers {
             p.backend().globalAvgPoolBackward(dy, dx);
             return dx;
         }
+
+        @Override
+        public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
+            int out = plan.buffer(Tensor.numel(next));
+            long channels = s[0], hw = s[1] * s[2];
+            plan.add((ws, rows) -> CpuKernels.meanRows(ws.buffer(in), ws.buffer(out), 0, rows * channels, hw));
+            return out;
+        }
     }
 
     /** torch.nn.Flatten: [N, ...] to [N, prod(...)] (a view). */
     public static final class Flatten extends Layer {
+        public static final LayerKind KIND = LayerKind.of("flatten", Set.of(), a -> new Flatten());
+
         public Flatten() {}
 
         private long[] inShape;
@@ -396,10 +518,23 @@ public final class Layers {
         public Tensor backward(Pass p, Tensor dy) {
             return dy.view(inShape);
         }
+
+        /** The same bytes, viewed as [N, prod]. */
+        @Override
+        public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
+            return in;
+        }
     }
 
     public static final class Identity extends Layer {
+        public static final LayerKind KIND = LayerKind.of("identity", Set.of(), a -> new Identity());
+
         public Identity() {}
+
+        @Override
+        public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
+            return in;
+        }
 
         @Override public String kind() { return "identity"; }
         @Override public long[] outputShape(long[] s) { return s.clone(); }
@@ -417,7 +552,21 @@ public final class Layers {
 
         public List<Layer> layers() { return layers; }
 
+        @Override public List<Layer> children() { return layers; }
+
         @Override public String kind() { return "sequential"; }
+
+        @Override
+        public int compileInference(InferencePlan.Builder plan, long[] shape, long[] next, int in) {
+            int current = in;
+            long[] s = shape;
+            for (Layer layer : layers) {
+                long[] out = layer.outputShape(s);
+                current = layer.compileInference(plan, s, out, current);
+                s = out;
+            }
+            return current;
+        }
 
         @Override
         public long[] outputShape(long[] s) {
@@ -461,6 +610,22 @@ public final class Layers {
 
     /** output = body(x) + shortcut(x), shortcut = identity when absent; state_dict names body.* and shortcut.*. */
     public static final class Residual extends Layer {
+        public static final LayerKind KIND = LayerKind.of("residual", Set.of("body", "shortcut"), Set.of("body", "shortcut"), a -> {
+            Sequential body = a.layers("body");
+            if (body == null || body.layers().isEmpty()) {
+                if (body != null) body.close();
+                throw a.error("\"body\" must be a non-empty array");
+            }
+            Sequential shortcut;
+            try {
+                shortcut = a.layers("shortcut");
+            } catch (RuntimeException e) {
+                body.close();
+                throw e;
+            }
+            return new Residual(body, shortcut == null || shortcut.layers().isEmpty() ? null : shortcut);
+        });
+
         private final Sequential body, shortcut;
 
         public Residual(Sequential body, Sequential shortcut) {
@@ -470,11 +635,19 @@ public final class Layers {
 
         @Override public String kind() { return "residual"; }
 
-        Sequential body() { return body; }
-        Sequential shortcut() { return shortcut; }
-
-        List<Layer> children() {
+        @Override
+        public List<Layer> children() {
             return shortcut == null ? List.of(body) : List.of(body, shortcut);
+        }
+
+        @Override
+        public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
+            int bodyOut = plan.compile(body, s, in);
+            int shortcutOut = shortcut == null ? in : plan.compile(shortcut, s, in);
+            int out = plan.buffer(Tensor.numel(next));
+            long features = Tensor.numel(next);
+            plan.add((ws, rows) -> CpuKernels.add(ws.buffer(bodyOut), ws.buffer(shortcutOut), ws.buffer(out), 0, rows * features));
+            return out;
         }
 
         @Override

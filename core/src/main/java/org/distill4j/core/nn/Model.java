@@ -130,14 +130,7 @@ public final class Model implements AutoCloseable {
 
     /** True when a dropout layer with p > 0 is anywhere in the model (its mask depends on the step: not replayable as a graph). */
     public boolean hasDropout() {
-        return hasDropout(net);
-    }
-
-    private static boolean hasDropout(Layer l) {
-        if (l instanceof Layers.Dropout d) return d.probability() > 0;
-        if (l instanceof Layers.Sequential s) return s.layers().stream().anyMatch(Model::hasDropout);
-        if (l instanceof Layers.Residual r) return r.children().stream().anyMatch(Model::hasDropout);
-        return false;
+        return net.hasDropout();
     }
 
     /**
