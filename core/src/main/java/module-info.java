@@ -1,6 +1,8 @@
 /** Distill4J's library layer: device memory and contexts, backends, and the system report. */
+@SuppressWarnings("requires-automatic") // DJL's tokenizers binding ships as an automatic module (Automatic-Module-Name: ai.djl.tokenizers)
 module org.distill4j.core {
     requires transitive org.distill4j.bindings;
+    requires ai.djl.tokenizers; // Hugging Face tokenizers (Rust, JNI) behind org.distill4j.core.tok.Tokenizer
     requires transitive com.fasterxml.jackson.databind; // ModelSpec exposes the parsed JSON
     exports org.distill4j.core;
     exports org.distill4j.core.cuda;
@@ -13,4 +15,5 @@ module org.distill4j.core {
     exports org.distill4j.core.train;
     exports org.distill4j.core.infer;
     exports org.distill4j.core.lm;
+    exports org.distill4j.core.tok;
 }
