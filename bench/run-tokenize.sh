@@ -4,7 +4,7 @@
 # public domain) with each tokenizer of core/src/test/resources/fixtures/tok; prints every run and the medians.
 #   bench/run-tokenize.sh [rounds]          (default 5)
 # PYTHON: a Python with tokenizers and numpy (default python3). DISTILL: the launcher (default ./distill).
-# Two inputs: the whole book as one document (one encode call, one core), and its 281 chapter files as 281 documents
+# Two inputs: the whole book as one document (one encode call, one core), and its 135 chapter files as 135 documents
 # (both sides spread them over the cores). Both sides time reading, encoding and building the token file; the JVM's
 # start and the tokenizer's load are outside the timed part on both sides.
 set -euo pipefail

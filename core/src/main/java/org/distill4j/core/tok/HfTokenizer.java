@@ -1,6 +1,7 @@
 package org.distill4j.core.tok;
 
 import ai.djl.huggingface.tokenizers.HuggingFaceTokenizer;
+import ai.djl.huggingface.tokenizers.jni.TokenizersLibrary;
 import com.fasterxml.jackson.core.JacksonException;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
@@ -122,7 +123,16 @@ public final class HfTokenizer implements Tokenizer {
 
     @Override
     public int[] encode(String text) {
-        long[] ids = rust.encode(text, false, false).getIds();
+        // The binding's own encode(text) also copies out the token strings, offsets, type ids, masks and word ids
+        // (one Java object per token for the strings and offsets); we need the ids only, so we call its JNI layer
+        // (public: ai.djl.huggingface.tokenizers.jni) the same way and fetch just them.
+        long encoding = TokenizersLibrary.LIB.encode(rust.getHandle(), text, false);
+        long[] ids;
+        try {
+            ids = TokenizersLibrary.LIB.getTokenIds(encoding);
+        } finally {
+            TokenizersLibrary.LIB.deleteEncoding(encoding);
+        }
         int[] out = new int[ids.length];
         for (int i = 0; i < ids.length; i++) out[i] = Math.toIntExact(ids[i]);
         return out;
