@@ -7,13 +7,9 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
-import java.util.ArrayDeque;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.Callable;
-import java.util.concurrent.ExecutionException;
-import java.util.concurrent.ExecutorService;
-import java.util.concurrent.Executors;
-import java.util.concurrent.Future;
 import org.distill4j.core.data.TokenFile;
 import org.distill4j.core.tok.Tokenizer;
 import picocli.CommandLine;
@@ -24,7 +20,8 @@ import picocli.CommandLine.Parameters;
 /**
  * {@code distill tokenize}: text files to one token file, with the ids of Hugging Face {@code tokenizers}. Each file
  * is one document: the ids of its whole text (UTF-8, as is: no newline translation) with add_special_tokens=False,
- * then the end-of-text token unless {@code --no-eos}. Files are encoded on several threads and written in order.
+ * then the end-of-text token unless {@code --no-eos}. Groups of files are encoded on all cores (Hugging Face's
+ * encode_batch) and written in order.
  */
 @Command(name = "tokenize", mixinStandardHelpOptions = true,
     description = {"Tokenises text files into one token file (llm.c .bin or 1-D .npy)",
@@ -44,12 +41,14 @@ import picocli.CommandLine.Parameters;
         "  distill tokenize --tokenizer gpt2/ --output train.bin book1.txt book2.txt",
         "  distill tokenize --tokenizer tokenizer.json --no-eos --output val.npy val.txt"})
 final class TokenizeCommand implements Callable<Integer> {
+    /** Text handed to one encode_batch call, at most (one larger file goes alone): bounds the memory of a group. */
+    static final long BATCH_BYTES = 64L << 20;
+
     @Option(names = "--tokenizer", required = true, paramLabel = "DIR|tokenizer.json",
         description = "a tokenizer.json, or a Hugging Face folder holding one (its tokenizer_config.json names the end-of-text token)")
     Path tokenizer;
     @Option(names = "--output", required = true, paramLabel = "OUT.bin|OUT.npy", description = "the token file to write") Path output;
     @Option(names = "--no-eos", description = "do not append the end-of-text token after each document") boolean noEos;
-    @Option(names = "--threads", paramLabel = "N", description = "files encoded at once (default: the number of cores)") Integer threads;
     @Parameters(arity = "1..*", paramLabel = "FILE", description = "text files (UTF-8), one document each") List<Path> files;
 
     @CommandLine.Spec
@@ -57,8 +56,6 @@ final class TokenizeCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
-        int workers = threads == null ? Runtime.getRuntime().availableProcessors() : threads;
-        if (workers < 1) throw new IllegalArgumentException("--threads must be >= 1, got " + workers);
         TokenFile.formatOf(output); // .bin or .npy, checked before any work
         long totalBytes = 0;
         for (Path f : files) {
@@ -72,22 +69,27 @@ final class TokenizeCommand implements Callable<Integer> {
                 err.println("tokenize: " + tok.source() + " has no end-of-text token; documents follow each other without a separator");
             }
             long started = System.nanoTime(), bytesDone = 0;
-            ExecutorService pool = Executors.newFixedThreadPool(workers, Thread.ofPlatform().daemon().name("distill4j-tokenize-", 0).factory());
             try (TokenFile.Writer writer = new TokenFile.Writer(output, tok.vocabSize())) {
-                ArrayDeque<Future<int[]>> inFlight = new ArrayDeque<>();
-                int next = 0;
-                for (int done = 0; done < files.size(); done++) {
-                    while (next < files.size() && inFlight.size() < 2 * workers) {
-                        Path f = files.get(next++);
-                        inFlight.add(pool.submit(() -> tok.encode(readUtf8(f))));
+                // Files go to Hugging Face's encode_batch in groups of up to BATCH_BYTES of text: its Rust thread pool
+                // spreads a group over the cores, and the ids are written in the order the files were given.
+                for (int first = 0; first < files.size(); ) {
+                    List<String> texts = new ArrayList<>();
+                    long groupBytes = 0;
+                    int end = first;
+                    while (end < files.size() && (end == first || groupBytes + Files.size(files.get(end)) <= BATCH_BYTES)) {
+                        groupBytes += Files.size(files.get(end));
+                        texts.add(readUtf8(files.get(end++)));
                     }
-                    int[] ids = await(inFlight.poll());
-                    writer.write(ids);
-                    if (!noEos && tok.eosId().isPresent()) writer.write(tok.eosId().getAsInt());
-                    bytesDone += Files.size(files.get(done));
+                    int[][] ids = texts.size() == 1 ? new int[][] {tok.encode(texts.getFirst())} : tok.encodeBatch(texts);
+                    for (int[] document : ids) {
+                        writer.write(document);
+                        if (!noEos && tok.eosId().isPresent()) writer.write(tok.eosId().getAsInt());
+                    }
+                    bytesDone += groupBytes;
+                    first = end;
                     double s = (System.nanoTime() - started) / 1e9;
-                    progress.show(String.format("tokenize %s %d/%d files  %,d tokens  %,.0f tokens/s", ProgressLine.bar(bytesDone, totalBytes, 24), done + 1,
-                        files.size(), writer.count(), writer.count() / Math.max(s, 1e-9)), done + 1 == files.size());
+                    progress.show(String.format("tokenize %s %d/%d files  %,d tokens  %,.0f tokens/s", ProgressLine.bar(bytesDone, totalBytes, 24), end,
+                        files.size(), writer.count(), writer.count() / Math.max(s, 1e-9)), end == files.size());
                 }
                 writer.commit();
                 progress.clear();
@@ -97,8 +99,6 @@ final class TokenizeCommand implements Callable<Integer> {
                 out.printf("tokenize: %d file(s), %,d bytes -> %,d tokens (vocabulary %,d%s) in %s (%s), %.2f s, %,.0f tokens/s%n", files.size(), totalBytes,
                     writer.count(), tok.vocabSize(), noEos || tok.eosId().isEmpty() ? ", no end-of-text token" : ", end-of-text id " + tok.eosId().getAsInt(),
                     output, layout, s, writer.count() / Math.max(s, 1e-9));
-            } finally {
-                pool.shutdownNow();
             }
         }
         return 0;
@@ -111,15 +111,6 @@ final class TokenizeCommand implements Callable<Integer> {
             throw new IllegalArgumentException("input " + f + ": not valid UTF-8 text");
         } catch (NoSuchFileException e) {
             throw new IllegalArgumentException("input " + f + ": no such file");
-        }
-    }
-
-    private static int[] await(Future<int[]> f) throws Exception {
-        try {
-            return f.get();
-        } catch (ExecutionException e) {
-            if (e.getCause() instanceof Exception cause) throw cause;
-            throw e;
         }
     }
 }

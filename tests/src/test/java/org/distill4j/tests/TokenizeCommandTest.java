@@ -57,7 +57,7 @@ class TokenizeCommandTest {
         // Moby-Dick's slice and each tricky string as its own document, each followed by <|endoftext|> (50256).
         JsonNode tricky = JSON.readTree(TOK.resolve("tricky.json").toFile());
         List<String> args = new ArrayList<>(List.of("tokenize", "--tokenizer", TOK.resolve("gpt2/tokenizer.json").toString(), "--output",
-            tmp.resolve("out.bin").toString(), "--threads", "2", TOK.resolve("moby-slice.txt").toString()));
+            tmp.resolve("out.bin").toString(), TOK.resolve("moby-slice.txt").toString()));
         List<Long> want = new ArrayList<>(expected("gpt2", "moby-slice"));
         want.add(50256L);
         for (int i = 0; i < tricky.size(); i++) {

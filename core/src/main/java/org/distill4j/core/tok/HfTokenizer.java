@@ -139,6 +139,22 @@ public final class HfTokenizer implements Tokenizer {
     }
 
     @Override
+    public int[][] encodeBatch(List<String> texts) {
+        long[] encodings = TokenizersLibrary.LIB.batchEncode(rust.getHandle(), texts.toArray(String[]::new), false);
+        int[][] out = new int[encodings.length][];
+        try {
+            for (int t = 0; t < encodings.length; t++) {
+                long[] ids = TokenizersLibrary.LIB.getTokenIds(encodings[t]);
+                out[t] = new int[ids.length];
+                for (int i = 0; i < ids.length; i++) out[t][i] = Math.toIntExact(ids[i]);
+            }
+        } finally {
+            for (long e : encodings) TokenizersLibrary.LIB.deleteEncoding(e);
+        }
+        return out;
+    }
+
+    @Override
     public String decode(int[] ids) {
         long[] wide = new long[ids.length];
         for (int i = 0; i < ids.length; i++) wide[i] = ids[i];

@@ -15,6 +15,12 @@ public interface Tokenizer extends AutoCloseable {
     /** The ids of {@code text}, as {@code tokenizer.encode(text, add_special_tokens=False).ids}: no BOS, no EOS, no template. */
     int[] encode(String text);
 
+    /**
+     * The ids of each text, as {@code tokenizer.encode_batch(texts, add_special_tokens=False)}: the same ids as
+     * {@link #encode} one by one, computed on all cores (Hugging Face's Rust thread pool).
+     */
+    int[][] encodeBatch(java.util.List<String> texts);
+
     /** The text of {@code ids}, as {@code tokenizer.decode(ids, skip_special_tokens=False)}. */
     String decode(int[] ids);
 

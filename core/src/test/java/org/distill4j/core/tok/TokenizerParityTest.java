@@ -64,6 +64,9 @@ class TokenizerParityTest {
                         ids += got.length;
                     }
                     assertEquals(texts.size(), checked);
+                    int[][] batch = tok.encodeBatch(new ArrayList<>(texts.values())); // encode_batch: the same ids, on all cores
+                    int t = 0;
+                    for (var e : texts.entrySet()) assertArrayEquals(tok.encode(e.getValue()), batch[t++], name + " encodeBatch of " + e.getKey());
                     System.out.println("TokenizerParityTest " + name + ": " + checked + " texts, " + ids + " ids identical to Hugging Face tokenizers");
                 }
             }));
