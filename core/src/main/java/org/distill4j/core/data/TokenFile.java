@@ -115,29 +115,39 @@ public record TokenFile(Path path, Format format, Element element, long dataOffs
         String header = new String(head, start, headerLen, StandardCharsets.ISO_8859_1);
         Matcher d = DESCR.matcher(header), o = ORDER.matcher(header), s = SHAPE.matcher(header);
         if (!d.find() || !o.find() || !s.find()) {
-            throw new IllegalArgumentException("token file " + path + ": .npy header lacks 'descr', 'fortran_order' or 'shape': " + header.strip());
+            throw new IllegalArgumentException("token file " + path + ": .npy header lacks 'descr', 'fortran_order' or 'shape': " + printable(header.strip()));
         }
         Element element = null;
         for (Element e : Element.values()) if (e.descr.equals(d.group(1))) element = e;
         if (element == null) {
-            throw new IllegalArgumentException("token file " + path + ": .npy dtype '" + d.group(1) + "', expected a little-endian integer: <i2, <u2, <i4, <u4 or <i8");
+            throw new IllegalArgumentException("token file " + path + ": .npy dtype '" + printable(d.group(1)) + "', expected a little-endian integer: <i2, <u2, <i4, <u4 or <i8");
         }
         String[] dims = s.group(1).replace(" ", "").split(",");
         if (dims.length != 1 || dims[0].isEmpty()) {
-            throw new IllegalArgumentException("token file " + path + ": .npy shape (" + s.group(1).strip() + "), expected one dimension (a 1-D token stream)");
+            throw new IllegalArgumentException("token file " + path + ": .npy shape (" + printable(s.group(1).strip()) + "), expected one dimension (a 1-D token stream)");
         }
         long count;
         try {
             count = Long.parseLong(dims[0].replace("L", ""));
         } catch (NumberFormatException e) {
-            throw new IllegalArgumentException("token file " + path + ": .npy shape has a bad dimension '" + dims[0] + "'");
+            throw new IllegalArgumentException("token file " + path + ": .npy shape has a bad dimension '" + printable(dims[0]) + "'");
         }
         long dataOffset = start + (long) headerLen, data = size - dataOffset;
-        if (data != count * element.bytes) {
+        if (count < 0 || count > size || data != count * element.bytes) {
             throw new IllegalArgumentException("token file " + path + ": .npy shape (" + count + ",) of " + element.descr + " needs " + count * element.bytes
                 + " data bytes, the file has " + data);
         }
         return new TokenFile(path, Format.NPY, element, dataOffset, count);
+    }
+
+    /** Header text for a one-line message: control characters of a damaged header shown as '?'. */
+    private static String printable(String text) {
+        StringBuilder b = new StringBuilder(text.length());
+        for (int i = 0; i < text.length(); i++) {
+            char c = text.charAt(i);
+            b.append(c < 0x20 || (c >= 0x7f && c < 0xa0) ? '?' : c);
+        }
+        return b.toString();
     }
 
     /** Memory-maps the tokens (read-only) into {@code arena}: count * element.bytes bytes. */

@@ -171,6 +171,38 @@ class TokenWindowsTest {
         assertTrue(fails(dir.resolve("none.bin"), 8, 0).contains("no such file"));
     }
 
+    /** Mutated headers and lengths: every file either opens or is refused with an IllegalArgumentException, nothing else. */
+    @Test
+    void mutatedFilesAreRefusedCleanly() throws IOException {
+        long seed = Long.getLong("distill4j.test.seed", System.nanoTime());
+        System.out.println("TokenWindowsTest.mutatedFilesAreRefusedCleanly seed " + seed + " (-Ddistill4j.test.seed=" + seed + " replays it)");
+        java.util.Random random = new java.util.Random(seed);
+        byte[][] goods = {Files.readAllBytes(write("fz.bin", 40, 50257)), Files.readAllBytes(write("fz.npy", 40, 50257)),
+            Files.readAllBytes(write("fzw.bin", 40, 100_000)), Files.readAllBytes(write("fzw.npy", 40, 100_000))};
+        Path p = dir.resolve("mutant");
+        int opened = 0, refused = 0;
+        for (int trial = 0; trial < 2000; trial++) {
+            byte[] b = goods[random.nextInt(goods.length)].clone();
+            int header = b[0] == (byte) 0x93 ? 128 : 1024;
+            switch (random.nextInt(3)) {
+                case 0 -> b[random.nextInt(Math.min(header, 16))] ^= (byte) (1 << random.nextInt(8));  // magic, version, count, header length
+                case 1 -> b[random.nextInt(header)] = (byte) random.nextInt(256);                      // anywhere in the header
+                default -> b = Arrays.copyOf(b, random.nextInt(b.length + 8));                         // truncated or extended
+            }
+            Files.write(p, b);
+            try (TokenWindows w = TokenWindows.open(p, 1 + random.nextInt(8), random.nextBoolean() ? 50257 : 0)) {
+                for (long i = 0; i < w.tokens(); i++) w.token(i);
+                opened++;
+            } catch (IllegalArgumentException e) {
+                assertEquals(1, e.getMessage().lines().count(), "seed " + seed + ": " + e.getMessage());
+                refused++;
+            } catch (RuntimeException e) {
+                throw new AssertionError("seed " + seed + " trial " + trial + ": " + e, e);
+            }
+        }
+        assertTrue(opened > 0 && refused > 0, "seed " + seed + ": opened " + opened + ", refused " + refused);
+    }
+
     @Test
     void writerLeavesNothingBehindWithoutCommit() throws IOException {
         Path p = dir.resolve("never.bin");
