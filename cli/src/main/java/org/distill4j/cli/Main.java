@@ -14,7 +14,7 @@ import picocli.CommandLine.Option;
  */
 @Command(name = "distill", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
     description = "Knowledge distillation for Java, on CUDA or the CPU.",
-    subcommands = {DemoCommand.class, TrainCommand.class, DistillCommand.class, InfoCommand.class, LossCommand.class, PredictCommand.class, EvalCommand.class, BenchCommand.class,
+    subcommands = {DemoCommand.class, TrainCommand.class, DistillCommand.class, InfoCommand.class, LossCommand.class, PredictCommand.class, EvalCommand.class, BenchCommand.class, TokenizeCommand.class,
         CommandLine.HelpCommand.class},
     footer = {"", "Examples:", "  distill demo            knowledge distillation in a minute, nothing to download",
         "  distill info            what this machine offers (libraries, GPUs, kernels)",
@@ -22,6 +22,7 @@ import picocli.CommandLine.Option;
         "  distill predict --model cnn.json --weights cnn.safetensors --input x.npy --output logits.npy",
         "  distill eval --model cnn.json --weights cnn.safetensors --data npy:x.npy,y.npy",
         "  distill info --model cnn.json",
+        "  distill tokenize --tokenizer gpt2/ --output train.bin book.txt",
         "  distill bench kd-step --teacher t.json --student s.json --batch 256 --steps 50"})
 public final class Main implements Callable<Integer> {
     @Option(names = "--verbose", description = "print stack traces on errors", scope = CommandLine.ScopeType.INHERIT)
@@ -40,6 +41,11 @@ public final class Main implements Callable<Integer> {
     }
 
     public static void main(String[] args) {
+        // DJL (the tokenizers binding) logs through SLF4J; without a logging backend SLF4J prints three warning lines.
+        if (System.getProperty("slf4j.provider") == null) {
+            System.setProperty("slf4j.provider", "org.slf4j.helpers.NOP_FallbackServiceProvider");
+            System.setProperty("slf4j.internal.verbosity", "WARN");
+        }
         System.exit(run(args, new PrintWriter(System.out, true), new PrintWriter(System.err, true)));
     }
 

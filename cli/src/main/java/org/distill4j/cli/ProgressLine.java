@@ -39,6 +39,23 @@ final class ProgressLine {
         width = line.length();
     }
 
+    /** Draws a free-form line (distill tokenize's files, tokens and tokens/s), at most five times a second unless {@code force}. */
+    void show(String line, boolean force) {
+        if (!enabled) return;
+        long now = System.nanoTime();
+        if (!force && now - lastDraw < 200_000_000L) return;
+        lastDraw = now;
+        out.print("\r" + line + " ".repeat(Math.max(0, width - line.length())));
+        out.flush();
+        width = line.length();
+    }
+
+    /** A bar of {@code cells} cells, {@code done} of {@code total} filled: [#####-----]. */
+    static String bar(long done, long total, int cells) {
+        int filled = (int) (cells * Math.min(done, total) / Math.max(1, total));
+        return "[" + "#".repeat(filled) + "-".repeat(cells - filled) + "]";
+    }
+
     /** Clears the bar before a regular line is printed. */
     void clear() {
         if (!enabled || width == 0) return;
