@@ -27,7 +27,8 @@ rm -f .device/lib/tokenizers-*.jar .device/lib/api-[0-9]*.jar .device/lib/gson-*
 [ -f .device/lib/core-test-classes.jar ] && { zip -q -d .device/lib/core-test-classes.jar 'fixtures/tok/*' || true; }
 # A device call carries .device with the working tree (tracked files and untracked ones git does
 # not ignore): 64 MiB in all. Leave 1 MiB of room.
-size=$(du -sm .device | cut -f1)
-tree=$(( ($(git ls-files -z --cached --others --exclude-standard | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1) + 1048575) / 1048576 ))
-echo "stage-device: .device is $size MiB, the working tree $tree MiB: $((size + tree)) of the 64 MiB a device call carries"
-[ $((size + tree)) -le 63 ] || { echo "stage-device: .device and the working tree are over 63 MiB after trimming" >&2; exit 1; }
+bytes=$(du -sb .device | cut -f1)
+tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1)
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+echo "stage-device: .device is $(mib "$bytes") MiB, the working tree $(mib "$tree") MiB: $(mib $((bytes + tree))) of the 64 MiB a device call carries"
+[ $((bytes + tree)) -le $((63 * 1048576)) ] || { echo "stage-device: .device and the working tree are over 63 MiB after trimming" >&2; exit 1; }
