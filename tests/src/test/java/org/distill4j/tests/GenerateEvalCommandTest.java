@@ -97,14 +97,18 @@ class GenerateEvalCommandTest {
      * eos): whitespace-split words, decoded joined by spaces (no decoder), so the printed text maps back to ids.
      */
     private Path wordLevelTokenizer() throws Exception {
+        return wordLevelTokenizer("null", "tokenizer.json");
+    }
+
+    private Path wordLevelTokenizer(String postProcessor, String name) throws Exception {
         StringBuilder vocab = new StringBuilder();
         for (int i = 0; i < 127; i++) vocab.append('"').append('w').append(i).append("\": ").append(i).append(", ");
         vocab.append("\"<|endoftext|>\": 127");
         String json = "{\"version\": \"1.0\", \"truncation\": null, \"padding\": null, \"added_tokens\": [{\"id\": 127, \"content\": \"<|endoftext|>\", "
             + "\"single_word\": false, \"lstrip\": false, \"rstrip\": false, \"normalized\": false, \"special\": true}], \"normalizer\": null, "
-            + "\"pre_tokenizer\": {\"type\": \"WhitespaceSplit\"}, \"post_processor\": null, \"decoder\": null, "
+            + "\"pre_tokenizer\": {\"type\": \"WhitespaceSplit\"}, \"post_processor\": " + postProcessor + ", \"decoder\": null, "
             + "\"model\": {\"type\": \"WordLevel\", \"vocab\": {" + vocab + "}, \"unk_token\": \"w0\"}}";
-        Path f = tmp.resolve("tokenizer.json");
+        Path f = tmp.resolve(name);
         Files.writeString(f, json);
         return f;
     }
@@ -128,6 +132,30 @@ class GenerateEvalCommandTest {
         String[] again = run("generate", "--model", copy.toString(), "--prompt", "w94 w23 w29 w115", "--max-new-tokens", "20");
         assertEquals("0", again[0], again[2]);
         assertEquals(r[1], again[1]);
+    }
+
+    /**
+     * A Llama-style template that prepends a BOS ("w1" here): the prompt's ids are tokenizer(prompt) with
+     * add_special_tokens=True, as transformers hands generate() (Python tokenizers gives [1, 94, 23] for "w94 w23").
+     */
+    @Test
+    void aTemplateBosIsPrependedToTheTextPrompt() throws Exception {
+        Path tok = wordLevelTokenizer("{\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\": {\"id\": \"w1\", \"type_id\": 0}}, "
+            + "{\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], \"pair\": [{\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}, "
+            + "{\"Sequence\": {\"id\": \"B\", \"type_id\": 1}}], \"special_tokens\": {\"w1\": {\"id\": \"w1\", \"ids\": [1], \"tokens\": [\"w1\"]}}}",
+            "bos-tokenizer.json");
+        try (Tokenizer t = Tokenizer.open(tok)) {
+            assertEquals(List.of(1, 94, 23), Arrays.stream(t.encodeWithSpecialTokens("w94 w23")).boxed().toList());
+            assertEquals(List.of(94, 23), Arrays.stream(t.encode("w94 w23")).boxed().toList());
+        }
+        Path dir = LM.resolve("gpt2");
+        String[] r = run("generate", "--model", dir.toString(), "--tokenizer", tok.toString(), "--prompt", "w94 w23", "--max-new-tokens", "12");
+        assertEquals("0", r[0], r[2]);
+        String[] ids = run("generate", "--model", dir.toString(), "--prompt-ids", "1,94,23", "--max-new-tokens", "12");
+        List<Long> got = new ArrayList<>();
+        for (String w : r[1].strip().split(" ")) got.add(Long.parseLong(w.substring(1)));
+        assertEquals(ids(ids[1]), got);
+        assertTrue(r[2].contains("generate: 3 prompt tokens"), r[2]);
     }
 
     @Test
