@@ -1,11 +1,21 @@
 package org.distill4j.cli;
 
+import java.io.PrintWriter;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.concurrent.Callable;
 import org.distill4j.core.Backend;
 import org.distill4j.core.data.DataSpec;
 import org.distill4j.core.data.Dataset;
+import org.distill4j.core.data.TokenWindows;
+import org.distill4j.core.Tensor;
+import org.distill4j.core.lm.DecoderConfig;
+import org.distill4j.core.lm.DecoderModel;
+import org.distill4j.core.nn.Layer;
 import org.distill4j.core.nn.Model;
 import org.distill4j.core.nn.ModelSpec;
 import org.distill4j.core.train.Trainer;
@@ -13,16 +23,24 @@ import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
-/** {@code distill eval}: accuracy and mean cross-entropy of a model on a labelled set, in eval mode. */
+/**
+ * {@code distill eval}: accuracy and mean cross-entropy of a model on a labelled set, in eval mode; or, for a Hugging
+ * Face decoder folder, the mean next-token cross-entropy and perplexity over a token file's windows.
+ */
 @Command(name = "eval", mixinStandardHelpOptions = true,
-    description = "Accuracy and mean cross-entropy loss of a model (spec + safetensors weights) on a labelled dataset, in eval mode.",
-    footer = {"", "Data (docs/data.md): idx:IMAGES,LABELS | cifar10:BATCH[,BATCH...] | npy:SAMPLES.npy,LABELS.npy", "",
-        "Example:", "  distill eval --model mlp.json --weights mlp.safetensors --data idx:data/mnist/test-images-idx3-ubyte,data/mnist/test-labels-idx1-ubyte"})
+    description = {"Accuracy and mean cross-entropy loss of a model (spec + safetensors weights) on a labelled dataset, in eval mode;",
+        "or, for a Hugging Face decoder folder, the mean next-token cross-entropy over --data tokens:FILE --seq-len T",
+        "(window i = tokens[iT .. iT+T]: T inputs, T targets; a last partial window dropped), ending with the line",
+        "'eval: loss <mean>, perplexity <exp(mean)>, tokens <targets scored>'."},
+    footer = {"", "Data (docs/data.md): idx:IMAGES,LABELS | cifar10:BATCH[,BATCH...] | npy:SAMPLES.npy,LABELS.npy | tokens:FILE (.bin or .npy, decoders)", "",
+        "Examples:", "  distill eval --model mlp.json --weights mlp.safetensors --data idx:data/mnist/test-images-idx3-ubyte,data/mnist/test-labels-idx1-ubyte",
+        "  distill eval --model ./student --data tokens:val.bin --seq-len 256 --batch 8"})
 final class EvalCommand implements Callable<Integer> {
-    @Option(names = "--model", required = true, paramLabel = "SPEC.json") Path model;
-    @Option(names = "--weights", required = true, paramLabel = "W.safetensors") Path weights;
-    @Option(names = "--data", required = true, paramLabel = "KIND:FILES", description = "labelled data, see below") String data;
-    @Option(names = "--batch", defaultValue = "256", description = "rows per forward pass (default: ${DEFAULT-VALUE})") int batch;
+    @Option(names = "--model", required = true, paramLabel = "SPEC.json|DIR", description = "model spec, or a Hugging Face decoder folder") Path model;
+    @Option(names = "--weights", paramLabel = "W.safetensors", description = "weights of a model spec (a folder has its own)") Path weights;
+    @Option(names = "--data", required = true, paramLabel = "KIND:FILES", description = "labelled data, or tokens:FILE for a decoder; see below") String data;
+    @Option(names = "--batch", description = "rows (decoder: windows) per forward pass (default: 256; decoder: 8)") Integer batch;
+    @Option(names = "--seq-len", paramLabel = "T", description = "tokens per window (decoders)") Integer seqLen;
     @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda", description = "where to compute (default: ${DEFAULT-VALUE})") String device;
 
     @CommandLine.Spec
@@ -30,8 +48,12 @@ final class EvalCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
-        if (batch < 1) throw new IllegalArgumentException("--batch must be >= 1, got " + batch);
+        if (batch != null && batch < 1) throw new IllegalArgumentException("--batch must be >= 1, got " + batch);
         Devices.check(device);
+        if (Files.isDirectory(model)) return evalDecoder();
+        if (weights == null) throw new IllegalArgumentException("--weights is required with a model spec (" + model + " is not a folder)");
+        if (seqLen != null) throw new IllegalArgumentException("--seq-len is for a decoder folder (" + model + " is not a folder)");
+        int batch = this.batch == null ? 256 : this.batch;
         ModelSpec s = ModelSpec.read(model);
         try (Dataset d = DataSpec.open(data)) {
             if (!Arrays.equals(d.sampleShape(), s.input())) {
@@ -51,5 +73,63 @@ final class EvalCommand implements Callable<Integer> {
             }
         }
         return 0;
+    }
+
+    /**
+     * A decoder folder on tokens:FILE: every window's T inputs forwarded as [B, T] (eval mode, no cache, positions
+     * 0..T-1) and its T targets scored, so the mean is over windows * T target tokens. The cross-entropy is computed here
+     * in double from the F32 logits (log-sum-exp minus the target's logit), not with {@link DecoderModel#nextTokenLoss},
+     * which scores T-1 shifted targets of a T-token sequence.
+     */
+    private int evalDecoder() throws Exception {
+        if (weights != null) throw new IllegalArgumentException("--weights is not used with a model folder (" + model + " holds its weights)");
+        if (!data.startsWith("tokens:")) throw new IllegalArgumentException("--data " + data + ": a decoder folder is evaluated on tokens:FILE (an llm.c .bin or 1-D .npy)");
+        if (seqLen == null) throw new IllegalArgumentException("--seq-len T is required with a decoder folder");
+        int windowsPerBatch = batch == null ? 8 : batch;
+        DecoderConfig config = DecoderConfig.read(model);
+        if (seqLen > config.maxPositions()) {
+            throw new IllegalArgumentException("--seq-len " + seqLen + " is longer than the context of " + config.file() + " ('"
+                + (config.rope() == null ? "n_positions" : "max_position_embeddings") + "' = " + config.maxPositions() + ")");
+        }
+        Path file = Path.of(data.substring("tokens:".length()));
+        PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
+        try (TokenWindows windows = TokenWindows.open(file, seqLen, Math.toIntExact(config.vocab()));
+             Backend b = Devices.open(device); DecoderModel m = DecoderModel.load(b, model)) {
+            long[] order = windows.order(0, 0, false);
+            long batches = windows.batchesPerEpoch(windowsPerBatch, false);
+            long[] inputs = new long[windowsPerBatch * seqLen], targets = new long[windowsPerBatch * seqLen];
+            ProgressLine progress = ProgressLine.forTerminal(err);
+            double sum = 0;
+            long scored = 0;
+            for (long bi = 0; bi < batches; bi++) {
+                int rows = windows.batch(order, bi, windowsPerBatch, inputs, targets);
+                int n = rows * seqLen;
+                try (Arena arena = Arena.ofShared()) {
+                    Tensor logits = m.forward(new Layer.Pass(b, arena, false, 0, 0), Arrays.copyOf(inputs, n), rows, seqLen, null, null, null); // [rows, T, V]
+                    sum += crossEntropySum(logits.data(), Arrays.copyOf(targets, n), config.vocab());
+                }
+                scored += n;
+                progress.show(String.format("eval %s %d/%d windows  loss %.4f", ProgressLine.bar(bi + 1, batches, 24), Math.min((bi + 1) * windowsPerBatch,
+                    windows.windows()), windows.windows(), sum / scored), bi + 1 == batches);
+            }
+            progress.clear();
+            double mean = sum / scored;
+            out.printf("eval: loss %.6f, perplexity %.4f, tokens %d%n", mean, Math.exp(mean), scored);
+        }
+        return 0;
+    }
+
+    /** Sum over rows r of -log softmax(logits[r])[targets[r]], in double; logits F32 [rows, V] row-major. */
+    static double crossEntropySum(MemorySegment logits, long[] targets, long vocab) {
+        double total = 0;
+        for (int r = 0; r < targets.length; r++) {
+            long base = r * vocab;
+            double max = Double.NEGATIVE_INFINITY;
+            for (long c = 0; c < vocab; c++) max = Math.max(max, logits.getAtIndex(ValueLayout.JAVA_FLOAT, base + c));
+            double z = 0;
+            for (long c = 0; c < vocab; c++) z += Math.exp(logits.getAtIndex(ValueLayout.JAVA_FLOAT, base + c) - max);
+            total += max + Math.log(z) - logits.getAtIndex(ValueLayout.JAVA_FLOAT, base + targets[r]);
+        }
+        return total;
     }
 }

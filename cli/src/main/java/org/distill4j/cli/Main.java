@@ -15,6 +15,7 @@ import picocli.CommandLine.Option;
 @Command(name = "distill", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
     description = "Knowledge distillation for Java, on CUDA or the CPU.",
     subcommands = {DemoCommand.class, TrainCommand.class, DistillCommand.class, InfoCommand.class, LossCommand.class, PredictCommand.class, EvalCommand.class, BenchCommand.class, TokenizeCommand.class,
+        GenerateCommand.class,
         CommandLine.HelpCommand.class},
     footer = {"", "Examples:", "  distill demo            knowledge distillation in a minute, nothing to download",
         "  distill info            what this machine offers (libraries, GPUs, kernels)",
@@ -23,6 +24,8 @@ import picocli.CommandLine.Option;
         "  distill eval --model cnn.json --weights cnn.safetensors --data npy:x.npy,y.npy",
         "  distill info --model cnn.json",
         "  distill tokenize --tokenizer gpt2/ --output train.bin book.txt",
+        "  distill generate --model ./student --prompt 'Call me Ishmael.' --max-new-tokens 50",
+        "  distill eval --model ./student --data tokens:val.bin --seq-len 256",
         "  distill bench kd-step --teacher t.json --student s.json --batch 256 --steps 50"})
 public final class Main implements Callable<Integer> {
     @Option(names = "--verbose", description = "print stack traces on errors", scope = CommandLine.ScopeType.INHERIT)

@@ -123,10 +123,19 @@ public final class HfTokenizer implements Tokenizer {
 
     @Override
     public int[] encode(String text) {
+        return encode(text, false);
+    }
+
+    @Override
+    public int[] encodeWithSpecialTokens(String text) {
+        return encode(text, true);
+    }
+
+    private int[] encode(String text, boolean addSpecialTokens) {
         // The binding's own encode(text) also copies out the token strings, offsets, type ids, masks and word ids
         // (one Java object per token for the strings and offsets); we need the ids only, so we call its JNI layer
         // (public: ai.djl.huggingface.tokenizers.jni) the same way and fetch just them.
-        long encoding = TokenizersLibrary.LIB.encode(rust.getHandle(), text, false);
+        long encoding = TokenizersLibrary.LIB.encode(rust.getHandle(), text, addSpecialTokens);
         long[] ids;
         try {
             ids = TokenizersLibrary.LIB.getTokenIds(encoding);

@@ -16,6 +16,13 @@ public interface Tokenizer extends AutoCloseable {
     int[] encode(String text);
 
     /**
+     * The ids of {@code text} as {@code tokenizer(text)} gives them by default, add_special_tokens=True: the
+     * tokenizer.json post-processor's template is applied (Llama 2/3, Mistral, TinyLlama prepend BOS; GPT-2 and Qwen
+     * add nothing). What transformers feeds {@code generate} for a prompt.
+     */
+    int[] encodeWithSpecialTokens(String text);
+
+    /**
      * The ids of each text, as {@code tokenizer.encode_batch(texts, add_special_tokens=False)}: the same ids as
      * {@link #encode} one by one, computed on all cores (Hugging Face's Rust thread pool).
      */
