@@ -18,6 +18,7 @@
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }  // CUDA intrinsics; the emulation's stand-ins
 inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 #include "decoder.cu"
+#include "emu_watchdog.h"
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -30,45 +31,8 @@ inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); r
 namespace {
 int failures = 0, checks = 0;
 
-// The progress watchdog of loss_emu.cpp: a case that has not finished within D4J_EMU_CASE_LIMIT
-// seconds (default 600) fails the run, naming the case; exit code 124, as timeout(1) gives.
-struct Watchdog {
-    std::mutex lock;
-    std::string current;
-    std::chrono::steady_clock::time_point started;
-    int limitSeconds = 600;
-    double slowest = 0;
-    std::string slowestName;
-
-    void begin(const std::string& name) {
-        std::lock_guard<std::mutex> g(lock);
-        current = name;
-        started = std::chrono::steady_clock::now();
-    }
-    void end() {
-        std::lock_guard<std::mutex> g(lock);
-        const double ran = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-        if (ran > slowest) { slowest = ran; slowestName = current; }
-        current.clear();
-    }
-    void start() {
-        if (const char* v = std::getenv("D4J_EMU_CASE_LIMIT")) limitSeconds = std::max(1, std::atoi(v));
-        std::thread([this] {
-            for (;;) {
-                std::this_thread::sleep_for(std::chrono::milliseconds(250));
-                std::lock_guard<std::mutex> g(lock);
-                if (current.empty()) continue;
-                const double ran = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-                if (ran > limitSeconds) {
-                    std::printf("HUNG %s: no progress for %.0f s (limit D4J_EMU_CASE_LIMIT=%d s); %d checks done before it\n",
-                                current.c_str(), ran, limitSeconds, checks);
-                    std::fflush(stdout);
-                    _exit(124);
-                }
-            }
-        }).detach();
-    }
-} watchdog;
+// The progress watchdog (include/emu_watchdog.h).
+EmuWatchdog watchdog;
 
 std::mt19937_64 rng(20261206);
 
@@ -527,7 +491,7 @@ void projectionHelpers(int64_t rows, int64_t cols, int64_t ld) {
 }  // namespace
 
 int main() {
-    watchdog.start();
+    watchdog.start(&checks);
     //         N    D    V    P   positions bad
     embedding(7, 33, 11, 9, false, false);
     embedding(40, 64, 50, 64, true, false);   // GPT-2: learned positions, ids repeat
@@ -554,7 +518,7 @@ int main() {
     activations(1, 1);
     projectionHelpers(7, 45, 64);            // columns of a wider buffer (q | k | v)
     projectionHelpers(33, 300, 300);
-    std::printf("slowest case %.2f s (%s); a case fails as hung after %d s\n", watchdog.slowest, watchdog.slowestName.c_str(), watchdog.limitSeconds);
+    watchdog.printSlowest();
     std::printf("%d of %d checks passed\n", checks - failures, checks);
     return failures == 0 ? 0 : 1;
 }

@@ -11,6 +11,7 @@
 // What it cannot check: speed, and races that only the GPU's weaker memory ordering or real warp
 // scheduling would show.
 #include "distill_loss_emu.cu"
+#include "emu_watchdog.h"
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -23,49 +24,8 @@
 namespace {
 int failures = 0, checks = 0;
 
-// The hang detector watches progress, not the whole run's wall clock: a protocol fault shows as
-// a group of blocks waiting forever on a flag, so a case that has not finished within
-// D4J_EMU_CASE_LIMIT seconds (default 600) fails the run, naming the case and how long it ran;
-// exit code 124, as timeout(1) gives. The run prints its slowest case: 36-42 s (split f32 JSD
-// 31x1024, K = 16) on a 2-core machine busy with three other builds, where the whole run took
-// 13 minutes (2026-12-06), so 600 s leaves a wide margin and still names a hang within minutes.
-struct Watchdog {
-    std::mutex lock;
-    std::string current;                                 // the running case's name, "" between cases
-    std::chrono::steady_clock::time_point started;       // when it started
-    int limitSeconds = 600;
-    double slowest = 0;                                  // the longest finished case, seconds
-    std::string slowestName;
-
-    void begin(const std::string& name) {
-        std::lock_guard<std::mutex> g(lock);
-        current = name;
-        started = std::chrono::steady_clock::now();
-    }
-    void end() {
-        std::lock_guard<std::mutex> g(lock);
-        const double ran = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-        if (ran > slowest) { slowest = ran; slowestName = current; }
-        current.clear();
-    }
-    void start() {
-        if (const char* v = std::getenv("D4J_EMU_CASE_LIMIT")) limitSeconds = std::max(1, std::atoi(v));
-        std::thread([this] {
-            for (;;) {
-                std::this_thread::sleep_for(std::chrono::milliseconds(250));
-                std::lock_guard<std::mutex> g(lock);
-                if (current.empty()) continue;
-                const double ran = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-                if (ran > limitSeconds) {
-                    std::printf("HUNG %s: no progress for %.0f s (limit D4J_EMU_CASE_LIMIT=%d s); %d checks done before it\n",
-                                current.c_str(), ran, limitSeconds, checks);
-                    std::fflush(stdout);
-                    _exit(124);  // the blocks' threads are still waiting: end the process without joining them
-                }
-            }
-        }).detach();
-    }
-} watchdog;
+// The progress watchdog (include/emu_watchdog.h).
+EmuWatchdog watchdog;
 
 // One problem and how to launch it. regime: warp, block, reread, pipe, split.
 struct Case {
@@ -323,7 +283,7 @@ void run(Case c, std::mt19937_64& rng) {
 }  // namespace
 
 int main() {
-    watchdog.start();
+    watchdog.start(&checks);
     std::mt19937_64 rng(20261123);
     std::vector<Case> cases;
     auto add = [&](Case c) { cases.push_back(c); return &cases.back(); };
@@ -452,7 +412,7 @@ int main() {
             run<__nv_bfloat16>(u, rng);
         }
     }
-    std::printf("slowest case %.2f s (%s); a case fails as hung after %d s\n", watchdog.slowest, watchdog.slowestName.c_str(), watchdog.limitSeconds);
+    watchdog.printSlowest();
     std::printf("%d of %d checks passed\n", checks - failures, checks);
     return failures == 0 ? 0 : 1;
 }

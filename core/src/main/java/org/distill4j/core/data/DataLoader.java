@@ -91,7 +91,15 @@ public final class DataLoader implements AutoCloseable {
 
     /** The sample order of an epoch (a permutation when shuffling, the identity otherwise). */
     public long[] order(int epoch) {
-        long n = dataset.size();
+        return epochOrder(dataset.size(), epoch, seed, shuffle);
+    }
+
+    /**
+     * The order of {@code n} items in {@code epoch}: a Fisher-Yates permutation drawn from Philox
+     * stream (seed, epoch) when shuffling, else 0, 1, 2, ... The rule every loader shares (samples
+     * here, token windows in {@link TokenWindows}), so a seed means the same order everywhere.
+     */
+    public static long[] epochOrder(long n, int epoch, long seed, boolean shuffle) {
         long[] order = new long[Math.toIntExact(n)];
         for (int i = 0; i < order.length; i++) order[i] = i;
         if (shuffle) {

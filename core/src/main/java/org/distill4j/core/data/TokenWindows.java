@@ -4,7 +4,6 @@ import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.nio.file.Path;
-import org.distill4j.core.Philox;
 
 /**
  * Next-token training windows over a memory-mapped token file ({@link TokenFile}: llm.c .bin or 1-D .npy), for
@@ -107,18 +106,7 @@ public final class TokenWindows implements AutoCloseable {
 
     /** The window order of {@code epoch}: a Philox Fisher-Yates permutation of (seed, epoch) when shuffling, else 0, 1, 2, ... */
     public long[] order(int epoch, long seed, boolean shuffle) {
-        long[] order = new long[Math.toIntExact(windows)];
-        for (int i = 0; i < order.length; i++) order[i] = i;
-        if (shuffle) {
-            long stream = seed ^ (0x9E3779B97F4A7C15L * (epoch + 1));
-            for (int i = order.length - 1; i > 0; i--) {
-                int j = (int) (((Philox.word(stream, i) & 0xffffffffL) * (i + 1)) >>> 32);
-                long t = order[i];
-                order[i] = order[j];
-                order[j] = t;
-            }
-        }
-        return order;
+        return DataLoader.epochOrder(windows, epoch, seed, shuffle);
     }
 
     /** Window {@code w}'s inputs (tokens[wT .. wT+T-1]) and targets (tokens[wT+1 .. wT+T]) into row {@code row} of [*, T] arrays. */
