@@ -340,53 +340,69 @@ final class DecoderOps {
     }
 
     /**
+     * Runs task(0 .. n - 1) across the common fork-join pool with OpenBLAS at one thread per call
+     * while they run (then its previous count again): attention's per-head gemms are small
+     * (T x T x headDim), so heads side by side use the cores better than OpenBLAS splitting each
+     * small gemm, and OpenBLAS's pool would queue callers from several threads (see
+     * CpuBlas#holdSingleThreaded). Serial, with OpenBLAS as it is, when the work is small.
+     */
+    static void parallelTasks(int n, long costPerTask, java.util.function.IntConsumer task) {
+        int workers = ForkJoinPool.getCommonPoolParallelism() + 1;
+        if (n < 2 || workers < 2 || n * costPerTask < PARALLEL_WORK) {
+            for (int k = 0; k < n; k++) task.accept(k);
+            return;
+        }
+        CpuBlas.holdSingleThreaded();
+        try {
+            IntStream.range(0, n).parallel().forEach(task);
+        } finally {
+            CpuBlas.releaseSingleThreaded();
+        }
+    }
+
+    /**
      * probs [B, H, tq, tk] = softmax(scale q k^T + mask) over visible keys (a query that sees no key
      * gets a row of zeros); out [B * tq, H * hd] = probs v, or (dropped [B, H, tq, tk]) v when
      * {@code dropped} is not null (attention dropout, applied by the caller between the two halves
-     * via {@link #attentionScores} and {@link #attentionValues}).
+     * via {@link #attentionScores} and {@link #attentionValues}). One task per (batch, head): the
+     * scores gemm, then the masked softmax of its plane while the plane is in cache; keys past the
+     * causal limit are skipped rather than tested (about half the plane).
      */
     static void attentionScores(AttentionShape a, MemorySegment probs) {
         long plane = a.tq() * a.tk();
-        for (int b = 0; b < a.batch(); b++) {
-            for (int h = 0; h < a.heads(); h++) {
-                MemorySegment p = probs.asSlice(((long) b * a.heads() + h) * plane * Float.BYTES, plane * Float.BYTES);
-                CpuBlas.sgemm(false, true, i(a.tq()), i(a.tk()), i(a.hd()), a.scale(), a.qOf(b, h), i(a.ldQ()), a.kOf(b, h), i(a.ldK()), 0f, p, i(a.tk()));
-            }
-        }
-        // The masked softmax of every row of every (batch, head) plane, rows in parallel. Keys past
-        // the causal limit are skipped rather than tested: about half the plane.
-        long rowsPerBatch = (long) a.heads() * a.tq();
-        parallel(a.batch() * rowsPerBatch, a.tk() * 3, (lo, hi) -> {
-            for (long row = lo; row < hi; row++) {
-                int b = (int) (row / rowsPerBatch);
-                long qi = row % a.tq(), o = row * a.tk(), end = Math.min(a.tk(), a.past() + qi + 1);
-                long[] mask = a.keyMask();
-                long maskRow = b * a.tk();
+        parallelTasks(a.batch() * a.heads(), plane * (a.hd() + 3), task -> {
+            int b = task / a.heads(), h = task % a.heads();
+            long base = (long) task * plane;
+            MemorySegment p = probs.asSlice(base * Float.BYTES, plane * Float.BYTES);
+            CpuBlas.sgemm(false, true, i(a.tq()), i(a.tk()), i(a.hd()), a.scale(), a.qOf(b, h), i(a.ldQ()), a.kOf(b, h), i(a.ldK()), 0f, p, i(a.tk()));
+            long[] mask = a.keyMask();
+            long maskRow = b * a.tk();
+            for (long qi = 0; qi < a.tq(); qi++) {
+                long o = qi * a.tk(), end = Math.min(a.tk(), a.past() + qi + 1);
                 double max = Double.NEGATIVE_INFINITY;
-                for (long j = 0; j < end; j++) if (mask == null || mask[(int) (maskRow + j)] != 0) max = Math.max(max, f(probs, o + j));
+                for (long j = 0; j < end; j++) if (mask == null || mask[(int) (maskRow + j)] != 0) max = Math.max(max, f(p, o + j));
                 double sum = 0;
                 for (long j = 0; j < end; j++) {
-                    double e = mask == null || mask[(int) (maskRow + j)] != 0 ? Math.exp(f(probs, o + j) - max) : 0;
-                    set(probs, o + j, (float) e);
+                    double e = mask == null || mask[(int) (maskRow + j)] != 0 ? Math.exp(f(p, o + j) - max) : 0;
+                    set(p, o + j, (float) e);
                     sum += e;
                 }
                 double inv = sum > 0 ? 1 / sum : 0;
-                for (long j = 0; j < end; j++) set(probs, o + j, (float) (f(probs, o + j) * inv));
-                for (long j = end; j < a.tk(); j++) set(probs, o + j, 0f);
+                for (long j = 0; j < end; j++) set(p, o + j, (float) (f(p, o + j) * inv));
+                for (long j = end; j < a.tk(); j++) set(p, o + j, 0f);
             }
         });
     }
 
-    /** out [B * tq, ldOut] (head h at columns h * hd) = probs [B, H, tq, tk] v. */
+    /** out [B * tq, ldOut] (head h at columns h * hd) = probs [B, H, tq, tk] v; one task per (batch, head). */
     static void attentionValues(AttentionShape a, MemorySegment probs, MemorySegment out, long ldOut) {
         long plane = a.tq() * a.tk();
-        for (int b = 0; b < a.batch(); b++) {
-            for (int h = 0; h < a.heads(); h++) {
-                MemorySegment p = probs.asSlice(((long) b * a.heads() + h) * plane * Float.BYTES, plane * Float.BYTES);
-                MemorySegment o = out.asSlice((b * a.tq() * ldOut + h * a.hd()) * Float.BYTES);
-                CpuBlas.sgemm(false, false, i(a.tq()), i(a.hd()), i(a.tk()), 1f, p, i(a.tk()), a.vOf(b, h), i(a.ldK()), 0f, o, i(ldOut));
-            }
-        }
+        parallelTasks(a.batch() * a.heads(), plane * a.hd(), task -> {
+            int b = task / a.heads(), h = task % a.heads();
+            MemorySegment p = probs.asSlice((long) task * plane * Float.BYTES, plane * Float.BYTES);
+            MemorySegment o = out.asSlice((b * a.tq() * ldOut + h * a.hd()) * Float.BYTES);
+            CpuBlas.sgemm(false, false, i(a.tq()), i(a.hd()), i(a.tk()), 1f, p, i(a.tk()), a.vOf(b, h), i(a.ldK()), 0f, o, i(ldOut));
+        });
     }
 
     /**
@@ -395,42 +411,47 @@ final class DecoderOps {
      * into {@code dprobs} [B, H, tq, tk] (the caller applies the dropout backward in place via
      * {@code beforeSoftmax}), dscores = probs (dprobs - sum(dprobs probs)) scale, dq = dscores k,
      * dk = dscores^T q. dq, dk, dv go to dqkv (same layout as the q | k | v buffer, zeroed by the
-     * caller since kv heads shared by several query heads accumulate).
+     * caller since kv heads shared by several query heads accumulate). One task per (batch, kv
+     * head), which runs that kv head's query heads in order: no two tasks write the same dk or dv.
      */
     static void attentionBackward(AttentionShape a, MemorySegment probs, MemorySegment probsUsed, MemorySegment dprobs, MemorySegment dout,
                                   long ldOut, MemorySegment dqkv, Runnable beforeSoftmax) {
         long plane = a.tq() * a.tk();
-        for (int b = 0; b < a.batch(); b++) {
-            for (int h = 0; h < a.heads(); h++) {
-                MemorySegment pu = probsUsed.asSlice(((long) b * a.heads() + h) * plane * Float.BYTES, plane * Float.BYTES);
-                MemorySegment dp = dprobs.asSlice(((long) b * a.heads() + h) * plane * Float.BYTES, plane * Float.BYTES);
+        int group = a.heads() / a.kvHeads();
+        parallelTasks(a.batch() * a.kvHeads(), group * plane * a.hd() * 2, task -> {
+            int b = task / a.kvHeads();
+            for (int h = (task % a.kvHeads()) * group, last = h + group; h < last; h++) {
+                long base = ((long) b * a.heads() + h) * plane;
+                MemorySegment pu = probsUsed.asSlice(base * Float.BYTES, plane * Float.BYTES);
+                MemorySegment dp = dprobs.asSlice(base * Float.BYTES, plane * Float.BYTES);
                 MemorySegment d = dout.asSlice((b * a.tq() * ldOut + h * a.hd()) * Float.BYTES);
                 MemorySegment dv = dqkv.asSlice((a.kvBase(b, h) + a.vCol()) * Float.BYTES);
                 CpuBlas.sgemm(true, false, i(a.tk()), i(a.hd()), i(a.tq()), 1f, pu, i(a.tk()), d, i(ldOut), 1f, dv, i(a.ldK()));
                 CpuBlas.sgemm(false, true, i(a.tq()), i(a.tk()), i(a.hd()), 1f, d, i(ldOut), a.vOf(b, h), i(a.ldK()), 0f, dp, i(a.tk()));
             }
-        }
-        beforeSoftmax.run();
-        // Softmax backward, rows in parallel; keys past the causal limit have p = 0, so their dscores are 0.
-        float scale = a.scale();
-        parallel(a.batch() * a.heads() * a.tq(), a.tk() * 2, (lo, hi) -> {
-            for (long row = lo; row < hi; row++) {
-                long qi = row % a.tq(), o = row * a.tk(), end = Math.min(a.tk(), a.past() + qi + 1);
-                double dot = 0;
-                for (long j = 0; j < end; j++) dot += (double) f(dprobs, o + j) * f(probs, o + j);
-                for (long j = 0; j < end; j++) set(dprobs, o + j, (float) (f(probs, o + j) * (f(dprobs, o + j) - dot) * scale));
-                for (long j = end; j < a.tk(); j++) set(dprobs, o + j, 0f);
-            }
         });
-        for (int b = 0; b < a.batch(); b++) {
-            for (int h = 0; h < a.heads(); h++) {
-                MemorySegment dp = dprobs.asSlice(((long) b * a.heads() + h) * plane * Float.BYTES, plane * Float.BYTES);
+        beforeSoftmax.run();
+        float scale = a.scale();
+        parallelTasks(a.batch() * a.kvHeads(), group * plane * (a.hd() * 2 + 2), task -> {
+            int b = task / a.kvHeads();
+            for (int h = (task % a.kvHeads()) * group, last = h + group; h < last; h++) {
+                long base = ((long) b * a.heads() + h) * plane;
+                MemorySegment p = probs.asSlice(base * Float.BYTES, plane * Float.BYTES);
+                MemorySegment dp = dprobs.asSlice(base * Float.BYTES, plane * Float.BYTES);
+                // Softmax backward; keys past the causal limit have p = 0, so their dscores are 0.
+                for (long qi = 0; qi < a.tq(); qi++) {
+                    long o = qi * a.tk(), end = Math.min(a.tk(), a.past() + qi + 1);
+                    double dot = 0;
+                    for (long j = 0; j < end; j++) dot += (double) f(dp, o + j) * f(p, o + j);
+                    for (long j = 0; j < end; j++) set(dp, o + j, (float) (f(p, o + j) * (f(dp, o + j) - dot) * scale));
+                    for (long j = end; j < a.tk(); j++) set(dp, o + j, 0f);
+                }
                 MemorySegment dq = dqkv.asSlice(((b * a.tq()) * a.ldQ() + a.qCol() + h * a.hd()) * Float.BYTES);
                 MemorySegment dk = dqkv.asSlice((a.kvBase(b, h) + a.kCol()) * Float.BYTES);
                 CpuBlas.sgemm(false, false, i(a.tq()), i(a.hd()), i(a.tk()), 1f, dp, i(a.tk()), a.kOf(b, h), i(a.ldK()), 1f, dq, i(a.ldQ()));
                 CpuBlas.sgemm(true, false, i(a.tk()), i(a.hd()), i(a.tq()), 1f, dp, i(a.tk()), a.qOf(b, h), i(a.ldQ()), 1f, dk, i(a.ldK()));
             }
-        }
+        });
     }
 
     // ---- MLP activations
