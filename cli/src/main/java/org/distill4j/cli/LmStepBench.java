@@ -10,7 +10,6 @@ import java.util.Locale;
 import java.util.Random;
 import java.util.concurrent.Callable;
 import org.distill4j.core.Backend;
-import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.cpu.CpuBlas;
 import org.distill4j.core.lm.DecoderModel;
@@ -26,7 +25,7 @@ import picocli.CommandLine.Option;
  * {@link DecoderModel#fromConfig} (random weights: the time does not depend on them). After
  * {@code warmup} steps, {@code repeats} runs of {@code steps} steps are timed; the last line is the
  * median rate. Each step's activations live in one arena, closed after the backward, as a training
- * loop would. The same step in PyTorch eager is bench/pytorch/lm_step.py.
+ * loop would; dL/dlogits is written over the logits (DecoderModel#nextTokenLoss allows it). The same step in PyTorch eager is bench/pytorch/lm_step.py.
  */
 @Command(name = "lm-step", mixinStandardHelpOptions = true,
     description = "Time decoder forward+backward steps (no optimizer); last line: lm-step: <tokens per second> tokens/s (median).",
@@ -114,9 +113,9 @@ final class LmStepBench implements Callable<Integer> {
         try (Arena arena = Arena.ofShared()) {
             Layer.Pass pass = new Layer.Pass(b, arena, true, 11, step);
             Tensor logits = m.forward(pass, ids, batch, t, null, null, null);
-            Tensor dlogits = b.empty(arena, DType.F32, logits.shape());
-            double loss = DecoderModel.nextTokenLoss(logits, ids, dlogits);
-            m.backward(dlogits);
+            // dL/dlogits overwrites the logits (nothing reads them after the loss): one [B, T, V] buffer, not two.
+            double loss = DecoderModel.nextTokenLoss(logits, ids, logits);
+            m.backward(logits);
             return loss;
         }
     }

@@ -625,7 +625,8 @@ public final class DecoderModel implements AutoCloseable {
     /**
      * transformers' causal-LM loss for logits [B, T, V] and labels [B, T] (usually the input ids;
      * -100 ignored): mean cross-entropy of position t against label t + 1. When {@code dlogits}
-     * is not null it receives dL/dlogits [B, T, V].
+     * is not null it receives dL/dlogits [B, T, V]; it may be {@code logits} itself (overwritten
+     * in place, which saves a [B, T, V] buffer when the logits are not needed after the loss).
      */
     public static double nextTokenLoss(Tensor logits, long[] labels, Tensor dlogits) {
         if (logits.rank() != 3 || labels.length != logits.size(0) * logits.size(1)) {
