@@ -314,6 +314,7 @@ public final class DecoderModel implements AutoCloseable {
         Tensor lastRes;
         Layer.Pass pass;
         boolean dropout; // whether this forward applied dropout (training with dropout enabled): the backward must match it
+        boolean train; // training forwards keep every layer's activations; eval forwards reuse layer 0's buffers
     }
 
     /**
@@ -374,6 +375,7 @@ public final class DecoderModel implements AutoCloseable {
         s.keyMask = keyMask;
         s.pass = pass;
         s.dropout = train && dropoutEnabled;
+        s.train = train;
         s.resIn = new Tensor[layers];
         s.ln1 = new Tensor[layers];
         s.ln1Mean = new Tensor[layers];
@@ -410,13 +412,13 @@ public final class DecoderModel implements AutoCloseable {
             Block blk = blocks[l];
             s.resIn[l] = x;
             // Attention half: norm, q | k | v, (q/k norm), RoPE, masked softmax attention, output projection, residual.
-            s.ln1[l] = buffer(pass, n, d);
-            s.ln1Mean[l] = buffer(pass, n);
-            s.ln1Rstd[l] = buffer(pass, n);
+            act(s, s.ln1, l, n, d);
+            act(s, s.ln1Mean, l, n);
+            act(s, s.ln1Rstd, l, n);
             pt = DecoderProfile.start();
             normForward(s.ln1[l], s.ln1Mean[l], s.ln1Rstd[l], x, blk.attnNormWeight(), blk.attnNormBias(), n);
             DecoderProfile.stop(Op.NORM_F, pt);
-            Tensor qkv = buffer(pass, n, qkvW);
+            Tensor qkv = act(s, blk.qNorm() != null ? s.qkvRaw : s.qkv, l, n, qkvW);
             pt = DecoderProfile.start();
             long col = 0;
             for (Proj p : blk.qkv()) {
@@ -427,10 +429,10 @@ public final class DecoderModel implements AutoCloseable {
             DecoderProfile.stop(Op.QKV_PROJ_F, pt);
             if (blk.qNorm() != null) {
                 s.qkvRaw[l] = qkv;
-                qkv = buffer(pass, n, qkvW);
+                qkv = act(s, s.qkv, l, n, qkvW);
                 backend.copy(s.qkvRaw[l], qkv); // v stays as projected
-                s.qRstd[l] = buffer(pass, config.heads(), n);
-                s.kRstd[l] = buffer(pass, config.kvHeads(), n);
+                act(s, s.qRstd, l, config.heads(), n);
+                act(s, s.kRstd, l, config.kvHeads(), n);
                 headNormForward(qkv, s.qkvRaw[l], blk.qNorm(), s.qRstd[l], 0, config.heads(), n, qkvW);
                 headNormForward(qkv, s.qkvRaw[l], blk.kNorm(), s.kRstd[l], a, config.kvHeads(), n, qkvW);
             }
@@ -457,7 +459,7 @@ public final class DecoderModel implements AutoCloseable {
             } else {
                 shape = attentionShape(s, l, qkv);
             }
-            s.probs[l] = buffer(pass, batch, config.heads(), t, tk);
+            act(s, s.probs, l, batch, config.heads(), t, tk);
             pt = DecoderProfile.start();
             DecoderOps.attentionScores(shape, s.probs[l].data());
             DecoderProfile.stop(Op.ATTN_SCORES_SOFTMAX_F, pt);
@@ -466,7 +468,7 @@ public final class DecoderModel implements AutoCloseable {
                 s.probsUsed[l] = buffer(pass, batch, config.heads(), t, tk);
                 backend.dropout(config.attnDropout(), pass.seed(), site(pass, 1 + 3L * l), s.probs[l], s.probsUsed[l]);
             }
-            s.attn[l] = buffer(pass, n, a);
+            act(s, s.attn, l, n, a);
             pt = DecoderProfile.start();
             DecoderOps.attentionValues(shape, s.probsUsed[l].data(), s.attn[l].data(), a);
             DecoderProfile.stop(Op.ATTN_VALUES_F, pt);
@@ -475,19 +477,19 @@ public final class DecoderModel implements AutoCloseable {
             projection(blk.attnOut(), attnOut, s.attn[l], n);
             DecoderProfile.stop(Op.ATTN_OUT_PROJ_F, pt);
             dropout(s, config.residDropout(), 2 + 3L * l, attnOut);
-            Tensor mid = buffer(pass, n, d);
+            Tensor mid = act(s, s.resMid, l, n, d);
             pt = DecoderProfile.start();
             backend.add(x, attnOut, mid);
             DecoderProfile.stop(Op.RESIDUAL_F, pt);
             s.resMid[l] = mid;
             // MLP half: norm, c_fc + GELU or gate | up + SwiGLU, down projection, residual.
-            s.ln2[l] = buffer(pass, n, d);
-            s.ln2Mean[l] = buffer(pass, n);
-            s.ln2Rstd[l] = buffer(pass, n);
+            act(s, s.ln2, l, n, d);
+            act(s, s.ln2Mean, l, n);
+            act(s, s.ln2Rstd, l, n);
             pt = DecoderProfile.start();
             normForward(s.ln2[l], s.ln2Mean[l], s.ln2Rstd[l], mid, blk.mlpNormWeight(), blk.mlpNormBias(), n);
             DecoderProfile.stop(Op.NORM_F, pt);
-            s.mlpIn[l] = buffer(pass, n, mlpInW);
+            act(s, s.mlpIn, l, n, mlpInW);
             pt = DecoderProfile.start();
             col = 0;
             for (Proj p : blk.mlpIn()) {
@@ -496,7 +498,7 @@ public final class DecoderModel implements AutoCloseable {
                 col += p.spec().out();
             }
             DecoderProfile.stop(Op.MLP_IN_PROJ_F, pt);
-            s.mlpAct[l] = buffer(pass, n, inner);
+            act(s, s.mlpAct, l, n, inner);
             pt = DecoderProfile.start();
             if (config.mlp() == DecoderConfig.Mlp.SWIGLU) {
                 DecoderOps.swigluForward(s.mlpAct[l].data(), s.mlpIn[l].data(), n, inner);
@@ -509,7 +511,8 @@ public final class DecoderModel implements AutoCloseable {
             projection(blk.mlpOut(), mlpOut, s.mlpAct[l], n);
             DecoderProfile.stop(Op.MLP_OUT_PROJ_F, pt);
             dropout(s, config.residDropout(), 3 + 3L * l, mlpOut);
-            Tensor out = buffer(pass, n, d);
+            // Eval: the layer's input is dead once mid is made, so the output goes over it.
+            Tensor out = train ? buffer(pass, n, d) : x;
             pt = DecoderProfile.start();
             backend.add(mid, mlpOut, out);
             DecoderProfile.stop(Op.RESIDUAL_F, pt);
@@ -542,6 +545,17 @@ public final class DecoderModel implements AutoCloseable {
         double scale = config.attnScale() ? 1 / Math.sqrt(config.headDim()) : 1;
         if (config.attnScaleByLayer()) scale /= layer + 1;
         return (float) scale;
+    }
+
+    /**
+     * Layer l's activation of one kind, recorded in perLayer[l]: a new buffer in training (the
+     * backward reads every layer's), else layer 0's buffer again (an eval forward needs one layer's
+     * activations at a time: [B, H, T, T] probabilities per layer add up on long sequences).
+     */
+    private Tensor act(Saved s, Tensor[] perLayer, int l, long... shape) {
+        Tensor t = !s.train && l > 0 ? perLayer[0] : buffer(s.pass, shape);
+        perLayer[l] = t;
+        return t;
     }
 
     private Tensor buffer(Layer.Pass pass, long... shape) {
