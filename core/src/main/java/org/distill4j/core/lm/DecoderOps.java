@@ -65,6 +65,46 @@ final class DecoderOps {
         s.setAtIndex(JAVA_FLOAT, i, s.getAtIndex(JAVA_FLOAT, i) + v);
     }
 
+    /**
+     * C [m, n] = alpha op(A) op(B) + beta C as {@link CpuBlas#sgemm}, with the larger of C's two
+     * dimensions split into one contiguous block per fork-join worker, each block one
+     * single-threaded OpenBLAS call. Why not OpenBLAS's own threads: on this decoder's shapes
+     * (M = B * T = 256, K up to the 50k vocabulary) they were up to 1.7x slower (lm_head's
+     * dx = dlogits E: 401 against 237 ms; c_proj's forward 22-80 against 13-15 ms, 2 cores,
+     * 2026-12-06), and their spin-waiting competes with our own parallel loops. Blocks of rows
+     * when m >= n (each worker reads its rows of A and all of B), else of columns.
+     */
+    static void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda, MemorySegment b, int ldb, float beta,
+                     MemorySegment c, int ldc) {
+        int parts = ForkJoinPool.getCommonPoolParallelism() + 1;
+        boolean byRows = m >= n;
+        int split = byRows ? m : n;
+        if (parts < 2 || split < 2 * parts || (long) m * n * k < 16 * PARALLEL_WORK) {
+            CpuBlas.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+            return;
+        }
+        int align = split >= 16 * parts ? 16 : 1; // block edges on 64-byte boundaries where the size allows
+        CpuBlas.holdSingleThreaded();
+        try {
+            IntStream.range(0, parts).parallel().forEach(p -> {
+                int lo = (int) ((long) split * p / parts) / align * align;
+                int hi = p == parts - 1 ? split : (int) ((long) split * (p + 1) / parts) / align * align;
+                if (hi <= lo) return;
+                if (byRows) {
+                    // Rows [lo, hi) of C and of op(A): A's rows, or A's columns when transposed.
+                    MemorySegment ap = a.asSlice((transA ? lo : (long) lo * lda) * Float.BYTES);
+                    CpuBlas.sgemm(transA, transB, hi - lo, n, k, alpha, ap, lda, b, ldb, beta, c.asSlice((long) lo * ldc * Float.BYTES), ldc);
+                } else {
+                    // Columns [lo, hi) of C and of op(B): B's columns, or B's rows when transposed.
+                    MemorySegment bp = b.asSlice((transB ? (long) lo * ldb : lo) * Float.BYTES);
+                    CpuBlas.sgemm(transA, transB, m, hi - lo, k, alpha, a, lda, bp, ldb, beta, c.asSlice((long) lo * Float.BYTES), ldc);
+                }
+            });
+        } finally {
+            CpuBlas.releaseSingleThreaded();
+        }
+    }
+
     /** Columns [col, end) of a row-major matrix: the segment from element {@code col} on (gemm reads it with the matrix's leading dimension). */
     static MemorySegment columns(MemorySegment m, long col) {
         return m.asSlice(col * Float.BYTES);
@@ -228,7 +268,7 @@ final class DecoderOps {
     static void projectionForward(MemorySegment out, long col, long ldOut, MemorySegment x, long ldX, MemorySegment w, MemorySegment b,
                                   long n, long in, long outF, boolean storedInOut) {
         MemorySegment o = columns(out, col);
-        CpuBlas.sgemm(false, !storedInOut, i(n), i(outF), i(in), 1f, x, i(ldX), w, i(storedInOut ? outF : in), 0f, o, i(ldOut));
+        gemm(false, !storedInOut, i(n), i(outF), i(in), 1f, x, i(ldX), w, i(storedInOut ? outF : in), 0f, o, i(ldOut));
         if (b != null) {
             parallel(n, outF, (lo, hi) -> {
                 for (long r = lo; r < hi; r++) for (long j = 0; j < outF; j++) add(o, r * ldOut + j, f(b, j));
@@ -245,9 +285,9 @@ final class DecoderOps {
                                    long col, long ldOut, MemorySegment x, long ldX, MemorySegment w, long n, long in, long outF, boolean storedInOut) {
         MemorySegment g = columns(dout, col);
         if (storedInOut) {
-            CpuBlas.sgemm(true, false, i(in), i(outF), i(n), 1f, x, i(ldX), g, i(ldOut), 1f, dw, i(outF));
+            gemm(true, false, i(in), i(outF), i(n), 1f, x, i(ldX), g, i(ldOut), 1f, dw, i(outF));
         } else {
-            CpuBlas.sgemm(true, false, i(outF), i(in), i(n), 1f, g, i(ldOut), x, i(ldX), 1f, dw, i(in));
+            gemm(true, false, i(outF), i(in), i(n), 1f, g, i(ldOut), x, i(ldX), 1f, dw, i(in));
         }
         if (db != null) {
             // Column sums, read row by row (a column walk would stride a cache line per element).
@@ -258,7 +298,7 @@ final class DecoderOps {
             });
         }
         if (dx != null) {
-            CpuBlas.sgemm(false, storedInOut, i(n), i(in), i(outF), 1f, g, i(ldOut), w, i(storedInOut ? outF : in), accumulateDx ? 1f : 0f, dx, i(ldDx));
+            gemm(false, storedInOut, i(n), i(in), i(outF), 1f, g, i(ldOut), w, i(storedInOut ? outF : in), accumulateDx ? 1f : 0f, dx, i(ldDx));
         }
     }
 
