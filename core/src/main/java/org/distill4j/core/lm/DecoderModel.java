@@ -19,6 +19,7 @@ import org.distill4j.core.lm.DecoderFamily.LayerNames;
 import org.distill4j.core.lm.DecoderFamily.Layout;
 import org.distill4j.core.lm.DecoderFamily.Projection;
 import org.distill4j.core.lm.DecoderOps.AttentionShape;
+import org.distill4j.core.lm.DecoderProfile.Op;
 import org.distill4j.core.nn.Layer;
 import org.distill4j.core.nn.Parameter;
 
@@ -313,6 +314,7 @@ public final class DecoderModel implements AutoCloseable {
         Tensor lastRes;
         Layer.Pass pass;
         boolean dropout; // whether this forward applied dropout (training with dropout enabled): the backward must match it
+        boolean train; // training forwards keep every layer's activations; eval forwards reuse layer 0's buffers
     }
 
     /**
@@ -373,6 +375,7 @@ public final class DecoderModel implements AutoCloseable {
         s.keyMask = keyMask;
         s.pass = pass;
         s.dropout = train && dropoutEnabled;
+        s.train = train;
         s.resIn = new Tensor[layers];
         s.ln1 = new Tensor[layers];
         s.ln1Mean = new Tensor[layers];
@@ -392,8 +395,11 @@ public final class DecoderModel implements AutoCloseable {
         s.resMid = new Tensor[layers];
 
         // Embeddings (+ learned positions), then embedding dropout.
+        long pt;
         Tensor x = buffer(pass, n, d);
+        pt = DecoderProfile.start();
         DecoderOps.embeddingForward(x.data(), s.ids, pos, embedding.value().data(), positions == null ? null : positions.value().data(), d);
+        DecoderProfile.stop(Op.EMBEDDING_F, pt);
         dropout(s, config.embdDropout(), 0, x);
         s.x0 = x;
         if (invFreq != null) {
@@ -401,35 +407,42 @@ public final class DecoderModel implements AutoCloseable {
             s.sin = buffer(pass, n, hd / 2);
             DecoderOps.ropeTables(s.cos.data(), s.sin.data(), pos, invFreq);
         }
+        Tensor branch = buffer(pass, n, d); // the attention's and the MLP's output before the residual add (not kept)
         for (int l = 0; l < layers; l++) {
             Block blk = blocks[l];
             s.resIn[l] = x;
             // Attention half: norm, q | k | v, (q/k norm), RoPE, masked softmax attention, output projection, residual.
-            s.ln1[l] = buffer(pass, n, d);
-            s.ln1Mean[l] = buffer(pass, n);
-            s.ln1Rstd[l] = buffer(pass, n);
+            act(s, s.ln1, l, n, d);
+            act(s, s.ln1Mean, l, n);
+            act(s, s.ln1Rstd, l, n);
+            pt = DecoderProfile.start();
             normForward(s.ln1[l], s.ln1Mean[l], s.ln1Rstd[l], x, blk.attnNormWeight(), blk.attnNormBias(), n);
-            Tensor qkv = buffer(pass, n, qkvW);
+            DecoderProfile.stop(Op.NORM_F, pt);
+            Tensor qkv = act(s, blk.qNorm() != null ? s.qkvRaw : s.qkv, l, n, qkvW);
+            pt = DecoderProfile.start();
             long col = 0;
             for (Proj p : blk.qkv()) {
                 DecoderOps.projectionForward(qkv.data(), col, qkvW, s.ln1[l].data(), d, p.weight().value().data(), data(p.bias()), n, p.spec().in(),
                     p.spec().out(), p.spec().storedInOut());
                 col += p.spec().out();
             }
+            DecoderProfile.stop(Op.QKV_PROJ_F, pt);
             if (blk.qNorm() != null) {
                 s.qkvRaw[l] = qkv;
-                qkv = buffer(pass, n, qkvW);
+                qkv = act(s, s.qkv, l, n, qkvW);
                 backend.copy(s.qkvRaw[l], qkv); // v stays as projected
-                s.qRstd[l] = buffer(pass, config.heads(), n);
-                s.kRstd[l] = buffer(pass, config.kvHeads(), n);
+                act(s, s.qRstd, l, config.heads(), n);
+                act(s, s.kRstd, l, config.kvHeads(), n);
                 headNormForward(qkv, s.qkvRaw[l], blk.qNorm(), s.qRstd[l], 0, config.heads(), n, qkvW);
                 headNormForward(qkv, s.qkvRaw[l], blk.kNorm(), s.kRstd[l], a, config.kvHeads(), n, qkvW);
             }
+            pt = DecoderProfile.start();
             if (invFreq != null) {
                 DecoderOps.rope(qkv.data(), 0, qkvW, n, config.heads(), s.cos.data(), s.sin.data(), hd / 2, false);
                 DecoderOps.rope(qkv.data(), a, qkvW, n, config.kvHeads(), s.cos.data(), s.sin.data(), hd / 2, false);
             }
             s.qkv[l] = qkv;
+            DecoderProfile.stop(Op.ROPE_QKNORM_F, pt);
             AttentionShape shape;
             if (cache != null) {
                 // Append this call's keys and values at rows [past, past + t) of the cache, then attend over all of them.
@@ -446,53 +459,76 @@ public final class DecoderModel implements AutoCloseable {
             } else {
                 shape = attentionShape(s, l, qkv);
             }
-            s.probs[l] = buffer(pass, batch, config.heads(), t, tk);
+            act(s, s.probs, l, batch, config.heads(), t, tk);
+            pt = DecoderProfile.start();
             DecoderOps.attentionScores(shape, s.probs[l].data());
+            DecoderProfile.stop(Op.ATTN_SCORES_SOFTMAX_F, pt);
             s.probsUsed[l] = s.probs[l];
             if (s.dropout && config.attnDropout() > 0) {
                 s.probsUsed[l] = buffer(pass, batch, config.heads(), t, tk);
                 backend.dropout(config.attnDropout(), pass.seed(), site(pass, 1 + 3L * l), s.probs[l], s.probsUsed[l]);
             }
-            s.attn[l] = buffer(pass, n, a);
+            act(s, s.attn, l, n, a);
+            pt = DecoderProfile.start();
             DecoderOps.attentionValues(shape, s.probsUsed[l].data(), s.attn[l].data(), a);
-            Tensor attnOut = buffer(pass, n, d);
+            DecoderProfile.stop(Op.ATTN_VALUES_F, pt);
+            Tensor attnOut = branch;
+            pt = DecoderProfile.start();
             projection(blk.attnOut(), attnOut, s.attn[l], n);
+            DecoderProfile.stop(Op.ATTN_OUT_PROJ_F, pt);
             dropout(s, config.residDropout(), 2 + 3L * l, attnOut);
-            Tensor mid = buffer(pass, n, d);
+            Tensor mid = act(s, s.resMid, l, n, d);
+            pt = DecoderProfile.start();
             backend.add(x, attnOut, mid);
+            DecoderProfile.stop(Op.RESIDUAL_F, pt);
             s.resMid[l] = mid;
             // MLP half: norm, c_fc + GELU or gate | up + SwiGLU, down projection, residual.
-            s.ln2[l] = buffer(pass, n, d);
-            s.ln2Mean[l] = buffer(pass, n);
-            s.ln2Rstd[l] = buffer(pass, n);
+            act(s, s.ln2, l, n, d);
+            act(s, s.ln2Mean, l, n);
+            act(s, s.ln2Rstd, l, n);
+            pt = DecoderProfile.start();
             normForward(s.ln2[l], s.ln2Mean[l], s.ln2Rstd[l], mid, blk.mlpNormWeight(), blk.mlpNormBias(), n);
-            s.mlpIn[l] = buffer(pass, n, mlpInW);
+            DecoderProfile.stop(Op.NORM_F, pt);
+            act(s, s.mlpIn, l, n, mlpInW);
+            pt = DecoderProfile.start();
             col = 0;
             for (Proj p : blk.mlpIn()) {
                 DecoderOps.projectionForward(s.mlpIn[l].data(), col, mlpInW, s.ln2[l].data(), d, p.weight().value().data(), data(p.bias()), n,
                     p.spec().in(), p.spec().out(), p.spec().storedInOut());
                 col += p.spec().out();
             }
-            s.mlpAct[l] = buffer(pass, n, inner);
+            DecoderProfile.stop(Op.MLP_IN_PROJ_F, pt);
+            act(s, s.mlpAct, l, n, inner);
+            pt = DecoderProfile.start();
             if (config.mlp() == DecoderConfig.Mlp.SWIGLU) {
                 DecoderOps.swigluForward(s.mlpAct[l].data(), s.mlpIn[l].data(), n, inner);
             } else {
                 DecoderOps.geluForward(s.mlpAct[l].data(), s.mlpIn[l].data(), n * inner);
             }
-            Tensor mlpOut = buffer(pass, n, d);
+            DecoderProfile.stop(Op.ACTIVATION_F, pt);
+            Tensor mlpOut = branch;
+            pt = DecoderProfile.start();
             projection(blk.mlpOut(), mlpOut, s.mlpAct[l], n);
+            DecoderProfile.stop(Op.MLP_OUT_PROJ_F, pt);
             dropout(s, config.residDropout(), 3 + 3L * l, mlpOut);
-            Tensor out = buffer(pass, n, d);
+            // Eval: the layer's input is dead once mid is made, so the output goes over it.
+            Tensor out = train ? buffer(pass, n, d) : x;
+            pt = DecoderProfile.start();
             backend.add(mid, mlpOut, out);
+            DecoderProfile.stop(Op.RESIDUAL_F, pt);
             x = out;
         }
         s.lastRes = x;
         s.lnf = buffer(pass, n, d);
         s.lnfMean = buffer(pass, n);
         s.lnfRstd = buffer(pass, n);
+        pt = DecoderProfile.start();
         normForward(s.lnf, s.lnfMean, s.lnfRstd, x, finalNormWeight, finalNormBias, n);
+        DecoderProfile.stop(Op.NORM_F, pt);
         Tensor logits = backend.empty(pass.arena(), DType.F32, batch, t, config.vocab());
+        pt = DecoderProfile.start();
         DecoderOps.projectionForward(logits.data(), 0, config.vocab(), s.lnf.data(), d, lmHead.value().data(), null, n, d, config.vocab(), false);
+        DecoderProfile.stop(Op.LM_HEAD_F, pt);
         if (cache != null) cache.length += t;
         saved = train ? s : null;
         return logits;
@@ -509,6 +545,17 @@ public final class DecoderModel implements AutoCloseable {
         double scale = config.attnScale() ? 1 / Math.sqrt(config.headDim()) : 1;
         if (config.attnScaleByLayer()) scale /= layer + 1;
         return (float) scale;
+    }
+
+    /**
+     * Layer l's activation of one kind, recorded in perLayer[l]: a new buffer in training (the
+     * backward reads every layer's), else layer 0's buffer again (an eval forward needs one layer's
+     * activations at a time: [B, H, T, T] probabilities per layer add up on long sequences).
+     */
+    private Tensor act(Saved s, Tensor[] perLayer, int l, long... shape) {
+        Tensor t = !s.train && l > 0 ? perLayer[0] : buffer(s.pass, shape);
+        perLayer[l] = t;
+        return t;
     }
 
     private Tensor buffer(Layer.Pass pass, long... shape) {
@@ -592,15 +639,19 @@ public final class DecoderModel implements AutoCloseable {
     /**
      * transformers' causal-LM loss for logits [B, T, V] and labels [B, T] (usually the input ids;
      * -100 ignored): mean cross-entropy of position t against label t + 1. When {@code dlogits}
-     * is not null it receives dL/dlogits [B, T, V].
+     * is not null it receives dL/dlogits [B, T, V]; it may be {@code logits} itself (overwritten
+     * in place, which saves a [B, T, V] buffer when the logits are not needed after the loss).
      */
     public static double nextTokenLoss(Tensor logits, long[] labels, Tensor dlogits) {
         if (logits.rank() != 3 || labels.length != logits.size(0) * logits.size(1)) {
             throw new IllegalArgumentException("nextTokenLoss: logits " + logits.describe() + " and " + labels.length + " labels");
         }
         if (dlogits != null && !Arrays.equals(dlogits.shape(), logits.shape())) throw new IllegalArgumentException("nextTokenLoss: dlogits " + dlogits.describe());
-        return DecoderOps.nextTokenCrossEntropy(logits.data(), labels, Math.toIntExact(logits.size(0)), logits.size(1), logits.size(2),
+        long pt = DecoderProfile.start();
+        double loss = DecoderOps.nextTokenCrossEntropy(logits.data(), labels, Math.toIntExact(logits.size(0)), logits.size(1), logits.size(2),
             dlogits == null ? null : dlogits.data());
+        DecoderProfile.stop(Op.LOSS, pt);
+        return loss;
     }
 
     /** Accumulates every parameter's gradient from dL/dlogits [B, T, V] of the last training-mode forward (buffers in the forward's arena). */
@@ -614,26 +665,38 @@ public final class DecoderModel implements AutoCloseable {
             throw new IllegalArgumentException("backward: dlogits " + dlogits.describe() + ", expected [" + s.batch + ", " + s.t + ", " + config.vocab() + "]");
         }
         // lm_head (tied: into the embedding's gradient), then the final norm.
+        long pt;
         Tensor dlnf = buffer(pass, n, d);
+        pt = DecoderProfile.start();
         DecoderOps.projectionBackward(dlnf.data(), d, false, lmHead.grad().data(), null, dlogits.data(), 0, config.vocab(), s.lnf.data(), d,
             lmHead.value().data(), n, d, config.vocab(), false);
+        DecoderProfile.stop(Op.LM_HEAD_B, pt);
         Tensor dres = buffer(pass, n, d); // the residual stream's gradient, carried down the layers
         backend.zero(dres);
+        pt = DecoderProfile.start();
         normBackward(dres, dlnf, s.lastRes, finalNormWeight, finalNormBias, s.lnfMean, s.lnfRstd, n);
-        Tensor dbranch = buffer(pass, n, d), dnorm = buffer(pass, n, d);
+        DecoderProfile.stop(Op.NORM_B, pt);
+        // Gradient buffers of one layer, reused by every layer (each is fully written before it is read).
+        Tensor dbranch = buffer(pass, n, d), dnorm = buffer(pass, n, d), dact = buffer(pass, n, inner), dmlpIn = buffer(pass, n, mlpInW);
+        Tensor dattn = buffer(pass, n, a), dqkv = buffer(pass, n, qkvW), dprobs = buffer(pass, s.batch, config.heads(), s.t, s.t);
         for (int l = config.layers() - 1; l >= 0; l--) {
             Block blk = blocks[l];
             // MLP half: dres is d(out) = d(mid) + d(mlp branch).
+            pt = DecoderProfile.start();
             backend.copy(dres, dbranch);
             dropoutBackward(s, config.residDropout(), 3 + 3L * l, dbranch);
-            Tensor dact = buffer(pass, n, inner);
+            DecoderProfile.stop(Op.RESIDUAL_B, pt);
+            pt = DecoderProfile.start();
             projectionBackward(blk.mlpOut(), dact, false, dbranch, 0, d, s.mlpAct[l], n);
-            Tensor dmlpIn = buffer(pass, n, mlpInW);
+            DecoderProfile.stop(Op.MLP_OUT_PROJ_B, pt);
+            pt = DecoderProfile.start();
             if (config.mlp() == DecoderConfig.Mlp.SWIGLU) {
                 DecoderOps.swigluBackward(dmlpIn.data(), dact.data(), s.mlpIn[l].data(), n, inner);
             } else {
                 DecoderOps.geluBackward(dmlpIn.data(), dact.data(), s.mlpIn[l].data(), n * inner);
             }
+            DecoderProfile.stop(Op.ACTIVATION_B, pt);
+            pt = DecoderProfile.start();
             long col = 0;
             boolean first = true;
             for (Proj p : blk.mlpIn()) {
@@ -641,20 +704,27 @@ public final class DecoderModel implements AutoCloseable {
                 col += p.spec().out();
                 first = false;
             }
+            DecoderProfile.stop(Op.MLP_IN_PROJ_B, pt);
+            pt = DecoderProfile.start();
             normBackward(dres, dnorm, s.resMid[l], blk.mlpNormWeight(), blk.mlpNormBias(), s.ln2Mean[l], s.ln2Rstd[l], n);
+            DecoderProfile.stop(Op.NORM_B, pt);
             // Attention half: dres is now d(mid) = d(in) + d(attention branch).
+            pt = DecoderProfile.start();
             backend.copy(dres, dbranch);
             dropoutBackward(s, config.residDropout(), 2 + 3L * l, dbranch);
-            Tensor dattn = buffer(pass, n, a);
+            DecoderProfile.stop(Op.RESIDUAL_B, pt);
+            pt = DecoderProfile.start();
             projectionBackward(blk.attnOut(), dattn, false, dbranch, 0, d, s.attn[l], n);
-            Tensor dqkv = buffer(pass, n, qkvW);
-            backend.zero(dqkv);
-            Tensor dprobs = buffer(pass, s.batch, config.heads(), s.t, s.t);
+            DecoderProfile.stop(Op.ATTN_OUT_PROJ_B, pt);
+            pt = DecoderProfile.start();
+            backend.zero(dqkv); // kv heads shared by several query heads accumulate
             int layer = l;
             DecoderOps.attentionBackward(attentionShape(s, l, s.qkv[l]), s.probs[l].data(), s.probsUsed[l].data(), dprobs.data(), dattn.data(), a,
                 dqkv.data(), () -> {
                     dropoutBackward(s, config.attnDropout(), 1 + 3L * layer, dprobs);
                 });
+            DecoderProfile.stop(Op.ATTENTION_B, pt);
+            pt = DecoderProfile.start();
             if (invFreq != null) {
                 DecoderOps.rope(dqkv.data(), 0, qkvW, n, config.heads(), s.cos.data(), s.sin.data(), hd / 2, true);
                 DecoderOps.rope(dqkv.data(), a, qkvW, n, config.kvHeads(), s.cos.data(), s.sin.data(), hd / 2, true);
@@ -663,6 +733,8 @@ public final class DecoderModel implements AutoCloseable {
                 headNormBackward(dqkv, s.qkvRaw[l], blk.qNorm(), s.qRstd[l], 0, config.heads(), n, qkvW);
                 headNormBackward(dqkv, s.qkvRaw[l], blk.kNorm(), s.kRstd[l], a, config.kvHeads(), n, qkvW);
             }
+            DecoderProfile.stop(Op.ROPE_QKNORM_B, pt);
+            pt = DecoderProfile.start();
             col = 0;
             first = true;
             for (Proj p : blk.qkv()) {
@@ -670,10 +742,15 @@ public final class DecoderModel implements AutoCloseable {
                 col += p.spec().out();
                 first = false;
             }
+            DecoderProfile.stop(Op.QKV_PROJ_B, pt);
+            pt = DecoderProfile.start();
             normBackward(dres, dnorm, s.resIn[l], blk.attnNormWeight(), blk.attnNormBias(), s.ln1Mean[l], s.ln1Rstd[l], n);
+            DecoderProfile.stop(Op.NORM_B, pt);
         }
         dropoutBackward(s, config.embdDropout(), 0, dres);
+        pt = DecoderProfile.start();
         DecoderOps.embeddingBackward(embedding.grad().data(), positions == null ? null : positions.grad().data(), dres.data(), s.ids, s.positions, d);
+        DecoderProfile.stop(Op.EMBEDDING_B, pt);
         saved = null;
     }
 

@@ -216,6 +216,13 @@ class DecoderOpsTest {
             DoubleSupplier loss = () -> DecoderOps.nextTokenCrossEntropy(logits, labels, batch, t, v, null);
             DecoderOps.nextTokenCrossEntropy(logits, labels, batch, t, v, dlogits);
             gradient("next-token cross-entropy dlogits", logits, batch * t * v, dlogits, loss);
+            // In place (dlogits = logits): the same loss and the same gradient, bit for bit.
+            double separate = loss.getAsDouble();
+            MemorySegment inPlace = zeros(a, batch * t * v);
+            inPlace.copyFrom(logits);
+            double inPlaceLoss = DecoderOps.nextTokenCrossEntropy(inPlace, labels, batch, t, v, inPlace);
+            assertTrue(inPlaceLoss == separate, "seed " + seed + ": in-place loss " + inPlaceLoss + " != " + separate);
+            assertTrue(inPlace.mismatch(dlogits) == -1, "seed " + seed + ": in-place dlogits differ at byte " + inPlace.mismatch(dlogits));
         }
     }
 }
