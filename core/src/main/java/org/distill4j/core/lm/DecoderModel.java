@@ -420,12 +420,7 @@ public final class DecoderModel implements AutoCloseable {
             DecoderProfile.stop(Op.NORM_F, pt);
             Tensor qkv = act(s, blk.qNorm() != null ? s.qkvRaw : s.qkv, l, n, qkvW);
             pt = DecoderProfile.start();
-            long col = 0;
-            for (Proj p : blk.qkv()) {
-                DecoderOps.projectionForward(qkv.data(), col, qkvW, s.ln1[l].data(), d, p.weight().value().data(), data(p.bias()), n, p.spec().in(),
-                    p.spec().out(), p.spec().storedInOut());
-                col += p.spec().out();
-            }
+            fusedProjection(blk.qkv(), qkv, qkvW, s.ln1[l], n);
             DecoderProfile.stop(Op.QKV_PROJ_F, pt);
             if (blk.qNorm() != null) {
                 s.qkvRaw[l] = qkv;
@@ -491,12 +486,7 @@ public final class DecoderModel implements AutoCloseable {
             DecoderProfile.stop(Op.NORM_F, pt);
             act(s, s.mlpIn, l, n, mlpInW);
             pt = DecoderProfile.start();
-            col = 0;
-            for (Proj p : blk.mlpIn()) {
-                DecoderOps.projectionForward(s.mlpIn[l].data(), col, mlpInW, s.ln2[l].data(), d, p.weight().value().data(), data(p.bias()), n,
-                    p.spec().in(), p.spec().out(), p.spec().storedInOut());
-                col += p.spec().out();
-            }
+            fusedProjection(blk.mlpIn(), s.mlpIn[l], mlpInW, s.ln2[l], n);
             DecoderProfile.stop(Op.MLP_IN_PROJ_F, pt);
             act(s, s.mlpAct, l, n, inner);
             pt = DecoderProfile.start();
@@ -629,6 +619,30 @@ public final class DecoderModel implements AutoCloseable {
             p.spec().out(), p.spec().storedInOut());
     }
 
+    /**
+     * Projections of one input side by side in one output: q/k/v (or GPT-2's one c_attn), gate/up
+     * (or c_fc). out [n, width]: projection j writes the columns after those of 0 .. j-1.
+     */
+    private void fusedProjection(List<Proj> projections, Tensor out, long width, Tensor x, long n) {
+        long col = 0;
+        for (Proj p : projections) {
+            DecoderOps.projectionForward(out.data(), col, width, x.data(), p.spec().in(), p.weight().value().data(), data(p.bias()), n,
+                p.spec().in(), p.spec().out(), p.spec().storedInOut());
+            col += p.spec().out();
+        }
+    }
+
+    /** The backward of {@link #fusedProjection}: dx [n, in] gets the sum of every projection's input gradient. */
+    private void fusedProjectionBackward(List<Proj> projections, Tensor dx, Tensor dout, long width, Tensor x, long n) {
+        long col = 0;
+        boolean first = true;
+        for (Proj p : projections) {
+            projectionBackward(p, dx, !first, dout, col, width, x, n);
+            col += p.spec().out();
+            first = false;
+        }
+    }
+
     private void projectionBackward(Proj p, Tensor dx, boolean accumulateDx, Tensor dout, long col, long ldOut, Tensor x, long n) {
         DecoderOps.projectionBackward(dx == null ? null : dx.data(), p.spec().in(), accumulateDx, p.weight().grad().data(), grad(p.bias()), dout.data(), col,
             ldOut, x.data(), p.spec().in(), p.weight().value().data(), n, p.spec().in(), p.spec().out(), p.spec().storedInOut());
@@ -697,13 +711,7 @@ public final class DecoderModel implements AutoCloseable {
             }
             DecoderProfile.stop(Op.ACTIVATION_B, pt);
             pt = DecoderProfile.start();
-            long col = 0;
-            boolean first = true;
-            for (Proj p : blk.mlpIn()) {
-                projectionBackward(p, dnorm, !first, dmlpIn, col, mlpInW, s.ln2[l], n);
-                col += p.spec().out();
-                first = false;
-            }
+            fusedProjectionBackward(blk.mlpIn(), dnorm, dmlpIn, mlpInW, s.ln2[l], n);
             DecoderProfile.stop(Op.MLP_IN_PROJ_B, pt);
             pt = DecoderProfile.start();
             normBackward(dres, dnorm, s.resMid[l], blk.mlpNormWeight(), blk.mlpNormBias(), s.ln2Mean[l], s.ln2Rstd[l], n);
@@ -735,13 +743,7 @@ public final class DecoderModel implements AutoCloseable {
             }
             DecoderProfile.stop(Op.ROPE_QKNORM_B, pt);
             pt = DecoderProfile.start();
-            col = 0;
-            first = true;
-            for (Proj p : blk.qkv()) {
-                projectionBackward(p, dnorm, !first, dqkv, col, qkvW, s.ln1[l], n);
-                col += p.spec().out();
-                first = false;
-            }
+            fusedProjectionBackward(blk.qkv(), dnorm, dqkv, qkvW, s.ln1[l], n);
             DecoderProfile.stop(Op.QKV_PROJ_B, pt);
             pt = DecoderProfile.start();
             normBackward(dres, dnorm, s.resIn[l], blk.attnNormWeight(), blk.attnNormBias(), s.ln1Mean[l], s.ln1Rstd[l], n);
