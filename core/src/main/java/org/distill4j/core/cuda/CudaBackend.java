@@ -139,6 +139,18 @@ public final class CudaBackend implements Backend {
 
     public ElementwiseKernels elementwise() { return elementwise; }
 
+    /**
+     * Our kernel module, loaded once into this backend's context: launchers of other kernel families
+     * (e.g. the decoder's) are made over it instead of loading the fatbin again. Owned by the backend.
+     */
+    public KernelModule kernelModule() { return module; }
+
+    /**
+     * The backend's cuBLAS handle: bound to its stream, in its math mode (setMathMode changes it),
+     * with the workspace graph capture needs. For gemm forms Backend does not offer; owned by the backend.
+     */
+    public MemorySegment cublasHandle() { return cublas; }
+
     public MathMode mathMode() { return mathMode; }
 
     @Override

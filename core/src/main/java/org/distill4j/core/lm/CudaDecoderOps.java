@@ -1,6 +1,5 @@
 package org.distill4j.core.lm;
 
-import static java.lang.foreign.ValueLayout.ADDRESS;
 import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
 
 import java.lang.foreign.Arena;
@@ -9,7 +8,6 @@ import java.util.Arrays;
 import org.distill4j.bindings.cublas.CublasException;
 import org.distill4j.bindings.cublas.cublas_h;
 import org.distill4j.bindings.kernels.DecoderKernels;
-import org.distill4j.bindings.kernels.KernelModule;
 import org.distill4j.core.DType;
 import org.distill4j.core.Shapes;
 import org.distill4j.core.Tensor;
@@ -25,10 +23,10 @@ import org.distill4j.core.cuda.CudaBackend;
  * except the host-to-device copies of token ids, positions and the padding mask.
  *
  * <p>Not yet wired into {@link DecoderModel} (which still refuses a CUDA backend); tests compare each
- * op with DecoderOps on the GPU (tests/.../GpuDecoderOpsTest, tag gpu). What should move into
- * CudaBackend once its gemm API settles: the kernel module (CudaBackend loads the same fatbin but
- * does not expose it, so this class loads it a second time into the same context) and the cuBLAS
- * handle (ours is a second handle on the same stream, set to the backend's math mode at creation).
+ * op with DecoderOps on the GPU (tests/.../GpuDecoderOpsTest, tag gpu). The kernels come from the
+ * backend's own kernel module and the gemms run on the backend's cuBLAS handle (its stream, its
+ * math mode as it is at each call); the projections' gemms could move into CudaBackend's
+ * gemmStridedBatched.
  *
  * <p>Determinism: every op gives the same bits on every run: no float atomics (the norms' weight
  * gradients reduce in two passes over {@link #NORM_GRAD_CHUNK}-row chunks, the embedding gradients by
@@ -37,8 +35,7 @@ import org.distill4j.core.cuda.CudaBackend;
  * documentation's guarantee for one handle on one stream).
  *
  * <p>Not yet usable inside CUDA-graph capture: ops upload ids, masks and bucket lists with
- * synchronous copies and allocate their scratch per call, and our cuBLAS handle has no workspace of
- * its own (CudaBackend sets one for capture).
+ * synchronous copies and allocate their scratch per call.
  */
 @SuppressWarnings("restricted") // FFM: views of device buffers at an element offset are zero-length segments
 public final class CudaDecoderOps implements AutoCloseable {
@@ -46,31 +43,16 @@ public final class CudaDecoderOps implements AutoCloseable {
     public static final long NORM_GRAD_CHUNK = 32;
 
     private final CudaBackend backend;
-    private final KernelModule module;
     private final DecoderKernels kernels;
     private final MemorySegment cublas;
     private boolean closed;
 
-    /**
-     * Loads the decoder kernels into the backend's context and opens a cuBLAS handle on its stream, in
-     * the backend's math mode (TF32 or strict FP32) as it is now.
-     */
+    /** The decoder kernels' launchers over the backend's kernel module, and the backend's cuBLAS handle. */
     public CudaDecoderOps(CudaBackend backend) {
         this.backend = backend;
-        backend.context().makeCurrent();
-        this.module = KernelModule.load();
-        try (Arena arena = Arena.ofConfined()) {
-            this.kernels = new DecoderKernels(module, backend.context().device().multiprocessors());
-            MemorySegment h = arena.allocate(ADDRESS);
-            CublasException.check(cublas_h.cublasCreate_v2(h), "cublasCreate");
-            this.cublas = h.get(ADDRESS, 0);
-            CublasException.check(cublas_h.cublasSetStream_v2(cublas, backend.context().stream()), "cublasSetStream");
-            CublasException.check(cublas_h.cublasSetMathMode(cublas, backend.mathMode() == CudaBackend.MathMode.TF32
-                ? cublas_h.CUBLAS_TF32_TENSOR_OP_MATH : cublas_h.CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
-        } catch (RuntimeException e) {
-            module.close();
-            throw e;
-        }
+        backend.context().makeCurrent(); // the launchers look their kernels up in the context's module
+        this.kernels = new DecoderKernels(backend.kernelModule(), backend.context().device().multiprocessors());
+        this.cublas = backend.cublasHandle();
     }
 
     public CudaBackend backend() { return backend; }
@@ -644,9 +626,6 @@ public final class CudaDecoderOps implements AutoCloseable {
     @Override
     public void close() {
         if (closed) return;
-        closed = true;
-        backend.context().makeCurrent();
-        cublas_h.cublasDestroy_v2(cublas);
-        module.close();
+        closed = true; // the module and the cuBLAS handle are the backend's
     }
 }
