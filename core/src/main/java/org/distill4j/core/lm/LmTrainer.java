@@ -342,6 +342,7 @@ public final class LmTrainer implements AutoCloseable {
         long t0 = System.nanoTime(), tokensSeen = 0;
         double lastVal = Double.NaN;
         long[] inputs = new long[batch * t], targets = new long[batch * t];
+        long posEpoch = firstEpoch, posBatch = firstBatch;
         for (int epoch = firstEpoch; epoch < config.epochs() && step < total; epoch++) {
             long[] order = train.order(epoch, config.seed(), true);
             double lossSum = 0, softSum = 0, hardSum = 0, hintSum = 0;
@@ -369,10 +370,10 @@ public final class LmTrainer implements AutoCloseable {
                 hardSum += r.terms().hard();
                 hintSum += r.hint();
                 onStep.step(step, total, loss);
-                if (checkpoints != null && step % checkpoints.everySteps() == 0) {
-                    long next = b + acc;
-                    save(checkpoints, next < perEpoch ? epoch : epoch + 1, next < perEpoch ? next : 0, step, micro);
-                }
+                long next = b + acc;
+                posEpoch = next < perEpoch ? epoch : epoch + 1; // where a resumed run goes on
+                posBatch = next < perEpoch ? next : 0;
+                if (checkpoints != null && step % checkpoints.everySteps() == 0) save(checkpoints, posEpoch, posBatch, step, micro);
             }
             if (stepsThisEpoch == 0) continue;
             boolean last = epoch + 1 == config.epochs() || step >= total;
@@ -383,7 +384,7 @@ public final class LmTrainer implements AutoCloseable {
             history.add(m);
             onEpoch.accept(m);
         }
-        if (checkpoints != null && !history.isEmpty()) save(checkpoints, config.epochs(), 0, step, micro);
+        if (checkpoints != null && !history.isEmpty()) save(checkpoints, posEpoch, posBatch, step, micro);
         double seconds = (System.nanoTime() - t0) / 1e9;
         return new Result(history, step, lastVal, seconds, tokensSeen / Math.max(seconds, 1e-9));
     }
