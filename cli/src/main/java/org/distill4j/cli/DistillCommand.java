@@ -44,7 +44,9 @@ final class DistillCommand implements Callable<Integer> {
     @Option(names = "--beta", defaultValue = "0.5", description = "JSD mixture weight (default: ${DEFAULT-VALUE})") float beta;
     @Option(names = "--hint", paramLabel = "S:T[:W]",
         description = "feature distillation: MSE between student layer S (through a learned linear or 1x1-conv adapter) and teacher layer T "
-            + "(0-based top-level layer indices), weight W (default 1)") String hint;
+            + "(0-based top-level layer indices), weight W (default 1); decoders: hidden states S and T as transformers numbers them "
+            + "(0 the embeddings, i the output of layer i-1, the layer count the final norm's output), --hint-loss mse|cosine, "
+            + "a learned projection when the widths differ") String hint;
     @Option(names = "--teacher-cache", paramLabel = "device|file:PATH",
         description = "compute the teachers' logits once and look them up each step (for data without augmentation); a matching file is reused") String teacherCache;
     @Option(names = "--teacher-cache-dtype", defaultValue = "f32", paramLabel = "f32|bf16", description = "default: ${DEFAULT-VALUE}") String teacherCacheDtype;

@@ -109,8 +109,8 @@ public final class LmTrainer implements AutoCloseable {
     /**
      * The id range a teacher and a student share. Equal sizes share all. Sizes that differ only by
      * the padding rows checkpoints add to round the embedding up (e.g. Qwen's 151,936 vs 152,064, or
-     * GPT-2's 50,257 vs 50,304) share the smaller: the larger must be a multiple of 64 and at most 256
-     * rows larger. {@code tokenizerSize} (the ids a tokenizer can produce, or 0 when unknown) must
+     * GPT-2's 50,257 vs 50,304) share the smaller: the larger must be a multiple of 64, larger by at most
+     * 256 rows and by at most an eighth. {@code tokenizerSize} (the ids a tokenizer can produce, or 0 when unknown) must
      * fit in both. Anything else is refused: the two models do not share a tokenizer.
      */
     public static long sharedVocabulary(DecoderConfig teacher, DecoderConfig student, long tokenizerSize) {
@@ -120,9 +120,9 @@ public final class LmTrainer implements AutoCloseable {
                 + student.file()) + " has 'vocab_size' " + lo);
         }
         if (vt == vs) return vt;
-        if (hi % 64 != 0 || hi - lo > 256) {
+        if (hi % 64 != 0 || hi - lo > Math.min(256, hi / 8)) {
             throw new IllegalArgumentException("the teacher's vocabulary (" + vt + ", " + teacher.file() + ") and the student's (" + vs + ", " + student.file()
-                + ") differ by more than padding (a padded size is a multiple of 64 at most 256 rows larger): they do not share a tokenizer");
+                + ") differ by more than padding (a padded size is a multiple of 64, larger by at most 256 rows and 1/8): they do not share a tokenizer");
         }
         return lo;
     }
