@@ -42,7 +42,10 @@ final class DecoderTraining {
         "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json");
 
     /** The distillation settings of {@code distill distill} for decoders. */
-    record Distill(Path teacher, Path student, String studentInit, DistillationLoss kd, DecoderHint.Spec hint) {}
+    record Distill(Path teacher, Path student, String studentInit, DistillationLoss kd, DecoderHint.Spec hint, OnPolicy onPolicy) {}
+
+    /** GKD's settings: --on-policy-fraction, --prompt-len (null: half the window), --sample-temperature. */
+    record OnPolicy(float fraction, Integer promptLen, float temperature) {}
 
     private DecoderTraining() {}
 
@@ -94,6 +97,10 @@ final class DecoderTraining {
                     student = studentModel(b, d.student(), cfg.seed(), console);
                 }
                 try (DecoderModel s = student; LmTrainer trainer = LmTrainer.distillation(s, teacher, d.kd(), cfg, shared).hint(d.hint())) {
+                    if (d.onPolicy() != null) {
+                        int p = d.onPolicy().promptLen() == null ? Math.max(1, o.seqLen / 2) : d.onPolicy().promptLen();
+                        trainer.onPolicy(d.onPolicy().fraction(), p, d.onPolicy().temperature());
+                    }
                     console.printf(Locale.ROOT, "teacher %s (%s, %d layers, %,d parameters, %s on disk, held in float32), student %s (%d layers, %,d parameters); "
                         + "%s, T %s, alpha %s%s%n", d.teacher(), teacherConfig.family().modelType(), teacherConfig.layers(), teacher.parameterCount(), teacher.diskDtype(),
                         d.student() == null ? "(teacher layers)" : d.student(), studentConfig.layers(), s.parameterCount(), d.kd().divergence().cliName(),

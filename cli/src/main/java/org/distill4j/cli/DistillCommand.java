@@ -36,8 +36,10 @@ final class DistillCommand implements Callable<Integer> {
     String hintLoss;
     @Option(names = "--on-policy-fraction", paramLabel = "L", description = "decoders (GKD): the fraction of batches whose continuations the student samples")
     Float onPolicyFraction;
-    @Option(names = "--prompt-len", paramLabel = "P", description = "decoders (GKD): prompt tokens of an on-policy window") Integer promptLen;
-    @Option(names = "--sample-temperature", paramLabel = "S", description = "decoders (GKD): the student's sampling temperature") Float sampleTemperature;
+    @Option(names = "--prompt-len", paramLabel = "P", description = "decoders (GKD): the window's first P tokens prompt the student (default: --seq-len / 2)")
+    Integer promptLen;
+    @Option(names = "--sample-temperature", paramLabel = "S", description = "decoders (GKD): the student's sampling temperature, 0: greedy (default: 1)")
+    Float sampleTemperature;
     @Option(names = "--divergence", defaultValue = "kl", paramLabel = "kl|reverse-kl|jsd|mse", description = "default: ${DEFAULT-VALUE}") String divergence;
     @Option(names = "--temperature", defaultValue = "4", description = "default: ${DEFAULT-VALUE}") float temperature;
     @Option(names = "--alpha", defaultValue = "0.9", description = "weight of the soft term (default: ${DEFAULT-VALUE})") float alpha;
@@ -99,13 +101,15 @@ final class DistillCommand implements Callable<Integer> {
         if (teacherCache != null || teacherCacheTopK != 0) {
             throw new IllegalArgumentException("--teacher-cache for decoders (per token, top-k) is not supported yet: the teacher runs every step");
         }
-        if (onPolicyFraction != null || promptLen != null || sampleTemperature != null) {
-            throw new IllegalArgumentException("on-policy distillation (--on-policy-fraction, --prompt-len, --sample-temperature) is not supported yet");
+        if (onPolicyFraction == null && (promptLen != null || sampleTemperature != null)) {
+            throw new IllegalArgumentException("--prompt-len and --sample-temperature go with --on-policy-fraction L");
         }
         DistillationLoss kd = new DistillationLoss(Divergence.parse(divergence), temperature, alpha, beta, -100);
         org.distill4j.core.lm.DecoderHint.Spec h = hint == null ? null
             : org.distill4j.core.lm.DecoderHint.Spec.parse(hint, org.distill4j.core.lm.DecoderHint.Kind.parse(hintLoss));
-        DecoderTraining.distill(options, new DecoderTraining.Distill(teachers.getFirst(), student, studentInit, kd, h), spec.commandLine().getOut());
+        DecoderTraining.OnPolicy onPolicy = onPolicyFraction == null ? null
+            : new DecoderTraining.OnPolicy(onPolicyFraction, promptLen, sampleTemperature == null ? 1f : sampleTemperature);
+        DecoderTraining.distill(options, new DecoderTraining.Distill(teachers.getFirst(), student, studentInit, kd, h, onPolicy), spec.commandLine().getOut());
         return 0;
     }
 }

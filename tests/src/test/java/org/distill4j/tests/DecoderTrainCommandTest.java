@@ -111,6 +111,23 @@ class DecoderTrainCommandTest {
     }
 
     @Test
+    void onPolicyDistillation() throws Exception {
+        Path train = tokens("train.npy", 600, 96), out = tmp.resolve("out");
+        String[] r = run("distill", "--teacher", LM.resolve("qwen3").toString(), "--student", LM.resolve("mistral").toString(), "--data", "tokens:" + train,
+            "--seq-len", "10", "--batch", "2", "--max-steps", "6", "--temperature", "1", "--divergence", "jsd", "--beta", "0.5",
+            "--on-policy-fraction", "0.5", "--prompt-len", "4", "--sample-temperature", "0.9", "--out", out.toString());
+        assertEquals("0", r[0], r[2]);
+        assertTrue(r[1].contains("on-policy: 50% of the micro-batches are student continuations of each window's first 4 tokens (7 sampled"), r[1]);
+        var m = java.util.regex.Pattern.compile("on-policy: (\\d+) of 6 micro-batches").matcher(r[1]);
+        assertTrue(m.find(), r[1]);
+        int n = Integer.parseInt(m.group(1));
+        assertTrue(n > 0 && n < 6, "about half of 6 micro-batches on-policy, got " + n);
+        assertBadInput(run("distill", "--teacher", LM.resolve("qwen3").toString(), "--student", LM.resolve("mistral").toString(), "--data",
+            "tokens:" + train, "--seq-len", "10", "--on-policy-fraction", "0.5", "--prompt-len", "11", "--out", tmp.resolve("out2").toString()),
+            "--prompt-len 11 is longer than the window", tmp.resolve("out2"));
+    }
+
+    @Test
     void paddedVocabulariesShareTheirRange() throws Exception {
         // gpt2 (vocab 128) teacher, llama-gqa (vocab 112) student: padding only -> the shared ids [0, 112), said in the log
         Path train = tokens("train.npy", 400, 112), out = tmp.resolve("out");

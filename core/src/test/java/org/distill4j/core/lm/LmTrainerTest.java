@@ -333,4 +333,38 @@ class LmTrainerTest {
         }
         for (var e : straight.entrySet()) assertArrayEquals(e.getValue(), resumed.get(e.getKey()), e.getKey() + ", seed " + seed);
     }
+
+    /** GKD: greedy continuations equal step-by-step argmax of full forwards; prompt targets are ignored; the step uses the divergence alone. */
+    @Test
+    void onPolicyContinuations() throws Exception {
+        Path student = write("s", DecoderModelTest.config("qwen2", false)), teacher = write("t", DecoderModelTest.config("gpt2", true));
+        int rows = 2, t = 6, p = 3;
+        try (DecoderModel s = DecoderModel.load(cpu, student); DecoderModel te = DecoderModel.load(cpu, teacher);
+             LmTrainer tr = LmTrainer.distillation(s, te, new DistillationLoss(Divergence.KL, 1f, 0.3f, 0.5f, -100), sgd(0.1f, rows, 1), 11)) {
+            tr.onPolicy(1, p, 0);
+            LmTrainer.MicroBatch m = micro(rows, t, 11);
+            LmTrainer.MicroBatch c = tr.studentContinuations(m, 0);
+            assertTrue(c.onPolicy());
+            for (int r = 0; r < rows; r++) {
+                long[] seq = new long[t + 1];
+                System.arraycopy(m.inputs(), r * t, seq, 0, p);
+                for (int i = p; i <= t; i++) {
+                    try (Arena a = Arena.ofShared()) {
+                        float[] logits = s.forward(new Layer.Pass(cpu, a, false, 0, 0), java.util.Arrays.copyOf(seq, i), 1, i, null, null, null).toFloatArray();
+                        seq[i] = TokenSampler.argmax(java.util.Arrays.copyOfRange(logits, (i - 1) * 11, i * 11), 11);
+                    }
+                }
+                for (int i = 0; i < t; i++) {
+                    assertEquals(seq[i], c.inputs()[r * t + i], "row " + r + " input " + i + ", seed " + seed);
+                    assertEquals(i < p - 1 ? -100 : seq[i + 1], c.targets()[r * t + i], "row " + r + " target " + i + ", seed " + seed);
+                }
+            }
+            var terms = tr.step(List.of(c), 1, 0.1f, 0);
+            assertEquals(0.0, terms.terms().hard(), 0.0, "on-policy micro-batches train on the divergence alone");
+            assertEquals((long) rows * (t + 1 - p), terms.tokens(), "only the sampled tokens count");
+            // sampled at a temperature: the same seed draws the same tokens
+            tr.onPolicy(1, p, 1.5);
+            assertArrayEquals(tr.studentContinuations(m, 7).inputs(), tr.studentContinuations(m, 7).inputs());
+        }
+    }
 }
