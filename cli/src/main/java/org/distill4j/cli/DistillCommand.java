@@ -60,7 +60,10 @@ final class DistillCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
-        if (teachers.size() == 1 && java.nio.file.Files.isDirectory(teachers.getFirst())) return distillDecoders();
+        if (teachers.stream().anyMatch(java.nio.file.Files::isDirectory)) {
+            if (teachers.size() > 1) throw new IllegalArgumentException("decoder distillation takes one --teacher folder (several teachers are for model specs)");
+            return distillDecoders();
+        }
         if (student == null) throw new IllegalArgumentException("--student SPEC.json is required");
         if (studentInit != null || onPolicyFraction != null || promptLen != null || sampleTemperature != null || !"mse".equals(hintLoss)) {
             throw new IllegalArgumentException("--student-init, --hint-loss, --on-policy-fraction, --prompt-len and --sample-temperature are for decoder folders");
