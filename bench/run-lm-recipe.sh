@@ -4,7 +4,7 @@
 # same AdamW / cosine / warm-up / clipping settings; each run's validation loss on the held-out 10% and wall time.
 # Passes when our median validation loss is within 2% of PyTorch's (the inits and the window orders differ, so
 # the two runs are not the same numbers; 2% is the contract's bound on the gap).
-#   bench/run-lm-recipe.sh [rounds]          (default 1; a round is one teacher each, ~5 min each on an idle machine)
+#   bench/run-lm-recipe.sh [rounds]          (default 1; a round is one teacher each)
 # PYTHON: a Python with torch, transformers and numpy (default python3). DISTILL: the launcher (default ./distill).
 # Runs go to runs/lm-recipe/ (ours-rN, pytorch-rN).
 set -euo pipefail
@@ -18,9 +18,9 @@ mkdir -p "$OUT"
 SEQ=128
 # Keep in step with examples/lm/run.sh's COMMON and TEACHER_ARGS.
 OURS=(--data tokens:data/lm/train.npy --seq-len $SEQ --optimizer adamw --weight-decay 0.1 --schedule cosine --clip-norm 1
-      --batch 8 --epochs 1 --lr 2e-3 --warmup 20 --seed 1)
+      --batch 8 --max-steps 128 --lr 2e-3 --warmup 16 --seed 1)
 THEIRS=(--train data/lm/train.npy --val data/lm/val.npy --seq-len $SEQ --weight-decay 0.1 --clip-norm 1
-        --batch 8 --epochs 1 --lr 2e-3 --warmup 20 --seed 1 --threads 2)
+        --batch 8 --max-steps 128 --lr 2e-3 --warmup 16 --seed 1 --threads 2)
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 ours_loss=(); theirs_loss=()
 for r in $(seq 1 "$ROUNDS"); do

@@ -12,7 +12,8 @@ files (the contract of issue 22), so that our numbers can be put beside PyTorch'
 Data, as TokenWindows and the contract define it: a 1-D .npy of token ids; window i is tokens[iT .. iT+T]
 (T + 1 tokens, a window every T tokens, a last partial window dropped); inputs are its first T tokens,
 targets its last T. Training takes --batch windows per step, the windows shuffled each epoch by a
-generator seeded with --seed + epoch (the order differs from ours; the loss does not depend on it).
+generator seeded with --seed and the epoch (the order differs from ours), a last short batch kept. Steps: --epochs
+(default 1) whole epochs, or fewer with --max-steps; the schedule spans the steps that run.
 Optimizer: torch.optim.AdamW (betas 0.9/0.999, eps 1e-8) with weight decay on parameters of rank >= 2
 only (the tied wte/lm_head counted once); lr: linear warm-up over --warmup steps ((step + 1) / warmup),
 then cosine to 0 over all steps (TrainingConfig.lrAt); optional clipping of the global gradient norm.
@@ -101,8 +102,10 @@ def fit(model, tokens, args, teacher=None, label="run"):
     """Trains in place; returns (wall seconds, steps, last logged train loss); args.cpu_s gets the CPU seconds."""
     w = windows(tokens, args.seq_len)
     n = w.shape[0]
-    steps_per_epoch = n // args.batch  # a last partial batch is dropped, as the trainer's loader does
-    total = args.max_steps if args.max_steps else steps_per_epoch * args.epochs
+    steps_per_epoch = -(-n // args.batch)  # a last short batch is kept, as LmTrainer does
+    total = steps_per_epoch * args.epochs  # with --max-steps the schedule spans the steps that run, as LmTrainer's
+    if args.max_steps:
+        total = min(total, args.max_steps)
     opt = adamw(model, args.lr, args.weight_decay)
     model.train()
     if teacher is not None:

@@ -8,7 +8,7 @@
 # runs/lm/ (teacher, student-no-kd-sN, student-kd-sN: HF folders with GPT-2's tokenizer, metrics.jsonl) and the table
 # to runs/lm/results.md. The same recipe in PyTorch: bench/pytorch/lm_recipe.py (bench/run-lm-recipe.sh compares).
 # DISTILL overrides the launcher (default ./distill). STUDENT_SEEDS (default "1 2 3") and TEACHER=DIR (reuse a
-# trained teacher instead of training one) shorten a rerun.
+# trained teacher instead of training one) shorten a rerun; TEACHER_STEPS and STUDENT_STEPS change the budgets.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DISTILL=${DISTILL:-./distill}
@@ -19,14 +19,16 @@ mkdir -p "$OUT"
 
 # The recipe (why these numbers: bench/RESULTS.md, "A real-text result"). Windows of T = 128 targets; AdamW with
 # weight decay 0.1 on matrices and embeddings, cosine schedule with linear warm-up, gradient norm clipped to 1.
-# The teacher sees the training text once (278 steps of 8 windows); each student sees a short budget of it
-# (STUDENT_STEPS steps of 4 windows), where the teacher's full next-token distributions help most. Distillation at
-# temperature 1 with alpha 0.9: 0.9 KL(teacher || student) + 0.1 CE per token.
+# The teacher: TEACHER_STEPS steps of 8 windows (128 steps: 131,072 tokens, 46% of the training text). Each student:
+# a short budget, STUDENT_STEPS steps of 4 windows (60 steps: 30,720 tokens), where the teacher's whole next-token
+# distribution per token helps most. Distillation at temperature 1 with alpha 0.9: 0.9 KL(teacher || student) +
+# 0.1 CE per token. (The GPT-2 vocabulary's lm_head and softmax dominate every step at these widths.)
 SEQ=128
 COMMON=(--data tokens:data/lm/train.npy --seq-len $SEQ --optimizer adamw --weight-decay 0.1 --schedule cosine --clip-norm 1
         --tokenizer data/lm/gpt2)
-TEACHER_ARGS=(--batch 8 --epochs 1 --lr 2e-3 --warmup 20 --seed 1)
-STUDENT_STEPS=${STUDENT_STEPS:-80}
+TEACHER_STEPS=${TEACHER_STEPS:-128}
+STUDENT_STEPS=${STUDENT_STEPS:-60}
+TEACHER_ARGS=(--batch 8 --max-steps "$TEACHER_STEPS" --lr 2e-3 --warmup 16 --seed 1)
 STUDENT_ARGS=(--batch 4 --max-steps "$STUDENT_STEPS" --lr 3e-3 --warmup 10)
 KD_ARGS=(--temperature 1 --alpha 0.9)
 
