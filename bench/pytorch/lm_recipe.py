@@ -21,7 +21,9 @@ The teacher runs in eval mode (no dropout). Evaluation: eval mode, every window 
 targets scored, loss in float64 from float32 logits: the same as `distill eval --seq-len T`.
 
   python3 bench/pytorch/lm_recipe.py recipe --train data/lm/train.npy --val data/lm/val.npy \\
-      --teacher-config examples/lm/teacher --student-config examples/lm/student --out runs/lm-pytorch
+      --teacher-config examples/lm/teacher --student-config examples/lm/student --out runs/lm-pytorch \\
+      --seq-len 128 --teacher-batch 8 --teacher-steps 128 --teacher-lr 2e-3 --teacher-warmup 16 \\
+      --batch 4 --max-steps 60 --lr 3e-3 --warmup 10 --temperature 1 --alpha 0.9
 Every run prints one JSON line {"run": ..., "val_loss": ..., "val_ppl": ..., "train_s": ...}.
 """
 import argparse
@@ -182,6 +184,7 @@ def main():
     ap.add_argument("--teacher-steps", type=int, help="recipe: the teacher's --max-steps")
     ap.add_argument("--teacher-batch", type=int, help="recipe: the teacher's --batch (default --batch)")
     ap.add_argument("--teacher-epochs", type=int, help="recipe: the teacher's --epochs (default --epochs)")
+    ap.add_argument("--teacher-warmup", type=int, help="recipe: the teacher's --warmup (default --warmup)")
     ap.add_argument("--dropout", type=float, help="override the config's dropouts (train, recipe's teacher)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--seeds", default="1,2,3", help="recipe: the students' seeds")
@@ -214,6 +217,7 @@ def main():
     targs.max_steps = args.teacher_steps if args.teacher_steps is not None else args.max_steps
     targs.batch = args.teacher_batch or args.batch
     targs.epochs = args.teacher_epochs or args.epochs
+    targs.warmup = args.teacher_warmup if args.teacher_warmup is not None else args.warmup
     teacher_dir = os.path.join(args.out, "teacher")
     if os.path.exists(os.path.join(teacher_dir, "model.safetensors")):
         teacher = load_model(teacher_dir)
