@@ -18,7 +18,7 @@ Optimizer: torch.optim.AdamW (betas 0.9/0.999, eps 1e-8) with weight decay on pa
 only (the tied wte/lm_head counted once); lr: linear warm-up over --warmup steps ((step + 1) / warmup),
 then cosine to 0 over all steps (TrainingConfig.lrAt); optional clipping of the global gradient norm.
 The teacher runs in eval mode (no dropout). Evaluation: eval mode, every window of the file, all T
-targets scored, loss in float64 from float32 logits: the same as `distill eval --seq-len T`.
+targets scored (log-sum-exp in float32, summed in float64): the windows `distill eval --seq-len T` scores.
 
   python3 bench/pytorch/lm_recipe.py recipe --train data/lm/train.npy --val data/lm/val.npy \\
       --teacher-config examples/lm/teacher --student-config examples/lm/student --out runs/lm-pytorch \\
