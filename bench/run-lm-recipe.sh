@@ -6,6 +6,7 @@
 # the two runs are not the same numbers; 2% is the contract's bound on the gap).
 #   bench/run-lm-recipe.sh [rounds]          (default 1; a round is one teacher each)
 # PYTHON: a Python with torch, transformers and numpy (default python3). DISTILL: the launcher (default ./distill).
+# STEPS: the teacher's steps (default 128, as examples/lm/run.sh; a smaller number checks the script quickly).
 # Runs go to runs/lm-recipe/ (ours-rN, pytorch-rN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,18 +17,19 @@ DISTILL=${DISTILL:-./distill}
 OUT=runs/lm-recipe
 mkdir -p "$OUT"
 SEQ=128
+STEPS=${STEPS:-128}  # the teacher's steps (examples/lm/run.sh's TEACHER_STEPS)
 # Keep in step with examples/lm/run.sh's COMMON and TEACHER_ARGS.
 OURS=(--data tokens:data/lm/train.npy --seq-len $SEQ --optimizer adamw --weight-decay 0.1 --schedule cosine --clip-norm 1
-      --batch 8 --max-steps 128 --lr 2e-3 --warmup 16 --seed 1)
+      --batch 8 --max-steps "$STEPS" --lr 2e-3 --warmup 16 --seed 1)
 THEIRS=(--train data/lm/train.npy --val data/lm/val.npy --seq-len $SEQ --weight-decay 0.1 --clip-norm 1
-        --batch 8 --max-steps 128 --lr 2e-3 --warmup 16 --seed 1 --threads 2)
+        --batch 8 --max-steps "$STEPS" --lr 2e-3 --warmup 16 --seed 1 --threads 2)
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 ours_loss=(); theirs_loss=()
 for r in $(seq 1 "$ROUNDS"); do
   t0=$SECONDS
   $DISTILL train --model examples/lm/teacher "${OURS[@]}" --out "$OUT/ours-r$r" >&2
-  ours_s=$((SECONDS - t0))
   o=$($DISTILL eval --model "$OUT/ours-r$r" --data tokens:data/lm/val.npy --seq-len $SEQ | tail -1 | sed -nE 's/^eval: loss ([0-9.eE+-]+),.*/\1/p')
+  ours_s=$((SECONDS - t0))
   t0=$SECONDS
   p=$($PYTHON bench/pytorch/lm_recipe.py train --model examples/lm/teacher "${THEIRS[@]}" --out "$OUT/pytorch-r$r" |
       tail -1 | sed -nE 's/.*"val_loss": ([0-9.eE+-]+),.*/\1/p')
