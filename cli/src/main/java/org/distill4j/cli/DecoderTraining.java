@@ -26,7 +26,9 @@ import org.distill4j.core.lm.LmTrainer;
 import org.distill4j.core.loss.DistillationLoss;
 import org.distill4j.core.tok.HfTokenizer;
 import org.distill4j.core.tok.Tokenizer;
+import org.distill4j.core.lm.LmTeacherCache;
 import org.distill4j.core.train.Checkpoints;
+import org.distill4j.core.train.TeacherCache;
 import org.distill4j.core.train.TrainingConfig;
 
 /**
@@ -41,8 +43,15 @@ final class DecoderTraining {
     private static final List<String> TOKENIZER_FILES = List.of("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
         "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json");
 
-    /** The distillation settings of {@code distill distill} for decoders. */
-    record Distill(Path teacher, Path student, String studentInit, DistillationLoss kd, DecoderHint.Spec hint) {}
+    /**
+     * The distillation settings of {@code distill distill} for decoders; {@code cache} the teacher
+     * cache's storage and dtype (null: none), {@code cacheTopK} its k (null: the default for the shared vocabulary).
+     */
+    record Distill(Path teacher, Path student, String studentInit, DistillationLoss kd, DecoderHint.Spec hint, TeacherCache.Options cache, Integer cacheTopK) {
+        Distill(Path teacher, Path student, String studentInit, DistillationLoss kd, DecoderHint.Spec hint) {
+            this(teacher, student, studentInit, kd, hint, null, null);
+        }
+    }
 
     private DecoderTraining() {}
 
@@ -83,6 +92,14 @@ final class DecoderTraining {
                     studentConfig.vocab(), shared);
             }
             checkTokenizer(tok, shared, studentConfig);
+            TeacherCache.Options cacheOptions = null;
+            if (d.cache() != null) {
+                int k = d.cacheTopK() == null ? LmTeacherCache.defaultTopK(shared) : d.cacheTopK();
+                if (k > shared) throw new IllegalArgumentException("--teacher-cache-topk " + k + ": the models share " + shared + " ids (top-k keeps at most all of them)");
+                if (k > 0 && k < shared) d.kd().requireTopKTeacherSupport(d.cacheTopK() == null ? "--teacher-cache (top-" + k + " by default above "
+                    + LmTeacherCache.TOPK_DEFAULT_ABOVE + " classes; --teacher-cache-topk 0 keeps every class)" : "--teacher-cache-topk " + k);
+                cacheOptions = new TeacherCache.Options(d.cache().storage(), d.cache().dtype(), d.cache().file(), k == shared ? 0 : k);
+            }
             try (TokenWindows train = open(o.data, tok, o.seqLen, shared, "--data"); TokenWindows val = o.testData == null ? null
                 : open(o.testData, tok, o.seqLen, shared, "--test-data"); DecoderModel teacher = DecoderModel.load(b, d.teacher())) {
                 DecoderModel student;
@@ -93,7 +110,13 @@ final class DecoderTraining {
                 } else {
                     student = studentModel(b, d.student(), cfg.seed(), console);
                 }
-                try (DecoderModel s = student; LmTrainer trainer = LmTrainer.distillation(s, teacher, d.kd(), cfg, shared).hint(d.hint())) {
+                TeacherCache.Options cacheAt = cacheOptions;
+                try (DecoderModel s = student; LmTrainer trainer = LmTrainer.distillation(s, teacher, d.kd(), cfg, shared).hint(d.hint());
+                     LmTeacherCache c = cacheAt == null ? null : LmTeacherCache.build(teacher, train, shared, cacheAt, o.batch)) {
+                    if (c != null) {
+                        console.println(c.describe(d.cacheTopK() == null));
+                        trainer.teacherSource(m -> c.rows(m.windows(), m.t()));
+                    }
                     console.printf(Locale.ROOT, "teacher %s (%s, %d layers, %,d parameters, %s on disk, held in float32), student %s (%d layers, %,d parameters); "
                         + "%s, T %s, alpha %s%s%n", d.teacher(), teacherConfig.family().modelType(), teacherConfig.layers(), teacher.parameterCount(), teacher.diskDtype(),
                         d.student() == null ? "(teacher layers)" : d.student(), studentConfig.layers(), s.parameterCount(), d.kd().divergence().cliName(),

@@ -68,6 +68,7 @@ public final class LmTrainer implements AutoCloseable {
     private final TrainingConfig config;
     private final long vocab; // the id range the loss uses (the shared one when distilling)
     private DecoderHint hint;
+    private TeacherSource teacherSource; // teacher cache (LmTeacherCache): the teacher's logits looked up, the teacher not run
     private int lossChunk = -1;
     private long stopAfter = Long.MAX_VALUE;
     private StepListener onStep = (s, t, l) -> { };
@@ -130,8 +131,30 @@ public final class LmTrainer implements AutoCloseable {
     public LmTrainer hint(DecoderHint.Spec spec) {
         if (spec == null) return this;
         if (teacher == null) throw new IllegalArgumentException("--hint needs a teacher");
+        if (teacherSource != null) throw hintWithCache();
         if (hint != null) hint.close();
         hint = new DecoderHint(backend, spec, student, teacher, config.seed());
+        return this;
+    }
+
+    /** Where a micro-batch's teacher logits come from when the teacher does not run: a cache's rows of the micro-batch's windows. */
+    @FunctionalInterface
+    public interface TeacherSource {
+        ChunkedLmLoss.TeacherRows rows(MicroBatch m);
+    }
+
+    private static IllegalArgumentException hintWithCache() {
+        return new IllegalArgumentException("--hint needs the teacher's hidden states every step and --teacher-cache keeps only its logits: use one or the other");
+    }
+
+    /**
+     * Takes the teacher's logits from {@code source} (e.g. an {@link LmTeacherCache}'s rows of the
+     * micro-batch's windows) instead of running the teacher each step. Not with a hint.
+     */
+    public LmTrainer teacherSource(TeacherSource source) {
+        if (teacher == null) throw new IllegalArgumentException("a teacher cache needs distillation");
+        if (hint != null && source != null) throw hintWithCache();
+        this.teacherSource = source;
         return this;
     }
 
@@ -168,12 +191,20 @@ public final class LmTrainer implements AutoCloseable {
         return Parameter.distinct(all);
     }
 
-    /** One micro-batch: {@code rows} windows, inputs and targets [rows * T] row-major. */
-    public record MicroBatch(long[] inputs, long[] targets, int rows, int t) {
+    /**
+     * One micro-batch: {@code rows} windows, inputs and targets [rows * T] row-major; {@code windows}
+     * [rows] the training windows they are (for a teacher cache), or null when they are none of its.
+     */
+    public record MicroBatch(long[] inputs, long[] targets, int rows, int t, long[] windows) {
         public MicroBatch {
             if (inputs.length != (long) rows * t || targets.length != (long) rows * t) {
                 throw new IllegalArgumentException("micro-batch of " + rows + " x " + t + " with " + inputs.length + " inputs and " + targets.length + " targets");
             }
+            if (windows != null && windows.length != rows) throw new IllegalArgumentException("micro-batch of " + rows + " windows with " + windows.length + " window indices");
+        }
+
+        public MicroBatch(long[] inputs, long[] targets, int rows, int t) {
+            this(inputs, targets, rows, t, null);
         }
 
         long counted() {
@@ -219,7 +250,9 @@ public final class LmTrainer implements AutoCloseable {
         try (Arena arena = Arena.ofShared()) {
             ChunkedLmLoss.TeacherRows teacherRows = null;
             Tensor teacherTap = null;
-            if (teacher != null) {
+            if (teacherSource != null) {
+                teacherRows = teacherSource.rows(m);
+            } else if (teacher != null) {
                 Layer.Pass eval = new Layer.Pass(backend, arena, false, 0, 0);
                 DecoderModel.HiddenTap tap = null;
                 if (hint != null && hint.spec().teacherIndex() < teacher.config().layers()) {
@@ -351,7 +384,8 @@ public final class LmTrainer implements AutoCloseable {
                 List<MicroBatch> group = new ArrayList<>();
                 for (long k = b; k < Math.min(perEpoch, b + acc); k++) {
                     int rows = train.batch(order, k, batch, inputs, targets);
-                    group.add(new MicroBatch(java.util.Arrays.copyOf(inputs, rows * t), java.util.Arrays.copyOf(targets, rows * t), rows, t));
+                    group.add(new MicroBatch(java.util.Arrays.copyOf(inputs, rows * t), java.util.Arrays.copyOf(targets, rows * t), rows, t,
+                        java.util.Arrays.copyOfRange(order, (int) (k * batch), (int) (k * batch) + rows)));
                 }
                 lr = config.lrAt(step, total);
                 StepTerms r = step(group, step + 1, lr, micro);
