@@ -47,11 +47,15 @@ final class DecoderTraining {
      * The distillation settings of {@code distill distill} for decoders; {@code cache} the teacher
      * cache's storage and dtype (null: none), {@code cacheTopK} its k (null: the default for the shared vocabulary).
      */
-    record Distill(Path teacher, Path student, String studentInit, DistillationLoss kd, DecoderHint.Spec hint, TeacherCache.Options cache, Integer cacheTopK) {
-        Distill(Path teacher, Path student, String studentInit, DistillationLoss kd, DecoderHint.Spec hint) {
-            this(teacher, student, studentInit, kd, hint, null, null);
+    record Distill(Path teacher, Path student, String studentInit, DistillationLoss kd, DecoderHint.Spec hint, OnPolicy onPolicy, TeacherCache.Options cache,
+                   Integer cacheTopK) {
+        Distill(Path teacher, Path student, String studentInit, DistillationLoss kd, DecoderHint.Spec hint, OnPolicy onPolicy) {
+            this(teacher, student, studentInit, kd, hint, onPolicy, null, null);
         }
     }
+
+    /** GKD's settings: --on-policy-fraction, --prompt-len (null: half the window), --sample-temperature. */
+    record OnPolicy(float fraction, Integer promptLen, float temperature) {}
 
     private DecoderTraining() {}
 
@@ -113,8 +117,13 @@ final class DecoderTraining {
                 TeacherCache.Options cacheAt = cacheOptions;
                 try (DecoderModel s = student; LmTrainer trainer = LmTrainer.distillation(s, teacher, d.kd(), cfg, shared).hint(d.hint());
                      LmTeacherCache c = cacheAt == null ? null : LmTeacherCache.build(teacher, train, shared, cacheAt, o.batch)) {
+                    if (d.onPolicy() != null) {
+                        int p = d.onPolicy().promptLen() == null ? Math.max(1, o.seqLen / 2) : d.onPolicy().promptLen();
+                        trainer.onPolicy(d.onPolicy().fraction(), p, d.onPolicy().temperature());
+                    }
                     if (c != null) {
                         console.println(c.describe(d.cacheTopK() == null));
+                        // Micro-batches of training windows look their rows up; on-policy ones (student continuations) still run the teacher.
                         trainer.teacherSource(m -> c.rows(m.windows(), m.t()));
                     }
                     console.printf(Locale.ROOT, "teacher %s (%s, %d layers, %,d parameters, %s on disk, held in float32), student %s (%d layers, %,d parameters); "

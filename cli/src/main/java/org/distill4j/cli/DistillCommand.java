@@ -36,15 +36,19 @@ final class DistillCommand implements Callable<Integer> {
     String hintLoss;
     @Option(names = "--on-policy-fraction", paramLabel = "L", description = "decoders (GKD): the fraction of batches whose continuations the student samples")
     Float onPolicyFraction;
-    @Option(names = "--prompt-len", paramLabel = "P", description = "decoders (GKD): prompt tokens of an on-policy window") Integer promptLen;
-    @Option(names = "--sample-temperature", paramLabel = "S", description = "decoders (GKD): the student's sampling temperature") Float sampleTemperature;
+    @Option(names = "--prompt-len", paramLabel = "P", description = "decoders (GKD): the window's first P tokens prompt the student (default: --seq-len / 2)")
+    Integer promptLen;
+    @Option(names = "--sample-temperature", paramLabel = "S", description = "decoders (GKD): the student's sampling temperature, 0: greedy (default: 1)")
+    Float sampleTemperature;
     @Option(names = "--divergence", defaultValue = "kl", paramLabel = "kl|reverse-kl|jsd|mse", description = "default: ${DEFAULT-VALUE}") String divergence;
     @Option(names = "--temperature", defaultValue = "4", description = "default: ${DEFAULT-VALUE}") float temperature;
     @Option(names = "--alpha", defaultValue = "0.9", description = "weight of the soft term (default: ${DEFAULT-VALUE})") float alpha;
     @Option(names = "--beta", defaultValue = "0.5", description = "JSD mixture weight (default: ${DEFAULT-VALUE})") float beta;
     @Option(names = "--hint", paramLabel = "S:T[:W]",
         description = "feature distillation: MSE between student layer S (through a learned linear or 1x1-conv adapter) and teacher layer T "
-            + "(0-based top-level layer indices), weight W (default 1)") String hint;
+            + "(0-based top-level layer indices), weight W (default 1); decoders: hidden states S and T as transformers numbers them "
+            + "(0 the embeddings, i the output of layer i-1, the layer count the final norm's output), --hint-loss mse|cosine, "
+            + "a learned projection when the widths differ") String hint;
     @Option(names = "--teacher-cache", paramLabel = "device|file:PATH",
         description = "compute the teachers' logits once and look them up each step (for data without augmentation); a matching file is reused") String teacherCache;
     @Option(names = "--teacher-cache-dtype", defaultValue = "f32", paramLabel = "f32|bf16", description = "default: ${DEFAULT-VALUE}") String teacherCacheDtype;
@@ -57,7 +61,10 @@ final class DistillCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
-        if (teachers.size() == 1 && java.nio.file.Files.isDirectory(teachers.getFirst())) return distillDecoders();
+        if (teachers.stream().anyMatch(java.nio.file.Files::isDirectory)) {
+            if (teachers.size() > 1) throw new IllegalArgumentException("decoder distillation takes one --teacher folder (several teachers are for model specs)");
+            return distillDecoders();
+        }
         if (student == null) throw new IllegalArgumentException("--student SPEC.json is required");
         if (studentInit != null || onPolicyFraction != null || promptLen != null || sampleTemperature != null || !"mse".equals(hintLoss)) {
             throw new IllegalArgumentException("--student-init, --hint-loss, --on-policy-fraction, --prompt-len and --sample-temperature are for decoder folders");
@@ -103,13 +110,16 @@ final class DistillCommand implements Callable<Integer> {
         // Parsed now (the bad option fails before any model loads); topK 0 here, the decoder's k is chosen once the shared vocabulary is known.
         TeacherCache.Options cache = teacherCache == null ? null : TeacherCache.Options.parse(teacherCache, teacherCacheDtype, 0);
         if (teacherCacheTopK != null && teacherCacheTopK < 0) throw new IllegalArgumentException("--teacher-cache-topk must be >= 0 (0: every class), got " + teacherCacheTopK);
-        if (onPolicyFraction != null || promptLen != null || sampleTemperature != null) {
-            throw new IllegalArgumentException("on-policy distillation (--on-policy-fraction, --prompt-len, --sample-temperature) is not supported yet");
+        if (onPolicyFraction == null && (promptLen != null || sampleTemperature != null)) {
+            throw new IllegalArgumentException("--prompt-len and --sample-temperature go with --on-policy-fraction L");
         }
         DistillationLoss kd = new DistillationLoss(Divergence.parse(divergence), temperature, alpha, beta, -100);
         org.distill4j.core.lm.DecoderHint.Spec h = hint == null ? null
             : org.distill4j.core.lm.DecoderHint.Spec.parse(hint, org.distill4j.core.lm.DecoderHint.Kind.parse(hintLoss));
-        DecoderTraining.distill(options, new DecoderTraining.Distill(teachers.getFirst(), student, studentInit, kd, h, cache, teacherCacheTopK), spec.commandLine().getOut());
+        DecoderTraining.OnPolicy onPolicy = onPolicyFraction == null ? null
+            : new DecoderTraining.OnPolicy(onPolicyFraction, promptLen, sampleTemperature == null ? 1f : sampleTemperature);
+        DecoderTraining.distill(options, new DecoderTraining.Distill(teachers.getFirst(), student, studentInit, kd, h, onPolicy, cache, teacherCacheTopK),
+            spec.commandLine().getOut());
         return 0;
     }
 }

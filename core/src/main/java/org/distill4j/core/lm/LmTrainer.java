@@ -13,6 +13,7 @@ import java.util.function.Consumer;
 import org.distill4j.core.Backend;
 import org.distill4j.core.DType;
 import org.distill4j.core.Optimizers;
+import org.distill4j.core.Philox;
 import org.distill4j.core.Reduction;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.data.TokenWindows;
@@ -70,6 +71,9 @@ public final class LmTrainer implements AutoCloseable {
     private DecoderHint hint;
     private TeacherSource teacherSource; // teacher cache (LmTeacherCache): the teacher's logits looked up, the teacher not run
     private int lossChunk = -1;
+    private double onPolicyFraction; // GKD: the share of micro-batches replaced by student continuations
+    private int promptLen;
+    private double sampleTemperature = 1;
     private long stopAfter = Long.MAX_VALUE;
     private StepListener onStep = (s, t, l) -> { };
     private Consumer<String> onNote = s -> { };
@@ -110,8 +114,8 @@ public final class LmTrainer implements AutoCloseable {
     /**
      * The id range a teacher and a student share. Equal sizes share all. Sizes that differ only by
      * the padding rows checkpoints add to round the embedding up (e.g. Qwen's 151,936 vs 152,064, or
-     * GPT-2's 50,257 vs 50,304) share the smaller: the larger must be a multiple of 64 and at most 256
-     * rows larger. {@code tokenizerSize} (the ids a tokenizer can produce, or 0 when unknown) must
+     * GPT-2's 50,257 vs 50,304) share the smaller: the larger must be a multiple of 64, larger by at most
+     * 256 rows and by at most an eighth. {@code tokenizerSize} (the ids a tokenizer can produce, or 0 when unknown) must
      * fit in both. Anything else is refused: the two models do not share a tokenizer.
      */
     public static long sharedVocabulary(DecoderConfig teacher, DecoderConfig student, long tokenizerSize) {
@@ -121,9 +125,9 @@ public final class LmTrainer implements AutoCloseable {
                 + student.file()) + " has 'vocab_size' " + lo);
         }
         if (vt == vs) return vt;
-        if (hi % 64 != 0 || hi - lo > 256) {
+        if (hi % 64 != 0 || hi - lo > Math.min(256, hi / 8)) {
             throw new IllegalArgumentException("the teacher's vocabulary (" + vt + ", " + teacher.file() + ") and the student's (" + vs + ", " + student.file()
-                + ") differ by more than padding (a padded size is a multiple of 64 at most 256 rows larger): they do not share a tokenizer");
+                + ") differ by more than padding (a padded size is a multiple of 64, larger by at most 256 rows and 1/8): they do not share a tokenizer");
         }
         return lo;
     }
@@ -149,12 +153,34 @@ public final class LmTrainer implements AutoCloseable {
 
     /**
      * Takes the teacher's logits from {@code source} (e.g. an {@link LmTeacherCache}'s rows of the
-     * micro-batch's windows) instead of running the teacher each step. Not with a hint.
+     * micro-batch's windows) instead of running the teacher, for every micro-batch that holds
+     * training windows ({@link MicroBatch#windows} not null); the others (on-policy continuations,
+     * batches made by hand) still run the teacher. Not with a hint.
      */
     public LmTrainer teacherSource(TeacherSource source) {
         if (teacher == null) throw new IllegalArgumentException("a teacher cache needs distillation");
         if (hint != null && source != null) throw hintWithCache();
         this.teacherSource = source;
+        return this;
+    }
+
+    /**
+     * On-policy distillation (GKD, Agarwal et al. 2024; TRL's GKDTrainer with lmbda = fraction): each
+     * micro-batch is, with probability {@code fraction} (drawn from the seed, so a resumed run draws
+     * the same), replaced by the student's own continuations. Each window's first {@code promptLen}
+     * tokens are the prompt; the student, in eval mode with a KV cache, samples the remaining
+     * T + 1 - promptLen tokens at {@code temperature} (0: greedy) from the shared ids, without
+     * stopping at end-of-text; the teacher scores the sequence, and the loss is the divergence
+     * alone (alpha = 1) over the generated tokens only.
+     */
+    public LmTrainer onPolicy(double fraction, int promptLen, double temperature) {
+        if (teacher == null) throw new IllegalArgumentException("on-policy distillation needs a teacher");
+        if (!(fraction >= 0 && fraction <= 1)) throw new IllegalArgumentException("--on-policy-fraction must be in [0, 1], got " + fraction);
+        if (promptLen < 1) throw new IllegalArgumentException("--prompt-len must be >= 1 token, got " + promptLen);
+        if (!(temperature >= 0) || Double.isInfinite(temperature)) throw new IllegalArgumentException("--sample-temperature must be >= 0 (0: greedy), got " + temperature);
+        this.onPolicyFraction = fraction;
+        this.promptLen = promptLen;
+        this.sampleTemperature = temperature;
         return this;
     }
 
@@ -192,10 +218,12 @@ public final class LmTrainer implements AutoCloseable {
     }
 
     /**
-     * One micro-batch: {@code rows} windows, inputs and targets [rows * T] row-major; {@code windows}
-     * [rows] the training windows they are (for a teacher cache), or null when they are none of its.
+     * One micro-batch: {@code rows} windows, inputs and targets [rows * T] row-major. An on-policy one
+     * (student continuations, GKD) is trained on the divergence alone (alpha = 1) over its counted targets.
+     * {@code windows} [rows]: the training windows it holds (what a teacher cache looks up), or null
+     * when it holds none (an on-policy batch, a batch made by hand).
      */
-    public record MicroBatch(long[] inputs, long[] targets, int rows, int t, long[] windows) {
+    public record MicroBatch(long[] inputs, long[] targets, int rows, int t, boolean onPolicy, long[] windows) {
         public MicroBatch {
             if (inputs.length != (long) rows * t || targets.length != (long) rows * t) {
                 throw new IllegalArgumentException("micro-batch of " + rows + " x " + t + " with " + inputs.length + " inputs and " + targets.length + " targets");
@@ -204,7 +232,11 @@ public final class LmTrainer implements AutoCloseable {
         }
 
         public MicroBatch(long[] inputs, long[] targets, int rows, int t) {
-            this(inputs, targets, rows, t, null);
+            this(inputs, targets, rows, t, false, null);
+        }
+
+        public MicroBatch(long[] inputs, long[] targets, int rows, int t, boolean onPolicy) {
+            this(inputs, targets, rows, t, onPolicy, null);
         }
 
         long counted() {
@@ -236,6 +268,7 @@ public final class LmTrainer implements AutoCloseable {
             MicroBatch m = micro.get(i);
             double[] h = new double[1];
             terms = terms.plus(forwardBackward(m, normalizer, dropoutStream + i, h));
+            if (m.onPolicy()) onPolicyBatches++;
             hintSum += h[0];
         }
         if (config.clipNorm() > 0) clip();
@@ -245,13 +278,16 @@ public final class LmTrainer implements AutoCloseable {
     }
 
     /** Forward and backward of one micro-batch; gradients accumulate. Returns its loss terms (normalised by {@code normalizer}); hint term in hintOut[0]. */
+    private long onPolicyBatches; // micro-batches trained on student continuations so far (for the log)
+
     private ChunkedLmLoss.Terms forwardBackward(MicroBatch m, long normalizer, long dropoutStream, double[] hintOut) {
+        DistillationLoss loss = kd != null && m.onPolicy() ? new DistillationLoss(kd.divergence(), kd.temperature(), 1f, kd.beta(), kd.ignoreIndex()) : kd;
         long n = (long) m.rows() * m.t(), ds = student.config().hidden();
         try (Arena arena = Arena.ofShared()) {
             ChunkedLmLoss.TeacherRows teacherRows = null;
             Tensor teacherTap = null;
-            if (teacherSource != null) {
-                teacherRows = teacherSource.rows(m);
+            if (teacherSource != null && m.windows() != null) {
+                teacherRows = teacherSource.rows(m); // on-policy batches (no windows) fall through to the live teacher
             } else if (teacher != null) {
                 Layer.Pass eval = new Layer.Pass(backend, arena, false, 0, 0);
                 DecoderModel.HiddenTap tap = null;
@@ -279,11 +315,59 @@ public final class LmTrainer implements AutoCloseable {
                 extra = new DecoderModel.HiddenTap(hint.spec().studentIndex(), dTap);
             }
             Tensor dHidden = backend.empty(arena, DType.F32, n, ds);
-            ChunkedLmLoss.Terms terms = ChunkedLmLoss.compute(backend, hs, student.lmHead(), vocab, m.targets(), kd, teacherRows, normalizer,
+            ChunkedLmLoss.Terms terms = ChunkedLmLoss.compute(backend, hs, student.lmHead(), vocab, m.targets(), loss, teacherRows, normalizer,
                 ChunkedLmLoss.chunkRows(lossChunk, n, vocab), dHidden);
             student.backwardHidden(dHidden, extra);
             return terms;
         }
+    }
+
+    /** Philox stream of the on-policy draws: which micro-batches, and the sampled tokens. */
+    private static final long ON_POLICY_STREAM = 0x676B64L;
+
+    /**
+     * The student's continuations of {@code m}'s prompts: each window's first promptLen inputs, then
+     * T + 1 - promptLen tokens sampled one at a time through the KV cache (eval mode). The result's
+     * inputs are the first T of those T + 1 tokens and its targets the last T, with the targets
+     * that are prompt tokens set to -100.
+     */
+    MicroBatch studentContinuations(MicroBatch m, long index) {
+        int rows = m.rows(), t = m.t(), p = promptLen, generate = t + 1 - p;
+        long d = student.config().hidden();
+        long[] seq = new long[rows * (t + 1)];
+        for (int r = 0; r < rows; r++) System.arraycopy(m.inputs(), r * t, seq, r * (t + 1), p);
+        long drawSeed = config.seed() ^ ON_POLICY_STREAM ^ (index * 0x9E3779B97F4A7C15L);
+        float[] lastRow = new float[(int) vocab];
+        try (DecoderModel.KvCache cache = student.newCache(rows, t)) {
+            long[] feed = new long[rows * p];
+            for (int r = 0; r < rows; r++) System.arraycopy(seq, r * (t + 1), feed, r * p, p);
+            int len = p;
+            for (int j = 0; j < generate; j++) {
+                try (Arena arena = Arena.ofShared()) {
+                    Tensor h = student.forwardHidden(new Layer.Pass(backend, arena, false, 0, 0), feed, rows, len, null, null, cache, null); // [rows * len, D]
+                    Tensor last = backend.empty(arena, DType.F32, rows, d), logits = backend.empty(arena, DType.F32, rows, vocab);
+                    for (int r = 0; r < rows; r++) {
+                        java.lang.foreign.MemorySegment.copy(h.data(), ((long) r * len + len - 1) * d * Float.BYTES, last.data(), r * d * Float.BYTES, d * Float.BYTES);
+                    }
+                    DecoderOps.projectionForward(logits.data(), 0, vocab, last.data(), d, student.lmHead().value().data(), null, rows, d, vocab, false);
+                    long[] next = new long[rows];
+                    for (int r = 0; r < rows; r++) {
+                        java.lang.foreign.MemorySegment.copy(logits.data(), java.lang.foreign.ValueLayout.JAVA_FLOAT, r * vocab * Float.BYTES, lastRow, 0, (int) vocab);
+                        next[r] = TokenSampler.choose(lastRow, (int) vocab, sampleTemperature, 0, drawSeed, (long) r * (t + 1) + p + j);
+                        seq[r * (t + 1) + p + j] = next[r];
+                    }
+                    feed = next;
+                    len = 1;
+                }
+            }
+        }
+        long[] inputs = new long[rows * t], targets = new long[rows * t];
+        for (int r = 0; r < rows; r++) {
+            System.arraycopy(seq, r * (t + 1), inputs, r * t, t);
+            System.arraycopy(seq, r * (t + 1) + 1, targets, r * t, t);
+            for (int i = 0; i < p - 1; i++) targets[r * t + i] = -100; // these predict prompt tokens: not the student's
+        }
+        return new MicroBatch(inputs, targets, rows, t, true);
     }
 
     private void ensureOptimizerState() {
@@ -371,10 +455,17 @@ public final class LmTrainer implements AutoCloseable {
             }
         }
         if (hint != null) onNote.accept(hint.describe());
+        if (onPolicyFraction > 0) {
+            if (promptLen > t) throw new IllegalArgumentException("--prompt-len " + promptLen + " is longer than the window, --seq-len " + t);
+            onNote.accept(String.format(Locale.ROOT, "on-policy: %.0f%% of the micro-batches are student continuations of each window's first %d tokens "
+                + "(%d sampled at temperature %s), trained on %s alone over the sampled tokens", 100 * onPolicyFraction, promptLen, t + 1 - promptLen,
+                sampleTemperature, kd.divergence().cliName()));
+        }
         List<Metrics> history = new ArrayList<>();
         long t0 = System.nanoTime(), tokensSeen = 0;
         double lastVal = Double.NaN;
         long[] inputs = new long[batch * t], targets = new long[batch * t];
+        long posEpoch = firstEpoch, posBatch = firstBatch;
         for (int epoch = firstEpoch; epoch < config.epochs() && step < total; epoch++) {
             long[] order = train.order(epoch, config.seed(), true);
             double lossSum = 0, softSum = 0, hardSum = 0, hintSum = 0;
@@ -384,8 +475,13 @@ public final class LmTrainer implements AutoCloseable {
                 List<MicroBatch> group = new ArrayList<>();
                 for (long k = b; k < Math.min(perEpoch, b + acc); k++) {
                     int rows = train.batch(order, k, batch, inputs, targets);
-                    group.add(new MicroBatch(java.util.Arrays.copyOf(inputs, rows * t), java.util.Arrays.copyOf(targets, rows * t), rows, t,
-                        java.util.Arrays.copyOfRange(order, (int) (k * batch), (int) (k * batch) + rows)));
+                    MicroBatch mb = new MicroBatch(java.util.Arrays.copyOf(inputs, rows * t), java.util.Arrays.copyOf(targets, rows * t), rows, t, false,
+                        java.util.Arrays.copyOfRange(order, (int) (k * batch), (int) (k * batch) + rows));
+                    long index = micro + group.size(); // this micro-batch's number in the run: its draws
+                    if (onPolicyFraction > 0 && Philox.uniform(config.seed() ^ ON_POLICY_STREAM, index) < onPolicyFraction) {
+                        mb = studentContinuations(mb, index);
+                    }
+                    group.add(mb);
                 }
                 lr = config.lrAt(step, total);
                 StepTerms r = step(group, step + 1, lr, micro);
@@ -403,10 +499,10 @@ public final class LmTrainer implements AutoCloseable {
                 hardSum += r.terms().hard();
                 hintSum += r.hint();
                 onStep.step(step, total, loss);
-                if (checkpoints != null && step % checkpoints.everySteps() == 0) {
-                    long next = b + acc;
-                    save(checkpoints, next < perEpoch ? epoch : epoch + 1, next < perEpoch ? next : 0, step, micro);
-                }
+                long next = b + acc;
+                posEpoch = next < perEpoch ? epoch : epoch + 1; // where a resumed run goes on
+                posBatch = next < perEpoch ? next : 0;
+                if (checkpoints != null && step % checkpoints.everySteps() == 0) save(checkpoints, posEpoch, posBatch, step, micro);
             }
             if (stepsThisEpoch == 0) continue;
             boolean last = epoch + 1 == config.epochs() || step >= total;
@@ -417,7 +513,8 @@ public final class LmTrainer implements AutoCloseable {
             history.add(m);
             onEpoch.accept(m);
         }
-        if (checkpoints != null && !history.isEmpty()) save(checkpoints, config.epochs(), 0, step, micro);
+        if (checkpoints != null && !history.isEmpty()) save(checkpoints, posEpoch, posBatch, step, micro);
+        if (onPolicyFraction > 0) onNote.accept("on-policy: " + onPolicyBatches + " of " + micro + " micro-batches were student continuations");
         double seconds = (System.nanoTime() - t0) / 1e9;
         return new Result(history, step, lastVal, seconds, tokensSeen / Math.max(seconds, 1e-9));
     }

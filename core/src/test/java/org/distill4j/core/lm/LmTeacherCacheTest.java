@@ -268,6 +268,26 @@ class LmTeacherCacheTest {
         }
     }
 
+    /** On-policy micro-batches (the student's continuations, no training windows) run the live teacher; the cache serves only windows. */
+    @Test
+    void onPolicyBatchesRunTheTeacher() throws Exception {
+        Path data = tokens("train.npy");
+        DistillationLoss kd = new DistillationLoss(Divergence.KL, 1f, 0.5f, 0.5f, -100);
+        long[] looked = new long[1];
+        try (DecoderModel teacher = DecoderModel.load(cpu, GPT2); TokenWindows train = TokenWindows.open(data, T, V);
+             DecoderModel student = DecoderModel.fromTeacherLayers(teacher, new int[] {0});
+             LmTrainer trainer = LmTrainer.distillation(student, teacher, kd, sgd(2, 5), V).onPolicy(1.0, 3, 1.0)) {
+            trainer.teacherSource(m -> {
+                looked[0]++;
+                throw new AssertionError("an on-policy micro-batch asked the cache for windows " + Arrays.toString(m.windows()));
+            });
+            trainer.stopAfter(2);
+            double loss = trainer.fit(train, null, m -> { }, null).history().getLast().trainLoss();
+            assertTrue(Double.isFinite(loss), "loss " + loss);
+            assertEquals(0, looked[0]);
+        }
+    }
+
     @Test
     void defaultTopK() {
         assertEquals(0, LmTeacherCache.defaultTopK(128));
