@@ -22,18 +22,33 @@ import picocli.CommandLine.Option;
     footer = {"", "Example:", "  distill distill --teacher teacher.json --teacher-weights runs/teacher/model.safetensors --student student.json \\",
         "      --temperature 4 --alpha 0.9 --data idx:TRAIN_IMAGES,TRAIN_LABELS --test-data idx:TEST_IMAGES,TEST_LABELS --out runs/student-kd"})
 final class DistillCommand implements Callable<Integer> {
-    @Option(names = "--teacher", required = true, paramLabel = "SPEC.json", description = "repeat for several teachers (their softened distributions are averaged)")
+    @Option(names = "--teacher", required = true, paramLabel = "SPEC.json|DIR",
+        description = "a model spec (repeat for several teachers: their softened distributions are averaged), or one Hugging Face decoder folder")
     java.util.List<Path> teachers;
-    @Option(names = "--teacher-weights", required = true, paramLabel = "W.safetensors", description = "one per --teacher, in the same order")
-    java.util.List<Path> teacherWeights;
-    @Option(names = "--student", required = true, paramLabel = "SPEC.json") Path student;
+    @Option(names = "--teacher-weights", paramLabel = "W.safetensors", description = "one per --teacher spec, in the same order (a decoder folder has its own)")
+    java.util.List<Path> teacherWeights = new java.util.ArrayList<>();
+    @Option(names = "--student", paramLabel = "SPEC.json|DIR", description = "a model spec, or a decoder folder (its weights, or config.json alone for a new model)")
+    Path student;
+    @Option(names = "--student-init", paramLabel = "teacher-layers:I,J,...",
+        description = "decoders: build the student from these teacher layers, with the teacher's embeddings, final norm and lm_head (DistilBERT / Minitron)")
+    String studentInit;
+    @Option(names = "--hint-loss", defaultValue = "mse", paramLabel = "mse|cosine", description = "decoders: how --hint compares hidden states (default: ${DEFAULT-VALUE})")
+    String hintLoss;
+    @Option(names = "--on-policy-fraction", paramLabel = "L", description = "decoders (GKD): the fraction of batches whose continuations the student samples")
+    Float onPolicyFraction;
+    @Option(names = "--prompt-len", paramLabel = "P", description = "decoders (GKD): the window's first P tokens prompt the student (default: --seq-len / 2)")
+    Integer promptLen;
+    @Option(names = "--sample-temperature", paramLabel = "S", description = "decoders (GKD): the student's sampling temperature, 0: greedy (default: 1)")
+    Float sampleTemperature;
     @Option(names = "--divergence", defaultValue = "kl", paramLabel = "kl|reverse-kl|jsd|mse", description = "default: ${DEFAULT-VALUE}") String divergence;
     @Option(names = "--temperature", defaultValue = "4", description = "default: ${DEFAULT-VALUE}") float temperature;
     @Option(names = "--alpha", defaultValue = "0.9", description = "weight of the soft term (default: ${DEFAULT-VALUE})") float alpha;
     @Option(names = "--beta", defaultValue = "0.5", description = "JSD mixture weight (default: ${DEFAULT-VALUE})") float beta;
     @Option(names = "--hint", paramLabel = "S:T[:W]",
         description = "feature distillation: MSE between student layer S (through a learned linear or 1x1-conv adapter) and teacher layer T "
-            + "(0-based top-level layer indices), weight W (default 1)") String hint;
+            + "(0-based top-level layer indices), weight W (default 1); decoders: hidden states S and T as transformers numbers them "
+            + "(0 the embeddings, i the output of layer i-1, the layer count the final norm's output), --hint-loss mse|cosine, "
+            + "a learned projection when the widths differ") String hint;
     @Option(names = "--teacher-cache", paramLabel = "device|file:PATH",
         description = "compute the teachers' logits once and look them up each step (for data without augmentation); a matching file is reused") String teacherCache;
     @Option(names = "--teacher-cache-dtype", defaultValue = "f32", paramLabel = "f32|bf16", description = "default: ${DEFAULT-VALUE}") String teacherCacheDtype;
@@ -45,6 +60,14 @@ final class DistillCommand implements Callable<Integer> {
 
     @Override
     public Integer call() throws Exception {
+        if (teachers.stream().anyMatch(java.nio.file.Files::isDirectory)) {
+            if (teachers.size() > 1) throw new IllegalArgumentException("decoder distillation takes one --teacher folder (several teachers are for model specs)");
+            return distillDecoders();
+        }
+        if (student == null) throw new IllegalArgumentException("--student SPEC.json is required");
+        if (studentInit != null || onPolicyFraction != null || promptLen != null || sampleTemperature != null || !"mse".equals(hintLoss)) {
+            throw new IllegalArgumentException("--student-init, --hint-loss, --on-policy-fraction, --prompt-len and --sample-temperature are for decoder folders");
+        }
         var cfg = options.config();
         DistillationLoss kd = new DistillationLoss(Divergence.parse(divergence), temperature, alpha, beta, -100);
         FeatureHint featureHint = hint == null ? null : FeatureHint.parse(hint);
@@ -69,6 +92,27 @@ final class DistillCommand implements Callable<Integer> {
                 built.forEach(Model::close);
             }
         }
+        return 0;
+    }
+
+    /** Decoder folders: one teacher, token-level distillation (DecoderTraining). */
+    private int distillDecoders() throws java.io.IOException {
+        if (!teacherWeights.isEmpty()) throw new IllegalArgumentException("--teacher-weights is for model specs; the teacher folder " + teachers.getFirst() + " has its weights");
+        if (student != null && !java.nio.file.Files.isDirectory(student)) {
+            throw new IllegalArgumentException("--student " + student + ": a decoder teacher needs a decoder student folder (config.json, and weights or not)");
+        }
+        if (teacherCache != null || teacherCacheTopK != 0) {
+            throw new IllegalArgumentException("--teacher-cache for decoders (per token, top-k) is not supported yet: the teacher runs every step");
+        }
+        if (onPolicyFraction == null && (promptLen != null || sampleTemperature != null)) {
+            throw new IllegalArgumentException("--prompt-len and --sample-temperature go with --on-policy-fraction L");
+        }
+        DistillationLoss kd = new DistillationLoss(Divergence.parse(divergence), temperature, alpha, beta, -100);
+        org.distill4j.core.lm.DecoderHint.Spec h = hint == null ? null
+            : org.distill4j.core.lm.DecoderHint.Spec.parse(hint, org.distill4j.core.lm.DecoderHint.Kind.parse(hintLoss));
+        DecoderTraining.OnPolicy onPolicy = onPolicyFraction == null ? null
+            : new DecoderTraining.OnPolicy(onPolicyFraction, promptLen, sampleTemperature == null ? 1f : sampleTemperature);
+        DecoderTraining.distill(options, new DecoderTraining.Distill(teachers.getFirst(), student, studentInit, kd, h, onPolicy), spec.commandLine().getOut());
         return 0;
     }
 }

@@ -15,10 +15,10 @@ import java.util.List;
 import java.util.Set;
 import java.util.concurrent.Callable;
 import org.distill4j.core.Backend;
-import org.distill4j.core.Philox;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.lm.DecoderConfig;
 import org.distill4j.core.lm.DecoderModel;
+import org.distill4j.core.lm.TokenSampler;
 import org.distill4j.core.nn.Layer;
 import org.distill4j.core.tok.StreamingDecoder;
 import org.distill4j.core.tok.Tokenizer;
@@ -155,42 +155,9 @@ final class GenerateCommand implements Callable<Integer> {
         return row.toArray(ValueLayout.JAVA_FLOAT);
     }
 
-    /**
-     * The next token from logits [V]: the argmax at temperature 0 (the first maximum, as torch.argmax), else a draw from
-     * softmax(logits / T) over the top-k logits (those >= the k-th largest, as transformers' TopKLogitsWarper keeps).
-     * Draw n uses Philox words (seed, 2n) and (seed, 2n + 1): 53 uniform bits, the same for a seed on any machine.
-     */
+    /** The next token (draw n of the seed): {@link TokenSampler}, with this command's temperature and top-k. */
     long choose(float[] logits, int n) {
-        if (temperature == 0) return argmax(logits);
-        double threshold = Double.NEGATIVE_INFINITY;
-        if (topK > 0 && topK < logits.length) {
-            float[] sorted = logits.clone();
-            java.util.Arrays.sort(sorted);
-            threshold = sorted[logits.length - topK];
-        }
-        double max = Double.NEGATIVE_INFINITY;
-        for (float l : logits) if (l >= threshold) max = Math.max(max, l / temperature);
-        double[] weights = new double[logits.length];
-        double total = 0;
-        for (int i = 0; i < logits.length; i++) {
-            if (logits[i] >= threshold) total += weights[i] = Math.exp(logits[i] / temperature - max);
-        }
-        long hi = Integer.toUnsignedLong(Philox.word(seed, 2L * n)), lo = Integer.toUnsignedLong(Philox.word(seed, 2L * n + 1));
-        double u = ((hi << 21) | (lo >>> 11)) * 0x1.0p-53 * total; // in [0, total)
-        int last = -1;
-        for (int i = 0; i < weights.length; i++) {
-            if (weights[i] == 0) continue;
-            last = i;
-            u -= weights[i];
-            if (u < 0) return i;
-        }
-        return last; // rounding left u just above 0: the last candidate
-    }
-
-    static int argmax(float[] logits) {
-        int best = 0;
-        for (int i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
-        return best;
+        return TokenSampler.choose(logits, logits.length, temperature, topK, seed, n);
     }
 
     /** End-of-text ids as generate() reads them: generation_config.json's eos_token_id, else config.json's (an int or a list), else the tokenizer's. */

@@ -21,14 +21,24 @@ import picocli.CommandLine.Option;
 
 /** The options {@code distill train} and {@code distill distill} share, in one style. */
 final class TrainingOptions {
-    @Option(names = "--data", required = true, paramLabel = "KIND:FILES", description = "training data: idx:IMAGES,LABELS | cifar10:FILES | npy:X,Y")
+    @Option(names = "--data", required = true, paramLabel = "KIND:FILES",
+        description = "training data: idx:IMAGES,LABELS | cifar10:FILES | npy:X,Y; decoders: tokens:FILE (.bin or 1-D .npy) | text:FILES (with --tokenizer)")
     String data;
 
-    @Option(names = "--test-data", required = true, paramLabel = "KIND:FILES", description = "test data, same syntax")
+    @Option(names = "--test-data", paramLabel = "KIND:FILES",
+        description = "test data, same syntax (required for a model spec; a decoder's validation tokens, optional)")
     String testData;
 
-    @Option(names = "--epochs", defaultValue = "10", description = "default: ${DEFAULT-VALUE}") int epochs;
-    @Option(names = "--batch", defaultValue = "128", description = "micro-batch size (default: ${DEFAULT-VALUE})") int batch;
+    @Option(names = "--epochs", description = "default: 10 (a decoder: 1)") Integer epochsOption;
+    @Option(names = "--batch", description = "micro-batch size: samples, or a decoder's windows of --seq-len tokens (default: 128; a decoder: 8)")
+    Integer batchOption;
+    @Option(names = "--seq-len", paramLabel = "T", description = "decoders: tokens per training window (windows of T + 1 start every T tokens)") Integer seqLen;
+    @Option(names = "--tokenizer", paramLabel = "DIR|tokenizer.json",
+        description = "decoders: tokenises text: data (cached beside the text) and is copied into --out with the model") java.nio.file.Path tokenizer;
+    @Option(names = "--loss-chunk", defaultValue = "-1", paramLabel = "ROWS",
+        description = "decoders: token rows per chunk of the lm_head + loss (never the whole [B*T, V] logits); 0: no chunking; default: automatic, "
+            + "about 32 MiB of logits a chunk") int lossChunk;
+    int epochs, batch;
     @Option(names = "--accumulation", defaultValue = "1", description = "micro-batches per optimizer step (default: ${DEFAULT-VALUE})") int accumulation;
     @Option(names = "--optimizer", defaultValue = "adamw", paramLabel = "sgd|adamw", description = "default: ${DEFAULT-VALUE}") String optimizer;
     @Option(names = "--lr", defaultValue = "1e-3", description = "learning rate (default: ${DEFAULT-VALUE})") float lr;
@@ -54,7 +64,26 @@ final class TrainingOptions {
         return Trainer.GraphMode.parse(graph);
     }
 
+    /** The settings for a model spec (MLP/CNN): the decoder-only options are refused, --test-data is required. */
     TrainingConfig config() {
+        if (seqLen != null || tokenizer != null || lossChunk != -1) {
+            throw new IllegalArgumentException("--seq-len, --tokenizer and --loss-chunk are for decoders (a Hugging Face model folder), not a model spec");
+        }
+        if (testData == null) throw new IllegalArgumentException("--test-data is required with a model spec");
+        return config(10, 128);
+    }
+
+    /** The settings for a decoder. */
+    TrainingConfig decoderConfig() {
+        if (seqLen == null) throw new IllegalArgumentException("--seq-len T is required with a decoder (tokens per training window)");
+        if (seqLen < 1) throw new IllegalArgumentException("--seq-len must be >= 1, got " + seqLen);
+        if (lossChunk < -1) throw new IllegalArgumentException("--loss-chunk must be >= 0 rows (0: no chunking), got " + lossChunk);
+        return config(1, 8);
+    }
+
+    private TrainingConfig config(int defaultEpochs, int defaultBatch) {
+        epochs = epochsOption == null ? defaultEpochs : epochsOption;
+        batch = batchOption == null ? defaultBatch : batchOption;
         TrainingConfig.Optimizer opt = switch (optimizer.toLowerCase(Locale.ROOT)) {
             case "sgd" -> TrainingConfig.Optimizer.SGD;
             case "adamw" -> TrainingConfig.Optimizer.ADAMW;

@@ -90,8 +90,36 @@ public record DecoderConfig(Path file, ObjectNode json, DecoderFamily family, lo
             throw new IllegalArgumentException(file + ": malformed JSON: " + e.getOriginalMessage());
         }
         if (root == null || !root.isObject()) throw new IllegalArgumentException(file + ": expected a JSON object");
-        ConfigReader r = new ConfigReader(file, (ObjectNode) root);
+        return of(file, (ObjectNode) root);
+    }
+
+    /** Interprets a config.json already read ({@code file} names it in messages). */
+    public static DecoderConfig of(Path file, ObjectNode json) {
+        ConfigReader r = new ConfigReader(file, json);
         return DecoderFamily.of(r).read(r);
+    }
+
+    /** The config.json key of the layer count: GPT-2's n_layer, the others' num_hidden_layers. */
+    public String layersKey() {
+        return family == DecoderFamily.GPT2 ? "n_layer" : "num_hidden_layers";
+    }
+
+    /**
+     * This config with only the given layers (by index, in order): the layer count set to their
+     * number and per-layer lists (transformers' layer_types) cut to match. The config of a
+     * depth-pruned student (DistilBERT / Minitron) whose layers are copies of these.
+     */
+    public DecoderConfig withLayers(int[] keep) {
+        if (keep.length == 0) throw new IllegalArgumentException(file + ": a model needs at least one layer");
+        ObjectNode copy = json.deepCopy();
+        copy.put(layersKey(), keep.length);
+        if (copy.has("n_layers")) copy.put("n_layers", keep.length);
+        JsonNode types = copy.get("layer_types");
+        if (types != null && types.isArray()) {
+            var cut = copy.putArray("layer_types");
+            for (int l : keep) cut.add(types.get(l));
+        }
+        return of(file, copy);
     }
 
     /** Trainable scalars, counting a tied weight once. */

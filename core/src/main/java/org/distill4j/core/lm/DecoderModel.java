@@ -123,7 +123,11 @@ public final class DecoderModel implements AutoCloseable {
      * Draws come from Philox(seed), so the same seed gives the same model.
      */
     public static DecoderModel fromConfig(Backend backend, Path dir, long seed) throws IOException {
-        DecoderConfig config = DecoderConfig.read(dir);
+        return fromConfig(backend, DecoderConfig.read(dir), seed);
+    }
+
+    /** A new model of {@code config}, initialised as {@link #fromConfig(Backend, Path, long)} describes. */
+    public static DecoderModel fromConfig(Backend backend, DecoderConfig config, long seed) {
         double std = config.json().hasNonNull("initializer_range") ? config.json().get("initializer_range").asDouble() : 0.02;
         DecoderModel m = new DecoderModel(backend, config, "none (new model)");
         Map<String, Boolean> norms = new LinkedHashMap<>();
@@ -146,8 +150,40 @@ public final class DecoderModel implements AutoCloseable {
         return m;
     }
 
+    /**
+     * A depth-pruned copy of {@code teacher} (the DistilBERT / Minitron initialisation): layer i
+     * is a copy of the teacher's layer {@code layers[i]}, and the embeddings, positions, final norm
+     * and lm_head are copied too. The config is the teacher's with {@link DecoderConfig#withLayers}.
+     */
+    public static DecoderModel fromTeacherLayers(DecoderModel teacher, int[] layers) {
+        for (int l : layers) {
+            if (l < 0 || l >= teacher.config.layers()) {
+                throw new IllegalArgumentException("--student-init teacher-layers: layer " + l + " is outside [0, " + teacher.config.layers() + ") of "
+                    + teacher.config.file());
+            }
+        }
+        DecoderModel m = new DecoderModel(teacher.backend, teacher.config.withLayers(layers), "none (copied teacher layers)");
+        try {
+            java.util.regex.Pattern layer = java.util.regex.Pattern.compile("\\.(h|layers)\\.(\\d+)\\.");
+            for (Parameter p : m.parameters.values()) {
+                java.util.regex.Matcher mt = layer.matcher(p.name());
+                String source = mt.find() ? p.name().substring(0, mt.start()) + "." + mt.group(1) + "." + layers[Integer.parseInt(mt.group(2))] + "."
+                    + p.name().substring(mt.end()) : p.name();
+                Parameter from = teacher.parameters.get(source);
+                if (from == null || !Arrays.equals(from.value().shape(), p.value().shape())) {
+                    throw new IllegalStateException("--student-init: no teacher tensor " + source + " of shape " + Arrays.toString(p.value().shape()));
+                }
+                m.backend.copy(from.value(), p.value());
+            }
+            return m;
+        } catch (RuntimeException e) {
+            m.close();
+            throw e;
+        }
+    }
+
     /** x = N(0, std) by Box-Muller over Philox(seed) uniforms, stream {@code stream} of the seed (one per parameter). */
-    private static void normal(Tensor x, double std, long seed, long stream) {
+    static void normal(Tensor x, double std, long seed, long stream) {
         MemorySegment out = x.data();
         long offset = stream << 40;
         for (long i = 0; i < x.numel(); i++) {
@@ -325,6 +361,38 @@ public final class DecoderModel implements AutoCloseable {
      * @param cache         a cache to read the past from and append to (eval mode only), or null
      */
     public Tensor forward(Layer.Pass pass, long[] ids, int batch, long t, long[] attentionMask, long[] positionIds, KvCache cache) {
+        Tensor hidden = forwardHidden(pass, ids, batch, t, attentionMask, positionIds, cache, null);
+        long n = batch * t;
+        Tensor logits = backend.empty(pass.arena(), DType.F32, batch, t, config.vocab());
+        long pt = DecoderProfile.start();
+        DecoderOps.projectionForward(logits.data(), 0, config.vocab(), hidden.data(), config.hidden(), lmHead.value().data(), null, n, config.hidden(),
+            config.vocab(), false);
+        DecoderProfile.stop(Op.LM_HEAD_F, pt);
+        return logits;
+    }
+
+    /**
+     * A copy of hidden state {@code index} of a forward, as transformers numbers output_hidden_states:
+     * 0 is the embeddings' output (after embedding dropout), i in [1, layers) the output of layer
+     * i - 1, and {@code layers} the final norm's output. {@code out} is F32 [B * T, D].
+     */
+    public record HiddenTap(int index, Tensor out) {}
+
+    /** Checks a hidden-state index (0 = embeddings, layers = the final norm's output) against this model. */
+    public void checkHiddenIndex(int index, String what) {
+        if (index < 0 || index > config.layers()) {
+            throw new IllegalArgumentException(what + ": hidden state " + index + " is outside [0, " + config.layers() + "] of " + config.file()
+                + " (0: the embeddings, i: the output of layer i - 1, " + config.layers() + ": the final norm's output)");
+        }
+    }
+
+    /**
+     * The forward up to the final norm: hidden states F32 [B * T, D] (in the pass's arena) that the
+     * lm_head turns into logits. A training-mode call keeps what {@link #backwardHidden} needs; with
+     * {@code tap} not null, hidden state {@code tap.index()} is also copied into {@code tap.out()}.
+     * Arguments as {@link #forward(Layer.Pass, long[], int, long, long[], long[], KvCache)}.
+     */
+    public Tensor forwardHidden(Layer.Pass pass, long[] ids, int batch, long t, long[] attentionMask, long[] positionIds, KvCache cache, HiddenTap tap) {
         if (pass.backend() != backend) throw new IllegalArgumentException("the pass's backend " + pass.backend().name() + " is not the model's " + backend.name());
         if (pass.train() && cache != null) throw new IllegalArgumentException("a KV cache is for eval-mode decoding, not training");
         long n = batch * t;
@@ -337,6 +405,12 @@ public final class DecoderModel implements AutoCloseable {
                 + "] after " + past);
         }
         config.checkSequenceLength(past + t);
+        if (tap != null) {
+            checkHiddenIndex(tap.index(), "hidden-state tap");
+            if (tap.out().dtype() != DType.F32 || tap.out().numel() != n * config.hidden()) {
+                throw new IllegalArgumentException("hidden-state tap: " + tap.out().describe() + ", expected F32 [" + n + ", " + config.hidden() + "]");
+            }
+        }
         for (int r = 0; r < n; r++) {
             if (ids[r] < 0 || ids[r] >= config.vocab()) {
                 throw new IllegalArgumentException("token id " + ids[r] + " at [" + r / t + ", " + r % t + "] is outside the vocabulary [0, " + config.vocab() + ") of "
@@ -411,6 +485,7 @@ public final class DecoderModel implements AutoCloseable {
         for (int l = 0; l < layers; l++) {
             Block blk = blocks[l];
             s.resIn[l] = x;
+            if (tap != null && tap.index() == l) backend.copy(x, tap.out().view(n, d));
             // Attention half: norm, q | k | v, (q/k norm), RoPE, masked softmax attention, output projection, residual.
             act(s, s.ln1, l, n, d);
             act(s, s.ln1Mean, l, n);
@@ -515,13 +590,10 @@ public final class DecoderModel implements AutoCloseable {
         pt = DecoderProfile.start();
         normForward(s.lnf, s.lnfMean, s.lnfRstd, x, finalNormWeight, finalNormBias, n);
         DecoderProfile.stop(Op.NORM_F, pt);
-        Tensor logits = backend.empty(pass.arena(), DType.F32, batch, t, config.vocab());
-        pt = DecoderProfile.start();
-        DecoderOps.projectionForward(logits.data(), 0, config.vocab(), s.lnf.data(), d, lmHead.value().data(), null, n, d, config.vocab(), false);
-        DecoderProfile.stop(Op.LM_HEAD_F, pt);
+        if (tap != null && tap.index() == layers) backend.copy(s.lnf, tap.out().view(n, d));
         if (cache != null) cache.length += t;
         saved = train ? s : null;
-        return logits;
+        return s.lnf;
     }
 
     private AttentionShape attentionShape(Saved s, int l, Tensor qkv) {
@@ -672,19 +744,44 @@ public final class DecoderModel implements AutoCloseable {
     public void backward(Tensor dlogits) {
         Saved s = saved;
         if (s == null) throw new IllegalStateException("DecoderModel.backward: no training-mode forward to differentiate");
-        Layer.Pass pass = s.pass;
-        long n = s.batch * s.t, d = config.hidden(), hd = config.headDim(), a = config.heads() * hd, kvw = config.kvHeads() * hd, qkvW = a + 2 * kvw;
-        long inner = config.intermediate(), mlpInW = config.mlp() == DecoderConfig.Mlp.SWIGLU ? 2 * inner : inner;
+        long n = s.batch * s.t, d = config.hidden();
         if (!Arrays.equals(dlogits.shape(), new long[] {s.batch, s.t, config.vocab()})) {
             throw new IllegalArgumentException("backward: dlogits " + dlogits.describe() + ", expected [" + s.batch + ", " + s.t + ", " + config.vocab() + "]");
         }
-        // lm_head (tied: into the embedding's gradient), then the final norm.
-        long pt;
-        Tensor dlnf = buffer(pass, n, d);
-        pt = DecoderProfile.start();
+        // lm_head (tied: into the embedding's gradient), then the rest from the final norm's output down.
+        Tensor dlnf = buffer(s.pass, n, d);
+        long pt = DecoderProfile.start();
         DecoderOps.projectionBackward(dlnf.data(), d, false, lmHead.grad().data(), null, dlogits.data(), 0, config.vocab(), s.lnf.data(), d,
             lmHead.value().data(), n, d, config.vocab(), false);
         DecoderProfile.stop(Op.LM_HEAD_B, pt);
+        backwardHidden(dlnf, null);
+    }
+
+    /**
+     * Accumulates every parameter's gradient but the lm_head's from dL/d(final norm output) F32
+     * [B * T, D] of the last training-mode forward (the lm_head's own gradient is the caller's, as
+     * in a chunked loss). {@code extra}, when not null, adds a gradient for one more hidden state
+     * (a hint's dL/dh at {@code extra.index()}, numbered as {@link HiddenTap}). {@code dHidden} is
+     * read and may be overwritten.
+     */
+    public void backwardHidden(Tensor dHidden, HiddenTap extra) {
+        Saved s = saved;
+        if (s == null) throw new IllegalStateException("DecoderModel.backward: no training-mode forward to differentiate");
+        Layer.Pass pass = s.pass;
+        long n = s.batch * s.t, d = config.hidden(), hd = config.headDim(), a = config.heads() * hd, kvw = config.kvHeads() * hd, qkvW = a + 2 * kvw;
+        long inner = config.intermediate(), mlpInW = config.mlp() == DecoderConfig.Mlp.SWIGLU ? 2 * inner : inner;
+        if (dHidden.dtype() != DType.F32 || dHidden.numel() != n * d) {
+            throw new IllegalArgumentException("backwardHidden: " + dHidden.describe() + ", expected F32 [" + n + ", " + d + "]");
+        }
+        if (extra != null) {
+            checkHiddenIndex(extra.index(), "hidden-state gradient");
+            if (extra.out().dtype() != DType.F32 || extra.out().numel() != n * d) {
+                throw new IllegalArgumentException("hidden-state gradient: " + extra.out().describe() + ", expected F32 [" + n + ", " + d + "]");
+            }
+        }
+        Tensor dlnf = dHidden.view(n, d);
+        if (extra != null && extra.index() == config.layers()) backend.axpy(1f, extra.out().view(n, d), dlnf);
+        long pt;
         Tensor dres = buffer(pass, n, d); // the residual stream's gradient, carried down the layers
         backend.zero(dres);
         pt = DecoderProfile.start();
@@ -695,6 +792,8 @@ public final class DecoderModel implements AutoCloseable {
         Tensor dattn = buffer(pass, n, a), dqkv = buffer(pass, n, qkvW), dprobs = buffer(pass, s.batch, config.heads(), s.t, s.t);
         for (int l = config.layers() - 1; l >= 0; l--) {
             Block blk = blocks[l];
+            // Layer l's output is hidden state l + 1 (the last layer's is not a hidden state: the final norm's is).
+            if (extra != null && extra.index() == l + 1 && l + 1 < config.layers()) backend.axpy(1f, extra.out().view(n, d), dres);
             // MLP half: dres is d(out) = d(mid) + d(mlp branch).
             pt = DecoderProfile.start();
             backend.copy(dres, dbranch);
@@ -749,11 +848,17 @@ public final class DecoderModel implements AutoCloseable {
             normBackward(dres, dnorm, s.resIn[l], blk.attnNormWeight(), blk.attnNormBias(), s.ln1Mean[l], s.ln1Rstd[l], n);
             DecoderProfile.stop(Op.NORM_B, pt);
         }
+        if (extra != null && extra.index() == 0) backend.axpy(1f, extra.out().view(n, d), dres);
         dropoutBackward(s, config.embdDropout(), 0, dres);
         pt = DecoderProfile.start();
         DecoderOps.embeddingBackward(embedding.grad().data(), positions == null ? null : positions.grad().data(), dres.data(), s.ids, s.positions, d);
         DecoderProfile.stop(Op.EMBEDDING_B, pt);
         saved = null;
+    }
+
+    /** The lm_head's weight [V, D] (tied: the token embedding itself). */
+    public Parameter lmHead() {
+        return lmHead;
     }
 
     /** Names of the parameters in module order (for reports). */

@@ -39,6 +39,11 @@ public final class HfCheckpoint implements AutoCloseable {
         this.dir = dir;
     }
 
+    /** Whether {@code dir} has weights (model.safetensors or a shard index), as opposed to a config.json alone. */
+    public static boolean hasWeights(Path dir) {
+        return Files.exists(dir.resolve(INDEX)) || Files.exists(dir.resolve(SINGLE));
+    }
+
     /** Opens (maps) every weight file of {@code dir}; a listed shard that is absent, or a key not where the index says, is an error. */
     public static HfCheckpoint open(Path dir) throws IOException {
         HfCheckpoint c = new HfCheckpoint(dir);

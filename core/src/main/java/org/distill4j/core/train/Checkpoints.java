@@ -26,7 +26,7 @@ public record Checkpoints(Path dir, int everySteps, int keep, boolean resume) {
         if (keep < 1) throw new IllegalArgumentException("checkpoints to keep must be >= 1, got " + keep);
     }
 
-    Path file(long step) {
+    public Path file(long step) {
         return dir.resolve("checkpoint-" + step + ".safetensors");
     }
 
@@ -52,7 +52,7 @@ public record Checkpoints(Path dir, int everySteps, int keep, boolean resume) {
     }
 
     /** Keeps the newest {@code keep} checkpoints, and removes temporary files a killed run may have left. */
-    void prune() throws IOException {
+    public void prune() throws IOException {
         List<Path> files = all();
         for (int i = 0; i < files.size() - keep; i++) Files.deleteIfExists(files.get(i));
         try (Stream<Path> s = Files.list(dir)) {
