@@ -63,21 +63,23 @@ class LmTrainStepTest {
         }
     }
 
-    private static Case train(String name, String expected, String model, double lr, int batch, int accumulation, String tokens) {
+    private static Case train(String name, String expected, String model, double lr, int batch, int accumulation, String tokens, String... extra) {
         List<String> a = new ArrayList<>(List.of("train", "--model", "models/" + model, "--data", "tokens:" + tokens));
         a.addAll(List.of(SGD));
         a.addAll(List.of("--lr", num(lr), "--batch", String.valueOf(batch), "--accumulation", String.valueOf(accumulation)));
+        a.addAll(List.of(extra));
         return new Case(name, expected, model, a);
     }
 
     private static Case distill(String name, String expected, String teacher, String student, String divergence, double temperature, double alpha,
-                                Double beta, double lr, int batch, int accumulation, String tokens) {
+                                Double beta, double lr, int batch, int accumulation, String tokens, String... extra) {
         List<String> a = new ArrayList<>(List.of("distill", "--teacher", "models/" + teacher, "--student", "models/" + student, "--divergence", divergence,
             "--temperature", num(temperature), "--alpha", num(alpha)));
         if (beta != null) a.addAll(List.of("--beta", num(beta)));
         a.addAll(List.of("--data", "tokens:" + tokens));
         a.addAll(List.of(SGD));
         a.addAll(List.of("--lr", num(lr), "--batch", String.valueOf(batch), "--accumulation", String.valueOf(accumulation)));
+        a.addAll(List.of(extra));
         return new Case(name, expected, student, a);
     }
 
@@ -101,7 +103,10 @@ class LmTrainStepTest {
             distill("jsd-b03-t1-a07", "jsd-b03-t1-a07", "teacher-llama-gqa", "student-llama-tied", "jsd", 1, 0.7, 0.3, 2, 4, 1, TOKENS),
             // Teacher and student of different families sharing the vocabulary.
             distill("kl-t1-a1-gpt2-to-qwen3", "kl-t1-a1-gpt2-to-qwen3", "teacher-gpt2", "student-qwen3", "kl", 1, 1, null, 1, 4, 1, TOKENS),
-            distill("kl-t2-a05-accumulation", "kl-t2-a05", "teacher-llama-gqa", "student-llama-tied", "kl", 2, 0.5, null, 1, 2, 2, TAIL));
+            distill("kl-t2-a05-accumulation", "kl-t2-a05", "teacher-llama-gqa", "student-llama-tied", "kl", 2, 0.5, null, 1, 2, 2, TAIL),
+            // The chunked loss over 5 / 3 of the 32 token rows at a time (an uneven last chunk): the same step.
+            distill("kl-t2-a05-loss-chunk5", "kl-t2-a05", "teacher-llama-gqa", "student-llama-tied", "kl", 2, 0.5, null, 1, 4, 1, TOKENS, "--loss-chunk", "5"),
+            train("train-gpt2-tied-loss-chunk3", "train-gpt2-tied", "teacher-gpt2", 1, 4, 1, TOKENS, "--loss-chunk", "3"));
     }
 
     private static String[] run(String... args) {
