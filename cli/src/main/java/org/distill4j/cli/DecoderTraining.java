@@ -256,7 +256,8 @@ final class DecoderTraining {
                 }
             }, new Checkpoints(o.out.resolve("checkpoints"), o.checkpointEvery, o.keep, o.resume));
         }
-        model.save(o.out);
+        // The weights were trained in float32: written as float32 (rounding a bf16 folder's student back to bf16 would drop what it learnt below bf16's precision).
+        model.save(o.out, org.distill4j.core.DType.F32);
         int copied = copyTokenizer(o.tokenizer != null ? o.tokenizer : tokenizerDir, o.out);
         console.printf(Locale.ROOT, "done: %d steps%s, %.1f s, %,.0f tokens/s; %s in %s (config.json, model.safetensors%s), metrics in %s%n", r.steps(),
             Double.isNaN(r.valLoss()) ? "" : String.format(Locale.ROOT, ", val loss %.4f, val perplexity %.2f", r.valLoss(), Math.exp(r.valLoss())), r.seconds(),
