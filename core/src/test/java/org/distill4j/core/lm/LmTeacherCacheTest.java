@@ -256,6 +256,31 @@ class LmTeacherCacheTest {
         }
     }
 
+    /** A build that fails half-way (an id the teacher's embedding does not have) leaves the old file as it was and no temporary file. */
+    @Test
+    void failedBuildLeavesNothingHalfWritten() throws Exception {
+        Path good = tokens("good.npy"), file = tmp.resolve("c.safetensors");
+        long[] ids = Npy.read(good).toLongs("tokens");
+        ids[ids.length / 2] = V + 50; // past the teacher's 128 rows: its forward fails on the window that holds it
+        Path bad = tmp.resolve("bad.npy");
+        Npy.writeLongs(bad, ids, ids.length);
+        TeacherCache.Options options = new TeacherCache.Options(TeacherCache.Storage.FILE, DType.F32, file, 3);
+        try (DecoderModel teacher = DecoderModel.load(cpu, GPT2)) {
+            try (TokenWindows train = TokenWindows.open(good, T, V); LmTeacherCache c = LmTeacherCache.build(teacher, train, V, options, 2)) {
+                assertFalse(c.reused());
+            }
+            byte[] before = Files.readAllBytes(file);
+            try (TokenWindows train = TokenWindows.open(bad, T, 0)) { // 0: ids not checked, so the teacher meets the bad one
+                var e = assertThrows(RuntimeException.class, () -> LmTeacherCache.build(teacher, train, V, options, 2));
+                System.out.println("the failed build: " + e);
+            }
+            assertArrayEquals(before, Files.readAllBytes(file), "the old cache is left as it was");
+            try (var listing = Files.list(tmp)) {
+                assertEquals(List.of(), listing.filter(p -> p.getFileName().toString().endsWith(".tmp")).toList(), "no temporary file is left");
+            }
+        }
+    }
+
     /** The hint needs the teacher's hidden states, which a cache does not keep: refused either way round. */
     @Test
     void hintWithCacheIsRefused() throws Exception {
