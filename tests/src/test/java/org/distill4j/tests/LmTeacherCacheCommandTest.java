@@ -77,9 +77,10 @@ class LmTeacherCacheCommandTest {
             distill(data, "x", "--teacher-cache", "file:" + tmp.resolve("c.safetensors"), "--hint", "1:1"),
             distill(data, "x", "--teacher-cache-topk", "5"),
             distill(data, "x", "--teacher-cache", "file:" + tmp.resolve("c.safetensors"), "--teacher-cache-topk", "129"),
-            distill(data, "x", "--teacher-cache", "file:" + notACache));
+            distill(data, "x", "--teacher-cache", "file:" + notACache),
+            distill(data, "x", "--teacher-cache", "file:" + tmp));
         List<String> expected = List.of("a top-k teacher needs --divergence kl", "use one or the other", "--teacher-cache-topk needs --teacher-cache",
-            "the models share 128 ids", "not a Distill4J decoder teacher cache");
+            "the models share 128 ids", "not a Distill4J decoder teacher cache", "is a folder; name a file");
         for (int i = 0; i < bad.size(); i++) {
             String[] r = run(bad.get(i));
             assertEquals("2", r[0], bad.get(i) + ": " + r[1] + r[2]);

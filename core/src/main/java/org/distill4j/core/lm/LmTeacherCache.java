@@ -139,6 +139,7 @@ public final class LmTeacherCache implements AutoCloseable {
             }
         }
         Path path = options.file().toAbsolutePath();
+        if (Files.isDirectory(path)) throw new IllegalArgumentException("--teacher-cache " + path + ": is a folder; name a file (file:PATH)");
         String fingerprint = fingerprint(teacher, train, vocab, k, dtype);
         if (Files.exists(path)) {
             LmTeacherCache found = open(teacher.backend(), path, fingerprint, train, vocab, k, dtype, t0, true);
