@@ -4,13 +4,11 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import java.io.BufferedWriter;
 import java.io.IOException;
 import java.io.PrintWriter;
-import java.io.UncheckedIOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
 import java.util.Arrays;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
@@ -231,15 +229,7 @@ final class DecoderTraining {
                     Double.isNaN(m.valLoss()) ? "" : String.format(Locale.ROOT, "  val loss %.4f  val perplexity %.2f", m.valLoss(), m.valPerplexity()), m.lr(),
                     m.tokensPerSecond(), m.seconds());
                 console.flush();
-                Map<String, Object> row = new LinkedHashMap<>();
-                row.put("epoch", m.epoch());
-                row.put("step", m.step());
-                row.put("train_loss", m.trainLoss());
-                if (!Double.isNaN(m.softLoss())) {
-                    row.put("soft_loss", m.softLoss());
-                    row.put("hard_loss", m.hardLoss());
-                }
-                if (!Double.isNaN(m.hintLoss())) row.put("hint_loss", m.hintLoss());
+                Map<String, Object> row = TrainingOptions.metricsRow(m.epoch(), m.step(), m.trainLoss(), m.softLoss(), m.hardLoss(), m.hintLoss());
                 if (!Double.isNaN(m.valLoss())) {
                     row.put("val_loss", m.valLoss());
                     row.put("val_perplexity", m.valPerplexity());
@@ -247,13 +237,7 @@ final class DecoderTraining {
                 row.put("lr", m.lr());
                 row.put("tokens_per_s", m.tokensPerSecond());
                 row.put("seconds", m.seconds());
-                try {
-                    w.write(json.writeValueAsString(row));
-                    w.newLine();
-                    w.flush();
-                } catch (IOException e) {
-                    throw new UncheckedIOException(e);
-                }
+                TrainingOptions.appendRow(w, json, row);
             }, new Checkpoints(o.out.resolve("checkpoints"), o.checkpointEvery, o.keep, o.resume));
         }
         // The weights were trained in float32: written as float32 (rounding a bf16 folder's student back to bf16 would drop what it learnt below bf16's precision).
