@@ -207,9 +207,15 @@ public final class LmTrainer implements AutoCloseable {
             terms = terms.plus(forwardBackward(m, normalizer, dropoutStream + i, h));
             hintSum += h[0];
         }
+        long pt = DecoderProfile.start();
         if (config.clipNorm() > 0) clip();
+        DecoderProfile.stop(DecoderProfile.Phase.CLIP, pt);
+        pt = DecoderProfile.start();
         update(step, lr);
+        DecoderProfile.stop(DecoderProfile.Phase.OPTIMIZER, pt);
+        pt = DecoderProfile.start();
         zeroGrad();
+        DecoderProfile.stop(DecoderProfile.Phase.ZERO_GRAD, pt);
         return new StepTerms(terms, hintSum, normalizer);
     }
 
@@ -219,6 +225,7 @@ public final class LmTrainer implements AutoCloseable {
         try (Arena arena = Arena.ofShared()) {
             ChunkedLmLoss.TeacherRows teacherRows = null;
             Tensor teacherTap = null;
+            long pt = DecoderProfile.start();
             if (teacher != null) {
                 Layer.Pass eval = new Layer.Pass(backend, arena, false, 0, 0);
                 DecoderModel.HiddenTap tap = null;
@@ -230,6 +237,8 @@ public final class LmTrainer implements AutoCloseable {
                 if (hint != null && teacherTap == null) teacherTap = ht; // the final norm's output is what forwardHidden returns
                 teacherRows = ChunkedLmLoss.TeacherRows.ofHead(ht, teacher.lmHead(), vocab);
             }
+            DecoderProfile.stop(DecoderProfile.Phase.TEACHER_FORWARD, pt);
+            pt = DecoderProfile.start();
             Layer.Pass train = new Layer.Pass(backend, arena, true, config.seed(), dropoutStream);
             Tensor studentTap = null;
             DecoderModel.HiddenTap sTap = null;
@@ -239,6 +248,7 @@ public final class LmTrainer implements AutoCloseable {
             }
             Tensor hs = student.forwardHidden(train, m.inputs(), m.rows(), m.t(), null, null, null, sTap);
             if (hint != null && studentTap == null) studentTap = hs;
+            DecoderProfile.stop(DecoderProfile.Phase.STUDENT_FORWARD, pt);
             DecoderModel.HiddenTap extra = null;
             if (hint != null) {
                 Tensor dTap = backend.empty(arena, DType.F32, n, ds);
@@ -248,7 +258,9 @@ public final class LmTrainer implements AutoCloseable {
             Tensor dHidden = backend.empty(arena, DType.F32, n, ds);
             ChunkedLmLoss.Terms terms = ChunkedLmLoss.compute(backend, hs, student.lmHead(), vocab, m.targets(), kd, teacherRows, normalizer,
                 ChunkedLmLoss.chunkRows(lossChunk, n, vocab), dHidden);
+            pt = DecoderProfile.start();
             student.backwardHidden(dHidden, extra);
+            DecoderProfile.stop(DecoderProfile.Phase.STUDENT_BACKWARD, pt);
             return terms;
         }
     }
