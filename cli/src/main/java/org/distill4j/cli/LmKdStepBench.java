@@ -109,7 +109,7 @@ final class LmKdStepBench implements Callable<Integer> {
             int chunkRows = ChunkedLmLoss.chunkRows(lossChunk, (long) batch * seqLen, shared);
             out.printf(Locale.ROOT, "teacher %s: %s, %d layers, hidden %d, %,d parameters (%s); student %s: %d layers, hidden %d, %,d parameters (%s)%n", teacher,
                 tc.family().modelType(), tc.layers(), tc.hidden(), t.parameterCount(), t.diskDtype(), student, sc.layers(), sc.hidden(), s.parameterCount(), s.diskDtype());
-            out.printf(Locale.ROOT, "B %d, T %d, vocabulary %d; %s T %s alpha %s; %s lr %s weight decay %s; loss chunk %d rows (%s); loss %.4f (soft %.4f, hard %.4f)%n",
+            out.printf(Locale.ROOT, "B %d, T %d, vocabulary %d; %s T %s alpha %s; %s lr %s weight decay %s; loss chunk %d rows (%s); loss %.6f (soft %.6f, hard %.6f)%n",
                 batch, seqLen, shared, kd.divergence().cliName(), temperature, alpha, opt.name().toLowerCase(Locale.ROOT), lr, weightDecay, chunkRows,
                 lossChunk == 0 ? "no chunking" : lossChunk < 0 ? "automatic" : "--loss-chunk", last == null ? Double.NaN : last.loss(),
                 last == null ? Double.NaN : last.terms().soft(), last == null ? Double.NaN : last.terms().hard());
@@ -118,6 +118,7 @@ final class LmKdStepBench implements Callable<Integer> {
             if (profile) {
                 DecoderProfile.printPhases(out, timed);
                 DecoderProfile.print(out);
+                DecoderProfile.reset(false); // process-wide: later work in this JVM is not timed
             }
             out.printf(Locale.ROOT, "%d warm-up steps, %d repeats x %d steps: %s tokens/s; spread %.1f-%.1f (%.1f%%)%n", warmup, repeats, steps,
                 Arrays.toString(Arrays.stream(rates).map(v -> Math.round(v * 10) / 10.0).toArray()), sorted[0], sorted[repeats - 1],
