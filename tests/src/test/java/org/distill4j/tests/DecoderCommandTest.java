@@ -195,4 +195,42 @@ class DecoderCommandTest {
         if (config != null) Files.writeString(to.resolve("config.json"), config);
         return to;
     }
+
+    /**
+     * {@code distill bench lm-kd-step} runs whole distillation steps on the fixture (as teacher and
+     * student) and prints the rate, the peak RSS and, with --profile, every phase; the loss of the
+     * first step is the same with the loss in chunks of 5 rows and in one piece (the chunking must
+     * not change it). Bad options: exit 2, one line.
+     */
+    @Test
+    void benchLmKdStepTimesWholeStepsAndChunkingKeepsTheLoss() {
+        String gpt2 = LM.resolve("gpt2").toString();
+        double[] losses = new double[2];
+        String[] chunks = {"5", "0"};
+        for (int i = 0; i < 2; i++) {
+            String[] r = run("bench", "lm-kd-step", "--teacher", gpt2, "--student", gpt2, "--seq-len", "16", "--batch", "2", "--steps", "1", "--repeats", "1",
+                "--warmup", "0", "--loss-chunk", chunks[i], "--profile");
+            assertEquals("0", r[0], r[2]);
+            var rate = java.util.regex.Pattern.compile("(?m)^lm-kd-step: ([0-9.]+) tokens/s$").matcher(r[1]);
+            assertTrue(rate.find() && Double.parseDouble(rate.group(1)) > 0, r[1]);
+            assertTrue(r[1].contains("peak RSS"), r[1]);
+            for (String phase : new String[] {"teacher_forward", "student_forward", "loss_student_head_f", "loss_teacher_head_f", "loss_fused", "loss_head_b",
+                "student_backward", "optimizer", "zero_grad", "other"}) {
+                assertTrue(r[1].contains("  " + phase + " "), phase + " missing from:\n" + r[1]);
+            }
+            assertTrue(r[1].contains("loss chunk " + (i == 0 ? "5 rows (--loss-chunk)" : "32 rows (no chunking)")), r[1]);
+            var loss = java.util.regex.Pattern.compile("; loss ([0-9.]+) \\(soft").matcher(r[1]);
+            assertTrue(loss.find(), r[1]);
+            losses[i] = Double.parseDouble(loss.group(1));
+        }
+        assertTrue(losses[0] > 0, "loss " + losses[0]);
+        assertEquals(losses[0], losses[1], 1e-4, "chunked (5 rows) and unchunked losses of the first step");
+        for (String[] bad : new String[][] {{"--loss-chunk", "-2"}, {"--optimizer", "lion"}, {"--seq-len", "65"}, {"--divergence", "hellinger"}}) {
+            String[] args = new String[] {"bench", "lm-kd-step", "--teacher", gpt2, "--student", gpt2, "--batch", "1", "--steps", "1", "--repeats", "1",
+                "--warmup", "0", "--seq-len", "8", bad[0], bad[1]};
+            String[] r = run(args);
+            assertEquals("2", r[0], String.join(" ", bad) + " -> " + r[1] + r[2]);
+            assertEquals(1, r[2].strip().lines().count(), r[2]);
+        }
+    }
 }

@@ -271,9 +271,15 @@ public final class LmTrainer implements AutoCloseable {
             if (m.onPolicy()) onPolicyBatches++;
             hintSum += h[0];
         }
+        long pt = DecoderProfile.start();
         if (config.clipNorm() > 0) clip();
+        DecoderProfile.stop(DecoderProfile.Phase.CLIP, pt);
+        pt = DecoderProfile.start();
         update(step, lr);
+        DecoderProfile.stop(DecoderProfile.Phase.OPTIMIZER, pt);
+        pt = DecoderProfile.start();
         zeroGrad();
+        DecoderProfile.stop(DecoderProfile.Phase.ZERO_GRAD, pt);
         return new StepTerms(terms, hintSum, normalizer);
     }
 
@@ -286,6 +292,7 @@ public final class LmTrainer implements AutoCloseable {
         try (Arena arena = Arena.ofShared()) {
             ChunkedLmLoss.TeacherRows teacherRows = null;
             Tensor teacherTap = null;
+            long pt = DecoderProfile.start();
             if (teacherSource != null && m.windows() != null) {
                 teacherRows = teacherSource.rows(m); // on-policy batches (no windows) fall through to the live teacher
             } else if (teacher != null) {
@@ -299,6 +306,8 @@ public final class LmTrainer implements AutoCloseable {
                 if (hint != null && teacherTap == null) teacherTap = ht; // the final norm's output is what forwardHidden returns
                 teacherRows = ChunkedLmLoss.TeacherRows.ofHead(ht, teacher.lmHead(), vocab);
             }
+            DecoderProfile.stop(DecoderProfile.Phase.TEACHER_FORWARD, pt);
+            pt = DecoderProfile.start();
             Layer.Pass train = new Layer.Pass(backend, arena, true, config.seed(), dropoutStream);
             Tensor studentTap = null;
             DecoderModel.HiddenTap sTap = null;
@@ -308,6 +317,7 @@ public final class LmTrainer implements AutoCloseable {
             }
             Tensor hs = student.forwardHidden(train, m.inputs(), m.rows(), m.t(), null, null, null, sTap);
             if (hint != null && studentTap == null) studentTap = hs;
+            DecoderProfile.stop(DecoderProfile.Phase.STUDENT_FORWARD, pt);
             DecoderModel.HiddenTap extra = null;
             if (hint != null) {
                 Tensor dTap = backend.empty(arena, DType.F32, n, ds);
@@ -317,7 +327,9 @@ public final class LmTrainer implements AutoCloseable {
             Tensor dHidden = backend.empty(arena, DType.F32, n, ds);
             ChunkedLmLoss.Terms terms = ChunkedLmLoss.compute(backend, hs, student.lmHead(), vocab, m.targets(), loss, teacherRows, normalizer,
                 ChunkedLmLoss.chunkRows(lossChunk, n, vocab), dHidden);
+            pt = DecoderProfile.start();
             student.backwardHidden(dHidden, extra);
+            DecoderProfile.stop(DecoderProfile.Phase.STUDENT_BACKWARD, pt);
             return terms;
         }
     }
