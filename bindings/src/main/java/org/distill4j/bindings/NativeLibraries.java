@@ -114,6 +114,13 @@ public final class NativeLibraries {
                         + lt.failure().orElseThrow().getMessage(), lt.failure().orElseThrow().searched()));
             }
         }
+        if (library == Library.DNNL) {
+            // libgomp reads OMP_WAIT_POLICY once, when it loads (with libdnnl.so.3, below). Unset, its
+            // threads spin after every parallel region; between oneDNN's gemms our own fork-join loops
+            // (bias, activations, norms) need those cores, so they sleep instead unless the user says
+            // otherwise (measured: bench/RESULTS.md, "oneDNN matmul").
+            NativeLibrary.setenvUnlessSet("OMP_WAIT_POLICY", "PASSIVE");
+        }
         String explicit = setting(library.pathProperty(), library.pathEnv());
         if (explicit != null) {
             Path p = Path.of(explicit);

@@ -162,7 +162,7 @@ public final class CpuBlas {
         checkExtent("B", b, transB ? n : k, transB ? k : n, ldb);
         checkExtent("C", c, m, n, ldc);
         CpuEngine engine = engine();
-        if (engine == CpuEngine.ONEDNN && m > 0 && n > 0 && k > 0 && alpha != 0f // alpha 0: BLAS reads neither A nor B
+        if (engine == CpuEngine.ONEDNN && onednnPays(m, n, k, 1) && alpha != 0f // alpha 0: BLAS reads neither A nor B
                 && OnednnMatmul.sgemm(transA, transB, m, n, k, alpha, a, lda, 0, b, ldb, 0, beta, c, ldc, 0, 1)) {
             return;
         }
@@ -189,7 +189,7 @@ public final class CpuBlas {
         checkExtent("B", b, lastB, transB ? n : k, transB ? k : n, ldb);
         checkExtent("C", c, lastC, m, n, ldc);
         CpuEngine engine = engine();
-        if (engine == CpuEngine.ONEDNN && alpha != 0f
+        if (engine == CpuEngine.ONEDNN && onednnPays(m, n, k, batch) && alpha != 0f
                 && OnednnMatmul.sgemm(transA, transB, m, n, k, alpha, a, lda, strideA, b, ldb, strideB, beta, c, ldc, strideC, batch)) {
             return;
         }
@@ -198,6 +198,22 @@ public final class CpuBlas {
             sgemmOn(on, transA, transB, m, n, k, alpha, a.asSlice(i * strideA * Float.BYTES), lda, b.asSlice(i * strideB * Float.BYTES), ldb,
                 beta, c.asSlice(i * strideC * Float.BYTES), ldc);
         }
+    }
+
+    /** Below this many multiply-adds a gemm runs on the fallback engine even when oneDNN is selected. */
+    static final long ONEDNN_MIN_WORK = 1L << 20;
+
+    /**
+     * Whether a gemm goes to oneDNN: not one row (m = 1 is a matrix-vector product, which OpenBLAS's
+     * gemv does without packing), and at least {@link #ONEDNN_MIN_WORK} multiply-adds per call (a
+     * strided batch is one call).
+     * Below that oneDNN's fixed cost per call (claiming a context, re-pointing its memory objects,
+     * waking its OpenMP team) outweighs its kernels: measured on the 2-core machine (busy), 64 x 64 x 64
+     * took 327 us on oneDNN against 27 us on OpenBLAS, 1 x 800 x 784 1,683 against 474 us, while
+     * 256 x 800 x 784 took 24 against 72 ms (bench/RESULTS.md, "oneDNN matmul").
+     */
+    static boolean onednnPays(int m, int n, int k, int batch) {
+        return m > 1 && n > 0 && k > 0 && (long) m * n * k * batch >= ONEDNN_MIN_WORK;
     }
 
     /** sgemm on one given engine, arguments already checked (tests compare the engines with it). */

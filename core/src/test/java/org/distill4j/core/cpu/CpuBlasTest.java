@@ -32,6 +32,9 @@ class CpuBlasTest {
         check(m, n, k, ta, tb, null);
         check(m, n, k, ta, tb, CpuEngine.JAVA);
         if (CpuEngine.OPENBLAS.available()) check(m, n, k, ta, tb, CpuEngine.OPENBLAS);
+        // oneDNN directly, also below the size at which CpuBlas.sgemm would send it there; it declines
+        // strided vectors (n = 1, or one row of a transposed A with lda > 1), which the other engines run.
+        if (CpuEngine.ONEDNN.available() && n > 1 && (m > 1 || !ta)) check(m, n, k, ta, tb, CpuEngine.ONEDNN);
     }
 
     /** engine null: CpuBlas.sgemm, i.e. the selected engine. */
