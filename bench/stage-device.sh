@@ -16,6 +16,9 @@ for jar in .device/lib/openblas-*-linux-x86_64.jar; do
   [ -f "$jar" ] || continue
   zip -q -d "$jar" 'org/bytedeco/openblas/linux-x86_64/libjniopenblas*' 'org/bytedeco/openblas/linux-x86_64/include/*' || true
 done
+# The oneDNN and OpenCL natives jars (28 MB: the CPU backend's matmul engine, issue 23) are not
+# needed on the GPU machine either: its CPU tests run on OpenBLAS, the fallback, without them.
+rm -f .device/lib/dnnl-*.jar .device/lib/opencl-*.jar
 # The tokenizers (DJL's binding of the Rust library, 18 MB, and its dependencies: 11 MB once its
 # other platforms' libraries are gone) are never loaded by a GPU test or a GPU session's commands,
 # which tokenize nothing; .device runs on the class path, where core's `requires ai.djl.tokenizers`

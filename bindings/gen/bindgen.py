@@ -335,7 +335,7 @@ def jextract_args(spec):
     """The jextract @argfile that asks real jextract for the same symbols (bindings/jextract/)."""
     lines = [f"--target-package {spec.package}", f"--header-class-name {spec.cls}"]
     soname = {"CUDA_DRIVER": "libcuda.so.1", "CUBLAS": "libcublas.so.13", "CUBLASLT": "libcublasLt.so.13",
-              "CUDNN": "libcudnn.so.9", "OPENBLAS": "libopenblas.so.0",
+              "CUDNN": "libcudnn.so.9", "OPENBLAS": "libopenblas.so.0", "DNNL": "libdnnl.so.3",
               "DISTILL4J_CPU": "libdistill4j_cpu.so"}[spec.library]
     lines.append(f"--library :{soname}")
     lines += [f"--include-function {f[0]}" for f in spec.functions]

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Prints the include folders that hold cuda.h, cublas_v2.h, cublasLt.h, cudnn.h, cblas.h and our own
-# distill4j_cpu.h (native/src/main/c), one a line.
+# Prints the include folders that hold cuda.h, cublas_v2.h, cublasLt.h, cudnn.h, cblas.h,
+# oneapi/dnnl/dnnl.h, omp.h and our own distill4j_cpu.h (native/src/main/c), one a line.
 # Order: $DISTILL4J_INCLUDE (colon-separated), $CUDA_HOME/include, /usr/local/cuda*/include, NVIDIA's
 # Python wheels (nvidia/cu13/include, nvidia/cudnn/include) in the active and usual site-packages,
-# the OpenBLAS natives jar's include/ (extracted into target/), and /usr/include.
+# the OpenBLAS and oneDNN natives jars' include/ (extracted into $TMPDIR), gcc's own include folder
+# (omp.h), and /usr/include.
 set -uo pipefail
 cands=()
 IFS=: read -ra extra <<< "${DISTILL4J_INCLUDE:-}"
@@ -27,10 +28,22 @@ if [ -n "$jar" ]; then
   fi
   cands+=("$out")
 fi
+jar="$(ls ~/.m2/repository/org/bytedeco/dnnl/*/dnnl-*-linux-x86_64.jar 2>/dev/null | sort -V | tail -1)"
+if [ -n "$jar" ]; then
+  out="${TMPDIR:-/tmp}/distill4j-dnnl-include-$(basename "$jar" .jar)"
+  if [ ! -f "$out/oneapi/dnnl/dnnl.h" ]; then
+    tmp="$(mktemp -d "${TMPDIR:-/tmp}/distill4j-dnnl-XXXXXX")"
+    (cd "$tmp" && unzip -o -q "$jar" 'org/bytedeco/dnnl/linux-x86_64/include/*' 2>/dev/null) \
+      && mkdir -p "$out" && cp -r "$tmp/org/bytedeco/dnnl/linux-x86_64/include/." "$out/"
+    rm -rf "$tmp"
+  fi
+  cands+=("$out")
+fi
+command -v gcc >/dev/null 2>&1 && cands+=("$(gcc -print-file-name=include)")
 cands+=(/usr/include /usr/include/x86_64-linux-gnu /usr/include/openblas)
 cands+=("$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/native/src/main/c")
 seen=""
-for h in cuda.h cublas_v2.h cublasLt.h cudnn.h cblas.h distill4j_cpu.h; do
+for h in cuda.h cublas_v2.h cublasLt.h cudnn.h cblas.h oneapi/dnnl/dnnl.h omp.h distill4j_cpu.h; do
   for d in "${cands[@]}"; do
     if [ -n "$d" ] && [ -f "$d/$h" ]; then
       case ":$seen:" in *":$d:"*) ;; *) echo "$d"; seen="$seen:$d";; esac

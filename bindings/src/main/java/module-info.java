@@ -11,6 +11,7 @@ module org.distill4j.bindings {
     exports org.distill4j.bindings.cublas;
     exports org.distill4j.bindings.cudnn;
     exports org.distill4j.bindings.blas;
+    exports org.distill4j.bindings.dnnl;
     exports org.distill4j.bindings.cpu;
     exports org.distill4j.bindings.kernels;
 }

@@ -22,11 +22,12 @@ import java.util.Properties;
  *
  * <ol>
  *   <li>an explicit file: system property {@code distill4j.<key>.path} or environment variable
- *       {@code DISTILL4J_<KEY>_PATH} (key: cuda, cublas, cublaslt, cudnn, openblas). An explicit
+ *       {@code DISTILL4J_<KEY>_PATH} (key: cuda, cublas, cublaslt, cudnn, openblas, dnnl). An explicit
  *       setting that does not work is an error, never silently skipped;</li>
  *   <li>folders in {@code -Ddistill4j.library.path} or {@code DISTILL4J_LIBRARY_PATH};</li>
- *   <li>OpenBLAS only: the natives jar {@code org.bytedeco:openblas:linux-x86_64} on the class path,
- *       extracted once into {@code ~/.cache/distill4j/natives/};</li>
+ *   <li>OpenBLAS and oneDNN only: the natives jar {@code org.bytedeco:openblas:linux-x86_64} or
+ *       {@code org.bytedeco:dnnl:linux-x86_64} (with {@code org.bytedeco:opencl:linux-x86_64}) on the
+ *       class path, extracted once into {@code ~/.cache/distill4j/natives/};</li>
  *   <li>Distill4J's CPU kernels only: the library inside the distill4j-native jar, extracted once per
  *       content hash into {@code ~/.cache/distill4j/natives/};</li>
  *   <li>NVIDIA libraries: {@code CUDA_HOME}/{@code CUDA_PATH} and {@code /usr/local/cuda}
@@ -54,6 +55,9 @@ public final class NativeLibraries {
             "install cuDNN 9 or: pip install nvidia-cudnn-cu13"),
         OPENBLAS("openblas", "libopenblas.so.0", "OpenBLAS", List.of(),
             "add org.bytedeco:openblas:" + "0.3.30-1.5.12:linux-x86_64 to the class path, or: apt-get install libopenblas0"),
+        /** oneDNN 3 (CPU engine only; the bytedeco build also needs libOpenCL.so.1, which it loads but never uses here). */
+        DNNL("dnnl", "libdnnl.so.3", "oneDNN", List.of(),
+            "add org.bytedeco:dnnl:3.8.1-1.5.12:linux-x86_64 and org.bytedeco:opencl:3.0-1.5.12:linux-x86_64 to the class path, or: apt-get install libdnnl3"),
         /** Our own CPU kernels (native/src/main/c), shipped inside the distill4j-native jar. */
         DISTILL4J_CPU("cpukernels", "libdistill4j_cpu.so", "CPU kernels", List.of(),
             "use a distill4j-native jar built on Linux x86-64 with a C compiler (native/build-cpu-kernels.sh)");
@@ -76,7 +80,7 @@ public final class NativeLibraries {
         public String soname() { return soname; }
         public String displayName() { return displayName; }
         public String installHint() { return installHint; }
-        boolean isNvidia() { return this != OPENBLAS && this != DISTILL4J_CPU; }
+        boolean isNvidia() { return this != OPENBLAS && this != DNNL && this != DISTILL4J_CPU; }
         public String pathProperty() { return "distill4j." + key + ".path"; }
         public String pathEnv() { return "DISTILL4J_" + key.toUpperCase(Locale.ROOT) + "_PATH"; }
     }
@@ -109,6 +113,13 @@ public final class NativeLibraries {
                     "cuBLAS (" + library.soname + ") needs " + Library.CUBLASLT.soname + ", which was not found: "
                         + lt.failure().orElseThrow().getMessage(), lt.failure().orElseThrow().searched()));
             }
+        }
+        if (library == Library.DNNL) {
+            // libgomp reads OMP_WAIT_POLICY once, when it loads (with libdnnl.so.3, below). Unset, its
+            // threads spin after every parallel region; between oneDNN's gemms our own fork-join loops
+            // (bias, activations, norms) need those cores, so they sleep instead unless the user says
+            // otherwise (measured: bench/RESULTS.md, "oneDNN matmul").
+            NativeLibrary.setenvUnlessSet("OMP_WAIT_POLICY", "PASSIVE");
         }
         String explicit = setting(library.pathProperty(), library.pathEnv());
         if (explicit != null) {
@@ -168,7 +179,10 @@ public final class NativeLibraries {
         String dirs = setting("distill4j.library.path", "DISTILL4J_LIBRARY_PATH");
         if (dirs != null) for (String d : dirs.split(":")) if (!d.isBlank()) out.add(new Candidate("distill4j.library.path", Path.of(d)));
         if (library == Library.OPENBLAS) {
-            natives().ifPresent(d -> out.add(new Candidate("natives jar on the class path", d)));
+            natives(OPENBLAS_JAR).ifPresent(d -> out.add(new Candidate("natives jar on the class path", d)));
+        }
+        if (library == Library.DNNL) {
+            natives(DNNL_JAR).ifPresent(d -> out.add(new Candidate("natives jar on the class path", d)));
         }
         if (library == Library.DISTILL4J_CPU) {
             cpuKernels().ifPresent(d -> out.add(new Candidate("distill4j-native jar", d)));
@@ -230,25 +244,50 @@ public final class NativeLibraries {
         return v == null || v.isBlank() ? null : v;
     }
 
-    // ---- OpenBLAS from the natives jar
+    // ---- OpenBLAS and oneDNN from bytedeco's natives jars
 
-    private static final String NATIVES = "org/bytedeco/openblas/linux-x86_64/";
+    /**
+     * One library's natives jar: the artifact whose pom.properties names the version, and the files
+     * to extract (resource path inside the jars -> file name), dependencies first, the library last.
+     */
+    private record NativesJar(String artifact, String cacheName, List<String> resources) {
+        String library() { return resources.getLast(); }
+    }
+
+    private static final NativesJar OPENBLAS_JAR = new NativesJar("openblas", "openblas", List.of(
+        "org/bytedeco/openblas/linux-x86_64/libgcc_s.so.1", "org/bytedeco/openblas/linux-x86_64/libquadmath.so.0",
+        "org/bytedeco/openblas/linux-x86_64/libgfortran.so.5", "org/bytedeco/openblas/linux-x86_64/libopenblas.so.0"));
+    /**
+     * libdnnl.so.3 carries RUNPATH $ORIGIN, so the libgomp.so.1 and libOpenCL.so.1 extracted beside
+     * it are the ones it loads (unless the process already has a copy by that soname). libOpenCL.so.1
+     * comes from the opencl natives jar: this oneDNN build links its OpenCL GPU runtime, which finds
+     * no OpenCL device on a machine without one and leaves the CPU engine alone.
+     */
+    private static final NativesJar DNNL_JAR = new NativesJar("dnnl", "dnnl", List.of(
+        "org/bytedeco/opencl/linux-x86_64/libOpenCL.so.1", "org/bytedeco/dnnl/linux-x86_64/libgomp.so.1",
+        "org/bytedeco/dnnl/linux-x86_64/libdnnl.so.3"));
     /** Loaded before libopenblas.so.0 when the system has no copy of its own (dlopen by soname fails). */
     private static final List<String> OPENBLAS_DEPENDENCIES = List.of("libgcc_s.so.1", "libquadmath.so.0", "libgfortran.so.5");
 
+    private static String fileName(String resource) {
+        return resource.substring(resource.lastIndexOf('/') + 1);
+    }
+
     /**
-     * Extracts libopenblas.so.0 and its runtime libraries from the natives jar, once per version,
-     * into ~/.cache/distill4j/natives/openblas-VERSION/ (each file written to a temp name, then
-     * renamed, so a concurrent or interrupted extraction never leaves a half-written library).
+     * Extracts a library and its runtime libraries from its natives jar, once per version, into
+     * ~/.cache/distill4j/natives/NAME-VERSION/ (each file written to a temp name, then renamed, so a
+     * concurrent or interrupted extraction never leaves a half-written library). Empty when the
+     * jar holding the library itself is not on the class path; a missing dependency file is skipped
+     * (the loader's error then names it).
      */
-    private static Optional<Path> natives() {
+    private static Optional<Path> natives(NativesJar jar) {
         ClassLoader cl = NativeLibraries.class.getClassLoader();
-        URL lib = cl == null ? null : cl.getResource(NATIVES + "libopenblas.so.0");
-        if (lib == null) lib = ClassLoader.getSystemResource(NATIVES + "libopenblas.so.0");
+        URL lib = cl == null ? null : cl.getResource(jar.library());
+        if (lib == null) lib = ClassLoader.getSystemResource(jar.library());
         if (lib == null) return Optional.empty();
         ClassLoader loader = cl != null ? cl : ClassLoader.getSystemClassLoader();
         String version = "unknown";
-        try (InputStream in = loader.getResourceAsStream("META-INF/maven/org.bytedeco/openblas/pom.properties")) {
+        try (InputStream in = loader.getResourceAsStream("META-INF/maven/org.bytedeco/" + jar.artifact() + "/pom.properties")) {
             if (in != null) {
                 Properties p = new Properties();
                 p.load(in);
@@ -259,22 +298,22 @@ public final class NativeLibraries {
         }
         String cache = setting("distill4j.cache.dir", "DISTILL4J_CACHE_DIR");
         Path dir = (cache != null ? Path.of(cache) : Path.of(System.getProperty("user.home"), ".cache", "distill4j"))
-            .resolve("natives").resolve("openblas-" + version);
+            .resolve("natives").resolve(jar.cacheName() + "-" + version);
         try {
             Files.createDirectories(dir);
-            for (String name : List.of("libgcc_s.so.1", "libquadmath.so.0", "libgfortran.so.5", "libopenblas.so.0")) {
-                Path target = dir.resolve(name);
+            for (String resource : jar.resources()) {
+                Path target = dir.resolve(fileName(resource));
                 if (Files.isRegularFile(target)) continue;
-                try (InputStream in = loader.getResourceAsStream(NATIVES + name)) {
+                try (InputStream in = loader.getResourceAsStream(resource)) {
                     if (in == null) continue;
-                    Path tmp = Files.createTempFile(dir, name, ".tmp");
+                    Path tmp = Files.createTempFile(dir, fileName(resource), ".tmp");
                     Files.copy(in, tmp, StandardCopyOption.REPLACE_EXISTING);
                     Files.move(tmp, target, StandardCopyOption.ATOMIC_MOVE);
                 }
             }
             return Optional.of(dir);
         } catch (IOException e) {
-            throw new UncheckedIOException("cannot extract OpenBLAS from the natives jar into " + dir, e);
+            throw new UncheckedIOException("cannot extract " + fileName(jar.library()) + " from the natives jar into " + dir, e);
         }
     }
 

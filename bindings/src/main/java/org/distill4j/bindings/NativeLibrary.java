@@ -28,6 +28,7 @@ public final class NativeLibrary {
     private static final MethodHandle DLOPEN = libc("dlopen", FunctionDescriptor.of(ADDRESS, ADDRESS, JAVA_INT));
     private static final MethodHandle DLSYM = libc("dlsym", FunctionDescriptor.of(ADDRESS, ADDRESS, ADDRESS));
     private static final MethodHandle DLERROR = libc("dlerror", FunctionDescriptor.of(ADDRESS));
+    private static final MethodHandle SETENV = libc("setenv", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT));
 
     private final NativeLibraries.Library library;
     private final Path path;                      // null when not loaded
@@ -56,6 +57,20 @@ public final class NativeLibrary {
                 throw new IllegalArgumentException(dlerror());
             }
             return h;
+        } catch (RuntimeException | Error e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new IllegalStateException(t);
+        }
+    }
+
+    /**
+     * setenv(name, value, 0) in the C library's environment: sets it unless it is set already (the
+     * user's value wins). For settings a native library reads once when it loads.
+     */
+    static void setenvUnlessSet(String name, String value) {
+        try (Arena arena = Arena.ofConfined()) {
+            int ignored = (int) SETENV.invokeExact(arena.allocateFrom(name), arena.allocateFrom(value), 0);
         } catch (RuntimeException | Error e) {
             throw e;
         } catch (Throwable t) {

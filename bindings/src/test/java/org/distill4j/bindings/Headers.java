@@ -22,6 +22,10 @@ final class Headers {
         return Files.isDirectory(fromRoot.resolve("gen")) ? fromRoot : Path.of(".").toAbsolutePath();
     }
 
+    /** Every header a binding class is generated from (bindings/gen/*.spec), as find-headers.sh looks for them. */
+    static final List<String> ALL = List.of("cuda.h", "cublas_v2.h", "cublasLt.h", "cudnn.h", "cblas.h", "oneapi/dnnl/dnnl.h", "omp.h",
+        "distill4j_cpu.h");
+
     /** header file name -> folder holding it, for the headers that are present on this machine. */
     static Map<String, Path> find() throws IOException, InterruptedException {
         Process p = new ProcessBuilder("bash", moduleDir().resolve("gen/find-headers.sh").toString()).redirectErrorStream(true).start();
@@ -31,7 +35,7 @@ final class Headers {
         for (String line : out.split("\n")) {
             if (line.isBlank()) continue;
             Path dir = Path.of(line.trim());
-            for (String h : List.of("cuda.h", "cublas_v2.h", "cublasLt.h", "cudnn.h", "cblas.h", "distill4j_cpu.h")) {
+            for (String h : ALL) {
                 if (!found.containsKey(h) && Files.isRegularFile(dir.resolve(h))) found.put(h, dir);
             }
         }

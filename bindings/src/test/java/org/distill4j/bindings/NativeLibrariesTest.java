@@ -94,7 +94,8 @@ class NativeLibrariesTest {
     @Test
     void generatedBindingsAreUpToDate() throws Exception {
         Map<String, Path> headers = Headers.find();
-        Assumptions.assumeTrue(headers.size() == 5, "generated-source check skipped: not every header is present " + headers.keySet());
+        // Every header, not a count: a count of 5 went stale when distill4j_cpu.h made it 6 and skipped this check everywhere.
+        Assumptions.assumeTrue(headers.keySet().containsAll(Headers.ALL), "generated-source check skipped: not every header is present " + headers.keySet());
         Process p = new ProcessBuilder("bash", Headers.moduleDir().resolve("gen/generate.sh").toString(), "--check")
             .redirectErrorStream(true).start();
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);

@@ -4,13 +4,11 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import java.io.BufferedWriter;
 import java.io.IOException;
 import java.io.PrintWriter;
-import java.io.UncheckedIOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
 import java.util.Arrays;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
@@ -26,7 +24,9 @@ import org.distill4j.core.lm.LmTrainer;
 import org.distill4j.core.loss.DistillationLoss;
 import org.distill4j.core.tok.HfTokenizer;
 import org.distill4j.core.tok.Tokenizer;
+import org.distill4j.core.lm.LmTeacherCache;
 import org.distill4j.core.train.Checkpoints;
+import org.distill4j.core.train.TeacherCache;
 import org.distill4j.core.train.TrainingConfig;
 
 /**
@@ -41,8 +41,16 @@ final class DecoderTraining {
     private static final List<String> TOKENIZER_FILES = List.of("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
         "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json");
 
-    /** The distillation settings of {@code distill distill} for decoders. */
-    record Distill(Path teacher, Path student, String studentInit, DistillationLoss kd, DecoderHint.Spec hint, OnPolicy onPolicy) {}
+    /**
+     * The distillation settings of {@code distill distill} for decoders; {@code cache} the teacher
+     * cache's storage and dtype (null: none), {@code cacheTopK} its k (null: the default for the shared vocabulary).
+     */
+    record Distill(Path teacher, Path student, String studentInit, DistillationLoss kd, DecoderHint.Spec hint, OnPolicy onPolicy, TeacherCache.Options cache,
+                   Integer cacheTopK) {
+        Distill(Path teacher, Path student, String studentInit, DistillationLoss kd, DecoderHint.Spec hint, OnPolicy onPolicy) {
+            this(teacher, student, studentInit, kd, hint, onPolicy, null, null);
+        }
+    }
 
     /** GKD's settings: --on-policy-fraction, --prompt-len (null: half the window), --sample-temperature. */
     record OnPolicy(float fraction, Integer promptLen, float temperature) {}
@@ -86,6 +94,14 @@ final class DecoderTraining {
                     studentConfig.vocab(), shared);
             }
             checkTokenizer(tok, shared, studentConfig);
+            TeacherCache.Options cacheOptions = null;
+            if (d.cache() != null) {
+                int k = d.cacheTopK() == null ? LmTeacherCache.defaultTopK(shared) : d.cacheTopK();
+                if (k > shared) throw new IllegalArgumentException("--teacher-cache-topk " + k + ": the models share " + shared + " ids (top-k keeps at most all of them)");
+                if (k > 0 && k < shared) d.kd().requireTopKTeacherSupport(d.cacheTopK() == null ? "--teacher-cache (top-" + k + " by default above "
+                    + LmTeacherCache.TOPK_DEFAULT_ABOVE + " classes; --teacher-cache-topk 0 keeps every class)" : "--teacher-cache-topk " + k);
+                cacheOptions = new TeacherCache.Options(d.cache().storage(), d.cache().dtype(), d.cache().file(), k == shared ? 0 : k);
+            }
             try (TokenWindows train = open(o.data, tok, o.seqLen, shared, "--data"); TokenWindows val = o.testData == null ? null
                 : open(o.testData, tok, o.seqLen, shared, "--test-data"); DecoderModel teacher = DecoderModel.load(b, d.teacher())) {
                 DecoderModel student;
@@ -96,10 +112,17 @@ final class DecoderTraining {
                 } else {
                     student = studentModel(b, d.student(), cfg.seed(), console);
                 }
-                try (DecoderModel s = student; LmTrainer trainer = LmTrainer.distillation(s, teacher, d.kd(), cfg, shared).hint(d.hint())) {
+                TeacherCache.Options cacheAt = cacheOptions;
+                try (DecoderModel s = student; LmTrainer trainer = LmTrainer.distillation(s, teacher, d.kd(), cfg, shared).hint(d.hint());
+                     LmTeacherCache c = cacheAt == null ? null : LmTeacherCache.build(teacher, train, shared, cacheAt, o.batch)) {
                     if (d.onPolicy() != null) {
                         int p = d.onPolicy().promptLen() == null ? Math.max(1, o.seqLen / 2) : d.onPolicy().promptLen();
                         trainer.onPolicy(d.onPolicy().fraction(), p, d.onPolicy().temperature());
+                    }
+                    if (c != null) {
+                        console.println(c.describe(d.cacheTopK() == null));
+                        // Micro-batches of training windows look their rows up; on-policy ones (student continuations) still run the teacher.
+                        trainer.teacherSource(m -> c.rows(m.windows(), m.t()));
                     }
                     console.printf(Locale.ROOT, "teacher %s (%s, %d layers, %,d parameters, %s on disk, held in float32), student %s (%d layers, %,d parameters); "
                         + "%s, T %s, alpha %s%s%n", d.teacher(), teacherConfig.family().modelType(), teacherConfig.layers(), teacher.parameterCount(), teacher.diskDtype(),
@@ -206,15 +229,7 @@ final class DecoderTraining {
                     Double.isNaN(m.valLoss()) ? "" : String.format(Locale.ROOT, "  val loss %.4f  val perplexity %.2f", m.valLoss(), m.valPerplexity()), m.lr(),
                     m.tokensPerSecond(), m.seconds());
                 console.flush();
-                Map<String, Object> row = new LinkedHashMap<>();
-                row.put("epoch", m.epoch());
-                row.put("step", m.step());
-                row.put("train_loss", m.trainLoss());
-                if (!Double.isNaN(m.softLoss())) {
-                    row.put("soft_loss", m.softLoss());
-                    row.put("hard_loss", m.hardLoss());
-                }
-                if (!Double.isNaN(m.hintLoss())) row.put("hint_loss", m.hintLoss());
+                Map<String, Object> row = TrainingOptions.metricsRow(m.epoch(), m.step(), m.trainLoss(), m.softLoss(), m.hardLoss(), m.hintLoss());
                 if (!Double.isNaN(m.valLoss())) {
                     row.put("val_loss", m.valLoss());
                     row.put("val_perplexity", m.valPerplexity());
@@ -222,16 +237,11 @@ final class DecoderTraining {
                 row.put("lr", m.lr());
                 row.put("tokens_per_s", m.tokensPerSecond());
                 row.put("seconds", m.seconds());
-                try {
-                    w.write(json.writeValueAsString(row));
-                    w.newLine();
-                    w.flush();
-                } catch (IOException e) {
-                    throw new UncheckedIOException(e);
-                }
+                TrainingOptions.appendRow(w, json, row);
             }, new Checkpoints(o.out.resolve("checkpoints"), o.checkpointEvery, o.keep, o.resume));
         }
-        model.save(o.out);
+        // The weights were trained in float32: written as float32 (rounding a bf16 folder's student back to bf16 would drop what it learnt below bf16's precision).
+        model.save(o.out, org.distill4j.core.DType.F32);
         int copied = copyTokenizer(o.tokenizer != null ? o.tokenizer : tokenizerDir, o.out);
         console.printf(Locale.ROOT, "done: %d steps%s, %.1f s, %,.0f tokens/s; %s in %s (config.json, model.safetensors%s), metrics in %s%n", r.steps(),
             Double.isNaN(r.valLoss()) ? "" : String.format(Locale.ROOT, ", val loss %.4f, val perplexity %.2f", r.valLoss(), Math.exp(r.valLoss())), r.seconds(),

@@ -52,9 +52,10 @@ final class DistillCommand implements Callable<Integer> {
     @Option(names = "--teacher-cache", paramLabel = "device|file:PATH",
         description = "compute the teachers' logits once and look them up each step (for data without augmentation); a matching file is reused") String teacherCache;
     @Option(names = "--teacher-cache-dtype", defaultValue = "f32", paramLabel = "f32|bf16", description = "default: ${DEFAULT-VALUE}") String teacherCacheDtype;
-    @Option(names = "--teacher-cache-topk", defaultValue = "0", paramLabel = "K",
-        description = "keep each sample's K largest teacher logits and their classes (K/C of the cache; the classes not kept carry no teacher mass: "
-            + "--divergence kl, or jsd with beta < 1); 0: every class (default: ${DEFAULT-VALUE})") int teacherCacheTopK;
+    @Option(names = "--teacher-cache-topk", paramLabel = "K",
+        description = "keep each sample's (decoders: each token's) K largest teacher logits and their classes (K/C of the cache; the classes not kept carry "
+            + "no teacher mass: --divergence kl, or jsd with beta < 1); 0: every class. Default: 0 for model specs; for decoders "
+            + "64 above 4096 classes, else every class") Integer teacherCacheTopK;
     @CommandLine.Mixin TrainingOptions options;
     @CommandLine.Spec CommandLine.Model.CommandSpec spec;
 
@@ -71,8 +72,9 @@ final class DistillCommand implements Callable<Integer> {
         var cfg = options.config();
         DistillationLoss kd = new DistillationLoss(Divergence.parse(divergence), temperature, alpha, beta, -100);
         FeatureHint featureHint = hint == null ? null : FeatureHint.parse(hint);
-        TeacherCache.Options cache = teacherCache == null ? null : TeacherCache.Options.parse(teacherCache, teacherCacheDtype, teacherCacheTopK);
-        if (cache == null && teacherCacheTopK != 0) throw new IllegalArgumentException("--teacher-cache-topk needs --teacher-cache device|file:PATH");
+        int topK = teacherCacheTopK == null ? 0 : teacherCacheTopK;
+        TeacherCache.Options cache = teacherCache == null ? null : TeacherCache.Options.parse(teacherCache, teacherCacheDtype, topK);
+        if (cache == null && topK != 0) throw new IllegalArgumentException("--teacher-cache-topk needs --teacher-cache device|file:PATH");
         if (teachers.size() != teacherWeights.size()) {
             throw new IllegalArgumentException(teachers.size() + " --teacher but " + teacherWeights.size() + " --teacher-weights: give one weights file per teacher");
         }
@@ -101,9 +103,13 @@ final class DistillCommand implements Callable<Integer> {
         if (student != null && !java.nio.file.Files.isDirectory(student)) {
             throw new IllegalArgumentException("--student " + student + ": a decoder teacher needs a decoder student folder (config.json, and weights or not)");
         }
-        if (teacherCache != null || teacherCacheTopK != 0) {
-            throw new IllegalArgumentException("--teacher-cache for decoders (per token, top-k) is not supported yet: the teacher runs every step");
+        if (teacherCache == null && teacherCacheTopK != null) throw new IllegalArgumentException("--teacher-cache-topk needs --teacher-cache device|file:PATH");
+        if (teacherCache != null && hint != null) {
+            throw new IllegalArgumentException("--hint needs the teacher's hidden states every step and --teacher-cache keeps only its logits: use one or the other");
         }
+        // Parsed now (the bad option fails before any model loads); topK 0 here, the decoder's k is chosen once the shared vocabulary is known.
+        TeacherCache.Options cache = teacherCache == null ? null : TeacherCache.Options.parse(teacherCache, teacherCacheDtype, 0);
+        if (teacherCacheTopK != null && teacherCacheTopK < 0) throw new IllegalArgumentException("--teacher-cache-topk must be >= 0 (0: every class), got " + teacherCacheTopK);
         if (onPolicyFraction == null && (promptLen != null || sampleTemperature != null)) {
             throw new IllegalArgumentException("--prompt-len and --sample-temperature go with --on-policy-fraction L");
         }
@@ -112,7 +118,8 @@ final class DistillCommand implements Callable<Integer> {
             : org.distill4j.core.lm.DecoderHint.Spec.parse(hint, org.distill4j.core.lm.DecoderHint.Kind.parse(hintLoss));
         DecoderTraining.OnPolicy onPolicy = onPolicyFraction == null ? null
             : new DecoderTraining.OnPolicy(onPolicyFraction, promptLen, sampleTemperature == null ? 1f : sampleTemperature);
-        DecoderTraining.distill(options, new DecoderTraining.Distill(teachers.getFirst(), student, studentInit, kd, h, onPolicy), spec.commandLine().getOut());
+        DecoderTraining.distill(options, new DecoderTraining.Distill(teachers.getFirst(), student, studentInit, kd, h, onPolicy, cache, teacherCacheTopK),
+            spec.commandLine().getOut());
         return 0;
     }
 }

@@ -2,6 +2,7 @@ package org.distill4j.cli;
 
 import java.io.PrintWriter;
 import java.util.concurrent.Callable;
+import org.distill4j.core.cpu.CpuEngine;
 import org.distill4j.core.info.SystemReport;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
@@ -33,6 +34,26 @@ public final class Main implements Callable<Integer> {
 
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
+
+    /**
+     * The CPU backend's gemm engine for this run: sets {@code distill4j.cpu.engine} before any
+     * command runs (CpuBlas reads it on first use). An engine that is not present is bad input.
+     */
+    @Option(names = "--cpu-engine", paramLabel = "ENGINE", scope = CommandLine.ScopeType.INHERIT,
+        description = "gemm engine of the CPU backend: onednn, openblas or java (default: the fastest present; see distill info)")
+    void cpuEngine(String name) {
+        CpuEngine engine;
+        try {
+            engine = CpuEngine.parse(name);
+        } catch (IllegalArgumentException e) {
+            throw new CommandLine.ParameterException(spec.commandLine(), "--cpu-engine: unknown engine '" + name + "', expected onednn, openblas or java");
+        }
+        if (!engine.available()) {
+            throw new CommandLine.ParameterException(spec.commandLine(), "--cpu-engine " + engine.key() + ": not available here: "
+                + engine.unavailableReason().lines().findFirst().orElse(""));
+        }
+        System.setProperty(CpuEngine.PROPERTY, engine.key());
+    }
 
     /** Instantiated by {@link #run}; public for picocli and for embedding the tool. */
     public Main() {}

@@ -118,6 +118,31 @@ final class TrainingOptions {
         return new Checkpoints(out.resolve("checkpoints"), checkpointEvery, keep, resume);
     }
 
+    /** The first fields of a metrics.jsonl row: epoch, step, train loss, and the soft/hard/hint terms where they exist (not NaN). */
+    static Map<String, Object> metricsRow(int epoch, long step, double trainLoss, double soft, double hard, double hint) {
+        Map<String, Object> row = new LinkedHashMap<>();
+        row.put("epoch", epoch);
+        row.put("step", step);
+        row.put("train_loss", trainLoss);
+        if (!Double.isNaN(soft)) {
+            row.put("soft_loss", soft);
+            row.put("hard_loss", hard);
+        }
+        if (!Double.isNaN(hint)) row.put("hint_loss", hint);
+        return row;
+    }
+
+    /** Appends a row to metrics.jsonl and flushes it (a killed run keeps every finished evaluation). */
+    static void appendRow(BufferedWriter w, ObjectMapper json, Map<String, Object> row) {
+        try {
+            w.write(json.writeValueAsString(row));
+            w.newLine();
+            w.flush();
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
     /** Runs the trainer, printing one line per epoch and appending each evaluation to metrics.jsonl; saves the model. */
     Trainer.Result run(Trainer trainer, Model model, Dataset train, Dataset test, PrintWriter console) throws IOException {
         Files.createDirectories(out);
@@ -140,28 +165,14 @@ final class TrainingOptions {
                     epochs, m.step(), m.trainLoss(), terms.isEmpty() ? "" : " (" + terms + ")", m.testLoss(),
                     100 * m.testAccuracy(), m.lr(), m.samplesPerSecond(), m.seconds(), m.skippedSteps() > 0 ? "  skipped " + m.skippedSteps() : "");
                 console.flush();
-                Map<String, Object> row = new LinkedHashMap<>();
-                row.put("epoch", m.epoch());
-                row.put("step", m.step());
-                row.put("train_loss", m.trainLoss());
-                if (!Double.isNaN(m.softLoss())) {
-                    row.put("soft_loss", m.softLoss());
-                    row.put("hard_loss", m.hardLoss());
-                }
-                if (!Double.isNaN(m.hintLoss())) row.put("hint_loss", m.hintLoss());
+                Map<String, Object> row = metricsRow(m.epoch(), m.step(), m.trainLoss(), m.softLoss(), m.hardLoss(), m.hintLoss());
                 row.put("test_loss", m.testLoss());
                 row.put("test_accuracy", m.testAccuracy());
                 row.put("lr", m.lr());
                 row.put("samples_per_s", m.samplesPerSecond());
                 row.put("seconds", m.seconds());
                 row.put("skipped_steps", m.skippedSteps());
-                try {
-                    w.write(json.writeValueAsString(row));
-                    w.newLine();
-                    w.flush();
-                } catch (IOException e) {
-                    throw new UncheckedIOException(e);
-                }
+                appendRow(w, json, row);
             }, checkpoints());
         }
         model.save(out.resolve("model.safetensors"));

@@ -29,8 +29,8 @@ import org.distill4j.core.loss.Divergence;
 import org.distill4j.core.loss.LossChecks;
 
 /**
- * The reference backend: plain Java over off-heap float32 segments, gemm through OpenBLAS (see
- * CpuBlas), parallel across rows, planes or channels with the common fork-join pool. Sums
+ * The reference backend: plain Java over off-heap float32 segments, gemm through oneDNN or
+ * OpenBLAS (see CpuBlas and CpuEngine), parallel across rows, planes or channels with the common fork-join pool. Sums
  * accumulate in double. This is the oracle the CUDA backend is tested against, so every op is
  * written to be obviously correct first.
  */
@@ -184,11 +184,18 @@ public final class CpuBackend implements Backend {
     public void gemm(boolean transA, boolean transB, float alpha, Tensor a, Tensor b, float beta, Tensor c) {
         f32("gemm", a, b, c);
         GemmShape g = GemmShape.of(transA, transB, a, b, c);
-        for (int i = 0; i < g.batch(); i++) {
-            MemorySegment as = a.data().asSlice((long) i * g.m() * g.k() * 4, (long) g.m() * g.k() * 4);
-            MemorySegment bs = b.data().asSlice((long) i * g.k() * g.n() * 4, (long) g.k() * g.n() * 4);
-            MemorySegment cs = c.data().asSlice((long) i * g.m() * g.n() * 4, (long) g.m() * g.n() * 4);
-            CpuBlas.sgemm(transA, transB, g.m(), g.n(), g.k(), alpha, as, transA ? g.m() : g.k(), bs, transB ? g.k() : g.n(), beta, cs, g.n());
+        int lda = transA ? g.m() : g.k(), ldb = transB ? g.k() : g.n();
+        if (g.batch() == 1 || g.k() == 0) {
+            for (int i = 0; i < g.batch(); i++) {
+                MemorySegment as = a.data().asSlice((long) i * g.m() * g.k() * 4, (long) g.m() * g.k() * 4);
+                MemorySegment bs = b.data().asSlice((long) i * g.k() * g.n() * 4, (long) g.k() * g.n() * 4);
+                MemorySegment cs = c.data().asSlice((long) i * g.m() * g.n() * 4, (long) g.m() * g.n() * 4);
+                CpuBlas.sgemm(transA, transB, g.m(), g.n(), g.k(), alpha, as, lda, bs, ldb, beta, cs, g.n());
+            }
+        } else {
+            // Contiguous batches: one strided-batched call (one oneDNN primitive for the whole batch).
+            CpuBlas.sgemmStridedBatched(transA, transB, g.m(), g.n(), g.k(), alpha, a.data(), lda, (long) g.m() * g.k(), b.data(), ldb,
+                (long) g.k() * g.n(), beta, c.data(), g.n(), (long) g.m() * g.n(), g.batch());
         }
     }
 
@@ -204,6 +211,12 @@ public final class CpuBackend implements Backend {
         BackendChecks.gemmStridedBatched(this, transA, transB, m, n, k, a, offA, lda, strideA, b, offB, ldb, strideB, c, offC, ldc, strideC, batch);
         if (m == 0 || n == 0) return;
         int aRows = transA ? k : m, bRows = transB ? n : k;
+        if (a.dtype() == DType.F32 && k > 0) {
+            // All entries in one call: oneDNN runs the batch as one primitive, the other engines loop.
+            CpuBlas.sgemmStridedBatched(transA, transB, m, n, k, alpha, a.data().asSlice(offA * 4), lda, strideA, b.data().asSlice(offB * 4), ldb,
+                strideB, beta, c.data().asSlice(offC * 4), ldc, strideC, batch);
+            return;
+        }
         for (int i = 0; i < batch; i++) {
             long ai = offA + i * strideA, bi = offB + i * strideB, ci = offC + i * strideC; // element offsets of this batch entry
             MemorySegment cs = c.data().asSlice(ci * 4, ((long) (m - 1) * ldc + n) * 4);

@@ -9,50 +9,145 @@ import org.distill4j.bindings.NativeLibrary;
 import org.distill4j.bindings.blas.cblas_h;
 
 /**
- * Single-precision BLAS for the CPU backend over off-heap float32 segments: OpenBLAS's CBLAS when
- * it can be loaded (natives jar, system library; see NativeLibraries), else a plain Java gemm.
- * Both take row-major matrices and PyTorch's transposition conventions.
+ * Single-precision gemm for the CPU backend over off-heap float32 segments, on one of three
+ * engines ({@link CpuEngine}): oneDNN's matmul primitive, OpenBLAS's CBLAS, or a plain Java gemm.
+ * All three take row-major matrices and PyTorch's transposition conventions, and share this
+ * class's argument checks. The engine is chosen once per process ({@link #engine()}); a shape
+ * oneDNN declines runs on the next engine present, which is also the oracle the tests hold it to.
  */
 public final class CpuBlas {
     private static final NativeLibrary OPENBLAS = NativeLibraries.forBindings(NativeLibraries.Library.OPENBLAS);
+    /** The engine switch from before there were three engines: {@code -Ddistill4j.blas.java=true} means {@code java}. */
     private static final boolean FORCE_JAVA = Boolean.getBoolean("distill4j.blas.java");
 
     private CpuBlas() {}
 
-    /** True when gemm runs on OpenBLAS. {@code -Ddistill4j.blas.java=true} forces the Java fallback. */
+    static boolean openBlasLoaded() {
+        return OPENBLAS.isLoaded();
+    }
+
+    static String openBlasUnavailableReason() {
+        return OPENBLAS.isLoaded() ? "" : OPENBLAS.failure().orElseThrow().getMessage();
+    }
+
+    /**
+     * The engine picked for this process, resolved on first use: {@code distill4j.cpu.engine} when
+     * set (an engine it names that is not present is an error, not a silent fallback), else
+     * {@code java} under {@code -Ddistill4j.blas.java=true}, else the fastest present.
+     */
+    private static final class Selected {
+        static final CpuEngine ENGINE;
+        static final String HOW;
+        static final RuntimeException ERROR;
+
+        static {
+            CpuEngine engine = null;
+            String how = null;
+            RuntimeException error = null;
+            String requested = System.getProperty(CpuEngine.PROPERTY);
+            try {
+                if (requested != null && !requested.isBlank()) {
+                    engine = CpuEngine.parse(requested);
+                    how = "chosen by " + CpuEngine.PROPERTY;
+                    if (!engine.available()) {
+                        error = new IllegalStateException(CpuEngine.PROPERTY + "=" + engine.key() + " but " + engine.key()
+                            + " is not available: " + engine.unavailableReason());
+                        engine = null;
+                    }
+                } else if (FORCE_JAVA) {
+                    engine = CpuEngine.JAVA;
+                    how = "forced by -Ddistill4j.blas.java=true";
+                } else {
+                    engine = CpuEngine.ONEDNN.available() ? CpuEngine.ONEDNN : CpuEngine.OPENBLAS.available() ? CpuEngine.OPENBLAS : CpuEngine.JAVA;
+                    how = "the fastest present";
+                }
+            } catch (IllegalArgumentException e) {
+                error = e;
+            }
+            ENGINE = engine;
+            HOW = how;
+            ERROR = error;
+        }
+    }
+
+    /**
+     * The engine gemm runs on in this process. Throws, with one line, when {@code distill4j.cpu.engine}
+     * names an unknown engine or one that is not present.
+     */
+    public static CpuEngine engine() {
+        if (Selected.ERROR != null) {
+            throw Selected.ERROR instanceof IllegalArgumentException iae ? new IllegalArgumentException(iae.getMessage())
+                : new IllegalStateException(Selected.ERROR.getMessage());
+        }
+        return Selected.ENGINE;
+    }
+
+    /** The engine a shape runs on when the selected one declines it: OpenBLAS when loaded (and not forced off), else Java. */
+    static CpuEngine fallback() {
+        return OPENBLAS.isLoaded() && !FORCE_JAVA && engine() != CpuEngine.JAVA ? CpuEngine.OPENBLAS : CpuEngine.JAVA;
+    }
+
+    /** True when gemm runs on OpenBLAS. */
     public static boolean usesOpenBlas() {
-        return OPENBLAS.isLoaded() && !FORCE_JAVA;
+        return engine() == CpuEngine.OPENBLAS;
     }
 
     private static int singleThreadedHolders;
     private static int threadsBefore;
+    /** Read by the oneDNN engine on every call: true while any caller holds single-threaded gemms. */
+    private static volatile boolean singleThreaded;
 
     /**
-     * Asks OpenBLAS for one thread per call until the matching {@link #releaseSingleThreaded()}
+     * Asks the gemm engines for one thread per call until the matching {@link #releaseSingleThreaded()}
      * (reference counted; the previous count comes back with the last release). For callers that
-     * run many BLAS calls in parallel themselves, e.g. a Predictor serving many threads: OpenBLAS's
+     * run many gemm calls in parallel themselves, e.g. a Predictor serving many threads: OpenBLAS's
      * own thread pool is shared by the whole process, and several threads each starting threaded
-     * calls queue on it (measured: p99 of 356 ms at 8 callers instead of tens of microseconds).
-     * OpenBLAS's thread count is process-wide, so training in the same process runs its gemms on
-     * one thread meanwhile.
+     * calls queue on it (measured: p99 of 356 ms at 8 callers instead of tens of microseconds);
+     * oneDNN's OpenMP would start a full team per calling thread and oversubscribe the cores.
+     * The setting is process-wide, so training in the same process runs its gemms on one thread
+     * meanwhile.
      */
     public static synchronized void holdSingleThreaded() {
-        if (!usesOpenBlas()) return;
         if (singleThreadedHolders++ == 0) {
-            threadsBefore = cblas_h.openblas_get_num_threads();
-            cblas_h.openblas_set_num_threads(1);
+            singleThreaded = true;
+            if (OPENBLAS.isLoaded()) {
+                threadsBefore = cblas_h.openblas_get_num_threads();
+                cblas_h.openblas_set_num_threads(1);
+            }
         }
     }
 
     public static synchronized void releaseSingleThreaded() {
-        if (!usesOpenBlas() || singleThreadedHolders == 0) return;
-        if (--singleThreadedHolders == 0) cblas_h.openblas_set_num_threads(threadsBefore);
+        if (singleThreadedHolders == 0) return;
+        if (--singleThreadedHolders == 0) {
+            singleThreaded = false;
+            if (OPENBLAS.isLoaded()) cblas_h.openblas_set_num_threads(threadsBefore);
+        }
+    }
+
+    /** Whether a caller holds gemms single-threaded now (see {@link #holdSingleThreaded()}). */
+    static boolean singleThreadedHeld() {
+        return singleThreaded;
     }
 
     /** What gemm runs on, in words, for reports. */
     public static String provider() {
-        if (FORCE_JAVA) return "pure Java (forced by -Ddistill4j.blas.java=true)";
-        if (!OPENBLAS.isLoaded()) return "pure Java (OpenBLAS unavailable: " + OPENBLAS.failure().orElseThrow().getMessage() + ")";
+        CpuEngine engine;
+        try {
+            engine = engine();
+        } catch (RuntimeException e) {
+            return "no engine: " + e.getMessage();
+        }
+        String how = " (" + Selected.HOW + ")";
+        return switch (engine) {
+            case JAVA -> "pure Java" + how + (OPENBLAS.isLoaded() || FORCE_JAVA ? "" : "; OpenBLAS unavailable: " + openBlasUnavailableReason());
+            case OPENBLAS -> openBlasDescription() + how;
+            case ONEDNN -> OnednnMatmul.description() + how + "; falls back to "
+                + (fallback() == CpuEngine.OPENBLAS ? openBlasDescription() : "pure Java");
+        };
+    }
+
+    private static String openBlasDescription() {
         String config = Downcalls.cString(cblas_h.openblas_get_config(), "OpenBLAS");
         return config + " (" + OPENBLAS.path().orElseThrow() + "), " + cblas_h.openblas_get_num_threads() + " threads";
     }
@@ -66,21 +161,92 @@ public final class CpuBlas {
         checkExtent("A", a, transA ? k : m, transA ? m : k, lda);
         checkExtent("B", b, transB ? n : k, transB ? k : n, ldb);
         checkExtent("C", c, m, n, ldc);
-        if (usesOpenBlas() && m == 1 && !transA && transB) {
-            // One row through a linear layer, c = alpha B a + beta c with B [n, k]: gemv reads B once
-            // and packs nothing (sgemm packs B on every call), which is what batch-1 latency wants.
-            cblas_h.cblas_sgemv(cblas_h.CblasRowMajor, cblas_h.CblasNoTrans, n, k, alpha, b, ldb, a, 1, beta, c, 1);
-        } else if (usesOpenBlas()) {
-            cblas_h.cblas_sgemm(cblas_h.CblasRowMajor, transA ? cblas_h.CblasTrans : cblas_h.CblasNoTrans,
-                transB ? cblas_h.CblasTrans : cblas_h.CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        } else {
-            javaSgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        CpuEngine engine = engine();
+        if (engine == CpuEngine.ONEDNN && onednnPays(m, n, k, 1) && alpha != 0f // alpha 0: BLAS reads neither A nor B
+                && OnednnMatmul.sgemm(transA, transB, m, n, k, alpha, a, lda, 0, b, ldb, 0, beta, c, ldc, 0, 1)) {
+            return;
+        }
+        sgemmOn(engine == CpuEngine.ONEDNN ? fallback() : engine, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    }
+
+    /**
+     * {@code batch} gemms C_i = alpha op(A_i) op(B_i) + beta C_i, where X_i starts {@code i * strideX}
+     * elements after the start of segment X (a stride of 0 broadcasts that operand; C's stride
+     * must not be 0 when batch > 1). oneDNN runs the whole batch as one primitive; the other
+     * engines loop over it. Same checks as {@link #sgemm} on the whole batch's extent. k >= 1.
+     */
+    public static void sgemmStridedBatched(boolean transA, boolean transB, int m, int n, int k, float alpha,
+                                           MemorySegment a, int lda, long strideA, MemorySegment b, int ldb, long strideB,
+                                           float beta, MemorySegment c, int ldc, long strideC, int batch) {
+        if (batch < 1) throw new IllegalArgumentException("gemm: batch is " + batch + ", needs >= 1");
+        if (k < 1) throw new IllegalArgumentException("gemm: strided batches need k >= 1, got " + k);
+        if (strideA < 0 || strideB < 0 || strideC < 0 || (batch > 1 && strideC == 0)) {
+            throw new IllegalArgumentException("gemm: strides must be >= 0 and C's > 0 for batch > 1, got A " + strideA + ", B " + strideB + ", C " + strideC);
+        }
+        long lastA = (batch - 1) * strideA * Float.BYTES, lastB = (batch - 1) * strideB * Float.BYTES, lastC = (batch - 1) * strideC * Float.BYTES;
+        if (m == 0 || n == 0) return;
+        checkExtent("A", a, lastA, transA ? k : m, transA ? m : k, lda);
+        checkExtent("B", b, lastB, transB ? n : k, transB ? k : n, ldb);
+        checkExtent("C", c, lastC, m, n, ldc);
+        CpuEngine engine = engine();
+        if (engine == CpuEngine.ONEDNN && onednnPays(m, n, k, batch) && alpha != 0f
+                && OnednnMatmul.sgemm(transA, transB, m, n, k, alpha, a, lda, strideA, b, ldb, strideB, beta, c, ldc, strideC, batch)) {
+            return;
+        }
+        CpuEngine on = engine == CpuEngine.ONEDNN ? fallback() : engine;
+        for (int i = 0; i < batch; i++) {
+            sgemmOn(on, transA, transB, m, n, k, alpha, a.asSlice(i * strideA * Float.BYTES), lda, b.asSlice(i * strideB * Float.BYTES), ldb,
+                beta, c.asSlice(i * strideC * Float.BYTES), ldc);
+        }
+    }
+
+    /** Below this many multiply-adds a gemm runs on the fallback engine even when oneDNN is selected. */
+    static final long ONEDNN_MIN_WORK = 1L << 20;
+
+    /**
+     * Whether a gemm goes to oneDNN: not one row (m = 1 is a matrix-vector product, which OpenBLAS's
+     * gemv does without packing), and at least {@link #ONEDNN_MIN_WORK} multiply-adds per call (a
+     * strided batch is one call).
+     * Below that oneDNN's fixed cost per call (claiming a context, re-pointing its memory objects,
+     * waking its OpenMP team) outweighs its kernels: measured on the 2-core machine (busy), 64 x 64 x 64
+     * took 327 us on oneDNN against 27 us on OpenBLAS, 1 x 800 x 784 1,683 against 474 us, while
+     * 256 x 800 x 784 took 24 against 72 ms (bench/RESULTS.md, "oneDNN matmul").
+     */
+    static boolean onednnPays(int m, int n, int k, int batch) {
+        return m > 1 && n > 0 && k > 0 && (long) m * n * k * batch >= ONEDNN_MIN_WORK;
+    }
+
+    /** sgemm on one given engine, arguments already checked (tests compare the engines with it). */
+    static void sgemmOn(CpuEngine engine, boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda,
+                        MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
+        switch (engine) {
+            case ONEDNN -> {
+                if (!OnednnMatmul.sgemm(transA, transB, m, n, k, alpha, a, lda, 0, b, ldb, 0, beta, c, ldc, 0, 1)) {
+                    throw new IllegalStateException("oneDNN declined gemm m=" + m + " n=" + n + " k=" + k);
+                }
+            }
+            case OPENBLAS -> {
+                if (m == 1 && !transA && transB) {
+                    // One row through a linear layer, c = alpha B a + beta c with B [n, k]: gemv reads B once
+                    // and packs nothing (sgemm packs B on every call), which is what batch-1 latency wants.
+                    cblas_h.cblas_sgemv(cblas_h.CblasRowMajor, cblas_h.CblasNoTrans, n, k, alpha, b, ldb, a, 1, beta, c, 1);
+                } else {
+                    cblas_h.cblas_sgemm(cblas_h.CblasRowMajor, transA ? cblas_h.CblasTrans : cblas_h.CblasNoTrans,
+                        transB ? cblas_h.CblasTrans : cblas_h.CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+                }
+            }
+            case JAVA -> javaSgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         }
     }
 
     private static void checkExtent(String name, MemorySegment s, int rows, int cols, int ld) {
+        checkExtent(name, s, 0, rows, cols, ld);
+    }
+
+    /** The matrix at byte {@code start} of {@code s}: rows x cols with leading dimension ld fits in s. */
+    private static void checkExtent(String name, MemorySegment s, long start, int rows, int cols, int ld) {
         if (ld < Math.max(1, cols)) throw new IllegalArgumentException("gemm: leading dimension of " + name + " is " + ld + ", needs >= " + cols);
-        long needed = rows == 0 ? 0 : ((long) (rows - 1) * ld + cols) * Float.BYTES;
+        long needed = rows == 0 ? 0 : start + ((long) (rows - 1) * ld + cols) * Float.BYTES;
         if (s.byteSize() < needed) {
             throw new IllegalArgumentException("gemm: " + name + " holds " + s.byteSize() + " bytes, needs " + needed
                 + " for " + rows + "x" + cols + " with leading dimension " + ld);

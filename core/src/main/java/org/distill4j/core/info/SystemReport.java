@@ -9,6 +9,7 @@ import org.distill4j.bindings.blas.cblas_h;
 import org.distill4j.bindings.cpu.distill4j_cpu_h;
 import org.distill4j.bindings.cublas.cublasLt_h;
 import org.distill4j.bindings.cudnn.cudnn_h;
+import org.distill4j.bindings.dnnl.dnnl_h;
 import org.distill4j.core.BackendUnavailableException;
 import org.distill4j.core.cpu.CpuBackend;
 import org.distill4j.core.cpu.CpuBlas;
@@ -79,12 +80,23 @@ public record SystemReport(String java, List<Library> libraries, String driver, 
                 case CUDNN -> ", version " + formatCudnn(cudnn_h.cudnnGetVersion());
                 case CUBLASLT, CUBLAS -> ", version " + formatCublas(cublasLt_h.cublasLtGetVersion());
                 case OPENBLAS -> ", " + Downcalls.cString(cblas_h.openblas_get_config(), "OpenBLAS");
+                case DNNL -> ", version " + formatDnnl();
                 case CUDA_DRIVER -> "";
                 case DISTILL4J_CPU -> ", its " + Downcalls.cString(distill4j_cpu_h.d4j_cpu_isa(), "?") + " copy in use (" + KernelImage.cpuCompiler() + ")";
             };
         } catch (RuntimeException e) {
             return ", version unknown (" + e.getMessage() + ")";
         }
+    }
+
+    /** oneDNN's dnnl_version(): "3.8.1 (git hash, CPU runtime OpenMP)". */
+    @SuppressWarnings("restricted") // FFM: dnnl_version returns a pointer to a static dnnl_version_t; sized to its layout to read it
+    private static String formatDnnl() {
+        var v = dnnl_h.dnnl_version().reinterpret(dnnl_h.dnnl_version_t.LAYOUT.byteSize());
+        int runtime = dnnl_h.dnnl_version_t.cpu_runtime(v);
+        return dnnl_h.dnnl_version_t.major(v) + "." + dnnl_h.dnnl_version_t.minor(v) + "." + dnnl_h.dnnl_version_t.patch(v)
+            + " (" + Downcalls.cString(dnnl_h.dnnl_version_t.hash(v), "no hash") + ", CPU runtime "
+            + (runtime == dnnl_h.DNNL_RUNTIME_OMP ? "OpenMP" : runtime == dnnl_h.DNNL_RUNTIME_SEQ ? "sequential" : String.valueOf(runtime)) + ")";
     }
 
     // cuDNN 9 encodes major*10000 + minor*100 + patch (92400 -> 9.24.0).

@@ -24,6 +24,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.TreeMap;
+import org.distill4j.core.Bf16;
 import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
 
@@ -179,7 +180,24 @@ public final class Safetensors implements AutoCloseable {
 
     /** Writes named tensors (in name order) atomically: temp file, fsync, rename. */
     public static void write(Path file, Map<String, Tensor> tensors, Map<String, String> metadata) throws IOException {
+        write(file, tensors, metadata, null);
+    }
+
+    /**
+     * As {@link #write(Path, Map, Map)}, each tensor stored as {@code storeAs} (null: its own
+     * dtype). Narrowing F32 to BF16 or F16 rounds to nearest even, as PyTorch's {@code .to()} does
+     * ({@link Bf16#fromFloat}, {@link Float#floatToFloat16}); a value that was read from that dtype
+     * comes back with the same bits. Other conversions are refused. One tensor's host copy at a time.
+     */
+    public static void write(Path file, Map<String, Tensor> tensors, Map<String, String> metadata, DType storeAs) throws IOException {
         TreeMap<String, Tensor> sorted = new TreeMap<>(tensors);
+        for (Map.Entry<String, Tensor> e : sorted.entrySet()) {
+            DType from = e.getValue().dtype();
+            if (storeAs != null && storeAs != from && !(from == DType.F32 && (storeAs == DType.BF16 || storeAs == DType.F16))) {
+                throw new IllegalArgumentException(file + ": cannot store tensor '" + e.getKey() + "' (" + from + ") as " + storeAs
+                    + "; only F32 narrows, to BF16 or F16");
+            }
+        }
         ObjectNode header = JSON.createObjectNode();
         if (!metadata.isEmpty()) {
             ObjectNode m = header.putObject("__metadata__");
@@ -188,14 +206,16 @@ public final class Safetensors implements AutoCloseable {
         long offset = 0;
         for (Map.Entry<String, Tensor> e : sorted.entrySet()) {
             Tensor t = e.getValue();
+            DType stored = storeAs == null ? t.dtype() : storeAs;
+            long bytes = t.numel() * stored.bytes();
             ObjectNode n = header.putObject(e.getKey());
-            n.put("dtype", t.dtype().name());
+            n.put("dtype", stored.name());
             var shape = n.putArray("shape");
             for (long d : t.shape()) shape.add(d);
             var off = n.putArray("data_offsets");
             off.add(offset);
-            off.add(offset + t.byteSize());
-            offset += t.byteSize();
+            off.add(offset + bytes);
+            offset += bytes;
         }
         byte[] json = JSON.writeValueAsBytes(header);
         int padded = (json.length + 7) / 8 * 8; // the data section starts 8-byte aligned
@@ -203,16 +223,19 @@ public final class Safetensors implements AutoCloseable {
         Arrays.fill(head, json.length, padded, (byte) ' ');
         Path tmp = AtomicFiles.temporaryFor(file);
         try {
-            try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.WRITE, StandardOpenOption.TRUNCATE_EXISTING);
-                 Arena arena = Arena.ofConfined()) {
-                MemorySegment prefix = arena.allocate(8 + padded);
-                prefix.set(ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN), 0, padded);
-                MemorySegment.copy(head, 0, prefix, ValueLayout.JAVA_BYTE, 8, padded);
-                write(ch, prefix);
+            try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.WRITE, StandardOpenOption.TRUNCATE_EXISTING)) {
+                try (Arena arena = Arena.ofConfined()) {
+                    MemorySegment prefix = arena.allocate(8 + padded);
+                    prefix.set(ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN), 0, padded);
+                    MemorySegment.copy(head, 0, prefix, ValueLayout.JAVA_BYTE, 8, padded);
+                    write(ch, prefix);
+                }
                 for (Tensor t : sorted.values()) {
-                    MemorySegment host = arena.allocate(Math.max(1, t.byteSize()), 64).asSlice(0, t.byteSize());
-                    t.backend().copyToHost(t, host);
-                    write(ch, host);
+                    try (Arena arena = Arena.ofConfined()) { // freed after each tensor: the host copies never add up to the whole model
+                        MemorySegment host = arena.allocate(Math.max(1, t.byteSize()), 64).asSlice(0, t.byteSize());
+                        t.backend().copyToHost(t, host);
+                        write(ch, storeAs == null || storeAs == t.dtype() ? host : narrow(arena, host, t.numel(), storeAs));
+                    }
                 }
                 ch.force(true);
             }
@@ -220,6 +243,17 @@ public final class Safetensors implements AutoCloseable {
         } finally {
             Files.deleteIfExists(tmp);
         }
+    }
+
+    /** numel float32 values (native order, as copyToHost gives them) as little-endian BF16 or F16, rounded to nearest even. */
+    private static MemorySegment narrow(Arena arena, MemorySegment f32, long numel, DType to) {
+        MemorySegment out = arena.allocate(Math.max(1, 2 * numel), 64).asSlice(0, 2 * numel);
+        ValueLayout.OfShort le = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
+        for (long i = 0; i < numel; i++) {
+            float v = f32.getAtIndex(ValueLayout.JAVA_FLOAT, i);
+            out.set(le, 2 * i, to == DType.BF16 ? Bf16.fromFloat(v) : Float.floatToFloat16(v));
+        }
+        return out;
     }
 
     private static void write(FileChannel ch, MemorySegment s) throws IOException {

@@ -63,7 +63,9 @@ public final class ChunkedLmLoss {
     public static int chunkRows(int requested, long rows, long vocab) {
         if (requested > 0) return (int) Math.min(requested, rows);
         if (requested == 0) return Math.toIntExact(rows);
-        return (int) Math.max(1, Math.min(rows, AUTO_CHUNK_ELEMENTS / Math.max(1, vocab)));
+        long most = Math.max(1, Math.min(rows, AUTO_CHUNK_ELEMENTS / Math.max(1, vocab)));
+        long chunks = (rows + most - 1) / most;
+        return (int) Math.max(1, (rows + chunks - 1) / chunks); // equal chunks (512 rows: 4 x 128, not 3 x 166 + 14)
     }
 
     /**
@@ -110,7 +112,10 @@ public final class ChunkedLmLoss {
                 long[] y = Arrays.copyOfRange(targets, (int) from, (int) from + rows);
                 l.copyFrom(y);
                 MemorySegment h = rows(hidden.data(), from, rows, ds);
+                long pt = DecoderProfile.start();
                 DecoderOps.projectionForward(s.data(), 0, vocab, h, ds, head.value().data(), null, rows, ds, vocab, false);
+                DecoderProfile.stop(DecoderProfile.Phase.LOSS_STUDENT_HEAD_F, pt);
+                pt = DecoderProfile.start();
                 Tensor grad = dHidden == null ? null : s; // the gradient overwrites the logits it comes from
                 if (kd == null) {
                     long counted = Arrays.stream(y).filter(v -> v != -100).count();
@@ -125,14 +130,20 @@ public final class ChunkedLmLoss {
                     }
                 } else {
                     Tensor t = zt.narrow0(0, rows);
+                    long tt = DecoderProfile.start();
                     teacher.logits(from, rows, t);
+                    DecoderProfile.stop(DecoderProfile.Phase.LOSS_TEACHER_HEAD_F, tt);
+                    pt += DecoderProfile.start() - tt; // the fused loss's clock leaves out the teacher's head
                     backend.distillationLoss(s, t, l, kd, normalizer, terms, grad);
                     float[] v = terms.toFloatArray();
                     sum = sum.plus(new Terms(v[0], v[1], v[2]));
                 }
+                DecoderProfile.stop(DecoderProfile.Phase.LOSS_FUSED, pt);
                 if (dHidden != null) {
+                    pt = DecoderProfile.start();
                     DecoderOps.projectionBackward(rows(dHidden.data(), from, rows, ds), ds, false, head.grad().data(), null, s.data(), 0, vocab, h, ds,
                         head.value().data(), rows, ds, vocab, false);
+                    DecoderProfile.stop(DecoderProfile.Phase.LOSS_HEAD_B, pt);
                 }
             }
         }

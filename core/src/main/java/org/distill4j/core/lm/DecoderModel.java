@@ -46,6 +46,7 @@ public final class DecoderModel implements AutoCloseable {
     private final Map<String, Parameter> parameters = new LinkedHashMap<>();
     private final Map<String, String> storedKeys = new LinkedHashMap<>();
     private final String diskDtype;
+    private DType writeDtype = DType.F32; // what save(dir) writes: the parameters' one dtype on disk (F32 for a new model or mixed dtypes)
     private final float[] invFreq;
     private final Block[] blocks;
     private final Parameter embedding, positions, finalNormWeight, finalNormBias, lmHead;
@@ -205,6 +206,9 @@ public final class DecoderModel implements AutoCloseable {
             storedKeys.put(p.name(), key);
             unused.remove(key);
         }
+        TreeSet<String> stored = new TreeSet<>();
+        for (String key : storedKeys.values()) stored.add(ckpt.keys().get(key).entries().get(key).dtype());
+        writeDtype = stored.size() == 1 ? DType.valueOf(stored.first()) : DType.F32; // copyInto admitted only F32, BF16 and F16
         unused.removeIf(k -> config.family().isBuffer(k) || (config.tied() && ckpt.storedKey("lm_head.weight", null) != null && k.equals("lm_head.weight")));
         if (!unused.isEmpty()) {
             String k = unused.first();
@@ -235,12 +239,25 @@ public final class DecoderModel implements AutoCloseable {
         }
     }
 
-    /** Writes the model as a Hugging Face folder that transformers' from_pretrained loads strictly (see HfCheckpoint#save). */
+    /**
+     * Writes the model as a Hugging Face folder that transformers' from_pretrained loads strictly
+     * (see HfCheckpoint#save), in the dtype its parameters had on disk ({@link #writeDtype}), as
+     * save_pretrained writes a model in its dtype: a BF16 checkpoint loaded and saved is BF16 again,
+     * bit for bit when the weights did not change.
+     */
     public void save(Path dir) throws IOException {
+        save(dir, writeDtype);
+    }
+
+    /** As {@link #save(Path)}, stored as {@code dtype}: F32, or BF16 / F16 rounded to nearest even. */
+    public void save(Path dir, DType dtype) throws IOException {
         Map<String, Tensor> tensors = new LinkedHashMap<>();
         for (Parameter p : parameters.values()) tensors.put(p.name(), p.value());
-        HfCheckpoint.save(dir, config, tensors);
+        HfCheckpoint.save(dir, config, tensors, dtype);
     }
+
+    /** The dtype {@link #save(Path)} writes: the one dtype of the parameters on disk; F32 for a new model or a checkpoint of mixed dtypes. */
+    public DType writeDtype() { return writeDtype; }
 
     public DecoderConfig config() { return config; }
 

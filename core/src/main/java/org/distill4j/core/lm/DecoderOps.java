@@ -33,10 +33,17 @@ final class DecoderOps {
 
     /**
      * Work (items times elements per item) below which one thread beats forking: about 50 us of
-     * simple loop. {@code -Ddistill4j.lm.parallelWork=1} splits every loop (tests run the tiny
-     * fixtures through the parallel paths with it).
+     * simple loop. {@code -Ddistill4j.lm.parallelWork=1} splits every loop; DecoderOpsTest runs
+     * each op both ways through {@link #setParallelWork}. Volatile, read once per call.
      */
-    private static final long PARALLEL_WORK = Long.getLong("distill4j.lm.parallelWork", 1 << 16);
+    private static volatile long parallelWork = Long.getLong("distill4j.lm.parallelWork", 1 << 16);
+
+    /** Sets the threshold of {@link #parallel} (1: split every loop, even a tiny test's); returns the previous one. For tests. */
+    static long setParallelWork(long work) {
+        long old = parallelWork;
+        parallelWork = work;
+        return old;
+    }
 
     /**
      * Runs body over [0, n) in contiguous chunks across the common fork-join pool (the caller
@@ -45,7 +52,7 @@ final class DecoderOps {
      */
     static void parallel(long n, long costPerItem, Range body) {
         int workers = ForkJoinPool.getCommonPoolParallelism() + 1;
-        if (n < 2 || workers < 2 || n * costPerItem < PARALLEL_WORK) {
+        if (n < 2 || workers < 2 || n * costPerItem < parallelWork) {
             body.run(0, n);
             return;
         }
@@ -79,7 +86,7 @@ final class DecoderOps {
         int parts = ForkJoinPool.getCommonPoolParallelism() + 1;
         boolean byRows = m >= n;
         int split = byRows ? m : n;
-        if (parts < 2 || split < 2 * parts || (long) m * n * k < 16 * PARALLEL_WORK) {
+        if (parts < 2 || split < 2 * parts || (long) m * n * k < 16 * parallelWork) {
             CpuBlas.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
             return;
         }
@@ -388,7 +395,7 @@ final class DecoderOps {
      */
     static void parallelTasks(int n, long costPerTask, java.util.function.IntConsumer task) {
         int workers = ForkJoinPool.getCommonPoolParallelism() + 1;
-        if (n < 2 || workers < 2 || n * costPerTask < PARALLEL_WORK) {
+        if (n < 2 || workers < 2 || n * costPerTask < parallelWork) {
             for (int k = 0; k < n; k++) task.accept(k);
             return;
         }

@@ -17,14 +17,24 @@ public final class DecoderProfile {
         QKV_PROJ_B, RESIDUAL_B, EMBEDDING_B
     }
 
+    /**
+     * The parts of one {@link LmTrainer#step} (nested in none of each other; the ops above run inside
+     * them): what {@code distill bench lm-kd-step --profile} prints beside the op table.
+     */
+    public enum Phase {
+        TEACHER_FORWARD, STUDENT_FORWARD, LOSS_STUDENT_HEAD_F, LOSS_TEACHER_HEAD_F, LOSS_FUSED, LOSS_HEAD_B, STUDENT_BACKWARD, CLIP, OPTIMIZER, ZERO_GRAD
+    }
+
     private static volatile boolean enabled;
     private static final long[] NANOS = new long[Op.values().length];
+    private static final long[] PHASE_NANOS = new long[Phase.values().length];
 
     private DecoderProfile() {}
 
     /** Clears the sums and turns timing on or off. */
     public static synchronized void reset(boolean on) {
         java.util.Arrays.fill(NANOS, 0);
+        java.util.Arrays.fill(PHASE_NANOS, 0);
         enabled = on;
     }
 
@@ -39,6 +49,30 @@ public final class DecoderProfile {
                 NANOS[op.ordinal()] += dt;
             }
         }
+    }
+
+    static void stop(Phase phase, long t0) {
+        if (enabled) {
+            long dt = System.nanoTime() - t0;
+            synchronized (PHASE_NANOS) {
+                PHASE_NANOS[phase.ordinal()] += dt;
+            }
+        }
+    }
+
+    /**
+     * Each phase's total in ms and its share of {@code wallNanos} (the timed steps' wall time, so
+     * the rest, "other", is what no phase covers: batching, arenas, the step's bookkeeping).
+     */
+    public static synchronized void printPhases(PrintWriter out, long wallNanos) {
+        long covered = 0;
+        out.printf(Locale.ROOT, "phases (all timed steps, %.1f ms wall):%n", wallNanos / 1e6);
+        for (Phase p : Phase.values()) {
+            long v = PHASE_NANOS[p.ordinal()];
+            covered += v;
+            out.printf(Locale.ROOT, "  %-22s %10.1f ms %5.1f%%%n", p.name().toLowerCase(Locale.ROOT), v / 1e6, 100.0 * v / wallNanos);
+        }
+        out.printf(Locale.ROOT, "  %-22s %10.1f ms %5.1f%%%n", "other", (wallNanos - covered) / 1e6, 100.0 * (wallNanos - covered) / wallNanos);
     }
 
     /** Each op's total in ms and its share of the sum, largest first. */

@@ -16,6 +16,7 @@ import java.util.Map;
 import java.util.TreeMap;
 import java.util.TreeSet;
 import org.distill4j.core.Bf16;
+import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.io.AtomicFiles;
 import org.distill4j.core.io.Safetensors;
@@ -25,7 +26,7 @@ import org.distill4j.core.io.Safetensors;
  * {@code model.safetensors.index.json} lists. Every file is memory-mapped (Safetensors); tensors
  * are converted from F32, BF16 or F16 straight from the mapping into the model's float32 tensors,
  * never through a Java array. Writing produces what {@code save_pretrained} writes: config.json
- * and one model.safetensors with HF key names, a tied lm_head omitted.
+ * and one model.safetensors with HF key names in the model's dtype, a tied lm_head omitted.
  */
 public final class HfCheckpoint implements AutoCloseable {
     static final String SINGLE = "model.safetensors", INDEX = "model.safetensors.index.json";
@@ -158,19 +159,26 @@ public final class HfCheckpoint implements AutoCloseable {
     }
 
     /**
-     * Writes {@code dir}/config.json (the model's config, its dtype set to float32) and
-     * {@code dir}/model.safetensors (every parameter under its HF name, F32, tied lm_head omitted as
-     * save_pretrained does), each atomically; a shard index left from an earlier save is removed so
-     * transformers reads the new file.
+     * Writes {@code dir}/config.json (the model's config, its {@code dtype} set to the one written)
+     * and {@code dir}/model.safetensors (every parameter under its HF name, stored as {@code dtype}:
+     * F32, or BF16 / F16 rounded to nearest even; tied lm_head omitted as save_pretrained does),
+     * each atomically; a shard index left from an earlier save is removed so transformers reads the
+     * new file.
      */
-    static void save(Path dir, DecoderConfig config, Map<String, Tensor> tensors) throws IOException {
+    static void save(Path dir, DecoderConfig config, Map<String, Tensor> tensors, DType dtype) throws IOException {
+        String torchName = switch (dtype) {
+            case F32 -> "float32";
+            case BF16 -> "bfloat16";
+            case F16 -> "float16";
+            default -> throw new IllegalArgumentException("a decoder is written as F32, BF16 or F16, not " + dtype);
+        };
         Files.createDirectories(dir);
         ObjectNode json = config.json().deepCopy();
         json.putArray("architectures").add(config.family().architecture());
         json.put("tie_word_embeddings", config.tied());
-        if (json.has("torch_dtype")) json.put("torch_dtype", "float32");
-        json.put("dtype", "float32");
-        Safetensors.write(dir.resolve(SINGLE), new LinkedHashMap<>(tensors), Map.of("format", "pt"));
+        if (json.has("torch_dtype")) json.put("torch_dtype", torchName);
+        json.put("dtype", torchName);
+        Safetensors.write(dir.resolve(SINGLE), new LinkedHashMap<>(tensors), Map.of("format", "pt"), dtype);
         Path cfg = dir.resolve("config.json"), tmp = AtomicFiles.temporaryFor(cfg);
         try {
             Files.write(tmp, JSON.writerWithDefaultPrettyPrinter().writeValueAsBytes(json));

@@ -69,6 +69,7 @@ public final class LmTrainer implements AutoCloseable {
     private final TrainingConfig config;
     private final long vocab; // the id range the loss uses (the shared one when distilling)
     private DecoderHint hint;
+    private TeacherSource teacherSource; // teacher cache (LmTeacherCache): the teacher's logits looked up, the teacher not run
     private int lossChunk = -1;
     private double onPolicyFraction; // GKD: the share of micro-batches replaced by student continuations
     private int promptLen;
@@ -134,8 +135,32 @@ public final class LmTrainer implements AutoCloseable {
     public LmTrainer hint(DecoderHint.Spec spec) {
         if (spec == null) return this;
         if (teacher == null) throw new IllegalArgumentException("--hint needs a teacher");
+        if (teacherSource != null) throw hintWithCache();
         if (hint != null) hint.close();
         hint = new DecoderHint(backend, spec, student, teacher, config.seed());
+        return this;
+    }
+
+    /** Where a micro-batch's teacher logits come from when the teacher does not run: a cache's rows of the micro-batch's windows. */
+    @FunctionalInterface
+    public interface TeacherSource {
+        ChunkedLmLoss.TeacherRows rows(MicroBatch m);
+    }
+
+    private static IllegalArgumentException hintWithCache() {
+        return new IllegalArgumentException("--hint needs the teacher's hidden states every step and --teacher-cache keeps only its logits: use one or the other");
+    }
+
+    /**
+     * Takes the teacher's logits from {@code source} (e.g. an {@link LmTeacherCache}'s rows of the
+     * micro-batch's windows) instead of running the teacher, for every micro-batch that holds
+     * training windows ({@link MicroBatch#windows} not null); the others (on-policy continuations,
+     * batches made by hand) still run the teacher. Not with a hint.
+     */
+    public LmTrainer teacherSource(TeacherSource source) {
+        if (teacher == null) throw new IllegalArgumentException("a teacher cache needs distillation");
+        if (hint != null && source != null) throw hintWithCache();
+        this.teacherSource = source;
         return this;
     }
 
@@ -195,16 +220,23 @@ public final class LmTrainer implements AutoCloseable {
     /**
      * One micro-batch: {@code rows} windows, inputs and targets [rows * T] row-major. An on-policy one
      * (student continuations, GKD) is trained on the divergence alone (alpha = 1) over its counted targets.
+     * {@code windows} [rows]: the training windows it holds (what a teacher cache looks up), or null
+     * when it holds none (an on-policy batch, a batch made by hand).
      */
-    public record MicroBatch(long[] inputs, long[] targets, int rows, int t, boolean onPolicy) {
+    public record MicroBatch(long[] inputs, long[] targets, int rows, int t, boolean onPolicy, long[] windows) {
         public MicroBatch {
             if (inputs.length != (long) rows * t || targets.length != (long) rows * t) {
                 throw new IllegalArgumentException("micro-batch of " + rows + " x " + t + " with " + inputs.length + " inputs and " + targets.length + " targets");
             }
+            if (windows != null && windows.length != rows) throw new IllegalArgumentException("micro-batch of " + rows + " windows with " + windows.length + " window indices");
         }
 
         public MicroBatch(long[] inputs, long[] targets, int rows, int t) {
-            this(inputs, targets, rows, t, false);
+            this(inputs, targets, rows, t, false, null);
+        }
+
+        public MicroBatch(long[] inputs, long[] targets, int rows, int t, boolean onPolicy) {
+            this(inputs, targets, rows, t, onPolicy, null);
         }
 
         long counted() {
@@ -239,9 +271,15 @@ public final class LmTrainer implements AutoCloseable {
             if (m.onPolicy()) onPolicyBatches++;
             hintSum += h[0];
         }
+        long pt = DecoderProfile.start();
         if (config.clipNorm() > 0) clip();
+        DecoderProfile.stop(DecoderProfile.Phase.CLIP, pt);
+        pt = DecoderProfile.start();
         update(step, lr);
+        DecoderProfile.stop(DecoderProfile.Phase.OPTIMIZER, pt);
+        pt = DecoderProfile.start();
         zeroGrad();
+        DecoderProfile.stop(DecoderProfile.Phase.ZERO_GRAD, pt);
         return new StepTerms(terms, hintSum, normalizer);
     }
 
@@ -254,7 +292,10 @@ public final class LmTrainer implements AutoCloseable {
         try (Arena arena = Arena.ofShared()) {
             ChunkedLmLoss.TeacherRows teacherRows = null;
             Tensor teacherTap = null;
-            if (teacher != null) {
+            long pt = DecoderProfile.start();
+            if (teacherSource != null && m.windows() != null) {
+                teacherRows = teacherSource.rows(m); // on-policy batches (no windows) fall through to the live teacher
+            } else if (teacher != null) {
                 Layer.Pass eval = new Layer.Pass(backend, arena, false, 0, 0);
                 DecoderModel.HiddenTap tap = null;
                 if (hint != null && hint.spec().teacherIndex() < teacher.config().layers()) {
@@ -265,6 +306,8 @@ public final class LmTrainer implements AutoCloseable {
                 if (hint != null && teacherTap == null) teacherTap = ht; // the final norm's output is what forwardHidden returns
                 teacherRows = ChunkedLmLoss.TeacherRows.ofHead(ht, teacher.lmHead(), vocab);
             }
+            DecoderProfile.stop(DecoderProfile.Phase.TEACHER_FORWARD, pt);
+            pt = DecoderProfile.start();
             Layer.Pass train = new Layer.Pass(backend, arena, true, config.seed(), dropoutStream);
             Tensor studentTap = null;
             DecoderModel.HiddenTap sTap = null;
@@ -274,6 +317,7 @@ public final class LmTrainer implements AutoCloseable {
             }
             Tensor hs = student.forwardHidden(train, m.inputs(), m.rows(), m.t(), null, null, null, sTap);
             if (hint != null && studentTap == null) studentTap = hs;
+            DecoderProfile.stop(DecoderProfile.Phase.STUDENT_FORWARD, pt);
             DecoderModel.HiddenTap extra = null;
             if (hint != null) {
                 Tensor dTap = backend.empty(arena, DType.F32, n, ds);
@@ -283,7 +327,9 @@ public final class LmTrainer implements AutoCloseable {
             Tensor dHidden = backend.empty(arena, DType.F32, n, ds);
             ChunkedLmLoss.Terms terms = ChunkedLmLoss.compute(backend, hs, student.lmHead(), vocab, m.targets(), loss, teacherRows, normalizer,
                 ChunkedLmLoss.chunkRows(lossChunk, n, vocab), dHidden);
+            pt = DecoderProfile.start();
             student.backwardHidden(dHidden, extra);
+            DecoderProfile.stop(DecoderProfile.Phase.STUDENT_BACKWARD, pt);
             return terms;
         }
     }
@@ -441,7 +487,8 @@ public final class LmTrainer implements AutoCloseable {
                 List<MicroBatch> group = new ArrayList<>();
                 for (long k = b; k < Math.min(perEpoch, b + acc); k++) {
                     int rows = train.batch(order, k, batch, inputs, targets);
-                    MicroBatch mb = new MicroBatch(java.util.Arrays.copyOf(inputs, rows * t), java.util.Arrays.copyOf(targets, rows * t), rows, t);
+                    MicroBatch mb = new MicroBatch(java.util.Arrays.copyOf(inputs, rows * t), java.util.Arrays.copyOf(targets, rows * t), rows, t, false,
+                        java.util.Arrays.copyOfRange(order, (int) (k * batch), (int) (k * batch) + rows));
                     long index = micro + group.size(); // this micro-batch's number in the run: its draws
                     if (onPolicyFraction > 0 && Philox.uniform(config.seed() ^ ON_POLICY_STREAM, index) < onPolicyFraction) {
                         mb = studentContinuations(mb, index);

@@ -208,7 +208,7 @@ public final class TeacherCache implements AutoCloseable {
      * by Float.compare, then the lower class first; NaN counts as the largest (Float.compare), so a
      * NaN logit stays in the row and the loss shows it. O(c log k): a min-heap of the k best so far.
      */
-    static int[] topK(float[] x, int from, int c, int k) {
+    public static int[] topK(float[] x, int from, int c, int k) {
         int[] heap = new int[k];  // heap[0] is the worst of the best k so far
         int n = 0;
         for (int i = 0; i < c; i++) {

@@ -12,7 +12,10 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
 
-/** sgemm (OpenBLAS and the Java fallback) against a float64 reference on fresh random inputs. */
+/**
+ * sgemm on every engine present (the selected one through CpuBlas.sgemm, with its fallback for
+ * shapes oneDNN declines; OpenBLAS and the Java gemm directly) against a float64 reference.
+ */
 class CpuBlasTest {
     static Stream<Arguments> shapes() {
         int[][] mnk = {{1, 1, 1}, {1, 7, 3}, {5, 1, 9}, {7, 13, 5}, {31, 33, 17}, {64, 128, 96}, {127, 61, 257}};
@@ -26,11 +29,16 @@ class CpuBlasTest {
     @ParameterizedTest(name = "m={0} n={1} k={2} transA={3} transB={4}")
     @MethodSource("shapes")
     void sgemmMatchesFloat64(int m, int n, int k, boolean ta, boolean tb) {
-        check(m, n, k, ta, tb, false);
-        check(m, n, k, ta, tb, true);
+        check(m, n, k, ta, tb, null);
+        check(m, n, k, ta, tb, CpuEngine.JAVA);
+        if (CpuEngine.OPENBLAS.available()) check(m, n, k, ta, tb, CpuEngine.OPENBLAS);
+        // oneDNN directly, also below the size at which CpuBlas.sgemm would send it there; it declines
+        // strided vectors (n = 1, or one row of a transposed A with lda > 1), which the other engines run.
+        if (CpuEngine.ONEDNN.available() && n > 1 && (m > 1 || !ta)) check(m, n, k, ta, tb, CpuEngine.ONEDNN);
     }
 
-    private static void check(int m, int n, int k, boolean ta, boolean tb, boolean javaFallback) {
+    /** engine null: CpuBlas.sgemm, i.e. the selected engine. */
+    private static void check(int m, int n, int k, boolean ta, boolean tb, CpuEngine engine) {
         Random r = new Random(m * 31L + n * 17L + k + (ta ? 1000 : 0) + (tb ? 2000 : 0));
         float alpha = 0.75f, beta = -0.5f;
         // Stored shapes: A is [m,k] or, transposed, [k,m]; leading dimension padded by 3 to test ld handling.
@@ -40,8 +48,9 @@ class CpuBlasTest {
         try (Arena arena = Arena.ofConfined()) {
             float[] a = random(r, aRows * lda), b = random(r, bRows * ldb), c = random(r, m * ldc);
             MemorySegment as = arena.allocateFrom(JAVA_FLOAT, a), bs = arena.allocateFrom(JAVA_FLOAT, b), cs = arena.allocateFrom(JAVA_FLOAT, c);
-            if (javaFallback) CpuBlas.javaSgemm(ta, tb, m, n, k, alpha, as, lda, bs, ldb, beta, cs, ldc);
+            if (engine != null) CpuBlas.sgemmOn(engine, ta, tb, m, n, k, alpha, as, lda, bs, ldb, beta, cs, ldc);
             else CpuBlas.sgemm(ta, tb, m, n, k, alpha, as, lda, bs, ldb, beta, cs, ldc);
+            String name = engine != null ? engine.key() : CpuBlas.engine().key() + " (selected)";
             for (int i = 0; i < m; i++) {
                 for (int j = 0; j < n; j++) {
                     double sum = 0, mag = 0;
@@ -55,7 +64,7 @@ class CpuBlasTest {
                     double scale = Math.abs(alpha) * mag + Math.abs(beta * c[i * ldc + j]);
                     double got = cs.getAtIndex(JAVA_FLOAT, (long) i * ldc + j);
                     assertTrue(Math.abs(got - expected) <= 1e-5 * Math.max(scale, 1e-30) + 1e-30,
-                        (javaFallback ? "java" : "openblas") + " C[" + i + "," + j + "] = " + got + ", expected " + expected);
+                        name + " C[" + i + "," + j + "] = " + got + ", expected " + expected);
                 }
             }
             // Padding columns of C are untouched.

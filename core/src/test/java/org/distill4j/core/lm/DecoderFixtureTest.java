@@ -4,7 +4,9 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import com.fasterxml.jackson.databind.ObjectMapper;
 import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Arrays;
@@ -21,6 +23,7 @@ import org.distill4j.core.io.Safetensors;
 import org.distill4j.core.nn.Layer;
 import org.distill4j.core.nn.Parameter;
 import org.junit.jupiter.api.DynamicTest;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.TestFactory;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -28,7 +31,9 @@ import org.junit.jupiter.api.io.TempDir;
  * Each model of fixtures/lm (made by make_lm_fixtures.py with transformers, fp32 eager) against
  * its reference.safetensors. Logits: max over rows (b, t) of max_c |got - want| / max_c |want| <=
  * 1e-4. Gradients of the mean next-token cross-entropy: per parameter, max |got - want| /
- * max |want| <= 1e-4. Padded batches at their real tokens, KV-cache decoding, and write -> read.
+ * max |want| <= 1e-4. Padded batches at their real tokens (and at the pads: left against
+ * transformers' sdpa logits, whose fully masked rows are zero as ours; right against eager's),
+ * KV-cache decoding, write -> read, and writing in the dtype read from disk.
  */
 class DecoderFixtureTest {
     static final Path FIXTURES = Path.of("src/test/resources/fixtures/lm");
@@ -133,13 +138,21 @@ class DecoderFixtureTest {
             // Padded batches: transformers' default positions (arange), generate()'s cumsum positions, and the unpadded rows.
             try (Arena a = Arena.ofShared()) {
                 Layer.Pass pass = new Layer.Pass(cpu, a, false, 0, 0);
-                double padError = 0;
+                double padError = 0, masked = 0;
                 for (String side : new String[] {"left", "right"}) {
                     long[] pids = longs(ref, side + "_input_ids"), mask = longs(ref, side + "_attention_mask");
                     float[] got = m.forward(pass, pids, b, t, mask, longs(ref, side + "_position_ids"), null).toFloatArray();
                     padError = Math.max(padError, rowError(got, floats(ref, side + "_logits"), v, mask));
                     float[] byDefault = m.forward(pass, pids, b, t, mask, null, null).toFloatArray();
                     assertArrayEquals(got, byDefault, name + " " + side + ": the recorded position ids are the default ones");
+                    if (side.equals("left")) {
+                        // Every position, the pads included: a left pad sees no key and gets a zero attention output, as
+                        // transformers' sdpa path gives (its eager path averages every value instead: make_lm_fixtures.py).
+                        masked = Math.max(masked, rowError(got, floats(ref, "left_sdpa_logits"), v, null));
+                    } else {
+                        // A right pad sees the real tokens before it: eager's logits hold at every position.
+                        masked = Math.max(masked, rowError(got, floats(ref, "right_logits"), v, null));
+                    }
                     long[] cumsum = DecoderModel.positionsFromMask(mask, b, t);
                     float[] gen = m.forward(pass, pids, b, t, mask, cumsum, null).toFloatArray();
                     if (ref.entries().containsKey(side + "_cumsum_logits")) {
@@ -157,8 +170,9 @@ class DecoderFixtureTest {
                         }
                     }
                 }
-                report.append(String.format(Locale.ROOT, ", padded %.2e", padError));
+                report.append(String.format(Locale.ROOT, ", padded %.2e (pad positions too %.2e)", padError, masked));
                 assertTrue(padError <= LOGITS, name + ": padded logits differ by " + padError);
+                assertTrue(masked <= LOGITS, name + ": padded logits, pad positions included, differ from transformers' (left: sdpa) by " + masked);
 
                 // KV cache: a prefill of 3 tokens, then one at a time.
                 double cacheError = 0;
@@ -189,6 +203,58 @@ class DecoderFixtureTest {
                 }
             }
             System.out.println("DecoderFixtureTest " + report);
+        }
+    }
+    /**
+     * save(dir) writes the dtype read from disk, as save_pretrained writes a model's dtype: the
+     * transformers-written BF16 fixture loaded and saved gives each tensor's bytes back exactly
+     * (BF16 -> F32 -> BF16 is the identity), and the F32 fixture likewise; an explicit dtype
+     * overrides it (F32 widens exactly; F16 written, loaded and saved again is F16, bit for bit).
+     */
+    @Test
+    void savesInTheDtypeReadFromDisk() throws Exception {
+        ObjectMapper json = new ObjectMapper();
+        for (String[] c : new String[][] {{"llama-tied-rope3-bf16", "BF16", "bfloat16"}, {"gpt2", "F32", "float32"}}) {
+            Path dir = FIXTURES.resolve(c[0]), out = tmp.resolve(c[0] + "-resaved");
+            try (DecoderModel m = DecoderModel.load(cpu, dir)) {
+                assertEquals(DType.valueOf(c[1]), m.writeDtype(), c[0]);
+                m.save(out);
+            }
+            assertSameTensorBytes(dir.resolve("model.safetensors"), out.resolve("model.safetensors"), c[1]);
+            assertEquals(c[2], json.readTree(out.resolve("config.json").toFile()).get("dtype").asText(), c[0] + ": config.json dtype");
+        }
+        Path bf16 = FIXTURES.resolve("llama-tied-rope3-bf16"), f32 = tmp.resolve("as-f32"), f16 = tmp.resolve("as-f16"), f16again = tmp.resolve("f16-again");
+        try (DecoderModel m = DecoderModel.load(cpu, bf16)) {
+            m.save(f32, DType.F32);
+            m.save(f16, DType.F16);
+            try (Safetensors orig = Safetensors.open(bf16.resolve("model.safetensors")); Safetensors wide = Safetensors.open(f32.resolve("model.safetensors"))) {
+                for (String k : orig.entries().keySet()) {
+                    assertEquals("F32", wide.entries().get(k).dtype(), k);
+                    assertArrayEquals(m.parameter(k).value().toFloatArray(), floats(wide, k), k + ": F32 holds the BF16 values exactly");
+                }
+            }
+        }
+        assertEquals("float32", json.readTree(f32.resolve("config.json").toFile()).get("dtype").asText());
+        assertEquals("float16", json.readTree(f16.resolve("config.json").toFile()).get("dtype").asText());
+        try (DecoderModel m = DecoderModel.load(cpu, f16)) {
+            assertEquals(DType.F16, m.writeDtype());
+            m.save(f16again);
+        }
+        assertSameTensorBytes(f16.resolve("model.safetensors"), f16again.resolve("model.safetensors"), "F16");
+    }
+
+    /** The same keys, each stored as {@code dtype} with the same shape and the same bytes. */
+    private static void assertSameTensorBytes(Path original, Path written, String dtype) throws Exception {
+        try (Safetensors a = Safetensors.open(original); Safetensors b = Safetensors.open(written)) {
+            assertEquals(new TreeSet<>(a.entries().keySet()), new TreeSet<>(b.entries().keySet()), written + ": keys");
+            for (Safetensors.Entry e : a.entries().values()) {
+                Safetensors.Entry w = b.entries().get(e.name());
+                assertEquals(dtype, e.dtype(), original + ": " + e.name());
+                assertEquals(dtype, w.dtype(), written + ": " + e.name());
+                assertArrayEquals(e.shape(), w.shape(), e.name());
+                MemorySegment x = a.bytes(e), y = b.bytes(w);
+                assertEquals(-1, x.mismatch(y), written + ": tensor '" + e.name() + "' differs from the original at byte " + x.mismatch(y));
+            }
         }
     }
 }

@@ -1,0 +1,393 @@
+package org.distill4j.core.cpu;
+
+import static java.lang.foreign.ValueLayout.ADDRESS;
+import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
+import static java.lang.foreign.ValueLayout.JAVA_INT;
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.atomic.AtomicIntegerArray;
+import org.distill4j.bindings.Downcalls;
+import org.distill4j.bindings.NativeLibraries;
+import org.distill4j.bindings.NativeLibrary;
+import org.distill4j.bindings.dnnl.DnnlException;
+import org.distill4j.bindings.dnnl.dnnl_h;
+import org.distill4j.bindings.dnnl.omp_h;
+
+/**
+ * The CPU backend's gemm on oneDNN's matmul primitive: C = alpha op(A) op(B) + beta C over
+ * row-major float32, one matrix or a strided batch, for {@link CpuBlas} (which checks the
+ * arguments first; nothing here re-checks them).
+ *
+ * <p>Each distinct problem (transposes, sizes, leading dimensions, batch strides, whether alpha is
+ * 1, beta, thread count) gets one primitive, created on first use and cached for the process, as
+ * PyTorch's CPU build and our cuDNN path keep their per-shape choices:
+ * <ul>
+ *   <li>op(A) [m, k] and op(B) [k, n] are memory descriptors with strides, so a transpose or a
+ *       leading dimension is a stride and nothing is copied; a strided batch is a third, outer dim
+ *       (a stride of 0, a broadcast operand, is a batch dim of 1);</li>
+ *   <li>alpha != 1 is a runtime scale on the source; beta != 0 is a sum post-op with scale beta
+ *       (baked into the primitive, so beta is part of the key; in practice 0 or 1);</li>
+ *   <li>the scratchpad is ours (user mode), so primitives can run from any thread at once.</li>
+ * </ul>
+ *
+ * <p>Threads: this oneDNN runs on OpenMP, whose thread count is a per-thread setting. Each call
+ * sets the calling thread's count to the process default, or to 1 while a caller holds gemms
+ * single-threaded ({@link CpuBlas#holdSingleThreaded()}: the decoder's and the Predictor's own
+ * parallel loops), before it looks the primitive up, and the count is part of the key because
+ * oneDNN fixes its work split when it creates a primitive.
+ *
+ * <p>Per call, allocation-free once warm: a context (stream, argument array, memory objects of the
+ * recent problems, scratchpad) is claimed from a fixed pool with one CAS, the problem found among
+ * that context's recent ones by comparing fields, and the memory objects re-pointed at the caller's
+ * segments. A call that finds every context busy, or a problem oneDNN declines (dnnl_unimplemented),
+ * returns false and runs on the fallback engine.
+ */
+final class OnednnMatmul {
+    private static final NativeLibrary DNNL = NativeLibraries.forBindings(NativeLibraries.Library.DNNL);
+    /** The CPU engine, made once and kept for the process (primitives and memory objects refer to it). */
+    private static final MemorySegment ENGINE;
+    /** OpenMP's thread count for a thread that never set one (OMP_NUM_THREADS, else the cores). */
+    private static final int DEFAULT_THREADS;
+    private static final String UNAVAILABLE;
+    /** Primitives kept for the process; past this many distinct problems a new one is made, used and destroyed per context. */
+    private static final int CACHE_LIMIT = 4096;
+
+    static {
+        MemorySegment engine = null;
+        int threads = 1;
+        String unavailable = "";
+        if (!DNNL.isLoaded()) {
+            unavailable = DNNL.failure().orElseThrow().getMessage();
+        } else {
+            try {
+                if (dnnl_h.dnnl_engine_get_count(dnnl_h.dnnl_cpu) < 1) throw new IllegalStateException("oneDNN reports no CPU engine");
+                MemorySegment out = Arena.global().allocate(ADDRESS);
+                DnnlException.check(dnnl_h.dnnl_engine_create(out, dnnl_h.dnnl_cpu, 0), "dnnl_engine_create");
+                engine = out.get(ADDRESS, 0);
+                threads = Math.max(1, omp_h.omp_get_max_threads());
+            } catch (RuntimeException e) {
+                unavailable = "oneDNN at " + DNNL.path().orElseThrow() + " cannot make a CPU engine: " + e.getMessage();
+                engine = null;
+            }
+        }
+        ENGINE = engine;
+        DEFAULT_THREADS = threads;
+        UNAVAILABLE = unavailable;
+    }
+
+    private OnednnMatmul() {}
+
+    static boolean available() {
+        return ENGINE != null;
+    }
+
+    static String unavailableReason() {
+        return UNAVAILABLE;
+    }
+
+    /** "oneDNN 3.8.1 (path), OpenMP, 2 threads". */
+    @SuppressWarnings("restricted") // FFM: dnnl_version returns a pointer to a static dnnl_version_t; sized to its layout to read it
+    static String description() {
+        if (!available()) return "oneDNN unavailable: " + UNAVAILABLE;
+        MemorySegment v = dnnl_h.dnnl_version().reinterpret(dnnl_h.dnnl_version_t.LAYOUT.byteSize());
+        int runtime = dnnl_h.dnnl_version_t.cpu_runtime(v);
+        String rt = runtime == dnnl_h.DNNL_RUNTIME_OMP ? "OpenMP" : runtime == dnnl_h.DNNL_RUNTIME_SEQ ? "sequential"
+            : runtime == dnnl_h.DNNL_RUNTIME_THREADPOOL ? "threadpool" : "CPU runtime " + runtime;
+        return "oneDNN " + dnnl_h.dnnl_version_t.major(v) + "." + dnnl_h.dnnl_version_t.minor(v) + "." + dnnl_h.dnnl_version_t.patch(v)
+            + " (" + DNNL.path().orElseThrow() + "), " + rt + ", " + DEFAULT_THREADS + " threads";
+    }
+
+    // ---- the per-problem cache
+
+    /** Everything a primitive is specialised on. Strides are 0 when batch == 1. */
+    private record Key(boolean transA, boolean transB, int m, int n, int k, int lda, int ldb, int ldc, int batch,
+                       long strideA, long strideB, long strideC, boolean scaled, int betaBits, int threads) {
+        boolean matches(boolean ta, boolean tb, int m2, int n2, int k2, int la, int lb, int lc, int bt, long sa, long sb, long sc,
+                        boolean sc2, int bb, int th) {
+            return ta == transA && tb == transB && m2 == m && n2 == n && k2 == k && la == lda && lb == ldb && lc == ldc && bt == batch
+                && sa == strideA && sb == strideB && sc == strideC && sc2 == scaled && bb == betaBits && th == threads;
+        }
+    }
+
+    /**
+     * One problem's primitive with its primitive descriptor and memory descriptors (the memory
+     * objects are per context); {@code primitive} is null when oneDNN declined the problem.
+     */
+    private static final class Entry {
+        final Key key;
+        final boolean cached;
+        MemorySegment primitiveDesc, primitive, src, weights, dst, scratchpad, scale;
+        long scratchpadBytes;
+        String implementation = "declined";
+
+        Entry(Key key, boolean cached) {
+            this.key = key;
+            this.cached = cached;
+        }
+
+        void destroy() {
+            if (primitive != null) dnnl_h.dnnl_primitive_destroy(primitive);
+            if (primitiveDesc != null) dnnl_h.dnnl_primitive_desc_destroy(primitiveDesc); // owns the scratchpad descriptor
+            for (MemorySegment md : new MemorySegment[] {src, weights, dst, scale}) if (md != null) dnnl_h.dnnl_memory_desc_destroy(md);
+        }
+    }
+
+    private static final ConcurrentHashMap<Key, Entry> CACHE = new ConcurrentHashMap<>();
+
+    /** The oneDNN implementation chosen for each cached problem, e.g. "brg_matmul:avx2" (for tests and reports). */
+    static java.util.List<String> implementations() {
+        return CACHE.values().stream().map(e -> e.key + " -> " + e.implementation).sorted().toList();
+    }
+
+    private static Entry entry(Key key) {
+        Entry e = CACHE.get(key);
+        if (e != null) return e;
+        if (CACHE.size() >= CACHE_LIMIT) return create(key, false);
+        return CACHE.computeIfAbsent(key, k -> create(k, true));
+    }
+
+    /** A memory descriptor: dims and strides in elements, outermost first. */
+    private static MemorySegment memoryDesc(Arena arena, long[] dims, long[] strides, int dataType) {
+        MemorySegment out = arena.allocate(ADDRESS);
+        DnnlException.check(dnnl_h.dnnl_memory_desc_create_with_strides(out, dims.length, arena.allocateFrom(JAVA_LONG, dims), dataType,
+            arena.allocateFrom(JAVA_LONG, strides)), "dnnl_memory_desc_create_with_strides");
+        return out.get(ADDRESS, 0);
+    }
+
+    /**
+     * A matrix operand as a memory descriptor: logical [rows, cols] (op(X)'s shape), stored
+     * row-major with leading dimension ld, transposed when {@code trans} (then X is [cols, rows]
+     * in memory); a batch > 1 adds an outer dim of that stride, or of size 1 when the stride is 0.
+     * Null when the operand is a vector with a non-unit stride (one row whose elements are ld
+     * apart, or one column whose rows are): oneDNN 3.8.1's matmul computed those wrongly in our
+     * tests (CpuBlasTest, n = 1 or a transposed A with m = 1), so they go to the fallback engine.
+     */
+    private static MemorySegment operand(Arena arena, int rows, int cols, int ld, boolean trans, int batch, long stride) {
+        long rowStride = trans ? 1 : ld, colStride = trans ? ld : 1;
+        if ((rows == 1 && cols > 1 && colStride != 1) || (cols == 1 && rows > 1 && rowStride != 1)) return null;
+        if (rows == 1) rowStride = cols; // a size-1 dim's stride is free: give it the dense value, so the layout reads as plain row-major
+        if (cols == 1) colStride = 1;
+        if (batch == 1) return memoryDesc(arena, new long[] {rows, cols}, new long[] {rowStride, colStride}, dnnl_h.dnnl_f32);
+        long outer = stride == 0 ? 1 : batch;
+        long outerStride = stride == 0 ? (long) (trans ? cols : rows) * ld : stride;
+        return memoryDesc(arena, new long[] {outer, rows, cols}, new long[] {outerStride, rowStride, colStride}, dnnl_h.dnnl_f32);
+    }
+
+    private static Entry create(Key key, boolean cached) {
+        Entry e = new Entry(key, cached);
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment out = arena.allocate(ADDRESS);
+            e.src = operand(arena, key.m(), key.k(), key.lda(), key.transA(), key.batch(), key.strideA());
+            e.weights = operand(arena, key.k(), key.n(), key.ldb(), key.transB(), key.batch(), key.strideB());
+            e.dst = operand(arena, key.m(), key.n(), key.ldc(), false, key.batch(), key.strideC());
+            if (e.src == null || e.weights == null || e.dst == null) {
+                e.implementation = "declined: a strided vector operand";
+                return e;
+            }
+            if (key.batch() > 1 && key.strideA() == 0 && key.strideB() == 0) {
+                // oneDNN broadcasts a batch dim of 1 to the other operand's, never to dst's alone (dnnl_invalid_arguments).
+                e.implementation = "declined: both operands broadcast";
+                return e;
+            }
+            e.scale = memoryDesc(arena, new long[] {1}, new long[] {1}, dnnl_h.dnnl_f32);
+            DnnlException.check(dnnl_h.dnnl_primitive_attr_create(out), "dnnl_primitive_attr_create");
+            MemorySegment attr = out.get(ADDRESS, 0);
+            int status;
+            try {
+                DnnlException.check(dnnl_h.dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_h.dnnl_scratchpad_mode_user),
+                    "dnnl_primitive_attr_set_scratchpad_mode");
+                if (key.scaled()) {
+                    // One scale for the whole source (mask 0), given at execution: dst = alpha (A B) [+ beta dst].
+                    DnnlException.check(dnnl_h.dnnl_primitive_attr_set_scales_mask(attr, dnnl_h.DNNL_ARG_SRC, 0), "dnnl_primitive_attr_set_scales_mask");
+                }
+                float beta = Float.intBitsToFloat(key.betaBits());
+                if (beta != 0f) {
+                    // The sum post-op adds beta times dst's old value after the scaled product (BLAS's beta C).
+                    DnnlException.check(dnnl_h.dnnl_post_ops_create(out), "dnnl_post_ops_create");
+                    MemorySegment postOps = out.get(ADDRESS, 0);
+                    try {
+                        DnnlException.check(dnnl_h.dnnl_post_ops_append_sum(postOps, beta, 0, dnnl_h.dnnl_data_type_undef), "dnnl_post_ops_append_sum");
+                        DnnlException.check(dnnl_h.dnnl_primitive_attr_set_post_ops(attr, postOps), "dnnl_primitive_attr_set_post_ops");
+                    } finally {
+                        dnnl_h.dnnl_post_ops_destroy(postOps);
+                    }
+                }
+                status = dnnl_h.dnnl_matmul_primitive_desc_create(out, ENGINE, e.src, e.weights, MemorySegment.NULL, e.dst, attr);
+            } finally {
+                dnnl_h.dnnl_primitive_attr_destroy(attr);
+            }
+            if (status == dnnl_h.dnnl_unimplemented) return e; // no implementation for these strides: the fallback engine runs it
+            DnnlException.check(status, "dnnl_matmul_primitive_desc_create for " + key);
+            e.primitiveDesc = out.get(ADDRESS, 0);
+            if (dnnl_h.dnnl_primitive_desc_query(e.primitiveDesc, dnnl_h.dnnl_query_impl_info_str, 0, out) == dnnl_h.dnnl_success) {
+                e.implementation = Downcalls.cString(out.get(ADDRESS, 0), "?");
+            }
+            e.scratchpad = dnnl_h.dnnl_primitive_desc_query_md(e.primitiveDesc, dnnl_h.dnnl_query_scratchpad_md, 0);
+            e.scratchpadBytes = e.scratchpad.equals(MemorySegment.NULL) ? 0 : dnnl_h.dnnl_memory_desc_get_size(e.scratchpad);
+            DnnlException.check(dnnl_h.dnnl_primitive_create(out, e.primitiveDesc), "dnnl_primitive_create");
+            e.primitive = out.get(ADDRESS, 0);
+            return e;
+        } catch (RuntimeException ex) {
+            e.destroy();
+            throw ex;
+        }
+    }
+
+    // ---- execution contexts
+
+    private static final int CONTEXTS = 64;
+    private static final Context[] POOL = new Context[CONTEXTS];
+    private static final AtomicIntegerArray BUSY = new AtomicIntegerArray(CONTEXTS);
+    /** The size of one dnnl_exec_arg_t in a context's argument array. */
+    private static final long ARG_SIZE = dnnl_h.dnnl_exec_arg_t.LAYOUT.byteSize();
+
+    /**
+     * What one call needs besides the primitive, used by one thread at a time: a stream, the
+     * argument array, the memory objects of its recent problems (src, weights, dst, scratchpad,
+     * scale per problem) and a scratchpad buffer. Native memory from the global arena: there are
+     * at most {@link #CONTEXTS}, kept for the process.
+     */
+    private static final class Context {
+        static final int RECENT = 8;
+        final MemorySegment stream, out, args, alpha;
+        final Entry[] recent = new Entry[RECENT];
+        final MemorySegment[][] memories = new MemorySegment[RECENT][];
+        int replace;
+        Arena scratchArena;
+        MemorySegment scratch = MemorySegment.NULL;
+
+        Context() {
+            out = Arena.global().allocate(ADDRESS);
+            DnnlException.check(dnnl_h.dnnl_stream_create(out, ENGINE, dnnl_h.dnnl_stream_default_flags), "dnnl_stream_create");
+            stream = out.get(ADDRESS, 0);
+            args = Arena.global().allocate(dnnl_h.dnnl_exec_arg_t.LAYOUT, 5);
+            alpha = Arena.global().allocate(JAVA_FLOAT);
+        }
+
+        /** The slot of the recent problem with these fields, or -1. */
+        int find(boolean ta, boolean tb, int m, int n, int k, int lda, int ldb, int ldc, int batch, long sa, long sb, long sc,
+                 boolean scaled, int betaBits, int threads) {
+            for (int i = 0; i < RECENT; i++) {
+                Entry e = recent[i];
+                if (e != null && e.key.matches(ta, tb, m, n, k, lda, ldb, ldc, batch, sa, sb, sc, scaled, betaBits, threads)) return i;
+            }
+            return -1;
+        }
+
+        /** Puts e in a slot (round robin), with memory objects for it; the slot's previous problem's objects go. */
+        int install(Entry e) {
+            int slot = replace;
+            replace = (replace + 1) % RECENT;
+            release(slot);
+            recent[slot] = e;
+            if (e.primitive != null) {
+                MemorySegment[] mem = new MemorySegment[5];
+                mem[0] = memory(e.src, MemorySegment.NULL);
+                mem[1] = memory(e.weights, MemorySegment.NULL);
+                mem[2] = memory(e.dst, MemorySegment.NULL);
+                mem[3] = e.scratchpadBytes > 0 ? memory(e.scratchpad, MemorySegment.NULL) : null;
+                mem[4] = memory(e.scale, alpha);
+                memories[slot] = mem;
+            }
+            return slot;
+        }
+
+        private void release(int slot) {
+            if (memories[slot] != null) for (MemorySegment m : memories[slot]) if (m != null) dnnl_h.dnnl_memory_destroy(m);
+            memories[slot] = null;
+            if (recent[slot] != null && !recent[slot].cached) recent[slot].destroy();
+            recent[slot] = null;
+        }
+
+        private MemorySegment memory(MemorySegment md, MemorySegment handle) {
+            DnnlException.check(dnnl_h.dnnl_memory_create(out, md, ENGINE, handle), "dnnl_memory_create");
+            return out.get(ADDRESS, 0);
+        }
+
+        MemorySegment scratch(long bytes) {
+            if (scratch.byteSize() < bytes) {
+                if (scratchArena != null) scratchArena.close();
+                scratchArena = Arena.ofShared();
+                scratch = scratchArena.allocate(bytes, 64);
+            }
+            return scratch;
+        }
+
+        /** Sets dnnl_exec_arg_t number {@code index} (offsets, not a slice: no object per call). */
+        void arg(int index, int arg, MemorySegment memory) {
+            args.set(JAVA_INT, index * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.arg$OFFSET, arg);
+            args.set(ADDRESS, index * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.memory$OFFSET, memory);
+        }
+    }
+
+    /** Claims a free context, starting at a slot picked by the thread's id (a thread tends to get its own back); -1 when all are busy. */
+    private static int claim() {
+        int start = (int) (Thread.currentThread().threadId() % CONTEXTS);
+        for (int i = 0; i < CONTEXTS; i++) {
+            int slot = (start + i) % CONTEXTS;
+            if (BUSY.compareAndSet(slot, 0, 1)) {
+                if (POOL[slot] == null) {
+                    try {
+                        POOL[slot] = new Context();
+                    } catch (RuntimeException e) {
+                        BUSY.set(slot, 0);
+                        throw e;
+                    }
+                }
+                return slot;
+            }
+        }
+        return -1;
+    }
+
+    /**
+     * C_i = alpha op(A_i) op(B_i) + beta C_i for i < batch (X_i at element i * strideX of X; for
+     * batch == 1 the strides are ignored). Arguments checked by CpuBlas; m, n, k >= 1. Returns
+     * false, having done nothing, when oneDNN is not loaded, declines the problem, or every
+     * context is busy: the caller then runs the fallback engine.
+     */
+    static boolean sgemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda, long strideA,
+                         MemorySegment b, int ldb, long strideB, float beta, MemorySegment c, int ldc, long strideC, int batch) {
+        if (ENGINE == null) return false;
+        if (batch == 1) strideA = strideB = strideC = 0;
+        int threads = CpuBlas.singleThreadedHeld() ? 1 : DEFAULT_THREADS;
+        if (omp_h.omp_get_max_threads() != threads) omp_h.omp_set_num_threads(threads);
+        boolean scaled = alpha != 1f;
+        int betaBits = Float.floatToRawIntBits(beta == 0f ? 0f : beta); // -0 and 0 are one problem
+        int slot = claim();
+        if (slot < 0) return false;
+        try {
+            Context ctx = POOL[slot];
+            int r = ctx.find(transA, transB, m, n, k, lda, ldb, ldc, batch, strideA, strideB, strideC, scaled, betaBits, threads);
+            if (r < 0) {
+                r = ctx.install(entry(new Key(transA, transB, m, n, k, lda, ldb, ldc, batch, strideA, strideB, strideC, scaled, betaBits, threads)));
+            }
+            Entry e = ctx.recent[r];
+            if (e.primitive == null) return false;
+            MemorySegment[] mem = ctx.memories[r];
+            DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[0], a), "dnnl_memory_set_data_handle");
+            DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[1], b), "dnnl_memory_set_data_handle");
+            DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[2], c), "dnnl_memory_set_data_handle");
+            ctx.arg(0, dnnl_h.DNNL_ARG_SRC, mem[0]);
+            ctx.arg(1, dnnl_h.DNNL_ARG_WEIGHTS, mem[1]);
+            ctx.arg(2, dnnl_h.DNNL_ARG_DST, mem[2]);
+            int nargs = 3;
+            if (e.scratchpadBytes > 0) {
+                DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[3], ctx.scratch(e.scratchpadBytes)), "dnnl_memory_set_data_handle");
+                ctx.arg(nargs++, dnnl_h.DNNL_ARG_SCRATCHPAD, mem[3]);
+            }
+            if (scaled) {
+                ctx.alpha.set(JAVA_FLOAT, 0, alpha);
+                ctx.arg(nargs++, dnnl_h.DNNL_ARG_ATTR_SCALES | dnnl_h.DNNL_ARG_SRC, mem[4]);
+            }
+            DnnlException.check(dnnl_h.dnnl_primitive_execute(e.primitive, ctx.stream, nargs, ctx.args), "dnnl_primitive_execute");
+            DnnlException.check(dnnl_h.dnnl_stream_wait(ctx.stream), "dnnl_stream_wait");
+            return true;
+        } finally {
+            BUSY.set(slot, 0);
+        }
+    }
+}
