@@ -14,7 +14,6 @@ import org.distill4j.core.Backend;
 import org.distill4j.core.DType;
 import org.distill4j.core.Optimizers;
 import org.distill4j.core.Philox;
-import org.distill4j.core.Reduction;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.data.TokenWindows;
 import org.distill4j.core.io.Safetensors;
@@ -418,19 +417,7 @@ public final class LmTrainer implements AutoCloseable {
 
     /** Scales all gradients so that their global L2 norm is at most clipNorm. */
     private void clip() {
-        List<Tensor> grads = trainable().stream().map(Parameter::grad).toList();
-        double sq = 0;
-        try (Arena a = Arena.ofShared()) {
-            Tensor sums = backend.empty(a, DType.F32, grads.size());
-            for (int i = 0; i < grads.size(); i++) {
-                Tensor g = grads.get(i), g2 = backend.empty(a, DType.F32, g.shape());
-                backend.mul(g, g, g2);
-                backend.reduceRows(Reduction.SUM, g2.view(1, g.numel()), sums.narrow0(i, 1));
-            }
-            for (float v : backend.read(sums)) sq += v;
-        }
-        double norm = Math.sqrt(sq);
-        if (norm > config.clipNorm()) for (Tensor g : grads) backend.scale((float) (config.clipNorm() / (norm + 1e-6)), g);
+        org.distill4j.core.train.Trainer.clipGlobalNorm(backend, trainable().stream().map(Parameter::grad).toList(), config.clipNorm());
     }
 
     private void zeroGrad() {

@@ -479,18 +479,7 @@ public final class Trainer {
 
         /** Scales all gradients so that their global L2 norm is at most clipNorm (one host read for all of them). */
         void clip() {
-            double sq = 0;
-            try (Arena a = Arena.ofShared()) {
-                Tensor sums = backend.empty(a, DType.F32, grads.size()); // sum of squares of each gradient
-                for (int i = 0; i < grads.size(); i++) {
-                    Tensor g = grads.get(i), g2 = backend.empty(a, DType.F32, g.shape());
-                    backend.mul(g, g, g2);
-                    backend.reduceRows(Reduction.SUM, g2.view(1, g.numel()), sums.narrow0(i, 1));
-                }
-                for (float v : backend.read(sums)) sq += v;
-            }
-            double n = Math.sqrt(sq);
-            if (n > config.clipNorm()) for (Tensor g : grads) backend.scale((float) (config.clipNorm() / (n + 1e-6)), g);
+            clipGlobalNorm(backend, grads, config.clipNorm());
         }
 
         @Override
@@ -504,6 +493,25 @@ public final class Trainer {
             if (adapter != null) adapter.close();
             arena.close();
         }
+    }
+
+    /**
+     * Scales {@code grads} so that their global L2 norm is at most {@code maxNorm}, as
+     * torch.nn.utils.clip_grad_norm_ (factor maxNorm / (norm + 1e-6)); one host read for all of them.
+     */
+    public static void clipGlobalNorm(Backend backend, List<Tensor> grads, float maxNorm) {
+        double sq = 0;
+        try (Arena a = Arena.ofShared()) {
+            Tensor sums = backend.empty(a, DType.F32, grads.size()); // sum of squares of each gradient
+            for (int i = 0; i < grads.size(); i++) {
+                Tensor g = grads.get(i), g2 = backend.empty(a, DType.F32, g.shape());
+                backend.mul(g, g, g2);
+                backend.reduceRows(Reduction.SUM, g2.view(1, g.numel()), sums.narrow0(i, 1));
+            }
+            for (float v : backend.read(sums)) sq += v;
+        }
+        double n = Math.sqrt(sq);
+        if (n > maxNorm) for (Tensor g : grads) backend.scale((float) (maxNorm / (n + 1e-6)), g);
     }
 
     private static Tensor[] concat(Tensor first, List<Tensor> rest) {

@@ -83,7 +83,11 @@ class DecoderModelTest {
 
     /** Writes config + random weights (1-D tensors around 1 or 0 with noise) into a fresh folder. */
     Path write(String name, ObjectNode config) throws Exception {
-        Path dir = tmp.resolve(name);
+        return writeRandom(tmp.resolve(name), config, random, cpu);
+    }
+
+    /** A model folder at {@code dir}: config.json and random weights (norm weights 1 + noise, the rest 0.3 N(0, 1)) from {@code random}. */
+    static Path writeRandom(Path dir, ObjectNode config, Random random, Backend cpu) throws Exception {
         Files.createDirectories(dir);
         Files.writeString(dir.resolve("config.json"), config.toPrettyString());
         DecoderConfig c = DecoderConfig.read(dir);

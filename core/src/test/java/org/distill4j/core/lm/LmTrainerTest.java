@@ -49,20 +49,7 @@ class LmTrainerTest {
     }
 
     private Path write(String name, ObjectNode config) throws Exception {
-        Path dir = tmp.resolve(name);
-        Files.createDirectories(dir);
-        Files.writeString(dir.resolve("config.json"), config.toPrettyString());
-        DecoderConfig c = DecoderConfig.read(dir);
-        Map<String, Tensor> tensors = new LinkedHashMap<>();
-        for (DecoderFamily.TensorSpec t : c.family().tensors(c)) {
-            float[] v = new float[(int) t.numel()];
-            boolean normWeight = t.shape().length == 1 && (t.name().contains("norm") || t.name().contains("ln_")) && t.name().endsWith("weight");
-            for (int i = 0; i < v.length; i++) v[i] = (float) ((normWeight ? 1 : 0) + 0.3 * random.nextGaussian());
-            tensors.put(t.name(), cpu.fromArray(v, t.shape()));
-        }
-        Safetensors.write(dir.resolve("model.safetensors"), tensors, Map.of("format", "pt"));
-        tensors.values().forEach(Tensor::close);
-        return dir;
+        return DecoderModelTest.writeRandom(tmp.resolve(name), config, random, cpu);
     }
 
     private static TrainingConfig sgd(float lr, int batch, int accumulation) {
