@@ -86,12 +86,17 @@ class DecoderTrainCommandTest {
         ObjectNode c = (ObjectNode) JSON.readTree(LM.resolve("gpt2/config.json").toFile());
         c.put("vocab_size", 50304);
         Files.writeString(cfgOnly.resolve("config.json"), c.toPrettyString());
-        Path train = tokens("train.npy", 300, 50257), out = tmp.resolve("out");
-        String[] r = run("train", "--model", cfgOnly.toString(), "--data", "tokens:" + train, "--seq-len", "8", "--batch", "2", "--max-steps", "2",
+        // text: data, tokenised once with --tokenizer and cached beside the text
+        Path text = tmp.resolve("book.txt"), out = tmp.resolve("out");
+        Files.copy(TOK.resolve("moby-slice.txt"), text);
+        String[] r = run("train", "--model", cfgOnly.toString(), "--data", "text:" + text, "--seq-len", "8", "--batch", "2", "--max-steps", "2",
             "--tokenizer", TOK.resolve("gpt2").toString(), "--out", out.toString());
         assertEquals("0", r[0], r[2]);
         assertTrue(r[1].contains("a new model"), r[1]);
         assertTrue(Files.exists(out.resolve("tokenizer.json")));
+        try (var cached = Files.list(tmp)) {
+            assertEquals(1, cached.filter(p -> p.getFileName().toString().matches("book\\.txt\\.[0-9a-f]{16}\\.tokens\\.bin")).count(), "the token cache beside the text");
+        }
     }
 
     @Test
