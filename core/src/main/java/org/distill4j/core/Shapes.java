@@ -40,6 +40,11 @@ public final class Shapes {
         }
     }
 
+    /** One allowed rank: no varargs array, so a hot check allocates nothing even where the JIT does not inline it. */
+    public static void rank(String op, Tensor t, int allowed) {
+        if (t.rank() != allowed) throw new IllegalArgumentException(op + ": expected rank " + allowed + ", got " + t.describe());
+    }
+
     public static void rank(String op, Tensor t, int... allowed) {
         for (int r : allowed) if (t.rank() == r) return;
         throw new IllegalArgumentException(op + ": expected rank " + Arrays.toString(allowed) + ", got " + t.describe());
