@@ -80,6 +80,7 @@ public final class LmTrainer implements AutoCloseable {
     // Optimizer state, made on the first step: trainable parameters split into decayed (rank >= 2) and not.
     private List<Parameter> decayed, notDecayed;
     private List<Tensor> state1Decayed, state2Decayed, state1Plain, state2Plain;
+    private List<Tensor> grads; // every trainable gradient, made with the optimizer state (clipping and zeroing walk it each step)
 
     private LmTrainer(DecoderModel student, DecoderModel teacher, DistillationLoss kd, TrainingConfig config, long vocab) {
         this.backend = student.backend();
@@ -271,6 +272,7 @@ public final class LmTrainer implements AutoCloseable {
             hintSum += h[0];
         }
         long pt = DecoderProfile.start();
+        ensureOptimizerState();
         if (config.clipNorm() > 0) clip();
         DecoderProfile.stop(DecoderProfile.Phase.CLIP, pt);
         pt = DecoderProfile.start();
@@ -386,6 +388,7 @@ public final class LmTrainer implements AutoCloseable {
         decayed = new ArrayList<>();
         notDecayed = new ArrayList<>();
         for (Parameter p : trainable()) (p.value().rank() >= 2 ? decayed : notDecayed).add(p);
+        grads = java.util.stream.Stream.concat(decayed.stream(), notDecayed.stream()).map(Parameter::grad).toList();
         state1Decayed = zerosLike(decayed);
         state1Plain = zerosLike(notDecayed);
         boolean adam = config.optimizer() == TrainingConfig.Optimizer.ADAMW;
@@ -417,11 +420,11 @@ public final class LmTrainer implements AutoCloseable {
 
     /** Scales all gradients so that their global L2 norm is at most clipNorm. */
     private void clip() {
-        org.distill4j.core.train.Trainer.clipGlobalNorm(backend, trainable().stream().map(Parameter::grad).toList(), config.clipNorm());
+        org.distill4j.core.train.Trainer.clipGlobalNorm(backend, grads, config.clipNorm());
     }
 
     private void zeroGrad() {
-        for (Parameter p : trainable()) backend.zero(p.grad());
+        for (Tensor g : grads) backend.zero(g);
     }
 
     /**
