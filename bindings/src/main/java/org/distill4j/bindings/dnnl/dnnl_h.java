@@ -46,17 +46,81 @@ public final class dnnl_h {
     public static final int dnnl_invalid_data_type = 10;
     public static final int dnnl_cpu = 1;
     public static final int dnnl_f32 = 3;
+    public static final int dnnl_bf16 = 2;
+    public static final int dnnl_f16 = 1;
+    public static final int dnnl_s32 = 4;
+    public static final int dnnl_u8 = 6;
     public static final int dnnl_data_type_undef = 0;
     public static final int dnnl_stream_default_flags = 1;
     public static final int dnnl_scratchpad_mode_user = 1;
     public static final int dnnl_query_scratchpad_md = 136;
     public static final int dnnl_query_impl_info_str = 8;
+    public static final int dnnl_query_src_md = 129;
+    public static final int dnnl_query_diff_src_md = 130;
+    public static final int dnnl_query_weights_md = 131;
+    public static final int dnnl_query_diff_weights_md = 132;
+    public static final int dnnl_query_dst_md = 133;
+    public static final int dnnl_query_diff_dst_md = 134;
+    public static final int dnnl_query_workspace_md = 135;
+    public static final int dnnl_forward_training = 64;
+    public static final int dnnl_forward_inference = 96;
+    public static final int dnnl_backward = 128;
+    public static final int dnnl_backward_data = 160;
+    public static final int dnnl_backward_weights = 192;
+    public static final int dnnl_convolution_direct = 1;
+    public static final int dnnl_convolution_winograd = 2;
+    public static final int dnnl_convolution_auto = 3;
+    public static final int dnnl_pooling_max = 511;
+    public static final int dnnl_pooling_avg_include_padding = 767;
+    public static final int dnnl_pooling_avg_exclude_padding = 1023;
+    public static final int dnnl_eltwise_relu = 32;
+    public static final int dnnl_eltwise_gelu_tanh = 43;
+    public static final int dnnl_eltwise_gelu_erf = 49;
+    public static final int dnnl_eltwise_tanh = 33;
+    public static final int dnnl_eltwise_logistic = 41;
+    public static final int dnnl_eltwise_swish = 44;
+    public static final int dnnl_softmax_accurate = 196608;
+    public static final int dnnl_softmax_log = 196609;
+    public static final int dnnl_use_global_stats = 1;
+    public static final int dnnl_use_scale = 2;
+    public static final int dnnl_use_shift = 4;
+    public static final int dnnl_fuse_norm_relu = 8;
+    public static final int dnnl_normalization_flags_none = 0;
+    public static final int dnnl_format_tag_any = 1;
+    public static final int dnnl_format_tag_undef = 0;
+    public static final int dnnl_a = 2;
+    public static final int dnnl_ab = 3;
+    public static final int dnnl_ba = 14;
+    public static final int dnnl_abc = 4;
+    public static final int dnnl_acb = 15;
+    public static final int dnnl_abcd = 5;
+    public static final int dnnl_acdb = 22;
+    public static final int dnnl_nchw = 5;
+    public static final int dnnl_nhwc = 22;
+    public static final int dnnl_oihw = 5;
+    public static final int dnnl_fpmath_mode_strict = 0;
+    public static final int dnnl_fpmath_mode_bf16 = 1;
+    public static final int dnnl_fpmath_mode_any = 3;
     public static final int DNNL_ARG_SRC = 1;
     public static final int DNNL_ARG_WEIGHTS = 33;
+    public static final int DNNL_ARG_BIAS = 41;
     public static final int DNNL_ARG_DST = 17;
     public static final int DNNL_ARG_SCRATCHPAD = 80;
     public static final int DNNL_ARG_ATTR_SCALES = 4096;
     public static final int DNNL_MAX_NDIMS = 12;
+    public static final int DNNL_ARG_DIFF_SRC = 129;
+    public static final int DNNL_ARG_DIFF_WEIGHTS = 161;
+    public static final int DNNL_ARG_DIFF_BIAS = 169;
+    public static final int DNNL_ARG_DIFF_DST = 145;
+    public static final int DNNL_ARG_WORKSPACE = 64;
+    public static final int DNNL_ARG_MEAN = 49;
+    public static final int DNNL_ARG_VARIANCE = 50;
+    public static final int DNNL_ARG_SCALE = 51;
+    public static final int DNNL_ARG_SHIFT = 52;
+    public static final int DNNL_ARG_DIFF_SCALE = 255;
+    public static final int DNNL_ARG_DIFF_SHIFT = 256;
+    public static final int DNNL_ARG_FROM = 1;
+    public static final int DNNL_ARG_TO = 17;
     public static final int DNNL_RUNTIME_OMP = 2;
     public static final int DNNL_RUNTIME_SEQ = 1;
     public static final int DNNL_RUNTIME_THREADPOOL = 8;
@@ -136,7 +200,9 @@ public final class dnnl_h {
     private static final FunctionDescriptor dnnl_stream_wait$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS);
     private static final FunctionDescriptor dnnl_stream_destroy$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS);
     private static final FunctionDescriptor dnnl_memory_desc_create_with_strides$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, ADDRESS, JAVA_INT, ADDRESS);
+    private static final FunctionDescriptor dnnl_memory_desc_create_with_tag$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT);
     private static final FunctionDescriptor dnnl_memory_desc_destroy$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS);
+    private static final FunctionDescriptor dnnl_memory_desc_equal$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS);
     private static final FunctionDescriptor dnnl_memory_desc_get_size$DESC = FunctionDescriptor.of(JAVA_LONG, ADDRESS);
     private static final FunctionDescriptor dnnl_memory_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS, ADDRESS);
     private static final FunctionDescriptor dnnl_memory_set_data_handle$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS);
@@ -146,10 +212,25 @@ public final class dnnl_h {
     private static final FunctionDescriptor dnnl_primitive_attr_set_scratchpad_mode$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT);
     private static final FunctionDescriptor dnnl_primitive_attr_set_scales_mask$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT);
     private static final FunctionDescriptor dnnl_primitive_attr_set_post_ops$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS);
+    private static final FunctionDescriptor dnnl_primitive_attr_set_fpmath_mode$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT);
     private static final FunctionDescriptor dnnl_post_ops_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS);
     private static final FunctionDescriptor dnnl_post_ops_destroy$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS);
     private static final FunctionDescriptor dnnl_post_ops_append_sum$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_FLOAT, JAVA_INT, JAVA_INT);
     private static final FunctionDescriptor dnnl_matmul_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS);
+    private static final FunctionDescriptor dnnl_convolution_forward_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS);
+    private static final FunctionDescriptor dnnl_convolution_backward_data_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS);
+    private static final FunctionDescriptor dnnl_convolution_backward_weights_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS);
+    private static final FunctionDescriptor dnnl_pooling_forward_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS);
+    private static final FunctionDescriptor dnnl_pooling_backward_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS);
+    private static final FunctionDescriptor dnnl_reorder_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS);
+    private static final FunctionDescriptor dnnl_eltwise_forward_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, JAVA_FLOAT, JAVA_FLOAT, ADDRESS);
+    private static final FunctionDescriptor dnnl_eltwise_backward_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, ADDRESS, ADDRESS, ADDRESS, JAVA_FLOAT, JAVA_FLOAT, ADDRESS, ADDRESS);
+    private static final FunctionDescriptor dnnl_softmax_forward_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, ADDRESS);
+    private static final FunctionDescriptor dnnl_softmax_backward_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, ADDRESS, ADDRESS, ADDRESS, JAVA_INT, ADDRESS, ADDRESS);
+    private static final FunctionDescriptor dnnl_batch_normalization_forward_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, ADDRESS, ADDRESS, JAVA_FLOAT, JAVA_INT, ADDRESS);
+    private static final FunctionDescriptor dnnl_batch_normalization_backward_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, ADDRESS, ADDRESS, ADDRESS, JAVA_FLOAT, JAVA_INT, ADDRESS, ADDRESS);
+    private static final FunctionDescriptor dnnl_layer_normalization_forward_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, ADDRESS, ADDRESS, ADDRESS, JAVA_FLOAT, JAVA_INT, ADDRESS);
+    private static final FunctionDescriptor dnnl_layer_normalization_backward_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, ADDRESS, ADDRESS, ADDRESS, ADDRESS, JAVA_FLOAT, JAVA_INT, ADDRESS, ADDRESS);
     private static final FunctionDescriptor dnnl_primitive_desc_query$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS);
     private static final FunctionDescriptor dnnl_primitive_desc_query_md$DESC = FunctionDescriptor.of(ADDRESS, ADDRESS, JAVA_INT, JAVA_INT);
     private static final FunctionDescriptor dnnl_primitive_desc_destroy$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS);
@@ -237,6 +318,16 @@ public final class dnnl_h {
         catch (Throwable t) { throw Downcalls.rethrow("dnnl_memory_desc_create_with_strides", t); }
     }
 
+    private static final class dnnl_memory_desc_create_with_tag$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_memory_desc_create_with_tag", dnnl_memory_desc_create_with_tag$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_memory_desc_create_with_tag(dnnl_memory_desc_t *memory_desc, int ndims, const dnnl_dim_t *dims, dnnl_data_type_t data_type, dnnl_format_tag_t tag); } */
+    public static int dnnl_memory_desc_create_with_tag(MemorySegment memory_desc, int ndims, MemorySegment dims, int data_type, int tag) {
+        try { return (int) dnnl_memory_desc_create_with_tag$.HANDLE.invokeExact(memory_desc, ndims, dims, data_type, tag); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_memory_desc_create_with_tag", t); }
+    }
+
     private static final class dnnl_memory_desc_destroy$ {
         static final MethodHandle HANDLE = LIB.downcall("dnnl_memory_desc_destroy", dnnl_memory_desc_destroy$DESC);
     }
@@ -245,6 +336,16 @@ public final class dnnl_h {
     public static int dnnl_memory_desc_destroy(MemorySegment memory_desc) {
         try { return (int) dnnl_memory_desc_destroy$.HANDLE.invokeExact(memory_desc); }
         catch (Throwable t) { throw Downcalls.rethrow("dnnl_memory_desc_destroy", t); }
+    }
+
+    private static final class dnnl_memory_desc_equal$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_memory_desc_equal", dnnl_memory_desc_equal$DESC);
+    }
+
+    /** {@snippet lang=c : int dnnl_memory_desc_equal(const_dnnl_memory_desc_t lhs, const_dnnl_memory_desc_t rhs); } */
+    public static int dnnl_memory_desc_equal(MemorySegment lhs, MemorySegment rhs) {
+        try { return (int) dnnl_memory_desc_equal$.HANDLE.invokeExact(lhs, rhs); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_memory_desc_equal", t); }
     }
 
     private static final class dnnl_memory_desc_get_size$ {
@@ -337,6 +438,16 @@ public final class dnnl_h {
         catch (Throwable t) { throw Downcalls.rethrow("dnnl_primitive_attr_set_post_ops", t); }
     }
 
+    private static final class dnnl_primitive_attr_set_fpmath_mode$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_primitive_attr_set_fpmath_mode", dnnl_primitive_attr_set_fpmath_mode$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_primitive_attr_set_fpmath_mode(dnnl_primitive_attr_t attr, dnnl_fpmath_mode_t mode); } */
+    public static int dnnl_primitive_attr_set_fpmath_mode(MemorySegment attr, int mode) {
+        try { return (int) dnnl_primitive_attr_set_fpmath_mode$.HANDLE.invokeExact(attr, mode); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_primitive_attr_set_fpmath_mode", t); }
+    }
+
     private static final class dnnl_post_ops_create$ {
         static final MethodHandle HANDLE = LIB.downcall("dnnl_post_ops_create", dnnl_post_ops_create$DESC);
     }
@@ -375,6 +486,146 @@ public final class dnnl_h {
     public static int dnnl_matmul_primitive_desc_create(MemorySegment primitive_desc, MemorySegment engine, MemorySegment src_desc, MemorySegment weights_desc, MemorySegment bias_desc, MemorySegment dst_desc, MemorySegment attr) {
         try { return (int) dnnl_matmul_primitive_desc_create$.HANDLE.invokeExact(primitive_desc, engine, src_desc, weights_desc, bias_desc, dst_desc, attr); }
         catch (Throwable t) { throw Downcalls.rethrow("dnnl_matmul_primitive_desc_create", t); }
+    }
+
+    private static final class dnnl_convolution_forward_primitive_desc_create$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_convolution_forward_primitive_desc_create", dnnl_convolution_forward_primitive_desc_create$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_convolution_forward_primitive_desc_create(dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_prop_kind_t prop_kind, dnnl_alg_kind_t alg_kind, const_dnnl_memory_desc_t src_desc, const_dnnl_memory_desc_t weights_desc, const_dnnl_memory_desc_t bias_desc, const_dnnl_memory_desc_t dst_desc, const dnnl_dim_t *strides, const dnnl_dim_t *dilates, const dnnl_dim_t *padding_l, const dnnl_dim_t *padding_r, const_dnnl_primitive_attr_t attr); } */
+    public static int dnnl_convolution_forward_primitive_desc_create(MemorySegment primitive_desc, MemorySegment engine, int prop_kind, int alg_kind, MemorySegment src_desc, MemorySegment weights_desc, MemorySegment bias_desc, MemorySegment dst_desc, MemorySegment strides, MemorySegment dilates, MemorySegment padding_l, MemorySegment padding_r, MemorySegment attr) {
+        try { return (int) dnnl_convolution_forward_primitive_desc_create$.HANDLE.invokeExact(primitive_desc, engine, prop_kind, alg_kind, src_desc, weights_desc, bias_desc, dst_desc, strides, dilates, padding_l, padding_r, attr); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_convolution_forward_primitive_desc_create", t); }
+    }
+
+    private static final class dnnl_convolution_backward_data_primitive_desc_create$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_convolution_backward_data_primitive_desc_create", dnnl_convolution_backward_data_primitive_desc_create$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_convolution_backward_data_primitive_desc_create(dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_alg_kind_t alg_kind, const_dnnl_memory_desc_t diff_src_desc, const_dnnl_memory_desc_t weights_desc, const_dnnl_memory_desc_t diff_dst_desc, const dnnl_dim_t *strides, const dnnl_dim_t *dilates, const dnnl_dim_t *padding_l, const dnnl_dim_t *padding_r, const_dnnl_primitive_desc_t hint_fwd_pd, const_dnnl_primitive_attr_t attr); } */
+    public static int dnnl_convolution_backward_data_primitive_desc_create(MemorySegment primitive_desc, MemorySegment engine, int alg_kind, MemorySegment diff_src_desc, MemorySegment weights_desc, MemorySegment diff_dst_desc, MemorySegment strides, MemorySegment dilates, MemorySegment padding_l, MemorySegment padding_r, MemorySegment hint_fwd_pd, MemorySegment attr) {
+        try { return (int) dnnl_convolution_backward_data_primitive_desc_create$.HANDLE.invokeExact(primitive_desc, engine, alg_kind, diff_src_desc, weights_desc, diff_dst_desc, strides, dilates, padding_l, padding_r, hint_fwd_pd, attr); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_convolution_backward_data_primitive_desc_create", t); }
+    }
+
+    private static final class dnnl_convolution_backward_weights_primitive_desc_create$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_convolution_backward_weights_primitive_desc_create", dnnl_convolution_backward_weights_primitive_desc_create$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_convolution_backward_weights_primitive_desc_create(dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_alg_kind_t alg_kind, const_dnnl_memory_desc_t src_desc, const_dnnl_memory_desc_t diff_weights_desc, const_dnnl_memory_desc_t diff_bias_desc, const_dnnl_memory_desc_t diff_dst_desc, const dnnl_dim_t *strides, const dnnl_dim_t *dilates, const dnnl_dim_t *padding_l, const dnnl_dim_t *padding_r, const_dnnl_primitive_desc_t hint_fwd_pd, const_dnnl_primitive_attr_t attr); } */
+    public static int dnnl_convolution_backward_weights_primitive_desc_create(MemorySegment primitive_desc, MemorySegment engine, int alg_kind, MemorySegment src_desc, MemorySegment diff_weights_desc, MemorySegment diff_bias_desc, MemorySegment diff_dst_desc, MemorySegment strides, MemorySegment dilates, MemorySegment padding_l, MemorySegment padding_r, MemorySegment hint_fwd_pd, MemorySegment attr) {
+        try { return (int) dnnl_convolution_backward_weights_primitive_desc_create$.HANDLE.invokeExact(primitive_desc, engine, alg_kind, src_desc, diff_weights_desc, diff_bias_desc, diff_dst_desc, strides, dilates, padding_l, padding_r, hint_fwd_pd, attr); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_convolution_backward_weights_primitive_desc_create", t); }
+    }
+
+    private static final class dnnl_pooling_forward_primitive_desc_create$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_pooling_forward_primitive_desc_create", dnnl_pooling_forward_primitive_desc_create$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_pooling_forward_primitive_desc_create(dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_prop_kind_t prop_kind, dnnl_alg_kind_t alg_kind, const_dnnl_memory_desc_t src_desc, const_dnnl_memory_desc_t dst_desc, const dnnl_dim_t *strides, const dnnl_dim_t *kernel, const dnnl_dim_t *dilation, const dnnl_dim_t *padding_l, const dnnl_dim_t *padding_r, const_dnnl_primitive_attr_t attr); } */
+    public static int dnnl_pooling_forward_primitive_desc_create(MemorySegment primitive_desc, MemorySegment engine, int prop_kind, int alg_kind, MemorySegment src_desc, MemorySegment dst_desc, MemorySegment strides, MemorySegment kernel, MemorySegment dilation, MemorySegment padding_l, MemorySegment padding_r, MemorySegment attr) {
+        try { return (int) dnnl_pooling_forward_primitive_desc_create$.HANDLE.invokeExact(primitive_desc, engine, prop_kind, alg_kind, src_desc, dst_desc, strides, kernel, dilation, padding_l, padding_r, attr); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_pooling_forward_primitive_desc_create", t); }
+    }
+
+    private static final class dnnl_pooling_backward_primitive_desc_create$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_pooling_backward_primitive_desc_create", dnnl_pooling_backward_primitive_desc_create$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_pooling_backward_primitive_desc_create(dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_alg_kind_t alg_kind, const_dnnl_memory_desc_t diff_src_desc, const_dnnl_memory_desc_t diff_dst_desc, const dnnl_dim_t *strides, const dnnl_dim_t *kernel, const dnnl_dim_t *dilation, const dnnl_dim_t *padding_l, const dnnl_dim_t *padding_r, const_dnnl_primitive_desc_t hint_fwd_pd, const_dnnl_primitive_attr_t attr); } */
+    public static int dnnl_pooling_backward_primitive_desc_create(MemorySegment primitive_desc, MemorySegment engine, int alg_kind, MemorySegment diff_src_desc, MemorySegment diff_dst_desc, MemorySegment strides, MemorySegment kernel, MemorySegment dilation, MemorySegment padding_l, MemorySegment padding_r, MemorySegment hint_fwd_pd, MemorySegment attr) {
+        try { return (int) dnnl_pooling_backward_primitive_desc_create$.HANDLE.invokeExact(primitive_desc, engine, alg_kind, diff_src_desc, diff_dst_desc, strides, kernel, dilation, padding_l, padding_r, hint_fwd_pd, attr); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_pooling_backward_primitive_desc_create", t); }
+    }
+
+    private static final class dnnl_reorder_primitive_desc_create$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_reorder_primitive_desc_create", dnnl_reorder_primitive_desc_create$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_reorder_primitive_desc_create(dnnl_primitive_desc_t *reorder_primitive_desc, const_dnnl_memory_desc_t src_desc, dnnl_engine_t src_engine, const_dnnl_memory_desc_t dst_desc, dnnl_engine_t dst_engine, const_dnnl_primitive_attr_t attr); } */
+    public static int dnnl_reorder_primitive_desc_create(MemorySegment reorder_primitive_desc, MemorySegment src_desc, MemorySegment src_engine, MemorySegment dst_desc, MemorySegment dst_engine, MemorySegment attr) {
+        try { return (int) dnnl_reorder_primitive_desc_create$.HANDLE.invokeExact(reorder_primitive_desc, src_desc, src_engine, dst_desc, dst_engine, attr); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_reorder_primitive_desc_create", t); }
+    }
+
+    private static final class dnnl_eltwise_forward_primitive_desc_create$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_eltwise_forward_primitive_desc_create", dnnl_eltwise_forward_primitive_desc_create$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_eltwise_forward_primitive_desc_create(dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_prop_kind_t prop_kind, dnnl_alg_kind_t alg_kind, const_dnnl_memory_desc_t src_desc, const_dnnl_memory_desc_t dst_desc, float alpha, float beta, const_dnnl_primitive_attr_t attr); } */
+    public static int dnnl_eltwise_forward_primitive_desc_create(MemorySegment primitive_desc, MemorySegment engine, int prop_kind, int alg_kind, MemorySegment src_desc, MemorySegment dst_desc, float alpha, float beta, MemorySegment attr) {
+        try { return (int) dnnl_eltwise_forward_primitive_desc_create$.HANDLE.invokeExact(primitive_desc, engine, prop_kind, alg_kind, src_desc, dst_desc, alpha, beta, attr); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_eltwise_forward_primitive_desc_create", t); }
+    }
+
+    private static final class dnnl_eltwise_backward_primitive_desc_create$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_eltwise_backward_primitive_desc_create", dnnl_eltwise_backward_primitive_desc_create$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_eltwise_backward_primitive_desc_create(dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_alg_kind_t alg_kind, const_dnnl_memory_desc_t diff_src_desc, const_dnnl_memory_desc_t diff_dst_desc, const_dnnl_memory_desc_t data_desc, float alpha, float beta, const_dnnl_primitive_desc_t hint_fwd_pd, const_dnnl_primitive_attr_t attr); } */
+    public static int dnnl_eltwise_backward_primitive_desc_create(MemorySegment primitive_desc, MemorySegment engine, int alg_kind, MemorySegment diff_src_desc, MemorySegment diff_dst_desc, MemorySegment data_desc, float alpha, float beta, MemorySegment hint_fwd_pd, MemorySegment attr) {
+        try { return (int) dnnl_eltwise_backward_primitive_desc_create$.HANDLE.invokeExact(primitive_desc, engine, alg_kind, diff_src_desc, diff_dst_desc, data_desc, alpha, beta, hint_fwd_pd, attr); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_eltwise_backward_primitive_desc_create", t); }
+    }
+
+    private static final class dnnl_softmax_forward_primitive_desc_create$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_softmax_forward_primitive_desc_create", dnnl_softmax_forward_primitive_desc_create$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_softmax_forward_primitive_desc_create(dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_prop_kind_t prop_kind, dnnl_alg_kind_t alg_kind, const_dnnl_memory_desc_t src_desc, const_dnnl_memory_desc_t dst_desc, int softmax_axis, const_dnnl_primitive_attr_t attr); } */
+    public static int dnnl_softmax_forward_primitive_desc_create(MemorySegment primitive_desc, MemorySegment engine, int prop_kind, int alg_kind, MemorySegment src_desc, MemorySegment dst_desc, int softmax_axis, MemorySegment attr) {
+        try { return (int) dnnl_softmax_forward_primitive_desc_create$.HANDLE.invokeExact(primitive_desc, engine, prop_kind, alg_kind, src_desc, dst_desc, softmax_axis, attr); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_softmax_forward_primitive_desc_create", t); }
+    }
+
+    private static final class dnnl_softmax_backward_primitive_desc_create$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_softmax_backward_primitive_desc_create", dnnl_softmax_backward_primitive_desc_create$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_softmax_backward_primitive_desc_create(dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_alg_kind_t alg_kind, const_dnnl_memory_desc_t diff_src_desc, const_dnnl_memory_desc_t diff_dst_desc, const_dnnl_memory_desc_t dst_desc, int softmax_axis, const_dnnl_primitive_desc_t hint_fwd_pd, const_dnnl_primitive_attr_t attr); } */
+    public static int dnnl_softmax_backward_primitive_desc_create(MemorySegment primitive_desc, MemorySegment engine, int alg_kind, MemorySegment diff_src_desc, MemorySegment diff_dst_desc, MemorySegment dst_desc, int softmax_axis, MemorySegment hint_fwd_pd, MemorySegment attr) {
+        try { return (int) dnnl_softmax_backward_primitive_desc_create$.HANDLE.invokeExact(primitive_desc, engine, alg_kind, diff_src_desc, diff_dst_desc, dst_desc, softmax_axis, hint_fwd_pd, attr); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_softmax_backward_primitive_desc_create", t); }
+    }
+
+    private static final class dnnl_batch_normalization_forward_primitive_desc_create$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_batch_normalization_forward_primitive_desc_create", dnnl_batch_normalization_forward_primitive_desc_create$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_batch_normalization_forward_primitive_desc_create(dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_prop_kind_t prop_kind, const_dnnl_memory_desc_t src_desc, const_dnnl_memory_desc_t dst_desc, float epsilon, unsigned flags, const_dnnl_primitive_attr_t attr); } */
+    public static int dnnl_batch_normalization_forward_primitive_desc_create(MemorySegment primitive_desc, MemorySegment engine, int prop_kind, MemorySegment src_desc, MemorySegment dst_desc, float epsilon, int flags, MemorySegment attr) {
+        try { return (int) dnnl_batch_normalization_forward_primitive_desc_create$.HANDLE.invokeExact(primitive_desc, engine, prop_kind, src_desc, dst_desc, epsilon, flags, attr); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_batch_normalization_forward_primitive_desc_create", t); }
+    }
+
+    private static final class dnnl_batch_normalization_backward_primitive_desc_create$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_batch_normalization_backward_primitive_desc_create", dnnl_batch_normalization_backward_primitive_desc_create$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_batch_normalization_backward_primitive_desc_create(dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_prop_kind_t prop_kind, const_dnnl_memory_desc_t diff_src_desc, const_dnnl_memory_desc_t diff_dst_desc, const_dnnl_memory_desc_t src_desc, float epsilon, unsigned flags, const_dnnl_primitive_desc_t hint_fwd_pd, const_dnnl_primitive_attr_t attr); } */
+    public static int dnnl_batch_normalization_backward_primitive_desc_create(MemorySegment primitive_desc, MemorySegment engine, int prop_kind, MemorySegment diff_src_desc, MemorySegment diff_dst_desc, MemorySegment src_desc, float epsilon, int flags, MemorySegment hint_fwd_pd, MemorySegment attr) {
+        try { return (int) dnnl_batch_normalization_backward_primitive_desc_create$.HANDLE.invokeExact(primitive_desc, engine, prop_kind, diff_src_desc, diff_dst_desc, src_desc, epsilon, flags, hint_fwd_pd, attr); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_batch_normalization_backward_primitive_desc_create", t); }
+    }
+
+    private static final class dnnl_layer_normalization_forward_primitive_desc_create$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_layer_normalization_forward_primitive_desc_create", dnnl_layer_normalization_forward_primitive_desc_create$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_layer_normalization_forward_primitive_desc_create(dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_prop_kind_t prop_kind, const_dnnl_memory_desc_t src_desc, const_dnnl_memory_desc_t dst_desc, const_dnnl_memory_desc_t stat_desc, float epsilon, unsigned flags, const_dnnl_primitive_attr_t attr); } */
+    public static int dnnl_layer_normalization_forward_primitive_desc_create(MemorySegment primitive_desc, MemorySegment engine, int prop_kind, MemorySegment src_desc, MemorySegment dst_desc, MemorySegment stat_desc, float epsilon, int flags, MemorySegment attr) {
+        try { return (int) dnnl_layer_normalization_forward_primitive_desc_create$.HANDLE.invokeExact(primitive_desc, engine, prop_kind, src_desc, dst_desc, stat_desc, epsilon, flags, attr); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_layer_normalization_forward_primitive_desc_create", t); }
+    }
+
+    private static final class dnnl_layer_normalization_backward_primitive_desc_create$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_layer_normalization_backward_primitive_desc_create", dnnl_layer_normalization_backward_primitive_desc_create$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_layer_normalization_backward_primitive_desc_create(dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_prop_kind_t prop_kind, const_dnnl_memory_desc_t diff_src_desc, const_dnnl_memory_desc_t diff_dst_desc, const_dnnl_memory_desc_t src_desc, const_dnnl_memory_desc_t stat_desc, float epsilon, unsigned flags, const_dnnl_primitive_desc_t hint_fwd_pd, const_dnnl_primitive_attr_t attr); } */
+    public static int dnnl_layer_normalization_backward_primitive_desc_create(MemorySegment primitive_desc, MemorySegment engine, int prop_kind, MemorySegment diff_src_desc, MemorySegment diff_dst_desc, MemorySegment src_desc, MemorySegment stat_desc, float epsilon, int flags, MemorySegment hint_fwd_pd, MemorySegment attr) {
+        try { return (int) dnnl_layer_normalization_backward_primitive_desc_create$.HANDLE.invokeExact(primitive_desc, engine, prop_kind, diff_src_desc, diff_dst_desc, src_desc, stat_desc, epsilon, flags, hint_fwd_pd, attr); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_layer_normalization_backward_primitive_desc_create", t); }
     }
 
     private static final class dnnl_primitive_desc_query$ {
@@ -448,7 +699,9 @@ public final class dnnl_h {
             new CFunction("dnnl_stream_wait", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_stream_t", CKind.POINTER)), dnnl_stream_wait$DESC),
             new CFunction("dnnl_stream_destroy", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_stream_t", CKind.POINTER)), dnnl_stream_destroy$DESC),
             new CFunction("dnnl_memory_desc_create_with_strides", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_memory_desc_t *", CKind.POINTER), new CFunction.Param("int", CKind.INT), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("dnnl_data_type_t", CKind.INT), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER)), dnnl_memory_desc_create_with_strides$DESC),
+            new CFunction("dnnl_memory_desc_create_with_tag", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_memory_desc_t *", CKind.POINTER), new CFunction.Param("int", CKind.INT), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("dnnl_data_type_t", CKind.INT), new CFunction.Param("dnnl_format_tag_t", CKind.INT)), dnnl_memory_desc_create_with_tag$DESC),
             new CFunction("dnnl_memory_desc_destroy", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_memory_desc_t", CKind.POINTER)), dnnl_memory_desc_destroy$DESC),
+            new CFunction("dnnl_memory_desc_equal", "int", CKind.INT, List.of(new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER)), dnnl_memory_desc_equal$DESC),
             new CFunction("dnnl_memory_desc_get_size", "size_t", CKind.LONG, List.of(new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER)), dnnl_memory_desc_get_size$DESC),
             new CFunction("dnnl_memory_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_memory_t *", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("void *", CKind.POINTER)), dnnl_memory_create$DESC),
             new CFunction("dnnl_memory_set_data_handle", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_memory_t", CKind.POINTER), new CFunction.Param("void *", CKind.POINTER)), dnnl_memory_set_data_handle$DESC),
@@ -458,10 +711,25 @@ public final class dnnl_h {
             new CFunction("dnnl_primitive_attr_set_scratchpad_mode", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_attr_t", CKind.POINTER), new CFunction.Param("dnnl_scratchpad_mode_t", CKind.INT)), dnnl_primitive_attr_set_scratchpad_mode$DESC),
             new CFunction("dnnl_primitive_attr_set_scales_mask", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_attr_t", CKind.POINTER), new CFunction.Param("int", CKind.INT), new CFunction.Param("int", CKind.INT)), dnnl_primitive_attr_set_scales_mask$DESC),
             new CFunction("dnnl_primitive_attr_set_post_ops", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_attr_t", CKind.POINTER), new CFunction.Param("const_dnnl_post_ops_t", CKind.POINTER)), dnnl_primitive_attr_set_post_ops$DESC),
+            new CFunction("dnnl_primitive_attr_set_fpmath_mode", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_attr_t", CKind.POINTER), new CFunction.Param("dnnl_fpmath_mode_t", CKind.INT)), dnnl_primitive_attr_set_fpmath_mode$DESC),
             new CFunction("dnnl_post_ops_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_post_ops_t *", CKind.POINTER)), dnnl_post_ops_create$DESC),
             new CFunction("dnnl_post_ops_destroy", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_post_ops_t", CKind.POINTER)), dnnl_post_ops_destroy$DESC),
             new CFunction("dnnl_post_ops_append_sum", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_post_ops_t", CKind.POINTER), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("int32_t", CKind.INT), new CFunction.Param("dnnl_data_type_t", CKind.INT)), dnnl_post_ops_append_sum$DESC),
             new CFunction("dnnl_matmul_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_matmul_primitive_desc_create$DESC),
+            new CFunction("dnnl_convolution_forward_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("dnnl_prop_kind_t", CKind.INT), new CFunction.Param("dnnl_alg_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_convolution_forward_primitive_desc_create$DESC),
+            new CFunction("dnnl_convolution_backward_data_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("dnnl_alg_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_convolution_backward_data_primitive_desc_create$DESC),
+            new CFunction("dnnl_convolution_backward_weights_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("dnnl_alg_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_convolution_backward_weights_primitive_desc_create$DESC),
+            new CFunction("dnnl_pooling_forward_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("dnnl_prop_kind_t", CKind.INT), new CFunction.Param("dnnl_alg_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_pooling_forward_primitive_desc_create$DESC),
+            new CFunction("dnnl_pooling_backward_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("dnnl_alg_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_pooling_backward_primitive_desc_create$DESC),
+            new CFunction("dnnl_reorder_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_reorder_primitive_desc_create$DESC),
+            new CFunction("dnnl_eltwise_forward_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("dnnl_prop_kind_t", CKind.INT), new CFunction.Param("dnnl_alg_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_eltwise_forward_primitive_desc_create$DESC),
+            new CFunction("dnnl_eltwise_backward_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("dnnl_alg_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("const_dnnl_primitive_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_eltwise_backward_primitive_desc_create$DESC),
+            new CFunction("dnnl_softmax_forward_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("dnnl_prop_kind_t", CKind.INT), new CFunction.Param("dnnl_alg_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("int", CKind.INT), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_softmax_forward_primitive_desc_create$DESC),
+            new CFunction("dnnl_softmax_backward_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("dnnl_alg_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("int", CKind.INT), new CFunction.Param("const_dnnl_primitive_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_softmax_backward_primitive_desc_create$DESC),
+            new CFunction("dnnl_batch_normalization_forward_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("dnnl_prop_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("unsigned", CKind.INT), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_batch_normalization_forward_primitive_desc_create$DESC),
+            new CFunction("dnnl_batch_normalization_backward_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("dnnl_prop_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("unsigned", CKind.INT), new CFunction.Param("const_dnnl_primitive_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_batch_normalization_backward_primitive_desc_create$DESC),
+            new CFunction("dnnl_layer_normalization_forward_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("dnnl_prop_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("unsigned", CKind.INT), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_layer_normalization_forward_primitive_desc_create$DESC),
+            new CFunction("dnnl_layer_normalization_backward_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("dnnl_prop_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("unsigned", CKind.INT), new CFunction.Param("const_dnnl_primitive_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_layer_normalization_backward_primitive_desc_create$DESC),
             new CFunction("dnnl_primitive_desc_query", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("const_dnnl_primitive_desc_t", CKind.POINTER), new CFunction.Param("dnnl_query_t", CKind.INT), new CFunction.Param("int", CKind.INT), new CFunction.Param("void *", CKind.POINTER)), dnnl_primitive_desc_query$DESC),
             new CFunction("dnnl_primitive_desc_query_md", "const_dnnl_memory_desc_t", CKind.POINTER, List.of(new CFunction.Param("const_dnnl_primitive_desc_t", CKind.POINTER), new CFunction.Param("dnnl_query_t", CKind.INT), new CFunction.Param("int", CKind.INT)), dnnl_primitive_desc_query_md$DESC),
             new CFunction("dnnl_primitive_desc_destroy", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t", CKind.POINTER)), dnnl_primitive_desc_destroy$DESC),
@@ -483,17 +751,81 @@ public final class dnnl_h {
             new CConstant("dnnl_invalid_data_type", dnnl_invalid_data_type),
             new CConstant("dnnl_cpu", dnnl_cpu),
             new CConstant("dnnl_f32", dnnl_f32),
+            new CConstant("dnnl_bf16", dnnl_bf16),
+            new CConstant("dnnl_f16", dnnl_f16),
+            new CConstant("dnnl_s32", dnnl_s32),
+            new CConstant("dnnl_u8", dnnl_u8),
             new CConstant("dnnl_data_type_undef", dnnl_data_type_undef),
             new CConstant("dnnl_stream_default_flags", dnnl_stream_default_flags),
             new CConstant("dnnl_scratchpad_mode_user", dnnl_scratchpad_mode_user),
             new CConstant("dnnl_query_scratchpad_md", dnnl_query_scratchpad_md),
             new CConstant("dnnl_query_impl_info_str", dnnl_query_impl_info_str),
+            new CConstant("dnnl_query_src_md", dnnl_query_src_md),
+            new CConstant("dnnl_query_diff_src_md", dnnl_query_diff_src_md),
+            new CConstant("dnnl_query_weights_md", dnnl_query_weights_md),
+            new CConstant("dnnl_query_diff_weights_md", dnnl_query_diff_weights_md),
+            new CConstant("dnnl_query_dst_md", dnnl_query_dst_md),
+            new CConstant("dnnl_query_diff_dst_md", dnnl_query_diff_dst_md),
+            new CConstant("dnnl_query_workspace_md", dnnl_query_workspace_md),
+            new CConstant("dnnl_forward_training", dnnl_forward_training),
+            new CConstant("dnnl_forward_inference", dnnl_forward_inference),
+            new CConstant("dnnl_backward", dnnl_backward),
+            new CConstant("dnnl_backward_data", dnnl_backward_data),
+            new CConstant("dnnl_backward_weights", dnnl_backward_weights),
+            new CConstant("dnnl_convolution_direct", dnnl_convolution_direct),
+            new CConstant("dnnl_convolution_winograd", dnnl_convolution_winograd),
+            new CConstant("dnnl_convolution_auto", dnnl_convolution_auto),
+            new CConstant("dnnl_pooling_max", dnnl_pooling_max),
+            new CConstant("dnnl_pooling_avg_include_padding", dnnl_pooling_avg_include_padding),
+            new CConstant("dnnl_pooling_avg_exclude_padding", dnnl_pooling_avg_exclude_padding),
+            new CConstant("dnnl_eltwise_relu", dnnl_eltwise_relu),
+            new CConstant("dnnl_eltwise_gelu_tanh", dnnl_eltwise_gelu_tanh),
+            new CConstant("dnnl_eltwise_gelu_erf", dnnl_eltwise_gelu_erf),
+            new CConstant("dnnl_eltwise_tanh", dnnl_eltwise_tanh),
+            new CConstant("dnnl_eltwise_logistic", dnnl_eltwise_logistic),
+            new CConstant("dnnl_eltwise_swish", dnnl_eltwise_swish),
+            new CConstant("dnnl_softmax_accurate", dnnl_softmax_accurate),
+            new CConstant("dnnl_softmax_log", dnnl_softmax_log),
+            new CConstant("dnnl_use_global_stats", dnnl_use_global_stats),
+            new CConstant("dnnl_use_scale", dnnl_use_scale),
+            new CConstant("dnnl_use_shift", dnnl_use_shift),
+            new CConstant("dnnl_fuse_norm_relu", dnnl_fuse_norm_relu),
+            new CConstant("dnnl_normalization_flags_none", dnnl_normalization_flags_none),
+            new CConstant("dnnl_format_tag_any", dnnl_format_tag_any),
+            new CConstant("dnnl_format_tag_undef", dnnl_format_tag_undef),
+            new CConstant("dnnl_a", dnnl_a),
+            new CConstant("dnnl_ab", dnnl_ab),
+            new CConstant("dnnl_ba", dnnl_ba),
+            new CConstant("dnnl_abc", dnnl_abc),
+            new CConstant("dnnl_acb", dnnl_acb),
+            new CConstant("dnnl_abcd", dnnl_abcd),
+            new CConstant("dnnl_acdb", dnnl_acdb),
+            new CConstant("dnnl_nchw", dnnl_nchw),
+            new CConstant("dnnl_nhwc", dnnl_nhwc),
+            new CConstant("dnnl_oihw", dnnl_oihw),
+            new CConstant("dnnl_fpmath_mode_strict", dnnl_fpmath_mode_strict),
+            new CConstant("dnnl_fpmath_mode_bf16", dnnl_fpmath_mode_bf16),
+            new CConstant("dnnl_fpmath_mode_any", dnnl_fpmath_mode_any),
             new CConstant("DNNL_ARG_SRC", DNNL_ARG_SRC),
             new CConstant("DNNL_ARG_WEIGHTS", DNNL_ARG_WEIGHTS),
+            new CConstant("DNNL_ARG_BIAS", DNNL_ARG_BIAS),
             new CConstant("DNNL_ARG_DST", DNNL_ARG_DST),
             new CConstant("DNNL_ARG_SCRATCHPAD", DNNL_ARG_SCRATCHPAD),
             new CConstant("DNNL_ARG_ATTR_SCALES", DNNL_ARG_ATTR_SCALES),
             new CConstant("DNNL_MAX_NDIMS", DNNL_MAX_NDIMS),
+            new CConstant("DNNL_ARG_DIFF_SRC", DNNL_ARG_DIFF_SRC),
+            new CConstant("DNNL_ARG_DIFF_WEIGHTS", DNNL_ARG_DIFF_WEIGHTS),
+            new CConstant("DNNL_ARG_DIFF_BIAS", DNNL_ARG_DIFF_BIAS),
+            new CConstant("DNNL_ARG_DIFF_DST", DNNL_ARG_DIFF_DST),
+            new CConstant("DNNL_ARG_WORKSPACE", DNNL_ARG_WORKSPACE),
+            new CConstant("DNNL_ARG_MEAN", DNNL_ARG_MEAN),
+            new CConstant("DNNL_ARG_VARIANCE", DNNL_ARG_VARIANCE),
+            new CConstant("DNNL_ARG_SCALE", DNNL_ARG_SCALE),
+            new CConstant("DNNL_ARG_SHIFT", DNNL_ARG_SHIFT),
+            new CConstant("DNNL_ARG_DIFF_SCALE", DNNL_ARG_DIFF_SCALE),
+            new CConstant("DNNL_ARG_DIFF_SHIFT", DNNL_ARG_DIFF_SHIFT),
+            new CConstant("DNNL_ARG_FROM", DNNL_ARG_FROM),
+            new CConstant("DNNL_ARG_TO", DNNL_ARG_TO),
             new CConstant("DNNL_RUNTIME_OMP", DNNL_RUNTIME_OMP),
             new CConstant("DNNL_RUNTIME_SEQ", DNNL_RUNTIME_SEQ),
             new CConstant("DNNL_RUNTIME_THREADPOOL", DNNL_RUNTIME_THREADPOOL)
