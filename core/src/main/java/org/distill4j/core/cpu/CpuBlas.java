@@ -142,7 +142,7 @@ public final class CpuBlas {
         return switch (engine) {
             case JAVA -> "pure Java" + how + (OPENBLAS.isLoaded() || FORCE_JAVA ? "" : "; OpenBLAS unavailable: " + openBlasUnavailableReason());
             case OPENBLAS -> openBlasDescription() + how;
-            case ONEDNN -> OnednnMatmul.description() + how + "; falls back to "
+            case ONEDNN -> Onednn.description() + how + "; falls back to "
                 + (fallback() == CpuEngine.OPENBLAS ? openBlasDescription() : "pure Java");
         };
     }

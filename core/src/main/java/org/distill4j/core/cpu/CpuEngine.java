@@ -39,7 +39,7 @@ public enum CpuEngine {
     /** Whether this engine's library is loaded here (Java always is). */
     public boolean available() {
         return switch (this) {
-            case ONEDNN -> OnednnMatmul.available();
+            case ONEDNN -> Onednn.available();
             case OPENBLAS -> CpuBlas.openBlasLoaded();
             case JAVA -> true;
         };
@@ -48,7 +48,7 @@ public enum CpuEngine {
     /** Why this engine is not available (empty string when it is). */
     public String unavailableReason() {
         return switch (this) {
-            case ONEDNN -> OnednnMatmul.unavailableReason();
+            case ONEDNN -> Onednn.unavailableReason();
             case OPENBLAS -> CpuBlas.openBlasUnavailableReason();
             case JAVA -> "";
         };

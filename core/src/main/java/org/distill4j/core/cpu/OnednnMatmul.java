@@ -10,11 +10,8 @@ import java.lang.foreign.MemorySegment;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.AtomicIntegerArray;
 import org.distill4j.bindings.Downcalls;
-import org.distill4j.bindings.NativeLibraries;
-import org.distill4j.bindings.NativeLibrary;
 import org.distill4j.bindings.dnnl.DnnlException;
 import org.distill4j.bindings.dnnl.dnnl_h;
-import org.distill4j.bindings.dnnl.omp_h;
 
 /**
  * The CPU backend's gemm on oneDNN's matmul primitive: C = alpha op(A) op(B) + beta C over
@@ -33,11 +30,8 @@ import org.distill4j.bindings.dnnl.omp_h;
  *   <li>the scratchpad is ours (user mode), so primitives can run from any thread at once.</li>
  * </ul>
  *
- * <p>Threads: this oneDNN runs on OpenMP, whose thread count is a per-thread setting. Each call
- * sets the calling thread's count to the process default, or to 1 while a caller holds gemms
- * single-threaded ({@link CpuBlas#holdSingleThreaded()}: the decoder's and the Predictor's own
- * parallel loops), before it looks the primitive up, and the count is part of the key because
- * oneDNN fixes its work split when it creates a primitive.
+ * <p>Threads ({@link Onednn#threadsForThisCall()}): the count is part of the key because oneDNN
+ * fixes its work split when it creates a primitive.
  *
  * <p>Per call, allocation-free once warm: a context (stream, argument array, memory objects of the
  * recent problems, scratchpad) is claimed from a fixed pool with one CAS, the problem found among
@@ -46,59 +40,11 @@ import org.distill4j.bindings.dnnl.omp_h;
  * returns false and runs on the fallback engine.
  */
 final class OnednnMatmul {
-    private static final NativeLibrary DNNL = NativeLibraries.forBindings(NativeLibraries.Library.DNNL);
-    /** The CPU engine, made once and kept for the process (primitives and memory objects refer to it). */
-    private static final MemorySegment ENGINE;
-    /** OpenMP's thread count for a thread that never set one (OMP_NUM_THREADS, else the cores). */
-    private static final int DEFAULT_THREADS;
-    private static final String UNAVAILABLE;
     /** Primitives kept for the process; past this many distinct problems a new one is made, used and destroyed per context. */
     private static final int CACHE_LIMIT = 4096;
-
-    static {
-        MemorySegment engine = null;
-        int threads = 1;
-        String unavailable = "";
-        if (!DNNL.isLoaded()) {
-            unavailable = DNNL.failure().orElseThrow().getMessage();
-        } else {
-            try {
-                if (dnnl_h.dnnl_engine_get_count(dnnl_h.dnnl_cpu) < 1) throw new IllegalStateException("oneDNN reports no CPU engine");
-                MemorySegment out = Arena.global().allocate(ADDRESS);
-                DnnlException.check(dnnl_h.dnnl_engine_create(out, dnnl_h.dnnl_cpu, 0), "dnnl_engine_create");
-                engine = out.get(ADDRESS, 0);
-                threads = Math.max(1, omp_h.omp_get_max_threads());
-            } catch (RuntimeException e) {
-                unavailable = "oneDNN at " + DNNL.path().orElseThrow() + " cannot make a CPU engine: " + e.getMessage();
-                engine = null;
-            }
-        }
-        ENGINE = engine;
-        DEFAULT_THREADS = threads;
-        UNAVAILABLE = unavailable;
-    }
+    private static final MemorySegment ENGINE = Onednn.engine();
 
     private OnednnMatmul() {}
-
-    static boolean available() {
-        return ENGINE != null;
-    }
-
-    static String unavailableReason() {
-        return UNAVAILABLE;
-    }
-
-    /** "oneDNN 3.8.1 (path), OpenMP, 2 threads". */
-    @SuppressWarnings("restricted") // FFM: dnnl_version returns a pointer to a static dnnl_version_t; sized to its layout to read it
-    static String description() {
-        if (!available()) return "oneDNN unavailable: " + UNAVAILABLE;
-        MemorySegment v = dnnl_h.dnnl_version().reinterpret(dnnl_h.dnnl_version_t.LAYOUT.byteSize());
-        int runtime = dnnl_h.dnnl_version_t.cpu_runtime(v);
-        String rt = runtime == dnnl_h.DNNL_RUNTIME_OMP ? "OpenMP" : runtime == dnnl_h.DNNL_RUNTIME_SEQ ? "sequential"
-            : runtime == dnnl_h.DNNL_RUNTIME_THREADPOOL ? "threadpool" : "CPU runtime " + runtime;
-        return "oneDNN " + dnnl_h.dnnl_version_t.major(v) + "." + dnnl_h.dnnl_version_t.minor(v) + "." + dnnl_h.dnnl_version_t.patch(v)
-            + " (" + DNNL.path().orElseThrow() + "), " + rt + ", " + DEFAULT_THREADS + " threads";
-    }
 
     // ---- the per-problem cache
 
@@ -149,14 +95,6 @@ final class OnednnMatmul {
         return CACHE.computeIfAbsent(key, k -> create(k, true));
     }
 
-    /** A memory descriptor: dims and strides in elements, outermost first. */
-    private static MemorySegment memoryDesc(Arena arena, long[] dims, long[] strides, int dataType) {
-        MemorySegment out = arena.allocate(ADDRESS);
-        DnnlException.check(dnnl_h.dnnl_memory_desc_create_with_strides(out, dims.length, arena.allocateFrom(JAVA_LONG, dims), dataType,
-            arena.allocateFrom(JAVA_LONG, strides)), "dnnl_memory_desc_create_with_strides");
-        return out.get(ADDRESS, 0);
-    }
-
     /**
      * A matrix operand as a memory descriptor: logical [rows, cols] (op(X)'s shape), stored
      * row-major with leading dimension ld, transposed when {@code trans} (then X is [cols, rows]
@@ -170,10 +108,10 @@ final class OnednnMatmul {
         if ((rows == 1 && cols > 1 && colStride != 1) || (cols == 1 && rows > 1 && rowStride != 1)) return null;
         if (rows == 1) rowStride = cols; // a size-1 dim's stride is free: give it the dense value, so the layout reads as plain row-major
         if (cols == 1) colStride = 1;
-        if (batch == 1) return memoryDesc(arena, new long[] {rows, cols}, new long[] {rowStride, colStride}, dnnl_h.dnnl_f32);
+        if (batch == 1) return Onednn.memoryDesc(arena, new long[] {rows, cols}, new long[] {rowStride, colStride}, dnnl_h.dnnl_f32);
         long outer = stride == 0 ? 1 : batch;
         long outerStride = stride == 0 ? (long) (trans ? cols : rows) * ld : stride;
-        return memoryDesc(arena, new long[] {outer, rows, cols}, new long[] {outerStride, rowStride, colStride}, dnnl_h.dnnl_f32);
+        return Onednn.memoryDesc(arena, new long[] {outer, rows, cols}, new long[] {outerStride, rowStride, colStride}, dnnl_h.dnnl_f32);
     }
 
     private static Entry create(Key key, boolean cached) {
@@ -192,7 +130,7 @@ final class OnednnMatmul {
                 e.implementation = "declined: both operands broadcast";
                 return e;
             }
-            e.scale = memoryDesc(arena, new long[] {1}, new long[] {1}, dnnl_h.dnnl_f32);
+            e.scale = Onednn.memoryDesc(arena, new long[] {1}, new long[] {1}, dnnl_h.dnnl_f32);
             DnnlException.check(dnnl_h.dnnl_primitive_attr_create(out), "dnnl_primitive_attr_create");
             MemorySegment attr = out.get(ADDRESS, 0);
             int status;
@@ -353,8 +291,7 @@ final class OnednnMatmul {
                          MemorySegment b, int ldb, long strideB, float beta, MemorySegment c, int ldc, long strideC, int batch) {
         if (ENGINE == null) return false;
         if (batch == 1) strideA = strideB = strideC = 0;
-        int threads = CpuBlas.singleThreadedHeld() ? 1 : DEFAULT_THREADS;
-        if (omp_h.omp_get_max_threads() != threads) omp_h.omp_set_num_threads(threads);
+        int threads = Onednn.threadsForThisCall();
         boolean scaled = alpha != 1f;
         int betaBits = Float.floatToRawIntBits(beta == 0f ? 0f : beta); // -0 and 0 are one problem
         int slot = claim();

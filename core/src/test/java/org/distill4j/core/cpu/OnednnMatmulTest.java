@@ -29,7 +29,7 @@ class OnednnMatmulTest {
 
     @BeforeAll
     static void needsOnednn() {
-        Assumptions.assumeTrue(OnednnMatmul.available(), "oneDNN not available here: " + OnednnMatmul.unavailableReason());
+        Assumptions.assumeTrue(Onednn.available(), "oneDNN not available here: " + Onednn.unavailableReason());
     }
 
     /** One problem: C_i = alpha op(A_i) op(B_i) + beta C_i, X_i at i * strideX. */
