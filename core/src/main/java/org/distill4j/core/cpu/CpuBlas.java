@@ -1,12 +1,15 @@
 package org.distill4j.core.cpu;
 
 import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
+import static java.lang.foreign.ValueLayout.JAVA_SHORT;
 
 import java.lang.foreign.MemorySegment;
 import org.distill4j.bindings.Downcalls;
 import org.distill4j.bindings.NativeLibraries;
 import org.distill4j.bindings.NativeLibrary;
 import org.distill4j.bindings.blas.cblas_h;
+import org.distill4j.bindings.dnnl.dnnl_h;
+import org.distill4j.core.Bf16;
 
 /**
  * Single-precision gemm for the CPU backend over off-heap float32 segments, on one of three
@@ -14,6 +17,7 @@ import org.distill4j.bindings.blas.cblas_h;
  * All three take row-major matrices and PyTorch's transposition conventions, and share this
  * class's argument checks. The engine is chosen once per process ({@link #engine()}); a shape
  * oneDNN declines runs on the next engine present, which is also the oracle the tests hold it to.
+ * {@link #gemmBf16} multiplies bfloat16 matrices into float32 (a frozen bf16 teacher's weights).
  */
 public final class CpuBlas {
     private static final NativeLibrary OPENBLAS = NativeLibraries.forBindings(NativeLibraries.Library.OPENBLAS);
@@ -200,6 +204,64 @@ public final class CpuBlas {
         }
     }
 
+    /**
+     * Row-major C[m,n] = op(A) op(B) + beta C with A and B bfloat16 (raw bits, 2 bytes an element,
+     * leading dimensions in elements) and C float32: the products of bfloat16 values are exact in
+     * float32, and the sums accumulate in float32. On the oneDNN engine this is oneDNN's bf16
+     * matmul (AVX-512 BF16 dot products where the CPU has them, else oneDNN's emulation); on the
+     * others, and for a problem oneDNN declines, {@link #javaGemmBf16}. Callers that want a fast
+     * path check {@link #hasFastBf16()} first.
+     */
+    public static void gemmBf16(boolean transA, boolean transB, int m, int n, int k, MemorySegment a, int lda,
+                                MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
+        checkExtent("A", a, 0, transA ? k : m, transA ? m : k, lda, Short.BYTES);
+        checkExtent("B", b, 0, transB ? n : k, transB ? k : n, ldb, Short.BYTES);
+        checkExtent("C", c, 0, m, n, ldc, Float.BYTES);
+        if (m == 0 || n == 0) return;
+        if (k == 0) {
+            for (int i = 0; i < m; i++) for (int j = 0; j < n; j++) {
+                long idx = (long) i * ldc + j;
+                c.setAtIndex(JAVA_FLOAT, idx, beta == 0f ? 0f : beta * c.getAtIndex(JAVA_FLOAT, idx));
+            }
+            return;
+        }
+        if (engine() == CpuEngine.ONEDNN
+                && OnednnMatmul.gemm(transA, transB, m, n, k, 1f, a, lda, 0, b, ldb, 0, beta, c, ldc, 0, 1, dnnl_h.dnnl_bf16)) {
+            return;
+        }
+        javaGemmBf16(transA, transB, m, n, k, a, lda, b, ldb, beta, c, ldc);
+    }
+
+    /** Whether {@link #gemmBf16} runs on a native bf16 kernel here (the oneDNN engine), not the Java loop. */
+    public static boolean hasFastBf16() {
+        return engine() == CpuEngine.ONEDNN;
+    }
+
+    /**
+     * The bf16 fallback and oracle: each product of two bf16 values widened exactly, summed in
+     * float32 in k order (i-k-j, so the inner loop streams rows of B and C). Rows split across the
+     * common fork-join pool when the problem is large. Not fast.
+     */
+    static void javaGemmBf16(boolean transA, boolean transB, int m, int n, int k, MemorySegment a, int lda,
+                             MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
+        java.util.stream.IntStream rows = java.util.stream.IntStream.range(0, m);
+        if ((long) m * n * k >= ONEDNN_MIN_WORK) rows = rows.parallel();
+        rows.forEach(i -> {
+            float[] row = new float[n];
+            for (int p = 0; p < k; p++) {
+                float av = Bf16.toFloat(a.getAtIndex(JAVA_SHORT, transA ? (long) p * lda + i : (long) i * lda + p));
+                for (int j = 0; j < n; j++) {
+                    float bv = Bf16.toFloat(b.getAtIndex(JAVA_SHORT, transB ? (long) j * ldb + p : (long) p * ldb + j));
+                    row[j] += av * bv;
+                }
+            }
+            for (int j = 0; j < n; j++) {
+                long idx = (long) i * ldc + j;
+                c.setAtIndex(JAVA_FLOAT, idx, row[j] + (beta == 0f ? 0f : beta * c.getAtIndex(JAVA_FLOAT, idx)));
+            }
+        });
+    }
+
     /** Below this many multiply-adds a gemm runs on the fallback engine even when oneDNN is selected. */
     static final long ONEDNN_MIN_WORK = 1L << 20;
 
@@ -240,13 +302,17 @@ public final class CpuBlas {
     }
 
     private static void checkExtent(String name, MemorySegment s, int rows, int cols, int ld) {
-        checkExtent(name, s, 0, rows, cols, ld);
+        checkExtent(name, s, 0, rows, cols, ld, Float.BYTES);
     }
 
-    /** The matrix at byte {@code start} of {@code s}: rows x cols with leading dimension ld fits in s. */
     private static void checkExtent(String name, MemorySegment s, long start, int rows, int cols, int ld) {
+        checkExtent(name, s, start, rows, cols, ld, Float.BYTES);
+    }
+
+    /** The matrix at byte {@code start} of {@code s}: rows x cols of {@code bytes}-byte elements with leading dimension ld fits in s. */
+    private static void checkExtent(String name, MemorySegment s, long start, int rows, int cols, int ld, int bytes) {
         if (ld < Math.max(1, cols)) throw new IllegalArgumentException("gemm: leading dimension of " + name + " is " + ld + ", needs >= " + cols);
-        long needed = rows == 0 ? 0 : start + ((long) (rows - 1) * ld + cols) * Float.BYTES;
+        long needed = rows == 0 ? 0 : start + ((long) (rows - 1) * ld + cols) * bytes;
         if (s.byteSize() < needed) {
             throw new IllegalArgumentException("gemm: " + name + " holds " + s.byteSize() + " bytes, needs " + needed
                 + " for " + rows + "x" + cols + " with leading dimension " + ld);

@@ -15,8 +15,8 @@ import org.distill4j.bindings.dnnl.dnnl_h;
 
 /**
  * The CPU backend's gemm on oneDNN's matmul primitive: C = alpha op(A) op(B) + beta C over
- * row-major float32, one matrix or a strided batch, for {@link CpuBlas} (which checks the
- * arguments first; nothing here re-checks them).
+ * row-major float32 (or bfloat16 A and B into a float32 C), one matrix or a strided batch, for
+ * {@link CpuBlas} (which checks the arguments first; nothing here re-checks them).
  *
  * <p>Each distinct problem (transposes, sizes, leading dimensions, batch strides, whether alpha is
  * 1, beta, thread count) gets one primitive, created on first use and cached for the process, as
@@ -50,11 +50,11 @@ final class OnednnMatmul {
 
     /** Everything a primitive is specialised on. Strides are 0 when batch == 1. */
     private record Key(boolean transA, boolean transB, int m, int n, int k, int lda, int ldb, int ldc, int batch,
-                       long strideA, long strideB, long strideC, boolean scaled, int betaBits, int threads) {
+                       long strideA, long strideB, long strideC, boolean scaled, int betaBits, int threads, int abType) {
         boolean matches(boolean ta, boolean tb, int m2, int n2, int k2, int la, int lb, int lc, int bt, long sa, long sb, long sc,
-                        boolean sc2, int bb, int th) {
+                        boolean sc2, int bb, int th, int ab) {
             return ta == transA && tb == transB && m2 == m && n2 == n && k2 == k && la == lda && lb == ldb && lc == ldc && bt == batch
-                && sa == strideA && sb == strideB && sc == strideC && sc2 == scaled && bb == betaBits && th == threads;
+                && sa == strideA && sb == strideB && sc == strideC && sc2 == scaled && bb == betaBits && th == threads && ab == abType;
         }
     }
 
@@ -103,24 +103,24 @@ final class OnednnMatmul {
      * apart, or one column whose rows are): oneDNN 3.8.1's matmul computed those wrongly in our
      * tests (CpuBlasTest, n = 1 or a transposed A with m = 1), so they go to the fallback engine.
      */
-    private static MemorySegment operand(Arena arena, int rows, int cols, int ld, boolean trans, int batch, long stride) {
+    private static MemorySegment operand(Arena arena, int rows, int cols, int ld, boolean trans, int batch, long stride, int dataType) {
         long rowStride = trans ? 1 : ld, colStride = trans ? ld : 1;
         if ((rows == 1 && cols > 1 && colStride != 1) || (cols == 1 && rows > 1 && rowStride != 1)) return null;
         if (rows == 1) rowStride = cols; // a size-1 dim's stride is free: give it the dense value, so the layout reads as plain row-major
         if (cols == 1) colStride = 1;
-        if (batch == 1) return Onednn.memoryDesc(arena, new long[] {rows, cols}, new long[] {rowStride, colStride}, dnnl_h.dnnl_f32);
+        if (batch == 1) return Onednn.memoryDesc(arena, new long[] {rows, cols}, new long[] {rowStride, colStride}, dataType);
         long outer = stride == 0 ? 1 : batch;
         long outerStride = stride == 0 ? (long) (trans ? cols : rows) * ld : stride;
-        return Onednn.memoryDesc(arena, new long[] {outer, rows, cols}, new long[] {outerStride, rowStride, colStride}, dnnl_h.dnnl_f32);
+        return Onednn.memoryDesc(arena, new long[] {outer, rows, cols}, new long[] {outerStride, rowStride, colStride}, dataType);
     }
 
     private static Entry create(Key key, boolean cached) {
         Entry e = new Entry(key, cached);
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment out = arena.allocate(ADDRESS);
-            e.src = operand(arena, key.m(), key.k(), key.lda(), key.transA(), key.batch(), key.strideA());
-            e.weights = operand(arena, key.k(), key.n(), key.ldb(), key.transB(), key.batch(), key.strideB());
-            e.dst = operand(arena, key.m(), key.n(), key.ldc(), false, key.batch(), key.strideC());
+            e.src = operand(arena, key.m(), key.k(), key.lda(), key.transA(), key.batch(), key.strideA(), key.abType());
+            e.weights = operand(arena, key.k(), key.n(), key.ldb(), key.transB(), key.batch(), key.strideB(), key.abType());
+            e.dst = operand(arena, key.m(), key.n(), key.ldc(), false, key.batch(), key.strideC(), dnnl_h.dnnl_f32);
             if (e.src == null || e.weights == null || e.dst == null) {
                 e.implementation = "declined: a strided vector operand";
                 return e;
@@ -207,10 +207,10 @@ final class OnednnMatmul {
 
         /** The slot of the recent problem with these fields, or -1. */
         int find(boolean ta, boolean tb, int m, int n, int k, int lda, int ldb, int ldc, int batch, long sa, long sb, long sc,
-                 boolean scaled, int betaBits, int threads) {
+                 boolean scaled, int betaBits, int threads, int abType) {
             for (int i = 0; i < RECENT; i++) {
                 Entry e = recent[i];
-                if (e != null && e.key.matches(ta, tb, m, n, k, lda, ldb, ldc, batch, sa, sb, sc, scaled, betaBits, threads)) return i;
+                if (e != null && e.key.matches(ta, tb, m, n, k, lda, ldb, ldc, batch, sa, sb, sc, scaled, betaBits, threads, abType)) return i;
             }
             return -1;
         }
@@ -289,6 +289,16 @@ final class OnednnMatmul {
      */
     static boolean sgemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda, long strideA,
                          MemorySegment b, int ldb, long strideB, float beta, MemorySegment c, int ldc, long strideC, int batch) {
+        return gemm(transA, transB, m, n, k, alpha, a, lda, strideA, b, ldb, strideB, beta, c, ldc, strideC, batch, dnnl_h.dnnl_f32);
+    }
+
+    /**
+     * As {@link #sgemm} with A and B of {@code abType} (dnnl_f32, or dnnl_bf16: bfloat16 operands
+     * whose products oneDNN accumulates in float32, AVX-512 BF16's dot products where the CPU has
+     * them); C is float32 either way, strides and leading dimensions in elements.
+     */
+    static boolean gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda, long strideA,
+                        MemorySegment b, int ldb, long strideB, float beta, MemorySegment c, int ldc, long strideC, int batch, int abType) {
         if (ENGINE == null) return false;
         if (batch == 1) strideA = strideB = strideC = 0;
         int threads = Onednn.threadsForThisCall();
@@ -298,9 +308,10 @@ final class OnednnMatmul {
         if (slot < 0) return false;
         try {
             Context ctx = POOL[slot];
-            int r = ctx.find(transA, transB, m, n, k, lda, ldb, ldc, batch, strideA, strideB, strideC, scaled, betaBits, threads);
+            int r = ctx.find(transA, transB, m, n, k, lda, ldb, ldc, batch, strideA, strideB, strideC, scaled, betaBits, threads, abType);
             if (r < 0) {
-                r = ctx.install(entry(new Key(transA, transB, m, n, k, lda, ldb, ldc, batch, strideA, strideB, strideC, scaled, betaBits, threads)));
+                r = ctx.install(entry(new Key(transA, transB, m, n, k, lda, ldb, ldc, batch, strideA, strideB, strideC, scaled, betaBits,
+                    threads, abType)));
             }
             Entry e = ctx.recent[r];
             if (e.primitive == null) return false;

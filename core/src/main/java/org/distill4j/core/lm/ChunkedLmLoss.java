@@ -45,8 +45,9 @@ public final class ChunkedLmLoss {
         static TeacherRows ofHead(Tensor hidden, Parameter head, long vocab) {
             long dt = head.value().size(1);
             if (hidden.numel() % dt != 0) throw new IllegalArgumentException("teacher hidden states " + hidden.describe() + " are not rows of " + dt);
-            return (from, count, out) -> DecoderOps.projectionForward(out.data(), 0, vocab, rows(hidden.data(), from, count, dt), dt, head.value().data(), null,
-                count, dt, vocab, false);
+            boolean bf16 = head.value().dtype() == DType.BF16; // a frozen bf16 teacher's head
+            return (from, count, out) -> DecoderOps.projectionForward(out.data(), 0, vocab, rows(hidden.data(), from, count, dt), dt, head.value().data(), bf16,
+                null, count, dt, vocab, false);
         }
     }
 

@@ -3,6 +3,7 @@ package org.distill4j.core.lm;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -12,9 +13,11 @@ import java.util.List;
 import java.util.Map;
 import java.util.TreeSet;
 import org.distill4j.core.Backend;
+import org.distill4j.core.Bf16;
 import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.cpu.CpuBackend;
+import org.distill4j.core.cpu.CpuBlas;
 import org.distill4j.core.lm.DecoderFamily.LayerNames;
 import org.distill4j.core.lm.DecoderFamily.Layout;
 import org.distill4j.core.lm.DecoderFamily.Projection;
@@ -46,6 +49,8 @@ public final class DecoderModel implements AutoCloseable {
     private final Map<String, Parameter> parameters = new LinkedHashMap<>();
     private final Map<String, String> storedKeys = new LinkedHashMap<>();
     private final String diskDtype;
+    /** F32, or BF16 for a frozen model run in bfloat16: its embedding, projection and lm_head weights held as bf16 (no gradients). */
+    private final DType weightDtype;
     private DType writeDtype = DType.F32; // what save(dir) writes: the parameters' one dtype on disk (F32 for a new model or mixed dtypes)
     private final float[] invFreq;
     private final Block[] blocks;
@@ -60,6 +65,10 @@ public final class DecoderModel implements AutoCloseable {
                          Parameter mlpNormWeight, Parameter mlpNormBias, List<Proj> mlpIn, Proj mlpOut) {}
 
     private DecoderModel(Backend backend, DecoderConfig config, String diskDtype) {
+        this(backend, config, diskDtype, DType.F32);
+    }
+
+    private DecoderModel(Backend backend, DecoderConfig config, String diskDtype, DType weightDtype) {
         if (!(backend instanceof CpuBackend)) {
             throw new UnsupportedOperationException("decoder models run on the CPU backend only so far; CUDA kernels for norms, RoPE, "
                 + "masked softmax, the embedding gather/scatter and SwiGLU are issue 21's next step (asked for " + backend.name() + ")");
@@ -67,10 +76,22 @@ public final class DecoderModel implements AutoCloseable {
         this.backend = backend;
         this.config = config;
         this.diskDtype = diskDtype;
+        if (weightDtype != DType.F32 && weightDtype != DType.BF16) throw new IllegalArgumentException("decoder weights are F32 or BF16, not " + weightDtype);
+        this.weightDtype = weightDtype;
         this.layout = config.family().layout(config);
+        java.util.Set<String> matmulWeights = new java.util.HashSet<>();
+        matmulWeights.add(layout.embedding());
+        if (layout.lmHead() != null) matmulWeights.add(layout.lmHead());
+        for (LayerNames n : layout.layers()) {
+            for (List<Projection> group : List.of(n.qkv(), List.of(n.attnOut()), n.mlpIn(), List.of(n.mlpOut()))) {
+                for (Projection pr : group) matmulWeights.add(pr.weight());
+            }
+        }
+        boolean frozen = weightDtype == DType.BF16;
         try {
             for (DecoderFamily.TensorSpec t : config.family().tensors(config)) {
-                parameters.put(t.name(), new Parameter(t.name(), backend.zeros(DType.F32, t.shape()), true));
+                DType dtype = frozen && matmulWeights.contains(t.name()) ? DType.BF16 : DType.F32;
+                parameters.put(t.name(), new Parameter(t.name(), backend.zeros(dtype, t.shape()), !frozen));
             }
         } catch (RuntimeException | OutOfMemoryError e) {
             close();
@@ -104,9 +125,21 @@ public final class DecoderModel implements AutoCloseable {
      * transformers ignores them.
      */
     public static DecoderModel load(Backend backend, Path dir) throws IOException {
+        return load(backend, dir, DType.F32);
+    }
+
+    /**
+     * As {@link #load(Backend, Path)}, with the weights of every matrix product (the embedding,
+     * every projection and the lm_head) held as {@code weights}: F32 (trainable), or BF16 for a
+     * frozen model run in bfloat16, as a bf16 checkpoint runs in transformers: those weights as
+     * stored (F32 or F16 ones rounded to nearest even), each product's input rounded to bf16 and
+     * summed in float32 ({@link CpuBlas#gemmBf16}); norms, biases, positions, the residual stream,
+     * attention and the logits stay float32. A BF16 model has no gradients and is not saved.
+     */
+    public static DecoderModel load(Backend backend, Path dir, DType weights) throws IOException {
         DecoderConfig config = DecoderConfig.read(dir);
         try (HfCheckpoint ckpt = HfCheckpoint.open(dir)) {
-            DecoderModel m = new DecoderModel(backend, config, ckpt.dtypes(config.family()));
+            DecoderModel m = new DecoderModel(backend, config, ckpt.dtypes(config.family()), weights);
             try {
                 m.loadFrom(ckpt, dir);
                 return m;
@@ -174,7 +207,12 @@ public final class DecoderModel implements AutoCloseable {
                 if (from == null || !Arrays.equals(from.value().shape(), p.value().shape())) {
                     throw new IllegalStateException("--student-init: no teacher tensor " + source + " of shape " + Arrays.toString(p.value().shape()));
                 }
-                m.backend.copy(from.value(), p.value());
+                if (from.value().dtype() == DType.BF16) {
+                    MemorySegment src = from.value().data(), dst = p.value().data(); // a bf16 teacher's weights, widened exactly
+                    for (long i = 0; i < p.value().numel(); i++) DecoderOps.set(dst, i, Bf16.toFloat(src.getAtIndex(ValueLayout.JAVA_SHORT, i)));
+                } else {
+                    m.backend.copy(from.value(), p.value());
+                }
             }
             return m;
         } catch (RuntimeException e) {
@@ -251,6 +289,10 @@ public final class DecoderModel implements AutoCloseable {
 
     /** As {@link #save(Path)}, stored as {@code dtype}: F32, or BF16 / F16 rounded to nearest even. */
     public void save(Path dir, DType dtype) throws IOException {
+        if (weightDtype != DType.F32) {
+            throw new IllegalStateException("a decoder loaded with " + weightDtype + " weights for inference is not saved; load " + config.file().getParent()
+                + " in float32 to write it");
+        }
         Map<String, Tensor> tensors = new LinkedHashMap<>();
         for (Parameter p : parameters.values()) tensors.put(p.name(), p.value());
         HfCheckpoint.save(dir, config, tensors, dtype);
@@ -258,6 +300,9 @@ public final class DecoderModel implements AutoCloseable {
 
     /** The dtype {@link #save(Path)} writes: the one dtype of the parameters on disk; F32 for a new model or a checkpoint of mixed dtypes. */
     public DType writeDtype() { return writeDtype; }
+
+    /** F32, or BF16 for a frozen model whose matrix products run in bfloat16 (see {@link #load(Backend, Path, DType)}). */
+    public DType weightDtype() { return weightDtype; }
 
     public DecoderConfig config() { return config; }
 
@@ -292,7 +337,15 @@ public final class DecoderModel implements AutoCloseable {
 
     /** Sets every gradient to zero. */
     public void zeroGrad() {
+        requireTrainable();
         for (Parameter p : parameters.values()) backend.zero(p.grad());
+    }
+
+    private void requireTrainable() {
+        if (weightDtype != DType.F32) {
+            throw new IllegalStateException("this decoder holds " + weightDtype + " weights for inference (a frozen teacher): it has no gradients; load "
+                + config.file().getParent() + " in float32 to train it");
+        }
     }
 
     /** generate()'s position ids for a mask [B, T]: cumsum(mask) - 1, with 1 at padding. */
@@ -382,8 +435,8 @@ public final class DecoderModel implements AutoCloseable {
         long n = batch * t;
         Tensor logits = backend.empty(pass.arena(), DType.F32, batch, t, config.vocab());
         long pt = DecoderProfile.start();
-        DecoderOps.projectionForward(logits.data(), 0, config.vocab(), hidden.data(), config.hidden(), lmHead.value().data(), null, n, config.hidden(),
-            config.vocab(), false);
+        DecoderOps.projectionForward(logits.data(), 0, config.vocab(), hidden.data(), config.hidden(), lmHead.value().data(), bf16(lmHead), null, n,
+            config.hidden(), config.vocab(), false);
         DecoderProfile.stop(Op.LM_HEAD_F, pt);
         return logits;
     }
@@ -489,7 +542,7 @@ public final class DecoderModel implements AutoCloseable {
         long pt;
         Tensor x = buffer(pass, n, d);
         pt = DecoderProfile.start();
-        DecoderOps.embeddingForward(x.data(), s.ids, pos, embedding.value().data(), positions == null ? null : positions.value().data(), d);
+        DecoderOps.embeddingForward(x.data(), s.ids, pos, embedding.value().data(), bf16(embedding), positions == null ? null : positions.value().data(), d);
         DecoderProfile.stop(Op.EMBEDDING_F, pt);
         dropout(s, config.embdDropout(), 0, x);
         s.x0 = x;
@@ -704,8 +757,12 @@ public final class DecoderModel implements AutoCloseable {
     }
 
     private void projection(Proj p, Tensor out, Tensor x, long n) {
-        DecoderOps.projectionForward(out.data(), 0, p.spec().out(), x.data(), p.spec().in(), p.weight().value().data(), data(p.bias()), n, p.spec().in(),
-            p.spec().out(), p.spec().storedInOut());
+        DecoderOps.projectionForward(out.data(), 0, p.spec().out(), x.data(), p.spec().in(), p.weight().value().data(), bf16(p.weight()), data(p.bias()), n,
+            p.spec().in(), p.spec().out(), p.spec().storedInOut());
+    }
+
+    private static boolean bf16(Parameter p) {
+        return p.value().dtype() == DType.BF16;
     }
 
     /**
@@ -715,7 +772,7 @@ public final class DecoderModel implements AutoCloseable {
     private void fusedProjection(List<Proj> projections, Tensor out, long width, Tensor x, long n) {
         long col = 0;
         for (Proj p : projections) {
-            DecoderOps.projectionForward(out.data(), col, width, x.data(), p.spec().in(), p.weight().value().data(), data(p.bias()), n,
+            DecoderOps.projectionForward(out.data(), col, width, x.data(), p.spec().in(), p.weight().value().data(), bf16(p.weight()), data(p.bias()), n,
                 p.spec().in(), p.spec().out(), p.spec().storedInOut());
             col += p.spec().out();
         }
@@ -761,6 +818,7 @@ public final class DecoderModel implements AutoCloseable {
     public void backward(Tensor dlogits) {
         Saved s = saved;
         if (s == null) throw new IllegalStateException("DecoderModel.backward: no training-mode forward to differentiate");
+        requireTrainable();
         long n = s.batch * s.t, d = config.hidden();
         if (!Arrays.equals(dlogits.shape(), new long[] {s.batch, s.t, config.vocab()})) {
             throw new IllegalArgumentException("backward: dlogits " + dlogits.describe() + ", expected [" + s.batch + ", " + s.t + ", " + config.vocab() + "]");
@@ -784,6 +842,7 @@ public final class DecoderModel implements AutoCloseable {
     public void backwardHidden(Tensor dHidden, HiddenTap extra) {
         Saved s = saved;
         if (s == null) throw new IllegalStateException("DecoderModel.backward: no training-mode forward to differentiate");
+        requireTrainable();
         Layer.Pass pass = s.pass;
         long n = s.batch * s.t, d = config.hidden(), hd = config.headDim(), a = config.heads() * hd, kvw = config.kvHeads() * hd, qkvW = a + 2 * kvw;
         long inner = config.intermediate(), mlpInW = config.mlp() == DecoderConfig.Mlp.SWIGLU ? 2 * inner : inner;

@@ -1,10 +1,13 @@
 package org.distill4j.core.lm;
 
 import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
+import static java.lang.foreign.ValueLayout.JAVA_SHORT;
 
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.concurrent.ForkJoinPool;
 import java.util.stream.IntStream;
+import org.distill4j.core.Bf16;
 import org.distill4j.core.cpu.CpuBlas;
 
 /**
@@ -83,11 +86,22 @@ final class DecoderOps {
      */
     static void gemm(boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda, MemorySegment b, int ldb, float beta,
                      MemorySegment c, int ldc) {
+        gemm(false, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    }
+
+    /**
+     * {@link #gemm} with A and B bfloat16 when {@code bf16} ({@link CpuBlas#gemmBf16}: exact
+     * products summed in float32 into a float32 C; alpha must then be 1), split the same way.
+     */
+    static void gemm(boolean bf16, boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda, MemorySegment b, int ldb,
+                     float beta, MemorySegment c, int ldc) {
+        if (bf16 && alpha != 1f) throw new IllegalArgumentException("bf16 gemm: alpha must be 1, got " + alpha);
+        long ab = bf16 ? Short.BYTES : Float.BYTES; // bytes of an element of A and B
         int parts = ForkJoinPool.getCommonPoolParallelism() + 1;
         boolean byRows = m >= n;
         int split = byRows ? m : n;
         if (parts < 2 || split < 2 * parts || (long) m * n * k < 16 * parallelWork) {
-            CpuBlas.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+            gemmBlock(bf16, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
             return;
         }
         int align = split >= 16 * parts ? 16 : 1; // block edges on 64-byte boundaries where the size allows
@@ -99,17 +113,23 @@ final class DecoderOps {
                 if (hi <= lo) return;
                 if (byRows) {
                     // Rows [lo, hi) of C and of op(A): A's rows, or A's columns when transposed.
-                    MemorySegment ap = a.asSlice((transA ? lo : (long) lo * lda) * Float.BYTES);
-                    CpuBlas.sgemm(transA, transB, hi - lo, n, k, alpha, ap, lda, b, ldb, beta, c.asSlice((long) lo * ldc * Float.BYTES), ldc);
+                    MemorySegment ap = a.asSlice((transA ? lo : (long) lo * lda) * ab);
+                    gemmBlock(bf16, transA, transB, hi - lo, n, k, alpha, ap, lda, b, ldb, beta, c.asSlice((long) lo * ldc * Float.BYTES), ldc);
                 } else {
                     // Columns [lo, hi) of C and of op(B): B's columns, or B's rows when transposed.
-                    MemorySegment bp = b.asSlice((transB ? (long) lo * ldb : lo) * Float.BYTES);
-                    CpuBlas.sgemm(transA, transB, m, hi - lo, k, alpha, a, lda, bp, ldb, beta, c.asSlice((long) lo * Float.BYTES), ldc);
+                    MemorySegment bp = b.asSlice((transB ? (long) lo * ldb : lo) * ab);
+                    gemmBlock(bf16, transA, transB, m, hi - lo, k, alpha, a, lda, bp, ldb, beta, c.asSlice((long) lo * Float.BYTES), ldc);
                 }
             });
         } finally {
             CpuBlas.releaseSingleThreaded();
         }
+    }
+
+    private static void gemmBlock(boolean bf16, boolean transA, boolean transB, int m, int n, int k, float alpha, MemorySegment a, int lda,
+                                  MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {
+        if (bf16) CpuBlas.gemmBf16(transA, transB, m, n, k, a, lda, b, ldb, beta, c, ldc);
+        else CpuBlas.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     }
 
     /** Columns [col, end) of a row-major matrix: the segment from element {@code col} on (gemm reads it with the matrix's leading dimension). */
@@ -121,6 +141,20 @@ final class DecoderOps {
 
     /** out [N, D] = wte [V, D] rows of ids [N] (+ wpe [P, D] rows of positions [N] when wpe is not null). */
     static void embeddingForward(MemorySegment out, long[] ids, long[] positions, MemorySegment wte, MemorySegment wpe, long d) {
+        embeddingForward(out, ids, positions, wte, false, wpe, d);
+    }
+
+    /** As above with wte bfloat16 when {@code wteBf16} (a frozen bf16 model's table; each value widened exactly). */
+    static void embeddingForward(MemorySegment out, long[] ids, long[] positions, MemorySegment wte, boolean wteBf16, MemorySegment wpe, long d) {
+        if (wteBf16) {
+            parallel(ids.length, d, (lo, hi) -> {
+                for (int r = (int) lo; r < hi; r++) {
+                    long o = r * d, t = ids[r] * d, p = wpe == null ? 0 : positions[r] * d;
+                    for (long j = 0; j < d; j++) set(out, o + j, Bf16.toFloat(wte.getAtIndex(JAVA_SHORT, t + j)) + (wpe == null ? 0f : f(wpe, p + j)));
+                }
+            });
+            return;
+        }
         parallel(ids.length, d, (lo, hi) -> {
             for (int r = (int) lo; r < hi; r++) {
                 long o = r * d, t = ids[r] * d;
@@ -274,8 +308,28 @@ final class DecoderOps {
      */
     static void projectionForward(MemorySegment out, long col, long ldOut, MemorySegment x, long ldX, MemorySegment w, MemorySegment b,
                                   long n, long in, long outF, boolean storedInOut) {
+        projectionForward(out, col, ldOut, x, ldX, w, false, b, n, in, outF, storedInOut);
+    }
+
+    /**
+     * As above; with {@code wBf16} the weight is bfloat16 (a frozen bf16 model): x is rounded to
+     * bfloat16 first (nearest even, as CudaDecoderOps rounds it for cublasGemmEx, into a scratch
+     * [N, in] of this call's arena), the products are exact and the sums float32, out and b float32.
+     */
+    static void projectionForward(MemorySegment out, long col, long ldOut, MemorySegment x, long ldX, MemorySegment w, boolean wBf16, MemorySegment b,
+                                  long n, long in, long outF, boolean storedInOut) {
         MemorySegment o = columns(out, col);
-        gemm(false, !storedInOut, i(n), i(outF), i(in), 1f, x, i(ldX), w, i(storedInOut ? outF : in), 0f, o, i(ldOut));
+        if (wBf16) {
+            try (Arena arena = Arena.ofShared()) {
+                MemorySegment xh = arena.allocate(n * in * Short.BYTES, 64);
+                parallel(n, in, (lo, hi) -> {
+                    for (long r = lo; r < hi; r++) for (long j = 0; j < in; j++) xh.setAtIndex(JAVA_SHORT, r * in + j, Bf16.fromFloat(f(x, r * ldX + j)));
+                });
+                gemm(true, false, !storedInOut, i(n), i(outF), i(in), 1f, xh, i(in), w, i(storedInOut ? outF : in), 0f, o, i(ldOut));
+            }
+        } else {
+            gemm(false, !storedInOut, i(n), i(outF), i(in), 1f, x, i(ldX), w, i(storedInOut ? outF : in), 0f, o, i(ldOut));
+        }
         if (b != null) {
             parallel(n, outF, (lo, hi) -> {
                 for (long r = lo; r < hi; r++) for (long j = 0; j < outF; j++) add(o, r * ldOut + j, f(b, j));

@@ -131,8 +131,9 @@ public final class HfCheckpoint implements AutoCloseable {
     }
 
     /**
-     * Copies stored tensor {@code key} into {@code dst} (F32 of the expected shape), widening BF16
-     * and F16 on the way; the error names the tensor, the file and both shapes, or the dtype.
+     * Copies stored tensor {@code key} into {@code dst} (F32 or BF16 of the expected shape): into
+     * F32 widening BF16 and F16 exactly; into BF16 (a frozen bf16 model) BF16 as it is and F32 or
+     * F16 rounded to nearest even. The error names the tensor, the file and both shapes, or the dtype.
      */
     void copyInto(String key, Tensor dst) {
         Safetensors st = byKey.get(key);
@@ -140,6 +141,10 @@ public final class HfCheckpoint implements AutoCloseable {
         if (!Arrays.equals(e.shape(), dst.shape())) {
             throw new IllegalArgumentException(st.file() + ": tensor '" + key + "' has shape " + Arrays.toString(e.shape()) + ", expected "
                 + Arrays.toString(dst.shape()));
+        }
+        if (dst.dtype() == DType.BF16) {
+            copyIntoBf16(st, e, key, dst);
+            return;
         }
         MemorySegment src = st.bytes(e);
         MemorySegment out = dst.data();
@@ -152,6 +157,25 @@ public final class HfCheckpoint implements AutoCloseable {
             }
             case "F16" -> {
                 for (long i = 0; i < n; i++) out.setAtIndex(ValueLayout.JAVA_FLOAT, i, Float.float16ToFloat(src.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i)));
+            }
+            default -> throw new IllegalArgumentException(st.file() + ": tensor '" + key + "' is " + e.dtype() + Arrays.toString(e.shape())
+                + "; weights must be F32, BF16 or F16");
+        }
+    }
+
+    private static void copyIntoBf16(Safetensors st, Safetensors.Entry e, String key, Tensor dst) {
+        MemorySegment src = st.bytes(e);
+        MemorySegment out = dst.data();
+        long n = dst.numel();
+        switch (e.dtype()) {
+            case "BF16" -> MemorySegment.copy(src, 0, out, 0, 2 * n);
+            case "F32" -> {
+                for (long i = 0; i < n; i++) out.setAtIndex(ValueLayout.JAVA_SHORT, i, Bf16.fromFloat(src.get(ValueLayout.JAVA_FLOAT_UNALIGNED, 4 * i)));
+            }
+            case "F16" -> {
+                for (long i = 0; i < n; i++) {
+                    out.setAtIndex(ValueLayout.JAVA_SHORT, i, Bf16.fromFloat(Float.float16ToFloat(src.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i))));
+                }
             }
             default -> throw new IllegalArgumentException(st.file() + ": tensor '" + key + "' is " + e.dtype() + Arrays.toString(e.shape())
                 + "; weights must be F32, BF16 or F16");
