@@ -49,6 +49,10 @@ final class DistillCommand implements Callable<Integer> {
             + "(0-based top-level layer indices), weight W (default 1); decoders: hidden states S and T as transformers numbers them "
             + "(0 the embeddings, i the output of layer i-1, the layer count the final norm's output), --hint-loss mse|cosine, "
             + "a learned projection when the widths differ") String hint;
+    @Option(names = "--teacher-dtype", defaultValue = "stored", paramLabel = "stored|f32|bf16",
+        description = "decoders: the dtype the frozen teacher runs in. stored: bf16 when its weights are bf16 on disk and bf16 matrix products run "
+            + "natively here (oneDNN on the CPU, CUDA), else f32; bf16: weights rounded to bf16 and every matrix product's input rounded to bf16, "
+            + "float32 sums; f32: float32 throughout (default: ${DEFAULT-VALUE})") String teacherDtype;
     @Option(names = "--teacher-cache", paramLabel = "device|file:PATH",
         description = "compute the teachers' logits once and look them up each step (for data without augmentation); a matching file is reused") String teacherCache;
     @Option(names = "--teacher-cache-dtype", defaultValue = "f32", paramLabel = "f32|bf16", description = "default: ${DEFAULT-VALUE}") String teacherCacheDtype;
@@ -66,8 +70,10 @@ final class DistillCommand implements Callable<Integer> {
             return distillDecoders();
         }
         if (student == null) throw new IllegalArgumentException("--student SPEC.json is required");
-        if (studentInit != null || onPolicyFraction != null || promptLen != null || sampleTemperature != null || !"mse".equals(hintLoss)) {
-            throw new IllegalArgumentException("--student-init, --hint-loss, --on-policy-fraction, --prompt-len and --sample-temperature are for decoder folders");
+        if (studentInit != null || onPolicyFraction != null || promptLen != null || sampleTemperature != null || !"mse".equals(hintLoss)
+                || !"stored".equals(teacherDtype)) {
+            throw new IllegalArgumentException("--student-init, --hint-loss, --on-policy-fraction, --prompt-len, --sample-temperature and --teacher-dtype "
+                + "are for decoder folders (a model spec's teacher runs in float32)");
         }
         var cfg = options.config();
         DistillationLoss kd = new DistillationLoss(Divergence.parse(divergence), temperature, alpha, beta, -100);
@@ -118,7 +124,8 @@ final class DistillCommand implements Callable<Integer> {
             : org.distill4j.core.lm.DecoderHint.Spec.parse(hint, org.distill4j.core.lm.DecoderHint.Kind.parse(hintLoss));
         DecoderTraining.OnPolicy onPolicy = onPolicyFraction == null ? null
             : new DecoderTraining.OnPolicy(onPolicyFraction, promptLen, sampleTemperature == null ? 1f : sampleTemperature);
-        DecoderTraining.distill(options, new DecoderTraining.Distill(teachers.getFirst(), student, studentInit, kd, h, onPolicy, cache, teacherCacheTopK),
+        DecoderTraining.distill(options, new DecoderTraining.Distill(teachers.getFirst(), student, studentInit, kd, h, onPolicy, cache, teacherCacheTopK,
+            DecoderTraining.TeacherDtype.parse(teacherDtype)),
             spec.commandLine().getOut());
         return 0;
     }

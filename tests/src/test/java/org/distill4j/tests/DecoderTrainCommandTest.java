@@ -133,6 +133,34 @@ class DecoderTrainCommandTest {
     }
 
     @Test
+    void aBf16TeacherRunsInBf16AsStoredOrInF32WhenAsked() throws Exception {
+        // llama-tied-rope3-bf16's weights are BF16 on disk: "stored" runs it in bf16 where oneDNN multiplies bf16, f32 on request.
+        Path train = tokens("train.npy", 300, 128);
+        String teacher = LM.resolve("llama-tied-rope3-bf16").toString();
+        double[] loss = new double[2];
+        String[] dtypes = {"stored", "f32"};
+        for (int i = 0; i < 2; i++) {
+            Path out = tmp.resolve("out-" + dtypes[i]);
+            String[] r = run("distill", "--teacher", teacher, "--student-init", "teacher-layers:0", "--data", "tokens:" + train, "--seq-len", "8",
+                "--batch", "2", "--max-steps", "2", "--temperature", "1", "--teacher-dtype", dtypes[i], "--out", out.toString());
+            assertEquals("0", r[0], r[2]);
+            String expected = i == 1 ? "run in float32 (--teacher-dtype f32)"
+                : org.distill4j.core.cpu.CpuBlas.hasFastBf16() ? "run in bf16 (as stored)" : "has no bf16 matrix product";
+            assertTrue(r[1].contains(expected), "'" + expected + "' in: " + r[1]);
+            loss[i] = JSON.readTree(Files.readAllLines(out.resolve("metrics.jsonl")).getFirst()).get("soft_loss").asDouble();
+            try (DecoderModel m = DecoderModel.load(CpuBackend.get(), out)) {
+                assertEquals(org.distill4j.core.DType.F32, m.writeDtype(), "a trained student is written in float32, whatever its teacher ran in");
+            }
+        }
+        if (org.distill4j.core.cpu.CpuBlas.hasFastBf16()) {
+            assertTrue(loss[0] != loss[1], "a bf16 teacher gives other soft targets than the float32 one: " + loss[0] + " vs " + loss[1]);
+            assertEquals(loss[1], loss[0], 0.02 * Math.abs(loss[1]), "but close ones");
+        }
+        assertBadInput(run("distill", "--teacher", teacher, "--student-init", "teacher-layers:0", "--data", "tokens:" + train, "--seq-len", "8",
+            "--teacher-dtype", "fp8", "--out", tmp.resolve("bad").toString()), "--teacher-dtype must be stored, f32 or bf16, got 'fp8'", tmp.resolve("bad"));
+    }
+
+    @Test
     void paddedVocabulariesShareTheirRange() throws Exception {
         // gpt2 (vocab 128) teacher, llama-gqa (vocab 112) student: padding only -> the shared ids [0, 112), said in the log
         Path train = tokens("train.npy", 400, 112), out = tmp.resolve("out");

@@ -322,11 +322,15 @@ public final class LmTeacherCache implements AutoCloseable {
             sha.update(head.getBytes(StandardCharsets.UTF_8));
             for (Parameter p : teacher.parameters()) {
                 Tensor value = p.value();
-                sha.update((p.name() + Arrays.toString(value.shape())).getBytes(StandardCharsets.UTF_8));
-                if (value.dtype() != DType.F32) throw new IllegalStateException("teacher cache: parameter " + p.name() + " is " + value.dtype() + ", expected F32");
+                // The dtype is hashed with the name: a bf16 teacher's logits differ from the float32 one's, even from the same file.
+                sha.update((p.name() + value.dtype() + Arrays.toString(value.shape())).getBytes(StandardCharsets.UTF_8));
+                if (value.dtype() != DType.F32 && value.dtype() != DType.BF16) {
+                    throw new IllegalStateException("teacher cache: parameter " + p.name() + " is " + value.dtype() + ", expected F32 or BF16");
+                }
                 long rowsAtOnce = Math.max(1, (1L << 20) / Math.max(1, value.numel() / Math.max(1, value.size(0))));
                 for (long r = 0; r < value.size(0); r += rowsAtOnce) {
-                    float[] f = value.backend().read(value.narrow0(r, Math.min(rowsAtOnce, value.size(0) - r)));
+                    Tensor rows = value.narrow0(r, Math.min(rowsAtOnce, value.size(0) - r));
+                    float[] f = value.dtype() == DType.BF16 ? rows.toFloatArray() : value.backend().read(rows); // bf16 widened exactly: one float per value
                     ByteBuffer bytes = ByteBuffer.allocate(f.length * Float.BYTES);
                     bytes.asFloatBuffer().put(f);
                     sha.update(bytes.array());

@@ -205,6 +205,12 @@ class LmTeacherCacheTest {
                 assertFalse(c.reused(), "another k rebuilds the cache");
                 assertEquals(6, c.topK());
             }
+            // The same folder run in bf16 (--teacher-dtype bf16) gives other logits: another fingerprint, rebuilt.
+            try (DecoderModel bf16 = DecoderModel.load(cpu, GPT2, DType.BF16); TokenWindows train = TokenWindows.open(data, T, V);
+                 LmTeacherCache c = LmTeacherCache.build(bf16, train, V, otherK, 3)) {
+                assertFalse(c.reused(), "a teacher run in bf16 rebuilds a cache its float32 run wrote");
+                assertArrayEquals(liveTopKRounded(bf16, train, new long[] {0}, 6), Arrays.copyOf(cachedLogits(c, new long[] {0}), T * V));
+            }
             try (var listing = Files.list(tmp)) {
                 assertEquals(List.of(), listing.filter(p -> p.getFileName().toString().endsWith(".tmp")).toList(), "no temporary file is left");
             }
