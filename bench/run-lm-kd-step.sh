@@ -14,7 +14,8 @@
 # (default 3; each run reports its median), WARMUP (default 2; compile gets max(WARMUP, 3)),
 # THREADS (default: nproc; Java gets it as the common pool's parallelism - 1 plus the caller and
 # as OPENBLAS_NUM_THREADS, PyTorch as torch.set_num_threads), MODES (PyTorch modes, default
-# "eager compile"), NOCHUNK (1: also ours with --loss-chunk 0; default 1).
+# "eager compile"), NOCHUNK (1: also ours with --loss-chunk 0; default 1), TEACHER_DTYPE (f32, or
+# bf16: the frozen teacher's matrix products in bf16 on both sides; default f32).
 # PYTHON names a Python with torch and transformers (default: python3); DISTILL the Distill4J
 # launcher (default ./distill).
 set -euo pipefail
@@ -33,6 +34,7 @@ WARMUP=${WARMUP:-2}
 THREADS=${THREADS:-$(nproc)}
 MODES=${MODES:-eager compile}
 NOCHUNK=${NOCHUNK:-1}
+TEACHER_DTYPE=${TEACHER_DTYPE:-f32}
 export OPENBLAS_NUM_THREADS=$THREADS
 export DISTILL_JAVA_OPTS="${DISTILL_JAVA_OPTS:-} -Djava.util.concurrent.ForkJoinPool.common.parallelism=$((THREADS > 1 ? THREADS - 1 : 1))"
 
@@ -57,7 +59,7 @@ rate() { grep -E '^lm-kd-step:' | tail -1 | sed -E 's/.*: ([0-9.]+) tokens\/s.*/
 rss() { grep -E 'peak RSS' | tail -1 | sed -E 's/.*peak RSS ([0-9.]+) MiB.*/\1/'; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
 ratio() { awk "BEGIN {printf \"%.2fx\", $1 / $2}"; }
-common=(--teacher "$TEACHER" --student "$STUDENT" --seq-len "$SEQ" --batch "$BATCH" --steps "$STEPS" --repeats "$REPEATS" --temperature 1 --alpha 0.9)
+common=(--teacher "$TEACHER" --student "$STUDENT" --seq-len "$SEQ" --batch "$BATCH" --steps "$STEPS" --repeats "$REPEATS" --temperature 1 --alpha 0.9 --teacher-dtype "$TEACHER_DTYPE")
 ours() { # extra options
     local out
     out=$($DISTILL bench lm-kd-step "${common[@]}" --warmup "$WARMUP" "$@" 2>&1) || { echo "$out" >&2; exit 1; }
@@ -73,7 +75,7 @@ theirs() { # mode
 }
 
 echo "teacher $T_LAYERS layers x $T_HIDDEN ($T_HEADS heads), student $S_LAYERS layers x $S_HIDDEN ($S_HEADS heads), vocabulary 50257; B $BATCH, T $SEQ;" \
-    "kl T 1 alpha 0.9, AdamW; $THREADS threads; $ROUNDS rounds x $REPEATS repeats x $STEPS steps; $(date -u '+%F %T UTC'); $(uptime | sed 's/.*load/load/')"
+    "kl T 1 alpha 0.9, AdamW; teacher in $TEACHER_DTYPE; $THREADS threads; $ROUNDS rounds x $REPEATS repeats x $STEPS steps; $(date -u '+%F %T UTC'); $(uptime | sed 's/.*load/load/')"
 cols=("distill4j" $MODES)
 [ "$NOCHUNK" = 1 ] && cols+=("distill4j-nochunk")
 printf '%-6s' round; for c in "${cols[@]}"; do printf ' %-24s' "$c tok/s (MiB)"; done; printf ' %s\n' load

@@ -63,6 +63,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     ap.add_argument("--mode", default="eager", choices=["eager", "compile"])
+    ap.add_argument("--teacher-dtype", default="f32", choices=["f32", "bf16"],
+                    help="bf16: the frozen teacher in torch.bfloat16 (its logits taken to float32 for the loss), as a bf16 checkpoint runs")
     args = ap.parse_args()
     if args.mode == "compile" and args.warmup < 2:
         sys.exit("--mode compile needs --warmup >= 2 (the first steps compile)")
@@ -77,6 +79,8 @@ def main():
 
     teacher = load(args.teacher, args.seed + 1).eval()
     teacher.requires_grad_(False)
+    if args.teacher_dtype == "bf16":
+        teacher = teacher.to(torch.bfloat16)
     student = load(args.student, args.seed).train()
     vocab = min(teacher.config.vocab_size, student.config.vocab_size)
     b, t, temp, alpha = args.batch, args.seq_len, args.temperature, args.alpha
@@ -92,7 +96,7 @@ def main():
 
     def forward_loss(x, y):
         with torch.no_grad():
-            zt = teacher(input_ids=x).logits[..., :vocab].reshape(-1, vocab)
+            zt = teacher(input_ids=x).logits[..., :vocab].reshape(-1, vocab).float()
         zs = student(input_ids=x).logits[..., :vocab].reshape(-1, vocab)
         n = zs.shape[0]
         # KL(q || p) summed over classes and tokens, then divided by the tokens: the per-token mean.

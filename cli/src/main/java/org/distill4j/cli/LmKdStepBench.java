@@ -54,6 +54,9 @@ final class LmKdStepBench implements Callable<Integer> {
     @Option(names = "--lr", defaultValue = "1e-4", description = "default: ${DEFAULT-VALUE}") float lr;
     @Option(names = "--weight-decay", defaultValue = "0.01", description = "on matrices and embeddings only (default: ${DEFAULT-VALUE})") float weightDecay;
     @Option(names = "--seed", defaultValue = "7", description = "token ids and a fresh student's initialisation (default: ${DEFAULT-VALUE})") long seed;
+    @Option(names = "--teacher-dtype", defaultValue = "f32", paramLabel = "f32|bf16",
+        description = "the frozen teacher's matrix products in float32, or bf16 (as distill distill --teacher-dtype bf16) (default: ${DEFAULT-VALUE})")
+    String teacherDtype;
     @Option(names = "--profile", description = "print each phase's share of the timed steps and each decoder op's time (DecoderProfile)") boolean profile;
     @CommandLine.Spec CommandLine.Model.CommandSpec spec;
 
@@ -78,7 +81,14 @@ final class LmKdStepBench implements Callable<Integer> {
         TrainingConfig cfg = new TrainingConfig(opt, lr, opt == TrainingConfig.Optimizer.SGD ? 0.9f : 0f, false, weightDecay, TrainingConfig.Schedule.CONSTANT, 0, 1,
             batch, seed, 1, 1, 1, 0f);
         PrintWriter out = spec.commandLine().getOut();
-        try (Backend b = Devices.open("cpu"); DecoderModel t = open(b, teacher, seed + 1); DecoderModel s = open(b, student, seed);
+        org.distill4j.core.DType tdt = switch (teacherDtype) {
+            case "f32" -> org.distill4j.core.DType.F32;
+            case "bf16" -> org.distill4j.core.DType.BF16;
+            default -> throw new IllegalArgumentException("--teacher-dtype must be f32 or bf16, got '" + teacherDtype + "'");
+        };
+        if (tdt == org.distill4j.core.DType.BF16 && !HfCheckpoint.hasWeights(teacher)) throw new IllegalArgumentException("--teacher-dtype bf16 needs a teacher with weights");
+        try (Backend b = Devices.open("cpu"); DecoderModel t = HfCheckpoint.hasWeights(teacher) ? DecoderModel.load(b, teacher, tdt) : open(b, teacher, seed + 1);
+             DecoderModel s = open(b, student, seed);
              LmTrainer trainer = LmTrainer.distillation(s, t, kd, cfg, shared).lossChunk(lossChunk)) {
             // B windows of T + 1 random ids: inputs the first T, targets the last T (as TokenWindows cuts them).
             Random rnd = new Random(seed);
@@ -107,8 +117,8 @@ final class LmKdStepBench implements Callable<Integer> {
             Arrays.sort(sorted);
             double median = repeats % 2 == 1 ? sorted[repeats / 2] : (sorted[repeats / 2 - 1] + sorted[repeats / 2]) / 2;
             int chunkRows = ChunkedLmLoss.chunkRows(lossChunk, (long) batch * seqLen, shared);
-            out.printf(Locale.ROOT, "teacher %s: %s, %d layers, hidden %d, %,d parameters (%s); student %s: %d layers, hidden %d, %,d parameters (%s)%n", teacher,
-                tc.family().modelType(), tc.layers(), tc.hidden(), t.parameterCount(), t.diskDtype(), student, sc.layers(), sc.hidden(), s.parameterCount(), s.diskDtype());
+            out.printf(Locale.ROOT, "teacher %s: %s, %d layers, hidden %d, %,d parameters (%s, run in %s); student %s: %d layers, hidden %d, %,d parameters (%s)%n", teacher,
+                tc.family().modelType(), tc.layers(), tc.hidden(), t.parameterCount(), t.diskDtype(), t.weightDtype(), student, sc.layers(), sc.hidden(), s.parameterCount(), s.diskDtype());
             out.printf(Locale.ROOT, "B %d, T %d, vocabulary %d; %s T %s alpha %s; %s lr %s weight decay %s; loss chunk %d rows (%s); loss %.6f (soft %.6f, hard %.6f)%n",
                 batch, seqLen, shared, kd.divergence().cliName(), temperature, alpha, opt.name().toLowerCase(Locale.ROOT), lr, weightDecay, chunkRows,
                 lossChunk == 0 ? "no chunking" : lossChunk < 0 ? "automatic" : "--loss-chunk", last == null ? Double.NaN : last.loss(),
