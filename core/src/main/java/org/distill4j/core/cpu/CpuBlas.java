@@ -240,7 +240,8 @@ public final class CpuBlas {
     /**
      * The bf16 fallback and oracle: each product of two bf16 values widened exactly, summed in
      * float32 in k order (i-k-j, so the inner loop streams rows of B and C). Rows split across the
-     * common fork-join pool when the problem is large. Not fast.
+     * common fork-join pool when the problem is large (so the segments must be readable from any
+     * thread, as the backend's tensors are). Not fast.
      */
     static void javaGemmBf16(boolean transA, boolean transB, int m, int n, int k, MemorySegment a, int lda,
                              MemorySegment b, int ldb, float beta, MemorySegment c, int ldc) {

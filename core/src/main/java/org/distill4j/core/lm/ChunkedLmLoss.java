@@ -44,6 +44,7 @@ public final class ChunkedLmLoss {
         /** The teacher's lm_head over its final hidden states {@code hidden} F32 [N, Dt], columns [0, vocab) of its head [Vt, Dt]. */
         static TeacherRows ofHead(Tensor hidden, Parameter head, long vocab) {
             long dt = head.value().size(1);
+            DecoderOpChecks.hostOnly("the chunked teacher lm_head", "it runs DecoderOps.projectionForward on host memory", hidden.backend());
             if (hidden.numel() % dt != 0) throw new IllegalArgumentException("teacher hidden states " + hidden.describe() + " are not rows of " + dt);
             boolean bf16 = head.value().dtype() == DType.BF16; // a frozen bf16 teacher's head
             return (from, count, out) -> DecoderOps.projectionForward(out.data(), 0, vocab, rows(hidden.data(), from, count, dt), dt, head.value().data(), bf16,
@@ -85,6 +86,7 @@ public final class ChunkedLmLoss {
     public static Terms compute(Backend backend, Tensor hidden, Parameter head, long vocab, long[] targets, DistillationLoss kd, TeacherRows teacher,
                                 long normalizer, int chunk, Tensor dHidden) {
         long ds = head.value().size(1), n = targets.length;
+        DecoderOpChecks.hostOnly("the chunked LM loss", "it runs the lm_head (DecoderOps) and the fused loss over host memory", backend);
         if (hidden.dtype() != DType.F32 || hidden.numel() != n * ds) {
             throw new IllegalArgumentException("chunked loss: hidden states " + hidden.describe() + ", expected F32 [" + n + ", " + ds + "]");
         }

@@ -9,7 +9,6 @@ import org.distill4j.bindings.cublas.CublasException;
 import org.distill4j.bindings.cublas.cublas_h;
 import org.distill4j.bindings.kernels.DecoderKernels;
 import org.distill4j.core.DType;
-import org.distill4j.core.Shapes;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.cuda.CudaBackend;
 
@@ -22,9 +21,10 @@ import org.distill4j.core.cuda.CudaBackend;
  * arguments here, once, then enqueues on the backend's stream and returns; nothing synchronises
  * except the host-to-device copies of token ids, positions and the padding mask.
  *
- * <p>Not yet wired into {@link DecoderModel} (which still refuses a CUDA backend); tests compare each
- * op with DecoderOps on the GPU (tests/.../GpuDecoderOpsTest, tag gpu). The kernels come from the
- * backend's own kernel module and the gemms run on the backend's cuBLAS handle (its stream, its
+ * <p>{@link DecoderModel}'s ops on a CUDA backend ({@link DecoderDeviceOps#forBackend}); tests compare
+ * each op with DecoderOps on the GPU (tests/.../GpuDecoderOpsTest, tag gpu) and the whole model with
+ * the CPU's (GpuDecoderModelTest). Arguments are checked in {@link DecoderOpChecks}, shared with the
+ * CPU. The kernels come from the backend's own kernel module and the gemms run on the backend's cuBLAS handle (its stream, its
  * math mode as it is at each call); the projections' gemms could move into CudaBackend's
  * gemmStridedBatched.
  *
@@ -38,7 +38,7 @@ import org.distill4j.core.cuda.CudaBackend;
  * synchronous copies and allocate their scratch per call.
  */
 @SuppressWarnings("restricted") // FFM: views of device buffers at an element offset are zero-length segments
-public final class CudaDecoderOps implements AutoCloseable {
+public final class CudaDecoderOps implements DecoderDeviceOps {
     /** Rows a block sums in pass 1 of a norm's weight gradient: fixed, so the bits do not depend on the GPU. */
     public static final long NORM_GRAD_CHUNK = 32;
 
@@ -55,6 +55,7 @@ public final class CudaDecoderOps implements AutoCloseable {
         this.cublas = backend.cublasHandle();
     }
 
+    @Override
     public CudaBackend backend() { return backend; }
 
     private MemorySegment s() {
@@ -63,22 +64,10 @@ public final class CudaDecoderOps implements AutoCloseable {
 
     // ---- argument checks (once per op)
 
-    private void f32(String op, Tensor... ts) {
+    /** Before an op runs (after its {@link DecoderOpChecks} check): not closed, and the backend's context current on this thread. */
+    private void enter(String op) {
         if (closed) throw new IllegalStateException(op + ": CudaDecoderOps already closed");
-        Shapes.alive(op, ts);
-        Shapes.backend(op, backend, ts);
-        Shapes.dtype(op, DType.F32, ts);
         backend.context().makeCurrent();
-    }
-
-    private static void numel(String op, String name, Tensor t, long expected) {
-        if (t != null && t.numel() != expected) {
-            throw new IllegalArgumentException(op + ": " + name + " must hold " + expected + " elements, got " + t.describe());
-        }
-    }
-
-    private static void positive(String op, String name, long v) {
-        if (v <= 0) throw new IllegalArgumentException(op + ": " + name + " must be > 0, got " + v);
     }
 
     /** A device pointer {@code elements} floats into t (a zero-length view). */
@@ -100,20 +89,10 @@ public final class CudaDecoderOps implements AutoCloseable {
 
     /** out [N, D] = wte [V, D] rows of ids [N] (+ wpe [P, D] rows of positions [N] when wpe is not null). Ids and positions are checked on the host. */
     public void embeddingForward(Tensor out, long[] ids, long[] positions, Tensor wte, Tensor wpe) {
-        String op = "embeddingForward";
-        f32(op, out, wte, wpe);
-        Shapes.rank(op, wte, 2);
-        long n = ids.length, d = wte.size(1), vocab = wte.size(0);
-        numel(op, "out", out, n * d);
-        long maxPositions = 0;
-        if (wpe != null) {
-            Shapes.rank(op, wpe, 2);
-            if (wpe.size(1) != d) throw new IllegalArgumentException(op + ": wpe " + wpe.describe() + " is not " + d + " wide as wte " + wte.describe());
-            if (positions == null || positions.length != n) throw new IllegalArgumentException(op + ": learned positions need " + n + " positions");
-            maxPositions = wpe.size(0);
-            checkIndices(op, "position", positions, maxPositions);
-        }
-        checkIndices(op, "token id", ids, vocab);
+        DecoderOpChecks.embeddingForward(backend, out, ids, positions, wte, wpe);
+        if (wte.dtype() != DType.F32) throw new UnsupportedOperationException("embeddingForward: the CUDA gather reads a float32 table, got " + wte.describe());
+        enter("embeddingForward");
+        long n = ids.length, d = wte.size(1), vocab = wte.size(0), maxPositions = wpe == null ? 0 : wpe.size(0);
         if (n == 0) return;
         try (Arena arena = Arena.ofConfined()) {
             Tensor idsD = longs(arena, ids), posD = wpe == null ? null : longs(arena, positions);
@@ -121,27 +100,11 @@ public final class CudaDecoderOps implements AutoCloseable {
         }
     }
 
-    private static void checkIndices(String op, String what, long[] v, long limit) {
-        for (int i = 0; i < v.length; i++) {
-            if (v[i] < 0 || v[i] >= limit) throw new IllegalArgumentException(op + ": " + what + " " + v[i] + " at row " + i + " is outside [0, " + limit + ")");
-        }
-    }
-
     /** dwte [V, D] += dout [N, D] scattered to rows ids [N]; dwpe [P, D] likewise by positions (when not null). Bit-identical to DecoderOps. */
     public void embeddingBackward(Tensor dwte, Tensor dwpe, Tensor dout, long[] ids, long[] positions) {
-        String op = "embeddingBackward";
-        f32(op, dwte, dwpe, dout);
-        Shapes.rank(op, dwte, 2);
+        DecoderOpChecks.embeddingBackward(backend, dwte, dwpe, dout, ids, positions);
+        enter("embeddingBackward");
         long n = ids.length, d = dwte.size(1);
-        numel(op, "dout", dout, n * d);
-        checkIndices(op, "token id", ids, dwte.size(0));
-        if (dwpe != null) {
-            Shapes.rank(op, dwpe, 2);
-            if (dwpe.size(1) != d || positions == null || positions.length != n) {
-                throw new IllegalArgumentException(op + ": dwpe " + dwpe.describe() + " needs width " + d + " and " + n + " positions");
-            }
-            checkIndices(op, "position", positions, dwpe.size(0));
-        }
         if (n == 0) return;
         scatterAdd(dwte, dout, ids, d);
         if (dwpe != null) scatterAdd(dwpe, dout, positions, d);
@@ -177,31 +140,17 @@ public final class CudaDecoderOps implements AutoCloseable {
 
     /** LayerNorm over x [N, D]: out [N, D]; mean, rstd [N] saved when not null; b may be null. */
     public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor w, Tensor b, float eps) {
-        String op = "layerNormForward";
-        f32(op, out, mean, rstd, x, w, b);
+        DecoderOpChecks.layerNormForward(backend, out, mean, rstd, x, w, b);
+        enter("layerNormForward");
         long d = x.cols(), n = x.rows();
-        positive(op, "width", d);
-        numel(op, "out", out, n * d);
-        numel(op, "mean", mean, n);
-        numel(op, "rstd", rstd, n);
-        numel(op, "w", w, d);
-        numel(op, "b", b, d);
         kernels.layerNormForward(out.data(), p(mean), p(rstd), x.data(), w.data(), p(b), n, d, eps, s());
     }
 
     /** LayerNorm backward: dx [N, D] (+)= ..., dw [D] += sum dout xhat, db [D] += sum dout (when not null). dx may be dout. */
     public void layerNormBackward(Tensor dx, Tensor dw, Tensor db, Tensor dout, Tensor x, Tensor w, Tensor mean, Tensor rstd, boolean accumulate) {
-        String op = "layerNormBackward";
-        f32(op, dx, dw, db, dout, x, w, mean, rstd);
+        DecoderOpChecks.layerNormBackward(backend, dx, dw, db, dout, x, w, mean, rstd);
+        enter("layerNormBackward");
         long d = x.cols(), n = x.rows();
-        positive(op, "width", d);
-        numel(op, "dx", dx, n * d);
-        numel(op, "dout", dout, n * d);
-        numel(op, "w", w, d);
-        numel(op, "dw", dw, d);
-        numel(op, "db", db, d);
-        numel(op, "mean", mean, n);
-        numel(op, "rstd", rstd, n);
         if (n == 0) return;
         long chunks = (n + NORM_GRAD_CHUNK - 1) / NORM_GRAD_CHUNK;
         try (Arena arena = Arena.ofConfined()) {
@@ -220,11 +169,8 @@ public final class CudaDecoderOps implements AutoCloseable {
      * untouched); rstd [heads, N] when not null.
      */
     public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor w, long n, long heads, long d, long col, long stride, float eps) {
-        String op = "rmsNormForward";
-        f32(op, out, rstd, x, w);
-        rmsRows(op, x, w, n, heads, d, col, stride);
-        numel(op, "out", out, n * stride);
-        numel(op, "rstd", rstd, n * heads);
+        DecoderOpChecks.rmsNormForward(backend, out, rstd, x, w, n, heads, d, col, stride);
+        enter("rmsNormForward");
         if (n == 0) return;
         kernels.rmsNormForward(at(out, col), p(rstd), at(x, col), w.data(), n, heads, d, stride, eps, s());
     }
@@ -232,13 +178,8 @@ public final class CudaDecoderOps implements AutoCloseable {
     /** RMSNorm backward: dx (+)= rstd g - x rstd^3 mean(g x), dw [d] += sum dout x rstd; rows as the forward. dx may be dout. */
     public void rmsNormBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor rstd, long n, long heads, long d, long col, long stride,
                                 boolean accumulate) {
-        String op = "rmsNormBackward";
-        f32(op, dx, dw, dout, x, w, rstd);
-        rmsRows(op, x, w, n, heads, d, col, stride);
-        numel(op, "dx", dx, n * stride);
-        numel(op, "dout", dout, n * stride);
-        numel(op, "dw", dw, d);
-        numel(op, "rstd", rstd, n * heads);
+        DecoderOpChecks.rmsNormBackward(backend, dx, dw, dout, x, w, rstd, n, heads, d, col, stride);
+        enter("rmsNormBackward");
         if (n == 0) return;
         long chunks = (n * heads + NORM_GRAD_CHUNK - 1) / NORM_GRAD_CHUNK;
         try (Arena arena = Arena.ofConfined()) {
@@ -250,26 +191,13 @@ public final class CudaDecoderOps implements AutoCloseable {
         kernels.rmsNormBackwardDx(at(dx, col), at(dout, col), at(x, col), w.data(), rstd.data(), n, heads, d, stride, accumulate, s());
     }
 
-    private static void rmsRows(String op, Tensor x, Tensor w, long n, long heads, long d, long col, long stride) {
-        positive(op, "width", d);
-        positive(op, "heads", heads);
-        if (n < 0 || col < 0 || col + heads * d > stride) {
-            throw new IllegalArgumentException(op + ": " + heads + " rows of " + d + " from column " + col + " do not fit rows of " + stride + " (n = " + n + ")");
-        }
-        numel(op, "x", x, n * stride);
-        numel(op, "w", w, d);
-    }
-
     // ---- rotary embeddings
 
     /** cos, sin [N, half] for positions [N] and invFreq [half], computed on the device in float32 as DecoderOps.ropeTables. */
     public void ropeTables(Tensor cos, Tensor sin, long[] positions, float[] invFreq) {
-        String op = "ropeTables";
-        f32(op, cos, sin);
+        DecoderOpChecks.ropeTables(backend, cos, sin, positions, invFreq);
+        enter("ropeTables");
         long n = positions.length, half = invFreq.length;
-        positive(op, "half head width", half);
-        numel(op, "cos", cos, n * half);
-        numel(op, "sin", sin, n * half);
         if (n == 0) return;
         try (Arena arena = Arena.ofConfined()) {
             Tensor pos = longs(arena, positions), freq = backend.empty(arena, DType.F32, half);
@@ -280,55 +208,12 @@ public final class CudaDecoderOps implements AutoCloseable {
 
     /** Rotates in place {@code heads} heads of width 2 * half from column col of x [N, stride]; inverse: the backward. */
     public void rope(Tensor x, long col, long stride, long n, long heads, Tensor cos, Tensor sin, long half, boolean inverse) {
-        String op = "rope";
-        f32(op, x, cos, sin);
-        positive(op, "half head width", half);
-        if (n < 0 || heads < 0 || col < 0 || col + heads * 2 * half > stride) {
-            throw new IllegalArgumentException(op + ": " + heads + " heads of " + 2 * half + " from column " + col + " do not fit rows of " + stride);
-        }
-        numel(op, "x", x, n * stride);
-        numel(op, "cos", cos, n * half);
-        numel(op, "sin", sin, n * half);
+        DecoderOpChecks.rope(backend, x, col, stride, n, heads, cos, sin, half);
+        enter("rope");
         kernels.rope(x.data(), col, stride, n, heads, cos.data(), sin.data(), half, inverse, s());
     }
 
     // ---- attention
-
-    /**
-     * Where a sequence's queries, keys and values live: DecoderOps.AttentionShape over device
-     * tensors. Query i of batch b (this call's token i, at absolute position past + i) at
-     * q[(b * tq + i) * ldQ + qCol + h * hd]; key j of kv head g at k[b * kBatch + j * ldK + kCol + g * hd],
-     * values likewise at vCol (k and v may be the same tensor as q: the q | k | v buffer). Query
-     * head h reads kv head h / (heads / kvHeads) (GQA). keyMask [B, tk] with 0 on padding, or null.
-     */
-    public record Attention(int batch, int heads, int kvHeads, long hd, long tq, long tk, long past, Tensor q, long ldQ, long qCol, Tensor k,
-                            Tensor v, long ldK, long kBatch, long kCol, long vCol, long[] keyMask, float scale) {
-        long groups() { return heads / kvHeads; }
-    }
-
-    private void checkAttention(String op, Attention a, Tensor probs) {
-        f32(op, a.q(), a.k(), a.v(), probs);
-        if (a.batch() < 0 || a.heads() <= 0 || a.kvHeads() <= 0 || a.heads() % a.kvHeads() != 0 || a.hd() <= 0 || a.tq() < 0 || a.tk() <= 0
-            || a.past() < 0 || a.past() + a.tq() > a.tk()) {
-            throw new IllegalArgumentException(op + ": bad attention shape: batch " + a.batch() + ", heads " + a.heads() + ", kv heads " + a.kvHeads()
-                + ", head dim " + a.hd() + ", tq " + a.tq() + ", tk " + a.tk() + ", past " + a.past());
-        }
-        if (a.qCol() + a.heads() * a.hd() > a.ldQ() || a.q().numel() < a.batch() * a.tq() * a.ldQ()) {
-            throw new IllegalArgumentException(op + ": q " + a.q().describe() + " does not hold " + a.heads() + " heads of " + a.hd() + " from column "
-                + a.qCol() + " in rows of " + a.ldQ());
-        }
-        long kvWidth = a.kvHeads() * a.hd(), kvNeed = (a.batch() - 1) * a.kBatch() + (a.tk() - 1) * a.ldK();
-        if (a.kCol() + kvWidth > a.ldK() || a.vCol() + kvWidth > a.ldK() || a.k().numel() < kvNeed + a.kCol() + kvWidth
-            || a.v().numel() < kvNeed + a.vCol() + kvWidth) {
-            throw new IllegalArgumentException(op + ": keys " + a.k().describe() + " / values " + a.v().describe() + " do not hold " + a.tk() + " rows of "
-                + a.kvHeads() + " kv heads in rows of " + a.ldK() + " (batch stride " + a.kBatch() + ")");
-        }
-        if (a.keyMask() != null && a.keyMask().length != a.batch() * a.tk()) {
-            throw new IllegalArgumentException(op + ": key mask of " + a.keyMask().length + " entries for [" + a.batch() + ", " + a.tk() + "]");
-        }
-        numel(op, "probs", probs, (long) a.batch() * a.heads() * a.tq() * a.tk());
-        Shapes.toInt(op, Math.max(Math.max(a.ldQ(), a.ldK()), Math.max(a.tk(), a.hd())));
-    }
 
     /**
      * probs [B, H, tq, tk] = softmax(scale q k^T) over the visible keys (causal from past, padding
@@ -336,8 +221,8 @@ public final class CudaDecoderOps implements AutoCloseable {
      * heads of one kv head, the keys' stride 0), then our masked softmax in place.
      */
     public void attentionScores(Attention a, Tensor probs) {
-        String op = "attentionScores";
-        checkAttention(op, a, probs);
+        DecoderOpChecks.attention("attentionScores", backend, a, probs);
+        enter("attentionScores");
         if (a.batch() == 0 || a.tq() == 0) return;
         long plane = a.tq() * a.tk();
         int g = (int) a.groups();
@@ -361,12 +246,8 @@ public final class CudaDecoderOps implements AutoCloseable {
 
     /** out [B * tq, ldOut] (head h at columns h * hd) = probs [B, H, tq, tk] v. */
     public void attentionValues(Attention a, Tensor probs, Tensor out, long ldOut) {
-        String op = "attentionValues";
-        checkAttention(op, a, probs);
-        f32(op, out);
-        if (a.heads() * a.hd() > ldOut || out.numel() < a.batch() * a.tq() * ldOut) {
-            throw new IllegalArgumentException(op + ": out " + out.describe() + " does not hold " + a.heads() + " heads of " + a.hd() + " in rows of " + ldOut);
-        }
+        DecoderOpChecks.attentionValues(backend, a, probs, out, ldOut);
+        enter("attentionValues");
         if (a.batch() == 0 || a.tq() == 0) return;
         long plane = a.tq() * a.tk();
         int g = (int) a.groups();
@@ -395,18 +276,8 @@ public final class CudaDecoderOps implements AutoCloseable {
      */
     public void attentionBackward(Attention a, Tensor probs, Tensor probsUsed, Tensor dprobs, Tensor dout, long ldOut, Tensor dqkv,
                                   Runnable beforeSoftmax) {
-        String op = "attentionBackward";
-        checkAttention(op, a, probs);
-        f32(op, probsUsed, dprobs, dout, dqkv);
-        numel(op, "probsUsed", probsUsed, probs.numel());
-        numel(op, "dprobs", dprobs, probs.numel());
-        if (a.past() != 0 || a.tq() != a.tk()) throw new IllegalArgumentException(op + ": training attention only (no cache): tq " + a.tq() + ", tk " + a.tk());
-        if (a.heads() * a.hd() > ldOut || dout.numel() < a.batch() * a.tq() * ldOut) {
-            throw new IllegalArgumentException(op + ": dout " + dout.describe() + " does not hold " + a.heads() + " heads of " + a.hd() + " in rows of " + ldOut);
-        }
-        if (dqkv.numel() < Math.max(a.q().numel(), a.k().numel())) {
-            throw new IllegalArgumentException(op + ": dqkv " + dqkv.describe() + " is smaller than the q | k | v buffer");
-        }
+        DecoderOpChecks.attentionBackward(backend, a, probs, probsUsed, dprobs, dout, ldOut, dqkv);
+        enter("attentionBackward");
         if (a.batch() == 0) return;
         long plane = a.tq() * a.tk();
         int g = (int) a.groups();
@@ -470,26 +341,6 @@ public final class CudaDecoderOps implements AutoCloseable {
 
     // ---- projections (cuBLAS; float32 weights through sgemm, bfloat16 weights through cublasGemmEx)
 
-    private void checkProjection(String op, Tensor out, long col, long ldOut, Tensor x, long ldX, Tensor w, Tensor b, long n, long in, long outF) {
-        if (closed) throw new IllegalStateException(op + ": CudaDecoderOps already closed");
-        Shapes.alive(op, out, x, w, b);
-        Shapes.backend(op, backend, out, x, w, b);
-        Shapes.dtype(op, DType.F32, out, x, b);
-        if (w.dtype() != DType.F32 && w.dtype() != DType.BF16) throw new IllegalArgumentException(op + ": weight must be F32 or BF16, got " + w.describe());
-        positive(op, "in features", in);
-        positive(op, "out features", outF);
-        if (n < 0 || col < 0 || col + outF > ldOut || in > ldX) {
-            throw new IllegalArgumentException(op + ": columns [" + col + ", " + (col + outF) + ") of rows of " + ldOut + " from inputs of " + in + " in rows of " + ldX);
-        }
-        if (out.numel() < n * ldOut || x.numel() < n * ldX) {
-            throw new IllegalArgumentException(op + ": out " + out.describe() + " / x " + x.describe() + " do not hold " + n + " rows of " + ldOut + " / " + ldX);
-        }
-        numel(op, "weight", w, in * outF);
-        numel(op, "bias", b, outF);
-        Shapes.toInt(op, Math.max(Math.max(n, ldOut), Math.max(ldX, Math.max(in, outF))));
-        backend.context().makeCurrent();
-    }
-
     /**
      * out [N, outF] (columns [col, col + outF) of rows of ldOut) = x [N, in] (rows of ldX) W^T + b for
      * W [outF, in] (nn.Linear), or x W for W [in, outF] (GPT-2's Conv1D), as DecoderOps.projectionForward.
@@ -500,8 +351,8 @@ public final class CudaDecoderOps implements AutoCloseable {
      */
     public void projectionForward(Tensor out, long col, long ldOut, Tensor x, long ldX, Tensor w, Tensor b, long n, long in, long outF,
                                   boolean storedInOut) {
-        String op = "projectionForward";
-        checkProjection(op, out, col, ldOut, x, ldX, w, b, n, in, outF);
+        DecoderOpChecks.projection("projectionForward", backend, out, col, ldOut, x, ldX, w, b, n, in, outF, DType.F32, DType.BF16);
+        enter("projectionForward");
         if (n == 0) return;
         // column-major: out^T [outF, N] = W-as-stored (transposed for nn.Linear) times x^T [in, N]
         int opW = storedInOut ? cublas_h.CUBLAS_OP_N : cublas_h.CUBLAS_OP_T;
@@ -530,13 +381,8 @@ public final class CudaDecoderOps implements AutoCloseable {
      */
     public void projectionBackward(Tensor dx, long ldDx, boolean accumulateDx, Tensor dw, Tensor db, Tensor dout, long col, long ldOut, Tensor x, long ldX,
                                    Tensor w, long n, long in, long outF, boolean storedInOut) {
-        String op = "projectionBackward";
-        checkProjection(op, dout, col, ldOut, x, ldX, w, db, n, in, outF);
-        f32(op, dx, dw, w);
-        numel(op, "dw", dw, in * outF);
-        if (dx != null && (in > ldDx || dx.numel() < n * ldDx)) {
-            throw new IllegalArgumentException(op + ": dx " + dx.describe() + " does not hold " + n + " rows of " + in + " in rows of " + ldDx);
-        }
+        DecoderOpChecks.projectionBackward(backend, dx, ldDx, dw, dout, col, ldOut, x, ldX, w, db, n, in, outF);
+        enter("projectionBackward");
         if (n == 0) return;
         MemorySegment g = at(dout, col);
         try (Arena arena = Arena.ofConfined()) {
@@ -564,35 +410,31 @@ public final class CudaDecoderOps implements AutoCloseable {
 
     /** out = gelu_tanh(x), x and out of the same size. out may be x. */
     public void geluForward(Tensor out, Tensor x) {
-        f32("geluForward", out, x);
-        numel("geluForward", "out", out, x.numel());
+        DecoderOpChecks.gelu("geluForward", backend, out, x, null);
+        enter("geluForward");
         kernels.geluTanhForward(out.data(), x.data(), x.numel(), s());
     }
 
     /** dx = gelu_tanh'(x) dout; dx may be dout. */
     public void geluBackward(Tensor dx, Tensor dout, Tensor x) {
-        f32("geluBackward", dx, dout, x);
-        numel("geluBackward", "dx", dx, x.numel());
-        numel("geluBackward", "dout", dout, x.numel());
+        DecoderOpChecks.gelu("geluBackward", backend, dx, x, dout);
+        enter("geluBackward");
         kernels.geluTanhBackward(dx.data(), dout.data(), x.data(), x.numel(), s());
     }
 
     /** out [N, F] = silu(gate) * up from gateUp [N, 2F] (gate in columns [0, F), up in [F, 2F)). */
     public void swigluForward(Tensor out, Tensor gateUp) {
-        String op = "swigluForward";
-        f32(op, out, gateUp);
+        DecoderOpChecks.swiglu("swigluForward", backend, out, gateUp, null);
+        enter("swigluForward");
         long n = out.rows(), f = out.cols();
-        numel(op, "gateUp", gateUp, n * 2 * f);
         kernels.swigluForward(out.data(), gateUp.data(), n, f, s());
     }
 
     /** dgateUp [N, 2F] from dout [N, F]. */
     public void swigluBackward(Tensor dgateUp, Tensor dout, Tensor gateUp) {
-        String op = "swigluBackward";
-        f32(op, dgateUp, dout, gateUp);
+        DecoderOpChecks.swiglu("swigluBackward", backend, dout, gateUp, dgateUp);
+        enter("swigluBackward");
         long n = dout.rows(), f = dout.cols();
-        numel(op, "gateUp", gateUp, n * 2 * f);
-        numel(op, "dgateUp", dgateUp, n * 2 * f);
         kernels.swigluBackward(dgateUp.data(), dout.data(), gateUp.data(), n, f, s());
     }
 
@@ -607,12 +449,11 @@ public final class CudaDecoderOps implements AutoCloseable {
      */
     public void nextTokenCrossEntropy(Tensor logits, long[] labels, Tensor loss, Tensor dlogits) {
         String op = "nextTokenCrossEntropy";
-        f32(op, logits, loss, dlogits);
-        Shapes.rank(op, logits, 3);
+        DecoderOpChecks.nextTokenLoss(backend, logits, labels, dlogits);
+        DecoderOpChecks.f32(op, backend, loss);
+        DecoderOpChecks.numel(op, "loss", loss, 1);
+        enter(op);
         long batch = logits.size(0), t = logits.size(1), vocab = logits.size(2);
-        if (labels.length != batch * t) throw new IllegalArgumentException(op + ": " + labels.length + " labels for logits " + logits.describe());
-        numel(op, "loss", loss, 1);
-        numel(op, "dlogits", dlogits, logits.numel());
         long[] shifted = new long[labels.length];
         for (long b = 0; b < batch; b++) {
             for (long i = 0; i < t; i++) shifted[(int) (b * t + i)] = i + 1 < t ? labels[(int) (b * t + i + 1)] : -100;
@@ -621,6 +462,43 @@ public final class CudaDecoderOps implements AutoCloseable {
             Tensor y = longs(arena, shifted);
             backend.crossEntropy(logits.view(batch * t, vocab), y, -100, 0f, loss, dlogits == null ? null : dlogits.view(batch * t, vocab));
         }
+    }
+
+    /**
+     * {@link #nextTokenCrossEntropy} read back to the host (it synchronises). dlogits may be logits
+     * itself: the gradient then goes through a scratch buffer and is copied over the logits, since the
+     * cross-entropy kernels read a row's logits while they write its gradient.
+     */
+    @Override
+    public double nextTokenLoss(Tensor logits, long[] labels, Tensor dlogits) {
+        try (Arena arena = Arena.ofConfined()) {
+            Tensor loss = backend.empty(arena, DType.F32, 1);
+            boolean inPlace = dlogits != null && dlogits.data().address() == logits.data().address();
+            Tensor grad = inPlace ? backend.empty(arena, DType.F32, logits.shape()) : dlogits;
+            nextTokenCrossEntropy(logits, labels, loss, grad);
+            if (inPlace) backend.copy(grad, dlogits);
+            return backend.read(loss)[0];
+        }
+    }
+
+    // ---- copies
+
+    /** Row by row device-to-device copies on the backend's stream (one per row: a KV-cache append copies B * T rows a layer). */
+    @Override
+    public void copyRows(Tensor dst, long dstOffset, long ldDst, Tensor src, long srcOffset, long ldSrc, long rows, long width) {
+        DecoderOpChecks.copyRows(backend, dst, dstOffset, ldDst, src, srcOffset, ldSrc, rows, width);
+        enter("copyRows");
+        if (width == 0) return;
+        if (width == ldSrc && width == ldDst) { // contiguous: one copy
+            backend.copy(row(src, srcOffset, rows * width), row(dst, dstOffset, rows * width));
+            return;
+        }
+        for (long r = 0; r < rows; r++) backend.copy(row(src, srcOffset + r * ldSrc, width), row(dst, dstOffset + r * ldDst, width));
+    }
+
+    /** A [count] float32 view of t from element {@code from} (no copy). */
+    private Tensor row(Tensor t, long from, long count) {
+        return Tensor.wrap(backend, DType.F32, new long[] {count}, at(t, from), null);
     }
 
     @Override

@@ -60,6 +60,7 @@ public final class DecoderHint implements AutoCloseable {
 
     /** Checks the indices against both models and makes the projection (N(0, 1/sqrt(Ds)) from the seed) when the widths differ. */
     public DecoderHint(Backend backend, Spec spec, DecoderModel student, DecoderModel teacher, long seed) {
+        DecoderOpChecks.hostOnly("a hidden-state hint", "its projection and loss run DecoderOps on host memory", backend);
         student.checkHiddenIndex(spec.studentIndex(), "--hint student");
         teacher.checkHiddenIndex(spec.teacherIndex(), "--hint teacher");
         this.spec = spec;

@@ -16,12 +16,11 @@ import org.distill4j.core.Backend;
 import org.distill4j.core.Bf16;
 import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
-import org.distill4j.core.cpu.CpuBackend;
 import org.distill4j.core.cpu.CpuBlas;
 import org.distill4j.core.lm.DecoderFamily.LayerNames;
 import org.distill4j.core.lm.DecoderFamily.Layout;
 import org.distill4j.core.lm.DecoderFamily.Projection;
-import org.distill4j.core.lm.DecoderOps.AttentionShape;
+import org.distill4j.core.lm.DecoderDeviceOps.Attention;
 import org.distill4j.core.lm.DecoderProfile.Op;
 import org.distill4j.core.nn.Layer;
 import org.distill4j.core.nn.Parameter;
@@ -44,6 +43,7 @@ import org.distill4j.core.nn.Parameter;
  */
 public final class DecoderModel implements AutoCloseable {
     private final Backend backend;
+    private final DecoderDeviceOps ops; // the backend's decoder ops: CpuDecoderOps (DecoderOps on host memory) or CudaDecoderOps
     private final DecoderConfig config;
     private final Layout layout;
     private final Map<String, Parameter> parameters = new LinkedHashMap<>();
@@ -69,14 +69,16 @@ public final class DecoderModel implements AutoCloseable {
     }
 
     private DecoderModel(Backend backend, DecoderConfig config, String diskDtype, DType weightDtype) {
-        if (!(backend instanceof CpuBackend)) {
-            throw new UnsupportedOperationException("decoder models run on the CPU backend only so far; CUDA kernels for norms, RoPE, "
-                + "masked softmax, the embedding gather/scatter and SwiGLU are issue 21's next step (asked for " + backend.name() + ")");
-        }
         this.backend = backend;
+        this.ops = DecoderDeviceOps.forBackend(backend); // refuses a backend other than the CPU's and CUDA's
         this.config = config;
         this.diskDtype = diskDtype;
         if (weightDtype != DType.F32 && weightDtype != DType.BF16) throw new IllegalArgumentException("decoder weights are F32 or BF16, not " + weightDtype);
+        if (weightDtype == DType.BF16 && !backend.isHost()) {
+            // CudaDecoderOps multiplies bf16 weights (cublasGemmEx) but gathers float32 embeddings only, and no GPU has run this path yet.
+            throw new UnsupportedOperationException("a decoder with bf16 weights runs on the CPU backend so far (oneDNN's bf16 matmul); on "
+                + backend.name() + " load it in float32 (--teacher-dtype f32)");
+        }
         this.weightDtype = weightDtype;
         this.layout = config.family().layout(config);
         java.util.Set<String> matmulWeights = new java.util.HashSet<>();
@@ -221,14 +223,23 @@ public final class DecoderModel implements AutoCloseable {
         }
     }
 
-    /** x = N(0, std) by Box-Muller over Philox(seed) uniforms, stream {@code stream} of the seed (one per parameter). */
+    /**
+     * x = N(0, std) by Box-Muller over Philox(seed) uniforms, stream {@code stream} of the seed (one per
+     * parameter). Drawn on the host: into x itself on the CPU, else into a host buffer the backend
+     * then copies to the device (the same values on every backend).
+     */
     static void normal(Tensor x, double std, long seed, long stream) {
-        MemorySegment out = x.data();
-        long offset = stream << 40;
-        for (long i = 0; i < x.numel(); i++) {
-            double u1 = org.distill4j.core.Philox.uniform(seed, offset + 2 * i), u2 = org.distill4j.core.Philox.uniform(seed, offset + 2 * i + 1);
-            double z = Math.sqrt(-2 * Math.log(1 - u1)) * Math.cos(2 * Math.PI * u2); // 1 - u1 is in (0, 1]: no log(0)
-            DecoderOps.set(out, i, (float) (std * z));
+        Backend backend = x.backend();
+        // Shared, as the tensors' arenas: a confined segment here would give DecoderOps.set a second profile.
+        try (Arena staging = Arena.ofShared()) {
+            MemorySegment out = backend.isHost() ? x.data() : staging.allocate(Math.max(1, x.byteSize()), 16);
+            long offset = stream << 40;
+            for (long i = 0; i < x.numel(); i++) {
+                double u1 = org.distill4j.core.Philox.uniform(seed, offset + 2 * i), u2 = org.distill4j.core.Philox.uniform(seed, offset + 2 * i + 1);
+                double z = Math.sqrt(-2 * Math.log(1 - u1)) * Math.cos(2 * Math.PI * u2); // 1 - u1 is in (0, 1]: no log(0)
+                DecoderOps.set(out, i, (float) (std * z));
+            }
+            if (!backend.isHost()) backend.copyFromHost(out.asSlice(0, x.byteSize()), x);
         }
     }
 
@@ -435,8 +446,7 @@ public final class DecoderModel implements AutoCloseable {
         long n = batch * t;
         Tensor logits = backend.empty(pass.arena(), DType.F32, batch, t, config.vocab());
         long pt = DecoderProfile.start();
-        DecoderOps.projectionForward(logits.data(), 0, config.vocab(), hidden.data(), config.hidden(), lmHead.value().data(), bf16(lmHead), null, n,
-            config.hidden(), config.vocab(), false);
+        ops.projectionForward(logits, 0, config.vocab(), hidden, config.hidden(), lmHead.value(), null, n, config.hidden(), config.vocab(), false);
         DecoderProfile.stop(Op.LM_HEAD_F, pt);
         return logits;
     }
@@ -542,14 +552,14 @@ public final class DecoderModel implements AutoCloseable {
         long pt;
         Tensor x = buffer(pass, n, d);
         pt = DecoderProfile.start();
-        DecoderOps.embeddingForward(x.data(), s.ids, pos, embedding.value().data(), bf16(embedding), positions == null ? null : positions.value().data(), d);
+        ops.embeddingForward(x, s.ids, pos, embedding.value(), positions == null ? null : positions.value());
         DecoderProfile.stop(Op.EMBEDDING_F, pt);
         dropout(s, config.embdDropout(), 0, x);
         s.x0 = x;
         if (invFreq != null) {
             s.cos = buffer(pass, n, hd / 2);
             s.sin = buffer(pass, n, hd / 2);
-            DecoderOps.ropeTables(s.cos.data(), s.sin.data(), pos, invFreq);
+            ops.ropeTables(s.cos, s.sin, pos, invFreq);
         }
         Tensor branch = buffer(pass, n, d); // the attention's and the MLP's output before the residual add (not kept)
         for (int l = 0; l < layers; l++) {
@@ -578,30 +588,28 @@ public final class DecoderModel implements AutoCloseable {
             }
             pt = DecoderProfile.start();
             if (invFreq != null) {
-                DecoderOps.rope(qkv.data(), 0, qkvW, n, config.heads(), s.cos.data(), s.sin.data(), hd / 2, false);
-                DecoderOps.rope(qkv.data(), a, qkvW, n, config.kvHeads(), s.cos.data(), s.sin.data(), hd / 2, false);
+                ops.rope(qkv, 0, qkvW, n, config.heads(), s.cos, s.sin, hd / 2, false);
+                ops.rope(qkv, a, qkvW, n, config.kvHeads(), s.cos, s.sin, hd / 2, false);
             }
             s.qkv[l] = qkv;
             DecoderProfile.stop(Op.ROPE_QKNORM_F, pt);
-            AttentionShape shape;
+            Attention shape;
             if (cache != null) {
                 // Append this call's keys and values at rows [past, past + t) of the cache, then attend over all of them.
-                MemorySegment kc = cache.keys[l].data(), vc = cache.values[l].data();
+                Tensor kc = cache.keys[l], vc = cache.values[l];
                 for (int b = 0; b < batch; b++) {
-                    for (long i = 0; i < t; i++) {
-                        long src = ((b * t + i) * qkvW) * Float.BYTES, dst = ((b * cache.capacity + past + i) * kvw) * Float.BYTES;
-                        MemorySegment.copy(qkv.data(), src + a * Float.BYTES, kc, dst, kvw * Float.BYTES);
-                        MemorySegment.copy(qkv.data(), src + (a + kvw) * Float.BYTES, vc, dst, kvw * Float.BYTES);
-                    }
+                    long src = b * t * qkvW, dst = (b * cache.capacity + past) * kvw;
+                    ops.copyRows(kc, dst, kvw, qkv, src + a, qkvW, t, kvw);
+                    ops.copyRows(vc, dst, kvw, qkv, src + a + kvw, qkvW, t, kvw);
                 }
-                shape = new AttentionShape(batch, config.heads(), config.kvHeads(), hd, t, tk, past, qkv.data(), qkvW, 0, kc, vc, kvw,
+                shape = new Attention(batch, config.heads(), config.kvHeads(), hd, t, tk, past, qkv, qkvW, 0, kc, vc, kvw,
                     cache.capacity * kvw, 0, 0, keyMask, attentionScale(l));
             } else {
                 shape = attentionShape(s, l, qkv);
             }
             act(s, s.probs, l, batch, config.heads(), t, tk);
             pt = DecoderProfile.start();
-            DecoderOps.attentionScores(shape, s.probs[l].data());
+            ops.attentionScores(shape, s.probs[l]);
             DecoderProfile.stop(Op.ATTN_SCORES_SOFTMAX_F, pt);
             s.probsUsed[l] = s.probs[l];
             if (s.dropout && config.attnDropout() > 0) {
@@ -610,7 +618,7 @@ public final class DecoderModel implements AutoCloseable {
             }
             act(s, s.attn, l, n, a);
             pt = DecoderProfile.start();
-            DecoderOps.attentionValues(shape, s.probsUsed[l].data(), s.attn[l].data(), a);
+            ops.attentionValues(shape, s.probsUsed[l], s.attn[l], a);
             DecoderProfile.stop(Op.ATTN_VALUES_F, pt);
             Tensor attnOut = branch;
             pt = DecoderProfile.start();
@@ -636,9 +644,9 @@ public final class DecoderModel implements AutoCloseable {
             act(s, s.mlpAct, l, n, inner);
             pt = DecoderProfile.start();
             if (config.mlp() == DecoderConfig.Mlp.SWIGLU) {
-                DecoderOps.swigluForward(s.mlpAct[l].data(), s.mlpIn[l].data(), n, inner);
+                ops.swigluForward(s.mlpAct[l], s.mlpIn[l]);
             } else {
-                DecoderOps.geluForward(s.mlpAct[l].data(), s.mlpIn[l].data(), n * inner);
+                ops.geluForward(s.mlpAct[l], s.mlpIn[l]);
             }
             DecoderProfile.stop(Op.ACTIVATION_F, pt);
             Tensor mlpOut = branch;
@@ -666,9 +674,9 @@ public final class DecoderModel implements AutoCloseable {
         return s.lnf;
     }
 
-    private AttentionShape attentionShape(Saved s, int l, Tensor qkv) {
+    private Attention attentionShape(Saved s, int l, Tensor qkv) {
         long hd = config.headDim(), a = config.heads() * hd, kvw = config.kvHeads() * hd, qkvW = a + 2 * kvw;
-        return new AttentionShape(s.batch, config.heads(), config.kvHeads(), hd, s.t, s.t, 0, qkv.data(), qkvW, 0, qkv.data(), qkv.data(), qkvW,
+        return new Attention(s.batch, config.heads(), config.kvHeads(), hd, s.t, s.t, 0, qkv, qkvW, 0, qkv, qkv, qkvW,
             s.t * qkvW, a, a + kvw, s.keyMask, attentionScale(l));
     }
 
@@ -694,12 +702,12 @@ public final class DecoderModel implements AutoCloseable {
         return backend.empty(pass.arena(), DType.F32, shape);
     }
 
-    private static MemorySegment data(Parameter p) {
-        return p == null ? null : p.value().data();
+    private static Tensor value(Parameter p) {
+        return p == null ? null : p.value();
     }
 
-    private static MemorySegment grad(Parameter p) {
-        return p == null ? null : p.grad().data();
+    private static Tensor grad(Parameter p) {
+        return p == null ? null : p.grad();
     }
 
     /** Dropout stream of one site (embedding 0; layer l: attention probs 1 + 3l, the two residual branches 2 + 3l and 3 + 3l) in step {@code step}. */
@@ -718,51 +726,35 @@ public final class DecoderModel implements AutoCloseable {
 
     private void normForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Parameter w, Parameter b, long n) {
         if (config.norm() == DecoderConfig.Norm.LAYER_NORM) {
-            DecoderOps.layerNormForward(out.data(), mean.data(), rstd.data(), x.data(), w.value().data(), data(b), n, config.hidden(), config.normEps());
+            ops.layerNormForward(out, mean, rstd, x, w.value(), value(b), config.normEps());
         } else {
-            DecoderOps.rmsNormForward(out.data(), rstd.data(), x.data(), w.value().data(), n, config.hidden(), config.hidden(), config.normEps());
+            ops.rmsNormForward(out, rstd, x, w.value(), n, 1, config.hidden(), 0, config.hidden(), config.normEps());
         }
     }
 
     /** dx += norm backward (dx holds the residual stream's gradient, to which the norm's branch adds). */
     private void normBackward(Tensor dx, Tensor dout, Tensor x, Parameter w, Parameter b, Tensor mean, Tensor rstd, long n) {
         if (config.norm() == DecoderConfig.Norm.LAYER_NORM) {
-            DecoderOps.layerNormBackward(dx.data(), w.grad().data(), grad(b), dout.data(), x.data(), w.value().data(), mean.data(), rstd.data(), n,
-                config.hidden(), true);
+            ops.layerNormBackward(dx, w.grad(), grad(b), dout, x, w.value(), mean, rstd, true);
         } else {
-            DecoderOps.rmsNormBackward(dx.data(), w.grad().data(), dout.data(), x.data(), w.value().data(), rstd.data(), n, config.hidden(), config.hidden(),
-                true);
+            ops.rmsNormBackward(dx, w.grad(), dout, x, w.value(), rstd, n, 1, config.hidden(), 0, config.hidden(), true);
         }
     }
 
     /** Qwen3's per-head RMSNorm over {@code heads} heads starting at column {@code col}: out and raw are [N, qkvW]; rstd [heads, N]. */
     private void headNormForward(Tensor out, Tensor raw, Parameter w, Tensor rstd, long col, int heads, long n, long qkvW) {
-        long hd = config.headDim();
-        for (int h = 0; h < heads; h++) {
-            long c = col + h * hd;
-            DecoderOps.rmsNormForward(DecoderOps.columns(out.data(), c), rstd.data().asSlice(h * n * Float.BYTES), DecoderOps.columns(raw.data(), c),
-                w.value().data(), n, hd, qkvW, config.normEps());
-        }
+        ops.rmsNormForward(out, rstd, raw, w.value(), n, heads, config.headDim(), col, qkvW, config.normEps());
     }
 
+    /** In place (dx = dout): each element's gradient is written after its incoming gradient is read. */
     private void headNormBackward(Tensor dqkv, Tensor raw, Parameter w, Tensor rstd, long col, int heads, long n, long qkvW) {
-        long hd = config.headDim();
-        for (int h = 0; h < heads; h++) {
-            long c = col + h * hd;
-            // In place (dx = dout): each element's gradient is written after its incoming gradient is read.
-            MemorySegment g = DecoderOps.columns(dqkv.data(), c);
-            DecoderOps.rmsNormBackward(g, w.grad().data(), g, DecoderOps.columns(raw.data(), c), w.value().data(), rstd.data().asSlice(h * n * Float.BYTES),
-                n, hd, qkvW, false);
-        }
+        ops.rmsNormBackward(dqkv, w.grad(), dqkv, raw, w.value(), rstd, n, heads, config.headDim(), col, qkvW, false);
     }
 
+    /** out [n, p.out] = x [n, p.in] through projection p; the weight goes as the model holds it (its dtype is the ops' to accept). */
     private void projection(Proj p, Tensor out, Tensor x, long n) {
-        DecoderOps.projectionForward(out.data(), 0, p.spec().out(), x.data(), p.spec().in(), p.weight().value().data(), bf16(p.weight()), data(p.bias()), n,
-            p.spec().in(), p.spec().out(), p.spec().storedInOut());
-    }
-
-    private static boolean bf16(Parameter p) {
-        return p.value().dtype() == DType.BF16;
+        ops.projectionForward(out, 0, p.spec().out(), x, p.spec().in(), p.weight().value(), value(p.bias()), n, p.spec().in(), p.spec().out(),
+            p.spec().storedInOut());
     }
 
     /**
@@ -772,8 +764,8 @@ public final class DecoderModel implements AutoCloseable {
     private void fusedProjection(List<Proj> projections, Tensor out, long width, Tensor x, long n) {
         long col = 0;
         for (Proj p : projections) {
-            DecoderOps.projectionForward(out.data(), col, width, x.data(), p.spec().in(), p.weight().value().data(), bf16(p.weight()), data(p.bias()), n,
-                p.spec().in(), p.spec().out(), p.spec().storedInOut());
+            ops.projectionForward(out, col, width, x, p.spec().in(), p.weight().value(), value(p.bias()), n, p.spec().in(), p.spec().out(),
+                p.spec().storedInOut());
             col += p.spec().out();
         }
     }
@@ -790,8 +782,8 @@ public final class DecoderModel implements AutoCloseable {
     }
 
     private void projectionBackward(Proj p, Tensor dx, boolean accumulateDx, Tensor dout, long col, long ldOut, Tensor x, long n) {
-        DecoderOps.projectionBackward(dx == null ? null : dx.data(), p.spec().in(), accumulateDx, p.weight().grad().data(), grad(p.bias()), dout.data(), col,
-            ldOut, x.data(), p.spec().in(), p.weight().value().data(), n, p.spec().in(), p.spec().out(), p.spec().storedInOut());
+        ops.projectionBackward(dx, p.spec().in(), accumulateDx, p.weight().grad(), grad(p.bias()), dout, col, ldOut, x, p.spec().in(), p.weight().value(),
+            n, p.spec().in(), p.spec().out(), p.spec().storedInOut());
     }
 
     // ---- loss and backward
@@ -803,15 +795,12 @@ public final class DecoderModel implements AutoCloseable {
      * in place, which saves a [B, T, V] buffer when the logits are not needed after the loss).
      */
     public static double nextTokenLoss(Tensor logits, long[] labels, Tensor dlogits) {
-        if (logits.rank() != 3 || labels.length != logits.size(0) * logits.size(1)) {
-            throw new IllegalArgumentException("nextTokenLoss: logits " + logits.describe() + " and " + labels.length + " labels");
+        try (DecoderDeviceOps ops = DecoderDeviceOps.forBackend(logits.backend())) {
+            long pt = DecoderProfile.start();
+            double loss = ops.nextTokenLoss(logits, labels, dlogits);
+            DecoderProfile.stop(Op.LOSS, pt);
+            return loss;
         }
-        if (dlogits != null && !Arrays.equals(dlogits.shape(), logits.shape())) throw new IllegalArgumentException("nextTokenLoss: dlogits " + dlogits.describe());
-        long pt = DecoderProfile.start();
-        double loss = DecoderOps.nextTokenCrossEntropy(logits.data(), labels, Math.toIntExact(logits.size(0)), logits.size(1), logits.size(2),
-            dlogits == null ? null : dlogits.data());
-        DecoderProfile.stop(Op.LOSS, pt);
-        return loss;
     }
 
     /** Accumulates every parameter's gradient from dL/dlogits [B, T, V] of the last training-mode forward (buffers in the forward's arena). */
@@ -826,8 +815,7 @@ public final class DecoderModel implements AutoCloseable {
         // lm_head (tied: into the embedding's gradient), then the rest from the final norm's output down.
         Tensor dlnf = buffer(s.pass, n, d);
         long pt = DecoderProfile.start();
-        DecoderOps.projectionBackward(dlnf.data(), d, false, lmHead.grad().data(), null, dlogits.data(), 0, config.vocab(), s.lnf.data(), d,
-            lmHead.value().data(), n, d, config.vocab(), false);
+        ops.projectionBackward(dlnf, d, false, lmHead.grad(), null, dlogits, 0, config.vocab(), s.lnf, d, lmHead.value(), n, d, config.vocab(), false);
         DecoderProfile.stop(Op.LM_HEAD_B, pt);
         backwardHidden(dlnf, null);
     }
@@ -880,9 +868,9 @@ public final class DecoderModel implements AutoCloseable {
             DecoderProfile.stop(Op.MLP_OUT_PROJ_B, pt);
             pt = DecoderProfile.start();
             if (config.mlp() == DecoderConfig.Mlp.SWIGLU) {
-                DecoderOps.swigluBackward(dmlpIn.data(), dact.data(), s.mlpIn[l].data(), n, inner);
+                ops.swigluBackward(dmlpIn, dact, s.mlpIn[l]);
             } else {
-                DecoderOps.geluBackward(dmlpIn.data(), dact.data(), s.mlpIn[l].data(), n * inner);
+                ops.geluBackward(dmlpIn, dact, s.mlpIn[l]);
             }
             DecoderProfile.stop(Op.ACTIVATION_B, pt);
             pt = DecoderProfile.start();
@@ -902,15 +890,14 @@ public final class DecoderModel implements AutoCloseable {
             pt = DecoderProfile.start();
             backend.zero(dqkv); // kv heads shared by several query heads accumulate
             int layer = l;
-            DecoderOps.attentionBackward(attentionShape(s, l, s.qkv[l]), s.probs[l].data(), s.probsUsed[l].data(), dprobs.data(), dattn.data(), a,
-                dqkv.data(), () -> {
+            ops.attentionBackward(attentionShape(s, l, s.qkv[l]), s.probs[l], s.probsUsed[l], dprobs, dattn, a, dqkv, () -> {
                     dropoutBackward(s, config.attnDropout(), 1 + 3L * layer, dprobs);
                 });
             DecoderProfile.stop(Op.ATTENTION_B, pt);
             pt = DecoderProfile.start();
             if (invFreq != null) {
-                DecoderOps.rope(dqkv.data(), 0, qkvW, n, config.heads(), s.cos.data(), s.sin.data(), hd / 2, true);
-                DecoderOps.rope(dqkv.data(), a, qkvW, n, config.kvHeads(), s.cos.data(), s.sin.data(), hd / 2, true);
+                ops.rope(dqkv, 0, qkvW, n, config.heads(), s.cos, s.sin, hd / 2, true);
+                ops.rope(dqkv, a, qkvW, n, config.kvHeads(), s.cos, s.sin, hd / 2, true);
             }
             if (blk.qNorm() != null) {
                 headNormBackward(dqkv, s.qkvRaw[l], blk.qNorm(), s.qRstd[l], 0, config.heads(), n, qkvW);
@@ -927,7 +914,7 @@ public final class DecoderModel implements AutoCloseable {
         if (extra != null && extra.index() == 0) backend.axpy(1f, extra.out().view(n, d), dres);
         dropoutBackward(s, config.embdDropout(), 0, dres);
         pt = DecoderProfile.start();
-        DecoderOps.embeddingBackward(embedding.grad().data(), positions == null ? null : positions.grad().data(), dres.data(), s.ids, s.positions, d);
+        ops.embeddingBackward(embedding.grad(), positions == null ? null : positions.grad(), dres, s.ids, s.positions);
         DecoderProfile.stop(Op.EMBEDDING_B, pt);
         saved = null;
     }
@@ -945,5 +932,6 @@ public final class DecoderModel implements AutoCloseable {
     @Override
     public void close() {
         for (Parameter p : parameters.values()) p.close();
+        if (ops != null) ops.close();
     }
 }

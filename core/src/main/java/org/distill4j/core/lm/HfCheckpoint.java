@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
+import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.file.Files;
@@ -147,23 +148,33 @@ public final class HfCheckpoint implements AutoCloseable {
             return;
         }
         MemorySegment src = st.bytes(e);
-        MemorySegment out = dst.data();
         long n = dst.numel();
-        switch (e.dtype()) {
-            case "F32" -> dst.backend().copyFromHost(src, dst);
-            // Element by element from the mapping into the tensor: the file's bytes never pass through a Java array.
-            case "BF16" -> {
-                for (long i = 0; i < n; i++) out.setAtIndex(ValueLayout.JAVA_FLOAT, i, Bf16.toFloat(src.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i)));
+        if (e.dtype().equals("F32")) {
+            dst.backend().copyFromHost(src, dst); // from the mapping straight to the tensor (a device copy on CUDA)
+            return;
+        }
+        // BF16 / F16 widen element by element from the mapping into the tensor (CPU) or into a host staging
+        // buffer the backend then copies to the device: the file's bytes never pass through a Java array.
+        // Shared, as the tensors' arenas: a confined segment here would give the accessors a second profile.
+        try (Arena staging = Arena.ofShared()) {
+            boolean host = dst.backend().isHost();
+            MemorySegment out = host ? dst.data() : staging.allocate(Math.max(1, dst.byteSize()), 16).asSlice(0, dst.byteSize());
+            switch (e.dtype()) {
+                case "BF16" -> {
+                    for (long i = 0; i < n; i++) out.setAtIndex(ValueLayout.JAVA_FLOAT, i, Bf16.toFloat(src.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i)));
+                }
+                case "F16" -> {
+                    for (long i = 0; i < n; i++) out.setAtIndex(ValueLayout.JAVA_FLOAT, i, Float.float16ToFloat(src.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i)));
+                }
+                default -> throw new IllegalArgumentException(st.file() + ": tensor '" + key + "' is " + e.dtype() + Arrays.toString(e.shape())
+                    + "; weights must be F32, BF16 or F16");
             }
-            case "F16" -> {
-                for (long i = 0; i < n; i++) out.setAtIndex(ValueLayout.JAVA_FLOAT, i, Float.float16ToFloat(src.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i)));
-            }
-            default -> throw new IllegalArgumentException(st.file() + ": tensor '" + key + "' is " + e.dtype() + Arrays.toString(e.shape())
-                + "; weights must be F32, BF16 or F16");
+            if (!host) dst.backend().copyFromHost(out, dst);
         }
     }
 
     private static void copyIntoBf16(Safetensors st, Safetensors.Entry e, String key, Tensor dst) {
+        if (!dst.backend().isHost()) throw new UnsupportedOperationException("bf16 weights are held on the CPU backend only, not " + dst.backend().name());
         MemorySegment src = st.bytes(e);
         MemorySegment out = dst.data();
         long n = dst.numel();

@@ -90,6 +90,8 @@ public final class LmTrainer implements AutoCloseable {
         this.config = config;
         this.vocab = vocab;
         if (teacher != null && teacher.backend() != backend) throw new IllegalArgumentException("teacher and student must be on the same backend");
+        DecoderOpChecks.hostOnly("LmTrainer (decoder training and distillation)",
+            "its chunked lm_head loss, hint losses and on-policy sampling compute on host memory", backend);
     }
 
     /** Next-token cross-entropy: the mean over the step's target tokens. */

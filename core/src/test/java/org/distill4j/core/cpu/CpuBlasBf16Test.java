@@ -38,7 +38,7 @@ class CpuBlasBf16Test {
         short[] a = randomBf16(r, (ta ? k : m) * lda), b = randomBf16(r, (tb ? n : k) * ldb);
         float[] c = new float[m * ldc];
         for (int i = 0; i < c.length; i++) c[i] = (float) r.nextGaussian();
-        try (Arena arena = Arena.ofConfined()) {
+        try (Arena arena = Arena.ofShared()) { // shared, as the backend's tensors: the Java loop splits rows across threads
             MemorySegment as = arena.allocateFrom(JAVA_SHORT, a), bs = arena.allocateFrom(JAVA_SHORT, b), cs = arena.allocateFrom(JAVA_FLOAT, c);
             if (onednn) {
                 if (!OnednnMatmul.gemm(ta, tb, m, n, k, 1f, as, lda, 0, bs, ldb, 0, beta, cs, ldc, 0, 1, dnnl_h.dnnl_bf16)) {
