@@ -15,12 +15,15 @@ verified_file=bench/gpu-verified.txt
 line="$(grep -v '^#' "$verified_file" | tail -1)"
 commit="${1:-${line%% *}}"
 git cat-file -e "$commit^{commit}" 2>/dev/null || { echo "gpu-tests-status: $commit is not a commit of this repository" >&2; exit 2; }
-cuda_paths=(core/src/main/java/org/distill4j/core/cuda native/src/main/cuda bindings/src/main/java/org/distill4j/bindings/kernels)
+# The decoder's CUDA path lives in core/.../lm too: CudaDecoderOps, the checks it shares with the CPU, and DecoderModel, which drives it.
+lm=core/src/main/java/org/distill4j/core/lm
+cuda_paths=(core/src/main/java/org/distill4j/core/cuda native/src/main/cuda bindings/src/main/java/org/distill4j/bindings/kernels
+  "$lm/CudaDecoderOps.java" "$lm/DecoderOpChecks.java" "$lm/DecoderDeviceOps.java" "$lm/DecoderModel.java")
 cuda_changes="$(git log --oneline "$commit"..HEAD -- "${cuda_paths[@]}" | wc -l)"
 echo "last GPU verification: ${line}"
 echo "since $commit: $cuda_changes commit(s) changed the CUDA code (${cuda_paths[*]})"
-methods() { # the @Test methods of a Java source on stdin
-  awk '/@Test/{t=1; next} t && /void [A-Za-z0-9_]+\(/{match($0, /void [A-Za-z0-9_]+\(/); print substr($0, RSTART+5, RLENGTH-6); t=0}'
+methods() { # the @Test and @TestFactory methods of a Java source on stdin
+  awk '/@Test/{t=1; next} t && /(void|Stream<DynamicTest>) [A-Za-z0-9_]+\(/{match($0, /(void|Stream<DynamicTest>) [A-Za-z0-9_]+\(/); m=substr($0, RSTART, RLENGTH-1); sub(/.* /, "", m); print m; t=0}'
 }
 ran=0; changed=0; never=0
 for f in tests/src/test/java/org/distill4j/tests/Gpu*Test.java; do

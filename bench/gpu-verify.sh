@@ -9,7 +9,7 @@ set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 LIMIT="${LIMIT:-420}"
 classes=("$@")
-[ ${#classes[@]} -gt 0 ] || classes=(GpuFoundationTest GpuBackendTest GpuDistillationLossTest GpuModelTest GpuTrainerTest GpuPredictorTest GpuDecoderOpsTest)
+[ ${#classes[@]} -gt 0 ] || classes=(GpuFoundationTest GpuBackendTest GpuDistillationLossTest GpuModelTest GpuTrainerTest GpuPredictorTest GpuDecoderOpsTest GpuDecoderModelTest)
 work=/tmp/gpu-verify; rm -rf "$work"; mkdir -p "$work"
 for c in "${classes[@]}"; do
   mkdir -p "$work/$c"

@@ -94,7 +94,7 @@ final class EvalCommand implements Callable<Integer> {
         Path file = Path.of(data.substring("tokens:".length()));
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
         try (TokenWindows windows = TokenWindows.open(file, seqLen, Math.toIntExact(config.vocab()));
-             Backend b = Devices.open(device); DecoderModel m = DecoderModel.load(b, model)) {
+             Backend b = Devices.openForDecoder(device); DecoderModel m = DecoderModel.load(b, model)) {
             long[] order = windows.order(0, 0, false);
             long batches = windows.batchesPerEpoch(windowsPerBatch, false);
             long[] inputs = new long[windowsPerBatch * seqLen], targets = new long[windowsPerBatch * seqLen];
@@ -106,7 +106,12 @@ final class EvalCommand implements Callable<Integer> {
                 int n = rows * seqLen;
                 try (Arena arena = Arena.ofShared()) {
                     Tensor logits = m.forward(new Layer.Pass(b, arena, false, 0, 0), Arrays.copyOf(inputs, n), rows, seqLen, null, null, null); // [rows, T, V]
-                    sum += crossEntropySum(logits.data(), Arrays.copyOf(targets, n), config.vocab());
+                    MemorySegment host = logits.data();
+                    if (!b.isHost()) { // the logits are on the GPU: one copy to host memory for the double-precision sum
+                        host = arena.allocate(logits.byteSize(), 16);
+                        b.copyToHost(logits, host);
+                    }
+                    sum += crossEntropySum(host, Arrays.copyOf(targets, n), config.vocab());
                 }
                 scored += n;
                 progress.show(String.format("eval %s %d/%d windows  loss %.4f", ProgressLine.bar(bi + 1, batches, 24), Math.min((bi + 1) * windowsPerBatch,

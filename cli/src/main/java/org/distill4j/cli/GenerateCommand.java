@@ -5,8 +5,6 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.lang.foreign.Arena;
-import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -118,7 +116,7 @@ final class GenerateCommand implements Callable<Integer> {
             List<Long> generated = new ArrayList<>();
             boolean stoppedAtEos = false;
             long started = System.nanoTime();
-            try (Backend b = Devices.open(device); DecoderModel m = DecoderModel.load(b, model);
+            try (Backend b = Devices.openForDecoder(device); DecoderModel m = DecoderModel.load(b, model);
                  DecoderModel.KvCache cache = m.newCache(1, ids.length + maxNewTokens)) {
                 long[] step = ids; // the prefill, then one token per forward
                 for (int n = 0; n < maxNewTokens; n++) {
@@ -148,11 +146,10 @@ final class GenerateCommand implements Callable<Integer> {
         return 0;
     }
 
-    /** The last position's logits [V] of logits F32 [1, t, V]. */
+    /** The last position's logits [V] of logits F32 [1, t, V], read through the backend (host memory on the CPU, a copy from the GPU on CUDA). */
     private static float[] lastRow(Tensor logits) {
-        long v = logits.size(2), t = logits.size(1);
-        MemorySegment row = logits.data().asSlice((t - 1) * v * Float.BYTES, v * Float.BYTES);
-        return row.toArray(ValueLayout.JAVA_FLOAT);
+        long t = logits.size(1);
+        return logits.view(t, logits.size(2)).narrow0(t - 1, 1).toFloatArray();
     }
 
     /** The next token (draw n of the seed): {@link TokenSampler}, with this command's temperature and top-k. */

@@ -102,7 +102,7 @@ final class PredictCommand implements Callable<Integer> {
         long[] ids = x.toLongs(input.toString());
         int rowsTotal = Math.toIntExact(x.shape()[0]);
         long t = x.shape()[1];
-        try (Backend b = Devices.open(device); DecoderModel m = DecoderModel.load(b, model)) {
+        try (Backend b = Devices.openForDecoder(device); DecoderModel m = DecoderModel.load(b, model)) {
             long vocab = m.config().vocab();
             for (int i = 0; i < ids.length; i++) {
                 if (ids[i] < 0 || ids[i] >= vocab) {

@@ -88,6 +88,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
     // ---- embeddings
 
     /** out [N, D] = wte [V, D] rows of ids [N] (+ wpe [P, D] rows of positions [N] when wpe is not null). Ids and positions are checked on the host. */
+    @Override
     public void embeddingForward(Tensor out, long[] ids, long[] positions, Tensor wte, Tensor wpe) {
         DecoderOpChecks.embeddingForward(backend, out, ids, positions, wte, wpe);
         if (wte.dtype() != DType.F32) throw new UnsupportedOperationException("embeddingForward: the CUDA gather reads a float32 table, got " + wte.describe());
@@ -101,6 +102,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
     }
 
     /** dwte [V, D] += dout [N, D] scattered to rows ids [N]; dwpe [P, D] likewise by positions (when not null). Bit-identical to DecoderOps. */
+    @Override
     public void embeddingBackward(Tensor dwte, Tensor dwpe, Tensor dout, long[] ids, long[] positions) {
         DecoderOpChecks.embeddingBackward(backend, dwte, dwpe, dout, ids, positions);
         enter("embeddingBackward");
@@ -139,6 +141,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
     // ---- norms
 
     /** LayerNorm over x [N, D]: out [N, D]; mean, rstd [N] saved when not null; b may be null. */
+    @Override
     public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor w, Tensor b, float eps) {
         DecoderOpChecks.layerNormForward(backend, out, mean, rstd, x, w, b);
         enter("layerNormForward");
@@ -147,6 +150,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
     }
 
     /** LayerNorm backward: dx [N, D] (+)= ..., dw [D] += sum dout xhat, db [D] += sum dout (when not null). dx may be dout. */
+    @Override
     public void layerNormBackward(Tensor dx, Tensor dw, Tensor db, Tensor dout, Tensor x, Tensor w, Tensor mean, Tensor rstd, boolean accumulate) {
         DecoderOpChecks.layerNormBackward(backend, dx, dw, db, dout, x, w, mean, rstd);
         enter("layerNormBackward");
@@ -168,6 +172,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
      * q/k norm: the q or k heads of the q | k | v buffer). out has x's layout (columns outside the rows
      * untouched); rstd [heads, N] when not null.
      */
+    @Override
     public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor w, long n, long heads, long d, long col, long stride, float eps) {
         DecoderOpChecks.rmsNormForward(backend, out, rstd, x, w, n, heads, d, col, stride);
         enter("rmsNormForward");
@@ -176,6 +181,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
     }
 
     /** RMSNorm backward: dx (+)= rstd g - x rstd^3 mean(g x), dw [d] += sum dout x rstd; rows as the forward. dx may be dout. */
+    @Override
     public void rmsNormBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor rstd, long n, long heads, long d, long col, long stride,
                                 boolean accumulate) {
         DecoderOpChecks.rmsNormBackward(backend, dx, dw, dout, x, w, rstd, n, heads, d, col, stride);
@@ -194,6 +200,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
     // ---- rotary embeddings
 
     /** cos, sin [N, half] for positions [N] and invFreq [half], computed on the device in float32 as DecoderOps.ropeTables. */
+    @Override
     public void ropeTables(Tensor cos, Tensor sin, long[] positions, float[] invFreq) {
         DecoderOpChecks.ropeTables(backend, cos, sin, positions, invFreq);
         enter("ropeTables");
@@ -207,6 +214,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
     }
 
     /** Rotates in place {@code heads} heads of width 2 * half from column col of x [N, stride]; inverse: the backward. */
+    @Override
     public void rope(Tensor x, long col, long stride, long n, long heads, Tensor cos, Tensor sin, long half, boolean inverse) {
         DecoderOpChecks.rope(backend, x, col, stride, n, heads, cos, sin, half);
         enter("rope");
@@ -220,6 +228,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
      * masked; a query that sees no key gets zeros): cuBLAS for q k^T (strided-batched over the query
      * heads of one kv head, the keys' stride 0), then our masked softmax in place.
      */
+    @Override
     public void attentionScores(Attention a, Tensor probs) {
         DecoderOpChecks.attention("attentionScores", backend, a, probs);
         enter("attentionScores");
@@ -245,6 +254,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
     }
 
     /** out [B * tq, ldOut] (head h at columns h * hd) = probs [B, H, tq, tk] v. */
+    @Override
     public void attentionValues(Attention a, Tensor probs, Tensor out, long ldOut) {
         DecoderOpChecks.attentionValues(backend, a, probs, out, ldOut);
         enter("attentionValues");
@@ -274,6 +284,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
      * heads that share a kv head add into its dk and dv one after another, in head order (one gemm a
      * head, beta 1): no two gemms write the same memory at once, and the bits do not vary.
      */
+    @Override
     public void attentionBackward(Attention a, Tensor probs, Tensor probsUsed, Tensor dprobs, Tensor dout, long ldOut, Tensor dqkv,
                                   Runnable beforeSoftmax) {
         DecoderOpChecks.attentionBackward(backend, a, probs, probsUsed, dprobs, dout, ldOut, dqkv);
@@ -349,6 +360,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
      * as PyTorch's bf16 autocast does: the products of two bf16 values are exact in float32, so the
      * only rounding beyond float32 is x's.
      */
+    @Override
     public void projectionForward(Tensor out, long col, long ldOut, Tensor x, long ldX, Tensor w, Tensor b, long n, long in, long outF,
                                   boolean storedInOut) {
         DecoderOpChecks.projection("projectionForward", backend, out, col, ldOut, x, ldX, w, b, n, in, outF, DType.F32, DType.BF16);
@@ -379,6 +391,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
      * of ldDx) = dout W (or dout W^T), added when {@code accumulateDx}; dx may be null. Float32 weights
      * and gradients only (a bf16 model trains a float32 master copy).
      */
+    @Override
     public void projectionBackward(Tensor dx, long ldDx, boolean accumulateDx, Tensor dw, Tensor db, Tensor dout, long col, long ldOut, Tensor x, long ldX,
                                    Tensor w, long n, long in, long outF, boolean storedInOut) {
         DecoderOpChecks.projectionBackward(backend, dx, ldDx, dw, dout, col, ldOut, x, ldX, w, db, n, in, outF);
@@ -409,6 +422,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
     // ---- MLP activations
 
     /** out = gelu_tanh(x), x and out of the same size. out may be x. */
+    @Override
     public void geluForward(Tensor out, Tensor x) {
         DecoderOpChecks.gelu("geluForward", backend, out, x, null);
         enter("geluForward");
@@ -416,6 +430,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
     }
 
     /** dx = gelu_tanh'(x) dout; dx may be dout. */
+    @Override
     public void geluBackward(Tensor dx, Tensor dout, Tensor x) {
         DecoderOpChecks.gelu("geluBackward", backend, dx, x, dout);
         enter("geluBackward");
@@ -423,6 +438,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
     }
 
     /** out [N, F] = silu(gate) * up from gateUp [N, 2F] (gate in columns [0, F), up in [F, 2F)). */
+    @Override
     public void swigluForward(Tensor out, Tensor gateUp) {
         DecoderOpChecks.swiglu("swigluForward", backend, out, gateUp, null);
         enter("swigluForward");
@@ -431,6 +447,7 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
     }
 
     /** dgateUp [N, 2F] from dout [N, F]. */
+    @Override
     public void swigluBackward(Tensor dgateUp, Tensor dout, Tensor gateUp) {
         DecoderOpChecks.swiglu("swigluBackward", backend, dout, gateUp, dgateUp);
         enter("swigluBackward");

@@ -30,7 +30,9 @@ import org.distill4j.core.nn.Parameter;
  * Hugging Face folder. Forward with an attention mask, position ids and an optional
  * {@link KvCache}; in training mode the forward keeps its activations and {@link #backward}
  * accumulates every parameter's gradient (a tied embedding receives both its uses). The ops are
- * {@link DecoderOps}' explicit forward/backward pairs.
+ * explicit forward/backward pairs of the backend's {@link DecoderDeviceOps}: {@link DecoderOps} on
+ * host memory for the CPU backend (the oracle), {@link CudaDecoderOps} on a CUDA backend (weights
+ * loaded, initialised and saved through host memory; see docs/language-models.md, CUDA).
  *
  * <p>Conventions (N = B * T token rows, D hidden, A = heads * headDim, QKV = (heads + 2 kvHeads) *
  * headDim): token ids I64 [B, T]; attention mask [B, T] with 0 on padding; logits F32 [B, T, V].
