@@ -13,9 +13,6 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import org.distill4j.core.Backend;
-import org.distill4j.core.DType;
-import org.distill4j.core.cpu.CpuBackend;
-import org.distill4j.core.cpu.CpuBlas;
 import org.distill4j.core.data.DataSpec;
 import org.distill4j.core.data.TextTokens;
 import org.distill4j.core.data.TokenWindows;
@@ -49,42 +46,10 @@ final class DecoderTraining {
      * cache's storage and dtype (null: none), {@code cacheTopK} its k (null: the default for the shared vocabulary).
      */
     record Distill(Path teacher, Path student, String studentInit, DistillationLoss kd, DecoderHint.Spec hint, OnPolicy onPolicy, TeacherCache.Options cache,
-                   Integer cacheTopK, TeacherDtype teacherDtype) {
+                   Integer cacheTopK, DecoderDtype teacherDtype) {
         Distill(Path teacher, Path student, String studentInit, DistillationLoss kd, DecoderHint.Spec hint, OnPolicy onPolicy) {
-            this(teacher, student, studentInit, kd, hint, onPolicy, null, null, TeacherDtype.STORED);
+            this(teacher, student, studentInit, kd, hint, onPolicy, null, null, DecoderDtype.STORED);
         }
-    }
-
-    /** --teacher-dtype: what the frozen teacher's matrix products run in. */
-    enum TeacherDtype {
-        STORED, F32, BF16;
-
-        static TeacherDtype parse(String s) {
-            return switch (s) {
-                case "stored" -> STORED;
-                case "f32" -> F32;
-                case "bf16" -> BF16;
-                default -> throw new IllegalArgumentException("--teacher-dtype must be stored, f32 or bf16, got '" + s + "'");
-            };
-        }
-    }
-
-    /**
-     * The dtype the teacher is loaded in, and why (for the log): bf16 when asked, or when "stored"
-     * and every weight on disk is BF16 and this backend multiplies bf16 natively (oneDNN on the
-     * CPU); f32 otherwise. transformers runs a bf16 checkpoint in bf16 likewise.
-     */
-    static Map.Entry<DType, String> teacherDtype(TeacherDtype asked, String diskDtype, Backend backend) {
-        return switch (asked) {
-            case F32 -> Map.entry(DType.F32, "float32 (--teacher-dtype f32)");
-            case BF16 -> Map.entry(DType.BF16, "bf16 (--teacher-dtype bf16)");
-            case STORED -> {
-                if (!"BF16".equals(diskDtype)) yield Map.entry(DType.F32, "float32 (stored " + diskDtype + ")");
-                boolean fast = backend instanceof CpuBackend ? CpuBlas.hasFastBf16() : true;
-                yield fast ? Map.entry(DType.BF16, "bf16 (as stored)")
-                    : Map.entry(DType.F32, "float32: the " + CpuBlas.engine().key() + " engine has no bf16 matrix product (oneDNN has; --teacher-dtype bf16 forces it)");
-            }
-        };
     }
 
     /** GKD's settings: --on-policy-fraction, --prompt-len (null: half the window), --sample-temperature. */
@@ -137,9 +102,10 @@ final class DecoderTraining {
                     + LmTeacherCache.TOPK_DEFAULT_ABOVE + " classes; --teacher-cache-topk 0 keeps every class)" : "--teacher-cache-topk " + k);
                 cacheOptions = new TeacherCache.Options(d.cache().storage(), d.cache().dtype(), d.cache().file(), k == shared ? 0 : k);
             }
-            Map.Entry<DType, String> teacherDtype = teacherDtype(d.teacherDtype(), DecoderModel.summary(d.teacher()).diskDtype(), b);
+            String teacherDisk = DecoderModel.summary(d.teacher()).diskDtype();
             try (TokenWindows train = open(o.data, tok, o.seqLen, shared, "--data"); TokenWindows val = o.testData == null ? null
-                : open(o.testData, tok, o.seqLen, shared, "--test-data"); DecoderModel teacher = DecoderModel.load(b, d.teacher(), teacherDtype.getKey())) {
+                : open(o.testData, tok, o.seqLen, shared, "--test-data");
+                 DecoderModel teacher = DecoderModel.load(b, d.teacher(), d.teacherDtype().resolve(teacherDisk, b))) {
                 DecoderModel student;
                 if (keep != null) {
                     student = DecoderModel.fromTeacherLayers(teacher, keep);
@@ -162,7 +128,7 @@ final class DecoderTraining {
                     }
                     console.printf(Locale.ROOT, "teacher %s (%s, %d layers, %,d parameters, %s on disk, run in %s), student %s (%d layers, %,d parameters); "
                         + "%s, T %s, alpha %s%s%n", d.teacher(), teacherConfig.family().modelType(), teacherConfig.layers(), teacher.parameterCount(), teacher.diskDtype(),
-                        teacherDtype.getValue(), d.student() == null ? "(teacher layers)" : d.student(), studentConfig.layers(), s.parameterCount(), d.kd().divergence().cliName(),
+                        d.teacherDtype().describe("--teacher-dtype", teacherDisk, b), d.student() == null ? "(teacher layers)" : d.student(), studentConfig.layers(), s.parameterCount(), d.kd().divergence().cliName(),
                         d.kd().temperature(), d.kd().alpha(), d.kd().divergence() == org.distill4j.core.loss.Divergence.JSD ? ", beta " + d.kd().beta() : "");
                     run(o, trainer, s, train, val, tok, tokSource, console, true);
                 }

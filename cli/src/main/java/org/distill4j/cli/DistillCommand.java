@@ -125,7 +125,7 @@ final class DistillCommand implements Callable<Integer> {
         DecoderTraining.OnPolicy onPolicy = onPolicyFraction == null ? null
             : new DecoderTraining.OnPolicy(onPolicyFraction, promptLen, sampleTemperature == null ? 1f : sampleTemperature);
         DecoderTraining.distill(options, new DecoderTraining.Distill(teachers.getFirst(), student, studentInit, kd, h, onPolicy, cache, teacherCacheTopK,
-            DecoderTraining.TeacherDtype.parse(teacherDtype)),
+            DecoderDtype.parse("--teacher-dtype", teacherDtype)),
             spec.commandLine().getOut());
         return 0;
     }

@@ -41,6 +41,9 @@ final class EvalCommand implements Callable<Integer> {
     @Option(names = "--data", required = true, paramLabel = "KIND:FILES", description = "labelled data, or tokens:FILE for a decoder; see below") String data;
     @Option(names = "--batch", description = "rows (decoder: windows) per forward pass (default: 256; decoder: 8)") Integer batch;
     @Option(names = "--seq-len", paramLabel = "T", description = "tokens per window (decoders)") Integer seqLen;
+    @Option(names = "--dtype", defaultValue = "f32", paramLabel = "f32|bf16|stored",
+        description = "decoders: float32, or bf16 matrix products (bf16 weights and inputs, float32 sums; the oneDNN engine runs them natively), "
+            + "or stored: bf16 for a checkpoint stored in bf16 where that is native (default: ${DEFAULT-VALUE})") String dtype;
     @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda", description = "where to compute (default: ${DEFAULT-VALUE})") String device;
 
     @CommandLine.Spec
@@ -52,6 +55,7 @@ final class EvalCommand implements Callable<Integer> {
         Devices.check(device);
         if (Files.isDirectory(model)) return evalDecoder();
         if (weights == null) throw new IllegalArgumentException("--weights is required with a model spec (" + model + " is not a folder)");
+        if (!"f32".equals(dtype)) throw new IllegalArgumentException("--dtype " + dtype + " is for decoder folders; a model spec runs in float32");
         if (seqLen != null) throw new IllegalArgumentException("--seq-len is for a decoder folder (" + model + " is not a folder)");
         int batch = this.batch == null ? 256 : this.batch;
         ModelSpec s = ModelSpec.read(model);
@@ -94,7 +98,7 @@ final class EvalCommand implements Callable<Integer> {
         Path file = Path.of(data.substring("tokens:".length()));
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
         try (TokenWindows windows = TokenWindows.open(file, seqLen, Math.toIntExact(config.vocab()));
-             Backend b = Devices.openForDecoder(device); DecoderModel m = DecoderModel.load(b, model)) {
+             Backend b = Devices.openForDecoder(device); DecoderModel m = DecoderDtype.parse("--dtype", dtype).load(b, model)) {
             long[] order = windows.order(0, 0, false);
             long batches = windows.batchesPerEpoch(windowsPerBatch, false);
             long[] inputs = new long[windowsPerBatch * seqLen], targets = new long[windowsPerBatch * seqLen];

@@ -65,6 +65,9 @@ final class GenerateCommand implements Callable<Integer> {
     @Option(names = "--seed", defaultValue = "0", paramLabel = "S", description = "the sampling seed: the same seed gives the same text (default: ${DEFAULT-VALUE})")
     long seed;
 
+    @Option(names = "--dtype", defaultValue = "f32", paramLabel = "f32|bf16|stored",
+        description = "decoders: float32, or bf16 matrix products (bf16 weights and inputs, float32 sums; the oneDNN engine runs them natively), "
+            + "or stored: bf16 for a checkpoint stored in bf16 where that is native (default: ${DEFAULT-VALUE})") String dtype;
     @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda", description = "where to compute (default: ${DEFAULT-VALUE})")
     String device;
 
@@ -116,7 +119,7 @@ final class GenerateCommand implements Callable<Integer> {
             List<Long> generated = new ArrayList<>();
             boolean stoppedAtEos = false;
             long started = System.nanoTime();
-            try (Backend b = Devices.openForDecoder(device); DecoderModel m = DecoderModel.load(b, model);
+            try (Backend b = Devices.openForDecoder(device); DecoderModel m = DecoderDtype.parse("--dtype", dtype).load(b, model);
                  DecoderModel.KvCache cache = m.newCache(1, ids.length + maxNewTokens)) {
                 long[] step = ids; // the prefill, then one token per forward
                 for (int n = 0; n < maxNewTokens; n++) {

@@ -40,6 +40,9 @@ final class PredictCommand implements Callable<Integer> {
     @Option(names = "--batch", defaultValue = "256", description = "rows per forward pass (default: ${DEFAULT-VALUE})")
     int batch;
 
+    @Option(names = "--dtype", defaultValue = "f32", paramLabel = "f32|bf16|stored",
+        description = "decoders: float32, or bf16 matrix products (bf16 weights and inputs, float32 sums; the oneDNN engine runs them natively), "
+            + "or stored: bf16 for a checkpoint stored in bf16 where that is native (default: ${DEFAULT-VALUE})") String dtype;
     @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda", description = "where to compute (default: ${DEFAULT-VALUE})")
     String device;
 
@@ -52,6 +55,7 @@ final class PredictCommand implements Callable<Integer> {
         Devices.check(device);
         if (java.nio.file.Files.isDirectory(model)) return predictDecoder();
         if (weights == null) throw new IllegalArgumentException("--weights is required with a model spec (" + model + " is not a folder)");
+        if (!"f32".equals(dtype)) throw new IllegalArgumentException("--dtype " + dtype + " is for decoder folders; a model spec runs in float32");
         ModelSpec s = ModelSpec.read(model);
         Npy.Array x = Npy.read(input);
         if (x.type() != Npy.Type.F32) throw new IllegalArgumentException(input + ": inputs must be float32, got " + x.type().name().toLowerCase(java.util.Locale.ROOT));
@@ -102,7 +106,7 @@ final class PredictCommand implements Callable<Integer> {
         long[] ids = x.toLongs(input.toString());
         int rowsTotal = Math.toIntExact(x.shape()[0]);
         long t = x.shape()[1];
-        try (Backend b = Devices.openForDecoder(device); DecoderModel m = DecoderModel.load(b, model)) {
+        try (Backend b = Devices.openForDecoder(device); DecoderModel m = DecoderDtype.parse("--dtype", dtype).load(b, model)) {
             long vocab = m.config().vocab();
             for (int i = 0; i < ids.length; i++) {
                 if (ids[i] < 0 || ids[i] >= vocab) {

@@ -81,6 +81,47 @@ class DecoderCommandTest {
         }
     }
 
+    /**
+     * {@code --dtype bf16} (and stored, for the bf16 checkpoint, where oneDNN multiplies bf16): the logits of PyTorch's bf16 recipe
+     * (make_lm_bf16_fixtures.py) within 1e-5 of a row's max |logit|; --dtype f32 stays on transformers' float32 logits; a bad value is one line.
+     */
+    @Test
+    void predictInBf16ReproducesThePyTorchBf16Recipe() throws Exception {
+        Path dir = LM.resolve("llama-tied-rope3-bf16");
+        long[][] shape = new long[1][];
+        float[] ids = reference(dir, "input_ids", DType.I64, shape);
+        long[] idShape = shape[0], longs = new long[ids.length];
+        for (int i = 0; i < ids.length; i++) longs[i] = (long) ids[i];
+        float[] f32 = reference(dir, "logits", DType.F32, shape), bf16;
+        try (Safetensors st = Safetensors.open(dir.resolve("bf16-compute.safetensors")); Tensor t = CpuBackend.get().empty(DType.F32, st.entries().get("logits").shape())) {
+            st.copyInto("logits", t);
+            bf16 = t.toFloatArray();
+        }
+        Path in = tmp.resolve("ids.npy");
+        Npy.writeLongs(in, longs, idShape);
+        String[][] cases = {{"bf16", "bf16"}, {"f32", "f32"}, {"stored", org.distill4j.core.cpu.CpuBlas.hasFastBf16() ? "bf16" : "f32"}};
+        for (String[] c : cases) {
+            Path out = tmp.resolve("out-" + c[0] + ".npy");
+            String[] r = run("predict", "--model", dir.toString(), "--input", in.toString(), "--output", out.toString(), "--dtype", c[0]);
+            assertEquals("0", r[0], r[2]);
+            float[] g = Npy.read(out).toFloats(), want = c[1].equals("bf16") ? bf16 : f32;
+            int v = (int) shape[0][2];
+            for (int row = 0; row < g.length / v; row++) {
+                double scale = 0, diff = 0;
+                for (int k = 0; k < v; k++) {
+                    scale = Math.max(scale, Math.abs(want[row * v + k]));
+                    diff = Math.max(diff, Math.abs(g[row * v + k] - want[row * v + k]));
+                }
+                assertTrue(diff <= (c[1].equals("bf16") ? 1e-5 : 1e-4) * scale, "--dtype " + c[0] + " row " + row + ": " + diff + " vs max |logit| " + scale);
+            }
+        }
+        String[] r = run("predict", "--model", dir.toString(), "--input", in.toString(), "--output", tmp.resolve("bad.npy").toString(), "--dtype", "fp8");
+        assertEquals("2", r[0], r[2]);
+        assertEquals(1, r[2].strip().lines().count(), r[2]);
+        assertTrue(r[2].contains("--dtype must be stored, f32 or bf16, got 'fp8'"), r[2]);
+        assertFalse(Files.exists(tmp.resolve("bad.npy")));
+    }
+
     /** A minimal .npy of int32 (Npy writes int64 and float32 only). */
     private static byte[] int32Npy(long[] values, long[] shape) {
         String header = "{'descr': '<i4', 'fortran_order': False, 'shape': (" + shape[0] + ", " + shape[1] + "), }";
