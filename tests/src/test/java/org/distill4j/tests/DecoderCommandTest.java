@@ -67,16 +67,7 @@ class DecoderCommandTest {
                 assertEquals("0", r[0], r[2]);
                 Npy.Array got = Npy.read(out);
                 assertArrayEquals(shape[0], got.shape());
-                float[] g = got.toFloats();
-                int v = (int) shape[0][2];
-                for (int row = 0; row < g.length / v; row++) {
-                    double scale = 0, diff = 0;
-                    for (int c = 0; c < v; c++) {
-                        scale = Math.max(scale, Math.abs(want[row * v + c]));
-                        diff = Math.max(diff, Math.abs(g[row * v + c] - want[row * v + c]));
-                    }
-                    assertTrue(diff <= 1e-4 * scale, model + " row " + row + ": " + diff + " vs max |logit| " + scale);
-                }
+                assertRowsClose(got.toFloats(), want, (int) shape[0][2], 1e-4, model);
             }
         }
     }
@@ -104,22 +95,26 @@ class DecoderCommandTest {
             Path out = tmp.resolve("out-" + c[0] + ".npy");
             String[] r = run("predict", "--model", dir.toString(), "--input", in.toString(), "--output", out.toString(), "--dtype", c[0]);
             assertEquals("0", r[0], r[2]);
-            float[] g = Npy.read(out).toFloats(), want = c[1].equals("bf16") ? bf16 : f32;
-            int v = (int) shape[0][2];
-            for (int row = 0; row < g.length / v; row++) {
-                double scale = 0, diff = 0;
-                for (int k = 0; k < v; k++) {
-                    scale = Math.max(scale, Math.abs(want[row * v + k]));
-                    diff = Math.max(diff, Math.abs(g[row * v + k] - want[row * v + k]));
-                }
-                assertTrue(diff <= (c[1].equals("bf16") ? 1e-5 : 1e-4) * scale, "--dtype " + c[0] + " row " + row + ": " + diff + " vs max |logit| " + scale);
-            }
+            boolean inBf16 = c[1].equals("bf16");
+            assertRowsClose(Npy.read(out).toFloats(), inBf16 ? bf16 : f32, (int) shape[0][2], inBf16 ? 1e-5 : 1e-4, "--dtype " + c[0]);
         }
         String[] r = run("predict", "--model", dir.toString(), "--input", in.toString(), "--output", tmp.resolve("bad.npy").toString(), "--dtype", "fp8");
         assertEquals("2", r[0], r[2]);
         assertEquals(1, r[2].strip().lines().count(), r[2]);
         assertTrue(r[2].contains("--dtype must be stored, f32 or bf16, got 'fp8'"), r[2]);
         assertFalse(Files.exists(tmp.resolve("bad.npy")));
+    }
+
+    /** Every row of V logits within tol of the reference's, relative to the reference row's max |logit|. */
+    private static void assertRowsClose(float[] got, float[] want, int v, double tol, String what) {
+        for (int row = 0; row < got.length / v; row++) {
+            double scale = 0, diff = 0;
+            for (int k = 0; k < v; k++) {
+                scale = Math.max(scale, Math.abs(want[row * v + k]));
+                diff = Math.max(diff, Math.abs(got[row * v + k] - want[row * v + k]));
+            }
+            assertTrue(diff <= tol * scale, what + " row " + row + ": " + diff + " vs max |logit| " + scale);
+        }
     }
 
     /** A minimal .npy of int32 (Npy writes int64 and float32 only). */
