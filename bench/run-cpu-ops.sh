@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CPU gemm (against direct OpenBLAS) and elementwise/softmax ops (against a memory copy), JMH.
+# CPU gemm (against direct OpenBLAS) and elementwise/softmax ops (against a memory copy), JMH;
+# BENCHMARKS=Bf16GemmBenchmark: the frozen teacher's float32 against bf16 matrix products.
 #   bench/run-cpu-ops.sh [JMH args]     e.g. -f 1 -wi 2 -i 3 for a quick look
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
