@@ -814,10 +814,25 @@ public final class CpuBackend implements Backend {
         }
     }
 
+    /** Whether convolution and pooling run on oneDNN's primitives: the engine is oneDNN (which CpuBlas resolves once per process). */
+    private static boolean onednn() {
+        return CpuBlas.engine() == CpuEngine.ONEDNN;
+    }
+
     @Override
     public void conv2d(Tensor x, Tensor w, Conv2dParams p, Tensor y) {
+        conv2d(x, w, null, p, y);
+    }
+
+    @Override
+    public void conv2d(Tensor x, Tensor w, Tensor bias, Conv2dParams p, Tensor y) {
         f32("conv2d", x, w, y);
         ConvGeometry g = Shapes.conv("conv2d", x, w, p, y);
+        if (bias != null) {
+            f32("conv2d", bias);
+            Shapes.biasLayout("conv2d bias", y, bias, true);
+        }
+        if (onednn() && OnednnConv.forward(x.data(), w.data(), bias == null ? null : bias.data(), y.data(), g, p)) return;
         try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
             MemorySegment col = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
@@ -827,12 +842,14 @@ public final class CpuBackend implements Backend {
                 CpuBlas.sgemm(false, false, g.k(), g.ohw(), g.crs(), 1f, w.data(), g.crs(), col, g.ohw(), 0f, yb, g.ohw());
             }
         }
+        if (bias != null) channelBiasAdd(y, bias);
     }
 
     @Override
     public void conv2dBackwardData(Tensor dy, Tensor w, Conv2dParams p, Tensor dx) {
         f32("conv2dBackwardData", dy, w, dx);
         ConvGeometry g = Shapes.conv("conv2dBackwardData", dx, w, p, dy);
+        if (onednn() && OnednnConv.backwardData(dy.data(), w.data(), dx.data(), g, p)) return;
         dx.data().fill((byte) 0);
         try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
             MemorySegment dcol = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * 4, 64);
@@ -848,8 +865,18 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void conv2dBackwardFilter(Tensor x, Tensor dy, Conv2dParams p, Tensor dw, boolean accumulate) {
+        conv2dBackwardFilter(x, dy, p, dw, null, accumulate);
+    }
+
+    @Override
+    public void conv2dBackwardFilter(Tensor x, Tensor dy, Conv2dParams p, Tensor dw, Tensor dbias, boolean accumulate) {
         f32("conv2dBackwardFilter", x, dy, dw);
         ConvGeometry g = Shapes.conv("conv2dBackwardFilter", x, dw, p, dy);
+        if (dbias != null) {
+            f32("conv2dBackwardFilter", dbias);
+            Shapes.biasLayout("conv2dBackwardFilter bias", dy, dbias, true);
+        }
+        if (onednn() && OnednnConv.backwardWeights(x.data(), dy.data(), dw.data(), dbias == null ? null : dbias.data(), g, p, accumulate)) return;
         try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
             MemorySegment col = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
@@ -860,6 +887,7 @@ public final class CpuBackend implements Backend {
                 CpuBlas.sgemm(false, true, g.k(), g.crs(), g.ohw(), 1f, dyb, g.ohw(), col, g.ohw(), beta, dw.data(), g.crs());
             }
         }
+        if (dbias != null) channelBiasGrad(dy, dbias, accumulate);
     }
 
     // ---- pooling

@@ -141,8 +141,7 @@ public final class Layers {
         @Override
         public Tensor forward(Pass p, Tensor x) {
             Tensor y = p.backend().empty(p.arena(), DType.F32, withBatch(x.size(0), outputShape(withoutBatch(x))));
-            p.backend().conv2d(x, weight.value(), geometry, y);
-            if (bias != null) p.backend().channelBiasAdd(y, bias.value());
+            p.backend().conv2d(x, weight.value(), bias == null ? null : bias.value(), geometry, y);
             this.x = p.train() ? x : null;
             return y;
         }
@@ -156,8 +155,7 @@ public final class Layers {
         public Tensor backward(Pass p, Tensor dy, boolean inputGrad) {
             if (x == null) throw noForward();
             Backend b = p.backend();
-            b.conv2dBackwardFilter(x, dy, geometry, weight.grad(), true);
-            if (bias != null) b.channelBiasGrad(dy, bias.grad(), true);
+            b.conv2dBackwardFilter(x, dy, geometry, weight.grad(), bias == null ? null : bias.grad(), true);
             if (!inputGrad) return null;
             Tensor dx = like(p, x);
             b.conv2dBackwardData(dy, weight.value(), geometry, dx);

@@ -1,0 +1,293 @@
+package org.distill4j.core.cpu;
+
+import static java.lang.foreign.ValueLayout.ADDRESS;
+import static java.lang.foreign.ValueLayout.JAVA_INT;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.util.Arrays;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.atomic.AtomicIntegerArray;
+import org.distill4j.bindings.Downcalls;
+import org.distill4j.bindings.dnnl.DnnlException;
+import org.distill4j.bindings.dnnl.dnnl_h;
+
+/**
+ * The per-shape cache and the per-call contexts of the CPU backend's oneDNN primitives other than
+ * matmul ({@link OnednnConv}, {@link OnednnPool}), in {@link OnednnMatmul}'s pattern:
+ * <ul>
+ *   <li>a problem is an int[] key (op, sizes, geometry, thread count) that the caller fills in
+ *       its context's {@link Context#key} array; its primitive is created on first use and kept
+ *       for the process ({@link #CACHE_LIMIT} problems; past that, made and destroyed per context);</li>
+ *   <li>the scratchpad is ours (user mode), so a primitive runs from several threads at once;</li>
+ *   <li>a call claims a context (stream, argument array, memory objects of its recent problems,
+ *       scratchpad and two spare buffers) from a fixed pool with one CAS, finds its problem among
+ *       the context's recent ones by comparing keys, and re-points the memory objects at the
+ *       caller's segments: nothing on the Java heap once warm.</li>
+ * </ul>
+ * A call that finds every context busy gets null from {@link #claim()} and runs on the fallback.
+ */
+final class OnednnCall {
+    private static final int CACHE_LIMIT = 4096;
+    private static final MemorySegment ENGINE = Onednn.engine();
+
+    private OnednnCall() {}
+
+    /**
+     * One problem's primitive: its descriptor, the DNNL_ARG_* of each argument in the order the
+     * caller binds them, with the memory descriptor the primitive takes for it (the creator lists
+     * every descriptor it made in {@link #ownedDescs}, destroyed with the primitive). {@code primitive}
+     * is null when oneDNN declined the problem.
+     */
+    static final class Primitive {
+        final int[] key;
+        final boolean cached;
+        MemorySegment primitiveDesc, primitive;
+        int[] args = new int[0];
+        MemorySegment[] mds = new MemorySegment[0];
+        /** Memory and primitive descriptors the creator made, destroyed with the primitive (a backward's forward hint among them). */
+        final List<MemorySegment> ownedDescs = new ArrayList<>(), ownedPrimitiveDescs = new ArrayList<>();
+        long scratchpadBytes;
+        MemorySegment scratchpadMd = MemorySegment.NULL;
+        String implementation = "declined";
+
+        Primitive(int[] key, boolean cached) {
+            this.key = key;
+            this.cached = cached;
+        }
+
+        /** Records the arguments (DNNL_ARG_*, memory descriptor) in binding order. */
+        void arguments(int[] args, MemorySegment... mds) {
+            this.args = args;
+            this.mds = mds;
+        }
+
+        /** Takes the created primitive descriptor: implementation name, scratchpad size, the primitive. */
+        void create(MemorySegment pd, MemorySegment out) {
+            primitiveDesc = pd;
+            if (dnnl_h.dnnl_primitive_desc_query(pd, dnnl_h.dnnl_query_impl_info_str, 0, out) == dnnl_h.dnnl_success) {
+                implementation = Downcalls.cString(out.get(ADDRESS, 0), "?");
+            }
+            scratchpadMd = dnnl_h.dnnl_primitive_desc_query_md(pd, dnnl_h.dnnl_query_scratchpad_md, 0);
+            scratchpadBytes = scratchpadMd.equals(MemorySegment.NULL) ? 0 : dnnl_h.dnnl_memory_desc_get_size(scratchpadMd);
+            DnnlException.check(dnnl_h.dnnl_primitive_create(out, pd), "dnnl_primitive_create");
+            primitive = out.get(ADDRESS, 0);
+        }
+
+        void destroy() {
+            if (primitive != null) dnnl_h.dnnl_primitive_destroy(primitive);
+            if (primitiveDesc != null) dnnl_h.dnnl_primitive_desc_destroy(primitiveDesc); // owns the scratchpad descriptor
+            for (MemorySegment pd : ownedPrimitiveDescs) dnnl_h.dnnl_primitive_desc_destroy(pd);
+            for (MemorySegment md : ownedDescs) dnnl_h.dnnl_memory_desc_destroy(md);
+        }
+    }
+
+    /** The int[] key as a map key (compared by content). */
+    private record Key(int[] fields) {
+        @Override
+        public boolean equals(Object o) {
+            return o instanceof Key k && Arrays.equals(fields, k.fields);
+        }
+
+        @Override
+        public int hashCode() {
+            return Arrays.hashCode(fields);
+        }
+
+        @Override
+        public String toString() {
+            return Arrays.toString(fields);
+        }
+    }
+
+    private static final ConcurrentHashMap<Key, Primitive> CACHE = new ConcurrentHashMap<>();
+
+    /** The oneDNN implementation of each cached problem whose key starts with {@code op}, e.g. "[1, 8, 3, ...] -> brg_conv_fwd:avx512_core". */
+    static List<String> implementations(int op) {
+        return CACHE.entrySet().stream().filter(e -> e.getKey().fields()[0] == op).map(e -> e.getKey() + " -> " + e.getValue().implementation)
+            .sorted().toList();
+    }
+
+    /** Makes the primitive of a problem: {@code new Primitive(key, cached)}, filled in (left declined when oneDNN has no implementation). */
+    interface Creator {
+        Primitive create(int[] key, boolean cached);
+    }
+
+    private static Primitive primitive(int[] key, Creator create) {
+        Key k = new Key(key);
+        Primitive p = CACHE.get(k);
+        if (p != null) return p;
+        if (CACHE.size() >= CACHE_LIMIT) return create.create(key, false);
+        return CACHE.computeIfAbsent(k, kk -> create.create(kk.fields(), true));
+    }
+
+    // ---- contexts
+
+    private static final int CONTEXTS = 64;
+    private static final Context[] POOL = new Context[CONTEXTS];
+    private static final AtomicIntegerArray BUSY = new AtomicIntegerArray(CONTEXTS);
+    private static final long ARG_SIZE = dnnl_h.dnnl_exec_arg_t.LAYOUT.byteSize();
+
+    /** What one call needs besides the primitive, used by one thread at a time (native memory kept for the process). */
+    static final class Context {
+        private static final int RECENT = 8, MAX_ARGS = 8;
+        final int index;
+        /** The key of the problem at hand, filled by the caller before {@link #find}. */
+        final int[] key = new int[24];
+        private final MemorySegment stream, out, argArray;
+        private final Primitive[] recent = new Primitive[RECENT];
+        private final MemorySegment[][] memories = new MemorySegment[RECENT][];
+        private int replace, nargs, slot;
+        private Arena scratchArena;
+        private MemorySegment scratch = MemorySegment.NULL;
+        private final Arena[] bufferArenas = new Arena[2];
+        private final MemorySegment[] buffers = {MemorySegment.NULL, MemorySegment.NULL};
+
+        Context(int index) {
+            this.index = index;
+            out = Arena.global().allocate(ADDRESS);
+            DnnlException.check(dnnl_h.dnnl_stream_create(out, ENGINE, dnnl_h.dnnl_stream_default_flags), "dnnl_stream_create");
+            stream = out.get(ADDRESS, 0);
+            argArray = Arena.global().allocate(dnnl_h.dnnl_exec_arg_t.LAYOUT, MAX_ARGS);
+        }
+
+        /**
+         * Makes the problem of {@code key[0, length)} current, creating (or taking from the cache) its
+         * primitive with {@code create} on a miss; returns it (its primitive is null when declined).
+         */
+        Primitive find(int length, Creator create) {
+            for (int i = 0; i < RECENT; i++) {
+                Primitive p = recent[i];
+                if (p != null && Arrays.equals(p.key, 0, p.key.length, key, 0, length)) {
+                    slot = i;
+                    nargs = 0;
+                    return p;
+                }
+            }
+            Primitive p = primitive(Arrays.copyOf(key, length), create);
+            install(p);
+            nargs = 0;
+            return p;
+        }
+
+        private void install(Primitive p) {
+            slot = replace;
+            replace = (replace + 1) % RECENT;
+            release(slot);
+            recent[slot] = p;
+            if (p.primitive != null) {
+                MemorySegment[] mem = new MemorySegment[p.mds.length + 1];
+                for (int i = 0; i < p.mds.length; i++) mem[i] = memory(p.mds[i]);
+                mem[p.mds.length] = p.scratchpadBytes > 0 ? memory(p.scratchpadMd) : null;
+                memories[slot] = mem;
+            }
+        }
+
+        private void release(int s) {
+            if (memories[s] != null) for (MemorySegment m : memories[s]) if (m != null) dnnl_h.dnnl_memory_destroy(m);
+            memories[s] = null;
+            if (recent[s] != null && !recent[s].cached) recent[s].destroy();
+            recent[s] = null;
+        }
+
+        private MemorySegment memory(MemorySegment md) {
+            DnnlException.check(dnnl_h.dnnl_memory_create(out, md, ENGINE, MemorySegment.NULL), "dnnl_memory_create");
+            return out.get(ADDRESS, 0);
+        }
+
+        /** Binds argument {@code i} (in the primitive's binding order) to {@code data}. */
+        void bind(int i, MemorySegment data) {
+            MemorySegment memory = memories[slot][i];
+            DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(memory, data), "dnnl_memory_set_data_handle");
+            arg(recent[slot].args[i], memory);
+        }
+
+        private void arg(int arg, MemorySegment memory) {
+            argArray.set(JAVA_INT, nargs * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.arg$OFFSET, arg);
+            argArray.set(ADDRESS, nargs * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.memory$OFFSET, memory);
+            nargs++;
+        }
+
+        /** Runs the current problem's primitive on the bound arguments (and the context's scratchpad) and waits for it. */
+        void execute() {
+            Primitive p = recent[slot];
+            if (p.scratchpadBytes > 0) {
+                MemorySegment memory = memories[slot][p.mds.length];
+                DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(memory, scratch(p.scratchpadBytes)), "dnnl_memory_set_data_handle");
+                arg(dnnl_h.DNNL_ARG_SCRATCHPAD, memory);
+            }
+            DnnlException.check(dnnl_h.dnnl_primitive_execute(p.primitive, stream, nargs, argArray), "dnnl_primitive_execute");
+            DnnlException.check(dnnl_h.dnnl_stream_wait(stream), "dnnl_stream_wait");
+            nargs = 0;
+        }
+
+        private MemorySegment scratch(long bytes) {
+            if (scratch.byteSize() < bytes) {
+                if (scratchArena != null) scratchArena.close();
+                scratchArena = Arena.ofShared(); // oneDNN's OpenMP threads read it
+                scratch = scratchArena.allocate(bytes, 64);
+            }
+            return scratch;
+        }
+
+        /** Spare buffer {@code which} (0 or 1) of at least {@code bytes}, kept by the context (e.g. a gradient to add to the caller's). */
+        MemorySegment buffer(int which, long bytes) {
+            if (buffers[which].byteSize() < bytes) {
+                if (bufferArenas[which] != null) bufferArenas[which].close();
+                bufferArenas[which] = Arena.ofShared();
+                buffers[which] = bufferArenas[which].allocate(bytes, 64);
+            }
+            return buffers[which].asSlice(0, bytes);
+        }
+    }
+
+    /**
+     * Claims a free context (starting at a slot picked by the thread's id, so a thread tends to get
+     * its own back), or null when oneDNN is not usable here or all are busy. Give it back with
+     * {@link #release(Context)}.
+     */
+    static Context claim() {
+        if (ENGINE == null) return null;
+        int start = (int) (Thread.currentThread().threadId() % CONTEXTS);
+        for (int i = 0; i < CONTEXTS; i++) {
+            int s = (start + i) % CONTEXTS;
+            if (BUSY.compareAndSet(s, 0, 1)) {
+                if (POOL[s] == null) {
+                    try {
+                        POOL[s] = new Context(s);
+                    } catch (RuntimeException e) {
+                        BUSY.set(s, 0);
+                        throw e;
+                    }
+                }
+                return POOL[s];
+            }
+        }
+        return null;
+    }
+
+    static void release(Context ctx) {
+        BUSY.set(ctx.index, 0);
+    }
+
+    // ---- descriptor helpers for the creators
+
+    /** A dense memory descriptor of {@code dims} in the given format tag (dnnl_nchw, dnnl_oihw, dnnl_a, ...), float32. */
+    static MemorySegment plain(Arena arena, int tag, long... dims) {
+        MemorySegment out = arena.allocate(ADDRESS);
+        DnnlException.check(dnnl_h.dnnl_memory_desc_create_with_tag(out, dims.length, arena.allocateFrom(java.lang.foreign.ValueLayout.JAVA_LONG, dims),
+            dnnl_h.dnnl_f32, tag), "dnnl_memory_desc_create_with_tag");
+        return out.get(ADDRESS, 0);
+    }
+
+    /** A primitive attribute with the user scratchpad mode; the caller destroys it. */
+    static MemorySegment userScratchpadAttr(MemorySegment out) {
+        DnnlException.check(dnnl_h.dnnl_primitive_attr_create(out), "dnnl_primitive_attr_create");
+        MemorySegment attr = out.get(ADDRESS, 0);
+        DnnlException.check(dnnl_h.dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_h.dnnl_scratchpad_mode_user),
+            "dnnl_primitive_attr_set_scratchpad_mode");
+        return attr;
+    }
+}
