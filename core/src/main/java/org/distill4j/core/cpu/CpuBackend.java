@@ -819,6 +819,13 @@ public final class CpuBackend implements Backend {
         return CpuBlas.engine() == CpuEngine.ONEDNN;
     }
 
+    /** Whether pooling runs on oneDNN: the engine is oneDNN, unless -Ddistill4j.onednn.pool=false (for the benchmark's A/B). */
+    private static boolean onednnPool() {
+        return POOL_ON_ONEDNN && onednn();
+    }
+
+    private static final boolean POOL_ON_ONEDNN = !"false".equals(System.getProperty("distill4j.onednn.pool"));
+
     @Override
     public void conv2d(Tensor x, Tensor w, Conv2dParams p, Tensor y) {
         conv2d(x, w, null, p, y);
@@ -899,6 +906,7 @@ public final class CpuBackend implements Backend {
         Shapes.pool(op, p, x, y);
         long h = x.size(2), w = x.size(3), oh = y.size(2), ow = y.size(3);
         MemorySegment xs = x.data(), ys = y.data();
+        if (onednnPool() && OnednnPool.forward(mode, p, xs, ys, x.size(0), x.size(1), h, w, oh, ow)) return;
         parallel(x.size(0) * x.size(1), oh * ow * p.kernelH() * p.kernelW(), plane -> CpuKernels.pool2d(mode, p, xs, ys, plane, plane + 1, h, w, oh, ow));
     }
 
@@ -911,6 +919,7 @@ public final class CpuBackend implements Backend {
         Shapes.same(op, x, dx);
         long h = x.size(2), w = x.size(3), oh = y.size(2), ow = y.size(3);
         MemorySegment xs = x.data(), dys = dy.data(), dxs = dx.data();
+        if (onednnPool() && OnednnPool.backward(mode, p, xs, dys, dxs, x.size(0), x.size(1), h, w, oh, ow)) return;
         float divisor = p.kernelH() * p.kernelW();
         parallel(x.size(0) * x.size(1), oh * ow * p.kernelH() * p.kernelW(), plane -> {
             for (long i = plane * h * w; i < (plane + 1) * h * w; i++) set(dxs, i, 0f);

@@ -50,6 +50,8 @@ final class OnednnCall {
         /** Memory and primitive descriptors the creator made, destroyed with the primitive (a backward's forward hint among them). */
         final List<MemorySegment> ownedDescs = new ArrayList<>(), ownedPrimitiveDescs = new ArrayList<>();
         long scratchpadBytes;
+        /** Bytes of a further buffer the op needs besides the caller's (max pooling's workspace); 0 if none. */
+        long extraBytes;
         MemorySegment scratchpadMd = MemorySegment.NULL;
         String implementation = "declined";
 
