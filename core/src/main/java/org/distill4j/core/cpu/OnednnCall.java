@@ -2,6 +2,7 @@ package org.distill4j.core.cpu;
 
 import static java.lang.foreign.ValueLayout.ADDRESS;
 import static java.lang.foreign.ValueLayout.JAVA_INT;
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -52,7 +53,6 @@ final class OnednnCall {
         long scratchpadBytes;
         /** Bytes of a further buffer the op needs besides the caller's (max pooling's workspace); 0 if none. */
         long extraBytes;
-        MemorySegment scratchpadMd = MemorySegment.NULL;
         String implementation = "declined";
 
         Primitive(int[] key, boolean cached) {
@@ -60,25 +60,86 @@ final class OnednnCall {
             this.cached = cached;
         }
 
-        /** Records the arguments (DNNL_ARG_*, memory descriptor) in binding order. */
+        /**
+         * Per argument, the layout the primitive chose when it differs from the caller's (created
+         * with format_tag_any, e.g. oneDNN's channel-blocked nChw16c), else null; with the reorder
+         * primitive between the two (caller's -> the primitive's for an input, back for an output)
+         * and the bytes of the context buffer that holds the argument in the primitive's layout.
+         */
+        MemorySegment[] innerMds = new MemorySegment[0], reorders = new MemorySegment[0];
+        boolean[] outputs = new boolean[0];
+        long[] innerBytes = new long[0];
+        /** A u8 descriptor of the largest scratchpad among the primitive and its reorders (bound to every one of them in turn). */
+        MemorySegment scratchMd = MemorySegment.NULL;
+
+        /** Records the arguments (DNNL_ARG_*, the caller's memory descriptor) in binding order. */
         void arguments(int[] args, MemorySegment... mds) {
             this.args = args;
             this.mds = mds;
+            innerMds = new MemorySegment[mds.length];
+            reorders = new MemorySegment[mds.length];
+            outputs = new boolean[mds.length];
+            innerBytes = new long[mds.length];
         }
 
-        /** Takes the created primitive descriptor: implementation name, scratchpad size, the primitive. */
-        void create(MemorySegment pd, MemorySegment out) {
+        /**
+         * Argument i as the primitive descriptor wants it ({@code chosen}, queried from it): when it
+         * differs from the caller's descriptor, a reorder to it (an input) or from it (an output).
+         */
+        void layout(int i, MemorySegment chosen, boolean output, MemorySegment out) {
+            if (dnnl_h.dnnl_memory_desc_equal(chosen, mds[i]) == 1) return;
+            innerMds[i] = chosen;
+            outputs[i] = output;
+            innerBytes[i] = dnnl_h.dnnl_memory_desc_get_size(chosen);
+            MemorySegment attr = userScratchpadAttr(out);
+            try {
+                DnnlException.check(dnnl_h.dnnl_reorder_primitive_desc_create(out, output ? chosen : mds[i], ENGINE, output ? mds[i] : chosen, ENGINE, attr),
+                    "dnnl_reorder_primitive_desc_create");
+            } finally {
+                dnnl_h.dnnl_primitive_attr_destroy(attr);
+            }
+            MemorySegment pd = out.get(ADDRESS, 0);
+            try {
+                MemorySegment scratch = dnnl_h.dnnl_primitive_desc_query_md(pd, dnnl_h.dnnl_query_scratchpad_md, 0);
+                if (!scratch.equals(MemorySegment.NULL)) scratchpadBytes = Math.max(scratchpadBytes, dnnl_h.dnnl_memory_desc_get_size(scratch));
+                DnnlException.check(dnnl_h.dnnl_primitive_create(out, pd), "dnnl_primitive_create (reorder)");
+                reorders[i] = out.get(ADDRESS, 0);
+            } finally {
+                dnnl_h.dnnl_primitive_desc_destroy(pd); // the primitive keeps its own copy
+            }
+        }
+
+        /** Takes the primitive descriptor (call first, then {@link #arguments}, {@link #layout}, {@link #create}). */
+        void descriptor(MemorySegment pd, MemorySegment out) {
             primitiveDesc = pd;
             if (dnnl_h.dnnl_primitive_desc_query(pd, dnnl_h.dnnl_query_impl_info_str, 0, out) == dnnl_h.dnnl_success) {
                 implementation = Downcalls.cString(out.get(ADDRESS, 0), "?");
             }
-            scratchpadMd = dnnl_h.dnnl_primitive_desc_query_md(pd, dnnl_h.dnnl_query_scratchpad_md, 0);
-            scratchpadBytes = scratchpadMd.equals(MemorySegment.NULL) ? 0 : dnnl_h.dnnl_memory_desc_get_size(scratchpadMd);
-            DnnlException.check(dnnl_h.dnnl_primitive_create(out, pd), "dnnl_primitive_create");
+            MemorySegment scratch = dnnl_h.dnnl_primitive_desc_query_md(pd, dnnl_h.dnnl_query_scratchpad_md, 0);
+            if (!scratch.equals(MemorySegment.NULL)) scratchpadBytes = Math.max(scratchpadBytes, dnnl_h.dnnl_memory_desc_get_size(scratch));
+        }
+
+        /** Creates the primitive of the descriptor, and the scratchpad descriptor its calls (and its reorders') share. */
+        void create(MemorySegment out) {
+            if (scratchpadBytes > 0) {
+                try (Arena arena = Arena.ofConfined()) {
+                    DnnlException.check(dnnl_h.dnnl_memory_desc_create_with_tag(out, 1, arena.allocateFrom(JAVA_LONG, scratchpadBytes), dnnl_h.dnnl_u8,
+                        dnnl_h.dnnl_a), "dnnl_memory_desc_create_with_tag (scratchpad)");
+                }
+                scratchMd = out.get(ADDRESS, 0);
+                ownedDescs.add(scratchMd);
+            }
+            DnnlException.check(dnnl_h.dnnl_primitive_create(out, primitiveDesc), "dnnl_primitive_create");
             primitive = out.get(ADDRESS, 0);
+            if (java.util.Arrays.stream(reorders).anyMatch(java.util.Objects::nonNull)) {
+                StringBuilder b = new StringBuilder(implementation).append(" [reorders:");
+                for (int i = 0; i < reorders.length; i++) if (reorders[i] != null) b.append(' ').append(outputs[i] ? "out" : "in").append(i);
+                implementation = b.append(']').toString();
+            }
         }
 
         void destroy() {
+            for (MemorySegment r : reorders) if (r != null) dnnl_h.dnnl_primitive_destroy(r);
             if (primitive != null) dnnl_h.dnnl_primitive_destroy(primitive);
             if (primitiveDesc != null) dnnl_h.dnnl_primitive_desc_destroy(primitiveDesc); // owns the scratchpad descriptor
             for (MemorySegment pd : ownedPrimitiveDescs) dnnl_h.dnnl_primitive_desc_destroy(pd);
@@ -138,14 +199,15 @@ final class OnednnCall {
         final int index;
         /** The key of the problem at hand, filled by the caller before {@link #find}. */
         final int[] key = new int[24];
-        private final MemorySegment stream, out, argArray;
+        private final MemorySegment stream, out, argArray, reorderArgs;
         private final Primitive[] recent = new Primitive[RECENT];
         private final MemorySegment[][] memories = new MemorySegment[RECENT][];
         private int replace, nargs, slot;
         private Arena scratchArena;
         private MemorySegment scratch = MemorySegment.NULL;
-        private final Arena[] bufferArenas = new Arena[2];
-        private final MemorySegment[] buffers = {MemorySegment.NULL, MemorySegment.NULL};
+        /** Buffers 0 and 1 for the ops' own use, 2 + i for argument i in the primitive's layout. */
+        private final Arena[] bufferArenas = new Arena[2 + MAX_ARGS];
+        private final MemorySegment[] buffers = new MemorySegment[2 + MAX_ARGS];
 
         Context(int index) {
             this.index = index;
@@ -153,6 +215,7 @@ final class OnednnCall {
             DnnlException.check(dnnl_h.dnnl_stream_create(out, ENGINE, dnnl_h.dnnl_stream_default_flags), "dnnl_stream_create");
             stream = out.get(ADDRESS, 0);
             argArray = Arena.global().allocate(dnnl_h.dnnl_exec_arg_t.LAYOUT, MAX_ARGS);
+            reorderArgs = Arena.global().allocate(dnnl_h.dnnl_exec_arg_t.LAYOUT, 3);
         }
 
         /**
@@ -180,9 +243,14 @@ final class OnednnCall {
             release(slot);
             recent[slot] = p;
             if (p.primitive != null) {
-                MemorySegment[] mem = new MemorySegment[p.mds.length + 1];
-                for (int i = 0; i < p.mds.length; i++) mem[i] = memory(p.mds[i]);
-                mem[p.mds.length] = p.scratchpadBytes > 0 ? memory(p.scratchpadMd) : null;
+                // [0, args): the caller's layouts; [args, 2 args): the primitive's where it differs; last: the scratchpad.
+                int a = p.mds.length;
+                MemorySegment[] mem = new MemorySegment[2 * a + 1];
+                for (int i = 0; i < a; i++) {
+                    mem[i] = memory(p.mds[i]);
+                    if (p.innerMds[i] != null) mem[a + i] = memory(p.innerMds[i]);
+                }
+                mem[2 * a] = p.scratchpadBytes > 0 ? memory(p.scratchMd) : null;
                 memories[slot] = mem;
             }
         }
@@ -199,30 +267,51 @@ final class OnednnCall {
             return out.get(ADDRESS, 0);
         }
 
-        /** Binds argument {@code i} (in the primitive's binding order) to {@code data}. */
+        /**
+         * Binds argument {@code i} (in the primitive's binding order) to the caller's {@code data};
+         * where the primitive takes another layout, it gets a context buffer in that layout instead,
+         * reordered from data before the primitive runs (an input) or into data after (an output).
+         */
         void bind(int i, MemorySegment data) {
+            Primitive p = recent[slot];
             MemorySegment memory = memories[slot][i];
             DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(memory, data), "dnnl_memory_set_data_handle");
-            arg(recent[slot].args[i], memory);
+            if (p.innerMds[i] != null) {
+                memory = memories[slot][p.mds.length + i];
+                DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(memory, buffer(2 + i, p.innerBytes[i])), "dnnl_memory_set_data_handle");
+            }
+            arg(argArray, nargs++, p.args[i], memory);
         }
 
-        private void arg(int arg, MemorySegment memory) {
-            argArray.set(JAVA_INT, nargs * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.arg$OFFSET, arg);
-            argArray.set(ADDRESS, nargs * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.memory$OFFSET, memory);
-            nargs++;
+        private static void arg(MemorySegment array, int index, int arg, MemorySegment memory) {
+            array.set(JAVA_INT, index * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.arg$OFFSET, arg);
+            array.set(ADDRESS, index * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.memory$OFFSET, memory);
         }
 
-        /** Runs the current problem's primitive on the bound arguments (and the context's scratchpad) and waits for it. */
+        /** Runs the current problem's primitive on the bound arguments (with its reorders, and the context's scratchpad) and waits for it. */
         void execute() {
             Primitive p = recent[slot];
-            if (p.scratchpadBytes > 0) {
-                MemorySegment memory = memories[slot][p.mds.length];
-                DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(memory, scratch(p.scratchpadBytes)), "dnnl_memory_set_data_handle");
-                arg(dnnl_h.DNNL_ARG_SCRATCHPAD, memory);
+            MemorySegment[] mem = memories[slot];
+            int a = p.mds.length;
+            MemorySegment scratchMemory = mem[2 * a];
+            if (scratchMemory != null) {
+                DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(scratchMemory, scratch(p.scratchpadBytes)), "dnnl_memory_set_data_handle");
+                arg(argArray, nargs++, dnnl_h.DNNL_ARG_SCRATCHPAD, scratchMemory);
             }
+            for (int i = 0; i < a; i++) if (p.reorders[i] != null && !p.outputs[i]) reorder(p.reorders[i], mem[i], mem[a + i], scratchMemory);
             DnnlException.check(dnnl_h.dnnl_primitive_execute(p.primitive, stream, nargs, argArray), "dnnl_primitive_execute");
+            for (int i = 0; i < a; i++) if (p.reorders[i] != null && p.outputs[i]) reorder(p.reorders[i], mem[a + i], mem[i], scratchMemory);
             DnnlException.check(dnnl_h.dnnl_stream_wait(stream), "dnnl_stream_wait");
             nargs = 0;
+        }
+
+        /** Enqueues one reorder on the stream (in order with the primitive). */
+        private void reorder(MemorySegment reorder, MemorySegment from, MemorySegment to, MemorySegment scratchMemory) {
+            arg(reorderArgs, 0, dnnl_h.DNNL_ARG_FROM, from);
+            arg(reorderArgs, 1, dnnl_h.DNNL_ARG_TO, to);
+            int n = 2;
+            if (scratchMemory != null) arg(reorderArgs, n++, dnnl_h.DNNL_ARG_SCRATCHPAD, scratchMemory);
+            DnnlException.check(dnnl_h.dnnl_primitive_execute(reorder, stream, n, reorderArgs), "dnnl_primitive_execute (reorder)");
         }
 
         private MemorySegment scratch(long bytes) {
@@ -234,14 +323,14 @@ final class OnednnCall {
             return scratch;
         }
 
-        /** Spare buffer {@code which} (0 or 1) of at least {@code bytes}, kept by the context (e.g. a gradient to add to the caller's). */
+        /** Buffer {@code which} (0 or 1 for the caller) of at least {@code bytes}, kept by the context (e.g. a gradient to add to the caller's). */
         MemorySegment buffer(int which, long bytes) {
-            if (buffers[which].byteSize() < bytes) {
+            if (buffers[which] == null || buffers[which].byteSize() < bytes) {
                 if (bufferArenas[which] != null) bufferArenas[which].close();
                 bufferArenas[which] = Arena.ofShared();
                 buffers[which] = bufferArenas[which].allocate(bytes, 64);
             }
-            return buffers[which].asSlice(0, bytes);
+            return buffers[which]; // at least bytes long; the whole segment, so a warm call makes no slice object
         }
     }
 

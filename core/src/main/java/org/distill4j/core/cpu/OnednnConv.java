@@ -18,10 +18,14 @@ import org.distill4j.core.ConvGeometry;
  * tensors and [K, C, R, S] weights, for {@link CpuBackend}, which checks the arguments first
  * (nothing here re-checks them) and runs im2col + gemm when this returns false.
  *
- * <p>Layout: the primitives take the plain nchw/oihw descriptors, so nothing is reordered on our
- * side; oneDNN 3.8 runs them with its nspc kernels behind internal reorders
- * ("jit:...ncsp..." implementations) or its gemm convolution, whichever it has for the shape.
- * Measured against format_tag_any with reorders of our own in bench/RESULTS.md (issue 23).
+ * <p>Layout: the primitives are created with format_tag_any, so oneDNN picks its own layout
+ * (channel-blocked on AVX-512: nChw16c activations, OIhw16i16o-style weights), and each call
+ * reorders our NCHW inputs into context buffers in that layout and the output back, as PyTorch's
+ * CPU build does for NCHW tensors. Asked for plain nchw/oihw instead
+ * ({@code -Ddistill4j.onednn.conv.layout=plain}), oneDNN 3.8.1 wraps an nspc kernel, a gemm or its
+ * reference kernel behind internal reorders, and the reference one took the CNN benchmark's 3x3
+ * convolutions (seconds per call at batch 256; bench/RESULTS.md, issue 23). Weights are reordered
+ * on every call, also a frozen teacher's: they are small next to the activations here.
  *
  * <p>Padding: PyTorch's floor-mode geometry; oneDNN gets padding_r = padding_l (what PyTorch's
  * CPU build passes), which its consistency check accepts since it floors the same way.
@@ -73,12 +77,8 @@ final class OnednnConv {
             if (ctx.find(KEY_LENGTH, OnednnConv::create).primitive == null) return false;
             ctx.bind(0, x);
             ctx.bind(1, w);
-            if (bias != null) {
-                ctx.bind(2, bias);
-                ctx.bind(3, y);
-            } else {
-                ctx.bind(2, y);
-            }
+            ctx.bind(2, y);
+            if (bias != null) ctx.bind(3, bias);
             ctx.execute();
             return true;
         } finally {
@@ -139,6 +139,14 @@ final class OnednnConv {
         for (long i = 0; i < n; i++) to.setAtIndex(JAVA_FLOAT, i, to.getAtIndex(JAVA_FLOAT, i) + from.getAtIndex(JAVA_FLOAT, i));
     }
 
+    /**
+     * How the primitives' tensors are laid out: "any" (the default) lets oneDNN choose (its
+     * channel-blocked nChw16c/OIhw16i16o on AVX-512), with reorders from and to our NCHW around each
+     * call; "plain" makes it take nchw/oihw as they are (measured far slower on 3x3 convolutions:
+     * oneDNN 3.8.1 has only its reference kernel or a gemm for many of them; bench/RESULTS.md).
+     */
+    private static final boolean ANY_LAYOUT = !"plain".equals(System.getProperty("distill4j.onednn.conv.layout", "any"));
+
     /** The primitive of a problem (see {@link #key}); left declined when oneDNN has no implementation. */
     private static OnednnCall.Primitive create(int[] key, boolean cached) {
         OnednnCall.Primitive prim = new OnednnCall.Primitive(key, cached);
@@ -146,26 +154,25 @@ final class OnednnConv {
         boolean bias = key[14] == 1;
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment out = arena.allocate(ADDRESS);
-            MemorySegment src = OnednnCall.plain(arena, dnnl_h.dnnl_nchw, n, c, h, w);
-            prim.ownedDescs.add(src);
-            MemorySegment weights = OnednnCall.plain(arena, dnnl_h.dnnl_oihw, k, c, r, s);
-            prim.ownedDescs.add(weights);
-            MemorySegment dst = OnednnCall.plain(arena, dnnl_h.dnnl_nchw, n, k, oh, ow);
-            prim.ownedDescs.add(dst);
-            MemorySegment biasMd = MemorySegment.NULL;
-            if (bias) {
-                biasMd = OnednnCall.plain(arena, dnnl_h.dnnl_a, k);
-                prim.ownedDescs.add(biasMd);
+            // Ours (what the caller's segments hold) and what the primitive is asked for (the same, or any).
+            MemorySegment src = desc(prim, arena, dnnl_h.dnnl_nchw, n, c, h, w), weights = desc(prim, arena, dnnl_h.dnnl_oihw, k, c, r, s);
+            MemorySegment dst = desc(prim, arena, dnnl_h.dnnl_nchw, n, k, oh, ow);
+            MemorySegment srcAny = src, weightsAny = weights, dstAny = dst;
+            if (ANY_LAYOUT) {
+                srcAny = desc(prim, arena, dnnl_h.dnnl_format_tag_any, n, c, h, w);
+                weightsAny = desc(prim, arena, dnnl_h.dnnl_format_tag_any, k, c, r, s);
+                dstAny = desc(prim, arena, dnnl_h.dnnl_format_tag_any, n, k, oh, ow);
             }
+            MemorySegment biasMd = bias ? desc(prim, arena, dnnl_h.dnnl_a, k) : MemorySegment.NULL;
             MemorySegment strides = arena.allocateFrom(JAVA_LONG, key[12], key[13]);
             MemorySegment dilates = arena.allocateFrom(JAVA_LONG, 0, 0); // oneDNN counts dilation from 0: none
             MemorySegment padding = arena.allocateFrom(JAVA_LONG, key[10], key[11]);
             int status;
             MemorySegment hint = MemorySegment.NULL;
             if (op != FORWARD) {
-                // The backward primitives take the forward's descriptor as a hint (the same implementation family).
+                // The backward primitives take the forward's descriptor as a hint (the same implementation family and layouts).
                 status = dnnl_h.dnnl_convolution_forward_primitive_desc_create(out, ENGINE, dnnl_h.dnnl_forward_training, dnnl_h.dnnl_convolution_direct,
-                    src, weights, biasMd, dst, strides, dilates, padding, padding, MemorySegment.NULL);
+                    srcAny, weightsAny, biasMd, dstAny, strides, dilates, padding, padding, MemorySegment.NULL);
                 if (status == dnnl_h.dnnl_unimplemented) {
                     prim.implementation = "declined: no forward for the backward's hint";
                     return prim;
@@ -178,11 +185,11 @@ final class OnednnConv {
             try {
                 status = switch (op) {
                     case FORWARD -> dnnl_h.dnnl_convolution_forward_primitive_desc_create(out, ENGINE, dnnl_h.dnnl_forward_training,
-                        dnnl_h.dnnl_convolution_direct, src, weights, biasMd, dst, strides, dilates, padding, padding, attr);
+                        dnnl_h.dnnl_convolution_direct, srcAny, weightsAny, biasMd, dstAny, strides, dilates, padding, padding, attr);
                     case BACKWARD_DATA -> dnnl_h.dnnl_convolution_backward_data_primitive_desc_create(out, ENGINE, dnnl_h.dnnl_convolution_direct,
-                        src, weights, dst, strides, dilates, padding, padding, hint, attr);
+                        srcAny, weightsAny, dstAny, strides, dilates, padding, padding, hint, attr);
                     case BACKWARD_WEIGHTS -> dnnl_h.dnnl_convolution_backward_weights_primitive_desc_create(out, ENGINE, dnnl_h.dnnl_convolution_direct,
-                        src, weights, biasMd, dst, strides, dilates, padding, padding, hint, attr);
+                        srcAny, weightsAny, biasMd, dstAny, strides, dilates, padding, padding, hint, attr);
                     default -> throw new IllegalStateException("OnednnConv: unknown op " + op);
                 };
             } finally {
@@ -191,24 +198,48 @@ final class OnednnConv {
             if (status == dnnl_h.dnnl_unimplemented) return prim;
             DnnlException.check(status, "dnnl_convolution primitive_desc_create for " + java.util.Arrays.toString(key));
             MemorySegment pd = out.get(ADDRESS, 0);
+            prim.descriptor(pd, out);
             switch (op) {
                 case FORWARD -> {
-                    if (bias) prim.arguments(new int[] {dnnl_h.DNNL_ARG_SRC, dnnl_h.DNNL_ARG_WEIGHTS, dnnl_h.DNNL_ARG_BIAS, dnnl_h.DNNL_ARG_DST},
-                        src, weights, biasMd, dst);
+                    if (bias) prim.arguments(new int[] {dnnl_h.DNNL_ARG_SRC, dnnl_h.DNNL_ARG_WEIGHTS, dnnl_h.DNNL_ARG_DST, dnnl_h.DNNL_ARG_BIAS},
+                        src, weights, dst, biasMd);
                     else prim.arguments(new int[] {dnnl_h.DNNL_ARG_SRC, dnnl_h.DNNL_ARG_WEIGHTS, dnnl_h.DNNL_ARG_DST}, src, weights, dst);
+                    prim.layout(0, query(pd, dnnl_h.dnnl_query_src_md), false, out);
+                    prim.layout(1, query(pd, dnnl_h.dnnl_query_weights_md), false, out);
+                    prim.layout(2, query(pd, dnnl_h.dnnl_query_dst_md), true, out);
                 }
-                case BACKWARD_DATA -> prim.arguments(new int[] {dnnl_h.DNNL_ARG_DIFF_DST, dnnl_h.DNNL_ARG_WEIGHTS, dnnl_h.DNNL_ARG_DIFF_SRC}, dst, weights, src);
+                case BACKWARD_DATA -> {
+                    prim.arguments(new int[] {dnnl_h.DNNL_ARG_DIFF_DST, dnnl_h.DNNL_ARG_WEIGHTS, dnnl_h.DNNL_ARG_DIFF_SRC}, dst, weights, src);
+                    prim.layout(0, query(pd, dnnl_h.dnnl_query_diff_dst_md), false, out);
+                    prim.layout(1, query(pd, dnnl_h.dnnl_query_weights_md), false, out);
+                    prim.layout(2, query(pd, dnnl_h.dnnl_query_diff_src_md), true, out);
+                }
                 default -> {
                     if (bias) prim.arguments(new int[] {dnnl_h.DNNL_ARG_SRC, dnnl_h.DNNL_ARG_DIFF_DST, dnnl_h.DNNL_ARG_DIFF_WEIGHTS, dnnl_h.DNNL_ARG_DIFF_BIAS},
                         src, dst, weights, biasMd);
                     else prim.arguments(new int[] {dnnl_h.DNNL_ARG_SRC, dnnl_h.DNNL_ARG_DIFF_DST, dnnl_h.DNNL_ARG_DIFF_WEIGHTS}, src, dst, weights);
+                    prim.layout(0, query(pd, dnnl_h.dnnl_query_src_md), false, out);
+                    prim.layout(1, query(pd, dnnl_h.dnnl_query_diff_dst_md), false, out);
+                    prim.layout(2, query(pd, dnnl_h.dnnl_query_diff_weights_md), true, out);
                 }
             }
-            prim.create(pd, out);
+            prim.create(out);
             return prim;
         } catch (RuntimeException ex) {
             prim.destroy();
             throw ex;
         }
+    }
+
+    /** A float32 memory descriptor of dims in a format tag, owned by prim (destroyed with it). */
+    private static MemorySegment desc(OnednnCall.Primitive prim, Arena arena, int tag, long... dims) {
+        MemorySegment md = OnednnCall.plain(arena, tag, dims);
+        prim.ownedDescs.add(md);
+        return md;
+    }
+
+    /** The memory descriptor the primitive descriptor chose for an argument (owned by pd). */
+    private static MemorySegment query(MemorySegment pd, int what) {
+        return dnnl_h.dnnl_primitive_desc_query_md(pd, what, 0);
     }
 }

@@ -155,6 +155,7 @@ final class OnednnPool {
             if (status == dnnl_h.dnnl_unimplemented) return prim;
             DnnlException.check(status, "dnnl_pooling primitive_desc_create for " + java.util.Arrays.toString(key));
             MemorySegment pd = out.get(ADDRESS, 0);
+            prim.descriptor(pd, out);
             if (op == FORWARD_MAX_TRAINING || op == BACKWARD_MAX) {
                 // The workspace's descriptor belongs to the primitive descriptor (queried, not ours to destroy).
                 MemorySegment ws = dnnl_h.dnnl_primitive_desc_query_md(op == BACKWARD_MAX ? hint : pd, dnnl_h.dnnl_query_workspace_md, 0);
@@ -169,7 +170,7 @@ final class OnednnPool {
             } else {
                 prim.arguments(new int[] {dnnl_h.DNNL_ARG_DIFF_DST, dnnl_h.DNNL_ARG_DIFF_SRC}, dst, src);
             }
-            prim.create(pd, out);
+            prim.create(out);
             return prim;
         } catch (RuntimeException ex) {
             prim.destroy();
