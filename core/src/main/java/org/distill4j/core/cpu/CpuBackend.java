@@ -814,14 +814,20 @@ public final class CpuBackend implements Backend {
         }
     }
 
-    /** Whether convolution and pooling run on oneDNN's primitives: the engine is oneDNN (which CpuBlas resolves once per process). */
+    /**
+     * Whether convolution runs on oneDNN's primitives: the engine is oneDNN (which CpuBlas resolves
+     * once per process), unless -Ddistill4j.onednn.conv=false (im2col + oneDNN's gemm, the path
+     * before; for A/B benchmarks).
+     */
     private static boolean onednn() {
-        return CpuBlas.engine() == CpuEngine.ONEDNN;
+        return CONV_ON_ONEDNN && CpuBlas.engine() == CpuEngine.ONEDNN;
     }
+
+    private static final boolean CONV_ON_ONEDNN = !"false".equals(System.getProperty("distill4j.onednn.conv"));
 
     /** Whether pooling runs on oneDNN: the engine is oneDNN, unless -Ddistill4j.onednn.pool=false (for the benchmark's A/B). */
     private static boolean onednnPool() {
-        return POOL_ON_ONEDNN && onednn();
+        return POOL_ON_ONEDNN && CpuBlas.engine() == CpuEngine.ONEDNN;
     }
 
     private static final boolean POOL_ON_ONEDNN = !"false".equals(System.getProperty("distill4j.onednn.pool"));
