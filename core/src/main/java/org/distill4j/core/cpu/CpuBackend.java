@@ -832,6 +832,26 @@ public final class CpuBackend implements Backend {
 
     private static final boolean POOL_ON_ONEDNN = !"false".equals(System.getProperty("distill4j.onednn.pool"));
 
+    /**
+     * The inference plan's convolution (the Predictor's; arguments checked when the plan was
+     * compiled): y = conv(x, w) (+ bias [k] when not null) for g.n() images, on the oneDNN
+     * primitives {@link #conv2d(Tensor, Tensor, Tensor, Conv2dParams, Tensor)} runs, so a plan's
+     * results equal Model.forward's bit for bit. False, having done nothing, when convolution is not
+     * on oneDNN here or oneDNN declines: the caller runs im2col + gemm (the path conv2d falls back to).
+     */
+    public static boolean onednnConv2d(MemorySegment x, MemorySegment w, MemorySegment bias, MemorySegment y, ConvGeometry g, Conv2dParams p) {
+        return onednn() && OnednnConv.forward(x, w, bias, y, g, p);
+    }
+
+    /**
+     * The inference plan's pooling: y [n, c, oh, ow] = pool(x [n, c, h, w]) on the oneDNN primitive
+     * {@link #pool2d} runs, so a plan's results equal Model.forward's; false, having done nothing,
+     * when pooling is not on oneDNN here: the caller runs {@link CpuKernels#pool2d}.
+     */
+    public static boolean onednnPool2d(PoolMode mode, Pool2dParams p, MemorySegment x, MemorySegment y, long n, long c, long h, long w, long oh, long ow) {
+        return onednnPool() && OnednnPool.forward(mode, p, x, y, n, c, h, w, oh, ow);
+    }
+
     @Override
     public void conv2d(Tensor x, Tensor w, Conv2dParams p, Tensor y) {
         conv2d(x, w, null, p, y);

@@ -24,7 +24,7 @@ import org.distill4j.bindings.dnnl.dnnl_h;
  *       for the process ({@link #CACHE_LIMIT} problems; past that, made and destroyed per context);</li>
  *   <li>the scratchpad is ours (user mode), so a primitive runs from several threads at once;</li>
  *   <li>a call claims a context (stream, argument array, memory objects of its recent problems,
- *       scratchpad and two spare buffers) from a fixed pool with one CAS, finds its problem among
+ *       scratchpad and buffers) from a fixed pool with one CAS, finds its problem among
  *       the context's recent ones by comparing keys, and re-points the memory objects at the
  *       caller's segments: nothing on the Java heap once warm.</li>
  * </ul>
@@ -195,7 +195,8 @@ final class OnednnCall {
 
     /** What one call needs besides the primitive, used by one thread at a time (native memory kept for the process). */
     static final class Context {
-        private static final int RECENT = 8, MAX_ARGS = 8;
+        /** Recent problems with their memory objects: a CNN's step has ~20 (each conv layer forward, backward-data, backward-weights). */
+        private static final int RECENT = 32, MAX_ARGS = 8;
         final int index;
         /** The key of the problem at hand, filled by the caller before {@link #find}. */
         final int[] key = new int[24];
