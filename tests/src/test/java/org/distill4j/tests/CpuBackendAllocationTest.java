@@ -48,8 +48,9 @@ class CpuBackendAllocationTest {
     /**
      * conv2d forward (with a bias), backward-data and backward-weights (accumulating, with the bias
      * gradient) and max pooling forward and backward on the oneDNN engine: warm calls find their
-     * primitive and context buffers and allocate nothing on the heap or natively. Skipped where the
-     * engine is not oneDNN (the im2col path allocates its column buffer per call).
+     * primitive and context buffers and allocate nothing natively, and on the heap nothing but the
+     * argument check's ConvGeometry record per convolution call. Skipped where the engine is not
+     * oneDNN (the im2col path allocates its column buffer per call).
      */
     @Test
     void onednnConvolutionAndPoolingAllocateNothingOnceWarm() {
@@ -65,7 +66,7 @@ class CpuBackendAllocationTest {
         org.distill4j.core.Pool2dParams pool = org.distill4j.core.Pool2dParams.of(2, 2, 0);
         try (Tensor x = cpu.fromArray(xs, 2, 8, 9, 9); Tensor w = cpu.fromArray(ws, 8, 8, 3, 3); Tensor b = cpu.fromArray(bs, 8);
              Tensor y = cpu.empty(DType.F32, 2, 8, 9, 9); Tensor dx = cpu.empty(DType.F32, 2, 8, 9, 9); Tensor dw = cpu.zeros(DType.F32, 8, 8, 3, 3);
-             Tensor db = cpu.zeros(DType.F32, 8); Tensor pooled = cpu.empty(DType.F32, 2, 8, 4, 4); Tensor dpooled = cpu.empty(DType.F32, 2, 8, 4, 4)) {
+             Tensor db = cpu.zeros(DType.F32, 8); Tensor pooled = cpu.empty(DType.F32, 2, 8, 4, 4)) {
             Runnable step = () -> {
                 cpu.conv2d(x, w, b, conv, y);
                 cpu.conv2dBackwardData(y, w, conv, dx);
@@ -79,7 +80,11 @@ class CpuBackendAllocationTest {
             long allocated = threads.getThreadAllocatedBytes(id) - before, nativeAllocations = CpuMemory.allocations() - nativeBefore;
             System.out.println("CpuBackendAllocationTest: conv2d fwd/bwd-data/bwd-weights + max pool fwd/bwd on oneDNN, 2,000 warm steps: " + allocated
                 + " heap bytes, " + nativeAllocations + " native allocations");
-            assertTrue(allocated < 1024, allocated + " heap bytes over 2,000 warm steps (seed " + seed + ")");
+            // What remains is the argument check's geometry record (Shapes.conv returns a ConvGeometry, 48 bytes on a
+            // 64-bit JVM with compressed headers or less), one per convolution call: 3 a step. The oneDNN path adds nothing.
+            long perStepBound = 3 * 48;
+            assertTrue(allocated <= 2_000 * perStepBound + 1024, allocated + " heap bytes over 2,000 warm steps, more than the "
+                + perStepBound + " bytes a step of the checks' geometry records (seed " + seed + ")");
             assertEquals(0, nativeAllocations, "native allocations over 2,000 warm steps");
         }
     }

@@ -859,11 +859,11 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void conv2d(Tensor x, Tensor w, Tensor bias, Conv2dParams p, Tensor y) {
-        f32("conv2d", x, w, y);
+        f32("conv2d", x); f32("conv2d", w); f32("conv2d", y); // one at a time: no varargs array per call
         ConvGeometry g = Shapes.conv("conv2d", x, w, p, y);
         if (bias != null) {
             f32("conv2d", bias);
-            Shapes.biasLayout("conv2d bias", y, bias, true);
+            if (bias.numel() != g.k()) throw new IllegalArgumentException("conv2d: bias " + bias.describe() + " does not match the " + g.k() + " output channels");
         }
         if (onednn() && OnednnConv.forward(x.data(), w.data(), bias == null ? null : bias.data(), y.data(), g, p)) return;
         try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
@@ -880,7 +880,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void conv2dBackwardData(Tensor dy, Tensor w, Conv2dParams p, Tensor dx) {
-        f32("conv2dBackwardData", dy, w, dx);
+        f32("conv2dBackwardData", dy); f32("conv2dBackwardData", w); f32("conv2dBackwardData", dx); // one at a time: no varargs array per call
         ConvGeometry g = Shapes.conv("conv2dBackwardData", dx, w, p, dy);
         if (onednn() && OnednnConv.backwardData(dy.data(), w.data(), dx.data(), g, p)) return;
         dx.data().fill((byte) 0);
@@ -903,11 +903,13 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void conv2dBackwardFilter(Tensor x, Tensor dy, Conv2dParams p, Tensor dw, Tensor dbias, boolean accumulate) {
-        f32("conv2dBackwardFilter", x, dy, dw);
+        f32("conv2dBackwardFilter", x); f32("conv2dBackwardFilter", dy); f32("conv2dBackwardFilter", dw); // one at a time: no varargs array per call
         ConvGeometry g = Shapes.conv("conv2dBackwardFilter", x, dw, p, dy);
         if (dbias != null) {
             f32("conv2dBackwardFilter", dbias);
-            Shapes.biasLayout("conv2dBackwardFilter bias", dy, dbias, true);
+            if (dbias.numel() != g.k()) {
+                throw new IllegalArgumentException("conv2dBackwardFilter: bias gradient " + dbias.describe() + " does not match the " + g.k() + " output channels");
+            }
         }
         if (onednn() && OnednnConv.backwardWeights(x.data(), dy.data(), dw.data(), dbias == null ? null : dbias.data(), g, p, accumulate)) return;
         try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
@@ -927,8 +929,9 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void pool2d(PoolMode mode, Pool2dParams p, Tensor x, Tensor y) {
-        String op = "pool2d(" + mode + ")";
-        f32(op, x, y);
+        String op = mode == PoolMode.MAX ? "pool2d(MAX)" : "pool2d(AVG)"; // constants: no string built per call
+        f32(op, x);
+        f32(op, y);
         Shapes.pool(op, p, x, y);
         long h = x.size(2), w = x.size(3), oh = y.size(2), ow = y.size(3);
         MemorySegment xs = x.data(), ys = y.data();
@@ -938,8 +941,11 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void pool2dBackward(PoolMode mode, Pool2dParams p, Tensor x, Tensor y, Tensor dy, Tensor dx) {
-        String op = "pool2dBackward(" + mode + ")";
-        f32(op, x, y, dy, dx);
+        String op = mode == PoolMode.MAX ? "pool2dBackward(MAX)" : "pool2dBackward(AVG)";
+        f32(op, x);
+        f32(op, y);
+        f32(op, dy);
+        f32(op, dx);
         Shapes.pool(op, p, x, y);
         Shapes.same(op, y, dy);
         Shapes.same(op, x, dx);
