@@ -40,7 +40,7 @@ public final class Main implements Callable<Integer> {
      * command runs (CpuBlas reads it on first use). An engine that is not present is bad input.
      */
     @Option(names = "--cpu-engine", paramLabel = "ENGINE", scope = CommandLine.ScopeType.INHERIT,
-        description = "gemm engine of the CPU backend: onednn, openblas or java (default: the fastest present; see distill info)")
+        description = "CPU backend engine (gemm; on onednn also convolution and pooling): onednn, openblas or java (default: the fastest present; see distill info)")
     void cpuEngine(String name) {
         CpuEngine engine;
         try {

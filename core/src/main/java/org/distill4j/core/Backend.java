@@ -292,6 +292,26 @@ public interface Backend extends AutoCloseable {
 
     void conv2dBackwardFilter(Tensor x, Tensor dy, Conv2dParams p, Tensor dw, boolean accumulate);
 
+    /**
+     * y = conv2d(x, w) + bias over the channel axis (bias [K]; null: none). By default
+     * {@link #conv2d} then {@link #channelBiasAdd}; a backend whose convolution adds a bias in the
+     * same pass (the CPU backend on oneDNN) overrides it.
+     */
+    default void conv2d(Tensor x, Tensor w, Tensor bias, Conv2dParams p, Tensor y) {
+        conv2d(x, w, p, y);
+        if (bias != null) channelBiasAdd(y, bias);
+    }
+
+    /**
+     * dw (+)= the weight gradient and dbias (+)= the bias gradient (the sum of dy over every axis
+     * but 1; null: none) of {@link #conv2d(Tensor, Tensor, Tensor, Conv2dParams, Tensor)}. By
+     * default {@link #conv2dBackwardFilter} then {@link #channelBiasGrad}.
+     */
+    default void conv2dBackwardFilter(Tensor x, Tensor dy, Conv2dParams p, Tensor dw, Tensor dbias, boolean accumulate) {
+        conv2dBackwardFilter(x, dy, p, dw, accumulate);
+        if (dbias != null) channelBiasGrad(dy, dbias, accumulate);
+    }
+
     // ---- pooling (NCHW)
 
     void pool2d(PoolMode mode, Pool2dParams p, Tensor x, Tensor y);

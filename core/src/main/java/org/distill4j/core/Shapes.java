@@ -110,7 +110,9 @@ public final class Shapes {
         rank(op, x, 4);
         long oh = p.outH(x.size(2)), ow = p.outW(x.size(3));
         if (oh < 1 || ow < 1) throw new IllegalArgumentException(op + ": window larger than padded input " + x.describe());
-        expect(op + " output", y, x.size(0), x.size(1), oh, ow);
+        if (y.rank() != 4 || y.size(0) != x.size(0) || y.size(1) != x.size(1) || y.size(2) != oh || y.size(3) != ow) { // no message built per call
+            expect(op + " output", y, x.size(0), x.size(1), oh, ow);
+        }
     }
 
     /** Checks x [N, C, H, W], w [K, C, R, S] and y [N, K, OH, OW] chain, and returns the geometry. */
@@ -118,19 +120,20 @@ public final class Shapes {
         rank(op, x, 4);
         rank(op, w, 4);
         rank(op, y, 4);
-        long[] xs = x.shape(), ws = w.shape();
-        if (xs[1] != ws[1]) {
-            throw new IllegalArgumentException(op + ": input channels differ: x " + Arrays.toString(xs) + " vs weight " + Arrays.toString(ws));
+        // Sizes read one by one (no shape copies): a warm convolution allocates only the geometry record.
+        if (x.size(1) != w.size(1)) {
+            throw new IllegalArgumentException(op + ": input channels differ: x " + Arrays.toString(x.shape()) + " vs weight " + Arrays.toString(w.shape()));
         }
-        int oh = p.outH(xs[2], ws[2]), ow = p.outW(xs[3], ws[3]);
-        if (oh < 1 || ow < 1) throw new IllegalArgumentException(op + ": kernel " + Arrays.toString(ws) + " larger than padded input " + Arrays.toString(xs));
-        long[] expected = {xs[0], ws[0], oh, ow};
-        if (!Arrays.equals(y.shape(), expected)) {
-            throw new IllegalArgumentException(op + ": output shape " + Arrays.toString(y.shape()) + ", expected " + Arrays.toString(expected)
-                + " for x " + Arrays.toString(xs) + " and weight " + Arrays.toString(ws));
+        int oh = p.outH(x.size(2), w.size(2)), ow = p.outW(x.size(3), w.size(3));
+        if (oh < 1 || ow < 1) {
+            throw new IllegalArgumentException(op + ": kernel " + Arrays.toString(w.shape()) + " larger than padded input " + Arrays.toString(x.shape()));
         }
-        return new ConvGeometry(toInt(op, xs[0]), toInt(op, xs[1]), toInt(op, xs[2]), toInt(op, xs[3]), toInt(op, ws[0]), toInt(op, ws[2]),
-            toInt(op, ws[3]), oh, ow);
+        if (y.size(0) != x.size(0) || y.size(1) != w.size(0) || y.size(2) != oh || y.size(3) != ow) {
+            throw new IllegalArgumentException(op + ": output shape " + Arrays.toString(y.shape()) + ", expected "
+                + Arrays.toString(new long[] {x.size(0), w.size(0), oh, ow}) + " for x " + Arrays.toString(x.shape()) + " and weight " + Arrays.toString(w.shape()));
+        }
+        return new ConvGeometry(toInt(op, x.size(0)), toInt(op, x.size(1)), toInt(op, x.size(2)), toInt(op, x.size(3)), toInt(op, w.size(0)),
+            toInt(op, w.size(2)), toInt(op, w.size(3)), oh, ow);
     }
 
     /**

@@ -814,10 +814,58 @@ public final class CpuBackend implements Backend {
         }
     }
 
+    /**
+     * Whether convolution runs on oneDNN's primitives: the engine is oneDNN (which CpuBlas resolves
+     * once per process), unless -Ddistill4j.onednn.conv=false (im2col + oneDNN's gemm, the path
+     * before; for A/B benchmarks).
+     */
+    private static boolean onednn() {
+        return CONV_ON_ONEDNN && CpuBlas.engine() == CpuEngine.ONEDNN;
+    }
+
+    private static final boolean CONV_ON_ONEDNN = !"false".equals(System.getProperty("distill4j.onednn.conv"));
+
+    /** Whether pooling runs on oneDNN: the engine is oneDNN, unless -Ddistill4j.onednn.pool=false (for the benchmark's A/B). */
+    private static boolean onednnPool() {
+        return POOL_ON_ONEDNN && CpuBlas.engine() == CpuEngine.ONEDNN;
+    }
+
+    private static final boolean POOL_ON_ONEDNN = !"false".equals(System.getProperty("distill4j.onednn.pool"));
+
+    /**
+     * The inference plan's convolution (the Predictor's; arguments checked when the plan was
+     * compiled): y = conv(x, w) (+ bias [k] when not null) for g.n() images, on the oneDNN
+     * primitives {@link #conv2d(Tensor, Tensor, Tensor, Conv2dParams, Tensor)} runs, so a plan's
+     * results equal Model.forward's bit for bit. False, having done nothing, when convolution is not
+     * on oneDNN here or oneDNN declines: the caller runs im2col + gemm (the path conv2d falls back to).
+     */
+    public static boolean onednnConv2d(MemorySegment x, MemorySegment w, MemorySegment bias, MemorySegment y, ConvGeometry g, Conv2dParams p) {
+        return onednn() && OnednnConv.forward(x, w, bias, y, g, p);
+    }
+
+    /**
+     * The inference plan's pooling: y [n, c, oh, ow] = pool(x [n, c, h, w]) on the oneDNN primitive
+     * {@link #pool2d} runs, so a plan's results equal Model.forward's; false, having done nothing,
+     * when pooling is not on oneDNN here: the caller runs {@link CpuKernels#pool2d}.
+     */
+    public static boolean onednnPool2d(PoolMode mode, Pool2dParams p, MemorySegment x, MemorySegment y, long n, long c, long h, long w, long oh, long ow) {
+        return onednnPool() && OnednnPool.forward(mode, p, x, y, n, c, h, w, oh, ow);
+    }
+
     @Override
     public void conv2d(Tensor x, Tensor w, Conv2dParams p, Tensor y) {
-        f32("conv2d", x, w, y);
+        conv2d(x, w, null, p, y);
+    }
+
+    @Override
+    public void conv2d(Tensor x, Tensor w, Tensor bias, Conv2dParams p, Tensor y) {
+        f32("conv2d", x); f32("conv2d", w); f32("conv2d", y); // one at a time: no varargs array per call
         ConvGeometry g = Shapes.conv("conv2d", x, w, p, y);
+        if (bias != null) {
+            f32("conv2d", bias);
+            if (bias.numel() != g.k()) throw new IllegalArgumentException("conv2d: bias " + bias.describe() + " does not match the " + g.k() + " output channels");
+        }
+        if (onednn() && OnednnConv.forward(x.data(), w.data(), bias == null ? null : bias.data(), y.data(), g, p)) return;
         try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
             MemorySegment col = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
@@ -827,12 +875,14 @@ public final class CpuBackend implements Backend {
                 CpuBlas.sgemm(false, false, g.k(), g.ohw(), g.crs(), 1f, w.data(), g.crs(), col, g.ohw(), 0f, yb, g.ohw());
             }
         }
+        if (bias != null) channelBiasAdd(y, bias);
     }
 
     @Override
     public void conv2dBackwardData(Tensor dy, Tensor w, Conv2dParams p, Tensor dx) {
-        f32("conv2dBackwardData", dy, w, dx);
+        f32("conv2dBackwardData", dy); f32("conv2dBackwardData", w); f32("conv2dBackwardData", dx); // one at a time: no varargs array per call
         ConvGeometry g = Shapes.conv("conv2dBackwardData", dx, w, p, dy);
+        if (onednn() && OnednnConv.backwardData(dy.data(), w.data(), dx.data(), g, p)) return;
         dx.data().fill((byte) 0);
         try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
             MemorySegment dcol = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * 4, 64);
@@ -848,8 +898,20 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void conv2dBackwardFilter(Tensor x, Tensor dy, Conv2dParams p, Tensor dw, boolean accumulate) {
-        f32("conv2dBackwardFilter", x, dy, dw);
+        conv2dBackwardFilter(x, dy, p, dw, null, accumulate);
+    }
+
+    @Override
+    public void conv2dBackwardFilter(Tensor x, Tensor dy, Conv2dParams p, Tensor dw, Tensor dbias, boolean accumulate) {
+        f32("conv2dBackwardFilter", x); f32("conv2dBackwardFilter", dy); f32("conv2dBackwardFilter", dw); // one at a time: no varargs array per call
         ConvGeometry g = Shapes.conv("conv2dBackwardFilter", x, dw, p, dy);
+        if (dbias != null) {
+            f32("conv2dBackwardFilter", dbias);
+            if (dbias.numel() != g.k()) {
+                throw new IllegalArgumentException("conv2dBackwardFilter: bias gradient " + dbias.describe() + " does not match the " + g.k() + " output channels");
+            }
+        }
+        if (onednn() && OnednnConv.backwardWeights(x.data(), dy.data(), dw.data(), dbias == null ? null : dbias.data(), g, p, accumulate)) return;
         try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
             MemorySegment col = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
@@ -860,29 +922,36 @@ public final class CpuBackend implements Backend {
                 CpuBlas.sgemm(false, true, g.k(), g.crs(), g.ohw(), 1f, dyb, g.ohw(), col, g.ohw(), beta, dw.data(), g.crs());
             }
         }
+        if (dbias != null) channelBiasGrad(dy, dbias, accumulate);
     }
 
     // ---- pooling
 
     @Override
     public void pool2d(PoolMode mode, Pool2dParams p, Tensor x, Tensor y) {
-        String op = "pool2d(" + mode + ")";
-        f32(op, x, y);
+        String op = mode == PoolMode.MAX ? "pool2d(MAX)" : "pool2d(AVG)"; // constants: no string built per call
+        f32(op, x);
+        f32(op, y);
         Shapes.pool(op, p, x, y);
         long h = x.size(2), w = x.size(3), oh = y.size(2), ow = y.size(3);
         MemorySegment xs = x.data(), ys = y.data();
+        if (onednnPool() && OnednnPool.forward(mode, p, xs, ys, x.size(0), x.size(1), h, w, oh, ow)) return;
         parallel(x.size(0) * x.size(1), oh * ow * p.kernelH() * p.kernelW(), plane -> CpuKernels.pool2d(mode, p, xs, ys, plane, plane + 1, h, w, oh, ow));
     }
 
     @Override
     public void pool2dBackward(PoolMode mode, Pool2dParams p, Tensor x, Tensor y, Tensor dy, Tensor dx) {
-        String op = "pool2dBackward(" + mode + ")";
-        f32(op, x, y, dy, dx);
+        String op = mode == PoolMode.MAX ? "pool2dBackward(MAX)" : "pool2dBackward(AVG)";
+        f32(op, x);
+        f32(op, y);
+        f32(op, dy);
+        f32(op, dx);
         Shapes.pool(op, p, x, y);
         Shapes.same(op, y, dy);
         Shapes.same(op, x, dx);
         long h = x.size(2), w = x.size(3), oh = y.size(2), ow = y.size(3);
         MemorySegment xs = x.data(), dys = dy.data(), dxs = dx.data();
+        if (onednnPool() && OnednnPool.backward(mode, p, xs, dys, dxs, x.size(0), x.size(1), h, w, oh, ow)) return;
         float divisor = p.kernelH() * p.kernelW();
         parallel(x.size(0) * x.size(1), oh * ow * p.kernelH() * p.kernelW(), plane -> {
             for (long i = plane * h * w; i < (plane + 1) * h * w; i++) set(dxs, i, 0f);

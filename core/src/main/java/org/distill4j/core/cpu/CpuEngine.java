@@ -9,7 +9,7 @@ import java.util.Locale;
  * the pure-Java gemm. OpenBLAS and Java stay as the fallbacks and the tested oracles.
  */
 public enum CpuEngine {
-    /** oneDNN's matmul primitive, created once per shape and cached (OnednnMatmul). */
+    /** oneDNN's matmul primitive, created once per shape and cached (OnednnMatmul); convolution and pooling on its primitives too (OnednnConv, OnednnPool). */
     ONEDNN("onednn"),
     /** OpenBLAS's cblas_sgemm. */
     OPENBLAS("openblas"),

@@ -15,6 +15,7 @@ import org.distill4j.core.Init;
 import org.distill4j.core.Pool2dParams;
 import org.distill4j.core.PoolMode;
 import org.distill4j.core.Tensor;
+import org.distill4j.core.cpu.CpuBackend;
 import org.distill4j.core.cpu.CpuBlas;
 import org.distill4j.core.cpu.CpuKernels;
 import org.distill4j.core.cpu.CpuMemory;
@@ -141,8 +142,7 @@ public final class Layers {
         @Override
         public Tensor forward(Pass p, Tensor x) {
             Tensor y = p.backend().empty(p.arena(), DType.F32, withBatch(x.size(0), outputShape(withoutBatch(x))));
-            p.backend().conv2d(x, weight.value(), geometry, y);
-            if (bias != null) p.backend().channelBiasAdd(y, bias.value());
+            p.backend().conv2d(x, weight.value(), bias == null ? null : bias.value(), geometry, y);
             this.x = p.train() ? x : null;
             return y;
         }
@@ -156,8 +156,7 @@ public final class Layers {
         public Tensor backward(Pass p, Tensor dy, boolean inputGrad) {
             if (x == null) throw noForward();
             Backend b = p.backend();
-            b.conv2dBackwardFilter(x, dy, geometry, weight.grad(), true);
-            if (bias != null) b.channelBiasGrad(dy, bias.grad(), true);
+            b.conv2dBackwardFilter(x, dy, geometry, weight.grad(), bias == null ? null : bias.grad(), true);
             if (!inputGrad) return null;
             Tensor dx = like(p, x);
             b.conv2dBackwardData(dy, weight.value(), geometry, dx);
@@ -173,6 +172,9 @@ public final class Layers {
             MemorySegment w = weight.value().data(), b = bias == null ? null : bias.value().data();
             int slot = plan.stateSlot();
             long imageIn = (long) g.c() * g.h() * g.w(), imageOut = (long) g.k() * g.ohw();
+            // The geometry of each batch size, made here so that a call allocates nothing.
+            ConvGeometry[] byRows = new ConvGeometry[maxBatch + 1];
+            for (int rows = 1; rows <= maxBatch; rows++) byRows[rows] = new ConvGeometry(rows, g.c(), g.h(), g.w(), g.k(), g.r(), g.s(), g.oh(), g.ow());
             plan.add(new InferencePlan.Step() {
                 @Override
                 public void prepare(InferencePlan.Workspace ws, Arena arena) {
@@ -184,6 +186,8 @@ public final class Layers {
 
                 @Override
                 public void run(InferencePlan.Workspace ws, int rows) {
+                    // On the oneDNN engine, the backend's convolution primitive (bias fused): the same bits as Model.forward.
+                    if (CpuBackend.onednnConv2d(ws.buffer(in), w, b, ws.buffer(out), byRows[rows], geometry)) return;
                     MemorySegment[] state = ws.state(slot);
                     for (int i = 0; i < rows; i++) {
                         CpuKernels.im2col(ws.buffer(in), i * imageIn, g, geometry, state[0]);
@@ -444,7 +448,11 @@ public final class Layers {
         public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
             int out = plan.buffer(Tensor.numel(next));
             long channels = s[0], h = s[1], w = s[2], oh = next[1], ow = next[2];
-            plan.add((ws, rows) -> CpuKernels.pool2d(mode, geometry, ws.buffer(in), ws.buffer(out), 0, rows * channels, h, w, oh, ow));
+            plan.add((ws, rows) -> {
+                // On the oneDNN engine, the backend's pooling primitive: the same bits as Model.forward (average pooling sums in float there).
+                if (CpuBackend.onednnPool2d(mode, geometry, ws.buffer(in), ws.buffer(out), rows, channels, h, w, oh, ow)) return;
+                CpuKernels.pool2d(mode, geometry, ws.buffer(in), ws.buffer(out), 0, rows * channels, h, w, oh, ow);
+            });
             return out;
         }
     }

@@ -63,6 +63,53 @@ class TrainerTest {
         }
     }
 
+    /** A CNN with 3 x 4 x 4 inputs: convolutions (with a bias), batch norm, max and average pooling. */
+    private static final String CNN = "{\"input\": [3, 4, 4], \"layers\": [{\"type\": \"conv2d\", \"in\": 3, \"out\": 8, \"kernel\": 3, \"padding\": 1},"
+        + "{\"type\": \"batchnorm2d\", \"features\": 8}, {\"type\": \"relu\"}, {\"type\": \"maxpool2d\", \"kernel\": 2},"
+        + "{\"type\": \"conv2d\", \"in\": 8, \"out\": 8, \"kernel\": 1, \"bias\": false}, {\"type\": \"relu\"}, {\"type\": \"avgpool2d\", \"kernel\": 2},"
+        + "{\"type\": \"flatten\"}, {\"type\": \"linear\", \"in\": 8, \"out\": 4}]}";
+
+    /**
+     * The CNN killed after step 8 and resumed from the step-6 checkpoint ends with the uninterrupted
+     * run's weights bit for bit, on this process's CPU engine (oneDNN's convolution and pooling
+     * where present: its primitives must be deterministic for a given shape and thread count).
+     */
+    @Test
+    void cnnResumesBitForBit() {
+        ArrayDataset imageTrain = images(500, 1), imageTest = images(200, 2);
+        TrainingConfig cfg = config(TrainingConfig.Optimizer.ADAMW, 32, 1);
+        List<float[]> full;
+        try (Model m = ModelSpec.parse("m", CNN).build(CpuBackend.get(), 7)) {
+            Trainer.supervised(CpuBackend.get(), m, cfg).fit(imageTrain, imageTest, x -> { });
+            full = weights(m);
+        }
+        Checkpoints ck = new Checkpoints(tmp.resolve("cnn"), 3, 2, true);
+        try (Model m = ModelSpec.parse("m", CNN).build(CpuBackend.get(), 7)) {
+            Trainer.supervised(CpuBackend.get(), m, cfg).stopAfter(8).fit(imageTrain, imageTest, x -> { }, ck);
+        }
+        try (Model m = ModelSpec.parse("m", CNN).build(CpuBackend.get(), 99)) {
+            Trainer.supervised(CpuBackend.get(), m, cfg).fit(imageTrain, imageTest, x -> { }, ck);
+            List<float[]> resumed = weights(m);
+            for (int i = 0; i < full.size(); i++) assertArrayEquals(full.get(i), resumed.get(i), "CNN parameter " + i + " on " + org.distill4j.core.cpu.CpuBlas.provider());
+        }
+    }
+
+    /** n Gaussian 3 x 4 x 4 images, labelled by which quarter of the 48 values has the largest sum (a learnable rule; the seed fixes them). */
+    private static ArrayDataset images(int n, long seed) {
+        java.util.Random r = new java.util.Random(seed);
+        float[] x = new float[n * 48];
+        long[] y = new long[n];
+        for (int i = 0; i < n; i++) {
+            double[] sums = new double[4];
+            for (int j = 0; j < 48; j++) {
+                x[i * 48 + j] = (float) r.nextGaussian();
+                sums[j / 12] += x[i * 48 + j];
+            }
+            for (int c = 1; c < 4; c++) if (sums[c] > sums[(int) y[i]]) y[i] = c;
+        }
+        return new ArrayDataset(x, y, new long[] {3, 4, 4});
+    }
+
     @Test
     void accumulatingFourMicroBatchesEqualsOneFourTimesBatch() {
         for (boolean distill : new boolean[] {false, true}) {
