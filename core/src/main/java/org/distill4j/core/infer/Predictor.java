@@ -158,7 +158,7 @@ public final class Predictor implements AutoCloseable {
         this.outputSize = Tensor.numel(outputShape);
         Backend backend = model.parameters().isEmpty() ? null : model.parameters().getFirst().value().backend();
         this.engine = backend == null || backend.isHost()
-            ? new CpuEngine(InferencePlan.compile(model, options.maxBatch()), options.intraOpThreads() == 1, options.cpuWorkspaces())
+            ? new CpuEngine(InferencePlan.compile(model, options.maxBatch(), ownsModel), options.intraOpThreads() == 1, options.cpuWorkspaces())
             : new CudaEngine((CudaBackend) backend, model, options, inputShape, outputShape);
         this.batcher = options.dynamicBatching() ? new Batcher() : null;
     }
@@ -175,7 +175,12 @@ public final class Predictor implements AutoCloseable {
         }
     }
 
-    /** Serves a model already in memory (e.g. a student just trained); the caller keeps it and must not train it while serving. */
+    /**
+     * Serves a model already in memory (e.g. a student just trained); the caller keeps it. On the
+     * oneDNN CPU engine the Predictor packs its own copy of the linear layers' weights when it is
+     * made and serves those (writes to the model afterwards are not seen: make a new Predictor to
+     * serve new weights); other layers read the model's tensors, so do not train it while serving.
+     */
     public static Predictor of(Model model, Options options) {
         return new Predictor(model, false, options);
     }
@@ -377,6 +382,7 @@ public final class Predictor implements AutoCloseable {
         @Override
         public void close() {
             all.forEach(InferencePlan.Workspace::close);
+            plan.close(); // the packed weights, after the workspaces' contexts
             if (singleThreaded) org.distill4j.core.cpu.CpuBlas.releaseSingleThreaded();
         }
     }
