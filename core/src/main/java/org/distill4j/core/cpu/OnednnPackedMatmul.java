@@ -6,6 +6,7 @@ import static java.lang.foreign.ValueLayout.JAVA_LONG;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.util.concurrent.atomic.AtomicReferenceArray;
 import org.distill4j.bindings.Downcalls;
 import org.distill4j.bindings.dnnl.DnnlException;
 import org.distill4j.bindings.dnnl.dnnl_h;
@@ -62,8 +63,11 @@ public final class OnednnPackedMatmul implements AutoCloseable {
     private final MemorySegment packed, bias;
     private final long packedBytes;
     private final String implementation;
-    /** Primitives by row count: [0] for one OpenMP thread, [1] for the process default. */
-    private final Entry[][] entries;
+    /**
+     * Primitives by slot t * (maxRows + 1) + rows, t = 0 for one OpenMP thread and 1 for the
+     * process default; an atomic array so a thread that reads an entry another made sees it whole.
+     */
+    private final AtomicReferenceArray<Entry> entries;
     private boolean closed;
 
     /** One row count's primitive and what a call needs to know about it. */
@@ -122,7 +126,7 @@ public final class OnednnPackedMatmul implements AutoCloseable {
         int min = 2;
         while (min <= maxRows && !CpuBlas.onednnPays(min, n, k, 1)) min++;
         this.minPackedRows = min;
-        this.entries = new Entry[2][maxRows + 1];
+        this.entries = new AtomicReferenceArray<>(2 * (maxRows + 1));
         MemorySegment desc = null, biasDesc = null;
         try (Arena tmp = Arena.ofConfined()) {
             MemorySegment out = tmp.allocate(ADDRESS);
@@ -258,15 +262,15 @@ public final class OnednnPackedMatmul implements AutoCloseable {
 
     /** The primitive for {@code rows} rows at this thread count, made on first use. */
     private Entry entry(int rows, int threads) {
-        int t = threads == 1 ? 0 : 1;
-        Entry e = entries[t][rows];
+        int slot = (threads == 1 ? 0 : maxRows + 1) + rows;
+        Entry e = entries.get(slot);
         if (e != null) return e;
         synchronized (this) {
             if (closed) throw new IllegalStateException("packed matmul is closed");
-            e = entries[t][rows];
+            e = entries.get(slot);
             if (e == null) {
-                e = create(rows, t * (maxRows + 1) + rows);
-                entries[t][rows] = e;
+                e = create(rows, slot);
+                entries.set(slot, e);
             }
             return e;
         }
@@ -425,7 +429,10 @@ public final class OnednnPackedMatmul implements AutoCloseable {
     public synchronized void close() {
         if (closed) return;
         closed = true;
-        for (Entry[] byRows : entries) for (Entry e : byRows) if (e != null) e.destroy();
+        for (int i = 0; i < entries.length(); i++) {
+            Entry e = entries.getAndSet(i, null);
+            if (e != null) e.destroy();
+        }
         dnnl_h.dnnl_primitive_desc_destroy(packingDesc); // owns packedMd
         if (biasMd != null) dnnl_h.dnnl_memory_desc_destroy(biasMd);
         arena.close();
