@@ -84,9 +84,12 @@ class OnednnPackedMatmulTest {
                         MemorySegment plain = arena.allocate((long) rows * n * Float.BYTES, 64);
                         CpuBlas.sgemm(false, true, rows, n, k, 1f, xs, k, ws, k, 0f, plain, n);
                         if (withBias) CpuKernels.biasAddRows(plain, bs, 0, rows, n);
+                        // Float32 rounding of a k-term sum apart (the plain path is another engine's kernel under
+                        // -Ddistill4j.cpu.engine=openblas|java; on oneDNN the same kernel, equal in our runs).
                         float[] want = plain.toArray(JAVA_FLOAT);
+                        double tolerance = 4e-6 * Math.sqrt(k);
                         for (int i = 0; i < want.length; i++) {
-                            assertTrue(Math.abs(want[i] - y[i]) <= 1e-5f * (1 + Math.abs(want[i])), where + ": element " + i + " plain " + want[i] + " packed " + y[i]);
+                            assertTrue(Math.abs(want[i] - y[i]) <= tolerance * (1 + Math.abs(want[i])), where + ": element " + i + " plain " + want[i] + " packed " + y[i]);
                         }
                     }
                 }
