@@ -96,7 +96,7 @@ public final class CpuBlas {
         return engine() == CpuEngine.OPENBLAS;
     }
 
-    private static int singleThreadedHolders;
+    private static int singleThreadedHolders, openBlasHolders;
     private static int threadsBefore;
     /** Read by the oneDNN engine on every call: true while any caller holds single-threaded gemms. */
     private static volatile boolean singleThreaded;
@@ -112,21 +112,33 @@ public final class CpuBlas {
      * meanwhile.
      */
     public static synchronized void holdSingleThreaded() {
-        if (singleThreadedHolders++ == 0) {
-            singleThreaded = true;
-            if (OPENBLAS.isLoaded()) {
-                threadsBefore = cblas_h.openblas_get_num_threads();
-                cblas_h.openblas_set_num_threads(1);
-            }
-        }
+        if (singleThreadedHolders++ == 0) singleThreaded = true;
+        holdOpenBlasSingleThreaded();
     }
 
     public static synchronized void releaseSingleThreaded() {
         if (singleThreadedHolders == 0) return;
-        if (--singleThreadedHolders == 0) {
-            singleThreaded = false;
-            if (OPENBLAS.isLoaded()) cblas_h.openblas_set_num_threads(threadsBefore);
+        if (--singleThreadedHolders == 0) singleThreaded = false;
+        releaseOpenBlasSingleThreaded();
+    }
+
+    /**
+     * Holds only OpenBLAS to one thread per call (reference counted with {@link #holdSingleThreaded()}),
+     * leaving oneDNN its OpenMP team: for a Predictor with the libraries' own pools on the oneDNN
+     * engine, whose OpenBLAS calls are the small ones (one row's gemv, a 10-class head). OpenBLAS's
+     * threaded gemv waits for its second thread at every call; on a loaded 2-core machine that wait
+     * was a scheduler slice (batch-1 p50 24-28 ms against 40 us idle, bench/RESULTS.md).
+     */
+    public static synchronized void holdOpenBlasSingleThreaded() {
+        if (openBlasHolders++ == 0 && OPENBLAS.isLoaded()) {
+            threadsBefore = cblas_h.openblas_get_num_threads();
+            cblas_h.openblas_set_num_threads(1);
         }
+    }
+
+    public static synchronized void releaseOpenBlasSingleThreaded() {
+        if (openBlasHolders == 0) return;
+        if (--openBlasHolders == 0 && OPENBLAS.isLoaded()) cblas_h.openblas_set_num_threads(threadsBefore);
     }
 
     /** Whether a caller holds gemms single-threaded now (see {@link #holdSingleThreaded()}). */

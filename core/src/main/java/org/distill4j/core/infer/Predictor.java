@@ -59,10 +59,11 @@ public final class Predictor implements AutoCloseable {
      * @param dynamicBatching gather concurrent single-row calls into batches
      * @param maxWaitMicros   how long the dispatcher waits for more rows once it has one
      * @param intraOpThreads  CPU only: 1 (default) runs each call on its caller's thread alone, BLAS
-     *                        included (OpenBLAS is held to one thread, process-wide, while the
-     *                        Predictor is open): right for many concurrent callers; 0 leaves OpenBLAS
-     *                        its own thread pool: lower latency for a single caller, but concurrent
-     *                        callers queue on that pool
+     *                        included (OpenBLAS and oneDNN are held to one thread, process-wide, while
+     *                        the Predictor is open): right for many concurrent callers; 0 leaves the
+     *                        gemm engine its own thread pool: lower latency for a single caller, but
+     *                        concurrent callers queue on that pool (on the oneDNN engine OpenBLAS,
+     *                        which then serves only one-row and narrow gemms, stays single-threaded)
      * @param gpuWorkers      CUDA only: workers, each with its own backend (stream, cuBLAS and cuDNN
      *                        handles), copy of the weights, pinned buffers and graphs; calls take a
      *                        free worker, so this many batches are in flight at once
@@ -158,7 +159,7 @@ public final class Predictor implements AutoCloseable {
         this.outputSize = Tensor.numel(outputShape);
         Backend backend = model.parameters().isEmpty() ? null : model.parameters().getFirst().value().backend();
         this.engine = backend == null || backend.isHost()
-            ? new CpuEngine(InferencePlan.compile(model, options.maxBatch()), options.intraOpThreads() == 1, options.cpuWorkspaces())
+            ? new CpuEngine(InferencePlan.compile(model, options.maxBatch(), ownsModel), options.intraOpThreads() == 1, options.cpuWorkspaces())
             : new CudaEngine((CudaBackend) backend, model, options, inputShape, outputShape);
         this.batcher = options.dynamicBatching() ? new Batcher() : null;
     }
@@ -175,7 +176,12 @@ public final class Predictor implements AutoCloseable {
         }
     }
 
-    /** Serves a model already in memory (e.g. a student just trained); the caller keeps it and must not train it while serving. */
+    /**
+     * Serves a model already in memory (e.g. a student just trained); the caller keeps it. On the
+     * oneDNN CPU engine the Predictor packs its own copy of the linear layers' weights when it is
+     * made and serves those (writes to the model afterwards are not seen: make a new Predictor to
+     * serve new weights); other layers read the model's tensors, so do not train it while serving.
+     */
     public static Predictor of(Model model, Options options) {
         return new Predictor(model, false, options);
     }
@@ -318,6 +324,8 @@ public final class Predictor implements AutoCloseable {
     private static final class CpuEngine implements Engine {
         private final InferencePlan plan;
         private final boolean singleThreaded;
+        /** The CPU engine is oneDNN (fixed per process): OpenBLAS serves only the small calls. */
+        private final boolean onednn = org.distill4j.core.cpu.CpuBlas.engine() == org.distill4j.core.cpu.CpuEngine.ONEDNN;
         private final int capacity;
         // Free workspaces. ArrayBlockingQueue: j.u.c. locks, so a virtual thread waiting in take()
         // unmounts instead of pinning its carrier; a fixed array, so an acquire/release pair
@@ -336,7 +344,11 @@ public final class Predictor implements AutoCloseable {
             this.capacity = capacity;
             this.free = new ArrayBlockingQueue<>(capacity, false);
             // Parallelism comes from the callers: each call runs on its own thread, BLAS included.
+            // With the libraries' pools on the oneDNN engine, OpenBLAS still runs single-threaded:
+            // its calls here are the small ones (one row, a narrow head), where waiting for its
+            // second thread costs more than it saves (CpuBlas.holdOpenBlasSingleThreaded).
             if (singleThreaded) org.distill4j.core.cpu.CpuBlas.holdSingleThreaded();
+            else if (onednn) org.distill4j.core.cpu.CpuBlas.holdOpenBlasSingleThreaded();
         }
 
         int created() {
@@ -377,7 +389,9 @@ public final class Predictor implements AutoCloseable {
         @Override
         public void close() {
             all.forEach(InferencePlan.Workspace::close);
+            plan.close(); // the packed weights, after the workspaces' contexts
             if (singleThreaded) org.distill4j.core.cpu.CpuBlas.releaseSingleThreaded();
+            else if (onednn) org.distill4j.core.cpu.CpuBlas.releaseOpenBlasSingleThreaded();
         }
     }
 

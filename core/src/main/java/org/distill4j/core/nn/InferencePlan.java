@@ -17,9 +17,18 @@ import org.distill4j.core.cpu.CpuMemory;
  * buffers for up to {@code maxBatch} rows (one per call in flight, e.g. from the Predictor's pool;
  * made through {@link CpuMemory}, so counted); after it is made, running the plan of a model of
  * built-in layers allocates nothing, on the heap or through {@link CpuMemory}: the kernels are {@link CpuKernels}' range
- * loops (the same arithmetic as the CPU backend, so results equal {@code Model.forward} bit for
- * bit) and gemm is one OpenBLAS downcall per layer (per image for convolutions) on segments sliced
- * when the workspace was made. The weights are the model's own tensors, read, never copied.
+ * loops (the same arithmetic as the CPU backend) and gemm is one downcall per layer (per image for
+ * convolutions) on segments sliced when the workspace was made. Convolutions read the model's own
+ * weight tensors. On the oneDNN engine a linear layer packs its weights once, when the plan is
+ * compiled, into oneDNN's blocked layout ({@link org.distill4j.core.cpu.OnednnPackedMatmul}), and
+ * a plan compiled without {@code weightsFixed} copies the other linear layers' weights too: on
+ * that engine the plan serves the linear weights as they were then (a snapshot: writing the
+ * model's tensors afterwards does not change its linear layers; compile a new plan to serve new
+ * weights), and its results equal {@code Model.forward} within float32 rounding (the packed and
+ * plain matmuls run the same kernel, bit for bit in our tests, but only rounding is promised). On
+ * the other engines the plan reads the model's tensors in place and equals {@code Model.forward}
+ * bit for bit.
+ * {@link #close()} frees the packed copies.
  *
  * <p>Buffers: index 0 is the input, each step writes its own buffer (flatten, identity and dropout
  * only alias their input); the last step's buffer is the output. Each layer adds its own steps
@@ -45,15 +54,26 @@ public final class InferencePlan {
      */
     public static final class Builder {
         private final int maxBatch;
+        private final boolean weightsFixed;
         private final List<Step> steps = new ArrayList<>();
         private final List<Long> bufferFeatures = new ArrayList<>(); // elements per row of each buffer
-        private int stateSlots;
+        private final List<AutoCloseable> owned = new ArrayList<>();
+        private Arena constants;
+        private int stateSlots, localSlots;
 
-        private Builder(int maxBatch) {
+        private Builder(int maxBatch, boolean weightsFixed) {
             this.maxBatch = maxBatch;
+            this.weightsFixed = weightsFixed;
         }
 
         public int maxBatch() { return maxBatch; }
+
+        /**
+         * Whether the compiler promised that the model's weights do not change while the plan
+         * lives: a step that keeps a copy of them (packed weights) may then also read them in place;
+         * otherwise it reads only its own copies.
+         */
+        public boolean weightsFixed() { return weightsFixed; }
 
         /** A new buffer of {@code featuresPerRow} float32 elements per row; returns its index. */
         public int buffer(long featuresPerRow) {
@@ -64,6 +84,32 @@ public final class InferencePlan {
         /** A slot for per-workspace state ({@link Workspace#state(int)}), set by a step's prepare. */
         public int stateSlot() {
             return stateSlots++;
+        }
+
+        /**
+         * A slot for a per-workspace Java object ({@link Workspace#local(int)}), set by a step's
+         * prepare; closed with the workspace when it is {@link AutoCloseable} (e.g. an execution
+         * context of a oneDNN primitive).
+         */
+        public int localSlot() {
+            return localSlots++;
+        }
+
+        /**
+         * Hands the plan a resource its steps share (e.g. packed weights), closed by
+         * {@link InferencePlan#close()} after the workspaces; returns it.
+         */
+        public <T extends AutoCloseable> T own(T resource) {
+            owned.add(resource);
+            return resource;
+        }
+
+        /** A copy of {@code data} in native memory the plan owns (freed by {@link InferencePlan#close()}): a step's snapshot of weights. */
+        public MemorySegment copyOf(MemorySegment data) {
+            if (constants == null) constants = own(Arena.ofShared());
+            MemorySegment copy = constants.allocate(Math.max(1, data.byteSize()), 64).asSlice(0, data.byteSize());
+            MemorySegment.copy(data, 0, copy, 0, data.byteSize());
+            return copy;
         }
 
         /** Appends a step; steps run in the order they are added. */
@@ -109,22 +155,38 @@ public final class InferencePlan {
     private final List<Step> steps;
     private final List<Long> bufferFeatures;
     private final int inputBuffer, outputBuffer;
-    private final int stateSlots;
+    private final int stateSlots, localSlots;
     private final Step[] stepArray;
+    private final List<AutoCloseable> owned;
 
-    private InferencePlan(Model model, int maxBatch) {
+    private InferencePlan(Model model, int maxBatch, boolean weightsFixed) {
         this.maxBatch = maxBatch;
-        Builder b = new Builder(maxBatch);
+        Builder b = new Builder(maxBatch, weightsFixed);
         this.inputBuffer = b.buffer(Tensor.numel(model.inputShape()));
         this.outputBuffer = b.compile(model.net(), model.inputShape(), inputBuffer);
         this.steps = List.copyOf(b.steps);
         this.bufferFeatures = List.copyOf(b.bufferFeatures);
         this.stateSlots = b.stateSlots;
+        this.localSlots = b.localSlots;
         this.stepArray = steps.toArray(new Step[0]);
+        this.owned = List.copyOf(b.owned);
     }
 
-    /** Compiles a model that lives on the CPU backend, for batches of up to {@code maxBatch} rows. */
+    /**
+     * Compiles a model that lives on the CPU backend, for batches of up to {@code maxBatch} rows.
+     * The model's weights may change afterwards: steps that copy weights read only their copies.
+     */
     public static InferencePlan compile(Model model, int maxBatch) {
+        return compile(model, maxBatch, false);
+    }
+
+    /**
+     * As {@link #compile(Model, int)}; with {@code weightsFixed} the caller promises the model's
+     * weights do not change while the plan lives (the Predictor that loaded the model, a frozen
+     * teacher during fit), so steps that keep packed copies also read the originals in place
+     * instead of keeping a second, plain copy.
+     */
+    public static InferencePlan compile(Model model, int maxBatch, boolean weightsFixed) {
         if (maxBatch < 1) throw new IllegalArgumentException("maxBatch must be >= 1, got " + maxBatch);
         for (Parameter p : model.parameters()) {
             if (!p.value().backend().isHost()) {
@@ -132,7 +194,7 @@ public final class InferencePlan {
                     + p.value().backend().name());
             }
         }
-        return new InferencePlan(model, maxBatch);
+        return new InferencePlan(model, maxBatch, weightsFixed);
     }
 
     public int maxBatch() { return maxBatch; }
@@ -146,12 +208,29 @@ public final class InferencePlan {
         private final Arena arena = Arena.ofShared();
         final MemorySegment[] buffers;
         final MemorySegment[][] state;
+        final Object[] locals;
 
         private Workspace() {
             buffers = new MemorySegment[bufferFeatures.size()];
             for (int i = 0; i < buffers.length; i++) buffers[i] = CpuMemory.allocate(arena, Math.max(4, (long) maxBatch * bufferFeatures.get(i) * Float.BYTES), 64);
             state = new MemorySegment[stateSlots][];
-            for (Step s : steps) s.prepare(this, arena);
+            locals = new Object[localSlots];
+            try {
+                for (Step s : steps) s.prepare(this, arena);
+            } catch (RuntimeException e) {
+                close();
+                throw e;
+            }
+        }
+
+        /** The per-workspace object of {@code slot} ({@link Builder#localSlot()}), as its step's prepare set it. */
+        public Object local(int slot) {
+            return locals[slot];
+        }
+
+        /** For a step's prepare. */
+        public void local(int slot, Object value) {
+            locals[slot] = value;
         }
 
         /** Buffer {@code i} of a {@link Builder} (for steps). */
@@ -183,11 +262,37 @@ public final class InferencePlan {
 
         @Override
         public void close() {
+            for (int i = 0; i < locals.length; i++) {
+                if (locals[i] instanceof AutoCloseable c) {
+                    try {
+                        c.close();
+                    } catch (Exception e) {
+                        throw new IllegalStateException("closing an inference workspace: " + e.getMessage(), e);
+                    }
+                }
+                locals[i] = null;
+            }
             arena.close();
         }
     }
 
     public Workspace newWorkspace() {
         return new Workspace();
+    }
+
+    /**
+     * Frees what the plan's steps share (packed weights); its workspaces must be closed first. A
+     * plan of layers that own nothing needs no close (closing it is harmless).
+     */
+    public void close() {
+        RuntimeException first = null;
+        for (AutoCloseable c : owned) {
+            try {
+                c.close();
+            } catch (Exception e) {
+                if (first == null) first = new IllegalStateException("closing an inference plan: " + e.getMessage(), e);
+            }
+        }
+        if (first != null) throw first;
     }
 }

@@ -19,6 +19,7 @@ import org.distill4j.core.cpu.CpuBackend;
 import org.distill4j.core.cpu.CpuBlas;
 import org.distill4j.core.cpu.CpuKernels;
 import org.distill4j.core.cpu.CpuMemory;
+import org.distill4j.core.cpu.OnednnPackedMatmul;
 
 /**
  * The built-in layers of a model spec (docs/model-spec.md), each mirroring its torch.nn
@@ -94,10 +95,33 @@ public final class Layers {
             int out = plan.buffer(this.out);
             int k = (int) this.in, n = (int) this.out;
             MemorySegment w = weight.value().data(), b = bias == null ? null : bias.value().data();
+            if (OnednnPackedMatmul.pays(n, k, plan.maxBatch())) {
+                // Constant weights: packed once into oneDNN's layout, bias fused; a snapshot (see InferencePlan).
+                OnednnPackedMatmul packed = plan.own(new OnednnPackedMatmul(w, b, n, k, plan.maxBatch(), plan.weightsFixed()));
+                int ctx = plan.localSlot();
+                plan.add(new InferencePlan.Step() {
+                    @Override
+                    public void prepare(InferencePlan.Workspace ws, Arena arena) {
+                        ws.local(ctx, packed.newContext());
+                    }
+
+                    @Override
+                    public void run(InferencePlan.Workspace ws, int rows) {
+                        packed.run((OnednnPackedMatmul.Context) ws.local(ctx), ws.buffer(in), ws.buffer(out), rows);
+                    }
+                });
+                return out;
+            }
+            if (OnednnPackedMatmul.enabled() && !plan.weightsFixed()) {
+                // Too small to pack, but on this engine the plan's linear layers are all snapshots (see InferencePlan).
+                w = plan.copyOf(w);
+                if (b != null) b = plan.copyOf(b);
+            }
+            MemorySegment weights = w, biases = b;
             plan.add((ws, rows) -> {
                 // y [rows, n] = x [rows, k] W^T, W [n, k]: the call CpuBackend.gemm(false, true, ...) makes.
-                CpuBlas.sgemm(false, true, rows, n, k, 1f, ws.buffer(in), k, w, k, 0f, ws.buffer(out), n);
-                if (b != null) CpuKernels.biasAddRows(ws.buffer(out), b, 0, rows, n);
+                CpuBlas.sgemm(false, true, rows, n, k, 1f, ws.buffer(in), k, weights, k, 0f, ws.buffer(out), n);
+                if (biases != null) CpuKernels.biasAddRows(ws.buffer(out), biases, 0, rows, n);
             });
             return out;
         }

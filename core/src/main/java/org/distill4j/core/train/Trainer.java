@@ -19,11 +19,14 @@ import org.distill4j.core.HostStaging;
 import org.distill4j.core.Optimizers;
 import org.distill4j.core.Reduction;
 import org.distill4j.core.Tensor;
+import org.distill4j.core.cpu.CpuBlas;
+import org.distill4j.core.cpu.CpuEngine;
 import org.distill4j.core.data.DataLoader;
 import org.distill4j.core.data.Dataset;
 import org.distill4j.core.io.Safetensors;
 import org.distill4j.core.loss.DistillationLoss;
 import org.distill4j.core.nn.HintAdapter;
+import org.distill4j.core.nn.InferencePlan;
 import org.distill4j.core.nn.Layer;
 import org.distill4j.core.nn.Model;
 import org.distill4j.core.nn.Parameter;
@@ -229,6 +232,15 @@ public final class Trainer {
         // Static per-micro-batch buffers for graph replay (fixed addresses), made on first use.
         final List<Tensor> xs = new ArrayList<>(), ys = new ArrayList<>(), ts = new ArrayList<>();
         Backend.Graph graph;
+        /**
+         * On the CPU's oneDNN engine, each frozen teacher's eval forward compiled as an
+         * {@link InferencePlan} for one micro-batch, with one workspace: its linear layers' weights
+         * are packed into oneDNN's layout once for this run instead of on every gemm (the teacher
+         * is frozen: nothing writes its weights during fit). Empty otherwise (hint taps need the
+         * layer-by-layer forward; the GPU has no packing step).
+         */
+        final List<InferencePlan> teacherPlans = new ArrayList<>();
+        final List<InferencePlan.Workspace> teacherWorkspaces = new ArrayList<>();
 
         StepState(Dataset train) throws IOException {
             Model firstTeacher = teachers.isEmpty() ? null : teachers.getFirst();
@@ -253,6 +265,19 @@ public final class Trainer {
             stepTerms = backend.empty(arena, DType.F32, 3);
             microTerms = backend.empty(arena, DType.F32, 3);
             for (Tensor t : List.of(stepLoss, hintLoss, microLoss, scalars, stepTerms, microTerms)) backend.zero(t);
+            if (cacheOptions == null && hint == null && backend.isHost() && CpuBlas.engine() == CpuEngine.ONEDNN
+                    && teachers.stream().allMatch(t -> t.parameters().stream().allMatch(p -> p.value().dtype() == DType.F32))) {
+                try {
+                    for (Model t : teachers) {
+                        InferencePlan plan = InferencePlan.compile(t, config.batchSize(), true);
+                        teacherPlans.add(plan);
+                        teacherWorkspaces.add(plan.newWorkspace());
+                    }
+                } catch (RuntimeException e) {
+                    close();
+                    throw e;
+                }
+            }
             if (cacheOptions != null) {
                 long t0 = System.nanoTime();
                 try {
@@ -439,6 +464,8 @@ public final class Trainer {
                         dHint = adapter.loss(train, sTap[0], tTap[0], hint.weight(), groupRows, microLoss);
                         backend.axpy(1f, microLoss, hintLoss);
                         backend.axpy(1f, microLoss, stepLoss);
+                    } else if (!teacherPlans.isEmpty() && x.dtype() == DType.F32) {
+                        t = plannedTeacherLogits(a, x);
                     } else {
                         t = teacherLogits(backend, a, teachers, kd.temperature(), x);
                     }
@@ -449,6 +476,30 @@ public final class Trainer {
                 if (dHint == null) student.backward(train, logits, false);
                 else student.backward(train, logits, hint.studentLayer(), dHint);
             }
+        }
+
+        /**
+         * {@link #teacherLogits} through the teachers' plans: x [rows, ...] copied into each plan's
+         * input, the forward run, the logits read in place from the plan's output buffer (valid
+         * until the next micro-batch; the loss consumes them first).
+         */
+        private Tensor plannedTeacherLogits(Arena a, Tensor x) {
+            int rows = (int) x.size(0);
+            List<Tensor> all = new ArrayList<>(teacherPlans.size());
+            for (int i = 0; i < teacherPlans.size(); i++) {
+                InferencePlan.Workspace ws = teacherWorkspaces.get(i);
+                MemorySegment.copy(x.data(), 0, ws.input(), 0, x.byteSize());
+                ws.run(rows);
+                long[] shape = teachers.get(i).outputShape();
+                long[] withRows = new long[shape.length + 1];
+                withRows[0] = rows;
+                System.arraycopy(shape, 0, withRows, 1, shape.length);
+                all.add(Tensor.wrap(backend, DType.F32, withRows, ws.output().asSlice(0, Tensor.numel(withRows) * Float.BYTES), null));
+            }
+            if (all.size() == 1) return all.getFirst();
+            Tensor avg = backend.empty(a, DType.F32, all.getFirst().shape());
+            backend.averageTeachers(all, kd.temperature(), avg);
+            return avg;
         }
 
         /** The optimizer update; its learning rate and bias corrections come from {@code scalars} on the device. */
@@ -491,6 +542,8 @@ public final class Trainer {
             state1.forEach(Tensor::close);
             state2.forEach(Tensor::close);
             if (adapter != null) adapter.close();
+            teacherWorkspaces.forEach(InferencePlan.Workspace::close);
+            teacherPlans.forEach(InferencePlan::close);
             arena.close();
         }
     }

@@ -79,6 +79,59 @@ class PredictorTest {
         }
     }
 
+    /**
+     * An MLP wide enough that its linear layers pack on the oneDNN engine (400 x 600 x 64 rows is
+     * over 2^20 multiply-adds): the Predictor equals Model.forward (within float32 rounding: packed
+     * and plain are the same kernel here, but only rounding is promised), and serves the weights it
+     * was made with: writing the model's weights afterwards leaves its answers unchanged, and a new
+     * Predictor serves the new weights (on the OpenBLAS and Java engines nothing is packed and the
+     * plan reads the model in place).
+     */
+    @Test
+    void packedWeightsAreASnapshotOfTheModel() throws Exception {
+        String spec = "{\"input\": [300], \"layers\": [{\"type\": \"linear\", \"in\": 300, \"out\": 600}, {\"type\": \"relu\"},"
+            + "{\"type\": \"linear\", \"in\": 600, \"out\": 400}, {\"type\": \"relu\"}, {\"type\": \"linear\", \"in\": 400, \"out\": 10}]}";
+        Path file = java.nio.file.Files.createTempFile("packed-mlp", ".json");
+        try {
+            java.nio.file.Files.writeString(file, spec);
+            try (Model m = ModelSpec.read(file).build(CpuBackend.get(), 7)) {
+                System.out.println("PredictorTest.packedWeightsAreASnapshotOfTheModel: gemm on " + org.distill4j.core.cpu.CpuBlas.provider());
+                for (int rows : new int[] {1, 2, 17, 64}) {
+                    float[] x = random(rows * 300, 1000 + rows);
+                    float[] expected = forward(m, x, rows, 300);
+                    float[] before;
+                    try (Predictor p = Predictor.of(m, new Predictor.Options(64, false, 0))) {
+                        before = p.predict(x);
+                        assertClose(expected, before, "rows " + rows);
+                        // Write every weight of the model (scale by 2): on the oneDNN engine the open Predictor keeps
+                        // serving its snapshot; on the others its plan reads the model's tensors in place.
+                        for (var param : m.parameters()) CpuBackend.get().scale(2f, param.value());
+                        float[] scaled = forward(m, x, rows, 300);
+                        if (org.distill4j.core.cpu.OnednnPackedMatmul.enabled()) {
+                            assertArrayEquals(before, p.predict(x), "rows " + rows + ": the open Predictor saw a write to the model's weights");
+                        } else {
+                            assertArrayEquals(scaled, p.predict(x), "rows " + rows + ": the plan reads the model in place on this engine");
+                        }
+                    }
+                    float[] scaled = forward(m, x, rows, 300);
+                    try (Predictor p = Predictor.of(m, new Predictor.Options(64, false, 0))) {
+                        assertClose(scaled, p.predict(x), "rows " + rows + ", a new Predictor after the write");
+                    }
+                    for (var param : m.parameters()) CpuBackend.get().scale(0.5f, param.value());
+                }
+            }
+        } finally {
+            java.nio.file.Files.deleteIfExists(file);
+        }
+    }
+
+    private static void assertClose(float[] want, float[] got, String where) {
+        assertEquals(want.length, got.length, where + ": length");
+        for (int i = 0; i < want.length; i++) {
+            assertTrue(Math.abs(want[i] - got[i]) <= 1e-5f * (1 + Math.abs(want[i])), where + ": element " + i + " " + want[i] + " vs " + got[i]);
+        }
+    }
+
     /** 8 threads of single-row calls give exactly the single-threaded answers. */
     @Test
     void threadsGiveTheSameAnswers() throws Exception {
