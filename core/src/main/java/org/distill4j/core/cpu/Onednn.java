@@ -1,6 +1,7 @@
 package org.distill4j.core.cpu;
 
 import static java.lang.foreign.ValueLayout.ADDRESS;
+import static java.lang.foreign.ValueLayout.JAVA_INT;
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
 
 import java.lang.foreign.Arena;
@@ -74,6 +75,47 @@ final class Onednn {
         DnnlException.check(dnnl_h.dnnl_memory_desc_create_with_strides(out, dims.length, arena.allocateFrom(JAVA_LONG, dims), dataType,
             arena.allocateFrom(JAVA_LONG, strides)), "dnnl_memory_desc_create_with_strides");
         return out.get(ADDRESS, 0);
+    }
+
+    /** The size of one dnnl_exec_arg_t in an argument array. */
+    private static final long ARG_SIZE = dnnl_h.dnnl_exec_arg_t.LAYOUT.byteSize();
+
+    /** Sets entry {@code index} of a dnnl_exec_arg_t array (offsets, not a slice: no object per call). */
+    static void setArg(MemorySegment args, int index, int arg, MemorySegment memory) {
+        args.set(JAVA_INT, index * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.arg$OFFSET, arg);
+        args.set(ADDRESS, index * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.memory$OFFSET, memory);
+    }
+
+    /** A memory object of descriptor {@code md} over {@code handle} (NULL: set per call), made through the caller's pointer cell {@code out}. */
+    static MemorySegment memory(MemorySegment out, MemorySegment md, MemorySegment handle) {
+        DnnlException.check(dnnl_h.dnnl_memory_create(out, md, ENGINE, handle), "dnnl_memory_create");
+        return out.get(ADDRESS, 0);
+    }
+
+    /**
+     * A call context's scratchpad: grown to the largest size asked and kept, in a shared arena
+     * (oneDNN's OpenMP threads read it); one thread at a time uses it, as the context.
+     */
+    static final class Scratch implements AutoCloseable {
+        private Arena arena;
+        private MemorySegment buffer = MemorySegment.NULL;
+
+        /** At least {@code bytes}, 64-byte aligned. */
+        MemorySegment at(long bytes) {
+            if (buffer.byteSize() < bytes) {
+                if (arena != null) arena.close();
+                arena = Arena.ofShared();
+                buffer = arena.allocate(bytes, 64);
+            }
+            return buffer;
+        }
+
+        @Override
+        public void close() {
+            if (arena != null) arena.close();
+            arena = null;
+            buffer = MemorySegment.NULL;
+        }
     }
 
     static boolean available() {

@@ -1,7 +1,6 @@
 package org.distill4j.core.cpu;
 
 import static java.lang.foreign.ValueLayout.ADDRESS;
-import static java.lang.foreign.ValueLayout.JAVA_INT;
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
 
 import java.lang.foreign.Arena;
@@ -191,7 +190,6 @@ final class OnednnCall {
     private static final int CONTEXTS = 64;
     private static final Context[] POOL = new Context[CONTEXTS];
     private static final AtomicIntegerArray BUSY = new AtomicIntegerArray(CONTEXTS);
-    private static final long ARG_SIZE = dnnl_h.dnnl_exec_arg_t.LAYOUT.byteSize();
 
     /** What one call needs besides the primitive, used by one thread at a time (native memory kept for the process). */
     static final class Context {
@@ -204,8 +202,7 @@ final class OnednnCall {
         private final Primitive[] recent = new Primitive[RECENT];
         private final MemorySegment[][] memories = new MemorySegment[RECENT][];
         private int replace, nargs, slot;
-        private Arena scratchArena;
-        private MemorySegment scratch = MemorySegment.NULL;
+        private final Onednn.Scratch scratch = new Onednn.Scratch(); // kept for the process, as the context
         /** Buffers 0 and 1 for the ops' own use, 2 + i for argument i in the primitive's layout. */
         private final Arena[] bufferArenas = new Arena[2 + MAX_ARGS];
         private final MemorySegment[] buffers = new MemorySegment[2 + MAX_ARGS];
@@ -264,8 +261,7 @@ final class OnednnCall {
         }
 
         private MemorySegment memory(MemorySegment md) {
-            DnnlException.check(dnnl_h.dnnl_memory_create(out, md, ENGINE, MemorySegment.NULL), "dnnl_memory_create");
-            return out.get(ADDRESS, 0);
+            return Onednn.memory(out, md, MemorySegment.NULL);
         }
 
         /**
@@ -285,8 +281,7 @@ final class OnednnCall {
         }
 
         private static void arg(MemorySegment array, int index, int arg, MemorySegment memory) {
-            array.set(JAVA_INT, index * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.arg$OFFSET, arg);
-            array.set(ADDRESS, index * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.memory$OFFSET, memory);
+            Onednn.setArg(array, index, arg, memory);
         }
 
         /** Runs the current problem's primitive on the bound arguments (with its reorders, and the context's scratchpad) and waits for it. */
@@ -316,12 +311,7 @@ final class OnednnCall {
         }
 
         private MemorySegment scratch(long bytes) {
-            if (scratch.byteSize() < bytes) {
-                if (scratchArena != null) scratchArena.close();
-                scratchArena = Arena.ofShared(); // oneDNN's OpenMP threads read it
-                scratch = scratchArena.allocate(bytes, 64);
-            }
-            return scratch;
+            return scratch.at(bytes);
         }
 
         /** Buffer {@code which} (0 or 1 for the caller) of at least {@code bytes}, kept by the context (e.g. a gradient to add to the caller's). */

@@ -2,7 +2,6 @@ package org.distill4j.core.cpu;
 
 import static java.lang.foreign.ValueLayout.ADDRESS;
 import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
-import static java.lang.foreign.ValueLayout.JAVA_INT;
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
 
 import java.lang.foreign.Arena;
@@ -179,8 +178,6 @@ final class OnednnMatmul {
     private static final int CONTEXTS = 64;
     private static final Context[] POOL = new Context[CONTEXTS];
     private static final AtomicIntegerArray BUSY = new AtomicIntegerArray(CONTEXTS);
-    /** The size of one dnnl_exec_arg_t in a context's argument array. */
-    private static final long ARG_SIZE = dnnl_h.dnnl_exec_arg_t.LAYOUT.byteSize();
 
     /**
      * What one call needs besides the primitive, used by one thread at a time: a stream, the
@@ -194,8 +191,7 @@ final class OnednnMatmul {
         final Entry[] recent = new Entry[RECENT];
         final MemorySegment[][] memories = new MemorySegment[RECENT][];
         int replace;
-        Arena scratchArena;
-        MemorySegment scratch = MemorySegment.NULL;
+        final Onednn.Scratch scratch = new Onednn.Scratch(); // kept for the process, as the context
 
         Context() {
             out = Arena.global().allocate(ADDRESS);
@@ -241,23 +237,15 @@ final class OnednnMatmul {
         }
 
         private MemorySegment memory(MemorySegment md, MemorySegment handle) {
-            DnnlException.check(dnnl_h.dnnl_memory_create(out, md, ENGINE, handle), "dnnl_memory_create");
-            return out.get(ADDRESS, 0);
+            return Onednn.memory(out, md, handle);
         }
 
         MemorySegment scratch(long bytes) {
-            if (scratch.byteSize() < bytes) {
-                if (scratchArena != null) scratchArena.close();
-                scratchArena = Arena.ofShared();
-                scratch = scratchArena.allocate(bytes, 64);
-            }
-            return scratch;
+            return scratch.at(bytes);
         }
 
-        /** Sets dnnl_exec_arg_t number {@code index} (offsets, not a slice: no object per call). */
         void arg(int index, int arg, MemorySegment memory) {
-            args.set(JAVA_INT, index * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.arg$OFFSET, arg);
-            args.set(ADDRESS, index * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.memory$OFFSET, memory);
+            Onednn.setArg(args, index, arg, memory);
         }
     }
 

@@ -1,7 +1,6 @@
 package org.distill4j.core.cpu;
 
 import static java.lang.foreign.ValueLayout.ADDRESS;
-import static java.lang.foreign.ValueLayout.JAVA_INT;
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
 
 import java.lang.foreign.Arena;
@@ -238,16 +237,11 @@ public final class OnednnPackedMatmul implements AutoCloseable {
                 prim = out.get(ADDRESS, 0);
                 DnnlException.check(dnnl_h.dnnl_stream_create(out, ENGINE, dnnl_h.dnnl_stream_default_flags), "dnnl_stream_create");
                 stream = out.get(ADDRESS, 0);
-                DnnlException.check(dnnl_h.dnnl_memory_create(out, fromMd, ENGINE, from), "dnnl_memory_create");
-                src = out.get(ADDRESS, 0);
-                DnnlException.check(dnnl_h.dnnl_memory_create(out, toMd, ENGINE, to), "dnnl_memory_create");
-                dst = out.get(ADDRESS, 0);
+                src = Onednn.memory(out, fromMd, from);
+                dst = Onednn.memory(out, toMd, to);
                 MemorySegment args = tmp.allocate(dnnl_h.dnnl_exec_arg_t.LAYOUT, 2);
-                long size = dnnl_h.dnnl_exec_arg_t.LAYOUT.byteSize();
-                args.set(JAVA_INT, dnnl_h.dnnl_exec_arg_t.arg$OFFSET, dnnl_h.DNNL_ARG_FROM);
-                args.set(ADDRESS, dnnl_h.dnnl_exec_arg_t.memory$OFFSET, src);
-                args.set(JAVA_INT, size + dnnl_h.dnnl_exec_arg_t.arg$OFFSET, dnnl_h.DNNL_ARG_TO);
-                args.set(ADDRESS, size + dnnl_h.dnnl_exec_arg_t.memory$OFFSET, dst);
+                Onednn.setArg(args, 0, dnnl_h.DNNL_ARG_FROM, src);
+                Onednn.setArg(args, 1, dnnl_h.DNNL_ARG_TO, dst);
                 DnnlException.check(dnnl_h.dnnl_primitive_execute(prim, stream, 2, args), "dnnl_primitive_execute (reorder)");
                 DnnlException.check(dnnl_h.dnnl_stream_wait(stream), "dnnl_stream_wait");
             } finally {
@@ -357,14 +351,12 @@ public final class OnednnPackedMatmul implements AutoCloseable {
      * per row count used (src, weights, dst, bias, scratchpad), made on first use of that row count.
      */
     public static final class Context implements AutoCloseable {
-        private static final long ARG_SIZE = dnnl_h.dnnl_exec_arg_t.LAYOUT.byteSize();
         private final OnednnPackedMatmul owner;
         private final Arena arena = Arena.ofShared();
         private final MemorySegment out, args;
         private final MemorySegment stream;
         private final MemorySegment[][] memories;
-        private Arena scratchArena;
-        private MemorySegment scratch = MemorySegment.NULL;
+        private final Onednn.Scratch scratch = new Onednn.Scratch();
 
         private Context(OnednnPackedMatmul owner) {
             this.owner = owner;
@@ -394,22 +386,15 @@ public final class OnednnPackedMatmul implements AutoCloseable {
         }
 
         private MemorySegment memory(MemorySegment md, MemorySegment handle) {
-            DnnlException.check(dnnl_h.dnnl_memory_create(out, md, ENGINE, handle), "dnnl_memory_create");
-            return out.get(ADDRESS, 0);
+            return Onednn.memory(out, md, handle);
         }
 
         MemorySegment scratch(long bytes) {
-            if (scratch.byteSize() < bytes) {
-                if (scratchArena != null) scratchArena.close();
-                scratchArena = Arena.ofShared();
-                scratch = scratchArena.allocate(bytes, 64);
-            }
-            return scratch;
+            return scratch.at(bytes);
         }
 
         void arg(int index, int arg, MemorySegment memory) {
-            args.set(JAVA_INT, index * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.arg$OFFSET, arg);
-            args.set(ADDRESS, index * ARG_SIZE + dnnl_h.dnnl_exec_arg_t.memory$OFFSET, memory);
+            Onednn.setArg(args, index, arg, memory);
         }
 
         @Override
@@ -419,7 +404,7 @@ public final class OnednnPackedMatmul implements AutoCloseable {
             }
             java.util.Arrays.fill(memories, null);
             dnnl_h.dnnl_stream_destroy(stream);
-            if (scratchArena != null) scratchArena.close();
+            scratch.close();
             arena.close();
         }
     }
