@@ -219,11 +219,11 @@ final class OnednnMatmul {
             recent[slot] = e;
             if (e.primitive != null) {
                 MemorySegment[] mem = new MemorySegment[5];
-                mem[0] = memory(e.src, MemorySegment.NULL);
-                mem[1] = memory(e.weights, MemorySegment.NULL);
-                mem[2] = memory(e.dst, MemorySegment.NULL);
-                mem[3] = e.scratchpadBytes > 0 ? memory(e.scratchpad, MemorySegment.NULL) : null;
-                mem[4] = memory(e.scale, alpha);
+                mem[0] = Onednn.memory(out, e.src, MemorySegment.NULL);
+                mem[1] = Onednn.memory(out, e.weights, MemorySegment.NULL);
+                mem[2] = Onednn.memory(out, e.dst, MemorySegment.NULL);
+                mem[3] = e.scratchpadBytes > 0 ? Onednn.memory(out, e.scratchpad, MemorySegment.NULL) : null;
+                mem[4] = Onednn.memory(out, e.scale, alpha);
                 memories[slot] = mem;
             }
             return slot;
@@ -236,17 +236,8 @@ final class OnednnMatmul {
             recent[slot] = null;
         }
 
-        private MemorySegment memory(MemorySegment md, MemorySegment handle) {
-            return Onednn.memory(out, md, handle);
-        }
 
-        MemorySegment scratch(long bytes) {
-            return scratch.at(bytes);
-        }
 
-        void arg(int index, int arg, MemorySegment memory) {
-            Onednn.setArg(args, index, arg, memory);
-        }
     }
 
     /** Claims a free context, starting at a slot picked by the thread's id (a thread tends to get its own back); -1 when all are busy. */
@@ -307,17 +298,17 @@ final class OnednnMatmul {
             DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[0], a), "dnnl_memory_set_data_handle");
             DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[1], b), "dnnl_memory_set_data_handle");
             DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[2], c), "dnnl_memory_set_data_handle");
-            ctx.arg(0, dnnl_h.DNNL_ARG_SRC, mem[0]);
-            ctx.arg(1, dnnl_h.DNNL_ARG_WEIGHTS, mem[1]);
-            ctx.arg(2, dnnl_h.DNNL_ARG_DST, mem[2]);
+            Onednn.setArg(ctx.args, 0, dnnl_h.DNNL_ARG_SRC, mem[0]);
+            Onednn.setArg(ctx.args, 1, dnnl_h.DNNL_ARG_WEIGHTS, mem[1]);
+            Onednn.setArg(ctx.args, 2, dnnl_h.DNNL_ARG_DST, mem[2]);
             int nargs = 3;
             if (e.scratchpadBytes > 0) {
-                DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[3], ctx.scratch(e.scratchpadBytes)), "dnnl_memory_set_data_handle");
-                ctx.arg(nargs++, dnnl_h.DNNL_ARG_SCRATCHPAD, mem[3]);
+                DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[3], ctx.scratch.at(e.scratchpadBytes)), "dnnl_memory_set_data_handle");
+                Onednn.setArg(ctx.args, nargs++, dnnl_h.DNNL_ARG_SCRATCHPAD, mem[3]);
             }
             if (scaled) {
                 ctx.alpha.set(JAVA_FLOAT, 0, alpha);
-                ctx.arg(nargs++, dnnl_h.DNNL_ARG_ATTR_SCALES | dnnl_h.DNNL_ARG_SRC, mem[4]);
+                Onednn.setArg(ctx.args, nargs++, dnnl_h.DNNL_ARG_ATTR_SCALES | dnnl_h.DNNL_ARG_SRC, mem[4]);
             }
             DnnlException.check(dnnl_h.dnnl_primitive_execute(e.primitive, ctx.stream, nargs, ctx.args), "dnnl_primitive_execute");
             DnnlException.check(dnnl_h.dnnl_stream_wait(ctx.stream), "dnnl_stream_wait");

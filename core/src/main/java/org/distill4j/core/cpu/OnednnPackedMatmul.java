@@ -329,13 +329,13 @@ public final class OnednnPackedMatmul implements AutoCloseable {
         DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[0], x), "dnnl_memory_set_data_handle");
         DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[2], y), "dnnl_memory_set_data_handle");
         int nargs = 3;
-        ctx.arg(0, dnnl_h.DNNL_ARG_SRC, mem[0]);
-        ctx.arg(1, dnnl_h.DNNL_ARG_WEIGHTS, mem[1]);
-        ctx.arg(2, dnnl_h.DNNL_ARG_DST, mem[2]);
-        if (bias != null) ctx.arg(nargs++, dnnl_h.DNNL_ARG_BIAS, mem[3]);
+        Onednn.setArg(ctx.args, 0, dnnl_h.DNNL_ARG_SRC, mem[0]);
+        Onednn.setArg(ctx.args, 1, dnnl_h.DNNL_ARG_WEIGHTS, mem[1]);
+        Onednn.setArg(ctx.args, 2, dnnl_h.DNNL_ARG_DST, mem[2]);
+        if (bias != null) Onednn.setArg(ctx.args, nargs++, dnnl_h.DNNL_ARG_BIAS, mem[3]);
         if (e.scratchpadBytes > 0) {
-            DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[4], ctx.scratch(e.scratchpadBytes)), "dnnl_memory_set_data_handle");
-            ctx.arg(nargs++, dnnl_h.DNNL_ARG_SCRATCHPAD, mem[4]);
+            DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[4], ctx.scratch.at(e.scratchpadBytes)), "dnnl_memory_set_data_handle");
+            Onednn.setArg(ctx.args, nargs++, dnnl_h.DNNL_ARG_SCRATCHPAD, mem[4]);
         }
         DnnlException.check(dnnl_h.dnnl_primitive_execute(e.primitive, ctx.stream, nargs, ctx.args), "dnnl_primitive_execute");
         DnnlException.check(dnnl_h.dnnl_stream_wait(ctx.stream), "dnnl_stream_wait");
@@ -376,26 +376,17 @@ public final class OnednnPackedMatmul implements AutoCloseable {
             MemorySegment[] mem = memories[e.index];
             if (mem != null) return mem;
             mem = new MemorySegment[5];
-            mem[0] = memory(e.srcMd, MemorySegment.NULL);
-            mem[1] = memory(e.weightsMd, e.weights);
-            mem[2] = memory(e.dstMd, MemorySegment.NULL);
-            if (owner.bias != null) mem[3] = memory(owner.biasMd, owner.bias);
-            if (e.scratchpadBytes > 0) mem[4] = memory(e.scratchpadMd, MemorySegment.NULL);
+            mem[0] = Onednn.memory(out, e.srcMd, MemorySegment.NULL);
+            mem[1] = Onednn.memory(out, e.weightsMd, e.weights);
+            mem[2] = Onednn.memory(out, e.dstMd, MemorySegment.NULL);
+            if (owner.bias != null) mem[3] = Onednn.memory(out, owner.biasMd, owner.bias);
+            if (e.scratchpadBytes > 0) mem[4] = Onednn.memory(out, e.scratchpadMd, MemorySegment.NULL);
             memories[e.index] = mem;
             return mem;
         }
 
-        private MemorySegment memory(MemorySegment md, MemorySegment handle) {
-            return Onednn.memory(out, md, handle);
-        }
 
-        MemorySegment scratch(long bytes) {
-            return scratch.at(bytes);
-        }
 
-        void arg(int index, int arg, MemorySegment memory) {
-            Onednn.setArg(args, index, arg, memory);
-        }
 
         @Override
         public void close() {
