@@ -198,29 +198,14 @@ public final class Safetensors implements AutoCloseable {
                     + "; only F32 narrows, to BF16 or F16");
             }
         }
-        ObjectNode header = JSON.createObjectNode();
-        if (!metadata.isEmpty()) {
-            ObjectNode m = header.putObject("__metadata__");
-            metadata.forEach(m::put);
-        }
-        long offset = 0;
-        for (Map.Entry<String, Tensor> e : sorted.entrySet()) {
-            Tensor t = e.getValue();
-            DType stored = storeAs == null ? t.dtype() : storeAs;
-            long bytes = t.numel() * stored.bytes();
-            ObjectNode n = header.putObject(e.getKey());
-            n.put("dtype", stored.name());
-            var shape = n.putArray("shape");
-            for (long d : t.shape()) shape.add(d);
-            var off = n.putArray("data_offsets");
-            off.add(offset);
-            off.add(offset + bytes);
-            offset += bytes;
-        }
-        byte[] json = JSON.writeValueAsBytes(header);
-        int padded = (json.length + 7) / 8 * 8; // the data section starts 8-byte aligned
-        byte[] head = Arrays.copyOf(json, padded);
-        Arrays.fill(head, json.length, padded, (byte) ' ');
+        Map<String, DType> dtypes = new TreeMap<>();
+        Map<String, long[]> shapes = new TreeMap<>();
+        sorted.forEach((name, t) -> {
+            dtypes.put(name, storeAs == null ? t.dtype() : storeAs);
+            shapes.put(name, t.shape());
+        });
+        byte[] head = header(dtypes, shapes, metadata);
+        int padded = head.length;
         Path tmp = AtomicFiles.temporaryFor(file);
         try {
             try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.WRITE, StandardOpenOption.TRUNCATE_EXISTING)) {
@@ -243,6 +228,38 @@ public final class Safetensors implements AutoCloseable {
         } finally {
             Files.deleteIfExists(tmp);
         }
+    }
+
+    /**
+     * The header of tensors of these dtypes and shapes laid out back to back in name order: JSON
+     * ({@code __metadata__} first when there is any), padded with spaces to a multiple of 8 bytes so
+     * the data section starts 8-byte aligned. A writer puts its length (little-endian int64) before
+     * it and the tensors' bytes, in name order, after it.
+     */
+    public static byte[] header(Map<String, DType> dtypes, Map<String, long[]> shapes, Map<String, String> metadata) throws IOException {
+        ObjectNode header = JSON.createObjectNode();
+        if (!metadata.isEmpty()) {
+            ObjectNode m = header.putObject("__metadata__");
+            metadata.forEach(m::put);
+        }
+        long offset = 0;
+        for (Map.Entry<String, long[]> e : new TreeMap<>(shapes).entrySet()) {
+            DType dtype = dtypes.get(e.getKey());
+            long bytes = dtype.bytes();
+            for (long d : e.getValue()) bytes *= d;
+            ObjectNode n = header.putObject(e.getKey());
+            n.put("dtype", dtype.name());
+            var shape = n.putArray("shape");
+            for (long d : e.getValue()) shape.add(d);
+            var off = n.putArray("data_offsets");
+            off.add(offset);
+            off.add(offset + bytes);
+            offset += bytes;
+        }
+        byte[] json = JSON.writeValueAsBytes(header);
+        byte[] head = Arrays.copyOf(json, (json.length + 7) / 8 * 8);
+        Arrays.fill(head, json.length, head.length, (byte) ' ');
+        return head;
     }
 
     /** numel float32 values (native order, as copyToHost gives them) as little-endian BF16 or F16, rounded to nearest even. */

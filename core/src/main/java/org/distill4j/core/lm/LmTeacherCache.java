@@ -4,8 +4,6 @@ import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
 import static java.lang.foreign.ValueLayout.JAVA_INT;
 import static java.lang.foreign.ValueLayout.JAVA_SHORT;
 
-import com.fasterxml.jackson.databind.ObjectMapper;
-import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.IOException;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -71,7 +69,6 @@ public final class LmTeacherCache implements AutoCloseable {
 
     static final String FORMAT = "distill4j-lm-teacher-cache";
     private static final String LOGITS = "logits", VALUES = "values", INDICES = "indices";
-    private static final ObjectMapper JSON = new ObjectMapper();
 
     private final Backend backend;
     private final long windows, classes;
@@ -169,7 +166,7 @@ public final class LmTeacherCache implements AutoCloseable {
         try {
             try (FileChannel ch = FileChannel.open(tmp, StandardOpenOption.READ, StandardOpenOption.WRITE, StandardOpenOption.TRUNCATE_EXISTING);
                  Arena map = Arena.ofShared()) {
-                byte[] head = header(shapes, dtypes, metadata);
+                byte[] head = Safetensors.header(dtypes, shapes, metadata);
                 long dataStart = 8L + head.length, offset = 0;
                 Map<String, MemorySegment> tables = new LinkedHashMap<>();
                 long size = dataStart;
@@ -192,29 +189,6 @@ public final class LmTeacherCache implements AutoCloseable {
         LmTeacherCache written = open(teacher.backend(), path, fingerprint, train, vocab, k, dtype, t0, false);
         if (written == null) throw new IllegalStateException(path + ": the teacher cache just written does not match its own fingerprint");
         return written;
-    }
-
-    /** The safetensors header (JSON, padded with spaces to 8 bytes) of the tables, in name order. */
-    private static byte[] header(Map<String, long[]> shapes, Map<String, DType> dtypes, Map<String, String> metadata) throws IOException {
-        ObjectNode header = JSON.createObjectNode();
-        ObjectNode m = header.putObject("__metadata__");
-        metadata.forEach(m::put);
-        long offset = 0;
-        for (var e : new java.util.TreeMap<>(shapes).entrySet()) {
-            long bytes = e.getValue()[0] * e.getValue()[1] * dtypes.get(e.getKey()).bytes();
-            ObjectNode n = header.putObject(e.getKey());
-            n.put("dtype", dtypes.get(e.getKey()).name());
-            var shape = n.putArray("shape");
-            for (long d : e.getValue()) shape.add(d);
-            var off = n.putArray("data_offsets");
-            off.add(offset);
-            off.add(offset + bytes);
-            offset += bytes;
-        }
-        byte[] json = JSON.writeValueAsBytes(header);
-        byte[] padded = Arrays.copyOf(json, (json.length + 7) / 8 * 8);
-        Arrays.fill(padded, json.length, padded.length, (byte) ' ');
-        return padded;
     }
 
     /**
