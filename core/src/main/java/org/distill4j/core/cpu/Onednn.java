@@ -21,7 +21,7 @@ import org.distill4j.bindings.dnnl.omp_h;
  * <p>Threads: this oneDNN runs on OpenMP, whose thread count is a per-thread setting. Each call
  * sets the calling thread's count to the process default, or to 1 while a caller holds the CPU
  * engine single-threaded ({@link CpuBlas#holdSingleThreaded()}: the decoder's and the Predictor's
- * own parallel loops), before it looks its primitive up; a primitive's key includes the count,
+ * own parallel loops) or runs a part of an {@link IntraOpPool} job, before it looks its primitive up; a primitive's key includes the count,
  * since oneDNN fixes its work split when it creates a primitive.
  */
 final class Onednn {
@@ -64,7 +64,7 @@ final class Onednn {
 
     /** Sets the calling thread's OpenMP thread count for a primitive call and returns it (part of a primitive's key). */
     static int threadsForThisCall() {
-        int threads = CpuBlas.singleThreadedHeld() ? 1 : DEFAULT_THREADS;
+        int threads = CpuBlas.singleThreadedHeld() || IntraOpPool.inPart() ? 1 : DEFAULT_THREADS;
         if (omp_h.omp_get_max_threads() != threads) omp_h.omp_set_num_threads(threads);
         return threads;
     }

@@ -17,6 +17,7 @@ import java.util.concurrent.locks.LockSupport;
 import org.distill4j.core.Backend;
 import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
+import org.distill4j.core.cpu.IntraOpPool;
 import org.distill4j.core.cuda.CudaBackend;
 import org.distill4j.core.nn.InferencePlan;
 import org.distill4j.core.nn.Layer;
@@ -60,10 +61,13 @@ public final class Predictor implements AutoCloseable {
      * @param maxWaitMicros   how long the dispatcher waits for more rows once it has one
      * @param intraOpThreads  CPU only: 1 (default) runs each call on its caller's thread alone, BLAS
      *                        included (OpenBLAS and oneDNN are held to one thread, process-wide, while
-     *                        the Predictor is open): right for many concurrent callers; 0 leaves the
-     *                        gemm engine its own thread pool: lower latency for a single caller, but
-     *                        concurrent callers queue on that pool (on the oneDNN engine OpenBLAS,
-     *                        which then serves only one-row and narrow gemms, stays single-threaded)
+     *                        the Predictor is open): right for many concurrent callers; 0 lets a call
+     *                        use more cores: lower latency for a single caller. On the oneDNN engine
+     *                        (the default) a call is split between its caller and the spinning helpers
+     *                        of {@link IntraOpPool#shared()} (a batch of 8 or more rows into row blocks,
+     *                        one row's large gemvs into feature blocks), each block single-threaded, and
+     *                        a helper that is busy or asleep is never waited for; on the OpenBLAS
+     *                        engine OpenBLAS keeps its own thread pool, on which concurrent callers queue
      * @param gpuWorkers      CUDA only: workers, each with its own backend (stream, cuBLAS and cuDNN
      *                        handles), copy of the weights, pinned buffers and graphs; calls take a
      *                        free worker, so this many batches are in flight at once
@@ -79,7 +83,7 @@ public final class Predictor implements AutoCloseable {
             if (maxBatch < 1) throw new IllegalArgumentException("maxBatch must be >= 1, got " + maxBatch);
             if (maxWaitMicros < 0) throw new IllegalArgumentException("maxWaitMicros must be >= 0, got " + maxWaitMicros);
             if (intraOpThreads != 0 && intraOpThreads != 1) {
-                throw new IllegalArgumentException("intraOpThreads must be 1 (the caller's thread) or 0 (OpenBLAS's pool), got " + intraOpThreads);
+                throw new IllegalArgumentException("intraOpThreads must be 1 (the caller's thread) or 0 (more cores per call), got " + intraOpThreads);
             }
             if (gpuWorkers < 1) throw new IllegalArgumentException("gpuWorkers must be >= 1, got " + gpuWorkers);
             if (cpuWorkspaces < 1) throw new IllegalArgumentException("cpuWorkspaces must be >= 1, got " + cpuWorkspaces);
@@ -337,11 +341,19 @@ public final class Predictor implements AutoCloseable {
         private final ArrayBlockingQueue<CpuSlot> free;
         private final AtomicInteger created = new AtomicInteger();
         private final List<InferencePlan.Workspace> all = new CopyOnWriteArrayList<>(); // closed at close
+        /**
+         * With the libraries' pools on the oneDNN engine: the pool that splits a call between its
+         * caller and spinning helpers (a batch into row blocks on workspaces of their own, one row's
+         * gemvs into feature blocks); null otherwise, or on one core.
+         */
+        private final IntraOpPool splitPool;
 
         CpuEngine(InferencePlan plan, boolean singleThreaded, int capacity) {
             this.plan = plan;
             this.singleThreaded = singleThreaded;
             this.capacity = capacity;
+            IntraOpPool pool = !singleThreaded && onednn ? IntraOpPool.shared() : null;
+            this.splitPool = pool != null && pool.parallelism() > 1 ? pool : null;
             this.free = new ArrayBlockingQueue<>(capacity, false);
             // Parallelism comes from the callers: each call runs on its own thread, BLAS included.
             // With the libraries' pools on the oneDNN engine, OpenBLAS still runs single-threaded:
@@ -370,7 +382,7 @@ public final class Predictor implements AutoCloseable {
                         throw e;
                     }
                     all.add(w);
-                    return new CpuSlot(w);
+                    return new CpuSlot(w, splitPool, all, plan);
                 }
             }
             try {
@@ -396,16 +408,69 @@ public final class Predictor implements AutoCloseable {
     }
 
     private static final class CpuSlot extends Slot {
+        /** Fewest rows a part of a split batch gets (smaller blocks lose more to per-call costs than a second core gains). */
+        private static final int MIN_ROWS_PER_PART = 4;
         private final InferencePlan.Workspace w;
+        private final IntraOpPool pool;
+        /** Workspaces of parts 1, 2, ... of a split batch (part 0 runs on w), made on first use; closed with the engine's. */
+        private final InferencePlan.Workspace[] partSpaces;
+        private final List<InferencePlan.Workspace> engineWorkspaces;
+        private final InferencePlan plan;
+        private final IntraOpPool.Parts runPart = this::runPart; // one object, not one per call
+        private int rowsNow; // the call in flight (a slot runs one call at a time)
 
-        CpuSlot(InferencePlan.Workspace w) {
+        CpuSlot(InferencePlan.Workspace w, IntraOpPool pool, List<InferencePlan.Workspace> engineWorkspaces, InferencePlan plan) {
             super(w.input(), w.output());
             this.w = w;
+            this.pool = pool;
+            this.engineWorkspaces = engineWorkspaces;
+            this.plan = plan;
+            this.partSpaces = new InferencePlan.Workspace[pool == null ? 0 : pool.parallelism()];
         }
 
         @Override
         void run(int rows) {
-            w.run(rows);
+            if (pool == null) {
+                w.run(rows);
+                return;
+            }
+            pool.bind(); // one row: its large gemvs split themselves (CpuBlas)
+            try {
+                int parts = Math.min(pool.parallelism(), rows / MIN_ROWS_PER_PART);
+                if (parts < 2) {
+                    w.run(rows);
+                    return;
+                }
+                for (int p = 1; p < parts; p++) {
+                    if (partSpaces[p] == null) {
+                        partSpaces[p] = plan.newWorkspace();
+                        engineWorkspaces.add(partSpaces[p]);
+                    }
+                }
+                rowsNow = rows;
+                pool.run(parts, runPart);
+            } finally {
+                IntraOpPool.unbind();
+            }
+        }
+
+        /**
+         * Rows [lo, hi) of the call: part 0 on the slot's own workspace in place (its first rows),
+         * the others copied into their workspace's first rows and their outputs copied back. The
+         * parts read disjoint input rows and write disjoint output rows.
+         */
+        private void runPart(int part, int parts) {
+            int rows = rowsNow;
+            int lo = (int) ((long) rows * part / parts), hi = (int) ((long) rows * (part + 1) / parts);
+            if (part == 0) {
+                w.run(hi);
+                return;
+            }
+            InferencePlan.Workspace x = partSpaces[part];
+            long in = plan.inputSize() * Float.BYTES, out = plan.outputSize() * Float.BYTES;
+            MemorySegment.copy(w.input(), lo * in, x.input(), 0, (hi - lo) * in);
+            x.run(hi - lo);
+            MemorySegment.copy(x.output(), 0, w.output(), lo * out, (hi - lo) * out);
         }
     }
 

@@ -295,4 +295,55 @@ class PredictorTest {
             assertEquals(0, bad.get(), "batched answers off by more than 1e-5");
         }
     }
+
+    /**
+     * intraOpThreads 0 on the oneDNN engine splits a call between the caller and IntraOpPool's
+     * helpers (a batch of 8 or more rows into row blocks on workspaces of their own, one row's large
+     * gemvs into feature blocks): the answers equal the caller-thread Predictor's within float32
+     * rounding (the blocks run the same kernels on fewer rows), for an MLP with 784 x 800 layers
+     * (large enough to split one row's gemv) and the CNN fixture (convolutions, pooling, batch norm
+     * per block), for one caller and for four at once. On another engine the same calls run unsplit.
+     */
+    @Test
+    void intraOpSplitGivesTheCallerThreadNumbers() throws Exception {
+        String wide = "{\"input\": [784], \"layers\": [{\"type\": \"linear\", \"in\": 784, \"out\": 800}, {\"type\": \"relu\"},"
+            + "{\"type\": \"linear\", \"in\": 800, \"out\": 800}, {\"type\": \"relu\"}, {\"type\": \"linear\", \"in\": 800, \"out\": 10}]}";
+        try (Model mlp = ModelSpec.parse("wide", wide).build(CpuBackend.get(), 11);
+             Model cnn = ModelSpec.read(FIXTURE.resolve("cnn.json")).build(CpuBackend.get(), 0)) {
+            cnn.load(FIXTURE.resolve("cnn.safetensors"));
+            for (Model m : List.of(mlp, cnn)) {
+                int in = (int) Tensor.numel(m.inputShape()), out = (int) Tensor.numel(m.outputShape());
+                int[] rowCounts = {1, 2, 7, 8, 9, 32, 33, 64};
+                float[][] x = new float[rowCounts.length][], want = new float[rowCounts.length][];
+                try (Predictor callerThread = Predictor.of(m, new Predictor.Options(64, false, 0, 1))) {
+                    for (int i = 0; i < rowCounts.length; i++) {
+                        x[i] = random(rowCounts[i] * in, 100 + i);
+                        want[i] = callerThread.predict(x[i]);
+                    }
+                }
+                try (Predictor split = Predictor.of(m, new Predictor.Options(64, false, 0, 0))) {
+                    for (int i = 0; i < rowCounts.length; i++) {
+                        assertClose(want[i], split.predict(x[i]), m.spec().source() + ", " + rowCounts[i] + " rows, one caller");
+                    }
+                    ExecutorService pool = Executors.newFixedThreadPool(4);
+                    List<Future<?>> fs = new ArrayList<>();
+                    for (int t = 0; t < 4; t++) {
+                        int seed = t;
+                        fs.add(pool.submit(() -> {
+                            Random rnd = new Random(seed);
+                            for (int c = 0; c < 60; c++) {
+                                int i = rnd.nextInt(rowCounts.length);
+                                float[] got = new float[rowCounts[i] * out];
+                                split.predict(x[i], got);
+                                assertClose(want[i], got, m.spec().source() + ", " + rowCounts[i] + " rows, caller " + seed);
+                            }
+                            return null;
+                        }));
+                    }
+                    for (Future<?> f : fs) f.get();
+                    pool.shutdown();
+                }
+            }
+        }
+    }
 }
