@@ -150,7 +150,12 @@ public final class IntraOpPool {
             } finally {
                 if (offer) offered.compareAndSet(job, null); // every part is taken: nothing left to offer
             }
-            while (job.done.get() < parts) Thread.onSpinWait(); // only parts a helper has begun
+            // Only parts a helper has begun are left. Spin a little, then yield: a helper preempted
+            // mid-part (a loaded machine) needs a core to finish on.
+            for (int spins = 0; job.done.get() < parts; spins++) {
+                if (spins < 2_000) Thread.onSpinWait();
+                else Thread.yield();
+            }
             Throwable t = job.error;
             if (t instanceof RuntimeException r) throw r;
             if (t instanceof Error e) throw e;

@@ -347,6 +347,8 @@ public final class Predictor implements AutoCloseable {
          * gemvs into feature blocks); null otherwise, or on one core.
          */
         private final IntraOpPool splitPool;
+        /** Calls computing now (on the split path): a call splits only while fewer than the pool's threads compute. */
+        private final AtomicInteger computing = new AtomicInteger();
 
         CpuEngine(InferencePlan plan, boolean singleThreaded, int capacity) {
             this.plan = plan;
@@ -382,7 +384,7 @@ public final class Predictor implements AutoCloseable {
                         throw e;
                     }
                     all.add(w);
-                    return new CpuSlot(w, splitPool, all, plan);
+                    return new CpuSlot(w, splitPool, all, plan, computing);
                 }
             }
             try {
@@ -419,10 +421,13 @@ public final class Predictor implements AutoCloseable {
         private final IntraOpPool.Parts runPart = this::runPart; // one object, not one per call
         private int rowsNow; // the call in flight (a slot runs one call at a time)
 
-        CpuSlot(InferencePlan.Workspace w, IntraOpPool pool, List<InferencePlan.Workspace> engineWorkspaces, InferencePlan plan) {
+        private final AtomicInteger computing;
+
+        CpuSlot(InferencePlan.Workspace w, IntraOpPool pool, List<InferencePlan.Workspace> engineWorkspaces, InferencePlan plan, AtomicInteger computing) {
             super(w.input(), w.output());
             this.w = w;
             this.pool = pool;
+            this.computing = computing;
             this.engineWorkspaces = engineWorkspaces;
             this.plan = plan;
             this.partSpaces = new InferencePlan.Workspace[pool == null ? 0 : pool.parallelism()];
@@ -434,11 +439,16 @@ public final class Predictor implements AutoCloseable {
                 w.run(rows);
                 return;
             }
-            pool.bind(); // one row: its large gemvs split themselves (CpuBlas)
+            // As many calls computing as threads: no core is idle, the callers are the parallelism, and
+            // each call runs single-threaded (a one-part job), as with intraOpThreads 1; a helper spinning
+            // beside them would only take cores from them (8 callers, one row: 0.7x unsplit).
+            boolean alone = computing.incrementAndGet() < pool.parallelism();
+            if (alone) pool.bind(); // one row: its large gemvs split themselves (CpuBlas)
             try {
-                int parts = Math.min(pool.parallelism(), rows / MIN_ROWS_PER_PART);
+                int parts = alone ? Math.min(pool.parallelism(), rows / MIN_ROWS_PER_PART) : 1;
                 if (parts < 2) {
-                    w.run(rows);
+                    rowsNow = rows;
+                    pool.run(1, runPart);
                     return;
                 }
                 for (int p = 1; p < parts; p++) {
@@ -450,7 +460,8 @@ public final class Predictor implements AutoCloseable {
                 rowsNow = rows;
                 pool.run(parts, runPart);
             } finally {
-                IntraOpPool.unbind();
+                if (alone) IntraOpPool.unbind();
+                computing.decrementAndGet();
             }
         }
 
