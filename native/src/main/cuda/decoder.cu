@@ -14,9 +14,9 @@
 // same bits on any GPU. The embedding backward gives each table row to one thread block (a bucket
 // list of the token rows that use it, built on the host, where the token ids already are).
 //
-// Where bf16 weights would enter: the embedding tables (gather: widen bf16 to float as
-// d4j_gather_rows does) and the norm weights, read once per column; activations, statistics and
-// every gradient stay float32.
+// bf16 weights (a frozen bf16 model) enter in two places: the token table (d4j_embedding_forward_bf16
+// widens each value exactly) and the projections (cublasGemmEx on x rounded by d4j_f32_to_bf16);
+// norm weights, positions, activations, statistics and every gradient stay float32.
 #include "common.cuh"
 
 #define D4J_ROWS_PER_BLOCK (D4J_BLOCK / 32)
@@ -39,16 +39,23 @@ __device__ __forceinline__ float d4j_dec_warp_max(float v) {
 
 // ---- embeddings
 
-// out [N, D] = wte [V, D] row ids[r] (+ wpe [P, D] row positions[r] when wpe != NULL). An id outside
+// A table's element widened to float32: a float as it is, a bfloat16 (its bits the float's upper half)
+// exactly, as DecoderOps' Bf16.toFloat.
+__device__ __forceinline__ float d4j_dec_widen(const float* t, int64_t i) { return t[i]; }
+__device__ __forceinline__ float d4j_dec_widen(const uint16_t* t, int64_t i) { return __uint_as_float((uint32_t)t[i] << 16); }
+
+// out [N, D] = wte [V, D] row ids[r] (+ wpe [P, D] row positions[r] when wpe != NULL), the table's
+// value widened to float first, then one float add (as DecoderOps.embeddingForward). An id outside
 // [0, V) or a position outside [0, P) writes a row of NaN: a bad token cannot pass silently, and
 // nothing is read back to check it (the host checks ids before upload; this is the second line).
-extern "C" __global__ void d4j_embedding_forward(float* __restrict__ out, const int64_t* __restrict__ ids, const int64_t* __restrict__ positions,
-                                                 const float* __restrict__ wte, const float* __restrict__ wpe, int64_t rows, int64_t d,
-                                                 int64_t vocab, int64_t maxPositions) {
+template <typename Table>
+__device__ __forceinline__ void d4j_embedding_gather(float* __restrict__ out, const int64_t* __restrict__ ids, const int64_t* __restrict__ positions,
+                                                     const Table* __restrict__ wte, const float* __restrict__ wpe, int64_t rows, int64_t d,
+                                                     int64_t vocab, int64_t maxPositions) {
     D4J_GRID_STRIDE(i, rows * d) {
         int64_t r = i / d, c = i - r * d, id = ids[r];
         bool bad = id < 0 || id >= vocab;
-        float v = bad ? 0.f : wte[id * d + c];
+        float v = bad ? 0.f : d4j_dec_widen(wte, id * d + c);
         if (wpe != nullptr) {
             int64_t p = positions[r];
             if (p < 0 || p >= maxPositions) bad = true;
@@ -56,6 +63,21 @@ extern "C" __global__ void d4j_embedding_forward(float* __restrict__ out, const 
         }
         out[i] = bad ? __int_as_float(0x7fc00000) : v;
     }
+}
+
+// The gather over a float32 token table.
+extern "C" __global__ void d4j_embedding_forward(float* __restrict__ out, const int64_t* __restrict__ ids, const int64_t* __restrict__ positions,
+                                                 const float* __restrict__ wte, const float* __restrict__ wpe, int64_t rows, int64_t d,
+                                                 int64_t vocab, int64_t maxPositions) {
+    d4j_embedding_gather(out, ids, positions, wte, wpe, rows, d, vocab, maxPositions);
+}
+
+// The gather over a bfloat16 token table (a frozen bf16 model's wte, [V, D] packed bf16); learned
+// positions stay float32 and the output is float32, as the CPU's bf16 decoder.
+extern "C" __global__ void d4j_embedding_forward_bf16(float* __restrict__ out, const int64_t* __restrict__ ids, const int64_t* __restrict__ positions,
+                                                      const uint16_t* __restrict__ wte, const float* __restrict__ wpe, int64_t rows, int64_t d,
+                                                      int64_t vocab, int64_t maxPositions) {
+    d4j_embedding_gather(out, ids, positions, wte, wpe, rows, d, vocab, maxPositions);
 }
 
 // dtable [rows of the table, D] += the rows of dout [N, D] that gathered each table row.

@@ -1,7 +1,8 @@
 // Every decoder kernel of decoder.cu runs on the CPU emulation of CUDA (include/cuda_emu.h) against a
 // float64 reference of the same formula as org.distill4j.core.lm.DecoderOps (the CPU oracle):
 // embedding gather (+ learned positions, a bad id and a bad position give NaN rows) and its bucketed
-// scatter-add (also bit for bit against DecoderOps' float additions), LayerNorm and RMSNorm forward
+// scatter-add (also bit for bit against DecoderOps' float additions), the gather over a bf16 token
+// table (each value widened exactly, learned positions float32; bit for bit), LayerNorm and RMSNorm forward
 // and backward (hidden rows, and Qwen3's strided per-head rows; dx apart, accumulated and in place;
 // the two-pass weight/bias gradients at several chunk sizes), the RoPE tables and rotation forward and
 // inverse, the masked causal softmax and its backward (no mask, left and right padding, a KV-cache
@@ -17,6 +18,7 @@
 #include <cstring>
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }  // CUDA intrinsics; the emulation's stand-ins
 inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 #include "decoder.cu"
 #include "emu_watchdog.h"
 #include <algorithm>
@@ -137,6 +139,60 @@ void embedding(int64_t n, int64_t d, int64_t vocab, int64_t maxPos, bool learned
             same("embedding backward d" + t + " vs DecoderOps' float additions", got, cpu);
             same("embedding backward d" + t + ", 2 blocks vs 5", got, got2);
         }
+    });
+}
+
+// ---- the gather over a bfloat16 token table (a frozen bf16 model): wte [V, D] as bf16 bits, wpe
+// float32. Reference: each bf16 widened exactly (its bits the float's upper half: DecoderOps' Bf16.toFloat)
+// plus one float add of the position's value; exact (tolerance 0), NaN rows for a bad id or position.
+// The table holds bf16 values of both signs, zeros, subnormals, the largest finite and infinities.
+void embeddingBf16(int64_t n, int64_t d, int64_t vocab, int64_t maxPos, bool learnedPositions, bool badId) {
+    char nm[160];
+    std::snprintf(nm, sizeof nm, "embedding bf16 table N=%lld D=%lld V=%lld%s%s", (long long)n, (long long)d, (long long)vocab,
+                  learnedPositions ? " + positions" : "", badId ? ", a bad id and position" : "");
+    run(nm, [&] {
+        std::vector<int64_t> ids(n), pos(n);
+        std::uniform_int_distribution<int64_t> uid(0, vocab - 1), upos(0, maxPos - 1);
+        for (int64_t r = 0; r < n; r++) { ids[r] = uid(rng); pos[r] = upos(rng); }
+        if (badId) { ids[n / 2] = -1; pos[n - 1] = maxPos; }
+        std::uniform_int_distribution<unsigned> bits(0, 0xffffu);
+        std::vector<uint16_t> wte(vocab * d);
+        for (auto& v : wte) {
+            v = (uint16_t)bits(rng);
+            if (((v >> 7) & 0xffu) == 0xffu) v &= 0x7f80u | 0x8000u;  // NaN patterns become infinities: the check compares values
+        }
+        const uint16_t specials[] = {0x0000, 0x8000, 0x0001, 0x807f, 0x7f7f, 0xff7f, 0x7f80, 0xff80, 0x3f80, 0xbf81};
+        for (size_t k = 0; k < sizeof specials / sizeof *specials && k < wte.size(); k++) wte[ids[0] * d + k % d] = specials[k];
+        auto wpe = randoms(maxPos * d);
+        std::vector<double> ref(n * d);
+        for (int64_t r = 0; r < n; r++) {
+            bool bad = ids[r] < 0 || ids[r] >= vocab || (learnedPositions && (pos[r] < 0 || pos[r] >= maxPos));
+            for (int64_t c = 0; c < d; c++) {
+                if (bad) { ref[r * d + c] = NAN; continue; }
+                unsigned u = (unsigned)wte[ids[r] * d + c] << 16;
+                float w;
+                std::memcpy(&w, &u, 4);
+                ref[r * d + c] = learnedPositions ? (double)(float)(w + wpe[pos[r] * d + c]) : (double)w;  // one float add, as DecoderOps
+            }
+        }
+        std::vector<float> out(n * d), out2(n * d);
+        const float* wp = learnedPositions ? wpe.data() : nullptr;
+        launch(3, [&] { d4j_embedding_forward_bf16(out.data(), ids.data(), pos.data(), wte.data(), wp, n, d, vocab, maxPos); });
+        launch(1, [&] { d4j_embedding_forward_bf16(out2.data(), ids.data(), pos.data(), wte.data(), wp, n, d, vocab, maxPos); });
+        // exact, infinities included (close() takes inf - inf as NaN: compare those by value here)
+        checks++;
+        int bad = 0;
+        for (int64_t i = 0; i < n * d; i++) {
+            bool ok = std::isnan(ref[i]) ? std::isnan(out[i]) : (double)out[i] == ref[i];
+            if (!ok && bad++ < 3) std::printf("FAIL embedding bf16 at %lld: got %.9g, want %.9g\n", (long long)i, out[i], ref[i]);
+        }
+        if (bad) failures++;
+        same("embedding bf16 forward, 1 block vs 3", out, out2);
+        // the float32 kernel on the widened table gives the same bits (one gather, two table types)
+        std::vector<float> wide(vocab * d), out3(n * d);
+        for (size_t i = 0; i < wte.size(); i++) { unsigned u = (unsigned)wte[i] << 16; std::memcpy(&wide[i], &u, 4); }
+        launch(2, [&] { d4j_embedding_forward(out3.data(), ids.data(), pos.data(), wide.data(), wp, n, d, vocab, maxPos); });
+        same("embedding bf16 forward vs the float32 gather of the widened table", out, out3);
     });
 }
 
@@ -496,6 +552,9 @@ int main() {
     embedding(7, 33, 11, 9, false, false);
     embedding(40, 64, 50, 64, true, false);   // GPT-2: learned positions, ids repeat
     embedding(13, 100, 31, 20, true, true);   // an id past the vocabulary and a negative position: NaN rows
+    embeddingBf16(9, 37, 13, 5, false, false);    // a bf16 token table (Llama / Qwen: no learned positions)
+    embeddingBf16(40, 64, 50, 64, true, false);   // GPT-2 in bf16: float32 learned positions
+    embeddingBf16(11, 100, 23, 12, true, true);   // a negative id and a position past the table: NaN rows
     layerNorm(1, 1, true);                    // one column: var 0, rstd = 1 / sqrt(eps)
     layerNorm(5, 33, true);
     layerNorm(17, 768, true);                 // GPT-2 small's width

@@ -5,6 +5,7 @@ import java.nio.file.Path;
 import org.distill4j.core.Backend;
 import org.distill4j.core.DType;
 import org.distill4j.core.cpu.CpuBlas;
+import org.distill4j.core.cuda.CudaBackend;
 import org.distill4j.core.lm.DecoderModel;
 
 /**
@@ -12,7 +13,7 @@ import org.distill4j.core.lm.DecoderModel;
  * distill} (default stored, the issue's "in its stored dtype") and {@code --dtype} of predict,
  * generate and eval (default f32: the float32 numerics the fixtures are checked against).
  * stored: bf16 when every weight is BF16 on disk and this backend multiplies bf16 natively (the
- * oneDNN engine on the CPU), float32 otherwise; transformers' dtype="auto" likewise keeps a bf16
+ * oneDNN engine on the CPU; CUDA, through cublasGemmEx), float32 otherwise; transformers' dtype="auto" likewise keeps a bf16
  * checkpoint in bf16. bf16 and f32 force one or the other.
  */
 enum DecoderDtype {
@@ -45,12 +46,13 @@ enum DecoderDtype {
             case STORED -> !"BF16".equals(diskDtype) ? "float32 (stored " + diskDtype + ")"
                 : nativeBf16(backend) ? "bf16 (as stored)"
                 : "float32: " + (backend.isHost() ? "the " + CpuBlas.engine().key() + " engine has no bf16 matrix product (oneDNN has)"
-                    : "bf16 decoders run on the CPU backend so far") + "; " + flag + " bf16 forces it";
+                    : backend.name() + " has no bf16 decoder") + "; " + flag + " bf16 forces it";
         };
     }
 
+    /** Whether bf16 products are native here: the CPU with a bf16 matmul (oneDNN), or CUDA (cublasGemmEx, bf16 tensor cores). */
     private static boolean nativeBf16(Backend backend) {
-        return backend.isHost() && CpuBlas.hasFastBf16();
+        return backend instanceof CudaBackend || (backend.isHost() && CpuBlas.hasFastBf16());
     }
 
     /** Loads the folder in the dtype this choice resolves to. */

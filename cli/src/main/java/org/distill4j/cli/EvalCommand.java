@@ -42,7 +42,7 @@ final class EvalCommand implements Callable<Integer> {
     @Option(names = "--batch", description = "rows (decoder: windows) per forward pass (default: 256; decoder: 8)") Integer batch;
     @Option(names = "--seq-len", paramLabel = "T", description = "tokens per window (decoders)") Integer seqLen;
     @Option(names = "--dtype", defaultValue = "f32", paramLabel = "f32|bf16|stored",
-        description = "decoders: float32, or bf16 matrix products (bf16 weights and inputs, float32 sums; the oneDNN engine runs them natively), "
+        description = "decoders: float32, or bf16 matrix products (bf16 weights and inputs, float32 sums; the oneDNN engine and CUDA run them natively), "
             + "or stored: bf16 for a checkpoint stored in bf16 where that is native (default: ${DEFAULT-VALUE})") String dtype;
     @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda", description = "where to compute (default: ${DEFAULT-VALUE})") String device;
 

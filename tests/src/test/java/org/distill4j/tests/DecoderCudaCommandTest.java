@@ -21,7 +21,7 @@ import org.junit.jupiter.api.io.TempDir;
  * a GPU each fails in one line with exit 2 ("distill predict: --device cuda: no GPU: ..."); with one,
  * each runs the decoder on CUDA (strict FP32) and gives the CPU's answer: predict's logits within
  * 1e-4 of the CPU's relative to each row's max |logit|, the same greedy tokens from generate (the KV
- * cache on the GPU), eval's loss within 1e-5. Not tagged gpu: it checks the right thing on either machine.
+ * cache on the GPU), eval's loss within 1e-5; the same with --dtype bf16 against the CPU's bf16 runs. Not tagged gpu: it checks the right thing on either machine.
  */
 class DecoderCudaCommandTest {
     private static final Path LM = Path.of(System.getProperty("basedir", "tests")).resolve("../core/src/test/resources/fixtures/lm").normalize();
@@ -113,6 +113,50 @@ class DecoderCudaCommandTest {
         String[] g = onCuda("eval", "--model", dir.toString(), "--data", "tokens:" + file, "--seq-len", "7");
         if (g == null) return;
         assertEquals(loss(c[1]), loss(g[1]), 1e-5, "eval loss on CUDA vs the CPU: " + Arrays.toString(g));
+    }
+
+    /**
+     * --dtype bf16 on CUDA (cublasGemmEx, the bf16 gather): predict's logits within 1e-4 of the CPU's
+     * bf16 run relative to each row's max |logit|, generate's greedy tokens and eval's loss (1e-5
+     * relative) as the CPU's bf16 model gives them. Without a GPU each exits 2 in one line.
+     */
+    @Test
+    void bf16OnCudaGivesTheCpuBf16Answers() throws Exception {
+        for (String model : new String[] {"gpt2", "qwen3", "llama-tied-rope3-bf16"}) {
+            Path dir = LM.resolve(model);
+            long[] ids = new long[2 * 9];
+            for (int i = 0; i < ids.length; i++) ids[i] = (i * 41 + 7) % 90;
+            Path in = tmp.resolve(model + "-bf16-ids.npy"), cpuOut = tmp.resolve(model + "-bf16-cpu.npy"), gpuOut = tmp.resolve(model + "-bf16-cuda.npy");
+            Npy.writeLongs(in, ids, 2, 9);
+            String[] c = run("predict", "--model", dir.toString(), "--input", in.toString(), "--output", cpuOut.toString(), "--dtype", "bf16");
+            assertEquals("0", c[0], c[2]);
+            if (onCuda("predict", "--model", dir.toString(), "--input", in.toString(), "--output", gpuOut.toString(), "--dtype", "bf16") == null) continue;
+            float[] w = Npy.read(cpuOut).toFloats(), g = Npy.read(gpuOut).toFloats();
+            assertEquals(w.length, g.length, model + ": logits sizes");
+            int v = (int) Npy.read(cpuOut).shape()[2];
+            for (int row = 0; row < w.length / v; row++) {
+                double scale = 0, diff = 0;
+                for (int j = 0; j < v; j++) {
+                    scale = Math.max(scale, Math.abs(w[row * v + j]));
+                    diff = Math.max(diff, Math.abs(w[row * v + j] - g[row * v + j]));
+                }
+                assertTrue(diff <= 1e-4 * scale, model + " bf16 row " + row + ": CUDA logits differ from the CPU's by " + diff + " (row max " + scale + ")");
+            }
+        }
+        String qwen = LM.resolve("qwen3").toString();
+        String[] c = run("generate", "--model", qwen, "--prompt-ids", "4,89,61", "--max-new-tokens", "12", "--dtype", "bf16");
+        assertEquals("0", c[0], c[2]);
+        String[] g = onCuda("generate", "--model", qwen, "--prompt-ids", "4,89,61", "--max-new-tokens", "12", "--dtype", "bf16");
+        if (g != null) assertEquals(c[1], g[1], "qwen3: greedy bf16 tokens on CUDA vs the CPU");
+        Path file = tmp.resolve("tokens-bf16.npy");
+        long[] ids = new long[40];
+        for (int i = 0; i < ids.length; i++) ids[i] = (i * 13 + 3) % 100;
+        Npy.writeLongs(file, ids, ids.length);
+        String gpt2 = LM.resolve("gpt2").toString();
+        c = run("eval", "--model", gpt2, "--data", "tokens:" + file, "--seq-len", "7", "--dtype", "bf16");
+        assertEquals("0", c[0], c[2]);
+        g = onCuda("eval", "--model", gpt2, "--data", "tokens:" + file, "--seq-len", "7", "--dtype", "bf16");
+        if (g != null) assertEquals(loss(c[1]), loss(g[1]), 1e-5 * Math.abs(loss(c[1])), "bf16 eval loss on CUDA vs the CPU: " + Arrays.toString(g));
     }
 
     private static double loss(String stdout) {

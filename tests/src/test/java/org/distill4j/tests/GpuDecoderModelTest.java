@@ -16,6 +16,7 @@ import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.cpu.CpuBackend;
 import org.distill4j.core.cuda.CudaBackend;
+import org.distill4j.core.io.Safetensors;
 import org.distill4j.core.lm.DecoderModel;
 import org.distill4j.core.lm.LmTrainer;
 import org.distill4j.core.nn.Layer;
@@ -38,7 +39,8 @@ import org.junit.jupiter.api.io.TempDir;
  * (left and right, generate()'s cumsum positions) at every position; KV-cache decoding (a prefill
  * of 3 tokens, then one at a time) against the CPU's full forward; a hidden-state tap and
  * backwardHidden; fromConfig (initialised on the host: the same bits) and save on CUDA read back on
- * the CPU. Bounds: logits max |gpu - cpu| <= 1e-4 max(1, max |cpu row|) per row; loss 1e-5
+ * the CPU. A frozen bf16 model (gpt2, qwen3, llama-tied-rope3-bf16) against the CPU's bf16 model and
+ * PyTorch's bf16 recipe, KV-cache decoding included. Bounds: logits max |gpu - cpu| <= 1e-4 max(1, max |cpu row|) per row; loss 1e-5
  * relative; gradients max |gpu - cpu| <= 1e-4 max(1e-6, max |cpu|) per parameter (GpuDecoderOpsTest
  * bounds each op's backward at 1e-4, its forward at 1e-5). Tag "gpu": skipped without a GPU.
  */
@@ -46,6 +48,8 @@ import org.junit.jupiter.api.io.TempDir;
 class GpuDecoderModelTest {
     private static final Path LM = Path.of(System.getProperty("basedir", "tests")).resolve("../core/src/test/resources/fixtures/lm").normalize();
     private static final String[] MODELS = {"gpt2", "gpt2-hub", "llama-gqa", "mistral", "qwen2", "qwen3", "llama-tied-rope3-bf16", "llama-sharded"};
+    /** The fixtures with PyTorch's bf16-compute logits (bf16-compute.safetensors; see core's DecoderBf16Test). */
+    private static final String[] BF16_MODELS = {"gpt2", "qwen3", "llama-tied-rope3-bf16"};
     private static final double LOGITS = 1e-4, LOSS = 1e-5, GRADS = 1e-4;
     private static CudaBackend gpu;
     private final Backend cpu = CpuBackend.get();
@@ -198,6 +202,119 @@ class GpuDecoderModelTest {
                     where + ": a model saved from CUDA and read on the CPU");
             }
             System.out.println("GpuDecoderModelTest " + report);
+        }
+    }
+
+    /**
+     * A frozen bf16 model on CUDA (bf16 weights multiplied by cublasGemmEx on x rounded to bf16,
+     * nearest even; the token table gathered by d4j_embedding_forward_bf16) against the CPU's bf16
+     * model on the fixtures that carry PyTorch's bf16-compute logits: eval logits on random ids,
+     * PyTorch's recipe on its own ids, left-padded batches, and KV-cache decoding (prefill of 3,
+     * then one token at a time) against the GPU's and the CPU's full forward. Bound: LOGITS, as the
+     * float32 models: both sides round the same x to bf16 and sum exact products in float32, in
+     * another order; an x within a float32 ulp of a bf16 rounding boundary could round the other way
+     * (one bf16 ulp of one input), which at these widths moves a logit far less than 1e-4 of its row.
+     * The model stays frozen on CUDA: no gradients, not saved.
+     */
+    @TestFactory
+    Stream<DynamicTest> bf16OnCudaMatchesTheCpuBf16Model() {
+        return Arrays.stream(BF16_MODELS).map(name -> DynamicTest.dynamicTest(name, () -> checkBf16(name)));
+    }
+
+    private void checkBf16(String name) throws Exception {
+        Path dir = LM.resolve(name);
+        try (DecoderModel c = DecoderModel.load(cpu, dir, DType.BF16); DecoderModel g = DecoderModel.load(gpu, dir, DType.BF16)) {
+            assertEquals(DType.BF16, g.weightDtype());
+            assertEquals(DType.BF16, g.lmHead().value().dtype(), "the lm_head is held in bf16 on the GPU");
+            int b = 2, t = 9, v = (int) c.config().vocab();
+            long[] tokens = ids(b * t, v);
+            String where = name + " bf16 (seed " + seed + ")";
+            StringBuilder report = new StringBuilder(name + " bf16");
+
+            // Eval logits against the CPU's bf16 model.
+            try (Arena a = Arena.ofShared(); Arena ga = Arena.ofShared()) {
+                float[] want = c.forward(new Layer.Pass(cpu, a, false, 0, 0), tokens, b, t, null, null, null).toFloatArray();
+                float[] got = g.forward(new Layer.Pass(gpu, ga, false, 0, 0), tokens, b, t, null, null, null).toFloatArray();
+                double e = rowError(got, want, v);
+                report.append(String.format(Locale.ROOT, ": logits %.2e", e));
+                assertTrue(e <= LOGITS, where + ": bf16 eval logits differ from the CPU's bf16 model by " + e);
+            }
+
+            // PyTorch's bf16-compute logits (make_lm_bf16_fixtures.py) on the fixture's own ids.
+            try (Safetensors ref = Safetensors.open(dir.resolve("reference.safetensors"));
+                 Safetensors recipe = Safetensors.open(dir.resolve("bf16-compute.safetensors")); Arena ga = Arena.ofShared()) {
+                long[] shape = ref.entries().get("input_ids").shape();
+                long[] ids;
+                float[] want;
+                try (Tensor i = cpu.empty(DType.I64, shape); Tensor l = cpu.empty(DType.F32, recipe.entries().get("logits").shape())) {
+                    ref.copyInto("input_ids", i);
+                    recipe.copyInto("logits", l);
+                    ids = i.toLongArray();
+                    want = l.toFloatArray();
+                }
+                float[] got = g.forward(new Layer.Pass(gpu, ga, false, 0, 0), ids, (int) shape[0], shape[1], null, null, null).toFloatArray();
+                double e = rowError(got, want, v);
+                report.append(String.format(Locale.ROOT, ", vs PyTorch's bf16 recipe %.2e", e));
+                assertTrue(e <= LOGITS, where + ": bf16 logits on CUDA differ from PyTorch's bf16 recipe by " + e);
+            }
+
+            // Left padding (row 1 starts with 3 pads), generate()'s positions.
+            try (Arena a = Arena.ofShared(); Arena ga = Arena.ofShared()) {
+                long[] mask = new long[b * t];
+                Arrays.fill(mask, 1);
+                for (int i = 0; i < 3; i++) mask[t + i] = 0;
+                long[] pos = DecoderModel.positionsFromMask(mask, b, t);
+                float[] want = c.forward(new Layer.Pass(cpu, a, false, 0, 0), tokens, b, t, mask, pos, null).toFloatArray();
+                float[] got = g.forward(new Layer.Pass(gpu, ga, false, 0, 0), tokens, b, t, mask, pos, null).toFloatArray();
+                double e = rowError(got, want, v);
+                report.append(String.format(Locale.ROOT, ", padded %.2e", e));
+                assertTrue(e <= LOGITS, where + ": padded bf16 logits differ by " + e);
+            }
+
+            // KV cache on the GPU in bf16: against the GPU's own full forward and the CPU's.
+            try (Arena a = Arena.ofShared(); Arena ga = Arena.ofShared(); DecoderModel.KvCache cache = g.newCache(b, t)) {
+                float[] cpuFull = c.forward(new Layer.Pass(cpu, a, false, 0, 0), tokens, b, t, null, null, null).toFloatArray();
+                float[] gpuFull = g.forward(new Layer.Pass(gpu, ga, false, 0, 0), tokens, b, t, null, null, null).toFloatArray();
+                double vsGpu = 0, vsCpu = 0;
+                for (int start = 0; start < t; ) {
+                    int len = start == 0 ? 3 : 1;
+                    long[] step = new long[b * len];
+                    for (int r = 0; r < b; r++) System.arraycopy(tokens, r * t + start, step, r * len, len);
+                    float[] got = g.forward(new Layer.Pass(gpu, ga, false, 0, 0), step, b, len, null, null, cache).toFloatArray();
+                    float[] wantGpu = new float[got.length], wantCpu = new float[got.length];
+                    for (int r = 0; r < b; r++) {
+                        System.arraycopy(gpuFull, (r * t + start) * v, wantGpu, r * len * v, len * v);
+                        System.arraycopy(cpuFull, (r * t + start) * v, wantCpu, r * len * v, len * v);
+                    }
+                    vsGpu = Math.max(vsGpu, rowError(got, wantGpu, v));
+                    vsCpu = Math.max(vsCpu, rowError(got, wantCpu, v));
+                    start += len;
+                }
+                assertEquals(t, cache.length());
+                report.append(String.format(Locale.ROOT, ", kv-cache vs full %.2e (cpu %.2e)", vsGpu, vsCpu));
+                assertTrue(vsGpu <= LOGITS, where + ": bf16 KV-cache decoding on CUDA differs from its full forward by " + vsGpu);
+                assertTrue(vsCpu <= LOGITS, where + ": bf16 KV-cache decoding on CUDA differs from the CPU's full forward by " + vsCpu);
+            }
+
+            // Frozen on CUDA too: no gradients, not saved.
+            IllegalStateException e = assertThrows(IllegalStateException.class, g::zeroGrad);
+            assertTrue(e.getMessage().contains("has no gradients"), e.getMessage());
+            e = assertThrows(IllegalStateException.class, () -> g.save(tmp.resolve(name + "-bf16")));
+            assertTrue(e.getMessage().contains("is not saved"), e.getMessage());
+            System.out.println("GpuDecoderModelTest " + report);
+        }
+    }
+
+    /** A student copied from a bf16 teacher on CUDA (widened through host memory) has the CPU copy's bits. */
+    @Test
+    void teacherLayersOfABf16TeacherOnCudaAreTheCpusWidenedWeights() throws Exception {
+        Path dir = LM.resolve("llama-tied-rope3-bf16");
+        try (DecoderModel c = DecoderModel.load(cpu, dir, DType.BF16); DecoderModel g = DecoderModel.load(gpu, dir, DType.BF16);
+             DecoderModel cs = DecoderModel.fromTeacherLayers(c, new int[] {1}); DecoderModel gs = DecoderModel.fromTeacherLayers(g, new int[] {1})) {
+            for (Parameter p : cs.parameters()) {
+                assertEquals(DType.F32, gs.parameter(p.name()).value().dtype(), p.name());
+                assertArrayEquals(p.value().toFloatArray(), gs.parameter(p.name()).value().toFloatArray(), p.name() + ": widened on CUDA vs the CPU");
+            }
         }
     }
 

@@ -21,7 +21,7 @@ import org.junit.jupiter.api.Test;
 
 /**
  * Every CudaDecoderOps op against DecoderOps (the CPU oracle) on fresh random inputs, strict FP32:
- * embeddings (bit for bit in the backward), LayerNorm, RMSNorm (hidden and Qwen3's per-head rows, in
+ * embeddings (bit for bit in the backward; the gather over a bf16 table bit for bit), LayerNorm, RMSNorm (hidden and Qwen3's per-head rows, in
  * place), RoPE tables and rotation, attention scores, values and backward with GQA, padding on either
  * side and a KV-cache offset, projections (both weight layouts, float32 and bf16 weights), GELU-tanh, SwiGLU
  * and the next-token cross-entropy; and that reruns give
@@ -112,6 +112,32 @@ class GpuDecoderOpsTest {
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
                 () -> ops.embeddingForward(gpu.empty(a, DType.F32, n, d), bad, pos, gpu.empty(a, DType.F32, vocab, d), null));
             assertTrue(e.getMessage().contains("token id 101 at row 5"), e.getMessage());
+        }
+    }
+
+    /**
+     * The gather over a bf16 token table (a frozen bf16 model: d4j_embedding_forward_bf16): bit for bit
+     * DecoderOps' (each value widened exactly, then one float add of a float32 learned position).
+     */
+    @Test
+    void bf16EmbeddingGatherIsBitIdentical() {
+        int n = 37;
+        long d = 48, vocab = 101, maxPos = 64;
+        long[] tok = ids(n, vocab), pos = ids(n, maxPos);
+        for (boolean learned : new boolean[] {false, true}) {
+            try (Arena a = Arena.ofConfined()) {
+                float[] wpe = rand(maxPos * d, -1, 1);
+                MemorySegment wBits = a.allocate(vocab * d * 2);
+                for (long i = 0; i < vocab * d; i++) wBits.setAtIndex(java.lang.foreign.ValueLayout.JAVA_SHORT, i, (short) random.nextInt(0x7f80)); // finite, positive
+                for (long i = 0; i < vocab * d; i += 2) wBits.setAtIndex(java.lang.foreign.ValueLayout.JAVA_SHORT, i,
+                    (short) (wBits.getAtIndex(java.lang.foreign.ValueLayout.JAVA_SHORT, i) | 0x8000)); // and negative
+                MemorySegment out = a.allocate(n * d * 4);
+                DecoderOpsReference.embeddingForwardBf16(out, tok, pos, wBits, learned ? host(a, wpe) : null, d);
+                Tensor gOut = gpu.empty(a, DType.F32, n, d), gWte = gpu.empty(a, DType.BF16, vocab, d), gWpe = dev(a, wpe, maxPos, d);
+                gpu.copyFromHost(wBits, gWte);
+                ops.embeddingForward(gOut, tok, pos, gWte, learned ? gWpe : null);
+                assertArrayEquals(arr(out), gpu.read(gOut), "bf16 embedding forward" + (learned ? " + positions" : ""));
+            }
         }
     }
 

@@ -19,19 +19,20 @@ public final class DecoderKernels {
     /** Rows a block handles in the one-warp-a-row kernels. */
     public static final int ROWS_PER_BLOCK = BLOCK / 32;
     /** Every kernel this class launches, as named in the fatbin (KernelImage.kernelNames() must hold them all). */
-    public static final List<String> KERNELS = List.of("d4j_embedding_forward", "d4j_embedding_backward", "d4j_layernorm_forward",
+    public static final List<String> KERNELS = List.of("d4j_embedding_forward", "d4j_embedding_forward_bf16", "d4j_embedding_backward", "d4j_layernorm_forward",
         "d4j_layernorm_backward_dx", "d4j_rmsnorm_forward", "d4j_rmsnorm_backward_dx", "d4j_norm_param_grad_partial", "d4j_norm_param_grad_finish",
         "d4j_rope_tables", "d4j_rope", "d4j_attention_softmax", "d4j_attention_softmax_backward", "d4j_gelu_tanh_forward", "d4j_gelu_tanh_backward",
         "d4j_swiglu_forward", "d4j_swiglu_backward", "d4j_f32_to_bf16", "d4j_bias_add_strided", "d4j_bias_grad_strided");
 
     private final int maxBlocks;
-    private final MemorySegment embeddingForward, embeddingBackward, layerNormForward, layerNormBackwardDx, rmsNormForward, rmsNormBackwardDx,
+    private final MemorySegment embeddingForward, embeddingForwardBf16, embeddingBackward, layerNormForward, layerNormBackwardDx, rmsNormForward, rmsNormBackwardDx,
         normParamGradPartial, normParamGradFinish, ropeTables, rope, attentionSoftmax, attentionSoftmaxBackward, geluForward, geluBackward,
         swigluForward, swigluBackward, f32ToBf16, biasAddStrided, biasGradStrided;
 
     public DecoderKernels(KernelModule module, int multiprocessors) {
         this.maxBlocks = Math.max(1, multiprocessors) * 32;
         embeddingForward = module.function("d4j_embedding_forward");
+        embeddingForwardBf16 = module.function("d4j_embedding_forward_bf16");
         embeddingBackward = module.function("d4j_embedding_backward");
         layerNormForward = module.function("d4j_layernorm_forward");
         layerNormBackwardDx = module.function("d4j_layernorm_backward_dx");
@@ -84,10 +85,14 @@ public final class DecoderKernels {
         return p.equals(MemorySegment.NULL) ? la.nullPointer() : la.pointer(p);
     }
 
-    /** out [rows, d] = wte[ids] (+ wpe[positions] when wpe is not NULL); ids, positions int64 [rows]; a bad id or position gives a NaN row. */
-    public void embeddingForward(MemorySegment out, MemorySegment ids, MemorySegment positions, MemorySegment wte, MemorySegment wpe, long rows,
-                                 long d, long vocab, long maxPositions, MemorySegment s) {
-        elements(embeddingForward, "d4j_embedding_forward", rows * d, s, a -> {
+    /**
+     * out [rows, d] float32 = wte[ids] (+ wpe[positions] when wpe is not NULL); ids, positions int64 [rows]; a bad id or position gives a
+     * NaN row. wte float32, or bfloat16 when {@code wteBf16} (d4j_embedding_forward_bf16: each value widened exactly; wpe stays float32).
+     */
+    public void embeddingForward(MemorySegment out, MemorySegment ids, MemorySegment positions, MemorySegment wte, boolean wteBf16, MemorySegment wpe,
+                                 long rows, long d, long vocab, long maxPositions, MemorySegment s) {
+        MemorySegment fn = wteBf16 ? embeddingForwardBf16 : embeddingForward;
+        elements(fn, wteBf16 ? "d4j_embedding_forward_bf16" : "d4j_embedding_forward", rows * d, s, a -> {
             LaunchArgs la = new LaunchArgs(a, 9).pointer(out).pointer(ids);
             la = optional(la, positions).pointer(wte);
             return optional(la, wpe).i64(rows).i64(d).i64(vocab).i64(maxPositions);

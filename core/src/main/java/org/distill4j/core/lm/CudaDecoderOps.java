@@ -87,17 +87,20 @@ public final class CudaDecoderOps implements DecoderDeviceOps {
 
     // ---- embeddings
 
-    /** out [N, D] = wte [V, D] rows of ids [N] (+ wpe [P, D] rows of positions [N] when wpe is not null). Ids and positions are checked on the host. */
+    /**
+     * out [N, D] = wte [V, D] rows of ids [N] (+ wpe [P, D] rows of positions [N] when wpe is not null).
+     * wte float32, or bfloat16 (a frozen bf16 model: d4j_embedding_forward_bf16 widens each value
+     * exactly, as DecoderOps does; wpe stays float32). Ids and positions are checked on the host.
+     */
     @Override
     public void embeddingForward(Tensor out, long[] ids, long[] positions, Tensor wte, Tensor wpe) {
-        DecoderOpChecks.embeddingForward(backend, out, ids, positions, wte, wpe);
-        if (wte.dtype() != DType.F32) throw new UnsupportedOperationException("embeddingForward: the CUDA gather reads a float32 table, got " + wte.describe());
+        DecoderOpChecks.embeddingForward(backend, out, ids, positions, wte, wpe); // wte F32 or BF16
         enter("embeddingForward");
         long n = ids.length, d = wte.size(1), vocab = wte.size(0), maxPositions = wpe == null ? 0 : wpe.size(0);
         if (n == 0) return;
         try (Arena arena = Arena.ofConfined()) {
             Tensor idsD = longs(arena, ids), posD = wpe == null ? null : longs(arena, positions);
-            kernels.embeddingForward(out.data(), idsD.data(), p(posD), wte.data(), p(wpe), n, d, vocab, maxPositions, s());
+            kernels.embeddingForward(out.data(), idsD.data(), p(posD), wte.data(), wte.dtype() == DType.BF16, p(wpe), n, d, vocab, maxPositions, s());
         }
     }
 

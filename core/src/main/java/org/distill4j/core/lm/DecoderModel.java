@@ -76,11 +76,6 @@ public final class DecoderModel implements AutoCloseable {
         this.config = config;
         this.diskDtype = diskDtype;
         if (weightDtype != DType.F32 && weightDtype != DType.BF16) throw new IllegalArgumentException("decoder weights are F32 or BF16, not " + weightDtype);
-        if (weightDtype == DType.BF16 && !backend.isHost()) {
-            // CudaDecoderOps multiplies bf16 weights (cublasGemmEx) but gathers float32 embeddings only, and no GPU has run this path yet.
-            throw new UnsupportedOperationException("a decoder with bf16 weights runs on the CPU backend so far (oneDNN's bf16 matmul); on "
-                + backend.name() + " load it in float32 (--teacher-dtype f32)");
-        }
         this.weightDtype = weightDtype;
         this.layout = config.family().layout(config);
         java.util.Set<String> matmulWeights = new java.util.HashSet<>();
@@ -137,8 +132,10 @@ public final class DecoderModel implements AutoCloseable {
      * every projection and the lm_head) held as {@code weights}: F32 (trainable), or BF16 for a
      * frozen model run in bfloat16, as a bf16 checkpoint runs in transformers: those weights as
      * stored (F32 or F16 ones rounded to nearest even), each product's input rounded to bf16 and
-     * summed in float32 ({@link CpuBlas#gemmBf16}); norms, biases, positions, the residual stream,
-     * attention and the logits stay float32. A BF16 model has no gradients and is not saved.
+     * summed in float32 ({@link CpuBlas#gemmBf16} on the CPU; cublasGemmEx with float32
+     * accumulation on CUDA, the token table gathered by d4j_embedding_forward_bf16); norms, biases,
+     * positions, the residual stream, attention and the logits stay float32. On CUDA the weights
+     * are staged through host memory as float32 ones are. A BF16 model has no gradients and is not saved.
      */
     public static DecoderModel load(Backend backend, Path dir, DType weights) throws IOException {
         DecoderConfig config = DecoderConfig.read(dir);
@@ -212,8 +209,7 @@ public final class DecoderModel implements AutoCloseable {
                     throw new IllegalStateException("--student-init: no teacher tensor " + source + " of shape " + Arrays.toString(p.value().shape()));
                 }
                 if (from.value().dtype() == DType.BF16) {
-                    MemorySegment src = from.value().data(), dst = p.value().data(); // a bf16 teacher's weights, widened exactly
-                    for (long i = 0; i < p.value().numel(); i++) DecoderOps.set(dst, i, Bf16.toFloat(src.getAtIndex(ValueLayout.JAVA_SHORT, i)));
+                    widen(from.value(), p.value()); // a bf16 teacher's weights, widened exactly
                 } else {
                     m.backend.copy(from.value(), p.value());
                 }
@@ -222,6 +218,23 @@ public final class DecoderModel implements AutoCloseable {
         } catch (RuntimeException e) {
             m.close();
             throw e;
+        }
+    }
+
+    /**
+     * dst F32 = src BF16 (same shape, same backend) widened exactly: on the tensors' memory on the
+     * CPU, else through host staging buffers (a device copy each way), as the loads stage.
+     */
+    private static void widen(Tensor src, Tensor dst) {
+        Backend backend = dst.backend();
+        boolean host = backend.isHost();
+        // Shared, as the tensors' arenas: a confined segment here would give DecoderOps.set a second profile.
+        try (Arena staging = Arena.ofShared()) {
+            MemorySegment in = host ? src.data() : staging.allocate(Math.max(2, src.byteSize()), 16).asSlice(0, src.byteSize());
+            MemorySegment out = host ? dst.data() : staging.allocate(Math.max(4, dst.byteSize()), 16).asSlice(0, dst.byteSize());
+            if (!host) backend.copyToHost(src, in);
+            for (long i = 0; i < dst.numel(); i++) DecoderOps.set(out, i, Bf16.toFloat(in.getAtIndex(ValueLayout.JAVA_SHORT, i)));
+            if (!host) backend.copyFromHost(out, dst);
         }
     }
 

@@ -173,23 +173,36 @@ public final class HfCheckpoint implements AutoCloseable {
         }
     }
 
+    /**
+     * dst BF16 (a frozen bf16 model's weight) from a BF16, F32 or F16 entry: BF16 bytes as they are
+     * (straight from the mapping to the tensor, a device copy on CUDA), F32 and F16 rounded to
+     * nearest even into the tensor (CPU) or into a host staging buffer the backend then copies to
+     * the device, as {@link #copyInto} stages float32.
+     */
     private static void copyIntoBf16(Safetensors st, Safetensors.Entry e, String key, Tensor dst) {
-        if (!dst.backend().isHost()) throw new UnsupportedOperationException("bf16 weights are held on the CPU backend only, not " + dst.backend().name());
         MemorySegment src = st.bytes(e);
-        MemorySegment out = dst.data();
         long n = dst.numel();
-        switch (e.dtype()) {
-            case "BF16" -> MemorySegment.copy(src, 0, out, 0, 2 * n);
-            case "F32" -> {
-                for (long i = 0; i < n; i++) out.setAtIndex(ValueLayout.JAVA_SHORT, i, Bf16.fromFloat(src.get(ValueLayout.JAVA_FLOAT_UNALIGNED, 4 * i)));
-            }
-            case "F16" -> {
-                for (long i = 0; i < n; i++) {
-                    out.setAtIndex(ValueLayout.JAVA_SHORT, i, Bf16.fromFloat(Float.float16ToFloat(src.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i))));
+        if (e.dtype().equals("BF16")) {
+            dst.backend().copyFromHost(src.asSlice(0, 2 * n), dst);
+            return;
+        }
+        // Shared, as the tensors' arenas (see copyInto).
+        try (Arena staging = Arena.ofShared()) {
+            boolean host = dst.backend().isHost();
+            MemorySegment out = host ? dst.data() : staging.allocate(Math.max(2, dst.byteSize()), 16).asSlice(0, dst.byteSize());
+            switch (e.dtype()) {
+                case "F32" -> {
+                    for (long i = 0; i < n; i++) out.setAtIndex(ValueLayout.JAVA_SHORT, i, Bf16.fromFloat(src.get(ValueLayout.JAVA_FLOAT_UNALIGNED, 4 * i)));
                 }
+                case "F16" -> {
+                    for (long i = 0; i < n; i++) {
+                        out.setAtIndex(ValueLayout.JAVA_SHORT, i, Bf16.fromFloat(Float.float16ToFloat(src.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i))));
+                    }
+                }
+                default -> throw new IllegalArgumentException(st.file() + ": tensor '" + key + "' is " + e.dtype() + Arrays.toString(e.shape())
+                    + "; weights must be F32, BF16 or F16");
             }
-            default -> throw new IllegalArgumentException(st.file() + ": tensor '" + key + "' is " + e.dtype() + Arrays.toString(e.shape())
-                + "; weights must be F32, BF16 or F16");
+            if (!host) dst.backend().copyFromHost(out, dst);
         }
     }
 

@@ -13,6 +13,11 @@ public final class DecoderOpsReference {
         DecoderOps.embeddingForward(out, ids, positions, wte, wpe, d);
     }
 
+    /** wte bfloat16 [V, d] (a frozen bf16 model's table), widened exactly; wpe float32 or null. */
+    public static void embeddingForwardBf16(MemorySegment out, long[] ids, long[] positions, MemorySegment wte, MemorySegment wpe, long d) {
+        DecoderOps.embeddingForward(out, ids, positions, wte, true, wpe, d);
+    }
+
     public static void embeddingBackward(MemorySegment dwte, MemorySegment dwpe, MemorySegment dout, long[] ids, long[] positions, long d) {
         DecoderOps.embeddingBackward(dwte, dwpe, dout, ids, positions, d);
     }
