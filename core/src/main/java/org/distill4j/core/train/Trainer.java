@@ -92,6 +92,8 @@ public final class Trainer {
     private boolean skipNonFinite;
     private GraphMode graphMode = GraphMode.AUTO;
     private Consumer<String> onNote = s -> { };
+    /** What the frozen teachers' matrix products and convolutions run in: F32, or BF16 (bf16 weights and inputs, float32 sums). */
+    private DType teacherDtype = DType.F32;
 
     private Trainer(Backend backend, Model student, List<Model> teachers, DistillationLoss kd, TrainingConfig config) {
         this.backend = backend;
@@ -136,6 +138,7 @@ public final class Trainer {
     public Trainer withHint(FeatureHint hint) {
         if (teachers.isEmpty()) throw new IllegalArgumentException("a feature hint needs a teacher (distillation, not supervised training)");
         if (cacheOptions != null) throw new IllegalArgumentException(CACHE_WITH_HINT);
+        if (teacherDtype == DType.BF16) throw new IllegalArgumentException(BF16_WITH_HINT);
         // layerOutputShape checks the indices ("model s.json has layers 0..4, not 9").
         HintAdapter.shapes(student.layerOutputShape(hint.studentLayer()), teachers.getFirst().layerOutputShape(hint.teacherLayer()));
         this.hint = hint;
@@ -146,6 +149,7 @@ public final class Trainer {
     public Trainer withTeacherCache(TeacherCache.Options options) {
         if (teachers.isEmpty()) throw new IllegalArgumentException("a teacher-logit cache needs a teacher (distillation, not supervised training)");
         if (hint != null) throw new IllegalArgumentException(CACHE_WITH_HINT);
+        if (teacherDtype == DType.BF16) throw new IllegalArgumentException(BF16_WITH_CACHE);
         if (options.topK() > 0) kd.requireTopKTeacherSupport("--teacher-cache-topk " + options.topK());
         this.cacheOptions = options;
         return this;
@@ -153,6 +157,39 @@ public final class Trainer {
 
     private static final String CACHE_WITH_HINT =
         "a teacher-logit cache cannot be combined with a feature hint: the hint needs the teacher's features every step";
+    private static final String BF16_WITH_HINT =
+        "a bf16 teacher cannot be combined with a feature hint yet: the hint taps the teacher's float32 layer-by-layer forward; use --teacher-dtype f32";
+    private static final String BF16_WITH_CACHE =
+        "a bf16 teacher cannot be combined with a teacher-logit cache yet: the cache is computed by the float32 forward; use --teacher-dtype f32 "
+            + "or no --teacher-cache";
+
+    /**
+     * What the frozen teachers' matrix products and convolutions run in: {@link DType#F32} (the
+     * default) or {@link DType#BF16}: weights and inputs rounded to bfloat16 (nearest even),
+     * products summed in float32, everything else float32 ({@link InferencePlan}'s bf16 plan,
+     * compiled once per fit; oneDNN's bf16 kernels on the oneDNN engine, an exact but slow Java
+     * loop on the others). BF16 needs the CPU backend and no feature hint or teacher cache (one-line
+     * errors otherwise).
+     */
+    public Trainer withTeacherDtype(DType dtype) {
+        if (teachers.isEmpty()) throw new IllegalArgumentException("a teacher dtype needs a teacher (distillation, not supervised training)");
+        if (dtype != DType.F32 && dtype != DType.BF16) throw new IllegalArgumentException("a teacher runs in F32 or BF16, got " + dtype);
+        if (dtype == DType.BF16) {
+            if (!backend.isHost()) {
+                throw new IllegalArgumentException("a bf16 model-spec teacher runs on the CPU backend only so far, not " + backend.name()
+                    + ": use --teacher-dtype f32 there");
+            }
+            if (hint != null) throw new IllegalArgumentException(BF16_WITH_HINT);
+            if (cacheOptions != null) throw new IllegalArgumentException(BF16_WITH_CACHE);
+        }
+        this.teacherDtype = dtype;
+        return this;
+    }
+
+    /** F32 or BF16: see {@link #withTeacherDtype}. */
+    public DType teacherDtype() {
+        return teacherDtype;
+    }
 
     /**
      * Instead of stopping at a NaN/Inf loss, skip that optimizer step (the parameters and
@@ -265,17 +302,23 @@ public final class Trainer {
             stepTerms = backend.empty(arena, DType.F32, 3);
             microTerms = backend.empty(arena, DType.F32, 3);
             for (Tensor t : List.of(stepLoss, hintLoss, microLoss, scalars, stepTerms, microTerms)) backend.zero(t);
-            if (cacheOptions == null && hint == null && backend.isHost() && CpuBlas.engine() == CpuEngine.ONEDNN
+            boolean bf16 = teacherDtype == DType.BF16; // withTeacherDtype checked: CPU backend, no hint, no cache
+            if (bf16 || cacheOptions == null && hint == null && backend.isHost() && CpuBlas.engine() == CpuEngine.ONEDNN
                     && teachers.stream().allMatch(t -> t.parameters().stream().allMatch(p -> p.value().dtype() == DType.F32))) {
                 try {
                     for (Model t : teachers) {
-                        InferencePlan plan = InferencePlan.compile(t, config.batchSize(), true);
+                        InferencePlan plan = InferencePlan.compile(t, config.batchSize(), true, teacherDtype);
                         teacherPlans.add(plan);
                         teacherWorkspaces.add(plan.newWorkspace());
                     }
                 } catch (RuntimeException e) {
                     close();
                     throw e;
+                }
+                if (bf16) {
+                    onNote.accept("teacher runs in bf16: bf16 weights and inputs, float32 sums ("
+                        + (CpuBlas.hasFastBf16() ? "oneDNN's bf16 kernels" : "the " + CpuBlas.engine().key() + " engine has no bf16 product: an exact Java loop, slow")
+                        + ")");
                 }
             }
             if (cacheOptions != null) {
@@ -466,6 +509,8 @@ public final class Trainer {
                         backend.axpy(1f, microLoss, stepLoss);
                     } else if (!teacherPlans.isEmpty() && x.dtype() == DType.F32) {
                         t = plannedTeacherLogits(a, x);
+                    } else if (teacherDtype == DType.BF16) {
+                        throw new IllegalArgumentException("a bf16 teacher takes float32 inputs, got " + x.describe());
                     } else {
                         t = teacherLogits(backend, a, teachers, kd.temperature(), x);
                     }
