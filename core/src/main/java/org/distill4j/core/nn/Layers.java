@@ -278,32 +278,41 @@ public final class Layers {
         }
 
         /**
-         * The bf16 plan's step, per image: im2col of x [C, H, W] into col [C R S, OH OW] (a copy with
-         * zero padding, so rounding before or after it is the same), col rounded to bf16, then
-         * y [K, OH OW] = bf16(W) [K, C R S] bf16(col) summed in float32 ({@link CpuBlas#gemmBf16}:
-         * oneDNN's bf16 matmul on the oneDNN engine, the Java loop elsewhere), + b in float32.
-         * (oneDNN's convolution primitive is not used in bf16: this is the recipe without a second
-         * bf16 convolution path to keep equal to it.)
+         * The bf16 plan's step: y [K, OH, OW] = conv(bf16(x), bf16(W)) summed in float32, + b in
+         * float32. On the oneDNN engine, x [rows, C, H, W] rounded to bf16 into the workspace and
+         * oneDNN's bf16 convolution (weights rounded once, when compiled). Elsewhere, or where oneDNN
+         * has no bf16 convolution, per image: im2col of x into col [C R S, OH OW] (a copy with zero
+         * padding, so rounding before or after it is the same), col rounded to bf16, then
+         * y = bf16(W) [K, C R S] bf16(col) summed in float32 ({@link CpuBlas#gemmBf16}: oneDNN's bf16
+         * matmul on the oneDNN engine, the Java loop elsewhere).
          */
         private int compileBf16(InferencePlan.Builder plan, int in, int out, ConvGeometry g, MemorySegment w, MemorySegment b, int slot,
                                 long imageIn, long imageOut) {
             int maxBatch = plan.maxBatch();
-            MemorySegment weightsBf16 = plan.bf16CopyOf(w, (long) g.k() * g.crs()); // W [K, C R S] bf16
+            MemorySegment weightsBf16 = plan.bf16CopyOf(w, (long) g.k() * g.crs()); // W [K, C, R, S] bf16
             MemorySegment biases = b == null ? null : plan.copyOf(b.asSlice(0, (long) g.k() * Float.BYTES));
             long colElems = (long) g.crs() * g.ohw();
+            ConvGeometry[] byRows = new ConvGeometry[maxBatch + 1];
+            for (int rows = 1; rows <= maxBatch; rows++) byRows[rows] = new ConvGeometry(rows, g.c(), g.h(), g.w(), g.k(), g.r(), g.s(), g.oh(), g.ow());
             plan.add(new InferencePlan.Step() {
                 @Override
                 public void prepare(InferencePlan.Workspace ws, Arena arena) {
-                    MemorySegment[] state = new MemorySegment[maxBatch + 2];
+                    MemorySegment[] state = new MemorySegment[maxBatch + 3];
                     state[0] = CpuMemory.allocate(arena, colElems * Float.BYTES, 64);       // im2col of one image, float32
                     for (int i = 0; i < maxBatch; i++) state[i + 1] = ws.buffer(out).asSlice(i * imageOut * Float.BYTES, imageOut * Float.BYTES);
                     state[maxBatch + 1] = CpuMemory.allocate(arena, colElems * Short.BYTES, 64); // the same, bf16
+                    state[maxBatch + 2] = CpuMemory.allocate(arena, maxBatch * imageIn * Short.BYTES, 64); // x [maxBatch, C, H, W] bf16
                     ws.state(slot, state);
                 }
 
                 @Override
                 public void run(InferencePlan.Workspace ws, int rows) {
                     MemorySegment[] state = ws.state(slot);
+                    if (CpuBackend.onednnConvolutions()) {
+                        MemorySegment xBf16 = state[maxBatch + 2];
+                        CpuKernels.toBf16(ws.buffer(in), xBf16, rows * imageIn);
+                        if (CpuBackend.onednnConv2dBf16(xBf16, weightsBf16, biases, ws.buffer(out), byRows[rows], geometry)) return;
+                    }
                     MemorySegment colBf16 = state[maxBatch + 1];
                     for (int i = 0; i < rows; i++) {
                         CpuKernels.im2col(ws.buffer(in), i * imageIn, g, geometry, state[0]);
