@@ -53,7 +53,7 @@ final class DistillCommand implements Callable<Integer> {
         description = "the dtype the frozen teacher runs in. Decoders, stored: bf16 when its weights are bf16 on disk and bf16 matrix products run "
             + "natively here (oneDNN on the CPU, CUDA), else f32; model specs, stored: f32 (their weights are float32). bf16: weights rounded to bf16 "
             + "and every matrix product's (model specs: and convolution's) input rounded to bf16, float32 sums (model specs: CPU only, without "
-            + "--hint or --teacher-cache); f32: float32 throughout (default: ${DEFAULT-VALUE})") String teacherDtype;
+            + "--hint); f32: float32 throughout (default: ${DEFAULT-VALUE})") String teacherDtype;
     @Option(names = "--teacher-cache", paramLabel = "device|file:PATH",
         description = "compute the teachers' logits once and look them up each step (for data without augmentation); a matching file is reused") String teacherCache;
     @Option(names = "--teacher-cache-dtype", defaultValue = "f32", paramLabel = "f32|bf16", description = "default: ${DEFAULT-VALUE}") String teacherCacheDtype;

@@ -167,8 +167,6 @@ class SpecBf16CommandTest {
                 "--data", train, "--test-data", test, "--out", out},
             {"distill", "--teacher", model.toString(), "--teacher-weights", "unused", "--student", model.toString(), "--teacher-dtype", "bf16",
                 "--hint", "1:1", "--data", train, "--test-data", test, "--out", out},
-            {"distill", "--teacher", model.toString(), "--teacher-weights", "unused", "--student", model.toString(), "--teacher-dtype", "bf16",
-                "--teacher-cache", "device", "--data", train, "--test-data", test, "--out", out},
             {"predict", "--model", model.toString(), "--weights", "unused.safetensors", "--input", x.toString(), "--output", out + ".npy", "--dtype", "f16"},
             {"predict", "--model", model.toString(), "--weights", "unused.safetensors", "--input", x.toString(), "--output", out + ".npy", "--dtype", "BF16"},
         };
