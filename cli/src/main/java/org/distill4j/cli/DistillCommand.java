@@ -50,9 +50,10 @@ final class DistillCommand implements Callable<Integer> {
             + "(0 the embeddings, i the output of layer i-1, the layer count the final norm's output), --hint-loss mse|cosine, "
             + "a learned projection when the widths differ") String hint;
     @Option(names = "--teacher-dtype", defaultValue = "stored", paramLabel = "stored|f32|bf16",
-        description = "decoders: the dtype the frozen teacher runs in. stored: bf16 when its weights are bf16 on disk and bf16 matrix products run "
-            + "natively here (oneDNN on the CPU, CUDA), else f32; bf16: weights rounded to bf16 and every matrix product's input rounded to bf16, "
-            + "float32 sums; f32: float32 throughout (default: ${DEFAULT-VALUE})") String teacherDtype;
+        description = "the dtype the frozen teacher runs in. Decoders, stored: bf16 when its weights are bf16 on disk and bf16 matrix products run "
+            + "natively here (oneDNN on the CPU, CUDA), else f32; model specs, stored: f32 (their weights are float32). bf16: weights rounded to bf16 "
+            + "and every matrix product's (model specs: and convolution's) input rounded to bf16, float32 sums (model specs: CPU only, without "
+            + "--hint); f32: float32 throughout (default: ${DEFAULT-VALUE})") String teacherDtype;
     @Option(names = "--teacher-cache", paramLabel = "device|file:PATH",
         description = "compute the teachers' logits once and look them up each step (for data without augmentation); a matching file is reused") String teacherCache;
     @Option(names = "--teacher-cache-dtype", defaultValue = "f32", paramLabel = "f32|bf16", description = "default: ${DEFAULT-VALUE}") String teacherCacheDtype;
@@ -70,11 +71,13 @@ final class DistillCommand implements Callable<Integer> {
             return distillDecoders();
         }
         if (student == null) throw new IllegalArgumentException("--student SPEC.json is required");
-        if (studentInit != null || onPolicyFraction != null || promptLen != null || sampleTemperature != null || !"mse".equals(hintLoss)
-                || !"stored".equals(teacherDtype)) {
-            throw new IllegalArgumentException("--student-init, --hint-loss, --on-policy-fraction, --prompt-len, --sample-temperature and --teacher-dtype "
-                + "are for decoder folders (a model spec's teacher runs in float32)");
+        if (studentInit != null || onPolicyFraction != null || promptLen != null || sampleTemperature != null || !"mse".equals(hintLoss)) {
+            throw new IllegalArgumentException("--student-init, --hint-loss, --on-policy-fraction, --prompt-len and --sample-temperature "
+                + "are for decoder folders");
         }
+        // A model spec's weights are float32 (Model.load takes the spec's F32 tensors only), so stored is f32.
+        org.distill4j.core.DType specTeacherDtype = DecoderDtype.parse("--teacher-dtype", teacherDtype) == DecoderDtype.BF16
+            ? org.distill4j.core.DType.BF16 : org.distill4j.core.DType.F32;
         var cfg = options.config();
         DistillationLoss kd = new DistillationLoss(Divergence.parse(divergence), temperature, alpha, beta, -100);
         FeatureHint featureHint = hint == null ? null : FeatureHint.parse(hint);
@@ -91,7 +94,7 @@ final class DistillCommand implements Callable<Integer> {
         try (Dataset train = options.train(); Dataset test = options.test(); Backend b = options.backend(); Model s = ss.build(b, cfg.seed())) {
             try {
                 for (ModelSpec t : specs) built.add(t.build(b, 0));
-                DistillationTrainer setup = DistillationTrainer.of(b, s, kd, cfg).hint(featureHint).teacherCache(cache);
+                DistillationTrainer setup = DistillationTrainer.of(b, s, kd, cfg).hint(featureHint).teacherCache(cache).teacherDtype(specTeacherDtype);
                 built.forEach(setup::teacher);
                 Trainer trainer = setup.build(); // checks every teacher fits the student before anything loads
                 for (int i = 0; i < built.size(); i++) built.get(i).load(teacherWeights.get(i));

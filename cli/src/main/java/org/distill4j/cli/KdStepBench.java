@@ -39,6 +39,9 @@ final class KdStepBench implements Callable<Integer> {
     @Option(names = "--alpha", defaultValue = "0.9", description = "default: ${DEFAULT-VALUE}") float alpha;
     @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda", description = "default: ${DEFAULT-VALUE}") String device;
     @Option(names = "--graph", defaultValue = "auto", paramLabel = "auto|on|off", description = "step graph (default: ${DEFAULT-VALUE})") String graph;
+    @Option(names = "--teacher-dtype", defaultValue = "f32", paramLabel = "f32|bf16",
+        description = "the frozen teacher's matrix products and convolutions in float32, or bf16 (as distill distill --teacher-dtype bf16; CPU only) "
+            + "(default: ${DEFAULT-VALUE})") String teacherDtype;
     @CommandLine.Spec CommandLine.Model.CommandSpec spec;
 
     @Override
@@ -48,6 +51,11 @@ final class KdStepBench implements Callable<Integer> {
         }
         Devices.check(device);
         Trainer.GraphMode mode = Trainer.GraphMode.parse(graph);
+        org.distill4j.core.DType tdt = switch (teacherDtype) {
+            case "f32" -> org.distill4j.core.DType.F32;
+            case "bf16" -> org.distill4j.core.DType.BF16;
+            default -> throw new IllegalArgumentException("--teacher-dtype must be f32 or bf16, got '" + teacherDtype + "'");
+        };
         DistillationLoss kd = DistillationLoss.hinton(temperature, alpha);
         ModelSpec ts = ModelSpec.read(teacher), ss = ModelSpec.read(student);
         PrintWriter out = spec.commandLine().getOut();
@@ -59,7 +67,7 @@ final class KdStepBench implements Callable<Integer> {
             Dataset train = Repeating.of(s.inputShape(), (int) s.outputShape()[0], batch * 4, total * batch, 3);
             Dataset test = Repeating.of(s.inputShape(), (int) s.outputShape()[0], batch, batch, 4);
             long[] marks = new long[repeats + 1];
-            Trainer trainer = Trainer.distillation(b, s, t, kd, cfg).graph(mode).onStep(p -> {
+            Trainer trainer = Trainer.distillation(b, s, t, kd, cfg).withTeacherDtype(tdt).graph(mode).onStep(p -> {
                 long k = p.step() - warmup;
                 if (k >= 0 && k % steps == 0) {
                     b.synchronize(); // the device has finished every step so far
@@ -72,8 +80,8 @@ final class KdStepBench implements Callable<Integer> {
             double[] sorted = rates.clone();
             Arrays.sort(sorted);
             double median = repeats % 2 == 1 ? sorted[repeats / 2] : (sorted[repeats / 2 - 1] + sorted[repeats / 2]) / 2;
-            out.printf(Locale.ROOT, "teacher %s (%,d parameters), student %s (%,d parameters), batch %d, %s, step graph %s%n", teacher, t.parameterCount(),
-                student, s.parameterCount(), batch, b.name(), r.graphed());
+            out.printf(Locale.ROOT, "teacher %s (%,d parameters, %s), student %s (%,d parameters), batch %d, %s, step graph %s%n", teacher, t.parameterCount(),
+                tdt == org.distill4j.core.DType.BF16 ? "bf16" : "float32", student, s.parameterCount(), batch, b.name(), r.graphed());
             out.printf(Locale.ROOT, "%d warm-up steps, %d repeats x %d steps: %s samples/s; spread %.1f-%.1f (%.1f%%)%n", warmup, repeats, steps,
                 Arrays.toString(Arrays.stream(rates).map(v -> Math.round(v * 10) / 10.0).toArray()), sorted[0], sorted[repeats - 1],
                 100 * (sorted[repeats - 1] - sorted[0]) / median);

@@ -37,6 +37,8 @@ final class PredictBench implements Callable<Integer> {
         description = "CPU: 1 runs each call on its caller's thread (default), 0 lets OpenBLAS use its own thread pool") int intraOp;
     @Option(names = "--gpu-workers", defaultValue = "2", description = "CUDA: workers, each with its own stream (default: ${DEFAULT-VALUE})") int gpuWorkers;
     @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda", description = "default: ${DEFAULT-VALUE}") String device;
+    @Option(names = "--dtype", defaultValue = "f32", paramLabel = "f32|bf16",
+        description = "CPU: float32, or bf16 matrix products and convolutions (bf16 weights and inputs, float32 sums) (default: ${DEFAULT-VALUE})") String dtype;
     @CommandLine.Spec CommandLine.Model.CommandSpec spec;
 
     @Override
@@ -46,8 +48,14 @@ final class PredictBench implements Callable<Integer> {
         }
         if (dynamic && batch != 1) throw new IllegalArgumentException("--dynamic-batching gathers single-row calls: use --batch 1");
         Devices.check(device);
+        org.distill4j.core.DType computeDtype = switch (dtype) {
+            case "f32" -> org.distill4j.core.DType.F32;
+            case "bf16" -> org.distill4j.core.DType.BF16;
+            default -> throw new IllegalArgumentException("--dtype must be f32 or bf16, got '" + dtype + "'");
+        };
         PrintWriter out = spec.commandLine().getOut();
-        try (Backend b = Devices.open(device); Predictor p = Predictor.load(b, model, weights, new Predictor.Options(Math.max(maxBatch, batch), dynamic, maxWait, intraOp, gpuWorkers))) {
+        Predictor.Options options = new Predictor.Options(Math.max(maxBatch, batch), dynamic, maxWait, intraOp, gpuWorkers).withComputeDtype(computeDtype);
+        try (Backend b = Devices.open(device); Predictor p = Predictor.load(b, model, weights, options)) {
             int in = (int) p.inputSize(), outSize = (int) p.outputSize();
             long warmEnd = System.nanoTime() + (long) (warmup * 1e9), end = warmEnd + (long) (seconds * 1e9);
             long[][] latencies = new long[threads][];
@@ -88,8 +96,8 @@ final class PredictBench implements Callable<Integer> {
             }
             Arrays.sort(all);
             double p50 = all[(int) (0.50 * (total - 1))] / 1e3, p99 = all[(int) (0.99 * (total - 1))] / 1e3, rate = total / seconds;
-            out.printf(Locale.ROOT, "%s on %s (intra-op threads %d): %d threads x batch %d%s, %.1f s measured after %.1f s warm-up: %,d calls, %,.0f samples/s%n",
-                model, b.name(), intraOp, threads, batch, dynamic ? " (dynamic batching up to " + maxBatch + " rows, " + maxWait + " us)" : "", seconds, warmup, total, rate * batch);
+            out.printf(Locale.ROOT, "%s on %s (%s, intra-op threads %d): %d threads x batch %d%s, %.1f s measured after %.1f s warm-up: %,d calls, %,.0f samples/s%n",
+                model, b.name(), dtype, intraOp, threads, batch, dynamic ? " (dynamic batching up to " + maxBatch + " rows, " + maxWait + " us)" : "", seconds, warmup, total, rate * batch);
             out.printf(Locale.ROOT, "predict: p50 %.1f us, p99 %.1f us, %.0f req/s%n", p50, p99, rate);
         }
         return 0;

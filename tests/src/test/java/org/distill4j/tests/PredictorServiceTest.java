@@ -57,15 +57,24 @@ class PredictorServiceTest {
     /**
      * Warm calls, single rows and batches of 8 in turn (MLP: 20,000; CNN: 4,000, each about as long
      * as 20 MLP calls; the MLP on packed oneDNN weights: 6,000): under 1 KiB on the calling thread's allocated-bytes counter (the Java heap),
-     * no native allocation through CpuMemory (workspaces, backend tensors, scratch), no new workspace.
+     * no native allocation through CpuMemory (workspaces, backend tensors, scratch), no new workspace. The -bf16 kinds: the same
+     * models in a bf16 Predictor (bf16 packed matmuls and convolutions), on the oneDNN engine only (elsewhere bf16 runs a Java
+     * loop that allocates).
      */
     @ParameterizedTest(name = "{0}")
-    @ValueSource(strings = {"mlp", "cnn", "packed-mlp"})
+    @ValueSource(strings = {"mlp", "cnn", "packed-mlp", "mlp-bf16", "cnn-bf16"})
     void steadyStateAllocatesNothing(String kind) {
         var threads = (com.sun.management.ThreadMXBean) ManagementFactory.getThreadMXBean();
-        String spec = switch (kind) { case "mlp" -> MLP; case "cnn" -> CNN; default -> PACKED_MLP; };
-        int pairs = switch (kind) { case "mlp" -> 10_000; case "cnn" -> 2_000; default -> 3_000; }; // pairs of calls measured, after twice as many to warm up
-        try (Model m = ModelSpec.parse(kind, spec).build(CpuBackend.get(), 4); Predictor p = Predictor.of(m, Predictor.Options.defaults())) {
+        boolean bf16 = kind.endsWith("-bf16");
+        if (bf16) {
+            org.junit.jupiter.api.Assumptions.assumeTrue(org.distill4j.core.cpu.CpuBlas.engine() == org.distill4j.core.cpu.CpuEngine.ONEDNN,
+                "bf16 off the oneDNN engine is a Java loop that allocates");
+        }
+        String base = kind.replace("-bf16", "");
+        String spec = switch (base) { case "mlp" -> MLP; case "cnn" -> CNN; default -> PACKED_MLP; };
+        int pairs = switch (base) { case "mlp" -> bf16 ? 3_000 : 10_000; case "cnn" -> bf16 ? 1_000 : 2_000; default -> 3_000; }; // pairs of calls measured, after twice as many to warm up
+        Predictor.Options options = bf16 ? Predictor.Options.defaults().withComputeDtype(org.distill4j.core.DType.BF16) : Predictor.Options.defaults();
+        try (Model m = ModelSpec.parse(kind, spec).build(CpuBackend.get(), 4); Predictor p = Predictor.of(m, options)) {
             int in = (int) p.inputSize(), classes = (int) p.outputSize();
             Random r = new Random(1);
             float[] row = random(r, in), out = new float[classes], batch = random(r, 8 * in), batchOut = new float[8 * classes];

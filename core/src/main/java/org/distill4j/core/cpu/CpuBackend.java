@@ -832,6 +832,11 @@ public final class CpuBackend implements Backend {
 
     private static final boolean POOL_ON_ONEDNN = !"false".equals(System.getProperty("distill4j.onednn.pool"));
 
+    /** Whether convolutions run on oneDNN's primitives here (the oneDNN engine, not turned off): a plan's bf16 step rounds x for them first. */
+    public static boolean onednnConvolutions() {
+        return onednn();
+    }
+
     /**
      * The inference plan's convolution (the Predictor's; arguments checked when the plan was
      * compiled): y = conv(x, w) (+ bias [k] when not null) for g.n() images, on the oneDNN
@@ -841,6 +846,17 @@ public final class CpuBackend implements Backend {
      */
     public static boolean onednnConv2d(MemorySegment x, MemorySegment w, MemorySegment bias, MemorySegment y, ConvGeometry g, Conv2dParams p) {
         return onednn() && OnednnConv.forward(x, w, bias, y, g, p);
+    }
+
+    /**
+     * The bf16 inference plan's convolution: y float32 = conv(x, w) (+ bias [k] float32 when not
+     * null) with x [g.n(), c, h, w] and w [k, c, r, s] bfloat16 (raw bits; the caller rounded them),
+     * products summed in float32, on oneDNN's bf16 convolution. False, having done nothing, when
+     * convolution is not on oneDNN here or oneDNN has no bf16 convolution for it: the caller runs
+     * im2col + {@link CpuBlas#gemmBf16} (the same recipe).
+     */
+    public static boolean onednnConv2dBf16(MemorySegment x, MemorySegment w, MemorySegment bias, MemorySegment y, ConvGeometry g, Conv2dParams p) {
+        return onednn() && OnednnConv.forwardBf16(x, w, bias, y, g, p);
     }
 
     /**

@@ -1,9 +1,11 @@
 package org.distill4j.core.cpu;
 
 import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
+import static java.lang.foreign.ValueLayout.JAVA_SHORT;
 
 import java.lang.foreign.MemorySegment;
 import org.distill4j.core.Activation;
+import org.distill4j.core.Bf16;
 import org.distill4j.core.Conv2dParams;
 import org.distill4j.core.ConvGeometry;
 import org.distill4j.core.PoolMode;
@@ -25,6 +27,14 @@ public final class CpuKernels {
 
     static void set(MemorySegment s, long i, float v) {
         s.setAtIndex(JAVA_FLOAT, i, v);
+    }
+
+    /**
+     * bf16[i] = x[i] rounded to bfloat16, nearest even ({@link Bf16#fromFloat}), for i in [0, n):
+     * the input side of a bf16 matrix product (x float32, bf16 raw bits, 2 bytes an element).
+     */
+    public static void toBf16(MemorySegment x, MemorySegment bf16, long n) {
+        for (long i = 0; i < n; i++) bf16.setAtIndex(JAVA_SHORT, i, Bf16.fromFloat(f(x, i)));
     }
 
     /** y[r, j] += bias[j] for rows [from, to) of y [rows, features]. */

@@ -358,9 +358,17 @@ final class OnednnCall {
 
     /** A dense memory descriptor of {@code dims} in the given format tag (dnnl_nchw, dnnl_oihw, dnnl_a, ...), float32. */
     static MemorySegment plain(Arena arena, int tag, long... dims) {
+        return plainOfType(arena, dnnl_h.dnnl_f32, tag, dims);
+    }
+
+    /**
+     * As {@link #plain(Arena, int, long...)} of data type {@code dataType} (dnnl_f32, dnnl_bf16);
+     * a name of its own, since plain(arena, tag, int dims...) would otherwise bind to it.
+     */
+    static MemorySegment plainOfType(Arena arena, int dataType, int tag, long... dims) {
         MemorySegment out = arena.allocate(ADDRESS);
         DnnlException.check(dnnl_h.dnnl_memory_desc_create_with_tag(out, dims.length, arena.allocateFrom(java.lang.foreign.ValueLayout.JAVA_LONG, dims),
-            dnnl_h.dnnl_f32, tag), "dnnl_memory_desc_create_with_tag");
+            dataType, tag), "dnnl_memory_desc_create_with_tag");
         return out.get(ADDRESS, 0);
     }
 

@@ -33,9 +33,13 @@ import org.distill4j.core.ConvGeometry;
  * <p>Each problem (op, sizes, geometry, bias or not, OpenMP thread count) gets one primitive, made
  * on first use and cached ({@link OnednnCall}); a call is allocation-free once warm. Backward
  * weights accumulates (dw += ...) through a context buffer, since oneDNN overwrites its output.
+ *
+ * <p>{@link #forwardBf16}: the bf16 inference plan's convolution (issue 23): x and w already
+ * bfloat16 (the caller rounded them, nearest even), y and the bias float32, products summed in
+ * float32; the data types are fixed in the primitive (not permitted through fpmath_mode).
  */
 final class OnednnConv {
-    static final int FORWARD = 1, BACKWARD_DATA = 2, BACKWARD_WEIGHTS = 3;
+    static final int FORWARD = 1, BACKWARD_DATA = 2, BACKWARD_WEIGHTS = 3, FORWARD_BF16 = 4;
     private static final int KEY_LENGTH = 16;
     private static final MemorySegment ENGINE = Onednn.engine();
 
@@ -43,7 +47,7 @@ final class OnednnConv {
 
     /** The implementation oneDNN chose for each cached convolution problem (for tests and reports). */
     static List<String> implementations() {
-        return java.util.stream.Stream.of(FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS).flatMap(op -> OnednnCall.implementations(op).stream()).toList();
+        return java.util.stream.Stream.of(FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS, FORWARD_BF16).flatMap(op -> OnednnCall.implementations(op).stream()).toList();
     }
 
     /** Fills ctx.key with the problem: op, x [n, c, h, w], w [k, c, r, s], y [n, k, oh, ow], padding, stride, bias, threads. */
@@ -69,11 +73,24 @@ final class OnednnConv {
 
     /** y [n, k, oh, ow] = conv(x, w) (+ bias [k] when not null). False, having done nothing, when oneDNN cannot run it. */
     static boolean forward(MemorySegment x, MemorySegment w, MemorySegment bias, MemorySegment y, ConvGeometry g, Conv2dParams p) {
+        return forward(FORWARD, x, w, bias, y, g, p);
+    }
+
+    /**
+     * y [n, k, oh, ow] float32 = conv(x, w) (+ bias [k] float32 when not null) with x [n, c, h, w]
+     * and w [k, c, r, s] bfloat16 (raw bits), products summed in float32. False, having done
+     * nothing, when oneDNN has no bf16 convolution for it here.
+     */
+    static boolean forwardBf16(MemorySegment x, MemorySegment w, MemorySegment bias, MemorySegment y, ConvGeometry g, Conv2dParams p) {
+        return forward(FORWARD_BF16, x, w, bias, y, g, p);
+    }
+
+    private static boolean forward(int op, MemorySegment x, MemorySegment w, MemorySegment bias, MemorySegment y, ConvGeometry g, Conv2dParams p) {
         int threads = Onednn.threadsForThisCall();
         OnednnCall.Context ctx = OnednnCall.claim();
         if (ctx == null) return false;
         try {
-            key(ctx, FORWARD, g, p, bias != null, threads);
+            key(ctx, op, g, p, bias != null, threads);
             if (ctx.find(KEY_LENGTH, OnednnConv::create).primitive == null) return false;
             ctx.bind(0, x);
             ctx.bind(1, w);
@@ -152,15 +169,17 @@ final class OnednnConv {
         OnednnCall.Primitive prim = new OnednnCall.Primitive(key, cached);
         int op = key[0], n = key[1], c = key[2], h = key[3], w = key[4], k = key[5], r = key[6], s = key[7], oh = key[8], ow = key[9];
         boolean bias = key[14] == 1;
+        // bf16 forward: x and w bf16, y and bias float32.
+        int ab = op == FORWARD_BF16 ? dnnl_h.dnnl_bf16 : dnnl_h.dnnl_f32;
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment out = arena.allocate(ADDRESS);
             // Ours (what the caller's segments hold) and what the primitive is asked for (the same, or any).
-            MemorySegment src = desc(prim, arena, dnnl_h.dnnl_nchw, n, c, h, w), weights = desc(prim, arena, dnnl_h.dnnl_oihw, k, c, r, s);
+            MemorySegment src = descOfType(prim, arena, ab, dnnl_h.dnnl_nchw, n, c, h, w), weights = descOfType(prim, arena, ab, dnnl_h.dnnl_oihw, k, c, r, s);
             MemorySegment dst = desc(prim, arena, dnnl_h.dnnl_nchw, n, k, oh, ow);
             MemorySegment srcAny = src, weightsAny = weights, dstAny = dst;
             if (ANY_LAYOUT) {
-                srcAny = desc(prim, arena, dnnl_h.dnnl_format_tag_any, n, c, h, w);
-                weightsAny = desc(prim, arena, dnnl_h.dnnl_format_tag_any, k, c, r, s);
+                srcAny = descOfType(prim, arena, ab, dnnl_h.dnnl_format_tag_any, n, c, h, w);
+                weightsAny = descOfType(prim, arena, ab, dnnl_h.dnnl_format_tag_any, k, c, r, s);
                 dstAny = desc(prim, arena, dnnl_h.dnnl_format_tag_any, n, k, oh, ow);
             }
             MemorySegment biasMd = bias ? desc(prim, arena, dnnl_h.dnnl_a, k) : MemorySegment.NULL;
@@ -169,7 +188,7 @@ final class OnednnConv {
             MemorySegment padding = arena.allocateFrom(JAVA_LONG, key[10], key[11]);
             int status;
             MemorySegment hint = MemorySegment.NULL;
-            if (op != FORWARD) {
+            if (op != FORWARD && op != FORWARD_BF16) {
                 // The backward primitives take the forward's descriptor as a hint (the same implementation family and layouts).
                 status = dnnl_h.dnnl_convolution_forward_primitive_desc_create(out, ENGINE, dnnl_h.dnnl_forward_training, dnnl_h.dnnl_convolution_direct,
                     srcAny, weightsAny, biasMd, dstAny, strides, dilates, padding, padding, MemorySegment.NULL);
@@ -186,6 +205,8 @@ final class OnednnConv {
                 status = switch (op) {
                     case FORWARD -> dnnl_h.dnnl_convolution_forward_primitive_desc_create(out, ENGINE, dnnl_h.dnnl_forward_training,
                         dnnl_h.dnnl_convolution_direct, srcAny, weightsAny, biasMd, dstAny, strides, dilates, padding, padding, attr);
+                    case FORWARD_BF16 -> dnnl_h.dnnl_convolution_forward_primitive_desc_create(out, ENGINE, dnnl_h.dnnl_forward_inference,
+                        dnnl_h.dnnl_convolution_direct, srcAny, weightsAny, biasMd, dstAny, strides, dilates, padding, padding, attr);
                     case BACKWARD_DATA -> dnnl_h.dnnl_convolution_backward_data_primitive_desc_create(out, ENGINE, dnnl_h.dnnl_convolution_direct,
                         srcAny, weightsAny, dstAny, strides, dilates, padding, padding, hint, attr);
                     case BACKWARD_WEIGHTS -> dnnl_h.dnnl_convolution_backward_weights_primitive_desc_create(out, ENGINE, dnnl_h.dnnl_convolution_direct,
@@ -200,7 +221,7 @@ final class OnednnConv {
             MemorySegment pd = out.get(ADDRESS, 0);
             prim.descriptor(pd, out);
             switch (op) {
-                case FORWARD -> {
+                case FORWARD, FORWARD_BF16 -> {
                     if (bias) prim.arguments(new int[] {dnnl_h.DNNL_ARG_SRC, dnnl_h.DNNL_ARG_WEIGHTS, dnnl_h.DNNL_ARG_DST, dnnl_h.DNNL_ARG_BIAS},
                         src, weights, dst, biasMd);
                     else prim.arguments(new int[] {dnnl_h.DNNL_ARG_SRC, dnnl_h.DNNL_ARG_WEIGHTS, dnnl_h.DNNL_ARG_DST}, src, weights, dst);
@@ -233,7 +254,12 @@ final class OnednnConv {
 
     /** A float32 memory descriptor of dims in a format tag, owned by prim (destroyed with it). */
     private static MemorySegment desc(OnednnCall.Primitive prim, Arena arena, int tag, long... dims) {
-        MemorySegment md = OnednnCall.plain(arena, tag, dims);
+        return descOfType(prim, arena, dnnl_h.dnnl_f32, tag, dims);
+    }
+
+    /** As above, of data type {@code dataType} (dnnl_f32, dnnl_bf16); its own name so that int dims never bind to it by mistake. */
+    private static MemorySegment descOfType(OnednnCall.Primitive prim, Arena arena, int dataType, int tag, long... dims) {
+        MemorySegment md = OnednnCall.plainOfType(arena, dataType, tag, dims);
         prim.ownedDescs.add(md);
         return md;
     }

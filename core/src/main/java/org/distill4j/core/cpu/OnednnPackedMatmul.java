@@ -41,6 +41,16 @@ import org.distill4j.bindings.dnnl.dnnl_h;
  * count gets a second copy, reordered from the first). The bias goes to the kernel as matmul's
  * bias argument (added to the float32 accumulator before the store, as a separate bias add would).
  *
+ * <p><b>bf16</b> ({@code bf16} in the constructor: a frozen teacher or a Predictor asked to run in
+ * bf16): W is packed as bfloat16 (oneDNN's f32 -> bf16 reorder, round to nearest even), each call
+ * rounds x to bfloat16 (nearest even, {@link CpuKernels#toBf16}) into its context's buffer, and
+ * the primitive multiplies bf16 by bf16 into a float32 accumulator, float32 bias, float32 y: the
+ * recipe of {@link CpuBlas#gemmBf16} (products of bf16 values are exact in float32; only the
+ * summation order is oneDNN's). The data types are fixed in the primitive, not permitted through
+ * fpmath_mode, so a CPU without bf16 instructions runs the same numerics (oneDNN's emulation) or
+ * has no implementation (the constructor then throws {@link UnsupportedOperationException}).
+ * Every row count, one row included, runs on the packed copy (OpenBLAS has no bf16 gemm).
+ *
  * <p>Execution state (stream, memory objects, scratchpad) is per {@link Context}, one per thread
  * that runs it at a time (an inference workspace); the primitives and the packed weights are
  * shared and read-only, so contexts run concurrently. A warm call (a row count seen before in this
@@ -50,6 +60,10 @@ public final class OnednnPackedMatmul implements AutoCloseable {
     private static final MemorySegment ENGINE = Onednn.engine();
 
     private final int n, k, maxRows;
+    /** bf16 weights and inputs (float32 sums and output), else float32 throughout. */
+    private final boolean bf16;
+    /** oneDNN's data type of W and x: dnnl_bf16 or dnnl_f32. */
+    private final int abType;
     /** Row counts from this one up run on the packed copy; fewer on CpuBlas.sgemm over plainWeight. */
     private final int minPackedRows;
     /** W [n, k] row-major for the small row counts: the caller's (weightsFixed) or our copy. */
@@ -112,6 +126,15 @@ public final class OnednnPackedMatmul implements AutoCloseable {
      * a later write.
      */
     public OnednnPackedMatmul(MemorySegment weight, MemorySegment bias, int n, int k, int maxRows, boolean weightsFixed) {
+        this(weight, bias, n, k, maxRows, weightsFixed, false);
+    }
+
+    /**
+     * As above; with {@code bf16} the weights are packed as bfloat16 and every call's x is rounded
+     * to bfloat16 (float32 sums, bias and y; see the class comment). Throws
+     * {@link UnsupportedOperationException} when oneDNN has no bf16 matmul for this shape here.
+     */
+    public OnednnPackedMatmul(MemorySegment weight, MemorySegment bias, int n, int k, int maxRows, boolean weightsFixed, boolean bf16) {
         if (!Onednn.available()) throw new IllegalStateException("oneDNN is not available: " + Onednn.unavailableReason());
         if (n < 1 || k < 1 || maxRows < 1) throw new IllegalArgumentException("packed matmul: n, k and maxRows must be >= 1, got " + n + ", " + k + ", " + maxRows);
         long wBytes = (long) n * k * Float.BYTES;
@@ -122,9 +145,11 @@ public final class OnednnPackedMatmul implements AutoCloseable {
         this.n = n;
         this.k = k;
         this.maxRows = maxRows;
+        this.bf16 = bf16;
+        this.abType = bf16 ? dnnl_h.dnnl_bf16 : dnnl_h.dnnl_f32;
         int min = 2;
         while (min <= maxRows && !CpuBlas.onednnPays(min, n, k, 1)) min++;
-        this.minPackedRows = min;
+        this.minPackedRows = bf16 ? 1 : min; // bf16: no plain-gemm path for small row counts
         this.entries = new AtomicReferenceArray<>(2 * (maxRows + 1));
         MemorySegment desc = null, biasDesc = null;
         try (Arena tmp = Arena.ofConfined()) {
@@ -137,11 +162,15 @@ public final class OnednnPackedMatmul implements AutoCloseable {
             } finally {
                 dnnl_h.dnnl_memory_desc_destroy(anyMd);
             }
+            if (desc == null && bf16) {
+                throw new UnsupportedOperationException("oneDNN has no bf16 matmul for a [" + maxRows + ", " + k + "] x [" + k + ", " + n + "] linear layer on this CPU");
+            }
             if (desc == null) throw new IllegalStateException("oneDNN has no matmul for a [" + maxRows + ", " + k + "] x [" + k + ", " + n + "] linear layer");
             MemorySegment wantMd = dnnl_h.dnnl_primitive_desc_query_md(desc, dnnl_h.dnnl_query_weights_md, 0);
             long bytes = dnnl_h.dnnl_memory_desc_get_size(wantMd);
             MemorySegment packedCopy = arena.allocate(Math.max(bytes, 64), 64);
-            // W [n, k] row-major is the logical [k, n] weights with strides (1, k).
+            // W [n, k] row-major is the logical [k, n] weights with strides (1, k); for bf16 the reorder
+            // also converts float32 -> bf16 (oneDNN rounds to nearest even, as Bf16.fromFloat; tested).
             MemorySegment plainMd = Onednn.memoryDesc(tmp, new long[] {k, n}, new long[] {1, k}, dnnl_h.dnnl_f32);
             try {
                 reorder(plainMd, weight, wantMd, packedCopy);
@@ -149,7 +178,7 @@ public final class OnednnPackedMatmul implements AutoCloseable {
                 dnnl_h.dnnl_memory_desc_destroy(plainMd);
             }
             MemorySegment plainCopy = weight.asSlice(0, wBytes);
-            if (!weightsFixed && minPackedRows > 1) {
+            if (!weightsFixed && minPackedRows > 1 && !bf16) {
                 plainCopy = arena.allocate(wBytes, 64);
                 MemorySegment.copy(weight, 0, plainCopy, 0, wBytes);
             }
@@ -178,7 +207,7 @@ public final class OnednnPackedMatmul implements AutoCloseable {
     /** W's logical [k, n] shape in oneDNN's format "any": the primitive picks the layout. The caller destroys it. */
     private MemorySegment anyWeightsMd(Arena tmp) {
         MemorySegment out = tmp.allocate(ADDRESS);
-        DnnlException.check(dnnl_h.dnnl_memory_desc_create_with_tag(out, 2, tmp.allocateFrom(JAVA_LONG, k, n), dnnl_h.dnnl_f32,
+        DnnlException.check(dnnl_h.dnnl_memory_desc_create_with_tag(out, 2, tmp.allocateFrom(JAVA_LONG, k, n), abType,
             dnnl_h.dnnl_format_tag_any), "dnnl_memory_desc_create_with_tag");
         return out.get(ADDRESS, 0);
     }
@@ -197,6 +226,9 @@ public final class OnednnPackedMatmul implements AutoCloseable {
     public int k() { return k; }
     public int maxRows() { return maxRows; }
 
+    /** Whether W and x are bf16 here (float32 sums and output). */
+    public boolean bf16() { return bf16; }
+
     /** The fewest rows a call runs on the packed weights (fewer run the plain gemm); above maxRows when none do. */
     public int minPackedRows() { return minPackedRows; }
 
@@ -206,7 +238,7 @@ public final class OnednnPackedMatmul implements AutoCloseable {
      */
     private MemorySegment matmulDesc(Arena tmp, int rows, MemorySegment weightsMd, MemorySegment biasDesc) {
         MemorySegment out = tmp.allocate(ADDRESS);
-        MemorySegment src = Onednn.memoryDesc(tmp, new long[] {rows, k}, new long[] {k, 1}, dnnl_h.dnnl_f32);
+        MemorySegment src = Onednn.memoryDesc(tmp, new long[] {rows, k}, new long[] {k, 1}, abType);
         MemorySegment dst = Onednn.memoryDesc(tmp, new long[] {rows, n}, new long[] {n, 1}, dnnl_h.dnnl_f32);
         DnnlException.check(dnnl_h.dnnl_primitive_attr_create(out), "dnnl_primitive_attr_create");
         MemorySegment attr = out.get(ADDRESS, 0);
@@ -285,6 +317,7 @@ public final class OnednnPackedMatmul implements AutoCloseable {
                     dnnl_h.dnnl_memory_desc_destroy(anyMd);
                 }
                 if (e.primitiveDesc == null) {
+                    if (bf16) throw new UnsupportedOperationException("oneDNN has no bf16 matmul for a [" + rows + ", " + k + "] x [" + k + ", " + n + "] linear layer on this CPU");
                     throw new IllegalStateException("oneDNN has no matmul for a [" + rows + ", " + k + "] x [" + k + ", " + n + "] linear layer");
                 }
                 MemorySegment wantMd = dnnl_h.dnnl_primitive_desc_query_md(e.primitiveDesc, dnnl_h.dnnl_query_weights_md, 0);
@@ -294,7 +327,7 @@ public final class OnednnPackedMatmul implements AutoCloseable {
                 }
             }
             e.weightsMd = dnnl_h.dnnl_primitive_desc_query_md(e.primitiveDesc, dnnl_h.dnnl_query_weights_md, 0);
-            e.srcMd = Onednn.memoryDesc(tmp, new long[] {rows, k}, new long[] {k, 1}, dnnl_h.dnnl_f32);
+            e.srcMd = Onednn.memoryDesc(tmp, new long[] {rows, k}, new long[] {k, 1}, abType);
             e.dstMd = Onednn.memoryDesc(tmp, new long[] {rows, n}, new long[] {n, 1}, dnnl_h.dnnl_f32);
             e.scratchpadMd = dnnl_h.dnnl_primitive_desc_query_md(e.primitiveDesc, dnnl_h.dnnl_query_scratchpad_md, 0);
             e.scratchpadBytes = e.scratchpadMd.equals(MemorySegment.NULL) ? 0 : dnnl_h.dnnl_memory_desc_get_size(e.scratchpadMd);
@@ -326,7 +359,13 @@ public final class OnednnPackedMatmul implements AutoCloseable {
         }
         Entry e = entry(rows, Onednn.threadsForThisCall());
         MemorySegment[] mem = ctx.memories(e);
-        DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[0], x), "dnnl_memory_set_data_handle");
+        MemorySegment src = x;
+        if (bf16) {
+            // x [rows, k] float32 -> bf16, nearest even, into this context's buffer: the primitive's source.
+            CpuKernels.toBf16(x, ctx.srcBf16, (long) rows * k);
+            src = ctx.srcBf16;
+        }
+        DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[0], src), "dnnl_memory_set_data_handle");
         DnnlException.check(dnnl_h.dnnl_memory_set_data_handle(mem[2], y), "dnnl_memory_set_data_handle");
         int nargs = 3;
         Onednn.setArg(ctx.args, 0, dnnl_h.DNNL_ARG_SRC, mem[0]);
@@ -347,8 +386,9 @@ public final class OnednnPackedMatmul implements AutoCloseable {
     }
 
     /**
-     * Per-thread execution state: a stream, the argument array, a scratchpad, and memory objects
-     * per row count used (src, weights, dst, bias, scratchpad), made on first use of that row count.
+     * Per-thread execution state: a stream, the argument array, a scratchpad, memory objects per
+     * row count used (src, weights, dst, bias, scratchpad), made on first use of that row count,
+     * and for bf16 the rounded input x [maxRows, k] bf16.
      */
     public static final class Context implements AutoCloseable {
         private final OnednnPackedMatmul owner;
@@ -357,12 +397,15 @@ public final class OnednnPackedMatmul implements AutoCloseable {
         private final MemorySegment stream;
         private final MemorySegment[][] memories;
         private final Onednn.Scratch scratch = new Onednn.Scratch();
+        /** bf16 only: x rounded to bf16, [maxRows, k] (null for float32). */
+        private final MemorySegment srcBf16;
 
         private Context(OnednnPackedMatmul owner) {
             this.owner = owner;
             this.memories = new MemorySegment[2 * (owner.maxRows + 1)][];
             out = arena.allocate(ADDRESS);
             args = arena.allocate(dnnl_h.dnnl_exec_arg_t.LAYOUT, 5);
+            srcBf16 = owner.bf16 ? arena.allocate((long) owner.maxRows * owner.k * Short.BYTES, 64) : null;
             try {
                 DnnlException.check(dnnl_h.dnnl_stream_create(out, ENGINE, dnnl_h.dnnl_stream_default_flags), "dnnl_stream_create");
             } catch (RuntimeException e) {
@@ -384,9 +427,6 @@ public final class OnednnPackedMatmul implements AutoCloseable {
             memories[e.index] = mem;
             return mem;
         }
-
-
-
 
         @Override
         public void close() {

@@ -77,9 +77,18 @@ public final class Predictor implements AutoCloseable {
      *                        {@link #defaultCpuWorkspaces()}: the available processors, since a call
      *                        runs on its caller's thread and more workspaces than processors only
      *                        cost memory. Made on demand: a single caller makes one.
+     * @param computeDtype    CPU only: {@link DType#F32} (default), or {@link DType#BF16}: every matrix
+     *                        product and convolution on weights and inputs rounded to bfloat16
+     *                        (nearest even), float32 sums, everything else float32 (oneDNN's bf16
+     *                        kernels on the oneDNN engine, an exact but slow Java loop on the others;
+     *                        {@link InferencePlan}). A CUDA Predictor refuses BF16.
      */
-    public record Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros, int intraOpThreads, int gpuWorkers, int cpuWorkspaces) {
+    public record Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros, int intraOpThreads, int gpuWorkers, int cpuWorkspaces,
+                          DType computeDtype) {
         public Options {
+            if (computeDtype != DType.F32 && computeDtype != DType.BF16) {
+                throw new IllegalArgumentException("computeDtype must be F32 or BF16, got " + computeDtype);
+            }
             if (maxBatch < 1) throw new IllegalArgumentException("maxBatch must be >= 1, got " + maxBatch);
             if (maxWaitMicros < 0) throw new IllegalArgumentException("maxWaitMicros must be >= 0, got " + maxWaitMicros);
             if (intraOpThreads != 0 && intraOpThreads != 1) {
@@ -87,6 +96,10 @@ public final class Predictor implements AutoCloseable {
             }
             if (gpuWorkers < 1) throw new IllegalArgumentException("gpuWorkers must be >= 1, got " + gpuWorkers);
             if (cpuWorkspaces < 1) throw new IllegalArgumentException("cpuWorkspaces must be >= 1, got " + cpuWorkspaces);
+        }
+
+        public Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros, int intraOpThreads, int gpuWorkers, int cpuWorkspaces) {
+            this(maxBatch, dynamicBatching, maxWaitMicros, intraOpThreads, gpuWorkers, cpuWorkspaces, DType.F32);
         }
 
         public Options(int maxBatch, boolean dynamicBatching, long maxWaitMicros) {
@@ -108,7 +121,12 @@ public final class Predictor implements AutoCloseable {
 
         /** These options with at most {@code cpuWorkspaces} CPU workspaces. */
         public Options withCpuWorkspaces(int cpuWorkspaces) {
-            return new Options(maxBatch, dynamicBatching, maxWaitMicros, intraOpThreads, gpuWorkers, cpuWorkspaces);
+            return new Options(maxBatch, dynamicBatching, maxWaitMicros, intraOpThreads, gpuWorkers, cpuWorkspaces, computeDtype);
+        }
+
+        /** These options computing in {@code dtype}: F32, or BF16 (bf16 weights and inputs, float32 sums; CPU only). */
+        public Options withComputeDtype(DType dtype) {
+            return new Options(maxBatch, dynamicBatching, maxWaitMicros, intraOpThreads, gpuWorkers, cpuWorkspaces, dtype);
         }
 
         /**
@@ -162,8 +180,11 @@ public final class Predictor implements AutoCloseable {
         this.inputSize = Tensor.numel(inputShape);
         this.outputSize = Tensor.numel(outputShape);
         Backend backend = model.parameters().isEmpty() ? null : model.parameters().getFirst().value().backend();
+        if (options.computeDtype() == DType.BF16 && backend != null && !backend.isHost()) {
+            throw new IllegalArgumentException("a bf16 Predictor runs on the CPU backend only so far, not " + backend.name() + ": use F32 there");
+        }
         this.engine = backend == null || backend.isHost()
-            ? new CpuEngine(InferencePlan.compile(model, options.maxBatch(), ownsModel), options.intraOpThreads() == 1, options.cpuWorkspaces())
+            ? new CpuEngine(InferencePlan.compile(model, options.maxBatch(), ownsModel, options.computeDtype()), options.intraOpThreads() == 1, options.cpuWorkspaces())
             : new CudaEngine((CudaBackend) backend, model, options, inputShape, outputShape);
         this.batcher = options.dynamicBatching() ? new Batcher() : null;
     }

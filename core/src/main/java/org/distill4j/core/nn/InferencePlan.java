@@ -8,6 +8,7 @@ import org.distill4j.core.Backend;
 import org.distill4j.core.DType;
 import org.distill4j.core.Tensor;
 import org.distill4j.core.cpu.CpuBackend;
+import org.distill4j.core.cpu.CpuBlas;
 import org.distill4j.core.cpu.CpuKernels;
 import org.distill4j.core.cpu.CpuMemory;
 
@@ -29,6 +30,17 @@ import org.distill4j.core.cpu.CpuMemory;
  * the other engines the plan reads the model's tensors in place and equals {@code Model.forward}
  * bit for bit.
  * {@link #close()} frees the packed copies.
+ *
+ * <p><b>bf16</b> ({@link #compile(Model, int, boolean, DType)} with {@link DType#BF16}: a frozen
+ * teacher or a Predictor asked to run in bf16; issue 23): every matrix product and convolution
+ * takes its weights rounded to bfloat16 (nearest even) and its input rounded to bfloat16 (nearest
+ * even), products summed in float32; biases, activations, pooling, norms and the output stay
+ * float32 (the recipe of the bf16 decoders). On the oneDNN engine linear layers run a bf16 packed
+ * matmul ({@link org.distill4j.core.cpu.OnednnPackedMatmul} with bf16) and convolutions im2col then
+ * oneDNN's bf16 matmul ({@link CpuBlas#gemmBf16}); on the OpenBLAS and Java engines, which have no
+ * bf16 product, both run {@link CpuBlas#gemmBf16}'s Java loop: the same numerics, slowly. A layer
+ * with parameters but no compiled step of its own cannot run in bf16 (its eval forward is float32),
+ * so compiling it in bf16 throws.
  *
  * <p>Buffers: index 0 is the input, each step writes its own buffer (flatten, identity and dropout
  * only alias their input); the last step's buffer is the output. Each layer adds its own steps
@@ -55,16 +67,24 @@ public final class InferencePlan {
     public static final class Builder {
         private final int maxBatch;
         private final boolean weightsFixed;
+        private final boolean bf16;
         private final List<Step> steps = new ArrayList<>();
         private final List<Long> bufferFeatures = new ArrayList<>(); // elements per row of each buffer
         private final List<AutoCloseable> owned = new ArrayList<>();
         private Arena constants;
         private int stateSlots, localSlots;
 
-        private Builder(int maxBatch, boolean weightsFixed) {
+        private Builder(int maxBatch, boolean weightsFixed, boolean bf16) {
             this.maxBatch = maxBatch;
             this.weightsFixed = weightsFixed;
+            this.bf16 = bf16;
         }
+
+        /**
+         * Whether matrix products and convolutions run in bf16: weights and inputs rounded to
+         * bfloat16 (nearest even), float32 sums (see the class comment).
+         */
+        public boolean bf16() { return bf16; }
 
         public int maxBatch() { return maxBatch; }
 
@@ -112,6 +132,20 @@ public final class InferencePlan {
             return copy;
         }
 
+        /**
+         * {@code count} float32 values of {@code data} rounded to bfloat16 (nearest even), in native
+         * memory the plan owns: a step's bf16 weights (W [n, k] stays [n, k], 2 bytes an element).
+         */
+        public MemorySegment bf16CopyOf(MemorySegment data, long count) {
+            if (data.byteSize() < count * Float.BYTES) {
+                throw new IllegalArgumentException("bf16 copy: " + count + " floats need " + count * Float.BYTES + " bytes, the segment holds " + data.byteSize());
+            }
+            if (constants == null) constants = own(Arena.ofShared());
+            MemorySegment copy = constants.allocate(Math.max(2, count * Short.BYTES), 64).asSlice(0, count * Short.BYTES);
+            org.distill4j.core.cpu.CpuKernels.toBf16(data, copy, count);
+            return copy;
+        }
+
         /** Appends a step; steps run in the order they are added. */
         public void add(Step step) {
             steps.add(step);
@@ -133,6 +167,10 @@ public final class InferencePlan {
          * since calls run concurrently. Returns the output buffer.
          */
         public int forwardStep(Layer layer, long[] inShape, long[] outShape, int in) {
+            if (bf16 && !layer.parameters().isEmpty()) {
+                throw new IllegalArgumentException("layer " + layer.kind() + " has no compiled inference step, so it cannot run in bf16 (its forward is float32); "
+                    + "run this model in f32");
+            }
             int out = buffer(Tensor.numel(outShape));
             long inElems = Tensor.numel(inShape), outElems = Tensor.numel(outShape);
             Backend cpu = CpuBackend.get();
@@ -159,9 +197,12 @@ public final class InferencePlan {
     private final Step[] stepArray;
     private final List<AutoCloseable> owned;
 
-    private InferencePlan(Model model, int maxBatch, boolean weightsFixed) {
+    private final DType computeDtype;
+
+    private InferencePlan(Model model, int maxBatch, boolean weightsFixed, DType computeDtype) {
         this.maxBatch = maxBatch;
-        Builder b = new Builder(maxBatch, weightsFixed);
+        this.computeDtype = computeDtype;
+        Builder b = new Builder(maxBatch, weightsFixed, computeDtype == DType.BF16);
         this.inputBuffer = b.buffer(Tensor.numel(model.inputShape()));
         this.outputBuffer = b.compile(model.net(), model.inputShape(), inputBuffer);
         this.steps = List.copyOf(b.steps);
@@ -187,6 +228,18 @@ public final class InferencePlan {
      * instead of keeping a second, plain copy.
      */
     public static InferencePlan compile(Model model, int maxBatch, boolean weightsFixed) {
+        return compile(model, maxBatch, weightsFixed, DType.F32);
+    }
+
+    /**
+     * As {@link #compile(Model, int, boolean)}, with matrix products and convolutions in
+     * {@code computeDtype}: {@link DType#F32}, or {@link DType#BF16} (bf16 weights and inputs,
+     * float32 sums; see the class comment).
+     */
+    public static InferencePlan compile(Model model, int maxBatch, boolean weightsFixed, DType computeDtype) {
+        if (computeDtype != DType.F32 && computeDtype != DType.BF16) {
+            throw new IllegalArgumentException("an inference plan computes in F32 or BF16, got " + computeDtype);
+        }
         if (maxBatch < 1) throw new IllegalArgumentException("maxBatch must be >= 1, got " + maxBatch);
         for (Parameter p : model.parameters()) {
             if (!p.value().backend().isHost()) {
@@ -194,10 +247,13 @@ public final class InferencePlan {
                     + p.value().backend().name());
             }
         }
-        return new InferencePlan(model, maxBatch, weightsFixed);
+        return new InferencePlan(model, maxBatch, weightsFixed, computeDtype);
     }
 
     public int maxBatch() { return maxBatch; }
+
+    /** F32, or BF16: matrix products and convolutions on bf16 weights and inputs with float32 sums. */
+    public DType computeDtype() { return computeDtype; }
 
     /** Elements of one input row and one output row. */
     public long inputSize() { return bufferFeatures.get(inputBuffer); }

@@ -95,6 +95,7 @@ public final class Layers {
             int out = plan.buffer(this.out);
             int k = (int) this.in, n = (int) this.out;
             MemorySegment w = weight.value().data(), b = bias == null ? null : bias.value().data();
+            if (plan.bf16()) return compileBf16(plan, in, out, n, k, w, b);
             if (OnednnPackedMatmul.pays(n, k, plan.maxBatch())) {
                 // Constant weights: packed once into oneDNN's layout, bias fused; a snapshot (see InferencePlan).
                 OnednnPackedMatmul packed = plan.own(new OnednnPackedMatmul(w, b, n, k, plan.maxBatch(), plan.weightsFixed()));
@@ -122,6 +123,58 @@ public final class Layers {
                 // y [rows, n] = x [rows, k] W^T, W [n, k]: the call CpuBackend.gemm(false, true, ...) makes.
                 CpuBlas.sgemm(false, true, rows, n, k, 1f, ws.buffer(in), k, weights, k, 0f, ws.buffer(out), n);
                 if (biases != null) CpuKernels.biasAddRows(ws.buffer(out), biases, 0, rows, n);
+            });
+            return out;
+        }
+
+        /**
+         * The bf16 plan's step: y [rows, n] = bf16(x) [rows, k] bf16(W)^T [k, n] summed in float32,
+         * + b in float32. On the oneDNN engine a bf16 packed matmul (every row count, bias fused);
+         * elsewhere, or where oneDNN has no bf16 matmul, W rounded once into a bf16 copy, x rounded
+         * per call into the workspace, and {@link CpuBlas#gemmBf16} (the Java loop off oneDNN).
+         */
+        private int compileBf16(InferencePlan.Builder plan, int in, int out, int n, int k, MemorySegment w, MemorySegment b) {
+            if (OnednnPackedMatmul.enabled()) {
+                OnednnPackedMatmul packed = null;
+                try {
+                    packed = plan.own(new OnednnPackedMatmul(w, b, n, k, plan.maxBatch(), plan.weightsFixed(), true));
+                } catch (UnsupportedOperationException noBf16Matmul) {
+                    // Falls through to gemmBf16 below (the same numerics).
+                }
+                if (packed != null) {
+                    OnednnPackedMatmul matmul = packed;
+                    int ctx = plan.localSlot();
+                    plan.add(new InferencePlan.Step() {
+                        @Override
+                        public void prepare(InferencePlan.Workspace ws, Arena arena) {
+                            ws.local(ctx, matmul.newContext());
+                        }
+
+                        @Override
+                        public void run(InferencePlan.Workspace ws, int rows) {
+                            matmul.run((OnednnPackedMatmul.Context) ws.local(ctx), ws.buffer(in), ws.buffer(out), rows);
+                        }
+                    });
+                    return out;
+                }
+            }
+            MemorySegment weightsBf16 = plan.bf16CopyOf(w, (long) n * k); // W [n, k] bf16
+            MemorySegment biases = b == null ? null : plan.copyOf(b.asSlice(0, (long) n * Float.BYTES));
+            int slot = plan.stateSlot();
+            int maxBatch = plan.maxBatch();
+            plan.add(new InferencePlan.Step() {
+                @Override
+                public void prepare(InferencePlan.Workspace ws, Arena arena) {
+                    ws.state(slot, new MemorySegment[] {CpuMemory.allocate(arena, (long) maxBatch * k * Short.BYTES, 64)}); // x [maxBatch, k] bf16
+                }
+
+                @Override
+                public void run(InferencePlan.Workspace ws, int rows) {
+                    MemorySegment xBf16 = ws.state(slot)[0];
+                    CpuKernels.toBf16(ws.buffer(in), xBf16, (long) rows * k);
+                    CpuBlas.gemmBf16(false, true, rows, n, k, xBf16, k, weightsBf16, k, 0f, ws.buffer(out), n);
+                    if (biases != null) CpuKernels.biasAddRows(ws.buffer(out), biases, 0, rows, n);
+                }
             });
             return out;
         }
@@ -196,6 +249,7 @@ public final class Layers {
             MemorySegment w = weight.value().data(), b = bias == null ? null : bias.value().data();
             int slot = plan.stateSlot();
             long imageIn = (long) g.c() * g.h() * g.w(), imageOut = (long) g.k() * g.ohw();
+            if (plan.bf16()) return compileBf16(plan, in, out, g, w, b, slot, imageIn, imageOut);
             // The geometry of each batch size, made here so that a call allocates nothing.
             ConvGeometry[] byRows = new ConvGeometry[maxBatch + 1];
             for (int rows = 1; rows <= maxBatch; rows++) byRows[rows] = new ConvGeometry(rows, g.c(), g.h(), g.w(), g.k(), g.r(), g.s(), g.oh(), g.ow());
@@ -218,6 +272,54 @@ public final class Layers {
                         CpuBlas.sgemm(false, false, g.k(), g.ohw(), g.crs(), 1f, w, g.crs(), state[0], g.ohw(), 0f, state[i + 1], g.ohw());
                     }
                     if (b != null) CpuKernels.biasAddPlanes(ws.buffer(out), b, 0, (long) rows * g.k(), g.k(), g.ohw());
+                }
+            });
+            return out;
+        }
+
+        /**
+         * The bf16 plan's step: y [K, OH, OW] = conv(bf16(x), bf16(W)) summed in float32, + b in
+         * float32. On the oneDNN engine, x [rows, C, H, W] rounded to bf16 into the workspace and
+         * oneDNN's bf16 convolution (weights rounded once, when compiled). Elsewhere, or where oneDNN
+         * has no bf16 convolution, per image: im2col of x into col [C R S, OH OW] (a copy with zero
+         * padding, so rounding before or after it is the same), col rounded to bf16, then
+         * y = bf16(W) [K, C R S] bf16(col) summed in float32 ({@link CpuBlas#gemmBf16}: oneDNN's bf16
+         * matmul on the oneDNN engine, the Java loop elsewhere).
+         */
+        private int compileBf16(InferencePlan.Builder plan, int in, int out, ConvGeometry g, MemorySegment w, MemorySegment b, int slot,
+                                long imageIn, long imageOut) {
+            int maxBatch = plan.maxBatch();
+            MemorySegment weightsBf16 = plan.bf16CopyOf(w, (long) g.k() * g.crs()); // W [K, C, R, S] bf16
+            MemorySegment biases = b == null ? null : plan.copyOf(b.asSlice(0, (long) g.k() * Float.BYTES));
+            long colElems = (long) g.crs() * g.ohw();
+            ConvGeometry[] byRows = new ConvGeometry[maxBatch + 1];
+            for (int rows = 1; rows <= maxBatch; rows++) byRows[rows] = new ConvGeometry(rows, g.c(), g.h(), g.w(), g.k(), g.r(), g.s(), g.oh(), g.ow());
+            plan.add(new InferencePlan.Step() {
+                @Override
+                public void prepare(InferencePlan.Workspace ws, Arena arena) {
+                    MemorySegment[] state = new MemorySegment[maxBatch + 3];
+                    state[0] = CpuMemory.allocate(arena, colElems * Float.BYTES, 64);       // im2col of one image, float32
+                    for (int i = 0; i < maxBatch; i++) state[i + 1] = ws.buffer(out).asSlice(i * imageOut * Float.BYTES, imageOut * Float.BYTES);
+                    state[maxBatch + 1] = CpuMemory.allocate(arena, colElems * Short.BYTES, 64); // the same, bf16
+                    state[maxBatch + 2] = CpuMemory.allocate(arena, maxBatch * imageIn * Short.BYTES, 64); // x [maxBatch, C, H, W] bf16
+                    ws.state(slot, state);
+                }
+
+                @Override
+                public void run(InferencePlan.Workspace ws, int rows) {
+                    MemorySegment[] state = ws.state(slot);
+                    if (CpuBackend.onednnConvolutions()) {
+                        MemorySegment xBf16 = state[maxBatch + 2];
+                        CpuKernels.toBf16(ws.buffer(in), xBf16, rows * imageIn);
+                        if (CpuBackend.onednnConv2dBf16(xBf16, weightsBf16, biases, ws.buffer(out), byRows[rows], geometry)) return;
+                    }
+                    MemorySegment colBf16 = state[maxBatch + 1];
+                    for (int i = 0; i < rows; i++) {
+                        CpuKernels.im2col(ws.buffer(in), i * imageIn, g, geometry, state[0]);
+                        CpuKernels.toBf16(state[0], colBf16, colElems);
+                        CpuBlas.gemmBf16(false, false, g.k(), g.ohw(), g.crs(), weightsBf16, g.crs(), colBf16, g.ohw(), 0f, state[i + 1], g.ohw());
+                    }
+                    if (biases != null) CpuKernels.biasAddPlanes(ws.buffer(out), biases, 0, (long) rows * g.k(), g.k(), g.ohw());
                 }
             });
             return out;

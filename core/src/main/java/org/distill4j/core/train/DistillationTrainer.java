@@ -32,6 +32,7 @@ public final class DistillationTrainer {
     private TeacherCache.Options cache;
     private Trainer.GraphMode graph = Trainer.GraphMode.AUTO;
     private boolean skipNonFinite;
+    private org.distill4j.core.DType teacherDtype = org.distill4j.core.DType.F32;
 
     private DistillationTrainer(Backend backend, Model student, DistillationLoss loss, TrainingConfig config) {
         this.backend = backend;
@@ -60,6 +61,15 @@ public final class DistillationTrainer {
         return this;
     }
 
+    /**
+     * What the teachers' matrix products and convolutions run in: F32 (default) or BF16 (bf16
+     * weights and inputs, float32 sums; CPU backend, no hint or cache): {@link Trainer#withTeacherDtype}.
+     */
+    public DistillationTrainer teacherDtype(org.distill4j.core.DType dtype) {
+        this.teacherDtype = dtype;
+        return this;
+    }
+
     public DistillationTrainer graph(Trainer.GraphMode graph) {
         this.graph = graph;
         return this;
@@ -75,6 +85,7 @@ public final class DistillationTrainer {
         Trainer t = Trainer.distillation(backend, student, teachers, loss, config);
         if (hint != null) t.withHint(hint);
         if (cache != null) t.withTeacherCache(cache);
+        t.withTeacherDtype(teacherDtype);
         return t.graph(graph).skipNonFinite(skipNonFinite);
     }
 }

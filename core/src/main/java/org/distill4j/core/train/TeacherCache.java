@@ -26,6 +26,7 @@ import org.distill4j.core.data.DataLoader;
 import org.distill4j.core.data.Dataset;
 import org.distill4j.core.io.Safetensors;
 import org.distill4j.core.nn.Layer;
+import org.distill4j.core.nn.InferencePlan;
 import org.distill4j.core.nn.Model;
 import org.distill4j.core.nn.Parameter;
 
@@ -121,11 +122,23 @@ public final class TeacherCache implements AutoCloseable {
     /** Computes (or, for a matching file, reuses) the cache for {@code train}. */
     public static TeacherCache build(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, Options options)
         throws IOException {
+        return build(backend, teachers, temperature, train, batchSize, options, DType.F32);
+    }
+
+    /**
+     * As above, with the teachers' matrix products and convolutions in {@code teacherDtype}: F32, or
+     * BF16 (bf16 weights and inputs, float32 sums: the teachers run as bf16 inference plans on the
+     * CPU backend; {@link Trainer#withTeacherDtype}). A BF16 cache file has its own fingerprint.
+     */
+    public static TeacherCache build(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, Options options,
+                                     DType teacherDtype) throws IOException {
+        if (teacherDtype != DType.F32 && teacherDtype != DType.BF16) throw new IllegalArgumentException("a teacher runs in F32 or BF16, got " + teacherDtype);
+        if (teacherDtype == DType.BF16 && !backend.isHost()) throw new IllegalArgumentException("a bf16 teacher runs on the CPU backend only so far, not " + backend.name());
         long rows = train.size(), classes = teachers.getFirst().outputShape()[0];
         int k = options.topK();
         if (k > classes) throw new IllegalArgumentException("--teacher-cache-topk " + k + ": the teacher has " + classes + " classes (top-k keeps at most all of them)");
         // Only a file outlives the run and needs to be matched against it later.
-        String fingerprint = options.storage() == Storage.FILE ? fingerprint(teachers, temperature, train, options.dtype(), k) : "";
+        String fingerprint = options.storage() == Storage.FILE ? fingerprint(teachers, temperature, train, options.dtype(), k, teacherDtype) : "";
         if (options.storage() == Storage.FILE && Files.isRegularFile(options.file())) {
             Safetensors st = Safetensors.open(options.file());
             var e = st.entries().get(k == 0 ? TENSOR : VALUES);
@@ -136,11 +149,11 @@ public final class TeacherCache implements AutoCloseable {
             }
             st.close();
         }
-        if (k > 0) return buildTopK(backend, teachers, temperature, train, batchSize, options, classes, fingerprint);
+        if (k > 0) return buildTopK(backend, teachers, temperature, train, batchSize, options, classes, fingerprint, teacherDtype);
         long bytes = rows * classes * options.dtype().bytes();
         try (Arena build = Arena.ofShared()) {
             MemorySegment host = build.allocate(Math.max(1, bytes), 64);
-            fill(backend, teachers, temperature, train, batchSize, options.dtype(), classes, host);
+            fill(backend, teachers, temperature, train, batchSize, teacherDtype, options.dtype(), classes, host);
             Tensor hostTable = Tensor.wrap(CpuBackend.get(), options.dtype(), new long[] {rows, classes}, host.asSlice(0, bytes), null);
             if (options.storage() == Storage.DEVICE) {
                 Tensor table = backend.empty(options.dtype(), rows, classes);
@@ -166,7 +179,7 @@ public final class TeacherCache implements AutoCloseable {
      * written to the file and mapped (FILE).
      */
     private static TeacherCache buildTopK(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, Options options,
-                                          long classes, String fingerprint) throws IOException {
+                                          long classes, String fingerprint, DType teacherDtype) throws IOException {
         long rows = train.size();
         int k = options.topK();
         Arena hostArena = options.storage() == Storage.DEVICE ? Arena.ofShared() : null;  // DEVICE: the tables live as long as the cache
@@ -174,7 +187,7 @@ public final class TeacherCache implements AutoCloseable {
             Arena where = hostArena != null ? hostArena : build;
             MemorySegment values = where.allocate(Math.max(1, rows * k * options.dtype().bytes()), 64);
             MemorySegment classOf = where.allocate(Math.max(1, rows * k * Integer.BYTES), 64);
-            fillTopK(backend, teachers, temperature, train, batchSize, options.dtype(), classes, k, values, classOf);
+            fillTopK(backend, teachers, temperature, train, batchSize, teacherDtype, options.dtype(), classes, k, values, classOf);
             Tensor v = Tensor.wrap(CpuBackend.get(), options.dtype(), new long[] {rows, k}, values.asSlice(0, rows * k * options.dtype().bytes()), null);
             Tensor i = Tensor.wrap(CpuBackend.get(), DType.I32, new long[] {rows, k}, classOf.asSlice(0, rows * k * Integer.BYTES), null);
             if (hostArena != null) return new TeacherCache(backend, options, classes, v, i, null, hostArena, false);
@@ -189,10 +202,10 @@ public final class TeacherCache implements AutoCloseable {
     }
 
     /** As {@link #fill}, keeping each row's k largest logits (descending; equal logits: the lower class first). */
-    private static void fillTopK(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, DType dtype, long classes,
-                                 int k, MemorySegment values, MemorySegment classOf) {
+    private static void fillTopK(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, DType teacherDtype, DType dtype,
+                                 long classes, int k, MemorySegment values, MemorySegment classOf) {
         int c = (int) classes;
-        forEachBatchOfLogits(backend, teachers, temperature, train, batchSize, (first, logits) ->
+        forEachBatchOfLogits(backend, teachers, temperature, train, batchSize, teacherDtype, (first, logits) ->
             java.util.stream.IntStream.range(0, logits.length / c).parallel().forEach(r -> {
                 int[] top = topK(logits, r * c, c, k);
                 long base = (first + r) * k;
@@ -259,9 +272,9 @@ public final class TeacherCache implements AutoCloseable {
     }
 
     /** Runs the teachers over the training set in order and writes their logits into {@code host} ([rows, classes], dtype). */
-    private static void fill(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, DType dtype, long classes,
-                             MemorySegment host) {
-        forEachBatchOfLogits(backend, teachers, temperature, train, batchSize, (first, logits) -> {
+    private static void fill(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, DType teacherDtype, DType dtype,
+                             long classes, MemorySegment host) {
+        forEachBatchOfLogits(backend, teachers, temperature, train, batchSize, teacherDtype, (first, logits) -> {
             long base = first * classes;
             for (int i = 0; i < logits.length; i++) put(host, dtype, base + i, logits[i]);
         });
@@ -272,16 +285,34 @@ public final class TeacherCache implements AutoCloseable {
         void accept(long firstSample, float[] logits);
     }
 
-    /** The teachers (eval mode, averaged at the temperature) over the training set in order, a batch at a time, read to the host. */
-    private static void forEachBatchOfLogits(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, BatchOfLogits sink) {
+    /**
+     * The teachers (eval mode, averaged at the temperature) over the training set in order, a batch
+     * at a time, read to the host; a BF16 teacher as bf16 inference plans (as the trainer runs it).
+     */
+    private static void forEachBatchOfLogits(Backend backend, List<Model> teachers, float temperature, Dataset train, int batchSize, DType teacherDtype,
+                                             BatchOfLogits sink) {
+        List<InferencePlan> plans = new java.util.ArrayList<>();
+        List<InferencePlan.Workspace> workspaces = new java.util.ArrayList<>();
         try (DataLoader loader = new DataLoader(train, backend, batchSize, false, 0, false)) {
+            if (teacherDtype == DType.BF16) {
+                for (Model t : teachers) {
+                    InferencePlan plan = InferencePlan.compile(t, batchSize, true, DType.BF16);
+                    plans.add(plan);
+                    workspaces.add(plan.newWorkspace());
+                }
+            }
             loader.start(0, 0);
             while (loader.hasNext()) {
                 DataLoader.Batch b = loader.next();
                 try (Arena step = Arena.ofShared()) {
-                    sink.accept(b.firstPosition(), backend.read(Trainer.teacherLogits(backend, step, teachers, temperature, b.x())));
+                    Tensor logits = plans.isEmpty() ? Trainer.teacherLogits(backend, step, teachers, temperature, b.x())
+                        : Trainer.plannedTeacherLogits(backend, step, teachers, workspaces, temperature, b.x());
+                    sink.accept(b.firstPosition(), backend.read(logits));
                 }
             }
+        } finally {
+            workspaces.forEach(InferencePlan.Workspace::close);
+            plans.forEach(InferencePlan::close);
         }
     }
 
@@ -291,12 +322,13 @@ public final class TeacherCache implements AutoCloseable {
         else x.setAtIndex(JAVA_SHORT, i, Bf16.fromFloat(v));
     }
 
-    private static String fingerprint(List<Model> teachers, float temperature, Dataset train, DType dtype, int topK) {
+    private static String fingerprint(List<Model> teachers, float temperature, Dataset train, DType dtype, int topK, DType teacherDtype) {
         try {
             MessageDigest sha = MessageDigest.getInstance("SHA-256");
             StringBuilder head = new StringBuilder("distill4j-teacher-cache-v1;teachers=").append(teachers.size()).append(";dtype=").append(dtype);
             if (teachers.size() > 1) head.append(";T=").append(Float.floatToIntBits(temperature)); // one teacher: raw logits, T-free
             if (topK > 0) head.append(";topk=").append(topK);  // absent for a full table: its fingerprints stay as they were
+            if (teacherDtype == DType.BF16) head.append(";teacher=bf16"); // absent for float32 teachers, likewise
             head.append(";rows=").append(train.size()).append(";shape=").append(java.util.Arrays.toString(train.sampleShape()));
             sha.update(head.toString().getBytes(java.nio.charset.StandardCharsets.UTF_8));
             // Hashed from Java arrays read the way the trainer reads tensors (toArray), never through

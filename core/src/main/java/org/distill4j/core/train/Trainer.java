@@ -92,6 +92,8 @@ public final class Trainer {
     private boolean skipNonFinite;
     private GraphMode graphMode = GraphMode.AUTO;
     private Consumer<String> onNote = s -> { };
+    /** What the frozen teachers' matrix products and convolutions run in: F32, or BF16 (bf16 weights and inputs, float32 sums). */
+    private DType teacherDtype = DType.F32;
 
     private Trainer(Backend backend, Model student, List<Model> teachers, DistillationLoss kd, TrainingConfig config) {
         this.backend = backend;
@@ -136,6 +138,7 @@ public final class Trainer {
     public Trainer withHint(FeatureHint hint) {
         if (teachers.isEmpty()) throw new IllegalArgumentException("a feature hint needs a teacher (distillation, not supervised training)");
         if (cacheOptions != null) throw new IllegalArgumentException(CACHE_WITH_HINT);
+        if (teacherDtype == DType.BF16) throw new IllegalArgumentException(BF16_WITH_HINT);
         // layerOutputShape checks the indices ("model s.json has layers 0..4, not 9").
         HintAdapter.shapes(student.layerOutputShape(hint.studentLayer()), teachers.getFirst().layerOutputShape(hint.teacherLayer()));
         this.hint = hint;
@@ -153,6 +156,35 @@ public final class Trainer {
 
     private static final String CACHE_WITH_HINT =
         "a teacher-logit cache cannot be combined with a feature hint: the hint needs the teacher's features every step";
+    private static final String BF16_WITH_HINT =
+        "a bf16 teacher cannot be combined with a feature hint yet: the hint taps the teacher's float32 layer-by-layer forward; use --teacher-dtype f32";
+
+    /**
+     * What the frozen teachers' matrix products and convolutions run in: {@link DType#F32} (the
+     * default) or {@link DType#BF16}: weights and inputs rounded to bfloat16 (nearest even),
+     * products summed in float32, everything else float32 ({@link InferencePlan}'s bf16 plan,
+     * compiled once per fit; oneDNN's bf16 kernels on the oneDNN engine, an exact but slow Java
+     * loop on the others; a teacher cache is computed the same way). BF16 needs the CPU backend and no
+     * feature hint (one-line errors otherwise).
+     */
+    public Trainer withTeacherDtype(DType dtype) {
+        if (teachers.isEmpty()) throw new IllegalArgumentException("a teacher dtype needs a teacher (distillation, not supervised training)");
+        if (dtype != DType.F32 && dtype != DType.BF16) throw new IllegalArgumentException("a teacher runs in F32 or BF16, got " + dtype);
+        if (dtype == DType.BF16) {
+            if (!backend.isHost()) {
+                throw new IllegalArgumentException("a bf16 model-spec teacher runs on the CPU backend only so far, not " + backend.name()
+                    + ": use --teacher-dtype f32 there");
+            }
+            if (hint != null) throw new IllegalArgumentException(BF16_WITH_HINT);
+        }
+        this.teacherDtype = dtype;
+        return this;
+    }
+
+    /** F32 or BF16: see {@link #withTeacherDtype}. */
+    public DType teacherDtype() {
+        return teacherDtype;
+    }
 
     /**
      * Instead of stopping at a NaN/Inf loss, skip that optimizer step (the parameters and
@@ -265,11 +297,13 @@ public final class Trainer {
             stepTerms = backend.empty(arena, DType.F32, 3);
             microTerms = backend.empty(arena, DType.F32, 3);
             for (Tensor t : List.of(stepLoss, hintLoss, microLoss, scalars, stepTerms, microTerms)) backend.zero(t);
-            if (cacheOptions == null && hint == null && backend.isHost() && CpuBlas.engine() == CpuEngine.ONEDNN
-                    && teachers.stream().allMatch(t -> t.parameters().stream().allMatch(p -> p.value().dtype() == DType.F32))) {
+            boolean bf16 = teacherDtype == DType.BF16; // withTeacherDtype checked: CPU backend, no hint
+            // The teachers' plans: always for a bf16 teacher (its only forward), else on the oneDNN engine (packed weights). A cache replaces them.
+            if (cacheOptions == null && (bf16 || hint == null && backend.isHost() && CpuBlas.engine() == CpuEngine.ONEDNN
+                    && teachers.stream().allMatch(t -> t.parameters().stream().allMatch(p -> p.value().dtype() == DType.F32)))) {
                 try {
                     for (Model t : teachers) {
-                        InferencePlan plan = InferencePlan.compile(t, config.batchSize(), true);
+                        InferencePlan plan = InferencePlan.compile(t, config.batchSize(), true, teacherDtype);
                         teacherPlans.add(plan);
                         teacherWorkspaces.add(plan.newWorkspace());
                     }
@@ -278,10 +312,15 @@ public final class Trainer {
                     throw e;
                 }
             }
+            if (bf16) {
+                onNote.accept("teacher runs in bf16: bf16 weights and inputs, float32 sums ("
+                    + (CpuBlas.hasFastBf16() ? "oneDNN's bf16 kernels" : "the " + CpuBlas.engine().key() + " engine has no bf16 product: an exact Java loop, slow")
+                    + (cacheOptions != null ? "; the teacher cache is computed so" : "") + ")");
+            }
             if (cacheOptions != null) {
                 long t0 = System.nanoTime();
                 try {
-                    cache = TeacherCache.build(backend, teachers, kd.temperature(), train, config.batchSize(), cacheOptions);
+                    cache = TeacherCache.build(backend, teachers, kd.temperature(), train, config.batchSize(), cacheOptions, teacherDtype);
                 } catch (IOException | RuntimeException e) {
                     close(); // nothing of this run may outlive a failed start (a long-lived service retries)
                     throw e;
@@ -466,6 +505,8 @@ public final class Trainer {
                         backend.axpy(1f, microLoss, stepLoss);
                     } else if (!teacherPlans.isEmpty() && x.dtype() == DType.F32) {
                         t = plannedTeacherLogits(a, x);
+                    } else if (teacherDtype == DType.BF16) {
+                        throw new IllegalArgumentException("a bf16 teacher takes float32 inputs, got " + x.describe());
                     } else {
                         t = teacherLogits(backend, a, teachers, kd.temperature(), x);
                     }
@@ -484,22 +525,7 @@ public final class Trainer {
          * until the next micro-batch; the loss consumes them first).
          */
         private Tensor plannedTeacherLogits(Arena a, Tensor x) {
-            int rows = (int) x.size(0);
-            List<Tensor> all = new ArrayList<>(teacherPlans.size());
-            for (int i = 0; i < teacherPlans.size(); i++) {
-                InferencePlan.Workspace ws = teacherWorkspaces.get(i);
-                MemorySegment.copy(x.data(), 0, ws.input(), 0, x.byteSize());
-                ws.run(rows);
-                long[] shape = teachers.get(i).outputShape();
-                long[] withRows = new long[shape.length + 1];
-                withRows[0] = rows;
-                System.arraycopy(shape, 0, withRows, 1, shape.length);
-                all.add(Tensor.wrap(backend, DType.F32, withRows, ws.output().asSlice(0, Tensor.numel(withRows) * Float.BYTES), null));
-            }
-            if (all.size() == 1) return all.getFirst();
-            Tensor avg = backend.empty(a, DType.F32, all.getFirst().shape());
-            backend.averageTeachers(all, kd.temperature(), avg);
-            return avg;
+            return Trainer.plannedTeacherLogits(backend, a, teachers, teacherWorkspaces, kd.temperature(), x);
         }
 
         /** The optimizer update; its learning rate and bias corrections come from {@code scalars} on the device. */
@@ -572,6 +598,30 @@ public final class Trainer {
         all[0] = first;
         for (int i = 0; i < rest.size(); i++) all[i + 1] = rest.get(i);
         return all;
+    }
+
+    /**
+     * {@link #teacherLogits} through the teachers' compiled plans (one workspace each, for at least
+     * x's rows): x [rows, ...] copied into each plan's input, the forward run, the logits read in
+     * place from the plan's output buffer (valid until the workspace runs again).
+     */
+    static Tensor plannedTeacherLogits(Backend backend, Arena a, List<Model> teachers, List<InferencePlan.Workspace> workspaces, float temperature, Tensor x) {
+        int rows = (int) x.size(0);
+        List<Tensor> all = new ArrayList<>(workspaces.size());
+        for (int i = 0; i < workspaces.size(); i++) {
+            InferencePlan.Workspace ws = workspaces.get(i);
+            MemorySegment.copy(x.data(), 0, ws.input(), 0, x.byteSize());
+            ws.run(rows);
+            long[] shape = teachers.get(i).outputShape();
+            long[] withRows = new long[shape.length + 1];
+            withRows[0] = rows;
+            System.arraycopy(shape, 0, withRows, 1, shape.length);
+            all.add(Tensor.wrap(backend, DType.F32, withRows, ws.output().asSlice(0, Tensor.numel(withRows) * Float.BYTES), null));
+        }
+        if (all.size() == 1) return all.getFirst();
+        Tensor avg = backend.empty(a, DType.F32, all.getFirst().shape());
+        backend.averageTeachers(all, temperature, avg);
+        return avg;
     }
 
     /** The teacher's logits, or for several teachers the logits of their averaged softened distribution (eval mode, in {@code arena}). */
