@@ -832,6 +832,20 @@ public final class CpuBackend implements Backend {
 
     private static final boolean POOL_ON_ONEDNN = !"false".equals(System.getProperty("distill4j.onednn.pool"));
 
+    /**
+     * Whether a training batch norm (forward and backward) of x runs on oneDNN ({@link OnednnBatchNorm}):
+     * the engine is oneDNN, unless -Ddistill4j.onednn.bnorm=false, and only where oneDNN measured
+     * faster than our loops (docs/backends.md): BatchNorm2d inputs [N, C, H, W] with C a multiple of
+     * 16 (its channel block: no padded channels) and H W at most 256. At 32x32 images its kernel took
+     * twice ours, and its eval forward and its plain-nchw kernel lost on every shape measured, so
+     * those, and BatchNorm1d (not measured), stay on our loops.
+     */
+    private static boolean onednnBatchNorm(Tensor x, long channels, long inner) {
+        return BNORM_ON_ONEDNN && CpuBlas.engine() == CpuEngine.ONEDNN && x.rank() == 4 && channels % 16 == 0 && inner <= 256;
+    }
+
+    private static final boolean BNORM_ON_ONEDNN = !"false".equals(System.getProperty("distill4j.onednn.bnorm"));
+
     /** Whether convolutions run on oneDNN's primitives here (the oneDNN engine, not turned off): a plan's bf16 step rounds x for them first. */
     public static boolean onednnConvolutions() {
         return onednn();
@@ -1026,6 +1040,8 @@ public final class CpuBackend implements Backend {
         long[] l = BackendChecks.batchNormTrain(this, x, gamma, beta, runningMean, runningVar, y, saveMean, saveInvStd);
         long count = l[0] * l[2];
         MemorySegment xs = x.data(), ys = y.data();
+        if (onednnBatchNorm(x, l[1], l[2]) && OnednnBatchNorm.forwardTraining(xs, gamma.data(), beta.data(), runningMean.data(), runningVar.data(),
+            momentum, eps, ys, saveMean.data(), saveInvStd.data(), l[0], l[1], l[2])) return;
         parallel(l[1], count * 3, c -> {
             double sum = 0;
             for (long n = 0; n < l[0]; n++) for (long i = 0; i < l[2]; i++) sum += f(xs, (n * l[1] + c) * l[2] + i);
@@ -1067,6 +1083,8 @@ public final class CpuBackend implements Backend {
         long[] l = Shapes.channelLayout(op, x, gamma, saveMean, saveInvStd, dgamma, dbeta);
         long count = l[0] * l[2];
         MemorySegment xs = x.data(), dys = dy.data(), dxs = dx.data();
+        if (onednnBatchNorm(x, l[1], l[2]) && OnednnBatchNorm.backward(xs, dys, gamma.data(), saveMean.data(), saveInvStd.data(),
+            dxs, dgamma.data(), dbeta.data(), l[0], l[1], l[2])) return;
         parallel(l[1], count * 3, c -> {
             double mean = f(saveMean.data(), c), invStd = f(saveInvStd.data(), c), g = f(gamma.data(), c);
             double sumDy = 0, sumDyXhat = 0;

@@ -193,8 +193,11 @@ final class OnednnCall {
 
     /** What one call needs besides the primitive, used by one thread at a time (native memory kept for the process). */
     static final class Context {
-        /** Recent problems with their memory objects: a CNN's step has ~20 (each conv layer forward, backward-data, backward-weights). */
-        private static final int RECENT = 32, MAX_ARGS = 8;
+        /**
+         * RECENT: recent problems with their memory objects: a CNN's step has ~20 (each conv layer forward, backward-data, backward-weights).
+         * MAX_ARGS: the most arguments of a call, its scratchpad included (batch norm's backward: 8 and the scratchpad).
+         */
+        private static final int RECENT = 32, MAX_ARGS = 9;
         final int index;
         /** The key of the problem at hand, filled by the caller before {@link #find}. */
         final int[] key = new int[24];
