@@ -833,15 +833,18 @@ public final class CpuBackend implements Backend {
     private static final boolean POOL_ON_ONEDNN = !"false".equals(System.getProperty("distill4j.onednn.pool"));
 
     /**
-     * Whether a training batch norm (forward and backward) of x runs on oneDNN ({@link OnednnBatchNorm}):
-     * the engine is oneDNN, unless -Ddistill4j.onednn.bnorm=false, and only where oneDNN measured
-     * faster than our loops (docs/backends.md): BatchNorm2d inputs [N, C, H, W] with C a multiple of
-     * 16 (its channel block: no padded channels) and H W at most 256. At 32x32 images its kernel took
-     * twice ours, and its eval forward and its plain-nchw kernel lost on every shape measured, so
-     * those, and BatchNorm1d (not measured), stay on our loops.
+     * Whether a training batch norm (forward and backward) of x [N, C, H, W] runs on oneDNN
+     * ({@link OnednnBatchNorm}): the engine is oneDNN, unless -Ddistill4j.onednn.bnorm=false, and
+     * only where oneDNN measured faster than our loops (2 OpenMP threads, docs/backends.md):
+     * BatchNorm2d inputs with C a multiple of 16 (its channel block: no padded channels), at least
+     * two blocks, and N H W at most 65,536. [256, 32, 16, 16] and [64, 32, 32, 32] ran 1.1-2.4x
+     * faster; with one block (C = 16) at every size tried, and at [256, 32, 32, 32], oneDNN took
+     * 1.5-8x our time (its threads then split the statistics over N, likely with barriers). Its eval
+     * forward and its plain-nchw kernel lost on every shape measured, so those, and BatchNorm1d
+     * (not measured), stay on our loops.
      */
-    private static boolean onednnBatchNorm(Tensor x, long channels, long inner) {
-        return BNORM_ON_ONEDNN && CpuBlas.engine() == CpuEngine.ONEDNN && x.rank() == 4 && channels % 16 == 0 && inner <= 256;
+    private static boolean onednnBatchNorm(Tensor x, long n, long channels, long inner) {
+        return BNORM_ON_ONEDNN && CpuBlas.engine() == CpuEngine.ONEDNN && x.rank() == 4 && channels % 16 == 0 && channels >= 32 && n * inner <= 65_536;
     }
 
     private static final boolean BNORM_ON_ONEDNN = !"false".equals(System.getProperty("distill4j.onednn.bnorm"));
@@ -1040,7 +1043,7 @@ public final class CpuBackend implements Backend {
         long[] l = BackendChecks.batchNormTrain(this, x, gamma, beta, runningMean, runningVar, y, saveMean, saveInvStd);
         long count = l[0] * l[2];
         MemorySegment xs = x.data(), ys = y.data();
-        if (onednnBatchNorm(x, l[1], l[2]) && OnednnBatchNorm.forwardTraining(xs, gamma.data(), beta.data(), runningMean.data(), runningVar.data(),
+        if (onednnBatchNorm(x, l[0], l[1], l[2]) && OnednnBatchNorm.forwardTraining(xs, gamma.data(), beta.data(), runningMean.data(), runningVar.data(),
             momentum, eps, ys, saveMean.data(), saveInvStd.data(), l[0], l[1], l[2])) return;
         parallel(l[1], count * 3, c -> {
             double sum = 0;
@@ -1083,7 +1086,7 @@ public final class CpuBackend implements Backend {
         long[] l = Shapes.channelLayout(op, x, gamma, saveMean, saveInvStd, dgamma, dbeta);
         long count = l[0] * l[2];
         MemorySegment xs = x.data(), dys = dy.data(), dxs = dx.data();
-        if (onednnBatchNorm(x, l[1], l[2]) && OnednnBatchNorm.backward(xs, dys, gamma.data(), saveMean.data(), saveInvStd.data(),
+        if (onednnBatchNorm(x, l[0], l[1], l[2]) && OnednnBatchNorm.backward(xs, dys, gamma.data(), saveMean.data(), saveInvStd.data(),
             dxs, dgamma.data(), dbeta.data(), l[0], l[1], l[2])) return;
         parallel(l[1], count * 3, c -> {
             double mean = f(saveMean.data(), c), invStd = f(saveInvStd.data(), c), g = f(gamma.data(), c);

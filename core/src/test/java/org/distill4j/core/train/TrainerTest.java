@@ -63,16 +63,16 @@ class TrainerTest {
         }
     }
 
-    /** A CNN with 3 x 4 x 4 inputs: convolutions (with a bias), batch norm (16 channels: on oneDNN where it is the engine), max and average pooling. */
-    private static final String CNN = "{\"input\": [3, 4, 4], \"layers\": [{\"type\": \"conv2d\", \"in\": 3, \"out\": 16, \"kernel\": 3, \"padding\": 1},"
-        + "{\"type\": \"batchnorm2d\", \"features\": 16}, {\"type\": \"relu\"}, {\"type\": \"maxpool2d\", \"kernel\": 2},"
-        + "{\"type\": \"conv2d\", \"in\": 16, \"out\": 8, \"kernel\": 1, \"bias\": false}, {\"type\": \"relu\"}, {\"type\": \"avgpool2d\", \"kernel\": 2},"
+    /** A CNN with 3 x 4 x 4 inputs: convolutions (with a bias), batch norm (32 channels: on oneDNN where it is the engine), max and average pooling. */
+    private static final String CNN = "{\"input\": [3, 4, 4], \"layers\": [{\"type\": \"conv2d\", \"in\": 3, \"out\": 32, \"kernel\": 3, \"padding\": 1},"
+        + "{\"type\": \"batchnorm2d\", \"features\": 32}, {\"type\": \"relu\"}, {\"type\": \"maxpool2d\", \"kernel\": 2},"
+        + "{\"type\": \"conv2d\", \"in\": 32, \"out\": 8, \"kernel\": 1, \"bias\": false}, {\"type\": \"relu\"}, {\"type\": \"avgpool2d\", \"kernel\": 2},"
         + "{\"type\": \"flatten\"}, {\"type\": \"linear\", \"in\": 8, \"out\": 4}]}";
 
     /**
      * The CNN killed after step 8 and resumed from the step-6 checkpoint ends with the uninterrupted
      * run's weights bit for bit, on this process's CPU engine (oneDNN's convolution, pooling and, at
-     * 16 channels, batch norm where present: its primitives must be deterministic for a given shape
+     * 32 channels, batch norm where present: its primitives must be deterministic for a given shape
      * and thread count).
      */
     @Test
