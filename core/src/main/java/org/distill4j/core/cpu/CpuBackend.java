@@ -837,9 +837,10 @@ public final class CpuBackend implements Backend {
      * ({@link OnednnBatchNorm}): the engine is oneDNN, unless -Ddistill4j.onednn.bnorm=false, and
      * only where oneDNN measured faster than our loops (2 OpenMP threads, docs/backends.md):
      * BatchNorm2d inputs with C a multiple of 16 (its channel block: no padded channels), at least
-     * two blocks, and N H W at most 65,536. [256, 32, 16, 16] and [64, 32, 32, 32] ran 1.1-2.4x
-     * faster; with one block (C = 16) at every size tried, and at [256, 32, 32, 32], oneDNN took
-     * 1.5-8x our time (its threads then split the statistics over N, likely with barriers). Its eval
+     * two blocks, and N H W at most 65,536. At [256, 32, 16, 16] its forward ran 1.4-2.4x faster
+     * and its backward about even (median 0.98x our time); with one block (C = 16) at every size
+     * tried, and at [256, 32, 32, 32], it took 1.2-8x our time on this loaded 2-core machine (its
+     * threads then split a block's statistics over N, likely with barriers). Its eval
      * forward and its plain-nchw kernel lost on every shape measured, so those, and BatchNorm1d
      * (not measured), stay on our loops.
      */
