@@ -95,7 +95,7 @@ public final class CpuBackend implements Backend {
     public Tensor empty(DType dtype, long... shape) {
         Arena arena = Arena.ofShared();
         try {
-            return Tensor.wrap(this, dtype, shape, CpuMemory.allocate(arena, Tensor.numel(shape) * dtype.bytes(), 64), arena);
+            return Tensor.wrap(this, dtype, shape, CpuMemory.allocateUninitialized(arena, Tensor.numel(shape) * dtype.bytes(), 64), arena);
         } catch (RuntimeException | OutOfMemoryError e) {
             arena.close();
             throw e;
@@ -104,7 +104,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public Tensor empty(Arena arena, DType dtype, long... shape) {
-        return Tensor.wrap(this, dtype, shape, CpuMemory.allocate(arena, Tensor.numel(shape) * dtype.bytes(), 64), null);
+        return Tensor.wrap(this, dtype, shape, CpuMemory.allocateUninitialized(arena, Tensor.numel(shape) * dtype.bytes(), 64), null);
     }
 
     @Override

@@ -15,6 +15,7 @@ import java.util.concurrent.atomic.AtomicLong;
  * made once per OS thread; the fast loss kernel's row scratch, {@code malloc}ed per call in C), and
  * other modules' arenas (data loading, safetensors I/O, the trainer's staging).
  */
+@SuppressWarnings("restricted") // FFM: libc posix_memalign/free downcalls, and their blocks bound to the caller's arena
 public final class CpuMemory {
     private static final AtomicLong ALLOCATIONS = new AtomicLong(), BYTES = new AtomicLong();
 
@@ -26,6 +27,113 @@ public final class CpuMemory {
         ALLOCATIONS.incrementAndGet();
         BYTES.addAndGet(bytes);
         return s;
+    }
+
+    /**
+     * As {@link #allocate}, but the contents are undefined: the CPU backend's {@code empty} tensors,
+     * whose contract is "contents undefined" (as cuMemAlloc's). From {@link #UNINITIALIZED_FROM}
+     * bytes up the memory comes from a cache of blocks this class keeps, refilled by libc's
+     * {@code posix_memalign} when it has none of the size, and a block goes back to the cache (or to
+     * {@code free}, once the cache holds {@link #CACHE_BYTES}) when its arena closes.
+     *
+     * <p>Why: a training step allocates the same activation sizes every step, and
+     * {@code Arena.allocate} both zero-fills every byte and, above glibc's mmap threshold (32 MiB at
+     * most), maps fresh pages each time, so every step paid a page fault per 4 KiB of activations
+     * plus the fill: a fifth of the CNN pair's Java time in JFR, and that pair's kd-step went from
+     * 430-460 to 690-770 samples/s with the blocks reused (bench/RESULTS.md, 2026-12-06). Below 1
+     * MiB the zero-fill is cheaper than the bookkeeping. Blocks are cached by exact size (rounded up
+     * to 4 KiB), page-aligned; {@link #releaseCache()} frees the cached ones.
+     */
+    public static MemorySegment allocateUninitialized(Arena arena, long bytes, long alignment) {
+        if (bytes < UNINITIALIZED_FROM || POSIX_MEMALIGN == null || CACHE_BYTES <= 0 || alignment > PAGE || Long.bitCount(alignment) != 1) {
+            return allocate(arena, bytes, alignment);
+        }
+        long size = (bytes + PAGE - 1) & -PAGE;
+        java.util.concurrent.ConcurrentLinkedQueue<Long> free = CACHE.get(size);
+        Long cached = free == null ? null : free.poll();
+        long address;
+        if (cached != null) {
+            CACHED.addAndGet(-size);
+            address = cached;
+        } else {
+            address = posixMemalign(size);
+        }
+        MemorySegment s = MemorySegment.ofAddress(address).reinterpret(bytes, arena, seg -> release(seg.address(), size));
+        ALLOCATIONS.incrementAndGet();
+        BYTES.addAndGet(bytes);
+        return s;
+    }
+
+    /** Frees every cached block (blocks in use go back to the cache, or to free, when their arenas close). */
+    public static void releaseCache() {
+        for (var e : CACHE.entrySet()) {
+            for (Long a; (a = e.getValue().poll()) != null; ) {
+                CACHED.addAndGet(-e.getKey());
+                freeBlock(a);
+            }
+        }
+    }
+
+    /** Bytes in cached blocks now (for tests and reports). */
+    public static long cachedBytes() {
+        return CACHED.get();
+    }
+
+    /** Bytes from which {@link #allocateUninitialized} uses the block cache (1 MiB). */
+    static final long UNINITIALIZED_FROM = 1L << 20;
+    private static final long PAGE = 4096;
+    /** Most bytes the cache keeps (-Ddistill4j.cpu.cacheBytes, default 1 GiB; 0: no cache, every empty tensor zero-filled by the JDK). */
+    static final long CACHE_BYTES = Long.getLong("distill4j.cpu.cacheBytes", 1L << 30);
+    private static final java.util.concurrent.ConcurrentHashMap<Long, java.util.concurrent.ConcurrentLinkedQueue<Long>> CACHE = new java.util.concurrent.ConcurrentHashMap<>();
+    private static final AtomicLong CACHED = new AtomicLong();
+
+    // libc through the default lookup; null where it has no posix_memalign (then every allocation is the JDK's).
+    private static final java.lang.invoke.MethodHandle POSIX_MEMALIGN, FREE;
+
+    static {
+        java.lang.foreign.Linker linker = java.lang.foreign.Linker.nativeLinker();
+        var libc = linker.defaultLookup();
+        var memalign = libc.find("posix_memalign");
+        var free = libc.find("free");
+        if (memalign.isPresent() && free.isPresent()) {
+            POSIX_MEMALIGN = linker.downcallHandle(memalign.get(), java.lang.foreign.FunctionDescriptor.of(java.lang.foreign.ValueLayout.JAVA_INT,
+                java.lang.foreign.ValueLayout.ADDRESS, java.lang.foreign.ValueLayout.JAVA_LONG, java.lang.foreign.ValueLayout.JAVA_LONG));
+            FREE = linker.downcallHandle(free.get(), java.lang.foreign.FunctionDescriptor.ofVoid(java.lang.foreign.ValueLayout.JAVA_LONG));
+        } else {
+            POSIX_MEMALIGN = null;
+            FREE = null;
+        }
+    }
+
+    /** A block back from a closed arena: cached while the cache has room, else freed. */
+    private static void release(long address, long size) {
+        if (CACHED.addAndGet(size) <= CACHE_BYTES) {
+            CACHE.computeIfAbsent(size, k -> new java.util.concurrent.ConcurrentLinkedQueue<>()).add(address);
+        } else {
+            CACHED.addAndGet(-size);
+            freeBlock(address);
+        }
+    }
+
+    private static long posixMemalign(long size) {
+        try (Arena tmp = Arena.ofConfined()) {
+            MemorySegment out = tmp.allocate(java.lang.foreign.ValueLayout.JAVA_LONG);
+            int rc = (int) POSIX_MEMALIGN.invokeExact(out, PAGE, size);
+            if (rc != 0) throw new OutOfMemoryError("posix_memalign(" + PAGE + ", " + size + ") failed: error " + rc);
+            return out.get(java.lang.foreign.ValueLayout.JAVA_LONG, 0);
+        } catch (RuntimeException | Error e) {
+            throw e;
+        } catch (Throwable t) {
+            throw new IllegalStateException("posix_memalign: " + t, t);
+        }
+    }
+
+    private static void freeBlock(long address) {
+        try {
+            FREE.invokeExact(address);
+        } catch (Throwable t) {
+            throw new IllegalStateException("free: " + t, t);
+        }
     }
 
     /** Allocations made through {@link #allocate} since the process started (never decreases: frees are not subtracted). */
