@@ -302,7 +302,8 @@ class PredictorTest {
      * gemvs into feature blocks): the answers equal the caller-thread Predictor's within float32
      * rounding (the blocks run the same kernels on fewer rows), for an MLP with 784 x 800 layers
      * (large enough to split one row's gemv) and the CNN fixture (convolutions, pooling, batch norm
-     * per block), for one caller and for four at once. On another engine the same calls run unsplit.
+     * per block), also in bf16 (each block rounds its own rows), for one caller and for four at once.
+     * On another engine the same calls run unsplit.
      */
     @Test
     void intraOpSplitGivesTheCallerThreadNumbers() throws Exception {
@@ -311,19 +312,21 @@ class PredictorTest {
         try (Model mlp = ModelSpec.parse("wide", wide).build(CpuBackend.get(), 11);
              Model cnn = ModelSpec.read(FIXTURE.resolve("cnn.json")).build(CpuBackend.get(), 0)) {
             cnn.load(FIXTURE.resolve("cnn.safetensors"));
-            for (Model m : List.of(mlp, cnn)) {
+            for (Object[] kase : new Object[][] {{mlp, org.distill4j.core.DType.F32}, {cnn, org.distill4j.core.DType.F32}, {mlp, org.distill4j.core.DType.BF16}}) {
+                Model m = (Model) kase[0];
+                org.distill4j.core.DType dtype = (org.distill4j.core.DType) kase[1];
                 int in = (int) Tensor.numel(m.inputShape()), out = (int) Tensor.numel(m.outputShape());
                 int[] rowCounts = {1, 2, 7, 8, 9, 32, 33, 64};
                 float[][] x = new float[rowCounts.length][], want = new float[rowCounts.length][];
-                try (Predictor callerThread = Predictor.of(m, new Predictor.Options(64, false, 0, 1))) {
+                try (Predictor callerThread = Predictor.of(m, new Predictor.Options(64, false, 0, 1).withComputeDtype(dtype))) {
                     for (int i = 0; i < rowCounts.length; i++) {
                         x[i] = random(rowCounts[i] * in, 100 + i);
                         want[i] = callerThread.predict(x[i]);
                     }
                 }
-                try (Predictor split = Predictor.of(m, new Predictor.Options(64, false, 0, 0))) {
+                try (Predictor split = Predictor.of(m, new Predictor.Options(64, false, 0, 0).withComputeDtype(dtype))) {
                     for (int i = 0; i < rowCounts.length; i++) {
-                        assertClose(want[i], split.predict(x[i]), m.spec().source() + ", " + rowCounts[i] + " rows, one caller");
+                        assertClose(want[i], split.predict(x[i]), m.spec().source() + " " + dtype + ", " + rowCounts[i] + " rows, one caller");
                     }
                     ExecutorService pool = Executors.newFixedThreadPool(4);
                     List<Future<?>> fs = new ArrayList<>();
@@ -335,7 +338,7 @@ class PredictorTest {
                                 int i = rnd.nextInt(rowCounts.length);
                                 float[] got = new float[rowCounts[i] * out];
                                 split.predict(x[i], got);
-                                assertClose(want[i], got, m.spec().source() + ", " + rowCounts[i] + " rows, caller " + seed);
+                                assertClose(want[i], got, m.spec().source() + " " + dtype + ", " + rowCounts[i] + " rows, caller " + seed);
                             }
                             return null;
                         }));
