@@ -34,7 +34,7 @@ final class PredictBench implements Callable<Integer> {
     @Option(names = "--max-batch", defaultValue = "64", description = "rows run at once / dynamic batch size (default: ${DEFAULT-VALUE})") int maxBatch;
     @Option(names = "--max-wait-us", defaultValue = "200", description = "dynamic batching: longest wait for more rows (default: ${DEFAULT-VALUE})") long maxWait;
     @Option(names = "--intra-op-threads", defaultValue = "1", paramLabel = "1|0",
-        description = "CPU: 1 runs each call on its caller's thread (default), 0 lets OpenBLAS use its own thread pool") int intraOp;
+        description = "CPU: 1 runs each call on its caller's thread (default); 0 lets a call use more cores (the oneDNN engine: split between the caller and IntraOpPool's helpers; OpenBLAS: its own pool)") int intraOp;
     @Option(names = "--gpu-workers", defaultValue = "2", description = "CUDA: workers, each with its own stream (default: ${DEFAULT-VALUE})") int gpuWorkers;
     @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda", description = "default: ${DEFAULT-VALUE}") String device;
     @Option(names = "--dtype", defaultValue = "f32", paramLabel = "f32|bf16",
