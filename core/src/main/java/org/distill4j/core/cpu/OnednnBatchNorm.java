@@ -147,22 +147,17 @@ final class OnednnBatchNorm {
         int flags = dnnl_h.dnnl_use_scale | dnnl_h.dnnl_use_shift;
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment out = arena.allocate(ADDRESS);
-            MemorySegment data = desc(prim, arena, dnnl_h.dnnl_nchw, n, c, inner, 1); // x, y, dy, dx: ours
-            MemorySegment inside = desc(prim, arena, NCHW16C, n, c, inner, 1); // the primitive's: x, y, dy, dx in context buffers
-            MemorySegment channel = desc(prim, arena, dnnl_h.dnnl_a, c); // gamma, beta, mean, variance and their gradients
+            MemorySegment data = prim.desc(arena, dnnl_h.dnnl_nchw, n, c, inner, 1); // x, y, dy, dx: ours
+            MemorySegment inside = prim.desc(arena, NCHW16C, n, c, inner, 1); // the primitive's: x, y, dy, dx in context buffers
+            MemorySegment channel = prim.desc(arena, dnnl_h.dnnl_a, c); // gamma, beta, mean, variance and their gradients
             int status;
             MemorySegment hint = MemorySegment.NULL;
             if (op == BACKWARD) {
                 // The backward takes the training forward's descriptor as a hint.
                 status = dnnl_h.dnnl_batch_normalization_forward_primitive_desc_create(out, ENGINE, dnnl_h.dnnl_forward_training, inside, inside, eps, flags,
                     MemorySegment.NULL);
-                if (status == dnnl_h.dnnl_unimplemented) {
-                    prim.implementation = "declined: no forward for the backward's hint";
-                    return prim;
-                }
-                DnnlException.check(status, "dnnl_batch_normalization_forward_primitive_desc_create (hint) for " + java.util.Arrays.toString(key));
-                hint = out.get(ADDRESS, 0);
-                prim.ownedPrimitiveDescs.add(hint);
+                hint = prim.hint(status, out, "dnnl_batch_normalization_forward_primitive_desc_create");
+                if (hint == null) return prim;
             }
             MemorySegment attr = OnednnCall.userScratchpadAttr(out);
             try {
@@ -203,12 +198,5 @@ final class OnednnBatchNorm {
             prim.destroy();
             throw ex;
         }
-    }
-
-    /** A float32 memory descriptor of dims in a format tag, owned by prim (destroyed with it). */
-    private static MemorySegment desc(OnednnCall.Primitive prim, Arena arena, int tag, long... dims) {
-        MemorySegment md = OnednnCall.plain(arena, tag, dims);
-        prim.ownedDescs.add(md);
-        return md;
     }
 }

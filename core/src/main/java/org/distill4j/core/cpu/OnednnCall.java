@@ -71,6 +71,34 @@ final class OnednnCall {
         /** A u8 descriptor of the largest scratchpad among the primitive and its reorders (bound to every one of them in turn). */
         MemorySegment scratchMd = MemorySegment.NULL;
 
+        /** A float32 memory descriptor of {@code dims} in format {@code tag}, owned by this primitive (destroyed with it). */
+        MemorySegment desc(Arena arena, int tag, long... dims) {
+            return descOfType(arena, dnnl_h.dnnl_f32, tag, dims);
+        }
+
+        /** As {@link #desc}, of data type {@code dataType} (dnnl_f32, dnnl_bf16); its own name so that int dims never bind to it by mistake. */
+        MemorySegment descOfType(Arena arena, int dataType, int tag, long... dims) {
+            MemorySegment md = plainOfType(arena, dataType, tag, dims);
+            ownedDescs.add(md);
+            return md;
+        }
+
+        /**
+         * The forward primitive descriptor a backward primitive takes as its hint, from the status of
+         * the forward's create call that wrote it to {@code out}; owned by this primitive. Null, with
+         * this primitive left declined, when oneDNN has no such forward.
+         */
+        MemorySegment hint(int status, MemorySegment out, String what) {
+            if (status == dnnl_h.dnnl_unimplemented) {
+                implementation = "declined: no forward for the backward's hint";
+                return null;
+            }
+            DnnlException.check(status, what + " (hint) for " + java.util.Arrays.toString(key));
+            MemorySegment hint = out.get(ADDRESS, 0);
+            ownedPrimitiveDescs.add(hint);
+            return hint;
+        }
+
         /** Records the arguments (DNNL_ARG_*, the caller's memory descriptor) in binding order. */
         void arguments(int[] args, MemorySegment... mds) {
             this.args = args;
@@ -359,14 +387,10 @@ final class OnednnCall {
 
     // ---- descriptor helpers for the creators
 
-    /** A dense memory descriptor of {@code dims} in the given format tag (dnnl_nchw, dnnl_oihw, dnnl_a, ...), float32. */
-    static MemorySegment plain(Arena arena, int tag, long... dims) {
-        return plainOfType(arena, dnnl_h.dnnl_f32, tag, dims);
-    }
-
     /**
-     * As {@link #plain(Arena, int, long...)} of data type {@code dataType} (dnnl_f32, dnnl_bf16);
-     * a name of its own, since plain(arena, tag, int dims...) would otherwise bind to it.
+     * A dense memory descriptor of {@code dims} in the given format tag (dnnl_nchw, dnnl_oihw, dnnl_a,
+     * ...) and data type (dnnl_f32, dnnl_bf16); the caller destroys it ({@link Primitive#desc} makes
+     * ones its primitive owns).
      */
     static MemorySegment plainOfType(Arena arena, int dataType, int tag, long... dims) {
         MemorySegment out = arena.allocate(ADDRESS);

@@ -174,15 +174,15 @@ final class OnednnConv {
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment out = arena.allocate(ADDRESS);
             // Ours (what the caller's segments hold) and what the primitive is asked for (the same, or any).
-            MemorySegment src = descOfType(prim, arena, ab, dnnl_h.dnnl_nchw, n, c, h, w), weights = descOfType(prim, arena, ab, dnnl_h.dnnl_oihw, k, c, r, s);
-            MemorySegment dst = desc(prim, arena, dnnl_h.dnnl_nchw, n, k, oh, ow);
+            MemorySegment src = prim.descOfType(arena, ab, dnnl_h.dnnl_nchw, n, c, h, w), weights = prim.descOfType(arena, ab, dnnl_h.dnnl_oihw, k, c, r, s);
+            MemorySegment dst = prim.desc(arena, dnnl_h.dnnl_nchw, n, k, oh, ow);
             MemorySegment srcAny = src, weightsAny = weights, dstAny = dst;
             if (ANY_LAYOUT) {
-                srcAny = descOfType(prim, arena, ab, dnnl_h.dnnl_format_tag_any, n, c, h, w);
-                weightsAny = descOfType(prim, arena, ab, dnnl_h.dnnl_format_tag_any, k, c, r, s);
-                dstAny = desc(prim, arena, dnnl_h.dnnl_format_tag_any, n, k, oh, ow);
+                srcAny = prim.descOfType(arena, ab, dnnl_h.dnnl_format_tag_any, n, c, h, w);
+                weightsAny = prim.descOfType(arena, ab, dnnl_h.dnnl_format_tag_any, k, c, r, s);
+                dstAny = prim.desc(arena, dnnl_h.dnnl_format_tag_any, n, k, oh, ow);
             }
-            MemorySegment biasMd = bias ? desc(prim, arena, dnnl_h.dnnl_a, k) : MemorySegment.NULL;
+            MemorySegment biasMd = bias ? prim.desc(arena, dnnl_h.dnnl_a, k) : MemorySegment.NULL;
             MemorySegment strides = arena.allocateFrom(JAVA_LONG, key[12], key[13]);
             MemorySegment dilates = arena.allocateFrom(JAVA_LONG, 0, 0); // oneDNN counts dilation from 0: none
             MemorySegment padding = arena.allocateFrom(JAVA_LONG, key[10], key[11]);
@@ -192,13 +192,8 @@ final class OnednnConv {
                 // The backward primitives take the forward's descriptor as a hint (the same implementation family and layouts).
                 status = dnnl_h.dnnl_convolution_forward_primitive_desc_create(out, ENGINE, dnnl_h.dnnl_forward_training, dnnl_h.dnnl_convolution_direct,
                     srcAny, weightsAny, biasMd, dstAny, strides, dilates, padding, padding, MemorySegment.NULL);
-                if (status == dnnl_h.dnnl_unimplemented) {
-                    prim.implementation = "declined: no forward for the backward's hint";
-                    return prim;
-                }
-                DnnlException.check(status, "dnnl_convolution_forward_primitive_desc_create (hint) for " + java.util.Arrays.toString(key));
-                hint = out.get(ADDRESS, 0);
-                prim.ownedPrimitiveDescs.add(hint);
+                hint = prim.hint(status, out, "dnnl_convolution_forward_primitive_desc_create");
+                if (hint == null) return prim;
             }
             MemorySegment attr = OnednnCall.userScratchpadAttr(out);
             try {
@@ -250,18 +245,6 @@ final class OnednnConv {
             prim.destroy();
             throw ex;
         }
-    }
-
-    /** A float32 memory descriptor of dims in a format tag, owned by prim (destroyed with it). */
-    private static MemorySegment desc(OnednnCall.Primitive prim, Arena arena, int tag, long... dims) {
-        return descOfType(prim, arena, dnnl_h.dnnl_f32, tag, dims);
-    }
-
-    /** As above, of data type {@code dataType} (dnnl_f32, dnnl_bf16); its own name so that int dims never bind to it by mistake. */
-    private static MemorySegment descOfType(OnednnCall.Primitive prim, Arena arena, int dataType, int tag, long... dims) {
-        MemorySegment md = OnednnCall.plainOfType(arena, dataType, tag, dims);
-        prim.ownedDescs.add(md);
-        return md;
     }
 
     /** The memory descriptor the primitive descriptor chose for an argument (owned by pd). */

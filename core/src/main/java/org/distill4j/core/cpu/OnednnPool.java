@@ -121,10 +121,8 @@ final class OnednnPool {
         int alg = max ? dnnl_h.dnnl_pooling_max : dnnl_h.dnnl_pooling_avg_include_padding;
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment out = arena.allocate(ADDRESS);
-            MemorySegment src = OnednnCall.plain(arena, dnnl_h.dnnl_nchw, key[1], key[2], key[3], key[4]);
-            prim.ownedDescs.add(src);
-            MemorySegment dst = OnednnCall.plain(arena, dnnl_h.dnnl_nchw, key[1], key[2], key[5], key[6]);
-            prim.ownedDescs.add(dst);
+            MemorySegment src = prim.desc(arena, dnnl_h.dnnl_nchw, key[1], key[2], key[3], key[4]);
+            MemorySegment dst = prim.desc(arena, dnnl_h.dnnl_nchw, key[1], key[2], key[5], key[6]);
             MemorySegment strides = arena.allocateFrom(JAVA_LONG, key[9], key[10]);
             MemorySegment kernel = arena.allocateFrom(JAVA_LONG, key[7], key[8]);
             MemorySegment dilation = arena.allocateFrom(JAVA_LONG, 0, 0);
@@ -135,13 +133,8 @@ final class OnednnPool {
             if (!forward) {
                 status = dnnl_h.dnnl_pooling_forward_primitive_desc_create(out, ENGINE, dnnl_h.dnnl_forward_training, alg, src, dst, strides, kernel, dilation,
                     padding, padding, MemorySegment.NULL);
-                if (status == dnnl_h.dnnl_unimplemented) {
-                    prim.implementation = "declined: no forward for the backward's hint";
-                    return prim;
-                }
-                DnnlException.check(status, "dnnl_pooling_forward_primitive_desc_create (hint) for " + java.util.Arrays.toString(key));
-                hint = out.get(ADDRESS, 0);
-                prim.ownedPrimitiveDescs.add(hint);
+                hint = prim.hint(status, out, "dnnl_pooling_forward_primitive_desc_create");
+                if (hint == null) return prim;
             }
             MemorySegment attr = OnednnCall.userScratchpadAttr(out);
             try {

@@ -76,7 +76,9 @@ public final class Predictor implements AutoCloseable {
      *                        concurrent callers wait for a free one. Default
      *                        {@link #defaultCpuWorkspaces()}: the available processors, since a call
      *                        runs on its caller's thread and more workspaces than processors only
-     *                        cost memory. Made on demand: a single caller makes one.
+     *                        cost memory. Made on demand: a single caller makes one. With intraOpThreads 0 on the oneDNN
+     *                        engine each may make one more per extra core, on first use, for the
+     *                        parts of a split batch (not counted in cpuWorkspacesCreated)
      * @param computeDtype    CPU only: {@link DType#F32} (default), or {@link DType#BF16}: every matrix
      *                        product and convolution on weights and inputs rounded to bfloat16
      *                        (nearest even), float32 sums, everything else float32 (oneDNN's bf16

@@ -98,20 +98,7 @@ public final class Layers {
             if (plan.bf16()) return compileBf16(plan, in, out, n, k, w, b);
             if (OnednnPackedMatmul.pays(n, k, plan.maxBatch())) {
                 // Constant weights: packed once into oneDNN's layout, bias fused; a snapshot (see InferencePlan).
-                OnednnPackedMatmul packed = plan.own(new OnednnPackedMatmul(w, b, n, k, plan.maxBatch(), plan.weightsFixed()));
-                int ctx = plan.localSlot();
-                plan.add(new InferencePlan.Step() {
-                    @Override
-                    public void prepare(InferencePlan.Workspace ws, Arena arena) {
-                        ws.local(ctx, packed.newContext());
-                    }
-
-                    @Override
-                    public void run(InferencePlan.Workspace ws, int rows) {
-                        packed.run((OnednnPackedMatmul.Context) ws.local(ctx), ws.buffer(in), ws.buffer(out), rows);
-                    }
-                });
-                return out;
+                return addPackedStep(plan, plan.own(new OnednnPackedMatmul(w, b, n, k, plan.maxBatch(), plan.weightsFixed())), in, out);
             }
             if (OnednnPackedMatmul.enabled() && !plan.weightsFixed()) {
                 // Too small to pack, but on this engine the plan's linear layers are all snapshots (see InferencePlan).
@@ -123,6 +110,23 @@ public final class Layers {
                 // y [rows, n] = x [rows, k] W^T, W [n, k]: the call CpuBackend.gemm(false, true, ...) makes.
                 CpuBlas.sgemm(false, true, rows, n, k, 1f, ws.buffer(in), k, weights, k, 0f, ws.buffer(out), n);
                 if (biases != null) CpuKernels.biasAddRows(ws.buffer(out), biases, 0, rows, n);
+            });
+            return out;
+        }
+
+        /** The step y [rows, n] = x [rows, k] W^T + b on packed weights, with an execution context per workspace; returns out. */
+        private static int addPackedStep(InferencePlan.Builder plan, OnednnPackedMatmul packed, int in, int out) {
+            int ctx = plan.localSlot();
+            plan.add(new InferencePlan.Step() {
+                @Override
+                public void prepare(InferencePlan.Workspace ws, Arena arena) {
+                    ws.local(ctx, packed.newContext());
+                }
+
+                @Override
+                public void run(InferencePlan.Workspace ws, int rows) {
+                    packed.run((OnednnPackedMatmul.Context) ws.local(ctx), ws.buffer(in), ws.buffer(out), rows);
+                }
             });
             return out;
         }
@@ -141,22 +145,7 @@ public final class Layers {
                 } catch (UnsupportedOperationException noBf16Matmul) {
                     // Falls through to gemmBf16 below (the same numerics).
                 }
-                if (packed != null) {
-                    OnednnPackedMatmul matmul = packed;
-                    int ctx = plan.localSlot();
-                    plan.add(new InferencePlan.Step() {
-                        @Override
-                        public void prepare(InferencePlan.Workspace ws, Arena arena) {
-                            ws.local(ctx, matmul.newContext());
-                        }
-
-                        @Override
-                        public void run(InferencePlan.Workspace ws, int rows) {
-                            matmul.run((OnednnPackedMatmul.Context) ws.local(ctx), ws.buffer(in), ws.buffer(out), rows);
-                        }
-                    });
-                    return out;
-                }
+                if (packed != null) return addPackedStep(plan, packed, in, out);
             }
             MemorySegment weightsBf16 = plan.bf16CopyOf(w, (long) n * k); // W [n, k] bf16
             MemorySegment biases = b == null ? null : plan.copyOf(b.asSlice(0, (long) n * Float.BYTES));
