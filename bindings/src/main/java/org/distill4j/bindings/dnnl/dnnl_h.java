@@ -81,6 +81,7 @@ public final class dnnl_h {
     public static final int dnnl_eltwise_swish = 44;
     public static final int dnnl_softmax_accurate = 196608;
     public static final int dnnl_softmax_log = 196609;
+    public static final int dnnl_binary_add = 131056;
     public static final int dnnl_use_global_stats = 1;
     public static final int dnnl_use_scale = 2;
     public static final int dnnl_use_shift = 4;
@@ -98,6 +99,7 @@ public final class dnnl_h {
     public static final int dnnl_nchw = 5;
     public static final int dnnl_nhwc = 22;
     public static final int dnnl_oihw = 5;
+    public static final int dnnl_nChw16c = 78;
     public static final int dnnl_fpmath_mode_strict = 0;
     public static final int dnnl_fpmath_mode_bf16 = 1;
     public static final int dnnl_fpmath_mode_any = 3;
@@ -115,6 +117,8 @@ public final class dnnl_h {
     public static final int DNNL_ARG_WORKSPACE = 64;
     public static final int DNNL_ARG_MEAN = 49;
     public static final int DNNL_ARG_VARIANCE = 50;
+    public static final int DNNL_ARG_SRC_1 = 2;
+    public static final int DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE = 32768;
     public static final int DNNL_ARG_SCALE = 51;
     public static final int DNNL_ARG_SHIFT = 52;
     public static final int DNNL_ARG_DIFF_SCALE = 255;
@@ -216,6 +220,8 @@ public final class dnnl_h {
     private static final FunctionDescriptor dnnl_post_ops_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS);
     private static final FunctionDescriptor dnnl_post_ops_destroy$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS);
     private static final FunctionDescriptor dnnl_post_ops_append_sum$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_FLOAT, JAVA_INT, JAVA_INT);
+    private static final FunctionDescriptor dnnl_post_ops_append_eltwise$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_FLOAT, JAVA_FLOAT);
+    private static final FunctionDescriptor dnnl_post_ops_append_binary$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, ADDRESS);
     private static final FunctionDescriptor dnnl_matmul_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS);
     private static final FunctionDescriptor dnnl_convolution_forward_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS);
     private static final FunctionDescriptor dnnl_convolution_backward_data_primitive_desc_create$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS);
@@ -478,6 +484,26 @@ public final class dnnl_h {
         catch (Throwable t) { throw Downcalls.rethrow("dnnl_post_ops_append_sum", t); }
     }
 
+    private static final class dnnl_post_ops_append_eltwise$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_post_ops_append_eltwise", dnnl_post_ops_append_eltwise$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_post_ops_append_eltwise(dnnl_post_ops_t post_ops, dnnl_alg_kind_t alg_kind, float alpha, float beta); } */
+    public static int dnnl_post_ops_append_eltwise(MemorySegment post_ops, int alg_kind, float alpha, float beta) {
+        try { return (int) dnnl_post_ops_append_eltwise$.HANDLE.invokeExact(post_ops, alg_kind, alpha, beta); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_post_ops_append_eltwise", t); }
+    }
+
+    private static final class dnnl_post_ops_append_binary$ {
+        static final MethodHandle HANDLE = LIB.downcall("dnnl_post_ops_append_binary", dnnl_post_ops_append_binary$DESC);
+    }
+
+    /** {@snippet lang=c : dnnl_status_t dnnl_post_ops_append_binary(dnnl_post_ops_t post_ops, dnnl_alg_kind_t alg_kind, const_dnnl_memory_desc_t src1_desc); } */
+    public static int dnnl_post_ops_append_binary(MemorySegment post_ops, int alg_kind, MemorySegment src1_desc) {
+        try { return (int) dnnl_post_ops_append_binary$.HANDLE.invokeExact(post_ops, alg_kind, src1_desc); }
+        catch (Throwable t) { throw Downcalls.rethrow("dnnl_post_ops_append_binary", t); }
+    }
+
     private static final class dnnl_matmul_primitive_desc_create$ {
         static final MethodHandle HANDLE = LIB.downcall("dnnl_matmul_primitive_desc_create", dnnl_matmul_primitive_desc_create$DESC);
     }
@@ -715,6 +741,8 @@ public final class dnnl_h {
             new CFunction("dnnl_post_ops_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_post_ops_t *", CKind.POINTER)), dnnl_post_ops_create$DESC),
             new CFunction("dnnl_post_ops_destroy", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_post_ops_t", CKind.POINTER)), dnnl_post_ops_destroy$DESC),
             new CFunction("dnnl_post_ops_append_sum", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_post_ops_t", CKind.POINTER), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("int32_t", CKind.INT), new CFunction.Param("dnnl_data_type_t", CKind.INT)), dnnl_post_ops_append_sum$DESC),
+            new CFunction("dnnl_post_ops_append_eltwise", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_post_ops_t", CKind.POINTER), new CFunction.Param("dnnl_alg_kind_t", CKind.INT), new CFunction.Param("float", CKind.FLOAT), new CFunction.Param("float", CKind.FLOAT)), dnnl_post_ops_append_eltwise$DESC),
+            new CFunction("dnnl_post_ops_append_binary", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_post_ops_t", CKind.POINTER), new CFunction.Param("dnnl_alg_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER)), dnnl_post_ops_append_binary$DESC),
             new CFunction("dnnl_matmul_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_matmul_primitive_desc_create$DESC),
             new CFunction("dnnl_convolution_forward_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("dnnl_prop_kind_t", CKind.INT), new CFunction.Param("dnnl_alg_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_convolution_forward_primitive_desc_create$DESC),
             new CFunction("dnnl_convolution_backward_data_primitive_desc_create", "dnnl_status_t", CKind.INT, List.of(new CFunction.Param("dnnl_primitive_desc_t *", CKind.POINTER), new CFunction.Param("dnnl_engine_t", CKind.POINTER), new CFunction.Param("dnnl_alg_kind_t", CKind.INT), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_memory_desc_t", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const dnnl_dim_t *", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_desc_t", CKind.POINTER), new CFunction.Param("const_dnnl_primitive_attr_t", CKind.POINTER)), dnnl_convolution_backward_data_primitive_desc_create$DESC),
@@ -786,6 +814,7 @@ public final class dnnl_h {
             new CConstant("dnnl_eltwise_swish", dnnl_eltwise_swish),
             new CConstant("dnnl_softmax_accurate", dnnl_softmax_accurate),
             new CConstant("dnnl_softmax_log", dnnl_softmax_log),
+            new CConstant("dnnl_binary_add", dnnl_binary_add),
             new CConstant("dnnl_use_global_stats", dnnl_use_global_stats),
             new CConstant("dnnl_use_scale", dnnl_use_scale),
             new CConstant("dnnl_use_shift", dnnl_use_shift),
@@ -803,6 +832,7 @@ public final class dnnl_h {
             new CConstant("dnnl_nchw", dnnl_nchw),
             new CConstant("dnnl_nhwc", dnnl_nhwc),
             new CConstant("dnnl_oihw", dnnl_oihw),
+            new CConstant("dnnl_nChw16c", dnnl_nChw16c),
             new CConstant("dnnl_fpmath_mode_strict", dnnl_fpmath_mode_strict),
             new CConstant("dnnl_fpmath_mode_bf16", dnnl_fpmath_mode_bf16),
             new CConstant("dnnl_fpmath_mode_any", dnnl_fpmath_mode_any),
@@ -820,6 +850,8 @@ public final class dnnl_h {
             new CConstant("DNNL_ARG_WORKSPACE", DNNL_ARG_WORKSPACE),
             new CConstant("DNNL_ARG_MEAN", DNNL_ARG_MEAN),
             new CConstant("DNNL_ARG_VARIANCE", DNNL_ARG_VARIANCE),
+            new CConstant("DNNL_ARG_SRC_1", DNNL_ARG_SRC_1),
+            new CConstant("DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE", DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE),
             new CConstant("DNNL_ARG_SCALE", DNNL_ARG_SCALE),
             new CConstant("DNNL_ARG_SHIFT", DNNL_ARG_SHIFT),
             new CConstant("DNNL_ARG_DIFF_SCALE", DNNL_ARG_DIFF_SCALE),

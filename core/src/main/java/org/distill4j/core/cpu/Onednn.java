@@ -77,6 +77,36 @@ final class Onednn {
         return out.get(ADDRESS, 0);
     }
 
+    /** Copies {@code from} (layout fromMd) into {@code to} (layout toMd) with a reorder primitive, once. */
+    static void reorderOnce(MemorySegment fromMd, MemorySegment from, MemorySegment toMd, MemorySegment to) {
+        try (Arena tmp = Arena.ofConfined()) {
+            MemorySegment out = tmp.allocate(ADDRESS);
+            DnnlException.check(dnnl_h.dnnl_reorder_primitive_desc_create(out, fromMd, ENGINE, toMd, ENGINE, MemorySegment.NULL),
+                "dnnl_reorder_primitive_desc_create");
+            MemorySegment pd = out.get(ADDRESS, 0);
+            MemorySegment prim = null, stream = null, src = null, dst = null;
+            try {
+                DnnlException.check(dnnl_h.dnnl_primitive_create(out, pd), "dnnl_primitive_create (reorder)");
+                prim = out.get(ADDRESS, 0);
+                DnnlException.check(dnnl_h.dnnl_stream_create(out, ENGINE, dnnl_h.dnnl_stream_default_flags), "dnnl_stream_create");
+                stream = out.get(ADDRESS, 0);
+                src = memory(out, fromMd, from);
+                dst = memory(out, toMd, to);
+                MemorySegment args = tmp.allocate(dnnl_h.dnnl_exec_arg_t.LAYOUT, 2);
+                setArg(args, 0, dnnl_h.DNNL_ARG_FROM, src);
+                setArg(args, 1, dnnl_h.DNNL_ARG_TO, dst);
+                DnnlException.check(dnnl_h.dnnl_primitive_execute(prim, stream, 2, args), "dnnl_primitive_execute (reorder)");
+                DnnlException.check(dnnl_h.dnnl_stream_wait(stream), "dnnl_stream_wait");
+            } finally {
+                if (src != null) dnnl_h.dnnl_memory_destroy(src);
+                if (dst != null) dnnl_h.dnnl_memory_destroy(dst);
+                if (stream != null) dnnl_h.dnnl_stream_destroy(stream);
+                if (prim != null) dnnl_h.dnnl_primitive_destroy(prim);
+                dnnl_h.dnnl_primitive_desc_destroy(pd);
+            }
+        }
+    }
+
     /** The size of one dnnl_exec_arg_t in an argument array. */
     private static final long ARG_SIZE = dnnl_h.dnnl_exec_arg_t.LAYOUT.byteSize();
 

@@ -45,12 +45,8 @@ final class OnednnBatchNorm {
     private static final int KEY_LENGTH = 6;
     private static final MemorySegment ENGINE = Onednn.engine();
 
-    /**
-     * oneDNN 3.8.1's dnnl_nChw16c (= dnnl_aBcd16b) format tag, 78 in its dnnl_types.h; our
-     * generated bindings carry only the plain tags (jextract takes the enum's values from the header
-     * it reads, so this one is copied from the header of the version the bindings target).
-     */
-    private static final int NCHW16C = 78;
+    /** oneDNN's channel-blocked activation layout, nChw16c (= dnnl_aBcd16b). */
+    private static final int NCHW16C = dnnl_h.dnnl_nChw16c;
 
     private OnednnBatchNorm() {}
 

@@ -173,7 +173,7 @@ public final class OnednnPackedMatmul implements AutoCloseable {
             // also converts float32 -> bf16 (oneDNN rounds to nearest even, as Bf16.fromFloat; tested).
             MemorySegment plainMd = Onednn.memoryDesc(tmp, new long[] {k, n}, new long[] {1, k}, dnnl_h.dnnl_f32);
             try {
-                reorder(plainMd, weight, wantMd, packedCopy);
+                Onednn.reorderOnce(plainMd, weight, wantMd, packedCopy);
             } finally {
                 dnnl_h.dnnl_memory_desc_destroy(plainMd);
             }
@@ -256,36 +256,6 @@ public final class OnednnPackedMatmul implements AutoCloseable {
         }
     }
 
-    /** Copies {@code from} (layout fromMd) into {@code to} (layout toMd) with a reorder primitive, once. */
-    private static void reorder(MemorySegment fromMd, MemorySegment from, MemorySegment toMd, MemorySegment to) {
-        try (Arena tmp = Arena.ofConfined()) {
-            MemorySegment out = tmp.allocate(ADDRESS);
-            DnnlException.check(dnnl_h.dnnl_reorder_primitive_desc_create(out, fromMd, ENGINE, toMd, ENGINE, MemorySegment.NULL),
-                "dnnl_reorder_primitive_desc_create");
-            MemorySegment pd = out.get(ADDRESS, 0);
-            MemorySegment prim = null, stream = null, src = null, dst = null;
-            try {
-                DnnlException.check(dnnl_h.dnnl_primitive_create(out, pd), "dnnl_primitive_create (reorder)");
-                prim = out.get(ADDRESS, 0);
-                DnnlException.check(dnnl_h.dnnl_stream_create(out, ENGINE, dnnl_h.dnnl_stream_default_flags), "dnnl_stream_create");
-                stream = out.get(ADDRESS, 0);
-                src = Onednn.memory(out, fromMd, from);
-                dst = Onednn.memory(out, toMd, to);
-                MemorySegment args = tmp.allocate(dnnl_h.dnnl_exec_arg_t.LAYOUT, 2);
-                Onednn.setArg(args, 0, dnnl_h.DNNL_ARG_FROM, src);
-                Onednn.setArg(args, 1, dnnl_h.DNNL_ARG_TO, dst);
-                DnnlException.check(dnnl_h.dnnl_primitive_execute(prim, stream, 2, args), "dnnl_primitive_execute (reorder)");
-                DnnlException.check(dnnl_h.dnnl_stream_wait(stream), "dnnl_stream_wait");
-            } finally {
-                if (src != null) dnnl_h.dnnl_memory_destroy(src);
-                if (dst != null) dnnl_h.dnnl_memory_destroy(dst);
-                if (stream != null) dnnl_h.dnnl_stream_destroy(stream);
-                if (prim != null) dnnl_h.dnnl_primitive_destroy(prim);
-                dnnl_h.dnnl_primitive_desc_destroy(pd);
-            }
-        }
-    }
-
     /** The primitive for {@code rows} rows at this thread count, made on first use. */
     private Entry entry(int rows, int threads) {
         int slot = (threads == 1 ? 0 : maxRows + 1) + rows;
@@ -323,7 +293,7 @@ public final class OnednnPackedMatmul implements AutoCloseable {
                 MemorySegment wantMd = dnnl_h.dnnl_primitive_desc_query_md(e.primitiveDesc, dnnl_h.dnnl_query_weights_md, 0);
                 if (dnnl_h.dnnl_memory_desc_equal(wantMd, packedMd) == 0) {
                     e.weights = arena.allocate(Math.max(dnnl_h.dnnl_memory_desc_get_size(wantMd), 64), 64);
-                    reorder(packedMd, packed, wantMd, e.weights);
+                    Onednn.reorderOnce(packedMd, packed, wantMd, e.weights);
                 }
             }
             e.weightsMd = dnnl_h.dnnl_primitive_desc_query_md(e.primitiveDesc, dnnl_h.dnnl_query_weights_md, 0);

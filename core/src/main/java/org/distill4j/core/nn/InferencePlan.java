@@ -11,6 +11,7 @@ import org.distill4j.core.cpu.CpuBackend;
 import org.distill4j.core.cpu.CpuBlas;
 import org.distill4j.core.cpu.CpuKernels;
 import org.distill4j.core.cpu.CpuMemory;
+import org.distill4j.core.cpu.OnednnInferenceConv;
 
 /**
  * A CPU model compiled for inference: the eval-mode forward pass as a list of steps over
@@ -70,6 +71,8 @@ public final class InferencePlan {
         private final boolean bf16;
         private final List<Step> steps = new ArrayList<>();
         private final List<Long> bufferFeatures = new ArrayList<>(); // elements per row of each buffer
+        private final List<Boolean> blockedBuffers = new ArrayList<>(); // whether each buffer is channel-blocked (nChw16c)
+        private final java.util.Map<Integer, Integer> plainCopies = new java.util.HashMap<>(); // blocked buffer -> its NCHW copy
         private final List<AutoCloseable> owned = new ArrayList<>();
         private Arena constants;
         private int stateSlots, localSlots;
@@ -98,7 +101,55 @@ public final class InferencePlan {
         /** A new buffer of {@code featuresPerRow} float32 elements per row; returns its index. */
         public int buffer(long featuresPerRow) {
             bufferFeatures.add(featuresPerRow);
+            blockedBuffers.add(false);
             return bufferFeatures.size() - 1;
+        }
+
+        /**
+         * Whether convolutions fuse here ({@link OnednnInferenceConv}: the oneDNN engine, float32):
+         * a convolution with the eval-mode batch norm, ReLU and residual add after it runs as one
+         * primitive on weights packed once, and activations between such convolutions stay
+         * channel-blocked ({@link #blocked}).
+         */
+        public boolean fusesConvolutions() {
+            return !bf16 && OnednnInferenceConv.enabled();
+        }
+
+        /**
+         * A new buffer for channel-blocked activations: per row [C/16, H, W, 16] (oneDNN's nChw16c;
+         * C a multiple of 16, so the same number of elements as [C, H, W]); returns its index.
+         */
+        public int blockedBuffer(long featuresPerRow) {
+            int b = buffer(featuresPerRow);
+            blockedBuffers.set(b, true);
+            return b;
+        }
+
+        /** Whether buffer {@code b} holds channel-blocked activations (nChw16c) rather than NCHW. */
+        public boolean blocked(int b) {
+            return blockedBuffers.get(b);
+        }
+
+        /** A new buffer of {@code like}'s layout (an elementwise layer's output). */
+        public int bufferLike(int like, long featuresPerRow) {
+            return blocked(like) ? blockedBuffer(featuresPerRow) : buffer(featuresPerRow);
+        }
+
+        /**
+         * Buffer {@code b} in NCHW: itself when plain; for a blocked one, a new buffer that a step
+         * (added once per buffer, on its first use) fills by reordering, per row shape
+         * {@code shape} [C, H, W].
+         */
+        public int plain(int b, long[] shape) {
+            if (!blocked(b)) return b;
+            Integer copy = plainCopies.get(b);
+            if (copy != null) return copy;
+            if (shape.length != 3) throw new IllegalStateException("a blocked buffer holds [C, H, W] rows, got shape " + java.util.Arrays.toString(shape));
+            int out = buffer(Tensor.numel(shape));
+            int c = (int) shape[0], h = (int) shape[1], w = (int) shape[2];
+            add((ws, rows) -> OnednnInferenceConv.toPlain(ws.buffer(b), ws.buffer(out), rows, c, h, w));
+            plainCopies.put(b, out);
+            return out;
         }
 
         /** A slot for per-workspace state ({@link Workspace#state(int)}), set by a step's prepare. */
@@ -156,7 +207,8 @@ public final class InferencePlan {
          * (what a layer with children calls for each child); returns the buffer holding its output.
          */
         public int compile(Layer layer, long[] shape, int in) {
-            return layer.compileInference(this, shape, layer.outputShape(shape), in);
+            int input = blocked(in) && !layer.compilesBlocked() ? plain(in, shape) : in;
+            return layer.compileInference(this, shape, layer.outputShape(shape), input);
         }
 
         /**
@@ -204,7 +256,7 @@ public final class InferencePlan {
         this.computeDtype = computeDtype;
         Builder b = new Builder(maxBatch, weightsFixed, computeDtype == DType.BF16);
         this.inputBuffer = b.buffer(Tensor.numel(model.inputShape()));
-        this.outputBuffer = b.compile(model.net(), model.inputShape(), inputBuffer);
+        this.outputBuffer = b.plain(b.compile(model.net(), model.inputShape(), inputBuffer), model.net().outputShape(model.inputShape()));
         this.steps = List.copyOf(b.steps);
         this.bufferFeatures = List.copyOf(b.bufferFeatures);
         this.stateSlots = b.stateSlots;

@@ -80,6 +80,17 @@ public abstract class Layer implements AutoCloseable {
         return plan.forwardStep(this, inShape, outShape, in);
     }
 
+    /**
+     * Whether {@link #compileInference} takes an input buffer in the channel-blocked layout
+     * ({@link InferencePlan.Builder#blocked}); for a layer that does not (the default), the plan
+     * converts such an input to NCHW first. A layer that does either reads it in that layout
+     * (elementwise layers, whose output then has it too: {@link InferencePlan.Builder#bufferLike})
+     * or converts it itself ({@link InferencePlan.Builder#plain}).
+     */
+    public boolean compilesBlocked() {
+        return false;
+    }
+
     /** PyTorch-style type name, for messages. */
     public abstract String kind();
 

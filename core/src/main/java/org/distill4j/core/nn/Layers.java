@@ -19,6 +19,7 @@ import org.distill4j.core.cpu.CpuBackend;
 import org.distill4j.core.cpu.CpuBlas;
 import org.distill4j.core.cpu.CpuKernels;
 import org.distill4j.core.cpu.CpuMemory;
+import org.distill4j.core.cpu.OnednnInferenceConv;
 import org.distill4j.core.cpu.OnednnPackedMatmul;
 
 /**
@@ -229,8 +230,55 @@ public final class Layers {
             return dx;
         }
 
+        /** Reads a blocked input only where it fuses ({@link #compileFused}); otherwise converts it to NCHW first. */
+        @Override
+        public boolean compilesBlocked() { return true; }
+
         @Override
         public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
+            if (plan.fusesConvolutions()) {
+                int fused = compileFused(plan, s, in, null, -1, false);
+                if (fused >= 0) return fused;
+            }
+            return compileUnfused(plan, s, next, plan.plain(in, s));
+        }
+
+        /**
+         * The fused step on the oneDNN engine ({@link OnednnInferenceConv}): this convolution with
+         * {@code bn} (an eval-mode BatchNorm2d right after it, or null) folded into its weights and
+         * bias, plus buffer {@code addend} (a residual's shortcut, of the output's shape; -1: none)
+         * and then ReLU when {@code relu}. The output is channel-blocked when it has a multiple of
+         * 16 channels. Returns the output buffer, or -1 when it does not fuse (the addend is not
+         * blocked like the output, or oneDNN has no such convolution): the caller compiles the
+         * layers one by one.
+         */
+        int compileFused(InferencePlan.Builder plan, long[] s, int in, BatchNorm bn, int addend, boolean relu) {
+            long[] next = outputShape(s);
+            boolean dstBlocked = OnednnInferenceConv.blockable(next[0]);
+            if (addend >= 0 && !(dstBlocked && plan.blocked(addend))) return -1;
+            int k = (int) next[0], c = (int) s[0];
+            long crs = (long) c * kernel * kernel;
+            MemorySegment w = weight.value().data(), b = bias == null ? null : bias.value().data();
+            float[][] folded = bn == null ? null
+                : OnednnInferenceConv.foldBatchNorm(w, b, k, crs, bn.weight.value().data(), bn.bias.value().data(), bn.runningMean.value().data(),
+                    bn.runningVar.value().data(), bn.eps);
+            OnednnInferenceConv conv;
+            try (Arena tmp = Arena.ofConfined()) {
+                MemorySegment wf = folded != null ? tmp.allocateFrom(java.lang.foreign.ValueLayout.JAVA_FLOAT, folded[0]) : w;
+                MemorySegment bf = folded != null ? tmp.allocateFrom(java.lang.foreign.ValueLayout.JAVA_FLOAT, folded[1])
+                    : b != null ? b : tmp.allocate((long) k * Float.BYTES); // no bias: zeros
+                conv = OnednnInferenceConv.create(c, (int) s[1], (int) s[2], k, (int) kernel, (int) kernel, (int) next[1], (int) next[2], geometry, wf, bf,
+                    plan.blocked(in), dstBlocked, addend >= 0, relu, plan.maxBatch());
+            }
+            if (conv == null) return -1;
+            plan.own(conv);
+            int out = dstBlocked ? plan.blockedBuffer(Tensor.numel(next)) : plan.buffer(Tensor.numel(next));
+            if (addend >= 0) plan.add((ws, rows) -> conv.run(ws.buffer(in), ws.buffer(addend), ws.buffer(out), rows));
+            else plan.add((ws, rows) -> conv.run(ws.buffer(in), null, ws.buffer(out), rows));
+            return out;
+        }
+
+        private int compileUnfused(InferencePlan.Builder plan, long[] s, long[] next, int in) {
             int out = plan.buffer(Tensor.numel(next));
             int maxBatch = plan.maxBatch();
             ConvGeometry g = new ConvGeometry(maxBatch, (int) s[0], (int) s[1], (int) s[2], (int) next[0], (int) kernel, (int) kernel,
@@ -450,12 +498,20 @@ public final class Layers {
             return dx;
         }
 
+        /** Elementwise: any layout, the output in the input's. */
+        @Override
+        public boolean compilesBlocked() { return true; }
+
         @Override
         public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
-            int out = plan.buffer(Tensor.numel(next));
+            int out = plan.bufferLike(in, Tensor.numel(next));
             long features = Tensor.numel(s);
             plan.add((ws, rows) -> CpuKernels.activation(activation, param, ws.buffer(in), ws.buffer(out), 0, rows * features));
             return out;
+        }
+
+        boolean isRelu() {
+            return activation == Activation.RELU;
         }
     }
 
@@ -490,6 +546,9 @@ public final class Layers {
         public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
             return in;
         }
+
+        @Override
+        public boolean compilesBlocked() { return true; }
 
         @Override
         public Tensor forward(Pass p, Tensor x) {
@@ -659,6 +718,9 @@ public final class Layers {
             return in;
         }
 
+        @Override
+        public boolean compilesBlocked() { return true; }
+
         @Override public String kind() { return "identity"; }
         @Override public long[] outputShape(long[] s) { return s.clone(); }
         @Override public Tensor forward(Pass p, Tensor x) { return x; }
@@ -679,16 +741,77 @@ public final class Layers {
 
         @Override public String kind() { return "sequential"; }
 
+        /** Its children convert a blocked input themselves (through {@link InferencePlan.Builder#compile}). */
+        @Override
+        public boolean compilesBlocked() { return true; }
+
         @Override
         public int compileInference(InferencePlan.Builder plan, long[] shape, long[] next, int in) {
+            return compileThen(plan, shape, in, -1, false);
+        }
+
+        /**
+         * The children's steps, then (when {@code addend} >= 0) + buffer {@code addend} and, with
+         * {@code relu}, ReLU: a residual's body with its shortcut. Where the plan fuses convolutions,
+         * a convolution takes the eval-mode BatchNorm2d and the ReLU right after it, and the
+         * sequence's last convolution (with its batch norm, and no ReLU of its own) takes the add
+         * and the ReLU; whatever does not fuse runs step by step.
+         */
+        int compileThen(InferencePlan.Builder plan, long[] shape, int in, int addend, boolean relu) {
             int current = in;
             long[] s = shape;
-            for (Layer layer : layers) {
+            boolean added = false;
+            int n = layers.size();
+            for (int i = 0; i < n; i++) {
+                Layer layer = layers.get(i);
                 long[] out = layer.outputShape(s);
-                current = layer.compileInference(plan, s, out, current);
+                if (plan.fusesConvolutions() && layer instanceof Conv2d conv) {
+                    int j = i + 1; // the first layer after the group
+                    BatchNorm bn = j < n && layers.get(j) instanceof BatchNorm b && b.twoD ? b : null;
+                    if (bn != null) j++;
+                    boolean ownRelu = j < n && layers.get(j) instanceof Act a && a.isRelu();
+                    boolean takesAdd = addend >= 0 && !ownRelu && j == n; // the add comes after the batch norm, before the ReLU
+                    int y = conv.compileFused(plan, s, current, bn, takesAdd ? addend : -1, ownRelu || (takesAdd && relu));
+                    if (y < 0 && takesAdd) {
+                        takesAdd = false; // the add does not fuse here (layouts): fuse the rest, add after
+                        y = conv.compileFused(plan, s, current, bn, -1, false);
+                    }
+                    if (y >= 0) {
+                        added |= takesAdd;
+                        current = y;
+                        s = out;
+                        i = ownRelu ? j : j - 1;
+                        continue;
+                    }
+                }
+                if (plan.fusesConvolutions() && layer instanceof Residual res && i + 1 < n && layers.get(i + 1) instanceof Act a && a.isRelu()) {
+                    current = res.compileThen(plan, s, current, true);
+                    s = out;
+                    i++;
+                    continue;
+                }
+                current = plan.compile(layer, s, current);
                 s = out;
             }
+            if (addend >= 0 && !added) current = addThen(plan, s, current, addend, relu);
             return current;
+        }
+
+        /** y = x + addend (then ReLU), elementwise over buffers of one layout (both made NCHW when they differ). */
+        private static int addThen(InferencePlan.Builder plan, long[] s, int x, int addend, boolean relu) {
+            int a = x, b = addend;
+            if (plan.blocked(a) != plan.blocked(b)) {
+                a = plan.plain(a, s);
+                b = plan.plain(b, s);
+            }
+            int xs = a, as = b;
+            long features = Tensor.numel(s);
+            int out = plan.bufferLike(xs, features);
+            plan.add((ws, rows) -> {
+                CpuKernels.add(ws.buffer(xs), ws.buffer(as), ws.buffer(out), 0, rows * features);
+                if (relu) CpuKernels.activation(Activation.RELU, 0f, ws.buffer(out), ws.buffer(out), 0, rows * features);
+            });
+            return out;
         }
 
         @Override
@@ -764,13 +887,17 @@ public final class Layers {
         }
 
         @Override
+        public boolean compilesBlocked() { return true; }
+
+        @Override
         public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
-            int bodyOut = plan.compile(body, s, in);
+            return compileThen(plan, s, in, false);
+        }
+
+        /** body(x) + shortcut(x), then ReLU when {@code relu}: the body's last convolution takes the add where the plan fuses. */
+        int compileThen(InferencePlan.Builder plan, long[] s, int in, boolean relu) {
             int shortcutOut = shortcut == null ? in : plan.compile(shortcut, s, in);
-            int out = plan.buffer(Tensor.numel(next));
-            long features = Tensor.numel(next);
-            plan.add((ws, rows) -> CpuKernels.add(ws.buffer(bodyOut), ws.buffer(shortcutOut), ws.buffer(out), 0, rows * features));
-            return out;
+            return body.compileThen(plan, s, in, shortcutOut, relu);
         }
 
         @Override

@@ -300,7 +300,7 @@ public final class Trainer {
             boolean bf16 = teacherDtype == DType.BF16; // withTeacherDtype checked: CPU backend, no hint
             // The teachers' plans: always for a bf16 teacher (its only forward), else on the oneDNN engine (packed weights). A cache replaces them.
             if (cacheOptions == null && (bf16 || hint == null && backend.isHost() && CpuBlas.engine() == CpuEngine.ONEDNN
-                    && teachers.stream().allMatch(t -> t.parameters().stream().allMatch(p -> p.value().dtype() == DType.F32)))) {
+                    && teachers.stream().allMatch(t -> t.parameters().stream().allMatch(p -> p.value().dtype() == DType.F32 || isCounter(p))))) {
                 try {
                     for (Model t : teachers) {
                         InferencePlan plan = InferencePlan.compile(t, config.batchSize(), true, teacherDtype);
@@ -598,6 +598,14 @@ public final class Trainer {
         all[0] = first;
         for (int i = 0; i < rest.size(); i++) all[i + 1] = rest.get(i);
         return all;
+    }
+
+    /**
+     * An integer buffer no forward reads (batch norm's num_batches_tracked, I64): it does not keep
+     * a teacher off the float32 inference plan, which reads only the float parameters.
+     */
+    private static boolean isCounter(Parameter p) {
+        return !p.trainable() && (p.value().dtype() == DType.I64 || p.value().dtype() == DType.I32);
     }
 
     /**
