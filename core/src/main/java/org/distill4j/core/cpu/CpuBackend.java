@@ -358,9 +358,16 @@ public final class CpuBackend implements Backend {
         Shapes.same(op, dx, dy);
         MemorySegment xs = x.data(), ys = y.data(), dys = dy.data(), dxs = dx.data();
         if (kind == Activation.RELU) {
+            // dx = x > 0 ? dy : +0, without a branch: the sign of x is random, and the mispredicted branch made this loop 5x slower
+            // than the forward (11.5 ms for 4M elements). x > 0 exactly when its bits t = bits(x) - 1 lie in [0, 0x7F800000)
+            // (positive finite or +inf; NaN and both zeros excluded): the mask keeps dy's bits there and gives +0 elsewhere.
             parallel(x.rows(), x.cols(), r -> {
                 long base = r * x.cols();
-                for (long i = base; i < base + x.cols(); i++) set(dxs, i, f(xs, i) > 0 ? f(dys, i) : 0f);
+                for (long i = base; i < base + x.cols(); i++) {
+                    int t = Float.floatToRawIntBits(f(xs, i)) - 1;
+                    int keep = ~(t >> 31) & ((t - 0x7F800000) >> 31);
+                    set(dxs, i, Float.intBitsToFloat(Float.floatToRawIntBits(f(dys, i)) & keep));
+                }
             });
             return;
         }

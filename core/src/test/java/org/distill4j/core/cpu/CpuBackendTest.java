@@ -162,6 +162,33 @@ class CpuBackendTest {
         }, 1e-2, 2e-2, kind + " backward (float32 forward)");
     }
 
+    /**
+     * ReLU's backward is dx = x > 0 ? dy : +0, bit for bit (the CPU loop selects with a mask, not a
+     * branch): at both zeros, subnormals, the infinities, NaNs of either sign, and with NaN, -0 and
+     * infinite gradients, then on random values.
+     */
+    @Test
+    void reluBackwardIsTheSelectBitForBit() {
+        float[] special = {0f, -0f, Float.MIN_VALUE, -Float.MIN_VALUE, Float.MIN_NORMAL, Float.MAX_VALUE, -Float.MAX_VALUE, Float.POSITIVE_INFINITY,
+            Float.NEGATIVE_INFINITY, Float.NaN, Float.intBitsToFloat(0xFFC00000), Float.intBitsToFloat(0x7F800001), 1f, -1f, 3.5e-39f, -2f};
+        float[] grads = {2.5f, Float.NaN, -0f, Float.NEGATIVE_INFINITY, -7f, Float.MIN_VALUE};
+        int n = special.length * grads.length + 1000;
+        float[] x = new float[n], dy = new float[n];
+        int k = 0;
+        for (float sx : special) for (float g : grads) { x[k] = sx; dy[k++] = g; }
+        for (; k < n; k++) { x[k] = (float) random.nextGaussian(); dy[k] = (float) random.nextGaussian(); }
+        try (Tensor tx = t(x, 1, n); Tensor ty = cpu.empty(DType.F32, 1, n); Tensor tdy = t(dy, 1, n); Tensor dx = cpu.empty(DType.F32, 1, n)) {
+            cpu.activation(Activation.RELU, 0f, tx, ty);
+            cpu.activationBackward(Activation.RELU, 0f, tx, ty, tdy, dx);
+            float[] got = dx.toFloatArray();
+            for (int i = 0; i < n; i++) {
+                float want = x[i] > 0 ? dy[i] : 0f;
+                assertEquals(Float.floatToRawIntBits(want), Float.floatToRawIntBits(got[i]), "x " + x[i] + " (0x" + Integer.toHexString(Float.floatToRawIntBits(x[i]))
+                    + "), dy " + dy[i] + ": want " + want + ", got " + got[i]);
+            }
+        }
+    }
+
     // ---- softmax
 
     @Test
