@@ -1053,19 +1053,38 @@ public final class CpuBackend implements Backend {
         MemorySegment xs = x.data(), ys = y.data();
         if (onednnBatchNorm(x, l[0], l[1], l[2]) && OnednnBatchNorm.forwardTraining(xs, gamma.data(), beta.data(), runningMean.data(), runningVar.data(),
             momentum, eps, ys, saveMean.data(), saveInvStd.data(), l[0], l[1], l[2])) return;
-        parallel(l[1], count * 3, c -> {
-            double sum = 0;
-            for (long n = 0; n < l[0]; n++) for (long i = 0; i < l[2]; i++) sum += f(xs, (n * l[1] + c) * l[2] + i);
-            double mean = sum / count, sq = 0;
-            for (long n = 0; n < l[0]; n++) for (long i = 0; i < l[2]; i++) {
-                double d = f(xs, (n * l[1] + c) * l[2] + i) - mean;
-                sq += d * d;
+        long nb = l[0], channels = l[1], inner = l[2];
+        parallel(channels, count * 3, c -> {
+            // One pass for the statistics: sums of d = x - shift and d^2 in double, with shift = the channel's first value, so
+            // E[d^2] - E[d]^2 keeps double's precision for float data; four accumulators each, so the adds do not wait on one another.
+            double shift = f(xs, c * inner);
+            double s0 = 0, s1 = 0, s2 = 0, s3 = 0, q0 = 0, q1 = 0, q2 = 0, q3 = 0;
+            for (long n = 0; n < nb; n++) {
+                long base = (n * channels + c) * inner, i = 0;
+                for (; i + 3 < inner; i += 4) {
+                    double d0 = f(xs, base + i) - shift, d1 = f(xs, base + i + 1) - shift, d2 = f(xs, base + i + 2) - shift, d3 = f(xs, base + i + 3) - shift;
+                    s0 += d0;
+                    s1 += d1;
+                    s2 += d2;
+                    s3 += d3;
+                    q0 += d0 * d0;
+                    q1 += d1 * d1;
+                    q2 += d2 * d2;
+                    q3 += d3 * d3;
+                }
+                for (; i < inner; i++) {
+                    double d = f(xs, base + i) - shift;
+                    s0 += d;
+                    q0 += d * d;
+                }
             }
-            double var = sq / count, invStd = 1 / Math.sqrt(var + eps);
-            double g = f(gamma.data(), c), b = f(beta.data(), c);
-            for (long n = 0; n < l[0]; n++) for (long i = 0; i < l[2]; i++) {
-                long at = (n * l[1] + c) * l[2] + i;
-                set(ys, at, (float) ((f(xs, at) - mean) * invStd * g + b));
+            double meanShifted = ((s0 + s1) + (s2 + s3)) / count;
+            double mean = shift + meanShifted, var = Math.max(0, ((q0 + q1) + (q2 + q3)) / count - meanShifted * meanShifted);
+            double invStd = 1 / Math.sqrt(var + eps);
+            double scale = invStd * f(gamma.data(), c), offset = f(beta.data(), c) - mean * scale; // y = (x - mean) invStd gamma + beta
+            for (long n = 0; n < nb; n++) {
+                long base = (n * channels + c) * inner;
+                for (long i = base; i < base + inner; i++) set(ys, i, (float) (f(xs, i) * scale + offset));
             }
             set(runningMean.data(), c, (float) ((1 - momentum) * f(runningMean.data(), c) + momentum * mean));
             set(runningVar.data(), c, (float) ((1 - momentum) * f(runningVar.data(), c) + momentum * var * count / (count - 1)));
@@ -1096,19 +1115,36 @@ public final class CpuBackend implements Backend {
         MemorySegment xs = x.data(), dys = dy.data(), dxs = dx.data();
         if (onednnBatchNorm(x, l[0], l[1], l[2]) && OnednnBatchNorm.backward(xs, dys, gamma.data(), saveMean.data(), saveInvStd.data(),
             dxs, dgamma.data(), dbeta.data(), l[0], l[1], l[2])) return;
-        parallel(l[1], count * 3, c -> {
+        long nb = l[0], channels = l[1], inner = l[2];
+        parallel(channels, count * 3, c -> {
             double mean = f(saveMean.data(), c), invStd = f(saveInvStd.data(), c), g = f(gamma.data(), c);
-            double sumDy = 0, sumDyXhat = 0;
-            for (long n = 0; n < l[0]; n++) for (long i = 0; i < l[2]; i++) {
-                long at = (n * l[1] + c) * l[2] + i;
-                double d = f(dys, at);
-                sumDy += d;
-                sumDyXhat += d * (f(xs, at) - mean) * invStd;
+            // sum dy and sum dy (x - mean), four accumulators each (independent adds).
+            double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+            for (long n = 0; n < nb; n++) {
+                long base = (n * channels + c) * inner, i = 0;
+                for (; i + 3 < inner; i += 4) {
+                    double d0 = f(dys, base + i), d1 = f(dys, base + i + 1), d2 = f(dys, base + i + 2), d3 = f(dys, base + i + 3);
+                    a0 += d0;
+                    a1 += d1;
+                    a2 += d2;
+                    a3 += d3;
+                    b0 += d0 * (f(xs, base + i) - mean);
+                    b1 += d1 * (f(xs, base + i + 1) - mean);
+                    b2 += d2 * (f(xs, base + i + 2) - mean);
+                    b3 += d3 * (f(xs, base + i + 3) - mean);
+                }
+                for (; i < inner; i++) {
+                    double d = f(dys, base + i);
+                    a0 += d;
+                    b0 += d * (f(xs, base + i) - mean);
+                }
             }
-            for (long n = 0; n < l[0]; n++) for (long i = 0; i < l[2]; i++) {
-                long at = (n * l[1] + c) * l[2] + i;
-                double xhat = (f(xs, at) - mean) * invStd;
-                set(dxs, at, (float) (g * invStd / count * (count * f(dys, at) - sumDy - xhat * sumDyXhat)));
+            double sumDy = (a0 + a1) + (a2 + a3), sumDyXhat = ((b0 + b1) + (b2 + b3)) * invStd;
+            // dx = g invStd / count (count dy - sumDy - xhat sumDyXhat), xhat = (x - mean) invStd.
+            double k = g * invStd / count, kDy = k * count, kConst = k * sumDy, kX = k * invStd * sumDyXhat;
+            for (long n = 0; n < nb; n++) {
+                long base = (n * channels + c) * inner;
+                for (long i = base; i < base + inner; i++) set(dxs, i, (float) (kDy * f(dys, i) - kConst - (f(xs, i) - mean) * kX));
             }
             set(dgamma.data(), c, (float) sumDyXhat);
             set(dbeta.data(), c, (float) sumDy);
