@@ -20,16 +20,19 @@ import org.distill4j.core.cpu.OnednnInferenceConv;
  * made through {@link CpuMemory}, so counted); after it is made, running the plan of a model of
  * built-in layers allocates nothing, on the heap or through {@link CpuMemory}: the kernels are {@link CpuKernels}' range
  * loops (the same arithmetic as the CPU backend) and gemm is one downcall per layer (per image for
- * convolutions) on segments sliced when the workspace was made. Convolutions read the model's own
- * weight tensors. On the oneDNN engine a linear layer packs its weights once, when the plan is
- * compiled, into oneDNN's blocked layout ({@link org.distill4j.core.cpu.OnednnPackedMatmul}), and
- * a plan compiled without {@code weightsFixed} copies the other linear layers' weights too: on
- * that engine the plan serves the linear weights as they were then (a snapshot: writing the
- * model's tensors afterwards does not change its linear layers; compile a new plan to serve new
- * weights), and its results equal {@code Model.forward} within float32 rounding (the packed and
- * plain matmuls run the same kernel, bit for bit in our tests, but only rounding is promised). On
- * the other engines the plan reads the model's tensors in place and equals {@code Model.forward}
- * bit for bit.
+ * convolutions) on segments sliced when the workspace was made. On the oneDNN engine a linear
+ * layer packs its weights once, when the plan is compiled, into oneDNN's blocked layout
+ * ({@link org.distill4j.core.cpu.OnednnPackedMatmul}), and a plan compiled without
+ * {@code weightsFixed} copies the other linear layers' weights too; a convolution is fused with
+ * the eval batch norm, ReLU and residual add after it ({@link OnednnInferenceConv}: the batch norm
+ * folded into a copy of its weights, reordered once), and activations between fused convolutions
+ * stay channel-blocked ({@link Builder#blocked}). So on that engine the plan serves the linear and
+ * convolution weights (and batch-norm statistics) as they were then (a snapshot: writing the
+ * model's tensors afterwards does not change them; compile a new plan to serve new weights), and
+ * its results equal {@code Model.forward} within float32 rounding (folding rounds differently;
+ * -Ddistill4j.onednn.fuse=false keeps convolutions unfused, reading the model's tensors). On the
+ * other engines the plan reads the model's tensors in place and equals {@code Model.forward} bit
+ * for bit.
  * {@link #close()} frees the packed copies.
  *
  * <p><b>bf16</b> ({@link #compile(Model, int, boolean, DType)} with {@link DType#BF16}: a frozen
