@@ -74,16 +74,18 @@ final class PredictCommand implements Callable<Integer> {
             m.load(weights);
             long outPerRow = Tensor.numel(m.outputShape());
             float[] out = new float[(int) (n * outPerRow)];
-            if (bf16) {
-                // The Predictor's bf16 plan: bf16 weights and inputs of every matrix product and convolution, float32 sums
+            boolean planned = bf16 || b.isHost();
+            if (planned) {
+                // On the CPU, the Predictor's compiled plan (what a service embedding the model runs, so both give the same
+                // numbers): float32, or bf16 weights and inputs of every matrix product and convolution with float32 sums
                 // (the eval forward of Model has no bf16 path). One workspace; the gemm engine keeps its own threads.
-                Predictor.Options options = new Predictor.Options(batch, false, 0, 0, 1, 1).withComputeDtype(DType.BF16);
+                Predictor.Options options = new Predictor.Options(batch, false, 0, 0, 1, 1).withComputeDtype(bf16 ? DType.BF16 : DType.F32);
                 try (Predictor p = Predictor.of(m, options)) {
                     p.predict(values, out);
                 }
             }
-            // float32: the eval forward, --batch rows at a time (skipped when bf16 computed them above).
-            for (long start = bf16 ? n : 0; start < n; start += batch) {
+            // CUDA: the eval forward, --batch rows at a time (skipped when the plan computed them above).
+            for (long start = planned ? n : 0; start < n; start += batch) {
                 long rows = Math.min(batch, n - start);
                 long[] shape = new long[expected.length + 1];
                 shape[0] = rows;

@@ -82,6 +82,7 @@ public final class dnnl_h {
     public static final int dnnl_softmax_accurate = 196608;
     public static final int dnnl_softmax_log = 196609;
     public static final int dnnl_binary_add = 131056;
+    public static final int dnnl_binary_mul = 131057;
     public static final int dnnl_use_global_stats = 1;
     public static final int dnnl_use_scale = 2;
     public static final int dnnl_use_shift = 4;
@@ -815,6 +816,7 @@ public final class dnnl_h {
             new CConstant("dnnl_softmax_accurate", dnnl_softmax_accurate),
             new CConstant("dnnl_softmax_log", dnnl_softmax_log),
             new CConstant("dnnl_binary_add", dnnl_binary_add),
+            new CConstant("dnnl_binary_mul", dnnl_binary_mul),
             new CConstant("dnnl_use_global_stats", dnnl_use_global_stats),
             new CConstant("dnnl_use_scale", dnnl_use_scale),
             new CConstant("dnnl_use_shift", dnnl_use_shift),

@@ -28,20 +28,28 @@ import org.distill4j.core.Conv2dParams;
  * weights, its shift into the bias), so the result equals conv, batch norm, (add,) ReLU within
  * float32 rounding, not bit for bit. ReLU is oneDNN's: max(v, 0) with NaN kept (PyTorch's).
  *
+ * <p><b>bf16</b> (a frozen teacher or Predictor asked to compute in bf16; the recipe of
+ * {@link org.distill4j.core.nn.InferencePlan}'s bf16 plan): x and W rounded to bfloat16 (nearest
+ * even; W once, x by {@link #toBf16} before each call), products summed in float32, y float32.
+ * The batch norm is not folded into the rounded weights (that would round other weights than the
+ * model's): it runs as per-channel multiply and add post-ops on the float32 sums, (conv + b) *
+ * scale + shift, before the residual add and the ReLU.
+ *
  * <p>Each problem (rows, the sizes, geometry, layouts, post-ops, OpenMP thread count) gets one
  * primitive, made on first use and cached process-wide ({@link OnednnCall}); a warm call allocates
  * nothing. A call that finds all of {@link OnednnCall}'s contexts busy waits for one.
  */
 public final class OnednnInferenceConv implements AutoCloseable {
-    private static final int FUSED = 31, TO_PLAIN = 32, KEY_LENGTH = 19;
+    private static final int FUSED = 31, TO_PLAIN = 32, TO_BF16 = 33, KEY_LENGTH = 21;
     private static final MemorySegment ENGINE = Onednn.engine();
 
-    /** Whether inference plans fuse convolutions here: the oneDNN engine runs convolutions, unless -Ddistill4j.onednn.fuse=false. */
+    /**
+     * Whether inference plans fuse convolutions here: the oneDNN engine runs convolutions, unless
+     * -Ddistill4j.onednn.fuse=false (read when a plan is compiled, so a test can compile both).
+     */
     public static boolean enabled() {
-        return FUSE && CpuBackend.onednnConvolutions();
+        return !"false".equals(System.getProperty("distill4j.onednn.fuse")) && CpuBackend.onednnConvolutions();
     }
-
-    private static final boolean FUSE = !"false".equals(System.getProperty("distill4j.onednn.fuse"));
 
     /** Whether a tensor of {@code channels} channels can be kept channel-blocked (nChw16c without padding). */
     public static boolean blockable(long channels) {
@@ -50,9 +58,10 @@ public final class OnednnInferenceConv implements AutoCloseable {
 
     private final int c, h, w, k, r, s, oh, ow;
     private final Conv2dParams params;
-    private final boolean srcBlocked, dstBlocked, addend, relu;
+    private final boolean srcBlocked, dstBlocked, addend, relu, bf16;
     private final Arena arena = Arena.ofShared();
-    private final MemorySegment weights, bias; // W [K, C, R, S] and b [K], float32, our copies
+    private final MemorySegment weights, bias; // W [K, C, R, S] (float32, or bf16 rounded once) and b [K] float32, our copies
+    private final MemorySegment scale, shift; // bf16 only: a batch norm's per-channel y * scale + shift (float32 [K]), or null
     /** The weights in each layout a primitive asked for: parallel arrays, replaced whole under the lock (read without it). */
     private volatile OnednnCall.Primitive[] packedFor = new OnednnCall.Primitive[0];
     private volatile MemorySegment[] packed = new MemorySegment[0];
@@ -66,10 +75,25 @@ public final class OnednnInferenceConv implements AutoCloseable {
      */
     public static OnednnInferenceConv create(int c, int h, int w, int k, int r, int s, int oh, int ow, Conv2dParams p, MemorySegment weights,
                                              MemorySegment bias, boolean srcBlocked, boolean dstBlocked, boolean addend, boolean relu, int maxRows) {
+        return create(c, h, w, k, r, s, oh, ow, p, weights, bias, null, null, false, srcBlocked, dstBlocked, addend, relu, maxRows);
+    }
+
+    /**
+     * As {@link #create(int, int, int, int, int, int, int, int, Conv2dParams, MemorySegment, MemorySegment, boolean, boolean, boolean, boolean, int)};
+     * with {@code bf16} the bf16 recipe (x, given to {@link #run} as bfloat16, and W rounded to
+     * bfloat16, float32 sums and output), and {@code scale}/{@code shift} (float32 [k], both or
+     * neither) a batch norm applied to conv + b as post-ops (bf16 only: float32 folds it into W).
+     */
+    public static OnednnInferenceConv create(int c, int h, int w, int k, int r, int s, int oh, int ow, Conv2dParams p, MemorySegment weights,
+                                             MemorySegment bias, MemorySegment scale, MemorySegment shift, boolean bf16, boolean srcBlocked,
+                                             boolean dstBlocked, boolean addend, boolean relu, int maxRows) {
         if ((srcBlocked && !blockable(c)) || (dstBlocked && !blockable(k)) || (addend && !dstBlocked)) {
             throw new IllegalArgumentException("fused convolution: blocked needs channels divisible by 16 (c " + c + ", k " + k + "), an addend a blocked output");
         }
-        OnednnInferenceConv conv = new OnednnInferenceConv(c, h, w, k, r, s, oh, ow, p, weights, bias, srcBlocked, dstBlocked, addend, relu);
+        if ((scale == null) != (shift == null) || (scale != null && !bf16)) {
+            throw new IllegalArgumentException("fused convolution: a batch norm's scale and shift go together, as post-ops of the bf16 recipe only");
+        }
+        OnednnInferenceConv conv = new OnednnInferenceConv(c, h, w, k, r, s, oh, ow, p, weights, bias, scale, shift, bf16, srcBlocked, dstBlocked, addend, relu);
         OnednnCall.Context ctx = context();
         try {
             conv.key(ctx, maxRows, Onednn.threadsForThisCall());
@@ -82,7 +106,8 @@ public final class OnednnInferenceConv implements AutoCloseable {
     }
 
     private OnednnInferenceConv(int c, int h, int w, int k, int r, int s, int oh, int ow, Conv2dParams p, MemorySegment weights, MemorySegment bias,
-                                boolean srcBlocked, boolean dstBlocked, boolean addend, boolean relu) {
+                                MemorySegment scale, MemorySegment shift, boolean bf16, boolean srcBlocked, boolean dstBlocked, boolean addend,
+                                boolean relu) {
         this.c = c;
         this.h = h;
         this.w = w;
@@ -96,14 +121,25 @@ public final class OnednnInferenceConv implements AutoCloseable {
         this.dstBlocked = dstBlocked;
         this.addend = addend;
         this.relu = relu;
+        this.bf16 = bf16;
         long count = (long) k * c * r * s;
-        this.weights = arena.allocate(count * Float.BYTES, 64);
-        MemorySegment.copy(weights, 0, this.weights, 0, count * Float.BYTES);
+        if (bf16) {
+            this.weights = arena.allocate(count * Short.BYTES, 64);
+            CpuKernels.toBf16(weights, this.weights, count); // nearest even, the recipe's rounding
+        } else {
+            this.weights = arena.allocate(count * Float.BYTES, 64);
+            MemorySegment.copy(weights, 0, this.weights, 0, count * Float.BYTES);
+        }
         this.bias = arena.allocate((long) k * Float.BYTES, 64);
         MemorySegment.copy(bias, 0, this.bias, 0, (long) k * Float.BYTES);
+        this.scale = scale == null ? null : arena.allocate((long) k * Float.BYTES, 64).copyFrom(scale.asSlice(0, (long) k * Float.BYTES));
+        this.shift = shift == null ? null : arena.allocate((long) k * Float.BYTES, 64).copyFrom(shift.asSlice(0, (long) k * Float.BYTES));
     }
 
-    /** y = relu?(conv(x) + b (+ add)) for {@code rows} images; {@code add} null unless made with an addend. */
+    /**
+     * y = relu?(conv(x) + b (+ add)) for {@code rows} images (bf16: relu?((conv(x) + b) * scale +
+     * shift (+ add)), x bfloat16 as {@link #toBf16} leaves it); {@code add} null unless made with an addend.
+     */
     public void run(MemorySegment x, MemorySegment add, MemorySegment y, int rows) {
         int threads = Onednn.threadsForThisCall();
         OnednnCall.Context ctx = context();
@@ -118,7 +154,12 @@ public final class OnednnInferenceConv implements AutoCloseable {
             ctx.bind(1, packedWeights(p));
             ctx.bind(2, y);
             ctx.bind(3, bias);
-            if (addend) ctx.bind(4, add);
+            int next = 4;
+            if (scale != null) {
+                ctx.bind(next++, scale);
+                ctx.bind(next++, shift);
+            }
+            if (addend) ctx.bind(next, add);
             ctx.execute();
         } finally {
             OnednnCall.release(ctx);
@@ -144,6 +185,32 @@ public final class OnednnInferenceConv implements AutoCloseable {
             OnednnCall.Primitive p = ctx.find(KEY_LENGTH, OnednnInferenceConv::createToPlain);
             ctx.bind(0, blocked);
             ctx.bind(1, plain);
+            ctx.execute();
+        } finally {
+            OnednnCall.release(ctx);
+        }
+    }
+
+    /**
+     * bf16 [rows, c, h, w] = f32 rounded to bfloat16 (nearest even, as {@link org.distill4j.core.Bf16#fromFloat}),
+     * in the same layout (nChw16c when {@code blocked}, else NCHW): a bf16 convolution's input.
+     */
+    public static void toBf16(MemorySegment f32, MemorySegment bf16, int rows, int c, int h, int w, boolean blocked) {
+        int threads = Onednn.threadsForThisCall();
+        OnednnCall.Context ctx = context();
+        try {
+            int[] key = ctx.key;
+            java.util.Arrays.fill(key, 0, KEY_LENGTH, 0);
+            key[0] = TO_BF16;
+            key[1] = rows;
+            key[2] = c;
+            key[3] = h;
+            key[4] = w;
+            key[5] = threads;
+            key[6] = blocked ? 1 : 0;
+            ctx.find(KEY_LENGTH, OnednnInferenceConv::createToBf16);
+            ctx.bind(0, f32);
+            ctx.bind(1, bf16);
             ctx.execute();
         } finally {
             OnednnCall.release(ctx);
@@ -179,6 +246,8 @@ public final class OnednnInferenceConv implements AutoCloseable {
         key[16] = dstBlocked ? 1 : 0;
         key[17] = addend ? 1 : 0;
         key[18] = relu ? 1 : 0;
+        key[19] = bf16 ? 1 : 0;
+        key[20] = scale != null ? 1 : 0;
     }
 
     /** The weights in the layout primitive {@code p} takes (its argument 1), reordered on the first call that meets that layout. */
@@ -196,7 +265,7 @@ public final class OnednnInferenceConv implements AutoCloseable {
             if (copy == null) {
                 copy = arena.allocate(dnnl_h.dnnl_memory_desc_get_size(md), 64);
                 try (Arena tmp = Arena.ofConfined()) {
-                    MemorySegment plainMd = OnednnCall.plainOfType(tmp, dnnl_h.dnnl_f32, dnnl_h.dnnl_oihw, k, c, r, s);
+                    MemorySegment plainMd = OnednnCall.plainOfType(tmp, bf16 ? dnnl_h.dnnl_bf16 : dnnl_h.dnnl_f32, dnnl_h.dnnl_oihw, k, c, r, s);
                     try {
                         Onednn.reorderOnce(plainMd, weights, md, copy);
                     } finally {
@@ -224,15 +293,18 @@ public final class OnednnInferenceConv implements AutoCloseable {
         OnednnCall.Primitive prim = new OnednnCall.Primitive(key, cached);
         int n = key[1], c = key[2], h = key[3], w = key[4], k = key[5], r = key[6], s = key[7], oh = key[8], ow = key[9];
         boolean srcBlocked = key[15] == 1, dstBlocked = key[16] == 1, addend = key[17] == 1, relu = key[18] == 1;
+        boolean bf16 = key[19] == 1, norm = key[20] == 1;
+        int ab = bf16 ? dnnl_h.dnnl_bf16 : dnnl_h.dnnl_f32; // x and W; y, b and the post-ops' tensors are float32
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment out = arena.allocate(ADDRESS);
             // A blocked tensor is given as nChw16c, so the primitive takes it as it is; a plain one as NCHW, with "any" asked,
             // so oneDNN picks its fast layout and the context reorders around the call (as OnednnConv does).
-            MemorySegment src = prim.desc(arena, srcBlocked ? dnnl_h.dnnl_nChw16c : dnnl_h.dnnl_nchw, n, c, h, w);
+            MemorySegment src = prim.descOfType(arena, ab, srcBlocked ? dnnl_h.dnnl_nChw16c : dnnl_h.dnnl_nchw, n, c, h, w);
             MemorySegment dst = prim.desc(arena, dstBlocked ? dnnl_h.dnnl_nChw16c : dnnl_h.dnnl_nchw, n, k, oh, ow);
-            MemorySegment srcAsked = srcBlocked ? src : prim.desc(arena, dnnl_h.dnnl_format_tag_any, n, c, h, w);
+            MemorySegment srcAsked = srcBlocked ? src : prim.descOfType(arena, ab, dnnl_h.dnnl_format_tag_any, n, c, h, w);
             MemorySegment dstAsked = dstBlocked ? dst : prim.desc(arena, dnnl_h.dnnl_format_tag_any, n, k, oh, ow);
-            MemorySegment weightsAny = prim.desc(arena, dnnl_h.dnnl_format_tag_any, k, c, r, s);
+            MemorySegment weightsAny = prim.descOfType(arena, ab, dnnl_h.dnnl_format_tag_any, k, c, r, s);
+            MemorySegment perChannel = norm ? prim.desc(arena, dnnl_h.dnnl_nchw, 1, k, 1, 1) : null; // broadcast over n, h, w
             MemorySegment biasMd = prim.desc(arena, dnnl_h.dnnl_a, k);
             MemorySegment strides = arena.allocateFrom(JAVA_LONG, key[12], key[13]);
             MemorySegment dilates = arena.allocateFrom(JAVA_LONG, 0, 0);
@@ -241,9 +313,13 @@ public final class OnednnInferenceConv implements AutoCloseable {
             MemorySegment postOps = MemorySegment.NULL;
             int status;
             try {
-                if (addend || relu) {
+                if (addend || relu || norm) {
                     DnnlException.check(dnnl_h.dnnl_post_ops_create(out), "dnnl_post_ops_create");
                     postOps = out.get(ADDRESS, 0);
+                    if (norm) {
+                        DnnlException.check(dnnl_h.dnnl_post_ops_append_binary(postOps, dnnl_h.dnnl_binary_mul, perChannel), "dnnl_post_ops_append_binary");
+                        DnnlException.check(dnnl_h.dnnl_post_ops_append_binary(postOps, dnnl_h.dnnl_binary_add, perChannel), "dnnl_post_ops_append_binary");
+                    }
                     if (addend) DnnlException.check(dnnl_h.dnnl_post_ops_append_binary(postOps, dnnl_h.dnnl_binary_add, dst), "dnnl_post_ops_append_binary");
                     if (relu) DnnlException.check(dnnl_h.dnnl_post_ops_append_eltwise(postOps, dnnl_h.dnnl_eltwise_relu, 0f, 0f), "dnnl_post_ops_append_eltwise");
                     DnnlException.check(dnnl_h.dnnl_primitive_attr_set_post_ops(attr, postOps), "dnnl_primitive_attr_set_post_ops");
@@ -260,13 +336,23 @@ public final class OnednnInferenceConv implements AutoCloseable {
             prim.descriptor(pd, out);
             // The weights argument is given in the layout the primitive chose (our packed copy): no reorder per call.
             MemorySegment chosenWeights = dnnl_h.dnnl_primitive_desc_query_md(pd, dnnl_h.dnnl_query_weights_md, 0);
-            int binaryArg = dnnl_h.DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE | dnnl_h.DNNL_ARG_SRC_1;
-            if (addend) {
-                prim.arguments(new int[] {dnnl_h.DNNL_ARG_SRC, dnnl_h.DNNL_ARG_WEIGHTS, dnnl_h.DNNL_ARG_DST, dnnl_h.DNNL_ARG_BIAS, binaryArg},
-                    src, chosenWeights, dst, biasMd, dst);
-            } else {
-                prim.arguments(new int[] {dnnl_h.DNNL_ARG_SRC, dnnl_h.DNNL_ARG_WEIGHTS, dnnl_h.DNNL_ARG_DST, dnnl_h.DNNL_ARG_BIAS}, src, chosenWeights, dst, biasMd);
+            // Binding order: x, W, y, b, then the binary post-ops' tensors in chain order (scale, shift, addend); a binary
+            // post-op's tensor is DNNL_ARG_ATTR_MULTIPLE_POST_OP(index) | DNNL_ARG_SRC_1, MULTIPLE_POST_OP(i) = BASE * (i + 1).
+            java.util.List<Integer> args = new java.util.ArrayList<>(java.util.List.of(dnnl_h.DNNL_ARG_SRC, dnnl_h.DNNL_ARG_WEIGHTS, dnnl_h.DNNL_ARG_DST,
+                dnnl_h.DNNL_ARG_BIAS));
+            java.util.List<MemorySegment> mds = new java.util.ArrayList<>(java.util.List.of(src, chosenWeights, dst, biasMd));
+            int postOp = 0;
+            if (norm) {
+                for (int i = 0; i < 2; i++) {
+                    args.add(dnnl_h.DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE * (postOp++ + 1) | dnnl_h.DNNL_ARG_SRC_1);
+                    mds.add(perChannel);
+                }
             }
+            if (addend) {
+                args.add(dnnl_h.DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE * (postOp + 1) | dnnl_h.DNNL_ARG_SRC_1);
+                mds.add(dst);
+            }
+            prim.arguments(args.stream().mapToInt(Integer::intValue).toArray(), mds.toArray(new MemorySegment[0]));
             prim.layout(0, dnnl_h.dnnl_primitive_desc_query_md(pd, dnnl_h.dnnl_query_src_md, 0), false, out);
             prim.layout(2, dnnl_h.dnnl_primitive_desc_query_md(pd, dnnl_h.dnnl_query_dst_md, 0), true, out);
             prim.create(out);
@@ -292,6 +378,30 @@ public final class OnednnInferenceConv implements AutoCloseable {
             }
             prim.descriptor(out.get(ADDRESS, 0), out);
             prim.arguments(new int[] {dnnl_h.DNNL_ARG_FROM, dnnl_h.DNNL_ARG_TO}, blocked, plain);
+            prim.create(out);
+            return prim;
+        } catch (RuntimeException ex) {
+            prim.destroy();
+            throw ex;
+        }
+    }
+
+    /** The f32 -> bf16 reorder of a key (op, rows, c, h, w, threads, blocked), same layout both sides. */
+    private static OnednnCall.Primitive createToBf16(int[] key, boolean cached) {
+        OnednnCall.Primitive prim = new OnednnCall.Primitive(key, cached);
+        int tag = key[6] == 1 ? dnnl_h.dnnl_nChw16c : dnnl_h.dnnl_nchw;
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment out = arena.allocate(ADDRESS);
+            MemorySegment from = prim.desc(arena, tag, key[1], key[2], key[3], key[4]);
+            MemorySegment to = prim.descOfType(arena, dnnl_h.dnnl_bf16, tag, key[1], key[2], key[3], key[4]);
+            MemorySegment attr = OnednnCall.userScratchpadAttr(out);
+            try {
+                DnnlException.check(dnnl_h.dnnl_reorder_primitive_desc_create(out, from, ENGINE, to, ENGINE, attr), "dnnl_reorder_primitive_desc_create");
+            } finally {
+                dnnl_h.dnnl_primitive_attr_destroy(attr);
+            }
+            prim.descriptor(out.get(ADDRESS, 0), out);
+            prim.arguments(new int[] {dnnl_h.DNNL_ARG_FROM, dnnl_h.DNNL_ARG_TO}, from, to);
             prim.create(out);
             return prim;
         } catch (RuntimeException ex) {

@@ -76,6 +76,7 @@ public final class InferencePlan {
         private final List<Long> bufferFeatures = new ArrayList<>(); // elements per row of each buffer
         private final List<Boolean> blockedBuffers = new ArrayList<>(); // whether each buffer is channel-blocked (nChw16c)
         private final java.util.Map<Integer, Integer> plainCopies = new java.util.HashMap<>(); // blocked buffer -> its NCHW copy
+        private final java.util.Map<Integer, Integer> bf16Copies = new java.util.HashMap<>(); // buffer -> state slot of its bf16 copy
         private final List<AutoCloseable> owned = new ArrayList<>();
         private Arena constants;
         private int stateSlots, localSlots;
@@ -109,13 +110,43 @@ public final class InferencePlan {
         }
 
         /**
-         * Whether convolutions fuse here ({@link OnednnInferenceConv}: the oneDNN engine, float32):
-         * a convolution with the eval-mode batch norm, ReLU and residual add after it runs as one
-         * primitive on weights packed once, and activations between such convolutions stay
+         * Whether convolutions fuse here ({@link OnednnInferenceConv}: the oneDNN engine, float32 or
+         * bf16): a convolution with the eval-mode batch norm, ReLU and residual add after it runs as
+         * one primitive on weights packed once, and activations between such convolutions stay
          * channel-blocked ({@link #blocked}).
          */
         public boolean fusesConvolutions() {
-            return !bf16 && OnednnInferenceConv.enabled();
+            return fuse;
+        }
+
+        private final boolean fuse = OnednnInferenceConv.enabled(); // once per plan: every layer of it decides alike
+
+        /**
+         * The state slot ({@link Workspace#state(int)}, element 0) of buffer {@code b} rounded to
+         * bfloat16 (nearest even) in its own layout, per row shape {@code shape} [C, H, W]: a bf16
+         * convolution's input. The rounding step is added once per buffer, on its first use.
+         */
+        public int bf16Source(int b, long[] shape) {
+            Integer slot = bf16Copies.get(b);
+            if (slot != null) return slot;
+            int st = stateSlot();
+            long perRow = Tensor.numel(shape);
+            int c = (int) shape[0], h = (int) shape[1], w = (int) shape[2];
+            boolean blockedIn = blocked(b);
+            int rowsMax = maxBatch;
+            add(new Step() {
+                @Override
+                public void prepare(Workspace ws, Arena arena) {
+                    ws.state(st, new MemorySegment[] {CpuMemory.allocate(arena, rowsMax * perRow * Short.BYTES, 64)});
+                }
+
+                @Override
+                public void run(Workspace ws, int rows) {
+                    OnednnInferenceConv.toBf16(ws.buffer(b), ws.state(st)[0], rows, c, h, w, blockedIn);
+                }
+            });
+            bf16Copies.put(b, st);
+            return st;
         }
 
         /**

@@ -258,8 +258,10 @@ public final class Layers {
             if (addend >= 0 && !(dstBlocked && plan.blocked(addend))) return -1;
             int k = (int) next[0], c = (int) s[0];
             long crs = (long) c * kernel * kernel;
+            boolean bf16 = plan.bf16();
             MemorySegment w = weight.value().data(), b = bias == null ? null : bias.value().data();
-            float[][] folded = bn == null ? null
+            // float32: the batch norm folded into W and b. bf16: W rounded as the model has it, the batch norm as post-ops.
+            float[][] folded = bn == null || bf16 ? null
                 : OnednnInferenceConv.foldBatchNorm(w, b, k, crs, bn.weight.value().data(), bn.bias.value().data(), bn.runningMean.value().data(),
                     bn.runningVar.value().data(), bn.eps);
             OnednnInferenceConv conv;
@@ -267,14 +269,27 @@ public final class Layers {
                 MemorySegment wf = folded != null ? tmp.allocateFrom(java.lang.foreign.ValueLayout.JAVA_FLOAT, folded[0]) : w;
                 MemorySegment bf = folded != null ? tmp.allocateFrom(java.lang.foreign.ValueLayout.JAVA_FLOAT, folded[1])
                     : b != null ? b : tmp.allocate((long) k * Float.BYTES); // no bias: zeros
+                MemorySegment scale = null, shift = null;
+                if (bf16 && bn != null) {
+                    float[][] norm = bn.evalScaleShift();
+                    scale = tmp.allocateFrom(java.lang.foreign.ValueLayout.JAVA_FLOAT, norm[0]);
+                    shift = tmp.allocateFrom(java.lang.foreign.ValueLayout.JAVA_FLOAT, norm[1]);
+                }
                 conv = OnednnInferenceConv.create(c, (int) s[1], (int) s[2], k, (int) kernel, (int) kernel, (int) next[1], (int) next[2], geometry, wf, bf,
-                    plan.blocked(in), dstBlocked, addend >= 0, relu, plan.maxBatch());
+                    scale, shift, bf16, plan.blocked(in), dstBlocked, addend >= 0, relu, plan.maxBatch());
             }
             if (conv == null) return -1;
             plan.own(conv);
             int out = dstBlocked ? plan.blockedBuffer(Tensor.numel(next)) : plan.buffer(Tensor.numel(next));
-            if (addend >= 0) plan.add((ws, rows) -> conv.run(ws.buffer(in), ws.buffer(addend), ws.buffer(out), rows));
-            else plan.add((ws, rows) -> conv.run(ws.buffer(in), null, ws.buffer(out), rows));
+            if (bf16) {
+                int source = plan.bf16Source(in, s); // x rounded to bf16, once per buffer
+                if (addend >= 0) plan.add((ws, rows) -> conv.run(ws.state(source)[0], ws.buffer(addend), ws.buffer(out), rows));
+                else plan.add((ws, rows) -> conv.run(ws.state(source)[0], null, ws.buffer(out), rows));
+            } else if (addend >= 0) {
+                plan.add((ws, rows) -> conv.run(ws.buffer(in), ws.buffer(addend), ws.buffer(out), rows));
+            } else {
+                plan.add((ws, rows) -> conv.run(ws.buffer(in), null, ws.buffer(out), rows));
+            }
             return out;
         }
 
@@ -433,6 +448,23 @@ public final class Layers {
             b.axpy(1f, dg, weight.grad());
             b.axpy(1f, db, bias.grad());
             return dx;
+        }
+
+        /**
+         * Eval mode as y = x scale + shift per channel: scale = gamma / sqrt(var + eps), shift =
+         * beta - mean scale, in double, rounded once ({scale, shift}, float [features] each).
+         */
+        float[][] evalScaleShift() {
+            int n = (int) features;
+            float[] scale = new float[n], shift = new float[n];
+            MemorySegment g = weight.value().data(), b = bias.value().data(), m = runningMean.value().data(), v = runningVar.value().data();
+            for (int c = 0; c < n; c++) {
+                double sc = g.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, c)
+                    / Math.sqrt((double) v.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, c) + eps);
+                scale[c] = (float) sc;
+                shift[c] = (float) (b.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, c) - m.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, c) * sc);
+            }
+            return new float[][] {scale, shift};
         }
 
         @Override

@@ -137,6 +137,75 @@ class InferencePlanFusedTest {
         }
     }
 
+    /** Runs plans of {@code m} for {@code rows} rows of x: the outputs. */
+    private static float[] runPlan(Model m, int maxBatch, org.distill4j.core.DType dtype, float[] x, int rows) {
+        InferencePlan plan = InferencePlan.compile(m, maxBatch, true, dtype);
+        try (InferencePlan.Workspace ws = plan.newWorkspace()) {
+            MemorySegment.copy(x, 0, ws.input(), ValueLayout.JAVA_FLOAT, 0, x.length);
+            ws.run(rows);
+            return ws.output().asSlice(0, rows * plan.outputSize() * Float.BYTES).toArray(ValueLayout.JAVA_FLOAT);
+        } finally {
+            plan.close();
+        }
+    }
+
+    private static double maxAbsDiff(float[] a, float[] b) {
+        double worst = 0;
+        for (int i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+        return worst;
+    }
+
+    /**
+     * -Ddistill4j.onednn.fuse=false compiles the convolutions unfused: bit for bit Model.forward.
+     * And the bf16 plan fused (bf16 x and W, the batch norm as float32 post-ops) against the bf16
+     * plan unfused (the recipe, step by step; InferencePlanBf16Test holds it to the recipe written
+     * out in Java): both sit at bf16's distance from the float32 forward, the fused one no farther
+     * than twice the unfused one's (a wrong scale, shift, addend or layout would be far off), on the
+     * teacher and on the mixed spec.
+     */
+    @Test
+    void unfusedPlansAndTheBf16RecipeFused() throws Exception {
+        if (!OnednnInferenceConv.enabled()) return; // nothing fuses on this engine (check() asserts bit for bit there)
+        for (String name : new String[] {"cnn-teacher", "mixed"}) {
+            try (Model m = name.equals("mixed") ? ModelSpec.parse("mixed", MIXED).build(CpuBackend.get(), seed)
+                : ModelSpec.read(repoFile(TEACHER)).build(CpuBackend.get(), seed)) {
+                Random r = new Random(seed + 1);
+                randomizeBatchNorms(m, r);
+                int rows = 4;
+                long in = Tensor.numel(m.inputShape());
+                float[] x = new float[(int) (rows * in)];
+                for (int i = 0; i < x.length; i++) x[i] = (float) r.nextGaussian();
+                long[] full = new long[m.inputShape().length + 1];
+                full[0] = rows;
+                System.arraycopy(m.inputShape(), 0, full, 1, m.inputShape().length);
+                float[] forward = forward(m, x, full);
+                float[] fusedBf16 = runPlan(m, rows, org.distill4j.core.DType.BF16, x, rows);
+                float[] unfused, unfusedBf16;
+                System.setProperty("distill4j.onednn.fuse", "false");
+                try {
+                    unfused = runPlan(m, rows, org.distill4j.core.DType.F32, x, rows);
+                    unfusedBf16 = runPlan(m, rows, org.distill4j.core.DType.BF16, x, rows);
+                } finally {
+                    System.clearProperty("distill4j.onednn.fuse");
+                }
+                assertEquals(0.0, maxAbsDiff(unfused, forward), name + ": the unfused float32 plan is Model.forward bit for bit");
+                double scale = 0;
+                for (float v : forward) scale = Math.max(scale, Math.abs(v));
+                double fusedErr = maxAbsDiff(fusedBf16, forward), recipeErr = maxAbsDiff(unfusedBf16, forward);
+                String what = name + ", seed " + seed + ": bf16 fused " + fusedErr + ", bf16 unfused " + recipeErr + ", max |forward| " + scale;
+                System.out.println("InferencePlanFusedTest: " + what);
+                assertTrue(recipeErr > 0 && recipeErr < 0.05 * Math.max(1, scale), what);
+                assertTrue(fusedErr <= 2 * recipeErr + 1e-6 * scale, what);
+            }
+        }
+        if (org.distill4j.core.cpu.CpuBlas.hasFastBf16()) {
+            var impls = OnednnInferenceConv.implementations();
+            // bf16 convolutions of the teacher fused (key[19] = 1), none declined.
+            assertTrue(impls.stream().anyMatch(s -> s.matches("\\[31, 4, 32, 32, 32, .*, 1, [01]\\] -> .*bf16.*")), impls.toString());
+            assertTrue(impls.stream().noneMatch(s -> s.contains("declined")), impls.toString());
+        }
+    }
+
     /** The fold of an eval batch norm into a convolution's weights and bias, against the definition. */
     @Test
     void foldingABatchNormIsTheDefinition() {
