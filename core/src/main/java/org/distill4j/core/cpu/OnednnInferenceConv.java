@@ -194,6 +194,9 @@ public final class OnednnInferenceConv implements AutoCloseable {
     /**
      * bf16 [rows, c, h, w] = f32 rounded to bfloat16 (nearest even, as {@link org.distill4j.core.Bf16#fromFloat}),
      * in the same layout (nChw16c when {@code blocked}, else NCHW): a bf16 convolution's input.
+     * oneDNN's reorder flushes subnormal floats to a zero of their sign, which changes no product
+     * on a CPU with AVX512-BF16: its dot-product instruction (vdpbf16ps) takes subnormal bf16
+     * inputs as zero anyway (InferencePlanFusedTest.bf16InputRoundingIsNearestEven).
      */
     public static void toBf16(MemorySegment f32, MemorySegment bf16, int rows, int c, int h, int w, boolean blocked) {
         int threads = Onednn.threadsForThisCall();

@@ -206,6 +206,43 @@ class InferencePlanFusedTest {
         }
     }
 
+    /**
+     * The bf16 convolution's input rounding (a oneDNN reorder) is the recipe's, Bf16.fromFloat
+     * (nearest even), bit for bit: random values, exact ties (both directions), the largest finite
+     * values, infinities and zeros of both signs (NaN only as NaN), plain and blocked; except that
+     * it flushes subnormal floats to a zero of their sign, which changes no product: the bf16
+     * dot-product instructions (AVX512-BF16 vdpbf16ps) take subnormal bf16 inputs as zero anyway.
+     */
+    @Test
+    void bf16InputRoundingIsNearestEven() {
+        if (!OnednnInferenceConv.enabled()) return;
+        Random r = new Random(seed);
+        int rows = 3, c = 16, h = 5, w = 7, n = rows * c * h * w;
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) {
+            x[i] = switch (i % 9) {
+                case 0 -> Float.intBitsToFloat((r.nextInt() & 0xFFFF0000) | 0x8000);          // a tie: to even
+                case 1 -> Float.intBitsToFloat(r.nextInt(0x00800000) | (r.nextBoolean() ? 0x80000000 : 0)); // subnormal
+                case 2 -> new float[] {Float.MAX_VALUE, -Float.MAX_VALUE, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY, 0f, -0f, Float.NaN}[r.nextInt(7)];
+                default -> (float) (r.nextGaussian() * Math.pow(10, r.nextInt(7) - 3));
+            };
+        }
+        try (Arena a = Arena.ofConfined()) {
+            MemorySegment f32 = a.allocateFrom(ValueLayout.JAVA_FLOAT, x), got = a.allocate((long) n * 2), want = a.allocate((long) n * 2);
+            org.distill4j.core.cpu.CpuKernels.toBf16(f32, want, n);
+            for (boolean blocked : new boolean[] {false, true}) {
+                OnednnInferenceConv.toBf16(f32, got, rows, c, h, w, blocked); // the same layout both sides: element i to element i
+                for (int i = 0; i < n; i++) {
+                    short g = got.getAtIndex(ValueLayout.JAVA_SHORT, i), e = want.getAtIndex(ValueLayout.JAVA_SHORT, i);
+                    boolean subnormal = x[i] != 0 && Math.abs(x[i]) < Float.MIN_NORMAL;
+                    if (Float.isNaN(x[i])) assertTrue(Float.isNaN(org.distill4j.core.Bf16.toFloat(g)), "NaN stays NaN");
+                    else if (subnormal) assertEquals(x[i] < 0 ? (short) 0x8000 : 0, g, "a subnormal flushes to a zero of its sign: " + x[i]);
+                    else assertEquals(e, g, (blocked ? "blocked" : "plain") + ": " + x[i] + " (0x" + Integer.toHexString(Float.floatToRawIntBits(x[i])) + ")");
+                }
+            }
+        }
+    }
+
     /** The fold of an eval batch norm into a convolution's weights and bias, against the definition. */
     @Test
     void foldingABatchNormIsTheDefinition() {
