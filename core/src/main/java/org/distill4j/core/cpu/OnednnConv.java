@@ -178,9 +178,14 @@ final class OnednnConv {
             MemorySegment dst = prim.desc(arena, dnnl_h.dnnl_nchw, n, k, oh, ow);
             MemorySegment srcAny = src, weightsAny = weights, dstAny = dst;
             if (ANY_LAYOUT) {
-                srcAny = prim.descOfType(arena, ab, dnnl_h.dnnl_format_tag_any, n, c, h, w);
+                // With both channel counts multiples of 16 the activations are asked for as nChw16c, not "any": given "any",
+                // oneDNN 3.8.1 picks brgconv_strided with another layout for the backward-data of stride-2 convolutions, 3-5x
+                // slower here than its nChw16c kernel (the CNN student's 16 -> 32 stride-2 convolutions: 8.7-11.9 ms against
+                // 2.8; bench/RESULTS.md, fifteenth session), plus slower reorders into that layout.
+                int act = c % 16 == 0 && k % 16 == 0 ? dnnl_h.dnnl_nChw16c : dnnl_h.dnnl_format_tag_any;
+                srcAny = prim.descOfType(arena, ab, act, n, c, h, w);
                 weightsAny = prim.descOfType(arena, ab, dnnl_h.dnnl_format_tag_any, k, c, r, s);
-                dstAny = prim.desc(arena, dnnl_h.dnnl_format_tag_any, n, k, oh, ow);
+                dstAny = prim.desc(arena, act, n, k, oh, ow);
             }
             MemorySegment biasMd = bias ? prim.desc(arena, dnnl_h.dnnl_a, k) : MemorySegment.NULL;
             MemorySegment strides = arena.allocateFrom(JAVA_LONG, key[12], key[13]);
