@@ -64,6 +64,14 @@ int d4j_cpu_use_isa(const char *isa);
  * one pass over memory. */
 int64_t d4j_cpu_find_neg_inf(const void *x, int dtype, int64_t n);
 
+/* ReLU over float32 elements [from, to): y[i] = x[i] > 0 ? x[i] : +0 (NaN and -0 give +0: the
+ * CPU backend's Java loop, bit for bit). y may be x. Vectorised (a compare and a mask, no branch). */
+void d4j_cpu_relu_forward(const float *x, float *y, int64_t from, int64_t to);
+
+/* ReLU's backward over float32 elements [from, to): dx[i] = x[i] > 0 ? dy[i] : +0, bit for bit
+ * the CPU backend's Java loop. dx may be dy. Vectorised (a compare and a mask, no branch). */
+void d4j_cpu_relu_backward(const float *x, const float *dy, float *dx, int64_t from, int64_t to);
+
 #ifdef __cplusplus
 }
 #endif

@@ -49,6 +49,8 @@ public final class distill4j_cpu_h {
     private static final FunctionDescriptor d4j_cpu_best_isa$DESC = FunctionDescriptor.of(ADDRESS);
     private static final FunctionDescriptor d4j_cpu_use_isa$DESC = FunctionDescriptor.of(JAVA_INT, ADDRESS);
     private static final FunctionDescriptor d4j_cpu_find_neg_inf$DESC = FunctionDescriptor.of(JAVA_LONG, ADDRESS, JAVA_INT, JAVA_LONG);
+    private static final FunctionDescriptor d4j_cpu_relu_forward$DESC = FunctionDescriptor.ofVoid(ADDRESS, ADDRESS, JAVA_LONG, JAVA_LONG);
+    private static final FunctionDescriptor d4j_cpu_relu_backward$DESC = FunctionDescriptor.ofVoid(ADDRESS, ADDRESS, ADDRESS, JAVA_LONG, JAVA_LONG);
 
     private static final class d4j_cpu_kd_rows$ {
         static final MethodHandle HANDLE = LIB.downcall("d4j_cpu_kd_rows", d4j_cpu_kd_rows$DESC);
@@ -100,6 +102,26 @@ public final class distill4j_cpu_h {
         catch (Throwable t) { throw Downcalls.rethrow("d4j_cpu_find_neg_inf", t); }
     }
 
+    private static final class d4j_cpu_relu_forward$ {
+        static final MethodHandle HANDLE = LIB.downcall("d4j_cpu_relu_forward", d4j_cpu_relu_forward$DESC);
+    }
+
+    /** {@snippet lang=c : void d4j_cpu_relu_forward(const float *x, float *y, int64_t from, int64_t to); } */
+    public static void d4j_cpu_relu_forward(MemorySegment x, MemorySegment y, long from, long to) {
+        try { d4j_cpu_relu_forward$.HANDLE.invokeExact(x, y, from, to); }
+        catch (Throwable t) { throw Downcalls.rethrow("d4j_cpu_relu_forward", t); }
+    }
+
+    private static final class d4j_cpu_relu_backward$ {
+        static final MethodHandle HANDLE = LIB.downcall("d4j_cpu_relu_backward", d4j_cpu_relu_backward$DESC);
+    }
+
+    /** {@snippet lang=c : void d4j_cpu_relu_backward(const float *x, const float *dy, float *dx, int64_t from, int64_t to); } */
+    public static void d4j_cpu_relu_backward(MemorySegment x, MemorySegment dy, MemorySegment dx, long from, long to) {
+        try { d4j_cpu_relu_backward$.HANDLE.invokeExact(x, dy, dx, from, to); }
+        catch (Throwable t) { throw Downcalls.rethrow("d4j_cpu_relu_backward", t); }
+    }
+
     /** Everything this class declares, for the ABI conformance check and symbol-resolution tests. */
     public static final HeaderSpec SPEC = new HeaderSpec("distill4j_cpu.h", NativeLibraries.Library.DISTILL4J_CPU,
         List.of(
@@ -107,7 +129,9 @@ public final class distill4j_cpu_h {
             new CFunction("d4j_cpu_isa", "const char *", CKind.POINTER, List.of(), d4j_cpu_isa$DESC),
             new CFunction("d4j_cpu_best_isa", "const char *", CKind.POINTER, List.of(), d4j_cpu_best_isa$DESC),
             new CFunction("d4j_cpu_use_isa", "int", CKind.INT, List.of(new CFunction.Param("const char *", CKind.POINTER)), d4j_cpu_use_isa$DESC),
-            new CFunction("d4j_cpu_find_neg_inf", "int64_t", CKind.LONG, List.of(new CFunction.Param("const void *", CKind.POINTER), new CFunction.Param("int", CKind.INT), new CFunction.Param("int64_t", CKind.LONG)), d4j_cpu_find_neg_inf$DESC)
+            new CFunction("d4j_cpu_find_neg_inf", "int64_t", CKind.LONG, List.of(new CFunction.Param("const void *", CKind.POINTER), new CFunction.Param("int", CKind.INT), new CFunction.Param("int64_t", CKind.LONG)), d4j_cpu_find_neg_inf$DESC),
+            new CFunction("d4j_cpu_relu_forward", "void", null, List.of(new CFunction.Param("const float *", CKind.POINTER), new CFunction.Param("float *", CKind.POINTER), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("int64_t", CKind.LONG)), d4j_cpu_relu_forward$DESC),
+            new CFunction("d4j_cpu_relu_backward", "void", null, List.of(new CFunction.Param("const float *", CKind.POINTER), new CFunction.Param("const float *", CKind.POINTER), new CFunction.Param("float *", CKind.POINTER), new CFunction.Param("int64_t", CKind.LONG), new CFunction.Param("int64_t", CKind.LONG)), d4j_cpu_relu_backward$DESC)
         ),
         List.of(
             new CConstant("D4J_CPU_F32", D4J_CPU_F32),

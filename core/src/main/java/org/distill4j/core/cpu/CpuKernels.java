@@ -54,9 +54,31 @@ public final class CpuKernels {
         }
     }
 
+    /**
+     * Whether ReLU forward and backward run in our native kernel library (vectorised, the same bits
+     * as the Java loops): it loaded, unless -Ddistill4j.cpu.nativeRelu=false (A/B benchmarks).
+     */
+    static volatile boolean NATIVE_RELU = CpuFastDistillationLoss.available() && !"false".equals(System.getProperty("distill4j.cpu.nativeRelu"));
+
+    /** Whether the native ReLU kernels are in use (tests, reports). */
+    static boolean nativeRelu() {
+        return NATIVE_RELU;
+    }
+
+    /** Tests: run ReLU on the native kernels (when loaded) or the Java loops; returns what was in use. */
+    static boolean useNativeRelu(boolean on) {
+        boolean was = NATIVE_RELU;
+        NATIVE_RELU = on && CpuFastDistillationLoss.available();
+        return was;
+    }
+
     /** y[i] = activation(x[i]) for elements [from, to); ReLU in float, the others in double as {@link CpuBackend#activate}. */
     public static void activation(Activation kind, float param, MemorySegment x, MemorySegment y, long from, long to) {
         if (kind == Activation.RELU) {
+            if (NATIVE_RELU) {
+                org.distill4j.bindings.cpu.distill4j_cpu_h.d4j_cpu_relu_forward(x, y, from, to);
+                return;
+            }
             for (long i = from; i < to; i++) {
                 float v = f(x, i);
                 set(y, i, v > 0 ? v : 0f);

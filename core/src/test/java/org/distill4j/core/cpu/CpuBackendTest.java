@@ -163,29 +163,41 @@ class CpuBackendTest {
     }
 
     /**
-     * ReLU's backward is dx = x > 0 ? dy : +0, bit for bit (the CPU loop selects with a mask, not a
-     * branch): at both zeros, subnormals, the infinities, NaNs of either sign, and with NaN, -0 and
-     * infinite gradients, then on random values.
+     * ReLU is y = x > 0 ? x : +0 and its backward dx = x > 0 ? dy : +0, bit for bit, in the native
+     * kernels and in the Java loops (which select with a mask, not a branch): at both zeros,
+     * subnormals, the infinities, NaNs of either sign, and with NaN, -0 and infinite gradients, then
+     * on random values (more than one 64Ki block, so the chunking is covered too).
      */
     @Test
-    void reluBackwardIsTheSelectBitForBit() {
+    void reluIsTheSelectBitForBit() {
         float[] special = {0f, -0f, Float.MIN_VALUE, -Float.MIN_VALUE, Float.MIN_NORMAL, Float.MAX_VALUE, -Float.MAX_VALUE, Float.POSITIVE_INFINITY,
             Float.NEGATIVE_INFINITY, Float.NaN, Float.intBitsToFloat(0xFFC00000), Float.intBitsToFloat(0x7F800001), 1f, -1f, 3.5e-39f, -2f};
         float[] grads = {2.5f, Float.NaN, -0f, Float.NEGATIVE_INFINITY, -7f, Float.MIN_VALUE};
-        int n = special.length * grads.length + 1000;
+        int n = special.length * grads.length + 150_000;
         float[] x = new float[n], dy = new float[n];
         int k = 0;
         for (float sx : special) for (float g : grads) { x[k] = sx; dy[k++] = g; }
         for (; k < n; k++) { x[k] = (float) random.nextGaussian(); dy[k] = (float) random.nextGaussian(); }
-        try (Tensor tx = t(x, 1, n); Tensor ty = cpu.empty(DType.F32, 1, n); Tensor tdy = t(dy, 1, n); Tensor dx = cpu.empty(DType.F32, 1, n)) {
-            cpu.activation(Activation.RELU, 0f, tx, ty);
-            cpu.activationBackward(Activation.RELU, 0f, tx, ty, tdy, dx);
-            float[] got = dx.toFloatArray();
-            for (int i = 0; i < n; i++) {
-                float want = x[i] > 0 ? dy[i] : 0f;
-                assertEquals(Float.floatToRawIntBits(want), Float.floatToRawIntBits(got[i]), "x " + x[i] + " (0x" + Integer.toHexString(Float.floatToRawIntBits(x[i]))
-                    + "), dy " + dy[i] + ": want " + want + ", got " + got[i]);
+        boolean was = CpuKernels.nativeRelu();
+        try {
+            // The native kernels (libdistill4j_cpu, when loaded) and the Java loops, each against the definition.
+            for (boolean nativeKernels : new boolean[] {true, false}) {
+                CpuKernels.useNativeRelu(nativeKernels);
+                String path = CpuKernels.nativeRelu() ? "native" : "Java";
+                try (Tensor tx = t(x, 1, n); Tensor ty = cpu.empty(DType.F32, 1, n); Tensor tdy = t(dy, 1, n); Tensor dx = cpu.empty(DType.F32, 1, n)) {
+                    cpu.activation(Activation.RELU, 0f, tx, ty);
+                    cpu.activationBackward(Activation.RELU, 0f, tx, ty, tdy, dx);
+                    float[] gotY = ty.toFloatArray(), got = dx.toFloatArray();
+                    for (int i = 0; i < n; i++) {
+                        float wantY = x[i] > 0 ? x[i] : 0f, want = x[i] > 0 ? dy[i] : 0f;
+                        String at = path + ": x " + x[i] + " (0x" + Integer.toHexString(Float.floatToRawIntBits(x[i])) + "), dy " + dy[i];
+                        assertEquals(Float.floatToRawIntBits(wantY), Float.floatToRawIntBits(gotY[i]), at + ": forward want " + wantY + ", got " + gotY[i]);
+                        assertEquals(Float.floatToRawIntBits(want), Float.floatToRawIntBits(got[i]), at + ": backward want " + want + ", got " + got[i]);
+                    }
+                }
             }
+        } finally {
+            CpuKernels.useNativeRelu(was);
         }
     }
 
