@@ -40,7 +40,7 @@ import org.distill4j.core.Conv2dParams;
  * nothing. A call that finds all of {@link OnednnCall}'s contexts busy waits for one.
  */
 public final class OnednnInferenceConv implements AutoCloseable {
-    private static final int FUSED = 31, TO_PLAIN = 32, TO_BF16 = 33, KEY_LENGTH = 21;
+    private static final int FUSED = 31, REORDER = 32, KEY_LENGTH = 21;
     private static final MemorySegment ENGINE = Onednn.engine();
 
     /**
@@ -171,24 +171,7 @@ public final class OnednnInferenceConv implements AutoCloseable {
      * NCHW after a blocked one.
      */
     public static void toPlain(MemorySegment blocked, MemorySegment plain, int rows, int c, int h, int w) {
-        int threads = Onednn.threadsForThisCall();
-        OnednnCall.Context ctx = context();
-        try {
-            int[] key = ctx.key;
-            java.util.Arrays.fill(key, 0, KEY_LENGTH, 0);
-            key[0] = TO_PLAIN;
-            key[1] = rows;
-            key[2] = c;
-            key[3] = h;
-            key[4] = w;
-            key[5] = threads;
-            OnednnCall.Primitive p = ctx.find(KEY_LENGTH, OnednnInferenceConv::createToPlain);
-            ctx.bind(0, blocked);
-            ctx.bind(1, plain);
-            ctx.execute();
-        } finally {
-            OnednnCall.release(ctx);
-        }
+        reorder(blocked, plain, rows, c, h, w, dnnl_h.dnnl_nChw16c, dnnl_h.dnnl_nchw, dnnl_h.dnnl_f32);
     }
 
     /**
@@ -199,21 +182,29 @@ public final class OnednnInferenceConv implements AutoCloseable {
      * inputs as zero anyway (InferencePlanFusedTest.bf16InputRoundingIsNearestEven).
      */
     public static void toBf16(MemorySegment f32, MemorySegment bf16, int rows, int c, int h, int w, boolean blocked) {
+        int tag = blocked ? dnnl_h.dnnl_nChw16c : dnnl_h.dnnl_nchw;
+        reorder(f32, bf16, rows, c, h, w, tag, tag, dnnl_h.dnnl_bf16);
+    }
+
+    /** to = from, [rows, c, h, w], float32 in layout fromTag to toType in layout toTag (a oneDNN reorder primitive, cached). */
+    private static void reorder(MemorySegment from, MemorySegment to, int rows, int c, int h, int w, int fromTag, int toTag, int toType) {
         int threads = Onednn.threadsForThisCall();
         OnednnCall.Context ctx = context();
         try {
             int[] key = ctx.key;
             java.util.Arrays.fill(key, 0, KEY_LENGTH, 0);
-            key[0] = TO_BF16;
+            key[0] = REORDER;
             key[1] = rows;
             key[2] = c;
             key[3] = h;
             key[4] = w;
             key[5] = threads;
-            key[6] = blocked ? 1 : 0;
-            ctx.find(KEY_LENGTH, OnednnInferenceConv::createToBf16);
-            ctx.bind(0, f32);
-            ctx.bind(1, bf16);
+            key[6] = fromTag;
+            key[7] = toTag;
+            key[8] = toType;
+            ctx.find(KEY_LENGTH, OnednnInferenceConv::createReorder);
+            ctx.bind(0, from);
+            ctx.bind(1, to);
             ctx.execute();
         } finally {
             OnednnCall.release(ctx);
@@ -366,37 +357,13 @@ public final class OnednnInferenceConv implements AutoCloseable {
         }
     }
 
-    /** The nChw16c -> NCHW reorder of a key (op, rows, c, h, w, threads). */
-    private static OnednnCall.Primitive createToPlain(int[] key, boolean cached) {
+    /** The reorder of a key (op, rows, c, h, w, threads, from tag, to tag, to type): float32 in, either type out. */
+    private static OnednnCall.Primitive createReorder(int[] key, boolean cached) {
         OnednnCall.Primitive prim = new OnednnCall.Primitive(key, cached);
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment out = arena.allocate(ADDRESS);
-            MemorySegment blocked = prim.desc(arena, dnnl_h.dnnl_nChw16c, key[1], key[2], key[3], key[4]);
-            MemorySegment plain = prim.desc(arena, dnnl_h.dnnl_nchw, key[1], key[2], key[3], key[4]);
-            MemorySegment attr = OnednnCall.userScratchpadAttr(out);
-            try {
-                DnnlException.check(dnnl_h.dnnl_reorder_primitive_desc_create(out, blocked, ENGINE, plain, ENGINE, attr), "dnnl_reorder_primitive_desc_create");
-            } finally {
-                dnnl_h.dnnl_primitive_attr_destroy(attr);
-            }
-            prim.descriptor(out.get(ADDRESS, 0), out);
-            prim.arguments(new int[] {dnnl_h.DNNL_ARG_FROM, dnnl_h.DNNL_ARG_TO}, blocked, plain);
-            prim.create(out);
-            return prim;
-        } catch (RuntimeException ex) {
-            prim.destroy();
-            throw ex;
-        }
-    }
-
-    /** The f32 -> bf16 reorder of a key (op, rows, c, h, w, threads, blocked), same layout both sides. */
-    private static OnednnCall.Primitive createToBf16(int[] key, boolean cached) {
-        OnednnCall.Primitive prim = new OnednnCall.Primitive(key, cached);
-        int tag = key[6] == 1 ? dnnl_h.dnnl_nChw16c : dnnl_h.dnnl_nchw;
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment out = arena.allocate(ADDRESS);
-            MemorySegment from = prim.desc(arena, tag, key[1], key[2], key[3], key[4]);
-            MemorySegment to = prim.descOfType(arena, dnnl_h.dnnl_bf16, tag, key[1], key[2], key[3], key[4]);
+            MemorySegment from = prim.desc(arena, key[6], key[1], key[2], key[3], key[4]);
+            MemorySegment to = prim.descOfType(arena, key[8], key[7], key[1], key[2], key[3], key[4]);
             MemorySegment attr = OnednnCall.userScratchpadAttr(out);
             try {
                 DnnlException.check(dnnl_h.dnnl_reorder_primitive_desc_create(out, from, ENGINE, to, ENGINE, attr), "dnnl_reorder_primitive_desc_create");

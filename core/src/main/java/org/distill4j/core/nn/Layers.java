@@ -538,6 +538,16 @@ public final class Layers {
         public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
             int out = plan.bufferLike(in, Tensor.numel(next));
             long features = Tensor.numel(s);
+            if (activation == Activation.GELU || activation == Activation.GELU_TANH) {
+                // The kernel the CPU backend's activation runs (oneDNN's GELU on that engine), so the plan keeps Model.forward's bits.
+                boolean tanh = activation == Activation.GELU_TANH;
+                plan.add((ws, rows) -> {
+                    if (!org.distill4j.core.cpu.OnednnEltwise.geluForward(tanh, ws.buffer(in), ws.buffer(out), rows * features)) {
+                        CpuKernels.activation(activation, param, ws.buffer(in), ws.buffer(out), 0, rows * features);
+                    }
+                });
+                return out;
+            }
             plan.add((ws, rows) -> CpuKernels.activation(activation, param, ws.buffer(in), ws.buffer(out), 0, rows * features));
             return out;
         }
