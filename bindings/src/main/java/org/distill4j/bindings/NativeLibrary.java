@@ -133,7 +133,12 @@ public final class NativeLibrary {
         return MethodHandles.dropArguments(thrower, 0, type.parameterList());
     }
 
-    private static MethodHandle libc(String name, FunctionDescriptor d) {
+    /**
+     * A downcall handle for C library function {@code name} (the process's default lookup): our
+     * dlopen/dlsym and the CPU backend's posix_memalign/free. UnsatisfiedLinkError when libc has no
+     * such function.
+     */
+    public static MethodHandle libc(String name, FunctionDescriptor d) {
         MemorySegment addr = LINKER.defaultLookup().find(name)
             .orElseThrow(() -> new UnsatisfiedLinkError("the C library has no " + name + " (glibc 2.34 or newer is required)"));
         return LINKER.downcallHandle(addr, d);

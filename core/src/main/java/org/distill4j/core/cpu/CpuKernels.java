@@ -60,6 +60,14 @@ public final class CpuKernels {
      */
     static volatile boolean NATIVE_RELU = CpuFastDistillationLoss.available() && !"false".equals(System.getProperty("distill4j.cpu.nativeRelu"));
 
+    /**
+     * Whether {@link #activation} of this kind runs best as one call over a whole buffer: GELU on
+     * the oneDNN engine ({@link OnednnEltwise}, which spreads it over its own threads).
+     */
+    static boolean activationRunsWhole(Activation kind) {
+        return (kind == Activation.GELU || kind == Activation.GELU_TANH) && OnednnEltwise.enabled();
+    }
+
     /** Whether the native ReLU kernels are in use (tests, reports). */
     static boolean nativeRelu() {
         return NATIVE_RELU;
@@ -72,8 +80,14 @@ public final class CpuKernels {
         return was;
     }
 
-    /** y[i] = activation(x[i]) for elements [from, to); ReLU in float, the others in double as {@link CpuBackend#activate}. */
+    /**
+     * y[i] = activation(x[i]) for elements [from, to); ReLU in float (our native kernel when loaded),
+     * GELU on oneDNN's eltwise primitive on that engine when the range starts at 0 (it takes a
+     * buffer from its start; {@link #activationRunsWhole}), the others in double as
+     * {@link CpuBackend#activate}.
+     */
     public static void activation(Activation kind, float param, MemorySegment x, MemorySegment y, long from, long to) {
+        if (from == 0 && activationRunsWhole(kind) && OnednnEltwise.geluForward(kind == Activation.GELU_TANH, x, y, to)) return;
         if (kind == Activation.RELU) {
             if (NATIVE_RELU) {
                 org.distill4j.bindings.cpu.distill4j_cpu_h.d4j_cpu_relu_forward(x, y, from, to);

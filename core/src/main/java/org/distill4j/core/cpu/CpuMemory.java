@@ -15,7 +15,7 @@ import java.util.concurrent.atomic.AtomicLong;
  * made once per OS thread; the fast loss kernel's row scratch, {@code malloc}ed per call in C), and
  * other modules' arenas (data loading, safetensors I/O, the trainer's staging).
  */
-@SuppressWarnings("restricted") // FFM: libc posix_memalign/free downcalls, and their blocks bound to the caller's arena
+@SuppressWarnings("restricted") // FFM: libc's posix_memalign blocks bound to the caller's arena (reinterpret)
 public final class CpuMemory {
     private static final AtomicLong ALLOCATIONS = new AtomicLong(), BYTES = new AtomicLong();
 
@@ -87,22 +87,20 @@ public final class CpuMemory {
     private static final java.util.concurrent.ConcurrentHashMap<Long, java.util.concurrent.ConcurrentLinkedQueue<Long>> CACHE = new java.util.concurrent.ConcurrentHashMap<>();
     private static final AtomicLong CACHED = new AtomicLong();
 
-    // libc through the default lookup; null where it has no posix_memalign (then every allocation is the JDK's).
+    // libc's, through the bindings' lookup; null where it has no posix_memalign (then every allocation is the JDK's).
     private static final java.lang.invoke.MethodHandle POSIX_MEMALIGN, FREE;
 
     static {
-        java.lang.foreign.Linker linker = java.lang.foreign.Linker.nativeLinker();
-        var libc = linker.defaultLookup();
-        var memalign = libc.find("posix_memalign");
-        var free = libc.find("free");
-        if (memalign.isPresent() && free.isPresent()) {
-            POSIX_MEMALIGN = linker.downcallHandle(memalign.get(), java.lang.foreign.FunctionDescriptor.of(java.lang.foreign.ValueLayout.JAVA_INT,
+        java.lang.invoke.MethodHandle memalign = null, free = null;
+        try {
+            memalign = org.distill4j.bindings.NativeLibrary.libc("posix_memalign", java.lang.foreign.FunctionDescriptor.of(java.lang.foreign.ValueLayout.JAVA_INT,
                 java.lang.foreign.ValueLayout.ADDRESS, java.lang.foreign.ValueLayout.JAVA_LONG, java.lang.foreign.ValueLayout.JAVA_LONG));
-            FREE = linker.downcallHandle(free.get(), java.lang.foreign.FunctionDescriptor.ofVoid(java.lang.foreign.ValueLayout.JAVA_LONG));
-        } else {
-            POSIX_MEMALIGN = null;
-            FREE = null;
+            free = org.distill4j.bindings.NativeLibrary.libc("free", java.lang.foreign.FunctionDescriptor.ofVoid(java.lang.foreign.ValueLayout.JAVA_LONG));
+        } catch (UnsatisfiedLinkError e) {
+            memalign = free = null; // no block cache: allocateUninitialized falls back to the JDK's allocation
         }
+        POSIX_MEMALIGN = memalign;
+        FREE = free;
     }
 
     /** A block back from a closed arena: cached while the cache has room, else freed. */
@@ -121,10 +119,8 @@ public final class CpuMemory {
             int rc = (int) POSIX_MEMALIGN.invokeExact(out, PAGE, size);
             if (rc != 0) throw new OutOfMemoryError("posix_memalign(" + PAGE + ", " + size + ") failed: error " + rc);
             return out.get(java.lang.foreign.ValueLayout.JAVA_LONG, 0);
-        } catch (RuntimeException | Error e) {
-            throw e;
         } catch (Throwable t) {
-            throw new IllegalStateException("posix_memalign: " + t, t);
+            throw org.distill4j.bindings.Downcalls.rethrow("posix_memalign", t);
         }
     }
 
@@ -132,7 +128,7 @@ public final class CpuMemory {
         try {
             FREE.invokeExact(address);
         } catch (Throwable t) {
-            throw new IllegalStateException("free: " + t, t);
+            throw org.distill4j.bindings.Downcalls.rethrow("free", t);
         }
     }
 

@@ -45,9 +45,6 @@ final class OnednnBatchNorm {
     private static final int KEY_LENGTH = 6;
     private static final MemorySegment ENGINE = Onednn.engine();
 
-    /** oneDNN's channel-blocked activation layout, nChw16c (= dnnl_aBcd16b). */
-    private static final int NCHW16C = dnnl_h.dnnl_nChw16c;
-
     private OnednnBatchNorm() {}
 
     /** The implementation oneDNN chose for each cached batch-norm problem (for tests and reports). */
@@ -144,7 +141,7 @@ final class OnednnBatchNorm {
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment out = arena.allocate(ADDRESS);
             MemorySegment data = prim.desc(arena, dnnl_h.dnnl_nchw, n, c, inner, 1); // x, y, dy, dx: ours
-            MemorySegment inside = prim.desc(arena, NCHW16C, n, c, inner, 1); // the primitive's: x, y, dy, dx in context buffers
+            MemorySegment inside = prim.desc(arena, dnnl_h.dnnl_nChw16c, n, c, inner, 1); // the primitive's: x, y, dy, dx in context buffers
             MemorySegment channel = prim.desc(arena, dnnl_h.dnnl_a, c); // gamma, beta, mean, variance and their gradients
             int status;
             MemorySegment hint = MemorySegment.NULL;

@@ -69,20 +69,12 @@ public final class OnednnInferenceConv implements AutoCloseable {
     /**
      * A fused convolution of x [rows, c, h, w] (nChw16c when {@code srcBlocked}) into y [rows, k,
      * oh, ow] (nChw16c when {@code dstBlocked}), weights W [k, c, r, s] and bias b [k] copied
-     * (float32; a folded batch norm already in them); {@code addend} adds a tensor of y's shape and
-     * layout before the ReLU (the residual's shortcut; only with {@code dstBlocked}). Null when
+     * (float32; in float32 a batch norm is already folded into them); {@code addend} adds a tensor
+     * of y's shape and layout before the ReLU (the residual's shortcut; only with
+     * {@code dstBlocked}). With {@code bf16} the bf16 recipe (x, given to {@link #run} as bfloat16,
+     * and W rounded to bfloat16, float32 sums and output), and {@code scale}/{@code shift} (float32
+     * [k], both or neither) a batch norm applied to conv + b as post-ops (bf16 only). Null when
      * oneDNN has no such convolution for {@code maxRows} rows: the caller compiles the unfused steps.
-     */
-    public static OnednnInferenceConv create(int c, int h, int w, int k, int r, int s, int oh, int ow, Conv2dParams p, MemorySegment weights,
-                                             MemorySegment bias, boolean srcBlocked, boolean dstBlocked, boolean addend, boolean relu, int maxRows) {
-        return create(c, h, w, k, r, s, oh, ow, p, weights, bias, null, null, false, srcBlocked, dstBlocked, addend, relu, maxRows);
-    }
-
-    /**
-     * As {@link #create(int, int, int, int, int, int, int, int, Conv2dParams, MemorySegment, MemorySegment, boolean, boolean, boolean, boolean, int)};
-     * with {@code bf16} the bf16 recipe (x, given to {@link #run} as bfloat16, and W rounded to
-     * bfloat16, float32 sums and output), and {@code scale}/{@code shift} (float32 [k], both or
-     * neither) a batch norm applied to conv + b as post-ops (bf16 only: float32 folds it into W).
      */
     public static OnednnInferenceConv create(int c, int h, int w, int k, int r, int s, int oh, int ow, Conv2dParams p, MemorySegment weights,
                                              MemorySegment bias, MemorySegment scale, MemorySegment shift, boolean bf16, boolean srcBlocked,
@@ -393,13 +385,27 @@ public final class OnednnInferenceConv implements AutoCloseable {
      */
     public static float[][] foldBatchNorm(MemorySegment weights, MemorySegment bias, int k, long crs, MemorySegment gamma, MemorySegment beta,
                                           MemorySegment mean, MemorySegment var, float eps) {
+        double[] scale = batchNormScaleShift(gamma, beta, mean, var, eps, k)[0];
         float[] wf = new float[Math.toIntExact(k * crs)], bf = new float[k];
         for (int o = 0; o < k; o++) {
-            double scale = gamma.getAtIndex(JAVA_FLOAT, o) / Math.sqrt((double) var.getAtIndex(JAVA_FLOAT, o) + eps);
-            for (long i = 0; i < crs; i++) wf[(int) (o * crs + i)] = (float) (weights.getAtIndex(JAVA_FLOAT, o * crs + i) * scale);
+            for (long i = 0; i < crs; i++) wf[(int) (o * crs + i)] = (float) (weights.getAtIndex(JAVA_FLOAT, o * crs + i) * scale[o]);
             double b = bias == null ? 0 : bias.getAtIndex(JAVA_FLOAT, o);
-            bf[o] = (float) ((b - mean.getAtIndex(JAVA_FLOAT, o)) * scale + beta.getAtIndex(JAVA_FLOAT, o));
+            bf[o] = (float) ((b - mean.getAtIndex(JAVA_FLOAT, o)) * scale[o] + beta.getAtIndex(JAVA_FLOAT, o));
         }
         return new float[][] {wf, bf};
+    }
+
+    /**
+     * An eval-mode batch norm over k channels as y = x scale + shift: {scale, shift} in double,
+     * scale = gamma / sqrt(var + eps), shift = beta - mean scale (the fold above, and the bf16
+     * convolution's post-ops, which take them rounded to float).
+     */
+    public static double[][] batchNormScaleShift(MemorySegment gamma, MemorySegment beta, MemorySegment mean, MemorySegment var, float eps, int k) {
+        double[] scale = new double[k], shift = new double[k];
+        for (int o = 0; o < k; o++) {
+            scale[o] = gamma.getAtIndex(JAVA_FLOAT, o) / Math.sqrt((double) var.getAtIndex(JAVA_FLOAT, o) + eps);
+            shift[o] = beta.getAtIndex(JAVA_FLOAT, o) - mean.getAtIndex(JAVA_FLOAT, o) * scale[o];
+        }
+        return new double[][] {scale, shift};
     }
 }

@@ -77,6 +77,7 @@ public final class InferencePlan {
         private final List<Boolean> blockedBuffers = new ArrayList<>(); // whether each buffer is channel-blocked (nChw16c)
         private final java.util.Map<Integer, Integer> plainCopies = new java.util.HashMap<>(); // blocked buffer -> its NCHW copy
         private final java.util.Map<Integer, Integer> bf16Copies = new java.util.HashMap<>(); // buffer -> state slot of its bf16 copy
+        private final boolean fuse = OnednnInferenceConv.enabled(); // once per plan: every layer of it decides alike
         private final List<AutoCloseable> owned = new ArrayList<>();
         private Arena constants;
         private int stateSlots, localSlots;
@@ -118,8 +119,6 @@ public final class InferencePlan {
         public boolean fusesConvolutions() {
             return fuse;
         }
-
-        private final boolean fuse = OnednnInferenceConv.enabled(); // once per plan: every layer of it decides alike
 
         /**
          * The state slot ({@link Workspace#state(int)}, element 0) of buffer {@code b} rounded to

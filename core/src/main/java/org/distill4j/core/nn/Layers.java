@@ -271,9 +271,14 @@ public final class Layers {
                     : b != null ? b : tmp.allocate((long) k * Float.BYTES); // no bias: zeros
                 MemorySegment scale = null, shift = null;
                 if (bf16 && bn != null) {
-                    float[][] norm = bn.evalScaleShift();
-                    scale = tmp.allocateFrom(java.lang.foreign.ValueLayout.JAVA_FLOAT, norm[0]);
-                    shift = tmp.allocateFrom(java.lang.foreign.ValueLayout.JAVA_FLOAT, norm[1]);
+                    double[][] norm = OnednnInferenceConv.batchNormScaleShift(bn.weight.value().data(), bn.bias.value().data(),
+                        bn.runningMean.value().data(), bn.runningVar.value().data(), bn.eps, k);
+                    scale = tmp.allocate(java.lang.foreign.ValueLayout.JAVA_FLOAT, k);
+                    shift = tmp.allocate(java.lang.foreign.ValueLayout.JAVA_FLOAT, k);
+                    for (int o = 0; o < k; o++) {
+                        scale.setAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, o, (float) norm[0][o]);
+                        shift.setAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, o, (float) norm[1][o]);
+                    }
                 }
                 conv = OnednnInferenceConv.create(c, (int) s[1], (int) s[2], k, (int) kernel, (int) kernel, (int) next[1], (int) next[2], geometry, wf, bf,
                     scale, shift, bf16, plan.blocked(in), dstBlocked, addend >= 0, relu, plan.maxBatch());
@@ -281,15 +286,8 @@ public final class Layers {
             if (conv == null) return -1;
             plan.own(conv);
             int out = dstBlocked ? plan.blockedBuffer(Tensor.numel(next)) : plan.buffer(Tensor.numel(next));
-            if (bf16) {
-                int source = plan.bf16Source(in, s); // x rounded to bf16, once per buffer
-                if (addend >= 0) plan.add((ws, rows) -> conv.run(ws.state(source)[0], ws.buffer(addend), ws.buffer(out), rows));
-                else plan.add((ws, rows) -> conv.run(ws.state(source)[0], null, ws.buffer(out), rows));
-            } else if (addend >= 0) {
-                plan.add((ws, rows) -> conv.run(ws.buffer(in), ws.buffer(addend), ws.buffer(out), rows));
-            } else {
-                plan.add((ws, rows) -> conv.run(ws.buffer(in), null, ws.buffer(out), rows));
-            }
+            int source = bf16 ? plan.bf16Source(in, s) : -1; // bf16: x rounded once per buffer, in a state slot
+            plan.add((ws, rows) -> conv.run(source >= 0 ? ws.state(source)[0] : ws.buffer(in), addend >= 0 ? ws.buffer(addend) : null, ws.buffer(out), rows));
             return out;
         }
 
@@ -450,23 +448,6 @@ public final class Layers {
             return dx;
         }
 
-        /**
-         * Eval mode as y = x scale + shift per channel: scale = gamma / sqrt(var + eps), shift =
-         * beta - mean scale, in double, rounded once ({scale, shift}, float [features] each).
-         */
-        float[][] evalScaleShift() {
-            int n = (int) features;
-            float[] scale = new float[n], shift = new float[n];
-            MemorySegment g = weight.value().data(), b = bias.value().data(), m = runningMean.value().data(), v = runningVar.value().data();
-            for (int c = 0; c < n; c++) {
-                double sc = g.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, c)
-                    / Math.sqrt((double) v.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, c) + eps);
-                scale[c] = (float) sc;
-                shift[c] = (float) (b.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, c) - m.getAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT, c) * sc);
-            }
-            return new float[][] {scale, shift};
-        }
-
         @Override
         public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
             int out = plan.buffer(Tensor.numel(next));
@@ -538,16 +519,6 @@ public final class Layers {
         public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
             int out = plan.bufferLike(in, Tensor.numel(next));
             long features = Tensor.numel(s);
-            if (activation == Activation.GELU || activation == Activation.GELU_TANH) {
-                // The kernel the CPU backend's activation runs (oneDNN's GELU on that engine), so the plan keeps Model.forward's bits.
-                boolean tanh = activation == Activation.GELU_TANH;
-                plan.add((ws, rows) -> {
-                    if (!org.distill4j.core.cpu.OnednnEltwise.geluForward(tanh, ws.buffer(in), ws.buffer(out), rows * features)) {
-                        CpuKernels.activation(activation, param, ws.buffer(in), ws.buffer(out), 0, rows * features);
-                    }
-                });
-                return out;
-            }
             plan.add((ws, rows) -> CpuKernels.activation(activation, param, ws.buffer(in), ws.buffer(out), 0, rows * features));
             return out;
         }
