@@ -68,6 +68,15 @@ public interface Backend extends AutoCloseable {
     /** For views: the storage segment {@code byteOffset} bytes into {@code data}, {@code bytes} long, same lifetime. */
     MemorySegment offset(MemorySegment data, long byteOffset, long bytes);
 
+    /**
+     * Converts a tensor whose storage holds another {@link Tensor.Layout} back to row-major, in
+     * place, and records it ({@link Tensor#data()} calls this). Only a backend that leaves tensors
+     * in another layout has any to convert.
+     */
+    default void toRowMajor(Tensor t) {
+        throw new IllegalStateException(name() + " keeps every tensor row-major, but " + t.describe() + " holds " + t.layout());
+    }
+
     float[] read(Tensor t);
 
     void write(Tensor t, float[] values);

@@ -14,14 +14,38 @@ import java.util.Arrays;
  * {@link #close()}; a tensor created in a caller's arena (a scope for a whole step) lives until that
  * arena closes; a view shares its base's storage and lifetime. Using a tensor after its memory is
  * freed throws IllegalStateException.
+ *
+ * <p>Layout: a CPU tensor's storage may hold oneDNN's channel-blocked {@link Layout#NCHW16C}
+ * instead of row-major between the backend ops that read and write it (convolution, batch norm,
+ * the elementwise ops), so that a CNN's activations are not reordered around every oneDNN call.
+ * The shape stays the logical [N, C, H, W]. {@link #data()} always gives row-major storage: it
+ * converts a blocked tensor back first, so code that does not know the layout sees what it always
+ * did; the ops that do know it read {@link #storage()} and {@link #layout()}. Only a tensor whose
+ * storage the backend allocated for it alone, and that was never viewed, can hold a blocked layout
+ * ({@link #mayHoldLayout()}), so no other tensor ever reads the same bytes as row-major.
  */
 public final class Tensor implements AutoCloseable {
+    /** How a tensor's storage holds its elements. */
+    public enum Layout {
+        /** Row-major (PyTorch's contiguous; NCHW for images): what {@link #data()} always gives. */
+        ROW_MAJOR,
+        /**
+         * oneDNN's nChw16c, for a rank-4 float32 [N, C, H, W] with C a multiple of 16: element
+         * (n, c, h, w) at ((n C/16 + c/16) H W + h W + w) 16 + c % 16. Same size as row-major.
+         */
+        NCHW16C
+    }
+
     private final Backend backend;
     private final DType dtype;
     private final long[] shape;
     private final long numel;
     private final MemorySegment data;
     private final Arena owned; // non-null when this tensor owns its memory
+    /** The layout of the storage now; not ROW_MAJOR only while {@link #sole}. */
+    private Layout layout = Layout.ROW_MAJOR;
+    /** The backend allocated the storage for this tensor alone and no view of it was made: it may hold another layout. */
+    private boolean sole;
 
     Tensor(Backend backend, DType dtype, long[] shape, MemorySegment data, Arena owned) {
         this.backend = backend;
@@ -36,6 +60,16 @@ public final class Tensor implements AutoCloseable {
     public static Tensor wrap(Backend backend, DType dtype, long[] shape, MemorySegment data, Arena owned) {
         for (long d : shape) if (d < 0) throw new IllegalArgumentException("negative dimension in shape " + Arrays.toString(shape));
         return new Tensor(backend, dtype, shape, data, owned);
+    }
+
+    /**
+     * For backends: wraps storage they have just allocated for this tensor alone, so that it may
+     * hold another {@link Layout} (see the class comment).
+     */
+    public static Tensor allocated(Backend backend, DType dtype, long[] shape, MemorySegment data, Arena owned) {
+        Tensor t = wrap(backend, dtype, shape, data, owned);
+        t.sole = true;
+        return t;
     }
 
     public static long numel(long... shape) {
@@ -72,8 +106,38 @@ public final class Tensor implements AutoCloseable {
      * long. CUDA: zero-length, its address is the device pointer.
      */
     public MemorySegment data() {
+        MemorySegment s = storage();
+        if (layout != Layout.ROW_MAJOR) backend.toRowMajor(this);
+        return s;
+    }
+
+    /**
+     * For backend ops that know {@link #layout()}: the storage as it is, in whatever layout it holds
+     * (no conversion), after checking the tensor is alive.
+     */
+    public MemorySegment storage() {
         if (!isAlive()) throw new IllegalStateException("tensor " + describe() + " is closed (its memory was freed)");
         return data;
+    }
+
+    /** The layout the storage holds now (ROW_MAJOR unless a backend op left it otherwise). */
+    public Layout layout() { return layout; }
+
+    /**
+     * Whether this tensor may hold {@link Layout#NCHW16C}: float32, rank 4, channels a multiple of
+     * 16, and storage the backend allocated for it alone, never viewed.
+     */
+    public boolean mayHoldLayout() {
+        return sole && dtype == DType.F32 && shape.length == 4 && shape[1] % 16 == 0;
+    }
+
+    /**
+     * For backend ops: records that the storage now holds {@code l} (the op has just written it so,
+     * or converted it). IllegalStateException for a blocked layout this tensor may not hold.
+     */
+    public void setLayout(Layout l) {
+        if (l != Layout.ROW_MAJOR && !mayHoldLayout()) throw new IllegalStateException("setLayout: " + describe() + " cannot hold " + l);
+        layout = l;
     }
 
     /** A view with another shape of the same number of elements, sharing storage. */
@@ -82,7 +146,9 @@ public final class Tensor implements AutoCloseable {
             throw new IllegalArgumentException("view: cannot view " + Arrays.toString(shape) + " (" + numel + " elements) as "
                 + Arrays.toString(newShape) + " (" + numel(newShape) + " elements)");
         }
-        return new Tensor(backend, dtype, newShape, data(), null);
+        MemorySegment rowMajor = data();
+        sole = false; // another tensor now reads the same bytes as row-major: this one stays row-major
+        return new Tensor(backend, dtype, newShape, rowMajor, null);
     }
 
     /** A view of rows [start, start + count) along dimension 0, sharing storage. */
@@ -93,7 +159,9 @@ public final class Tensor implements AutoCloseable {
         long[] s = shape.clone();
         s[0] = count;
         long rowBytes = numel / Math.max(1, shape[0]) * dtype.bytes();
-        return new Tensor(backend, dtype, s, backend.offset(data(), start * rowBytes, count * rowBytes), null);
+        MemorySegment rowMajor = data();
+        sole = false; // another tensor now reads the same bytes as row-major: this one stays row-major
+        return new Tensor(backend, dtype, s, backend.offset(rowMajor, start * rowBytes, count * rowBytes), null);
     }
 
     /** Copies the elements to a new float array (F32, or BF16 widened exactly); synchronises on a GPU. */

@@ -95,7 +95,7 @@ public final class CpuBackend implements Backend {
     public Tensor empty(DType dtype, long... shape) {
         Arena arena = Arena.ofShared();
         try {
-            return Tensor.wrap(this, dtype, shape, CpuMemory.allocateUninitialized(arena, Tensor.numel(shape) * dtype.bytes(), 64), arena);
+            return Tensor.allocated(this, dtype, shape, CpuMemory.allocateUninitialized(arena, Tensor.numel(shape) * dtype.bytes(), 64), arena);
         } catch (RuntimeException | OutOfMemoryError e) {
             arena.close();
             throw e;
@@ -104,12 +104,84 @@ public final class CpuBackend implements Backend {
 
     @Override
     public Tensor empty(Arena arena, DType dtype, long... shape) {
-        return Tensor.wrap(this, dtype, shape, CpuMemory.allocateUninitialized(arena, Tensor.numel(shape) * dtype.bytes(), 64), null);
+        return Tensor.allocated(this, dtype, shape, CpuMemory.allocateUninitialized(arena, Tensor.numel(shape) * dtype.bytes(), 64), null);
     }
 
     @Override
     public MemorySegment offset(MemorySegment data, long byteOffset, long bytes) {
         return data.asSlice(byteOffset, bytes);
+    }
+
+    // ---- blocked activations
+
+    /**
+     * Whether the ops below leave a CNN's activations in oneDNN's nChw16c between them
+     * ({@link Tensor.Layout}): convolution, batch norm, the elementwise activations and add, and
+     * global average pooling read it as it is and write it, so a student's training step no longer
+     * reorders every activation into and out of each oneDNN call (about 30 of the CNN kd-step's
+     * 210 ms, ONEDNN_VERBOSE at 23da75e; bench/RESULTS.md, sixteenth session). Only with
+     * convolutions on oneDNN in its own layouts; -Ddistill4j.onednn.blocked=false turns it off (A/B,
+     * and the tests that hold both paths to the same bits).
+     */
+    static boolean blockedActivations() {
+        return BLOCKED_ACTIVATIONS && onednn() && OnednnConv.anyLayout();
+    }
+
+    private static volatile boolean BLOCKED_ACTIVATIONS = !"false".equals(System.getProperty("distill4j.onednn.blocked"));
+
+    /** Tests: whether ops may leave activations blocked (where oneDNN runs them); returns what was set. */
+    static boolean useBlockedActivations(boolean on) {
+        boolean was = BLOCKED_ACTIVATIONS;
+        BLOCKED_ACTIVATIONS = on;
+        return was;
+    }
+
+    private static boolean isBlocked(Tensor t) {
+        return t.layout() == Tensor.Layout.NCHW16C;
+    }
+
+    /** Whether an op may write {@code out} in nChw16c. */
+    private static boolean mayWriteBlocked(Tensor out) {
+        return out.mayHoldLayout() && blockedActivations();
+    }
+
+    /**
+     * The layout an elementwise op runs in: the inputs' common one when the output can hold it,
+     * else row-major (the inputs' {@link Tensor#data()} then converts any blocked one). Layout does
+     * not change an elementwise op's arithmetic, so either way the bits are the same.
+     */
+    private static Tensor.Layout elementwiseLayout(Tensor a, Tensor b, Tensor c, Tensor out) {
+        Tensor.Layout l = a.layout();
+        if (l == Tensor.Layout.ROW_MAJOR || (b != null && b.layout() != l) || (c != null && c.layout() != l) || !out.mayHoldLayout()) {
+            return Tensor.Layout.ROW_MAJOR;
+        }
+        return l;
+    }
+
+    /** An elementwise op's input in layout l: as it is when l is its layout, else row-major. */
+    private static MemorySegment in(Tensor t, Tensor.Layout l) {
+        return l == Tensor.Layout.ROW_MAJOR ? t.data() : t.storage();
+    }
+
+    /** An output the op overwrites whole, recorded as holding layout l (no conversion of what it held). */
+    private static MemorySegment out(Tensor t, Tensor.Layout l) {
+        MemorySegment s = t.storage();
+        t.setLayout(l);
+        return s;
+    }
+
+    @Override
+    public void toRowMajor(Tensor t) {
+        if (t.layout() == Tensor.Layout.ROW_MAJOR) return;
+        // Into a scratch buffer with oneDNN's reorder, then back: the tensor keeps its storage (its arena owns it).
+        MemorySegment s = t.storage();
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment tmp = CpuMemory.allocateUninitialized(arena, t.byteSize(), 64);
+            OnednnInferenceConv.toPlain(s, tmp, Math.toIntExact(t.size(0)), Math.toIntExact(t.size(1)), Math.toIntExact(t.size(2)),
+                Math.toIntExact(t.size(3)));
+            MemorySegment.copy(tmp, 0, s, 0, t.byteSize());
+        }
+        t.setLayout(Tensor.Layout.ROW_MAJOR);
     }
 
     @Override
@@ -170,7 +242,7 @@ public final class CpuBackend implements Backend {
     @Override
     public void zero(Tensor t) {
         Shapes.alive("zero", t);
-        t.data().fill((byte) 0);
+        out(t, Tensor.Layout.ROW_MAJOR).fill((byte) 0); // all zero bytes in any layout
     }
 
     @Override
@@ -282,6 +354,9 @@ public final class CpuBackend implements Backend {
         parallel(l[0] * l[1], l[2], oc -> CpuKernels.biasAddPlanes(ys, bs, oc, oc + 1, l[1], l[2]));
     }
 
+    /** Per-thread row blocks for {@link #biasGrad}'s column blocks (256 floats). */
+    private static final ThreadLocal<float[]> BIAS_GRAD_ROW = ThreadLocal.withInitial(() -> new float[256]);
+
     private void biasGrad(String op, Tensor dy, Tensor dbias, boolean accumulate, boolean channelAxis) {
         f32(op, dy, dbias);
         long[] l = Shapes.biasLayout(op, dy, dbias, channelAxis);
@@ -289,13 +364,17 @@ public final class CpuBackend implements Backend {
         if (l[2] == 1) { // [N, F]: blocks of columns, each summed down the rows with contiguous reads
             long rows = l[0], features = l[1], block = 256;
             parallel((features + block - 1) / block, rows * block, k -> {
-                long from = k * block, to = Math.min(features, from + block);
-                double[] sum = new double[(int) (to - from)];
+                int from = (int) (k * block), width = (int) (Math.min(features, from + block) - from);
+                // Each row's block copied into a float[] first: C2 vectorises the float -> double adds over arrays, not over
+                // the segment (JFR: this loop was about 1 ms of the mlp-1024 kd-step's 65; bench/RESULTS.md, sixteenth session).
+                // The same sums in the same order as before: the same bits.
+                float[] row = BIAS_GRAD_ROW.get();
+                double[] sum = new double[width];
                 for (long n = 0; n < rows; n++) {
-                    long base = n * features;
-                    for (long j = from; j < to; j++) sum[(int) (j - from)] += f(ds, base + j);
+                    MemorySegment.copy(ds, JAVA_FLOAT, (n * features + from) * Float.BYTES, row, 0, width);
+                    for (int j = 0; j < width; j++) sum[j] += row[j];
                 }
-                for (long j = from; j < to; j++) set(bs, j, (float) (accumulate ? f(bs, j) + sum[(int) (j - from)] : sum[(int) (j - from)]));
+                for (int j = 0; j < width; j++) set(bs, from + j, (float) (accumulate ? f(bs, from + j) + sum[j] : sum[j]));
             });
             return;
         }
@@ -344,7 +423,8 @@ public final class CpuBackend implements Backend {
     public void activation(Activation kind, float param, Tensor x, Tensor y) {
         f32("activation(" + kind + ")", x, y);
         Shapes.same("activation(" + kind + ")", x, y);
-        MemorySegment xs = x.data(), ys = y.data();
+        Tensor.Layout l = elementwiseLayout(x, null, null, y); // elementwise: blocked activations stay blocked
+        MemorySegment xs = in(x, l), ys = out(y, l);
         if (CpuKernels.activationRunsWhole(kind)) { // oneDNN's GELU: one call over the whole tensor, on its own threads
             CpuKernels.activation(kind, param, xs, ys, 0, x.numel());
             return;
@@ -365,7 +445,8 @@ public final class CpuBackend implements Backend {
         Shapes.same(op, x, dy);
         Shapes.same(op, y, dy);
         Shapes.same(op, dx, dy);
-        MemorySegment xs = x.data(), ys = y.data(), dys = dy.data(), dxs = dx.data();
+        Tensor.Layout l = elementwiseLayout(x, y, dy, dx);
+        MemorySegment xs = in(x, l), ys = in(y, l), dys = in(dy, l), dxs = out(dx, l);
         if ((kind == Activation.GELU || kind == Activation.GELU_TANH) && OnednnEltwise.geluBackward(kind == Activation.GELU_TANH, xs, dys, dxs, x.numel())) {
             return;
         }
@@ -694,10 +775,19 @@ public final class CpuBackend implements Backend {
      * a switch inside one lambda measured 20-30% slower on add).
      */
     private void elementwise(String op, Tensor a, Tensor b, Tensor out, IndexRange body) {
+        elementwiseChecks(op, a, b, out);
+        elementwise(a.numel(), body);
+    }
+
+    private void elementwiseChecks(String op, Tensor a, Tensor b, Tensor out) {
         f32(op, a, b, out);
         Shapes.same(op, a, b);
         Shapes.same(op, a, out);
-        long n = a.numel(), chunk = 1 << 14;
+    }
+
+    /** body over [0, n) in chunks, in parallel. */
+    private static void elementwise(long n, IndexRange body) {
+        long chunk = 1 << 14;
         parallel((n + chunk - 1) / chunk, chunk, k -> body.run(k * chunk, Math.min(n, (k + 1) * chunk)));
     }
 
@@ -727,8 +817,10 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void add(Tensor a, Tensor b, Tensor out) {
-        MemorySegment as = a.data(), bs = b.data(), os = out.data();
-        elementwise("add", a, b, out, (lo, hi) -> CpuKernels.add(as, bs, os, lo, hi));
+        elementwiseChecks("add", a, b, out);
+        Tensor.Layout l = elementwiseLayout(a, b, null, out); // a residual block's sum stays blocked
+        MemorySegment as = in(a, l), bs = in(b, l), os = out(out, l);
+        elementwise(a.numel(), (lo, hi) -> CpuKernels.add(as, bs, os, lo, hi));
     }
 
     @Override
@@ -929,7 +1021,14 @@ public final class CpuBackend implements Backend {
             f32("conv2d", bias);
             if (bias.numel() != g.k()) throw new IllegalArgumentException("conv2d: bias " + bias.describe() + " does not match the " + g.k() + " output channels");
         }
-        if (onednn() && OnednnConv.forward(x.data(), w.data(), bias == null ? null : bias.data(), y.data(), g, p)) return;
+        if (onednn()) {
+            // Activations in nChw16c are taken and given as they are (see blockedActivations).
+            boolean xBlocked = isBlocked(x), yBlocked = mayWriteBlocked(y) && g.k() % 16 == 0;
+            if (OnednnConv.forward(xBlocked ? x.storage() : x.data(), w.data(), bias == null ? null : bias.data(), y.storage(), g, p, xBlocked, yBlocked)) {
+                y.setLayout(yBlocked ? Tensor.Layout.NCHW16C : Tensor.Layout.ROW_MAJOR);
+                return;
+            }
+        }
         try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
             MemorySegment col = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
@@ -946,7 +1045,13 @@ public final class CpuBackend implements Backend {
     public void conv2dBackwardData(Tensor dy, Tensor w, Conv2dParams p, Tensor dx) {
         f32("conv2dBackwardData", dy); f32("conv2dBackwardData", w); f32("conv2dBackwardData", dx); // one at a time: no varargs array per call
         ConvGeometry g = Shapes.conv("conv2dBackwardData", dx, w, p, dy);
-        if (onednn() && OnednnConv.backwardData(dy.data(), w.data(), dx.data(), g, p)) return;
+        if (onednn()) {
+            boolean dyBlocked = isBlocked(dy), dxBlocked = mayWriteBlocked(dx);
+            if (OnednnConv.backwardData(dyBlocked ? dy.storage() : dy.data(), w.data(), dx.storage(), g, p, dyBlocked, dxBlocked)) {
+                dx.setLayout(dxBlocked ? Tensor.Layout.NCHW16C : Tensor.Layout.ROW_MAJOR);
+                return;
+            }
+        }
         dx.data().fill((byte) 0);
         try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
             MemorySegment dcol = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * 4, 64);
@@ -975,7 +1080,11 @@ public final class CpuBackend implements Backend {
                 throw new IllegalArgumentException("conv2dBackwardFilter: bias gradient " + dbias.describe() + " does not match the " + g.k() + " output channels");
             }
         }
-        if (onednn() && OnednnConv.backwardWeights(x.data(), dy.data(), dw.data(), dbias == null ? null : dbias.data(), g, p, accumulate)) return;
+        if (onednn()) {
+            boolean xBlocked = isBlocked(x), dyBlocked = isBlocked(dy);
+            if (OnednnConv.backwardWeights(xBlocked ? x.storage() : x.data(), dyBlocked ? dy.storage() : dy.data(), dw.data(),
+                dbias == null ? null : dbias.data(), g, p, accumulate, xBlocked, dyBlocked)) return;
+        }
         try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
             MemorySegment col = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
@@ -1048,6 +1157,17 @@ public final class CpuBackend implements Backend {
         Shapes.rank("globalAvgPool", x, 4);
         Shapes.expect("globalAvgPool output", y, x.size(0), x.size(1), 1, 1);
         long hw = x.size(2) * x.size(3);
+        if (isBlocked(x)) { // nChw16c: channel c of image n is every 16th float from its block's start; summed in the same order
+            MemorySegment xs = x.storage(), ys = y.data();
+            long channels = x.size(1);
+            parallel(x.size(0) * channels, hw, plane -> {
+                long n = plane / channels, c = plane % channels, at = ((n * (channels / 16) + c / 16) * hw) * 16 + c % 16;
+                double acc = 0;
+                for (long i = 0; i < hw; i++) acc += f(xs, at + i * 16);
+                set(ys, plane, (float) (acc / hw));
+            });
+            return;
+        }
         MemorySegment xs = x.data(), ys = y.data();
         parallel(x.size(0) * x.size(1), hw, plane -> CpuKernels.meanRows(xs, ys, plane, plane + 1, hw));
     }
@@ -1058,7 +1178,16 @@ public final class CpuBackend implements Backend {
         Shapes.rank("globalAvgPoolBackward", dx, 4);
         Shapes.expect("globalAvgPoolBackward dy", dy, dx.size(0), dx.size(1), 1, 1);
         long hw = dx.size(2) * dx.size(3);
-        MemorySegment dys = dy.data(), dxs = dx.data();
+        if (mayWriteBlocked(dx)) { // nChw16c, for the blocked activations before the pooling: each block of 16 channels in turn
+            MemorySegment dys = dy.data(), dxs = out(dx, Tensor.Layout.NCHW16C);
+            long blocks = dx.size(1) / 16;
+            parallel(dx.size(0) * blocks, hw * 16, nb -> {
+                long n = nb / blocks, c0 = (nb % blocks) * 16, base = nb * hw * 16;
+                for (long i = 0; i < hw; i++) for (long j = 0; j < 16; j++) set(dxs, base + i * 16 + j, f(dys, n * dx.size(1) + c0 + j) / hw);
+            });
+            return;
+        }
+        MemorySegment dys = dy.data(), dxs = out(dx, Tensor.Layout.ROW_MAJOR);
         parallel(dx.size(0) * dx.size(1), hw, plane -> {
             float g = f(dys, plane) / hw;
             for (long i = plane * hw; i < (plane + 1) * hw; i++) set(dxs, i, g);
@@ -1073,9 +1202,17 @@ public final class CpuBackend implements Backend {
         String op = "batchNormTrain";
         long[] l = BackendChecks.batchNormTrain(this, x, gamma, beta, runningMean, runningVar, y, saveMean, saveInvStd);
         long count = l[0] * l[2];
-        MemorySegment xs = x.data(), ys = y.data();
+        if (isBlocked(x) && BNORM_ON_ONEDNN) { // nChw16c in, nChw16c out: oneDNN's blocked kernel at any size, no reorder
+            boolean yBlocked = y.mayHoldLayout();
+            if (OnednnBatchNorm.forwardTraining(x.storage(), gamma.data(), beta.data(), runningMean.data(), runningVar.data(), momentum, eps, y.storage(),
+                saveMean.data(), saveInvStd.data(), l[0], l[1], l[2], true, yBlocked)) {
+                y.setLayout(yBlocked ? Tensor.Layout.NCHW16C : Tensor.Layout.ROW_MAJOR);
+                return;
+            }
+        }
+        MemorySegment xs = x.data(), ys = out(y, Tensor.Layout.ROW_MAJOR);
         if (onednnBatchNorm(x, l[0], l[1], l[2]) && OnednnBatchNorm.forwardTraining(xs, gamma.data(), beta.data(), runningMean.data(), runningVar.data(),
-            momentum, eps, ys, saveMean.data(), saveInvStd.data(), l[0], l[1], l[2])) return;
+            momentum, eps, ys, saveMean.data(), saveInvStd.data(), l[0], l[1], l[2], false, false)) return;
         long nb = l[0], channels = l[1], inner = l[2];
         parallel(channels, count * 3, c -> {
             // One pass for the statistics: sums of d = x - shift and d^2 in double, with shift = the channel's first value, so
@@ -1135,9 +1272,17 @@ public final class CpuBackend implements Backend {
         Shapes.same(op, x, dx);
         long[] l = Shapes.channelLayout(op, x, gamma, saveMean, saveInvStd, dgamma, dbeta);
         long count = l[0] * l[2];
-        MemorySegment xs = x.data(), dys = dy.data(), dxs = dx.data();
+        if ((isBlocked(x) || isBlocked(dy)) && BNORM_ON_ONEDNN) { // the blocked forward's backward: each argument as it is, dx in nChw16c
+            boolean xBlocked = isBlocked(x), dyBlocked = isBlocked(dy), dxBlocked = dx.mayHoldLayout();
+            if (OnednnBatchNorm.backward(x.storage(), dy.storage(), gamma.data(), saveMean.data(), saveInvStd.data(), dx.storage(), dgamma.data(),
+                dbeta.data(), l[0], l[1], l[2], xBlocked, dyBlocked, dxBlocked)) {
+                dx.setLayout(dxBlocked ? Tensor.Layout.NCHW16C : Tensor.Layout.ROW_MAJOR);
+                return;
+            }
+        }
+        MemorySegment xs = x.data(), dys = dy.data(), dxs = out(dx, Tensor.Layout.ROW_MAJOR);
         if (onednnBatchNorm(x, l[0], l[1], l[2]) && OnednnBatchNorm.backward(xs, dys, gamma.data(), saveMean.data(), saveInvStd.data(),
-            dxs, dgamma.data(), dbeta.data(), l[0], l[1], l[2])) return;
+            dxs, dgamma.data(), dbeta.data(), l[0], l[1], l[2], false, false, false)) return;
         long nb = l[0], channels = l[1], inner = l[2];
         parallel(channels, count * 3, c -> {
             double mean = f(saveMean.data(), c), invStd = f(saveInvStd.data(), c), g = f(gamma.data(), c);

@@ -42,7 +42,7 @@ import org.distill4j.bindings.dnnl.dnnl_h;
  */
 final class OnednnBatchNorm {
     static final int FORWARD_TRAINING = 21, BACKWARD = 23;
-    private static final int KEY_LENGTH = 6;
+    private static final int KEY_LENGTH = 9;
     private static final MemorySegment ENGINE = Onednn.engine();
 
     private OnednnBatchNorm() {}
@@ -52,7 +52,9 @@ final class OnednnBatchNorm {
         return Stream.of(FORWARD_TRAINING, BACKWARD).flatMap(op -> OnednnCall.implementations(op).stream()).toList();
     }
 
-    private static void key(OnednnCall.Context ctx, int op, long n, long c, long inner, float eps, int threads) {
+    /** op, sizes, eps, threads, and whether the caller's x, dy and y (or dx) are in nChw16c (blocked activations: no reorder). */
+    private static void key(OnednnCall.Context ctx, int op, long n, long c, long inner, float eps, int threads, boolean xBlocked, boolean dyBlocked,
+                            boolean outBlocked) {
         int[] key = ctx.key;
         key[0] = op;
         key[1] = (int) n;
@@ -60,20 +62,25 @@ final class OnednnBatchNorm {
         key[3] = (int) inner;
         key[4] = Float.floatToRawIntBits(eps);
         key[5] = threads;
+        key[6] = xBlocked ? 1 : 0;
+        key[7] = dyBlocked ? 1 : 0;
+        key[8] = outBlocked ? 1 : 0;
     }
 
     /**
      * Training forward of x [n, c, inner] into y, saveMean and saveInvStd [c], updating runningMean
-     * and runningVar [c] (see the class comment). False, having done nothing, when oneDNN cannot run it.
+     * and runningVar [c] (see the class comment); x in nChw16c when {@code xBlocked}, y written in
+     * nChw16c when {@code yBlocked}. False, having done nothing, when oneDNN cannot run it.
      */
     static boolean forwardTraining(MemorySegment x, MemorySegment gamma, MemorySegment beta, MemorySegment runningMean, MemorySegment runningVar,
-                                   float momentum, float eps, MemorySegment y, MemorySegment saveMean, MemorySegment saveInvStd, long n, long c, long inner) {
+                                   float momentum, float eps, MemorySegment y, MemorySegment saveMean, MemorySegment saveInvStd, long n, long c, long inner,
+                                   boolean xBlocked, boolean yBlocked) {
         if ((n | c | inner) > Integer.MAX_VALUE) return false; // the key holds the sizes as int
         int threads = Onednn.threadsForThisCall();
         OnednnCall.Context ctx = OnednnCall.claim();
         if (ctx == null) return false;
         try {
-            key(ctx, FORWARD_TRAINING, n, c, inner, eps, threads);
+            key(ctx, FORWARD_TRAINING, n, c, inner, eps, threads, xBlocked, false, yBlocked);
             if (ctx.find(KEY_LENGTH, OnednnBatchNorm::create).primitive == null) return false;
             MemorySegment variance = ctx.buffer(0, c * Float.BYTES); // oneDNN's biased variance, float32 [c]
             ctx.bind(0, x);
@@ -98,10 +105,12 @@ final class OnednnBatchNorm {
 
     /**
      * Backward: dx [n, c, inner], dgamma and dbeta [c] (all overwritten) from x, dy, gamma and the
-     * training forward's saveMean and saveInvStd. False, having done nothing, when oneDNN cannot run it.
+     * training forward's saveMean and saveInvStd; x and dy in nChw16c when {@code xBlocked} and
+     * {@code dyBlocked}, dx written in nChw16c when {@code dxBlocked}. False, having done nothing, when oneDNN cannot run it.
      */
     static boolean backward(MemorySegment x, MemorySegment dy, MemorySegment gamma, MemorySegment saveMean, MemorySegment saveInvStd,
-                            MemorySegment dx, MemorySegment dgamma, MemorySegment dbeta, long n, long c, long inner) {
+                            MemorySegment dx, MemorySegment dgamma, MemorySegment dbeta, long n, long c, long inner, boolean xBlocked, boolean dyBlocked,
+                            boolean dxBlocked) {
         if ((n | c | inner) > Integer.MAX_VALUE) return false;
         int threads = Onednn.threadsForThisCall();
         OnednnCall.Context ctx = OnednnCall.claim();
@@ -109,7 +118,7 @@ final class OnednnBatchNorm {
         try {
             // Our backward API has no eps: the primitive gets eps 0 and the variance 1 / invStd^2, so that the
             // 1 / sqrt(variance + eps) it recomputes is saveInvStd again (to within an ulp: float32 throughout).
-            key(ctx, BACKWARD, n, c, inner, 0f, threads);
+            key(ctx, BACKWARD, n, c, inner, 0f, threads, xBlocked, dyBlocked, dxBlocked);
             if (ctx.find(KEY_LENGTH, OnednnBatchNorm::create).primitive == null) return false;
             MemorySegment variance = ctx.buffer(0, c * Float.BYTES);
             for (long ch = 0; ch < c; ch++) {
@@ -140,8 +149,10 @@ final class OnednnBatchNorm {
         int flags = dnnl_h.dnnl_use_scale | dnnl_h.dnnl_use_shift;
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment out = arena.allocate(ADDRESS);
-            MemorySegment data = prim.desc(arena, dnnl_h.dnnl_nchw, n, c, inner, 1); // x, y, dy, dx: ours
-            MemorySegment inside = prim.desc(arena, dnnl_h.dnnl_nChw16c, n, c, inner, 1); // the primitive's: x, y, dy, dx in context buffers
+            MemorySegment plain = prim.desc(arena, dnnl_h.dnnl_nchw, n, c, inner, 1); // x, y, dy, dx: ours, unless blocked
+            MemorySegment inside = prim.desc(arena, dnnl_h.dnnl_nChw16c, n, c, inner, 1); // the primitive's (in context buffers where ours are plain)
+            // [N, C, H W, 1] in nChw16c is [N, C, H, W] in nChw16c, byte for byte: the caller's blocked tensors are taken as they are.
+            MemorySegment xMd = key[6] == 1 ? inside : plain, dyMd = key[7] == 1 ? inside : plain, outMd = key[8] == 1 ? inside : plain;
             MemorySegment channel = prim.desc(arena, dnnl_h.dnnl_a, c); // gamma, beta, mean, variance and their gradients
             int status;
             MemorySegment hint = MemorySegment.NULL;
@@ -172,14 +183,14 @@ final class OnednnBatchNorm {
                 case FORWARD_TRAINING -> {
                     // Mean and variance are outputs (training: the batch's statistics).
                     prim.arguments(new int[] {dnnl_h.DNNL_ARG_SRC, dnnl_h.DNNL_ARG_SCALE, dnnl_h.DNNL_ARG_SHIFT, dnnl_h.DNNL_ARG_DST, dnnl_h.DNNL_ARG_MEAN,
-                        dnnl_h.DNNL_ARG_VARIANCE}, data, channel, channel, data, channel, channel);
+                        dnnl_h.DNNL_ARG_VARIANCE}, xMd, channel, channel, outMd, channel, channel);
                     prim.layout(0, inside, false, out);
                     prim.layout(3, inside, true, out);
                 }
                 default -> {
                     prim.arguments(new int[] {dnnl_h.DNNL_ARG_SRC, dnnl_h.DNNL_ARG_DIFF_DST, dnnl_h.DNNL_ARG_SCALE, dnnl_h.DNNL_ARG_MEAN,
-                        dnnl_h.DNNL_ARG_VARIANCE, dnnl_h.DNNL_ARG_DIFF_SRC, dnnl_h.DNNL_ARG_DIFF_SCALE, dnnl_h.DNNL_ARG_DIFF_SHIFT}, data, data, channel,
-                        channel, channel, data, channel, channel);
+                        dnnl_h.DNNL_ARG_VARIANCE, dnnl_h.DNNL_ARG_DIFF_SRC, dnnl_h.DNNL_ARG_DIFF_SCALE, dnnl_h.DNNL_ARG_DIFF_SHIFT}, xMd, dyMd, channel,
+                        channel, channel, outMd, channel, channel);
                     prim.layout(0, inside, false, out);
                     prim.layout(1, inside, false, out);
                     prim.layout(5, inside, true, out);

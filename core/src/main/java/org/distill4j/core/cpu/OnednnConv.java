@@ -40,7 +40,7 @@ import org.distill4j.core.ConvGeometry;
  */
 final class OnednnConv {
     static final int FORWARD = 1, BACKWARD_DATA = 2, BACKWARD_WEIGHTS = 3, FORWARD_BF16 = 4;
-    private static final int KEY_LENGTH = 16;
+    private static final int KEY_LENGTH = 18;
     private static final MemorySegment ENGINE = Onednn.engine();
 
     private OnednnConv() {}
@@ -50,8 +50,12 @@ final class OnednnConv {
         return java.util.stream.Stream.of(FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS, FORWARD_BF16).flatMap(op -> OnednnCall.implementations(op).stream()).toList();
     }
 
-    /** Fills ctx.key with the problem: op, x [n, c, h, w], w [k, c, r, s], y [n, k, oh, ow], padding, stride, bias, threads. */
-    private static void key(OnednnCall.Context ctx, int op, ConvGeometry g, Conv2dParams p, boolean bias, int threads) {
+    /**
+     * Fills ctx.key with the problem: op, x [n, c, h, w], w [k, c, r, s], y [n, k, oh, ow], padding,
+     * stride, bias, threads, and whether the caller's x (or dx) and y (or dy) are in nChw16c.
+     */
+    private static void key(OnednnCall.Context ctx, int op, ConvGeometry g, Conv2dParams p, boolean bias, int threads, boolean srcBlocked,
+                            boolean dstBlocked) {
         int[] key = ctx.key;
         key[0] = op;
         key[1] = g.n();
@@ -69,11 +73,23 @@ final class OnednnConv {
         key[13] = p.strideW();
         key[14] = bias ? 1 : 0;
         key[15] = threads;
+        key[16] = srcBlocked ? 1 : 0;
+        key[17] = dstBlocked ? 1 : 0;
     }
 
     /** y [n, k, oh, ow] = conv(x, w) (+ bias [k] when not null). False, having done nothing, when oneDNN cannot run it. */
     static boolean forward(MemorySegment x, MemorySegment w, MemorySegment bias, MemorySegment y, ConvGeometry g, Conv2dParams p) {
-        return forward(FORWARD, x, w, bias, y, g, p);
+        return forward(FORWARD, x, w, bias, y, g, p, false, false);
+    }
+
+    /**
+     * As {@link #forward(MemorySegment, MemorySegment, MemorySegment, MemorySegment, ConvGeometry, Conv2dParams)},
+     * with x in nChw16c when {@code xBlocked} and y written in nChw16c when {@code yBlocked}
+     * (training's blocked activations: no reorder of either).
+     */
+    static boolean forward(MemorySegment x, MemorySegment w, MemorySegment bias, MemorySegment y, ConvGeometry g, Conv2dParams p, boolean xBlocked,
+                           boolean yBlocked) {
+        return forward(FORWARD, x, w, bias, y, g, p, xBlocked, yBlocked);
     }
 
     /**
@@ -82,15 +98,16 @@ final class OnednnConv {
      * nothing, when oneDNN has no bf16 convolution for it here.
      */
     static boolean forwardBf16(MemorySegment x, MemorySegment w, MemorySegment bias, MemorySegment y, ConvGeometry g, Conv2dParams p) {
-        return forward(FORWARD_BF16, x, w, bias, y, g, p);
+        return forward(FORWARD_BF16, x, w, bias, y, g, p, false, false);
     }
 
-    private static boolean forward(int op, MemorySegment x, MemorySegment w, MemorySegment bias, MemorySegment y, ConvGeometry g, Conv2dParams p) {
+    private static boolean forward(int op, MemorySegment x, MemorySegment w, MemorySegment bias, MemorySegment y, ConvGeometry g, Conv2dParams p,
+                                   boolean xBlocked, boolean yBlocked) {
         int threads = Onednn.threadsForThisCall();
         OnednnCall.Context ctx = OnednnCall.claim();
         if (ctx == null) return false;
         try {
-            key(ctx, op, g, p, bias != null, threads);
+            key(ctx, op, g, p, bias != null, threads, xBlocked, yBlocked);
             if (ctx.find(KEY_LENGTH, OnednnConv::create).primitive == null) return false;
             ctx.bind(0, x);
             ctx.bind(1, w);
@@ -103,13 +120,16 @@ final class OnednnConv {
         }
     }
 
-    /** dx [n, c, h, w] = conv2d's input gradient from dy [n, k, oh, ow] and w (dx overwritten). False when oneDNN cannot run it. */
-    static boolean backwardData(MemorySegment dy, MemorySegment w, MemorySegment dx, ConvGeometry g, Conv2dParams p) {
+    /**
+     * dx [n, c, h, w] = conv2d's input gradient from dy [n, k, oh, ow] and w (dx overwritten), dy in
+     * nChw16c when {@code dyBlocked}, dx written in nChw16c when {@code dxBlocked}. False when oneDNN cannot run it.
+     */
+    static boolean backwardData(MemorySegment dy, MemorySegment w, MemorySegment dx, ConvGeometry g, Conv2dParams p, boolean dyBlocked, boolean dxBlocked) {
         int threads = Onednn.threadsForThisCall();
         OnednnCall.Context ctx = OnednnCall.claim();
         if (ctx == null) return false;
         try {
-            key(ctx, BACKWARD_DATA, g, p, false, threads);
+            key(ctx, BACKWARD_DATA, g, p, false, threads, dxBlocked, dyBlocked);
             if (ctx.find(KEY_LENGTH, OnednnConv::create).primitive == null) return false;
             ctx.bind(0, dy);
             ctx.bind(1, w);
@@ -123,15 +143,16 @@ final class OnednnConv {
 
     /**
      * dw [k, c, r, s] (+)= the weight gradient from x and dy, and dbias [k] (+)= the sum of dy over
-     * n, oh, ow when dbias is not null; accumulate adds to what is there. False when oneDNN cannot run it.
+     * n, oh, ow when dbias is not null; accumulate adds to what is there; x and dy in nChw16c when
+     * {@code xBlocked} and {@code dyBlocked}. False when oneDNN cannot run it.
      */
     static boolean backwardWeights(MemorySegment x, MemorySegment dy, MemorySegment dw, MemorySegment dbias, ConvGeometry g, Conv2dParams p,
-                                   boolean accumulate) {
+                                   boolean accumulate, boolean xBlocked, boolean dyBlocked) {
         int threads = Onednn.threadsForThisCall();
         OnednnCall.Context ctx = OnednnCall.claim();
         if (ctx == null) return false;
         try {
-            key(ctx, BACKWARD_WEIGHTS, g, p, dbias != null, threads);
+            key(ctx, BACKWARD_WEIGHTS, g, p, dbias != null, threads, xBlocked, dyBlocked);
             if (ctx.find(KEY_LENGTH, OnednnConv::create).primitive == null) return false;
             long weights = (long) g.k() * g.crs();
             MemorySegment dwOut = accumulate ? ctx.buffer(0, weights * Float.BYTES) : dw;
@@ -164,6 +185,11 @@ final class OnednnConv {
      */
     private static final boolean ANY_LAYOUT = !"plain".equals(System.getProperty("distill4j.onednn.conv.layout", "any"));
 
+    /** Whether the primitives run in oneDNN's own layouts (not -Ddistill4j.onednn.conv.layout=plain): then blocked activations save reorders. */
+    static boolean anyLayout() {
+        return ANY_LAYOUT;
+    }
+
     /** The primitive of a problem (see {@link #key}); left declined when oneDNN has no implementation. */
     private static OnednnCall.Primitive create(int[] key, boolean cached) {
         OnednnCall.Primitive prim = new OnednnCall.Primitive(key, cached);
@@ -173,19 +199,23 @@ final class OnednnConv {
         int ab = op == FORWARD_BF16 ? dnnl_h.dnnl_bf16 : dnnl_h.dnnl_f32;
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment out = arena.allocate(ADDRESS);
-            // Ours (what the caller's segments hold) and what the primitive is asked for (the same, or any).
-            MemorySegment src = prim.descOfType(arena, ab, dnnl_h.dnnl_nchw, n, c, h, w), weights = prim.descOfType(arena, ab, dnnl_h.dnnl_oihw, k, c, r, s);
-            MemorySegment dst = prim.desc(arena, dnnl_h.dnnl_nchw, n, k, oh, ow);
+            // Ours (what the caller's segments hold: NCHW, or nChw16c where the key says so) and what the primitive is asked
+            // for (the same, or any).
+            boolean srcBlocked = key[16] == 1, dstBlocked = key[17] == 1;
+            MemorySegment src = prim.descOfType(arena, ab, srcBlocked ? dnnl_h.dnnl_nChw16c : dnnl_h.dnnl_nchw, n, c, h, w);
+            MemorySegment weights = prim.descOfType(arena, ab, dnnl_h.dnnl_oihw, k, c, r, s);
+            MemorySegment dst = prim.desc(arena, dstBlocked ? dnnl_h.dnnl_nChw16c : dnnl_h.dnnl_nchw, n, k, oh, ow);
             MemorySegment srcAny = src, weightsAny = weights, dstAny = dst;
             if (ANY_LAYOUT) {
                 // With both channel counts multiples of 16 the activations are asked for as nChw16c, not "any": given "any",
                 // oneDNN 3.8.1 picks brgconv_strided with another layout for the backward-data of stride-2 convolutions, 3-5x
                 // slower here than its nChw16c kernel (the CNN student's 16 -> 32 stride-2 convolutions: 8.7-11.9 ms against
-                // 2.8; bench/RESULTS.md, fifteenth session), plus slower reorders into that layout.
-                int act = c % 16 == 0 && k % 16 == 0 ? dnnl_h.dnnl_nChw16c : dnnl_h.dnnl_format_tag_any;
-                srcAny = prim.descOfType(arena, ab, act, n, c, h, w);
+                // 2.8; bench/RESULTS.md, fifteenth session), plus slower reorders into that layout. A side the caller holds in
+                // nChw16c is asked for as such too (the first convolution's output, 3 -> 16 channels).
+                boolean both = c % 16 == 0 && k % 16 == 0;
+                srcAny = srcBlocked ? src : prim.descOfType(arena, ab, both ? dnnl_h.dnnl_nChw16c : dnnl_h.dnnl_format_tag_any, n, c, h, w);
                 weightsAny = prim.descOfType(arena, ab, dnnl_h.dnnl_format_tag_any, k, c, r, s);
-                dstAny = prim.desc(arena, act, n, k, oh, ow);
+                dstAny = dstBlocked ? dst : prim.desc(arena, both ? dnnl_h.dnnl_nChw16c : dnnl_h.dnnl_format_tag_any, n, k, oh, ow);
             }
             MemorySegment biasMd = bias ? prim.desc(arena, dnnl_h.dnnl_a, k) : MemorySegment.NULL;
             MemorySegment strides = arena.allocateFrom(JAVA_LONG, key[12], key[13]);

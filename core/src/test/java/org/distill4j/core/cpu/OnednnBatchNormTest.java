@@ -97,8 +97,8 @@ class OnednnBatchNormTest {
             MemorySegment y = arena.allocate(JAVA_FLOAT, x.length), sm = arena.allocate(JAVA_FLOAT, c), si = arena.allocate(JAVA_FLOAT, c);
             MemorySegment dx = arena.allocate(JAVA_FLOAT, x.length), dg = arena.allocate(JAVA_FLOAT, c), db = arena.allocate(JAVA_FLOAT, c);
             for (MemorySegment out : new MemorySegment[] {y, sm, si, dx, dg, db}) out.fill((byte) 0x7f); // every element must be written
-            assertTrue(OnednnBatchNorm.forwardTraining(xs, gs, bs, rm, rv, momentum, eps, y, sm, si, n, c, inner), where + ": oneDNN declined the forward");
-            assertTrue(OnednnBatchNorm.backward(xs, dys, gs, sm, si, dx, dg, db, n, c, inner), where + ": oneDNN declined the backward");
+            assertTrue(OnednnBatchNorm.forwardTraining(xs, gs, bs, rm, rv, momentum, eps, y, sm, si, n, c, inner, false, false), where + ": oneDNN declined the forward");
+            assertTrue(OnednnBatchNorm.backward(xs, dys, gs, sm, si, dx, dg, db, n, c, inner, false, false, false), where + ": oneDNN declined the backward");
             new Oracle(x, gamma, beta, dy, rm0, rv0, n, c, inner, momentum, eps).assertMatches(y, sm, si, rm, rv, dx, dg, db, where);
         }
     }

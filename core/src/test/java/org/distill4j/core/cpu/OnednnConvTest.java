@@ -115,8 +115,8 @@ class OnednnConvTest {
                 MemorySegment dys = arena.allocateFrom(JAVA_FLOAT, dy), ys = arena.allocate(JAVA_FLOAT, ySize), dxs = arena.allocate(JAVA_FLOAT, x.length);
                 MemorySegment dws = arena.allocateFrom(JAVA_FLOAT, dwBefore), dbs = arena.allocateFrom(JAVA_FLOAT, dbBefore);
                 assertTrue(OnednnConv.forward(xs, ws, withBias ? bs : null, ys, g, p), where + ": oneDNN declined the forward of " + this);
-                assertTrue(OnednnConv.backwardData(dys, ws, dxs, g, p), where + ": oneDNN declined the backward-data of " + this);
-                assertTrue(OnednnConv.backwardWeights(xs, dys, dws, withBias ? dbs : null, g, p, accumulate),
+                assertTrue(OnednnConv.backwardData(dys, ws, dxs, g, p, false, false), where + ": oneDNN declined the backward-data of " + this);
+                assertTrue(OnednnConv.backwardWeights(xs, dys, dws, withBias ? dbs : null, g, p, accumulate, false, false),
                     where + ": oneDNN declined the backward-weights of " + this);
                 check(where + " forward y", ys, y, yMag);
                 check(where + " backward-data dx", dxs, dx, dxMag);
