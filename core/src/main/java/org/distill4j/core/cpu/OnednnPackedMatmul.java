@@ -62,6 +62,8 @@ public final class OnednnPackedMatmul implements AutoCloseable {
     private final int n, k, maxRows;
     /** bf16 weights and inputs (float32 sums and output), else float32 throughout. */
     private final boolean bf16;
+    /** y = max(x W^T + b, 0): ReLU as the matmul's eltwise post-op (an inference plan's Linear then ReLU). */
+    private final boolean relu;
     /** oneDNN's data type of W and x: dnnl_bf16 or dnnl_f32. */
     private final int abType;
     /** Row counts from this one up run on the packed copy; fewer on CpuBlas.sgemm over plainWeight. */
@@ -135,6 +137,15 @@ public final class OnednnPackedMatmul implements AutoCloseable {
      * {@link UnsupportedOperationException} when oneDNN has no bf16 matmul for this shape here.
      */
     public OnednnPackedMatmul(MemorySegment weight, MemorySegment bias, int n, int k, int maxRows, boolean weightsFixed, boolean bf16) {
+        this(weight, bias, n, k, maxRows, weightsFixed, bf16, false);
+    }
+
+    /**
+     * As above; with {@code relu}, y = ReLU(x W^T + b), the ReLU applied by the matmul kernel to
+     * the float32 result before it is stored (oneDNN's eltwise post-op: max(y, +0), so negative
+     * values, -0 and NaN give +0, as our ReLU does) and by our ReLU kernel on the small-row path.
+     */
+    public OnednnPackedMatmul(MemorySegment weight, MemorySegment bias, int n, int k, int maxRows, boolean weightsFixed, boolean bf16, boolean relu) {
         if (!Onednn.available()) throw new IllegalStateException("oneDNN is not available: " + Onednn.unavailableReason());
         if (n < 1 || k < 1 || maxRows < 1) throw new IllegalArgumentException("packed matmul: n, k and maxRows must be >= 1, got " + n + ", " + k + ", " + maxRows);
         long wBytes = (long) n * k * Float.BYTES;
@@ -146,6 +157,7 @@ public final class OnednnPackedMatmul implements AutoCloseable {
         this.k = k;
         this.maxRows = maxRows;
         this.bf16 = bf16;
+        this.relu = relu;
         this.abType = bf16 ? dnnl_h.dnnl_bf16 : dnnl_h.dnnl_f32;
         int min = 2;
         while (min <= maxRows && !CpuBlas.onednnPays(min, n, k, 1)) min++;
@@ -245,6 +257,16 @@ public final class OnednnPackedMatmul implements AutoCloseable {
         try {
             DnnlException.check(dnnl_h.dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_h.dnnl_scratchpad_mode_user),
                 "dnnl_primitive_attr_set_scratchpad_mode");
+            if (relu) {
+                DnnlException.check(dnnl_h.dnnl_post_ops_create(out), "dnnl_post_ops_create");
+                MemorySegment postOps = out.get(ADDRESS, 0);
+                try {
+                    DnnlException.check(dnnl_h.dnnl_post_ops_append_eltwise(postOps, dnnl_h.dnnl_eltwise_relu, 0f, 0f), "dnnl_post_ops_append_eltwise");
+                    DnnlException.check(dnnl_h.dnnl_primitive_attr_set_post_ops(attr, postOps), "dnnl_primitive_attr_set_post_ops");
+                } finally {
+                    dnnl_h.dnnl_post_ops_destroy(postOps); // the attribute keeps its own copy
+                }
+            }
             int status = dnnl_h.dnnl_matmul_primitive_desc_create(out, ENGINE, src, weightsMd, biasDesc == null ? MemorySegment.NULL : biasDesc, dst, attr);
             if (status == dnnl_h.dnnl_unimplemented) return null;
             DnnlException.check(status, "dnnl_matmul_primitive_desc_create [" + rows + ", " + k + "] x [" + k + ", " + n + "]");
@@ -325,6 +347,7 @@ public final class OnednnPackedMatmul implements AutoCloseable {
             // Too little work for oneDNN's fixed cost (one row: OpenBLAS's gemv): the plain gemm, then the bias.
             CpuBlas.sgemm(false, true, rows, n, k, 1f, x, k, plainWeight, k, 0f, y, n);
             if (bias != null) CpuKernels.biasAddRows(y, bias, 0, rows, n);
+            if (relu) CpuKernels.activation(org.distill4j.core.Activation.RELU, 0f, y, y, 0, (long) rows * n);
             return;
         }
         Entry e = entry(rows, Onednn.threadsForThisCall());

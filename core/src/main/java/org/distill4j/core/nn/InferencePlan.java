@@ -276,6 +276,11 @@ public final class InferencePlan {
 
     private final int maxBatch;
     private final List<Step> steps;
+
+    /** The number of steps (tests: what fused). */
+    int stepCount() {
+        return steps.size();
+    }
     private final List<Long> bufferFeatures;
     private final int inputBuffer, outputBuffer;
     private final int stateSlots, localSlots;

@@ -91,6 +91,19 @@ public final class Layers {
             return dx;
         }
 
+        /**
+         * This layer and the ReLU after it as one step, y = ReLU(x W^T + b), where the plan packs
+         * the weights (ReLU as the matmul's post-op: no second pass over y, which a frozen
+         * teacher's plan ran on one thread); -1, having added nothing, where it does not.
+         */
+        int compileWithRelu(InferencePlan.Builder plan, int in) {
+            int k = (int) this.in, n = (int) this.out;
+            if (plan.bf16() || plan.blocked(in) || !OnednnPackedMatmul.pays(n, k, plan.maxBatch())) return -1;
+            MemorySegment w = weight.value().data(), b = bias == null ? null : bias.value().data();
+            int out = plan.buffer(this.out);
+            return addPackedStep(plan, plan.own(new OnednnPackedMatmul(w, b, n, k, plan.maxBatch(), plan.weightsFixed(), false, true)), in, out);
+        }
+
         @Override
         public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
             int out = plan.buffer(this.out);
@@ -794,6 +807,15 @@ public final class Layers {
                         current = y;
                         s = out;
                         i = ownRelu ? j : j - 1;
+                        continue;
+                    }
+                }
+                if (plan.fusesConvolutions() && layer instanceof Linear lin && i + 1 < n && layers.get(i + 1) instanceof Act a && a.isRelu()) {
+                    int y = lin.compileWithRelu(plan, current);
+                    if (y >= 0) {
+                        current = y;
+                        s = layers.get(i + 1).outputShape(out);
+                        i++;
                         continue;
                     }
                 }

@@ -137,6 +137,55 @@ class InferencePlanFusedTest {
         }
     }
 
+    /**
+     * A Linear followed by ReLU compiles to one packed matmul with ReLU as its post-op where the
+     * weights are packed (one step fewer per pair than with -Ddistill4j.onednn.fuse=false), and
+     * gives Model.forward's bits on both of its paths (the packed kernel at 32 rows, the plain gemm
+     * at 1 and 3), NaN inputs included: ReLU maps NaN and negative values to +0 in both.
+     */
+    @Test
+    void linearThenReluFusesAndMatchesForwardBitForBit() {
+        String mlp = """
+            {"input": [200], "layers": [
+              {"type": "linear", "in": 200, "out": 300}, {"type": "relu"},
+              {"type": "linear", "in": 300, "out": 300}, {"type": "relu"},
+              {"type": "linear", "in": 300, "out": 5}]}
+            """;
+        Random r = new Random(seed);
+        try (Model m = ModelSpec.parse("mlp", mlp).build(CpuBackend.get(), seed)) {
+            InferencePlan fused = InferencePlan.compile(m, 32, true);
+            String was = System.getProperty("distill4j.onednn.fuse");
+            System.setProperty("distill4j.onednn.fuse", "false");
+            InferencePlan unfused;
+            try {
+                unfused = InferencePlan.compile(m, 32, true);
+            } finally {
+                if (was == null) System.clearProperty("distill4j.onednn.fuse");
+                else System.setProperty("distill4j.onednn.fuse", was);
+            }
+            try (InferencePlan.Workspace ws = fused.newWorkspace()) {
+                if (org.distill4j.core.cpu.OnednnPackedMatmul.pays(300, 200, 32)) {
+                    assertEquals(unfused.stepCount() - 2, fused.stepCount(), "each Linear + ReLU pair is one step");
+                } else {
+                    assertEquals(unfused.stepCount(), fused.stepCount(), "nothing packs on this engine, so nothing fuses");
+                }
+                for (int rows : new int[] {1, 3, 32}) {
+                    float[] x = new float[rows * 200];
+                    for (int i = 0; i < x.length; i++) x[i] = (float) r.nextGaussian();
+                    x[7] = Float.NaN; // row 0: its first layer's outputs are all NaN, which ReLU maps to +0
+                    float[] expected = forward(m, x, rows, 200);
+                    MemorySegment.copy(x, 0, ws.input(), ValueLayout.JAVA_FLOAT, 0, x.length);
+                    ws.run(rows);
+                    float[] got = ws.output().asSlice(0, (long) expected.length * Float.BYTES).toArray(ValueLayout.JAVA_FLOAT);
+                    org.junit.jupiter.api.Assertions.assertArrayEquals(expected, got, "rows " + rows + ", seed " + seed);
+                }
+            } finally {
+                fused.close();
+                unfused.close();
+            }
+        }
+    }
+
     /** Runs plans of {@code m} for {@code rows} rows of x: the outputs. */
     private static float[] runPlan(Model m, int maxBatch, org.distill4j.core.DType dtype, float[] x, int rows) {
         InferencePlan plan = InferencePlan.compile(m, maxBatch, true, dtype);
