@@ -165,6 +165,17 @@ final class Onednn {
         String rt = runtime == dnnl_h.DNNL_RUNTIME_OMP ? "OpenMP" : runtime == dnnl_h.DNNL_RUNTIME_SEQ ? "sequential"
             : runtime == dnnl_h.DNNL_RUNTIME_THREADPOOL ? "threadpool" : "CPU runtime " + runtime;
         return "oneDNN " + dnnl_h.dnnl_version_t.major(v) + "." + dnnl_h.dnnl_version_t.minor(v) + "." + dnnl_h.dnnl_version_t.patch(v)
-            + " (" + DNNL.path().orElseThrow() + "), " + rt + ", " + DEFAULT_THREADS + " threads";
+            + " (" + DNNL.path().orElseThrow() + "), " + rt + ", " + DEFAULT_THREADS + " threads, graph API "
+            + (hasGraphApi() ? "present (not used)" : "not in this build");
+    }
+
+    /**
+     * Whether the loaded libdnnl exports the graph API (dnnl_graph_*, whose fused scaled-dot-product
+     * attention issue 23 asks about). The one in org.bytedeco:dnnl:3.8.1-1.5.12 does not: it was
+     * built without the graph component (its dnnl_graph.h declares 58 functions, the library exports none;
+     * `nm -D libdnnl.so.3 | grep -c dnnl_graph` gives 0), so attention runs on our matmul path.
+     */
+    static boolean hasGraphApi() {
+        return available() && DNNL.find("dnnl_graph_graph_create").isPresent();
     }
 }

@@ -101,6 +101,21 @@ class OnednnMatmulTest {
         }
     }
 
+    /**
+     * `distill info` says whether the graph API is there; the bundled oneDNN 3.8.1 (bytedeco
+     * 1.5.12) was built without it, so issue 23's fused attention through it cannot run on this
+     * library. Should a newer jar bring it, this fails and says so.
+     */
+    @Test
+    void theDescriptionSaysWhetherTheGraphApiIsThere() {
+        org.junit.jupiter.api.Assumptions.assumeTrue(Onednn.available(), "oneDNN is not loaded here");
+        String d = Onednn.description();
+        assertTrue(d.endsWith(Onednn.hasGraphApi() ? "graph API present (not used)" : "graph API not in this build"), d);
+        if (d.contains("dnnl-3.8.1-1.5.12")) {
+            assertFalse(Onednn.hasGraphApi(), "the bundled libdnnl now exports the graph API: fused attention (issue 23) can be tried: " + d);
+        }
+    }
+
     @Test
     void randomProblemsMatchTheFloat64Oracle() {
         System.out.println("OnednnMatmulTest random seed " + seed + " (-Ddistill4j.test.seed replays it)");
