@@ -140,6 +140,11 @@ public final class CpuBackend implements Backend {
         return t.layout() == Tensor.Layout.NCHW16C;
     }
 
+    /** NCHW16C when {@code blocked}, else ROW_MAJOR: what an op that was asked for either wrote. */
+    private static Tensor.Layout blockedIf(boolean blocked) {
+        return blocked ? Tensor.Layout.NCHW16C : Tensor.Layout.ROW_MAJOR;
+    }
+
     /** Whether an op may write {@code out} in nChw16c. */
     private static boolean mayWriteBlocked(Tensor out) {
         return out.mayHoldLayout() && blockedActivations();
@@ -365,10 +370,9 @@ public final class CpuBackend implements Backend {
             long rows = l[0], features = l[1], block = 256;
             parallel((features + block - 1) / block, rows * block, k -> {
                 int from = (int) (k * block), width = (int) (Math.min(features, from + block) - from);
-                // Each row's block copied into a float[] first: C2 vectorises the float -> double adds over arrays, not over
+                // Rows copied into a float[] block, four at a time: C2 vectorises the float -> double adds over arrays, not over
                 // the segment (JFR: this loop was about 1 ms of the mlp-1024 kd-step's 65; bench/RESULTS.md, sixteenth session).
-                // The same sums in the same order as before: the same bits.
-                // Four rows a pass: each column still adds its rows one by one, in order.
+                // Each column still adds its rows one by one, in order: the same bits as before.
                 float[] r = BIAS_GRAD_ROWS.get();
                 double[] sum = new double[width];
                 long n = 0;
@@ -442,7 +446,6 @@ public final class CpuBackend implements Backend {
         long c = x.cols();
         parallel(x.rows(), kind == Activation.RELU ? c : c * 8, r -> CpuKernels.activation(kind, param, xs, ys, r * c, (r + 1) * c));
     }
-
 
     @Override
     public void activationBackward(Activation kind, float param, Tensor x, Tensor y, Tensor dy, Tensor dx) {
@@ -1028,10 +1031,10 @@ public final class CpuBackend implements Backend {
             if (bias.numel() != g.k()) throw new IllegalArgumentException("conv2d: bias " + bias.describe() + " does not match the " + g.k() + " output channels");
         }
         if (onednn()) {
-            // Activations in nChw16c are taken and given as they are (see blockedActivations).
-            boolean xBlocked = isBlocked(x), yBlocked = mayWriteBlocked(y) && g.k() % 16 == 0;
-            if (OnednnConv.forward(xBlocked ? x.storage() : x.data(), w.data(), bias == null ? null : bias.data(), y.storage(), g, p, xBlocked, yBlocked)) {
-                y.setLayout(yBlocked ? Tensor.Layout.NCHW16C : Tensor.Layout.ROW_MAJOR);
+            // Each operand as it is, with its layout (storage() of a row-major tensor is its data; see blockedActivations).
+            boolean yBlocked = mayWriteBlocked(y) && g.k() % 16 == 0;
+            if (OnednnConv.forward(x.storage(), w.data(), bias == null ? null : bias.data(), y.storage(), g, p, isBlocked(x), yBlocked)) {
+                y.setLayout(blockedIf(yBlocked));
                 return;
             }
         }
@@ -1052,9 +1055,9 @@ public final class CpuBackend implements Backend {
         f32("conv2dBackwardData", dy); f32("conv2dBackwardData", w); f32("conv2dBackwardData", dx); // one at a time: no varargs array per call
         ConvGeometry g = Shapes.conv("conv2dBackwardData", dx, w, p, dy);
         if (onednn()) {
-            boolean dyBlocked = isBlocked(dy), dxBlocked = mayWriteBlocked(dx);
-            if (OnednnConv.backwardData(dyBlocked ? dy.storage() : dy.data(), w.data(), dx.storage(), g, p, dyBlocked, dxBlocked)) {
-                dx.setLayout(dxBlocked ? Tensor.Layout.NCHW16C : Tensor.Layout.ROW_MAJOR);
+            boolean dxBlocked = mayWriteBlocked(dx);
+            if (OnednnConv.backwardData(dy.storage(), w.data(), dx.storage(), g, p, isBlocked(dy), dxBlocked)) {
+                dx.setLayout(blockedIf(dxBlocked));
                 return;
             }
         }
@@ -1086,11 +1089,8 @@ public final class CpuBackend implements Backend {
                 throw new IllegalArgumentException("conv2dBackwardFilter: bias gradient " + dbias.describe() + " does not match the " + g.k() + " output channels");
             }
         }
-        if (onednn()) {
-            boolean xBlocked = isBlocked(x), dyBlocked = isBlocked(dy);
-            if (OnednnConv.backwardWeights(xBlocked ? x.storage() : x.data(), dyBlocked ? dy.storage() : dy.data(), dw.data(),
-                dbias == null ? null : dbias.data(), g, p, accumulate, xBlocked, dyBlocked)) return;
-        }
+        if (onednn() && OnednnConv.backwardWeights(x.storage(), dy.storage(), dw.data(), dbias == null ? null : dbias.data(), g, p, accumulate,
+            isBlocked(x), isBlocked(dy))) return;
         try (Arena arena = Arena.ofShared()) { // shared: im2col/col2im run on several threads
             MemorySegment col = CpuMemory.allocate(arena, (long) g.crs() * g.ohw() * 4, 64);
             for (int b = 0; b < g.n(); b++) {
@@ -1208,17 +1208,17 @@ public final class CpuBackend implements Backend {
         String op = "batchNormTrain";
         long[] l = BackendChecks.batchNormTrain(this, x, gamma, beta, runningMean, runningVar, y, saveMean, saveInvStd);
         long count = l[0] * l[2];
-        if (isBlocked(x) && BNORM_ON_ONEDNN) { // nChw16c in, nChw16c out: oneDNN's blocked kernel at any size, no reorder
-            boolean yBlocked = y.mayHoldLayout();
+        // A blocked x (nChw16c in, nChw16c out) takes oneDNN's blocked kernel at any size, with no reorder; a row-major one where it measured faster.
+        boolean xBlocked = isBlocked(x);
+        if (xBlocked ? BNORM_ON_ONEDNN : onednnBatchNorm(x, l[0], l[1], l[2])) {
+            boolean yBlocked = xBlocked && y.mayHoldLayout();
             if (OnednnBatchNorm.forwardTraining(x.storage(), gamma.data(), beta.data(), runningMean.data(), runningVar.data(), momentum, eps, y.storage(),
-                saveMean.data(), saveInvStd.data(), l[0], l[1], l[2], true, yBlocked)) {
-                y.setLayout(yBlocked ? Tensor.Layout.NCHW16C : Tensor.Layout.ROW_MAJOR);
+                saveMean.data(), saveInvStd.data(), l[0], l[1], l[2], xBlocked, yBlocked)) {
+                y.setLayout(blockedIf(yBlocked));
                 return;
             }
         }
         MemorySegment xs = x.data(), ys = out(y, Tensor.Layout.ROW_MAJOR);
-        if (onednnBatchNorm(x, l[0], l[1], l[2]) && OnednnBatchNorm.forwardTraining(xs, gamma.data(), beta.data(), runningMean.data(), runningVar.data(),
-            momentum, eps, ys, saveMean.data(), saveInvStd.data(), l[0], l[1], l[2], false, false)) return;
         long nb = l[0], channels = l[1], inner = l[2];
         parallel(channels, count * 3, c -> {
             // One pass for the statistics: sums of d = x - shift and d^2 in double, with shift = the channel's first value, so
@@ -1278,17 +1278,17 @@ public final class CpuBackend implements Backend {
         Shapes.same(op, x, dx);
         long[] l = Shapes.channelLayout(op, x, gamma, saveMean, saveInvStd, dgamma, dbeta);
         long count = l[0] * l[2];
-        if ((isBlocked(x) || isBlocked(dy)) && BNORM_ON_ONEDNN) { // the blocked forward's backward: each argument as it is, dx in nChw16c
-            boolean xBlocked = isBlocked(x), dyBlocked = isBlocked(dy), dxBlocked = dx.mayHoldLayout();
+        // The blocked forward's backward takes each argument as it is and writes dx in nChw16c; a row-major one as the forward routes it.
+        boolean blocked = isBlocked(x) || isBlocked(dy);
+        if (blocked ? BNORM_ON_ONEDNN : onednnBatchNorm(x, l[0], l[1], l[2])) {
+            boolean dxBlocked = blocked && dx.mayHoldLayout();
             if (OnednnBatchNorm.backward(x.storage(), dy.storage(), gamma.data(), saveMean.data(), saveInvStd.data(), dx.storage(), dgamma.data(),
-                dbeta.data(), l[0], l[1], l[2], xBlocked, dyBlocked, dxBlocked)) {
-                dx.setLayout(dxBlocked ? Tensor.Layout.NCHW16C : Tensor.Layout.ROW_MAJOR);
+                dbeta.data(), l[0], l[1], l[2], isBlocked(x), isBlocked(dy), dxBlocked)) {
+                dx.setLayout(blockedIf(dxBlocked));
                 return;
             }
         }
         MemorySegment xs = x.data(), dys = dy.data(), dxs = out(dx, Tensor.Layout.ROW_MAJOR);
-        if (onednnBatchNorm(x, l[0], l[1], l[2]) && OnednnBatchNorm.backward(xs, dys, gamma.data(), saveMean.data(), saveInvStd.data(),
-            dxs, dgamma.data(), dbeta.data(), l[0], l[1], l[2], false, false, false)) return;
         long nb = l[0], channels = l[1], inner = l[2];
         parallel(channels, count * 3, c -> {
             double mean = f(saveMean.data(), c), invStd = f(saveInvStd.data(), c), g = f(gamma.data(), c);

@@ -99,9 +99,14 @@ public final class Layers {
         int compileWithRelu(InferencePlan.Builder plan, int in) {
             int k = (int) this.in, n = (int) this.out;
             if (plan.bf16() || plan.blocked(in) || !OnednnPackedMatmul.pays(n, k, plan.maxBatch())) return -1;
+            return compilePacked(plan, in, plan.buffer(this.out), true);
+        }
+
+        /** y = x W^T + b (then ReLU when {@code relu}) on weights packed once into oneDNN's layout, bias (and ReLU) fused; a snapshot (see InferencePlan). */
+        private int compilePacked(InferencePlan.Builder plan, int in, int out, boolean relu) {
             MemorySegment w = weight.value().data(), b = bias == null ? null : bias.value().data();
-            int out = plan.buffer(this.out);
-            return addPackedStep(plan, plan.own(new OnednnPackedMatmul(w, b, n, k, plan.maxBatch(), plan.weightsFixed(), false, true)), in, out);
+            int k = (int) this.in, n = (int) this.out;
+            return addPackedStep(plan, plan.own(new OnednnPackedMatmul(w, b, n, k, plan.maxBatch(), plan.weightsFixed(), false, relu)), in, out);
         }
 
         @Override
@@ -110,10 +115,7 @@ public final class Layers {
             int k = (int) this.in, n = (int) this.out;
             MemorySegment w = weight.value().data(), b = bias == null ? null : bias.value().data();
             if (plan.bf16()) return compileBf16(plan, in, out, n, k, w, b);
-            if (OnednnPackedMatmul.pays(n, k, plan.maxBatch())) {
-                // Constant weights: packed once into oneDNN's layout, bias fused; a snapshot (see InferencePlan).
-                return addPackedStep(plan, plan.own(new OnednnPackedMatmul(w, b, n, k, plan.maxBatch(), plan.weightsFixed())), in, out);
-            }
+            if (OnednnPackedMatmul.pays(n, k, plan.maxBatch())) return compilePacked(plan, in, out, false);
             if (OnednnPackedMatmul.enabled() && !plan.weightsFixed()) {
                 // Too small to pack, but on this engine the plan's linear layers are all snapshots (see InferencePlan).
                 w = plan.copyOf(w);
