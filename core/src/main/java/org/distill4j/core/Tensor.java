@@ -140,15 +140,20 @@ public final class Tensor implements AutoCloseable {
         layout = l;
     }
 
+    /** The row-major storage for a new view: another tensor will read these bytes as row-major, so this one stays row-major. */
+    private MemorySegment storageForView() {
+        MemorySegment rowMajor = data();
+        sole = false;
+        return rowMajor;
+    }
+
     /** A view with another shape of the same number of elements, sharing storage. */
     public Tensor view(long... newShape) {
         if (numel(newShape) != numel) {
             throw new IllegalArgumentException("view: cannot view " + Arrays.toString(shape) + " (" + numel + " elements) as "
                 + Arrays.toString(newShape) + " (" + numel(newShape) + " elements)");
         }
-        MemorySegment rowMajor = data();
-        sole = false; // another tensor now reads the same bytes as row-major: this one stays row-major
-        return new Tensor(backend, dtype, newShape, rowMajor, null);
+        return new Tensor(backend, dtype, newShape, storageForView(), null);
     }
 
     /** A view of rows [start, start + count) along dimension 0, sharing storage. */
@@ -159,9 +164,7 @@ public final class Tensor implements AutoCloseable {
         long[] s = shape.clone();
         s[0] = count;
         long rowBytes = numel / Math.max(1, shape[0]) * dtype.bytes();
-        MemorySegment rowMajor = data();
-        sole = false; // another tensor now reads the same bytes as row-major: this one stays row-major
-        return new Tensor(backend, dtype, s, backend.offset(rowMajor, start * rowBytes, count * rowBytes), null);
+        return new Tensor(backend, dtype, s, backend.offset(storageForView(), start * rowBytes, count * rowBytes), null);
     }
 
     /** Copies the elements to a new float array (F32, or BF16 widened exactly); synchronises on a GPU. */

@@ -1032,7 +1032,7 @@ public final class CpuBackend implements Backend {
         }
         if (onednn()) {
             // Each operand as it is, with its layout (storage() of a row-major tensor is its data; see blockedActivations).
-            boolean yBlocked = mayWriteBlocked(y) && g.k() % 16 == 0;
+            boolean yBlocked = mayWriteBlocked(y);
             if (OnednnConv.forward(x.storage(), w.data(), bias == null ? null : bias.data(), y.storage(), g, p, isBlocked(x), yBlocked)) {
                 y.setLayout(blockedIf(yBlocked));
                 return;

@@ -317,10 +317,11 @@ public final class CpuBlas {
                         // A Predictor call on the libraries' pools: blocks of B's rows (c's features) on the caller and the pool's helpers.
                         // Block edges fall on multiples of 16 rows: OpenBLAS's x86 gemv kernels take rows in small
                         // groups and sum a grouped row in another order than a leftover one, so an edge inside a
-                        // group changed a few outputs' last bits against the unsplit call. Aligned, the split gave the unsplit bits for every output tried (IntraOpPoolTest's
-                        // shapes, 60 seeds), so an answer does not depend on whether the call ran alone.
+                        // group changed a few outputs' last bits against the unsplit call. Aligned, the split gave
+                        // the unsplit bits for every output tried (IntraOpPoolTest's shapes, 60 seeds), so an
+                        // answer does not depend on whether the call ran alone.
                         pool.run(Math.min(pool.parallelism(), n / GEMV_SPLIT_MIN_ROWS), (p, parts) -> {
-                            int lo = (int) ((long) n * p / parts) & ~15, hi = p == parts - 1 ? n : (int) ((long) n * (p + 1) / parts) & ~15;
+                            int lo = gemvBlockEdge(n, p, parts), hi = gemvBlockEdge(n, p + 1, parts);
                             cblas_h.cblas_sgemv(cblas_h.CblasRowMajor, cblas_h.CblasNoTrans, hi - lo, k, alpha, b.asSlice((long) lo * ldb * Float.BYTES), ldb,
                                 a, 1, beta, c.asSlice((long) lo * Float.BYTES), 1);
                         });
@@ -334,6 +335,11 @@ public final class CpuBlas {
             }
             case JAVA -> javaSgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         }
+    }
+
+    /** Where block p of a one-row gemv split into {@code parts} starts: n p / parts rounded down to 16 rows; n for p = parts. */
+    private static int gemvBlockEdge(int n, int p, int parts) {
+        return p == parts ? n : (int) ((long) n * p / parts) & ~15;
     }
 
     private static void checkExtent(String name, MemorySegment s, int rows, int cols, int ld) {

@@ -10,6 +10,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.AtomicIntegerArray;
+import java.util.function.Consumer;
 import org.distill4j.bindings.Downcalls;
 import org.distill4j.bindings.dnnl.DnnlException;
 import org.distill4j.bindings.dnnl.dnnl_h;
@@ -397,6 +398,27 @@ final class OnednnCall {
         DnnlException.check(dnnl_h.dnnl_memory_desc_create_with_tag(out, dims.length, arena.allocateFrom(java.lang.foreign.ValueLayout.JAVA_LONG, dims),
             dataType, tag), "dnnl_memory_desc_create_with_tag");
         return out.get(ADDRESS, 0);
+    }
+
+    /**
+     * Gives {@code attr} the post-op chain that {@code chain} appends to a new dnnl_post_ops_t (its
+     * dnnl_post_ops_append_* calls, in order). The attribute keeps its own copy, so ours is
+     * destroyed here. {@code out}: a pointer-sized scratch slot.
+     */
+    static void setPostOps(MemorySegment attr, MemorySegment out, Consumer<MemorySegment> chain) {
+        DnnlException.check(dnnl_h.dnnl_post_ops_create(out), "dnnl_post_ops_create");
+        MemorySegment postOps = out.get(ADDRESS, 0);
+        try {
+            chain.accept(postOps);
+            DnnlException.check(dnnl_h.dnnl_primitive_attr_set_post_ops(attr, postOps), "dnnl_primitive_attr_set_post_ops");
+        } finally {
+            dnnl_h.dnnl_post_ops_destroy(postOps);
+        }
+    }
+
+    /** Appends ReLU, max(y, +0), to a post-op chain (see {@link #setPostOps}). */
+    static void appendRelu(MemorySegment postOps) {
+        DnnlException.check(dnnl_h.dnnl_post_ops_append_eltwise(postOps, dnnl_h.dnnl_eltwise_relu, 0f, 0f), "dnnl_post_ops_append_eltwise");
     }
 
     /** A primitive attribute with the user scratchpad mode; the caller destroys it. */

@@ -296,24 +296,21 @@ public final class OnednnInferenceConv implements AutoCloseable {
             MemorySegment dilates = arena.allocateFrom(JAVA_LONG, 0, 0);
             MemorySegment padding = arena.allocateFrom(JAVA_LONG, key[10], key[11]);
             MemorySegment attr = OnednnCall.userScratchpadAttr(out);
-            MemorySegment postOps = MemorySegment.NULL;
             int status;
             try {
                 if (addend || relu || norm) {
-                    DnnlException.check(dnnl_h.dnnl_post_ops_create(out), "dnnl_post_ops_create");
-                    postOps = out.get(ADDRESS, 0);
-                    if (norm) {
-                        DnnlException.check(dnnl_h.dnnl_post_ops_append_binary(postOps, dnnl_h.dnnl_binary_mul, perChannel), "dnnl_post_ops_append_binary");
-                        DnnlException.check(dnnl_h.dnnl_post_ops_append_binary(postOps, dnnl_h.dnnl_binary_add, perChannel), "dnnl_post_ops_append_binary");
-                    }
-                    if (addend) DnnlException.check(dnnl_h.dnnl_post_ops_append_binary(postOps, dnnl_h.dnnl_binary_add, dst), "dnnl_post_ops_append_binary");
-                    if (relu) DnnlException.check(dnnl_h.dnnl_post_ops_append_eltwise(postOps, dnnl_h.dnnl_eltwise_relu, 0f, 0f), "dnnl_post_ops_append_eltwise");
-                    DnnlException.check(dnnl_h.dnnl_primitive_attr_set_post_ops(attr, postOps), "dnnl_primitive_attr_set_post_ops");
+                    OnednnCall.setPostOps(attr, out, postOps -> {
+                        if (norm) {
+                            DnnlException.check(dnnl_h.dnnl_post_ops_append_binary(postOps, dnnl_h.dnnl_binary_mul, perChannel), "dnnl_post_ops_append_binary");
+                            DnnlException.check(dnnl_h.dnnl_post_ops_append_binary(postOps, dnnl_h.dnnl_binary_add, perChannel), "dnnl_post_ops_append_binary");
+                        }
+                        if (addend) DnnlException.check(dnnl_h.dnnl_post_ops_append_binary(postOps, dnnl_h.dnnl_binary_add, dst), "dnnl_post_ops_append_binary");
+                        if (relu) OnednnCall.appendRelu(postOps);
+                    });
                 }
                 status = dnnl_h.dnnl_convolution_forward_primitive_desc_create(out, ENGINE, dnnl_h.dnnl_forward_inference, dnnl_h.dnnl_convolution_direct,
                     srcAsked, weightsAny, biasMd, dstAsked, strides, dilates, padding, padding, attr);
             } finally {
-                if (!postOps.equals(MemorySegment.NULL)) dnnl_h.dnnl_post_ops_destroy(postOps);
                 dnnl_h.dnnl_primitive_attr_destroy(attr);
             }
             if (status == dnnl_h.dnnl_unimplemented) return prim;

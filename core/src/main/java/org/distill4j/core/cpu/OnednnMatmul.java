@@ -130,12 +130,9 @@ final class OnednnMatmul {
                 return e;
             }
             e.scale = Onednn.memoryDesc(arena, new long[] {1}, new long[] {1}, dnnl_h.dnnl_f32);
-            DnnlException.check(dnnl_h.dnnl_primitive_attr_create(out), "dnnl_primitive_attr_create");
-            MemorySegment attr = out.get(ADDRESS, 0);
+            MemorySegment attr = OnednnCall.userScratchpadAttr(out);
             int status;
             try {
-                DnnlException.check(dnnl_h.dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_h.dnnl_scratchpad_mode_user),
-                    "dnnl_primitive_attr_set_scratchpad_mode");
                 if (key.scaled()) {
                     // One scale for the whole source (mask 0), given at execution: dst = alpha (A B) [+ beta dst].
                     DnnlException.check(dnnl_h.dnnl_primitive_attr_set_scales_mask(attr, dnnl_h.DNNL_ARG_SRC, 0), "dnnl_primitive_attr_set_scales_mask");
@@ -143,14 +140,8 @@ final class OnednnMatmul {
                 float beta = Float.intBitsToFloat(key.betaBits());
                 if (beta != 0f) {
                     // The sum post-op adds beta times dst's old value after the scaled product (BLAS's beta C).
-                    DnnlException.check(dnnl_h.dnnl_post_ops_create(out), "dnnl_post_ops_create");
-                    MemorySegment postOps = out.get(ADDRESS, 0);
-                    try {
-                        DnnlException.check(dnnl_h.dnnl_post_ops_append_sum(postOps, beta, 0, dnnl_h.dnnl_data_type_undef), "dnnl_post_ops_append_sum");
-                        DnnlException.check(dnnl_h.dnnl_primitive_attr_set_post_ops(attr, postOps), "dnnl_primitive_attr_set_post_ops");
-                    } finally {
-                        dnnl_h.dnnl_post_ops_destroy(postOps);
-                    }
+                    OnednnCall.setPostOps(attr, out, postOps -> DnnlException.check(
+                        dnnl_h.dnnl_post_ops_append_sum(postOps, beta, 0, dnnl_h.dnnl_data_type_undef), "dnnl_post_ops_append_sum"));
                 }
                 status = dnnl_h.dnnl_matmul_primitive_desc_create(out, ENGINE, e.src, e.weights, MemorySegment.NULL, e.dst, attr);
             } finally {

@@ -9,6 +9,7 @@ import java.util.concurrent.atomic.AtomicReferenceArray;
 import org.distill4j.bindings.Downcalls;
 import org.distill4j.bindings.dnnl.DnnlException;
 import org.distill4j.bindings.dnnl.dnnl_h;
+import org.distill4j.core.Activation;
 
 /**
  * A linear layer with constant weights on oneDNN's matmul primitive, the weights reordered once
@@ -252,21 +253,9 @@ public final class OnednnPackedMatmul implements AutoCloseable {
         MemorySegment out = tmp.allocate(ADDRESS);
         MemorySegment src = Onednn.memoryDesc(tmp, new long[] {rows, k}, new long[] {k, 1}, abType);
         MemorySegment dst = Onednn.memoryDesc(tmp, new long[] {rows, n}, new long[] {n, 1}, dnnl_h.dnnl_f32);
-        DnnlException.check(dnnl_h.dnnl_primitive_attr_create(out), "dnnl_primitive_attr_create");
-        MemorySegment attr = out.get(ADDRESS, 0);
+        MemorySegment attr = OnednnCall.userScratchpadAttr(out);
         try {
-            DnnlException.check(dnnl_h.dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_h.dnnl_scratchpad_mode_user),
-                "dnnl_primitive_attr_set_scratchpad_mode");
-            if (relu) {
-                DnnlException.check(dnnl_h.dnnl_post_ops_create(out), "dnnl_post_ops_create");
-                MemorySegment postOps = out.get(ADDRESS, 0);
-                try {
-                    DnnlException.check(dnnl_h.dnnl_post_ops_append_eltwise(postOps, dnnl_h.dnnl_eltwise_relu, 0f, 0f), "dnnl_post_ops_append_eltwise");
-                    DnnlException.check(dnnl_h.dnnl_primitive_attr_set_post_ops(attr, postOps), "dnnl_primitive_attr_set_post_ops");
-                } finally {
-                    dnnl_h.dnnl_post_ops_destroy(postOps); // the attribute keeps its own copy
-                }
-            }
+            if (relu) OnednnCall.setPostOps(attr, out, OnednnCall::appendRelu);
             int status = dnnl_h.dnnl_matmul_primitive_desc_create(out, ENGINE, src, weightsMd, biasDesc == null ? MemorySegment.NULL : biasDesc, dst, attr);
             if (status == dnnl_h.dnnl_unimplemented) return null;
             DnnlException.check(status, "dnnl_matmul_primitive_desc_create [" + rows + ", " + k + "] x [" + k + ", " + n + "]");
@@ -347,7 +336,7 @@ public final class OnednnPackedMatmul implements AutoCloseable {
             // Too little work for oneDNN's fixed cost (one row: OpenBLAS's gemv): the plain gemm, then the bias.
             CpuBlas.sgemm(false, true, rows, n, k, 1f, x, k, plainWeight, k, 0f, y, n);
             if (bias != null) CpuKernels.biasAddRows(y, bias, 0, rows, n);
-            if (relu) CpuKernels.activation(org.distill4j.core.Activation.RELU, 0f, y, y, 0, (long) rows * n);
+            if (relu) CpuKernels.activation(Activation.RELU, 0f, y, y, 0, (long) rows * n);
             return;
         }
         Entry e = entry(rows, Onednn.threadsForThisCall());

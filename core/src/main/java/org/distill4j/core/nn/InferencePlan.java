@@ -111,12 +111,13 @@ public final class InferencePlan {
         }
 
         /**
-         * Whether convolutions fuse here ({@link OnednnInferenceConv}: the oneDNN engine, float32 or
-         * bf16): a convolution with the eval-mode batch norm, ReLU and residual add after it runs as
-         * one primitive on weights packed once, and activations between such convolutions stay
-         * channel-blocked ({@link #blocked}).
+         * Whether layers fuse here ({@link OnednnInferenceConv#enabled}: the oneDNN engine, float32
+         * or bf16; -Ddistill4j.onednn.fuse=false turns it off): a convolution with the eval-mode
+         * batch norm, ReLU and residual add after it runs as one primitive on weights packed once,
+         * activations between such convolutions stay channel-blocked ({@link #blocked}), and a
+         * packed float32 Linear takes the ReLU after it as its post-op.
          */
-        public boolean fusesConvolutions() {
+        public boolean fuses() {
             return fuse;
         }
 
@@ -276,11 +277,6 @@ public final class InferencePlan {
 
     private final int maxBatch;
     private final List<Step> steps;
-
-    /** The number of steps (tests: what fused). */
-    int stepCount() {
-        return steps.size();
-    }
     private final List<Long> bufferFeatures;
     private final int inputBuffer, outputBuffer;
     private final int stateSlots, localSlots;
@@ -344,6 +340,9 @@ public final class InferencePlan {
 
     /** F32, or BF16: matrix products and convolutions on bf16 weights and inputs with float32 sums. */
     public DType computeDtype() { return computeDtype; }
+
+    /** The number of steps (tests: what fused). */
+    int stepCount() { return steps.size(); }
 
     /** Elements of one input row and one output row. */
     public long inputSize() { return bufferFeatures.get(inputBuffer); }

@@ -251,7 +251,7 @@ public final class Layers {
 
         @Override
         public int compileInference(InferencePlan.Builder plan, long[] s, long[] next, int in) {
-            if (plan.fusesConvolutions()) {
+            if (plan.fuses()) {
                 int fused = compileFused(plan, s, in, null, -1, false);
                 if (fused >= 0) return fused;
             }
@@ -793,7 +793,7 @@ public final class Layers {
             for (int i = 0; i < n; i++) {
                 Layer layer = layers.get(i);
                 long[] out = layer.outputShape(s);
-                if (plan.fusesConvolutions() && layer instanceof Conv2d conv) {
+                if (plan.fuses() && layer instanceof Conv2d conv) {
                     int j = i + 1; // the first layer after the group
                     BatchNorm bn = j < n && layers.get(j) instanceof BatchNorm b && b.twoD ? b : null;
                     if (bn != null) j++;
@@ -812,7 +812,7 @@ public final class Layers {
                         continue;
                     }
                 }
-                if (plan.fusesConvolutions() && layer instanceof Linear lin && i + 1 < n && layers.get(i + 1) instanceof Act a && a.isRelu()) {
+                if (plan.fuses() && layer instanceof Linear lin && i + 1 < n && layers.get(i + 1) instanceof Act a && a.isRelu()) {
                     int y = lin.compileWithRelu(plan, current);
                     if (y >= 0) {
                         current = y;
@@ -821,7 +821,7 @@ public final class Layers {
                         continue;
                     }
                 }
-                if (plan.fusesConvolutions() && layer instanceof Residual res && i + 1 < n && layers.get(i + 1) instanceof Act a && a.isRelu()) {
+                if (plan.fuses() && layer instanceof Residual res && i + 1 < n && layers.get(i + 1) instanceof Act a && a.isRelu()) {
                     current = res.compileThen(plan, s, current, true);
                     s = out;
                     i++;
